@@ -1,0 +1,138 @@
+"""Runtime facts shared by every module: typed errors, environment knobs, the arch probe.
+
+Environment knobs (all read here, nowhere else; documented in the README):
+
+| variable | default | meaning |
+|---|---|---|
+| ``OPENMLA_BACKEND`` | ``auto`` | ``auto``, ``reference``, ``triton`` or ``gluon``: force the backend of every call |
+| ``OPENMLA_ARCH`` | unset | pretend the GPU is this arch (``sm_90``, ``90``, ``sm_90a``) when picking kernels |
+| ``OPENMLA_NUM_SMS`` | unset | override the SM count used by the split-KV planner (tests, tuning) |
+| ``TRITON_INTERPRET`` | unset | Triton's own knob: ``1`` runs Triton kernels on CPU tensors (set before import) |
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+BACKENDS = ("reference", "triton", "gluon")
+
+
+class OpenMLAError(Exception):
+    """Base class of every error OpenMLA raises on purpose."""
+
+
+class InvalidArgumentError(OpenMLAError, ValueError):
+    """An argument has the wrong dtype, shape, device, stride or value."""
+
+
+class UnsupportedError(OpenMLAError, NotImplementedError):
+    """The call is well formed, but no backend here serves it (or the forced one cannot)."""
+
+
+class SchedMetaMismatchError(InvalidArgumentError):
+    """A ``FlashMLASchedMeta`` was reused for a call with a different shape or configuration."""
+
+
+def env_backend() -> str:
+    """The backend forced by ``OPENMLA_BACKEND`` (``"auto"`` when unset)."""
+    value = os.environ.get("OPENMLA_BACKEND", "auto").strip().lower() or "auto"
+    if value != "auto" and value not in BACKENDS:
+        raise InvalidArgumentError(
+            f"OPENMLA_BACKEND={value!r} is not a backend; expected one of 'auto', "
+            f"{', '.join(repr(b) for b in BACKENDS)}. Unset it to let OpenMLA choose."
+        )
+    return value
+
+
+def interpret_mode() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    """True when ``triton`` imports (it does not on macOS or Windows without a Triton build)."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # a broken install must not break ``import openmla``
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def gluon_available() -> bool:
+    """True when Triton's Gluon dialect with the Hopper module imports."""
+    if not triton_available():
+        return False
+    try:
+        from triton.experimental import gluon  # noqa: F401
+        from triton.experimental.gluon.language.nvidia import hopper  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _parse_arch(text: str) -> int:
+    t = text.strip().lower().removeprefix("sm_").removeprefix("sm").rstrip("af")
+    if not t.isdigit():
+        raise InvalidArgumentError(f"OPENMLA_ARCH={text!r} is not an arch; write it as 'sm_90', '90' or 'sm_90a'.")
+    return int(t)
+
+
+@functools.lru_cache(maxsize=None)
+def _device_capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def device_arch(device: torch.device | None = None) -> int | None:
+    """Compute capability as an int (``90`` for Hopper), ``None`` for CPU tensors.
+
+    ``OPENMLA_ARCH`` overrides what the GPU reports.
+    """
+    override = os.environ.get("OPENMLA_ARCH")
+    if device is not None and torch.device(device).type != "cuda":
+        return None
+    if override:
+        return _parse_arch(override)
+    if not torch.cuda.is_available():
+        return None
+    index = torch.device(device).index if device is not None else None
+    major, minor = _device_capability(torch.cuda.current_device() if index is None else index)
+    return major * 10 + minor
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device`` (``OPENMLA_NUM_SMS`` overrides; 132 for CPU tensors)."""
+    override = os.environ.get("OPENMLA_NUM_SMS")
+    if override:
+        return max(1, int(override))
+    device = torch.device(device)
+    if device.type != "cuda":
+        return 132  # an H100's count, so CPU runs exercise the same split-KV plans
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def gpu_description(device: torch.device | None = None) -> str:
+    """One line naming the GPU a call runs on, for error messages (``"CPU (no GPU)"`` otherwise)."""
+    if device is not None and torch.device(device).type != "cuda":
+        return f"{torch.device(device).type.upper()} tensors (no GPU in this call)"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU visible"
+    index = torch.device(device).index if device is not None and torch.device(device).index is not None else (
+        torch.cuda.current_device()
+    )
+    name = torch.cuda.get_device_name(index)
+    major, minor = _device_capability(index)
+    return f"{name} (sm_{major}{minor}, {_sm_count(index)} SMs)"

@@ -1,0 +1,385 @@
+"""Shared test machinery: one comparator, one tolerance table, input generators, poisoning, brute force.
+
+Everything a test needs to judge a result lives here, so every tier (reference, interpreter, GPU)
+uses the same rules:
+
+* :data:`TOL` holds FlashMLA's tolerances (``reference/flashmla-spec.md`` §4), keyed by ``(op, field)``.
+* :func:`check_close` is FlashMLA's ``check_is_allclose`` comparator, re-stated from its specification.
+* :func:`make_dense_decode_inputs` builds dense-decode inputs the way FlashMLA's dense-decode test does
+  (NaN in every cache slot past a sequence's length, garbage block-table entries past its last page).
+* :func:`poison_like` / :func:`poison_cuda_cache` make uninitialised memory visible as NaN.
+* :func:`brute_force_dense_decode` is a deliberately naive float64 loop, used only to test
+  :mod:`openmla.reference` (kernels are tested against the reference, not against this).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+# Block-table filler FlashMLA's tests write past each sequence's last used page: far out of range,
+# so a kernel that reads it faults (or reads garbage) instead of silently reading a valid page.
+BLOCK_TABLE_GARBAGE = 2147480000
+
+
+def interpret_mode() -> bool:
+    """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET`` set truthy)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+# --------------------------------------------------------------------------------------------------
+# Tolerances
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tol:
+    """Tolerance of one compared field.
+
+    Attributes:
+        abs: an element passes if ``|ans - ref| < abs`` ...
+        rel: ... or if ``|ans - ref| / (|ref| + 1e-6) < rel``.
+        cos: the whole tensor must have ``cos_diff <= cos``; ``None`` skips the cosine check.
+    """
+
+    abs: float
+    rel: float
+    cos: float | None = None
+
+
+_LSE_DECODE = Tol(1e-6, 8.01 / 65536, None)
+_LSE_PREFILL = Tol(1e-6, 2.01 / 65536, None)
+
+#: FlashMLA's tolerances (v3 tests), keyed by ``(op, field)``.
+TOL: dict[tuple[str, str], Tol] = {
+    ("dense_decode", "out"): Tol(8e-4, 2.01 / 128, 5e-6),
+    ("dense_decode", "lse"): _LSE_DECODE,
+    ("sparse_decode", "out"): Tol(1e-3, 2.01 / 128, 5e-6),
+    ("sparse_decode", "lse"): _LSE_DECODE,
+    ("sparse_prefill", "out"): Tol(8e-4, 3.01 / 128, 7e-6),
+    ("sparse_prefill", "lse"): _LSE_PREFILL,
+    ("sparse_prefill", "max_logits"): _LSE_PREFILL,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Comparator
+# --------------------------------------------------------------------------------------------------
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def cos_diff(a: torch.Tensor, r: torch.Tensor) -> float:
+    """``1 - 2·Σ(a·r) / Σ(a² + r²)`` in float64; 0 when ``Σr² < 1e-12`` (nothing to compare against)."""
+    a = a.double()
+    r = r.double()
+    if float((r * r).sum()) < 1e-12:
+        return 0.0
+    return 1.0 - 2.0 * float((a * r).sum()) / float((a * a + r * r).sum())
+
+
+def _fmt_index(flat: int, shape: torch.Size) -> tuple[int, ...]:
+    idx = []
+    for size in reversed(shape):
+        idx.append(flat % size)
+        flat //= size
+    return tuple(reversed(idx))
+
+
+def _special_mismatch(name: str, what: str, mask_a: torch.Tensor, mask_r: torch.Tensor, a, r) -> str | None:
+    diff = mask_a != mask_r
+    n = int(diff.sum())
+    if n == 0:
+        return None
+    flat = diff.flatten().nonzero().flatten()[:5].tolist()
+    af, rf = a.flatten(), r.flatten()
+    shown = ", ".join(f"{_fmt_index(i, a.shape)}: ans={af[i].item()!r} ref={rf[i].item()!r}" for i in flat)
+    return (
+        f"{name}: {what} positions differ at {n} of {a.numel()} elements "
+        f"(ans has {int(mask_a.sum())}, ref has {int(mask_r.sum())}); first: {shown}"
+    )
+
+
+def check_close(name: str, ans: torch.Tensor, ref: torch.Tensor, tol: Tol) -> None:
+    """Assert ``ans`` matches ``ref`` under ``tol`` with FlashMLA's ``check_is_allclose`` semantics.
+
+    1. Shapes must be equal. Dtypes must be equal, with one exception: ``ref`` may be fp32 where
+       ``ans`` is fp16/bf16 (a kernel's low-precision output against an fp32 reference). Both sides
+       are then compared as ``ans.double()`` vs ``ref.double()``, i.e. ``ans`` in its own precision,
+       upcast exactly.
+    2. The positions of ``+inf``, ``-inf`` and ``NaN`` must match exactly; those elements are then
+       zeroed on both sides.
+    3. An element passes if ``abs_err < tol.abs`` or ``abs_err / (|ref| + 1e-6) < tol.rel``; every
+       element must pass.
+    4. If ``tol.cos`` is given, ``cos_diff(ans, ref) <= tol.cos`` (see :func:`cos_diff`).
+
+    Raises:
+        AssertionError: naming the field, what failed, the worst few elements, max abs error and
+        the cosine difference.
+    """
+    assert isinstance(ans, torch.Tensor) and isinstance(ref, torch.Tensor), (
+        f"{name}: expected two tensors, got {type(ans).__name__} and {type(ref).__name__}"
+    )
+    assert ans.shape == ref.shape, f"{name}: shape mismatch: ans {tuple(ans.shape)} vs ref {tuple(ref.shape)}"
+    dtype_ok = ans.dtype == ref.dtype or (ans.dtype in _LOW_PRECISION and ref.dtype == torch.float32)
+    assert dtype_ok, f"{name}: dtype mismatch: ans {ans.dtype} vs ref {ref.dtype}"
+
+    a = ans.detach().to("cpu", torch.float64)
+    r = ref.detach().to("cpu", torch.float64)
+
+    for what, fn in (("+inf", torch.isposinf), ("-inf", torch.isneginf), ("NaN", torch.isnan)):
+        msg = _special_mismatch(name, what, fn(a), fn(r), a, r)
+        if msg is not None:
+            raise AssertionError(msg)
+
+    special = ~torch.isfinite(r)  # same positions in a, checked above
+    a = a.masked_fill(special, 0.0)
+    r = r.masked_fill(special, 0.0)
+
+    abs_err = (a - r).abs()
+    rel_err = abs_err / (r.abs() + 1e-6)
+    bad = ~((abs_err < tol.abs) | (rel_err < tol.rel))
+    n_bad = int(bad.sum())
+    cd = cos_diff(a, r)
+    max_abs = float(abs_err.max()) if abs_err.numel() else 0.0
+
+    problems = []
+    if n_bad:
+        problems.append(f"{n_bad} of {a.numel()} elements outside abs {tol.abs:.3g} / rel {tol.rel:.3g}")
+    if tol.cos is not None and cd > tol.cos:
+        problems.append(f"cos_diff {cd:.3e} > {tol.cos:.3e}")
+    if not problems:
+        return
+
+    lines = [f"{name}: " + "; ".join(problems) + f" (max abs err {max_abs:.3e}, cos_diff {cd:.3e})"]
+    if n_bad:
+        worst = torch.where(bad, abs_err, torch.zeros_like(abs_err)).flatten()
+        k = min(5, n_bad)
+        for i in worst.topk(k).indices.tolist():
+            lines.append(
+                f"  at {_fmt_index(i, a.shape)}: ans={a.flatten()[i].item():.8g} ref={r.flatten()[i].item():.8g} "
+                f"abs_err={abs_err.flatten()[i].item():.3e} rel_err={rel_err.flatten()[i].item():.3e}"
+            )
+    raise AssertionError("\n".join(lines))
+
+
+# --------------------------------------------------------------------------------------------------
+# Input generators
+# --------------------------------------------------------------------------------------------------
+
+
+def _cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def make_seqlens(
+    b: int,
+    s_q: int,
+    s_k: int,
+    varlen: bool = False,
+    zero_len_frac: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Per-sequence KV lengths, int32 [b] on CPU.
+
+    Fixed length ``s_k``, or with ``varlen`` ``max(N(s_k, s_k/2), s_q)`` rounded and clipped to at most
+    ``max(2*s_k, s_q)``, so every length is ``>= s_q`` (FlashMLA's rule). Then
+    ``ceil(zero_len_frac * b)`` randomly chosen sequences get length 0.
+    """
+    if varlen:
+        draw = torch.randn(b, generator=generator, dtype=torch.float64) * (s_k / 2) + s_k
+        lens = draw.round().clamp(min=s_q, max=max(2 * s_k, s_q)).to(torch.int32)
+    else:
+        lens = torch.full((b,), s_k, dtype=torch.int32)
+    n_zero = math.ceil(zero_len_frac * b) if zero_len_frac > 0 else 0
+    if n_zero:
+        lens[torch.randperm(b, generator=generator)[:n_zero]] = 0
+    return lens
+
+
+def make_dense_decode_inputs(
+    b: int,
+    s_q: int,
+    s_k: int,
+    h_q: int,
+    h_kv: int,
+    d: int = 576,
+    dv: int = 512,
+    page_block_size: int = 64,
+    dtype: torch.dtype = torch.bfloat16,
+    device: torch.device | str = "cpu",
+    varlen: bool = False,
+    zero_len_frac: float = 0.0,
+    generator: torch.Generator | None = None,
+    causal: bool = False,
+    softmax_scale: float | None = None,
+    cache_seqlens: torch.Tensor | None = None,
+) -> dict:
+    """Dense-decode inputs built like FlashMLA's dense-decode test.
+
+    Returns a dict whose keys are exactly the keyword arguments of ``dense_decode`` (so
+    ``reference.dense_decode(**inputs)`` works, and ``flash_mla_with_kvcache(**inputs,
+    tile_scheduler_metadata=...)``):
+
+    * ``q``: [b, s_q, h_q, d], ``randn/10`` clamped to ±1, in ``dtype``.
+    * ``k_cache``: [num_blocks, page_block_size, h_kv, d], same recipe; every slot past its sequence's
+      length (the tail of the last used page and every unused page) is NaN.
+    * ``block_table``: int32 [b, max_blocks], a random permutation of all pages; entries past each
+      sequence's last used page are ``BLOCK_TABLE_GARBAGE``. ``max_blocks`` is
+      ``ceil(max_len / page_block_size)`` rounded up to a multiple of 4 (at least 4), so there is
+      padding past the longest sequence too; ``num_blocks = b * max_blocks``.
+    * ``cache_seqlens``: int32 [b], see :func:`make_seqlens` (or the one passed in).
+    * ``head_dim_v``, ``softmax_scale`` (``None`` = the op's default), ``causal``.
+
+    Lengths, tables and (on CPU) q and the cache are drawn from ``generator`` (the global generator
+    when ``None``); on a GPU, q and the cache are drawn there from a generator seeded by it.
+    """
+    assert h_q % h_kv == 0, f"h_q={h_q} must be a multiple of h_kv={h_kv}"
+    if cache_seqlens is None:
+        lens = make_seqlens(b, s_q, s_k, varlen, zero_len_frac, generator)
+    else:
+        lens = cache_seqlens.to("cpu", torch.int32).clone()
+        assert lens.shape == (b,)
+    max_len = int(lens.max()) if b else 0
+    max_blocks = _cdiv(max(_cdiv(max_len, page_block_size), 1), 4) * 4
+    num_blocks = b * max_blocks
+
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        draw_gen = generator
+    else:
+        # big caches are drawn on the GPU (CPU draws would dominate the GPU tier's run time), seeded
+        # from ``generator`` so a test's data stay reproducible
+        draw_gen = torch.Generator(device=dev)
+        draw_gen.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    q = (torch.randn(b, s_q, h_q, d, generator=draw_gen, device=dev) / 10).clamp(-1, 1)
+    k_cache = (torch.randn(num_blocks, page_block_size, h_kv, d, generator=draw_gen, device=dev) / 10).clamp(-1, 1)
+    block_table = torch.randperm(num_blocks, generator=generator).view(b, max_blocks).to(torch.int32)
+
+    # Logical position of every slot of every logical page, against its sequence's length.
+    page_start = (torch.arange(max_blocks) * page_block_size).repeat(b)  # [b*max_blocks]
+    owner_len = lens.long().repeat_interleave(max_blocks)  # [b*max_blocks]
+    pos = page_start[:, None] + torch.arange(page_block_size)[None, :]  # [b*max_blocks, page]
+    unused_logical = pos >= owner_len[:, None]
+    unused_physical = torch.empty_like(unused_logical)
+    unused_physical[block_table.flatten().long()] = unused_logical
+    k_cache[unused_physical.to(dev)] = float("nan")
+
+    used_pages = torch.tensor([_cdiv(int(n), page_block_size) for n in lens.tolist()], dtype=torch.long)
+    past = torch.arange(max_blocks)[None, :] >= used_pages[:, None]
+    block_table[past] = BLOCK_TABLE_GARBAGE
+
+    return {
+        "q": q.to(device=device, dtype=dtype),
+        "k_cache": k_cache.to(device=device, dtype=dtype),
+        "block_table": block_table.to(device),
+        "cache_seqlens": lens.to(device),
+        "head_dim_v": dv,
+        "softmax_scale": softmax_scale,
+        "causal": causal,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Poisoning
+# --------------------------------------------------------------------------------------------------
+
+
+def poison_like(t: torch.Tensor) -> torch.Tensor:
+    """A tensor like ``t`` that no correct result can equal: NaN for floats, the max value for ints.
+
+    Use it for buffers a test owns (e.g. a pre-filled ``out`` the code under test must overwrite).
+    The public ops allocate their own outputs, so to catch a kernel that leaves part of its output
+    unwritten use :func:`poison_cuda_cache` instead.
+    """
+    if t.dtype.is_floating_point:
+        return torch.full_like(t, float("nan"))
+    if t.dtype == torch.bool:
+        return torch.ones_like(t)
+    return torch.full_like(t, torch.iinfo(t.dtype).max)
+
+
+def poison_cuda_cache(nbytes: int = 1 << 30, device: torch.device | str | None = None) -> None:
+    """Fill free memory of PyTorch's CUDA caching allocator with NaN bytes.
+
+    Allocates ``nbytes``, fills every byte with ``0xFF`` (NaN in fp32, fp16 and bf16) and frees it; the
+    block stays in the allocator's cache, so the next allocations (a kernel's outputs and scratch
+    buffers) reuse NaN-filled memory and any element a kernel forgets to write shows up as NaN.
+    Best effort (the allocator may serve a request from another cached block). A no-op when CUDA
+    is not available or ``device`` is not a CUDA device.
+    """
+    if not torch.cuda.is_available():
+        return
+    device = torch.device("cuda") if device is None else torch.device(device)
+    if device.type != "cuda":
+        return
+    buf = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    buf.fill_(0xFF)
+    torch.cuda.synchronize(device)
+    del buf
+
+
+# --------------------------------------------------------------------------------------------------
+# Brute force (tests the reference only)
+# --------------------------------------------------------------------------------------------------
+
+
+def brute_force_dense_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    head_dim_v: int,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense MLA decode by loops, in float64, written independently of :mod:`openmla.reference`.
+
+    One (batch, query token, head) at a time: keys are fetched token by token through the block table
+    with Python ints (so nothing past the length is ever touched), the causal rule is
+    ``j <= s_k - s_q + i`` (when ``causal`` and ``s_q > 1``), and softmax / log-sum-exp are done by
+    hand with :mod:`math`. A row with no visible key gives ``out = 0`` and ``lse = +inf``.
+
+    Returns:
+        out: float64 [b, s_q, h_q, head_dim_v]; lse: float64 [b, h_q, s_q].
+    """
+    b, s_q, h_q, d = q.shape
+    page = k_cache.shape[1]
+    h_kv = k_cache.shape[2]
+    group = h_q // h_kv
+    scale = 1.0 / math.sqrt(d) if softmax_scale is None else float(softmax_scale)
+    q64 = q.detach().cpu().double()
+    cache64 = k_cache.detach().cpu()
+    table = block_table.detach().cpu().tolist()
+    lens = [int(n) for n in cache_seqlens.detach().cpu().tolist()]
+    out = torch.zeros(b, s_q, h_q, head_dim_v, dtype=torch.float64)
+    lse = torch.full((b, h_q, s_q), math.inf, dtype=torch.float64)
+
+    for bi in range(b):
+        s_k = lens[bi]
+        keys = []  # keys[j]: [h_kv, d] float64, token j of this sequence
+        for j in range(s_k):
+            physical = table[bi][j // page]
+            keys.append(cache64[physical, j % page].double())
+        for i in range(s_q):
+            last = s_k - 1
+            if causal and s_q > 1:
+                last = min(last, s_k - s_q + i)
+            visible = range(last + 1)  # empty when last < 0
+            for h in range(h_q):
+                kv_head = h // group
+                scores = [float(torch.dot(q64[bi, i, h], keys[j][kv_head])) * scale for j in visible]
+                if not scores:
+                    continue  # out stays 0, lse stays +inf
+                m = max(scores)
+                weights = [math.exp(s - m) for s in scores]
+                total = math.fsum(weights)
+                acc = torch.zeros(head_dim_v, dtype=torch.float64)
+                for j, w in zip(visible, weights):
+                    acc += (w / total) * keys[j][kv_head, :head_dim_v]
+                out[bi, i, h] = acc
+                lse[bi, h, i] = m + math.log(total)
+    return out, lse
