@@ -1,0 +1,149 @@
+"""FlashMLA's two scheduler-metadata conventions, served by one GPU-side planner.
+
+* Old form (FlashMLA v1/v2, SGLang's ``sgl_kernel``, vLLM before 2026): ``get_mla_metadata(
+  cache_seqlens, num_q_tokens_per_head_k, num_heads_k, ...)`` returns ``(tile_scheduler_metadata
+  int32 [num_sm_parts, 8], num_splits int32 [b + 1])``, passed to every decode call of the step.
+* New form (FlashMLA v3+): ``get_mla_metadata()`` returns ``(FlashMLASchedMeta(), None)``; the first
+  decode call that receives the object plans the schedule and stores it there; later calls with the
+  same object (the other layers of the step) reuse it, and must have the same configuration.
+
+Either way the plan is one kernel launch with no host synchronisation, so a whole decode step,
+metadata included, can be captured in a CUDA graph. As in FlashMLA, a reused object trusts that the
+*values* of ``cache_seqlens`` did not change; create a fresh object per step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+
+from ._runtime import InvalidArgumentError, SchedMetaMismatchError, num_sms
+from .ops.decode_dense import num_sm_parts_for
+from .ops.schedule import plan_splitkv
+
+__all__ = ["FlashMLASchedMeta", "get_mla_metadata", "get_mla_decoding_metadata"]
+
+_REUSE_HINT = (
+    " A FlashMLASchedMeta is planned by the first flash_mla_with_kvcache call that receives it and may only be"
+    " reused by calls with the same shapes and options (the layers of one decode step). Call"
+    " get_mla_metadata() again for a new batch."
+)
+
+
+@dataclasses.dataclass
+class FlashMLASchedMeta:
+    """Scheduler state filled lazily by the first decode call (FlashMLA v3 compatible)."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        b: int
+        s_q: int
+        h_q: int
+        page_block_size: int
+        h_k: int
+        causal: bool
+        is_fp8_kvcache: bool
+        topk: Optional[int] = None
+        extra_page_block_size: Optional[int] = None
+        extra_topk: Optional[int] = None
+
+    have_initialized: bool = False
+    config: Optional[Config] = None
+    tile_scheduler_metadata: Optional[torch.Tensor] = None  # int32 [num_sm_parts, 8]
+    num_splits: Optional[torch.Tensor] = None  # int32 [b + 1]
+
+    def check_or_set_config(self, config: "FlashMLASchedMeta.Config") -> None:
+        """Record ``config`` on first use; afterwards raise if a call brings a different one."""
+        if self.config is None:
+            self.config = config
+            return
+        if self.config != config:
+            diffs = [
+                f"{f.name}: planned for {getattr(self.config, f.name)!r}, this call has {getattr(config, f.name)!r}"
+                for f in dataclasses.fields(config)
+                if getattr(self.config, f.name) != getattr(config, f.name)
+            ]
+            raise SchedMetaMismatchError(
+                "tile_scheduler_metadata (FlashMLASchedMeta) was planned for another configuration: "
+                + "; ".join(diffs)
+                + "."
+                + _REUSE_HINT
+            )
+
+
+def _check_seqlens(cache_seqlens: torch.Tensor) -> None:
+    if not isinstance(cache_seqlens, torch.Tensor):
+        raise InvalidArgumentError(
+            f"cache_seqlens must be a torch.Tensor of shape [b], dtype int32; got {type(cache_seqlens).__name__}."
+        )
+    if cache_seqlens.dtype != torch.int32 or cache_seqlens.dim() != 1:
+        raise InvalidArgumentError(
+            f"cache_seqlens must be int32 of shape [b]; got dtype {cache_seqlens.dtype}, shape {tuple(cache_seqlens.shape)}."
+        )
+
+
+def plan_dense(cache_seqlens: torch.Tensor, rows_per_kv_head: int, h_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plan a dense-decode schedule: ``(tile_scheduler_metadata, num_splits)`` on cache_seqlens' device."""
+    parts = num_sm_parts_for(rows_per_kv_head, h_kv, num_sms(cache_seqlens.device))
+    return plan_splitkv(cache_seqlens.contiguous(), parts)
+
+
+def get_mla_metadata(*args, **kwargs):
+    """Scheduler metadata, in whichever convention the caller speaks.
+
+    ``get_mla_metadata()`` (no arguments, FlashMLA v3+): returns ``(FlashMLASchedMeta(), None)``.
+
+    ``get_mla_metadata(cache_seqlens, num_q_tokens_per_head_k, num_heads_k, num_heads_q=None,
+    is_fp8_kvcache=False, topk=None)`` (FlashMLA v1/v2; ``num_heads_per_head_k`` is accepted as the
+    v1 name of the second argument): returns ``(tile_scheduler_metadata int32 [num_sm_parts, 8],
+    num_splits int32 [b + 1])`` computed on ``cache_seqlens.device`` without a host sync.
+    ``num_q_tokens_per_head_k`` is ``s_q * h_q // h_kv``. ``num_sm_parts`` never exceeds the SM count.
+    """
+    if not args and not kwargs:
+        return FlashMLASchedMeta(), None
+    names = ["cache_seqlens", "num_q_tokens_per_head_k", "num_heads_k", "num_heads_q", "is_fp8_kvcache", "topk"]
+    if "num_heads_per_head_k" in kwargs:
+        kwargs["num_q_tokens_per_head_k"] = kwargs.pop("num_heads_per_head_k")
+    if len(args) > len(names):
+        raise InvalidArgumentError(f"get_mla_metadata takes at most {len(names)} positional arguments; got {len(args)}.")
+    bound = dict(zip(names, args))
+    for key, value in kwargs.items():
+        if key not in names:
+            raise InvalidArgumentError(f"get_mla_metadata got an unexpected argument {key!r}; it takes {names}.")
+        if key in bound:
+            raise InvalidArgumentError(f"get_mla_metadata got {key!r} twice.")
+        bound[key] = value
+    if "cache_seqlens" not in bound:
+        # FlashMLA v3 ignores its arguments entirely; so do we when the seqlens are missing
+        return FlashMLASchedMeta(), None
+    missing = [n for n in names[:3] if n not in bound]
+    if missing:
+        raise InvalidArgumentError(f"get_mla_metadata(cache_seqlens, ...) also needs {missing}.")
+    cache_seqlens = bound["cache_seqlens"]
+    _check_seqlens(cache_seqlens)
+    rows, h_kv = int(bound["num_q_tokens_per_head_k"]), int(bound["num_heads_k"])
+    if rows <= 0 or h_kv <= 0:
+        raise InvalidArgumentError(
+            f"num_q_tokens_per_head_k (s_q*h_q//h_kv) and num_heads_k must be positive; got {rows} and {h_kv}."
+        )
+    if bound.get("topk") is not None:
+        from ._runtime import UnsupportedError
+
+        raise UnsupportedError("sparse decoding (topk=) is not implemented in this version of openmla.")
+    return plan_dense(cache_seqlens, rows, h_kv)
+
+
+def get_mla_decoding_metadata(
+    seqlens_k: torch.Tensor,
+    num_q_tokens_per_head_k: int,
+    h_k: int,
+    h_q: Optional[int] = None,
+    is_fp8_kvcache: bool = False,
+    topk: Optional[int] = None,
+    use_legacy: bool = False,
+):
+    """The SGLang fork's hoisted scheduler: same result as the old-form :func:`get_mla_metadata`."""
+    del use_legacy  # one implementation serves both of the fork's kernel generations
+    return get_mla_metadata(seqlens_k, num_q_tokens_per_head_k, h_k, h_q, is_fp8_kvcache, topk)

@@ -1,0 +1,184 @@
+"""Split-KV tile scheduler: cut a ragged batch into ``num_sm_parts`` equal payloads, on the GPU.
+
+Each request ``i`` costs ``max(ceil(len_i / 64), 1) + 5`` units (64-token blocks plus a fixed
+overhead for loading Q and writing O, as FlashMLA costs it). The requests' costs are laid end to end
+and cut into ``num_sm_parts`` consecutive pieces of ``payload = ceil(total / num_sm_parts)`` units;
+piece ``p`` is one program of the split-KV kernel. Request ``i`` occupies ``[P_i, P_{i+1})`` with
+its blocks at ``[P_i + 5, P_{i+1})``, so the pieces that touch its blocks are
+``f_i = (P_i + 5) // payload`` to ``l_i = (P_{i+1} - 1) // payload``: closed forms, so the whole plan
+is one launch of one program with no host synchronisation (CUDA-graph capturable).
+
+Outputs (FlashMLA's old-API layout):
+
+* ``tile_scheduler_metadata``: int32 ``[num_sm_parts, 8]``, row ``p`` =
+  ``[begin_req, begin_token, end_req, end_token, begin_split, 0, 0, 0]``: piece ``p`` processes
+  requests ``begin_req..end_req`` (inclusive; empty when ``begin_req > end_req``), starting at token
+  ``begin_token`` of the first and ending before token ``end_token`` of the last (clipped to the
+  length); ``begin_split`` is the first request's split index inside that request.
+* ``num_splits``: int32 ``[b + 1]``, cumulative count of splits per request (``num_splits[i+1] -
+  num_splits[i]`` pieces touch request ``i``); a request with one split is written directly by the
+  split kernel, the others go through the combine kernel.
+
+A zero-length request still costs one (empty) block, so exactly one piece owns it and writes its
+``out = 0, lse = +inf``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._runtime import triton_available
+
+SCHED_BLOCK = 64  # tokens per scheduling unit; the split kernel's BLOCK_N must divide it
+FIXED_OVERHEAD = 5  # units charged per request for its Q load and O write
+META_WIDTH = 8
+
+if triton_available():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _plan_splitkv_kernel(
+        seqlens_ptr,  # [b] int32
+        sched_ptr,  # [num_parts, 8] int32
+        num_splits_ptr,  # [b + 1] int32
+        b,
+        num_parts,
+        BLOCK_P: tl.constexpr,
+        CHUNK: tl.constexpr,
+        SCHED: tl.constexpr,
+        OVERHEAD: tl.constexpr,
+    ):
+        offs_c = tl.arange(0, CHUNK)
+        # pass 1: total cost
+        total = 0
+        for start in range(0, b, CHUNK):
+            offs = start + offs_c
+            mask = offs < b
+            lens = tl.load(seqlens_ptr + offs, mask=mask, other=0)
+            nblk = tl.maximum((lens + SCHED - 1) // SCHED, 1)
+            total += tl.sum(tl.where(mask, nblk + OVERHEAD, 0), axis=0)
+        payload = (total + num_parts - 1) // num_parts
+
+        offs_p = tl.arange(0, BLOCK_P)
+        x0 = offs_p * payload  # [BLOCK_P] first unit of each piece
+        x1 = tl.minimum(x0 + payload, total)
+        cnt_begin = tl.zeros([BLOCK_P], dtype=tl.int32)
+        sum_begin = tl.zeros([BLOCK_P], dtype=tl.int32)
+        cnt_end = tl.zeros([BLOCK_P], dtype=tl.int32)
+        sum_end = tl.zeros([BLOCK_P], dtype=tl.int32)
+        carry_cost = 0
+        carry_splits = 0
+        tl.store(num_splits_ptr, 0)
+        # pass 2: prefix costs, split counts, and each piece's first/last request
+        for start in range(0, b, CHUNK):
+            offs = start + offs_c
+            mask = offs < b
+            lens = tl.load(seqlens_ptr + offs, mask=mask, other=0)
+            nblk = tl.maximum((lens + SCHED - 1) // SCHED, 1)
+            cost = tl.where(mask, nblk + OVERHEAD, 0)
+            incl = tl.cumsum(cost, axis=0) + carry_cost  # P_{i+1}
+            excl = incl - cost  # P_i
+            first = (excl + OVERHEAD) // payload
+            last = (incl - 1) // payload
+            splits = tl.where(mask, last - first + 1, 0)
+            cum = tl.cumsum(splits, axis=0) + carry_splits
+            tl.store(num_splits_ptr + 1 + offs, cum, mask=mask)
+            carry_cost += tl.sum(cost, axis=0)
+            carry_splits += tl.sum(splits, axis=0)
+            before = (incl[None, :] <= x0[:, None]) & mask[None, :]  # [BLOCK_P, CHUNK]
+            cnt_begin += tl.sum(before.to(tl.int32), axis=1)
+            sum_begin += tl.sum(tl.where(before, cost[None, :], 0), axis=1)
+            started = ((excl + OVERHEAD)[None, :] < x1[:, None]) & mask[None, :]
+            cnt_end += tl.sum(started.to(tl.int32), axis=1)
+            sum_end += tl.sum(tl.where(started, cost[None, :], 0), axis=1)
+
+        pmask = offs_p < num_parts
+        begin_req = cnt_begin
+        end_req = cnt_end - 1
+        has_work = (begin_req <= end_req) & pmask
+        len_end = tl.load(seqlens_ptr + end_req, mask=has_work, other=0)
+        nblk_end = tl.maximum((len_end + SCHED - 1) // SCHED, 1)
+        p_begin = sum_begin
+        p_end = sum_end - (nblk_end + OVERHEAD)
+        begin_blk = tl.maximum(x0 - (p_begin + OVERHEAD), 0)
+        end_blk = tl.minimum(x1 - (p_end + OVERHEAD), nblk_end)
+        begin_split = offs_p - (p_begin + OVERHEAD) // payload
+        # pieces with no work get an empty request range [b, b - 1]
+        begin_req = tl.where(has_work, begin_req, b)
+        end_req = tl.where(has_work, end_req, b - 1)
+        zero = tl.zeros([BLOCK_P], dtype=tl.int32)
+        row = sched_ptr + offs_p * 8
+        tl.store(row + 0, begin_req, mask=pmask)
+        tl.store(row + 1, tl.where(has_work, begin_blk * SCHED, 0), mask=pmask)
+        tl.store(row + 2, end_req, mask=pmask)
+        tl.store(row + 3, tl.where(has_work, tl.minimum(end_blk * SCHED, tl.maximum(len_end, 0)), 0), mask=pmask)
+        tl.store(row + 4, tl.where(has_work, begin_split, 0), mask=pmask)
+        tl.store(row + 5, zero, mask=pmask)
+        tl.store(row + 6, zero, mask=pmask)
+        tl.store(row + 7, zero, mask=pmask)
+
+
+def plan_splitkv(cache_seqlens: torch.Tensor, num_sm_parts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plan a ragged batch's split-KV schedule on ``cache_seqlens.device`` (one launch, no sync).
+
+    Args:
+        cache_seqlens: [b] int32 tokens per request.
+        num_sm_parts: pieces to cut the work into (one split-kernel program each, per row tile).
+
+    Returns:
+        ``(tile_scheduler_metadata int32 [num_sm_parts, 8], num_splits int32 [b + 1])``; see the
+        module docstring for the fields.
+    """
+    b = cache_seqlens.shape[0]
+    device = cache_seqlens.device
+    if device.type != "cuda" and not _interpreting():
+        return plan_splitkv_torch(cache_seqlens, num_sm_parts)
+    sched = torch.empty(num_sm_parts, META_WIDTH, dtype=torch.int32, device=device)
+    num_splits = torch.empty(b + 1, dtype=torch.int32, device=device)
+    block_p = max(16, triton.next_power_of_2(num_sm_parts))
+    chunk = 32 if block_p <= 256 else 16
+    _plan_splitkv_kernel[(1,)](
+        cache_seqlens, sched, num_splits, b, num_sm_parts,
+        BLOCK_P=block_p, CHUNK=chunk, SCHED=SCHED_BLOCK, OVERHEAD=FIXED_OVERHEAD, num_warps=4,
+    )
+    return sched, num_splits
+
+
+def _interpreting() -> bool:
+    from .._runtime import interpret_mode
+
+    return interpret_mode() and triton_available()
+
+
+def plan_splitkv_torch(cache_seqlens: torch.Tensor, num_sm_parts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same plan as :func:`plan_splitkv`, computed with plain PyTorch ops (CPU path, tests)."""
+    lens = cache_seqlens.to(torch.int64)
+    b = lens.shape[0]
+    nblk = torch.clamp((lens + SCHED_BLOCK - 1) // SCHED_BLOCK, min=1)
+    cost = nblk + FIXED_OVERHEAD
+    incl = torch.cumsum(cost, 0)
+    excl = incl - cost
+    total = int(incl[-1]) if b > 0 else 0
+    payload = max((total + num_sm_parts - 1) // num_sm_parts, 1)
+    first = (excl + FIXED_OVERHEAD) // payload
+    last = (incl - 1) // payload
+    num_splits = torch.zeros(b + 1, dtype=torch.int64, device=lens.device)
+    num_splits[1:] = torch.cumsum(last - first + 1, 0)
+    sched = torch.zeros(num_sm_parts, META_WIDTH, dtype=torch.int64, device=lens.device)
+    for p in range(num_sm_parts):
+        x0 = p * payload
+        x1 = min(x0 + payload, total)
+        begin_req = int((incl <= x0).sum())
+        end_req = int(((excl + FIXED_OVERHEAD) < x1).sum()) - 1
+        if begin_req > end_req:
+            sched[p, 0], sched[p, 2] = b, b - 1
+            continue
+        p_begin, p_end = int(excl[begin_req]), int(excl[end_req])
+        sched[p, 0] = begin_req
+        sched[p, 1] = max(x0 - (p_begin + FIXED_OVERHEAD), 0) * SCHED_BLOCK
+        sched[p, 2] = end_req
+        end_blk = min(x1 - (p_end + FIXED_OVERHEAD), int(nblk[end_req]))
+        sched[p, 3] = min(end_blk * SCHED_BLOCK, int(lens[end_req]))
+        sched[p, 4] = p - (p_begin + FIXED_OVERHEAD) // payload
+    return sched.to(torch.int32), num_splits.to(torch.int32)
