@@ -1,0 +1,123 @@
+"""Which backend serves a call, and why: one decision table, queried by the API, ``explain`` and ``doctor``."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import torch
+
+from ._runtime import (
+    BACKENDS,
+    UnsupportedError,
+    device_arch,
+    env_backend,
+    gpu_description,
+    interpret_mode,
+    triton_available,
+)
+
+TRITON_DTYPES = (torch.bfloat16, torch.float16)
+
+
+class OpenMLAFallbackWarning(UserWarning):
+    """A call is served by a slower backend than this GPU could use for other inputs."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """The backend that serves one call and the reason it was picked."""
+
+    op: str
+    backend: str
+    reason: str
+
+
+def _triton_reason_against(device: torch.device, dtype: torch.dtype | None, dims: tuple[int, int] | None) -> str | None:
+    """Why the Triton dense-decode kernel cannot serve these inputs (``None`` when it can)."""
+    if not triton_available():
+        return "triton is not installed or does not import here"
+    if device.type == "cpu":
+        if not interpret_mode():
+            return "the tensors are on the CPU and TRITON_INTERPRET=1 was not set before importing openmla"
+    elif device.type != "cuda":
+        return f"Triton kernels run on CUDA GPUs, the tensors are on {device.type}"
+    else:
+        arch = device_arch(device)
+        if arch is not None and arch < 80:
+            return f"this GPU is sm_{arch}; the Triton kernels need sm_80 or newer"
+    if dtype is not None and dtype not in TRITON_DTYPES:
+        return f"the Triton kernel takes bf16 or fp16 q and k_cache, got {dtype}"
+    if dims is not None:
+        d, d_v = dims
+        if d_v < 16 or d_v & (d_v - 1):
+            return f"head_dim_v={d_v} is not a power of two >= 16"
+        d_pe = d - d_v
+        if d_pe != 0 and (d_pe < 16 or d_pe & (d_pe - 1)):
+            return f"d - head_dim_v = {d_pe} (the RoPE part) is neither 0 nor a power of two >= 16"
+    return None
+
+
+def choose_dense_decode(
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    dims: tuple[int, int] | None = None,
+    backend: str | None = None,
+) -> Choice:
+    """Pick the backend for a dense decode call; raise :class:`UnsupportedError` if a forced one cannot serve.
+
+    ``backend`` (the call's argument) wins over ``OPENMLA_BACKEND``; ``None``/``"auto"`` decides here.
+    """
+    op = "dense_decode"
+    forced = (backend or "auto").lower()
+    if forced == "auto":
+        forced = env_backend()
+    elif forced not in BACKENDS:
+        raise UnsupportedError(f"backend={backend!r} is not a backend; expected 'auto' or one of {BACKENDS}.")
+    device = torch.device(device)
+    against = _triton_reason_against(device, dtype, dims)
+    where = gpu_description(device)
+    if forced == "reference":
+        return Choice(op, "reference", "forced (backend='reference' or OPENMLA_BACKEND=reference)")
+    if forced == "gluon":
+        raise UnsupportedError(
+            f"backend='gluon' cannot serve {op}: the Gluon (sm_90) dense-decode kernel is not in this version. "
+            f"GPU: {where}. Use backend='triton' (any NVIDIA GPU sm_80+) or 'reference'."
+        )
+    if forced == "triton":
+        if against is not None:
+            raise UnsupportedError(
+                f"backend='triton' cannot serve {op}: {against}. GPU: {where}. "
+                "Supported: bf16/fp16 on sm_80+ GPUs (or CPU tensors with TRITON_INTERPRET=1 set before import), "
+                "head_dim_v a power of two, d - head_dim_v 0 or a power of two. Use backend='reference' otherwise."
+            )
+        return Choice(op, "triton", "forced (backend='triton' or OPENMLA_BACKEND=triton)")
+    if against is None:
+        if device.type == "cpu":
+            return Choice(op, "triton", "CPU tensors with TRITON_INTERPRET=1: Triton kernels in the interpreter")
+        return Choice(op, "triton", f"portable Triton split-KV kernel on {where}")
+    if device.type == "cuda":
+        warnings.warn(
+            f"openmla: dense decode falls back to the slow fp32 reference because {against} ({where}).",
+            OpenMLAFallbackWarning,
+            stacklevel=3,
+        )
+        return Choice(op, "reference", f"fallback: {against}")
+    return Choice(op, "reference", f"{against}: the fp32 PyTorch reference serves CPU calls")
+
+
+def backend_table(device: torch.device | str | None = None) -> list[Choice]:
+    """What serves each public op on ``device`` (default: the current GPU, else CPU), for ``openmla doctor``."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    rows = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OpenMLAFallbackWarning)
+            rows.append(choose_dense_decode(device, torch.bfloat16, (576, 512)))
+    except UnsupportedError as exc:
+        rows.append(Choice("dense_decode", "none", str(exc)))
+    for op in ("sparse_decode", "dense_fp8_decode", "sparse_prefill", "dense_prefill"):
+        rows.append(Choice(op, "none", "not implemented in this version of openmla"))
+    return rows

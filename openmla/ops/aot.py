@@ -1,0 +1,168 @@
+"""Ahead-of-time compiles of every kernel variant for a given arch, with no GPU needed.
+
+Used by the CPU test tier (each variant must compile for sm_80, sm_90a and sm_120 with no local
+memory) and by ``openmla doctor`` (registers, shared memory, spills and ``wgmma`` per kernel).
+Triton's wheel ships ``ptxas`` and ``cuobjdump``, so this runs on any Linux machine with Triton.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+from .._runtime import interpret_mode, triton_available
+from .decode_dense import SPLITKV_RUNTIME_INTS
+
+# pointer and stride arguments are 16-divisible in every real launch; tell the compiler, as the JIT does
+_DIVISIBLE_PREFIXES = ("stride_",)
+
+
+@dataclasses.dataclass
+class KernelReport:
+    """One compiled variant: what compiled, and the resources it uses."""
+
+    kernel: str
+    variant: str
+    arch: int
+    ok: bool
+    error: str | None = None
+    registers: int | None = None
+    shared_bytes: int | None = None
+    spill_bytes: int | None = None
+    local_bytes: int | None = None
+    has_wgmma: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A kernel, its argument types and the constexprs that make one compiled variant."""
+
+    kernel: object
+    pointer_types: dict
+    float_args: tuple
+    constexprs: dict
+    num_warps: int
+    num_stages: int
+    name: str
+
+
+def _variants() -> list[Variant]:
+    from .combine import _decode_combine_kernel
+    from .decode_dense import _dense_decode_splitkv_kernel, dense_decode_config
+    from .schedule import FIXED_OVERHEAD, SCHED_BLOCK, _plan_splitkv_kernel
+
+    out = []
+    for dtype in ("bf16", "fp16"):
+        ptrs = {
+            "q_ptr": f"*{dtype}", "k_ptr": f"*{dtype}", "block_table_ptr": "*i32", "seqlens_ptr": "*i32",
+            "sched_ptr": "*i32", "num_splits_ptr": "*i32", "out_ptr": f"*{dtype}", "lse_ptr": "*fp32",
+            "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32",
+        }
+        for rows in (16, 32, 64, 128):
+            for d_qk in (576, 512):
+                for causal in (False, True):
+                    cfg = dense_decode_config(rows, d_qk, 512, 90)
+                    consts = dict(CAUSAL=causal, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D_V=512,
+                                  D_PE=d_qk - 512, DV_TILE=cfg.dv_tile)
+                    name = f"{dtype} rows<={rows} d{d_qk} {'causal' if causal else 'full'} " \
+                           f"bm{cfg.block_m} bn{cfg.block_n} dv{cfg.dv_tile} w{cfg.num_warps} s{cfg.num_stages}"
+                    out.append(Variant(_dense_decode_splitkv_kernel, ptrs, ("scale_log2",), consts,
+                                       cfg.num_warps, cfg.num_stages, name))
+        out.append(Variant(
+            _decode_combine_kernel,
+            {"out_ptr": f"*{dtype}", "lse_ptr": "*fp32", "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32",
+             "num_splits_ptr": "*i32"}, (), dict(BLOCK_R=8, D_V=512), 4, 2, f"{dtype} d_v512"))
+    out.append(Variant(
+        _plan_splitkv_kernel, {"seqlens_ptr": "*i32", "sched_ptr": "*i32", "num_splits_ptr": "*i32"}, (),
+        dict(BLOCK_P=256, CHUNK=32, SCHED=SCHED_BLOCK, OVERHEAD=FIXED_OVERHEAD), 4, 2, "256 parts"))
+    return out
+
+
+def _signature(v: Variant):
+    names = list(inspect.signature(v.kernel.fn).parameters)
+    sig, attrs = {}, {}
+    for i, n in enumerate(names):
+        if n in v.constexprs:
+            sig[n] = "constexpr"
+        elif n in v.pointer_types:
+            sig[n] = v.pointer_types[n]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif n in v.float_args:
+            sig[n] = "fp32"
+        else:
+            sig[n] = "i32"
+            if n.startswith(_DIVISIBLE_PREFIXES) and n not in SPLITKV_RUNTIME_INTS:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    return sig, attrs
+
+
+def _resource_usage(cubin: bytes) -> dict:
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True,
+                              check=True).stdout
+    found = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text))
+    return {k: int(v) for k, v in found.items()}
+
+
+def compile_variant(v: Variant, arch: int) -> KernelReport:
+    """Compile one variant for ``arch`` (80, 90, 100, 120...) and read its resource usage."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    kernel_name = v.kernel.fn.__name__
+    try:
+        sig, attrs = _signature(v)
+        src = triton.compiler.ASTSource(fn=v.kernel, signature=sig, constexprs=v.constexprs, attrs=attrs)
+        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                  options={"num_warps": v.num_warps, "num_stages": v.num_stages})
+        usage = _resource_usage(compiled.asm["cubin"])
+        return KernelReport(
+            kernel=kernel_name, variant=v.name, arch=arch, ok=True, registers=usage.get("REG"),
+            shared_bytes=compiled.metadata.shared, spill_bytes=usage.get("STACK"), local_bytes=usage.get("LOCAL"),
+            has_wgmma="wgmma.mma_async" in compiled.asm["ptx"],
+        )
+    except Exception as exc:  # a report, not a crash: doctor prints every variant
+        return KernelReport(kernel=kernel_name, variant=v.name, arch=arch, ok=False,
+                            error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
+
+
+def compile_all(arch: int, select: str | None = None) -> list[KernelReport]:
+    """Compile every kernel variant OpenMLA can launch for ``arch``; one report each.
+
+    ``select``: keep variants whose ``kernel[variant]`` name contains this text. Under
+    ``TRITON_INTERPRET=1`` the kernels in this process are interpreter wrappers that cannot be
+    compiled, so the compiles run in a child process with the interpreter off.
+    """
+    if not triton_available():
+        return [KernelReport(kernel="*", variant="*", arch=arch, ok=False, error="triton is not importable")]
+    if interpret_mode():
+        env = dict(os.environ, TRITON_INTERPRET="0")
+        cmd = [sys.executable, "-m", "openmla.ops.aot", "--arch", str(arch)] + (["--select", select] if select else [])
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            return [KernelReport(kernel="*", variant="*", arch=arch, ok=False,
+                                 error=f"compile subprocess failed: {done.stderr.strip()[-500:]}")]
+        return [KernelReport(**r) for r in json.loads(done.stdout)]
+    chosen = [v for v in _variants() if select is None or select in f"{v.kernel.fn.__name__}[{v.name}]"]
+    return [compile_variant(v, arch) for v in chosen]
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="compile OpenMLA's kernels for an arch and print JSON reports")
+    parser.add_argument("--arch", type=int, required=True)
+    parser.add_argument("--select")
+    ns = parser.parse_args()
+    print(json.dumps([dataclasses.asdict(r) for r in compile_all(ns.arch, ns.select)]))

@@ -1,0 +1,246 @@
+"""Dense MLA decoding over a paged KV cache, in portable Triton: split-KV kernel, config, launcher.
+
+MLA decoding is multi-query attention per KV head: the ``s_q * h_q / h_kv`` query rows that share a
+KV head are folded into the M dimension of the matrix products (``BLOCK_M`` rows per program, 64 on
+big shapes so Hopper can use ``wgmma``), against one ``d``-dim key whose first ``d_v`` dims are also
+the value. Each KV tile is loaded once and feeds both products (``S = Q Kᵀ`` and ``O += P V``).
+
+Grid: ``(row_tiles * h_kv, num_sm_parts)``. Program ``(m, p)`` walks piece ``p`` of the split-KV plan
+(:mod:`openmla.ops.schedule`): one or more requests, each over a token range. A request that only
+this piece touches is written straight to ``out``/``lse``; a request cut across pieces writes a
+normalised partial output and its log2-LSE to ``o_accum``/``lse_accum``, merged by
+:mod:`openmla.ops.combine`.
+
+Masking rules (the reference's): keys ``j >= cache_seqlens[i]`` are never loaded (no NaN from unused
+slots, no read of garbage block-table entries); with ``causal`` query token ``t`` sees ``j <= s_k -
+s_q + t``; a row that sees nothing gets ``out = 0`` and ``lse = +inf``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .._runtime import triton_available
+from .schedule import SCHED_BLOCK
+
+# integer arguments that vary per call: specialising on them (==1, %16) would recompile per batch shape
+SPLITKV_RUNTIME_INTS = (
+    "stride_bt", "stride_lb", "stride_lh", "s_q", "h_q", "group", "rows", "row_tiles",
+    "page_block_size", "max_blocks", "num_blocks",
+)
+
+if triton_available():
+    import triton
+    import triton.language as tl
+
+    @triton.jit(do_not_specialize=list(SPLITKV_RUNTIME_INTS))
+    def _dense_decode_splitkv_kernel(
+        q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
+        out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr,
+        stride_qb, stride_qs, stride_qh,
+        stride_kb, stride_kp, stride_kh,
+        stride_bt,
+        stride_ob, stride_os, stride_oh,
+        stride_lb, stride_lh,
+        s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2,
+        CAUSAL: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        D_V: tl.constexpr, D_PE: tl.constexpr, DV_TILE: tl.constexpr,
+    ):
+        # program axis 0 = (kv head, row tile, slice of the output's D_V dims)
+        pid_m = tl.program_id(0)
+        part = tl.program_id(1)
+        NUM_DV_TILES: tl.constexpr = D_V // DV_TILE
+        dv_tile = pid_m % NUM_DV_TILES
+        kv_head = pid_m // NUM_DV_TILES // row_tiles
+        tile = pid_m // NUM_DV_TILES % row_tiles
+
+        offs_r = tile * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M] row = t * group + g
+        mask_r = offs_r < rows
+        t_idx = offs_r // group
+        head = kv_head * group + offs_r % group
+        # this program's output dims first, then (when the output is sliced) the rest of the latent dims
+        offs_v = dv_tile * DV_TILE + tl.arange(0, DV_TILE)
+        offs_w = (dv_tile * DV_TILE + DV_TILE + tl.arange(0, D_V - DV_TILE if D_V > DV_TILE else 16)) % D_V
+        offs_n = tl.arange(0, BLOCK_N)
+
+        sched = sched_ptr + part * 8
+        begin_req = tl.load(sched + 0)
+        begin_tok = tl.load(sched + 1)
+        end_req = tl.load(sched + 2)
+        end_tok = tl.load(sched + 3)
+        begin_split = tl.load(sched + 4)
+
+        for req in range(begin_req, end_req + 1):
+            req64 = tl.cast(req, tl.int64)
+            s_k = tl.load(seqlens_ptr + req)
+            # the kernel never reads past the block table, whatever cache_seqlens says
+            s_k = tl.minimum(s_k, max_blocks * page_block_size)
+            tok_lo = tl.where(req == begin_req, begin_tok, 0)
+            tok_hi = tl.where(req == end_req, tl.minimum(end_tok, s_k), s_k)
+            split_lo = tl.load(num_splits_ptr + req)
+            n_split = tl.load(num_splits_ptr + req + 1) - split_lo
+            split_idx = tl.where(req == begin_req, begin_split, 0)
+
+            q_row = q_ptr + req64 * stride_qb + t_idx * stride_qs + head * stride_qh  # [BLOCK_M]
+            q_v = tl.load(q_row[:, None] + offs_v[None, :], mask=mask_r[:, None], other=0.0)  # [BLOCK_M, DV_TILE]
+            if D_V > DV_TILE:
+                q_w = tl.load(q_row[:, None] + offs_w[None, :], mask=mask_r[:, None], other=0.0)
+            if D_PE > 0:
+                offs_pe = tl.arange(0, D_PE)
+                q_pe = tl.load(q_row[:, None] + D_V + offs_pe[None, :], mask=mask_r[:, None], other=0.0)
+            if CAUSAL:
+                limit = s_k - s_q + t_idx  # [BLOCK_M] last key each row may see
+
+            m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+            l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+            acc = tl.zeros([BLOCK_M, DV_TILE], dtype=tl.float32)
+            bt_row = block_table_ptr + req64 * stride_bt
+            for start in range(tok_lo, tok_hi, BLOCK_N):
+                offs_j = start + offs_n  # [BLOCK_N]
+                mask_j = offs_j < tok_hi
+                page = tl.load(bt_row + offs_j // page_block_size, mask=mask_j, other=0)
+                # a page number outside the cache (a caller's bug) must not fault the GPU
+                page = tl.minimum(tl.maximum(page, 0), num_blocks - 1)
+                k_row = page.to(tl.int64) * stride_kb + (offs_j % page_block_size) * stride_kp + kv_head * stride_kh
+                k_ptrs = k_ptr + k_row[:, None]
+                k_v = tl.load(k_ptrs + offs_v[None, :], mask=mask_j[:, None], other=0.0)  # [BLOCK_N, DV_TILE]
+                scores = tl.dot(q_v, tl.trans(k_v))  # [BLOCK_M, BLOCK_N]
+                if D_V > DV_TILE:
+                    k_w = tl.load(k_ptrs + offs_w[None, :], mask=mask_j[:, None], other=0.0)
+                    scores = tl.dot(q_w, tl.trans(k_w), scores)
+                if D_PE > 0:
+                    k_pe = tl.load(k_ptrs + D_V + offs_pe[None, :], mask=mask_j[:, None], other=0.0)
+                    scores = tl.dot(q_pe, tl.trans(k_pe), scores)
+                scores = scores * scale_log2
+                if CAUSAL:
+                    visible = mask_j[None, :] & (offs_j[None, :] <= limit[:, None])
+                else:
+                    visible = mask_j[None, :]
+                scores = tl.where(visible, scores, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+                # rows that have seen no key yet keep m = -inf; shift by 0 so exp2 gives 0, not NaN
+                m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+                p = tl.math.exp2(scores - m_shift[:, None])
+                alpha = tl.math.exp2(m_i - m_shift)
+                l_i = l_i * alpha + tl.sum(p, axis=1)
+                acc = acc * alpha[:, None]
+                acc = tl.dot(p.to(k_v.dtype), k_v, acc)
+                m_i = m_new
+
+            empty = l_i == 0.0
+            inv_l = tl.where(empty, 0.0, 1.0 / l_i)
+            o = acc * inv_l[:, None]
+            lse2 = tl.where(empty, float("-inf"), m_i + tl.math.log2(l_i))
+            write_lse = mask_r & (dv_tile == 0)
+            if n_split <= 1:
+                o_ptrs = out_ptr + req64 * stride_ob + t_idx * stride_os + head * stride_oh
+                tl.store(o_ptrs[:, None] + offs_v[None, :], o.to(out_ptr.dtype.element_ty), mask=mask_r[:, None])
+                lse = tl.where(empty, float("inf"), lse2 * 0.6931471805599453)
+                tl.store(lse_ptr + req64 * stride_lb + head * stride_lh + t_idx, lse, mask=write_lse)
+            else:
+                slot = (split_lo + split_idx).to(tl.int64)
+                acc_row = (slot * s_q + t_idx) * h_q + head  # o_accum is [slots, s_q, h_q, D_V]
+                tl.store(o_acc_ptr + acc_row[:, None] * D_V + offs_v[None, :], o, mask=mask_r[:, None])
+                tl.store(lse_acc_ptr + acc_row, lse2, mask=write_lse)
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseDecodeConfig:
+    """Tile shape and launch parameters of the split-KV kernel.
+
+    ``dv_tile`` < ``d_v`` slices the output dims across programs: each program recomputes the
+    scores but holds only a ``block_m x dv_tile`` fp32 accumulator (a 128 x 512 one does not fit
+    in registers next to the pipelined tiles).
+    """
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+    dv_tile: int
+
+
+def dense_decode_config(rows: int, d_qk: int, d_v: int, arch: int | None) -> DenseDecodeConfig:
+    """Pick the tile shape from the rows per KV head (``s_q * h_q / h_kv``) and the head dims.
+
+    Many rows (compute-bound): 128-row tiles on 8 warps (Triton gives each warp 16 rows, and
+    Hopper's ``wgmma`` takes 64 rows a warpgroup), output dims sliced in two. Few rows
+    (memory-bound): the smallest tile that holds them and the whole output in one program.
+    """
+    if rows > 64:
+        return DenseDecodeConfig(block_m=128, block_n=32, num_warps=8, num_stages=2, dv_tile=min(d_v, 256))
+    if rows > 32:
+        return DenseDecodeConfig(block_m=64, block_n=32, num_warps=4, num_stages=2, dv_tile=min(d_v, 256))
+    block_m = max(16, 1 << (rows - 1).bit_length())
+    return DenseDecodeConfig(block_m=block_m, block_n=32, num_warps=4, num_stages=3, dv_tile=d_v)
+
+
+def num_sm_parts_for(rows: int, h_kv: int, sm_count: int, d_v: int = 512) -> int:
+    """How many split-KV pieces to cut a batch into so that all SMs get one program each."""
+    cfg = dense_decode_config(rows, 576, d_v, None)
+    programs_per_part = h_kv * -(-rows // cfg.block_m) * (d_v // cfg.dv_tile)
+    return max(sm_count // programs_per_part, 1)
+
+
+def dense_decode_fwd(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    head_dim_v: int,
+    tile_scheduler_metadata: torch.Tensor,
+    num_splits: torch.Tensor,
+    softmax_scale: float,
+    causal: bool,
+    config: DenseDecodeConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch split-KV then combine. Inputs are validated by :mod:`openmla.api`.
+
+    Args:
+        q: [b, s_q, h_q, d] bf16/fp16, last dim contiguous.
+        k_cache: [num_blocks, page_block_size, h_kv, d], q's dtype, last dim contiguous.
+        block_table: [b, max_blocks] int32, last dim contiguous.
+        cache_seqlens: [b] int32 contiguous.
+        tile_scheduler_metadata, num_splits: from :func:`openmla.ops.schedule.plan_splitkv`.
+
+    Returns:
+        out [b, s_q, h_q, head_dim_v] in q's dtype, lse [b, h_q, s_q] fp32.
+    """
+    from .combine import combine_splits
+
+    b, s_q, h_q, d = q.shape
+    _, page_block_size, h_kv, _ = k_cache.shape
+    group = h_q // h_kv
+    rows = s_q * group
+    cfg = config or dense_decode_config(rows, d, head_dim_v, None)
+    if SCHED_BLOCK % cfg.block_n != 0:
+        raise ValueError(f"block_n={cfg.block_n} must divide the scheduler's {SCHED_BLOCK}-token unit")
+    if head_dim_v % cfg.dv_tile != 0:
+        raise ValueError(f"dv_tile={cfg.dv_tile} must divide head_dim_v={head_dim_v}")
+    row_tiles = -(-rows // cfg.block_m)
+    num_parts = tile_scheduler_metadata.shape[0]
+    out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
+    lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)
+    # a request is cut into at most (pieces touching it) splits; all splits fit in b + num_parts slots
+    slots = b + num_parts
+    o_accum = torch.empty(slots, s_q, h_q, head_dim_v, dtype=torch.float32, device=q.device)
+    lse_accum = torch.empty(slots, s_q, h_q, dtype=torch.float32, device=q.device)
+    scale_log2 = softmax_scale * 1.4426950408889634
+    _dense_decode_splitkv_kernel[(row_tiles * h_kv * (head_dim_v // cfg.dv_tile), num_parts)](
+        q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
+        out, lse, o_accum, lse_accum,
+        q.stride(0), q.stride(1), q.stride(2),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        block_table.stride(0),
+        out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1),
+        s_q, h_q, group, rows, row_tiles, page_block_size, block_table.shape[1], k_cache.shape[0], scale_log2,
+        CAUSAL=bool(causal and s_q > 1),
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D_V=head_dim_v, D_PE=d - head_dim_v, DV_TILE=cfg.dv_tile,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    combine_splits(out, lse, o_accum, lse_accum, num_splits)
+    return out, lse

@@ -1,0 +1,215 @@
+"""Dense MLA decoding through the public API, against the fp32 reference (and FlashMLA on the GPU).
+
+CPU tier: the Triton kernels under the interpreter on tiny fp16 shapes (triton 3.6's interpreter
+computes ``tl.dot`` on two bf16 operands wrongly), with the split-KV path forced by a small SM count.
+GPU tier (``-m gpu``): FlashMLA's dense-decode matrix with FlashMLA's tolerances, other page sizes,
+FP16, zero-length corners, NaN-poisoned outputs, CUDA-graph capture, and FlashMLA itself on the same
+inputs when the anchor is importable.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from helpers import TOL, check_close, interpret_mode, make_dense_decode_inputs, poison_cuda_cache
+
+import openmla
+from openmla import reference
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+CAN_RUN_TRITON = HAS_CUDA or interpret_mode()
+
+try:  # the FlashMLA anchor, for differential tests on the GPU
+    import flash_mla as _flash_mla
+
+    if not HAS_CUDA or torch.cuda.get_device_capability() != (9, 0):
+        _flash_mla = None
+except Exception:
+    _flash_mla = None
+
+
+def run_openmla(inputs: dict, api: str = "new", backend: str = "triton"):
+    q, k_cache, bt, lens = inputs["q"], inputs["k_cache"], inputs["block_table"], inputs["cache_seqlens"]
+    b, s_q, h_q, _ = q.shape
+    h_kv = k_cache.shape[2]
+    if api == "new":
+        meta, splits = openmla.get_mla_metadata()
+    else:
+        meta, splits = openmla.get_mla_metadata(lens, s_q * h_q // h_kv, h_kv)
+    return openmla.flash_mla_with_kvcache(
+        q, k_cache, bt, lens, inputs["head_dim_v"], meta, splits,
+        softmax_scale=inputs["softmax_scale"], causal=inputs["causal"], backend=backend,
+    )
+
+
+def check_against_reference(inputs: dict, out: torch.Tensor, lse: torch.Tensor) -> None:
+    ref_out, ref_lse = reference.dense_decode(**inputs)
+    assert out.shape == ref_out.shape and out.dtype == inputs["q"].dtype
+    assert lse.shape == ref_lse.shape and lse.dtype == torch.float32
+    check_close("out", out, ref_out, TOL[("dense_decode", "out")])
+    check_close("lse", lse, ref_lse, TOL[("dense_decode", "lse")])
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU tier: Triton kernels under the interpreter, tiny fp16 shapes
+# ------------------------------------------------------------------------------------------------
+
+INTERP_CASES = [
+    # b, s_q, s_k, h_q, h_kv, d, dv, page, varlen, causal, zero_frac
+    (2, 1, 40, 4, 1, 576, 512, 16, True, False, 0.0),
+    (3, 2, 70, 4, 2, 576, 512, 7, True, True, 0.0),
+    (4, 3, 50, 3, 1, 512, 512, 64, True, True, 0.25),
+    (2, 1, 130, 16, 1, 576, 512, 1, False, False, 0.0),
+    (3, 4, 3, 6, 3, 64, 32, 3, False, True, 0.0),  # s_k < s_q: leading rows see nothing
+    (5, 2, 90, 9, 3, 64, 32, 128, True, True, 0.4),
+    (2, 1, 200, 40, 1, 64, 32, 32, True, False, 0.0),  # 64-row tiles
+    (1, 2, 300, 70, 1, 64, 32, 64, False, True, 0.0),  # 128-row tiles, output sliced in two
+]
+
+
+@pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, id="b{}-sq{}-sk{}-h{}-hkv{}-d{}-dv{}-p{}-var{}-causal{}-zero{}".format(*c))
+             for c in INTERP_CASES])
+@pytest.mark.parametrize("sms", [132, 5])
+@pytest.mark.parametrize("api", ["new", "old"])
+def test_triton_matches_reference_tiny(case, sms, api, monkeypatch, generator):
+    """Few SMs cut every request across pieces, so the combine kernel runs too."""
+    b, s_q, s_k, h_q, h_kv, d, dv, page, varlen, causal, zero_frac = case
+    monkeypatch.setenv("OPENMLA_NUM_SMS", str(sms))
+    inputs = make_dense_decode_inputs(b, s_q, s_k, h_q, h_kv, d, dv, page, torch.float16, DEVICE, varlen=varlen,
+                                      zero_len_frac=zero_frac, generator=generator, causal=causal)
+    out, lse = run_openmla(inputs, api=api)
+    check_against_reference(inputs, out, lse)
+
+
+@pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
+def test_sched_meta_is_planned_once_and_reused(generator):
+    inputs = make_dense_decode_inputs(2, 1, 50, 4, 1, 64, 32, 16, torch.float16, DEVICE, varlen=True,
+                                      generator=generator)
+    meta, none = openmla.get_mla_metadata()
+    assert none is None and not meta.have_initialized
+    args = (inputs["q"], inputs["k_cache"], inputs["block_table"], inputs["cache_seqlens"], 32, meta)
+    out1, lse1 = openmla.flash_mla_with_kvcache(*args, backend="triton")
+    assert meta.have_initialized and meta.tile_scheduler_metadata.shape[1] == 8
+    planned = meta.tile_scheduler_metadata
+    out2, lse2 = openmla.flash_mla_with_kvcache(*args, backend="triton")
+    assert meta.tile_scheduler_metadata is planned
+    assert torch.equal(out1, out2) and torch.equal(lse1, lse2)
+    check_against_reference(inputs, out1, lse1)
+
+
+def test_reference_backend_serves_cpu_calls(generator):
+    inputs = make_dense_decode_inputs(2, 2, 30, 4, 2, 64, 32, 8, torch.float32, "cpu", varlen=True,
+                                      generator=generator, causal=True)
+    out, lse = run_openmla(inputs, backend="reference")
+    ref_out, ref_lse = reference.dense_decode(**inputs)
+    assert torch.equal(out, ref_out) and torch.equal(lse, ref_lse)
+    assert openmla.explain(inputs["q"], inputs["k_cache"], backend="reference").backend == "reference"
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU tier
+# ------------------------------------------------------------------------------------------------
+
+H_PAIRS = [(h_q, h_kv) for h_q in (1, 3, 9, 63, 64, 126, 128) for h_kv in (1, 2, 3, 8) if h_q % h_kv == 0]
+MATRIX = [
+    pytest.param(b, s_q, s_k, h_q, h_kv, varlen, causal,
+                 id=f"b{b}-sq{s_q}-sk{s_k}-h{h_q}-hkv{h_kv}-var{int(varlen)}-causal{int(causal)}")
+    for b, s_q, s_k, (h_q, h_kv), varlen, causal in itertools.product(
+        (1, 2, 6, 64), (1, 2, 4), (20, 140, 4096), H_PAIRS, (False, True), (False, True))
+]
+
+
+def _flash_mla_run(inputs: dict):
+    meta, _ = _flash_mla.get_mla_metadata()
+    return _flash_mla.flash_mla_with_kvcache(
+        inputs["q"], inputs["k_cache"], inputs["block_table"], inputs["cache_seqlens"], inputs["head_dim_v"], meta,
+        softmax_scale=inputs["softmax_scale"], causal=inputs["causal"], use_legacy=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b,s_q,s_k,h_q,h_kv,varlen,causal", MATRIX)
+def test_flashmla_dense_matrix(b, s_q, s_k, h_q, h_kv, varlen, causal, generator):
+    inputs = make_dense_decode_inputs(b, s_q, s_k, h_q, h_kv, 576, 512, 64, torch.bfloat16, "cuda",
+                                      varlen=varlen, generator=generator, causal=causal)
+    poison_cuda_cache(1 << 28)  # fresh outputs land on NaN-filled memory: every element must be written
+    out, lse = run_openmla(inputs)
+    torch.cuda.synchronize()
+    check_against_reference(inputs, out, lse)
+    if _flash_mla is not None:
+        fm_out, fm_lse = _flash_mla_run(inputs)
+        check_close("out vs FlashMLA", out, fm_out.float(), TOL[("dense_decode", "out")])
+        check_close("lse vs FlashMLA", lse, fm_lse, TOL[("dense_decode", "lse")])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("h_q,h_kv", H_PAIRS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_zero_length_corner(h_q, h_kv, causal, generator):
+    """FlashMLA's corner case: b=128, s_q=2, s_k=4096 varlen with some lengths 0."""
+    inputs = make_dense_decode_inputs(128, 2, 4096, h_q, h_kv, 576, 512, 64, torch.bfloat16, "cuda", varlen=True,
+                                      zero_len_frac=0.3, generator=generator, causal=causal)
+    out, lse = run_openmla(inputs, api="old")
+    check_against_reference(inputs, out, lse)
+    zero = inputs["cache_seqlens"] == 0
+    assert torch.all(out[zero] == 0) and torch.all(torch.isposinf(lse[zero]))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("page", [1, 16, 64, 128, 61])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("h_q,h_kv,s_q", [(128, 1, 1), (16, 1, 2), (64, 8, 4), (126, 3, 1)])
+@pytest.mark.parametrize("d", [576, 512])
+def test_page_sizes_and_dtypes(page, dtype, h_q, h_kv, s_q, d, generator):
+    inputs = make_dense_decode_inputs(6, s_q, 700, h_q, h_kv, d, 512, page, dtype, "cuda", varlen=True,
+                                      zero_len_frac=0.2, generator=generator, causal=True)
+    out, lse = run_openmla(inputs)
+    check_against_reference(inputs, out, lse)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_capture_and_replay(generator):
+    """A whole decode step, planning included, is captured once and replayed on new lengths."""
+    b, s_q, h_q = 8, 2, 128
+    inputs = make_dense_decode_inputs(b, s_q, 1000, h_q, 1, 576, 512, 64, torch.bfloat16, "cuda", varlen=True,
+                                      generator=generator, causal=True)
+    q, k_cache, bt, lens = inputs["q"], inputs["k_cache"], inputs["block_table"], inputs["cache_seqlens"]
+    static_lens = lens.clone()
+
+    def step():
+        meta, _ = openmla.get_mla_metadata()
+        return openmla.flash_mla_with_kvcache(q, k_cache, bt, static_lens, 512, meta, causal=True)
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()  # compile outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        g_out, g_lse = step()
+    for trial in range(3):
+        # any length up to each sequence's own: the block table has no pages past that
+        new_lens = (torch.rand(b, generator=generator) * (lens.cpu() + 1)).floor().to(torch.int32)
+        static_lens.copy_(new_lens.cuda())
+        graph.replay()
+        torch.cuda.synchronize()
+        case = dict(inputs, cache_seqlens=static_lens.clone())
+        check_against_reference(case, g_out, g_lse)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_flash_mla is None, reason="FlashMLA anchor (sgl-flash-mla) not importable on an SM90 GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_equal_to_flashmla_standard_shapes(dtype, generator):
+    for b, s_q, s_k, h_q in [(128, 1, 4096, 128), (128, 2, 4096, 128), (128, 1, 8192, 16), (32, 1, 8192, 64)]:
+        inputs = make_dense_decode_inputs(b, s_q, s_k, h_q, 1, 576, 512, 64, dtype, "cuda", varlen=True,
+                                          generator=generator, causal=True, softmax_scale=192**-0.5)
+        out, lse = run_openmla(inputs)
+        fm_out, fm_lse = _flash_mla_run(inputs)
+        check_close("out vs FlashMLA", out, fm_out.float(), TOL[("dense_decode", "out")])
+        check_close("lse vs FlashMLA", lse, fm_lse, TOL[("dense_decode", "lse")])
