@@ -1,0 +1,144 @@
+"""Sweep the Triton dense-decode kernel's configs on the standard shapes, beside FlashMLA, in one process.
+
+Usage (GPU): ``python -m benchmarks.tune_dense_decode [--json PATH] [--quick]``
+
+For each shape it builds one set of inputs (FlashMLA's test recipe: varlen, NaN past each length,
+random page permutation), checks every candidate against FlashMLA's output (or the fp32 reference
+when FlashMLA is absent), and times the whole decode call with ``triton.testing.do_bench`` (median),
+metadata planned once outside the timing as serving loops do. Prints a table; ``--json`` keeps it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+
+def make_inputs(b, s_q, s_k, h_q, h_kv, d, dv, page, dtype, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    lens = torch.normal(float(s_k), s_k / 2, (b,), generator=g).round().clamp(s_q, 2 * s_k).to(torch.int32)
+    max_blocks = (int(lens.max()) + page - 1) // page
+    num_blocks = b * max_blocks
+    q = (torch.randn(b, s_q, h_q, d, generator=g) / 10).clamp(-1, 1).to(dtype).cuda()
+    k_cache = (torch.randn(num_blocks, page, h_kv, d, generator=g) / 10).clamp(-1, 1).to(dtype).cuda()
+    block_table = torch.randperm(num_blocks, generator=g).view(b, max_blocks).to(torch.int32).cuda()
+    for i in range(b):
+        n = int(lens[i])
+        used = (n + page - 1) // page
+        last = block_table[i, used - 1]
+        if n % page:
+            k_cache[last, n % page :] = float("nan")
+        k_cache[block_table[i, used:].long()] = float("nan")
+    return q, k_cache, block_table, lens.cuda()
+
+
+def flops_bytes(lens, s_q, h_q, h_kv, d, dv):
+    total = float(lens.sum())
+    b = lens.numel()
+    flops = 2.0 * h_q * s_q * total * (d + dv)
+    nbytes = total * h_kv * d * 2 + b * s_q * h_q * (d + dv) * 2
+    return flops, nbytes
+
+
+def candidates(rows):
+    from openmla.ops.decode_dense import DenseDecodeConfig as C
+
+    if rows > 64:
+        return [C(128, 32, 8, 2, 256), C(128, 32, 8, 3, 256), C(128, 64, 8, 2, 256), C(128, 16, 8, 3, 256),
+                C(64, 32, 4, 2, 256), C(64, 64, 4, 2, 256), C(64, 32, 8, 2, 512)]
+    if rows > 32:
+        return [C(64, 32, 4, 2, 256), C(64, 64, 4, 2, 256), C(64, 32, 4, 3, 256), C(64, 32, 8, 2, 512),
+                C(64, 16, 4, 3, 512)]
+    bm = max(16, 1 << (rows - 1).bit_length())
+    return [C(bm, 32, 4, 3, 512), C(bm, 32, 4, 2, 512), C(bm, 64, 4, 2, 512), C(bm, 16, 4, 4, 512),
+            C(bm, 32, 4, 4, 512), C(bm, 32, 8, 3, 512), C(bm, 32, 4, 3, 256)]
+
+
+def main(argv=None):
+    import triton
+
+    import openmla
+    from openmla.ops.decode_dense import dense_decode_config, dense_decode_fwd
+    from openmla.ops.schedule import plan_splitkv
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--dtype", default="bf16")
+    args = ap.parse_args(argv)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    try:
+        import flash_mla
+    except Exception as exc:  # the anchor is optional
+        print("flash_mla not importable:", exc)
+        flash_mla = None
+    shapes = [(128, 1, 4096, 128), (128, 1, 8192, 128), (128, 1, 16384, 128), (128, 2, 4096, 128),
+              (128, 2, 8192, 128), (128, 2, 16384, 128), (128, 1, 8192, 16), (128, 1, 8192, 32),
+              (128, 1, 8192, 64)]
+    if args.quick:
+        shapes = [shapes[1], shapes[4], shapes[6]]
+    card = torch.cuda.get_device_name()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    results = []
+    d, dv, h_kv, page = 576, 512, 1, 64
+    for b, s_q, s_k, h_q in shapes:
+        q, k_cache, block_table, lens = make_inputs(b, s_q, s_k, h_q, h_kv, d, dv, page, dtype)
+        scale = 192 ** -0.5
+        flops, nbytes = flops_bytes(lens.cpu(), s_q, h_q, h_kv, d, dv)
+        ref_out = None
+        fm_us = None
+        if flash_mla is not None:
+            sched, _ = flash_mla.get_mla_metadata()
+            fm = lambda: flash_mla.flash_mla_with_kvcache(  # noqa: E731
+                q, k_cache, block_table, lens, dv, sched, softmax_scale=scale, causal=True, use_legacy=True)
+            ref_out, ref_lse = fm()
+            fm_us = triton.testing.do_bench(fm, warmup=50, rep=300, return_mode="median") * 1e3
+        if ref_out is None:
+            ref_out, ref_lse = openmla.reference.dense_decode(q, k_cache, block_table, lens, dv, scale, True)
+        rows = s_q * h_q // h_kv
+        default = dense_decode_config(rows, d, dv, 90)
+        for cfg in candidates(rows):
+            for parts_mult in (1, 2) if cfg == default else (1,):
+                programs = h_kv * -(-rows // cfg.block_m) * (dv // cfg.dv_tile)
+                parts = max(sms * parts_mult // programs, 1)
+                sched_t, splits = plan_splitkv(lens, parts)
+                call = lambda: dense_decode_fwd(  # noqa: E731
+                    q, k_cache, block_table, lens, dv, sched_t, splits, scale, True, config=cfg)
+                try:
+                    out, lse = call()
+                    torch.cuda.synchronize()
+                    err = (out.float() - ref_out.float()).abs().max().item()
+                    lse_err = (lse - ref_lse).abs().max().item()
+                    us = triton.testing.do_bench(call, warmup=50, rep=300, return_mode="median") * 1e3
+                except Exception as exc:  # keep sweeping past a config that fails to compile
+                    print(f"  {cfg}: {type(exc).__name__}: {str(exc)[:200]}")
+                    continue
+                rec = dict(op="dense_decode", card=card, b=b, s_q=s_q, s_k=s_k, h_q=h_q, config=cfg.__dict__,
+                           parts=parts, openmla_us=us, flash_mla_us=fm_us,
+                           ratio=(fm_us / us) if fm_us else None, max_abs_err=err, lse_err=lse_err,
+                           tflops=flops / us / 1e6, gbps=nbytes / us / 1e3, default=(cfg == default and parts_mult == 1))
+                results.append(rec)
+                r = f"{rec['ratio']:.3f}" if rec["ratio"] else "-"
+                fm_s = f"{fm_us:8.1f}" if fm_us else "       -"
+                print(f"b{b} sq{s_q} sk{s_k} h{h_q} bm{cfg.block_m} bn{cfg.block_n} w{cfg.num_warps} st{cfg.num_stages} "
+                      f"dv{cfg.dv_tile} parts{parts}: {us:8.1f} us vs FlashMLA {fm_s} ratio {r} "
+                      f"{rec['tflops']:6.1f} TF {rec['gbps']:7.1f} GB/s err {err:.2e} lse {lse_err:.1e}"
+                      + (" *" if rec["default"] else ""), flush=True)
+        torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    best = {}
+    for r in results:
+        key = (r["b"], r["s_q"], r["s_k"], r["h_q"])
+        if key not in best or r["openmla_us"] < best[key]["openmla_us"]:
+            best[key] = r
+    print(f"\nbest per shape on {card}:")
+    for key, r in best.items():
+        print(key, r["config"], r["parts"], f"{r['openmla_us']:.1f} us ratio {r['ratio']}")
+
+
+if __name__ == "__main__":
+    main()

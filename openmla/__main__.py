@@ -1,0 +1,7 @@
+"""``python -m openmla``: the ``openmla`` command line (see :mod:`openmla.cli`)."""
+
+import sys
+
+from openmla.cli import main
+
+sys.exit(main())

@@ -1,0 +1,224 @@
+"""Inputs, checks, metrics and timers shared by the CLI (``demo``, ``warmup``) and ``benchmarks/``.
+
+Nothing here is public API. Inputs follow FlashMLA's dense-decode test data (``flashmla-spec.md`` §4):
+``q = randn/10`` clamped to ±1, cache ``randn/10`` clamped to ±1, a random-permutation block table,
+NaN in every cache slot past a sequence's length and a poison value in block-table entries past a
+sequence's last page, so a kernel that reads what it must not read shows it. Nothing is ever timed on
+zeros. The comparator and tolerances are FlashMLA's (``flashmla-spec.md`` §4, "Comparator").
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from ._runtime import InvalidArgumentError
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+#: DeepSeek-V3's softmax scale: 1/sqrt(qk_nope_head_dim + qk_rope_head_dim) = 1/sqrt(128 + 64).
+DEEPSEEK_V3_SOFTMAX_SCALE = 192**-0.5
+
+#: What FlashMLA's test writes into block-table entries past a sequence's last page.
+BLOCK_TABLE_POISON = 2147480000
+
+#: FlashMLA's dense-decode tolerances: (abs, rel, cos_diff) for ``out``, (abs, rel) for ``lse``.
+OUT_TOLERANCE = (8e-4, 2.01 / 128, 5e-6)
+LSE_TOLERANCE = (1e-6, 8.01 / 65536)
+
+
+def module_version(module: str) -> str:
+    """``module.__version__``, or why it cannot be had (a broken install is a finding, not a crash)."""
+    try:
+        return str(getattr(__import__(module), "__version__", "unknown"))
+    except Exception as exc:
+        return f"not importable ({type(exc).__name__}: {exc})"
+
+
+def openmla_version() -> str:
+    """The installed distribution's version of ``openmla``."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("openmla")
+    except metadata.PackageNotFoundError:
+        return "not installed (running from a source tree)"
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """``"bf16"``/``"fp16"`` to a torch dtype, with a typed error naming the choices."""
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise InvalidArgumentError(f"dtype {name!r} is not supported here; expected one of {sorted(DTYPES)}") from None
+
+
+def varlen_seqlens(b: int, s_k: int, s_q: int, seed: int) -> list[int]:
+    """FlashMLA's variable lengths: ``max(N(s_k, s_k/2), s_q)`` clipped to ``[s_q, 2*s_k]``, seeded."""
+    rng = random.Random(seed)
+    return [min(max(int(rng.gauss(s_k, s_k / 2)), s_q), 2 * s_k) for _ in range(b)]
+
+
+@dataclass
+class DecodeInputs:
+    """The tensors of one dense-decode call, plus the host-side lengths used for metrics."""
+
+    q: torch.Tensor
+    k_cache: torch.Tensor
+    block_table: torch.Tensor
+    cache_seqlens: torch.Tensor
+    seqlens: list[int]
+    head_dim_v: int
+    softmax_scale: float
+    causal: bool
+
+    def call_args(self) -> tuple:
+        """Positional arguments of ``flash_mla_with_kvcache`` up to ``head_dim_v``."""
+        return (self.q, self.k_cache, self.block_table, self.cache_seqlens, self.head_dim_v)
+
+
+def _poison_unused(k_cache: torch.Tensor, perm: torch.Tensor, seqlens_t: torch.Tensor, max_blocks: int) -> None:
+    """Write NaN into every cache slot that lies past its sequence's length (in place)."""
+    page_block_size = k_cache.shape[1]
+    num_blocks = perm.numel()
+    logical_of = torch.empty_like(perm)
+    logical_of[perm] = torch.arange(num_blocks, device=perm.device)  # physical block -> flat logical index
+    owner = logical_of // max_blocks
+    token = (logical_of % max_blocks)[:, None] * page_block_size + torch.arange(page_block_size, device=perm.device)
+    k_cache[token >= seqlens_t[owner][:, None]] = float("nan")
+
+
+def make_dense_decode_inputs(
+    seqlens: Sequence[int],
+    s_q: int,
+    h_q: int,
+    h_kv: int = 1,
+    d: int = 576,
+    dv: int = 512,
+    page_block_size: int = 64,
+    dtype: torch.dtype = torch.bfloat16,
+    causal: bool = True,
+    device: str | torch.device = "cuda",
+    seed: int = 0,
+    softmax_scale: float = DEEPSEEK_V3_SOFTMAX_SCALE,
+) -> DecodeInputs:
+    """Random paged dense-decode inputs on ``device``, poisoned as FlashMLA's test poisons them."""
+    if h_q % h_kv:
+        raise InvalidArgumentError(f"h_q={h_q} must be a multiple of h_kv={h_kv}")
+    b = len(seqlens)
+    device = torch.device(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    max_seqlen_pad = max(256, math.ceil(max(seqlens) / 256) * 256)
+    max_blocks = math.ceil(max_seqlen_pad / page_block_size)
+    num_blocks = b * max_blocks
+
+    q = torch.randn(b, s_q, h_q, d, generator=gen, device=device, dtype=dtype).div_(10).clamp_(-1, 1)
+    k_cache = torch.randn(num_blocks, page_block_size, h_kv, d, generator=gen, device=device, dtype=dtype)
+    k_cache.div_(10).clamp_(-1, 1)
+    perm = torch.randperm(num_blocks, generator=gen, device=device)
+    seqlens_t = torch.tensor(list(seqlens), dtype=torch.int32, device=device)
+    _poison_unused(k_cache, perm, seqlens_t, max_blocks)
+
+    block_table = perm.view(b, max_blocks).to(torch.int32)
+    used_pages = (seqlens_t + page_block_size - 1) // page_block_size
+    past_end = torch.arange(max_blocks, device=device)[None, :] >= used_pages[:, None]
+    block_table.masked_fill_(past_end, BLOCK_TABLE_POISON)
+    return DecodeInputs(q, k_cache, block_table, seqlens_t, list(seqlens), dv, softmax_scale, causal)
+
+
+@dataclass
+class CheckResult:
+    """Outcome of comparing one tensor with its reference."""
+
+    name: str
+    ok: bool
+    max_abs_err: float
+    cos_diff: float
+    message: str = ""
+
+    def __str__(self) -> str:
+        verdict = "ok" if self.ok else "FAIL"
+        extra = f" ({self.message})" if self.message else ""
+        return f"{self.name}: {verdict}, max_abs_err={self.max_abs_err:.3g}, cos_diff={self.cos_diff:.3g}{extra}"
+
+
+def check_close(
+    name: str, actual: torch.Tensor, expected: torch.Tensor, abs_tol: float, rel_tol: float, cos_tol: float
+) -> CheckResult:
+    """FlashMLA's comparator: same NaN/±inf positions; each element within abs OR rel; cosine bound."""
+    if actual.shape != expected.shape:
+        return CheckResult(name, False, math.inf, math.inf, f"shape {tuple(actual.shape)} != {tuple(expected.shape)}")
+    a = actual.detach().to(torch.float64)
+    r = expected.detach().to(torch.float64).to(a.device)
+    for what, pred in (("NaN", torch.isnan), ("+inf", torch.isposinf), ("-inf", torch.isneginf)):
+        if not torch.equal(pred(a), pred(r)):
+            return CheckResult(name, False, math.inf, math.inf, f"positions of {what} differ")
+    special = ~torch.isfinite(r)
+    a = a.masked_fill(special, 0.0)
+    r = r.masked_fill(special, 0.0)
+    err = (a - r).abs()
+    max_abs = float(err.max()) if err.numel() else 0.0
+    bad = (err >= abs_tol) & (err / (r.abs() + 1e-6) >= rel_tol)
+    ref_sq = float((r * r).sum())
+    cos_diff = 0.0 if ref_sq < 1e-12 else 1.0 - 2.0 * float((a * r).sum()) / float((a * a).sum() + ref_sq)
+    n_bad = int(bad.sum())
+    if n_bad:
+        return CheckResult(name, False, max_abs, cos_diff, f"{n_bad} of {err.numel()} elements out of tolerance")
+    if cos_diff > cos_tol:
+        return CheckResult(name, False, max_abs, cos_diff, f"cos_diff above {cos_tol:g}")
+    return CheckResult(name, True, max_abs, cos_diff)
+
+
+def check_decode(
+    out: torch.Tensor, lse: torch.Tensor, ref_out: torch.Tensor, ref_lse: torch.Tensor
+) -> list[CheckResult]:
+    """Check ``(out, lse)`` of a dense-decode call against the reference with FlashMLA's tolerances."""
+    return [
+        check_close("out", out, ref_out, *OUT_TOLERANCE),
+        check_close("lse", lse, ref_lse, *LSE_TOLERANCE, cos_tol=math.inf),
+    ]
+
+
+def dense_decode_flops_bytes(
+    seqlens: Sequence[int], s_q: int, h_q: int, h_kv: int, d: int, dv: int, elem_bytes: int = 2
+) -> tuple[float, float]:
+    """FlashMLA's dense-decode model (``flashmla-spec.md`` §4) summed over the batch's actual lengths.
+
+    FLOP = h_q * s_q * sum(s_k) * 2 * (d + dv); bytes = sum(s_k) * h_kv * d * e + b * s_q * h_q * (d + dv) * e.
+    """
+    total = float(sum(seqlens))
+    flops = h_q * s_q * total * 2.0 * (d + dv)
+    nbytes = total * h_kv * d * elem_bytes + len(seqlens) * s_q * h_q * (d + dv) * elem_bytes
+    return flops, nbytes
+
+
+def device_median_us(fn: Callable[[], object], warmup_ms: float, rep_ms: float) -> float:
+    """Median time of one call in µs, by ``triton.testing.do_bench`` (CUDA events, L2 flushed per call)."""
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")) * 1e3
+
+
+def host_loop_us(fn: Callable[[], object], calls: int = 500) -> float:
+    """Mean µs per call of ``fn`` in a tight Python loop (host overhead), synchronized at the end."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain left-aligned text table (no dependencies), ``-`` for ``None``."""
+    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
