@@ -227,6 +227,10 @@ def run_config(cfg: DecodeConfig, args: argparse.Namespace, card: str, flash_mla
     flops, nbytes = dense_decode_flops_bytes(seqlens, cfg.s_q, cfg.h_q, cfg.h_kv, cfg.d, cfg.dv, dtype.itemsize)
     ref = reference.flash_mla_with_kvcache(*inp.call_args(), None, softmax_scale=inp.softmax_scale, causal=inp.causal)
 
+    import openmla
+
+    args_in = inp.call_args()
+    rec["openmla_backend"] = openmla.explain(args_in[0], args_in[1], head_dim_v=cfg.dv).backend
     _run_provider("openmla", _openmla_call, inp, ref, cfg, args, rec, flops, nbytes)
     if args.compare == "flash_mla":
         reason = flash_mla_missing or _flash_mla_unsupported(cfg)

@@ -67,6 +67,8 @@ def main(argv=None):
     ap.add_argument("--json")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--dtype", default="bf16")
+    ap.add_argument("--triton-only", action="store_true")
+    ap.add_argument("--gluon-only", action="store_true")
     args = ap.parse_args(argv)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     try:
@@ -99,33 +101,45 @@ def main(argv=None):
             ref_out, ref_lse = openmla.reference.dense_decode(q, k_cache, block_table, lens, dv, scale, True)
         rows = s_q * h_q // h_kv
         default = dense_decode_config(rows, d, dv, 90)
-        for cfg in candidates(rows):
-            for parts_mult in (1, 2) if cfg == default else (1,):
+        runs = [("gluon", None, m) for m in (1, 2)] if not args.triton_only else []
+        runs += [] if args.gluon_only else [("triton", cfg, m) for cfg in candidates(rows) for m in ((1, 2, 3) if cfg == default else (1,))]
+        for kind, cfg, parts_mult in runs:
+            if kind == "gluon":
+                from openmla.ops.gluon.decode_dense_sm90 import dense_decode_sm90_fwd
+
+                parts = max(sms * parts_mult // (h_kv * -(-rows // 64)), 1)
+                sched_t, splits = plan_splitkv(lens, parts)
+                call = lambda: dense_decode_sm90_fwd(  # noqa: E731
+                    q, k_cache, block_table, lens, dv, sched_t, splits, scale, True)
+            else:
                 programs = h_kv * -(-rows // cfg.block_m) * (dv // cfg.dv_tile)
                 parts = max(sms * parts_mult // programs, 1)
                 sched_t, splits = plan_splitkv(lens, parts)
                 call = lambda: dense_decode_fwd(  # noqa: E731
                     q, k_cache, block_table, lens, dv, sched_t, splits, scale, True, config=cfg)
-                try:
-                    out, lse = call()
-                    torch.cuda.synchronize()
-                    err = (out.float() - ref_out.float()).abs().max().item()
-                    lse_err = (lse - ref_lse).abs().max().item()
-                    us = triton.testing.do_bench(call, warmup=50, rep=300, return_mode="median") * 1e3
-                except Exception as exc:  # keep sweeping past a config that fails to compile
-                    print(f"  {cfg}: {type(exc).__name__}: {str(exc)[:200]}")
-                    continue
-                rec = dict(op="dense_decode", card=card, b=b, s_q=s_q, s_k=s_k, h_q=h_q, config=cfg.__dict__,
-                           parts=parts, openmla_us=us, flash_mla_us=fm_us,
-                           ratio=(fm_us / us) if fm_us else None, max_abs_err=err, lse_err=lse_err,
-                           tflops=flops / us / 1e6, gbps=nbytes / us / 1e3, default=(cfg == default and parts_mult == 1))
-                results.append(rec)
-                r = f"{rec['ratio']:.3f}" if rec["ratio"] else "-"
-                fm_s = f"{fm_us:8.1f}" if fm_us else "       -"
-                print(f"b{b} sq{s_q} sk{s_k} h{h_q} bm{cfg.block_m} bn{cfg.block_n} w{cfg.num_warps} st{cfg.num_stages} "
-                      f"dv{cfg.dv_tile} parts{parts}: {us:8.1f} us vs FlashMLA {fm_s} ratio {r} "
-                      f"{rec['tflops']:6.1f} TF {rec['gbps']:7.1f} GB/s err {err:.2e} lse {lse_err:.1e}"
-                      + (" *" if rec["default"] else ""), flush=True)
+            try:
+                out, lse = call()
+                torch.cuda.synchronize()
+                err = (out.float() - ref_out.float()).abs().max().item()
+                lse_err = (lse - ref_lse).abs().max().item()
+                us = triton.testing.do_bench(call, warmup=50, rep=300, return_mode="median") * 1e3
+            except Exception as exc:  # keep sweeping past a config that fails to compile
+                print(f"  {kind} {cfg}: {type(exc).__name__}: {str(exc)[:300]}")
+                continue
+            cfg_d = cfg.__dict__ if cfg else {"block_m": 64, "block_n": 64, "num_warps": 8, "num_stages": 2,
+                                              "dv_tile": 512}
+            rec = dict(op="dense_decode", backend=kind, card=card, b=b, s_q=s_q, s_k=s_k, h_q=h_q, config=cfg_d,
+                       parts=parts, openmla_us=us, flash_mla_us=fm_us,
+                       ratio=(fm_us / us) if fm_us else None, max_abs_err=err, lse_err=lse_err,
+                       tflops=flops / us / 1e6, gbps=nbytes / us / 1e3, default=(cfg == default and parts_mult == 1))
+            results.append(rec)
+            r = f"{rec['ratio']:.3f}" if rec["ratio"] else "-"
+            fm_s = f"{fm_us:8.1f}" if fm_us else "       -"
+            c = cfg_d
+            print(f"b{b} sq{s_q} sk{s_k} h{h_q} {kind} bm{c['block_m']} bn{c['block_n']} w{c['num_warps']} "
+                  f"st{c['num_stages']} dv{c['dv_tile']} parts{parts}: {us:8.1f} us vs FlashMLA {fm_s} ratio {r} "
+                  f"{rec['tflops']:6.1f} TF {rec['gbps']:7.1f} GB/s err {err:.2e} lse {lse_err:.1e}"
+                  + (" *" if rec["default"] else ""), flush=True)
         torch.cuda.empty_cache()
     if args.json:
         with open(args.json, "w") as f:
@@ -137,7 +151,7 @@ def main(argv=None):
             best[key] = r
     print(f"\nbest per shape on {card}:")
     for key, r in best.items():
-        print(key, r["config"], r["parts"], f"{r['openmla_us']:.1f} us ratio {r['ratio']}")
+        print(key, r["backend"], r["config"], r["parts"], f"{r['openmla_us']:.1f} us ratio {r['ratio']}")
 
 
 if __name__ == "__main__":

@@ -43,11 +43,10 @@ def _value_checks_enabled(planning: bool, device: torch.device) -> bool:
     mode = os.environ.get("OPENMLA_CHECK_VALUES", "auto").strip().lower()
     if mode not in ("auto", "always", "never"):
         raise InvalidArgumentError(f"OPENMLA_CHECK_VALUES={mode!r}; expected 'auto', 'always' or 'never'.")
-    if mode == "never":
+    if mode == "never" or not (planning or mode == "always"):
         return False
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return False  # reading values back would break the capture
-    return mode == "always" or planning
+    # reading values back would break a CUDA-graph capture
+    return not (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
 
 
 def _check_values(block_table: torch.Tensor, cache_seqlens: torch.Tensor, page_block_size: int, num_blocks: int):
@@ -153,7 +152,8 @@ def flash_mla_with_kvcache(
         extra_topk_length: FP8 caches and sparse decoding; not implemented in this version
             (raise :class:`UnsupportedError` when given).
         backend (str):
-            OpenMLA extension, keyword only: ``"auto"`` (default), ``"triton"`` or ``"reference"``;
+            OpenMLA extension, keyword only: ``"auto"`` (default: Gluon on Hopper, Triton on other
+            GPUs, the reference on CPU tensors), ``"gluon"``, ``"triton"`` or ``"reference"``;
             overrides ``OPENMLA_BACKEND``.
 
     Returns:
@@ -223,13 +223,23 @@ def flash_mla_with_kvcache(
     elif meta is not None and meta.have_initialized:
         sched, splits = meta.tile_scheduler_metadata, meta.num_splits
     else:
-        sched, splits = plan_dense(cache_seqlens, rows, h_kv)
+        sched, splits = plan_dense(cache_seqlens, rows, h_kv, choice.backend)
         if meta is not None:
             meta.tile_scheduler_metadata, meta.num_splits, meta.have_initialized = sched, splits, True
 
-    from .ops.decode_dense import dense_decode_fwd
+    from .ops.decode_dense import split_workspace
 
-    return dense_decode_fwd(q, k_cache, block_table, cache_seqlens, head_dim_v, sched, splits, scale, causal)
+    if choice.backend == "gluon":
+        from .ops.gluon.decode_dense_sm90 import dense_decode_sm90_fwd as fwd
+    else:
+        from .ops.decode_dense import dense_decode_fwd as fwd
+    workspace = None
+    if meta is not None:
+        # the layers of one step share the schedule, so they can share the split buffers too
+        if meta.workspace is None or meta.workspace[0].shape[0] != b + sched.shape[0]:
+            meta.workspace = split_workspace(q, head_dim_v, sched.shape[0])
+        workspace = meta.workspace
+    return fwd(q, k_cache, block_table, cache_seqlens, head_dim_v, sched, splits, scale, causal, workspace=workspace)
 
 
 def explain(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 
 import torch
@@ -58,6 +59,27 @@ def _triton_reason_against(device: torch.device, dtype: torch.dtype | None, dims
     return None
 
 
+def _gluon_reason_against(device: torch.device, dtype: torch.dtype | None, dims: tuple[int, int] | None) -> str | None:
+    """Why the Gluon sm_90 dense-decode kernel cannot serve these inputs (``None`` when it can)."""
+    from ._runtime import gluon_available
+
+    if not gluon_available():
+        return "Triton's Gluon dialect with its Hopper module does not import here"
+    if device.type != "cuda":
+        return f"Gluon kernels run on CUDA GPUs only (no interpreter), the tensors are on {device.type}"
+    arch = device_arch(device)
+    if arch != 90:
+        return f"the Gluon kernel is written for Hopper (sm_90); this GPU is sm_{arch}"
+    if dtype is not None and dtype not in TRITON_DTYPES:
+        return f"the Gluon kernel takes bf16 or fp16 q and k_cache, got {dtype}"
+    if dims is not None and (dims[1] != 512 or dims[0] not in (512, 576)):
+        return f"the Gluon kernel takes (d, head_dim_v) = (576, 512) or (512, 512), got {dims}"
+    return None
+
+
+_CHOICES: dict = {}
+
+
 def choose_dense_decode(
     device: torch.device,
     dtype: torch.dtype | None = None,
@@ -67,7 +89,19 @@ def choose_dense_decode(
     """Pick the backend for a dense decode call; raise :class:`UnsupportedError` if a forced one cannot serve.
 
     ``backend`` (the call's argument) wins over ``OPENMLA_BACKEND``; ``None``/``"auto"`` decides here.
+    Decisions are cached per (device, dtype, dims, backend, knobs): this runs on every decode call.
     """
+    key = (device, dtype, dims, backend, os.environ.get("OPENMLA_BACKEND"), os.environ.get("OPENMLA_ARCH"),
+           os.environ.get("TRITON_INTERPRET"))
+    choice = _CHOICES.get(key)
+    if choice is None:
+        choice = _choose_dense_decode(device, dtype, dims, backend)
+        if choice.backend != "reference" or torch.device(device).type != "cuda":
+            _CHOICES[key] = choice  # a GPU fallback is not cached: it must warn on every call
+    return choice
+
+
+def _choose_dense_decode(device, dtype, dims, backend) -> Choice:
     op = "dense_decode"
     forced = (backend or "auto").lower()
     if forced == "auto":
@@ -76,14 +110,18 @@ def choose_dense_decode(
         raise UnsupportedError(f"backend={backend!r} is not a backend; expected 'auto' or one of {BACKENDS}.")
     device = torch.device(device)
     against = _triton_reason_against(device, dtype, dims)
+    gluon_against = _gluon_reason_against(device, dtype, dims)
     where = gpu_description(device)
     if forced == "reference":
         return Choice(op, "reference", "forced (backend='reference' or OPENMLA_BACKEND=reference)")
     if forced == "gluon":
-        raise UnsupportedError(
-            f"backend='gluon' cannot serve {op}: the Gluon (sm_90) dense-decode kernel is not in this version. "
-            f"GPU: {where}. Use backend='triton' (any NVIDIA GPU sm_80+) or 'reference'."
-        )
+        if gluon_against is not None:
+            raise UnsupportedError(
+                f"backend='gluon' cannot serve {op}: {gluon_against}. GPU: {where}. Supported: bf16/fp16 on sm_90 "
+                "(H100/H200/H20), (d, head_dim_v) of (576, 512) or (512, 512). "
+                "Use backend='triton' (any NVIDIA GPU sm_80+) or 'reference'."
+            )
+        return Choice(op, "gluon", "forced (backend='gluon' or OPENMLA_BACKEND=gluon)")
     if forced == "triton":
         if against is not None:
             raise UnsupportedError(
@@ -92,10 +130,12 @@ def choose_dense_decode(
                 "head_dim_v a power of two, d - head_dim_v 0 or a power of two. Use backend='reference' otherwise."
             )
         return Choice(op, "triton", "forced (backend='triton' or OPENMLA_BACKEND=triton)")
+    if gluon_against is None:
+        return Choice(op, "gluon", f"Hopper kernel (Gluon, wgmma, two warpgroups) on {where}")
     if against is None:
         if device.type == "cpu":
             return Choice(op, "triton", "CPU tensors with TRITON_INTERPRET=1: Triton kernels in the interpreter")
-        return Choice(op, "triton", f"portable Triton split-KV kernel on {where}")
+        return Choice(op, "triton", f"portable Triton split-KV kernel on {where} ({gluon_against})")
     if device.type == "cuda":
         warnings.warn(
             f"openmla: dense decode falls back to the slow fp32 reference because {against} ({where}).",

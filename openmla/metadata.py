@@ -53,6 +53,8 @@ class FlashMLASchedMeta:
     config: Optional[Config] = None
     tile_scheduler_metadata: Optional[torch.Tensor] = None  # int32 [num_sm_parts, 8]
     num_splits: Optional[torch.Tensor] = None  # int32 [b + 1]
+    # OpenMLA: split-KV partial buffers, allocated by the first call and reused by the step's other layers
+    workspace: Optional[tuple] = None
 
     def check_or_set_config(self, config: "FlashMLASchedMeta.Config") -> None:
         """Record ``config`` on first use; afterwards raise if a call brings a different one."""
@@ -84,9 +86,23 @@ def _check_seqlens(cache_seqlens: torch.Tensor) -> None:
         )
 
 
-def plan_dense(cache_seqlens: torch.Tensor, rows_per_kv_head: int, h_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plan a dense-decode schedule: ``(tile_scheduler_metadata, num_splits)`` on cache_seqlens' device."""
-    parts = num_sm_parts_for(rows_per_kv_head, h_kv, num_sms(cache_seqlens.device))
+def plan_dense(
+    cache_seqlens: torch.Tensor, rows_per_kv_head: int, h_kv: int, backend: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plan a dense-decode schedule: ``(tile_scheduler_metadata, num_splits)`` on cache_seqlens' device.
+
+    ``backend``: the kernel that will run it (sizes the pieces); ``None`` = what would serve a bf16
+    (576, 512) call on this device. Any plan is correct for any kernel; the size only affects speed.
+    """
+    if backend is None:
+        import warnings
+
+        from .dispatch import OpenMLAFallbackWarning, choose_dense_decode
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OpenMLAFallbackWarning)
+            backend = choose_dense_decode(cache_seqlens.device, torch.bfloat16, (576, 512)).backend
+    parts = num_sm_parts_for(rows_per_kv_head, h_kv, num_sms(cache_seqlens.device), backend=backend)
     return plan_splitkv(cache_seqlens.contiguous(), parts)
 
 

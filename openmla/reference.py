@@ -66,9 +66,9 @@ def dense_decode(
         if s_k == 0:
             continue
         k = _gather_paged(k_cache, block_table[i], s_k).float()  # [s_k, h_kv, d]
-        k = k.repeat_interleave(group, dim=1)  # [s_k, h_q, d]
-        qi = q[i].float()  # [s_q, h_q, d]
-        scores = torch.einsum("qhd,khd->hqk", qi, k) * scale  # [h_q, s_q, s_k]
+        # query head h uses KV head h // group: group the heads instead of copying K per head
+        qi = q[i].float().view(s_q, h_kv, group, d)
+        scores = torch.einsum("qcgd,kcd->cgqk", qi, k).reshape(h_q, s_q, s_k) * scale  # [h_q, s_q, s_k]
         if causal and s_q > 1:
             rows = torch.arange(s_q, device=q.device)[:, None]
             cols = torch.arange(s_k, device=q.device)[None, :]
@@ -77,7 +77,9 @@ def dense_decode(
         empty = torch.isneginf(row_lse)
         probs = torch.exp(scores - row_lse[..., None].masked_fill(empty[..., None], 0.0))
         probs = probs.masked_fill(empty[..., None], 0.0)
-        out[i] = torch.einsum("hqk,khd->qhd", probs, k[..., :head_dim_v])
+        out[i] = torch.einsum("cgqk,kcd->qcgd", probs.view(h_kv, group, s_q, s_k), k[..., :head_dim_v]).reshape(
+            s_q, h_q, head_dim_v
+        )
         lse[i] = row_lse.masked_fill(empty, math.inf)
     return out.to(q.dtype), lse
 

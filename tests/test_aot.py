@@ -27,19 +27,19 @@ def reports(arch: int, select: str):
     return found
 
 
-@pytest.mark.parametrize("select", ["bf16", "_plan_splitkv_kernel"])
+@pytest.mark.parametrize("select", ["bf16", "_plan_splitkv_kernel"])  # "bf16" includes the Gluon variants
 def test_compiles_for_sm90a(select):
     for report in reports(90, select):
         assert report.ok, f"{report.kernel}[{report.variant}]: {report.error}"
         assert report.local_bytes == 0, f"{report.variant}: {report.local_bytes} bytes of local memory"
-        if "bm64" in report.variant or "bm128" in report.variant:
+        if "bm64" in report.variant or "bm128" in report.variant or report.variant.startswith("gluon"):
             assert report.has_wgmma, f"{report.variant} does not use wgmma on sm_90a"
         assert report.shared_bytes <= 227 * 1024, f"{report.variant}: {report.shared_bytes} B of shared memory"
 
 
 @pytest.mark.parametrize("arch", [80, 120])
 def test_compiles_for_ampere_and_consumer_blackwell(arch):
-    found = reports(arch, "d576 causal")
+    found = [r for r in reports(arch, "d576 causal") if not r.variant.startswith("gluon")]
     assert len(found) >= 4
     for report in found:
         assert report.ok, f"{report.variant}: {report.error}"

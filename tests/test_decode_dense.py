@@ -31,7 +31,7 @@ except Exception:
     _flash_mla = None
 
 
-def run_openmla(inputs: dict, api: str = "new", backend: str = "triton"):
+def run_openmla(inputs: dict, api: str = "new", backend: str = "triton" if not HAS_CUDA else "auto"):
     q, k_cache, bt, lens = inputs["q"], inputs["k_cache"], inputs["block_table"], inputs["cache_seqlens"]
     b, s_q, h_q, _ = q.shape
     h_kv = k_cache.shape[2]
@@ -117,10 +117,13 @@ def test_reference_backend_serves_cpu_calls(generator):
 
 H_PAIRS = [(h_q, h_kv) for h_q in (1, 3, 9, 63, 64, 126, 128) for h_kv in (1, 2, 3, 8) if h_q % h_kv == 0]
 MATRIX = [
-    pytest.param(b, s_q, s_k, h_q, h_kv, varlen, causal,
-                 id=f"b{b}-sq{s_q}-sk{s_k}-h{h_q}-hkv{h_kv}-var{int(varlen)}-causal{int(causal)}")
+    pytest.param(b, s_q, s_k, h_q, h_kv, varlen, causal, backend,
+                 id=f"{backend}-b{b}-sq{s_q}-sk{s_k}-h{h_q}-hkv{h_kv}-var{int(varlen)}-causal{int(causal)}")
+    for backend in ("auto", "triton")
     for b, s_q, s_k, (h_q, h_kv), varlen, causal in itertools.product(
         (1, 2, 6, 64), (1, 2, 4), (20, 140, 4096), H_PAIRS, (False, True), (False, True))
+    # the whole matrix through the automatic choice (Gluon on Hopper), a quarter of it through Triton
+    if backend == "auto" or (b in (1, 64) and s_k in (20, 4096))
 ]
 
 
@@ -132,12 +135,12 @@ def _flash_mla_run(inputs: dict):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("b,s_q,s_k,h_q,h_kv,varlen,causal", MATRIX)
-def test_flashmla_dense_matrix(b, s_q, s_k, h_q, h_kv, varlen, causal, generator):
+@pytest.mark.parametrize("b,s_q,s_k,h_q,h_kv,varlen,causal,backend", MATRIX)
+def test_flashmla_dense_matrix(b, s_q, s_k, h_q, h_kv, varlen, causal, backend, generator):
     inputs = make_dense_decode_inputs(b, s_q, s_k, h_q, h_kv, 576, 512, 64, torch.bfloat16, "cuda",
                                       varlen=varlen, generator=generator, causal=causal)
     poison_cuda_cache(1 << 28)  # fresh outputs land on NaN-filled memory: every element must be written
-    out, lse = run_openmla(inputs)
+    out, lse = run_openmla(inputs, backend=backend)
     torch.cuda.synchronize()
     check_against_reference(inputs, out, lse)
     if _flash_mla is not None:
@@ -147,32 +150,35 @@ def test_flashmla_dense_matrix(b, s_q, s_k, h_q, h_kv, varlen, causal, generator
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["auto", "triton"])
 @pytest.mark.parametrize("h_q,h_kv", H_PAIRS)
 @pytest.mark.parametrize("causal", [False, True])
-def test_zero_length_corner(h_q, h_kv, causal, generator):
+def test_zero_length_corner(h_q, h_kv, causal, backend, generator):
     """FlashMLA's corner case: b=128, s_q=2, s_k=4096 varlen with some lengths 0."""
     inputs = make_dense_decode_inputs(128, 2, 4096, h_q, h_kv, 576, 512, 64, torch.bfloat16, "cuda", varlen=True,
                                       zero_len_frac=0.3, generator=generator, causal=causal)
-    out, lse = run_openmla(inputs, api="old")
+    out, lse = run_openmla(inputs, api="old", backend=backend)
     check_against_reference(inputs, out, lse)
     zero = inputs["cache_seqlens"] == 0
     assert torch.all(out[zero] == 0) and torch.all(torch.isposinf(lse[zero]))
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["auto", "triton"])
 @pytest.mark.parametrize("page", [1, 16, 64, 128, 61])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("h_q,h_kv,s_q", [(128, 1, 1), (16, 1, 2), (64, 8, 4), (126, 3, 1)])
 @pytest.mark.parametrize("d", [576, 512])
-def test_page_sizes_and_dtypes(page, dtype, h_q, h_kv, s_q, d, generator):
+def test_page_sizes_and_dtypes(page, dtype, h_q, h_kv, s_q, d, backend, generator):
     inputs = make_dense_decode_inputs(6, s_q, 700, h_q, h_kv, d, 512, page, dtype, "cuda", varlen=True,
                                       zero_len_frac=0.2, generator=generator, causal=True)
-    out, lse = run_openmla(inputs)
+    out, lse = run_openmla(inputs, backend=backend)
     check_against_reference(inputs, out, lse)
 
 
 @pytest.mark.gpu
-def test_cuda_graph_capture_and_replay(generator):
+@pytest.mark.parametrize("backend", ["auto", "triton"])
+def test_cuda_graph_capture_and_replay(backend, generator):
     """A whole decode step, planning included, is captured once and replayed on new lengths."""
     b, s_q, h_q = 8, 2, 128
     inputs = make_dense_decode_inputs(b, s_q, 1000, h_q, 1, 576, 512, 64, torch.bfloat16, "cuda", varlen=True,
@@ -182,7 +188,7 @@ def test_cuda_graph_capture_and_replay(generator):
 
     def step():
         meta, _ = openmla.get_mla_metadata()
-        return openmla.flash_mla_with_kvcache(q, k_cache, bt, static_lens, 512, meta, causal=True)
+        return openmla.flash_mla_with_kvcache(q, k_cache, bt, static_lens, 512, meta, causal=True, backend=backend)
 
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -205,11 +211,12 @@ def test_cuda_graph_capture_and_replay(generator):
 @pytest.mark.gpu
 @pytest.mark.skipif(_flash_mla is None, reason="FlashMLA anchor (sgl-flash-mla) not importable on an SM90 GPU")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_equal_to_flashmla_standard_shapes(dtype, generator):
+@pytest.mark.parametrize("backend", ["auto", "triton"])
+def test_equal_to_flashmla_standard_shapes(dtype, backend, generator):
     for b, s_q, s_k, h_q in [(128, 1, 4096, 128), (128, 2, 4096, 128), (128, 1, 8192, 16), (32, 1, 8192, 64)]:
         inputs = make_dense_decode_inputs(b, s_q, s_k, h_q, 1, 576, 512, 64, dtype, "cuda", varlen=True,
                                           generator=generator, causal=True, softmax_scale=192**-0.5)
-        out, lse = run_openmla(inputs)
+        out, lse = run_openmla(inputs, backend=backend)
         fm_out, fm_lse = _flash_mla_run(inputs)
         check_close("out vs FlashMLA", out, fm_out.float(), TOL[("dense_decode", "out")])
         check_close("lse vs FlashMLA", lse, fm_lse, TOL[("dense_decode", "lse")])

@@ -50,6 +50,7 @@ class Variant:
     num_warps: int
     num_stages: int
     name: str
+    gluon: bool = False  # a Gluon kernel: compiles for sm_90a only
 
 
 def _variants() -> list[Variant]:
@@ -78,6 +79,23 @@ def _variants() -> list[Variant]:
             _decode_combine_kernel,
             {"out_ptr": f"*{dtype}", "lse_ptr": "*fp32", "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32",
              "num_splits_ptr": "*i32"}, (), dict(BLOCK_R=8, D_V=512), 4, 2, f"{dtype} d_v512"))
+    from .._runtime import gluon_available
+
+    if gluon_available():
+        from .gluon.decode_dense_sm90 import BLOCK_M, BLOCK_N, NUM_WARPS, _dense_decode_sm90_kernel
+
+        for dtype in ("bf16", "fp16"):
+            ptrs = {
+                "q_ptr": f"*{dtype}", "k_ptr": f"*{dtype}", "block_table_ptr": "*i32", "seqlens_ptr": "*i32",
+                "sched_ptr": "*i32", "num_splits_ptr": "*i32", "out_ptr": f"*{dtype}", "lse_ptr": "*fp32",
+                "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32",
+            }
+            for d_qk in (576, 512):
+                for causal in (False, True):
+                    consts = dict(CAUSAL=causal, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, D_V=512, D_PE=d_qk - 512)
+                    name = f"gluon {dtype} d{d_qk} {'causal' if causal else 'full'} bm{BLOCK_M} bn{BLOCK_N}"
+                    out.append(Variant(_dense_decode_sm90_kernel, ptrs, ("scale_log2",), consts, NUM_WARPS, 1,
+                                       name, gluon=True))
     out.append(Variant(
         _plan_splitkv_kernel, {"seqlens_ptr": "*i32", "sched_ptr": "*i32", "num_splits_ptr": "*i32"}, (),
         dict(BLOCK_P=256, CHUNK=32, SCHED=SCHED_BLOCK, OVERHEAD=FIXED_OVERHEAD), 4, 2, "256 parts"))
@@ -123,7 +141,14 @@ def compile_variant(v: Variant, arch: int) -> KernelReport:
     kernel_name = v.kernel.fn.__name__
     try:
         sig, attrs = _signature(v)
-        src = triton.compiler.ASTSource(fn=v.kernel, signature=sig, constexprs=v.constexprs, attrs=attrs)
+        if v.gluon:
+            if arch != 90:
+                return KernelReport(kernel=kernel_name, variant=v.name, arch=arch, ok=True,
+                                    error="not built: Gluon kernels here are written for sm_90a")
+            from triton.experimental.gluon._runtime import GluonASTSource as source
+        else:
+            source = triton.compiler.ASTSource
+        src = source(fn=v.kernel, signature=sig, constexprs=v.constexprs, attrs=attrs)
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                                   options={"num_warps": v.num_warps, "num_stages": v.num_stages})
         usage = _resource_usage(compiled.asm["cubin"])

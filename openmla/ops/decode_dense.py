@@ -178,11 +178,29 @@ def dense_decode_config(rows: int, d_qk: int, d_v: int, arch: int | None) -> Den
     return DenseDecodeConfig(block_m=block_m, block_n=32, num_warps=4, num_stages=3, dv_tile=d_v)
 
 
-def num_sm_parts_for(rows: int, h_kv: int, sm_count: int, d_v: int = 512) -> int:
-    """How many split-KV pieces to cut a batch into so that all SMs get one program each."""
-    cfg = dense_decode_config(rows, 576, d_v, None)
-    programs_per_part = h_kv * -(-rows // cfg.block_m) * (d_v // cfg.dv_tile)
-    return max(sm_count // programs_per_part, 1)
+def num_sm_parts_for(rows: int, h_kv: int, sm_count: int, d_v: int = 512, backend: str = "triton") -> int:
+    """How many split-KV pieces to cut a batch into so that all SMs get one program each.
+
+    Never more than ``sm_count`` (callers size CUDA-graph buffers of ``[num_SMs, 8]`` for the old API).
+    """
+    if backend == "gluon":
+        programs_per_part = h_kv * -(-rows // 64)
+    else:
+        cfg = dense_decode_config(rows, 576, d_v, None)
+        programs_per_part = h_kv * -(-rows // cfg.block_m) * (d_v // cfg.dv_tile)
+    return min(max(sm_count // programs_per_part, 1), sm_count)
+
+
+def split_workspace(q: torch.Tensor, head_dim_v: int, num_parts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Buffers for split partials: ``o_accum`` fp32 [b + num_parts, s_q, h_q, d_v] and ``lse_accum``.
+
+    A request is cut into at most (pieces touching it) splits, so all splits fit in ``b + num_parts`` slots.
+    """
+    b, s_q, h_q, _ = q.shape
+    slots = b + num_parts
+    o_accum = torch.empty(slots, s_q, h_q, head_dim_v, dtype=torch.float32, device=q.device)
+    lse_accum = torch.empty(slots, s_q, h_q, dtype=torch.float32, device=q.device)
+    return o_accum, lse_accum
 
 
 def dense_decode_fwd(
@@ -196,6 +214,7 @@ def dense_decode_fwd(
     softmax_scale: float,
     causal: bool,
     config: DenseDecodeConfig | None = None,
+    workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch split-KV then combine. Inputs are validated by :mod:`openmla.api`.
 
@@ -224,10 +243,7 @@ def dense_decode_fwd(
     num_parts = tile_scheduler_metadata.shape[0]
     out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
     lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)
-    # a request is cut into at most (pieces touching it) splits; all splits fit in b + num_parts slots
-    slots = b + num_parts
-    o_accum = torch.empty(slots, s_q, h_q, head_dim_v, dtype=torch.float32, device=q.device)
-    lse_accum = torch.empty(slots, s_q, h_q, dtype=torch.float32, device=q.device)
+    o_accum, lse_accum = workspace if workspace is not None else split_workspace(q, head_dim_v, num_parts)
     scale_log2 = softmax_scale * 1.4426950408889634
     _dense_decode_splitkv_kernel[(row_tiles * h_kv * (head_dim_v // cfg.dv_tile), num_parts)](
         q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,

@@ -1,0 +1,62 @@
+"""Where the host time of a tiny decode call goes (GPU): the whole call per backend, FlashMLA's, and a bare launch.
+
+Usage: ``python -m benchmarks.host_overhead`` — prints µs per call in a tight Python loop (b=1, s_k=256,
+h_q=128, the metadata planned once and reused, as serving loops do), synchronised once at the end.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+def loop_us(fn, calls=500):
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def main():
+    import openmla
+    from openmla.ops.combine import combine_splits
+
+    b, s_q, h_q, s_k, d, dv, page = 1, 1, 128, 256, 576, 512, 64
+    q = (torch.randn(b, s_q, h_q, d, device="cuda") / 10).bfloat16()
+    k_cache = (torch.randn(8, page, 1, d, device="cuda") / 10).bfloat16()
+    block_table = torch.arange(8, dtype=torch.int32, device="cuda").view(1, 8)
+    lens = torch.full((b,), s_k, dtype=torch.int32, device="cuda")
+    rows = []
+    for backend in ("gluon", "triton"):
+        meta, _ = openmla.get_mla_metadata()
+        fn = lambda: openmla.flash_mla_with_kvcache(  # noqa: E731
+            q, k_cache, block_table, lens, dv, meta, causal=True, backend=backend)
+        rows.append((f"openmla backend={backend}", loop_us(fn)))
+    try:
+        import flash_mla
+
+        fmeta, _ = flash_mla.get_mla_metadata()
+        fn = lambda: flash_mla.flash_mla_with_kvcache(  # noqa: E731
+            q, k_cache, block_table, lens, dv, fmeta, causal=True, use_legacy=True)
+        rows.append(("FlashMLA (sgl-flash-mla, use_legacy=True)", loop_us(fn)))
+    except Exception as exc:
+        rows.append((f"FlashMLA unavailable: {exc}", float("nan")))
+    out = torch.empty(b, s_q, h_q, dv, dtype=torch.bfloat16, device="cuda")
+    lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device="cuda")
+    o_acc = torch.empty(b + 4, s_q, h_q, dv, device="cuda")
+    lse_acc = torch.empty(b + 4, s_q, h_q, device="cuda")
+    splits = torch.zeros(b + 1, dtype=torch.int32, device="cuda")
+    rows.append(("bare Triton launch (combine kernel, exits at once)",
+                 loop_us(lambda: combine_splits(out, lse, o_acc, lse_acc, splits))))
+    rows.append(("torch.empty x4", loop_us(lambda: [torch.empty(64, device="cuda") for _ in range(4)])))
+    print(f"host time per call on {torch.cuda.get_device_name()} (b=1, s_k=256, h_q=128):")
+    for name, us in rows:
+        print(f"  {us:8.1f} us  {name}")
+
+
+if __name__ == "__main__":
+    main()

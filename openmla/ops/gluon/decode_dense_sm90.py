@@ -1,0 +1,264 @@
+"""Dense MLA decoding for Hopper (sm_90a) in Gluon: the Triton path's twin with the same launcher signature.
+
+Why a twin: the portable Triton kernel cannot hold a 64 x 512 fp32 output accumulator next to its
+pipelined tiles, and Triton's layout choice for chained products makes both warpgroups compute the
+same scores. Here the layouts are chosen by hand:
+
+* 8 warps = two warpgroups, 64 query rows per program (all ``s_q * h_q / h_kv`` rows of a KV head
+  folded together, 64 at a time).
+* Scores ``S = Q Kᵀ`` [64, BLOCK_N]: warpgroup ``w`` computes columns ``w * BLOCK_N/2 ...`` with
+  ``wgmma`` over the whole 576-dim key (Q and K both in shared memory); row max and sum span both.
+* ``P`` goes to shared memory once; ``O += P V`` [64, 512]: warpgroup ``w`` owns output columns
+  ``w*256 .. w*256+255`` (a 64 x 256 fp32 accumulator, 128 registers a thread).
+* K/V tiles (the same bytes: V is the first 512 dims of K) are gathered token by token through the
+  block table with ``cp.async`` into a two-stage ring, so any page size works; the next tile loads
+  while this one is multiplied.
+
+Split-KV plan, causal rule, masking and outputs are exactly those of
+:mod:`openmla.ops.decode_dense` (same scheduler metadata, same ``o_accum`` layout, same combine).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..._runtime import gluon_available
+from ..schedule import SCHED_BLOCK
+
+BLOCK_M = 64
+BLOCK_N = 64
+NUM_WARPS = 8
+
+if gluon_available():
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        async_copy,
+        fence_async_shared,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+
+    @gluon.jit
+    def _issue_kv_tile(k_ptr, bt_row, dst_nope, dst_pe, start, tok_hi, page_block_size, num_blocks, kv_head,
+                       stride_kb, stride_kp, stride_kh,
+                       BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr, LOAD: gl.constexpr):
+        """cp.async K tile tokens ``start..start+BLOCK_N``: dims [0, D_V) to ``dst_nope``, the rest to
+        ``dst_pe``. Tokens at or past ``tok_hi`` are not read (zero-filled)."""
+        offs_j = start + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, LOAD))
+        mask_j = offs_j < tok_hi
+        page = gl.load(bt_row + offs_j // page_block_size, mask=mask_j, other=0)
+        page = gl.minimum(gl.maximum(page, 0), num_blocks - 1)
+        k_row = page.to(gl.int64) * stride_kb + (offs_j % page_block_size) * stride_kp + kv_head * stride_kh
+        offs_c = gl.arange(0, 64, layout=gl.SliceLayout(0, LOAD))
+        for c in gl.static_range(D_V // 64):
+            ptrs = k_ptr + (k_row[:, None] + c * 64) + offs_c[None, :]
+            async_copy.async_copy_global_to_shared(dst_nope.slice(c * 64, 64, dim=1), ptrs, mask=mask_j[:, None])
+        if D_PE > 0:
+            ptrs = k_ptr + (k_row[:, None] + D_V) + offs_c[None, :]
+            async_copy.async_copy_global_to_shared(dst_pe, ptrs, mask=mask_j[:, None])
+
+    @gluon.jit
+    def _dense_decode_sm90_kernel(
+        q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
+        out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr,
+        stride_qb, stride_qs, stride_qh,
+        stride_kb, stride_kp, stride_kh,
+        stride_bt,
+        stride_ob, stride_os, stride_oh,
+        stride_lb, stride_lh,
+        s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2,
+        CAUSAL: gl.constexpr,
+        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+        D_V: gl.constexpr, D_PE: gl.constexpr,
+    ):
+        dtype: gl.constexpr = q_ptr.dtype.element_ty
+        # [4, 2] warps: warpgroup w owns columns w*N/2.. of S and w*D_V/2.. of O
+        S_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
+                                                           instr_shape=[16, BLOCK_N // 2, 16])
+        O_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
+                                                           instr_shape=[16, D_V // 2, 16])
+        LOAD: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [8, 1], [1, 0])
+        SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        ROW_S: gl.constexpr = gl.SliceLayout(1, S_LAYOUT)
+        ROW_O: gl.constexpr = gl.SliceLayout(1, O_LAYOUT)
+
+        gl.static_assert(D_PE == 0 or D_PE == 64, "the RoPE part must be 0 or 64 dims")
+        q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, D_V], SMEM)
+        k_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, D_V], SMEM)
+        if D_PE > 0:
+            qpe_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, D_PE], SMEM)
+            kpe_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, D_PE], SMEM)
+        else:
+            qpe_smem = q_smem
+            kpe_smem = k_smem
+        p_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], SMEM)
+
+        pid_m = gl.program_id(0)
+        part = gl.program_id(1)
+        kv_head = pid_m // row_tiles
+        tile = pid_m % row_tiles
+
+        sched = sched_ptr + part * 8
+        begin_req = gl.load(sched + 0)
+        begin_tok = gl.load(sched + 1)
+        end_req = gl.load(sched + 2)
+        end_tok = gl.load(sched + 3)
+        begin_split = gl.load(sched + 4)
+
+        # rows of this tile in the load layout (for Q) and in the two MMA layouts (for masks, stores)
+        offs_r_ld = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, LOAD))
+        offs_r_s = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROW_S)
+        offs_r_o = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROW_O)
+        offs_c_ld = gl.arange(0, 64, layout=gl.SliceLayout(0, LOAD))
+        offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_LAYOUT))
+        offs_v = gl.arange(0, D_V, layout=gl.SliceLayout(0, O_LAYOUT))
+
+        for req in range(begin_req, end_req + 1):
+            req64 = req.to(gl.int64)
+            s_k = gl.minimum(gl.load(seqlens_ptr + req), max_blocks * page_block_size)
+            tok_lo = gl.where(req == begin_req, begin_tok, 0)
+            tok_hi = gl.where(req == end_req, gl.minimum(end_tok, s_k), s_k)
+            split_lo = gl.load(num_splits_ptr + req)
+            n_split = gl.load(num_splits_ptr + req + 1) - split_lo
+            split_idx = gl.where(req == begin_req, begin_split, 0)
+            bt_row = block_table_ptr + req64 * stride_bt
+
+            # Q tile -> shared memory, 64 dims at a time
+            mask_r_ld = offs_r_ld < rows
+            q_row = q_ptr + req64 * stride_qb + (offs_r_ld // group) * stride_qs \
+                + (kv_head * group + offs_r_ld % group) * stride_qh
+            for c in gl.static_range(D_V // 64):
+                q_chunk = gl.load(q_row[:, None] + c * 64 + offs_c_ld[None, :], mask=mask_r_ld[:, None], other=0.0)
+                q_smem.slice(c * 64, 64, dim=1).store(q_chunk)
+            if D_PE > 0:
+                qpe_smem.store(gl.load(q_row[:, None] + D_V + offs_c_ld[None, :], mask=mask_r_ld[:, None], other=0.0))
+
+            t_s = offs_r_s // group
+            if CAUSAL:
+                limit = s_k - s_q + t_s  # [BLOCK_M] last key each row may see
+            m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=ROW_S)
+            l_i = gl.zeros([BLOCK_M], gl.float32, layout=ROW_S)
+            acc = gl.zeros([BLOCK_M, D_V], gl.float32, layout=O_LAYOUT)
+
+            n_tiles = gl.cdiv(tok_hi - tok_lo, BLOCK_N)
+            _issue_kv_tile(k_ptr, bt_row, k_smem.index(0), kpe_smem.index(0), tok_lo, tok_hi, page_block_size,
+                           num_blocks, kv_head, stride_kb, stride_kp, stride_kh, BLOCK_N, D_V, D_PE, LOAD)
+            async_copy.commit_group()
+            for it in range(0, n_tiles):
+                start = tok_lo + it * BLOCK_N
+                stage = it % 2
+                # prefetch the next tile into the other stage (fully masked past the range: reads nothing)
+                _issue_kv_tile(k_ptr, bt_row, k_smem.index(1 - stage), kpe_smem.index(1 - stage), start + BLOCK_N,
+                               tok_hi, page_block_size, num_blocks, kv_head, stride_kb, stride_kp, stride_kh,
+                               BLOCK_N, D_V, D_PE, LOAD)
+                async_copy.commit_group()
+                async_copy.wait_group(1)
+                fence_async_shared()
+                gl.thread_barrier()
+                k_tile = k_smem.index(stage)
+
+                s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=S_LAYOUT)
+                s = warpgroup_mma(q_smem, k_tile.permute((1, 0)), s, use_acc=False, is_async=True)
+                if D_PE > 0:
+                    s = warpgroup_mma(qpe_smem, kpe_smem.index(stage).permute((1, 0)), s, is_async=True)
+                s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+                s = s * scale_log2
+                offs_j = start + offs_n
+                if CAUSAL:
+                    visible = (offs_j[None, :] < tok_hi) & (offs_j[None, :] <= limit[:, None])
+                else:
+                    visible = (offs_j < tok_hi)[None, :]
+                s = gl.where(visible, s, float("-inf"))
+                m_new = gl.maximum(m_i, gl.max(s, axis=1))
+                m_shift = gl.where(m_new == float("-inf"), 0.0, m_new)
+                p = gl.exp2(s - m_shift[:, None])
+                alpha = gl.exp2(m_i - m_shift)
+                l_i = l_i * alpha + gl.sum(p, axis=1)
+                m_i = m_new
+
+                p_smem.store(p.to(dtype))
+                fence_async_shared()
+                gl.thread_barrier()
+                acc = acc * gl.convert_layout(alpha, ROW_O)[:, None]
+                acc = warpgroup_mma(p_smem, k_tile, acc, is_async=True)
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                # every warp is done with this stage and with P before they are overwritten
+                gl.thread_barrier()
+            async_copy.wait_group(0)
+            gl.thread_barrier()
+
+            l_o = gl.convert_layout(l_i, ROW_O)
+            m_o = gl.convert_layout(m_i, ROW_O)
+            empty = l_o == 0.0
+            o = acc * gl.where(empty, 0.0, 1.0 / l_o)[:, None]
+            lse2 = gl.where(empty, float("-inf"), m_o + gl.log2(l_o))
+            mask_r_o = offs_r_o < rows
+            t_o = offs_r_o // group
+            head_o = kv_head * group + offs_r_o % group
+            if n_split <= 1:
+                o_ptrs = out_ptr + req64 * stride_ob + t_o * stride_os + head_o * stride_oh
+                gl.store(o_ptrs[:, None] + offs_v[None, :], o.to(dtype), mask=mask_r_o[:, None])
+                lse = gl.where(empty, float("inf"), lse2 * 0.6931471805599453)
+                gl.store(lse_ptr + req64 * stride_lb + head_o * stride_lh + t_o, lse, mask=mask_r_o)
+            else:
+                slot = (split_lo + split_idx).to(gl.int64)
+                acc_row = (slot * s_q + t_o) * h_q + head_o  # o_accum is [slots, s_q, h_q, D_V]
+                gl.store(o_acc_ptr + acc_row[:, None] * D_V + offs_v[None, :], o, mask=mask_r_o[:, None])
+                gl.store(lse_acc_ptr + acc_row, lse2, mask=mask_r_o)
+
+
+def supports(q: torch.Tensor, head_dim_v: int) -> str | None:
+    """Why this kernel cannot serve a call (``None`` when it can): dtype and head dims."""
+    d = q.shape[-1]
+    if not gluon_available():
+        return "Triton's Gluon dialect (triton.experimental.gluon with the Hopper module) is not importable"
+    if q.dtype not in (torch.bfloat16, torch.float16):
+        return f"the sm_90 kernel takes bf16 or fp16, got {q.dtype}"
+    if head_dim_v != 512 or d not in (512, 576):
+        return f"the sm_90 kernel takes (d, head_dim_v) = (576, 512) or (512, 512), got ({d}, {head_dim_v})"
+    return None
+
+
+def dense_decode_sm90_fwd(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    head_dim_v: int,
+    tile_scheduler_metadata: torch.Tensor,
+    num_splits: torch.Tensor,
+    softmax_scale: float,
+    causal: bool,
+    workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper."""
+    from ..combine import combine_splits
+    from ..decode_dense import split_workspace
+
+    b, s_q, h_q, d = q.shape
+    _, page_block_size, h_kv, _ = k_cache.shape
+    group = h_q // h_kv
+    rows = s_q * group
+    row_tiles = -(-rows // BLOCK_M)
+    num_parts = tile_scheduler_metadata.shape[0]
+    if SCHED_BLOCK % BLOCK_N:
+        raise ValueError("the scheduler's unit must be a multiple of the sm_90 kernel's KV tile")
+    out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
+    lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)
+    o_accum, lse_accum = workspace if workspace is not None else split_workspace(q, head_dim_v, num_parts)
+    _dense_decode_sm90_kernel[(row_tiles * h_kv, num_parts)](
+        q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
+        out, lse, o_accum, lse_accum,
+        q.stride(0), q.stride(1), q.stride(2),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        block_table.stride(0),
+        out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1),
+        s_q, h_q, group, rows, row_tiles, page_block_size, block_table.shape[1], k_cache.shape[0],
+        softmax_scale * 1.4426950408889634,
+        CAUSAL=bool(causal and s_q > 1), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v,
+        num_warps=NUM_WARPS,
+    )
+    combine_splits(out, lse, o_accum, lse_accum, num_splits)
+    return out, lse
