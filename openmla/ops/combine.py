@@ -73,16 +73,13 @@ def combine_splits(
         num_splits: [b + 1] int32 cumulative splits per request (slot of split ``k`` of request
             ``i`` is ``num_splits[i] + k``).
     """
-    from ._launch import launch
-
     b, s_q, h_q, d_v = out.shape
     block_r = 8 if d_v >= 256 else 16
     grid = (b, triton.cdiv(s_q * h_q, block_r))
-    launch(
-        _decode_combine_kernel, grid,
-        (out, lse, o_accum, lse_accum, num_splits,
-         out.stride(0), out.stride(1), out.stride(2),
-         lse.stride(0), lse.stride(1),
-         s_q, h_q),
-        dict(BLOCK_R=block_r, D_V=d_v), num_warps=4,
+    _decode_combine_kernel[grid](
+        out, lse, o_accum, lse_accum, num_splits,
+        out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1),
+        s_q, h_q,
+        BLOCK_R=block_r, D_V=d_v, num_warps=4,
     )

@@ -228,7 +228,6 @@ def dense_decode_fwd(
     Returns:
         out [b, s_q, h_q, head_dim_v] in q's dtype, lse [b, h_q, s_q] fp32.
     """
-    from ._launch import launch
     from .combine import combine_splits
 
     b, s_q, h_q, d = q.shape
@@ -246,18 +245,17 @@ def dense_decode_fwd(
     lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)
     o_accum, lse_accum = workspace if workspace is not None else split_workspace(q, head_dim_v, num_parts)
     scale_log2 = softmax_scale * 1.4426950408889634
-    launch(
-        _dense_decode_splitkv_kernel, (row_tiles * h_kv * (head_dim_v // cfg.dv_tile), num_parts),
-        (q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-         out, lse, o_accum, lse_accum,
-         q.stride(0), q.stride(1), q.stride(2),
-         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-         block_table.stride(0),
-         out.stride(0), out.stride(1), out.stride(2),
-         lse.stride(0), lse.stride(1),
-         s_q, h_q, group, rows, row_tiles, page_block_size, block_table.shape[1], k_cache.shape[0], scale_log2),
-        dict(CAUSAL=bool(causal and s_q > 1), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D_V=head_dim_v,
-             D_PE=d - head_dim_v, DV_TILE=cfg.dv_tile),
+    _dense_decode_splitkv_kernel[(row_tiles * h_kv * (head_dim_v // cfg.dv_tile), num_parts)](
+        q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
+        out, lse, o_accum, lse_accum,
+        q.stride(0), q.stride(1), q.stride(2),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        block_table.stride(0),
+        out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1),
+        s_q, h_q, group, rows, row_tiles, page_block_size, block_table.shape[1], k_cache.shape[0], scale_log2,
+        CAUSAL=bool(causal and s_q > 1),
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D_V=head_dim_v, D_PE=d - head_dim_v, DV_TILE=cfg.dv_tile,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     combine_splits(out, lse, o_accum, lse_accum, num_splits)

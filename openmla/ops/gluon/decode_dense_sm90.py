@@ -233,7 +233,6 @@ def dense_decode_sm90_fwd(
     workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper."""
-    from .._launch import launch
     from ..combine import combine_splits
     from ..decode_dense import split_workspace
 
@@ -248,18 +247,17 @@ def dense_decode_sm90_fwd(
     out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
     lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)
     o_accum, lse_accum = workspace if workspace is not None else split_workspace(q, head_dim_v, num_parts)
-    launch(
-        _dense_decode_sm90_kernel, (row_tiles * h_kv, num_parts),
-        (q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-         out, lse, o_accum, lse_accum,
-         q.stride(0), q.stride(1), q.stride(2),
-         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-         block_table.stride(0),
-         out.stride(0), out.stride(1), out.stride(2),
-         lse.stride(0), lse.stride(1),
-         s_q, h_q, group, rows, row_tiles, page_block_size, block_table.shape[1], k_cache.shape[0],
-         softmax_scale * 1.4426950408889634),
-        dict(CAUSAL=bool(causal and s_q > 1), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v),
+    _dense_decode_sm90_kernel[(row_tiles * h_kv, num_parts)](
+        q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
+        out, lse, o_accum, lse_accum,
+        q.stride(0), q.stride(1), q.stride(2),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        block_table.stride(0),
+        out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1),
+        s_q, h_q, group, rows, row_tiles, page_block_size, block_table.shape[1], k_cache.shape[0],
+        softmax_scale * 1.4426950408889634,
+        CAUSAL=bool(causal and s_q > 1), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v,
         num_warps=NUM_WARPS,
     )
     combine_splits(out, lse, o_accum, lse_accum, num_splits)
