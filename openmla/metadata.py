@@ -87,12 +87,13 @@ def _check_seqlens(cache_seqlens: torch.Tensor) -> None:
 
 
 def plan_dense(
-    cache_seqlens: torch.Tensor, rows_per_kv_head: int, h_kv: int, backend: str | None = None
+    cache_seqlens: torch.Tensor, rows_per_kv_head: int, h_kv: int, backend: str | None = None, old_api: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Plan a dense-decode schedule: ``(tile_scheduler_metadata, num_splits)`` on cache_seqlens' device.
 
     ``backend``: the kernel that will run it (sizes the pieces); ``None`` = what would serve a bf16
     (576, 512) call on this device. Any plan is correct for any kernel; the size only affects speed.
+    ``old_api``: the tensors go back to a caller of the old form, so at most one piece per SM.
     """
     if backend is None:
         import warnings
@@ -102,7 +103,8 @@ def plan_dense(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OpenMLAFallbackWarning)
             backend = choose_dense_decode(cache_seqlens.device, torch.bfloat16, (576, 512)).backend
-    parts = num_sm_parts_for(rows_per_kv_head, h_kv, num_sms(cache_seqlens.device), backend=backend)
+    parts = num_sm_parts_for(rows_per_kv_head, h_kv, num_sms(cache_seqlens.device), backend=backend,
+                             cap_at_sm_count=old_api)
     return plan_splitkv(cache_seqlens.contiguous(), parts)
 
 
@@ -148,7 +150,7 @@ def get_mla_metadata(*args, **kwargs):
         from ._runtime import UnsupportedError
 
         raise UnsupportedError("sparse decoding (topk=) is not implemented in this version of openmla.")
-    return plan_dense(cache_seqlens, rows, h_kv)
+    return plan_dense(cache_seqlens, rows, h_kv, old_api=True)
 
 
 def get_mla_decoding_metadata(

@@ -178,17 +178,25 @@ def dense_decode_config(rows: int, d_qk: int, d_v: int, arch: int | None) -> Den
     return DenseDecodeConfig(block_m=block_m, block_n=32, num_warps=4, num_stages=3, dv_tile=d_v)
 
 
-def num_sm_parts_for(rows: int, h_kv: int, sm_count: int, d_v: int = 512, backend: str = "triton") -> int:
-    """How many split-KV pieces to cut a batch into so that all SMs get one program each.
+def num_sm_parts_for(
+    rows: int, h_kv: int, sm_count: int, d_v: int = 512, backend: str = "triton", cap_at_sm_count: bool = False
+) -> int:
+    """How many split-KV pieces to cut a batch into so that the SMs are kept busy.
 
-    Never more than ``sm_count`` (callers size CUDA-graph buffers of ``[num_SMs, 8]`` for the old API).
+    One program per SM, except the Triton kernel's small (16/32-row, memory-bound) tiles, which
+    stream faster with two programs per SM (an H200, same run: 612 against 1055 us at h_q=16,
+    b=128, s_k=8k). ``cap_at_sm_count``: never more pieces than SMs, for the old metadata API
+    (callers size CUDA-graph buffers of ``[num_SMs, 8]``).
     """
     if backend == "gluon":
         programs_per_part = h_kv * -(-rows // 64)
+        per_sm = 1
     else:
         cfg = dense_decode_config(rows, 576, d_v, None)
         programs_per_part = h_kv * -(-rows // cfg.block_m) * (d_v // cfg.dv_tile)
-    return min(max(sm_count // programs_per_part, 1), sm_count)
+        per_sm = 2 if cfg.block_m <= 32 else 1
+    parts = max(sm_count * per_sm // programs_per_part, 1)
+    return min(parts, sm_count) if cap_at_sm_count else parts
 
 
 def split_workspace(q: torch.Tensor, head_dim_v: int, num_parts: int) -> tuple[torch.Tensor, torch.Tensor]:
