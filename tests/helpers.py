@@ -7,9 +7,13 @@ uses the same rules:
 * :func:`check_close` is FlashMLA's ``check_is_allclose`` comparator, re-stated from its specification.
 * :func:`make_dense_decode_inputs` builds dense-decode inputs the way FlashMLA's dense-decode test does
   (NaN in every cache slot past a sequence's length, garbage block-table entries past its last page).
+* :func:`make_sparse_decode_inputs` builds sparse-decode inputs the way FlashMLA's sparse-decode test does
+  (per-token random index lists padded with -1, NaN in unused slots, sinks with ±inf), plus out-of-range
+  indices; :func:`dequantized` gives the same inputs with FP8 caches read back, for the reference.
 * :func:`poison_like` / :func:`poison_cuda_cache` make uninitialised memory visible as NaN.
-* :func:`brute_force_dense_decode` is a deliberately naive float64 loop, used only to test
-  :mod:`openmla.reference` (kernels are tested against the reference, not against this).
+* :func:`brute_force_dense_decode` and :func:`brute_force_sparse_decode` are deliberately naive float64
+  loops, used only to test :mod:`openmla.reference` (kernels are tested against the reference, not
+  against these).
 """
 
 from __future__ import annotations
@@ -283,6 +287,184 @@ def make_dense_decode_inputs(
     }
 
 
+def invalid_index_candidates(num_slots: int) -> tuple[int, ...]:
+    """Index values a sparse kernel must mask without reading: FlashMLA's ``-1`` and other out-of-range values.
+
+    ``-1`` is FlashMLA's marker; the others (OpenMLA extension: any value outside the cache is invalid)
+    are the int32 extremes, the first slot past the cache and a large value far past it.
+    """
+    return (-1, -(2**31), 2**31 - 1, num_slots, 123456789)
+
+
+def _draw_generator(device: torch.device, generator: torch.Generator | None) -> torch.Generator | None:
+    """The generator to draw big tensors with: ``generator`` on CPU; on a GPU one seeded from it."""
+    if device.type == "cpu":
+        return generator
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    return gen
+
+
+def _sparse_scope(
+    b: int, s_q: int, s_k: int, topk: int, page_block_size: int, d_qk: int, device: torch.device,
+    varlen: bool, invalid_frac: float, generator: torch.Generator | None, draw: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One scope's fp32 cache [num_blocks, page_block_size, 1, d_qk] and int32 indices [b, s_q, topk].
+
+    Each request owns ``len_i`` tokens (``s_k``, or varlen around it) on randomly placed pages; slots past
+    ``len_i`` and pages nobody owns hold NaN. Each query token picks ``min(topk, len_i)`` distinct tokens
+    of its request in random order, padded with -1; then a fraction ``invalid_frac`` of all entries is
+    replaced by values from :func:`invalid_index_candidates`.
+    """
+    lens = make_seqlens(b, 1, s_k, varlen, 0.0, generator).clamp(min=1)
+    max_len = int(lens.max())
+    max_blocks = _cdiv(max_len, page_block_size)
+    num_blocks = b * max_blocks + 1  # one page nobody owns
+    block_table = torch.randperm(num_blocks, generator=generator)[: b * max_blocks].view(b, max_blocks)
+
+    cache = (torch.randn(num_blocks, page_block_size, 1, d_qk, generator=draw, device=device) / 10).clamp(-1, 1)
+    owned = torch.zeros(num_blocks * page_block_size, dtype=torch.bool)
+    pos = torch.arange(max_blocks * page_block_size)
+    slot_of_pos = block_table.long().repeat_interleave(page_block_size, dim=1) * page_block_size + pos % page_block_size
+    owned[slot_of_pos[pos[None, :] < lens[:, None].long()]] = True
+    cache.view(-1, d_qk)[~owned.to(device)] = float("nan")
+
+    # distinct random positions per query token: sort random keys, positions past the length sort last
+    width = max(max_len, topk)
+    keys = torch.rand(b, s_q, width, generator=draw, device=device)
+    lens_dev = lens.to(device).long()
+    keys = keys.masked_fill(torch.arange(width, device=device)[None, None, :] >= lens_dev[:, None, None], 2.0)
+    order = keys.argsort(dim=-1)[..., :topk]  # [b, s_q, topk] positions in the request
+    valid = order < lens_dev[:, None, None]
+    table = slot_of_pos.to(device)  # [b, max_blocks * page] slot of each position
+    safe = torch.where(valid, order, torch.zeros_like(order)).clamp(max=table.shape[1] - 1)
+    slots = torch.gather(table[:, None, :].expand(b, s_q, -1), 2, safe)
+    indices = torch.where(valid, slots, torch.full_like(slots, -1))
+    if invalid_frac > 0:
+        bad = torch.tensor(invalid_index_candidates(num_blocks * page_block_size), device=device)
+        pick = torch.randint(0, bad.numel(), indices.shape, generator=draw, device=device)
+        hit = torch.rand(indices.shape, generator=draw, device=device) < invalid_frac
+        indices = torch.where(hit, bad[pick], indices)
+    return cache, indices.to(torch.int32)
+
+
+def make_sparse_decode_inputs(
+    b: int,
+    s_q: int,
+    h_q: int,
+    s_k: int,
+    topk: int,
+    page_block_size: int = 64,
+    d_qk: int = 576,
+    d_v: int = 512,
+    dtype: torch.dtype = torch.bfloat16,
+    device: torch.device | str = "cpu",
+    fp8: bool = False,
+    varlen: bool = True,
+    invalid_frac: float = 0.0,
+    all_invalid_rows: int = 0,
+    topk_length: bool = False,
+    sink: bool = False,
+    extra: tuple[int, int, int] | None = None,
+    extra_topk_length: bool = False,
+    pad_blocks: bool = False,
+    softmax_scale: float | None = None,
+    generator: torch.Generator | None = None,
+) -> dict:
+    """Sparse-decode inputs built like FlashMLA's sparse-decode test (plus out-of-range indices).
+
+    Returns a dict whose keys are the keyword arguments of ``reference.sparse_decode``:
+
+    * ``q``: [b, s_q, h_q, d_qk] ``randn/10`` clamped to ±1, in ``dtype``.
+    * ``k_cache``: [num_blocks, page_block_size, 1, d_qk] in ``dtype`` (same recipe, NaN in every slot no
+      request owns), or with ``fp8`` its V3.2 bytes (uint8 [.., 656], ``d_qk`` must be 576) from
+      :func:`openmla.kvcache.quantize_v32`. ``pad_blocks`` pads each page by one token (``stride(0)``
+      larger than the page, as FlashMLA's test allocates it).
+    * ``indices``: int32 [b, s_q, topk], see :func:`_sparse_scope`; ``invalid_frac`` of the entries
+      replaced by invalid values, and ``all_invalid_rows`` random (request, token) rows made wholly invalid.
+    * ``topk_length``: with ``topk_length``, int32 [b] uniform in ``[0, topk]`` (request 0 gets 0 and
+      request 1 gets ``topk`` when ``b >= 3``); else None.
+    * ``attn_sink``: with ``sink``, fp32 [h_q] ``randn``, head 1 ``+inf`` and head 2 ``-inf`` (when
+      ``h_q >= 3``); else None.
+    * ``extra=(extra_s_k, extra_topk, extra_page_block_size)``: a second scope, same format, in
+      ``extra_k_cache`` / ``extra_indices_in_kvcache`` (and ``extra_topk_length`` like ``topk_length``).
+    * ``head_dim_v``, ``softmax_scale`` (``None`` = the op's default).
+
+    Small tables are drawn from ``generator``; on a GPU the big tensors are drawn there from a generator
+    seeded by it.
+    """
+    dev = torch.device(device)
+    draw = _draw_generator(dev, generator)
+    if fp8 and d_qk != 576:
+        raise ValueError("the V3.2 FP8 cache has d_qk 576")
+
+    def cache_of(cache: torch.Tensor) -> torch.Tensor:
+        if fp8:
+            from openmla.kvcache import quantize_v32
+
+            cache = quantize_v32(cache)
+        else:
+            cache = cache.to(dtype)
+        if pad_blocks:
+            padded = torch.zeros(cache.shape[0], cache.shape[1] + 1, *cache.shape[2:], dtype=cache.dtype, device=dev)
+            padded[:, : cache.shape[1]] = cache
+            cache = padded[:, : cache.shape[1]]
+        return cache
+
+    def lengths_of(top: int) -> torch.Tensor:
+        lengths = torch.randint(0, top + 1, (b,), generator=generator, dtype=torch.int32)
+        if b >= 3:
+            lengths[0], lengths[1] = 0, top
+        return lengths.to(dev)
+
+    cache, indices = _sparse_scope(b, s_q, s_k, topk, page_block_size, d_qk, dev, varlen, invalid_frac,
+                                   generator, draw)
+    if all_invalid_rows:
+        num_slots = cache.shape[0] * cache.shape[1]
+        bad = torch.tensor(invalid_index_candidates(num_slots), dtype=torch.int32, device=dev)
+        rows = torch.randperm(b * s_q, generator=generator)[:all_invalid_rows]
+        flat = indices.view(b * s_q, topk)
+        flat[rows.to(dev)] = bad[torch.randint(0, bad.numel(), (rows.numel(), topk), generator=draw, device=dev)]
+    q = (torch.randn(b, s_q, h_q, d_qk, generator=draw, device=dev) / 10).clamp(-1, 1).to(dtype)
+    attn_sink = None
+    if sink:
+        attn_sink = torch.randn(h_q, generator=draw, device=dev, dtype=torch.float32)
+        if h_q >= 3:
+            attn_sink[1], attn_sink[2] = float("inf"), float("-inf")
+    out = {
+        "q": q,
+        "k_cache": cache_of(cache),
+        "indices": indices,
+        "head_dim_v": d_v,
+        "softmax_scale": softmax_scale,
+        "attn_sink": attn_sink,
+        "topk_length": lengths_of(topk) if topk_length else None,
+        "extra_k_cache": None,
+        "extra_indices_in_kvcache": None,
+        "extra_topk_length": None,
+    }
+    if extra is not None:
+        extra_s_k, extra_topk, extra_page = extra
+        x_cache, x_indices = _sparse_scope(b, s_q, extra_s_k, extra_topk, extra_page, d_qk, dev, varlen,
+                                           invalid_frac, generator, draw)
+        out["extra_k_cache"] = cache_of(x_cache)
+        out["extra_indices_in_kvcache"] = x_indices
+        out["extra_topk_length"] = lengths_of(extra_topk) if extra_topk_length else None
+    return out
+
+
+def dequantized(inputs: dict) -> dict:
+    """``inputs`` with FP8 caches replaced by their bf16 read-back (what the reference is run on in tests)."""
+    from openmla.kvcache import dequantize_v32
+
+    out = dict(inputs)
+    for key in ("k_cache", "extra_k_cache"):
+        cache = out.get(key)
+        if cache is not None and cache.dtype in (torch.uint8, torch.int8, torch.float8_e4m3fn):
+            out[key] = dequantize_v32(cache)
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # Poisoning
 # --------------------------------------------------------------------------------------------------
@@ -382,4 +564,71 @@ def brute_force_dense_decode(
                     acc += (w / total) * keys[j][kv_head, :head_dim_v]
                 out[bi, i, h] = acc
                 lse[bi, h, i] = m + math.log(total)
+    return out, lse
+
+
+def brute_force_sparse_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    indices: torch.Tensor,
+    head_dim_v: int,
+    softmax_scale: float | None = None,
+    attn_sink: torch.Tensor | None = None,
+    topk_length: torch.Tensor | None = None,
+    extra_k_cache: torch.Tensor | None = None,
+    extra_indices_in_kvcache: torch.Tensor | None = None,
+    extra_topk_length: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse MLA decode by loops, in float64, written independently of :mod:`openmla.reference`.
+
+    Caches must hold plain floats (read FP8 caches back first, :func:`dequantized`). For each (request,
+    query token) the keys are collected entry by entry with Python ints: main list then extra list,
+    entry ``j`` used when ``j < length`` and ``0 <= index < num_blocks * page_block_size`` (slot ``index``
+    is page ``index // page_block_size``, token ``index % page_block_size``). Softmax by hand with
+    :mod:`math`; the sink scales the output by ``1 / (1 + exp(sink - lse))``. No valid key: out 0,
+    lse +inf.
+
+    Returns:
+        out: float64 [b, s_q, h_q, head_dim_v]; lse: float64 [b, h_q, s_q].
+    """
+    b, s_q, h_q, d = q.shape
+    scale = 1.0 / math.sqrt(d) if softmax_scale is None else float(softmax_scale)
+    q64 = q.detach().cpu().double()
+    scopes = [(k_cache, indices, topk_length)]
+    if extra_k_cache is not None:
+        scopes.append((extra_k_cache, extra_indices_in_kvcache, extra_topk_length))
+    scopes = [
+        (cache.detach().cpu().double(), idx.detach().cpu().tolist(), None if n is None else n.cpu().tolist())
+        for cache, idx, n in scopes
+    ]
+    sinks = None if attn_sink is None else attn_sink.detach().cpu().tolist()
+    out = torch.zeros(b, s_q, h_q, head_dim_v, dtype=torch.float64)
+    lse = torch.full((b, h_q, s_q), math.inf, dtype=torch.float64)
+    for bi in range(b):
+        for t in range(s_q):
+            keys = []
+            for cache, idx, lengths in scopes:
+                page = cache.shape[1]
+                num_slots = cache.shape[0] * page
+                row = idx[bi][t]
+                limit = len(row) if lengths is None else int(lengths[bi])
+                for j, slot in enumerate(row):
+                    if j < limit and 0 <= slot < num_slots:
+                        keys.append(cache[slot // page, slot % page, 0])
+            for h in range(h_q):
+                scores = [float(torch.dot(q64[bi, t, h], k)) * scale for k in keys]
+                if not scores:
+                    continue
+                m = max(scores)
+                weights = [math.exp(s - m) for s in scores]
+                total = math.fsum(weights)
+                row_lse = m + math.log(total)
+                acc = torch.zeros(head_dim_v, dtype=torch.float64)
+                for k, w in zip(keys, weights):
+                    acc += (w / total) * k[:head_dim_v]
+                if sinks is not None:
+                    s = sinks[h]
+                    acc *= 0.0 if s == math.inf else 1.0 if s == -math.inf else 1.0 / (1.0 + math.exp(s - row_lse))
+                out[bi, t, h] = acc
+                lse[bi, h, t] = row_lse
     return out, lse
