@@ -45,3 +45,30 @@ def test_compiles_for_ampere_and_consumer_blackwell(arch):
         assert report.ok, f"{report.variant}: {report.error}"
         assert report.local_bytes == 0
         assert not report.has_wgmma  # wgmma exists only on sm_90a
+
+
+# the smallest and largest head tiles of each cache kind the arch runs (Hopper builds them all above)
+_SPARSE_PICK = "|".join(f"cache {kind} h<={h} d576 plain" for h in (16, 128) for kind in ("bf16", "{fp8}"))
+
+
+@pytest.mark.parametrize("arch, select", [
+    (90, "_sparse_decode_kernel[sparse fp16"),  # the bf16 and FP8 variants are in test_compiles_for_sm90a
+    (80, _SPARSE_PICK.format(fp8="v32fp8-bits")),  # sm_80 has no fp8 instructions: e4m3 by bit moves
+    (120, _SPARSE_PICK.format(fp8="v32fp8")),
+])
+def test_sparse_kernel_compiles(arch, select):
+    """Sparse decode over 16-bit caches and the V3.2 FP8 cache compiles, with no local memory."""
+    found = reports(arch, select)
+    assert len(found) == (1 if arch == 90 else 4), [r.variant for r in found]
+    for report in found:
+        assert report.ok and report.error is None, f"{report.variant}: {report.error}"
+        assert report.local_bytes == 0, f"{report.variant}: {report.local_bytes} bytes of local memory"
+        assert not report.has_wgmma  # 16-row tiles, and no wgmma off sm_90a
+
+
+def test_native_fp8_variants_are_not_built_for_ampere():
+    from openmla.ops.aot import _sparse_variants, compile_variant
+
+    native = next(v for v in _sparse_variants() if "cache v32fp8 " in v.name)
+    report = compile_variant(native, 80)
+    assert report.ok and report.error.startswith("not built: needs sm_89+")

@@ -1,7 +1,12 @@
-"""Token-sparse MLA decoding: the fp32 reference against a float64 brute force, and its conventions.
+"""Token-sparse MLA decoding: the reference against a brute force, the Triton kernel against the reference.
 
-The reference (``openmla.reference.sparse_decode``) is what sparse kernels are tested against, so it is
-itself tested here against :func:`helpers.brute_force_sparse_decode` (float64, entry by entry).
+CPU tier: the fp32 reference against :func:`helpers.brute_force_sparse_decode` (float64, entry by entry)
+and its conventions; the Triton kernel under the interpreter on tiny shapes, over fp16 caches and the
+V3.2 FP8 cache (fp16 q: triton 3.6's interpreter computes ``tl.dot`` of two bf16 operands wrongly),
+against the reference run on the *dequantized* cache, so only the kernel's own error is measured.
+On a GPU the kernel tests run compiled, with the same shapes.
+
+Tolerances are FlashMLA's (``TOL[("sparse_decode", ...)]``).
 """
 
 from __future__ import annotations
@@ -11,10 +16,12 @@ import math
 import pytest
 import torch
 from helpers import (
+    TOL,
     Tol,
     brute_force_sparse_decode,
     check_close,
     dequantized,
+    interpret_mode,
     invalid_index_candidates,
     make_sparse_decode_inputs,
 )
@@ -23,8 +30,23 @@ import openmla
 from openmla import reference
 from openmla.kvcache import dequantize_model1, model1_nominal_view, quantize_model1
 
+HAS_CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+CAN_RUN_TRITON = HAS_CUDA or interpret_mode()
+
 TOL_FP32_OUT = Tol(2e-6, 1e-5, 1e-10)  # fp32 reference vs float64 brute force: fp32 rounding only
 TOL_FP32_LSE = Tol(2e-6, 1e-6, None)
+TOL_OUT = TOL[("sparse_decode", "out")]
+TOL_LSE = TOL[("sparse_decode", "lse")]
+
+def check_against_reference(inputs: dict, out: torch.Tensor, lse: torch.Tensor, what: str = "") -> None:
+    """The kernel's (out, lse) against the reference on the same inputs, FP8 caches read back first."""
+    ref_out, ref_lse = reference.sparse_decode(**dequantized(inputs))
+    q = inputs["q"]
+    assert out.shape == ref_out.shape and out.dtype == q.dtype, (out.shape, out.dtype)
+    assert lse.shape == ref_lse.shape and lse.dtype == torch.float32
+    check_close(f"out{what}", out, ref_out, TOL_OUT)
+    check_close(f"lse{what}", lse, ref_lse, TOL_LSE)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -140,3 +162,103 @@ def test_nan_in_valid_slots_propagates_and_in_invalid_slots_does_not(generator):
     cache[used // page, used % page] = float("nan")
     out, _ = reference.sparse_decode(**inputs)
     assert torch.isnan(out).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# CPU tier: the Triton kernel under the interpreter (tiny fp16 shapes)
+# --------------------------------------------------------------------------------------------------
+
+# (b, s_q, h_q, s_k, topk, page, d_qk, d_v, options); options add out-of-range indices, whole invalid rows,
+# topk_length (with zeros), sinks with +-inf, an extra cache, padded pages
+_KERNEL_CASES = [
+    (2, 1, 1, 10, 1, 1, {}),
+    (3, 3, 3, 30, 7, 2, dict(invalid_frac=0.3, all_invalid_rows=2, topk_length=True, sink=True)),
+    (2, 1, 16, 90, 64, 61, dict(invalid_frac=0.1, sink=True, pad_blocks=True)),
+    (3, 3, 20, 80, 70, 2, dict(invalid_frac=0.2, topk_length=True, sink=True, extra=(40, 7, 61),
+                               extra_topk_length=True)),
+    (2, 3, 16, 50, 7, 61, dict(extra=(30, 64, 1), all_invalid_rows=1)),
+    (3, 1, 3, 200, 70, 1, dict(topk_length=True, sink=True, invalid_frac=0.05)),
+    (2, 1, 20, 12, 64, 2, dict(all_invalid_rows=1, sink=True)),  # lists longer than the requests: -1 tails
+    (2, 3, 1, 70, 70, 61, dict(sink=True, extra=(9, 1, 2), topk_length=True)),
+]
+
+
+KERNEL_PARAMS = [
+    pytest.param(*case, id="b{}-sq{}-h{}-sk{}-topk{}-p{}-".format(*case[:6]) + ("-".join(case[6]) or "plain"))
+    for case in _KERNEL_CASES
+]
+
+
+def _run_kernel(inputs: dict, fp8: bool, **kw):
+    from openmla.ops.decode_sparse import sparse_decode_fwd
+
+    args = {k: v for k, v in inputs.items() if k != "softmax_scale"}
+    scale = inputs["softmax_scale"] or inputs["q"].shape[-1] ** -0.5
+    return sparse_decode_fwd(**args, softmax_scale=scale, is_fp8=fp8, **kw)
+
+
+@pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("b, s_q, h_q, s_k, topk, page, options", KERNEL_PARAMS)
+@pytest.mark.parametrize("splits", [1, 3])
+def test_triton_fp16_cache_matches_reference_tiny(b, s_q, h_q, s_k, topk, page, options, splits, generator):
+    d_qk, d_v = (576, 512) if h_q == 20 else (64, 32)
+    inputs = make_sparse_decode_inputs(b, s_q, h_q, s_k, topk, page, d_qk, d_v, torch.float16, DEVICE,
+                                       generator=generator, softmax_scale=d_qk**-0.55, **options)
+    out, lse = _run_kernel(inputs, False, num_splits=splits)
+    check_against_reference(inputs, out, lse)
+
+
+@pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("b, s_q, h_q, s_k, topk, page, options", KERNEL_PARAMS)
+@pytest.mark.parametrize("splits", [1, 2])
+def test_triton_v32_fp8_cache_matches_reference_tiny(b, s_q, h_q, s_k, topk, page, options, splits, generator):
+    """The V3.2 cache built from fp16 keys by ``quantize_v32``; the reference reads it back (dequantized)."""
+    inputs = make_sparse_decode_inputs(b, s_q, h_q, s_k, topk, page, 576, 512, torch.float16, DEVICE, fp8=True,
+                                       generator=generator, softmax_scale=576**-0.55, **options)
+    # e4m3 by fp8 instructions or by integer bit moves (the sm_80 path): both must read the same values
+    out, lse = _run_kernel(inputs, True, num_splits=splits, fp8_native=splits == 1)
+    check_against_reference(inputs, out, lse)
+
+
+@pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("fp8", [False, True], ids=["fp16-cache", "v32-fp8-cache"])
+def test_triton_128_heads_slice_the_output(fp8, generator):
+    """More than 64 heads: 128-row tiles with the output's 512 dims in two programs, split and unsplit."""
+    inputs = make_sparse_decode_inputs(2, 1, 70, 40, 33, 3, 576, 512, torch.float16, DEVICE, fp8=fp8,
+                                       generator=generator, invalid_frac=0.2, sink=True, topk_length=True)
+    for splits in (1, 2):
+        out, lse = _run_kernel(inputs, fp8, num_splits=splits)
+        check_against_reference(inputs, out, lse, f" ({splits} splits)")
+
+
+@pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("fp8", [False, True], ids=["fp16-cache", "v32-fp8-cache"])
+def test_triton_never_reads_invalid_slots(fp8, generator):
+    """The cache sits between NaN pages; every invalid value is in the lists. A load of any of them would
+    bring NaN (or, far out, a fault) into the output."""
+    d_qk, d_v = (576, 512) if fp8 else (64, 32)
+    inputs = make_sparse_decode_inputs(2, 3, 5, 40, 16, 3, d_qk, d_v, torch.float16, DEVICE, fp8=fp8,
+                                       generator=generator, extra=(20, 8, 2))
+    for key, idx_key in (("k_cache", "indices"), ("extra_k_cache", "extra_indices_in_kvcache")):
+        cache = inputs[key]
+        guarded = torch.full((cache.shape[0] + 2, *cache.shape[1:]), float("nan"), dtype=torch.float16, device=DEVICE)
+        if fp8:
+            guarded = guarded.view(torch.uint8)[..., : cache.shape[-1]].contiguous().fill_(0xFF)  # NaN codes, scales
+        guarded[1:-1] = cache
+        inputs[key] = guarded[1:-1]
+        num_slots = cache.shape[0] * cache.shape[1]
+        bad = torch.tensor(invalid_index_candidates(num_slots) + (-2, num_slots + 1), dtype=torch.int32)
+        idx = inputs[idx_key]
+        idx[:, :, : bad.numel()] = bad.to(DEVICE)  # every invalid value in every list
+    out, lse = _run_kernel(inputs, fp8, num_splits=1)
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+    check_against_reference(inputs, out, lse)
+
+
+def test_split_count_fills_the_sms_and_keeps_splits_long():
+    from openmla.ops.decode_sparse import MIN_TOKENS_PER_SPLIT, num_splits_for
+
+    assert num_splits_for(programs=512, list_len=2048, sm_count=132) == 1
+    assert num_splits_for(programs=8, list_len=2048, sm_count=132) == 17
+    assert num_splits_for(programs=8, list_len=64, sm_count=132) == 1
+    assert num_splits_for(programs=1, list_len=3 * MIN_TOKENS_PER_SPLIT + 1, sm_count=132) == 4

@@ -51,6 +51,8 @@ class Variant:
     num_stages: int
     name: str
     gluon: bool = False  # a Gluon kernel: compiles for sm_90a only
+    runtime_ints: tuple = SPLITKV_RUNTIME_INTS  # the kernel's do_not_specialize ints: no divisibility hint
+    min_arch: int = 0  # built for this arch and newer only (fp8 instructions need sm_89)
 
 
 def _variants() -> list[Variant]:
@@ -75,10 +77,13 @@ def _variants() -> list[Variant]:
                            f"bm{cfg.block_m} bn{cfg.block_n} dv{cfg.dv_tile} w{cfg.num_warps} s{cfg.num_stages}"
                     out.append(Variant(_dense_decode_splitkv_kernel, ptrs, ("scale_log2",), consts,
                                        cfg.num_warps, cfg.num_stages, name))
-        out.append(Variant(
-            _decode_combine_kernel,
-            {"out_ptr": f"*{dtype}", "lse_ptr": "*fp32", "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32",
-             "num_splits_ptr": "*i32"}, (), dict(BLOCK_R=8, D_V=512), 4, 2, f"{dtype} d_v512"))
+        combine_ptrs = {"out_ptr": f"*{dtype}", "lse_ptr": "*fp32", "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32",
+                        "num_splits_ptr": "*i32", "sink_ptr": "*fp32"}
+        out.append(Variant(_decode_combine_kernel, combine_ptrs, (), dict(BLOCK_R=8, D_V=512, HAS_SINK=False), 4, 2,
+                           f"{dtype} d_v512"))
+        out.append(Variant(_decode_combine_kernel, combine_ptrs, (), dict(BLOCK_R=8, D_V=512, HAS_SINK=True), 4, 2,
+                           f"{dtype} d_v512 sink"))
+    out.extend(_sparse_variants())
     from .._runtime import gluon_available
 
     if gluon_available():
@@ -102,6 +107,44 @@ def _variants() -> list[Variant]:
     return out
 
 
+def _sparse_variants() -> list[Variant]:
+    """The sparse-decode kernel over 16-bit caches and the V3.2 FP8 cache, for each head-tile size."""
+    from .decode_sparse import SPARSE_RUNTIME_INTS, _sparse_decode_kernel, sparse_decode_config
+
+    out = []
+    # (q dtype, cache, d_qk, head counts, those also built with every option on); cache "fp8" is the V3.2
+    # layout read with fp8 instructions (sm_89+), "fp8-bits" the same read with integer bit moves (any arch)
+    families = [
+        ("bf16", "bf16", 576, (16, 32, 64, 128), (128,)),
+        ("bf16", "bf16", 512, (64,), ()),
+        ("fp16", "fp16", 576, (16,), ()),
+        ("bf16", "fp8", 576, (16, 32, 64, 128), (128,)),
+        ("bf16", "fp8-bits", 576, (16, 128), ()),
+    ]
+    for q_dtype, cache, d_qk, heads, featured in families:
+        is_fp8 = cache.startswith("fp8")
+        k_type = "*u8" if is_fp8 else f"*{cache}"
+        ptrs = {
+            "q_ptr": f"*{q_dtype}", "k_ptr": k_type, "idx_ptr": "*i32", "extra_k_ptr": k_type, "extra_idx_ptr": "*i32",
+            "topk_len_ptr": "*i32", "extra_topk_len_ptr": "*i32", "sink_ptr": "*fp32", "out_ptr": f"*{q_dtype}",
+            "lse_ptr": "*fp32", "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32",
+        }
+        for h_q in heads:
+            for options in (False, True) if h_q in featured else (False,):
+                cfg = sparse_decode_config(h_q, 512)
+                consts = dict(IS_FP8=is_fp8, FP8_NATIVE=cache == "fp8", HAS_EXTRA=options, HAS_TOPK_LEN=options,
+                              HAS_EXTRA_TOPK_LEN=options, HAS_SINK=options, BLOCK_M=cfg.block_m,
+                              BLOCK_N=cfg.block_n, D_V=512, D_PE=d_qk - 512, DV_TILE=cfg.dv_tile)
+                kind = {"fp8": "v32fp8", "fp8-bits": "v32fp8-bits"}.get(cache, cache)
+                name = (f"sparse {q_dtype} cache {kind} h<={h_q} d{d_qk} "
+                        f"{'extra+len+sink' if options else 'plain'} bm{cfg.block_m} bn{cfg.block_n} "
+                        f"dv{cfg.dv_tile} w{cfg.num_warps} s{cfg.num_stages}")
+                out.append(Variant(_sparse_decode_kernel, ptrs, ("scale_log2",), consts, cfg.num_warps,
+                                   cfg.num_stages, name, runtime_ints=SPARSE_RUNTIME_INTS,
+                                   min_arch=89 if cache == "fp8" else 0))
+    return out
+
+
 def _signature(v: Variant):
     names = list(inspect.signature(v.kernel.fn).parameters)
     sig, attrs = {}, {}
@@ -115,7 +158,7 @@ def _signature(v: Variant):
             sig[n] = "fp32"
         else:
             sig[n] = "i32"
-            if n.startswith(_DIVISIBLE_PREFIXES) and n not in SPLITKV_RUNTIME_INTS:
+            if n.startswith(_DIVISIBLE_PREFIXES) and n not in v.runtime_ints:
                 attrs[(i,)] = [["tt.divisibility", 16]]
     return sig, attrs
 
@@ -147,6 +190,9 @@ def compile_variant(v: Variant, arch: int) -> KernelReport:
                                     error="not built: Gluon kernels here are written for sm_90a")
             from triton.experimental.gluon._runtime import GluonASTSource as source
         else:
+            if arch < v.min_arch:
+                return KernelReport(kernel=kernel_name, variant=v.name, arch=arch, ok=True,
+                                    error=f"not built: needs sm_{v.min_arch}+ (another variant serves sm_{arch})")
             source = triton.compiler.ASTSource
         src = source(fn=v.kernel, signature=sig, constexprs=v.constexprs, attrs=attrs)
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
@@ -165,7 +211,8 @@ def compile_variant(v: Variant, arch: int) -> KernelReport:
 def compile_all(arch: int, select: str | None = None) -> list[KernelReport]:
     """Compile every kernel variant OpenMLA can launch for ``arch``; one report each.
 
-    ``select``: keep variants whose ``kernel[variant]`` name contains this text. Under
+    ``select``: keep variants whose ``kernel[variant]`` name contains this text (or one of several
+    texts separated by ``|``). Under
     ``TRITON_INTERPRET=1`` the kernels in this process are interpreter wrappers that cannot be
     compiled, so the compiles run in a child process with the interpreter off.
     """
@@ -179,7 +226,9 @@ def compile_all(arch: int, select: str | None = None) -> list[KernelReport]:
             return [KernelReport(kernel="*", variant="*", arch=arch, ok=False,
                                  error=f"compile subprocess failed: {done.stderr.strip()[-500:]}")]
         return [KernelReport(**r) for r in json.loads(done.stdout)]
-    chosen = [v for v in _variants() if select is None or select in f"{v.kernel.fn.__name__}[{v.name}]"]
+    wanted = None if select is None else select.split("|")
+    chosen = [v for v in _variants()
+              if wanted is None or any(w in f"{v.kernel.fn.__name__}[{v.name}]" for w in wanted)]
     return [compile_variant(v, arch) for v in chosen]
 
 

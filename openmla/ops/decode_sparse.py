@@ -1,0 +1,369 @@
+"""Token-sparse MLA decoding (DeepSeek Sparse Attention) in portable Triton: kernel, config, launcher.
+
+Each query token ``t`` of request ``i`` attends to its own list of cache slots, ``indices[i, t, :]``
+(``page * page_block_size + offset``), then to the optional extra list over ``extra_k_cache``. The
+key of a slot is gathered row by row with masked pointer loads; its first ``d_v`` dims are also the
+value. Two cache forms:
+
+* 16-bit keys (``k_cache`` bf16/fp16, q's dtype), read as they are;
+* the V3.2 FP8 layout (656 bytes per token: 512 e4m3 codes, 4 fp32 scales each covering 128 dims,
+  64 bf16 RoPE dims), dequantized in registers to q's dtype before the matrix products.
+
+Tiling: a program holds ``BLOCK_M`` query heads of one query token (``h_q`` rows; any ``h_q``: tail
+rows are masked). The ``s_q`` tokens of a request are separate programs because each has its own index
+list: folding them into one tile would gather the same bytes and waste the other tokens' rows of
+every product. As in the dense kernel, a 128-head tile slices the output dims across two programs.
+
+Grid: ``(b * s_q * head_tiles * dv_tiles, n_split)``. Split ``p`` of a row walks the ``p``-th share of
+the row's effective list (main positions ``< topk_length``, then extra positions ``<
+extra_topk_length``). With one split the kernel writes ``out`` and ``lse`` (and applies the sink);
+with several it writes normalised partials and base-2 LSEs that :mod:`openmla.ops.combine` merges
+(and applies the sink there).
+
+Masking: an entry is used when its position is inside the effective list and its value names a slot
+of its cache, ``0 <= idx < num_blocks * page_block_size``; anything else (FlashMLA's ``-1``, or any
+out-of-range value) is masked before address arithmetic and never dereferenced. Addresses are int64.
+A row with no valid entry gets ``out = 0``, ``lse = +inf``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .._runtime import triton_available
+
+# integer arguments that vary per call: specialising on them (==1, %16) would recompile per batch shape
+SPARSE_RUNTIME_INTS = (
+    "stride_ib", "stride_is", "stride_jb", "stride_js", "stride_lb", "stride_lh", "s_q", "h_q", "head_tiles",
+    "topk", "extra_topk", "page_block_size", "extra_page_block_size", "num_slots", "extra_num_slots", "n_split",
+)
+
+V32_SCALE_TILE = 128  # latent dims covered by one fp32 scale of the V3.2 layout
+# shortest share of a list worth its own split (FlashMLA's 64-token block); not tuned on a GPU yet
+MIN_TOKENS_PER_SPLIT = 64
+
+INT32_MAX = 2**31 - 1
+
+if triton_available():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _e4m3_over_256(codes):
+        """``float8_e4m3fn`` bytes -> fp32 value / 256, exactly, without fp8 instructions (sm_80/86).
+
+        Moving the code's sign to bit 15 and its 7 exponent+mantissa bits to bits 7..13 gives the fp16
+        with the same bits under fp16's exponent bias (15 instead of 7): the value / 2^8, subnormals
+        included. Only NaN (``x1111111``) differs: e4m3fn has no infinities, so it is patched back.
+        """
+        c = codes.to(tl.uint16)
+        half = ((c & 0x80) << 8) | ((c & 0x7F) << 7)
+        vals = half.to(tl.float16, bitcast=True).to(tl.float32)
+        return tl.where((c & 0x7F) == 0x7F, float("nan"), vals)
+
+    @triton.jit
+    def _load_keys(rows, offs_d, first, valid, dtype: tl.constexpr, IS_FP8: tl.constexpr,
+                   FP8_NATIVE: tl.constexpr, BLOCK_N: tl.constexpr, WIDTH: tl.constexpr, D_V: tl.constexpr):
+        """Latent dims ``offs_d`` of the key rows at ``rows`` ([BLOCK_N] row pointers), as ``dtype``
+        [BLOCK_N, WIDTH]. ``offs_d`` is ``(first + arange(WIDTH)) % D_V``, so for FP8 (``first`` and
+        ``WIDTH`` multiples of 128) it is made of whole 128-dim scale tiles. Rows with ``valid`` false
+        read nothing and give 0."""
+        if IS_FP8:
+            TILES: tl.constexpr = WIDTH // 128
+            codes = tl.load(rows[:, None] + offs_d[None, :], mask=valid[:, None], other=0)
+            if FP8_NATIVE:  # sm_89+ (and the interpreter) convert e4m3 in hardware
+                vals = codes.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+                unit = 1.0
+            else:
+                vals = _e4m3_over_256(codes)
+                unit = 256.0
+            scale_idx = ((first + tl.arange(0, TILES) * 128) % D_V) // 128  # [TILES] scale of each 128-dim run
+            scale_ptrs = (rows + D_V).to(tl.pointer_type(tl.float32))
+            scales = tl.load(scale_ptrs[:, None] + scale_idx[None, :], mask=valid[:, None], other=0.0) * unit
+            vals = tl.reshape(tl.reshape(vals, (BLOCK_N, TILES, 128)) * scales[:, :, None], (BLOCK_N, WIDTH))
+            return vals.to(dtype)
+        else:
+            return tl.load(rows[:, None] + offs_d[None, :], mask=valid[:, None], other=0.0)
+
+    @triton.jit(do_not_specialize=list(SPARSE_RUNTIME_INTS))
+    def _sparse_decode_kernel(
+        q_ptr, k_ptr, idx_ptr, extra_k_ptr, extra_idx_ptr, topk_len_ptr, extra_topk_len_ptr, sink_ptr,
+        out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr,
+        stride_qb, stride_qs, stride_qh,
+        stride_kb, stride_kp,
+        stride_xb, stride_xp,
+        stride_ib, stride_is,
+        stride_jb, stride_js,
+        stride_ob, stride_os, stride_oh,
+        stride_lb, stride_lh,
+        s_q, h_q, head_tiles, topk, extra_topk, page_block_size, extra_page_block_size,
+        num_slots, extra_num_slots, n_split, scale_log2,
+        IS_FP8: tl.constexpr, FP8_NATIVE: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_TOPK_LEN: tl.constexpr,
+        HAS_EXTRA_TOPK_LEN: tl.constexpr, HAS_SINK: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        D_V: tl.constexpr, D_PE: tl.constexpr, DV_TILE: tl.constexpr,
+    ):
+        # program axis 0 = (request, query token, head tile, slice of the output's D_V dims)
+        pid = tl.program_id(0)
+        split = tl.program_id(1)
+        NUM_DV_TILES: tl.constexpr = D_V // DV_TILE
+        dv_tile = pid % NUM_DV_TILES
+        head_tile = pid // NUM_DV_TILES % head_tiles
+        row = pid // NUM_DV_TILES // head_tiles  # = req * s_q + t
+        t = row % s_q
+        req = row // s_q
+        req64 = tl.cast(req, tl.int64)
+        dtype = q_ptr.dtype.element_ty
+
+        head = head_tile * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+        mask_h = head < h_q
+        # this program's output dims first, then (when the output is sliced) the rest of the latent dims
+        W: tl.constexpr = D_V - DV_TILE if D_V > DV_TILE else DV_TILE
+        offs_v = dv_tile * DV_TILE + tl.arange(0, DV_TILE)
+        offs_w = (dv_tile * DV_TILE + DV_TILE + tl.arange(0, W)) % D_V
+        offs_n = tl.arange(0, BLOCK_N)
+
+        q_row = q_ptr + req64 * stride_qb + t * stride_qs + head * stride_qh  # [BLOCK_M]
+        q_v = tl.load(q_row[:, None] + offs_v[None, :], mask=mask_h[:, None], other=0.0)  # [BLOCK_M, DV_TILE]
+        if D_V > DV_TILE:
+            q_w = tl.load(q_row[:, None] + offs_w[None, :], mask=mask_h[:, None], other=0.0)
+        if D_PE > 0:
+            offs_pe = tl.arange(0, D_PE)
+            q_pe = tl.load(q_row[:, None] + D_V + offs_pe[None, :], mask=mask_h[:, None], other=0.0)
+
+        # this row's effective list: main positions [0, n_main), then extra positions [0, n_extra)
+        n_main = topk
+        if HAS_TOPK_LEN:
+            n_main = tl.minimum(tl.maximum(tl.load(topk_len_ptr + req), 0), topk)
+        n_extra = 0
+        if HAS_EXTRA:
+            n_extra = extra_topk
+            if HAS_EXTRA_TOPK_LEN:
+                n_extra = tl.minimum(tl.maximum(tl.load(extra_topk_len_ptr + req), 0), extra_topk)
+        total = n_main + n_extra
+        per_split = tl.cdiv(tl.cdiv(total, n_split), BLOCK_N) * BLOCK_N
+        lo = split * per_split
+        hi = tl.minimum(lo + per_split, total)
+
+        idx_row = idx_ptr + req64 * stride_ib + t * stride_is
+        extra_idx_row = extra_idx_ptr + req64 * stride_jb + t * stride_js
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, DV_TILE], dtype=tl.float32)
+        for start in range(lo, hi, BLOCK_N):
+            offs_j = start + offs_n  # [BLOCK_N] positions in the effective list
+            in_main = offs_j < n_main
+            idx = tl.load(idx_row + offs_j, mask=in_main, other=-1)
+            valid = in_main & (idx >= 0) & (idx < num_slots)
+            slot = tl.where(valid, idx, 0)
+            rows = k_ptr + ((slot // page_block_size).to(tl.int64) * stride_kb
+                            + (slot % page_block_size).to(tl.int64) * stride_kp)
+            if HAS_EXTRA:
+                in_extra = (offs_j >= n_main) & (offs_j < hi)
+                x_idx = tl.load(extra_idx_row + (offs_j - n_main), mask=in_extra, other=-1)
+                x_valid = in_extra & (x_idx >= 0) & (x_idx < extra_num_slots)
+                x_slot = tl.where(x_valid, x_idx, 0)
+                x_rows = extra_k_ptr + ((x_slot // extra_page_block_size).to(tl.int64) * stride_xb
+                                        + (x_slot % extra_page_block_size).to(tl.int64) * stride_xp)
+                rows = tl.where(in_main, rows, x_rows)
+                valid = valid | x_valid
+
+            k_v = _load_keys(rows, offs_v, dv_tile * DV_TILE, valid, dtype, IS_FP8, FP8_NATIVE,
+                             BLOCK_N, DV_TILE, D_V)  # [BLOCK_N, DV_TILE]
+            scores = tl.dot(q_v, tl.trans(k_v))  # [BLOCK_M, BLOCK_N]
+            if D_V > DV_TILE:
+                k_w = _load_keys(rows, offs_w, dv_tile * DV_TILE + DV_TILE, valid, dtype, IS_FP8, FP8_NATIVE,
+                                 BLOCK_N, W, D_V)
+                scores = tl.dot(q_w, tl.trans(k_w), scores)
+            if D_PE > 0:
+                if IS_FP8:
+                    # past the codes and the 16 bytes of fp32 scales: the RoPE dims, stored as bf16
+                    pe_rows = (rows + D_V + 16).to(tl.pointer_type(tl.bfloat16))
+                else:
+                    pe_rows = rows + D_V
+                k_pe = tl.load(pe_rows[:, None] + offs_pe[None, :], mask=valid[:, None], other=0.0).to(dtype)
+                scores = tl.dot(q_pe, tl.trans(k_pe), scores)
+            scores = tl.where(valid[None, :], scores * scale_log2, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+            # rows that have seen no key yet keep m = -inf; shift by 0 so exp2 gives 0, not NaN
+            m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(scores - m_shift[:, None])
+            alpha = tl.math.exp2(m_i - m_shift)
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None]
+            acc = tl.dot(p.to(dtype), k_v, acc)
+            m_i = m_new
+
+        empty = l_i == 0.0
+        inv_l = tl.where(empty, 0.0, 1.0 / l_i)
+        o = acc * inv_l[:, None]
+        lse2 = tl.where(empty, float("-inf"), m_i + tl.math.log2(l_i))
+        write_lse = mask_h & (dv_tile == 0)
+        if n_split <= 1:
+            if HAS_SINK:
+                # out *= 1 / (1 + exp(sink - lse)), in base 2; +inf sink -> 0, -inf -> 1
+                sink2 = tl.load(sink_ptr + head, mask=mask_h, other=0.0) * 1.4426950408889634
+                o = o * tl.where(empty, 0.0, 1.0 / (1.0 + tl.math.exp2(sink2 - lse2)))[:, None]
+            o_ptrs = out_ptr + req64 * stride_ob + t * stride_os + head * stride_oh
+            tl.store(o_ptrs[:, None] + offs_v[None, :], o.to(out_ptr.dtype.element_ty), mask=mask_h[:, None])
+            lse = tl.where(empty, float("inf"), lse2 * 0.6931471805599453)
+            tl.store(lse_ptr + req64 * stride_lb + head * stride_lh + t, lse, mask=write_lse)
+        else:
+            slot_acc = req64 * n_split + split
+            acc_row = (slot_acc * s_q + t) * h_q + head  # o_accum is [b * n_split, s_q, h_q, D_V]
+            tl.store(o_acc_ptr + acc_row[:, None] * D_V + offs_v[None, :], o, mask=mask_h[:, None])
+            tl.store(lse_acc_ptr + acc_row, lse2, mask=write_lse)
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseDecodeConfig:
+    """Tile shape and launch parameters of the sparse kernel.
+
+    ``block_m`` heads of one query token per program; ``dv_tile`` < ``d_v`` slices the output dims
+    across programs (a 128 x 512 fp32 accumulator does not fit in registers); ``block_n`` gathered
+    keys per step.
+    """
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+    dv_tile: int
+
+
+def sparse_decode_config(h_q: int, d_v: int) -> SparseDecodeConfig:
+    """Pick the tile from the head count (the rows of one query token) and the head dims.
+
+    Many heads: 128-row tiles on 8 warps with the output sliced in two (each gathered key then feeds
+    128 rows; Hopper's ``wgmma`` takes 64 rows a warpgroup). 33..64 heads: one 64-row tile, output
+    sliced. Fewer: the smallest tile of at least 16 rows that holds them and the whole output.
+    """
+    if h_q > 64:
+        return SparseDecodeConfig(block_m=128, block_n=32, num_warps=8, num_stages=2, dv_tile=min(d_v, 256))
+    if h_q > 32:
+        return SparseDecodeConfig(block_m=64, block_n=32, num_warps=4, num_stages=2, dv_tile=min(d_v, 256))
+    block_m = max(16, 1 << (h_q - 1).bit_length())
+    return SparseDecodeConfig(block_m=block_m, block_n=32, num_warps=4, num_stages=2, dv_tile=d_v)
+
+
+def num_splits_for(programs: int, list_len: int, sm_count: int) -> int:
+    """Splits per row so that ``programs`` row programs fill ``sm_count`` SMs, each split keeping at least
+    :data:`MIN_TOKENS_PER_SPLIT` entries of the ``list_len``-entry list (main + extra topk)."""
+    if programs >= sm_count:
+        return 1
+    want = -(-sm_count // programs)
+    most = max(1, -(-list_len // MIN_TOKENS_PER_SPLIT))
+    return max(1, min(want, most))
+
+
+def _slot_count(cache: torch.Tensor) -> int:
+    # indices are int32: a cache with more slots still cannot be named past INT32_MAX, which stays invalid
+    return min(cache.shape[0] * cache.shape[1], INT32_MAX)
+
+
+def sparse_decode_fwd(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    indices: torch.Tensor,
+    head_dim_v: int,
+    softmax_scale: float,
+    attn_sink: torch.Tensor | None = None,
+    topk_length: torch.Tensor | None = None,
+    extra_k_cache: torch.Tensor | None = None,
+    extra_indices_in_kvcache: torch.Tensor | None = None,
+    extra_topk_length: torch.Tensor | None = None,
+    is_fp8: bool = False,
+    config: SparseDecodeConfig | None = None,
+    num_splits: int | None = None,
+    sm_count: int | None = None,
+    fp8_native: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the sparse kernel, then the combine when rows are split. Inputs are validated by :mod:`openmla.api`.
+
+    Args:
+        q: [b, s_q, h_q, d_qk] bf16/fp16, last dim contiguous.
+        k_cache: [num_blocks, page_block_size, 1, d_qk] in q's dtype, or with ``is_fp8`` the V3.2 layout
+            [num_blocks, page_block_size, 1, 656] as uint8/int8/float8_e4m3fn (``d_qk`` 576, ``head_dim_v``
+            512; ``stride(0)`` a multiple of 4 bytes, for the fp32 scales); last dim contiguous.
+        indices: int32 [b, s_q, topk], last dim contiguous; slot ``page * page_block_size + offset``, any
+            value outside the cache is masked.
+        softmax_scale: the scale of ``q·k``.
+        attn_sink: fp32 [h_q] contiguous, or None.
+        topk_length: int32 [b] contiguous, or None (values are clamped to [0, topk]).
+        extra_k_cache, extra_indices_in_kvcache, extra_topk_length: the extra scope (same format as
+            ``k_cache``, own page size), or None.
+        config: tile override (default :func:`sparse_decode_config`).
+        num_splits: splits per row override (default :func:`num_splits_for` with ``sm_count``, itself
+            defaulting to the device's SM count).
+        fp8_native: convert e4m3 with fp8 instructions (default: on sm_89+ and in the interpreter) or
+            with integer bit moves (sm_80/86, which have none).
+
+    Returns:
+        out [b, s_q, h_q, head_dim_v] in q's dtype, lse [b, h_q, s_q] fp32 (natural log).
+    """
+    from .._runtime import device_arch, num_sms
+    from .combine import combine_splits
+
+    b, s_q, h_q, d_qk = q.shape
+    topk = indices.shape[2]
+    d_pe = d_qk - head_dim_v
+    cfg = config or sparse_decode_config(h_q, head_dim_v)
+    if head_dim_v % cfg.dv_tile != 0:
+        raise ValueError(f"dv_tile={cfg.dv_tile} must divide head_dim_v={head_dim_v}")
+    if is_fp8:
+        if (d_qk, head_dim_v) != (576, 512) or k_cache.shape[-1] * k_cache.element_size() != 656:
+            raise ValueError("the FP8 path reads the V3.2 layout: d_qk 576, head_dim_v 512, 656 bytes per token")
+        if cfg.dv_tile % V32_SCALE_TILE != 0:
+            raise ValueError(f"dv_tile={cfg.dv_tile} must be a multiple of the {V32_SCALE_TILE}-dim scale tile")
+    if fp8_native is None:
+        arch = device_arch(q.device)
+        fp8_native = arch is None or arch >= 89
+    has_extra = extra_k_cache is not None
+    extra_topk = extra_indices_in_kvcache.shape[2] if has_extra else 0
+    head_tiles = -(-h_q // cfg.block_m)
+    dv_tiles = head_dim_v // cfg.dv_tile
+    programs = b * s_q * head_tiles * dv_tiles
+    if num_splits is None:
+        num_splits = num_splits_for(programs, topk + extra_topk, sm_count or num_sms(q.device))
+
+    def as_bytes(cache):
+        return cache.view(torch.uint8) if is_fp8 else cache
+
+    k = as_bytes(k_cache)
+    xk = as_bytes(extra_k_cache) if has_extra else k
+    xidx = extra_indices_in_kvcache if has_extra else indices
+    out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
+    lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)
+    if num_splits > 1:
+        o_accum = torch.empty(b * num_splits, s_q, h_q, head_dim_v, dtype=torch.float32, device=q.device)
+        lse_accum = torch.empty(b * num_splits, s_q, h_q, dtype=torch.float32, device=q.device)
+    else:  # never written (the kernel stores straight to out/lse); fp32 like the real ones, so one compiled variant
+        o_accum = lse_accum = lse
+    dummy = indices  # stands in for absent optional tensors (never read: their HAS_* flag is off)
+    _sparse_decode_kernel[(programs, num_splits)](
+        q, k, indices, xk, xidx,
+        topk_length if topk_length is not None else dummy,
+        extra_topk_length if extra_topk_length is not None else dummy,
+        attn_sink if attn_sink is not None else lse,
+        out, lse, o_accum, lse_accum,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1),
+        xk.stride(0), xk.stride(1),
+        indices.stride(0), indices.stride(1),
+        xidx.stride(0), xidx.stride(1),
+        out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1),
+        s_q, h_q, head_tiles, topk, extra_topk, k_cache.shape[1], xk.shape[1] if has_extra else 1,
+        _slot_count(k_cache), _slot_count(extra_k_cache) if has_extra else 0, num_splits,
+        softmax_scale * 1.4426950408889634,
+        IS_FP8=bool(is_fp8), FP8_NATIVE=fp8_native, HAS_EXTRA=has_extra, HAS_TOPK_LEN=topk_length is not None,
+        HAS_EXTRA_TOPK_LEN=has_extra and extra_topk_length is not None, HAS_SINK=attn_sink is not None,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D_V=head_dim_v, D_PE=d_pe, DV_TILE=cfg.dv_tile,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    if num_splits > 1:
+        splits = torch.arange(0, (b + 1) * num_splits, num_splits, dtype=torch.int32, device=q.device)
+        combine_splits(out, lse, o_accum, lse_accum, splits, attn_sink=attn_sink)
+    return out, lse
