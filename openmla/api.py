@@ -6,14 +6,15 @@ semantics of every op live in :mod:`openmla.reference`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Optional, Union
 
 import torch
 
 from . import reference
-from ._runtime import InvalidArgumentError, UnsupportedError, gpu_description
-from .dispatch import Choice, choose_dense_decode
+from ._runtime import InvalidArgumentError, UnsupportedError
+from .dispatch import Choice, choose_dense_decode, choose_sparse_decode
 from .metadata import FlashMLASchedMeta, plan_dense
 
 __all__ = ["flash_mla_with_kvcache", "explain"]
@@ -101,6 +102,179 @@ def _validate_dense(q, k_cache, block_table, cache_seqlens, head_dim_v):
     return b, s_q, h_q, d, page_block_size, h_kv, num_blocks
 
 
+_BYTE_DTYPES = (torch.uint8, torch.int8, torch.float8_e4m3fn)
+_SPARSE_ONLY = ("attn_sink", "extra_k_cache", "extra_indices_in_kvcache", "topk_length", "extra_topk_length")
+
+
+@dataclasses.dataclass(frozen=True)
+class _SparseShape:
+    """What a validated sparse call is: sizes, and the cache layout (``fmt`` None for a bf16/fp16 cache)."""
+
+    b: int
+    s_q: int
+    h_q: int
+    d_qk: int
+    topk: int
+    page_block_size: int
+    extra_topk: int | None
+    extra_page_block_size: int | None
+    fmt: str | None
+
+
+def _check_sparse_cache(name: str, cache, q: torch.Tensor, fp8: bool, kv_format):
+    """Validate one sparse cache ([num_blocks, page_block_size, 1, last]); return its FP8 layout or None."""
+    from .kvcache import bytes_per_token_of, detect_format
+
+    d_qk = q.shape[-1]
+    fmt = None
+    if fp8:
+        _check_tensor(name, cache, 4, _BYTE_DTYPES, q.device)
+        fmt = reference.sparse_fp8_format(cache, d_qk, kv_format)  # typed errors for layouts it does not read
+        if fmt.name == "V32_FP8" and cache.shape[1] > 1 and cache.stride(1) != cache.shape[-1]:
+            raise _fail(name, f"strides {cache.stride()}", f"stride(1) == {cache.shape[-1]} (one page is one run of "
+                        "656-byte token records; pad between pages with stride(0) instead)")
+    else:
+        _check_tensor(name, cache, 4, (q.dtype,), q.device)
+        if cache.shape[-1] != d_qk:
+            raise _fail(name, f"head dim {cache.shape[-1]} (shape {tuple(cache.shape)})", f"q's head dim {d_qk}")
+        if kv_format is not None:
+            detect_format(d_qk, bytes_per_token_of(cache), kv_format)  # the name must agree with the cache
+    num_blocks, page_block_size, h_kv = cache.shape[:3]
+    if h_kv != 1:
+        raise _fail(name, f"h_kv={h_kv} (shape {tuple(cache.shape)})", "h_kv == 1: sparse decoding is MQA over one "
+                    "latent KV head")
+    if page_block_size < 1 or num_blocks < 1:
+        raise _fail(name, f"shape {tuple(cache.shape)}", "at least one page of at least one token")
+    return fmt
+
+
+def _check_index_list(name: str, indices, b: int, s_q: int, device) -> int:
+    """Validate int32 [b, s_q, topk] indices; return topk."""
+    _check_tensor(name, indices, 3, (torch.int32,), device)
+    if tuple(indices.shape[:2]) != (b, s_q) or indices.shape[2] < 1:
+        raise _fail(name, f"shape {tuple(indices.shape)}", f"[b={b}, s_q={s_q}, topk] with topk >= 1")
+    return indices.shape[2]
+
+
+def _check_lengths(name: str, lengths, b: int, device) -> None:
+    _check_tensor(name, lengths, 1, (torch.int32,), device)
+    if lengths.shape[0] != b or not lengths.is_contiguous():
+        raise _fail(name, f"shape {tuple(lengths.shape)}, strides {lengths.stride()}", f"a contiguous [b={b}] tensor")
+
+
+def _validate_sparse(q, k_cache, head_dim_v, causal, is_fp8_kvcache, indices, attn_sink, topk_length,
+                     extra_k_cache, extra_indices_in_kvcache, extra_topk_length, kv_format) -> _SparseShape:
+    _check_tensor("q", q, 4, _DTYPES, None)
+    b, s_q, h_q, d_qk = q.shape
+    if b == 0 or s_q == 0 or h_q == 0:
+        raise _fail("q", f"shape {tuple(q.shape)}", "b, s_q and h_q of at least 1")
+    if causal:
+        raise _fail("causal", "True with indices", "False: sparse decoding attends to the listed tokens, with no "
+                    "causal mask (FlashMLA requires causal=False)")
+    if not isinstance(k_cache, torch.Tensor):
+        raise _fail("k_cache", type(k_cache).__name__, "a torch.Tensor")
+    byte_cache = k_cache.dtype in _BYTE_DTYPES
+    if is_fp8_kvcache is not None and bool(is_fp8_kvcache) != byte_cache:
+        raise _fail("is_fp8_kvcache", f"{is_fp8_kvcache} with a {k_cache.dtype} k_cache",
+                    "True for FP8 layouts held as uint8/int8/float8_e4m3fn bytes, False for bf16/fp16 caches "
+                    "(or None to infer it from the cache's dtype)")
+    fmt = _check_sparse_cache("k_cache", k_cache, q, byte_cache, kv_format)
+    if fmt is not None:
+        if head_dim_v != fmt.d_v:
+            raise _fail("head_dim_v", repr(head_dim_v), f"{fmt.d_v}, the value dims of the {fmt.name} layout")
+    elif not isinstance(head_dim_v, int) or not 0 < head_dim_v <= d_qk:
+        raise _fail("head_dim_v", repr(head_dim_v), f"an int in [1, d_qk={d_qk}]")
+    topk = _check_index_list("indices", indices, b, s_q, q.device)
+    if topk_length is not None:
+        _check_lengths("topk_length", topk_length, b, q.device)
+    if attn_sink is not None:
+        _check_tensor("attn_sink", attn_sink, 1, (torch.float32,), q.device)
+        if attn_sink.shape[0] != h_q or not attn_sink.is_contiguous():
+            raise _fail("attn_sink", f"shape {tuple(attn_sink.shape)}, strides {attn_sink.stride()}",
+                        f"a contiguous [h_q={h_q}] tensor")
+    if (extra_k_cache is None) != (extra_indices_in_kvcache is None):
+        given, missing = (("extra_k_cache", "extra_indices_in_kvcache") if extra_indices_in_kvcache is None
+                          else ("extra_indices_in_kvcache", "extra_k_cache"))
+        raise _fail(missing, f"None while {given} is given", "both or neither of extra_k_cache and "
+                    "extra_indices_in_kvcache (the extra list indexes the extra cache)")
+    if extra_topk_length is not None and extra_k_cache is None:
+        raise _fail("extra_topk_length", "a tensor without extra_k_cache", "None when there is no extra cache")
+    extra_topk = extra_page_block_size = None
+    if extra_k_cache is not None:
+        extra_fmt = _check_sparse_cache("extra_k_cache", extra_k_cache, q, byte_cache, kv_format)
+        if extra_fmt != fmt or extra_k_cache.dtype != k_cache.dtype:
+            def describe(f, cache):
+                return f"{cache.dtype} ({f.name if f is not None else 'keys as they are'})"
+
+            raise _fail("extra_k_cache", describe(extra_fmt, extra_k_cache),
+                        f"k_cache's format, {describe(fmt, k_cache)}")
+        extra_topk = _check_index_list("extra_indices_in_kvcache", extra_indices_in_kvcache, b, s_q, q.device)
+        extra_page_block_size = extra_k_cache.shape[1]
+        if extra_topk_length is not None:
+            _check_lengths("extra_topk_length", extra_topk_length, b, q.device)
+    return _SparseShape(b, s_q, h_q, d_qk, topk, k_cache.shape[1], extra_topk, extra_page_block_size,
+                        None if fmt is None else fmt.name)
+
+
+def _check_sparse_values(topk_length, extra_topk_length, topk: int, extra_topk: int | None) -> None:
+    """Typed errors for list lengths outside [0, topk] (one device sync)."""
+    for name, lengths, top in (("topk_length", topk_length, topk),
+                               ("extra_topk_length", extra_topk_length, extra_topk)):
+        if lengths is None:
+            continue
+        bad = (lengths < 0) | (lengths > top)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise InvalidArgumentError(
+                f"{name}[{i}]: got {int(lengths[i])}; expected a length in [0, {top}] (the index list holds {top} "
+                "entries per query token)."
+            )
+
+
+def _sparse_decode_call(q, k_cache, head_dim_v, tile_scheduler_metadata, num_splits, softmax_scale, causal,
+                        is_fp8_kvcache, indices, attn_sink, extra_k_cache, extra_indices_in_kvcache, topk_length,
+                        extra_topk_length, backend, kv_format):
+    """The sparse branch of :func:`flash_mla_with_kvcache`: validate, pick a backend, run."""
+    shape = _validate_sparse(q, k_cache, head_dim_v, causal, is_fp8_kvcache, indices, attn_sink, topk_length,
+                             extra_k_cache, extra_indices_in_kvcache, extra_topk_length, kv_format)
+    scale = shape.d_qk**-0.5 if softmax_scale is None else float(softmax_scale)
+    meta, planning = None, True
+    if isinstance(tile_scheduler_metadata, FlashMLASchedMeta):
+        if num_splits is not None:
+            raise InvalidArgumentError(
+                "num_splits must be None when tile_scheduler_metadata is a FlashMLASchedMeta (new API)."
+            )
+        meta = tile_scheduler_metadata
+        meta.check_or_set_config(FlashMLASchedMeta.Config(
+            b=shape.b, s_q=shape.s_q, h_q=shape.h_q, page_block_size=shape.page_block_size, h_k=1, causal=False,
+            is_fp8_kvcache=shape.fmt is not None, topk=shape.topk, extra_page_block_size=shape.extra_page_block_size,
+            extra_topk=shape.extra_topk,
+        ))
+        planning = not meta.have_initialized
+    elif isinstance(tile_scheduler_metadata, torch.Tensor):
+        planning = False  # old-API tensors: the sparse kernel splits by topk itself and does not read them
+    elif tile_scheduler_metadata is not None:
+        raise _fail("tile_scheduler_metadata", type(tile_scheduler_metadata).__name__,
+                    "a FlashMLASchedMeta, the int32 tensor from get_mla_metadata(cache_seqlens, ...), or None")
+    if _value_checks_enabled(planning, q.device):
+        _check_sparse_values(topk_length, extra_topk_length, shape.topk, shape.extra_topk)
+    choice = choose_sparse_decode(q.device, q.dtype, (shape.d_qk, head_dim_v), shape.fmt, backend)
+    if meta is not None:
+        meta.have_initialized = True  # nothing to plan: the split count follows from the shapes
+    if choice.backend == "reference":
+        return reference.sparse_decode(q, k_cache, indices, head_dim_v, scale, attn_sink, topk_length, extra_k_cache,
+                                       extra_indices_in_kvcache, extra_topk_length, kv_format)
+    if shape.fmt is not None:
+        for name, cache in (("k_cache", k_cache), ("extra_k_cache", extra_k_cache)):
+            if cache is not None and cache.shape[0] > 1 and cache.stride(0) % 4:
+                raise _fail(name, f"strides {cache.stride()}", "stride(0) a multiple of 4 bytes (the kernel reads "
+                            "the fp32 scales of each token record with aligned loads)")
+    from .ops.decode_sparse import sparse_decode_fwd
+
+    return sparse_decode_fwd(q, k_cache, indices, head_dim_v, scale, attn_sink, topk_length, extra_k_cache,
+                             extra_indices_in_kvcache, extra_topk_length, is_fp8=shape.fmt is not None)
+
+
 def flash_mla_with_kvcache(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -120,8 +294,13 @@ def flash_mla_with_kvcache(
     extra_topk_length: Optional[torch.Tensor] = None,
     *,
     backend: Optional[str] = None,
+    kv_format: Optional[str] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """MLA decoding over a paged KV cache (FlashMLA's ``flash_mla_with_kvcache``).
+    """MLA decoding over a paged KV cache (FlashMLA's ``flash_mla_with_kvcache``), dense or token-sparse.
+
+    Dense (``indices=None``): each query attends to its sequence's first ``cache_seqlens`` tokens.
+    Sparse (``indices`` given, DeepSeek Sparse Attention): each query token attends to its own list of
+    cache slots; ``block_table`` and ``cache_seqlens`` are not used (may be None).
 
     Args:
         q (torch.Tensor):
@@ -148,29 +327,50 @@ def flash_mla_with_kvcache(
             defaults to ``d ** -0.5`` (DeepSeek models pass their own).
         causal (bool):
             for ``s_q > 1``, query token ``i`` sees keys ``j <= s_k - s_q + i``; ignored when s_q == 1.
-        is_fp8_kvcache, indices, attn_sink, extra_k_cache, extra_indices_in_kvcache, topk_length,
-        extra_topk_length: FP8 caches and sparse decoding; not implemented in this version
-            (raise :class:`UnsupportedError` when given).
+        is_fp8_kvcache (bool):
+            sparse decoding only: True for an FP8 cache (bytes), False for a bf16/fp16 one; None (default)
+            infers it from ``k_cache``'s dtype (uint8/int8/float8_e4m3fn = FP8). Dense decoding takes
+            bf16/fp16 caches only (True raises :class:`UnsupportedError`).
+        indices (torch.Tensor):
+            [b, s_q, topk] int32, last dim contiguous: the cache slots (``page * page_block_size +
+            offset``) each query token attends to. ``-1``, and as an OpenMLA extension any value outside
+            ``[0, num_blocks * page_block_size)``, is masked and never read. With indices, ``k_cache`` is
+            [num_blocks, page_block_size, 1, last]: bf16/fp16 of q's dtype (``last = d``; OpenMLA
+            extension), or FP8 bytes in the V3.2 layout (656 B/token, d 576; also MODEL1, 584 B/token,
+            d 512, on the reference backend), any page size, any ``h_q``, any ``topk``; ``causal`` must
+            be False.
+        attn_sink (torch.Tensor):
+            [h_q] fp32 contiguous, sparse only: out of head ``h`` is scaled by ``1 / (1 + exp(sink[h] -
+            lse))`` (lse unchanged); ``+inf`` gives 0, ``-inf`` no effect.
+        extra_k_cache, extra_indices_in_kvcache (torch.Tensor):
+            sparse only, both or neither: a second cache (same format, own page size) and its slots
+            [b, s_q, extra_topk] int32, attended after the main list.
+        topk_length, extra_topk_length (torch.Tensor):
+            [b] int32 contiguous, sparse only: request ``i`` uses the first ``topk_length[i]`` entries of
+            its lists (values in [0, topk], checked when the call plans, see ``OPENMLA_CHECK_VALUES``).
         backend (str):
             OpenMLA extension, keyword only: ``"auto"`` (default: Gluon on Hopper, Triton on other
             GPUs, the reference on CPU tensors), ``"gluon"``, ``"triton"`` or ``"reference"``;
-            overrides ``OPENMLA_BACKEND``.
+            overrides ``OPENMLA_BACKEND``. Sparse decoding: ``"triton"`` serves bf16/fp16 q over a cache
+            of q's dtype or the V3.2 FP8 layout, ``"reference"`` everything; no Gluon kernel.
+        kv_format (str):
+            keyword only (the SGLang fork's name): the FP8 layout's name when its byte size is ambiguous,
+            see :func:`openmla.kvcache.detect_format`.
 
     Returns:
         out: [b, s_q, h_q, head_dim_v] in q's dtype. lse: [b, h_q, s_q] fp32, natural log; +inf for
         rows that attend to nothing.
     """
-    sparse_args = {
-        "indices": indices, "attn_sink": attn_sink, "extra_k_cache": extra_k_cache,
-        "extra_indices_in_kvcache": extra_indices_in_kvcache, "topk_length": topk_length,
-        "extra_topk_length": extra_topk_length,
-    }
+    if indices is not None:
+        return _sparse_decode_call(q, k_cache, head_dim_v, tile_scheduler_metadata, num_splits, softmax_scale, causal,
+                                   is_fp8_kvcache, indices, attn_sink, extra_k_cache, extra_indices_in_kvcache,
+                                   topk_length, extra_topk_length, backend, kv_format)
+    sparse_args = dict(zip(_SPARSE_ONLY, (attn_sink, extra_k_cache, extra_indices_in_kvcache, topk_length,
+                                          extra_topk_length)))
     given = [k for k, v in sparse_args.items() if v is not None]
     if given:
-        raise UnsupportedError(
-            f"sparse MLA decoding ({', '.join(given)}) is not implemented in this version of openmla "
-            f"(GPU: {gpu_description(getattr(q, 'device', None))}). Dense decoding is served: pass indices=None."
-        )
+        raise _fail(given[0], "a tensor with indices=None", "None: it serves sparse decoding only (pass indices, or "
+                    f"drop {', '.join(given)} for dense decoding)")
     if is_fp8_kvcache:
         raise UnsupportedError(
             "FP8 KV caches (is_fp8_kvcache=True) are not implemented in this version of openmla; "
@@ -258,5 +458,10 @@ def explain(
     if len(args) >= 3 and isinstance(args[2], int):
         head_dim_v = args[2]
     if kwargs.get("indices") is not None:
-        return Choice("sparse_decode", "none", "sparse decoding is not implemented in this version of openmla")
+        fmt = None
+        if k_cache.dtype in _BYTE_DTYPES:
+            from .kvcache import bytes_per_token_of, detect_format
+
+            fmt = detect_format(q.shape[-1], bytes_per_token_of(k_cache), kwargs.get("kv_format")).name
+        return choose_sparse_decode(q.device, q.dtype, (q.shape[-1], head_dim_v), fmt, backend)
     return choose_dense_decode(q.device, q.dtype, (q.shape[-1], head_dim_v), backend)

@@ -146,18 +146,108 @@ def _choose_dense_decode(device, dtype, dims, backend) -> Choice:
     return Choice(op, "reference", f"{against}: the fp32 PyTorch reference serves CPU calls")
 
 
+def _sparse_triton_reason_against(
+    device: torch.device, dtype: torch.dtype | None, dims: tuple[int, int] | None, cache_format: str | None
+) -> str | None:
+    """Why the Triton sparse kernel cannot serve these inputs (``None`` when it can).
+
+    ``cache_format``: ``None`` for a bf16/fp16 cache, else the FP8 layout's name (only ``"V32_FP8"`` is read
+    by the kernel).
+    """
+    if cache_format is None:
+        return _triton_reason_against(device, dtype, dims)
+    against = _triton_reason_against(device, dtype, None)
+    if against is None and cache_format != "V32_FP8":
+        against = f"the Triton sparse kernel reads the V3.2 FP8 layout (656 B/token), not {cache_format}"
+    if against is None and dims is not None and dims != (576, 512):
+        against = f"the V3.2 FP8 layout has (d_qk, head_dim_v) = (576, 512), got {dims}"
+    return against
+
+
+_SPARSE_CHOICES: dict = {}
+
+
+def choose_sparse_decode(
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    dims: tuple[int, int] | None = None,
+    cache_format: str | None = None,
+    backend: str | None = None,
+) -> Choice:
+    """Pick the backend for a sparse decode call; raise :class:`UnsupportedError` if a forced one cannot serve.
+
+    ``dtype`` is q's; ``cache_format`` ``None`` for a bf16/fp16 cache, else the FP8 layout's name. Triton
+    serves bf16/fp16 q over a cache of q's dtype or the V3.2 FP8 layout; the reference serves the rest
+    (fp32, MODEL1). There is no Gluon sparse kernel. Cached like :func:`choose_dense_decode`.
+    """
+    key = (device, dtype, dims, cache_format, backend, os.environ.get("OPENMLA_BACKEND"),
+           os.environ.get("OPENMLA_ARCH"), os.environ.get("TRITON_INTERPRET"))
+    choice = _SPARSE_CHOICES.get(key)
+    if choice is None:
+        choice = _choose_sparse_decode(torch.device(device), dtype, dims, cache_format, backend)
+        if choice.backend != "reference" or torch.device(device).type != "cuda":
+            _SPARSE_CHOICES[key] = choice  # a GPU fallback is not cached: it must warn on every call
+    return choice
+
+
+def _choose_sparse_decode(device, dtype, dims, cache_format, backend) -> Choice:
+    op = "sparse_decode"
+    forced = (backend or "auto").lower()
+    if forced == "auto":
+        forced = env_backend()
+    elif forced not in BACKENDS:
+        raise UnsupportedError(f"backend={backend!r} is not a backend; expected 'auto' or one of {BACKENDS}.")
+    against = _sparse_triton_reason_against(device, dtype, dims, cache_format)
+    where = gpu_description(device)
+    if forced == "reference":
+        return Choice(op, "reference", "forced (backend='reference' or OPENMLA_BACKEND=reference)")
+    if forced == "gluon":
+        raise UnsupportedError(
+            f"backend='gluon' cannot serve {op}: there is no Gluon sparse-decode kernel yet. GPU: {where}. "
+            "Use backend='triton' (any NVIDIA GPU sm_80+) or 'reference'."
+        )
+    if forced == "triton":
+        if against is not None:
+            raise UnsupportedError(
+                f"backend='triton' cannot serve {op}: {against}. GPU: {where}. Supported: bf16/fp16 q on sm_80+ GPUs "
+                "(or CPU tensors with TRITON_INTERPRET=1 set before import) over a cache of q's dtype (head_dim_v a "
+                "power of two, d_qk - head_dim_v 0 or a power of two) or the V3.2 FP8 layout (656 B/token). "
+                "Use backend='reference' otherwise."
+            )
+        return Choice(op, "triton", "forced (backend='triton' or OPENMLA_BACKEND=triton)")
+    if against is None:
+        if device.type == "cpu":
+            return Choice(op, "triton", "CPU tensors with TRITON_INTERPRET=1: Triton kernels in the interpreter")
+        return Choice(op, "triton", f"portable Triton sparse kernel on {where}")
+    if device.type == "cuda":
+        warnings.warn(
+            f"openmla: sparse decode falls back to the slow fp32 reference because {against} ({where}).",
+            OpenMLAFallbackWarning,
+            stacklevel=3,
+        )
+        return Choice(op, "reference", f"fallback: {against}")
+    return Choice(op, "reference", f"{against}: the fp32 PyTorch reference serves CPU calls")
+
+
 def backend_table(device: torch.device | str | None = None) -> list[Choice]:
-    """What serves each public op on ``device`` (default: the current GPU, else CPU), for ``openmla doctor``."""
+    """What serves each public op on ``device`` (default: the current GPU, else CPU), for ``openmla doctor``.
+
+    Rows are for DeepSeek's shapes: bf16 q, (576, 512) dims; sparse decoding over the V3.2 FP8 cache.
+    """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     rows = []
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", OpenMLAFallbackWarning)
-            rows.append(choose_dense_decode(device, torch.bfloat16, (576, 512)))
-    except UnsupportedError as exc:
-        rows.append(Choice("dense_decode", "none", str(exc)))
-    for op in ("sparse_decode", "dense_fp8_decode", "sparse_prefill", "dense_prefill"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OpenMLAFallbackWarning)
+        for op, choose in (
+            ("dense_decode", lambda: choose_dense_decode(device, torch.bfloat16, (576, 512))),
+            ("sparse_decode", lambda: choose_sparse_decode(device, torch.bfloat16, (576, 512), "V32_FP8")),
+        ):
+            try:
+                rows.append(choose())
+            except UnsupportedError as exc:
+                rows.append(Choice(op, "none", str(exc)))
+    for op in ("dense_fp8_decode", "sparse_prefill", "dense_prefill"):
         rows.append(Choice(op, "none", "not implemented in this version of openmla"))
     return rows

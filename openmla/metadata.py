@@ -118,6 +118,7 @@ def get_mla_metadata(*args, **kwargs):
     v1 name of the second argument): returns ``(tile_scheduler_metadata int32 [num_sm_parts, 8],
     num_splits int32 [b + 1])`` computed on ``cache_seqlens.device`` without a host sync.
     ``num_q_tokens_per_head_k`` is ``s_q * h_q // h_kv``. ``num_sm_parts`` never exceeds the SM count.
+    With ``topk`` (sparse decoding) the same pair is returned; sparse calls accept it and do not read it.
     """
     if not args and not kwargs:
         return FlashMLASchedMeta(), None
@@ -146,10 +147,8 @@ def get_mla_metadata(*args, **kwargs):
         raise InvalidArgumentError(
             f"num_q_tokens_per_head_k (s_q*h_q//h_kv) and num_heads_k must be positive; got {rows} and {h_kv}."
         )
-    if bound.get("topk") is not None:
-        from ._runtime import UnsupportedError
-
-        raise UnsupportedError("sparse decoding (topk=) is not implemented in this version of openmla.")
+    # With topk (v2 sparse callers) the pair is returned too, for the calls to carry: the sparse kernel
+    # splits its index lists by itself and does not read it.
     return plan_dense(cache_seqlens, rows, h_kv, old_api=True)
 
 

@@ -6,7 +6,7 @@ import inspect
 
 import pytest
 import torch
-from helpers import make_dense_decode_inputs
+from helpers import make_dense_decode_inputs, make_sparse_decode_inputs
 
 import openmla
 from openmla import FlashMLASchedMeta, InvalidArgumentError, SchedMetaMismatchError, UnsupportedError
@@ -154,16 +154,152 @@ def test_page_outside_cache_raises_when_planning(generator):
         call(inputs, backend="triton")
 
 
-@pytest.mark.parametrize("arg", ["indices", "attn_sink", "topk_length", "extra_k_cache"])
-def test_sparse_arguments_are_refused_not_ignored(arg, generator):
+@pytest.mark.parametrize(
+    "arg", ["attn_sink", "topk_length", "extra_k_cache", "extra_indices_in_kvcache", "extra_topk_length"]
+)
+def test_sparse_only_arguments_without_indices_are_refused_not_ignored(arg, generator):
     inputs = tiny_inputs(generator)
-    with pytest.raises(UnsupportedError, match=arg):
+    with pytest.raises(InvalidArgumentError, match=f"{arg}: got a tensor with indices=None"):
         call(inputs, **{arg: torch.zeros(1)})
 
 
-def test_fp8_cache_is_refused(generator):
+def test_fp8_cache_is_refused_for_dense_decoding(generator):
     with pytest.raises(UnsupportedError, match="FP8"):
         call(tiny_inputs(generator), is_fp8_kvcache=True)
+
+
+def sparse_inputs(generator, **kw):
+    args = dict(b=2, s_q=2, h_q=3, s_k=20, topk=5, page_block_size=4, d_qk=64, d_v=32, dtype=torch.float16,
+                generator=generator)
+    args.update(kw)
+    return make_sparse_decode_inputs(**args)
+
+
+def sparse_call(inputs, **overrides):
+    kw = dict(inputs, block_table=None, cache_seqlens=None, tile_scheduler_metadata=None)
+    kw.update(overrides)
+    return openmla.flash_mla_with_kvcache(**kw)
+
+
+def _v32_inputs(generator, **kw):
+    return sparse_inputs(generator, d_qk=576, d_v=512, fp8=True, **kw)
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda x: x.update(indices=x["indices"].long()), "indices: got dtype torch.int64; expected torch.int32"),
+        (lambda x: x.update(indices=x["indices"][0]), r"indices: got shape \(2, 5\) \(2 dims\); expected 3 dims"),
+        (lambda x: x.update(indices=x["indices"][:1]),
+         r"indices: got shape \(1, 2, 5\); expected \[b=2, s_q=2, topk\]"),
+        (lambda x: x.update(indices=x["indices"][:, :, :0]), r"expected \[b=2, s_q=2, topk\] with topk >= 1"),
+        (lambda x: x.update(attn_sink=torch.zeros(3, dtype=torch.float16)), "attn_sink: got dtype torch.float16"),
+        (lambda x: x.update(attn_sink=torch.zeros(4)), r"attn_sink: got shape \(4,\).*\[h_q=3\]"),
+        (lambda x: x.update(topk_length=torch.zeros(2, dtype=torch.int64)), "topk_length: got dtype torch.int64"),
+        (lambda x: x.update(topk_length=torch.zeros(3, dtype=torch.int32)), r"topk_length: got shape \(3,\)"),
+        (lambda x: x.update(topk_length=torch.tensor([6, 0], dtype=torch.int32)),
+         r"topk_length\[0\]: got 6; expected a length in \[0, 5\]"),
+        (lambda x: x.update(topk_length=torch.tensor([1, -1], dtype=torch.int32)), r"topk_length\[1\]: got -1"),
+        (lambda x: x.update(causal=True), "causal: got True with indices; expected False"),
+        (lambda x: x.update(is_fp8_kvcache=True), "is_fp8_kvcache: got True with a torch.float16 k_cache"),
+        (lambda x: x.update(k_cache=x["k_cache"].expand(-1, -1, 2, -1)), "k_cache: got h_kv=2"),
+        (lambda x: x.update(k_cache=x["k_cache"].float()), "k_cache: got dtype torch.float32; expected torch.float16"),
+        (lambda x: x.update(head_dim_v=100), "head_dim_v: got 100"),
+        (lambda x: x.update(extra_indices_in_kvcache=x["indices"]),
+         "extra_k_cache: got None while extra_indices_in_kvcache is given"),
+        (lambda x: x.update(extra_k_cache=x["k_cache"]),
+         "extra_indices_in_kvcache: got None while extra_k_cache is given"),
+        (lambda x: x.update(extra_topk_length=torch.zeros(2, dtype=torch.int32)),
+         "extra_topk_length: got a tensor without extra_k_cache"),
+        (lambda x: x.update(extra_k_cache=x["k_cache"].to(torch.bfloat16), extra_indices_in_kvcache=x["indices"]),
+         "extra_k_cache: got dtype torch.bfloat16"),
+        (lambda x: x.update(extra_k_cache=x["k_cache"], extra_indices_in_kvcache=x["indices"][:, :1]),
+         r"extra_indices_in_kvcache: got shape \(2, 1, 5\)"),
+        (lambda x: x.update(extra_k_cache=x["k_cache"], extra_indices_in_kvcache=x["indices"],
+                            extra_topk_length=torch.tensor([0, 9], dtype=torch.int32)),
+         r"extra_topk_length\[1\]: got 9; expected a length in \[0, 5\]"),
+    ],
+    ids=["indices-int64", "indices-dims", "indices-batch", "topk-0", "sink-dtype", "sink-shape", "len-int64",
+         "len-shape", "len-above-topk", "len-negative", "causal", "fp8-flag-vs-dtype", "h_kv-2", "cache-dtype",
+         "head-dim-v", "extra-indices-alone", "extra-cache-alone", "extra-len-alone", "extra-cache-dtype",
+         "extra-indices-shape", "extra-len-above"],
+)
+def test_bad_sparse_input_raises_typed_error_naming_the_argument(mutate, match, generator):
+    inputs = sparse_inputs(generator)
+    mutate(inputs)
+    with pytest.raises(InvalidArgumentError, match=match):
+        sparse_call(inputs, backend="reference")
+
+
+def test_bad_fp8_sparse_caches(generator):
+    inputs = _v32_inputs(generator)
+    cache = inputs["k_cache"]
+    with pytest.raises(InvalidArgumentError, match="no known KV cache layout has .d_qk=576, bytes_per_token=600"):
+        sparse_call(dict(inputs, k_cache=cache[..., :600]))
+    with pytest.raises(InvalidArgumentError, match="head_dim_v: got 256; expected 512"):
+        sparse_call(dict(inputs, head_dim_v=256))
+    with pytest.raises(InvalidArgumentError, match="is_fp8_kvcache: got False with a torch.uint8 k_cache"):
+        sparse_call(inputs, is_fp8_kvcache=False)
+    with pytest.raises(UnsupportedError, match="per-tensor FP8 cache"):
+        sparse_call(dict(inputs, k_cache=cache[..., :576]))
+    wide = torch.zeros(*cache.shape[:3], 660, dtype=torch.uint8)[..., :656]  # token records 660 bytes apart
+    wide.copy_(cache)
+    with pytest.raises(InvalidArgumentError, match=r"stride\(1\) == 656"):
+        sparse_call(dict(inputs, k_cache=wide))
+    as_fp8 = sparse_call(dict(inputs, k_cache=cache.view(torch.float8_e4m3fn)), is_fp8_kvcache=True,
+                         backend="reference")
+    as_int8 = sparse_call(dict(inputs, k_cache=cache.view(torch.int8)), backend="reference")
+    assert torch.equal(as_fp8[0], as_int8[0]) and torch.equal(as_fp8[1], as_int8[1])
+
+
+def test_sparse_reference_backend_is_the_reference(generator):
+    inputs = sparse_inputs(generator, topk_length=True, sink=True, extra=(9, 3, 2), invalid_frac=0.3)
+    out, lse = sparse_call(inputs, backend="reference")
+    ref_out, ref_lse = openmla.reference.sparse_decode(**inputs)
+    assert torch.equal(out, ref_out) and torch.equal(lse, ref_lse)
+    assert out.shape == (2, 2, 3, 32) and lse.shape == (2, 3, 2) and lse.dtype == torch.float32
+
+
+def test_sparse_dispatch(generator, monkeypatch):
+    inputs = sparse_inputs(generator)
+    q, cache = inputs["q"], inputs["k_cache"]
+    expected = "triton" if openmla._runtime.interpret_mode() else "reference"
+    assert openmla.explain(q, cache, indices=inputs["indices"], head_dim_v=32).backend == expected
+    with pytest.raises(UnsupportedError, match="backend='gluon' cannot serve sparse_decode"):
+        sparse_call(inputs, backend="gluon")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(UnsupportedError, match="backend='triton' cannot serve sparse_decode.*TRITON_INTERPRET=1"):
+        sparse_call(inputs, backend="triton")
+    assert openmla.explain(q, cache, indices=inputs["indices"], head_dim_v=32).backend == "reference"
+    v32 = _v32_inputs(generator)
+    choice = openmla.explain(v32["q"], v32["k_cache"], indices=v32["indices"])
+    assert choice.op == "sparse_decode" and choice.backend == "reference"
+
+
+def test_sparse_sched_meta_records_the_sparse_configuration(generator):
+    inputs = sparse_inputs(generator)
+    meta, _ = openmla.get_mla_metadata()
+    sparse_call(inputs, tile_scheduler_metadata=meta, backend="reference")
+    assert meta.have_initialized and meta.config.topk == 5 and meta.config.h_k == 1
+    sparse_call(inputs, tile_scheduler_metadata=meta, backend="reference")  # the step's next layer
+    with pytest.raises(SchedMetaMismatchError, match="topk: planned for 5, this call has 3"):
+        sparse_call(dict(inputs, indices=inputs["indices"][..., :3]), tile_scheduler_metadata=meta)
+    dense_meta, _ = openmla.get_mla_metadata()
+    call(tiny_inputs(generator, h_q=3), tile_scheduler_metadata=dense_meta, backend="reference")
+    with pytest.raises(SchedMetaMismatchError):
+        sparse_call(inputs, tile_scheduler_metadata=dense_meta)
+    with pytest.raises(InvalidArgumentError, match="num_splits must be None"):
+        sparse_call(inputs, tile_scheduler_metadata=meta, num_splits=torch.zeros(3, dtype=torch.int32))
+
+
+def test_old_metadata_with_topk_is_accepted_by_sparse_calls(generator):
+    """FlashMLA v2 sparse callers plan with ``topk=`` and pass the tensor pair; the sparse path ignores it."""
+    inputs = sparse_inputs(generator)
+    lens = torch.full((2,), 20, dtype=torch.int32)
+    sched, splits = openmla.get_mla_metadata(lens, 2 * 3, 1, 3, False, 5)
+    out, lse = sparse_call(inputs, tile_scheduler_metadata=sched, num_splits=splits, backend="reference")
+    ref_out, ref_lse = openmla.reference.sparse_decode(**inputs)
+    assert torch.equal(out, ref_out) and torch.equal(lse, ref_lse)
 
 
 def test_forced_backends(generator, monkeypatch):

@@ -4,7 +4,8 @@ CPU tier: the fp32 reference against :func:`helpers.brute_force_sparse_decode` (
 and its conventions; the Triton kernel under the interpreter on tiny shapes, over fp16 caches and the
 V3.2 FP8 cache (fp16 q: triton 3.6's interpreter computes ``tl.dot`` of two bf16 operands wrongly),
 against the reference run on the *dequantized* cache, so only the kernel's own error is measured.
-On a GPU the kernel tests run compiled, with the same shapes.
+GPU tier (``-m gpu``): FlashMLA's sparse-decode matrix and corner cases against the reference, and
+against FlashMLA itself (``sgl-flash-mla``, legacy SM90 kernels) where it is importable.
 
 Tolerances are FlashMLA's (``TOL[("sparse_decode", ...)]``).
 """
@@ -24,6 +25,7 @@ from helpers import (
     interpret_mode,
     invalid_index_candidates,
     make_sparse_decode_inputs,
+    poison_cuda_cache,
 )
 
 import openmla
@@ -39,6 +41,15 @@ TOL_FP32_LSE = Tol(2e-6, 1e-6, None)
 TOL_OUT = TOL[("sparse_decode", "out")]
 TOL_LSE = TOL[("sparse_decode", "lse")]
 
+try:  # the FlashMLA anchor, for differential tests on the GPU (its legacy kernels serve SM90)
+    import flash_mla as _flash_mla
+
+    if not HAS_CUDA or torch.cuda.get_device_capability() != (9, 0):
+        _flash_mla = None
+except Exception:
+    _flash_mla = None
+
+
 def check_against_reference(inputs: dict, out: torch.Tensor, lse: torch.Tensor, what: str = "") -> None:
     """The kernel's (out, lse) against the reference on the same inputs, FP8 caches read back first."""
     ref_out, ref_lse = reference.sparse_decode(**dequantized(inputs))
@@ -47,6 +58,21 @@ def check_against_reference(inputs: dict, out: torch.Tensor, lse: torch.Tensor, 
     assert lse.shape == ref_lse.shape and lse.dtype == torch.float32
     check_close(f"out{what}", out, ref_out, TOL_OUT)
     check_close(f"lse{what}", lse, ref_lse, TOL_LSE)
+
+
+def _sync() -> None:
+    if HAS_CUDA:
+        torch.cuda.synchronize()
+
+
+def run_api(inputs: dict, backend: str = "auto", meta=None):
+    """``flash_mla_with_kvcache`` as a FlashMLA v3 caller writes it (no block table, no lengths)."""
+    return openmla.flash_mla_with_kvcache(
+        inputs["q"], inputs["k_cache"], None, None, inputs["head_dim_v"], meta,
+        softmax_scale=inputs["softmax_scale"], indices=inputs["indices"], attn_sink=inputs["attn_sink"],
+        extra_k_cache=inputs["extra_k_cache"], extra_indices_in_kvcache=inputs["extra_indices_in_kvcache"],
+        topk_length=inputs["topk_length"], extra_topk_length=inputs["extra_topk_length"], backend=backend,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -255,6 +281,25 @@ def test_triton_never_reads_invalid_slots(fp8, generator):
     check_against_reference(inputs, out, lse)
 
 
+@pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("fp8", [False, True], ids=["fp16-cache", "v32-fp8-cache"])
+def test_api_serves_sparse_through_triton(fp8, monkeypatch, generator):
+    """Through flash_mla_with_kvcache: a few SMs force splits, so the combine applies the sink."""
+    monkeypatch.setenv("OPENMLA_NUM_SMS", "4")
+    d_qk, d_v = (576, 512) if fp8 else (64, 32)
+    inputs = make_sparse_decode_inputs(2, 2, 5, 300, 130, 7, d_qk, d_v, torch.float16, DEVICE, fp8=fp8,
+                                       generator=generator, invalid_frac=0.1, sink=True, topk_length=True,
+                                       extra=(50, 20, 3), pad_blocks=True)
+    backend = "triton" if not HAS_CUDA else "auto"
+    meta, _ = openmla.get_mla_metadata()
+    out, lse = run_api(inputs, backend=backend, meta=meta)
+    check_against_reference(inputs, out, lse)
+    again = run_api(inputs, backend=backend, meta=meta)  # the step's next layer reuses the object
+    assert torch.equal(out, again[0]) and torch.equal(lse, again[1])
+    assert openmla.explain(inputs["q"], inputs["k_cache"], indices=inputs["indices"],
+                           head_dim_v=d_v).backend == "triton"
+
+
 def test_split_count_fills_the_sms_and_keeps_splits_long():
     from openmla.ops.decode_sparse import MIN_TOKENS_PER_SPLIT, num_splits_for
 
@@ -262,3 +307,107 @@ def test_split_count_fills_the_sms_and_keeps_splits_long():
     assert num_splits_for(programs=8, list_len=2048, sm_count=132) == 17
     assert num_splits_for(programs=8, list_len=64, sm_count=132) == 1
     assert num_splits_for(programs=1, list_len=3 * MIN_TOKENS_PER_SPLIT + 1, sm_count=132) == 4
+
+
+# --------------------------------------------------------------------------------------------------
+# GPU tier
+# --------------------------------------------------------------------------------------------------
+
+# FlashMLA's sparse-decode (s_k, topk, page_block_size) list
+FLASHMLA_SK_TOPK_PAGE = [(512, 64, 2), (512, 64, 64), (512, 64, 69), (1024, 576, 2), (1024, 576, 61),
+                         (2046, 2048, 2), (2046, 2048, 64), (2046, 2048, 576)]
+GPU_MATRIX = [
+    pytest.param(fp8, h_q, s_q, b, s_k, topk, page,
+                 id=f"{'v32fp8' if fp8 else 'bf16'}-h{h_q}-sq{s_q}-b{b}-sk{s_k}-topk{topk}-p{page}")
+    for fp8 in (True, False)
+    for h_q in (64, 128, 16, 32)
+    for s_q in (1, 3)
+    for b in (4, 74)
+    for s_k, topk, page in FLASHMLA_SK_TOPK_PAGE
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fp8, h_q, s_q, b, s_k, topk, page", GPU_MATRIX)
+def test_flashmla_sparse_matrix(fp8, h_q, s_q, b, s_k, topk, page, generator):
+    """FlashMLA's matrix (sm_scale d^-0.55, sinks with +-inf, -1-padded lists), plus out-of-range indices and,
+    for b=4, topk_length."""
+    inputs = make_sparse_decode_inputs(b, s_q, h_q, s_k, topk, page, 576, 512, torch.bfloat16, DEVICE, fp8=fp8,
+                                       generator=generator, invalid_frac=0.05, sink=True, topk_length=b == 4,
+                                       pad_blocks=True, softmax_scale=576**-0.55)
+    poison_cuda_cache(1 << 28)  # fresh outputs land on NaN-filled memory: every element must be written
+    out, lse = run_api(inputs)
+    _sync()
+    check_against_reference(inputs, out, lse)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fp8", [True, False], ids=["v32fp8", "bf16"])
+@pytest.mark.parametrize("h_q", [128, 64, 20, 1])
+@pytest.mark.parametrize("s_k, topk, page", [(512, 64, 61), (650, 576, 53)])
+def test_flashmla_sparse_corners(fp8, h_q, s_k, topk, page, generator):
+    """FlashMLA's corner cases: s_q=3, whole invalid rows, zero topk_length, sinks; plus an extra cache."""
+    inputs = make_sparse_decode_inputs(74, 3, h_q, s_k, topk, page, 576, 512, torch.bfloat16, DEVICE, fp8=fp8,
+                                       generator=generator, invalid_frac=0.1, all_invalid_rows=20, topk_length=True,
+                                       sink=True, extra=(300, 100, 2), extra_topk_length=True)
+    out, lse = run_api(inputs)
+    check_against_reference(inputs, out, lse)
+    empty = (inputs["topk_length"] == 0) & (inputs["extra_topk_length"] == 0)
+    assert torch.all(out[empty] == 0) and torch.all(torch.isposinf(lse[empty]))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fp8", [True, False], ids=["v32fp8", "bf16"])
+def test_sparse_cuda_graph_capture_and_replay(fp8, generator):
+    """A sparse decode step is captured once and replayed on new index lists and lengths."""
+    inputs = make_sparse_decode_inputs(8, 2, 128, 2000, 512, 64, 576, 512, torch.bfloat16, DEVICE, fp8=fp8,
+                                       generator=generator, sink=True, topk_length=True)
+    indices, lengths = inputs["indices"].clone(), inputs["topk_length"].clone()
+
+    def step():
+        meta, _ = openmla.get_mla_metadata()
+        return run_api(dict(inputs, indices=indices, topk_length=lengths), meta=meta)
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()  # compile outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        g_out, g_lse = step()
+    original = inputs["indices"]
+    for _ in range(3):
+        # new lists over the same cache: the old entries shuffled, some dropped; new lengths
+        perm = torch.randperm(original.shape[-1], generator=generator).to(DEVICE)
+        drop = torch.rand(original.shape, generator=generator).to(DEVICE) < 0.3
+        indices.copy_(torch.where(drop, -1, original[..., perm]))
+        lengths.copy_(torch.randint(0, original.shape[-1] + 1, lengths.shape, generator=generator, dtype=torch.int32))
+        graph.replay()
+        _sync()
+        check_against_reference(dict(inputs, indices=indices.clone(), topk_length=lengths.clone()), g_out, g_lse)
+
+
+def _flash_mla_sparse(inputs: dict):
+    meta, _ = _flash_mla.get_mla_metadata()
+    return _flash_mla.flash_mla_with_kvcache(
+        inputs["q"], inputs["k_cache"], None, None, inputs["head_dim_v"], meta,
+        softmax_scale=inputs["softmax_scale"], is_fp8_kvcache=True, indices=inputs["indices"],
+        attn_sink=inputs["attn_sink"], use_legacy=True,
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_flash_mla is None, reason="FlashMLA anchor (sgl-flash-mla) not importable on an SM90 GPU")
+@pytest.mark.parametrize("h_q", [64, 128])
+@pytest.mark.parametrize("s_q", [1, 3])
+@pytest.mark.parametrize("b", [4, 74])
+@pytest.mark.parametrize("s_k, topk, page", [c for c in FLASHMLA_SK_TOPK_PAGE if c[1] % 64 == 0])
+def test_equal_to_flashmla_v32(h_q, s_q, b, s_k, topk, page, generator):
+    """Same V3.2 cache, same lists (invalid entries exactly -1: FlashMLA reads any other value), same sinks."""
+    inputs = make_sparse_decode_inputs(b, s_q, h_q, s_k, topk, page, 576, 512, torch.bfloat16, DEVICE, fp8=True,
+                                       generator=generator, sink=True, pad_blocks=True, softmax_scale=576**-0.55)
+    out, lse = run_api(inputs)
+    fm_out, fm_lse = _flash_mla_sparse(inputs)
+    check_close("out vs FlashMLA", out, fm_out.float(), TOL_OUT)
+    check_close("lse vs FlashMLA", lse, fm_lse, TOL_LSE)
