@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 
-from ._runtime import InvalidArgumentError, SchedMetaMismatchError, num_sms
+from ._runtime import InvalidArgumentError, SchedMetaMismatchError, device_arch, num_sms
 from .ops.decode_dense import num_sm_parts_for
 from .ops.schedule import plan_splitkv
 
@@ -103,8 +103,9 @@ def plan_dense(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OpenMLAFallbackWarning)
             backend = choose_dense_decode(cache_seqlens.device, torch.bfloat16, (576, 512)).backend
-    parts = num_sm_parts_for(rows_per_kv_head, h_kv, num_sms(cache_seqlens.device), backend=backend,
-                             cap_at_sm_count=old_api)
+    device = cache_seqlens.device
+    parts = num_sm_parts_for(rows_per_kv_head, h_kv, num_sms(device), backend=backend, cap_at_sm_count=old_api,
+                             arch=device_arch(device))
     return plan_splitkv(cache_seqlens.contiguous(), parts)
 
 

@@ -14,6 +14,7 @@ import functools
 import pytest
 
 from openmla._runtime import triton_available
+from openmla.ops.decode_dense import smem_per_block
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="triton is not importable")
 
@@ -34,7 +35,7 @@ def test_compiles_for_sm90a(select):
         assert report.local_bytes == 0, f"{report.variant}: {report.local_bytes} bytes of local memory"
         if "bm64" in report.variant or "bm128" in report.variant or report.variant.startswith("gluon"):
             assert report.has_wgmma, f"{report.variant} does not use wgmma on sm_90a"
-        assert report.shared_bytes <= 227 * 1024, f"{report.variant}: {report.shared_bytes} B of shared memory"
+        assert report.shared_bytes <= smem_per_block(90), f"{report.variant}: {report.shared_bytes} B of shared memory"
 
 
 @pytest.mark.parametrize("arch", [80, 120])
@@ -45,6 +46,8 @@ def test_compiles_for_ampere_and_consumer_blackwell(arch):
         assert report.ok, f"{report.variant}: {report.error}"
         assert report.local_bytes == 0
         assert not report.has_wgmma  # wgmma exists only on sm_90a
+        # a config over the arch's per-block limit would fail to launch there ("out of resources")
+        assert report.shared_bytes <= smem_per_block(arch), f"{report.variant}: {report.shared_bytes} B"
 
 
 # the smallest and largest head tiles of each cache kind the arch runs (Hopper builds them all above)
@@ -64,6 +67,7 @@ def test_sparse_kernel_compiles(arch, select):
         assert report.ok and report.error is None, f"{report.variant}: {report.error}"
         assert report.local_bytes == 0, f"{report.variant}: {report.local_bytes} bytes of local memory"
         assert not report.has_wgmma  # 16-row tiles, and no wgmma off sm_90a
+        assert report.shared_bytes <= smem_per_block(arch), f"{report.variant}: {report.shared_bytes} B"
 
 
 def test_native_fp8_variants_are_not_built_for_ampere():

@@ -55,7 +55,7 @@ class Variant:
     min_arch: int = 0  # built for this arch and newer only (fp8 instructions need sm_89)
 
 
-def _variants() -> list[Variant]:
+def _variants(arch: int = 90) -> list[Variant]:
     from .combine import _decode_combine_kernel
     from .decode_dense import _dense_decode_splitkv_kernel, dense_decode_config
     from .schedule import FIXED_OVERHEAD, SCHED_BLOCK, _plan_splitkv_kernel
@@ -70,7 +70,7 @@ def _variants() -> list[Variant]:
         for rows in (16, 32, 64, 128):
             for d_qk in (576, 512):
                 for causal in (False, True):
-                    cfg = dense_decode_config(rows, d_qk, 512, 90)
+                    cfg = dense_decode_config(rows, d_qk, 512, arch)
                     consts = dict(CAUSAL=causal, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D_V=512,
                                   D_PE=d_qk - 512, DV_TILE=cfg.dv_tile)
                     name = f"{dtype} rows<={rows} d{d_qk} {'causal' if causal else 'full'} " \
@@ -83,7 +83,7 @@ def _variants() -> list[Variant]:
                            f"{dtype} d_v512"))
         out.append(Variant(_decode_combine_kernel, combine_ptrs, (), dict(BLOCK_R=8, D_V=512, HAS_SINK=True), 4, 2,
                            f"{dtype} d_v512 sink"))
-    out.extend(_sparse_variants())
+    out.extend(_sparse_variants(arch))
     from .._runtime import gluon_available
 
     if gluon_available():
@@ -107,7 +107,7 @@ def _variants() -> list[Variant]:
     return out
 
 
-def _sparse_variants() -> list[Variant]:
+def _sparse_variants(arch: int = 90) -> list[Variant]:
     """The sparse-decode kernel over 16-bit caches and the V3.2 FP8 cache, for each head-tile size."""
     from .decode_sparse import SPARSE_RUNTIME_INTS, _sparse_decode_kernel, sparse_decode_config
 
@@ -131,7 +131,7 @@ def _sparse_variants() -> list[Variant]:
         }
         for h_q in heads:
             for options in (False, True) if h_q in featured else (False,):
-                cfg = sparse_decode_config(h_q, 512)
+                cfg = sparse_decode_config(h_q, 512, arch)
                 consts = dict(IS_FP8=is_fp8, FP8_NATIVE=cache == "fp8", HAS_EXTRA=options, HAS_TOPK_LEN=options,
                               HAS_EXTRA_TOPK_LEN=options, HAS_SINK=options, BLOCK_M=cfg.block_m,
                               BLOCK_N=cfg.block_n, D_V=512, D_PE=d_qk - 512, DV_TILE=cfg.dv_tile)
@@ -227,7 +227,7 @@ def compile_all(arch: int, select: str | None = None) -> list[KernelReport]:
                                  error=f"compile subprocess failed: {done.stderr.strip()[-500:]}")]
         return [KernelReport(**r) for r in json.loads(done.stdout)]
     wanted = None if select is None else select.split("|")
-    chosen = [v for v in _variants()
+    chosen = [v for v in _variants(arch)
               if wanted is None or any(w in f"{v.kernel.fn.__name__}[{v.name}]" for w in wanted)]
     return [compile_variant(v, arch) for v in chosen]
 

@@ -22,7 +22,7 @@ import dataclasses
 
 import torch
 
-from .._runtime import triton_available
+from .._runtime import device_arch, triton_available
 from .schedule import SCHED_BLOCK
 
 # integer arguments that vary per call: specialising on them (==1, %16) would recompile per batch shape
@@ -163,23 +163,41 @@ class DenseDecodeConfig:
     dv_tile: int
 
 
+# most dynamic shared memory one block may use, by compute capability (bytes); others (sm_86, sm_89,
+# sm_120, ...) have 99 KB
+_SMEM_PER_BLOCK = {80: 166912, 87: 166912, 90: 232448, 100: 232448, 103: 232448}
+_SMALL_SMEM_PER_BLOCK = 101376
+
+
+def smem_per_block(arch: int | None) -> int:
+    """Shared memory a block may use on ``arch`` (``None``, the CPU interpreter: Hopper's)."""
+    return 232448 if arch is None else _SMEM_PER_BLOCK.get(arch, _SMALL_SMEM_PER_BLOCK)
+
+
 def dense_decode_config(rows: int, d_qk: int, d_v: int, arch: int | None) -> DenseDecodeConfig:
-    """Pick the tile shape from the rows per KV head (``s_q * h_q / h_kv``) and the head dims.
+    """Pick the tile shape from the rows per KV head (``s_q * h_q / h_kv``), the head dims and the arch.
 
     Many rows (compute-bound): 128-row tiles on 8 warps (Triton gives each warp 16 rows, and
-    Hopper's ``wgmma`` takes 64 rows a warpgroup), output dims sliced in two. Few rows
-    (memory-bound): the smallest tile that holds them and the whole output in one program.
+    Hopper's ``wgmma`` takes 64 rows a warpgroup), output dims sliced in two, where 227 KB of shared
+    memory a block allow (Hopper, Blackwell datacenter parts); 64-row tiles elsewhere (A100: 163 KB;
+    sm_86/89/120: 99 KB, with 16-token KV tiles). Few rows (memory-bound): the smallest tile that
+    holds them and the whole output in one program. Shared memory per config was read from sm_80
+    and sm_90a compiles of the d=576 kernel (tests/test_aot.py checks it against each arch's limit).
     """
-    if rows > 64:
+    limit = smem_per_block(arch)
+    if rows > 64 and limit >= 200 * 1024:  # 188-216 KB
         return DenseDecodeConfig(block_m=128, block_n=32, num_warps=8, num_stages=2, dv_tile=min(d_v, 256))
     if rows > 32:
-        return DenseDecodeConfig(block_m=64, block_n=32, num_warps=4, num_stages=2, dv_tile=min(d_v, 256))
+        if limit >= 120 * 1024:  # 112 KB
+            return DenseDecodeConfig(block_m=64, block_n=32, num_warps=4, num_stages=2, dv_tile=min(d_v, 256))
+        return DenseDecodeConfig(block_m=64, block_n=16, num_warps=4, num_stages=2, dv_tile=min(d_v, 256))  # 92 KB
     block_m = max(16, 1 << (rows - 1).bit_length())
-    return DenseDecodeConfig(block_m=block_m, block_n=32, num_warps=4, num_stages=3, dv_tile=d_v)
+    return DenseDecodeConfig(block_m=block_m, block_n=32, num_warps=4, num_stages=3, dv_tile=d_v)  # <= 75 KB
 
 
 def num_sm_parts_for(
-    rows: int, h_kv: int, sm_count: int, d_v: int = 512, backend: str = "triton", cap_at_sm_count: bool = False
+    rows: int, h_kv: int, sm_count: int, d_v: int = 512, backend: str = "triton", cap_at_sm_count: bool = False,
+    arch: int | None = None,
 ) -> int:
     """How many split-KV pieces to cut a batch into so that the SMs are kept busy.
 
@@ -192,7 +210,7 @@ def num_sm_parts_for(
         programs_per_part = h_kv * -(-rows // 64)
         per_sm = 1
     else:
-        cfg = dense_decode_config(rows, 576, d_v, None)
+        cfg = dense_decode_config(rows, 576, d_v, arch)
         programs_per_part = h_kv * -(-rows // cfg.block_m) * (d_v // cfg.dv_tile)
         per_sm = 2 if cfg.block_m <= 32 else 1
     parts = max(sm_count * per_sm // programs_per_part, 1)
@@ -242,7 +260,7 @@ def dense_decode_fwd(
     _, page_block_size, h_kv, _ = k_cache.shape
     group = h_q // h_kv
     rows = s_q * group
-    cfg = config or dense_decode_config(rows, d, head_dim_v, None)
+    cfg = config or dense_decode_config(rows, d, head_dim_v, device_arch(q.device))
     if SCHED_BLOCK % cfg.block_n != 0:
         raise ValueError(f"block_n={cfg.block_n} must divide the scheduler's {SCHED_BLOCK}-token unit")
     if head_dim_v % cfg.dv_tile != 0:

@@ -33,6 +33,7 @@ import dataclasses
 import torch
 
 from .._runtime import triton_available
+from .decode_dense import smem_per_block
 
 # integer arguments that vary per call: specialising on them (==1, %16) would recompile per batch shape
 SPARSE_RUNTIME_INTS = (
@@ -233,19 +234,24 @@ class SparseDecodeConfig:
     dv_tile: int
 
 
-def sparse_decode_config(h_q: int, d_v: int) -> SparseDecodeConfig:
-    """Pick the tile from the head count (the rows of one query token) and the head dims.
+def sparse_decode_config(h_q: int, d_v: int, arch: int | None = None) -> SparseDecodeConfig:
+    """Pick the tile from the head count (the rows of one query token), the head dims and the arch.
 
     Many heads: 128-row tiles on 8 warps with the output sliced in two (each gathered key then feeds
-    128 rows; Hopper's ``wgmma`` takes 64 rows a warpgroup). 33..64 heads: one 64-row tile, output
-    sliced. Fewer: the smallest tile of at least 16 rows that holds them and the whole output.
+    128 rows; Hopper's ``wgmma`` takes 64 rows a warpgroup) where 227 KB of shared memory a block
+    allow. 33..64 heads (or more, elsewhere): one 64-row tile, output sliced. Fewer: the smallest tile
+    of at least 16 rows that holds them and the whole output. 99 KB parts (sm_86/89/120) get 16-token
+    KV tiles from 32 rows up (tests/test_aot.py checks each arch's limit).
     """
-    if h_q > 64:
+    limit = smem_per_block(arch)
+    if h_q > 64 and limit >= 200 * 1024:
         return SparseDecodeConfig(block_m=128, block_n=32, num_warps=8, num_stages=2, dv_tile=min(d_v, 256))
     if h_q > 32:
-        return SparseDecodeConfig(block_m=64, block_n=32, num_warps=4, num_stages=2, dv_tile=min(d_v, 256))
+        block_n = 32 if limit >= 120 * 1024 else 16
+        return SparseDecodeConfig(block_m=64, block_n=block_n, num_warps=4, num_stages=2, dv_tile=min(d_v, 256))
     block_m = max(16, 1 << (h_q - 1).bit_length())
-    return SparseDecodeConfig(block_m=block_m, block_n=32, num_warps=4, num_stages=2, dv_tile=d_v)
+    block_n = 16 if block_m >= 32 and limit < 120 * 1024 else 32
+    return SparseDecodeConfig(block_m=block_m, block_n=block_n, num_warps=4, num_stages=2, dv_tile=d_v)
 
 
 def num_splits_for(programs: int, list_len: int, sm_count: int) -> int:
@@ -309,7 +315,7 @@ def sparse_decode_fwd(
     b, s_q, h_q, d_qk = q.shape
     topk = indices.shape[2]
     d_pe = d_qk - head_dim_v
-    cfg = config or sparse_decode_config(h_q, head_dim_v)
+    cfg = config or sparse_decode_config(h_q, head_dim_v, device_arch(q.device))
     if head_dim_v % cfg.dv_tile != 0:
         raise ValueError(f"dv_tile={cfg.dv_tile} must divide head_dim_v={head_dim_v}")
     if is_fp8:
