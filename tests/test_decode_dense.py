@@ -102,6 +102,29 @@ def test_sched_meta_is_planned_once_and_reused(generator):
     check_against_reference(inputs, out1, lse1)
 
 
+def test_split_kernels_share_one_argument_list(generator):
+    """The Triton and Gluon split kernels take the same arguments, built in one place (splitkv_args)."""
+    import inspect
+
+    from openmla._runtime import gluon_available
+    from openmla.ops.decode_dense import _dense_decode_splitkv_kernel, splitkv_args
+
+    inputs = make_dense_decode_inputs(2, 1, 10, 4, 1, 64, 32, 16, torch.float16, "cpu", generator=generator)
+    q, k_cache = inputs["q"], inputs["k_cache"]
+    scratch = torch.empty(1)
+    out, lse = torch.empty(2, 1, 4, 32, dtype=q.dtype), torch.empty(2, 4, 1)
+    args = splitkv_args(q, k_cache, inputs["block_table"], inputs["cache_seqlens"], scratch, scratch,
+                        out, lse, scratch, scratch, 1, 0.1)
+    kernels = [_dense_decode_splitkv_kernel]
+    if gluon_available():
+        from openmla.ops.gluon.decode_dense_sm90 import _dense_decode_sm90_kernel
+
+        kernels.append(_dense_decode_sm90_kernel)
+    runtime_params = [[n for n in inspect.signature(k.fn).parameters if not n.isupper()] for k in kernels]
+    assert all(p == runtime_params[0] for p in runtime_params)
+    assert len(args) == len(runtime_params[0])
+
+
 def test_reference_backend_serves_cpu_calls(generator):
     inputs = make_dense_decode_inputs(2, 2, 30, 4, 2, 64, 32, 8, torch.float32, "cpu", varlen=True,
                                       generator=generator, causal=True)

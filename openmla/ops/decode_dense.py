@@ -217,6 +217,25 @@ def num_sm_parts_for(
     return min(parts, sm_count) if cap_at_sm_count else parts
 
 
+def splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
+                 out, lse, o_accum, lse_accum, row_tiles: int, softmax_scale: float) -> tuple:
+    """The positional arguments of the split-KV kernels, Triton's and Gluon's alike, in their order."""
+    _, s_q, h_q, _ = q.shape
+    _, page_block_size, h_kv, _ = k_cache.shape
+    group = h_q // h_kv
+    return (
+        q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
+        out, lse, o_accum, lse_accum,
+        q.stride(0), q.stride(1), q.stride(2),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        block_table.stride(0),
+        out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1),
+        s_q, h_q, group, s_q * group, row_tiles, page_block_size, block_table.shape[1], k_cache.shape[0],
+        softmax_scale * 1.4426950408889634,  # exp2 in the kernels: fold log2(e) into the scale
+    )
+
+
 def split_workspace(q: torch.Tensor, head_dim_v: int, num_parts: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Buffers for split partials: ``o_accum`` fp32 [b + num_parts, s_q, h_q, d_v] and ``lse_accum``.
 
@@ -257,9 +276,8 @@ def dense_decode_fwd(
     from .combine import combine_splits
 
     b, s_q, h_q, d = q.shape
-    _, page_block_size, h_kv, _ = k_cache.shape
-    group = h_q // h_kv
-    rows = s_q * group
+    h_kv = k_cache.shape[2]
+    rows = s_q * (h_q // h_kv)
     cfg = config or dense_decode_config(rows, d, head_dim_v, device_arch(q.device))
     if SCHED_BLOCK % cfg.block_n != 0:
         raise ValueError(f"block_n={cfg.block_n} must divide the scheduler's {SCHED_BLOCK}-token unit")
@@ -270,16 +288,9 @@ def dense_decode_fwd(
     out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
     lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)
     o_accum, lse_accum = workspace if workspace is not None else split_workspace(q, head_dim_v, num_parts)
-    scale_log2 = softmax_scale * 1.4426950408889634
     _dense_decode_splitkv_kernel[(row_tiles * h_kv * (head_dim_v // cfg.dv_tile), num_parts)](
-        q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-        out, lse, o_accum, lse_accum,
-        q.stride(0), q.stride(1), q.stride(2),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        block_table.stride(0),
-        out.stride(0), out.stride(1), out.stride(2),
-        lse.stride(0), lse.stride(1),
-        s_q, h_q, group, rows, row_tiles, page_block_size, block_table.shape[1], k_cache.shape[0], scale_log2,
+        *splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
+                      out, lse, o_accum, lse_accum, row_tiles, softmax_scale),
         CAUSAL=bool(causal and s_q > 1),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D_V=head_dim_v, D_PE=d - head_dim_v, DV_TILE=cfg.dv_tile,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,

@@ -234,12 +234,11 @@ def dense_decode_sm90_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper."""
     from ..combine import combine_splits
-    from ..decode_dense import split_workspace
+    from ..decode_dense import split_workspace, splitkv_args
 
     b, s_q, h_q, d = q.shape
-    _, page_block_size, h_kv, _ = k_cache.shape
-    group = h_q // h_kv
-    rows = s_q * group
+    h_kv = k_cache.shape[2]
+    rows = s_q * (h_q // h_kv)
     row_tiles = -(-rows // BLOCK_M)
     num_parts = tile_scheduler_metadata.shape[0]
     if SCHED_BLOCK % BLOCK_N:
@@ -248,15 +247,8 @@ def dense_decode_sm90_fwd(
     lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)
     o_accum, lse_accum = workspace if workspace is not None else split_workspace(q, head_dim_v, num_parts)
     _dense_decode_sm90_kernel[(row_tiles * h_kv, num_parts)](
-        q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-        out, lse, o_accum, lse_accum,
-        q.stride(0), q.stride(1), q.stride(2),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        block_table.stride(0),
-        out.stride(0), out.stride(1), out.stride(2),
-        lse.stride(0), lse.stride(1),
-        s_q, h_q, group, rows, row_tiles, page_block_size, block_table.shape[1], k_cache.shape[0],
-        softmax_scale * 1.4426950408889634,
+        *splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
+                      out, lse, o_accum, lse_accum, row_tiles, softmax_scale),
         CAUSAL=bool(causal and s_q > 1), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v,
         num_warps=NUM_WARPS,
     )
