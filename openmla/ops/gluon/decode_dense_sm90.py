@@ -208,18 +208,6 @@ if gluon_available():
                 gl.store(lse_acc_ptr + acc_row, lse2, mask=mask_r_o)
 
 
-def supports(q: torch.Tensor, head_dim_v: int) -> str | None:
-    """Why this kernel cannot serve a call (``None`` when it can): dtype and head dims."""
-    d = q.shape[-1]
-    if not gluon_available():
-        return "Triton's Gluon dialect (triton.experimental.gluon with the Hopper module) is not importable"
-    if q.dtype not in (torch.bfloat16, torch.float16):
-        return f"the sm_90 kernel takes bf16 or fp16, got {q.dtype}"
-    if head_dim_v != 512 or d not in (512, 576):
-        return f"the sm_90 kernel takes (d, head_dim_v) = (576, 512) or (512, 512), got ({d}, {head_dim_v})"
-    return None
-
-
 def dense_decode_sm90_fwd(
     q: torch.Tensor,
     k_cache: torch.Tensor,
