@@ -1,6 +1,6 @@
-"""The benchmark configurations: one declarative list per set, no torch needed to read them.
+"""The benchmark configurations: one declarative list per op and set, no torch needed to read them.
 
-Sets (``--configs``):
+Dense decode sets (``--op dense_decode --configs ...``):
 
 * ``standard``: FlashMLA's dense-decode perf matrix: b=128, varlen, causal, s_q in {1, 2} x s_k in
   {4096, 8192, 16384} at h_q=128, and s_k=8192 at h_q in {16, 32, 64} (the memory-bound cases).
@@ -10,6 +10,17 @@ Sets (``--configs``):
 * ``all``: every set above.
 
 Every config is DeepSeek-V3 MLA: h_kv=1, d=576, dv=512, page_block_size=64, bf16, unless overridden.
+
+Sparse decode sets (``--op sparse_decode --configs ...``), DeepSeek-V3.2 sparse attention: each query
+token attends to its own ``topk`` cache slots; h_kv=1, d_qk=576, d_v=512, bf16 q:
+
+* ``standard``: FlashMLA's published sparse-decode config: V3.2 FP8 cache (656 B/token, page 64),
+  h_q=128, s_q=2, s_k=32768, topk=2048, b in {64, 128}.
+* ``heads``: the same at b=64 with h_q in {16, 32, 64} (FlashMLA takes h_q 64 or 128 only, so it runs
+  on q zero-padded to 64 heads).
+* ``bf16``: ``standard`` over a plain 16-bit cache [num_blocks, 64, 1, 576] (OpenMLA only).
+* ``small``: b=4, s_q=1, s_k=4096, h_q=128, topk in {64, 576, 2048} x page_block_size in {2, 61, 64}.
+* ``all``: every set above.
 """
 
 from __future__ import annotations
@@ -17,7 +28,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-CONFIG_SETS = ("standard", "small", "ragged", "host", "all")
+CONFIG_SETS = ("standard", "small", "ragged", "host", "all")  # dense decode's; see config_sets(op)
+OPS = ("dense_decode", "sparse_decode")
 
 
 @dataclass(frozen=True)
@@ -126,13 +138,128 @@ def host_configs() -> list[DecodeConfig]:
     return [DecodeConfig("host_b1_sk256", b=1, s_q=1, s_k=256, h_q=128, varlen=False, timing="host")]
 
 
-def get_configs(name: str, dtype: str | None = None) -> list[DecodeConfig]:
-    """The configs of set ``name`` (see the module docstring), with ``dtype`` overriding each one's."""
-    builders = {"standard": standard_configs, "small": small_configs, "ragged": ragged_configs, "host": host_configs}
+@dataclass(frozen=True)
+class SparseDecodeConfig:
+    """One sparse-decode benchmark case.
+
+    Every request holds ``s_k`` tokens on randomly placed pages; each of its ``s_q`` query tokens attends
+    to ``topk`` distinct random ones of them, a fraction ``invalid_frac`` of the entries replaced by -1.
+    ``kv_format`` is ``"V32_FP8"`` (656-byte V3.2 records) or ``"BF16"`` (a 16-bit cache in q's dtype).
+    """
+
+    name: str
+    set: str
+    b: int
+    s_q: int
+    s_k: int
+    h_q: int
+    topk: int
+    page_block_size: int = 64
+    kv_format: str = "V32_FP8"
+    d_qk: int = 576
+    dv: int = 512
+    dtype: str = "bf16"
+    invalid_frac: float = 0.02
+    timing: str = "device"
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        """The ``config`` field of a result record."""
+        return {
+            "name": self.name,
+            "set": self.set,
+            "b": self.b,
+            "s_q": self.s_q,
+            "s_k": self.s_k,
+            "h_q": self.h_q,
+            "h_kv": 1,
+            "topk": self.topk,
+            "page_block_size": self.page_block_size,
+            "kv_format": self.kv_format,
+            "d_qk": self.d_qk,
+            "dv": self.dv,
+            "dtype": self.dtype,
+            "invalid_frac": self.invalid_frac,
+        }
+
+    def scaled_down(self, factor: int = 64) -> SparseDecodeConfig:
+        """The same case with batch, lengths and ``topk`` divided by ``factor`` (for ``--dry-run`` on CPU)."""
+        return dataclasses.replace(
+            self, b=max(1, self.b // factor), s_k=max(1, self.s_k // factor), topk=max(1, self.topk // factor)
+        )
+
+
+def sparse_standard_configs() -> list[SparseDecodeConfig]:
+    """FlashMLA's published sparse-decode config (V3.2 FP8, h_q=128, s_q=2, s_k=32k, topk=2048)."""
+    return [
+        SparseDecodeConfig(f"sparse_std_b{b}", "standard", b=b, s_q=2, s_k=32768, h_q=128, topk=2048) for b in (64, 128)
+    ]
+
+
+def sparse_heads_configs() -> list[SparseDecodeConfig]:
+    """Fewer query heads (tensor-parallel shards): FlashMLA needs them padded to 64."""
+    return [
+        SparseDecodeConfig(f"sparse_heads_h{h_q}", "heads", b=64, s_q=2, s_k=32768, h_q=h_q, topk=2048)
+        for h_q in (16, 32, 64)
+    ]
+
+
+def sparse_bf16_configs() -> list[SparseDecodeConfig]:
+    """The standard config over a 16-bit cache (no FlashMLA counterpart on SM90)."""
+    return [
+        SparseDecodeConfig(f"sparse_bf16_b{b}", "bf16", b=b, s_q=2, s_k=32768, h_q=128, topk=2048, kv_format="BF16")
+        for b in (64, 128)
+    ]
+
+
+def sparse_small_configs() -> list[SparseDecodeConfig]:
+    """Small batches over FlashMLA's test list lengths and page sizes (2 and 61 tokens: pages split tiles)."""
+    return [
+        SparseDecodeConfig(
+            f"sparse_small_topk{topk}_p{page}",
+            "small",
+            b=4,
+            s_q=1,
+            s_k=4096,
+            h_q=128,
+            topk=topk,
+            page_block_size=page,
+        )
+        for topk in (64, 576, 2048)
+        for page in (2, 61, 64)
+    ]
+
+
+_BUILDERS = {
+    "dense_decode": {
+        "standard": standard_configs,
+        "small": small_configs,
+        "ragged": ragged_configs,
+        "host": host_configs,
+    },
+    "sparse_decode": {
+        "standard": sparse_standard_configs,
+        "heads": sparse_heads_configs,
+        "bf16": sparse_bf16_configs,
+        "small": sparse_small_configs,
+    },
+}
+
+
+def config_sets(op: str) -> tuple[str, ...]:
+    """The set names ``op`` defines, ``"all"`` included."""
+    return (*_BUILDERS[op], "all")
+
+
+def get_configs(name: str, dtype: str | None = None, op: str = "dense_decode") -> list:
+    """The configs of ``op``'s set ``name`` (see the module docstring), with ``dtype`` overriding each one's."""
+    if op not in _BUILDERS:
+        raise ValueError(f"unknown op {op!r}; expected one of {', '.join(OPS)}")
+    builders = _BUILDERS[op]
     if name == "all":
         cases = [c for build in builders.values() for c in build()]
     elif name in builders:
         cases = builders[name]()
     else:
-        raise ValueError(f"unknown config set {name!r}; expected one of {', '.join(CONFIG_SETS)}")
+        raise ValueError(f"{op} has no config set {name!r}; expected one of {', '.join(config_sets(op))}")
     return [dataclasses.replace(c, dtype=dtype) for c in cases] if dtype else cases

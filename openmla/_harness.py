@@ -3,8 +3,9 @@
 Nothing here is public API. Inputs follow FlashMLA's dense-decode test data (``flashmla-spec.md`` §4):
 ``q = randn/10`` clamped to ±1, cache ``randn/10`` clamped to ±1, a random-permutation block table,
 NaN in every cache slot past a sequence's length and a poison value in block-table entries past a
-sequence's last page, so a kernel that reads what it must not read shows it. Nothing is ever timed on
-zeros. The comparator and tolerances are FlashMLA's (``flashmla-spec.md`` §4, "Comparator").
+sequence's last page, so a kernel that reads what it must not read shows it. Sparse-decode inputs
+(:func:`make_sparse_decode_inputs`) follow FlashMLA's sparse-decode test data the same way. Nothing is
+ever timed on zeros. The comparator and tolerances are FlashMLA's (``flashmla-spec.md`` §4, "Comparator").
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ BLOCK_TABLE_POISON = 2147480000
 #: FlashMLA's dense-decode tolerances: (abs, rel, cos_diff) for ``out``, (abs, rel) for ``lse``.
 OUT_TOLERANCE = (8e-4, 2.01 / 128, 5e-6)
 LSE_TOLERANCE = (1e-6, 8.01 / 65536)
+#: FlashMLA's sparse-decode tolerance for ``out`` (``lse`` as dense decode).
+SPARSE_OUT_TOLERANCE = (1e-3, 2.01 / 128, 5e-6)
+
+#: Tokens per chunk when a large sparse cache is generated (bounds the fp32 staging buffer).
+_CACHE_CHUNK_TOKENS = 1 << 18
 
 
 def module_version(module: str) -> str:
@@ -132,6 +138,116 @@ def make_dense_decode_inputs(
 
 
 @dataclass
+class SparseDecodeInputs:
+    """The tensors of one sparse-decode call, plus the counts its FLOP and byte model needs."""
+
+    q: torch.Tensor
+    k_cache: torch.Tensor
+    indices: torch.Tensor
+    head_dim_v: int
+    softmax_scale: float
+    kv_format: str
+    bytes_per_token: int
+    n_valid: int
+    n_unique_tokens: int
+
+    @property
+    def is_fp8(self) -> bool:
+        """True for the V3.2 FP8 cache (bytes)."""
+        return self.kv_format == "V32_FP8"
+
+
+def _fill_sparse_cache(
+    cache: torch.Tensor, perm: torch.Tensor, max_blocks: int, s_k: int, d_qk: int, fp8: bool, gen: torch.Generator
+) -> None:
+    """Fill ``cache`` page chunk by page chunk with ``randn/10`` clamped to ±1, NaN in slots no request owns.
+
+    Physical page ``perm[l]`` holds logical page ``l % max_blocks`` of request ``l // max_blocks``; its token
+    ``o`` is position ``(l % max_blocks) * page + o`` of that request, owned when below ``s_k``. An FP8
+    cache is packed from the fp32 values by :func:`openmla.kvcache.quantize_v32`.
+    """
+    from .kvcache import quantize_v32
+
+    num_blocks, page_block_size = cache.shape[:2]
+    device = cache.device
+    logical_of = torch.empty_like(perm)
+    logical_of[perm] = torch.arange(num_blocks, device=device)
+    first_pos = (logical_of % max_blocks) * page_block_size  # [num_blocks] position of each page's token 0
+    chunk = max(1, _CACHE_CHUNK_TOKENS // page_block_size)
+    for start in range(0, num_blocks, chunk):
+        stop = min(num_blocks, start + chunk)
+        x = torch.randn(stop - start, page_block_size, 1, d_qk, generator=gen, device=device)
+        x.div_(10).clamp_(-1, 1)
+        pos = first_pos[start:stop, None] + torch.arange(page_block_size, device=device)
+        x[pos >= s_k] = float("nan")
+        cache[start:stop] = quantize_v32(x) if fp8 else x.to(cache.dtype)
+
+
+def make_sparse_decode_inputs(
+    b: int,
+    s_q: int,
+    h_q: int,
+    s_k: int,
+    topk: int,
+    page_block_size: int = 64,
+    kv_format: str = "V32_FP8",
+    d_qk: int = 576,
+    dv: int = 512,
+    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device = "cuda",
+    seed: int = 0,
+    invalid_frac: float = 0.02,
+    softmax_scale: float = DEEPSEEK_V3_SOFTMAX_SCALE,
+) -> SparseDecodeInputs:
+    """Random sparse-decode inputs on ``device``, built like FlashMLA's sparse-decode test.
+
+    * ``k_cache``: every request owns ``s_k`` tokens on pages placed by a random permutation of the
+      ``b * ceil(s_k / page_block_size)`` pages; values ``randn/10`` clamped to ±1, NaN in the slots no
+      request owns. ``kv_format="V32_FP8"``: uint8 ``[num_blocks, page, 1, 656]`` packed by
+      :func:`openmla.kvcache.quantize_v32` (``d_qk`` 576); ``"BF16"``: ``[num_blocks, page, 1, d_qk]`` in
+      q's ``dtype``.
+    * ``indices``: int32 ``[b, s_q, topk]``: per query token ``min(topk, s_k)`` distinct random positions
+      of its request in random order (padded with -1 past ``s_k``), then a fraction ``invalid_frac`` of
+      the entries set to -1 (FlashMLA's only invalid marker), mapped to ``page * page_block_size +
+      offset`` by :func:`openmla.kvcache.abs_indices_to_cache_indices`.
+    * ``q``: ``[b, s_q, h_q, d_qk]`` ``randn/10`` clamped to ±1, in ``dtype``.
+    """
+    from .kvcache import abs_indices_to_cache_indices
+
+    if kv_format not in ("V32_FP8", "BF16"):
+        raise InvalidArgumentError(f"kv_format {kv_format!r}: expected 'V32_FP8' or 'BF16'")
+    fp8 = kv_format == "V32_FP8"
+    if fp8 and (d_qk, dv) != (576, 512):
+        raise InvalidArgumentError(f"the V3.2 FP8 cache has d_qk=576, dv=512 (got d_qk={d_qk}, dv={dv})")
+    device = torch.device(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    max_blocks = math.ceil(s_k / page_block_size)
+    num_blocks = b * max_blocks
+    perm = torch.randperm(num_blocks, generator=gen, device=device)
+    block_table = perm.view(b, max_blocks).to(torch.int32)
+    last = 656 if fp8 else d_qk
+    cache_dtype = torch.uint8 if fp8 else dtype
+    k_cache = torch.empty(num_blocks, page_block_size, 1, last, dtype=cache_dtype, device=device)
+    _fill_sparse_cache(k_cache, perm, max_blocks, s_k, d_qk, fp8, gen)
+
+    picked = min(topk, s_k)
+    keys = torch.rand(b, s_q, s_k, generator=gen, device=device)
+    pos = keys.topk(picked, dim=-1).indices  # distinct positions, in random order
+    del keys
+    if picked < topk:
+        pos = torch.cat([pos, pos.new_full((b, s_q, topk - picked), -1)], dim=-1)
+    drop = torch.rand(b, s_q, topk, generator=gen, device=device) < invalid_frac
+    pos = pos.masked_fill(drop, -1)
+    indices = abs_indices_to_cache_indices(pos.to(torch.int32), block_table, page_block_size).contiguous()
+    valid = indices[indices >= 0]
+    n_valid, n_unique = int(valid.numel()), int(torch.unique(valid).numel())
+
+    q = torch.randn(b, s_q, h_q, d_qk, generator=gen, device=device, dtype=dtype).div_(10).clamp_(-1, 1)
+    bytes_per_token = last * k_cache.element_size()
+    return SparseDecodeInputs(q, k_cache, indices, dv, softmax_scale, kv_format, bytes_per_token, n_valid, n_unique)
+
+
+@dataclass
 class CheckResult:
     """Outcome of comparing one tensor with its reference."""
 
@@ -182,6 +298,39 @@ def check_decode(
         check_close("out", out, ref_out, *OUT_TOLERANCE),
         check_close("lse", lse, ref_lse, *LSE_TOLERANCE, cos_tol=math.inf),
     ]
+
+
+def check_sparse_decode(
+    out: torch.Tensor, lse: torch.Tensor, ref_out: torch.Tensor, ref_lse: torch.Tensor
+) -> list[CheckResult]:
+    """Check ``(out, lse)`` of a sparse-decode call against the reference with FlashMLA's tolerances."""
+    return [
+        check_close("out", out, ref_out, *SPARSE_OUT_TOLERANCE),
+        check_close("lse", lse, ref_lse, *LSE_TOLERANCE, cos_tol=math.inf),
+    ]
+
+
+def sparse_decode_flops_bytes(
+    b: int,
+    s_q: int,
+    h_q: int,
+    topk: int,
+    d_qk: int,
+    dv: int,
+    n_unique_tokens: int,
+    bytes_per_token: int,
+    elem_bytes: int = 2,
+) -> tuple[float, float]:
+    """FlashMLA's sparse-decode model (``flashmla-spec.md`` §4), one scope, no ``topk_length``.
+
+    FLOP = 2 * h_q * N_att * (d_qk + dv) with N_att = b * s_q * topk (invalid entries included, as
+    FlashMLA counts them); bytes = e * b * s_q * h_q * d_qk + N_unique_tokens * bytes_per_token +
+    e * b * s_q * h_q * dv (q read, the distinct cache records gathered, out written).
+    """
+    n_att = float(b * s_q * topk)
+    flops = 2.0 * h_q * n_att * (d_qk + dv)
+    nbytes = elem_bytes * b * s_q * h_q * (d_qk + dv) + float(n_unique_tokens) * bytes_per_token
+    return flops, nbytes
 
 
 def dense_decode_flops_bytes(

@@ -397,7 +397,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``openmla bench`` and ``python -m benchmarks.runner`` (one definition for both)."""
-    parser.add_argument("--op", choices=["dense_decode"], default="dense_decode", help="op to time")
+    parser.add_argument(
+        "--op",
+        choices=["dense_decode", "sparse_decode", "all"],
+        default="dense_decode",
+        help="op to time: dense_decode (default), sparse_decode (indices=...), or all (both, each on its own "
+        "configs of the named set)",
+    )
     parser.add_argument(
         "--compare",
         choices=["flash_mla"],
@@ -407,9 +413,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="PATH", default=None, help="write {header, results} here")
     parser.add_argument(
         "--configs",
-        choices=["standard", "small", "ragged", "host", "all"],
+        choices=["standard", "small", "ragged", "host", "heads", "bf16", "all"],
         default="standard",
-        help="which configuration set (benchmarks/configs.py)",
+        help="which configuration set (benchmarks/configs.py); dense_decode: standard, small, ragged, host; "
+        "sparse_decode: standard, heads, bf16, small",
     )
     parser.add_argument("--dtype", choices=["bf16", "fp16"], default=None, help="override every config's dtype")
     parser.add_argument("--warmup-ms", type=float, default=25.0, help="do_bench warm-up time per config (ms)")
@@ -418,7 +425,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="build every config's inputs on CPU at 1/64 scale and check them; no timing",
+        help="build every config's inputs on CPU at 1/64 scale (b, lengths, topk) and check them; no timing",
     )
 
 

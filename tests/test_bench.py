@@ -1,0 +1,186 @@
+"""The benchmark runner on CPU: every config of both ops built small and checked (``--dry-run``), the
+sparse-decode inputs it times, and its FlashMLA plumbing (padding, call, check) against a stand-in module.
+
+On a machine without a GPU the dry run's OpenMLA calls run the Triton kernels in the interpreter
+(``conftest`` sets ``TRITON_INTERPRET=1``), or the reference backend when that is off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from benchmarks import runner  # noqa: E402
+from benchmarks.configs import config_sets, get_configs  # noqa: E402
+from openmla import reference  # noqa: E402
+from openmla._harness import make_sparse_decode_inputs, sparse_decode_flops_bytes  # noqa: E402
+from openmla.kvcache import dequantize_v32  # noqa: E402
+
+
+def test_dry_run_both_ops_every_config(tmp_path, capsys):
+    """``--op all --configs all --dry-run``: every dense and sparse config builds, runs and passes its check."""
+    path = tmp_path / "dry.json"
+    rc = runner.main(["--op", "all", "--configs", "all", "--dry-run", "--compare", "flash_mla", "--json", str(path)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    data = json.loads(path.read_text())
+    assert data["header"]["op"] == "all" and data["header"]["ops"] == ["dense_decode", "sparse_decode"]
+    results = data["results"]
+    by_op = {op: [r for r in results if r["op"] == op] for op in ("dense_decode", "sparse_decode")}
+    assert len(by_op["dense_decode"]) == len(get_configs("all", op="dense_decode"))
+    assert len(by_op["sparse_decode"]) == len(get_configs("all", op="sparse_decode"))
+    for r in results:
+        assert r["ok"] is True and r["error"] is None, r
+        assert r["openmla_us"] is None  # a dry run times nothing
+        assert r["flash_mla_error"]  # FlashMLA never runs in a dry run, and the record says why
+    for r in by_op["sparse_decode"]:
+        c = r["config"]
+        for key in ("b", "s_q", "s_k", "h_q", "topk", "page_block_size", "kv_format", "dtype", "set"):
+            assert key in c, key
+        assert r["bytes_per_token"] == (656 if c["kv_format"] == "V32_FP8" else 2 * 576)
+        assert r["n_att"] == c["b"] * c["s_q"] * c["topk"]
+        assert 0 < r["n_unique_tokens"] <= r["n_valid_indices"] <= r["n_att"]
+        assert r["flops"] > 0 and r["bytes"] > 0
+    assert "sparse_std_b128" in text and "std_sq1_sk4096_h128" in text
+
+
+def test_sparse_config_sets():
+    """FlashMLA's published config, the head sweep, the 16-bit cache and the small matrix, as specified."""
+    std = get_configs("standard", op="sparse_decode")
+    assert sorted(c.b for c in std) == [64, 128]
+    for c in std:
+        assert (c.h_q, c.s_q, c.s_k, c.topk, c.page_block_size, c.kv_format, c.dtype) == (
+            128, 2, 32768, 2048, 64, "V32_FP8", "bf16",
+        )  # fmt: skip
+        assert (c.d_qk, c.dv) == (576, 512)
+    heads = get_configs("heads", op="sparse_decode")
+    assert sorted(c.h_q for c in heads) == [16, 32, 64] and {c.b for c in heads} == {64}
+    assert {c.kv_format for c in get_configs("bf16", op="sparse_decode")} == {"BF16"}
+    small = get_configs("small", op="sparse_decode")
+    assert {(c.topk, c.page_block_size) for c in small} == {(t, p) for t in (64, 576, 2048) for p in (2, 61, 64)}
+    assert {(c.b, c.s_q) for c in small} == {(4, 1)}
+    assert set(config_sets("sparse_decode")) == {"standard", "heads", "bf16", "small", "all"}
+    with pytest.raises(ValueError, match="ragged"):
+        get_configs("ragged", op="sparse_decode")
+    # the dense sets are what they were
+    assert len(get_configs("all")) == len(get_configs("all", op="dense_decode")) == 20
+
+
+def test_flash_mla_sparse_support_reasons():
+    """Where FlashMLA's SM90 sparse decode can run, with how many heads, and why not elsewhere."""
+    by_name = {c.name: c for c in get_configs("all", op="sparse_decode")}
+    assert runner._flash_mla_sparse_unsupported(by_name["sparse_std_b128"]) is None
+    assert "FP8" in runner._flash_mla_sparse_unsupported(by_name["sparse_bf16_b64"])
+    for h_q in (16, 32, 64):
+        assert runner._flash_mla_sparse_unsupported(by_name[f"sparse_heads_h{h_q}"]) is None
+        assert runner._flash_mla_sparse_heads(h_q) == 64
+    assert runner._flash_mla_sparse_heads(100) == 128 and runner._flash_mla_sparse_heads(129) is None
+    for name, c in by_name.items():
+        if name.startswith("sparse_small"):
+            assert runner._flash_mla_sparse_unsupported(c) is None  # topk 64, 576, 2048: all multiples of 64
+    small = by_name["sparse_small_topk64_p2"].scaled_down(64)
+    assert "topk % 64" in runner._flash_mla_sparse_unsupported(small)
+
+
+@pytest.mark.parametrize("kv_format, page", [("V32_FP8", 61), ("BF16", 2)])
+def test_sparse_inputs(kv_format, page):
+    """Indices name distinct owned slots of their own request (or are exactly -1); no zeros; counts right."""
+    b, s_q, h_q, s_k, topk = 3, 2, 16, 300, 128
+    inp = make_sparse_decode_inputs(
+        b, s_q, h_q, s_k, topk, page, kv_format, dtype=torch.bfloat16, device="cpu", seed=3, invalid_frac=0.1
+    )
+    num_blocks = b * math.ceil(s_k / page)
+    if kv_format == "V32_FP8":
+        assert inp.k_cache.dtype == torch.uint8 and tuple(inp.k_cache.shape) == (num_blocks, page, 1, 656)
+        keys = dequantize_v32(inp.k_cache).float().view(-1, 576)
+    else:
+        assert inp.k_cache.dtype == torch.bfloat16 and tuple(inp.k_cache.shape) == (num_blocks, page, 1, 576)
+        keys = inp.k_cache.float().view(-1, 576)
+    idx = inp.indices
+    assert idx.dtype == torch.int32 and tuple(idx.shape) == (b, s_q, topk) and idx.is_contiguous()
+    assert bool((idx == -1).any()) and bool(((idx == -1) | ((idx >= 0) & (idx < num_blocks * page))).all())
+    owned = ~torch.isnan(keys).any(-1)
+    assert int(owned.sum()) == b * s_k  # every request owns s_k slots; the rest are NaN
+    valid = idx[idx >= 0].long()
+    assert bool(owned[valid].all())
+    for row in idx.view(b * s_q, topk):
+        row = row[row >= 0]
+        assert row.unique().numel() == row.numel()
+    # request i's slots lie on pages no other request uses
+    pages = [set((idx[i][idx[i] >= 0] // page).tolist()) for i in range(b)]
+    assert all(not (pages[i] & pages[j]) for i in range(b) for j in range(i + 1, b))
+    assert inp.n_valid == valid.numel() and inp.n_unique_tokens == valid.unique().numel()
+    assert float((inp.q != 0).float().mean()) > 0.99  # never timed on zeros
+    flops, nbytes = sparse_decode_flops_bytes(b, s_q, h_q, topk, 576, 512, inp.n_unique_tokens, inp.bytes_per_token)
+    assert flops == 2 * h_q * b * s_q * topk * (576 + 512)
+    assert nbytes == 2 * b * s_q * h_q * (576 + 512) + inp.n_unique_tokens * inp.bytes_per_token
+
+
+class _FakeFlashMLA:
+    """Stands in for ``flash_mla``: records each call and answers with the reference on the q it gets."""
+
+    def __init__(self):
+        self.calls = []
+
+    @staticmethod
+    def _slots_or_minus_one(indices, k_cache) -> bool:
+        """FlashMLA reads every entry but -1: each must be -1 or a slot of the cache."""
+        num_slots = k_cache.shape[0] * k_cache.shape[1]
+        return bool(((indices == -1) | ((indices >= 0) & (indices < num_slots))).all())
+
+    def get_mla_metadata(self):
+        return object(), None
+
+    def flash_mla_with_kvcache(
+        self,
+        q,
+        k_cache,
+        block_table,
+        cache_seqlens,
+        head_dim_v,
+        tile_scheduler_metadata,
+        num_splits=None,
+        softmax_scale=None,
+        causal=False,
+        is_fp8_kvcache=False,
+        indices=None,
+        use_legacy=False,
+    ):
+        self.calls.append(
+            dict(
+                h_q=q.shape[2],
+                block_table=block_table,
+                causal=causal,
+                is_fp8=is_fp8_kvcache,
+                use_legacy=use_legacy,
+                invalid_is_minus_one=self._slots_or_minus_one(indices, k_cache),
+            )
+        )
+        return reference.sparse_decode(q, k_cache, indices, head_dim_v, softmax_scale)
+
+
+def test_flash_mla_sparse_plumbing_pads_heads():
+    """h_q=16 reaches FlashMLA as 64 zero-padded heads (legacy kernels, FP8, no causal); the check reads 16."""
+    cfg = next(c for c in get_configs("heads", op="sparse_decode") if c.h_q == 16).scaled_down(64)
+    inp = make_sparse_decode_inputs(
+        cfg.b, cfg.s_q, cfg.h_q, cfg.s_k, cfg.topk, cfg.page_block_size, cfg.kv_format, device="cpu"
+    )
+    ref = reference.sparse_decode(inp.q, inp.k_cache, inp.indices, inp.head_dim_v, inp.softmax_scale)
+    fake, rec = _FakeFlashMLA(), {}
+    args = argparse.Namespace(dry_run=True)
+    runner.run_flash_mla_sparse(fake, inp, runner.sparse_check(ref, cfg.h_q), cfg, args, rec, 1.0, 1.0)
+    assert rec.get("flash_mla_error") is None, rec
+    assert rec["flash_mla_ok"] is True and rec["flash_mla_h_q"] == 64 and rec["flash_mla_q_padded"] is True
+    assert fake.calls == [
+        dict(h_q=64, block_table=None, causal=False, is_fp8=True, use_legacy=True, invalid_is_minus_one=True)
+    ]
