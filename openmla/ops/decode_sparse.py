@@ -51,18 +51,7 @@ if triton_available():
     import triton
     import triton.language as tl
 
-    @triton.jit
-    def _e4m3_over_256(codes):
-        """``float8_e4m3fn`` bytes -> fp32 value / 256, exactly, without fp8 instructions (sm_80/86).
-
-        Moving the code's sign to bit 15 and its 7 exponent+mantissa bits to bits 7..13 gives the fp16
-        with the same bits under fp16's exponent bias (15 instead of 7): the value / 2^8, subnormals
-        included. Only NaN (``x1111111``) differs: e4m3fn has no infinities, so it is patched back.
-        """
-        c = codes.to(tl.uint16)
-        half = ((c & 0x80) << 8) | ((c & 0x7F) << 7)
-        vals = half.to(tl.float16, bitcast=True).to(tl.float32)
-        return tl.where((c & 0x7F) == 0x7F, float("nan"), vals)
+    from .fp8 import _e4m3_over_256
 
     @triton.jit
     def _load_keys(rows, offs_d, first, valid, dtype: tl.constexpr, IS_FP8: tl.constexpr,
