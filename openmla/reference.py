@@ -13,6 +13,8 @@ Conventions shared by all ops:
   block-table entries past a sequence's last page may hold garbage.
 * Sparse decoding reads only the slots its valid indices name; an invalid index (``-1``, or any value
   outside the cache) is masked, never dereferenced.
+* Per-tensor FP8 inputs (dense decoding: an e4m3 cache, and optionally an e4m3 q) are read as
+  ``x.float() * descale``; the output is bf16 when q is e4m3.
 """
 
 from __future__ import annotations
@@ -32,6 +34,18 @@ def _gather_paged(k_cache: torch.Tensor, block_row: torch.Tensor, s_k: int) -> t
     return k_cache[pages].reshape(num_pages * page_block_size, *k_cache.shape[2:])[:s_k]
 
 
+def _descaled(x: torch.Tensor, descale, name: str) -> torch.Tensor:
+    """An e4m3 tensor (float8_e4m3fn, or its bytes as uint8/int8) read back: ``x.float() * descale``, fp32."""
+    from ._runtime import InvalidArgumentError
+
+    if descale is None:
+        raise InvalidArgumentError(f"{name}: got None; expected the per-tensor fp32 scale of the FP8 tensor it reads.")
+    d = torch.as_tensor(descale, dtype=torch.float32, device=x.device)
+    if d.numel() != 1:
+        raise InvalidArgumentError(f"{name}: got shape {tuple(d.shape)}; expected one value (per-tensor).")
+    return x.view(torch.float8_e4m3fn).float() * d.reshape(())
+
+
 def dense_decode(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -40,26 +54,37 @@ def dense_decode(
     head_dim_v: int,
     softmax_scale: float | None = None,
     causal: bool = False,
+    descale_q: torch.Tensor | float | None = None,
+    descale_k: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense MLA decoding over a paged KV cache, in fp32.
 
     Args:
-        q: [b, s_q, h_q, d] query (bf16, fp16 or fp32).
-        k_cache: [num_blocks, page_block_size, h_kv, d]; V is the first ``head_dim_v`` dims of K.
+        q: [b, s_q, h_q, d] query (bf16, fp16 or fp32), or float8_e4m3fn with ``descale_q``.
+        k_cache: [num_blocks, page_block_size, h_kv, d]; V is the first ``head_dim_v`` dims of K. bf16,
+            fp16 or fp32, or a per-tensor FP8 cache (float8_e4m3fn, or its bytes as uint8/int8) with
+            ``descale_k``.
         block_table: [b, max_blocks] int32, physical page of each logical page of a sequence.
         cache_seqlens: [b] int32, tokens in each sequence (may be 0).
         head_dim_v: dims of V (512 for DeepSeek).
         softmax_scale: defaults to ``d ** -0.5``.
         causal: for ``s_q > 1``, query token ``i`` sees keys ``j <= s_k - s_q + i`` (bottom-right
             aligned); ignored when ``s_q == 1``.
+        descale_q, descale_k: per-tensor scales (fp32 one-element tensors, or floats) of an e4m3 q and an
+            FP8 cache: values are read as ``x.float() * descale`` (only the cache slots used are read).
 
     Returns:
-        out: [b, s_q, h_q, head_dim_v] in q's dtype; lse: [b, h_q, s_q] fp32 natural log.
+        out: [b, s_q, h_q, head_dim_v] in q's dtype (bf16 when q is e4m3); lse: [b, h_q, s_q] fp32
+        natural log.
     """
     b, s_q, h_q, d = q.shape
     h_kv = k_cache.shape[2]
     group = h_q // h_kv
     scale = d**-0.5 if softmax_scale is None else float(softmax_scale)
+    out_dtype = q.dtype
+    if q.dtype == torch.float8_e4m3fn:
+        q, out_dtype = _descaled(q, descale_q, "descale_q"), torch.bfloat16
+    kv_fp8 = is_byte_cache(k_cache)
     out = torch.zeros(b, s_q, h_q, head_dim_v, dtype=torch.float32, device=q.device)
     lse = torch.full((b, h_q, s_q), math.inf, dtype=torch.float32, device=q.device)
     seqlens = cache_seqlens.tolist()
@@ -67,7 +92,8 @@ def dense_decode(
         s_k = int(seqlens[i])
         if s_k == 0:
             continue
-        k = _gather_paged(k_cache, block_table[i], s_k).float()  # [s_k, h_kv, d]
+        k = _gather_paged(k_cache, block_table[i], s_k)  # [s_k, h_kv, d]
+        k = _descaled(k, descale_k, "descale_k") if kv_fp8 else k.float()
         # query head h uses KV head h // group: group the heads instead of copying K per head
         qi = q[i].float().view(s_q, h_kv, group, d)
         scores = torch.einsum("qcgd,kcd->cgqk", qi, k).reshape(h_q, s_q, s_k) * scale  # [h_q, s_q, s_k]
@@ -83,7 +109,7 @@ def dense_decode(
             s_q, h_q, head_dim_v
         )
         lse[i] = row_lse.masked_fill(empty, math.inf)
-    return out.to(q.dtype), lse
+    return out.to(out_dtype), lse
 
 
 _BYTE_DTYPES = (torch.uint8, torch.int8, torch.float8_e4m3fn)
@@ -242,15 +268,21 @@ def flash_mla_with_kvcache(
     topk_length: torch.Tensor | None = None,
     extra_topk_length: torch.Tensor | None = None,
     kv_format: str | None = None,
+    descale_q: torch.Tensor | None = None,
+    descale_k: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference twin of :func:`openmla.flash_mla_with_kvcache` (scheduler arguments are ignored).
 
     ``indices`` given: :func:`sparse_decode` (``block_table``/``cache_seqlens`` unused, ``causal`` must be
-    False); otherwise :func:`dense_decode` over a bf16/fp16/fp32 cache.
+    False); otherwise :func:`dense_decode` over a bf16/fp16/fp32 cache, or a per-tensor FP8 one
+    (``is_fp8_kvcache``, or a byte cache) with ``descale_k`` (and ``descale_q`` for an e4m3 q).
     """
-    from ._runtime import InvalidArgumentError, UnsupportedError
+    from ._runtime import InvalidArgumentError
 
     if indices is not None:
+        if descale_q is not None or descale_k is not None:
+            raise InvalidArgumentError("descale_q, descale_k: given with indices; they serve dense decoding over a "
+                                       "per-tensor FP8 cache only.")
         if causal:
             raise InvalidArgumentError(
                 "causal: got True; expected False with indices (sparse decoding has no causal mask)."
@@ -263,6 +295,7 @@ def flash_mla_with_kvcache(
     given = [name for name, v in sparse_only if v is not None]
     if given:
         raise InvalidArgumentError(f"{', '.join(given)}: given without indices; these serve sparse decoding only.")
-    if is_fp8_kvcache or is_byte_cache(k_cache):
-        raise UnsupportedError("the reference serves dense decoding over bf16/fp16/fp32 caches only (no FP8 yet).")
-    return dense_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal)
+    if bool(is_fp8_kvcache) != is_byte_cache(k_cache) and is_fp8_kvcache is not None:
+        raise InvalidArgumentError(f"is_fp8_kvcache: got {is_fp8_kvcache} with a {k_cache.dtype} k_cache.")
+    return dense_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal, descale_q,
+                        descale_k)

@@ -6,7 +6,8 @@ uses the same rules:
 * :data:`TOL` holds FlashMLA's tolerances (``reference/flashmla-spec.md`` §4), keyed by ``(op, field)``.
 * :func:`check_close` is FlashMLA's ``check_is_allclose`` comparator, re-stated from its specification.
 * :func:`make_dense_decode_inputs` builds dense-decode inputs the way FlashMLA's dense-decode test does
-  (NaN in every cache slot past a sequence's length, garbage block-table entries past its last page).
+  (NaN in every cache slot past a sequence's length, garbage block-table entries past its last page);
+  :func:`quantize_dense_decode_inputs` turns them into per-tensor FP8 inputs (cache, optionally q).
 * :func:`make_sparse_decode_inputs` builds sparse-decode inputs the way FlashMLA's sparse-decode test does
   (per-token random index lists padded with -1, NaN in unused slots, sinks with ±inf), plus out-of-range
   indices; :func:`dequantized` gives the same inputs with FP8 caches read back, for the reference.
@@ -285,6 +286,33 @@ def make_dense_decode_inputs(
         "softmax_scale": softmax_scale,
         "causal": causal,
     }
+
+
+def quantize_dense_decode_inputs(inputs: dict, q_dtype: torch.dtype) -> dict:
+    """``inputs`` of :func:`make_dense_decode_inputs` over a per-tensor FP8 cache, as vLLM and SGLang store it.
+
+    * ``k_cache``: float8_e4m3fn codes of ``k / descale_k`` (NaN slots stay NaN codes, never to be read);
+    * ``descale_k``: fp32 [1], ``amax(|k|) / 448 * 1.1`` over the finite values (not a power of two, no
+      value saturates), computed where the inputs live (no host sync on a GPU);
+    * ``q``: with ``q_dtype`` float8_e4m3fn, the codes of ``q / descale_q`` (``descale_q`` likewise, with
+      1.3 for 1.1); else ``q`` cast to ``q_dtype`` and ``descale_q`` None.
+
+    The keys stay those of ``reference.dense_decode``, so ``reference.dense_decode(**quantized)`` reads the
+    same FP8 inputs back (``x.float() * descale``) and only the kernel's own error is measured.
+    """
+    from openmla.kvcache import quantize_fp8_per_tensor
+
+    out = dict(inputs)
+    k = inputs["k_cache"].float()
+    descale_k = (torch.nan_to_num(k, nan=0.0).abs().amax() / 448 * 1.1).reshape(1)
+    out["k_cache"], out["descale_k"] = quantize_fp8_per_tensor(k, descale_k), descale_k
+    q = inputs["q"].float()
+    if q_dtype == torch.float8_e4m3fn:
+        descale_q = (q.abs().amax() / 448 * 1.3).reshape(1)
+        out["q"], out["descale_q"] = quantize_fp8_per_tensor(q, descale_q), descale_q
+    else:
+        out["q"], out["descale_q"] = q.to(q_dtype), None
+    return out
 
 
 def invalid_index_candidates(num_slots: int) -> tuple[int, ...]:
