@@ -50,6 +50,28 @@ def test_compiles_for_ampere_and_consumer_blackwell(arch):
         assert report.shared_bytes <= smem_per_block(arch), f"{report.variant}: {report.shared_bytes} B"
 
 
+# sm_120 decodes e4m3 with fp8 instructions: its smallest and largest tiles of those variants
+_FP8_PICK = {80: "fp8 q ", 90: "fp8 q ", 120: "cache e4m3 causal rows<=16 |cache e4m3 causal rows<=128 "}
+
+
+@pytest.mark.parametrize("arch", [80, 90, 120])
+def test_dense_fp8_kernel_compiles(arch):
+    """Dense decode over per-tensor FP8 caches: row tiles, q bf16/fp16/e4m3, within the arch's shared
+    memory; sm_80 builds only the bit-move decoding (it has no fp8 instructions), Hopper uses wgmma."""
+    found = reports(arch, _FP8_PICK[arch])
+    assert len(found) == {80: 13, 90: 13, 120: 5}[arch], [r.variant for r in found]
+    built = [r for r in found if not (r.error or "").startswith("not built")]
+    assert len(built) == {80: 4, 90: 13, 120: 5}[arch], [r.variant for r in built]
+    if arch == 80:
+        assert all(" cache e4m3-bits " in r.variant for r in built)
+    for report in built:
+        assert report.ok and report.error is None, f"{report.variant}: {report.error}"
+        assert report.local_bytes == 0, f"{report.variant}: {report.local_bytes} bytes of local memory"
+        assert report.shared_bytes <= smem_per_block(arch), f"{report.variant}: {report.shared_bytes} B"
+        big_tile = "bm64" in report.variant or "bm128" in report.variant
+        assert report.has_wgmma == (arch == 90 and big_tile), report.variant
+
+
 # the smallest and largest head tiles of each cache kind the arch runs (Hopper builds them all above)
 _SPARSE_PICK = "|".join(f"cache {kind} h<={h} d576 plain" for h in (16, 128) for kind in ("bf16", "{fp8}"))
 

@@ -65,14 +65,14 @@ def _variants(arch: int = 90) -> list[Variant]:
         ptrs = {
             "q_ptr": f"*{dtype}", "k_ptr": f"*{dtype}", "block_table_ptr": "*i32", "seqlens_ptr": "*i32",
             "sched_ptr": "*i32", "num_splits_ptr": "*i32", "out_ptr": f"*{dtype}", "lse_ptr": "*fp32",
-            "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32",
+            "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32", "descale_q_ptr": "*fp32", "descale_k_ptr": "*fp32",
         }
         for rows in (16, 32, 64, 128):
             for d_qk in (576, 512):
                 for causal in (False, True):
                     cfg = dense_decode_config(rows, d_qk, 512, arch)
                     consts = dict(CAUSAL=causal, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D_V=512,
-                                  D_PE=d_qk - 512, DV_TILE=cfg.dv_tile)
+                                  D_PE=d_qk - 512, DV_TILE=cfg.dv_tile, Q_FP8=False, KV_FP8=False, FP8_NATIVE=True)
                     name = f"{dtype} rows<={rows} d{d_qk} {'causal' if causal else 'full'} " \
                            f"bm{cfg.block_m} bn{cfg.block_n} dv{cfg.dv_tile} w{cfg.num_warps} s{cfg.num_stages}"
                     out.append(Variant(_dense_decode_splitkv_kernel, ptrs, ("scale_log2",), consts,
@@ -83,6 +83,7 @@ def _variants(arch: int = 90) -> list[Variant]:
                            f"{dtype} d_v512"))
         out.append(Variant(_decode_combine_kernel, combine_ptrs, (), dict(BLOCK_R=8, D_V=512, HAS_SINK=True), 4, 2,
                            f"{dtype} d_v512 sink"))
+    out.extend(_dense_fp8_variants(arch))
     out.extend(_sparse_variants(arch))
     from .._runtime import gluon_available
 
@@ -104,6 +105,39 @@ def _variants(arch: int = 90) -> list[Variant]:
     out.append(Variant(
         _plan_splitkv_kernel, {"seqlens_ptr": "*i32", "sched_ptr": "*i32", "num_splits_ptr": "*i32"}, (),
         dict(BLOCK_P=256, CHUNK=32, SCHED=SCHED_BLOCK, OVERHEAD=FIXED_OVERHEAD), 4, 2, "256 parts"))
+    return out
+
+
+def _dense_fp8_variants(arch: int = 90) -> list[Variant]:
+    """The dense split-KV kernel over a per-tensor FP8 cache (d 576, causal: the mask is a superset of the
+    unmasked code), for each row-tile size.
+
+    Names start with ``fp8``. Cache ``e4m3`` is decoded with fp8 instructions (sm_89+), ``e4m3-bits`` with
+    integer bit moves (any arch; what sm_80/86 run: their smallest and largest tiles, 16 and 64 rows). q is
+    bf16, fp16 or e4m3 (output bf16).
+    """
+    from .decode_dense import _dense_decode_splitkv_kernel, dense_decode_config
+
+    out = []
+    every, ampere = (16, 32, 64, 128), (16, 64)
+    for q_dtype, cache, row_counts in (("bf16", "e4m3", every), ("e4m3", "e4m3", every), ("fp16", "e4m3", (16,)),
+                                       ("bf16", "e4m3-bits", ampere), ("e4m3", "e4m3-bits", ampere)):
+        q_fp8, native = q_dtype == "e4m3", cache == "e4m3"
+        out_dtype = "bf16" if q_fp8 else q_dtype
+        ptrs = {
+            "q_ptr": "*u8" if q_fp8 else f"*{q_dtype}", "k_ptr": "*u8", "block_table_ptr": "*i32",
+            "seqlens_ptr": "*i32", "sched_ptr": "*i32", "num_splits_ptr": "*i32", "out_ptr": f"*{out_dtype}",
+            "lse_ptr": "*fp32", "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32", "descale_q_ptr": "*fp32",
+            "descale_k_ptr": "*fp32",
+        }
+        for rows in row_counts:
+            cfg = dense_decode_config(rows, 576, 512, arch)
+            consts = dict(CAUSAL=True, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D_V=512, D_PE=64,
+                          DV_TILE=cfg.dv_tile, Q_FP8=q_fp8, KV_FP8=True, FP8_NATIVE=native)
+            name = (f"fp8 q {q_dtype} cache {cache} causal rows<={rows} d576 "
+                    f"bm{cfg.block_m} bn{cfg.block_n} dv{cfg.dv_tile} w{cfg.num_warps} s{cfg.num_stages}")
+            out.append(Variant(_dense_decode_splitkv_kernel, ptrs, ("scale_log2",), consts, cfg.num_warps,
+                               cfg.num_stages, name, min_arch=89 if native else 0))
     return out
 
 

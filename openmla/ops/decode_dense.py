@@ -35,6 +35,17 @@ if triton_available():
     import triton
     import triton.language as tl
 
+    from .fp8 import e4m3_to, e4m3_unit
+
+    @triton.jit
+    def _load_operand(ptrs, mask, dtype: tl.constexpr, IS_FP8: tl.constexpr, FP8_NATIVE: tl.constexpr):
+        """A tile of q or K as it is, or (``IS_FP8``) e4m3 bytes decoded to ``dtype`` (see :mod:`.fp8`: the
+        value itself, or the value / 256 on the bit-move path). Masked elements are 0."""
+        if IS_FP8:
+            return e4m3_to(tl.load(ptrs, mask=mask, other=0), dtype, FP8_NATIVE)
+        else:
+            return tl.load(ptrs, mask=mask, other=0.0)
+
     @triton.jit(do_not_specialize=list(SPLITKV_RUNTIME_INTS))
     def _dense_decode_splitkv_kernel(
         q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
@@ -45,9 +56,11 @@ if triton_available():
         stride_ob, stride_os, stride_oh,
         stride_lb, stride_lh,
         s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2,
+        descale_q_ptr, descale_k_ptr,
         CAUSAL: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         D_V: tl.constexpr, D_PE: tl.constexpr, DV_TILE: tl.constexpr,
+        Q_FP8: tl.constexpr, KV_FP8: tl.constexpr, FP8_NATIVE: tl.constexpr,
     ):
         # program axis 0 = (kv head, row tile, slice of the output's D_V dims)
         pid_m = tl.program_id(0)
@@ -73,6 +86,26 @@ if triton_available():
         end_tok = tl.load(sched + 3)
         begin_split = tl.load(sched + 4)
 
+        # Per-tensor FP8 (KV_FP8, and Q_FP8 for an e4m3 q): the e4m3 codes are decoded in registers
+        # to a 16-bit type, exactly (every e4m3 value is an fp16 and a bf16), and the descale factors
+        # are folded in afterwards in fp32: S = (q_codes . k_codes) * (scale * descale_q * descale_k),
+        # O = (P @ k_codes) * descale_k, since V is the first D_V dims of K. This equals dequantizing
+        # first (x.float() * descale, the reference) up to fp32 rounding, and is more accurate than
+        # rounding dequantized keys to 16 bits: no 16-bit value here is ever rounded but P, exactly as
+        # in the 16-bit path. Matrix products run in q's dtype, or fp16 for an e4m3 q (more mantissa
+        # for P than bf16; e4m3 codes are at most 448). The descales are read on the device, so a
+        # call stays free of host syncs (CUDA graphs).
+        if Q_FP8:
+            dtype: tl.constexpr = tl.float16
+        else:
+            dtype: tl.constexpr = q_ptr.dtype.element_ty
+        score_scale = scale_log2
+        if Q_FP8:
+            score_scale = score_scale * (tl.load(descale_q_ptr) * e4m3_unit(FP8_NATIVE))
+        if KV_FP8:
+            descale_k = tl.load(descale_k_ptr) * e4m3_unit(FP8_NATIVE)
+            score_scale = score_scale * descale_k
+
         for req in range(begin_req, end_req + 1):
             req64 = tl.cast(req, tl.int64)
             s_k = tl.load(seqlens_ptr + req)
@@ -85,12 +118,14 @@ if triton_available():
             split_idx = tl.where(req == begin_req, begin_split, 0)
 
             q_row = q_ptr + req64 * stride_qb + t_idx * stride_qs + head * stride_qh  # [BLOCK_M]
-            q_v = tl.load(q_row[:, None] + offs_v[None, :], mask=mask_r[:, None], other=0.0)  # [BLOCK_M, DV_TILE]
+            # [BLOCK_M, DV_TILE]
+            q_v = _load_operand(q_row[:, None] + offs_v[None, :], mask_r[:, None], dtype, Q_FP8, FP8_NATIVE)
             if D_V > DV_TILE:
-                q_w = tl.load(q_row[:, None] + offs_w[None, :], mask=mask_r[:, None], other=0.0)
+                q_w = _load_operand(q_row[:, None] + offs_w[None, :], mask_r[:, None], dtype, Q_FP8, FP8_NATIVE)
             if D_PE > 0:
                 offs_pe = tl.arange(0, D_PE)
-                q_pe = tl.load(q_row[:, None] + D_V + offs_pe[None, :], mask=mask_r[:, None], other=0.0)
+                q_pe = _load_operand(q_row[:, None] + D_V + offs_pe[None, :], mask_r[:, None], dtype, Q_FP8,
+                                     FP8_NATIVE)
             if CAUSAL:
                 limit = s_k - s_q + t_idx  # [BLOCK_M] last key each row may see
 
@@ -106,15 +141,17 @@ if triton_available():
                 page = tl.minimum(tl.maximum(page, 0), num_blocks - 1)
                 k_row = page.to(tl.int64) * stride_kb + (offs_j % page_block_size) * stride_kp + kv_head * stride_kh
                 k_ptrs = k_ptr + k_row[:, None]
-                k_v = tl.load(k_ptrs + offs_v[None, :], mask=mask_j[:, None], other=0.0)  # [BLOCK_N, DV_TILE]
+                # [BLOCK_N, DV_TILE]
+                k_v = _load_operand(k_ptrs + offs_v[None, :], mask_j[:, None], dtype, KV_FP8, FP8_NATIVE)
                 scores = tl.dot(q_v, tl.trans(k_v))  # [BLOCK_M, BLOCK_N]
                 if D_V > DV_TILE:
-                    k_w = tl.load(k_ptrs + offs_w[None, :], mask=mask_j[:, None], other=0.0)
+                    k_w = _load_operand(k_ptrs + offs_w[None, :], mask_j[:, None], dtype, KV_FP8, FP8_NATIVE)
                     scores = tl.dot(q_w, tl.trans(k_w), scores)
                 if D_PE > 0:
-                    k_pe = tl.load(k_ptrs + D_V + offs_pe[None, :], mask=mask_j[:, None], other=0.0)
+                    k_pe = _load_operand(k_ptrs + D_V + offs_pe[None, :], mask_j[:, None], dtype, KV_FP8,
+                                         FP8_NATIVE)
                     scores = tl.dot(q_pe, tl.trans(k_pe), scores)
-                scores = scores * scale_log2
+                scores = scores * score_scale
                 if CAUSAL:
                     visible = mask_j[None, :] & (offs_j[None, :] <= limit[:, None])
                 else:
@@ -132,6 +169,8 @@ if triton_available():
 
             empty = l_i == 0.0
             inv_l = tl.where(empty, 0.0, 1.0 / l_i)
+            if KV_FP8:
+                inv_l = inv_l * descale_k  # V = descale_k * k_codes
             o = acc * inv_l[:, None]
             lse2 = tl.where(empty, float("-inf"), m_i + tl.math.log2(l_i))
             write_lse = mask_r & (dv_tile == 0)
@@ -219,7 +258,11 @@ def num_sm_parts_for(
 
 def splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
                  out, lse, o_accum, lse_accum, row_tiles: int, softmax_scale: float) -> tuple:
-    """The positional arguments of the split-KV kernels, Triton's and Gluon's alike, in their order."""
+    """The positional arguments of the split-KV kernels, Triton's and Gluon's alike, in their order.
+
+    The Triton kernel takes two more, ``descale_q_ptr`` and ``descale_k_ptr`` (per-tensor FP8), which
+    its launcher appends; the Gluon kernel reads 16-bit caches only and has no such arguments.
+    """
     _, s_q, h_q, _ = q.shape
     _, page_block_size, h_kv, _ = k_cache.shape
     group = h_q // h_kv
@@ -260,39 +303,63 @@ def dense_decode_fwd(
     causal: bool,
     config: DenseDecodeConfig | None = None,
     workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+    descale_q: torch.Tensor | None = None,
+    descale_k: torch.Tensor | None = None,
+    fp8_native: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch split-KV then combine. Inputs are validated by :mod:`openmla.api`.
 
     Args:
-        q: [b, s_q, h_q, d] bf16/fp16, last dim contiguous.
-        k_cache: [num_blocks, page_block_size, h_kv, d], q's dtype, last dim contiguous.
+        q: [b, s_q, h_q, d] bf16/fp16, or float8_e4m3fn with a per-tensor FP8 cache; last dim contiguous.
+        k_cache: [num_blocks, page_block_size, h_kv, d], q's dtype, or per-tensor FP8 (float8_e4m3fn, or
+            its bytes as uint8/int8) with ``descale_k``; last dim contiguous.
         block_table: [b, max_blocks] int32, last dim contiguous.
         cache_seqlens: [b] int32 contiguous.
         tile_scheduler_metadata, num_splits: from :func:`openmla.ops.schedule.plan_splitkv`.
+        descale_q, descale_k: fp32 one-element tensors on q's device, read by the kernel: the e4m3 q
+            (resp. cache) holds ``x / descale``. ``descale_q`` is required for an e4m3 q and must be None
+            otherwise; ``descale_k`` likewise for an FP8 cache.
+        fp8_native: decode e4m3 with fp8 instructions (default: on sm_89+ and in the interpreter) or
+            with integer bit moves (sm_80/86, which have none).
 
     Returns:
-        out [b, s_q, h_q, head_dim_v] in q's dtype, lse [b, h_q, s_q] fp32.
+        out [b, s_q, h_q, head_dim_v] in q's dtype (bf16 for an e4m3 q), lse [b, h_q, s_q] fp32.
     """
     from .combine import combine_splits
 
     b, s_q, h_q, d = q.shape
     h_kv = k_cache.shape[2]
     rows = s_q * (h_q // h_kv)
-    cfg = config or dense_decode_config(rows, d, head_dim_v, device_arch(q.device))
+    q_fp8 = q.dtype == torch.float8_e4m3fn
+    kv_fp8 = k_cache.dtype in (torch.float8_e4m3fn, torch.uint8, torch.int8)
+    if q_fp8 != (descale_q is not None) or kv_fp8 != (descale_k is not None):
+        raise ValueError("descale_q (descale_k) must be given exactly when q (k_cache) is FP8")
+    if q_fp8 and not kv_fp8:
+        raise ValueError("an e4m3 q needs an FP8 cache")
+    arch = device_arch(q.device)
+    if fp8_native is None:
+        fp8_native = arch is None or arch >= 89
+    cfg = config or dense_decode_config(rows, d, head_dim_v, arch)
     if SCHED_BLOCK % cfg.block_n != 0:
         raise ValueError(f"block_n={cfg.block_n} must divide the scheduler's {SCHED_BLOCK}-token unit")
     if head_dim_v % cfg.dv_tile != 0:
         raise ValueError(f"dv_tile={cfg.dv_tile} must divide head_dim_v={head_dim_v}")
     row_tiles = -(-rows // cfg.block_m)
     num_parts = tile_scheduler_metadata.shape[0]
-    out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
+    out = torch.empty(b, s_q, h_q, head_dim_v, dtype=torch.bfloat16 if q_fp8 else q.dtype, device=q.device)
     lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)
     o_accum, lse_accum = workspace if workspace is not None else split_workspace(q, head_dim_v, num_parts)
+    # FP8 tensors go in as their bytes; an absent descale is never read (lse stands in: one fp32 pointer
+    # type for every launch, so the 16-bit path compiles to a single variant)
+    q_in = q.view(torch.uint8) if q_fp8 else q
+    k_in = k_cache.view(torch.uint8) if kv_fp8 else k_cache
     _dense_decode_splitkv_kernel[(row_tiles * h_kv * (head_dim_v // cfg.dv_tile), num_parts)](
-        *splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
+        *splitkv_args(q_in, k_in, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
                       out, lse, o_accum, lse_accum, row_tiles, softmax_scale),
+        descale_q if q_fp8 else lse, descale_k if kv_fp8 else lse,
         CAUSAL=bool(causal and s_q > 1),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D_V=head_dim_v, D_PE=d - head_dim_v, DV_TILE=cfg.dv_tile,
+        Q_FP8=q_fp8, KV_FP8=kv_fp8, FP8_NATIVE=bool(fp8_native) or not kv_fp8,  # 16-bit: one variant per arch
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     combine_splits(out, lse, o_accum, lse_accum, num_splits)
