@@ -13,7 +13,7 @@ from typing import Optional, Union
 import torch
 
 from . import reference
-from ._runtime import InvalidArgumentError, UnsupportedError
+from ._runtime import InvalidArgumentError
 from .dispatch import Choice, choose_dense_decode, choose_sparse_decode
 from .metadata import FlashMLASchedMeta, plan_dense
 
@@ -73,11 +73,47 @@ def _check_values(block_table: torch.Tensor, cache_seqlens: torch.Tensor, page_b
         )
 
 
-def _validate_dense(q, k_cache, block_table, cache_seqlens, head_dim_v):
-    _check_tensor("q", q, 4, _DTYPES, None)
-    device = q.device
+def _check_descale(name: str, descale, device: torch.device) -> None:
+    expected = "a float32 [1] tensor on q's device (the per-tensor scale: the FP8 tensor holds x / descale)"
+    if not isinstance(descale, torch.Tensor):
+        raise _fail(name, "None" if descale is None else type(descale).__name__, expected)
+    if descale.dtype != torch.float32 or descale.numel() != 1 or descale.dim() > 1:
+        raise _fail(name, f"dtype {descale.dtype}, shape {tuple(descale.shape)}", expected)
+    if descale.device != device:
+        raise _fail(name, f"a tensor on {descale.device}", f"a tensor on q's device {device}")
+
+
+def _dense_fp8(k_cache, is_fp8_kvcache) -> bool:
+    """Whether a dense call reads a per-tensor FP8 cache: ``is_fp8_kvcache``, or (None) the cache's dtype."""
+    byte_cache = isinstance(k_cache, torch.Tensor) and k_cache.dtype in _BYTE_DTYPES
+    if is_fp8_kvcache is None:
+        return byte_cache
+    if not is_fp8_kvcache and byte_cache:
+        raise _fail("is_fp8_kvcache", f"False with a {k_cache.dtype} k_cache", "True for a per-tensor FP8 cache "
+                    "(float8_e4m3fn, or its bytes as uint8/int8), or None to infer it from the cache's dtype")
+    return bool(is_fp8_kvcache)
+
+
+def _validate_dense(q, k_cache, block_table, cache_seqlens, head_dim_v, kv_fp8=False, descale_q=None, descale_k=None):
+    if kv_fp8:
+        # per-tensor FP8 (vLLM's and SGLang's ``fp8`` cache dtype): e4m3 codes, one scale for the whole cache
+        _check_tensor("q", q, 4, _DTYPES + (torch.float8_e4m3fn,), None)
+        device = q.device
+        _check_tensor("k_cache", k_cache, 4, _BYTE_DTYPES, device)
+        if q.dtype == torch.float8_e4m3fn:
+            _check_descale("descale_q", descale_q, device)
+        elif descale_q is not None:
+            raise _fail("descale_q", f"a tensor with a {q.dtype} q", "None: descale_q scales an e4m3 q")
+        _check_descale("descale_k", descale_k, device)
+    else:
+        _check_tensor("q", q, 4, _DTYPES, None)
+        device = q.device
+        _check_tensor("k_cache", k_cache, 4, (q.dtype,), device)
+        for name, descale in (("descale_q", descale_q), ("descale_k", descale_k)):
+            if descale is not None:
+                raise _fail(name, f"a tensor with a {k_cache.dtype} k_cache", "None: the descales serve "
+                            "per-tensor FP8 caches (is_fp8_kvcache=True)")
     b, s_q, h_q, d = q.shape
-    _check_tensor("k_cache", k_cache, 4, (q.dtype,), device)
     num_blocks, page_block_size, h_kv, d_k = k_cache.shape
     if d_k != d:
         raise _fail("k_cache", f"head dim {d_k} (shape {tuple(k_cache.shape)})", f"q's head dim {d}")
@@ -295,6 +331,8 @@ def flash_mla_with_kvcache(
     *,
     backend: Optional[str] = None,
     kv_format: Optional[str] = None,
+    descale_q: Optional[torch.Tensor] = None,
+    descale_k: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MLA decoding over a paged KV cache (FlashMLA's ``flash_mla_with_kvcache``), dense or token-sparse.
 
@@ -302,13 +340,19 @@ def flash_mla_with_kvcache(
     Sparse (``indices`` given, DeepSeek Sparse Attention): each query token attends to its own list of
     cache slots; ``block_table`` and ``cache_seqlens`` are not used (may be None).
 
+    Dense over a per-tensor FP8 cache (``is_fp8_kvcache=True``, vLLM's and SGLang's ``fp8`` cache dtype,
+    served like the SGLang fork's legacy dense FP8 kernel): ``k_cache`` holds e4m3 codes of ``x /
+    descale_k``; q is bf16/fp16, or e4m3 with ``descale_q``; the output is bf16 for an e4m3 q.
+
     Args:
         q (torch.Tensor):
-            [b, s_q, h_q, d] bf16 or fp16 (fp32 on the reference backend), last dim contiguous.
+            [b, s_q, h_q, d] bf16 or fp16 (fp32 on the reference backend), last dim contiguous; or
+            float8_e4m3fn over a per-tensor FP8 cache (with ``descale_q``).
             ``d`` is 576 (512 latent + 64 RoPE) or 512 for DeepSeek models.
         k_cache (torch.Tensor):
             [num_blocks, page_block_size, h_kv, d], q's dtype, last dim contiguous. V is the first
-            ``head_dim_v`` dims of K. Any page size; any ``h_kv`` dividing ``h_q``.
+            ``head_dim_v`` dims of K. Any page size; any ``h_kv`` dividing ``h_q``. With
+            ``is_fp8_kvcache``: the same shape in float8_e4m3fn (or its bytes as uint8/int8).
         block_table (torch.Tensor):
             [b, max_blocks] int32, physical page of each logical page. Entries past a sequence's
             last page are never read (may hold garbage).
@@ -328,9 +372,9 @@ def flash_mla_with_kvcache(
         causal (bool):
             for ``s_q > 1``, query token ``i`` sees keys ``j <= s_k - s_q + i``; ignored when s_q == 1.
         is_fp8_kvcache (bool):
-            sparse decoding only: True for an FP8 cache (bytes), False for a bf16/fp16 one; None (default)
-            infers it from ``k_cache``'s dtype (uint8/int8/float8_e4m3fn = FP8). Dense decoding takes
-            bf16/fp16 caches only (True raises :class:`UnsupportedError`).
+            True for an FP8 cache (bytes), False for a bf16/fp16 one; None (default) infers it from
+            ``k_cache``'s dtype (uint8/int8/float8_e4m3fn = FP8). Dense decoding reads a per-tensor
+            FP8 cache (needs ``descale_k``); sparse decoding the V3.2 layout (scales in the cache).
         indices (torch.Tensor):
             [b, s_q, topk] int32, last dim contiguous: the cache slots (``page * page_block_size +
             offset``) each query token attends to. ``-1``, and as an OpenMLA extension any value outside
@@ -356,12 +400,20 @@ def flash_mla_with_kvcache(
         kv_format (str):
             keyword only (the SGLang fork's name): the FP8 layout's name when its byte size is ambiguous,
             see :func:`openmla.kvcache.detect_format`.
+        descale_q, descale_k (torch.Tensor):
+            keyword only (the SGLang fork's names), dense decoding over a per-tensor FP8 cache: float32
+            [1] on q's device, read by the kernel (no host sync). The cache holds e4m3 codes of ``k /
+            descale_k`` (required); an e4m3 q holds ``q / descale_q`` (required with it, None otherwise).
 
     Returns:
-        out: [b, s_q, h_q, head_dim_v] in q's dtype. lse: [b, h_q, s_q] fp32, natural log; +inf for
-        rows that attend to nothing.
+        out: [b, s_q, h_q, head_dim_v] in q's dtype (bf16 for an e4m3 q). lse: [b, h_q, s_q] fp32,
+        natural log; +inf for rows that attend to nothing.
     """
     if indices is not None:
+        for name, descale in (("descale_q", descale_q), ("descale_k", descale_k)):
+            if descale is not None:
+                raise _fail(name, "a tensor with indices", "None: the descales serve dense decoding over a "
+                            "per-tensor FP8 cache (the sparse FP8 layouts carry their own scales)")
         return _sparse_decode_call(q, k_cache, head_dim_v, tile_scheduler_metadata, num_splits, softmax_scale, causal,
                                    is_fp8_kvcache, indices, attn_sink, extra_k_cache, extra_indices_in_kvcache,
                                    topk_length, extra_topk_length, backend, kv_format)
@@ -371,14 +423,11 @@ def flash_mla_with_kvcache(
     if given:
         raise _fail(given[0], "a tensor with indices=None", "None: it serves sparse decoding only (pass indices, or "
                     f"drop {', '.join(given)} for dense decoding)")
-    if is_fp8_kvcache:
-        raise UnsupportedError(
-            "FP8 KV caches (is_fp8_kvcache=True) are not implemented in this version of openmla; "
-            "use a bf16 or fp16 cache."
-        )
-    b, s_q, h_q, d, page_block_size, h_kv, num_blocks = _validate_dense(q, k_cache, block_table, cache_seqlens, head_dim_v)
+    kv_fp8 = _dense_fp8(k_cache, is_fp8_kvcache)
+    b, s_q, h_q, d, page_block_size, h_kv, num_blocks = _validate_dense(
+        q, k_cache, block_table, cache_seqlens, head_dim_v, kv_fp8, descale_q, descale_k)
     scale = d**-0.5 if softmax_scale is None else float(softmax_scale)
-    choice = choose_dense_decode(q.device, q.dtype, (d, head_dim_v), backend)
+    choice = choose_dense_decode(q.device, q.dtype, (d, head_dim_v), backend, kv_fp8=kv_fp8)
     rows = s_q * (h_q // h_kv)
 
     planning = False
@@ -391,7 +440,7 @@ def flash_mla_with_kvcache(
         meta = tile_scheduler_metadata
         meta.check_or_set_config(
             FlashMLASchedMeta.Config(b=b, s_q=s_q, h_q=h_q, page_block_size=page_block_size, h_k=h_kv,
-                                     causal=bool(causal), is_fp8_kvcache=False)
+                                     causal=bool(causal), is_fp8_kvcache=kv_fp8)
         )
         planning = not meta.have_initialized
     elif tile_scheduler_metadata is None:
@@ -414,7 +463,8 @@ def flash_mla_with_kvcache(
                     "a FlashMLASchedMeta, the int32 tensor from get_mla_metadata(cache_seqlens, ...), or None")
 
     if choice.backend == "reference":
-        return reference.dense_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal)
+        return reference.dense_decode(q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal, descale_q,
+                                      descale_k)
 
     if _value_checks_enabled(planning, q.device):
         _check_values(block_table, cache_seqlens, page_block_size, num_blocks)
@@ -439,6 +489,9 @@ def flash_mla_with_kvcache(
         if meta.workspace is None or meta.workspace[0].shape[0] != b + sched.shape[0]:
             meta.workspace = split_workspace(q, head_dim_v, sched.shape[0])
         workspace = meta.workspace
+    if kv_fp8:  # the Gluon kernel reads 16-bit caches only; dispatch routed this call to Triton
+        return fwd(q, k_cache, block_table, cache_seqlens, head_dim_v, sched, splits, scale, causal,
+                   workspace=workspace, descale_q=descale_q, descale_k=descale_k)
     return fwd(q, k_cache, block_table, cache_seqlens, head_dim_v, sched, splits, scale, causal, workspace=workspace)
 
 
@@ -457,11 +510,15 @@ def explain(
     """
     if len(args) >= 3 and isinstance(args[2], int):
         head_dim_v = args[2]
-    if kwargs.get("indices") is not None:
+    # positions after k_cache: ..., softmax_scale (5), causal (6), is_fp8_kvcache (7), indices (8)
+    indices = kwargs.get("indices", args[8] if len(args) > 8 else None)
+    is_fp8_kvcache = kwargs.get("is_fp8_kvcache", args[7] if len(args) > 7 else None)
+    if indices is not None:
         fmt = None
         if k_cache.dtype in _BYTE_DTYPES:
             from .kvcache import bytes_per_token_of, detect_format
 
             fmt = detect_format(q.shape[-1], bytes_per_token_of(k_cache), kwargs.get("kv_format")).name
         return choose_sparse_decode(q.device, q.dtype, (q.shape[-1], head_dim_v), fmt, backend)
-    return choose_dense_decode(q.device, q.dtype, (q.shape[-1], head_dim_v), backend)
+    kv_fp8 = _dense_fp8(k_cache, is_fp8_kvcache)
+    return choose_dense_decode(q.device, q.dtype, (q.shape[-1], head_dim_v), backend, kv_fp8=kv_fp8)

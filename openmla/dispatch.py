@@ -34,8 +34,13 @@ class Choice:
     reason: str
 
 
-def _triton_reason_against(device: torch.device, dtype: torch.dtype | None, dims: tuple[int, int] | None) -> str | None:
-    """Why the Triton dense-decode kernel cannot serve these inputs (``None`` when it can)."""
+def _triton_reason_against(
+    device: torch.device, dtype: torch.dtype | None, dims: tuple[int, int] | None, kv_fp8: bool = False
+) -> str | None:
+    """Why the Triton dense-decode kernel cannot serve these inputs (``None`` when it can).
+
+    ``kv_fp8``: the cache is per-tensor FP8, read by the same kernel; q may then be e4m3 too.
+    """
     if not triton_available():
         return "triton is not installed or does not import here"
     if device.type == "cpu":
@@ -47,7 +52,10 @@ def _triton_reason_against(device: torch.device, dtype: torch.dtype | None, dims
         arch = device_arch(device)
         if arch is not None and arch < 80:
             return f"this GPU is sm_{arch}; the Triton kernels need sm_80 or newer"
-    if dtype is not None and dtype not in TRITON_DTYPES:
+    if kv_fp8:
+        if dtype is not None and dtype not in TRITON_DTYPES + (torch.float8_e4m3fn,):
+            return f"over an FP8 cache the Triton kernel takes a bf16, fp16 or float8_e4m3fn q, got {dtype}"
+    elif dtype is not None and dtype not in TRITON_DTYPES:
         return f"the Triton kernel takes bf16 or fp16 q and k_cache, got {dtype}"
     if dims is not None:
         d, d_v = dims
@@ -59,10 +67,14 @@ def _triton_reason_against(device: torch.device, dtype: torch.dtype | None, dims
     return None
 
 
-def _gluon_reason_against(device: torch.device, dtype: torch.dtype | None, dims: tuple[int, int] | None) -> str | None:
+def _gluon_reason_against(
+    device: torch.device, dtype: torch.dtype | None, dims: tuple[int, int] | None, kv_fp8: bool = False
+) -> str | None:
     """Why the Gluon sm_90 dense-decode kernel cannot serve these inputs (``None`` when it can)."""
     from ._runtime import gluon_available
 
+    if kv_fp8:
+        return "the Gluon kernel reads bf16/fp16 caches only; per-tensor FP8 caches go to the Triton kernel"
     if not gluon_available():
         return "Triton's Gluon dialect with its Hopper module does not import here"
     if device.type != "cuda":
@@ -85,32 +97,35 @@ def choose_dense_decode(
     dtype: torch.dtype | None = None,
     dims: tuple[int, int] | None = None,
     backend: str | None = None,
+    kv_fp8: bool = False,
 ) -> Choice:
     """Pick the backend for a dense decode call; raise :class:`UnsupportedError` if a forced one cannot serve.
 
     ``backend`` (the call's argument) wins over ``OPENMLA_BACKEND``; ``None``/``"auto"`` decides here.
-    Decisions are cached per (device, dtype, dims, backend, knobs): this runs on every decode call.
+    ``dtype`` is q's; ``kv_fp8``: the cache is per-tensor FP8 (op ``dense_fp8_decode``), which only the
+    Triton kernel and the reference read, on Hopper too. Decisions are cached per (device, dtype, dims,
+    backend, kv_fp8, knobs): this runs on every decode call.
     """
-    key = (device, dtype, dims, backend, os.environ.get("OPENMLA_BACKEND"), os.environ.get("OPENMLA_ARCH"),
+    key = (device, dtype, dims, backend, kv_fp8, os.environ.get("OPENMLA_BACKEND"), os.environ.get("OPENMLA_ARCH"),
            os.environ.get("TRITON_INTERPRET"))
     choice = _CHOICES.get(key)
     if choice is None:
-        choice = _choose_dense_decode(device, dtype, dims, backend)
+        choice = _choose_dense_decode(device, dtype, dims, backend, kv_fp8)
         if choice.backend != "reference" or torch.device(device).type != "cuda":
             _CHOICES[key] = choice  # a GPU fallback is not cached: it must warn on every call
     return choice
 
 
-def _choose_dense_decode(device, dtype, dims, backend) -> Choice:
-    op = "dense_decode"
+def _choose_dense_decode(device, dtype, dims, backend, kv_fp8=False) -> Choice:
+    op = "dense_fp8_decode" if kv_fp8 else "dense_decode"
     forced = (backend or "auto").lower()
     if forced == "auto":
         forced = env_backend()
     elif forced not in BACKENDS:
         raise UnsupportedError(f"backend={backend!r} is not a backend; expected 'auto' or one of {BACKENDS}.")
     device = torch.device(device)
-    against = _triton_reason_against(device, dtype, dims)
-    gluon_against = _gluon_reason_against(device, dtype, dims)
+    against = _triton_reason_against(device, dtype, dims, kv_fp8)
+    gluon_against = _gluon_reason_against(device, dtype, dims, kv_fp8)
     where = gpu_description(device)
     if forced == "reference":
         return Choice(op, "reference", "forced (backend='reference' or OPENMLA_BACKEND=reference)")
@@ -127,6 +142,7 @@ def _choose_dense_decode(device, dtype, dims, backend) -> Choice:
             raise UnsupportedError(
                 f"backend='triton' cannot serve {op}: {against}. GPU: {where}. "
                 "Supported: bf16/fp16 on sm_80+ GPUs (or CPU tensors with TRITON_INTERPRET=1 set before import), "
+                "also over per-tensor FP8 caches (q bf16, fp16 or float8_e4m3fn), "
                 "head_dim_v a power of two, d - head_dim_v 0 or a power of two. Use backend='reference' otherwise."
             )
         return Choice(op, "triton", "forced (backend='triton' or OPENMLA_BACKEND=triton)")
@@ -138,7 +154,7 @@ def _choose_dense_decode(device, dtype, dims, backend) -> Choice:
         return Choice(op, "triton", f"portable Triton split-KV kernel on {where} ({gluon_against})")
     if device.type == "cuda":
         warnings.warn(
-            f"openmla: dense decode falls back to the slow fp32 reference because {against} ({where}).",
+            f"openmla: {op.replace('_', ' ')} falls back to the slow fp32 reference because {against} ({where}).",
             OpenMLAFallbackWarning,
             stacklevel=3,
         )
@@ -232,7 +248,8 @@ def _choose_sparse_decode(device, dtype, dims, cache_format, backend) -> Choice:
 def backend_table(device: torch.device | str | None = None) -> list[Choice]:
     """What serves each public op on ``device`` (default: the current GPU, else CPU), for ``openmla doctor``.
 
-    Rows are for DeepSeek's shapes: bf16 q, (576, 512) dims; sparse decoding over the V3.2 FP8 cache.
+    Rows are for DeepSeek's shapes: bf16 q, (576, 512) dims; dense decoding over a bf16 and a per-tensor
+    FP8 cache; sparse decoding over the V3.2 FP8 cache.
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -242,12 +259,13 @@ def backend_table(device: torch.device | str | None = None) -> list[Choice]:
         warnings.simplefilter("ignore", OpenMLAFallbackWarning)
         for op, choose in (
             ("dense_decode", lambda: choose_dense_decode(device, torch.bfloat16, (576, 512))),
+            ("dense_fp8_decode", lambda: choose_dense_decode(device, torch.bfloat16, (576, 512), kv_fp8=True)),
             ("sparse_decode", lambda: choose_sparse_decode(device, torch.bfloat16, (576, 512), "V32_FP8")),
         ):
             try:
                 rows.append(choose())
             except UnsupportedError as exc:
                 rows.append(Choice(op, "none", str(exc)))
-    for op in ("dense_fp8_decode", "sparse_prefill", "dense_prefill"):
+    for op in ("sparse_prefill", "dense_prefill"):
         rows.append(Choice(op, "none", "not implemented in this version of openmla"))
     return rows

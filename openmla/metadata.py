@@ -87,12 +87,14 @@ def _check_seqlens(cache_seqlens: torch.Tensor) -> None:
 
 
 def plan_dense(
-    cache_seqlens: torch.Tensor, rows_per_kv_head: int, h_kv: int, backend: str | None = None, old_api: bool = False
+    cache_seqlens: torch.Tensor, rows_per_kv_head: int, h_kv: int, backend: str | None = None, old_api: bool = False,
+    kv_fp8: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Plan a dense-decode schedule: ``(tile_scheduler_metadata, num_splits)`` on cache_seqlens' device.
 
     ``backend``: the kernel that will run it (sizes the pieces); ``None`` = what would serve a bf16
-    (576, 512) call on this device. Any plan is correct for any kernel; the size only affects speed.
+    (576, 512) call on this device, over a per-tensor FP8 cache with ``kv_fp8`` (the Triton kernel, on
+    Hopper too). Any plan is correct for any kernel; the size only affects speed.
     ``old_api``: the tensors go back to a caller of the old form, so at most one piece per SM.
     """
     if backend is None:
@@ -102,7 +104,7 @@ def plan_dense(
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OpenMLAFallbackWarning)
-            backend = choose_dense_decode(cache_seqlens.device, torch.bfloat16, (576, 512)).backend
+            backend = choose_dense_decode(cache_seqlens.device, torch.bfloat16, (576, 512), kv_fp8=kv_fp8).backend
     device = cache_seqlens.device
     parts = num_sm_parts_for(rows_per_kv_head, h_kv, num_sms(device), backend=backend, cap_at_sm_count=old_api,
                              arch=device_arch(device))
@@ -120,6 +122,7 @@ def get_mla_metadata(*args, **kwargs):
     num_splits int32 [b + 1])`` computed on ``cache_seqlens.device`` without a host sync.
     ``num_q_tokens_per_head_k`` is ``s_q * h_q // h_kv``. ``num_sm_parts`` never exceeds the SM count.
     With ``topk`` (sparse decoding) the same pair is returned; sparse calls accept it and do not read it.
+    ``is_fp8_kvcache`` without ``topk`` plans for dense decoding over a per-tensor FP8 cache.
     """
     if not args and not kwargs:
         return FlashMLASchedMeta(), None
@@ -150,7 +153,8 @@ def get_mla_metadata(*args, **kwargs):
         )
     # With topk (v2 sparse callers) the pair is returned too, for the calls to carry: the sparse kernel
     # splits its index lists by itself and does not read it.
-    return plan_dense(cache_seqlens, rows, h_kv, old_api=True)
+    dense_fp8 = bool(bound.get("is_fp8_kvcache")) and bound.get("topk") is None
+    return plan_dense(cache_seqlens, rows, h_kv, old_api=True, kv_fp8=dense_fp8)
 
 
 def get_mla_decoding_metadata(
@@ -162,6 +166,10 @@ def get_mla_decoding_metadata(
     topk: Optional[int] = None,
     use_legacy: bool = False,
 ):
-    """The SGLang fork's hoisted scheduler: same result as the old-form :func:`get_mla_metadata`."""
+    """The SGLang fork's hoisted scheduler: same result as the old-form :func:`get_mla_metadata`.
+
+    ``is_fp8_kvcache=True`` without ``topk`` is the fork's dense FP8 scheduler: a plan for dense decoding over
+    a per-tensor FP8 cache (assign the pair onto a ``FlashMLASchedMeta``, or pass it as the old form).
+    """
     del use_legacy  # one implementation serves both of the fork's kernel generations
     return get_mla_metadata(seqlens_k, num_q_tokens_per_head_k, h_k, h_q, is_fp8_kvcache, topk)

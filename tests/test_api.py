@@ -6,7 +6,7 @@ import inspect
 
 import pytest
 import torch
-from helpers import make_dense_decode_inputs, make_sparse_decode_inputs
+from helpers import make_dense_decode_inputs, make_sparse_decode_inputs, quantize_dense_decode_inputs
 
 import openmla
 from openmla import FlashMLASchedMeta, InvalidArgumentError, SchedMetaMismatchError, UnsupportedError
@@ -163,9 +163,88 @@ def test_sparse_only_arguments_without_indices_are_refused_not_ignored(arg, gene
         call(inputs, **{arg: torch.zeros(1)})
 
 
-def test_fp8_cache_is_refused_for_dense_decoding(generator):
-    with pytest.raises(UnsupportedError, match="FP8"):
-        call(tiny_inputs(generator), is_fp8_kvcache=True)
+def test_descales_are_keyword_only_after_kv_format():
+    """Where the SGLang fork puts them among its extra arguments: ..., kv_format, descale_q, descale_k."""
+    params = inspect.signature(openmla.flash_mla_with_kvcache).parameters
+    names = list(params)
+    assert names.index("kv_format") + 1 == names.index("descale_q") == names.index("descale_k") - 1
+    assert params["descale_q"].default is None and params["descale_k"].default is None
+
+
+def fp8_tiny_inputs(generator, q_dtype=torch.float16, **kw):
+    args = dict(b=2, s_q=1, s_k=40, h_q=4, h_kv=1, d=64, dv=32, page_block_size=16, dtype=torch.float32,
+                device="cpu", varlen=True, generator=generator)
+    args.update(kw)
+    return quantize_dense_decode_inputs(make_dense_decode_inputs(**args), q_dtype)
+
+
+def fp8_call(inputs, **overrides):
+    kw = dict(is_fp8_kvcache=True, descale_q=inputs["descale_q"], descale_k=inputs["descale_k"], backend="reference")
+    kw.update(overrides)
+    return call(inputs, **kw)
+
+
+@pytest.mark.parametrize(
+    "q_dtype, mutate, overrides, match",
+    [
+        (torch.float16, None, dict(descale_k=None),
+         r"descale_k: got None; expected a float32 \[1\] tensor on q's device"),
+        (torch.float16, None, dict(descale_k=torch.ones(1, dtype=torch.float16)),
+         r"descale_k: got dtype torch.float16, shape \(1,\); expected a float32 \[1\]"),
+        (torch.float16, None, dict(descale_k=torch.ones(2)), r"descale_k: got dtype torch.float32, shape \(2,\)"),
+        (torch.float16, None, dict(descale_k=0.5), "descale_k: got float"),
+        (torch.float16, None, dict(descale_k=torch.ones(1, device="meta")), "descale_k: got a tensor on meta"),
+        (torch.float8_e4m3fn, None, dict(descale_q=None), r"descale_q: got None; expected a float32 \[1\]"),
+        (torch.float16, None, dict(descale_q=torch.ones(1)),
+         "descale_q: got a tensor with a torch.float16 q; expected None"),
+        (torch.float16, lambda x: x.update(k_cache=x["k_cache"].float().half()), {},
+         "k_cache: got dtype torch.float16; expected torch.uint8 or torch.int8 or torch.float8_e4m3fn"),
+        (torch.float16, lambda x: x.update(k_cache=x["k_cache"][..., :48]), {}, "k_cache: got head dim 48"),
+        (torch.float16, None, dict(is_fp8_kvcache=False),
+         "is_fp8_kvcache: got False with a torch.float8_e4m3fn k_cache"),
+        (torch.float8_e4m3fn, lambda x: x.update(q=x["q"].view(torch.uint8)), {}, "q: got dtype torch.uint8"),
+        (torch.float16, lambda x: x.update(k_cache=x["k_cache"].float().half()),
+         dict(is_fp8_kvcache=None, descale_q=None), "descale_k: got a tensor with a torch.float16 k_cache"),
+    ],
+    ids=["no-descale-k", "descale-k-fp16", "descale-k-shape", "descale-k-float", "descale-k-device",
+         "no-descale-q", "descale-q-with-fp16-q", "cache-fp16", "cache-head-dim", "flag-false", "q-bytes",
+         "descale-with-16bit-cache"],
+)
+def test_bad_fp8_dense_input_raises_typed_error(q_dtype, mutate, overrides, match, generator):
+    inputs = fp8_tiny_inputs(generator, q_dtype)
+    if mutate is not None:
+        mutate(inputs)
+    with pytest.raises(InvalidArgumentError, match=match):
+        fp8_call(inputs, **overrides)
+
+
+def test_fp8_dense_call_forms(generator):
+    """The flag may be left to the cache's dtype; uint8 bytes are the same cache; descales with indices are refused."""
+    inputs = fp8_tiny_inputs(generator, torch.float8_e4m3fn)
+    out, lse = fp8_call(inputs)
+    assert out.dtype == torch.bfloat16 and lse.dtype == torch.float32
+    inferred = fp8_call(inputs, is_fp8_kvcache=None)
+    as_bytes = fp8_call(dict(inputs, k_cache=inputs["k_cache"].view(torch.uint8)))
+    for other in (inferred, as_bytes):
+        assert torch.equal(out, other[0]) and torch.equal(lse, other[1])
+    with pytest.raises(UnsupportedError, match="backend='gluon' cannot serve dense_fp8_decode"):
+        fp8_call(inputs, backend="gluon")
+    sparse = sparse_inputs(generator)
+    with pytest.raises(InvalidArgumentError, match="descale_k: got a tensor with indices"):
+        sparse_call(sparse, descale_k=torch.ones(1), backend="reference")
+
+
+def test_old_metadata_for_dense_fp8(generator):
+    """``get_mla_metadata(..., is_fp8_kvcache=True)`` and the fork's ``get_mla_decoding_metadata`` plan dense FP8."""
+    inputs = fp8_tiny_inputs(generator, torch.float8_e4m3fn)
+    lens = inputs["cache_seqlens"]
+    sched, splits = openmla.get_mla_metadata(lens, 4, 1, is_fp8_kvcache=True)
+    sched_sgl, splits_sgl = openmla.get_mla_decoding_metadata(lens, 4, 1, is_fp8_kvcache=True, use_legacy=True)
+    assert torch.equal(sched, sched_sgl) and torch.equal(splits, splits_sgl)
+    assert sched.shape[1] == 8 and splits.shape == (3,)
+    out, lse = fp8_call(inputs, tile_scheduler_metadata=sched, num_splits=splits)
+    ref_out, ref_lse = openmla.reference.dense_decode(**inputs)
+    assert torch.equal(out, ref_out) and torch.equal(lse, ref_lse)
 
 
 def sparse_inputs(generator, **kw):
@@ -325,6 +404,7 @@ def test_forced_triton_on_cpu_without_interpreter_names_the_fix(generator, monke
 
 def test_backend_table_lists_every_op():
     rows = openmla.dispatch.backend_table("cpu")
-    ops = {r.op for r in rows}
-    assert {"dense_decode", "sparse_decode", "sparse_prefill"} <= ops
+    ops = {r.op: r for r in rows}
+    assert {"dense_decode", "dense_fp8_decode", "sparse_decode", "sparse_prefill"} <= set(ops)
     assert all(r.reason for r in rows)
+    assert ops["dense_fp8_decode"].backend == ops["dense_decode"].backend != "none"
