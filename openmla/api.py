@@ -396,7 +396,9 @@ def flash_mla_with_kvcache(
             OpenMLA extension, keyword only: ``"auto"`` (default: Gluon on Hopper, Triton on other
             GPUs, the reference on CPU tensors), ``"gluon"``, ``"triton"`` or ``"reference"``;
             overrides ``OPENMLA_BACKEND``. Sparse decoding: ``"triton"`` serves bf16/fp16 q over a cache
-            of q's dtype or the V3.2 FP8 layout, ``"reference"`` everything; no Gluon kernel.
+            of q's dtype or the V3.2 FP8 layout, ``"reference"`` everything; no Gluon kernel. Dense
+            decoding over a per-tensor FP8 cache: ``"triton"`` (the automatic choice on every GPU,
+            Hopper included) or ``"reference"``; the Gluon kernel reads 16-bit caches only.
         kv_format (str):
             keyword only (the SGLang fork's name): the FP8 layout's name when its byte size is ambiguous,
             see :func:`openmla.kvcache.detect_format`.
