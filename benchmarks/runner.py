@@ -254,6 +254,15 @@ def _flash_mla_sparse_call(flash_mla, inp, q) -> Callable[[], tuple]:
 # ------------------------------------------------------------------------------------------ one config
 
 
+# what each provider's run fills in, for every op's record
+_MEASURED_FIELDS = {
+    f"{prefix}{field}": None
+    for prefix in ("openmla_", "flash_mla_")
+    for field in ("us", "tflops", "gbps")
+} | {"ok": None, "max_abs_err": None, "error": None,
+     "flash_mla_ok": None, "flash_mla_max_abs_err": None, "flash_mla_error": None}
+
+
 def _empty_record(cfg: DecodeConfig, card: str, seqlens: list[int]) -> dict:
     return {
         "op": "dense_decode",
@@ -261,18 +270,7 @@ def _empty_record(cfg: DecodeConfig, card: str, seqlens: list[int]) -> dict:
         "card": card,
         "timing": "host_loop_us_per_call" if cfg.timing == "host" else "do_bench_median",
         "sum_s_k": sum(seqlens),
-        "openmla_us": None,
-        "openmla_tflops": None,
-        "openmla_gbps": None,
-        "ok": None,
-        "max_abs_err": None,
-        "error": None,
-        "flash_mla_us": None,
-        "flash_mla_tflops": None,
-        "flash_mla_gbps": None,
-        "flash_mla_ok": None,
-        "flash_mla_max_abs_err": None,
-        "flash_mla_error": None,
+        **_MEASURED_FIELDS,
         "ratio": None,
     }
 
@@ -397,18 +395,7 @@ def _empty_sparse_record(cfg: SparseDecodeConfig, card: str, inp, flops: float, 
         "cache_dtype": str(inp.k_cache.dtype).removeprefix("torch."),
         "flops": flops,
         "bytes": nbytes,
-        "openmla_us": None,
-        "openmla_tflops": None,
-        "openmla_gbps": None,
-        "ok": None,
-        "max_abs_err": None,
-        "error": None,
-        "flash_mla_us": None,
-        "flash_mla_tflops": None,
-        "flash_mla_gbps": None,
-        "flash_mla_ok": None,
-        "flash_mla_max_abs_err": None,
-        "flash_mla_error": None,
+        **_MEASURED_FIELDS,
         "flash_mla_h_q": None,
         "flash_mla_q_padded": None,
         "ratio": None,
