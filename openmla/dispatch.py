@@ -152,14 +152,7 @@ def _choose_dense_decode(device, dtype, dims, backend, kv_fp8=False) -> Choice:
         if device.type == "cpu":
             return Choice(op, "triton", "CPU tensors with TRITON_INTERPRET=1: Triton kernels in the interpreter")
         return Choice(op, "triton", f"portable Triton split-KV kernel on {where} ({gluon_against})")
-    if device.type == "cuda":
-        warnings.warn(
-            f"openmla: {op.replace('_', ' ')} falls back to the slow fp32 reference because {against} ({where}).",
-            OpenMLAFallbackWarning,
-            stacklevel=3,
-        )
-        return Choice(op, "reference", f"fallback: {against}")
-    return Choice(op, "reference", f"{against}: the fp32 PyTorch reference serves CPU calls")
+    return _reference_choice(op, device, against, where)
 
 
 def _sparse_triton_reason_against(
@@ -235,11 +228,17 @@ def _choose_sparse_decode(device, dtype, dims, cache_format, backend) -> Choice:
         if device.type == "cpu":
             return Choice(op, "triton", "CPU tensors with TRITON_INTERPRET=1: Triton kernels in the interpreter")
         return Choice(op, "triton", f"portable Triton sparse kernel on {where}")
+    return _reference_choice(op, device, against, where)
+
+
+def _reference_choice(op: str, device: torch.device, against: str, where: str) -> Choice:
+    """The reference serves a call no kernel can; on a GPU that is a slow fallback, so it warns every time."""
     if device.type == "cuda":
+        # stacklevel: this helper, the chooser, its caching wrapper, then the public API call
         warnings.warn(
-            f"openmla: sparse decode falls back to the slow fp32 reference because {against} ({where}).",
+            f"openmla: {op.replace('_', ' ')} falls back to the slow fp32 reference because {against} ({where}).",
             OpenMLAFallbackWarning,
-            stacklevel=3,
+            stacklevel=5,
         )
         return Choice(op, "reference", f"fallback: {against}")
     return Choice(op, "reference", f"{against}: the fp32 PyTorch reference serves CPU calls")
