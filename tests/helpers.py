@@ -660,3 +660,19 @@ def brute_force_sparse_decode(
                 out[bi, t, h] = acc
                 lse[bi, h, t] = row_lse
     return out, lse
+
+
+def capture_cuda_graph(step):
+    """Run ``step()`` once on a side stream (so kernels compile outside the capture), then capture it.
+
+    Returns ``(graph, outputs)``: ``graph.replay()`` recomputes ``outputs`` in place.
+    """
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = step()
+    return graph, outputs

@@ -13,7 +13,7 @@ import itertools
 
 import pytest
 import torch
-from helpers import TOL, check_close, interpret_mode, make_dense_decode_inputs, poison_cuda_cache
+from helpers import TOL, capture_cuda_graph, check_close, interpret_mode, make_dense_decode_inputs, poison_cuda_cache
 
 import openmla
 from openmla import reference
@@ -216,14 +216,7 @@ def test_cuda_graph_capture_and_replay(backend, generator):
         meta, _ = openmla.get_mla_metadata()
         return openmla.flash_mla_with_kvcache(q, k_cache, bt, static_lens, 512, meta, causal=True, backend=backend)
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()  # compile outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        g_out, g_lse = step()
+    graph, (g_out, g_lse) = capture_cuda_graph(step)
     for trial in range(3):
         # any length up to each sequence's own: the block table has no pages past that
         new_lens = (torch.rand(b, generator=generator) * (lens.cpu() + 1)).floor().to(torch.int32)

@@ -22,6 +22,7 @@ import torch
 from helpers import (
     TOL,
     Tol,
+    capture_cuda_graph,
     check_close,
     interpret_mode,
     make_dense_decode_inputs,
@@ -293,14 +294,7 @@ def test_fp8_cuda_graph_capture_and_replay(generator):
         return openmla.flash_mla_with_kvcache(q, k_cache, bt, static_lens, 512, meta, causal=True,
                                               is_fp8_kvcache=True, descale_q=descale_q, descale_k=descale_k)
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()  # compile outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        g_out, g_lse = step()
+    graph, (g_out, g_lse) = capture_cuda_graph(step)
     for trial in range(3):
         new_lens = (torch.rand(b, generator=generator) * (lens.cpu() + 1)).floor().to(torch.int32)
         static_lens.copy_(new_lens.cuda())
