@@ -20,6 +20,7 @@ All multi-byte fields are little-endian. Token ``i`` of page ``p`` holds the key
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from .._runtime import InvalidArgumentError, UnsupportedError
@@ -176,20 +177,13 @@ BF16 = KVFormat(
 )
 """Plain 16-bit cache, ``d_qk = 576``: 2 bytes per dim, ``bytes_per_token = 1152`` per kv head."""
 
-BF16_D512 = KVFormat(
-    name="BF16",
+BF16_D512 = dataclasses.replace(
+    BF16,
     d_qk=512,
-    d_v=512,
     bytes_per_token=1024,
-    element_bytes=2,
     token_stride_bytes=1024,
-    block_split=False,
-    block_align=1,
-    quantized=False,
-    scale_tile=None,
     nominal_layout="[num_blocks, B, h_kv, 512] bfloat16 (or float16), stride(-1) == 1.",
     physical_layout="per token and kv head: 512 bf16 values (V4: 448 NoPE + 64 RoPE; all of them are V).",
-    aliases=BF16.aliases,
 )
 """Plain 16-bit cache, ``d_qk = 512`` (V4 without quantization): ``bytes_per_token = 1024``."""
 
