@@ -132,8 +132,9 @@ def check_close(name: str, ans: torch.Tensor, ref: torch.Tensor, tol: Tol) -> No
     dtype_ok = ans.dtype == ref.dtype or (ans.dtype in _LOW_PRECISION and ref.dtype == torch.float32)
     assert dtype_ok, f"{name}: dtype mismatch: ans {ans.dtype} vs ref {ref.dtype}"
 
-    a = ans.detach().to("cpu", torch.float64)
-    r = ref.detach().to("cpu", torch.float64)
+    # compared where ``ans`` lives: float64 on the GPU is far cheaper than moving big outputs to the host
+    a = ans.detach().to(torch.float64)
+    r = ref.detach().to(a.device, torch.float64)
 
     for what, fn in (("+inf", torch.isposinf), ("-inf", torch.isneginf), ("NaN", torch.isnan)):
         msg = _special_mismatch(name, what, fn(a), fn(r), a, r)
@@ -260,8 +261,10 @@ def make_dense_decode_inputs(
         # from ``generator`` so a test's data stay reproducible
         draw_gen = torch.Generator(device=dev)
         draw_gen.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
-    q = (torch.randn(b, s_q, h_q, d, generator=draw_gen, device=dev) / 10).clamp(-1, 1)
-    k_cache = (torch.randn(num_blocks, page_block_size, h_kv, d, generator=draw_gen, device=dev) / 10).clamp(-1, 1)
+    # drawn in ``dtype`` and scaled in place: a b=128, s_k=8k, h_kv=8 cache is 9 GB in bf16 (twice that in fp32)
+    q = torch.randn(b, s_q, h_q, d, generator=draw_gen, device=dev, dtype=dtype).div_(10).clamp_(-1, 1)
+    k_cache = torch.randn(num_blocks, page_block_size, h_kv, d, generator=draw_gen, device=dev, dtype=dtype)
+    k_cache.div_(10).clamp_(-1, 1)
     block_table = torch.randperm(num_blocks, generator=generator).view(b, max_blocks).to(torch.int32)
 
     # Logical position of every slot of every logical page, against its sequence's length.
