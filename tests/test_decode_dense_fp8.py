@@ -24,6 +24,7 @@ from helpers import (
     Tol,
     capture_cuda_graph,
     check_close,
+    cos_diff,
     interpret_mode,
     make_dense_decode_inputs,
     poison_cuda_cache,
@@ -307,10 +308,13 @@ def test_fp8_cuda_graph_capture_and_replay(generator):
         check_against_reference(case, g_out, g_lse)
 
 
-# FlashMLA's dense FP8 kernel multiplies e4m3 operands on the tensor cores and rounds more than our kernel
-# and the reference do; against it we hold vLLM's bound for FP8 MLA kernels (cos_diff < 1e-4) with loose
-# elementwise limits. These bounds have not been checked against a run yet.
-TOL_VS_FLASHMLA_OUT = Tol(5e-3, 0.1, 1e-4)
+# FlashMLA's dense FP8 kernel runs both products on e4m3 tensor cores, so it rounds P to e4m3 (3 mantissa
+# bits, up to 1/16 relative per element) before P V; ours keeps P in 16 bits. Measured on an H200 over
+# this matrix (sgl-flash-mla 1.0.0): ours vs FlashMLA differs by cos_diff up to 1.07e-3 and abs up to
+# 4.9e-3, largest on short sequences (few terms to average the rounding out). The bounds below are
+# those maxima with 2x margin; what makes the test strict is the second check: our output must be at
+# least as close to the fp32 reference as FlashMLA's is.
+TOL_VS_FLASHMLA_OUT = Tol(1e-2, 0.1, 2e-3)
 TOL_VS_FLASHMLA_LSE = Tol(1e-3, 1e-3, None)
 ANCHOR_MATRIX = [
     pytest.param(b, s_q, s_k, h_q, h_kv, causal, id=f"b{b}-sq{s_q}-sk{s_k}-h{h_q}-hkv{h_kv}-causal{int(causal)}")
@@ -351,3 +355,8 @@ def test_fp8_equal_to_flashmla(b, s_q, s_k, h_q, h_kv, causal, generator):
     out, lse = run_openmla(inputs)
     check_close("out vs FlashMLA", out, fm_out.float(), TOL_VS_FLASHMLA_OUT)
     check_close("lse vs FlashMLA", lse, fm_lse, TOL_VS_FLASHMLA_LSE)
+    ref_out, _ = fp32_reference(inputs)
+    ours, theirs = cos_diff(out.float(), ref_out), cos_diff(fm_out.float(), ref_out)
+    assert ours <= theirs + 1e-7, (
+        f"OpenMLA is further from the fp32 reference than FlashMLA: cos_diff {ours:.3e} > {theirs:.3e}"
+    )
