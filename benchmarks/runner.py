@@ -130,9 +130,11 @@ def _openmla_call(inp) -> Callable[[], tuple]:
 
     sched, _ = openmla.get_mla_metadata()
 
+    fp8 = {} if inp.descale_k is None else {"descale_q": inp.descale_q, "descale_k": inp.descale_k}
+
     def call():
         return openmla.flash_mla_with_kvcache(
-            *inp.call_args(), sched, softmax_scale=inp.softmax_scale, causal=inp.causal
+            *inp.call_args(), sched, softmax_scale=inp.softmax_scale, causal=inp.causal, **fp8
         )
 
     return call
@@ -151,6 +153,13 @@ def _flash_mla_call(flash_mla, inp) -> Callable[[], tuple]:
     """The same call through FlashMLA (``use_legacy=True`` where the wheel has it: sgl-flash-mla's SM90 kernels)."""
     sched, _ = flash_mla.get_mla_metadata()
     extra = _legacy_kwargs(flash_mla)
+    if inp.descale_k is not None:
+        # sgl-flash-mla's dense FP8 kernel: the legacy scheduler's plan, computed once, set on the schedule
+        _, s_q, h_q, _ = inp.q.shape
+        h_kv = inp.k_cache.shape[2]
+        sched.tile_scheduler_metadata, sched.num_splits = flash_mla.get_mla_decoding_metadata(
+            inp.cache_seqlens, s_q * h_q // h_kv, h_kv, is_fp8_kvcache=True, **extra)
+        extra = dict(extra, is_fp8_kvcache=True, descale_q=inp.descale_q, descale_k=inp.descale_k)
 
     def call():
         return flash_mla.flash_mla_with_kvcache(
@@ -322,17 +331,24 @@ def run_dense_config(cfg: DecodeConfig, args: argparse.Namespace, card: str, fla
     import torch
 
     from openmla import reference
-    from openmla._harness import check_decode, dense_decode_flops_bytes, make_dense_decode_inputs, parse_dtype
+    from openmla._harness import (
+        FP8_DTYPES, check_decode, dense_decode_flops_bytes, make_dense_decode_inputs, parse_dtype, quantize_dense_fp8,
+    )
 
     device = "cpu" if args.dry_run else "cuda"
     seqlens = cfg.seqlens()
     rec = _empty_record(cfg, card, seqlens)
     dtype = parse_dtype(cfg.dtype)
+    fp8 = cfg.dtype in FP8_DTYPES
     inp = make_dense_decode_inputs(
-        seqlens, cfg.s_q, cfg.h_q, cfg.h_kv, cfg.d, cfg.dv, cfg.page_block_size, dtype, cfg.causal, device, cfg.seed
+        seqlens, cfg.s_q, cfg.h_q, cfg.h_kv, cfg.d, cfg.dv, cfg.page_block_size,
+        torch.bfloat16 if fp8 else dtype, cfg.causal, device, cfg.seed,
     )
+    if fp8:
+        inp = quantize_dense_fp8(inp)
     flops, nbytes = dense_decode_flops_bytes(seqlens, cfg.s_q, cfg.h_q, cfg.h_kv, cfg.d, cfg.dv, dtype.itemsize)
-    ref = reference.flash_mla_with_kvcache(*inp.call_args(), None, softmax_scale=inp.softmax_scale, causal=inp.causal)
+    ref = reference.flash_mla_with_kvcache(*inp.call_args(), None, softmax_scale=inp.softmax_scale, causal=inp.causal,
+                                           descale_q=inp.descale_q, descale_k=inp.descale_k)
 
     import openmla
 
@@ -578,13 +594,18 @@ def _ops(args: argparse.Namespace) -> list[str]:
 
 def _cases(args: argparse.Namespace, op: str = "dense_decode") -> list:
     """``op``'s configs: dry runs shrink them 64x and, under the Triton interpreter, use fp16."""
-    from openmla._runtime import interpret_mode
+    from openmla._runtime import InvalidArgumentError, interpret_mode
 
+    if args.dtype == "fp8" and op != "dense_decode":
+        raise InvalidArgumentError(
+            f"--dtype fp8 (per-tensor e4m3 q and cache) applies to dense_decode only; {op}'s FP8 caches are a "
+            "kv_format of its configs (V32_FP8): run it without --dtype"
+        )
     cases = get_configs(args.configs, args.dtype, op)
     if not args.dry_run:
         return cases
     cases = [c.scaled_down(DRY_RUN_SCALE) for c in cases]
-    if interpret_mode() and args.dtype is None:
+    if interpret_mode() and args.dtype in (None, "bf16"):
         import dataclasses
 
         print(f"{op} dry run under TRITON_INTERPRET=1: fp16 instead of bf16 (the interpreter's bf16 dot is wrong)")

@@ -21,6 +21,9 @@ import torch
 from ._runtime import InvalidArgumentError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: Benchmark dtype names that stand for a per-tensor FP8 dense decode: e4m3 q and cache with descales
+#: (FlashMLA's dense FP8 kernel takes exactly this); the inputs are drawn in bf16 first.
+FP8_DTYPES = {"fp8": torch.float8_e4m3fn}
 
 #: DeepSeek-V3's softmax scale: 1/sqrt(qk_nope_head_dim + qk_rope_head_dim) = 1/sqrt(128 + 64).
 DEEPSEEK_V3_SOFTMAX_SCALE = 192**-0.5
@@ -57,11 +60,12 @@ def openmla_version() -> str:
 
 
 def parse_dtype(name: str) -> torch.dtype:
-    """``"bf16"``/``"fp16"`` to a torch dtype, with a typed error naming the choices."""
+    """``"bf16"``/``"fp16"``/``"fp8"`` to a torch dtype, with a typed error naming the choices."""
     try:
-        return DTYPES[name]
+        return {**DTYPES, **FP8_DTYPES}[name]
     except KeyError:
-        raise InvalidArgumentError(f"dtype {name!r} is not supported here; expected one of {sorted(DTYPES)}") from None
+        choices = sorted({**DTYPES, **FP8_DTYPES})
+        raise InvalidArgumentError(f"dtype {name!r} is not supported here; expected one of {choices}") from None
 
 
 def varlen_seqlens(b: int, s_k: int, s_q: int, seed: int) -> list[int]:
@@ -82,6 +86,9 @@ class DecodeInputs:
     head_dim_v: int
     softmax_scale: float
     causal: bool
+    #: per-tensor FP8 (q and cache e4m3): the fp32 [1] factors the codes are multiplied by; else None
+    descale_q: torch.Tensor | None = None
+    descale_k: torch.Tensor | None = None
 
     def call_args(self) -> tuple:
         """Positional arguments of ``flash_mla_with_kvcache`` up to ``head_dim_v``."""
@@ -135,6 +142,25 @@ def make_dense_decode_inputs(
     past_end = torch.arange(max_blocks, device=device)[None, :] >= used_pages[:, None]
     block_table.masked_fill_(past_end, BLOCK_TABLE_POISON)
     return DecodeInputs(q, k_cache, block_table, seqlens_t, list(seqlens), dv, softmax_scale, causal)
+
+
+def quantize_dense_fp8(inp: DecodeInputs) -> DecodeInputs:
+    """``inp`` with q and the cache as per-tensor e4m3 codes and their descales (fp32 [1] each).
+
+    ``descale = amax / 448`` over the finite values, so nothing saturates. NaN slots past each length
+    become code 0 here, not NaN: FlashMLA's FP8 kernel multiplies the masked tail of a sequence's last
+    page by a zero probability (NaN there would reach its output), and both libraries must time the
+    same bytes. That OpenMLA never reads those slots is proven by the GPU tests, which keep the NaN.
+    """
+    e4m3 = torch.float8_e4m3fn
+    k = torch.nan_to_num(inp.k_cache.float(), nan=0.0)
+    q = inp.q.float()
+    descale_k = (k.abs().amax() / 448).clamp_min(1e-12).reshape(1)
+    descale_q = (q.abs().amax() / 448).clamp_min(1e-12).reshape(1)
+    return DecodeInputs(
+        (q / descale_q).to(e4m3), (k / descale_k).to(e4m3), inp.block_table, inp.cache_seqlens, inp.seqlens,
+        inp.head_dim_v, inp.softmax_scale, inp.causal, descale_q, descale_k,
+    )
 
 
 @dataclass

@@ -418,7 +418,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         help="which configuration set (benchmarks/configs.py); dense_decode: standard, small, ragged, host; "
         "sparse_decode: standard, heads, bf16, small",
     )
-    parser.add_argument("--dtype", choices=["bf16", "fp16"], default=None, help="override every config's dtype")
+    parser.add_argument(
+        "--dtype",
+        choices=["bf16", "fp16", "fp8"],
+        default=None,
+        help="override every config's dtype; fp8 (dense_decode only): q and cache per-tensor e4m3 with descales, "
+        "against FlashMLA's dense FP8 kernel",
+    )
     parser.add_argument("--warmup-ms", type=float, default=25.0, help="do_bench warm-up time per config (ms)")
     parser.add_argument("--rep-ms", type=float, default=100.0, help="do_bench measuring time per config (ms)")
     parser.add_argument("--host-calls", type=int, default=500, help="calls in the host-overhead loop")
