@@ -78,9 +78,9 @@ def main(argv=None):
         flash_mla = None
     shapes = [(128, 1, 4096, 128), (128, 1, 8192, 128), (128, 1, 16384, 128), (128, 2, 4096, 128),
               (128, 2, 8192, 128), (128, 2, 16384, 128), (128, 1, 8192, 16), (128, 1, 8192, 32),
-              (128, 1, 8192, 64)]
+              (128, 1, 8192, 64), (128, 2, 8192, 16)]
     if args.quick:
-        shapes = [shapes[1], shapes[4], shapes[6]]
+        shapes = [shapes[1], shapes[4], shapes[6], shapes[7], shapes[9]]
     card = torch.cuda.get_device_name()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     results = []
@@ -102,15 +102,18 @@ def main(argv=None):
         rows = s_q * h_q // h_kv
         default = dense_decode_config(rows, d, dv, 90)
         runs = [("gluon", None, m) for m in (1, 2)] if not args.triton_only else []
+        if not args.triton_only and rows <= 32:  # the small-head layout beside the 64-row one
+            runs.append(("gluon-tokens", None, 1))
         runs += [] if args.gluon_only else [("triton", cfg, m) for cfg in candidates(rows) for m in ((1, 2, 3) if cfg == default else (1,))]
         for kind, cfg, parts_mult in runs:
-            if kind == "gluon":
+            if kind.startswith("gluon"):
                 from openmla.ops.gluon.decode_dense_sm90 import dense_decode_sm90_fwd
 
+                layout = "tokens" if kind == "gluon-tokens" else "rows"
                 parts = max(sms * parts_mult // (h_kv * -(-rows // 64)), 1)
                 sched_t, splits = plan_splitkv(lens, parts)
                 call = lambda: dense_decode_sm90_fwd(  # noqa: E731
-                    q, k_cache, block_table, lens, dv, sched_t, splits, scale, True)
+                    q, k_cache, block_table, lens, dv, sched_t, splits, scale, True, layout=layout)
             else:
                 programs = h_kv * -(-rows // cfg.block_m) * (dv // cfg.dv_tile)
                 parts = max(sms * parts_mult // programs, 1)
@@ -128,6 +131,9 @@ def main(argv=None):
                 continue
             cfg_d = cfg.__dict__ if cfg else {"block_m": 64, "block_n": 64, "num_warps": 8, "num_stages": 2,
                                               "dv_tile": 512}
+            if kind == "gluon-tokens":  # KV tokens on the 64-row side, query rows on the 16/32 side
+                cfg_d = {"block_m": 16 if rows <= 16 else 32, "block_n": 64, "num_warps": 4, "num_stages": 2,
+                         "dv_tile": 512}
             rec = dict(op="dense_decode", backend=kind, card=card, b=b, s_q=s_q, s_k=s_k, h_q=h_q, config=cfg_d,
                        parts=parts, openmla_us=us, flash_mla_us=fm_us,
                        ratio=(fm_us / us) if fm_us else None, max_abs_err=err, lse_err=lse_err,

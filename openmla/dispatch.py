@@ -147,7 +147,8 @@ def _choose_dense_decode(device, dtype, dims, backend, kv_fp8=False) -> Choice:
             )
         return Choice(op, "triton", "forced (backend='triton' or OPENMLA_BACKEND=triton)")
     if gluon_against is None:
-        return Choice(op, "gluon", f"Hopper kernel (Gluon, wgmma, two warpgroups) on {where}")
+        return Choice(op, "gluon", f"Hopper kernels (Gluon, wgmma; KV tokens on the 64-row side up to 32 query "
+                                  f"rows per KV head, query rows above) on {where}")
     if against is None:
         if device.type == "cpu":
             return Choice(op, "triton", "CPU tensors with TRITON_INTERPRET=1: Triton kernels in the interpreter")

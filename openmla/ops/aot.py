@@ -88,6 +88,7 @@ def _variants(arch: int = 90) -> list[Variant]:
     from .._runtime import gluon_available
 
     if gluon_available():
+        from .gluon import decode_dense_sm90_small_heads as small
         from .gluon.decode_dense_sm90 import BLOCK_M, BLOCK_N, NUM_WARPS, _dense_decode_sm90_kernel
 
         for dtype in ("bf16", "fp16"):
@@ -102,6 +103,13 @@ def _variants(arch: int = 90) -> list[Variant]:
                     name = f"gluon {dtype} d{d_qk} {'causal' if causal else 'full'} bm{BLOCK_M} bn{BLOCK_N}"
                     out.append(Variant(_dense_decode_sm90_kernel, ptrs, ("scale_log2",), consts, NUM_WARPS, 1,
                                        name, gluon=True))
+                    for r in (16, 32):
+                        consts = dict(CAUSAL=causal, R=r, BLOCK_N=small.BLOCK_N, D_V=512, D_PE=d_qk - 512,
+                                      P_SMEM=small.p_smem_layout(r))
+                        name = f"gluon-small-heads {dtype} d{d_qk} {'causal' if causal else 'full'} " \
+                               f"rows<={r} bn{small.BLOCK_N}"
+                        out.append(Variant(small._dense_decode_sm90_small_heads_kernel, ptrs, ("scale_log2",), consts,
+                                           small.NUM_WARPS, 1, name, gluon=True))
     out.append(Variant(
         _plan_splitkv_kernel, {"seqlens_ptr": "*i32", "sched_ptr": "*i32", "num_splits_ptr": "*i32"}, (),
         dict(BLOCK_P=256, CHUNK=32, SCHED=SCHED_BLOCK, OVERHEAD=FIXED_OVERHEAD), 4, 2, "256 parts"))

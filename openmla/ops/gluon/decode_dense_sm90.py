@@ -208,6 +208,17 @@ if gluon_available():
                 gl.store(lse_acc_ptr + acc_row, lse2, mask=mask_r_o)
 
 
+def layout_for(rows: int) -> str:
+    """Which Hopper kernel serves ``rows = s_q * h_q / h_kv`` query rows per KV head.
+
+    ``"tokens"`` (KV tokens on the 64-row side) up to 32 rows, where the 64-row layout would spend half
+    or more of its products on padding; ``"rows"`` above.
+    """
+    from .decode_dense_sm90_small_heads import MAX_ROWS
+
+    return "tokens" if rows <= MAX_ROWS else "rows"
+
+
 def dense_decode_sm90_fwd(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -219,14 +230,26 @@ def dense_decode_sm90_fwd(
     softmax_scale: float,
     causal: bool,
     workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+    layout: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper."""
+    """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper.
+
+    ``layout``: ``"rows"`` puts the query rows on ``wgmma``'s 64-row side (this module's kernel),
+    ``"tokens"`` the KV tokens (:mod:`.decode_dense_sm90_small_heads`, at most 32 rows per KV head);
+    default :func:`layout_for` the shape.
+    """
     from ..combine import combine_splits
     from ..decode_dense import split_workspace, splitkv_args
 
     b, s_q, h_q, d = q.shape
     h_kv = k_cache.shape[2]
     rows = s_q * (h_q // h_kv)
+    if (layout or layout_for(rows)) == "tokens":
+        from .decode_dense_sm90_small_heads import dense_decode_sm90_small_heads_fwd
+
+        return dense_decode_sm90_small_heads_fwd(q, k_cache, block_table, cache_seqlens, head_dim_v,
+                                                 tile_scheduler_metadata, num_splits, softmax_scale, causal,
+                                                 workspace)
     row_tiles = -(-rows // BLOCK_M)
     num_parts = tile_scheduler_metadata.shape[0]
     if SCHED_BLOCK % BLOCK_N:

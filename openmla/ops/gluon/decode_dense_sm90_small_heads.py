@@ -1,0 +1,244 @@
+"""Dense MLA decoding for Hopper (sm_90a) in Gluon when a KV head has few query rows (``s_q * h_q / h_kv <= 32``).
+
+Why a layout of its own: ``wgmma`` multiplies 64 rows at a time. The 64-row kernel
+(:mod:`.decode_dense_sm90`) puts the query rows there, so with 16 rows (h_q = 16, what tensor parallelism
+leaves on a GPU) three quarters of every product is padding, and on an H200 that padded work, not the
+memory system, set its speed: h_q 16, 32 and 64 all took ~400 µs at s_k=8k, b=128. Here the KV tokens
+take the 64-row side and the query rows the other (``N = R``, 16 or 32), so the products do no padded
+work and the kernel streams the cache:
+
+* ``Sᵀ = K Qᵀ`` [64 tokens, R]: A = the K tile in shared memory (K-major), B = ``Qᵀ`` (the Q tile in
+  shared memory, permuted).
+* softmax down the columns (one per query row): ``m``, ``l`` are [R] vectors.
+* ``Oᵀ += Vᵀ Pᵀ`` [512, R]: A = the K tile's first 512 dims, permuted (an MN-major operand), B = ``Pᵀ``
+  through shared memory. The fp32 accumulator is 4R registers a thread (64 for R = 16).
+* one warpgroup; K/V tiles of 64 tokens gathered through the block table with ``cp.async`` into a
+  two-stage ring (any page size), the next tile loading while this one is multiplied.
+
+Split-KV plan, causal rule, masking and outputs are exactly those of :mod:`openmla.ops.decode_dense`
+(same scheduler metadata, same ``o_accum`` layout, same combine).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..._runtime import gluon_available
+from ..schedule import SCHED_BLOCK
+
+#: KV tokens per tile: the 64-row side of ``wgmma``.
+BLOCK_N = 64
+NUM_WARPS = 4
+#: Most query rows per KV head this kernel takes; more go to the 64-row kernel.
+MAX_ROWS = 32
+
+
+def rows_tile(rows: int) -> int:
+    """Query rows per program: ``rows`` rounded up to 16 or 32 (the ``N`` of the products)."""
+    if not 0 < rows <= MAX_ROWS:
+        raise ValueError(f"the small-head kernel takes 1..{MAX_ROWS} rows per KV head, got {rows}")
+    return 16 if rows <= 16 else 32
+
+
+if gluon_available():
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        async_copy,
+        fence_async_shared,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+
+    from .decode_dense_sm90 import _issue_kv_tile
+
+    def p_smem_layout(r: int):
+        """Shared layout of ``Pᵀ`` [64, r] (16-bit): swizzle as wide as one row of it (32 or 64 bytes)."""
+        return gl.NVMMASharedLayout(swizzle_byte_width=min(2 * r, 128), element_bitwidth=16, rank=2)
+
+    @gluon.jit
+    def _dense_decode_sm90_small_heads_kernel(
+        q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
+        out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr,
+        stride_qb, stride_qs, stride_qh,
+        stride_kb, stride_kp, stride_kh,
+        stride_bt,
+        stride_ob, stride_os, stride_oh,
+        stride_lb, stride_lh,
+        s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2,
+        CAUSAL: gl.constexpr,
+        R: gl.constexpr, BLOCK_N: gl.constexpr,
+        D_V: gl.constexpr, D_PE: gl.constexpr,
+        P_SMEM: gl.constexpr,
+    ):
+        dtype: gl.constexpr = q_ptr.dtype.element_ty
+        # tokens (and output dims) on the M side, query rows on N; one warpgroup
+        S_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, R, 16])
+        O_LAYOUT: gl.constexpr = S_LAYOUT
+        LOAD: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+        # output stores: output dims fastest, so each query row's 512 dims are written contiguously
+        STORE: gl.constexpr = gl.BlockedLayout([4, 1], [32, 1], [1, 4], [0, 1])
+        SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        COL_S: gl.constexpr = gl.SliceLayout(0, S_LAYOUT)
+        COL_ST: gl.constexpr = gl.SliceLayout(0, STORE)
+
+        gl.static_assert(D_PE == 0 or D_PE == 64, "the RoPE part must be 0 or 64 dims")
+        q_smem = gl.allocate_shared_memory(dtype, [R, D_V], SMEM)
+        k_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, D_V], SMEM)
+        if D_PE > 0:
+            qpe_smem = gl.allocate_shared_memory(dtype, [R, D_PE], SMEM)
+            kpe_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, D_PE], SMEM)
+        else:
+            qpe_smem = q_smem
+            kpe_smem = k_smem
+        p_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, R], P_SMEM)  # Pᵀ: [tokens, rows]
+
+        pid_m = gl.program_id(0)
+        part = gl.program_id(1)
+        kv_head = pid_m // row_tiles
+        tile = pid_m % row_tiles
+
+        sched = sched_ptr + part * 8
+        begin_req = gl.load(sched + 0)
+        begin_tok = gl.load(sched + 1)
+        end_req = gl.load(sched + 2)
+        end_tok = gl.load(sched + 3)
+        begin_split = gl.load(sched + 4)
+
+        offs_r_ld = tile * R + gl.arange(0, R, layout=gl.SliceLayout(1, LOAD))
+        offs_c_ld = gl.arange(0, 64, layout=gl.SliceLayout(0, LOAD))
+        offs_r_s = tile * R + gl.arange(0, R, layout=COL_S)  # query rows along N
+        offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, S_LAYOUT))  # tokens along M
+        offs_r_st = tile * R + gl.arange(0, R, layout=COL_ST)
+        offs_v_st = gl.arange(0, D_V, layout=gl.SliceLayout(1, STORE))
+
+        for req in range(begin_req, end_req + 1):
+            req64 = req.to(gl.int64)
+            s_k = gl.minimum(gl.load(seqlens_ptr + req), max_blocks * page_block_size)
+            tok_lo = gl.where(req == begin_req, begin_tok, 0)
+            tok_hi = gl.where(req == end_req, gl.minimum(end_tok, s_k), s_k)
+            split_lo = gl.load(num_splits_ptr + req)
+            n_split = gl.load(num_splits_ptr + req + 1) - split_lo
+            split_idx = gl.where(req == begin_req, begin_split, 0)
+            bt_row = block_table_ptr + req64 * stride_bt
+
+            # Q tile [R, d] -> shared memory, 64 dims at a time (rows past ``rows`` are zeros)
+            mask_r_ld = offs_r_ld < rows
+            q_row = q_ptr + req64 * stride_qb + (offs_r_ld // group) * stride_qs \
+                + (kv_head * group + offs_r_ld % group) * stride_qh
+            for c in gl.static_range(D_V // 64):
+                q_chunk = gl.load(q_row[:, None] + c * 64 + offs_c_ld[None, :], mask=mask_r_ld[:, None], other=0.0)
+                q_smem.slice(c * 64, 64, dim=1).store(q_chunk)
+            if D_PE > 0:
+                qpe_smem.store(gl.load(q_row[:, None] + D_V + offs_c_ld[None, :], mask=mask_r_ld[:, None], other=0.0))
+
+            if CAUSAL:
+                limit = s_k - s_q + offs_r_s // group  # [R] last key each query row may see
+            m_i = gl.full([R], float("-inf"), gl.float32, layout=COL_S)
+            l_i = gl.zeros([R], gl.float32, layout=COL_S)
+            acc = gl.zeros([D_V, R], gl.float32, layout=O_LAYOUT)  # Oᵀ
+
+            n_tiles = gl.cdiv(tok_hi - tok_lo, BLOCK_N)
+            _issue_kv_tile(k_ptr, bt_row, k_smem.index(0), kpe_smem.index(0), tok_lo, tok_hi, page_block_size,
+                           num_blocks, kv_head, stride_kb, stride_kp, stride_kh, BLOCK_N, D_V, D_PE, LOAD)
+            async_copy.commit_group()
+            for it in range(0, n_tiles):
+                start = tok_lo + it * BLOCK_N
+                stage = it % 2
+                # prefetch the next tile into the other stage (fully masked past the range: reads nothing)
+                _issue_kv_tile(k_ptr, bt_row, k_smem.index(1 - stage), kpe_smem.index(1 - stage), start + BLOCK_N,
+                               tok_hi, page_block_size, num_blocks, kv_head, stride_kb, stride_kp, stride_kh,
+                               BLOCK_N, D_V, D_PE, LOAD)
+                async_copy.commit_group()
+                async_copy.wait_group(1)
+                fence_async_shared()
+                gl.thread_barrier()
+                k_tile = k_smem.index(stage)
+
+                s = gl.zeros([BLOCK_N, R], gl.float32, layout=S_LAYOUT)
+                s = warpgroup_mma(k_tile, q_smem.permute((1, 0)), s, use_acc=False, is_async=True)
+                if D_PE > 0:
+                    s = warpgroup_mma(kpe_smem.index(stage), qpe_smem.permute((1, 0)), s, is_async=True)
+                s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+                s = s * scale_log2
+                offs_j = start + offs_n
+                if CAUSAL:
+                    visible = (offs_j[:, None] < tok_hi) & (offs_j[:, None] <= limit[None, :])
+                else:
+                    visible = (offs_j < tok_hi)[:, None]
+                s = gl.where(visible, s, float("-inf"))
+                m_new = gl.maximum(m_i, gl.max(s, axis=0))
+                # a row that has seen no key yet keeps m = -inf; shift by 0 so exp2 gives 0, not NaN
+                m_shift = gl.where(m_new == float("-inf"), 0.0, m_new)
+                p = gl.exp2(s - m_shift[None, :])
+                alpha = gl.exp2(m_i - m_shift)
+                l_i = l_i * alpha + gl.sum(p, axis=0)
+                m_i = m_new
+
+                p_smem.store(p.to(dtype))
+                fence_async_shared()
+                gl.thread_barrier()
+                acc = acc * alpha[None, :]
+                acc = warpgroup_mma(k_tile.permute((1, 0)), p_smem, acc, is_async=True)
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                # every warp is done with this stage and with Pᵀ before they are overwritten
+                gl.thread_barrier()
+            async_copy.wait_group(0)
+            gl.thread_barrier()
+
+            empty = l_i == 0.0
+            o = gl.convert_layout(acc * gl.where(empty, 0.0, 1.0 / l_i)[None, :], STORE)  # [D_V, R]
+            lse2 = gl.where(empty, float("-inf"), m_i + gl.log2(l_i))
+            mask_r = offs_r_s < rows
+            t_s = offs_r_s // group
+            head_s = kv_head * group + offs_r_s % group
+            mask_st = offs_r_st < rows
+            t_st = offs_r_st // group
+            head_st = kv_head * group + offs_r_st % group
+            if n_split <= 1:
+                o_ptrs = out_ptr + req64 * stride_ob + t_st * stride_os + head_st * stride_oh
+                gl.store(o_ptrs[None, :] + offs_v_st[:, None], o.to(dtype), mask=mask_st[None, :])
+                lse = gl.where(empty, float("inf"), lse2 * 0.6931471805599453)
+                gl.store(lse_ptr + req64 * stride_lb + head_s * stride_lh + t_s, lse, mask=mask_r)
+            else:
+                slot = (split_lo + split_idx).to(gl.int64)
+                acc_row_st = (slot * s_q + t_st) * h_q + head_st  # o_accum is [slots, s_q, h_q, D_V]
+                gl.store(o_acc_ptr + acc_row_st[None, :] * D_V + offs_v_st[:, None], o, mask=mask_st[None, :])
+                gl.store(lse_acc_ptr + (slot * s_q + t_s) * h_q + head_s, lse2, mask=mask_r)
+
+
+def dense_decode_sm90_small_heads_fwd(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    head_dim_v: int,
+    tile_scheduler_metadata: torch.Tensor,
+    num_splits: torch.Tensor,
+    softmax_scale: float,
+    causal: bool,
+    workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper, for ``s_q * h_q / h_kv <= 32``."""
+    from ..combine import combine_splits
+    from ..decode_dense import split_workspace, splitkv_args
+
+    b, s_q, h_q, d = q.shape
+    h_kv = k_cache.shape[2]
+    rows = s_q * (h_q // h_kv)
+    r = rows_tile(rows)
+    num_parts = tile_scheduler_metadata.shape[0]
+    if SCHED_BLOCK % BLOCK_N:
+        raise ValueError("the scheduler's unit must be a multiple of the sm_90 kernel's KV tile")
+    out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
+    lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)
+    o_accum, lse_accum = workspace if workspace is not None else split_workspace(q, head_dim_v, num_parts)
+    _dense_decode_sm90_small_heads_kernel[(h_kv, num_parts)](
+        *splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
+                      out, lse, o_accum, lse_accum, 1, softmax_scale),
+        CAUSAL=bool(causal and s_q > 1), R=r, BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v,
+        P_SMEM=p_smem_layout(r), num_warps=NUM_WARPS,
+    )
+    combine_splits(out, lse, o_accum, lse_accum, num_splits)
+    return out, lse
