@@ -1,0 +1,102 @@
+"""Sweep the Triton sparse-decode kernel's tile configs and split counts beside FlashMLA, in one process.
+
+Usage (GPU): ``python -m benchmarks.tune_sparse_decode [--json PATH] [--quick]``
+
+Shapes: the sparse ``standard`` and ``heads`` sets of :mod:`benchmarks.configs` (V3.2 FP8 cache, s_q=2,
+s_k=32k, topk=2048). Each candidate is checked against the fp32 reference with FlashMLA's sparse
+tolerances before it is timed (``do_bench`` median, L2 flushed); FlashMLA runs on the same inputs,
+heads zero-padded to 64 where it needs them. The default config of each shape is marked ``*``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def candidates(h_q: int):
+    from openmla.ops.decode_sparse import SparseDecodeConfig as C
+
+    if h_q > 64:
+        return [C(128, 32, 8, 2, 256), C(128, 32, 8, 1, 256), C(128, 64, 8, 2, 256), C(128, 16, 8, 3, 256),
+                C(64, 32, 4, 2, 256), C(64, 64, 4, 2, 256), C(64, 32, 8, 2, 512), C(64, 64, 8, 2, 512)]
+    if h_q > 32:
+        return [C(64, 32, 4, 2, 256), C(64, 64, 4, 2, 256), C(64, 32, 8, 2, 512), C(64, 64, 8, 2, 512),
+                C(64, 32, 4, 3, 256)]
+    bm = max(16, 1 << (h_q - 1).bit_length())
+    return [C(bm, 32, 4, 2, 512), C(bm, 64, 4, 2, 512), C(bm, 32, 4, 3, 512), C(bm, 64, 8, 2, 512),
+            C(bm, 32, 4, 2, 256), C(bm, 128, 8, 2, 512)]
+
+
+def main(argv=None) -> None:
+    import torch
+    import triton
+
+    from benchmarks.configs import get_configs
+    from benchmarks.runner import _flash_mla_sparse_call, _flash_mla_sparse_heads, _load_flash_mla, _pad_heads
+    from openmla import reference
+    from openmla._harness import check_sparse_decode, make_sparse_decode_inputs, sparse_decode_flops_bytes
+    from openmla.ops.decode_sparse import sparse_decode_config, sparse_decode_fwd
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json")
+    ap.add_argument("--quick", action="store_true", help="the b=64 standard shape and h_q=16 only")
+    args = ap.parse_args(argv)
+    flash_mla, missing = _load_flash_mla()
+    if missing:
+        print(missing)
+    cfgs = get_configs("standard", op="sparse_decode") + get_configs("heads", op="sparse_decode")
+    if args.quick:
+        cfgs = [c for c in cfgs if c.name in ("sparse_std_b64", "sparse_heads_h16")]
+    card = torch.cuda.get_device_name()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    results = []
+    for cfg in cfgs:
+        inp = make_sparse_decode_inputs(cfg.b, cfg.s_q, cfg.h_q, cfg.s_k, cfg.topk, cfg.page_block_size, cfg.kv_format,
+                                        cfg.d_qk, cfg.dv, torch.bfloat16, "cuda", cfg.seed, cfg.invalid_frac)
+        flops, nbytes = sparse_decode_flops_bytes(cfg.b, cfg.s_q, cfg.h_q, cfg.topk, cfg.d_qk, cfg.dv,
+                                                  inp.n_unique_tokens, inp.bytes_per_token, 2)
+        ref = reference.flash_mla_with_kvcache(inp.q, inp.k_cache, None, None, inp.head_dim_v, None,
+                                               softmax_scale=inp.softmax_scale, indices=inp.indices,
+                                               is_fp8_kvcache=inp.is_fp8)
+        fm_us = None
+        if flash_mla is not None and _flash_mla_sparse_heads(cfg.h_q):
+            fm = _flash_mla_sparse_call(flash_mla, inp, _pad_heads(inp.q, _flash_mla_sparse_heads(cfg.h_q)))
+            fm()
+            fm_us = triton.testing.do_bench(fm, warmup=50, rep=300, return_mode="median") * 1e3
+        default = sparse_decode_config(cfg.h_q, cfg.dv, 90)
+        for tile in candidates(cfg.h_q):
+            programs = cfg.b * cfg.s_q * -(-cfg.h_q // tile.block_m) * (cfg.dv // tile.dv_tile)
+            for splits in sorted({None, 1, 2}, key=lambda x: -1 if x is None else x):
+                def call(tile=tile, splits=splits):
+                    return sparse_decode_fwd(inp.q, inp.k_cache, inp.indices, inp.head_dim_v, inp.softmax_scale,
+                                             is_fp8=inp.is_fp8, config=tile, num_splits=splits)
+                try:
+                    out, lse = call()
+                    torch.cuda.synchronize()
+                    problems = [str(c) for c in check_sparse_decode(out, lse, *ref) if not c.ok]
+                    us = triton.testing.do_bench(call, warmup=50, rep=300, return_mode="median") * 1e3
+                except Exception as exc:  # keep sweeping past a config that fails to compile
+                    print(f"  {cfg.name} {tile} splits={splits}: {type(exc).__name__}: {str(exc)[:300]}")
+                    continue
+                rec = dict(op="sparse_decode", card=card, config=cfg.name, h_q=cfg.h_q, b=cfg.b, tile=tile.__dict__,
+                           programs=programs, splits=splits, sms=sms, openmla_us=us, flash_mla_us=fm_us,
+                           ratio=(fm_us / us) if fm_us else None, check=problems or "ok",
+                           tflops=flops / us / 1e6, gbps=nbytes / us / 1e3,
+                           default=(tile == default and splits is None))
+                results.append(rec)
+                r = f"{rec['ratio']:.3f}" if rec["ratio"] else "-"
+                t = tile
+                print(f"{cfg.name} bm{t.block_m} bn{t.block_n} w{t.num_warps} st{t.num_stages} dv{t.dv_tile} "
+                      f"splits={splits}: {us:8.1f} us (FlashMLA {fm_us or 0:7.1f}) ratio {r} "
+                      f"{rec['tflops']:6.1f} TF {rec['gbps']:6.0f} GB/s {'ok' if not problems else problems}"
+                      + (" *" if rec["default"] else ""), flush=True)
+        inp = ref = None
+        torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
