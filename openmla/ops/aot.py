@@ -109,7 +109,7 @@ def _variants(arch: int = 90) -> list[Variant]:
                         name = f"gluon-small-heads {dtype} d{d_qk} {'causal' if causal else 'full'} " \
                                f"rows<={r} bn{small.BLOCK_N}"
                         out.append(Variant(small._dense_decode_sm90_small_heads_kernel, ptrs, ("scale_log2",), consts,
-                                           small.NUM_WARPS, 1, name, gluon=True))
+                                           small.num_warps_for(r), 1, name, gluon=True))
     out.append(Variant(
         _plan_splitkv_kernel, {"seqlens_ptr": "*i32", "sched_ptr": "*i32", "num_splits_ptr": "*i32"}, (),
         dict(BLOCK_P=256, CHUNK=32, SCHED=SCHED_BLOCK, OVERHEAD=FIXED_OVERHEAD), 4, 2, "256 parts"))

@@ -11,9 +11,12 @@ work and the kernel streams the cache:
   shared memory, permuted).
 * softmax down the columns (one per query row): ``m``, ``l`` are [R] vectors.
 * ``Oᵀ += Vᵀ Pᵀ`` [512, R]: A = the K tile's first 512 dims, permuted (an MN-major operand), B = ``Pᵀ``
-  through shared memory. The fp32 accumulator is 4R registers a thread (64 for R = 16).
-* one warpgroup; K/V tiles of 64 tokens gathered through the block table with ``cp.async`` into a
-  two-stage ring (any page size), the next tile loading while this one is multiplied.
+  through shared memory.
+* one warpgroup per 16 query rows, each owning its rows' columns of ``Sᵀ``, ``Pᵀ`` and ``Oᵀ`` (64 fp32
+  accumulator registers a thread): the warpgroups share the K tiles, and each row's softmax stays
+  inside its warpgroup (no reduction across warpgroups).
+* K/V tiles of 64 tokens gathered through the block table with ``cp.async`` into a two-stage ring (any
+  page size), the next tile loading while this one is multiplied.
 
 Split-KV plan, causal rule, masking and outputs are exactly those of :mod:`openmla.ops.decode_dense`
 (same scheduler metadata, same ``o_accum`` layout, same combine).
@@ -28,16 +31,23 @@ from ..schedule import SCHED_BLOCK
 
 #: KV tokens per tile: the 64-row side of ``wgmma``.
 BLOCK_N = 64
-NUM_WARPS = 4
-#: Most query rows per KV head this kernel takes; more go to the 64-row kernel.
+#: Query rows per warpgroup (the ``N`` of each warpgroup's products).
+ROWS_PER_WARPGROUP = 16
+#: Most query rows per KV head this kernel takes; more go to the 64-row kernel. (64 rows would need
+#: 229 KB of shared memory for Q, two K stages and Pᵀ: more than a Hopper block may use.)
 MAX_ROWS = 32
 
 
 def rows_tile(rows: int) -> int:
-    """Query rows per program: ``rows`` rounded up to 16 or 32 (the ``N`` of the products)."""
+    """Query rows per program: ``rows`` rounded up to 16 or 32 (one warpgroup per 16)."""
     if not 0 < rows <= MAX_ROWS:
         raise ValueError(f"the small-head kernel takes 1..{MAX_ROWS} rows per KV head, got {rows}")
     return 16 if rows <= 16 else 32
+
+
+def num_warps_for(r: int) -> int:
+    """Warps of a program with ``r`` query rows: four (one warpgroup) per 16 rows."""
+    return 4 * (r // ROWS_PER_WARPGROUP)
 
 
 if gluon_available():
@@ -72,13 +82,14 @@ if gluon_available():
         P_SMEM: gl.constexpr,
     ):
         dtype: gl.constexpr = q_ptr.dtype.element_ty
-        # tokens (and output dims) on the M side, query rows on N; one warpgroup
-        S_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, R, 16])
+        # tokens (and output dims) on the M side, query rows on N; warpgroup w owns rows w*16 .. w*16+15
+        WGS: gl.constexpr = R // 16
+        S_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, WGS],
+                                                           instr_shape=[16, 16, 16])
         O_LAYOUT: gl.constexpr = S_LAYOUT
-        LOAD: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+        LOAD: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4 * WGS, 1], [1, 0])
         # output stores: output dims fastest, so each query row's 512 dims are written contiguously
-        STORE: gl.constexpr = gl.BlockedLayout([4, 1], [32, 1], [1, 4], [0, 1])
+        STORE: gl.constexpr = gl.BlockedLayout([4, 1], [32, 1], [1, 4 * WGS], [0, 1])
         SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         COL_S: gl.constexpr = gl.SliceLayout(0, S_LAYOUT)
         COL_ST: gl.constexpr = gl.SliceLayout(0, STORE)
@@ -238,7 +249,7 @@ def dense_decode_sm90_small_heads_fwd(
         *splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
                       out, lse, o_accum, lse_accum, 1, softmax_scale),
         CAUSAL=bool(causal and s_q > 1), R=r, BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v,
-        P_SMEM=p_smem_layout(r), num_warps=NUM_WARPS,
+        P_SMEM=p_smem_layout(r), num_warps=num_warps_for(r),
     )
     combine_splits(out, lse, o_accum, lse_accum, num_splits)
     return out, lse
