@@ -304,9 +304,12 @@ def test_split_count_fills_the_sms_and_keeps_splits_long():
     from openmla.ops.decode_sparse import MIN_TOKENS_PER_SPLIT, num_splits_for
 
     assert num_splits_for(programs=512, list_len=2048, sm_count=132) == 1
-    assert num_splits_for(programs=8, list_len=2048, sm_count=132) == 17
+    assert num_splits_for(programs=8, list_len=2048, sm_count=132) == 16  # 128 programs: one wave
     assert num_splits_for(programs=8, list_len=64, sm_count=132) == 1
     assert num_splits_for(programs=1, list_len=3 * MIN_TOKENS_PER_SPLIT + 1, sm_count=132) == 4
+    # 128 programs: a second split pays only where two programs run at once on an SM (measured, H200)
+    assert num_splits_for(programs=128, list_len=2048, sm_count=132, per_sm=2) == 2
+    assert num_splits_for(programs=128, list_len=2048, sm_count=132, per_sm=1) == 1
 
 
 # --------------------------------------------------------------------------------------------------

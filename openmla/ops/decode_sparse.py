@@ -226,31 +226,53 @@ class SparseDecodeConfig:
 def sparse_decode_config(h_q: int, d_v: int, arch: int | None = None) -> SparseDecodeConfig:
     """Pick the tile from the head count (the rows of one query token), the head dims and the arch.
 
-    Many heads: 128-row tiles on 8 warps with the output sliced in two (each gathered key then feeds
-    128 rows; Hopper's ``wgmma`` takes 64 rows a warpgroup) where 227 KB of shared memory a block
-    allow. 33..64 heads (or more, elsewhere): one 64-row tile, output sliced. Fewer: the smallest tile
-    of at least 16 rows that holds them and the whole output. 99 KB parts (sm_86/89/120) get 16-token
-    KV tiles from 32 rows up (tests/test_aot.py checks each arch's limit).
+    More than 32 heads: 64-row tiles. Where 227 KB of shared memory a block allow (Hopper, Blackwell
+    datacenter parts), 64-token KV tiles on 8 warps holding the whole 512-dim output: on an H200 (V3.2
+    FP8, s_q=2, topk=2048, b=64) 467 us at h_q=128 against 527 us for 128-row tiles with the output
+    sliced in two, and 244 us against 456 us at h_q=64. Elsewhere 32-token (16 on 99 KB parts) tiles on 4
+    warps, output sliced. Fewer heads: the smallest tile of at least 16 rows that holds them and the
+    whole output, three stages where shared memory allows (210 against 219 us at h_q=16 on the H200).
+    tests/test_aot.py checks each arch's shared-memory limit.
     """
     limit = smem_per_block(arch)
-    if h_q > 64 and limit >= 200 * 1024:
-        return SparseDecodeConfig(block_m=128, block_n=32, num_warps=8, num_stages=2, dv_tile=min(d_v, 256))
     if h_q > 32:
+        if limit >= 200 * 1024:
+            return SparseDecodeConfig(block_m=64, block_n=64, num_warps=8, num_stages=2, dv_tile=d_v)
         block_n = 32 if limit >= 120 * 1024 else 16
         return SparseDecodeConfig(block_m=64, block_n=block_n, num_warps=4, num_stages=2, dv_tile=min(d_v, 256))
     block_m = max(16, 1 << (h_q - 1).bit_length())
     block_n = 16 if block_m >= 32 and limit < 120 * 1024 else 32
-    return SparseDecodeConfig(block_m=block_m, block_n=block_n, num_warps=4, num_stages=2, dv_tile=d_v)
+    stages = 3 if limit >= 200 * 1024 else 2
+    return SparseDecodeConfig(block_m=block_m, block_n=block_n, num_warps=4, num_stages=stages, dv_tile=d_v)
 
 
-def num_splits_for(programs: int, list_len: int, sm_count: int) -> int:
-    """Splits per row so that ``programs`` row programs fill ``sm_count`` SMs, each split keeping at least
-    :data:`MIN_TOKENS_PER_SPLIT` entries of the ``list_len``-entry list (main + extra topk)."""
-    if programs >= sm_count:
-        return 1
-    want = -(-sm_count // programs)
+def programs_per_sm(cfg: SparseDecodeConfig) -> int:
+    """Programs of ``cfg`` that run at once on one SM, as the split count assumes: two of the small
+    (<= 32-row) tiles, one of the others (shared memory or registers allow no more)."""
+    return 2 if cfg.block_m <= 32 else 1
+
+
+#: A program's fixed cost (query load, epilogue, launch share) in list entries, for choosing splits.
+SPLIT_OVERHEAD_TOKENS = 64
+
+
+def num_splits_for(programs: int, list_len: int, sm_count: int, per_sm: int = 1) -> int:
+    """Splits per row for ``programs`` row programs on ``sm_count`` SMs (``per_sm`` programs each at once).
+
+    Each split keeps at least :data:`MIN_TOKENS_PER_SPLIT` entries of the ``list_len``-entry list (main +
+    extra topk). The count minimises waves x (entries per split + :data:`SPLIT_OVERHEAD_TOKENS`), the
+    smallest count on ties: splitting 128 programs in two pays when 264 fit at once (h_q=16 on an H200:
+    217 against 321 us) and costs a second wave when only 132 do (h_q=64: 272 against 244 us).
+    """
+    slots = max(sm_count * per_sm, 1)
     most = max(1, -(-list_len // MIN_TOKENS_PER_SPLIT))
-    return max(1, min(want, most))
+    best, best_cost = 1, None
+    for splits in range(1, most + 1):
+        waves = -(-programs * splits // slots)
+        cost = waves * (list_len / splits + SPLIT_OVERHEAD_TOKENS)
+        if best_cost is None or cost < best_cost:
+            best, best_cost = splits, cost
+    return best
 
 
 def _slot_count(cache: torch.Tensor) -> int:
@@ -321,7 +343,7 @@ def sparse_decode_fwd(
     dv_tiles = head_dim_v // cfg.dv_tile
     programs = b * s_q * head_tiles * dv_tiles
     if num_splits is None:
-        num_splits = num_splits_for(programs, topk + extra_topk, sm_count or num_sms(q.device))
+        num_splits = num_splits_for(programs, topk + extra_topk, sm_count or num_sms(q.device), programs_per_sm(cfg))
 
     def as_bytes(cache):
         return cache.view(torch.uint8) if is_fp8 else cache
