@@ -332,7 +332,12 @@ def run_dense_config(cfg: DecodeConfig, args: argparse.Namespace, card: str, fla
 
     from openmla import reference
     from openmla._harness import (
-        FP8_DTYPES, check_decode, dense_decode_flops_bytes, make_dense_decode_inputs, parse_dtype, quantize_dense_fp8,
+        FP8_DTYPES,
+        check_decode,
+        dense_decode_flops_bytes,
+        make_dense_decode_inputs,
+        parse_dtype,
+        quantize_dense_fp8,
     )
 
     device = "cpu" if args.dry_run else "cuda"
