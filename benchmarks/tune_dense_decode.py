@@ -52,8 +52,9 @@ def candidates(rows):
         return [C(64, 32, 4, 2, 256), C(64, 64, 4, 2, 256), C(64, 32, 4, 3, 256), C(64, 32, 8, 2, 512),
                 C(64, 16, 4, 3, 512)]
     bm = max(16, 1 << (rows - 1).bit_length())
-    return [C(bm, 32, 4, 3, 512), C(bm, 32, 4, 2, 512), C(bm, 64, 4, 2, 512), C(bm, 16, 4, 4, 512),
-            C(bm, 32, 4, 4, 512), C(bm, 32, 8, 3, 512), C(bm, 32, 4, 3, 256)]
+    tokens = [C(bm, 64, 4, 2, 512, "tokens"), C(bm, 64, 8, 2, 512, "tokens"), C(bm, 32, 4, 3, 512, "tokens"),
+              C(bm, 32, 8, 3, 512, "tokens")]
+    return tokens + [C(bm, 32, 4, 3, 512), C(bm, 64, 4, 2, 512), C(bm, 32, 8, 3, 512)]
 
 
 def main(argv=None):
@@ -132,8 +133,8 @@ def main(argv=None):
             cfg_d = cfg.__dict__ if cfg else {"block_m": 64, "block_n": 64, "num_warps": 8, "num_stages": 2,
                                               "dv_tile": 512}
             if kind == "gluon-tokens":  # KV tokens on the 64-row side, query rows on the 16/32 side
-                cfg_d = {"block_m": 16 if rows <= 16 else 32, "block_n": 64, "num_warps": 4, "num_stages": 2,
-                         "dv_tile": 512}
+                cfg_d = {"block_m": 16 if rows <= 16 else 32, "block_n": 64, "num_warps": 4 * (1 if rows <= 16 else 2),
+                         "num_stages": 2, "dv_tile": 512, "layout": "tokens"}
             rec = dict(op="dense_decode", backend=kind, card=card, b=b, s_q=s_q, s_k=s_k, h_q=h_q, config=cfg_d,
                        parts=parts, openmla_us=us, flash_mla_us=fm_us,
                        ratio=(fm_us / us) if fm_us else None, max_abs_err=err, lse_err=lse_err,
@@ -142,7 +143,7 @@ def main(argv=None):
             r = f"{rec['ratio']:.3f}" if rec["ratio"] else "-"
             fm_s = f"{fm_us:8.1f}" if fm_us else "       -"
             c = cfg_d
-            print(f"b{b} sq{s_q} sk{s_k} h{h_q} {kind} bm{c['block_m']} bn{c['block_n']} w{c['num_warps']} "
+            print(f"b{b} sq{s_q} sk{s_k} h{h_q} {kind} {c.get('layout', 'rows')} bm{c['block_m']} bn{c['block_n']} w{c['num_warps']} "
                   f"st{c['num_stages']} dv{c['dv_tile']} parts{parts}: {us:8.1f} us vs FlashMLA {fm_s} ratio {r} "
                   f"{rec['tflops']:6.1f} TF {rec['gbps']:7.1f} GB/s err {err:.2e} lse {lse_err:.1e}"
                   + (" *" if rec["default"] else ""), flush=True)

@@ -55,9 +55,20 @@ class Variant:
     min_arch: int = 0  # built for this arch and newer only (fp8 instructions need sm_89)
 
 
+def _dense_kernel_and_consts(cfg) -> tuple[object, dict]:
+    """The dense split-KV kernel a config launches (by its layout) and that layout's tile constexprs."""
+    from .decode_dense import _dense_decode_splitkv_kernel
+
+    if cfg.layout == "tokens":
+        from .decode_dense_small_heads import _dense_decode_tokens_kernel
+
+        return _dense_decode_tokens_kernel, dict(R=cfg.block_m, BLOCK_N=cfg.block_n)
+    return _dense_decode_splitkv_kernel, dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, DV_TILE=cfg.dv_tile)
+
+
 def _variants(arch: int = 90) -> list[Variant]:
     from .combine import _decode_combine_kernel
-    from .decode_dense import _dense_decode_splitkv_kernel, dense_decode_config
+    from .decode_dense import dense_decode_config
     from .schedule import FIXED_OVERHEAD, SCHED_BLOCK, _plan_splitkv_kernel
 
     out = []
@@ -71,12 +82,12 @@ def _variants(arch: int = 90) -> list[Variant]:
             for d_qk in (576, 512):
                 for causal in (False, True):
                     cfg = dense_decode_config(rows, d_qk, 512, arch)
-                    consts = dict(CAUSAL=causal, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D_V=512,
-                                  D_PE=d_qk - 512, DV_TILE=cfg.dv_tile, Q_FP8=False, KV_FP8=False, FP8_NATIVE=True)
-                    name = f"{dtype} rows<={rows} d{d_qk} {'causal' if causal else 'full'} " \
+                    kernel, tile = _dense_kernel_and_consts(cfg)
+                    consts = dict(CAUSAL=causal, **tile, D_V=512, D_PE=d_qk - 512, Q_FP8=False, KV_FP8=False,
+                                  FP8_NATIVE=True)
+                    name = f"{dtype} rows<={rows} d{d_qk} {'causal' if causal else 'full'} {cfg.layout} " \
                            f"bm{cfg.block_m} bn{cfg.block_n} dv{cfg.dv_tile} w{cfg.num_warps} s{cfg.num_stages}"
-                    out.append(Variant(_dense_decode_splitkv_kernel, ptrs, ("scale_log2",), consts,
-                                       cfg.num_warps, cfg.num_stages, name))
+                    out.append(Variant(kernel, ptrs, ("scale_log2",), consts, cfg.num_warps, cfg.num_stages, name))
         combine_ptrs = {"out_ptr": f"*{dtype}", "lse_ptr": "*fp32", "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32",
                         "num_splits_ptr": "*i32", "sink_ptr": "*fp32"}
         out.append(Variant(_decode_combine_kernel, combine_ptrs, (), dict(BLOCK_R=8, D_V=512, HAS_SINK=False), 4, 2,
@@ -124,7 +135,7 @@ def _dense_fp8_variants(arch: int = 90) -> list[Variant]:
     integer bit moves (any arch; what sm_80/86 run: their smallest and largest tiles, 16 and 64 rows). q is
     bf16, fp16 or e4m3 (output bf16).
     """
-    from .decode_dense import _dense_decode_splitkv_kernel, dense_decode_config
+    from .decode_dense import dense_decode_config
 
     out = []
     every, ampere = (16, 32, 64, 128), (16, 64)
@@ -140,12 +151,12 @@ def _dense_fp8_variants(arch: int = 90) -> list[Variant]:
         }
         for rows in row_counts:
             cfg = dense_decode_config(rows, 576, 512, arch)
-            consts = dict(CAUSAL=True, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D_V=512, D_PE=64,
-                          DV_TILE=cfg.dv_tile, Q_FP8=q_fp8, KV_FP8=True, FP8_NATIVE=native)
-            name = (f"fp8 q {q_dtype} cache {cache} causal rows<={rows} d576 "
+            kernel, tile = _dense_kernel_and_consts(cfg)
+            consts = dict(CAUSAL=True, **tile, D_V=512, D_PE=64, Q_FP8=q_fp8, KV_FP8=True, FP8_NATIVE=native)
+            name = (f"fp8 q {q_dtype} cache {cache} causal rows<={rows} d576 {cfg.layout} "
                     f"bm{cfg.block_m} bn{cfg.block_n} dv{cfg.dv_tile} w{cfg.num_warps} s{cfg.num_stages}")
-            out.append(Variant(_dense_decode_splitkv_kernel, ptrs, ("scale_log2",), consts, cfg.num_warps,
-                               cfg.num_stages, name, min_arch=89 if native else 0))
+            out.append(Variant(kernel, ptrs, ("scale_log2",), consts, cfg.num_warps, cfg.num_stages, name,
+                               min_arch=89 if native else 0))
     return out
 
 

@@ -200,6 +200,9 @@ class DenseDecodeConfig:
     num_warps: int
     num_stages: int
     dv_tile: int
+    #: ``"rows"``: query rows on the M side (this module's kernel); ``"tokens"``: KV tokens on M and
+    #: ``block_m`` query rows on N (:mod:`.decode_dense_small_heads`, whole output per program)
+    layout: str = "rows"
 
 
 # most dynamic shared memory one block may use, by compute capability (bytes); others (sm_86, sm_89,
@@ -219,19 +222,27 @@ def dense_decode_config(rows: int, d_qk: int, d_v: int, arch: int | None) -> Den
     Many rows (compute-bound): 128-row tiles on 8 warps (Triton gives each warp 16 rows, and
     Hopper's ``wgmma`` takes 64 rows a warpgroup), output dims sliced in two, where 227 KB of shared
     memory a block allow (Hopper, Blackwell datacenter parts); 64-row tiles elsewhere (A100: 163 KB;
-    sm_86/89/120: 99 KB, with 16-token KV tiles). Few rows (memory-bound): the smallest tile that
-    holds them and the whole output in one program. Shared memory per config was read from sm_80
-    and sm_90a compiles of the d=576 kernel (tests/test_aot.py checks it against each arch's limit).
+    sm_86/89/120: 99 KB, with 16-token KV tiles). Few rows (memory-bound, at most 32): the
+    ``"tokens"`` layout, KV tokens on the M side (64-token tiles where shared memory allows, so Hopper
+    multiplies them with ``wgmma``) and the rows, rounded up to 16 or 32, on N. Shared memory per
+    config was read from sm_80 and sm_90a compiles of the d=576 kernels (tests/test_aot.py checks it
+    against each arch's limit).
     """
     limit = smem_per_block(arch)
+    if rows <= 32:
+        r = 16 if rows <= 16 else 32
+        if limit >= 200 * 1024:
+            return DenseDecodeConfig(block_m=r, block_n=64, num_warps=4, num_stages=2, dv_tile=d_v, layout="tokens")
+        if limit >= 150 * 1024:
+            return DenseDecodeConfig(block_m=r, block_n=32, num_warps=4, num_stages=3, dv_tile=d_v, layout="tokens")
+        block_n, stages = (32, 2) if r == 16 else (16, 3)
+        return DenseDecodeConfig(block_m=r, block_n=block_n, num_warps=4, num_stages=stages, dv_tile=d_v,
+                                 layout="tokens")
     if rows > 64 and limit >= 200 * 1024:  # 188-216 KB
         return DenseDecodeConfig(block_m=128, block_n=32, num_warps=8, num_stages=2, dv_tile=min(d_v, 256))
-    if rows > 32:
-        if limit >= 120 * 1024:  # 112 KB
-            return DenseDecodeConfig(block_m=64, block_n=32, num_warps=4, num_stages=2, dv_tile=min(d_v, 256))
-        return DenseDecodeConfig(block_m=64, block_n=16, num_warps=4, num_stages=2, dv_tile=min(d_v, 256))  # 92 KB
-    block_m = max(16, 1 << (rows - 1).bit_length())
-    return DenseDecodeConfig(block_m=block_m, block_n=32, num_warps=4, num_stages=3, dv_tile=d_v)  # <= 75 KB
+    if limit >= 120 * 1024:  # 112 KB
+        return DenseDecodeConfig(block_m=64, block_n=32, num_warps=4, num_stages=2, dv_tile=min(d_v, 256))
+    return DenseDecodeConfig(block_m=64, block_n=16, num_warps=4, num_stages=2, dv_tile=min(d_v, 256))  # 92 KB
 
 
 def num_sm_parts_for(
@@ -240,10 +251,11 @@ def num_sm_parts_for(
 ) -> int:
     """How many split-KV pieces to cut a batch into so that the SMs are kept busy.
 
-    One program per SM, except the Triton kernel's small (16/32-row, memory-bound) tiles, which
-    stream faster with two programs per SM (an H200, same run: 612 against 1055 us at h_q=16,
-    b=128, s_k=8k). ``cap_at_sm_count``: never more pieces than SMs, for the old metadata API
-    (callers size CUDA-graph buffers of ``[num_SMs, 8]``).
+    One program per SM, except the row-major Triton kernel's small (16/32-row, memory-bound) tiles,
+    which streamed faster with two programs per SM (an H200, same run: 612 against 1055 us at
+    h_q=16, b=128, s_k=8k); the ``"tokens"`` layout's 64-token tiles fill an SM's shared memory alone.
+    ``cap_at_sm_count``: never more pieces than SMs, for the old metadata API (callers size CUDA-graph
+    buffers of ``[num_SMs, 8]``).
     """
     if backend == "gluon":
         programs_per_part = h_kv * -(-rows // 64)
@@ -251,7 +263,7 @@ def num_sm_parts_for(
     else:
         cfg = dense_decode_config(rows, 576, d_v, arch)
         programs_per_part = h_kv * -(-rows // cfg.block_m) * (d_v // cfg.dv_tile)
-        per_sm = 2 if cfg.block_m <= 32 else 1
+        per_sm = 2 if cfg.block_m <= 32 and cfg.layout == "rows" else 1
     parts = max(sm_count * per_sm // programs_per_part, 1)
     return min(parts, sm_count) if cap_at_sm_count else parts
 
@@ -353,12 +365,20 @@ def dense_decode_fwd(
     # type for every launch, so the 16-bit path compiles to a single variant)
     q_in = q.view(torch.uint8) if q_fp8 else q
     k_in = k_cache.view(torch.uint8) if kv_fp8 else k_cache
-    _dense_decode_splitkv_kernel[(row_tiles * h_kv * (head_dim_v // cfg.dv_tile), num_parts)](
+    if cfg.layout == "tokens":
+        from .decode_dense_small_heads import _dense_decode_tokens_kernel
+
+        if head_dim_v != cfg.dv_tile:
+            raise ValueError("the tokens layout holds the whole output: dv_tile must equal head_dim_v")
+        kernel, consts = _dense_decode_tokens_kernel, dict(R=cfg.block_m)
+    else:
+        kernel, consts = _dense_decode_splitkv_kernel, dict(BLOCK_M=cfg.block_m, DV_TILE=cfg.dv_tile)
+    kernel[(row_tiles * h_kv * (head_dim_v // cfg.dv_tile), num_parts)](
         *splitkv_args(q_in, k_in, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
                       out, lse, o_accum, lse_accum, row_tiles, softmax_scale),
         descale_q if q_fp8 else lse, descale_k if kv_fp8 else lse,
         CAUSAL=bool(causal and s_q > 1),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D_V=head_dim_v, D_PE=d - head_dim_v, DV_TILE=cfg.dv_tile,
+        **consts, BLOCK_N=cfg.block_n, D_V=head_dim_v, D_PE=d - head_dim_v,
         Q_FP8=q_fp8, KV_FP8=kv_fp8, FP8_NATIVE=bool(fp8_native) or not kv_fp8,  # 16-bit: one variant per arch
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
