@@ -52,7 +52,9 @@ except Exception:
 
 
 def fp8_inputs(b, s_q, s_k, h_q, h_kv, d, dv, page, q_dtype, device=DEVICE, **kw) -> dict:
-    inputs = make_dense_decode_inputs(b, s_q, s_k, h_q, h_kv, d, dv, page, torch.float32, device, **kw)
+    # drawn in bf16 on a GPU (the matrix's biggest fp32 caches, 9 GB, ran several workers out of memory)
+    draw = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    inputs = make_dense_decode_inputs(b, s_q, s_k, h_q, h_kv, d, dv, page, draw, device, **kw)
     return quantize_dense_decode_inputs(inputs, q_dtype)
 
 
