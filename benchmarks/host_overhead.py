@@ -1,11 +1,13 @@
 """Where the host time of a tiny decode call goes (GPU): the whole call per backend, FlashMLA's, and a bare launch.
 
-Usage: ``python -m benchmarks.host_overhead`` — prints µs per call in a tight Python loop (b=1, s_k=256,
+Usage: ``python -m benchmarks.host_overhead [--profile]`` — prints µs per call in a tight Python loop (b=1, s_k=256,
 h_q=128, the metadata planned once and reused, as serving loops do), synchronised once at the end.
+``--profile`` adds where the Python time of the default path goes (cProfile, 300 calls).
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 import torch
@@ -56,6 +58,19 @@ def main():
     print(f"host time per call on {torch.cuda.get_device_name()} (b=1, s_k=256, h_q=128):")
     for name, us in rows:
         print(f"  {us:8.1f} us  {name}")
+    if "--profile" in sys.argv:  # where the Python time of the default path goes
+        import cProfile
+        import pstats
+
+        meta, _ = openmla.get_mla_metadata()
+        openmla.flash_mla_with_kvcache(q, k_cache, block_table, lens, dv, meta, causal=True)
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(300):
+            openmla.flash_mla_with_kvcache(q, k_cache, block_table, lens, dv, meta, causal=True)
+        prof.disable()
+        torch.cuda.synchronize()
+        pstats.Stats(prof).strip_dirs().sort_stats("tottime").print_stats(18)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,7 @@ def main(argv=None):
     ap.add_argument("--dtype", default="bf16")
     ap.add_argument("--triton-only", action="store_true")
     ap.add_argument("--gluon-only", action="store_true")
+    ap.add_argument("--max-rows", type=int, default=None, help="only shapes with at most this many rows per KV head")
     args = ap.parse_args(argv)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     try:
@@ -82,6 +83,8 @@ def main(argv=None):
               (128, 1, 8192, 64), (128, 2, 8192, 16)]
     if args.quick:
         shapes = [shapes[1], shapes[4], shapes[6], shapes[7], shapes[9]]
+    if args.max_rows is not None:
+        shapes = [sh for sh in shapes if sh[1] * sh[3] <= args.max_rows]  # h_kv = 1
     card = torch.cuda.get_device_name()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     results = []
@@ -105,16 +108,21 @@ def main(argv=None):
         runs = [("gluon", None, m) for m in (1, 2)] if not args.triton_only else []
         if not args.triton_only and rows <= 32:  # the small-head layout beside the 64-row one
             runs.append(("gluon-tokens", None, 1))
-        runs += [] if args.gluon_only else [("triton", cfg, m) for cfg in candidates(rows) for m in ((1, 2, 3) if cfg == default else (1,))]
+            if rows > 16:  # 32 rows: one warpgroup (R=32 per wgmma) beside two (16 each)
+                runs.append(("gluon-tokens-1wg", None, 1))
+        runs += [] if args.gluon_only else [
+            ("triton", cfg, m) for cfg in candidates(rows)
+            for m in ((1, 2, 3) if cfg == default else (1, 2) if cfg.block_m <= 32 else (1,))]
         for kind, cfg, parts_mult in runs:
             if kind.startswith("gluon"):
                 from openmla.ops.gluon.decode_dense_sm90 import dense_decode_sm90_fwd
 
-                layout = "tokens" if kind == "gluon-tokens" else "rows"
+                layout = "tokens" if kind.startswith("gluon-tokens") else "rows"
+                wgs = 1 if kind == "gluon-tokens-1wg" else None
                 parts = max(sms * parts_mult // (h_kv * -(-rows // 64)), 1)
                 sched_t, splits = plan_splitkv(lens, parts)
                 call = lambda: dense_decode_sm90_fwd(  # noqa: E731
-                    q, k_cache, block_table, lens, dv, sched_t, splits, scale, True, layout=layout)
+                    q, k_cache, block_table, lens, dv, sched_t, splits, scale, True, layout=layout, warpgroups=wgs)
             else:
                 programs = h_kv * -(-rows // cfg.block_m) * (dv // cfg.dv_tile)
                 parts = max(sms * parts_mult // programs, 1)
@@ -132,8 +140,9 @@ def main(argv=None):
                 continue
             cfg_d = cfg.__dict__ if cfg else {"block_m": 64, "block_n": 64, "num_warps": 8, "num_stages": 2,
                                               "dv_tile": 512}
-            if kind == "gluon-tokens":  # KV tokens on the 64-row side, query rows on the 16/32 side
-                cfg_d = {"block_m": 16 if rows <= 16 else 32, "block_n": 64, "num_warps": 4 * (1 if rows <= 16 else 2),
+            if kind.startswith("gluon-tokens"):  # KV tokens on the 64-row side, query rows on the 16/32 side
+                warps = 4 if rows <= 16 or kind == "gluon-tokens-1wg" else 8
+                cfg_d = {"block_m": 16 if rows <= 16 else 32, "block_n": 64, "num_warps": warps,
                          "num_stages": 2, "dv_tile": 512, "layout": "tokens"}
             rec = dict(op="dense_decode", backend=kind, card=card, b=b, s_q=s_q, s_k=s_k, h_q=h_q, config=cfg_d,
                        parts=parts, openmla_us=us, flash_mla_us=fm_us,

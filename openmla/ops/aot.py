@@ -116,11 +116,11 @@ def _variants(arch: int = 90) -> list[Variant]:
                                        name, gluon=True))
                     for r in (16, 32):
                         consts = dict(CAUSAL=causal, R=r, BLOCK_N=small.BLOCK_N, D_V=512, D_PE=d_qk - 512,
-                                      P_SMEM=small.p_smem_layout(r))
+                                      P_SMEM=small.p_smem_layout(r), WGS=small.warpgroups_for(r))
                         name = f"gluon-small-heads {dtype} d{d_qk} {'causal' if causal else 'full'} " \
                                f"rows<={r} bn{small.BLOCK_N}"
                         out.append(Variant(small._dense_decode_sm90_small_heads_kernel, ptrs, ("scale_log2",), consts,
-                                           small.num_warps_for(r), 1, name, gluon=True))
+                                           4 * small.warpgroups_for(r), 1, name, gluon=True))
     out.append(Variant(
         _plan_splitkv_kernel, {"seqlens_ptr": "*i32", "sched_ptr": "*i32", "num_splits_ptr": "*i32"}, (),
         dict(BLOCK_P=256, CHUNK=32, SCHED=SCHED_BLOCK, OVERHEAD=FIXED_OVERHEAD), 4, 2, "256 parts"))

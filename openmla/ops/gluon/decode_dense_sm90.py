@@ -231,12 +231,13 @@ def dense_decode_sm90_fwd(
     causal: bool,
     workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
     layout: str | None = None,
+    warpgroups: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper.
 
     ``layout``: ``"rows"`` puts the query rows on ``wgmma``'s 64-row side (this module's kernel),
-    ``"tokens"`` the KV tokens (:mod:`.decode_dense_sm90_small_heads`, at most 32 rows per KV head);
-    default :func:`layout_for` the shape.
+    ``"tokens"`` the KV tokens (:mod:`.decode_dense_sm90_small_heads`, at most 32 rows per KV head,
+    ``warpgroups`` passed on); default :func:`layout_for` the shape.
     """
     from ..combine import combine_splits
     from ..decode_dense import split_workspace, splitkv_args
@@ -249,7 +250,7 @@ def dense_decode_sm90_fwd(
 
         return dense_decode_sm90_small_heads_fwd(q, k_cache, block_table, cache_seqlens, head_dim_v,
                                                  tile_scheduler_metadata, num_splits, softmax_scale, causal,
-                                                 workspace)
+                                                 workspace, warpgroups)
     row_tiles = -(-rows // BLOCK_M)
     num_parts = tile_scheduler_metadata.shape[0]
     if SCHED_BLOCK % BLOCK_N:

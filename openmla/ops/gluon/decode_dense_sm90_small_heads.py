@@ -12,9 +12,9 @@ work and the kernel streams the cache:
 * softmax down the columns (one per query row): ``m``, ``l`` are [R] vectors.
 * ``Oᵀ += Vᵀ Pᵀ`` [512, R]: A = the K tile's first 512 dims, permuted (an MN-major operand), B = ``Pᵀ``
   through shared memory.
-* one warpgroup per 16 query rows, each owning its rows' columns of ``Sᵀ``, ``Pᵀ`` and ``Oᵀ`` (64 fp32
-  accumulator registers a thread): the warpgroups share the K tiles, and each row's softmax stays
-  inside its warpgroup (no reduction across warpgroups).
+* one warpgroup per 16 query rows by default, each owning its rows' columns of ``Sᵀ``, ``Pᵀ`` and
+  ``Oᵀ`` (64 fp32 accumulator registers a thread): the warpgroups share the K tiles, and each row's
+  softmax stays inside its warpgroup (no reduction across warpgroups).
 * K/V tiles of 64 tokens gathered through the block table with ``cp.async`` into a two-stage ring (any
   page size), the next tile loading while this one is multiplied.
 
@@ -45,9 +45,9 @@ def rows_tile(rows: int) -> int:
     return 16 if rows <= 16 else 32
 
 
-def num_warps_for(r: int) -> int:
-    """Warps of a program with ``r`` query rows: four (one warpgroup) per 16 rows."""
-    return 4 * (r // ROWS_PER_WARPGROUP)
+def warpgroups_for(r: int) -> int:
+    """Warpgroups of a program with ``r`` query rows by default: one per 16 rows."""
+    return r // ROWS_PER_WARPGROUP
 
 
 if gluon_available():
@@ -79,13 +79,12 @@ if gluon_available():
         CAUSAL: gl.constexpr,
         R: gl.constexpr, BLOCK_N: gl.constexpr,
         D_V: gl.constexpr, D_PE: gl.constexpr,
-        P_SMEM: gl.constexpr,
+        P_SMEM: gl.constexpr, WGS: gl.constexpr,
     ):
         dtype: gl.constexpr = q_ptr.dtype.element_ty
-        # tokens (and output dims) on the M side, query rows on N; warpgroup w owns rows w*16 .. w*16+15
-        WGS: gl.constexpr = R // 16
+        # tokens (and output dims) on the M side, query rows on N; warpgroup w owns rows w*R/WGS ..
         S_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, WGS],
-                                                           instr_shape=[16, 16, 16])
+                                                           instr_shape=[16, R // WGS, 16])
         O_LAYOUT: gl.constexpr = S_LAYOUT
         LOAD: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4 * WGS, 1], [1, 0])
         # output stores: output dims fastest, so each query row's 512 dims are written contiguously
@@ -230,8 +229,13 @@ def dense_decode_sm90_small_heads_fwd(
     softmax_scale: float,
     causal: bool,
     workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+    warpgroups: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper, for ``s_q * h_q / h_kv <= 32``."""
+    """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper, for ``s_q * h_q / h_kv <= 32``.
+
+    ``warpgroups``: how many warpgroups share a program's rows (default :func:`warpgroups_for`; 1 or
+    ``R / 16``), for tuning.
+    """
     from ..combine import combine_splits
     from ..decode_dense import split_workspace, splitkv_args
 
@@ -239,6 +243,9 @@ def dense_decode_sm90_small_heads_fwd(
     h_kv = k_cache.shape[2]
     rows = s_q * (h_q // h_kv)
     r = rows_tile(rows)
+    wgs = warpgroups or warpgroups_for(r)
+    if wgs not in (1, r // ROWS_PER_WARPGROUP):
+        raise ValueError(f"warpgroups must be 1 or {r // ROWS_PER_WARPGROUP} for {r} rows, got {wgs}")
     num_parts = tile_scheduler_metadata.shape[0]
     if SCHED_BLOCK % BLOCK_N:
         raise ValueError("the scheduler's unit must be a multiple of the sm_90 kernel's KV tile")
@@ -249,7 +256,7 @@ def dense_decode_sm90_small_heads_fwd(
         *splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
                       out, lse, o_accum, lse_accum, 1, softmax_scale),
         CAUSAL=bool(causal and s_q > 1), R=r, BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v,
-        P_SMEM=p_smem_layout(r), num_warps=num_warps_for(r),
+        P_SMEM=p_smem_layout(r), WGS=wgs, num_warps=4 * wgs,
     )
     combine_splits(out, lse, o_accum, lse_accum, num_splits)
     return out, lse
