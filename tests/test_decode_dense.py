@@ -65,6 +65,8 @@ INTERP_CASES = [
     (2, 1, 130, 16, 1, 576, 512, 1, False, False, 0.0),
     (3, 4, 3, 6, 3, 64, 32, 3, False, True, 0.0),  # s_k < s_q: leading rows see nothing
     (5, 2, 90, 9, 3, 64, 32, 128, True, True, 0.4),
+    (2, 2, 90, 12, 1, 576, 512, 16, True, True, 0.0),  # 24 rows: the tokens layout (KV tokens on M)
+    (3, 1, 150, 32, 2, 64, 32, 5, True, False, 0.3),  # 16 rows per KV head, two KV heads
     (2, 1, 200, 40, 1, 64, 32, 32, True, False, 0.0),  # 64-row tiles
     (1, 2, 300, 70, 1, 64, 32, 64, False, True, 0.0),  # 128-row tiles, output sliced in two
 ]

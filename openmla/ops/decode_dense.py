@@ -222,22 +222,24 @@ def dense_decode_config(rows: int, d_qk: int, d_v: int, arch: int | None) -> Den
     Many rows (compute-bound): 128-row tiles on 8 warps (Triton gives each warp 16 rows, and
     Hopper's ``wgmma`` takes 64 rows a warpgroup), output dims sliced in two, where 227 KB of shared
     memory a block allow (Hopper, Blackwell datacenter parts); 64-row tiles elsewhere (A100: 163 KB;
-    sm_86/89/120: 99 KB, with 16-token KV tiles). Few rows (memory-bound, at most 32): the
-    ``"tokens"`` layout, KV tokens on the M side (64-token tiles where shared memory allows, so Hopper
-    multiplies them with ``wgmma``) and the rows, rounded up to 16 or 32, on N. Shared memory per
-    config was read from sm_80 and sm_90a compiles of the d=576 kernels (tests/test_aot.py checks it
-    against each arch's limit).
+    sm_86/89/120: 99 KB, with 16-token KV tiles). Few rows (memory-bound, at most 32): one tile that
+    holds them and the whole output; on 227 KB parts, 32 rows use the ``"tokens"`` layout (KV tokens on
+    the M side, so Hopper multiplies 64-token tiles with ``wgmma``). Shared memory per config was read
+    from sm_80 and sm_90a compiles of the d=576 kernels (tests/test_aot.py checks it against each
+    arch's limit).
     """
     limit = smem_per_block(arch)
     if rows <= 32:
-        r = 16 if rows <= 16 else 32
+        # Measured on an H200 (b=128, s_k=8k, same run): 16 rows, row-major 16x64 tiles at two pieces per
+        # SM 481 us, tokens layout 659 us, the former 16x32 three-stage tiles 636 us; 32 rows, tokens
+        # layout on 8 warps 706 us, row-major 752 us. Elsewhere (not measured yet) the row-major tiles
+        # that served before, sized for 99 KB of shared memory.
+        block_m = 16 if rows <= 16 else 32
+        if limit >= 200 * 1024 and block_m == 16:
+            return DenseDecodeConfig(block_m=16, block_n=64, num_warps=4, num_stages=2, dv_tile=d_v)
         if limit >= 200 * 1024:
-            return DenseDecodeConfig(block_m=r, block_n=64, num_warps=4, num_stages=2, dv_tile=d_v, layout="tokens")
-        if limit >= 150 * 1024:
-            return DenseDecodeConfig(block_m=r, block_n=32, num_warps=4, num_stages=3, dv_tile=d_v, layout="tokens")
-        block_n, stages = (32, 2) if r == 16 else (16, 3)
-        return DenseDecodeConfig(block_m=r, block_n=block_n, num_warps=4, num_stages=stages, dv_tile=d_v,
-                                 layout="tokens")
+            return DenseDecodeConfig(block_m=32, block_n=64, num_warps=8, num_stages=2, dv_tile=d_v, layout="tokens")
+        return DenseDecodeConfig(block_m=block_m, block_n=32, num_warps=4, num_stages=3, dv_tile=d_v)  # <= 75 KB
     if rows > 64 and limit >= 200 * 1024:  # 188-216 KB
         return DenseDecodeConfig(block_m=128, block_n=32, num_warps=8, num_stages=2, dv_tile=min(d_v, 256))
     if limit >= 120 * 1024:  # 112 KB
