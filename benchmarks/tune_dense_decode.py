@@ -52,9 +52,11 @@ def candidates(rows):
         return [C(64, 32, 4, 2, 256), C(64, 64, 4, 2, 256), C(64, 32, 4, 3, 256), C(64, 32, 8, 2, 512),
                 C(64, 16, 4, 3, 512)]
     bm = max(16, 1 << (rows - 1).bit_length())
-    tokens = [C(bm, 64, 4, 2, 512, "tokens"), C(bm, 64, 8, 2, 512, "tokens"), C(bm, 32, 4, 3, 512, "tokens"),
-              C(bm, 32, 8, 3, 512, "tokens")]
-    return tokens + [C(bm, 32, 4, 3, 512), C(bm, 64, 4, 2, 512), C(bm, 32, 8, 3, 512)]
+    if bm == 16:
+        return [C(16, 64, 4, 2, 512), C(16, 64, 8, 2, 512), C(16, 64, 4, 3, 512), C(16, 128, 4, 2, 512),
+                C(16, 64, 4, 2, 512, "tokens")]
+    return [C(32, 64, 8, 2, 512, "tokens"), C(32, 64, 4, 2, 512, "tokens"), C(32, 64, 4, 2, 512),
+            C(32, 64, 8, 2, 512), C(32, 32, 4, 3, 512)]
 
 
 def main(argv=None):
@@ -112,7 +114,8 @@ def main(argv=None):
                 runs.append(("gluon-tokens-1wg", None, 1))
         runs += [] if args.gluon_only else [
             ("triton", cfg, m) for cfg in candidates(rows)
-            for m in ((1, 2, 3) if cfg == default else (1, 2) if cfg.block_m <= 32 else (1,))]
+            for m in ((1, 2, 3) if cfg == default else (1, 2, 3) if cfg.block_m <= 32 and cfg.layout == "rows"
+                      else (1,))]
         for kind, cfg, parts_mult in runs:
             if kind.startswith("gluon"):
                 from openmla.ops.gluon.decode_dense_sm90 import dense_decode_sm90_fwd

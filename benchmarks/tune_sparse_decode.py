@@ -18,8 +18,8 @@ def candidates(h_q: int):
     from openmla.ops.decode_sparse import SparseDecodeConfig as C
 
     if h_q > 64:
-        return [C(128, 32, 8, 2, 256), C(128, 32, 8, 1, 256), C(128, 64, 8, 2, 256), C(128, 16, 8, 3, 256),
-                C(64, 32, 4, 2, 256), C(64, 64, 4, 2, 256), C(64, 32, 8, 2, 512), C(64, 64, 8, 2, 512)]
+        return [C(64, 64, 8, 2, 512), C(64, 64, 8, 3, 512), C(64, 128, 8, 2, 512), C(64, 64, 4, 2, 512),
+                C(64, 32, 8, 3, 512), C(128, 32, 8, 2, 256), C(64, 32, 8, 2, 512)]
     if h_q > 32:
         return [C(64, 32, 4, 2, 256), C(64, 64, 4, 2, 256), C(64, 32, 8, 2, 512), C(64, 64, 8, 2, 512),
                 C(64, 32, 4, 3, 256)]
@@ -41,6 +41,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json")
     ap.add_argument("--quick", action="store_true", help="the b=64 standard shape and h_q=16 only")
+    ap.add_argument("--only", default=None, help="comma-separated config names to run")
     args = ap.parse_args(argv)
     flash_mla, missing = _load_flash_mla()
     if missing:
@@ -48,6 +49,8 @@ def main(argv=None) -> None:
     cfgs = get_configs("standard", op="sparse_decode") + get_configs("heads", op="sparse_decode")
     if args.quick:
         cfgs = [c for c in cfgs if c.name in ("sparse_std_b64", "sparse_heads_h16")]
+    if args.only:
+        cfgs = [c for c in cfgs if c.name in args.only.split(",")]
     card = torch.cuda.get_device_name()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     results = []
@@ -67,7 +70,7 @@ def main(argv=None) -> None:
         default = sparse_decode_config(cfg.h_q, cfg.dv, 90)
         for tile in candidates(cfg.h_q):
             programs = cfg.b * cfg.s_q * -(-cfg.h_q // tile.block_m) * (cfg.dv // tile.dv_tile)
-            for splits in sorted({None, 1, 2}, key=lambda x: -1 if x is None else x):
+            for splits in ((None,) if args.only else (None, 1, 2)):
                 def call(tile=tile, splits=splits):
                     return sparse_decode_fwd(inp.q, inp.k_cache, inp.indices, inp.head_dim_v, inp.softmax_scale,
                                              is_fp8=inp.is_fp8, config=tile, num_splits=splits)

@@ -23,6 +23,8 @@ Split-KV plan, causal rule, masking and outputs are exactly those of :mod:`openm
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..._runtime import gluon_available
@@ -62,6 +64,7 @@ if gluon_available():
 
     from .decode_dense_sm90 import _issue_kv_tile
 
+    @functools.lru_cache(maxsize=None)
     def p_smem_layout(r: int):
         """Shared layout of ``Pᵀ`` [64, r] (16-bit): swizzle as wide as one row of it (32 or 64 bytes)."""
         return gl.NVMMASharedLayout(swizzle_byte_width=min(2 * r, 128), element_bitwidth=16, rank=2)
@@ -238,6 +241,7 @@ def dense_decode_sm90_small_heads_fwd(
     """
     from ..combine import combine_splits
     from ..decode_dense import split_workspace, splitkv_args
+    from ..launch import launch
 
     b, s_q, h_q, d = q.shape
     h_kv = k_cache.shape[2]
@@ -252,11 +256,13 @@ def dense_decode_sm90_small_heads_fwd(
     out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
     lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)
     o_accum, lse_accum = workspace if workspace is not None else split_workspace(q, head_dim_v, num_parts)
-    _dense_decode_sm90_small_heads_kernel[(h_kv, num_parts)](
-        *splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-                      out, lse, o_accum, lse_accum, 1, softmax_scale),
-        CAUSAL=bool(causal and s_q > 1), R=r, BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v,
-        P_SMEM=p_smem_layout(r), WGS=wgs, num_warps=4 * wgs,
+    launch(
+        _dense_decode_sm90_small_heads_kernel, (h_kv, num_parts),
+        splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
+                     out, lse, o_accum, lse_accum, 1, softmax_scale),
+        dict(CAUSAL=bool(causal and s_q > 1), R=r, BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v,
+             P_SMEM=p_smem_layout(r), WGS=wgs),
+        num_warps=4 * wgs,
     )
     combine_splits(out, lse, o_accum, lse_accum, num_splits)
     return out, lse
