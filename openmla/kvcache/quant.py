@@ -359,9 +359,10 @@ def quantize_fp8_per_tensor(x: torch.Tensor, scale, saturate: bool = True) -> to
     """
     if not isinstance(x, torch.Tensor) or x.dtype not in _FLOAT_INPUTS:
         raise InvalidArgumentError(f"x must be a bfloat16, float16 or float32 tensor, got {getattr(x, 'dtype', x)}.")
-    y = x.float() / _scalar_scale(scale, x, "scale")
+    # one fp32 working copy, scaled and clamped in place (caches run to many GB)
+    y = x.to(torch.float32, copy=True).div_(_scalar_scale(scale, x, "scale"))
     if saturate:
-        y = y.clamp(-FP8_MAX, FP8_MAX)
+        y.clamp_(-FP8_MAX, FP8_MAX)
     return y.to(torch.float8_e4m3fn)
 
 
