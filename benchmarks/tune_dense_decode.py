@@ -63,7 +63,7 @@ def main(argv=None):
     import triton
 
     import openmla
-    from openmla.ops.decode_dense import dense_decode_config, dense_decode_fwd
+    from openmla.ops.decode_dense import dense_decode_config, dense_decode_fwd, num_sm_parts_for
     from openmla.ops.schedule import plan_splitkv
 
     ap = argparse.ArgumentParser()
@@ -107,6 +107,7 @@ def main(argv=None):
             ref_out, ref_lse = openmla.reference.dense_decode(q, k_cache, block_table, lens, dv, scale, True)
         rows = s_q * h_q // h_kv
         default = dense_decode_config(rows, d, dv, 90)
+        default_parts = num_sm_parts_for(rows, h_kv, sms, dv, arch=90)  # the plan the new metadata API makes
         runs = [("gluon", None, m) for m in (1, 2)] if not args.triton_only else []
         if not args.triton_only and rows <= 32:  # the small-head layout beside the 64-row one
             runs.append(("gluon-tokens", None, 1))
@@ -150,7 +151,8 @@ def main(argv=None):
             rec = dict(op="dense_decode", backend=kind, card=card, b=b, s_q=s_q, s_k=s_k, h_q=h_q, config=cfg_d,
                        parts=parts, openmla_us=us, flash_mla_us=fm_us,
                        ratio=(fm_us / us) if fm_us else None, max_abs_err=err, lse_err=lse_err,
-                       tflops=flops / us / 1e6, gbps=nbytes / us / 1e3, default=(cfg == default and parts_mult == 1))
+                       tflops=flops / us / 1e6, gbps=nbytes / us / 1e3,
+                       default=(cfg == default and parts == default_parts))
             results.append(rec)
             r = f"{rec['ratio']:.3f}" if rec["ratio"] else "-"
             fm_s = f"{fm_us:8.1f}" if fm_us else "       -"
