@@ -397,8 +397,9 @@ def flash_mla_with_kvcache(
             GPUs, the reference on CPU tensors), ``"gluon"``, ``"triton"`` or ``"reference"``;
             overrides ``OPENMLA_BACKEND``. Sparse decoding: ``"triton"`` serves bf16/fp16 q over a cache
             of q's dtype or the V3.2 FP8 layout, ``"reference"`` everything; no Gluon kernel. Dense
-            decoding over a per-tensor FP8 cache: ``"triton"`` (the automatic choice on every GPU,
-            Hopper included) or ``"reference"``; the Gluon kernel reads 16-bit caches only.
+            decoding over a per-tensor FP8 cache: on Hopper ``"gluon"`` (automatic there: the small-head
+            kernel up to 32 query rows per KV head, the Triton kernel above), ``"triton"`` (automatic on
+            other GPUs) or ``"reference"``.
         kv_format (str):
             keyword only (the SGLang fork's name): the FP8 layout's name when its byte size is ambiguous,
             see :func:`openmla.kvcache.detect_format`.
@@ -491,7 +492,7 @@ def flash_mla_with_kvcache(
         if meta.workspace is None or meta.workspace[0].shape[0] != b + sched.shape[0]:
             meta.workspace = split_workspace(q, head_dim_v, sched.shape[0])
         workspace = meta.workspace
-    if kv_fp8:  # the Gluon kernel reads 16-bit caches only; dispatch routed this call to Triton
+    if kv_fp8:
         return fwd(q, k_cache, block_table, cache_seqlens, head_dim_v, sched, splits, scale, causal,
                    workspace=workspace, descale_q=descale_q, descale_k=descale_k)
     return fwd(q, k_cache, block_table, cache_seqlens, head_dim_v, sched, splits, scale, causal, workspace=workspace)

@@ -73,8 +73,6 @@ def _gluon_reason_against(
     """Why the Gluon sm_90 dense-decode kernel cannot serve these inputs (``None`` when it can)."""
     from ._runtime import gluon_available
 
-    if kv_fp8:
-        return "the Gluon kernel reads bf16/fp16 caches only; per-tensor FP8 caches go to the Triton kernel"
     if not gluon_available():
         return "Triton's Gluon dialect with its Hopper module does not import here"
     if device.type != "cuda":
@@ -82,8 +80,8 @@ def _gluon_reason_against(
     arch = device_arch(device)
     if arch != 90:
         return f"the Gluon kernel is written for Hopper (sm_90); this GPU is sm_{arch}"
-    if dtype is not None and dtype not in TRITON_DTYPES:
-        return f"the Gluon kernel takes bf16 or fp16 q and k_cache, got {dtype}"
+    if dtype is not None and dtype not in TRITON_DTYPES and not (kv_fp8 and dtype == torch.float8_e4m3fn):
+        return f"the Gluon kernel takes bf16 or fp16 q and k_cache (or an e4m3 q over an FP8 cache), got {dtype}"
     if dims is not None and (dims[1] != 512 or dims[0] not in (512, 576)):
         return f"the Gluon kernel takes (d, head_dim_v) = (576, 512) or (512, 512), got {dims}"
     return None
@@ -146,6 +144,10 @@ def _choose_dense_decode(device, dtype, dims, backend, kv_fp8=False) -> Choice:
                 "head_dim_v a power of two, d - head_dim_v 0 or a power of two. Use backend='reference' otherwise."
             )
         return Choice(op, "triton", "forced (backend='triton' or OPENMLA_BACKEND=triton)")
+    if gluon_against is None and kv_fp8:
+        return Choice(op, "gluon", f"Hopper (Gluon, wgmma): KV tokens on the 64-row side up to 32 query rows per "
+                                  f"KV head; above, the Triton split-KV kernel (the 64-row Gluon kernel reads 16-bit "
+                                  f"caches only) on {where}")
     if gluon_against is None:
         return Choice(op, "gluon", f"Hopper kernels (Gluon, wgmma; KV tokens on the 64-row side up to 32 query "
                                   f"rows per KV head, query rows above) on {where}")

@@ -133,26 +133,30 @@ def test_reference_backend_serves_fp8_calls(generator):
     assert choice.op == "dense_fp8_decode" and choice.backend == "reference"
 
 
-def test_fp8_goes_to_triton_on_hopper_and_says_why(monkeypatch):
-    """Auto dispatch on an sm_90 GPU: bf16 caches go to the Gluon kernel (where it imports), FP8 caches to
-    Triton, and ``explain`` names the reason; forcing Gluon for FP8 raises. Decided without a GPU."""
+def test_fp8_dispatch_on_hopper_says_which_kernel_serves(monkeypatch):
+    """Auto dispatch on an sm_90 GPU: bf16 and FP8 caches go to the Gluon kernels where Gluon imports (the
+    FP8 reason names the Triton kernel for more than 32 rows), to Triton otherwise; a forced Triton
+    backend that cannot serve raises. Decided without a GPU."""
     from openmla._runtime import gluon_available
     from openmla.dispatch import choose_dense_decode
 
     monkeypatch.setenv("OPENMLA_ARCH", "sm_90a")
     cuda = torch.device("cuda", 0)
+    expected = "gluon" if gluon_available() else "triton"
     for q_dtype in (torch.bfloat16, E4M3):
         choice = choose_dense_decode(cuda, q_dtype, (576, 512), kv_fp8=True)
-        assert choice.op == "dense_fp8_decode" and choice.backend == "triton"
-        assert "FP8" in choice.reason and "Triton" in choice.reason, choice.reason
+        assert choice.op == "dense_fp8_decode" and choice.backend == expected, choice
+        if expected == "gluon":
+            assert "32 query rows" in choice.reason and "Triton" in choice.reason, choice.reason
     bf16 = choose_dense_decode(cuda, torch.bfloat16, (576, 512))
-    assert bf16.backend == ("gluon" if gluon_available() else "triton")
-    with pytest.raises(UnsupportedError, match="backend='gluon' cannot serve dense_fp8_decode: .*FP8"):
-        choose_dense_decode(cuda, torch.bfloat16, (576, 512), backend="gluon", kv_fp8=True)
+    assert bf16.backend == expected
     with pytest.raises(UnsupportedError, match="backend='triton' cannot serve dense_fp8_decode"):
         choose_dense_decode(cuda, torch.float32, (576, 512), backend="triton", kv_fp8=True)
     rows = {r.op: r for r in openmla.dispatch.backend_table(cuda)}
-    assert rows["dense_fp8_decode"].backend == "triton"
+    assert rows["dense_fp8_decode"].backend == expected
+    monkeypatch.setenv("OPENMLA_ARCH", "sm_89")  # no Gluon kernel there: Triton, and the reason says why
+    choice = choose_dense_decode(torch.device("cuda", 1), E4M3, (576, 512), kv_fp8=True)
+    assert choice.backend == "triton" and "sm_89" in choice.reason, choice
 
 
 def test_explain_reads_the_fp8_flag_and_the_cache_dtype(generator):

@@ -108,6 +108,7 @@ def _variants(arch: int = 90) -> list[Variant]:
                 "sched_ptr": "*i32", "num_splits_ptr": "*i32", "out_ptr": f"*{dtype}", "lse_ptr": "*fp32",
                 "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32",
             }
+            small_ptrs = dict(ptrs, descale_q_ptr="*fp32", descale_k_ptr="*fp32")
             for d_qk in (576, 512):
                 for causal in (False, True):
                     consts = dict(CAUSAL=causal, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, D_V=512, D_PE=d_qk - 512)
@@ -116,11 +117,27 @@ def _variants(arch: int = 90) -> list[Variant]:
                                        name, gluon=True))
                     for r in (16, 32):
                         consts = dict(CAUSAL=causal, R=r, BLOCK_N=small.BLOCK_N, D_V=512, D_PE=d_qk - 512,
-                                      P_SMEM=small.p_smem_layout(r), WGS=small.warpgroups_for(r))
+                                      P_SMEM=small.p_smem_layout(r), WGS=small.warpgroups_for(r), Q_FP8=False,
+                                      KV_FP8=False)
                         name = f"gluon-small-heads {dtype} d{d_qk} {'causal' if causal else 'full'} " \
                                f"rows<={r} bn{small.BLOCK_N}"
-                        out.append(Variant(small._dense_decode_sm90_small_heads_kernel, ptrs, ("scale_log2",), consts,
-                                           4 * small.warpgroups_for(r), 1, name, gluon=True))
+                        out.append(Variant(small._dense_decode_sm90_small_heads_kernel, small_ptrs, ("scale_log2",),
+                                           consts, 4 * small.warpgroups_for(r), 1, name, gluon=True))
+    if gluon_available():
+        # per-tensor FP8 through the small-head kernel: q bf16 or e4m3 (bytes), cache bytes, causal, d 576
+        for q_dtype in ("bf16", "e4m3"):
+            ptrs = {
+                "q_ptr": "*u8" if q_dtype == "e4m3" else "*bf16", "k_ptr": "*u8", "block_table_ptr": "*i32",
+                "seqlens_ptr": "*i32", "sched_ptr": "*i32", "num_splits_ptr": "*i32", "out_ptr": "*bf16",
+                "lse_ptr": "*fp32", "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32", "descale_q_ptr": "*fp32",
+                "descale_k_ptr": "*fp32",
+            }
+            for r in (16, 32):
+                consts = dict(CAUSAL=True, R=r, BLOCK_N=small.BLOCK_N, D_V=512, D_PE=64, P_SMEM=small.p_smem_layout(r),
+                              WGS=small.warpgroups_for(r), Q_FP8=q_dtype == "e4m3", KV_FP8=True)
+                name = f"gluon-small-heads q {q_dtype} cache e4m3 d576 causal rows<={r} bn{small.BLOCK_N}"
+                out.append(Variant(small._dense_decode_sm90_small_heads_kernel, ptrs, ("scale_log2",), consts,
+                                   4 * small.warpgroups_for(r), 1, name, gluon=True))
     out.append(Variant(
         _plan_splitkv_kernel, {"seqlens_ptr": "*i32", "sched_ptr": "*i32", "num_splits_ptr": "*i32"}, (),
         dict(BLOCK_P=256, CHUNK=32, SCHED=SCHED_BLOCK, OVERHEAD=FIXED_OVERHEAD), 4, 2, "256 parts"))

@@ -275,7 +275,8 @@ def splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata
     """The positional arguments of the split-KV kernels, Triton's and Gluon's alike, in their order.
 
     The Triton kernel takes two more, ``descale_q_ptr`` and ``descale_k_ptr`` (per-tensor FP8), which
-    its launcher appends; the Gluon kernel reads 16-bit caches only and has no such arguments.
+    its launcher appends (as does the Gluon small-head kernel's; the 64-row Gluon kernel reads 16-bit caches
+    only and has no such arguments).
     """
     _, s_q, h_q, _ = q.shape
     _, page_block_size, h_kv, _ = k_cache.shape

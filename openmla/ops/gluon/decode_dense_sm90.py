@@ -232,12 +232,18 @@ def dense_decode_sm90_fwd(
     workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
     layout: str | None = None,
     warpgroups: int | None = None,
+    descale_q: torch.Tensor | None = None,
+    descale_k: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper.
 
     ``layout``: ``"rows"`` puts the query rows on ``wgmma``'s 64-row side (this module's kernel),
     ``"tokens"`` the KV tokens (:mod:`.decode_dense_sm90_small_heads`, at most 32 rows per KV head,
     ``warpgroups`` passed on); default :func:`layout_for` the shape.
+
+    Per-tensor FP8 (``descale_k``, and ``descale_q`` for an e4m3 q): the tokens layout reads it; above
+    32 rows such a call goes to the Triton kernel (:func:`openmla.ops.decode_dense.dense_decode_fwd`),
+    as :func:`openmla.explain` says.
     """
     from ..combine import combine_splits
     from ..decode_dense import split_workspace, splitkv_args
@@ -251,7 +257,13 @@ def dense_decode_sm90_fwd(
 
         return dense_decode_sm90_small_heads_fwd(q, k_cache, block_table, cache_seqlens, head_dim_v,
                                                  tile_scheduler_metadata, num_splits, softmax_scale, causal,
-                                                 workspace, warpgroups)
+                                                 workspace, warpgroups, descale_q=descale_q, descale_k=descale_k)
+    if descale_k is not None:  # the 64-row kernel reads 16-bit caches only
+        from ..decode_dense import dense_decode_fwd
+
+        return dense_decode_fwd(q, k_cache, block_table, cache_seqlens, head_dim_v, tile_scheduler_metadata,
+                                num_splits, softmax_scale, causal, workspace=workspace, descale_q=descale_q,
+                                descale_k=descale_k)
     row_tiles = -(-rows // BLOCK_M)
     num_parts = tile_scheduler_metadata.shape[0]
     if SCHED_BLOCK % BLOCK_N:

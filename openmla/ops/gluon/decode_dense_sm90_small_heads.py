@@ -70,6 +70,14 @@ if gluon_available():
         return gl.NVMMASharedLayout(swizzle_byte_width=min(2 * r, 128), element_bitwidth=16, rank=2)
 
     @gluon.jit
+    def _as_operand(x, dtype: gl.constexpr, IS_FP8: gl.constexpr):
+        """A loaded tile as the products' ``dtype``: e4m3 bytes decoded (exactly), 16-bit values as they are."""
+        if IS_FP8:
+            return x.to(gl.float8e4nv, bitcast=True).to(dtype)
+        else:
+            return x
+
+    @gluon.jit
     def _dense_decode_sm90_small_heads_kernel(
         q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
         out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr,
@@ -79,12 +87,19 @@ if gluon_available():
         stride_ob, stride_os, stride_oh,
         stride_lb, stride_lh,
         s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2,
+        descale_q_ptr, descale_k_ptr,
         CAUSAL: gl.constexpr,
         R: gl.constexpr, BLOCK_N: gl.constexpr,
         D_V: gl.constexpr, D_PE: gl.constexpr,
         P_SMEM: gl.constexpr, WGS: gl.constexpr,
+        Q_FP8: gl.constexpr, KV_FP8: gl.constexpr,
     ):
-        dtype: gl.constexpr = q_ptr.dtype.element_ty
+        # Per-tensor FP8 (as the Triton kernels do it): e4m3 codes decoded exactly to 16 bits, products in
+        # fp16 for an e4m3 q (more mantissa for P than bf16) or in q's dtype, descales applied in fp32.
+        if Q_FP8:
+            dtype: gl.constexpr = gl.float16
+        else:
+            dtype: gl.constexpr = q_ptr.dtype.element_ty
         # tokens (and output dims) on the M side, query rows on N; warpgroup w owns rows w*R/WGS ..
         S_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, WGS],
                                                            instr_shape=[16, R // WGS, 16])
@@ -93,18 +108,36 @@ if gluon_available():
         # output stores: output dims fastest, so each query row's 512 dims are written contiguously
         STORE: gl.constexpr = gl.BlockedLayout([4, 1], [32, 1], [1, 4 * WGS], [0, 1])
         SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        # FP8 tiles land as bytes, 16 a thread per copy, and are decoded into the 16-bit tile in SMEM
+        LOAD8: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [4 * WGS, 1], [1, 0])
+        SMEM8: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=64, element_bitwidth=8, rank=2)
         COL_S: gl.constexpr = gl.SliceLayout(0, S_LAYOUT)
         COL_ST: gl.constexpr = gl.SliceLayout(0, STORE)
 
         gl.static_assert(D_PE == 0 or D_PE == 64, "the RoPE part must be 0 or 64 dims")
         q_smem = gl.allocate_shared_memory(dtype, [R, D_V], SMEM)
-        k_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, D_V], SMEM)
         if D_PE > 0:
             qpe_smem = gl.allocate_shared_memory(dtype, [R, D_PE], SMEM)
-            kpe_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, D_PE], SMEM)
         else:
             qpe_smem = q_smem
-            kpe_smem = k_smem
+        if KV_FP8:
+            # the copy ring holds bytes; one 16-bit tile holds the decoded keys the products read
+            ring = gl.allocate_shared_memory(gl.uint8, [2, BLOCK_N, D_V], SMEM8)
+            k16_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, D_V], SMEM)
+            if D_PE > 0:
+                ring_pe = gl.allocate_shared_memory(gl.uint8, [2, BLOCK_N, D_PE], SMEM8)
+                kpe16_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, D_PE], SMEM)
+            else:
+                ring_pe = ring
+                kpe16_smem = k16_smem
+            COPY: gl.constexpr = LOAD8
+        else:
+            ring = gl.allocate_shared_memory(dtype, [2, BLOCK_N, D_V], SMEM)
+            if D_PE > 0:
+                ring_pe = gl.allocate_shared_memory(dtype, [2, BLOCK_N, D_PE], SMEM)
+            else:
+                ring_pe = ring
+            COPY: gl.constexpr = LOAD
         p_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, R], P_SMEM)  # Pᵀ: [tokens, rows]
 
         pid_m = gl.program_id(0)
@@ -126,6 +159,13 @@ if gluon_available():
         offs_r_st = tile * R + gl.arange(0, R, layout=COL_ST)
         offs_v_st = gl.arange(0, D_V, layout=gl.SliceLayout(1, STORE))
 
+        score_scale = scale_log2
+        if Q_FP8:
+            score_scale = score_scale * gl.load(descale_q_ptr)
+        if KV_FP8:
+            descale_k = gl.load(descale_k_ptr)
+            score_scale = score_scale * descale_k
+
         for req in range(begin_req, end_req + 1):
             req64 = req.to(gl.int64)
             s_k = gl.minimum(gl.load(seqlens_ptr + req), max_blocks * page_block_size)
@@ -141,10 +181,11 @@ if gluon_available():
             q_row = q_ptr + req64 * stride_qb + (offs_r_ld // group) * stride_qs \
                 + (kv_head * group + offs_r_ld % group) * stride_qh
             for c in gl.static_range(D_V // 64):
-                q_chunk = gl.load(q_row[:, None] + c * 64 + offs_c_ld[None, :], mask=mask_r_ld[:, None], other=0.0)
-                q_smem.slice(c * 64, 64, dim=1).store(q_chunk)
+                q_chunk = gl.load(q_row[:, None] + c * 64 + offs_c_ld[None, :], mask=mask_r_ld[:, None], other=0)
+                q_smem.slice(c * 64, 64, dim=1).store(_as_operand(q_chunk, dtype, Q_FP8))
             if D_PE > 0:
-                qpe_smem.store(gl.load(q_row[:, None] + D_V + offs_c_ld[None, :], mask=mask_r_ld[:, None], other=0.0))
+                q_chunk = gl.load(q_row[:, None] + D_V + offs_c_ld[None, :], mask=mask_r_ld[:, None], other=0)
+                qpe_smem.store(_as_operand(q_chunk, dtype, Q_FP8))
 
             if CAUSAL:
                 limit = s_k - s_q + offs_r_s // group  # [R] last key each query row may see
@@ -153,28 +194,42 @@ if gluon_available():
             acc = gl.zeros([D_V, R], gl.float32, layout=O_LAYOUT)  # Oᵀ
 
             n_tiles = gl.cdiv(tok_hi - tok_lo, BLOCK_N)
-            _issue_kv_tile(k_ptr, bt_row, k_smem.index(0), kpe_smem.index(0), tok_lo, tok_hi, page_block_size,
-                           num_blocks, kv_head, stride_kb, stride_kp, stride_kh, BLOCK_N, D_V, D_PE, LOAD)
+            _issue_kv_tile(k_ptr, bt_row, ring.index(0), ring_pe.index(0), tok_lo, tok_hi, page_block_size,
+                           num_blocks, kv_head, stride_kb, stride_kp, stride_kh, BLOCK_N, D_V, D_PE, COPY)
             async_copy.commit_group()
             for it in range(0, n_tiles):
                 start = tok_lo + it * BLOCK_N
                 stage = it % 2
                 # prefetch the next tile into the other stage (fully masked past the range: reads nothing)
-                _issue_kv_tile(k_ptr, bt_row, k_smem.index(1 - stage), kpe_smem.index(1 - stage), start + BLOCK_N,
+                _issue_kv_tile(k_ptr, bt_row, ring.index(1 - stage), ring_pe.index(1 - stage), start + BLOCK_N,
                                tok_hi, page_block_size, num_blocks, kv_head, stride_kb, stride_kp, stride_kh,
-                               BLOCK_N, D_V, D_PE, LOAD)
+                               BLOCK_N, D_V, D_PE, COPY)
                 async_copy.commit_group()
                 async_copy.wait_group(1)
                 fence_async_shared()
                 gl.thread_barrier()
-                k_tile = k_smem.index(stage)
+                if KV_FP8:
+                    # decode this tile's bytes into the 16-bit tile (the last tile's products are done:
+                    # the loop ends on a barrier after them); zero-filled tokens stay 0
+                    for c in gl.static_range(D_V // 64):
+                        codes = ring.index(stage).slice(c * 64, 64, dim=1).load(LOAD8)
+                        k16_smem.slice(c * 64, 64, dim=1).store(_as_operand(codes, dtype, True))
+                    if D_PE > 0:
+                        kpe16_smem.store(_as_operand(ring_pe.index(stage).load(LOAD8), dtype, True))
+                    fence_async_shared()
+                    gl.thread_barrier()
+                    k_tile = k16_smem
+                    kpe_tile = kpe16_smem
+                else:
+                    k_tile = ring.index(stage)
+                    kpe_tile = ring_pe.index(stage)
 
                 s = gl.zeros([BLOCK_N, R], gl.float32, layout=S_LAYOUT)
                 s = warpgroup_mma(k_tile, q_smem.permute((1, 0)), s, use_acc=False, is_async=True)
                 if D_PE > 0:
-                    s = warpgroup_mma(kpe_smem.index(stage), qpe_smem.permute((1, 0)), s, is_async=True)
+                    s = warpgroup_mma(kpe_tile, qpe_smem.permute((1, 0)), s, is_async=True)
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-                s = s * scale_log2
+                s = s * score_scale
                 offs_j = start + offs_n
                 if CAUSAL:
                     visible = (offs_j[:, None] < tok_hi) & (offs_j[:, None] <= limit[None, :])
@@ -201,7 +256,10 @@ if gluon_available():
             gl.thread_barrier()
 
             empty = l_i == 0.0
-            o = gl.convert_layout(acc * gl.where(empty, 0.0, 1.0 / l_i)[None, :], STORE)  # [D_V, R]
+            inv_l = gl.where(empty, 0.0, 1.0 / l_i)
+            if KV_FP8:
+                inv_l = inv_l * descale_k  # V = descale_k * k_codes
+            o = gl.convert_layout(acc * inv_l[None, :], STORE)  # [D_V, R]
             lse2 = gl.where(empty, float("-inf"), m_i + gl.log2(l_i))
             mask_r = offs_r_s < rows
             t_s = offs_r_s // group
@@ -211,7 +269,7 @@ if gluon_available():
             head_st = kv_head * group + offs_r_st % group
             if n_split <= 1:
                 o_ptrs = out_ptr + req64 * stride_ob + t_st * stride_os + head_st * stride_oh
-                gl.store(o_ptrs[None, :] + offs_v_st[:, None], o.to(dtype), mask=mask_st[None, :])
+                gl.store(o_ptrs[None, :] + offs_v_st[:, None], o.to(out_ptr.dtype.element_ty), mask=mask_st[None, :])
                 lse = gl.where(empty, float("inf"), lse2 * 0.6931471805599453)
                 gl.store(lse_ptr + req64 * stride_lb + head_s * stride_lh + t_s, lse, mask=mask_r)
             else:
@@ -233,11 +291,14 @@ def dense_decode_sm90_small_heads_fwd(
     causal: bool,
     workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
     warpgroups: int | None = None,
+    descale_q: torch.Tensor | None = None,
+    descale_k: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper, for ``s_q * h_q / h_kv <= 32``.
 
-    ``warpgroups``: how many warpgroups share a program's rows (default :func:`warpgroups_for`; 1 or
-    ``R / 16``), for tuning.
+    Per-tensor FP8 as there: a float8_e4m3fn (or uint8/int8) cache with ``descale_k``, q bf16/fp16 or
+    e4m3 with ``descale_q`` (output bf16). ``warpgroups``: how many warpgroups share a program's rows
+    (default :func:`warpgroups_for`; 1 or ``R / 16``), for tuning.
     """
     from ..combine import combine_splits
     from ..decode_dense import split_workspace, splitkv_args
@@ -250,18 +311,28 @@ def dense_decode_sm90_small_heads_fwd(
     wgs = warpgroups or warpgroups_for(r)
     if wgs not in (1, r // ROWS_PER_WARPGROUP):
         raise ValueError(f"warpgroups must be 1 or {r // ROWS_PER_WARPGROUP} for {r} rows, got {wgs}")
+    q_fp8 = q.dtype == torch.float8_e4m3fn
+    kv_fp8 = k_cache.dtype in (torch.float8_e4m3fn, torch.uint8, torch.int8)
+    if q_fp8 != (descale_q is not None) or kv_fp8 != (descale_k is not None):
+        raise ValueError("descale_q (descale_k) must be given exactly when q (k_cache) is FP8")
+    if q_fp8 and not kv_fp8:
+        raise ValueError("an e4m3 q needs an FP8 cache")
     num_parts = tile_scheduler_metadata.shape[0]
     if SCHED_BLOCK % BLOCK_N:
         raise ValueError("the scheduler's unit must be a multiple of the sm_90 kernel's KV tile")
-    out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
+    out = torch.empty(b, s_q, h_q, head_dim_v, dtype=torch.bfloat16 if q_fp8 else q.dtype, device=q.device)
     lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)
     o_accum, lse_accum = workspace if workspace is not None else split_workspace(q, head_dim_v, num_parts)
+    # FP8 tensors go in as their bytes; an absent descale is never read (lse stands in)
+    q_in = q.view(torch.uint8) if q_fp8 else q
+    k_in = k_cache.view(torch.uint8) if kv_fp8 else k_cache
     launch(
         _dense_decode_sm90_small_heads_kernel, (h_kv, num_parts),
-        splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-                     out, lse, o_accum, lse_accum, 1, softmax_scale),
+        (*splitkv_args(q_in, k_in, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
+                       out, lse, o_accum, lse_accum, 1, softmax_scale),
+         descale_q if q_fp8 else lse, descale_k if kv_fp8 else lse),
         dict(CAUSAL=bool(causal and s_q > 1), R=r, BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v,
-             P_SMEM=p_smem_layout(r), WGS=wgs),
+             P_SMEM=p_smem_layout(r), WGS=wgs, Q_FP8=q_fp8, KV_FP8=kv_fp8),
         num_warps=4 * wgs,
     )
     combine_splits(out, lse, o_accum, lse_accum, num_splits)
