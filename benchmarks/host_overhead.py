@@ -7,7 +7,6 @@ h_q=128, the metadata planned once and reused, as serving loops do), synchronise
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
@@ -34,14 +33,11 @@ def main():
     block_table = torch.arange(8, dtype=torch.int32, device="cuda").view(1, 8)
     lens = torch.full((b,), s_k, dtype=torch.int32, device="cuda")
     rows = []
-    for launch_path in ("direct", "jit", "direct"):  # A/B/A: the launch path (openmla.ops.launch) in one process
-        os.environ["OPENMLA_LAUNCH"] = launch_path
-        for backend in ("gluon", "triton"):
-            meta, _ = openmla.get_mla_metadata()
-            fn = lambda: openmla.flash_mla_with_kvcache(  # noqa: E731
-                q, k_cache, block_table, lens, dv, meta, causal=True, backend=backend)
-            rows.append((f"openmla backend={backend} OPENMLA_LAUNCH={launch_path}", loop_us(fn)))
-    os.environ.pop("OPENMLA_LAUNCH")
+    for backend in ("gluon", "triton"):
+        meta, _ = openmla.get_mla_metadata()
+        fn = lambda: openmla.flash_mla_with_kvcache(  # noqa: E731
+            q, k_cache, block_table, lens, dv, meta, causal=True, backend=backend)
+        rows.append((f"openmla backend={backend}", loop_us(fn)))
     try:
         import flash_mla
 
@@ -56,7 +52,7 @@ def main():
     o_acc = torch.empty(b + 4, s_q, h_q, dv, device="cuda")
     lse_acc = torch.empty(b + 4, s_q, h_q, device="cuda")
     splits = torch.zeros(b + 1, dtype=torch.int32, device="cuda")
-    rows.append(("combine kernel alone (exits at once), default launch path",
+    rows.append(("bare Triton launch (combine kernel, exits at once)",
                  loop_us(lambda: combine_splits(out, lse, o_acc, lse_acc, splits))))
     rows.append(("torch.empty x4", loop_us(lambda: [torch.empty(64, device="cuda") for _ in range(4)])))
     print(f"host time per call on {torch.cuda.get_device_name()} (b=1, s_k=256, h_q=128):")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch
 
 from .._runtime import triton_available
-from .launch import launch
 
 if triton_available():
     import triton
@@ -89,12 +88,11 @@ def combine_splits(
     b, s_q, h_q, d_v = out.shape
     block_r = 8 if d_v >= 256 else 16
     grid = (b, triton.cdiv(s_q * h_q, block_r))
-    launch(
-        _decode_combine_kernel, grid,
-        (out, lse, o_accum, lse_accum, num_splits,
-         attn_sink if attn_sink is not None else lse_accum,  # not read without a sink
-         out.stride(0), out.stride(1), out.stride(2),
-         lse.stride(0), lse.stride(1),
-         s_q, h_q),
-        dict(BLOCK_R=block_r, D_V=d_v, HAS_SINK=attn_sink is not None), num_warps=4,
+    _decode_combine_kernel[grid](
+        out, lse, o_accum, lse_accum, num_splits,
+        attn_sink if attn_sink is not None else lse_accum,  # not read without a sink
+        out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1),
+        s_q, h_q,
+        BLOCK_R=block_r, D_V=d_v, HAS_SINK=attn_sink is not None, num_warps=4,
     )

@@ -341,7 +341,6 @@ def dense_decode_fwd(
         out [b, s_q, h_q, head_dim_v] in q's dtype (bf16 for an e4m3 q), lse [b, h_q, s_q] fp32.
     """
     from .combine import combine_splits
-    from .launch import launch
 
     b, s_q, h_q, d = q.shape
     h_kv = k_cache.shape[2]
@@ -377,13 +376,13 @@ def dense_decode_fwd(
         kernel, consts = _dense_decode_tokens_kernel, dict(R=cfg.block_m)
     else:
         kernel, consts = _dense_decode_splitkv_kernel, dict(BLOCK_M=cfg.block_m, DV_TILE=cfg.dv_tile)
-    launch(
-        kernel, (row_tiles * h_kv * (head_dim_v // cfg.dv_tile), num_parts),
-        (*splitkv_args(q_in, k_in, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-                       out, lse, o_accum, lse_accum, row_tiles, softmax_scale),
-         descale_q if q_fp8 else lse, descale_k if kv_fp8 else lse),
-        dict(CAUSAL=bool(causal and s_q > 1), **consts, BLOCK_N=cfg.block_n, D_V=head_dim_v, D_PE=d - head_dim_v,
-             Q_FP8=q_fp8, KV_FP8=kv_fp8, FP8_NATIVE=bool(fp8_native) or not kv_fp8),  # 16-bit: one variant per arch
+    kernel[(row_tiles * h_kv * (head_dim_v // cfg.dv_tile), num_parts)](
+        *splitkv_args(q_in, k_in, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
+                      out, lse, o_accum, lse_accum, row_tiles, softmax_scale),
+        descale_q if q_fp8 else lse, descale_k if kv_fp8 else lse,
+        CAUSAL=bool(causal and s_q > 1),
+        **consts, BLOCK_N=cfg.block_n, D_V=head_dim_v, D_PE=d - head_dim_v,
+        Q_FP8=q_fp8, KV_FP8=kv_fp8, FP8_NATIVE=bool(fp8_native) or not kv_fp8,  # 16-bit: one variant per arch
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     combine_splits(out, lse, o_accum, lse_accum, num_splits)

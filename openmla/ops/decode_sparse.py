@@ -323,7 +323,6 @@ def sparse_decode_fwd(
     """
     from .._runtime import device_arch, num_sms
     from .combine import combine_splits
-    from .launch import launch
 
     b, s_q, h_q, d_qk = q.shape
     topk = indices.shape[2]
@@ -361,27 +360,25 @@ def sparse_decode_fwd(
     else:  # never written (the kernel stores straight to out/lse); fp32 like the real ones, so one compiled variant
         o_accum = lse_accum = lse
     dummy = indices  # stands in for absent optional tensors (never read: their HAS_* flag is off)
-    launch(
-        _sparse_decode_kernel, (programs, num_splits),
-        (q, k, indices, xk, xidx,
-         topk_length if topk_length is not None else dummy,
-         extra_topk_length if extra_topk_length is not None else dummy,
-         attn_sink if attn_sink is not None else lse,
-         out, lse, o_accum, lse_accum,
-         q.stride(0), q.stride(1), q.stride(2),
-         k.stride(0), k.stride(1),
-         xk.stride(0), xk.stride(1),
-         indices.stride(0), indices.stride(1),
-         xidx.stride(0), xidx.stride(1),
-         out.stride(0), out.stride(1), out.stride(2),
-         lse.stride(0), lse.stride(1),
-         s_q, h_q, head_tiles, topk, extra_topk, k_cache.shape[1], xk.shape[1] if has_extra else 1,
-         _slot_count(k_cache), _slot_count(extra_k_cache) if has_extra else 0, num_splits,
-         softmax_scale * 1.4426950408889634),
-        dict(IS_FP8=bool(is_fp8), FP8_NATIVE=bool(fp8_native), HAS_EXTRA=has_extra,
-             HAS_TOPK_LEN=topk_length is not None, HAS_EXTRA_TOPK_LEN=has_extra and extra_topk_length is not None,
-             HAS_SINK=attn_sink is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D_V=head_dim_v, D_PE=d_pe,
-             DV_TILE=cfg.dv_tile),
+    _sparse_decode_kernel[(programs, num_splits)](
+        q, k, indices, xk, xidx,
+        topk_length if topk_length is not None else dummy,
+        extra_topk_length if extra_topk_length is not None else dummy,
+        attn_sink if attn_sink is not None else lse,
+        out, lse, o_accum, lse_accum,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1),
+        xk.stride(0), xk.stride(1),
+        indices.stride(0), indices.stride(1),
+        xidx.stride(0), xidx.stride(1),
+        out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1),
+        s_q, h_q, head_tiles, topk, extra_topk, k_cache.shape[1], xk.shape[1] if has_extra else 1,
+        _slot_count(k_cache), _slot_count(extra_k_cache) if has_extra else 0, num_splits,
+        softmax_scale * 1.4426950408889634,
+        IS_FP8=bool(is_fp8), FP8_NATIVE=fp8_native, HAS_EXTRA=has_extra, HAS_TOPK_LEN=topk_length is not None,
+        HAS_EXTRA_TOPK_LEN=has_extra and extra_topk_length is not None, HAS_SINK=attn_sink is not None,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D_V=head_dim_v, D_PE=d_pe, DV_TILE=cfg.dv_tile,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if num_splits > 1:

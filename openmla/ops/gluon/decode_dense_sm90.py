@@ -247,7 +247,6 @@ def dense_decode_sm90_fwd(
     """
     from ..combine import combine_splits
     from ..decode_dense import split_workspace, splitkv_args
-    from ..launch import launch
 
     b, s_q, h_q, d = q.shape
     h_kv = k_cache.shape[2]
@@ -271,11 +270,10 @@ def dense_decode_sm90_fwd(
     out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
     lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)
     o_accum, lse_accum = workspace if workspace is not None else split_workspace(q, head_dim_v, num_parts)
-    launch(
-        _dense_decode_sm90_kernel, (row_tiles * h_kv, num_parts),
-        splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-                     out, lse, o_accum, lse_accum, row_tiles, softmax_scale),
-        dict(CAUSAL=bool(causal and s_q > 1), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v),
+    _dense_decode_sm90_kernel[(row_tiles * h_kv, num_parts)](
+        *splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
+                      out, lse, o_accum, lse_accum, row_tiles, softmax_scale),
+        CAUSAL=bool(causal and s_q > 1), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v,
         num_warps=NUM_WARPS,
     )
     combine_splits(out, lse, o_accum, lse_accum, num_splits)

@@ -302,7 +302,6 @@ def dense_decode_sm90_small_heads_fwd(
     """
     from ..combine import combine_splits
     from ..decode_dense import split_workspace, splitkv_args
-    from ..launch import launch
 
     b, s_q, h_q, d = q.shape
     h_kv = k_cache.shape[2]
@@ -326,13 +325,12 @@ def dense_decode_sm90_small_heads_fwd(
     # FP8 tensors go in as their bytes; an absent descale is never read (lse stands in)
     q_in = q.view(torch.uint8) if q_fp8 else q
     k_in = k_cache.view(torch.uint8) if kv_fp8 else k_cache
-    launch(
-        _dense_decode_sm90_small_heads_kernel, (h_kv, num_parts),
-        (*splitkv_args(q_in, k_in, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-                       out, lse, o_accum, lse_accum, 1, softmax_scale),
-         descale_q if q_fp8 else lse, descale_k if kv_fp8 else lse),
-        dict(CAUSAL=bool(causal and s_q > 1), R=r, BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v,
-             P_SMEM=p_smem_layout(r), WGS=wgs, Q_FP8=q_fp8, KV_FP8=kv_fp8),
+    _dense_decode_sm90_small_heads_kernel[(h_kv, num_parts)](
+        *splitkv_args(q_in, k_in, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
+                      out, lse, o_accum, lse_accum, 1, softmax_scale),
+        descale_q if q_fp8 else lse, descale_k if kv_fp8 else lse,
+        CAUSAL=bool(causal and s_q > 1), R=r, BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v,
+        P_SMEM=p_smem_layout(r), WGS=wgs, Q_FP8=q_fp8, KV_FP8=kv_fp8,
         num_warps=4 * wgs,
     )
     combine_splits(out, lse, o_accum, lse_accum, num_splits)
