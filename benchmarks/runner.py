@@ -108,6 +108,7 @@ def make_header(args: argparse.Namespace, flash_mla) -> dict:
         "warmup_ms": args.warmup_ms,
         "rep_ms": args.rep_ms,
         "dry_run": args.dry_run,
+        "cuda_graph": bool(getattr(args, "cuda_graph", False)),
         "argv": sys.argv[1:],
     }
 
@@ -284,12 +285,30 @@ def _empty_record(cfg: DecodeConfig, card: str, seqlens: list[int]) -> dict:
     }
 
 
+def _graphed(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` captured in a CUDA graph (after a warm-up on a side stream); returns the graph's replay."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
 def _measure(fn: Callable[[], object], cfg: DecodeConfig, args: argparse.Namespace) -> float:
-    """µs of one call: ``do_bench`` median, or the host-loop mean for ``timing="host"`` configs."""
+    """µs of one call: ``do_bench`` median (of graph replays with ``--cuda-graph``), or the host-loop mean
+    for ``timing="host"`` configs."""
     from openmla._harness import device_median_us, host_loop_us
 
     if cfg.timing == "host":
         return host_loop_us(fn, args.host_calls)
+    if getattr(args, "cuda_graph", False):
+        fn = _graphed(fn)
     return device_median_us(fn, args.warmup_ms, args.rep_ms)
 
 
@@ -297,6 +316,8 @@ def _run_provider(
     prefix: str, make_call, check: Callable[[object, object], list], cfg, args, rec: dict, flops: float, nbytes: float
 ) -> None:
     """Run one provider: first call (fills the schedule), ``check(out, lse)``, then time. Fills ``rec``."""
+    if getattr(args, "cuda_graph", False) and getattr(cfg, "timing", None) != "host":
+        rec["timing"] = "do_bench_median_cuda_graph"
     try:
         call = make_call()
         out, lse = call()

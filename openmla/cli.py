@@ -425,6 +425,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         help="override every config's dtype; fp8 (dense_decode only): q and cache per-tensor e4m3 with descales, "
         "against FlashMLA's dense FP8 kernel",
     )
+    parser.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="time each provider's call captured in a CUDA graph (replays: the GPU time without Python's "
+        "launch cost, as serving engines run decode steps); host-timed configs stay eager",
+    )
     parser.add_argument("--warmup-ms", type=float, default=25.0, help="do_bench warm-up time per config (ms)")
     parser.add_argument("--rep-ms", type=float, default=100.0, help="do_bench measuring time per config (ms)")
     parser.add_argument("--host-calls", type=int, default=500, help="calls in the host-overhead loop")
