@@ -6,6 +6,8 @@
 * :mod:`.quant`: byte-exact :func:`quantize_v32` / :func:`dequantize_v32`, :func:`quantize_model1` /
   :func:`dequantize_model1` / :func:`model1_nominal_view`, the per-tensor FP8 pair, and
   :func:`abs_indices_to_cache_indices`.
+* :mod:`.write`: :func:`write_kv`, new tokens quantized and written into their paged slots (Triton on a
+  GPU, no host sync).
 """
 
 from .formats import (
@@ -33,6 +35,7 @@ from .quant import (
     quantize_model1,
     quantize_v32,
 )
+from .write import write_kv
 
 __all__ = [
     "KVFormat",
@@ -56,4 +59,5 @@ __all__ = [
     "abs_indices_to_cache_indices",
     "pow2_scale",
     "e8m0_to_float",
+    "write_kv",
 ]
