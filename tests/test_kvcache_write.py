@@ -23,12 +23,12 @@ def _keys(n: int, d: int, dtype, device, generator) -> torch.Tensor:
     return x.to(device=device, dtype=dtype)
 
 
-def _slots(n: int, num_slots: int, device, generator) -> torch.Tensor:
+def _slots(n: int, num_slots: int, device, generator, dtype=torch.int64) -> torch.Tensor:
     """Distinct slots in random order, with padding (-1) and out-of-range values mixed in."""
-    slots = torch.randperm(num_slots, generator=generator)[:n].to(torch.int64)
+    slots = torch.randperm(num_slots, generator=generator)[:n].to(dtype)
     slots[1] = -1
     slots[2] = num_slots + 5
-    slots[3] = -(2**40)
+    slots[3] = -(2**40) if dtype == torch.int64 else -(2**31)
     return slots.to(device)
 
 
@@ -60,7 +60,7 @@ def test_16bit_write_casts_and_skips_invalid_slots(device, cache_dtype, generato
     n, num_blocks, page = 20, 3, 16
     cache = torch.randn(num_blocks, page, 1, 576, generator=generator).to(device=device, dtype=cache_dtype)
     kv = _keys(n, 576, torch.float32, device, generator).unsqueeze(1)  # [n, 1, d] is taken too
-    slots = _slots(n, num_blocks * page, device, generator).to(torch.int32)
+    slots = _slots(n, num_blocks * page, device, generator, torch.int32)
     want = _expected(cache, kv[:, 0].to(cache_dtype).view(torch.uint8), slots).view(cache_dtype)
     write_kv(cache, kv, slots)
     assert torch.equal(cache, want)
