@@ -46,6 +46,39 @@ if triton_available():
         else:
             return tl.load(ptrs, mask=mask, other=0.0)
 
+    @triton.jit
+    def _piece_bounds(sched_ptr, part):
+        """Piece ``part`` of the split-KV plan: (begin_req, begin_tok, end_req, end_tok, begin_split)."""
+        sched = sched_ptr + part * 8
+        return tl.load(sched + 0), tl.load(sched + 1), tl.load(sched + 2), tl.load(sched + 3), tl.load(sched + 4)
+
+    @triton.jit
+    def _request_span(req, begin_req, begin_tok, end_req, end_tok, begin_split, seqlens_ptr, num_splits_ptr,
+                      max_blocks, page_block_size):
+        """A piece's share of request ``req``: (s_k, tok_lo, tok_hi, split_lo, n_split, split_idx). ``s_k`` is
+        clamped to what the block table covers: the kernels never read past it, whatever cache_seqlens says."""
+        s_k = tl.minimum(tl.load(seqlens_ptr + req), max_blocks * page_block_size)
+        tok_lo = tl.where(req == begin_req, begin_tok, 0)
+        tok_hi = tl.where(req == end_req, tl.minimum(end_tok, s_k), s_k)
+        split_lo = tl.load(num_splits_ptr + req)
+        n_split = tl.load(num_splits_ptr + req + 1) - split_lo
+        split_idx = tl.where(req == begin_req, begin_split, 0)
+        return s_k, tok_lo, tok_hi, split_lo, n_split, split_idx
+
+    @triton.jit
+    def _fp8_scales(scale_log2, descale_q_ptr, descale_k_ptr, Q_FP8: tl.constexpr, KV_FP8: tl.constexpr,
+                    FP8_NATIVE: tl.constexpr):
+        """(score scale, value scale) of per-tensor FP8: the descales (read on the device, so a call needs
+        no host sync) and the bit-move decoding's 256 folded into fp32 factors; (scale_log2, 1) for 16 bits."""
+        score_scale = scale_log2
+        descale_k = 1.0
+        if Q_FP8:
+            score_scale = score_scale * (tl.load(descale_q_ptr) * e4m3_unit(FP8_NATIVE))
+        if KV_FP8:
+            descale_k = tl.load(descale_k_ptr) * e4m3_unit(FP8_NATIVE)
+            score_scale = score_scale * descale_k
+        return score_scale, descale_k
+
     @triton.jit(do_not_specialize=list(SPLITKV_RUNTIME_INTS))
     def _dense_decode_splitkv_kernel(
         q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
@@ -79,12 +112,7 @@ if triton_available():
         offs_w = (dv_tile * DV_TILE + DV_TILE + tl.arange(0, D_V - DV_TILE if D_V > DV_TILE else 16)) % D_V
         offs_n = tl.arange(0, BLOCK_N)
 
-        sched = sched_ptr + part * 8
-        begin_req = tl.load(sched + 0)
-        begin_tok = tl.load(sched + 1)
-        end_req = tl.load(sched + 2)
-        end_tok = tl.load(sched + 3)
-        begin_split = tl.load(sched + 4)
+        begin_req, begin_tok, end_req, end_tok, begin_split = _piece_bounds(sched_ptr, part)
 
         # Per-tensor FP8 (KV_FP8, and Q_FP8 for an e4m3 q): the e4m3 codes are decoded in registers
         # to a 16-bit type, exactly (every e4m3 value is an fp16 and a bf16), and the descale factors
@@ -99,23 +127,13 @@ if triton_available():
             dtype: tl.constexpr = tl.float16
         else:
             dtype: tl.constexpr = q_ptr.dtype.element_ty
-        score_scale = scale_log2
-        if Q_FP8:
-            score_scale = score_scale * (tl.load(descale_q_ptr) * e4m3_unit(FP8_NATIVE))
-        if KV_FP8:
-            descale_k = tl.load(descale_k_ptr) * e4m3_unit(FP8_NATIVE)
-            score_scale = score_scale * descale_k
+        score_scale, descale_k = _fp8_scales(scale_log2, descale_q_ptr, descale_k_ptr, Q_FP8, KV_FP8, FP8_NATIVE)
 
         for req in range(begin_req, end_req + 1):
             req64 = tl.cast(req, tl.int64)
-            s_k = tl.load(seqlens_ptr + req)
-            # the kernel never reads past the block table, whatever cache_seqlens says
-            s_k = tl.minimum(s_k, max_blocks * page_block_size)
-            tok_lo = tl.where(req == begin_req, begin_tok, 0)
-            tok_hi = tl.where(req == end_req, tl.minimum(end_tok, s_k), s_k)
-            split_lo = tl.load(num_splits_ptr + req)
-            n_split = tl.load(num_splits_ptr + req + 1) - split_lo
-            split_idx = tl.where(req == begin_req, begin_split, 0)
+            s_k, tok_lo, tok_hi, split_lo, n_split, split_idx = _request_span(
+                req, begin_req, begin_tok, end_req, end_tok, begin_split, seqlens_ptr, num_splits_ptr, max_blocks,
+                page_block_size)
 
             q_row = q_ptr + req64 * stride_qb + t_idx * stride_qs + head * stride_qh  # [BLOCK_M]
             # [BLOCK_M, DV_TILE]

@@ -24,8 +24,7 @@ if triton_available():
     import triton
     import triton.language as tl
 
-    from .decode_dense import _load_operand
-    from .fp8 import e4m3_unit
+    from .decode_dense import _fp8_scales, _load_operand, _piece_bounds, _request_span
 
     @triton.jit(do_not_specialize=list(SPLITKV_RUNTIME_INTS))
     def _dense_decode_tokens_kernel(
@@ -55,33 +54,20 @@ if triton_available():
         offs_v = tl.arange(0, D_V)
         offs_n = tl.arange(0, BLOCK_N)
 
-        sched = sched_ptr + part * 8
-        begin_req = tl.load(sched + 0)
-        begin_tok = tl.load(sched + 1)
-        end_req = tl.load(sched + 2)
-        end_tok = tl.load(sched + 3)
-        begin_split = tl.load(sched + 4)
+        begin_req, begin_tok, end_req, end_tok, begin_split = _piece_bounds(sched_ptr, part)
 
         # per-tensor FP8 as in the row-major kernel: codes decoded exactly to 16 bits, descales in fp32
         if Q_FP8:
             dtype: tl.constexpr = tl.float16
         else:
             dtype: tl.constexpr = q_ptr.dtype.element_ty
-        score_scale = scale_log2
-        if Q_FP8:
-            score_scale = score_scale * (tl.load(descale_q_ptr) * e4m3_unit(FP8_NATIVE))
-        if KV_FP8:
-            descale_k = tl.load(descale_k_ptr) * e4m3_unit(FP8_NATIVE)
-            score_scale = score_scale * descale_k
+        score_scale, descale_k = _fp8_scales(scale_log2, descale_q_ptr, descale_k_ptr, Q_FP8, KV_FP8, FP8_NATIVE)
 
         for req in range(begin_req, end_req + 1):
             req64 = tl.cast(req, tl.int64)
-            s_k = tl.minimum(tl.load(seqlens_ptr + req), max_blocks * page_block_size)
-            tok_lo = tl.where(req == begin_req, begin_tok, 0)
-            tok_hi = tl.where(req == end_req, tl.minimum(end_tok, s_k), s_k)
-            split_lo = tl.load(num_splits_ptr + req)
-            n_split = tl.load(num_splits_ptr + req + 1) - split_lo
-            split_idx = tl.where(req == begin_req, begin_split, 0)
+            s_k, tok_lo, tok_hi, split_lo, n_split, split_idx = _request_span(
+                req, begin_req, begin_tok, end_req, end_tok, begin_split, seqlens_ptr, num_splits_ptr, max_blocks,
+                page_block_size)
 
             q_row = q_ptr + req64 * stride_qb + t_idx * stride_qs + head * stride_qh  # [R]
             q_v = _load_operand(q_row[:, None] + offs_v[None, :], mask_r[:, None], dtype, Q_FP8, FP8_NATIVE)

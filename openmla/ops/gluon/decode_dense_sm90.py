@@ -59,6 +59,25 @@ if gluon_available():
             async_copy.async_copy_global_to_shared(dst_pe, ptrs, mask=mask_j[:, None])
 
     @gluon.jit
+    def _piece_bounds(sched_ptr, part):
+        """Piece ``part`` of the split-KV plan: (begin_req, begin_tok, end_req, end_tok, begin_split)."""
+        sched = sched_ptr + part * 8
+        return gl.load(sched + 0), gl.load(sched + 1), gl.load(sched + 2), gl.load(sched + 3), gl.load(sched + 4)
+
+    @gluon.jit
+    def _request_span(req, begin_req, begin_tok, end_req, end_tok, begin_split, seqlens_ptr, num_splits_ptr,
+                      max_blocks, page_block_size):
+        """A piece's share of request ``req``: (s_k, tok_lo, tok_hi, split_lo, n_split, split_idx), ``s_k``
+        clamped to what the block table covers (the Triton kernels' helper of the same name, in Gluon)."""
+        s_k = gl.minimum(gl.load(seqlens_ptr + req), max_blocks * page_block_size)
+        tok_lo = gl.where(req == begin_req, begin_tok, 0)
+        tok_hi = gl.where(req == end_req, gl.minimum(end_tok, s_k), s_k)
+        split_lo = gl.load(num_splits_ptr + req)
+        n_split = gl.load(num_splits_ptr + req + 1) - split_lo
+        split_idx = gl.where(req == begin_req, begin_split, 0)
+        return s_k, tok_lo, tok_hi, split_lo, n_split, split_idx
+
+    @gluon.jit
     def _dense_decode_sm90_kernel(
         q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
         out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr,
@@ -99,12 +118,7 @@ if gluon_available():
         kv_head = pid_m // row_tiles
         tile = pid_m % row_tiles
 
-        sched = sched_ptr + part * 8
-        begin_req = gl.load(sched + 0)
-        begin_tok = gl.load(sched + 1)
-        end_req = gl.load(sched + 2)
-        end_tok = gl.load(sched + 3)
-        begin_split = gl.load(sched + 4)
+        begin_req, begin_tok, end_req, end_tok, begin_split = _piece_bounds(sched_ptr, part)
 
         # rows of this tile in the load layout (for Q) and in the two MMA layouts (for masks, stores)
         offs_r_ld = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, LOAD))
@@ -116,12 +130,9 @@ if gluon_available():
 
         for req in range(begin_req, end_req + 1):
             req64 = req.to(gl.int64)
-            s_k = gl.minimum(gl.load(seqlens_ptr + req), max_blocks * page_block_size)
-            tok_lo = gl.where(req == begin_req, begin_tok, 0)
-            tok_hi = gl.where(req == end_req, gl.minimum(end_tok, s_k), s_k)
-            split_lo = gl.load(num_splits_ptr + req)
-            n_split = gl.load(num_splits_ptr + req + 1) - split_lo
-            split_idx = gl.where(req == begin_req, begin_split, 0)
+            s_k, tok_lo, tok_hi, split_lo, n_split, split_idx = _request_span(
+                req, begin_req, begin_tok, end_req, end_tok, begin_split, seqlens_ptr, num_splits_ptr, max_blocks,
+                page_block_size)
             bt_row = block_table_ptr + req64 * stride_bt
 
             # Q tile -> shared memory, 64 dims at a time

@@ -62,7 +62,7 @@ if gluon_available():
         warpgroup_mma_wait,
     )
 
-    from .decode_dense_sm90 import _issue_kv_tile
+    from .decode_dense_sm90 import _issue_kv_tile, _piece_bounds, _request_span
 
     @functools.lru_cache(maxsize=None)
     def p_smem_layout(r: int):
@@ -145,12 +145,7 @@ if gluon_available():
         kv_head = pid_m // row_tiles
         tile = pid_m % row_tiles
 
-        sched = sched_ptr + part * 8
-        begin_req = gl.load(sched + 0)
-        begin_tok = gl.load(sched + 1)
-        end_req = gl.load(sched + 2)
-        end_tok = gl.load(sched + 3)
-        begin_split = gl.load(sched + 4)
+        begin_req, begin_tok, end_req, end_tok, begin_split = _piece_bounds(sched_ptr, part)
 
         offs_r_ld = tile * R + gl.arange(0, R, layout=gl.SliceLayout(1, LOAD))
         offs_c_ld = gl.arange(0, 64, layout=gl.SliceLayout(0, LOAD))
@@ -168,12 +163,9 @@ if gluon_available():
 
         for req in range(begin_req, end_req + 1):
             req64 = req.to(gl.int64)
-            s_k = gl.minimum(gl.load(seqlens_ptr + req), max_blocks * page_block_size)
-            tok_lo = gl.where(req == begin_req, begin_tok, 0)
-            tok_hi = gl.where(req == end_req, gl.minimum(end_tok, s_k), s_k)
-            split_lo = gl.load(num_splits_ptr + req)
-            n_split = gl.load(num_splits_ptr + req + 1) - split_lo
-            split_idx = gl.where(req == begin_req, begin_split, 0)
+            s_k, tok_lo, tok_hi, split_lo, n_split, split_idx = _request_span(
+                req, begin_req, begin_tok, end_req, end_tok, begin_split, seqlens_ptr, num_splits_ptr, max_blocks,
+                page_block_size)
             bt_row = block_table_ptr + req64 * stride_bt
 
             # Q tile [R, d] -> shared memory, 64 dims at a time (rows past ``rows`` are zeros)
