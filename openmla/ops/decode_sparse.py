@@ -226,19 +226,21 @@ class SparseDecodeConfig:
 def sparse_decode_config(h_q: int, d_v: int, arch: int | None = None) -> SparseDecodeConfig:
     """Pick the tile from the head count (the rows of one query token), the head dims and the arch.
 
-    More than 32 heads: 64-row tiles. Where 227 KB of shared memory a block allow (Hopper, Blackwell
-    datacenter parts), 64-token KV tiles on 8 warps holding the whole 512-dim output: on an H200 (V3.2
-    FP8, s_q=2, topk=2048, b=64) 467 us at h_q=128 against 527 us for 128-row tiles with the output
-    sliced in two, and 244 us against 456 us at h_q=64; three stages rather than two, 459.1 against
-    462.5 us (b=64) and 890.0 against 904.9 us (b=128) on an H100. Elsewhere 32-token (16 on 99 KB parts) tiles on 4
-    warps, output sliced. Fewer heads: the smallest tile of at least 16 rows that holds them and the
-    whole output, three stages where shared memory allows (210 against 219 us at h_q=16 on the H200).
-    tests/test_aot.py checks each arch's shared-memory limit.
+    Where 227 KB of shared memory a block allow (Hopper, Blackwell datacenter parts), more than 16
+    heads take 64-row, 64-token tiles on 8 warps holding the whole 512-dim output, rows past ``h_q``
+    masked. Measured beside the alternatives (V3.2 FP8, s_q=2, topk=2048, b=64): on an H200, 467 us at
+    h_q=128 against 527 us for 128-row tiles with the output sliced in two, and 244 us against 456 us at
+    h_q=64; on an H100, three stages rather than two, 459.1 against 462.5 us (b=128: 890.0 against
+    904.9 us), and h_q=32 in the padded tile 246.4 against 392.4 us in a 32-row one (the gather, not the
+    products, sets the speed). Elsewhere more than 32 heads take 64-row tiles with 32-token (16 on
+    99 KB parts) KV tiles on 4 warps, output sliced. Fewer heads: the smallest tile of at least 16 rows
+    that holds them and the whole output, three stages where shared memory allows (h_q=16 on an H100:
+    207.2 us against 240.8 us in the padded 64-row tile). tests/test_aot.py checks each arch's limit.
     """
     limit = smem_per_block(arch)
+    if h_q > 16 and limit >= 200 * 1024:
+        return SparseDecodeConfig(block_m=64, block_n=64, num_warps=8, num_stages=3, dv_tile=d_v)
     if h_q > 32:
-        if limit >= 200 * 1024:
-            return SparseDecodeConfig(block_m=64, block_n=64, num_warps=8, num_stages=3, dv_tile=d_v)
         block_n = 32 if limit >= 120 * 1024 else 16
         return SparseDecodeConfig(block_m=64, block_n=block_n, num_warps=4, num_stages=2, dv_tile=min(d_v, 256))
     block_m = max(16, 1 << (h_q - 1).bit_length())
