@@ -16,6 +16,9 @@ work and the kernel streams the cache:
   inside its warpgroup; slower at 32 rows on an H200, kept for tuning).
 * K/V tiles of 64 tokens gathered through the block table with ``cp.async`` into a two-stage ring (any
   page size), the next tile loading while this one is multiplied.
+* per-tensor FP8 caches (``KV_FP8``): the ring holds the e4m3 bytes (half the traffic), decoded exactly
+  into one 16-bit tile in shared memory before the products; an e4m3 q (``Q_FP8``) is decoded to fp16,
+  the products run in fp16, the descales are applied in fp32 (as in the Triton kernels).
 
 Split-KV plan, causal rule, masking and outputs are exactly those of :mod:`openmla.ops.decode_dense`
 (same scheduler metadata, same ``o_accum`` layout, same combine).
