@@ -150,9 +150,11 @@ def write_kv(
             (float8_e4m3fn, 576 a token, with ``scale``). Last dim contiguous.
         kv: ``[n, d_qk]`` (or ``[n, 1, d_qk]``) bf16/fp16/fp32, the new tokens' keys (latent, then RoPE).
         slot_mapping: int32/int64 ``[n]`` on the cache's device: ``page * page_block_size + offset``;
-            values outside ``[0, num_blocks * page_block_size)`` (e.g. -1 for padding) are skipped.
+            values outside ``[0, num_blocks * page_block_size)`` (e.g. -1 for padding) are skipped. Slots
+            must be distinct: two tokens naming one slot race, as in any scatter.
         kv_format: the layout's name when its byte size is ambiguous (see :func:`detect_format`).
-        scale: per-tensor FP8 only: the cache stores ``kv / scale`` (a float or fp32 one-element tensor).
+        scale: per-tensor FP8 only: the cache stores ``kv / scale`` (a float, or an fp32 one-element tensor on
+            the cache's device: pass the tensor when capturing a CUDA graph, a float is copied to the GPU).
 
     Raises:
         InvalidArgumentError: mismatched shapes, dtypes or devices, or ``scale`` given for (or missing
@@ -235,5 +237,6 @@ def _write_torch(k_cache, flat, slot_mapping, fmt, scale) -> None:
         values = quantize_v32(rows)
     blocks, offsets = slots // k_cache.shape[1], slots % k_cache.shape[1]
     cache[blocks, offsets, 0] = values
+
 
 __all__ = ["write_kv"]
