@@ -3,7 +3,7 @@
 Why a layout of its own: ``wgmma`` multiplies 64 rows at a time. The 64-row kernel
 (:mod:`.decode_dense_sm90`) puts the query rows there, so with 16 rows (h_q = 16, what tensor parallelism
 leaves on a GPU) three quarters of every product is padding, and on an H200 that padded work, not the
-memory system, set its speed: h_q 16, 32 and 64 all took ~400 µs at s_k=8k, b=128. Here the KV tokens
+memory system, set its speed: h_q 16, 32 and 64 all took 400-422 µs at s_k=8k, b=128. Here the KV tokens
 take the 64-row side and the query rows the other (``N = R``, 16 or 32), so the products do no padded
 work and the kernel streams the cache:
 
