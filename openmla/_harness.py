@@ -144,21 +144,25 @@ def make_dense_decode_inputs(
     return DecodeInputs(q, k_cache, block_table, seqlens_t, list(seqlens), dv, softmax_scale, causal)
 
 
-def quantize_dense_fp8(inp: DecodeInputs) -> DecodeInputs:
-    """``inp`` with q and the cache as per-tensor e4m3 codes and their descales (fp32 [1] each).
+def quantize_dense_fp8(inp: DecodeInputs, fp8_q: bool = True) -> DecodeInputs:
+    """``inp`` with the cache (and, with ``fp8_q``, q) as per-tensor e4m3 codes and their descales.
 
-    ``descale = amax / 448`` over the finite values, so nothing saturates. NaN slots past each length
-    become code 0 here, not NaN: FlashMLA's FP8 kernel multiplies the masked tail of a sequence's last
-    page by a zero probability (NaN there would reach its output), and both libraries must time the
-    same bytes. That OpenMLA never reads those slots is proven by the GPU tests, which keep the NaN.
+    ``descale = amax / 448`` (fp32 [1]) over the finite values, so nothing saturates; without ``fp8_q``,
+    q is cast to fp16 and ``descale_q`` is None. NaN slots past each length become code 0 here, not NaN:
+    FlashMLA's FP8 kernel multiplies the masked tail of a sequence's last page by a zero probability
+    (NaN there would reach its output), and both libraries must time the same bytes. That OpenMLA never
+    reads those slots is proven by the GPU tests, which keep the NaN.
     """
-    e4m3 = torch.float8_e4m3fn
-    k = torch.nan_to_num(inp.k_cache.float(), nan=0.0)
-    q = inp.q.float()
-    descale_k = (k.abs().amax() / 448).clamp_min(1e-12).reshape(1)
-    descale_q = (q.abs().amax() / 448).clamp_min(1e-12).reshape(1)
+    from .kvcache import quantize_fp8_per_tensor
+
+    k = torch.nan_to_num(inp.k_cache, nan=0.0)
+    descale_k = (k.abs().amax().float() / 448).clamp_min(1e-12).reshape(1)
+    q, descale_q = inp.q.half(), None
+    if fp8_q:
+        descale_q = (inp.q.abs().amax().float() / 448).clamp_min(1e-12).reshape(1)
+        q = quantize_fp8_per_tensor(inp.q, descale_q)
     return DecodeInputs(
-        (q / descale_q).to(e4m3), (k / descale_k).to(e4m3), inp.block_table, inp.cache_seqlens, inp.seqlens,
+        q, quantize_fp8_per_tensor(k, descale_k), inp.block_table, inp.cache_seqlens, inp.seqlens,
         inp.head_dim_v, inp.softmax_scale, inp.causal, descale_q, descale_k,
     )
 

@@ -54,6 +54,20 @@ def test_dry_run_both_ops_every_config(tmp_path, capsys):
     assert "sparse_std_b128" in text and "std_sq1_sk4096_h128" in text
 
 
+def test_dry_run_dense_fp8(tmp_path, capsys):
+    """``--dtype fp8``: per-tensor FP8 inputs (the cache as e4m3 codes with a descale) pass their check;
+    ``--dtype fp8`` with the sparse op is refused: exit 2 and a message saying why."""
+    path = tmp_path / "fp8.json"
+    rc = runner.main(["--configs", "standard", "--dtype", "fp8", "--dry-run", "--json", str(path)])
+    assert rc == 0, capsys.readouterr().out
+    results = json.loads(path.read_text())["results"]
+    assert len(results) == len(get_configs("standard")) and all(r["ok"] is True for r in results), results
+    assert all(r["config"]["dtype"] == "fp8" for r in results)
+    capsys.readouterr()
+    assert runner.main(["--op", "sparse_decode", "--dtype", "fp8", "--dry-run"]) == 2
+    assert "applies to dense_decode only" in capsys.readouterr().err
+
+
 def test_sparse_config_sets():
     """FlashMLA's published config, the head sweep, the 16-bit cache and the small matrix, as specified."""
     std = get_configs("standard", op="sparse_decode")
