@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One round on a GPU machine: install the FlashMLA anchor if carried, GPU tests, then benchmarks.
-# Usage: bash benchmarks/gpu_round.sh "<pytest -k expression>" "<bench/tune commands>"; logs go to $OUT.
+# The set-up of a round on a GPU machine: installs the FlashMLA anchor if its wheel was carried in .whl/,
+# puts it and this checkout on PYTHONPATH, and prints the card and versions. Source it, then run the
+# round's commands (docs/next-gpu-round.md):  source benchmarks/gpu_round.sh; python3 -m pytest -m gpu ...
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/openmla-out}
