@@ -16,6 +16,7 @@ from . import reference
 from ._runtime import InvalidArgumentError
 from .dispatch import Choice, choose_dense_decode, choose_sparse_decode
 from .metadata import FlashMLASchedMeta, plan_dense
+from .ops.combine import fuse_combine
 
 __all__ = ["flash_mla_with_kvcache", "explain"]
 
@@ -471,6 +472,7 @@ def flash_mla_with_kvcache(
 
     if _value_checks_enabled(planning, q.device):
         _check_values(block_table, cache_seqlens, page_block_size, num_blocks)
+    fused = fuse_combine(q.device, b)  # one launch for small eager batches; else the parallel combine kernel
     if isinstance(tile_scheduler_metadata, torch.Tensor):
         sched, splits = tile_scheduler_metadata, num_splits
     elif meta is not None and meta.have_initialized:
@@ -480,22 +482,36 @@ def flash_mla_with_kvcache(
         if meta is not None:
             meta.tile_scheduler_metadata, meta.num_splits, meta.have_initialized = sched, splits, True
 
-    from .ops.decode_dense import split_workspace
-
-    if choice.backend == "gluon":
-        from .ops.gluon.decode_dense_sm90 import dense_decode_sm90_fwd as fwd
-    else:
-        from .ops.decode_dense import dense_decode_fwd as fwd
+    fwd = _dense_launcher(choice.backend)
     workspace = None
     if meta is not None:
         # the layers of one step share the schedule, so they can share the split buffers too
         if meta.workspace is None or meta.workspace[0].shape[0] != b + sched.shape[0]:
+            from .ops.decode_dense import split_workspace
+
             meta.workspace = split_workspace(q, head_dim_v, sched.shape[0])
         workspace = meta.workspace
     if kv_fp8:
         return fwd(q, k_cache, block_table, cache_seqlens, head_dim_v, sched, splits, scale, causal,
-                   workspace=workspace, descale_q=descale_q, descale_k=descale_k)
-    return fwd(q, k_cache, block_table, cache_seqlens, head_dim_v, sched, splits, scale, causal, workspace=workspace)
+                   workspace=workspace, descale_q=descale_q, descale_k=descale_k, fused_combine=fused)
+    return fwd(q, k_cache, block_table, cache_seqlens, head_dim_v, sched, splits, scale, causal, workspace=workspace,
+               fused_combine=fused)
+
+
+_LAUNCHERS: dict = {}
+
+
+def _dense_launcher(backend: str):
+    """The dense-decode launcher of a kernel backend, imported once (a function-level import on every decode
+    call costs microseconds of host time)."""
+    fwd = _LAUNCHERS.get(backend)
+    if fwd is None:
+        if backend == "gluon":
+            from .ops.gluon.decode_dense_sm90 import dense_decode_sm90_fwd as fwd
+        else:
+            from .ops.decode_dense import dense_decode_fwd as fwd
+        _LAUNCHERS[backend] = fwd
+    return fwd
 
 
 def explain(

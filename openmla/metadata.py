@@ -20,8 +20,9 @@ from typing import Optional
 import torch
 
 from ._runtime import InvalidArgumentError, SchedMetaMismatchError, device_arch, num_sms
+from .ops.combine import FUSED_MAX_BATCH
 from .ops.decode_dense import num_sm_parts_for
-from .ops.schedule import plan_splitkv
+from .ops.schedule import MAX_SPLITS, plan_splitkv
 
 __all__ = ["FlashMLASchedMeta", "get_mla_metadata", "get_mla_decoding_metadata"]
 
@@ -96,6 +97,9 @@ def plan_dense(
     (576, 512) call on this device, over a per-tensor FP8 cache with ``kv_fp8`` (the Triton kernel, on
     Hopper too). Any plan is correct for any kernel; the size only affects speed.
     ``old_api``: the tensors go back to a caller of the old form, so at most one piece per SM.
+    Batches small enough for the fused combine (:data:`openmla.ops.combine.FUSED_MAX_BATCH`) cut any
+    request into at most :data:`openmla.ops.schedule.MAX_SPLITS` pieces, whichever way their calls merge
+    them (an eagerly planned schedule is often replayed by CUDA graphs); larger ones are not bounded.
     """
     if backend is None:
         import warnings
@@ -108,7 +112,8 @@ def plan_dense(
     device = cache_seqlens.device
     parts = num_sm_parts_for(rows_per_kv_head, h_kv, num_sms(device), backend=backend, cap_at_sm_count=old_api,
                              arch=device_arch(device))
-    return plan_splitkv(cache_seqlens.contiguous(), parts)
+    bounded = cache_seqlens.shape[0] <= FUSED_MAX_BATCH
+    return plan_splitkv(cache_seqlens.contiguous(), parts, MAX_SPLITS if bounded else None)
 
 
 def get_mla_metadata(*args, **kwargs):

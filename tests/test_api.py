@@ -10,7 +10,7 @@ from helpers import make_dense_decode_inputs, make_sparse_decode_inputs, quantiz
 
 import openmla
 from openmla import FlashMLASchedMeta, InvalidArgumentError, SchedMetaMismatchError, UnsupportedError
-from openmla.ops.schedule import plan_splitkv, plan_splitkv_torch
+from openmla.ops.schedule import MAX_SPLITS, plan_splitkv, plan_splitkv_torch
 
 
 def tiny_inputs(generator, **kw):
@@ -62,9 +62,13 @@ def test_old_metadata_form_shapes_and_v1_keyword():
 
 
 @pytest.mark.parametrize("parts", [1, 3, 17, 132, 264])
-def test_split_plan_covers_every_token_once(parts, generator):
-    lens = torch.randint(0, 5000, (37,), generator=generator, dtype=torch.int32)
-    lens[::7] = 0
+@pytest.mark.parametrize("batch", ["ragged", "one long"])
+def test_split_plan_covers_every_token_once(parts, batch, generator):
+    if batch == "ragged":
+        lens = torch.randint(0, 5000, (37,), generator=generator, dtype=torch.int32)
+        lens[::7] = 0
+    else:  # b=1 over many SMs: the cap on pieces per request decides the payload
+        lens = torch.tensor([int(torch.randint(3000, 40000, (1,), generator=generator))], dtype=torch.int32)
     sched, splits = plan_splitkv(lens, parts)
     sched_t, splits_t = plan_splitkv_torch(lens, parts)
     assert torch.equal(sched, sched_t) and torch.equal(splits, splits_t)
@@ -84,6 +88,10 @@ def test_split_plan_covers_every_token_once(parts, generator):
         assert owners[i] == int(splits[i + 1] - splits[i]) >= 1
     # every piece has at most one payload of work: the plan is balanced
     assert int(splits[-1]) <= len(lens) + parts
+    # the last program of a request merges all its partials: never more than MAX_SPLITS of them
+    assert int((splits[1:] - splits[:-1]).max()) <= MAX_SPLITS
+    if batch == "one long" and parts >= MAX_SPLITS:
+        assert int(splits[-1]) >= MAX_SPLITS - 1, "the cap should still spread a long request over most of its pieces"
 
 
 def test_reused_sched_meta_with_other_shape_raises(generator):
@@ -408,3 +416,23 @@ def test_backend_table_lists_every_op():
     assert {"dense_decode", "dense_fp8_decode", "sparse_decode", "sparse_prefill"} <= set(ops)
     assert all(r.reason for r in rows)
     assert ops["dense_fp8_decode"].backend == ops["dense_decode"].backend != "none"
+
+
+def test_fused_combine_policy_and_its_plan_bound():
+    """Small eager batches merge split partials in the split kernel and plan at most MAX_SPLITS pieces a
+    request; larger batches use the combine kernel and an unbounded plan (the cap would only idle SMs)."""
+    from openmla.metadata import plan_dense
+    from openmla.ops.combine import FUSED_MAX_BATCH, fuse_combine
+
+    cpu = torch.device("cpu")
+    assert fuse_combine(cpu, 1) and fuse_combine(cpu, FUSED_MAX_BATCH)
+    assert not fuse_combine(cpu, FUSED_MAX_BATCH + 1)
+    for b in (1, FUSED_MAX_BATCH, FUSED_MAX_BATCH + 1):
+        lens = torch.full((b,), 64, dtype=torch.int32)
+        lens[0] = 64 * 400  # one long request among short ones
+        _, splits = plan_dense(lens, 128, 1, "triton")
+        most = int((splits[1:] - splits[:-1]).max())
+        if b <= FUSED_MAX_BATCH:
+            assert most <= MAX_SPLITS
+        else:
+            assert most > MAX_SPLITS, "a batch past the fused combine's size should not be bounded"

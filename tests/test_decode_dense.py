@@ -79,13 +79,62 @@ INTERP_CASES = [
 @pytest.mark.parametrize("sms", [132, 5])
 @pytest.mark.parametrize("api", ["new", "old"])
 def test_triton_matches_reference_tiny(case, sms, api, monkeypatch, generator):
-    """Few SMs cut every request across pieces, so the combine kernel runs too."""
+    """Few SMs cut every request across pieces, so split partials are merged too (in the split kernel)."""
     b, s_q, s_k, h_q, h_kv, d, dv, page, varlen, causal, zero_frac = case
     monkeypatch.setenv("OPENMLA_NUM_SMS", str(sms))
     inputs = make_dense_decode_inputs(b, s_q, s_k, h_q, h_kv, d, dv, page, torch.float16, DEVICE, varlen=varlen,
                                       zero_len_frac=zero_frac, generator=generator, causal=causal)
     out, lse = run_openmla(inputs, api=api)
     check_against_reference(inputs, out, lse)
+
+
+def _kernel_backends() -> list[str]:
+    from openmla._runtime import device_arch, gluon_available
+
+    hopper = HAS_CUDA and gluon_available() and device_arch(torch.device("cuda")) == 90
+    return ["triton", "gluon"] if hopper else ["triton"]
+
+
+@pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("backend", _kernel_backends())
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "combine-kernel"])
+@pytest.mark.parametrize("h_q", [4, 40])
+def test_split_partials_merged_in_kernel_or_by_the_combine_kernel(backend, fused, h_q, monkeypatch, generator):
+    """Eager calls merge split partials in the split kernel, CUDA-graph captures with the combine kernel
+    (``fuse_combine``); both give the reference's result on a plan that cuts requests into many pieces."""
+    from openmla.api import _dense_launcher
+    from openmla.metadata import plan_dense
+    from openmla.ops.schedule import MAX_SPLITS
+
+    monkeypatch.setenv("OPENMLA_NUM_SMS", "40")
+    inputs = make_dense_decode_inputs(2, 2, 1500, h_q, 1, 64, 32, 16, torch.float16, DEVICE, varlen=True,
+                                      generator=generator, causal=True)
+    q, lens = inputs["q"], inputs["cache_seqlens"]
+    sched, splits = plan_dense(lens, 2 * h_q, 1, backend)
+    assert 4 <= int((splits[1:] - splits[:-1]).max()) <= MAX_SPLITS
+    scale = inputs["softmax_scale"] or q.shape[-1] ** -0.5
+    out, lse = _dense_launcher(backend)(q, inputs["k_cache"], inputs["block_table"], lens, 32, sched, splits, scale,
+                                        True, fused_combine=fused)
+    check_against_reference(inputs, out, lse)
+
+
+@pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("h_q, sms", [(4, 7), (40, 20)])  # 16-row tiles; 64-row tiles (2 per KV head)
+def test_fused_combine_resets_its_counters(h_q, sms, monkeypatch, generator):
+    """The last program of a split request merges its partials and puts its arrival counter back to 0, so
+    the workspace a FlashMLASchedMeta shares across the layers of a step serves every layer."""
+    monkeypatch.setenv("OPENMLA_NUM_SMS", str(sms))
+    inputs = make_dense_decode_inputs(3, 2, 200, h_q, 1, 64, 32, 16, torch.float16, DEVICE, varlen=True,
+                                      generator=generator, causal=True)
+    meta, _ = openmla.get_mla_metadata()
+    for _layer in range(3):
+        layer = dict(inputs, q=torch.randn(inputs["q"].shape, generator=generator).to(inputs["q"]))
+        out, lse = openmla.flash_mla_with_kvcache(layer["q"], layer["k_cache"], layer["block_table"],
+                                                  layer["cache_seqlens"], 32, meta, causal=True,
+                                                  softmax_scale=layer["softmax_scale"])
+        check_against_reference(layer, out, lse)
+        assert int(meta.workspace[2].count_nonzero()) == 0, "an arrival counter was left set"
+    assert int((meta.num_splits.diff() > 1).sum()) >= 2, "the plan should cut requests across pieces"
 
 
 @pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
@@ -117,7 +166,7 @@ def test_split_kernels_share_one_argument_list(generator):
     scratch = torch.empty(1)
     out, lse = torch.empty(2, 1, 4, 32, dtype=q.dtype), torch.empty(2, 4, 1)
     args = splitkv_args(q, k_cache, inputs["block_table"], inputs["cache_seqlens"], scratch, scratch,
-                        out, lse, scratch, scratch, 1, 0.1)
+                        out, lse, (scratch, scratch, scratch), 1, 0.1)
     kernels = [_dense_decode_splitkv_kernel]
     if gluon_available():
         from openmla.ops.gluon.decode_dense_sm90 import _dense_decode_sm90_kernel

@@ -190,7 +190,7 @@ INTERP_CASES = [
 @pytest.mark.parametrize("q_dtype", [torch.float16, E4M3], ids=["q-fp16", "q-e4m3"])
 @pytest.mark.parametrize("sms,api", [(132, "new"), (5, "old")])
 def test_triton_matches_reference_tiny(case, q_dtype, sms, api, monkeypatch, generator):
-    """Few SMs cut every request across pieces, so the combine kernel runs too."""
+    """Few SMs cut every request across pieces, so split partials are merged too (in the split kernel)."""
     b, s_q, s_k, h_q, h_kv, d, dv, page, varlen, causal, zero_frac = case
     monkeypatch.setenv("OPENMLA_NUM_SMS", str(sms))
     inputs = fp8_inputs(b, s_q, s_k, h_q, h_kv, d, dv, page, q_dtype, varlen=varlen, zero_len_frac=zero_frac,

@@ -69,22 +69,23 @@ def _dense_kernel_and_consts(cfg) -> tuple[object, dict]:
 def _variants(arch: int = 90) -> list[Variant]:
     from .combine import _decode_combine_kernel
     from .decode_dense import dense_decode_config
-    from .schedule import FIXED_OVERHEAD, SCHED_BLOCK, _plan_splitkv_kernel
+    from .schedule import FIXED_OVERHEAD, MAX_SPLITS, SCHED_BLOCK, _plan_splitkv_kernel
 
     out = []
     for dtype in ("bf16", "fp16"):
         ptrs = {
             "q_ptr": f"*{dtype}", "k_ptr": f"*{dtype}", "block_table_ptr": "*i32", "seqlens_ptr": "*i32",
             "sched_ptr": "*i32", "num_splits_ptr": "*i32", "out_ptr": f"*{dtype}", "lse_ptr": "*fp32",
-            "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32", "descale_q_ptr": "*fp32", "descale_k_ptr": "*fp32",
+            "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32", "counters_ptr": "*i32", "descale_q_ptr": "*fp32",
+            "descale_k_ptr": "*fp32",
         }
         for rows in (16, 32, 64, 128):
             for d_qk in (576, 512):
                 for causal in (False, True):
                     cfg = dense_decode_config(rows, d_qk, 512, arch)
                     kernel, tile = _dense_kernel_and_consts(cfg)
-                    consts = dict(CAUSAL=causal, **tile, D_V=512, D_PE=d_qk - 512, Q_FP8=False, KV_FP8=False,
-                                  FP8_NATIVE=True)
+                    consts = dict(CAUSAL=causal, FUSED_COMBINE=True, **tile, D_V=512, D_PE=d_qk - 512, Q_FP8=False,
+                                  KV_FP8=False, FP8_NATIVE=True)
                     name = f"{dtype} rows<={rows} d{d_qk} {'causal' if causal else 'full'} {cfg.layout} " \
                            f"bm{cfg.block_m} bn{cfg.block_n} dv{cfg.dv_tile} w{cfg.num_warps} s{cfg.num_stages}"
                     out.append(Variant(kernel, ptrs, ("scale_log2",), consts, cfg.num_warps, cfg.num_stages, name))
@@ -94,6 +95,11 @@ def _variants(arch: int = 90) -> list[Variant]:
                            f"{dtype} d_v512"))
         out.append(Variant(_decode_combine_kernel, combine_ptrs, (), dict(BLOCK_R=8, D_V=512, HAS_SINK=True), 4, 2,
                            f"{dtype} d_v512 sink"))
+    # what CUDA-graph captures launch: the partials merged by the combine kernel, not in the split kernel
+    for v in list(out):
+        if v.name.startswith("bf16 rows<=") and "d576 causal" in v.name and v.kernel is not _decode_combine_kernel:
+            out.append(dataclasses.replace(v, constexprs=dict(v.constexprs, FUSED_COMBINE=False),
+                                           name=v.name + " combine-kernel"))
     out.extend(_dense_fp8_variants(arch))
     out.extend(_sparse_variants(arch))
     from .._runtime import gluon_available
@@ -106,34 +112,39 @@ def _variants(arch: int = 90) -> list[Variant]:
             ptrs = {
                 "q_ptr": f"*{dtype}", "k_ptr": f"*{dtype}", "block_table_ptr": "*i32", "seqlens_ptr": "*i32",
                 "sched_ptr": "*i32", "num_splits_ptr": "*i32", "out_ptr": f"*{dtype}", "lse_ptr": "*fp32",
-                "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32",
+                "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32", "counters_ptr": "*i32",
             }
             small_ptrs = dict(ptrs, descale_q_ptr="*fp32", descale_k_ptr="*fp32")
             for d_qk in (576, 512):
                 for causal in (False, True):
-                    consts = dict(CAUSAL=causal, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, D_V=512, D_PE=d_qk - 512)
+                    consts = dict(CAUSAL=causal, FUSED_COMBINE=True, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, D_V=512,
+                                  D_PE=d_qk - 512)
                     name = f"gluon {dtype} d{d_qk} {'causal' if causal else 'full'} bm{BLOCK_M} bn{BLOCK_N}"
                     out.append(Variant(_dense_decode_sm90_kernel, ptrs, ("scale_log2",), consts, NUM_WARPS, 1,
                                        name, gluon=True))
                     for r in (16, 32):
-                        consts = dict(CAUSAL=causal, R=r, BLOCK_N=small.BLOCK_N, D_V=512, D_PE=d_qk - 512,
+                        consts = dict(CAUSAL=causal, FUSED_COMBINE=True, R=r, BLOCK_N=small.BLOCK_N, D_V=512, D_PE=d_qk - 512,
                                       P_SMEM=small.p_smem_layout(r), WGS=small.warpgroups_for(r), Q_FP8=False,
                                       KV_FP8=False)
                         name = f"gluon-small-heads {dtype} d{d_qk} {'causal' if causal else 'full'} " \
                                f"rows<={r} bn{small.BLOCK_N}"
                         out.append(Variant(small._dense_decode_sm90_small_heads_kernel, small_ptrs, ("scale_log2",),
                                            consts, 4 * small.warpgroups_for(r), 1, name, gluon=True))
+            # CUDA-graph captures: the partials merged by the combine kernel
+            for v in [v for v in out if v.gluon and v.name.startswith("gluon") and f" {dtype} d576 causal" in v.name]:
+                out.append(dataclasses.replace(v, constexprs=dict(v.constexprs, FUSED_COMBINE=False),
+                                               name=v.name + " combine-kernel"))
     if gluon_available():
         # per-tensor FP8 through the small-head kernel: q bf16 or e4m3 (bytes), cache bytes, causal, d 576
         for q_dtype in ("bf16", "e4m3"):
             ptrs = {
                 "q_ptr": "*u8" if q_dtype == "e4m3" else "*bf16", "k_ptr": "*u8", "block_table_ptr": "*i32",
                 "seqlens_ptr": "*i32", "sched_ptr": "*i32", "num_splits_ptr": "*i32", "out_ptr": "*bf16",
-                "lse_ptr": "*fp32", "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32", "descale_q_ptr": "*fp32",
-                "descale_k_ptr": "*fp32",
+                "lse_ptr": "*fp32", "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32", "counters_ptr": "*i32",
+                "descale_q_ptr": "*fp32", "descale_k_ptr": "*fp32",
             }
             for r in (16, 32):
-                consts = dict(CAUSAL=True, R=r, BLOCK_N=small.BLOCK_N, D_V=512, D_PE=64, P_SMEM=small.p_smem_layout(r),
+                consts = dict(CAUSAL=True, FUSED_COMBINE=True, R=r, BLOCK_N=small.BLOCK_N, D_V=512, D_PE=64, P_SMEM=small.p_smem_layout(r),
                               WGS=small.warpgroups_for(r), Q_FP8=q_dtype == "e4m3", KV_FP8=True)
                 name = f"gluon-small-heads q {q_dtype} cache e4m3 d576 causal rows<={r} bn{small.BLOCK_N}"
                 out.append(Variant(small._dense_decode_sm90_small_heads_kernel, ptrs, ("scale_log2",), consts,
@@ -152,7 +163,8 @@ def _variants(arch: int = 90) -> list[Variant]:
                            f"kv fp32 -> {'per-tensor FP8' if quant else 'bf16'} cache", runtime_ints=write_ints))
     out.append(Variant(
         _plan_splitkv_kernel, {"seqlens_ptr": "*i32", "sched_ptr": "*i32", "num_splits_ptr": "*i32"}, (),
-        dict(BLOCK_P=256, CHUNK=32, SCHED=SCHED_BLOCK, OVERHEAD=FIXED_OVERHEAD), 4, 2, "256 parts"))
+        dict(BLOCK_P=256, CHUNK=32, SCHED=SCHED_BLOCK, OVERHEAD=FIXED_OVERHEAD, MAX_SPLITS=MAX_SPLITS), 4, 2,
+        "256 parts"))
     return out
 
 
@@ -175,13 +187,14 @@ def _dense_fp8_variants(arch: int = 90) -> list[Variant]:
         ptrs = {
             "q_ptr": "*u8" if q_fp8 else f"*{q_dtype}", "k_ptr": "*u8", "block_table_ptr": "*i32",
             "seqlens_ptr": "*i32", "sched_ptr": "*i32", "num_splits_ptr": "*i32", "out_ptr": f"*{out_dtype}",
-            "lse_ptr": "*fp32", "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32", "descale_q_ptr": "*fp32",
-            "descale_k_ptr": "*fp32",
+            "lse_ptr": "*fp32", "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32", "counters_ptr": "*i32",
+            "descale_q_ptr": "*fp32", "descale_k_ptr": "*fp32",
         }
         for rows in row_counts:
             cfg = dense_decode_config(rows, 576, 512, arch)
             kernel, tile = _dense_kernel_and_consts(cfg)
-            consts = dict(CAUSAL=True, **tile, D_V=512, D_PE=64, Q_FP8=q_fp8, KV_FP8=True, FP8_NATIVE=native)
+            consts = dict(CAUSAL=True, FUSED_COMBINE=True, **tile, D_V=512, D_PE=64, Q_FP8=q_fp8, KV_FP8=True,
+                          FP8_NATIVE=native)
             name = (f"fp8 q {q_dtype} cache {cache} causal rows<={rows} d576 {cfg.layout} "
                     f"bm{cfg.block_m} bn{cfg.block_n} dv{cfg.dv_tile} w{cfg.num_warps} s{cfg.num_stages}")
             out.append(Variant(kernel, ptrs, ("scale_log2",), consts, cfg.num_warps, cfg.num_stages, name,

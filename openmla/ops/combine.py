@@ -6,6 +6,12 @@ lse2) o_s``; the natural-log ``lse`` is ``lse2 · ln 2``; a row with no key in a
 ``out = 0`` and ``lse = +inf``. Requests with a single split were written by the split kernel and are
 skipped here.
 
+Two ways to run it: fused into the dense split kernels (:func:`arrive_split` counts a request's finished
+programs, and after its KV loops one program that sees them all claims the merge, :func:`merge_arrived`:
+one launch per call, what eager calls use), or as
+the standalone :func:`combine_splits` kernel (parallel over requests and rows: what CUDA-graph captures
+and sparse decoding use). :func:`fuse_combine` picks.
+
 With an attention sink (sparse decoding), the merged output of head ``h`` is scaled by
 ``1 / (1 + exp(sink[h] - lse))`` here, where it is final (``+inf`` gives 0, ``-inf`` leaves it); ``lse``
 is not changed.
@@ -22,6 +28,115 @@ if triton_available():
     import triton.language as tl
 
     @triton.jit
+    def arrive_split(counter_ptr):
+        """Count this program's partial in (the fused combine): a release increment after a barrier, so
+        every thread's partial stores are ordered before it."""
+        tl.debug_barrier()
+        tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
+
+    @triton.jit
+    def _split_weight(lse_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r, m_shift):
+        """Weight ``2^(lse2_s - m)`` of split ``s`` for each row, 0 past the request's last split."""
+        slot = (split_lo + s).to(tl.int64)
+        lse2_s = tl.load(lse_acc_ptr + slot * rows_per_slot + acc_row, mask=mask_r & (s < n_split),
+                         other=float("-inf"), cache_modifier=".cg")
+        return tl.math.exp2(lse2_s - m_shift)
+
+    @triton.jit
+    def _split_tile(o_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r, col,
+                    D_V: tl.constexpr):
+        """Split ``s``'s partial output at columns ``col`` for each row [R, CHUNK], 0 past the last split."""
+        slot = (split_lo + s).to(tl.int64)
+        return tl.load(o_acc_ptr + (slot * rows_per_slot + acc_row)[:, None] * D_V + col[None, :],
+                       mask=mask_r[:, None] & (s < n_split), other=0.0, cache_modifier=".cg")
+
+    @triton.jit
+    def merge_split_rows(
+        out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, sink_ptr,
+        req64, t_idx, head, mask_r, split_lo, n_split, s_q, h_q,
+        stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
+        D_V: tl.constexpr, DV_CHUNK: tl.constexpr, HAS_SINK: tl.constexpr,
+    ):
+        """Merge the ``n_split`` partials of rows ``(t_idx, head)`` [R] of request ``req64`` into out and lse.
+
+        Partials are read with ``.cg`` (from L2, past this SM's L1): in the fused combine other SMs
+        wrote them during this launch. One program merges a whole row tile there, so the loads are
+        made wide: ``DV_CHUNK`` output dims (at most) of four splits in flight at once (the merge ran
+        at ~55 GB/s a program with one 64-dim chunk of one split at a time: an H100, b=1).
+        """
+        CHUNK: tl.constexpr = DV_CHUNK if DV_CHUNK < D_V else D_V
+        rows_per_slot = s_q * h_q
+        acc_row = t_idx * h_q + head  # row inside a slot of o_accum [slots, s_q, h_q, D_V]
+        m = tl.full(t_idx.shape, float("-inf"), dtype=tl.float32)
+        for s in range(0, n_split):
+            slot = (split_lo + s).to(tl.int64)
+            lse2_s = tl.load(lse_acc_ptr + slot * rows_per_slot + acc_row, mask=mask_r, other=float("-inf"),
+                             cache_modifier=".cg")
+            m = tl.maximum(m, lse2_s)
+        m_shift = tl.where(m == float("-inf"), 0.0, m)
+        total = tl.zeros(t_idx.shape, dtype=tl.float32)
+        for s in range(0, n_split):
+            total += _split_weight(lse_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r, m_shift)
+        empty = total == 0.0
+        lse2 = m_shift + tl.math.log2(total)
+        inv = tl.where(empty, 0.0, 1.0 / total)
+        if HAS_SINK:
+            # base 2: 1 / (1 + 2^(sink·log2e - lse2)); empty rows stay 0 whatever the sink
+            sink2 = tl.load(sink_ptr + head, mask=mask_r, other=0.0) * 1.4426950408889634
+            inv = inv * tl.where(empty, 0.0, 1.0 / (1.0 + tl.math.exp2(sink2 - lse2)))
+        o_row = out_ptr + req64 * stride_ob + t_idx * stride_os + head * stride_oh
+        for c in tl.static_range(D_V // CHUNK):
+            col = c * CHUNK + tl.arange(0, CHUNK)
+            acc = tl.zeros([t_idx.shape[0], CHUNK], dtype=tl.float32)
+            for s in range(0, n_split, 4):
+                o0 = _split_tile(o_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r, col, D_V)
+                o1 = _split_tile(o_acc_ptr, split_lo, s + 1, n_split, rows_per_slot, acc_row, mask_r, col, D_V)
+                o2 = _split_tile(o_acc_ptr, split_lo, s + 2, n_split, rows_per_slot, acc_row, mask_r, col, D_V)
+                o3 = _split_tile(o_acc_ptr, split_lo, s + 3, n_split, rows_per_slot, acc_row, mask_r, col, D_V)
+                w0 = _split_weight(lse_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r, m_shift)
+                w1 = _split_weight(lse_acc_ptr, split_lo, s + 1, n_split, rows_per_slot, acc_row, mask_r, m_shift)
+                w2 = _split_weight(lse_acc_ptr, split_lo, s + 2, n_split, rows_per_slot, acc_row, mask_r, m_shift)
+                w3 = _split_weight(lse_acc_ptr, split_lo, s + 3, n_split, rows_per_slot, acc_row, mask_r, m_shift)
+                acc += w0[:, None] * o0 + w1[:, None] * o1 + w2[:, None] * o2 + w3[:, None] * o3
+            tl.store(o_row[:, None] + col[None, :], (acc * inv[:, None]).to(out_ptr.dtype.element_ty),
+                     mask=mask_r[:, None])
+        lse = tl.where(empty, float("inf"), lse2 * 0.6931471805599453)
+        tl.store(lse_ptr + req64 * stride_lb + head * stride_lh + t_idx, lse, mask=mask_r)
+
+    @triton.jit(noinline=True)
+    def merge_arrived(begin_req, end_req, num_splits_ptr, counter_base, counter_stride, arrivals_per_split,
+                      out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, row0, rows, group, kv_head, s_q, h_q,
+                      stride_ob, stride_os, stride_oh, stride_lb, stride_lh, R: tl.constexpr, D_V: tl.constexpr):
+        """After a piece's KV loops: merge each of its split requests whose programs have all counted in
+        (:func:`arrive_split`), for query rows ``row0 .. row0 + R`` (of ``rows``; row = t * group + g) of KV
+        head ``kv_head``.
+
+        Only a piece's first and last requests can be split (those in between are wholly its own). The
+        program whose compare-and-swap sees the full count takes the merge and puts the counter back to 0
+        (for the next launch and CUDA-graph replays); the last to arrive always checks after arriving, so
+        exactly one program merges each request. Nothing is carried through the KV loops, and the merge is
+        a call (``noinline``), not inlined code: inlined, its registers made Hopper builds spill inside the
+        KV loops of the kernels that call it.
+        """
+        offs_r = row0 + tl.arange(0, R)
+        mask_r = offs_r < rows
+        t_idx = offs_r // group
+        head = kv_head * group + offs_r % group
+        if begin_req <= end_req:
+            for k in range(0, 2):
+                req = tl.where(k == 0, begin_req, end_req)
+                split_lo = tl.load(num_splits_ptr + req)
+                n_split = tl.load(num_splits_ptr + req + 1) - split_lo
+                if (n_split > 1) & ((k == 0) | (end_req != begin_req)):
+                    arrivals = n_split * arrivals_per_split
+                    counter = counter_base + req.to(tl.int64) * counter_stride
+                    if tl.atomic_cas(counter, arrivals, 0, sem="acq_rel", scope="gpu") == arrivals:
+                        # 4096 // R output dims at a time: four splits' tiles in 128 registers a thread on 4 warps
+                        merge_split_rows(out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, lse_ptr, req.to(tl.int64), t_idx,
+                                         head, mask_r, split_lo, n_split, s_q, h_q, stride_ob, stride_os, stride_oh,
+                                         stride_lb, stride_lh, D_V, 4096 // R, False)
+
+    @triton.jit
     def _decode_combine_kernel(
         out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, num_splits_ptr, sink_ptr,
         stride_ob, stride_os, stride_oh,
@@ -34,37 +149,30 @@ if triton_available():
         n_split = tl.load(num_splits_ptr + req + 1) - split_lo
         if n_split > 1:
             offs_r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)  # row = t * h_q + head
-            mask_r = offs_r < s_q * h_q
-            offs_v = tl.arange(0, D_V)
-            rows_per_slot = s_q * h_q
-            m = tl.full([BLOCK_R], float("-inf"), dtype=tl.float32)
-            for s in range(0, n_split):
-                slot = (split_lo + s).to(tl.int64)
-                m = tl.maximum(m, tl.load(lse_acc_ptr + slot * rows_per_slot + offs_r, mask=mask_r, other=float("-inf")))
-            m_shift = tl.where(m == float("-inf"), 0.0, m)
-            total = tl.zeros([BLOCK_R], dtype=tl.float32)
-            acc = tl.zeros([BLOCK_R, D_V], dtype=tl.float32)
-            for s in range(0, n_split):
-                slot = (split_lo + s).to(tl.int64)
-                lse2 = tl.load(lse_acc_ptr + slot * rows_per_slot + offs_r, mask=mask_r, other=float("-inf"))
-                w = tl.math.exp2(lse2 - m_shift)
-                o = tl.load(o_acc_ptr + (slot * rows_per_slot + offs_r)[:, None] * D_V + offs_v[None, :],
-                            mask=mask_r[:, None], other=0.0)
-                total += w
-                acc += w[:, None] * o
-            empty = total == 0.0
-            o = acc * tl.where(empty, 0.0, 1.0 / total)[:, None]
-            lse2 = m_shift + tl.math.log2(total)
-            lse = tl.where(empty, float("inf"), lse2 * 0.6931471805599453)
-            t_idx = offs_r // h_q
-            head = offs_r % h_q
-            if HAS_SINK:
-                # base 2: 1 / (1 + 2^(sink·log2e - lse2)); empty rows stay 0 whatever the sink
-                sink2 = tl.load(sink_ptr + head, mask=mask_r, other=0.0) * 1.4426950408889634
-                o = o * tl.where(empty, 0.0, 1.0 / (1.0 + tl.math.exp2(sink2 - lse2)))[:, None]
-            o_ptrs = out_ptr + tl.cast(req, tl.int64) * stride_ob + t_idx * stride_os + head * stride_oh
-            tl.store(o_ptrs[:, None] + offs_v[None, :], o.to(out_ptr.dtype.element_ty), mask=mask_r[:, None])
-            tl.store(lse_ptr + tl.cast(req, tl.int64) * stride_lb + head * stride_lh + t_idx, lse, mask=mask_r)
+            merge_split_rows(out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, sink_ptr,
+                             tl.cast(req, tl.int64), offs_r // h_q, offs_r % h_q, offs_r < s_q * h_q, split_lo,
+                             n_split, s_q, h_q, stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
+                             D_V, D_V, HAS_SINK)
+
+
+#: Largest batch whose eager calls merge split partials in the split kernel (see :func:`fuse_combine`).
+FUSED_MAX_BATCH = 16
+
+
+def fuse_combine(device: torch.device, b: int) -> bool:
+    """Whether a dense decode call of batch ``b`` merges its split partials inside the split kernel (one
+    launch) rather than with the combine kernel (a second launch).
+
+    Fused: eager calls of at most :data:`FUSED_MAX_BATCH` requests. A launch through Triton costs tens of
+    microseconds of host time, as much as a small batch's GPU time, and the fused merge saves it: on an
+    H200 (same machine, previous version beside it) b 1-16 at s_k 512-8192 took 43-130 µs a call against
+    80-158 µs. The fused merge costs GPU time, though (one program merges a row tile, where the combine
+    kernel spreads a request over many), which shows where the GPU, not the host, sets the pace: b=128,
+    h_q=32 380.4 against 351.4 µs, a ragged b=16 batch (64 to 32k tokens) 144.2 against 104.0 µs. So larger
+    batches, and CUDA-graph captures (no host time to save: b 1-16 replays took 22.0-125.3 µs with the
+    combine kernel, 32.2-134.8 µs fused, an H100), use the combine kernel.
+    """
+    return b <= FUSED_MAX_BATCH and not (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
 
 
 def combine_splits(

@@ -8,8 +8,9 @@ the value. Each KV tile is loaded once and feeds both products (``S = Q Kᵀ`` a
 Grid: ``(row_tiles * h_kv, num_sm_parts)``. Program ``(m, p)`` walks piece ``p`` of the split-KV plan
 (:mod:`openmla.ops.schedule`): one or more requests, each over a token range. A request that only
 this piece touches is written straight to ``out``/``lse``; a request cut across pieces writes a
-normalised partial output and its log2-LSE to ``o_accum``/``lse_accum``, merged by
-:mod:`openmla.ops.combine`.
+normalised partial output and its log2-LSE to ``o_accum``/``lse_accum``, and the last of its programs
+to finish (an arrival counter per request and row tile) merges them into ``out``/``lse``: the combine
+is fused, one launch per call (:func:`openmla.ops.combine.merge_split_rows`).
 
 Masking rules (the reference's): keys ``j >= cache_seqlens[i]`` are never loaded (no NaN from unused
 slots, no read of garbage block-table entries); with ``causal`` query token ``t`` sees ``j <= s_k -
@@ -23,6 +24,7 @@ import dataclasses
 import torch
 
 from .._runtime import device_arch, triton_available
+from .combine import combine_splits, fuse_combine
 from .schedule import SCHED_BLOCK
 
 # integer arguments that vary per call: specialising on them (==1, %16) would recompile per batch shape
@@ -35,7 +37,9 @@ if triton_available():
     import triton
     import triton.language as tl
 
+    from .combine import arrive_split, merge_arrived
     from .fp8 import e4m3_to, e4m3_unit
+
 
     @triton.jit
     def _load_operand(ptrs, mask, dtype: tl.constexpr, IS_FP8: tl.constexpr, FP8_NATIVE: tl.constexpr):
@@ -82,7 +86,7 @@ if triton_available():
     @triton.jit(do_not_specialize=list(SPLITKV_RUNTIME_INTS))
     def _dense_decode_splitkv_kernel(
         q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
-        out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr,
+        out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, counters_ptr,
         stride_qb, stride_qs, stride_qh,
         stride_kb, stride_kp, stride_kh,
         stride_bt,
@@ -90,7 +94,7 @@ if triton_available():
         stride_lb, stride_lh,
         s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2,
         descale_q_ptr, descale_k_ptr,
-        CAUSAL: tl.constexpr,
+        CAUSAL: tl.constexpr, FUSED_COMBINE: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         D_V: tl.constexpr, D_PE: tl.constexpr, DV_TILE: tl.constexpr,
         Q_FP8: tl.constexpr, KV_FP8: tl.constexpr, FP8_NATIVE: tl.constexpr,
@@ -202,6 +206,13 @@ if triton_available():
                 acc_row = (slot * s_q + t_idx) * h_q + head  # o_accum is [slots, s_q, h_q, D_V]
                 tl.store(o_acc_ptr + acc_row[:, None] * D_V + offs_v[None, :], o, mask=mask_r[:, None])
                 tl.store(lse_acc_ptr + acc_row, lse2, mask=write_lse)
+                if FUSED_COMBINE:  # one counter per request and row tile: every split, every slice of D_V
+                    arrive_split(counters_ptr + req64 * (tl.num_programs(0) // NUM_DV_TILES) + pid_m // NUM_DV_TILES)
+        if FUSED_COMBINE:
+            merge_arrived(begin_req, end_req, num_splits_ptr, counters_ptr + pid_m // NUM_DV_TILES,
+                          tl.num_programs(0) // NUM_DV_TILES, NUM_DV_TILES, out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr,
+                          tile * BLOCK_M, rows, group, kv_head, s_q, h_q, stride_ob, stride_os, stride_oh, stride_lb,
+                          stride_lh, BLOCK_M, D_V)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,39 +300,49 @@ def num_sm_parts_for(
 
 
 def splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-                 out, lse, o_accum, lse_accum, row_tiles: int, softmax_scale: float) -> tuple:
+                 out, lse, workspace, row_tiles: int, softmax_scale: float) -> tuple:
     """The positional arguments of the split-KV kernels, Triton's and Gluon's alike, in their order.
 
-    The Triton kernel takes two more, ``descale_q_ptr`` and ``descale_k_ptr`` (per-tensor FP8), which
-    its launcher appends (as does the Gluon small-head kernel's; the 64-row Gluon kernel reads 16-bit caches
-    only and has no such arguments).
+    ``workspace``: ``(o_accum, lse_accum, counters)`` from :func:`split_workspace`. The Triton kernel takes
+    two more, ``descale_q_ptr`` and ``descale_k_ptr`` (per-tensor FP8), which its launcher appends (as does
+    the Gluon small-head kernel's; the 64-row Gluon kernel reads 16-bit caches only and has no such
+    arguments).
     """
     _, s_q, h_q, _ = q.shape
-    _, page_block_size, h_kv, _ = k_cache.shape
+    num_blocks, page_block_size, h_kv, _ = k_cache.shape
     group = h_q // h_kv
+    o_accum, lse_accum, counters = workspace
+    # one stride() tuple per tensor: this runs on every decode call
+    sq, sk, so, sl = q.stride(), k_cache.stride(), out.stride(), lse.stride()
     return (
         q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-        out, lse, o_accum, lse_accum,
-        q.stride(0), q.stride(1), q.stride(2),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        out, lse, o_accum, lse_accum, counters,
+        sq[0], sq[1], sq[2],
+        sk[0], sk[1], sk[2],
         block_table.stride(0),
-        out.stride(0), out.stride(1), out.stride(2),
-        lse.stride(0), lse.stride(1),
-        s_q, h_q, group, s_q * group, row_tiles, page_block_size, block_table.shape[1], k_cache.shape[0],
+        so[0], so[1], so[2],
+        sl[0], sl[1],
+        s_q, h_q, group, s_q * group, row_tiles, page_block_size, block_table.shape[1], num_blocks,
         softmax_scale * 1.4426950408889634,  # exp2 in the kernels: fold log2(e) into the scale
     )
 
 
-def split_workspace(q: torch.Tensor, head_dim_v: int, num_parts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Buffers for split partials: ``o_accum`` fp32 [b + num_parts, s_q, h_q, d_v] and ``lse_accum``.
+def split_workspace(q: torch.Tensor, head_dim_v: int, num_parts: int) -> tuple[torch.Tensor, ...]:
+    """Buffers for split partials and the fused combine: ``(o_accum, lse_accum, counters)``.
 
-    A request is cut into at most (pieces touching it) splits, so all splits fit in ``b + num_parts`` slots.
+    ``o_accum`` fp32 [b + num_parts, s_q, h_q, d_v] and ``lse_accum`` fp32 [b + num_parts, s_q, h_q]: a
+    request is cut into at most (pieces touching it) splits, so all splits fit in ``b + num_parts`` slots.
+    ``counters`` int32 [b * s_q * h_q], zeros: one arrival counter per (request, KV head, row tile) — a
+    tile holds at least one row, so this bounds every kernel's count. The kernels leave them at zero, so
+    a workspace serves any number of launches on one stream (the layers of a decode step, graph replays),
+    but not two launches running at once.
     """
     b, s_q, h_q, _ = q.shape
     slots = b + num_parts
     o_accum = torch.empty(slots, s_q, h_q, head_dim_v, dtype=torch.float32, device=q.device)
     lse_accum = torch.empty(slots, s_q, h_q, dtype=torch.float32, device=q.device)
-    return o_accum, lse_accum
+    counters = torch.zeros(b * s_q * h_q, dtype=torch.int32, device=q.device)
+    return o_accum, lse_accum, counters
 
 
 def dense_decode_fwd(
@@ -335,12 +356,14 @@ def dense_decode_fwd(
     softmax_scale: float,
     causal: bool,
     config: DenseDecodeConfig | None = None,
-    workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+    workspace: tuple[torch.Tensor, ...] | None = None,
     descale_q: torch.Tensor | None = None,
     descale_k: torch.Tensor | None = None,
     fp8_native: bool | None = None,
+    fused_combine: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch split-KV then combine. Inputs are validated by :mod:`openmla.api`.
+    """Launch the split-KV kernel, and the combine kernel unless it is fused. Inputs are validated by
+    :mod:`openmla.api`.
 
     Args:
         q: [b, s_q, h_q, d] bf16/fp16, or float8_e4m3fn with a per-tensor FP8 cache; last dim contiguous.
@@ -349,17 +372,19 @@ def dense_decode_fwd(
         block_table: [b, max_blocks] int32, last dim contiguous.
         cache_seqlens: [b] int32 contiguous.
         tile_scheduler_metadata, num_splits: from :func:`openmla.ops.schedule.plan_splitkv`.
+        workspace: :func:`split_workspace`'s buffers, reused across calls on one stream (allocated here
+            when None).
         descale_q, descale_k: fp32 one-element tensors on q's device, read by the kernel: the e4m3 q
             (resp. cache) holds ``x / descale``. ``descale_q`` is required for an e4m3 q and must be None
             otherwise; ``descale_k`` likewise for an FP8 cache.
         fp8_native: decode e4m3 with fp8 instructions (default: on sm_89+ and in the interpreter) or
             with integer bit moves (sm_80/86, which have none).
+        fused_combine: merge split partials in the split kernel (one launch) or with the combine kernel;
+            default :func:`openmla.ops.combine.fuse_combine`. The plan should match (``max_splits``).
 
     Returns:
         out [b, s_q, h_q, head_dim_v] in q's dtype (bf16 for an e4m3 q), lse [b, h_q, s_q] fp32.
     """
-    from .combine import combine_splits
-
     b, s_q, h_q, d = q.shape
     h_kv = k_cache.shape[2]
     rows = s_q * (h_q // h_kv)
@@ -381,7 +406,9 @@ def dense_decode_fwd(
     num_parts = tile_scheduler_metadata.shape[0]
     out = torch.empty(b, s_q, h_q, head_dim_v, dtype=torch.bfloat16 if q_fp8 else q.dtype, device=q.device)
     lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)
-    o_accum, lse_accum = workspace if workspace is not None else split_workspace(q, head_dim_v, num_parts)
+    if workspace is None:
+        workspace = split_workspace(q, head_dim_v, num_parts)
+    fused = fuse_combine(q.device, b) if fused_combine is None else bool(fused_combine)
     # FP8 tensors go in as their bytes; an absent descale is never read (lse stands in: one fp32 pointer
     # type for every launch, so the 16-bit path compiles to a single variant)
     q_in = q.view(torch.uint8) if q_fp8 else q
@@ -396,12 +423,13 @@ def dense_decode_fwd(
         kernel, consts = _dense_decode_splitkv_kernel, dict(BLOCK_M=cfg.block_m, DV_TILE=cfg.dv_tile)
     kernel[(row_tiles * h_kv * (head_dim_v // cfg.dv_tile), num_parts)](
         *splitkv_args(q_in, k_in, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-                      out, lse, o_accum, lse_accum, row_tiles, softmax_scale),
+                      out, lse, workspace, row_tiles, softmax_scale),
         descale_q if q_fp8 else lse, descale_k if kv_fp8 else lse,
-        CAUSAL=bool(causal and s_q > 1),
+        CAUSAL=bool(causal and s_q > 1), FUSED_COMBINE=fused,
         **consts, BLOCK_N=cfg.block_n, D_V=head_dim_v, D_PE=d - head_dim_v,
         Q_FP8=q_fp8, KV_FP8=kv_fp8, FP8_NATIVE=bool(fp8_native) or not kv_fp8,  # 16-bit: one variant per arch
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    combine_splits(out, lse, o_accum, lse_accum, num_splits)
+    if not fused:
+        combine_splits(out, lse, workspace[0], workspace[1], num_splits)
     return out, lse

@@ -24,12 +24,13 @@ if triton_available():
     import triton
     import triton.language as tl
 
+    from .combine import arrive_split, merge_arrived
     from .decode_dense import _fp8_scales, _load_operand, _piece_bounds, _request_span
 
     @triton.jit(do_not_specialize=list(SPLITKV_RUNTIME_INTS))
     def _dense_decode_tokens_kernel(
         q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
-        out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr,
+        out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, counters_ptr,
         stride_qb, stride_qs, stride_qh,
         stride_kb, stride_kp, stride_kh,
         stride_bt,
@@ -37,7 +38,7 @@ if triton_available():
         stride_lb, stride_lh,
         s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2,
         descale_q_ptr, descale_k_ptr,
-        CAUSAL: tl.constexpr,
+        CAUSAL: tl.constexpr, FUSED_COMBINE: tl.constexpr,
         R: tl.constexpr, BLOCK_N: tl.constexpr,
         D_V: tl.constexpr, D_PE: tl.constexpr,
         Q_FP8: tl.constexpr, KV_FP8: tl.constexpr, FP8_NATIVE: tl.constexpr,
@@ -127,3 +128,9 @@ if triton_available():
                 acc_row = (slot * s_q + t_idx) * h_q + head  # o_accum is [slots, s_q, h_q, D_V]
                 tl.store(o_acc_ptr + acc_row[None, :] * D_V + offs_v[:, None], o, mask=mask_r[None, :])
                 tl.store(lse_acc_ptr + acc_row, lse2, mask=mask_r)
+                if FUSED_COMBINE:  # one counter per request and row tile
+                    arrive_split(counters_ptr + req64 * tl.num_programs(0) + pid_m)
+        if FUSED_COMBINE:
+            merge_arrived(begin_req, end_req, num_splits_ptr, counters_ptr + pid_m, tl.num_programs(0), 1, out_ptr,
+                          lse_ptr, o_acc_ptr, lse_acc_ptr, tile * R, rows, group, kv_head, s_q, h_q, stride_ob,
+                          stride_os, stride_oh, stride_lb, stride_lh, R, D_V)

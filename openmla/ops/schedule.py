@@ -2,7 +2,9 @@
 
 Each request ``i`` costs ``max(ceil(len_i / 64), 1) + 5`` units (64-token blocks plus a fixed
 overhead for loading Q and writing O, as FlashMLA costs it). The requests' costs are laid end to end
-and cut into ``num_sm_parts`` consecutive pieces of ``payload = ceil(total / num_sm_parts)`` units;
+and cut into consecutive pieces of ``payload = max(ceil(total / num_sm_parts), ceil(max_blocks / (max_splits - 1)))``
+units (the second term keeps any request within ``max_splits`` pieces, for the fused combine; some pieces
+may then be empty);
 piece ``p`` is one program of the split-KV kernel. Request ``i`` occupies ``[P_i, P_{i+1})`` with
 its blocks at ``[P_i + 5, P_{i+1})``, so the pieces that touch its blocks are
 ``f_i = (P_i + 5) // payload`` to ``l_i = (P_{i+1} - 1) // payload``: closed forms, so the whole plan
@@ -17,7 +19,8 @@ Outputs (FlashMLA's old-API layout):
   length); ``begin_split`` is the first request's split index inside that request.
 * ``num_splits``: int32 ``[b + 1]``, cumulative count of splits per request (``num_splits[i+1] -
   num_splits[i]`` pieces touch request ``i``); a request with one split is written directly by the
-  split kernel, the others go through the combine kernel.
+  split kernel, the others are merged by the last of their programs (eager calls) or by the combine
+  kernel (CUDA-graph captures), see :func:`openmla.ops.combine.fuse_combine`.
 
 A zero-length request still costs one (empty) block, so exactly one piece owns it and writes its
 ``out = 0, lse = +inf``.
@@ -32,6 +35,15 @@ from .._runtime import triton_available
 SCHED_BLOCK = 64  # tokens per scheduling unit; the split kernel's BLOCK_N must divide it
 FIXED_OVERHEAD = 5  # units charged per request for its Q load and O write
 META_WIDTH = 8
+#: Most pieces one request of a small batch is cut into (``plan_dense`` applies it up to
+#: ``FUSED_MAX_BATCH`` requests). In eager calls one program merges all of a request's partials (the
+#: combine is fused into the split kernel), and merging 66 of them (b=1 on an H100) took longer than the
+#: attention itself: b=1, s_k=8192, h_q=128 ran 146.1 µs against 45.0 µs with the combine kernel (graph
+#: replays, same run). The payload grows instead, which leaves SMs idle only where a batch is too small to
+#: fill them anyway. A CUDA graph replaying an eagerly planned small batch keeps the bound: there b=1,
+#: s_k=8192 took 50.0 µs against 44.2 µs unbounded (an H200, one process each).
+MAX_SPLITS = 16
+_UNBOUNDED = 1 << 30  # max_splits=None: no bound
 
 if triton_available():
     import triton
@@ -48,17 +60,21 @@ if triton_available():
         CHUNK: tl.constexpr,
         SCHED: tl.constexpr,
         OVERHEAD: tl.constexpr,
+        MAX_SPLITS: tl.constexpr,
     ):
         offs_c = tl.arange(0, CHUNK)
         # pass 1: total cost
         total = 0
+        max_blk = 0
         for start in range(0, b, CHUNK):
             offs = start + offs_c
             mask = offs < b
             lens = tl.load(seqlens_ptr + offs, mask=mask, other=0)
             nblk = tl.maximum((lens + SCHED - 1) // SCHED, 1)
             total += tl.sum(tl.where(mask, nblk + OVERHEAD, 0), axis=0)
-        payload = (total + num_parts - 1) // num_parts
+            max_blk = tl.maximum(max_blk, tl.max(tl.where(mask, nblk, 0), axis=0))
+        # at most MAX_SPLITS pieces per request: its blocks touch at most ceil(nblk / payload) + 1 pieces
+        payload = tl.maximum((total + num_parts - 1) // num_parts, (max_blk + MAX_SPLITS - 2) // (MAX_SPLITS - 1))
 
         offs_p = tl.arange(0, BLOCK_P)
         x0 = offs_p * payload  # [BLOCK_P] first unit of each piece
@@ -119,12 +135,16 @@ if triton_available():
         tl.store(row + 7, zero, mask=pmask)
 
 
-def plan_splitkv(cache_seqlens: torch.Tensor, num_sm_parts: int) -> tuple[torch.Tensor, torch.Tensor]:
+def plan_splitkv(
+    cache_seqlens: torch.Tensor, num_sm_parts: int, max_splits: int | None = MAX_SPLITS
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Plan a ragged batch's split-KV schedule on ``cache_seqlens.device`` (one launch, no sync).
 
     Args:
         cache_seqlens: [b] int32 tokens per request.
         num_sm_parts: pieces to cut the work into (one split-kernel program each, per row tile).
+        max_splits: most pieces per request (:data:`MAX_SPLITS`; the fused combine's bound), or None for
+            no bound.
 
     Returns:
         ``(tile_scheduler_metadata int32 [num_sm_parts, 8], num_splits int32 [b + 1])``; see the
@@ -133,14 +153,15 @@ def plan_splitkv(cache_seqlens: torch.Tensor, num_sm_parts: int) -> tuple[torch.
     b = cache_seqlens.shape[0]
     device = cache_seqlens.device
     if device.type != "cuda" and not _interpreting():
-        return plan_splitkv_torch(cache_seqlens, num_sm_parts)
+        return plan_splitkv_torch(cache_seqlens, num_sm_parts, max_splits)
     sched = torch.empty(num_sm_parts, META_WIDTH, dtype=torch.int32, device=device)
     num_splits = torch.empty(b + 1, dtype=torch.int32, device=device)
     block_p = max(16, triton.next_power_of_2(num_sm_parts))
     chunk = 32 if block_p <= 256 else 16
     _plan_splitkv_kernel[(1,)](
         cache_seqlens, sched, num_splits, b, num_sm_parts,
-        BLOCK_P=block_p, CHUNK=chunk, SCHED=SCHED_BLOCK, OVERHEAD=FIXED_OVERHEAD, num_warps=4,
+        BLOCK_P=block_p, CHUNK=chunk, SCHED=SCHED_BLOCK, OVERHEAD=FIXED_OVERHEAD, MAX_SPLITS=max_splits or _UNBOUNDED,
+        num_warps=4,
     )
     return sched, num_splits
 
@@ -151,8 +172,11 @@ def _interpreting() -> bool:
     return interpret_mode() and triton_available()
 
 
-def plan_splitkv_torch(cache_seqlens: torch.Tensor, num_sm_parts: int) -> tuple[torch.Tensor, torch.Tensor]:
+def plan_splitkv_torch(
+    cache_seqlens: torch.Tensor, num_sm_parts: int, max_splits: int | None = MAX_SPLITS
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The same plan as :func:`plan_splitkv`, computed with plain PyTorch ops (CPU path, tests)."""
+    max_splits = max_splits or _UNBOUNDED
     lens = cache_seqlens.to(torch.int64)
     b = lens.shape[0]
     nblk = torch.clamp((lens + SCHED_BLOCK - 1) // SCHED_BLOCK, min=1)
@@ -160,7 +184,8 @@ def plan_splitkv_torch(cache_seqlens: torch.Tensor, num_sm_parts: int) -> tuple[
     incl = torch.cumsum(cost, 0)
     excl = incl - cost
     total = int(incl[-1]) if b > 0 else 0
-    payload = max((total + num_sm_parts - 1) // num_sm_parts, 1)
+    max_blk = int(nblk.max()) if b > 0 else 0
+    payload = max((total + num_sm_parts - 1) // num_sm_parts, (max_blk + max_splits - 2) // (max_splits - 1), 1)
     first = (excl + FIXED_OVERHEAD) // payload
     last = (incl - 1) // payload
     num_splits = torch.zeros(b + 1, dtype=torch.int64, device=lens.device)

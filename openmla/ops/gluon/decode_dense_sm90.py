@@ -15,7 +15,8 @@ same scores. Here the layouts are chosen by hand:
   while this one is multiplied.
 
 Split-KV plan, causal rule, masking and outputs are exactly those of
-:mod:`openmla.ops.decode_dense` (same scheduler metadata, same ``o_accum`` layout, same combine).
+:mod:`openmla.ops.decode_dense` (same scheduler metadata, same ``o_accum`` layout, the same combine
+fused into the launch: :mod:`.merge`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from __future__ import annotations
 import torch
 
 from ..._runtime import gluon_available
+from ..combine import combine_splits, fuse_combine
+from ..decode_dense import split_workspace, splitkv_args
 from ..schedule import SCHED_BLOCK
 
 BLOCK_M = 64
@@ -38,6 +41,8 @@ if gluon_available():
         warpgroup_mma,
         warpgroup_mma_wait,
     )
+
+    from .merge import arrive_split, merge_arrived
 
     @gluon.jit
     def _issue_kv_tile(k_ptr, bt_row, dst_nope, dst_pe, start, tok_hi, page_block_size, num_blocks, kv_head,
@@ -80,14 +85,14 @@ if gluon_available():
     @gluon.jit
     def _dense_decode_sm90_kernel(
         q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
-        out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr,
+        out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, counters_ptr,
         stride_qb, stride_qs, stride_qh,
         stride_kb, stride_kp, stride_kh,
         stride_bt,
         stride_ob, stride_os, stride_oh,
         stride_lb, stride_lh,
         s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2,
-        CAUSAL: gl.constexpr,
+        CAUSAL: gl.constexpr, FUSED_COMBINE: gl.constexpr,
         BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
         D_V: gl.constexpr, D_PE: gl.constexpr,
     ):
@@ -217,6 +222,12 @@ if gluon_available():
                 acc_row = (slot * s_q + t_o) * h_q + head_o  # o_accum is [slots, s_q, h_q, D_V]
                 gl.store(o_acc_ptr + acc_row[:, None] * D_V + offs_v[None, :], o, mask=mask_r_o[:, None])
                 gl.store(lse_acc_ptr + acc_row, lse2, mask=mask_r_o)
+                if FUSED_COMBINE:  # one counter per request and row tile
+                    arrive_split(counters_ptr + req64 * gl.num_programs(0) + pid_m)
+        if FUSED_COMBINE:
+            merge_arrived(begin_req, end_req, num_splits_ptr, counters_ptr + pid_m, gl.num_programs(0), out_ptr, lse_ptr,
+                          o_acc_ptr, lse_acc_ptr, tile * BLOCK_M, rows, group, kv_head, s_q, h_q, stride_ob, stride_os,
+                          stride_oh, stride_lb, stride_lh, BLOCK_M, D_V, gl.num_warps())
 
 
 def layout_for(rows: int) -> str:
@@ -240,11 +251,12 @@ def dense_decode_sm90_fwd(
     num_splits: torch.Tensor,
     softmax_scale: float,
     causal: bool,
-    workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+    workspace: tuple[torch.Tensor, ...] | None = None,
     layout: str | None = None,
     warpgroups: int | None = None,
     descale_q: torch.Tensor | None = None,
     descale_k: torch.Tensor | None = None,
+    fused_combine: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper.
 
@@ -256,9 +268,6 @@ def dense_decode_sm90_fwd(
     32 rows such a call goes to the Triton kernel (:func:`openmla.ops.decode_dense.dense_decode_fwd`),
     as :func:`openmla.explain` says.
     """
-    from ..combine import combine_splits
-    from ..decode_dense import split_workspace, splitkv_args
-
     b, s_q, h_q, d = q.shape
     h_kv = k_cache.shape[2]
     rows = s_q * (h_q // h_kv)
@@ -267,25 +276,29 @@ def dense_decode_sm90_fwd(
 
         return dense_decode_sm90_small_heads_fwd(q, k_cache, block_table, cache_seqlens, head_dim_v,
                                                  tile_scheduler_metadata, num_splits, softmax_scale, causal,
-                                                 workspace, warpgroups, descale_q=descale_q, descale_k=descale_k)
+                                                 workspace, warpgroups, descale_q=descale_q, descale_k=descale_k,
+                                                 fused_combine=fused_combine)
     if descale_k is not None:  # the 64-row kernel reads 16-bit caches only
         from ..decode_dense import dense_decode_fwd
 
         return dense_decode_fwd(q, k_cache, block_table, cache_seqlens, head_dim_v, tile_scheduler_metadata,
                                 num_splits, softmax_scale, causal, workspace=workspace, descale_q=descale_q,
-                                descale_k=descale_k)
+                                descale_k=descale_k, fused_combine=fused_combine)
     row_tiles = -(-rows // BLOCK_M)
     num_parts = tile_scheduler_metadata.shape[0]
     if SCHED_BLOCK % BLOCK_N:
         raise ValueError("the scheduler's unit must be a multiple of the sm_90 kernel's KV tile")
     out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
     lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)
-    o_accum, lse_accum = workspace if workspace is not None else split_workspace(q, head_dim_v, num_parts)
+    if workspace is None:
+        workspace = split_workspace(q, head_dim_v, num_parts)
+    fused = fuse_combine(q.device, b) if fused_combine is None else bool(fused_combine)
     _dense_decode_sm90_kernel[(row_tiles * h_kv, num_parts)](
         *splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-                      out, lse, o_accum, lse_accum, row_tiles, softmax_scale),
-        CAUSAL=bool(causal and s_q > 1), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v,
-        num_warps=NUM_WARPS,
+                      out, lse, workspace, row_tiles, softmax_scale),
+        CAUSAL=bool(causal and s_q > 1), FUSED_COMBINE=fused, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, D_V=head_dim_v,
+        D_PE=d - head_dim_v, num_warps=NUM_WARPS,
     )
-    combine_splits(out, lse, o_accum, lse_accum, num_splits)
+    if not fused:
+        combine_splits(out, lse, workspace[0], workspace[1], num_splits)
     return out, lse

@@ -21,7 +21,7 @@ work and the kernel streams the cache:
   the products run in fp16, the descales are applied in fp32 (as in the Triton kernels).
 
 Split-KV plan, causal rule, masking and outputs are exactly those of :mod:`openmla.ops.decode_dense`
-(same scheduler metadata, same ``o_accum`` layout, same combine).
+(same scheduler metadata, same ``o_accum`` layout, the same combine fused into the launch: :mod:`.merge`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ import functools
 import torch
 
 from ..._runtime import gluon_available
+from ..combine import combine_splits, fuse_combine
+from ..decode_dense import split_workspace, splitkv_args
 from ..schedule import SCHED_BLOCK
 
 #: KV tokens per tile: the 64-row side of ``wgmma``.
@@ -66,6 +68,7 @@ if gluon_available():
     )
 
     from .decode_dense_sm90 import _issue_kv_tile, _piece_bounds, _request_span
+    from .merge import arrive_split, merge_arrived
 
     @functools.lru_cache(maxsize=None)
     def p_smem_layout(r: int):
@@ -83,7 +86,7 @@ if gluon_available():
     @gluon.jit
     def _dense_decode_sm90_small_heads_kernel(
         q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
-        out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr,
+        out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, counters_ptr,
         stride_qb, stride_qs, stride_qh,
         stride_kb, stride_kp, stride_kh,
         stride_bt,
@@ -91,7 +94,7 @@ if gluon_available():
         stride_lb, stride_lh,
         s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2,
         descale_q_ptr, descale_k_ptr,
-        CAUSAL: gl.constexpr,
+        CAUSAL: gl.constexpr, FUSED_COMBINE: gl.constexpr,
         R: gl.constexpr, BLOCK_N: gl.constexpr,
         D_V: gl.constexpr, D_PE: gl.constexpr,
         P_SMEM: gl.constexpr, WGS: gl.constexpr,
@@ -272,6 +275,12 @@ if gluon_available():
                 acc_row_st = (slot * s_q + t_st) * h_q + head_st  # o_accum is [slots, s_q, h_q, D_V]
                 gl.store(o_acc_ptr + acc_row_st[None, :] * D_V + offs_v_st[:, None], o, mask=mask_st[None, :])
                 gl.store(lse_acc_ptr + (slot * s_q + t_s) * h_q + head_s, lse2, mask=mask_r)
+                if FUSED_COMBINE:  # one counter per request and row tile
+                    arrive_split(counters_ptr + req64 * gl.num_programs(0) + pid_m)
+        if FUSED_COMBINE:
+            merge_arrived(begin_req, end_req, num_splits_ptr, counters_ptr + pid_m, gl.num_programs(0), out_ptr, lse_ptr,
+                          o_acc_ptr, lse_acc_ptr, tile * R, rows, group, kv_head, s_q, h_q, stride_ob, stride_os,
+                          stride_oh, stride_lb, stride_lh, R, D_V, gl.num_warps())
 
 
 def dense_decode_sm90_small_heads_fwd(
@@ -284,10 +293,11 @@ def dense_decode_sm90_small_heads_fwd(
     num_splits: torch.Tensor,
     softmax_scale: float,
     causal: bool,
-    workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+    workspace: tuple[torch.Tensor, ...] | None = None,
     warpgroups: int | None = None,
     descale_q: torch.Tensor | None = None,
     descale_k: torch.Tensor | None = None,
+    fused_combine: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper, for ``s_q * h_q / h_kv <= 32``.
 
@@ -295,9 +305,6 @@ def dense_decode_sm90_small_heads_fwd(
     e4m3 with ``descale_q`` (output bf16). ``warpgroups``: how many warpgroups share a program's rows
     (default :func:`warpgroups_for`; 1 or ``R / 16``), for tuning.
     """
-    from ..combine import combine_splits
-    from ..decode_dense import split_workspace, splitkv_args
-
     b, s_q, h_q, d = q.shape
     h_kv = k_cache.shape[2]
     rows = s_q * (h_q // h_kv)
@@ -316,17 +323,20 @@ def dense_decode_sm90_small_heads_fwd(
         raise ValueError("the scheduler's unit must be a multiple of the sm_90 kernel's KV tile")
     out = torch.empty(b, s_q, h_q, head_dim_v, dtype=torch.bfloat16 if q_fp8 else q.dtype, device=q.device)
     lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)
-    o_accum, lse_accum = workspace if workspace is not None else split_workspace(q, head_dim_v, num_parts)
+    if workspace is None:
+        workspace = split_workspace(q, head_dim_v, num_parts)
+    fused = fuse_combine(q.device, b) if fused_combine is None else bool(fused_combine)
     # FP8 tensors go in as their bytes; an absent descale is never read (lse stands in)
     q_in = q.view(torch.uint8) if q_fp8 else q
     k_in = k_cache.view(torch.uint8) if kv_fp8 else k_cache
     _dense_decode_sm90_small_heads_kernel[(h_kv, num_parts)](
         *splitkv_args(q_in, k_in, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-                      out, lse, o_accum, lse_accum, 1, softmax_scale),
+                      out, lse, workspace, 1, softmax_scale),
         descale_q if q_fp8 else lse, descale_k if kv_fp8 else lse,
-        CAUSAL=bool(causal and s_q > 1), R=r, BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v,
+        CAUSAL=bool(causal and s_q > 1), FUSED_COMBINE=fused, R=r, BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v,
         P_SMEM=p_smem_layout(r), WGS=wgs, Q_FP8=q_fp8, KV_FP8=kv_fp8,
         num_warps=4 * wgs,
     )
-    combine_splits(out, lse, o_accum, lse_accum, num_splits)
+    if not fused:
+        combine_splits(out, lse, workspace[0], workspace[1], num_splits)
     return out, lse
