@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from openmla._runtime import InvalidArgumentError, UnsupportedError
-from openmla.kvcache import quantize_fp8_per_tensor, quantize_v32, write_kv
+from openmla.kvcache import model1_nominal_view, quantize_fp8_per_tensor, quantize_model1, quantize_v32, write_kv
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
@@ -55,6 +55,27 @@ def test_v32_write_is_byte_exact(device, dtype, page, generator):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("page", [1, 16, 64])
+def test_model1_write_is_byte_exact(device, dtype, page, generator):
+    """MODEL1 keeps a token's codes and RoPE bytes at 576*i of its page and its scales at 576*B + 8*i: the
+    written pages equal quantize_model1 of the keys with the new tokens in their slots, padding included."""
+    n = 24
+    num_blocks = max(8, -(-2 * n // page))
+    keys = _keys(num_blocks * page, 512, torch.float32, "cpu", generator).reshape(num_blocks, page, 1, 512)
+    pages = quantize_model1(keys).to(device)
+    cache = model1_nominal_view(pages, page)
+    kv = _keys(n, 512, dtype, device, generator)
+    slots = _slots(n, num_blocks * page, device, generator)
+    keep = ((slots >= 0) & (slots < num_blocks * page)).cpu()
+    s = slots.cpu()[keep]
+    keys.view(-1, 512)[s] = kv.cpu()[keep].float()  # exact: bf16 -> fp32
+    want = quantize_model1(keys).to(device)
+    write_kv(cache, kv, slots)
+    assert torch.equal(pages, want), (pages != want).nonzero()[:8].tolist()
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cache_dtype", [torch.bfloat16, torch.float16])
 def test_16bit_write_casts_and_skips_invalid_slots(device, cache_dtype, generator):
     n, num_blocks, page = 20, 3, 16
@@ -90,14 +111,16 @@ def test_bad_calls_raise_typed_errors(generator):
         write_kv(cache, torch.zeros(4, 512), slots)
     with pytest.raises(InvalidArgumentError, match=r"kv must be \[n, 576\]"):
         write_kv(torch.zeros(2, 16, 1, 576, dtype=torch.bfloat16), torch.zeros(4, 2, 576), slots)
-    with pytest.raises(InvalidArgumentError, match="V3.2 records carry their own"):
+    with pytest.raises(InvalidArgumentError, match="V32_FP8.* records carry their own"):
         write_kv(cache, kv, slots, scale=1.0)
     with pytest.raises(InvalidArgumentError, match="needs scale="):
         write_kv(torch.zeros(2, 16, 1, 576, dtype=torch.float8_e4m3fn), kv, slots)
     with pytest.raises(InvalidArgumentError, match="one KV head"):
         write_kv(torch.zeros(2, 16, 2, 656, dtype=torch.uint8), kv, slots)
-    with pytest.raises(UnsupportedError, match="does not write"):
-        write_kv(torch.zeros(2, 16, 1, 584, dtype=torch.uint8), torch.zeros(4, 512), slots)
+    with pytest.raises(UnsupportedError, match="does not write .* as bytes"):  # bf16 records held as uint8
+        write_kv(torch.zeros(2, 16, 1, 1152, dtype=torch.uint8), kv, slots)
+    with pytest.raises(InvalidArgumentError, match="MODEL1.* records carry their own"):
+        write_kv(torch.zeros(2, 16, 1, 584, dtype=torch.uint8), torch.zeros(4, 512), slots, scale=1.0)
 
 
 def test_cpu_pytorch_path_writes_the_same_bytes(monkeypatch, generator):
@@ -120,3 +143,10 @@ def test_cpu_pytorch_path_writes_the_same_bytes(monkeypatch, generator):
     want = _expected(bf16, kv.bfloat16().view(torch.uint8), slots).view(torch.bfloat16)
     write_kv(bf16, kv, slots)
     assert torch.equal(bf16, want)
+    keys = _keys(2 * page, 512, torch.float32, "cpu", generator).reshape(2, page, 1, 512)
+    pages = quantize_model1(keys)
+    kv512 = _keys(n, 512, torch.float32, "cpu", generator)
+    keep = (slots >= 0) & (slots < 2 * page)
+    keys.view(-1, 512)[slots[keep]] = kv512[keep]
+    write_kv(model1_nominal_view(pages, page), kv512, slots)
+    assert torch.equal(pages, quantize_model1(keys))

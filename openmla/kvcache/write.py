@@ -13,8 +13,12 @@ offset``, vLLM's convention) of ``k_cache [num_blocks, page_block_size, 1, bytes
 
 On a GPU (and under ``TRITON_INTERPRET=1``) nothing syncs with the host, so the write can sit in a
 CUDA graph; plain CPU tensors take a PyTorch path with the same result. A slot outside the cache
-(``-1``, vLLM's padding marker, or any out-of-range value) is skipped, never written. MODEL1/V4
-caches are not written here yet (:class:`~openmla.UnsupportedError`).
+(``-1``, vLLM's padding marker, or any out-of-range value) is skipped, never written.
+
+* MODEL1/V4 FP8 (pages given as their ``[num_blocks, B, 1, 584]`` view, :func:`model1_nominal_view`):
+  one program per token writes its 448 e4m3 codes and 64 bf16 RoPE dims at ``576 * i`` of its page
+  and its seven e8m0 tile scales (and the pad byte) at ``576 * B + 8 * i``: for finite keys, what
+  :func:`openmla.kvcache.quantize_model1` produces, byte for byte.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from __future__ import annotations
 import torch
 
 from .._runtime import InvalidArgumentError, UnsupportedError, interpret_mode, triton_available
-from .formats import FP8_PER_TENSOR, V32_FP8, bytes_per_token_of, detect_format
-from .quant import quantize_fp8_per_tensor
+from .formats import FP8_PER_TENSOR, MODEL1_FP8, V32_FP8, bytes_per_token_of, detect_format
+from .quant import _model1_pages, quantize_fp8_per_tensor
 
 if triton_available():
     import triton
@@ -89,6 +93,47 @@ if triton_available():
             tl.store(rope_ptr + offs_r, rope)
 
     @triton.jit
+    def _write_model1_kernel(
+        kv_ptr, slot_ptr, page_ptr, stride_kv, stride_page, num_slots, page_block_size,
+        NOPE: tl.constexpr, TILE: tl.constexpr, ROPE: tl.constexpr,
+    ):
+        """One token into its MODEL1 page: ``NOPE`` e4m3 codes and ``ROPE`` bf16 dims at ``(NOPE + 2 ROPE) * i``
+        of the page, then ``NOPE / TILE`` e8m0 tile scales and a zero pad byte at ``(NOPE + 2 ROPE) * B + 8 i``
+        (``i`` the token's offset in its page of ``B``)."""
+        DATA: tl.constexpr = NOPE + 2 * ROPE
+        TILES: tl.constexpr = NOPE // TILE
+        tok = tl.program_id(0)
+        slot = tl.load(slot_ptr + tok).to(tl.int64)
+        if (slot >= 0) & (slot < num_slots):
+            i = slot % page_block_size
+            page = page_ptr + (slot // page_block_size) * stride_page
+            row = kv_ptr + tok.to(tl.int64) * stride_kv
+            # the NoPE dims padded to a power of two with zero tiles (their scales are not stored)
+            offs = tl.arange(0, (TILES + 1) * TILE)
+            x = tl.load(row + offs, mask=offs < NOPE, other=0.0).to(tl.float32)
+            tiles = tl.reshape(x, [TILES + 1, TILE])
+            amax = tl.max(tl.abs(tiles), axis=1)
+            # s = 2^e, e = ceil(log2(max(amax / 448, 1e-4))), exactly (as in the V3.2 kernel)
+            y = tl.maximum(tl.math.div_rn(amax, 448.0), 1e-4)
+            bits = y.to(tl.int32, bitcast=True)
+            e = ((bits >> 23) & 0xFF) - 127 + ((bits & 0x7FFFFF) != 0).to(tl.int32)
+            finite = (bits & 0x7F800000) != 0x7F800000
+            inv = tl.where(finite, ((127 - e) << 23).to(tl.float32, bitcast=True), 1.0 / y)  # exact 2^-e
+            codes = _e4m3_codes(tiles * inv[:, None])
+            data = page + i * DATA
+            tl.store(data + offs, tl.reshape(codes, [(TILES + 1) * TILE]), mask=offs < NOPE)
+            offs_r = tl.arange(0, ROPE)
+            rope = tl.load(row + NOPE + offs_r)
+            if rope.dtype != tl.bfloat16:
+                rope = _bf16_rne(rope.to(tl.float32))
+            tl.store((data + NOPE).to(tl.pointer_type(tl.bfloat16)) + offs_r, rope)
+            # e8m0 scale bytes 127 + e (0xFF: a tile with inf or NaN reads back as NaN), then the pad byte 0
+            offs_s = tl.arange(0, TILES + 1)
+            scale_bytes = tl.where(finite, e + 127, 255)
+            scale_bytes = tl.where(offs_s < TILES, scale_bytes, 0).to(tl.uint8)
+            tl.store(page + page_block_size * DATA + i * (TILES + 1) + offs_s, scale_bytes)
+
+    @triton.jit
     def _write_rows_kernel(
         kv_ptr, slot_ptr, cache_ptr, scale_ptr, stride_kv, stride_cb, stride_cp, num_slots, page_block_size,
         D: tl.constexpr, BLOCK_D: tl.constexpr, QUANT: tl.constexpr,
@@ -146,8 +191,9 @@ def write_kv(
 
     Args:
         k_cache: ``[num_blocks, page_block_size, 1, bytes]``: V3.2 FP8 as uint8/int8/float8_e4m3fn bytes
-            (656 a token), a bf16/fp16 cache (``d_qk`` elements a token), or a per-tensor FP8 cache
-            (float8_e4m3fn, 576 a token, with ``scale``). Last dim contiguous.
+            (656 a token), MODEL1 FP8 pages as their nominal view (584 a token, ``stride(1) == 584``), a
+            bf16/fp16 cache (``d_qk`` elements a token), or a per-tensor FP8 cache (float8_e4m3fn, 576 a
+            token, with ``scale``). Last dim contiguous.
         kv: ``[n, d_qk]`` (or ``[n, 1, d_qk]``) bf16/fp16/fp32, the new tokens' keys (latent, then RoPE).
         slot_mapping: int32/int64 ``[n]`` on the cache's device: ``page * page_block_size + offset``;
             values outside ``[0, num_blocks * page_block_size)`` (e.g. -1 for padding) are skipped. Slots
@@ -158,7 +204,8 @@ def write_kv(
 
     Raises:
         InvalidArgumentError: mismatched shapes, dtypes or devices, or ``scale`` given for (or missing
-        from) the wrong format. UnsupportedError: a format this function does not write (MODEL1).
+        from) the wrong format. UnsupportedError: a layout this function does not write (16-bit records
+        given as bytes).
     """
     if not isinstance(k_cache, torch.Tensor) or k_cache.dim() != 4 or k_cache.shape[2] != 1:
         raise InvalidArgumentError(
@@ -170,9 +217,10 @@ def write_kv(
     byte_cache = k_cache.dtype in (torch.uint8, torch.int8, torch.float8_e4m3fn)
     d_qk = kv.shape[-1] if isinstance(kv, torch.Tensor) else -1
     fmt = detect_format(d_qk, bytes_per_token_of(k_cache), kv_format) if byte_cache else None
-    if fmt is not None and fmt.name not in (V32_FP8.name, FP8_PER_TENSOR.name):
-        raise UnsupportedError(f"write_kv does not write {fmt.describe()} caches yet; it writes V3.2 FP8, "
-                               "per-tensor FP8 and bf16/fp16 caches.")
+    if fmt is not None and fmt.name not in (V32_FP8.name, FP8_PER_TENSOR.name, MODEL1_FP8.name):
+        raise UnsupportedError(f"write_kv does not write {fmt.describe()} caches as bytes; it writes V3.2 FP8, "
+                               "MODEL1 FP8 and per-tensor FP8 byte caches, and bf16/fp16 caches given in their own "
+                               "dtype (view this one as bf16/fp16).")
     flat = _flat_kv(kv, fmt.d_qk if fmt is not None else k_cache.shape[-1])
     n = flat.shape[0]
     _check_slots(slot_mapping, n, k_cache.device)
@@ -182,8 +230,9 @@ def write_kv(
     num_slots = num_blocks * page_block_size
     if n == 0:
         return
-    if fmt is not None and fmt.name == V32_FP8.name and scale is not None:
-        raise InvalidArgumentError("scale applies to a per-tensor FP8 cache only; V3.2 records carry their own.")
+    if fmt is not None and fmt.name in (V32_FP8.name, MODEL1_FP8.name) and scale is not None:
+        raise InvalidArgumentError(f"scale applies to a per-tensor FP8 cache only; {fmt.describe()} records carry "
+                                   "their own scales.")
     if fmt is None and scale is not None:
         raise InvalidArgumentError(f"scale applies to a per-tensor FP8 cache only; this cache is {k_cache.dtype}.")
     per_tensor = fmt is not None and fmt.name == FP8_PER_TENSOR.name
@@ -204,6 +253,13 @@ def write_kv(
         )
         return
     cache = k_cache.view(torch.uint8)
+    if fmt.name == MODEL1_FP8.name:
+        pages, _ = _model1_pages(k_cache, page_block_size)
+        _write_model1_kernel[(n,)](
+            flat, slot_mapping, pages, flat.stride(0), pages.stride(0), num_slots, page_block_size,
+            NOPE=448, TILE=64, ROPE=64, num_warps=4,
+        )
+        return
     if per_tensor:
         _write_rows_kernel[(n,)](
             flat, slot_mapping, cache, scale_t, flat.stride(0), cache.stride(0), cache.stride(1), num_slots,
@@ -229,6 +285,9 @@ def _write_torch(k_cache, flat, slot_mapping, fmt, scale) -> None:
     slots = slot_mapping[keep].long()
     rows = flat[keep]
     cache = k_cache.view(torch.uint8) if fmt is not None else k_cache
+    if fmt is not None and fmt.name == MODEL1_FP8.name:
+        _write_model1_torch(k_cache, rows, slots)
+        return
     if fmt is None:
         values = rows.to(k_cache.dtype)
     elif fmt.name == FP8_PER_TENSOR.name:
@@ -237,6 +296,22 @@ def _write_torch(k_cache, flat, slot_mapping, fmt, scale) -> None:
         values = quantize_v32(rows)
     blocks, offsets = slots // k_cache.shape[1], slots % k_cache.shape[1]
     cache[blocks, offsets, 0] = values
+
+
+def _write_model1_torch(k_cache, rows, slots) -> None:
+    """MODEL1 writes in PyTorch: each token quantized as a page of one (:func:`quantize_model1`), its data and
+    scale bytes copied to where its page keeps them."""
+    from .quant import quantize_model1
+
+    bsz = k_cache.shape[1]
+    pages, _ = _model1_pages(k_cache, bsz)
+    one = quantize_model1(rows.reshape(-1, 1, 1, MODEL1_FP8.d_qk))  # [n, block bytes of a 1-token page]
+    data, meta = MODEL1_FP8.bytes_per_token - 8, 8
+    page, i = slots // bsz, slots % bsz
+    cols = torch.arange(data, device=slots.device)
+    pages[page[:, None], (i * data)[:, None] + cols] = one[:, :data]
+    cols = torch.arange(meta, device=slots.device)
+    pages[page[:, None], (bsz * data + i * meta)[:, None] + cols] = one[:, data : data + meta]
 
 
 __all__ = ["write_kv"]

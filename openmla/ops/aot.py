@@ -149,13 +149,16 @@ def _variants(arch: int = 90) -> list[Variant]:
                 name = f"gluon-small-heads q {q_dtype} cache e4m3 d576 causal rows<={r} bn{small.BLOCK_N}"
                 out.append(Variant(small._dense_decode_sm90_small_heads_kernel, ptrs, ("scale_log2",), consts,
                                    4 * small.warpgroups_for(r), 1, name, gluon=True))
-    from ..kvcache.write import _write_rows_kernel, _write_v32_kernel
+    from ..kvcache.write import _write_model1_kernel, _write_rows_kernel, _write_v32_kernel
 
     write_ints = ("stride_kv", "stride_cb", "stride_cp", "num_slots", "page_block_size")
     for kv_dtype in ("bf16", "fp32"):
         out.append(Variant(_write_v32_kernel, {"kv_ptr": f"*{kv_dtype}", "slot_ptr": "*i64", "cache_ptr": "*u8"}, (),
                            dict(NOPE=512, TILE=128, ROPE=64), 4, 2, f"kv {kv_dtype} -> V3.2 FP8",
                            runtime_ints=write_ints))
+    model1_ints = ("stride_kv", "stride_page", "num_slots", "page_block_size")
+    out.append(Variant(_write_model1_kernel, {"kv_ptr": "*bf16", "slot_ptr": "*i64", "page_ptr": "*u8"}, (),
+                       dict(NOPE=448, TILE=64, ROPE=64), 4, 2, "kv bf16 -> MODEL1 FP8", runtime_ints=model1_ints))
     for cache, quant in (("bf16", False), ("u8", True)):
         out.append(Variant(_write_rows_kernel, {"kv_ptr": "*fp32", "slot_ptr": "*i64", "cache_ptr": f"*{cache}",
                                                 "scale_ptr": "*fp32"}, (),
