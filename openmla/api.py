@@ -7,13 +7,12 @@ semantics of every op live in :mod:`openmla.reference`.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Optional, Union
 
 import torch
 
 from . import reference
-from ._runtime import InvalidArgumentError
+from ._runtime import InvalidArgumentError, getenv
 from .dispatch import Choice, choose_dense_decode, choose_sparse_decode
 from .metadata import FlashMLASchedMeta, plan_dense
 from .ops.combine import fuse_combine
@@ -42,7 +41,7 @@ def _check_tensor(name: str, t, dim: int, dtypes: tuple, device: torch.device | 
 
 
 def _value_checks_enabled(planning: bool, device: torch.device) -> bool:
-    mode = os.environ.get("OPENMLA_CHECK_VALUES", "auto").strip().lower()
+    mode = (getenv("OPENMLA_CHECK_VALUES") or "auto").strip().lower()
     if mode not in ("auto", "always", "never"):
         raise InvalidArgumentError(f"OPENMLA_CHECK_VALUES={mode!r}; expected 'auto', 'always' or 'never'.")
     if mode == "never" or not (planning or mode == "always"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import warnings
 
 import torch
@@ -13,6 +12,7 @@ from ._runtime import (
     UnsupportedError,
     device_arch,
     env_backend,
+    getenv,
     gpu_description,
     interpret_mode,
     triton_available,
@@ -104,8 +104,8 @@ def choose_dense_decode(
     Triton kernel and the reference read, on Hopper too. Decisions are cached per (device, dtype, dims,
     backend, kv_fp8, knobs): this runs on every decode call.
     """
-    key = (device, dtype, dims, backend, kv_fp8, os.environ.get("OPENMLA_BACKEND"), os.environ.get("OPENMLA_ARCH"),
-           os.environ.get("TRITON_INTERPRET"))
+    key = (device, dtype, dims, backend, kv_fp8, getenv("OPENMLA_BACKEND"), getenv("OPENMLA_ARCH"),
+           getenv("TRITON_INTERPRET"))
     choice = _CHOICES.get(key)
     if choice is None:
         choice = _choose_dense_decode(device, dtype, dims, backend, kv_fp8)
@@ -192,8 +192,8 @@ def choose_sparse_decode(
     serves bf16/fp16 q over a cache of q's dtype or the V3.2 FP8 layout; the reference serves the rest
     (fp32, MODEL1). There is no Gluon sparse kernel. Cached like :func:`choose_dense_decode`.
     """
-    key = (device, dtype, dims, cache_format, backend, os.environ.get("OPENMLA_BACKEND"),
-           os.environ.get("OPENMLA_ARCH"), os.environ.get("TRITON_INTERPRET"))
+    key = (device, dtype, dims, cache_format, backend, getenv("OPENMLA_BACKEND"), getenv("OPENMLA_ARCH"),
+           getenv("TRITON_INTERPRET"))
     choice = _SPARSE_CHOICES.get(key)
     if choice is None:
         choice = _choose_sparse_decode(torch.device(device), dtype, dims, cache_format, backend)

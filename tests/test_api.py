@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 
 import pytest
 import torch
@@ -436,3 +437,18 @@ def test_fused_combine_policy_and_its_plan_bound():
             assert most <= MAX_SPLITS
         else:
             assert most > MAX_SPLITS, "a batch past the fused combine's size should not be bounded"
+
+
+def test_fast_getenv_sees_every_change(monkeypatch):
+    """The knobs are read on every decode call through a fast path over os.environ's own dict: it must see
+    values set, changed and removed at any time, as os.environ.get does."""
+    from openmla._runtime import getenv
+
+    monkeypatch.delenv("OPENMLA_TEST_KNOB", raising=False)
+    assert getenv("OPENMLA_TEST_KNOB") is None
+    monkeypatch.setenv("OPENMLA_TEST_KNOB", "triton")
+    assert getenv("OPENMLA_TEST_KNOB") == "triton"
+    monkeypatch.setenv("OPENMLA_TEST_KNOB", "Gluon ü")
+    assert getenv("OPENMLA_TEST_KNOB") == "Gluon ü" == os.environ.get("OPENMLA_TEST_KNOB")
+    monkeypatch.delenv("OPENMLA_TEST_KNOB")
+    assert getenv("OPENMLA_TEST_KNOB") is None
