@@ -95,11 +95,18 @@ def _kernel_backends() -> list[str]:
     return ["triton", "gluon"] if hopper else ["triton"]
 
 
+# the fused combine's handshake (atomics, L2 reads of other SMs' partials) is tested under the interpreter
+# (CPU tier) and in the GPU tier (``-m gpu``) alike
+HERE_AND_GPU = [pytest.param(DEVICE, id=DEVICE), pytest.param("cuda", marks=pytest.mark.gpu, id="gpu-tier")]
+
+
 @pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("device", HERE_AND_GPU)
 @pytest.mark.parametrize("backend", _kernel_backends())
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "combine-kernel"])
 @pytest.mark.parametrize("h_q", [4, 40])
-def test_split_partials_merged_in_kernel_or_by_the_combine_kernel(backend, fused, h_q, monkeypatch, generator):
+def test_split_partials_merged_in_kernel_or_by_the_combine_kernel(device, backend, fused, h_q, monkeypatch,
+                                                                  generator):
     """Eager calls merge split partials in the split kernel, CUDA-graph captures with the combine kernel
     (``fuse_combine``); both give the reference's result on a plan that cuts requests into many pieces."""
     from openmla.api import _dense_launcher
@@ -107,7 +114,7 @@ def test_split_partials_merged_in_kernel_or_by_the_combine_kernel(backend, fused
     from openmla.ops.schedule import MAX_SPLITS
 
     monkeypatch.setenv("OPENMLA_NUM_SMS", "40")
-    inputs = make_dense_decode_inputs(2, 2, 1500, h_q, 1, 64, 32, 16, torch.float16, DEVICE, varlen=True,
+    inputs = make_dense_decode_inputs(2, 2, 1500, h_q, 1, 64, 32, 16, torch.float16, device, varlen=True,
                                       generator=generator, causal=True)
     q, lens = inputs["q"], inputs["cache_seqlens"]
     sched, splits = plan_dense(lens, 2 * h_q, 1, backend)
@@ -119,12 +126,13 @@ def test_split_partials_merged_in_kernel_or_by_the_combine_kernel(backend, fused
 
 
 @pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("device", HERE_AND_GPU)
 @pytest.mark.parametrize("h_q, sms", [(4, 7), (40, 20)])  # 16-row tiles; 64-row tiles (2 per KV head)
-def test_fused_combine_resets_its_counters(h_q, sms, monkeypatch, generator):
+def test_fused_combine_resets_its_counters(device, h_q, sms, monkeypatch, generator):
     """The last program of a split request merges its partials and puts its arrival counter back to 0, so
     the workspace a FlashMLASchedMeta shares across the layers of a step serves every layer."""
     monkeypatch.setenv("OPENMLA_NUM_SMS", str(sms))
-    inputs = make_dense_decode_inputs(3, 2, 200, h_q, 1, 64, 32, 16, torch.float16, DEVICE, varlen=True,
+    inputs = make_dense_decode_inputs(3, 2, 200, h_q, 1, 64, 32, 16, torch.float16, device, varlen=True,
                                       generator=generator, causal=True)
     meta, _ = openmla.get_mla_metadata()
     for _layer in range(3):
