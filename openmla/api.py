@@ -441,10 +441,13 @@ def flash_mla_with_kvcache(
                 "pass the tensor pair from get_mla_metadata(cache_seqlens, ...) for the old API."
             )
         meta = tile_scheduler_metadata
-        meta.check_or_set_config(
-            FlashMLASchedMeta.Config(b=b, s_q=s_q, h_q=h_q, page_block_size=page_block_size, h_k=h_kv,
-                                     causal=bool(causal), is_fp8_kvcache=kv_fp8)
-        )
+        key = (b, s_q, h_q, page_block_size, h_kv, bool(causal), kv_fp8)
+        if meta.dense_key != key or meta.config is None:
+            meta.check_or_set_config(
+                FlashMLASchedMeta.Config(b=b, s_q=s_q, h_q=h_q, page_block_size=page_block_size, h_k=h_kv,
+                                         causal=bool(causal), is_fp8_kvcache=kv_fp8)
+            )
+            meta.dense_key = key
         planning = not meta.have_initialized
     elif tile_scheduler_metadata is None:
         meta, planning = None, True

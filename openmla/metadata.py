@@ -56,6 +56,9 @@ class FlashMLASchedMeta:
     num_splits: Optional[torch.Tensor] = None  # int32 [b + 1]
     # OpenMLA: split-KV partial buffers, allocated by the first call and reused by the step's other layers
     workspace: Optional[tuple] = None
+    # OpenMLA: the dense calls' configuration as a plain tuple, so the step's later layers check it without
+    # building a Config (a decode call's host time is counted in microseconds)
+    dense_key: Optional[tuple] = None
 
     def check_or_set_config(self, config: "FlashMLASchedMeta.Config") -> None:
         """Record ``config`` on first use; afterwards raise if a call brings a different one."""

@@ -20,6 +20,7 @@ s_q + t``; a row that sees nothing gets ``out = 0`` and ``lse = +inf``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 
@@ -245,6 +246,7 @@ def smem_per_block(arch: int | None) -> int:
     return 232448 if arch is None else _SMEM_PER_BLOCK.get(arch, _SMALL_SMEM_PER_BLOCK)
 
 
+@functools.lru_cache(maxsize=256)  # a pure function of its arguments, asked on every decode call
 def dense_decode_config(rows: int, d_qk: int, d_v: int, arch: int | None) -> DenseDecodeConfig:
     """Pick the tile shape from the rows per KV head (``s_q * h_q / h_kv``), the head dims and the arch.
 
