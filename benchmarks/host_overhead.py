@@ -3,6 +3,11 @@
 Usage: ``python -m benchmarks.host_overhead [--profile]`` — prints µs per call in a tight Python loop (b=1, s_k=256,
 h_q=128, the metadata planned once and reused, as serving loops do), synchronised once at the end.
 ``--profile`` adds where the Python time of the default path goes (cProfile, 300 calls).
+
+``--python-only`` (no GPU needed): the same call on CPU tensors through the Triton backend with every kernel
+launch replaced by a no-op, so what is timed is OpenMLA's own Python (validation, dispatch, allocation,
+argument packing), not Triton's launcher; for comparing host-path changes on any machine. Its figures are
+not GPU-host figures.
 """
 
 from __future__ import annotations
@@ -13,13 +18,15 @@ import time
 import torch
 
 
-def loop_us(fn, calls=500):
+def loop_us(fn, calls=500, sync=True):
     fn()
-    torch.cuda.synchronize()
+    if sync:
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(calls):
         fn()
-    torch.cuda.synchronize()
+    if sync:
+        torch.cuda.synchronize()
     return (time.perf_counter() - start) / calls * 1e6
 
 
@@ -73,5 +80,49 @@ def main():
         pstats.Stats(prof).strip_dirs().sort_stats("tottime").print_stats(18)
 
 
+def python_only(profile: bool) -> None:
+    """OpenMLA's Python per call on this machine, kernel launches stubbed out (see the module docstring)."""
+    import os
+
+    os.environ["TRITON_INTERPRET"] = "1"  # before openmla is imported: the Triton backend serves CPU tensors
+    import torch
+
+    import openmla
+    from openmla.ops import combine, decode_dense
+
+    class _NoLaunch:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: None
+
+    decode_dense._dense_decode_splitkv_kernel = _NoLaunch()
+    combine._decode_combine_kernel = _NoLaunch()
+    b, s_q, h_q, s_k, d, dv, page = 1, 1, 128, 256, 576, 512, 64
+    q = torch.randn(b, s_q, h_q, d).half()
+    k_cache = torch.randn(8, page, 1, d).half()
+    block_table = torch.arange(8, dtype=torch.int32).view(1, 8)
+    lens = torch.full((b,), s_k, dtype=torch.int32)
+    meta, _ = openmla.get_mla_metadata()
+
+    def call():
+        return openmla.flash_mla_with_kvcache(q, k_cache, block_table, lens, dv, meta, causal=True, backend="triton")
+
+    call()
+    best = min(loop_us(call, 3000, sync=False) for _ in range(5))
+    print(f"OpenMLA's Python per call, launches stubbed (CPU, b=1, s_k=256, h_q=128): {best:.1f} us (best of 5 loops)")
+    if profile:
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(3000):
+            call()
+        prof.disable()
+        pstats.Stats(prof).strip_dirs().sort_stats("tottime").print_stats(18)
+
+
 if __name__ == "__main__":
+    if "--python-only" in sys.argv:
+        python_only("--profile" in sys.argv)
+        sys.exit(0)
     main()
