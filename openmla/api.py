@@ -362,7 +362,8 @@ def flash_mla_with_kvcache(
             dims of V, 512 for DeepSeek.
         tile_scheduler_metadata:
             a ``FlashMLASchedMeta`` from ``get_mla_metadata()`` (planned by the first call that gets
-            it, reused by later calls with the same configuration), or the ``int32 [num_sm_parts, 8]``
+            it, reused by later calls with the same configuration, one at a time on one stream: the
+            split buffers and counters it holds are shared), or the ``int32 [num_sm_parts, 8]``
             tensor of the old ``get_mla_metadata(cache_seqlens, ...)`` together with ``num_splits``,
             or ``None`` (plan inside this call).
         num_splits (torch.Tensor):
