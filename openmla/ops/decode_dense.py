@@ -8,9 +8,11 @@ the value. Each KV tile is loaded once and feeds both products (``S = Q Kᵀ`` a
 Grid: ``(row_tiles * h_kv, num_sm_parts)``. Program ``(m, p)`` walks piece ``p`` of the split-KV plan
 (:mod:`openmla.ops.schedule`): one or more requests, each over a token range. A request that only
 this piece touches is written straight to ``out``/``lse``; a request cut across pieces writes a
-normalised partial output and its log2-LSE to ``o_accum``/``lse_accum``, and the last of its programs
-to finish (an arrival counter per request and row tile) merges them into ``out``/``lse``: the combine
-is fused, one launch per call (:func:`openmla.ops.combine.merge_split_rows`).
+normalised partial output and its log2-LSE to ``o_accum``/``lse_accum``. In eager calls of up to 16
+requests the kernel merges them itself (each program counts itself in per request and row tile; after
+its KV loops the one that sees the full count merges: :func:`openmla.ops.combine.merge_arrived`, one
+launch per call); larger batches and CUDA-graph captures launch the combine kernel after it
+(:func:`openmla.ops.combine.fuse_combine` picks).
 
 Masking rules (the reference's): keys ``j >= cache_seqlens[i]`` are never loaded (no NaN from unused
 slots, no read of garbage block-table entries); with ``causal`` query token ``t`` sees ``j <= s_k -
@@ -40,7 +42,6 @@ if triton_available():
 
     from .combine import arrive_split, merge_arrived
     from .fp8 import e4m3_to, e4m3_unit
-
 
     @triton.jit
     def _load_operand(ptrs, mask, dtype: tl.constexpr, IS_FP8: tl.constexpr, FP8_NATIVE: tl.constexpr):

@@ -15,8 +15,8 @@ same scores. Here the layouts are chosen by hand:
   while this one is multiplied.
 
 Split-KV plan, causal rule, masking and outputs are exactly those of
-:mod:`openmla.ops.decode_dense` (same scheduler metadata, same ``o_accum`` layout, the same combine
-fused into the launch: :mod:`.merge`).
+:mod:`openmla.ops.decode_dense` (same scheduler metadata, same ``o_accum`` layout, the same combine,
+fused into the launch for small eager batches: :mod:`.merge`).
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ work and the kernel streams the cache:
   the products run in fp16, the descales are applied in fp32 (as in the Triton kernels).
 
 Split-KV plan, causal rule, masking and outputs are exactly those of :mod:`openmla.ops.decode_dense`
-(same scheduler metadata, same ``o_accum`` layout, the same combine fused into the launch: :mod:`.merge`).
+(same scheduler metadata, same ``o_accum`` layout, the same combine, fused into the launch for small
+eager batches: :mod:`.merge`).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The fused split-KV combine in Gluon: the Hopper kernels' twins of :mod:`openmla.ops.combine`'s helpers.
 
-A split-KV program that wrote a partial (normalised output and base-2 LSE) calls :func:`arrive_split`;
-one of a request's programs for a row tile, once all have arrived, merges every partial of those rows into ``out``/``lse``
-with :func:`merge_split_rows`, in the same launch: after its KV loops a program checks its first and last
-request (only those can be split) with :func:`merge_arrived`, so nothing is carried through the loops. Same arithmetic as the Triton helpers (and so as the
-standalone combine kernel): ``lse2 = log2 Σ 2^lse2_s``, ``out = Σ 2^(lse2_s - lse2) o_s``, a row with no
+A split-KV program that wrote a partial (normalised output and base-2 LSE) calls :func:`arrive_split`.
+After its KV loops it checks its first and last request (only those can be split) with
+:func:`merge_arrived`; the one program that sees all of a request's programs arrived merges every partial
+of its rows into ``out``/``lse`` with :func:`merge_split_rows`, in the same launch, so nothing is carried
+through the loops. Same arithmetic as the Triton helpers (and so as the standalone combine kernel): ``lse2 = log2 Σ 2^lse2_s``, ``out = Σ 2^(lse2_s - lse2) o_s``, a row with no
 key in any split gets ``out = 0``, ``lse = +inf``.
 """
 
