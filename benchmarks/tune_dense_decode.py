@@ -73,6 +73,7 @@ def main(argv=None):
     ap.add_argument("--triton-only", action="store_true")
     ap.add_argument("--gluon-only", action="store_true")
     ap.add_argument("--max-rows", type=int, default=None, help="only shapes with at most this many rows per KV head")
+    ap.add_argument("--min-rows", type=int, default=None, help="only shapes with at least this many rows per KV head")
     args = ap.parse_args(argv)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     try:
@@ -87,6 +88,8 @@ def main(argv=None):
         shapes = [shapes[1], shapes[4], shapes[6], shapes[7], shapes[9]]
     if args.max_rows is not None:
         shapes = [sh for sh in shapes if sh[1] * sh[3] <= args.max_rows]  # h_kv = 1
+    if args.min_rows is not None:
+        shapes = [sh for sh in shapes if sh[1] * sh[3] >= args.min_rows]
     card = torch.cuda.get_device_name()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     results = []
@@ -109,6 +112,8 @@ def main(argv=None):
         default = dense_decode_config(rows, d, dv, 90)
         default_parts = num_sm_parts_for(rows, h_kv, sms, dv, arch=90)  # the plan the new metadata API makes
         runs = [("gluon", None, m) for m in (1, 2)] if not args.triton_only else []
+        if not args.triton_only and rows > 32:  # the warp-specialized kernel, both softmax orders
+            runs += [("gluon-ws-pvfirst", None, 1), ("gluon-ws-overlap", None, 1), ("gluon-ws-pvfirst-waits", None, 1)]
         if not args.triton_only and rows <= 32:  # the small-head layout beside the 64-row one
             runs.append(("gluon-tokens", None, 1))
             if rows > 16:  # 32 rows: one warpgroup (R=32 per wgmma) beside two (16 each)
@@ -118,7 +123,16 @@ def main(argv=None):
             for m in ((1, 2, 3) if cfg == default else (1, 2, 3) if cfg.block_m <= 32 and cfg.layout == "rows"
                       else (1,))]
         for kind, cfg, parts_mult in runs:
-            if kind.startswith("gluon"):
+            if kind.startswith("gluon-ws"):
+                from openmla.ops.gluon.decode_dense_sm90_ws import dense_decode_sm90_ws_fwd
+
+                parts = max(sms // (h_kv * -(-rows // 64)), 1)
+                sched_t, splits = plan_splitkv(lens, parts)
+                overlap, async_arrive = "overlap" in kind, "waits" not in kind
+                call = lambda: dense_decode_sm90_ws_fwd(  # noqa: E731
+                    q, k_cache, block_table, lens, dv, sched_t, splits, scale, True, overlap=overlap,
+                    async_arrive=async_arrive)
+            elif kind.startswith("gluon"):
                 from openmla.ops.gluon.decode_dense_sm90 import dense_decode_sm90_fwd
 
                 layout = "tokens" if kind.startswith("gluon-tokens") else "rows"
@@ -126,7 +140,8 @@ def main(argv=None):
                 parts = max(sms * parts_mult // (h_kv * -(-rows // 64)), 1)
                 sched_t, splits = plan_splitkv(lens, parts)
                 call = lambda: dense_decode_sm90_fwd(  # noqa: E731
-                    q, k_cache, block_table, lens, dv, sched_t, splits, scale, True, layout=layout, warpgroups=wgs)
+                    q, k_cache, block_table, lens, dv, sched_t, splits, scale, True, layout=layout, warpgroups=wgs,
+                    fused_combine=False)
             else:
                 programs = h_kv * -(-rows // cfg.block_m) * (dv // cfg.dv_tile)
                 parts = max(sms * parts_mult // programs, 1)
@@ -144,6 +159,9 @@ def main(argv=None):
                 continue
             cfg_d = cfg.__dict__ if cfg else {"block_m": 64, "block_n": 64, "num_warps": 8, "num_stages": 2,
                                               "dv_tile": 512}
+            if kind.startswith("gluon-ws"):  # 4 softmax + 4 output + 4 loader warps, 64x64 tiles
+                cfg_d = {"block_m": 64, "block_n": 64, "num_warps": 12, "num_stages": 2, "dv_tile": 512,
+                         "layout": kind[len("gluon-"):]}
             if kind.startswith("gluon-tokens"):  # KV tokens on the 64-row side, query rows on the 16/32 side
                 warps = 4 if rows <= 16 or kind == "gluon-tokens-1wg" else 8
                 cfg_d = {"block_m": 16 if rows <= 16 else 32, "block_n": 64, "num_warps": warps,

@@ -150,7 +150,8 @@ def _choose_dense_decode(device, dtype, dims, backend, kv_fp8=False) -> Choice:
                                   f"caches only) on {where}")
     if gluon_against is None:
         return Choice(op, "gluon", f"Hopper kernels (Gluon, wgmma; KV tokens on the 64-row side up to 32 query "
-                                  f"rows per KV head, query rows above) on {where}")
+                                  f"rows per KV head; above, query rows, warp-specialized unless a small eager "
+                                  f"batch merges its splits in the kernel) on {where}")
     if against is None:
         if device.type == "cpu":
             return Choice(op, "triton", "CPU tensors with TRITON_INTERPRET=1: Triton kernels in the interpreter")

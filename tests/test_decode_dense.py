@@ -114,13 +114,14 @@ def test_split_partials_merged_in_kernel_or_by_the_combine_kernel(device, backen
     from openmla.ops.schedule import MAX_SPLITS
 
     monkeypatch.setenv("OPENMLA_NUM_SMS", "40")
-    inputs = make_dense_decode_inputs(2, 2, 1500, h_q, 1, 64, 32, 16, torch.float16, device, varlen=True,
+    d, dv = (576, 512) if backend == "gluon" else (64, 32)  # the Gluon kernels take MLA's dims only
+    inputs = make_dense_decode_inputs(2, 2, 1500, h_q, 1, d, dv, 16, torch.float16, device, varlen=True,
                                       generator=generator, causal=True)
     q, lens = inputs["q"], inputs["cache_seqlens"]
     sched, splits = plan_dense(lens, 2 * h_q, 1, backend)
     assert 4 <= int((splits[1:] - splits[:-1]).max()) <= MAX_SPLITS
     scale = inputs["softmax_scale"] or q.shape[-1] ** -0.5
-    out, lse = _dense_launcher(backend)(q, inputs["k_cache"], inputs["block_table"], lens, 32, sched, splits, scale,
+    out, lse = _dense_launcher(backend)(q, inputs["k_cache"], inputs["block_table"], lens, dv, sched, splits, scale,
                                         True, fused_combine=fused)
     check_against_reference(inputs, out, lse)
 
@@ -132,13 +133,14 @@ def test_fused_combine_resets_its_counters(device, h_q, sms, monkeypatch, genera
     """The last program of a split request merges its partials and puts its arrival counter back to 0, so
     the workspace a FlashMLASchedMeta shares across the layers of a step serves every layer."""
     monkeypatch.setenv("OPENMLA_NUM_SMS", str(sms))
-    inputs = make_dense_decode_inputs(3, 2, 200, h_q, 1, 64, 32, 16, torch.float16, device, varlen=True,
+    d, dv = (576, 512) if device == "cuda" else (64, 32)  # on a GPU, MLA's dims: Hopper's Gluon kernels serve them
+    inputs = make_dense_decode_inputs(3, 2, 200, h_q, 1, d, dv, 16, torch.float16, device, varlen=True,
                                       generator=generator, causal=True)
     meta, _ = openmla.get_mla_metadata()
     for _layer in range(3):
         layer = dict(inputs, q=torch.randn(inputs["q"].shape, generator=generator).to(inputs["q"]))
         out, lse = openmla.flash_mla_with_kvcache(layer["q"], layer["k_cache"], layer["block_table"],
-                                                  layer["cache_seqlens"], 32, meta, causal=True,
+                                                  layer["cache_seqlens"], dv, meta, causal=True,
                                                   softmax_scale=layer["softmax_scale"])
         check_against_reference(layer, out, lse)
         assert int(meta.workspace[2].count_nonzero()) == 0, "an arrival counter was left set"
@@ -232,6 +234,48 @@ def test_flashmla_dense_matrix(b, s_q, s_k, h_q, h_kv, varlen, causal, backend, 
         fm_out, fm_lse = _flash_mla_run(inputs)
         check_close("out vs FlashMLA", out, fm_out.float(), TOL[("dense_decode", "out")])
         check_close("lse vs FlashMLA", lse, fm_lse, TOL[("dense_decode", "lse")])
+
+
+SM90_DIRECT = [
+    pytest.param(b, s_q, s_k, h_q, h_kv, page, d, dtype, parts, id=f"b{b}-sq{s_q}-sk{s_k}-h{h_q}-hkv{h_kv}-p{page}-d{d}-"
+                 f"{str(dtype)[6:]}-parts{parts}")
+    for b, s_q, s_k, h_q, h_kv, page, d, dtype, parts in [
+        (1, 1, 20, 64, 1, 64, 576, torch.bfloat16, 132),
+        (2, 2, 140, 128, 1, 64, 576, torch.bfloat16, 132),
+        (6, 4, 4096, 63, 3, 64, 576, torch.bfloat16, 7),  # 84 rows, 2 row tiles, requests cut into pieces
+        (64, 1, 4096, 128, 1, 64, 576, torch.bfloat16, 66),
+        (64, 2, 4096, 126, 2, 16, 576, torch.float16, 33),
+        (6, 1, 700, 128, 1, 1, 512, torch.bfloat16, 5),
+        (6, 2, 700, 64, 1, 61, 576, torch.float16, 11),
+        (9, 1, 3000, 40, 1, 128, 576, torch.bfloat16, 3),  # one piece walks several requests
+    ]
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA or torch.cuda.get_device_capability() != (9, 0), reason="needs an sm_90 GPU")
+@pytest.mark.parametrize("layout", ["rows", "ws", "ws-overlap", "ws-loader-waits"])
+@pytest.mark.parametrize("b,s_q,s_k,h_q,h_kv,page,d,dtype,parts", SM90_DIRECT)
+def test_sm90_row_kernels_direct(layout, b, s_q, s_k, h_q, h_kv, page, d, dtype, parts, generator):
+    """Each 64-row Hopper kernel, whatever the dispatcher would pick, on plans from one piece per request
+    to pieces spanning several requests, with zero lengths, page sizes that do not divide 64, fp16."""
+    from openmla.ops.gluon.decode_dense_sm90 import dense_decode_sm90_fwd
+    from openmla.ops.gluon.decode_dense_sm90_ws import dense_decode_sm90_ws_fwd
+    from openmla.ops.schedule import plan_splitkv
+
+    inputs = make_dense_decode_inputs(b, s_q, s_k, h_q, h_kv, d, 512, page, dtype, "cuda", varlen=True,
+                                      zero_len_frac=0.2, generator=generator, causal=True)
+    q, lens = inputs["q"], inputs["cache_seqlens"]
+    sched, splits = plan_splitkv(lens, parts)
+    args = (q, inputs["k_cache"], inputs["block_table"], lens, 512, sched, splits, d ** -0.5, True)
+    poison_cuda_cache(1 << 28)
+    if layout == "rows":
+        out, lse = dense_decode_sm90_fwd(*args, layout="rows", fused_combine=False)
+    else:
+        out, lse = dense_decode_sm90_ws_fwd(*args, overlap=layout == "ws-overlap",
+                                            async_arrive=layout != "ws-loader-waits")
+    torch.cuda.synchronize()
+    check_against_reference(dict(inputs, softmax_scale=d ** -0.5), out, lse)
 
 
 @pytest.mark.gpu

@@ -53,6 +53,7 @@ class Variant:
     gluon: bool = False  # a Gluon kernel: compiles for sm_90a only
     runtime_ints: tuple = SPLITKV_RUNTIME_INTS  # the kernel's do_not_specialize ints: no divisibility hint
     min_arch: int = 0  # built for this arch and newer only (fp8 instructions need sm_89)
+    maxnreg: int | None = None  # a register cap at launch (warp-specialized kernels reallocate under it)
 
 
 def _dense_kernel_and_consts(cfg) -> tuple[object, dict]:
@@ -130,8 +131,9 @@ def _variants(arch: int = 90) -> list[Variant]:
                                f"rows<={r} bn{small.BLOCK_N}"
                         out.append(Variant(small._dense_decode_sm90_small_heads_kernel, small_ptrs, ("scale_log2",),
                                            consts, 4 * small.warpgroups_for(r), 1, name, gluon=True))
+                    out.extend(_ws_variants(dtype, ptrs, d_qk, causal))
             # CUDA-graph captures: the partials merged by the combine kernel
-            for v in [v for v in out if v.gluon and v.name.startswith("gluon") and f" {dtype} d576 causal" in v.name]:
+            for v in [v for v in out if v.gluon and "FUSED_COMBINE" in v.constexprs and v.name.startswith("gluon") and f" {dtype} d576 causal" in v.name]:
                 out.append(dataclasses.replace(v, constexprs=dict(v.constexprs, FUSED_COMBINE=False),
                                                name=v.name + " combine-kernel"))
     if gluon_available():
@@ -243,6 +245,27 @@ def _sparse_variants(arch: int = 90) -> list[Variant]:
     return out
 
 
+def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Variant]:
+    """The warp-specialized Hopper kernel for one dtype, d and mask: its default schedule, and for bf16
+    d=576 causal the two alternatives its launcher takes (``overlap``, the loader waiting for its copies)."""
+    from .gluon import decode_dense_sm90_ws as ws
+
+    schedules = [(ws.OVERLAP, ws.ASYNC_ARRIVE)]
+    if dtype == "bf16" and d_qk == 576 and causal:
+        schedules += [(not ws.OVERLAP, ws.ASYNC_ARRIVE), (ws.OVERLAP, not ws.ASYNC_ARRIVE)]
+    out = []
+    for overlap, async_arrive in schedules:
+        consts = dict(CAUSAL=causal, OVERLAP=overlap, ASYNC_ARRIVE=async_arrive, BLOCK_M=ws.BLOCK_M,
+                      BLOCK_N=ws.BLOCK_N, D_V=512, D_PE=d_qk - 512, SOFTMAX_WARPS=ws.NUM_WARPS,
+                      OUTPUT_WARPS=ws.WORKER_WARPS[0], LOADER_WARPS=ws.WORKER_WARPS[1], OUTPUT_REGS=ws.WORKER_REGS[0],
+                      LOADER_REGS=ws.WORKER_REGS[1])
+        name = (f"gluon-ws {dtype} d{d_qk} {'causal' if causal else 'full'} {'overlap' if overlap else 'pv-first'} "
+                f"{'async-arrive' if async_arrive else 'loader-waits'}")
+        out.append(Variant(ws._dense_decode_sm90_ws_kernel, ptrs, ("scale_log2",), consts, ws.NUM_WARPS, 1, name,
+                           gluon=True, maxnreg=ws.MAXNREG))
+    return out
+
+
 def _signature(v: Variant):
     names = list(inspect.signature(v.kernel.fn).parameters)
     sig, attrs = {}, {}
@@ -294,7 +317,8 @@ def compile_variant(v: Variant, arch: int) -> KernelReport:
             source = triton.compiler.ASTSource
         src = source(fn=v.kernel, signature=sig, constexprs=v.constexprs, attrs=attrs)
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                                  options={"num_warps": v.num_warps, "num_stages": v.num_stages})
+                                  options={"num_warps": v.num_warps, "num_stages": v.num_stages,
+                                           **({"maxnreg": v.maxnreg} if v.maxnreg else {})})
         usage = _resource_usage(compiled.asm["cubin"])
         return KernelReport(
             kernel=kernel_name, variant=v.name, arch=arch, ok=True, registers=usage.get("REG"),

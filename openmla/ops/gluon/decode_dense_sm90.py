@@ -230,15 +230,21 @@ if gluon_available():
                           stride_oh, stride_lb, stride_lh, BLOCK_M, D_V, gl.num_warps())
 
 
-def layout_for(rows: int) -> str:
+def layout_for(rows: int, fused: bool = False) -> str:
     """Which Hopper kernel serves ``rows = s_q * h_q / h_kv`` query rows per KV head.
 
-    ``"tokens"`` (KV tokens on the 64-row side) up to 32 rows, where the 64-row layout would spend half
-    or more of its products on padding; ``"rows"`` above.
+    ``"tokens"`` (KV tokens on the 64-row side, :mod:`.decode_dense_sm90_small_heads`) up to 32 rows,
+    where a 64-row tile would spend half or more of its products on padding. Above: ``"ws"``, the
+    warp-specialized kernel (:mod:`.decode_dense_sm90_ws`, softmax overlapped with the tensor cores), when
+    the split partials go to the combine kernel; ``"rows"`` (this module's kernel, which can merge its own
+    partials) when the call fuses the combine (``fused``: small eager batches, see
+    :func:`openmla.ops.combine.fuse_combine`).
     """
     from .decode_dense_sm90_small_heads import MAX_ROWS
 
-    return "tokens" if rows <= MAX_ROWS else "rows"
+    if rows <= MAX_ROWS:
+        return "tokens"
+    return "rows" if fused else "ws"
 
 
 def dense_decode_sm90_fwd(
@@ -261,8 +267,9 @@ def dense_decode_sm90_fwd(
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper.
 
     ``layout``: ``"rows"`` puts the query rows on ``wgmma``'s 64-row side (this module's kernel),
+    ``"ws"`` too, warp-specialized (:mod:`.decode_dense_sm90_ws`, never fuses the combine),
     ``"tokens"`` the KV tokens (:mod:`.decode_dense_sm90_small_heads`, at most 32 rows per KV head,
-    ``warpgroups`` passed on); default :func:`layout_for` the shape.
+    ``warpgroups`` passed on); default :func:`layout_for` the shape and the combine.
 
     Per-tensor FP8 (``descale_k``, and ``descale_q`` for an e4m3 q): the tokens layout reads it; above
     32 rows such a call goes to the Triton kernel (:func:`openmla.ops.decode_dense.dense_decode_fwd`),
@@ -271,19 +278,31 @@ def dense_decode_sm90_fwd(
     b, s_q, h_q, d = q.shape
     h_kv = k_cache.shape[2]
     rows = s_q * (h_q // h_kv)
-    if (layout or layout_for(rows)) == "tokens":
+    fused = fuse_combine(q.device, b) if fused_combine is None else bool(fused_combine)
+    layout = layout or layout_for(rows, fused)
+    if layout == "tokens":
         from .decode_dense_sm90_small_heads import dense_decode_sm90_small_heads_fwd
 
         return dense_decode_sm90_small_heads_fwd(q, k_cache, block_table, cache_seqlens, head_dim_v,
                                                  tile_scheduler_metadata, num_splits, softmax_scale, causal,
                                                  workspace, warpgroups, descale_q=descale_q, descale_k=descale_k,
-                                                 fused_combine=fused_combine)
+                                                 fused_combine=fused)
     if descale_k is not None:  # the 64-row kernel reads 16-bit caches only
         from ..decode_dense import dense_decode_fwd
 
         return dense_decode_fwd(q, k_cache, block_table, cache_seqlens, head_dim_v, tile_scheduler_metadata,
                                 num_splits, softmax_scale, causal, workspace=workspace, descale_q=descale_q,
-                                descale_k=descale_k, fused_combine=fused_combine)
+                                descale_k=descale_k, fused_combine=fused)
+    if layout == "ws":
+        if fused_combine:
+            raise ValueError("the warp-specialized kernel (layout='ws') leaves split partials to the combine "
+                             "kernel: pass fused_combine=False or None, or layout='rows'")
+        from .decode_dense_sm90_ws import dense_decode_sm90_ws_fwd
+
+        return dense_decode_sm90_ws_fwd(q, k_cache, block_table, cache_seqlens, head_dim_v, tile_scheduler_metadata,
+                                        num_splits, softmax_scale, causal, workspace)
+    if layout != "rows":
+        raise ValueError(f"layout={layout!r}; expected 'rows', 'ws' or 'tokens'")
     row_tiles = -(-rows // BLOCK_M)
     num_parts = tile_scheduler_metadata.shape[0]
     if SCHED_BLOCK % BLOCK_N:
@@ -292,7 +311,6 @@ def dense_decode_sm90_fwd(
     lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)
     if workspace is None:
         workspace = split_workspace(q, head_dim_v, num_parts)
-    fused = fuse_combine(q.device, b) if fused_combine is None else bool(fused_combine)
     _dense_decode_sm90_kernel[(row_tiles * h_kv, num_parts)](
         *splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
                       out, lse, workspace, row_tiles, softmax_scale),

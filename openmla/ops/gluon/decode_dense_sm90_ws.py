@@ -1,0 +1,498 @@
+"""Dense MLA decoding for Hopper (sm_90a), warp-specialized: one warpgroup's softmax beside the other's products.
+
+Why a third Hopper kernel: in :mod:`.decode_dense_sm90` both warpgroups compute a 32-column half of the
+scores, then both do softmax, then both multiply by V, with barriers between; the tensor cores idle
+while softmax runs, and the score products (N=32 per warpgroup, Q re-read from shared memory by both)
+ask more of shared memory than a N=64 product does. Here the roles are split (``gl.warp_specialize``):
+
+* **softmax warpgroup** (the default partition, 4 warps): the whole score tile ``S = Q Kᵀ`` [64, 64]
+  (one N=64 product per KV tile), online softmax, ``P`` and the rescale factor to shared memory, and the
+  left output half ``O[:, :256] += P V[:, :256]``;
+* **output warpgroup** (4 warps): the right half ``O[:, 256:] += P V[:, 256:]``, rescaled by the factor
+  the softmax warpgroup published;
+* **loader** (4 warps): Q and K/V tiles gathered through the block table with ``cp.async`` into a
+  two-stage ring, any page size.
+
+Two schedule choices, constexprs and launcher arguments, set by measurement (H200, one run, b=128,
+h_q 128 and 64; ``benchmarks/results/2026-11-27-h200-ws-tune-*``):
+
+* ``OVERLAP``: ``False`` (default) issues tile ``j``'s ``P V`` before tile ``j+1``'s score products, so
+  the K stage is handed back before the next softmax; ``True`` issues the scores first so ``P V`` runs
+  during the next softmax, but then tile ``j+1`` must have landed earlier and tile ``j``'s stage is held
+  through that softmax: 0.66-0.71 of FlashMLA against 0.75-0.81.
+* ``ASYNC_ARRIVE``: ``True`` (default): each loader thread arrives on the tile's mbarrier through
+  ``cp.async.mbarrier.arrive.noinc`` and goes on to the next stage; the consumers fence (generic to async
+  proxy) after their wait. ``False``: the loader waits for its copies, fences and arrives once: 1-4 %
+  slower on six of the seven configs, 2.7 % faster on one.
+
+Asking L2 for the next tile ahead of its copy (``cp.async.bulk.prefetch.L2``) was measured too and was
+slower in every config (0.69-0.74 against 0.75-0.81), so it is not here.
+
+A request with no key still runs one fully masked tile, so every partition walks the same sequence of
+tiles and barrier phases. Split-KV plan, causal rule, masking and outputs are those of
+:mod:`openmla.ops.decode_dense`; partials are merged by the combine kernel (this kernel does not fuse it).
+Shared memory (bf16, d=576): Q 72 KB, two K stages 144 KB, P 8 KB: 224.7 KB of the 227 KB.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..._runtime import gluon_available
+from ..combine import combine_splits
+from ..decode_dense import split_workspace, splitkv_args
+from ..schedule import SCHED_BLOCK
+
+BLOCK_M = 64
+BLOCK_N = 64
+NUM_WARPS = 4  # the softmax warpgroup; the output warpgroup and the loader add 4 warps each
+WORKER_WARPS = (4, 4)
+# registers a thread: 384 threads share 64K, so the launch cap is 168; the workers are set down to
+# these and the softmax warpgroup (S, P and a 64x256 accumulator) takes what is left
+MAXNREG = 168
+WORKER_REGS = (168, 72)
+# defaults of the two schedule choices (module docstring), set by measurement
+OVERLAP = False
+ASYNC_ARRIVE = True
+
+if gluon_available():
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        async_copy,
+        fence_async_shared,
+        mbarrier,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+
+    from .decode_dense_sm90 import _piece_bounds, _request_span
+
+    @gluon.jit
+    def _tiles_of(tok_lo, tok_hi, BLOCK_N: gl.constexpr):
+        """KV tiles a partition walks for one request: at least one (a fully masked tile when empty)."""
+        return gl.maximum(gl.cdiv(tok_hi - tok_lo, BLOCK_N), 1)
+
+    @gluon.jit
+    def _load_rows(src_row, dst_lo, dst_hi, dst_pe, mask, D_V: gl.constexpr, D_PE: gl.constexpr,
+                   LOAD: gl.constexpr):
+        """cp.async 64-column chunks of rows ``src_row`` (pointers, [64] in ``LOAD``'s row slice): dims
+        ``[0, D_V/2)`` to ``dst_lo``, ``[D_V/2, D_V)`` to ``dst_hi``, the RoPE dims to ``dst_pe``. Masked
+        rows are zero-filled and not read."""
+        HALF: gl.constexpr = D_V // 2
+        offs_c = gl.arange(0, 64, layout=gl.SliceLayout(0, LOAD))
+        for c in gl.static_range(HALF // 64):
+            async_copy.async_copy_global_to_shared(dst_lo.slice(c * 64, 64, dim=1),
+                                                   src_row[:, None] + c * 64 + offs_c[None, :], mask=mask[:, None])
+            async_copy.async_copy_global_to_shared(dst_hi.slice(c * 64, 64, dim=1),
+                                                   src_row[:, None] + HALF + c * 64 + offs_c[None, :],
+                                                   mask=mask[:, None])
+        if D_PE > 0:
+            async_copy.async_copy_global_to_shared(dst_pe, src_row[:, None] + D_V + offs_c[None, :],
+                                                   mask=mask[:, None])
+
+    @gluon.jit
+    def _publish(bar, ASYNC_ARRIVE: gl.constexpr):
+        """Signal ``bar`` when this partition's cp.async copies have landed.
+
+        ``ASYNC_ARRIVE``: every thread arrives through ``cp.async.mbarrier.arrive.noinc`` (the barrier counts
+        the partition's threads) and goes on, so the next stage's copies can be issued at once; the consumer
+        fences before its tensor-core reads. Otherwise the partition waits for its copies (``wait_group``
+        tracks committed copies only: commit first), fences, and one thread arrives.
+        """
+        if ASYNC_ARRIVE:
+            async_copy.mbarrier_arrive(bar, increment_count=False)
+        else:
+            async_copy.commit_group()
+            async_copy.wait_group(0)
+            fence_async_shared()
+            gl.thread_barrier()
+            mbarrier.arrive(bar, count=1)
+
+    @gluon.jit
+    def _acquire(bar, phase, ASYNC_ARRIVE: gl.constexpr):
+        """Wait for data the loader published on ``bar``; with ``ASYNC_ARRIVE`` the copies were not fenced
+        by their writers, so fence here before the tensor cores read them."""
+        mbarrier.wait(bar, phase)
+        if ASYNC_ARRIVE:
+            fence_async_shared()
+
+    @gluon.jit
+    def _loader(q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
+                stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
+                group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
+                q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars,
+                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
+                PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr):
+        """Loader partition: each request's Q tile, then its K tiles into the two-stage ring."""
+        q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
+        LOAD: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [PARTITION_WARPS, 1], [1, 0])
+        pid_m = gl.program_id(0)
+        kv_head = pid_m // row_tiles
+        tile = pid_m % row_tiles
+        begin_req, begin_tok, end_req, end_tok, begin_split = _piece_bounds(sched_ptr, gl.program_id(1))
+        offs_r = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, LOAD))
+        offs_t = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, LOAD))
+        kb = 0
+        for req in range(begin_req, end_req + 1):
+            req64 = req.to(gl.int64)
+            rq = req - begin_req
+            s_k, tok_lo, tok_hi, split_lo, n_split, split_idx = _request_span(
+                req, begin_req, begin_tok, end_req, end_tok, begin_split, seqlens_ptr, num_splits_ptr, max_blocks,
+                page_block_size)
+            # Q rows (s_q * group of them, folded) once the softmax warpgroup is done with the last request's
+            mbarrier.wait(q_free, (rq & 1) ^ 1)
+            q_row = q_ptr + req64 * stride_qb + (offs_r // group) * stride_qs \
+                + (kv_head * group + offs_r % group) * stride_qh
+            _load_rows(q_row, q_lo, q_hi, q_pe, offs_r < rows, D_V, D_PE, LOAD)
+            _publish(q_ready, ASYNC_ARRIVE)
+
+            bt_row = block_table_ptr + req64 * stride_bt
+            for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
+                stage = kb % 2
+                mbarrier.wait(k_free.index(stage), ((kb // 2) & 1) ^ 1)
+                offs_j = tok_lo + it * BLOCK_N + offs_t
+                mask_j = offs_j < tok_hi
+                page = gl.load(bt_row + offs_j // page_block_size, mask=mask_j, other=0)
+                page = gl.minimum(gl.maximum(page, 0), num_blocks - 1)  # garbage past the length is never used
+                k_row = k_ptr + (page.to(gl.int64) * stride_kb + (offs_j % page_block_size) * stride_kp
+                                 + kv_head * stride_kh)
+                _load_rows(k_row, k_lo.index(stage), k_hi.index(stage), k_pe.index(stage), mask_j, D_V, D_PE, LOAD)
+                _publish(k_ready.index(stage), ASYNC_ARRIVE)
+                kb += 1
+
+    @gluon.jit
+    def _output_half(out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
+                     stride_ob, stride_os, stride_oh,
+                     s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
+                     k_hi, p_smem, a_smem, bars,
+                     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr,
+                     PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr):
+        """Output partition: ``O[:, D_V/2:] += P V[:, D_V/2:]`` per KV tile, rescaled by the published factor;
+        the last round publishes ``1/l`` instead, and this half is stored."""
+        q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
+        HALF: gl.constexpr = D_V // 2
+        dtype: gl.constexpr = out_ptr.dtype.element_ty
+        O_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
+                                                           instr_shape=[16, HALF, 16])
+        ROW_O: gl.constexpr = gl.SliceLayout(1, O_LAYOUT)
+        pid_m = gl.program_id(0)
+        kv_head = pid_m // row_tiles
+        tile = pid_m % row_tiles
+        begin_req, begin_tok, end_req, end_tok, begin_split = _piece_bounds(sched_ptr, gl.program_id(1))
+        offs_r = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROW_O)
+        offs_v = HALF + gl.arange(0, HALF, layout=gl.SliceLayout(0, O_LAYOUT))
+        kb = 0
+        pr = 0
+        for req in range(begin_req, end_req + 1):
+            req64 = req.to(gl.int64)
+            s_k, tok_lo, tok_hi, split_lo, n_split, split_idx = _request_span(
+                req, begin_req, begin_tok, end_req, end_tok, begin_split, seqlens_ptr, num_splits_ptr, max_blocks,
+                page_block_size)
+            acc = gl.zeros([BLOCK_M, HALF], gl.float32, layout=O_LAYOUT)
+            for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
+                stage = kb % 2
+                _acquire(p_ready, pr & 1, ASYNC_ARRIVE)  # V came from the loader through the softmax warpgroup
+                alpha = a_smem.load(ROW_O)
+                acc = acc * alpha[:, None]
+                acc = warpgroup_mma(p_smem, k_hi.index(stage), acc, is_async=True)
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                gl.thread_barrier()  # one thread arrives for the warpgroup: all four warps' products are done
+                mbarrier.arrive(p_free, count=1)
+                mbarrier.arrive(k_free.index(stage), count=1)
+                kb += 1
+                pr += 1
+            # last round: the row's 1/l (0 for a row that saw no key)
+            mbarrier.wait(p_ready, pr & 1)
+            inv_l = a_smem.load(ROW_O)
+            gl.thread_barrier()  # every thread has read the factor before the buffer is handed back
+            mbarrier.arrive(p_free, count=1)
+            pr += 1
+            o = acc * inv_l[:, None]
+            mask_r = offs_r < rows
+            t_o = offs_r // group
+            head_o = kv_head * group + offs_r % group
+            if n_split <= 1:
+                o_ptrs = out_ptr + req64 * stride_ob + t_o * stride_os + head_o * stride_oh
+                gl.store(o_ptrs[:, None] + offs_v[None, :], o.to(dtype), mask=mask_r[:, None])
+            else:
+                slot = (split_lo + split_idx).to(gl.int64)
+                acc_row = (slot * s_q + t_o) * h_q + head_o  # o_accum is [slots, s_q, h_q, D_V]
+                gl.store(o_acc_ptr + acc_row[:, None] * D_V + offs_v[None, :], o, mask=mask_r[:, None])
+
+    @gluon.jit
+    def _softmax_half(out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
+                      stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
+                      s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
+                      q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars,
+                      CAUSAL: gl.constexpr, OVERLAP: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                      D_V: gl.constexpr, D_PE: gl.constexpr, PARTITION_WARPS: gl.constexpr,
+                      ASYNC_ARRIVE: gl.constexpr):
+        """Default partition: scores, online softmax, ``P`` and factors to the output warpgroup, the left
+        output half, LSE."""
+        q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
+        HALF: gl.constexpr = D_V // 2
+        dtype: gl.constexpr = out_ptr.dtype.element_ty
+        S_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
+                                                           instr_shape=[16, BLOCK_N, 16])
+        O_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
+                                                           instr_shape=[16, HALF, 16])
+        ROW_S: gl.constexpr = gl.SliceLayout(1, S_LAYOUT)
+        ROW_O: gl.constexpr = gl.SliceLayout(1, O_LAYOUT)
+        # score products per tile: one per 256-dim half of the key, one for the RoPE part
+        QK_GROUPS: gl.constexpr = 3 if D_PE > 0 else 2
+        pid_m = gl.program_id(0)
+        kv_head = pid_m // row_tiles
+        tile = pid_m % row_tiles
+        begin_req, begin_tok, end_req, end_tok, begin_split = _piece_bounds(sched_ptr, gl.program_id(1))
+        offs_r_s = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROW_S)
+        offs_r_o = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROW_O)
+        offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_LAYOUT))
+        offs_v = gl.arange(0, HALF, layout=gl.SliceLayout(0, O_LAYOUT))
+        t_s = offs_r_s // group
+        kb = 0
+        pr = 0
+        for req in range(begin_req, end_req + 1):
+            req64 = req.to(gl.int64)
+            rq = req - begin_req
+            s_k, tok_lo, tok_hi, split_lo, n_split, split_idx = _request_span(
+                req, begin_req, begin_tok, end_req, end_tok, begin_split, seqlens_ptr, num_splits_ptr, max_blocks,
+                page_block_size)
+            limit = s_k - s_q + t_s  # [BLOCK_M] last key each row may see (causal)
+            n_tiles = _tiles_of(tok_lo, tok_hi, BLOCK_N)
+            m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=ROW_S)
+            l_i = gl.zeros([BLOCK_M], gl.float32, layout=ROW_S)
+            acc = gl.zeros([BLOCK_M, HALF], gl.float32, layout=O_LAYOUT)
+            _acquire(q_ready, rq & 1, ASYNC_ARRIVE)
+
+            # tile 0's scores
+            stage = kb % 2
+            _acquire(k_ready.index(stage), (kb // 2) & 1, ASYNC_ARRIVE)
+            s = _scores(q_lo, q_hi, q_pe, k_lo.index(stage), k_hi.index(stage), k_pe.index(stage), S_LAYOUT, BLOCK_M,
+                        BLOCK_N, D_PE)
+            s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+            p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, scale_log2, tok_lo, tok_hi, limit, offs_n, CAUSAL)
+            for it in range(0, n_tiles - 1):
+                stage = kb % 2
+                acc = _hand_over(p, alpha, acc, p_smem, a_smem, p_ready, p_free, pr, ROW_O, dtype)
+                pr += 1
+                nxt = (kb + 1) % 2
+                if OVERLAP:
+                    # next scores first: this tile's P V runs on the tensor cores during the next softmax
+                    _acquire(k_ready.index(nxt), ((kb + 1) // 2) & 1, ASYNC_ARRIVE)
+                    s = _scores(q_lo, q_hi, q_pe, k_lo.index(nxt), k_hi.index(nxt), k_pe.index(nxt), S_LAYOUT,
+                                BLOCK_M, BLOCK_N, D_PE)
+                    acc = warpgroup_mma(p_smem, k_lo.index(stage), acc, is_async=True)
+                    s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
+                    p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, scale_log2, tok_lo + (it + 1) * BLOCK_N, tok_hi,
+                                                         limit, offs_n, CAUSAL)
+                    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                    gl.thread_barrier()
+                    mbarrier.arrive(k_free.index(stage), count=1)
+                else:
+                    # P V first: the stage is handed back before the next softmax
+                    acc = warpgroup_mma(p_smem, k_lo.index(stage), acc, is_async=True)
+                    _acquire(k_ready.index(nxt), ((kb + 1) // 2) & 1, ASYNC_ARRIVE)
+                    s = _scores(q_lo, q_hi, q_pe, k_lo.index(nxt), k_hi.index(nxt), k_pe.index(nxt), S_LAYOUT,
+                                BLOCK_M, BLOCK_N, D_PE)
+                    acc = warpgroup_mma_wait(num_outstanding=QK_GROUPS, deps=(acc,))
+                    gl.thread_barrier()
+                    mbarrier.arrive(k_free.index(stage), count=1)
+                    s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+                    p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, scale_log2, tok_lo + (it + 1) * BLOCK_N, tok_hi,
+                                                         limit, offs_n, CAUSAL)
+                kb += 1
+            # every score product of this request is done: the loader may bring the next Q
+            gl.thread_barrier()
+            mbarrier.arrive(q_free, count=1)
+            stage = kb % 2
+            acc = _hand_over(p, alpha, acc, p_smem, a_smem, p_ready, p_free, pr, ROW_O, dtype)
+            pr += 1
+            acc = warpgroup_mma(p_smem, k_lo.index(stage), acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            gl.thread_barrier()
+            mbarrier.arrive(k_free.index(stage), count=1)
+            kb += 1
+
+            # last round: 1/l to the output warpgroup (0 for a row that saw no key)
+            l_o = gl.convert_layout(l_i, ROW_O)
+            m_o = gl.convert_layout(m_i, ROW_O)
+            empty = l_o == 0.0
+            inv_l = gl.where(empty, 0.0, 1.0 / l_o)
+            mbarrier.wait(p_free, (pr & 1) ^ 1)
+            a_smem.store(inv_l)
+            gl.thread_barrier()
+            mbarrier.arrive(p_ready, count=1)
+            pr += 1
+
+            o = acc * inv_l[:, None]
+            lse2 = gl.where(empty, float("-inf"), m_o + gl.log2(l_o))
+            mask_r = offs_r_o < rows
+            t_o = offs_r_o // group
+            head_o = kv_head * group + offs_r_o % group
+            if n_split <= 1:
+                o_ptrs = out_ptr + req64 * stride_ob + t_o * stride_os + head_o * stride_oh
+                gl.store(o_ptrs[:, None] + offs_v[None, :], o.to(dtype), mask=mask_r[:, None])
+                lse = gl.where(empty, float("inf"), lse2 * 0.6931471805599453)
+                gl.store(lse_ptr + req64 * stride_lb + head_o * stride_lh + t_o, lse, mask=mask_r)
+            else:
+                slot = (split_lo + split_idx).to(gl.int64)
+                acc_row = (slot * s_q + t_o) * h_q + head_o  # o_accum is [slots, s_q, h_q, D_V]
+                gl.store(o_acc_ptr + acc_row[:, None] * D_V + offs_v[None, :], o, mask=mask_r[:, None])
+                gl.store(lse_acc_ptr + acc_row, lse2, mask=mask_r)
+
+    @gluon.jit
+    def _scores(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, S_LAYOUT: gl.constexpr, BLOCK_M: gl.constexpr,
+                BLOCK_N: gl.constexpr, D_PE: gl.constexpr):
+        """Issue ``S = Q Kᵀ`` [BLOCK_M, BLOCK_N] (fp32, unscaled) as async products; the caller waits."""
+        s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=S_LAYOUT)
+        s = warpgroup_mma(q_lo, k_lo.permute((1, 0)), s, use_acc=False, is_async=True)
+        s = warpgroup_mma(q_hi, k_hi.permute((1, 0)), s, is_async=True)
+        if D_PE > 0:
+            s = warpgroup_mma(q_pe, k_pe.permute((1, 0)), s, is_async=True)
+        return s
+
+    @gluon.jit
+    def _online_softmax(s, m_i, l_i, scale_log2, start, tok_hi, limit, offs_n, CAUSAL: gl.constexpr):
+        """One tile of online softmax in base 2: ``(p, alpha, m_new, l_new)``; keys at or past ``tok_hi``
+        (and, causal, past each row's ``limit``) get weight 0; a row with no key so far keeps ``m = -inf``."""
+        s = s * scale_log2
+        offs_j = start + offs_n
+        if CAUSAL:
+            visible = (offs_j[None, :] < tok_hi) & (offs_j[None, :] <= limit[:, None])
+        else:
+            visible = (offs_j < tok_hi)[None, :]
+        s = gl.where(visible, s, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(s, axis=1))
+        m_shift = gl.where(m_new == float("-inf"), 0.0, m_new)
+        p = gl.exp2(s - m_shift[:, None])
+        alpha = gl.exp2(m_i - m_shift)
+        l_new = l_i * alpha + gl.sum(p, axis=1)
+        return p, alpha, m_new, l_new
+
+    @gluon.jit
+    def _hand_over(p, alpha, acc, p_smem, a_smem, p_ready, p_free, pr, ROW_O: gl.constexpr, dtype: gl.constexpr):
+        """Publish ``P`` and the rescale factor once the output warpgroup has released the buffers, then
+        rescale this warpgroup's half."""
+        mbarrier.wait(p_free, (pr & 1) ^ 1)
+        p_smem.store(p.to(dtype))
+        alpha_o = gl.convert_layout(alpha, ROW_O)
+        a_smem.store(alpha_o)
+        fence_async_shared()  # P is read next by the tensor cores
+        gl.thread_barrier()
+        mbarrier.arrive(p_ready, count=1)
+        return acc * alpha_o[:, None]
+
+    @gluon.jit
+    def _dense_decode_sm90_ws_kernel(
+        q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
+        out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, counters_ptr,
+        stride_qb, stride_qs, stride_qh,
+        stride_kb, stride_kp, stride_kh,
+        stride_bt,
+        stride_ob, stride_os, stride_oh,
+        stride_lb, stride_lh,
+        s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2,
+        CAUSAL: gl.constexpr, OVERLAP: gl.constexpr,
+        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+        D_V: gl.constexpr, D_PE: gl.constexpr,
+        SOFTMAX_WARPS: gl.constexpr, OUTPUT_WARPS: gl.constexpr, LOADER_WARPS: gl.constexpr, OUTPUT_REGS: gl.constexpr,
+        LOADER_REGS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr,
+    ):
+        dtype: gl.constexpr = q_ptr.dtype.element_ty
+        HALF: gl.constexpr = D_V // 2
+        gl.static_assert(D_PE == 0 or D_PE == 64, "the RoPE part must be 0 or 64 dims")
+        gl.static_assert(HALF % 64 == 0, "the value dims must split in two multiples of 64")
+        SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        ROWS_SMEM: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[0])
+        q_lo = gl.allocate_shared_memory(dtype, [BLOCK_M, HALF], SMEM)
+        q_hi = gl.allocate_shared_memory(dtype, [BLOCK_M, HALF], SMEM)
+        k_lo = gl.allocate_shared_memory(dtype, [2, BLOCK_N, HALF], SMEM)
+        k_hi = gl.allocate_shared_memory(dtype, [2, BLOCK_N, HALF], SMEM)
+        if D_PE > 0:
+            q_pe = gl.allocate_shared_memory(dtype, [BLOCK_M, D_PE], SMEM)
+            k_pe = gl.allocate_shared_memory(dtype, [2, BLOCK_N, D_PE], SMEM)
+        else:  # never read: the RoPE products and copies are compiled out
+            q_pe = q_lo
+            k_pe = k_lo
+        p_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], SMEM)
+        a_smem = gl.allocate_shared_memory(gl.float32, [BLOCK_M], ROWS_SMEM)
+
+        q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        q_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        k_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        k_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        p_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        p_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        # with ASYNC_ARRIVE each loader thread arrives once per copy batch; else one arrival
+        LOADED: gl.constexpr = LOADER_WARPS * 32 if ASYNC_ARRIVE else 1
+        mbarrier.init(q_ready, count=LOADED)
+        mbarrier.init(q_free, count=1)
+        mbarrier.init(p_ready, count=1)
+        mbarrier.init(p_free, count=1)
+        for i in gl.static_range(2):
+            mbarrier.init(k_ready.index(i), count=LOADED)
+            mbarrier.init(k_free.index(i), count=2)  # both warpgroups read V
+        bars = (q_ready, q_free, k_ready, k_free, p_ready, p_free)
+
+        gl.warp_specialize([
+            (_softmax_half, (out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
+                             stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
+                             s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
+                             q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars,
+                             CAUSAL, OVERLAP, BLOCK_M, BLOCK_N, D_V, D_PE, SOFTMAX_WARPS, ASYNC_ARRIVE)),
+            (_output_half, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
+                            stride_ob, stride_os, stride_oh,
+                            s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
+                            k_hi, p_smem, a_smem, bars, BLOCK_M, BLOCK_N, D_V, OUTPUT_WARPS, ASYNC_ARRIVE)),
+            (_loader, (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
+                       stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
+                       group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
+                       q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars,
+                       BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE)),
+        ], [OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, LOADER_REGS])
+
+
+def dense_decode_sm90_ws_fwd(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    head_dim_v: int,
+    tile_scheduler_metadata: torch.Tensor,
+    num_splits: torch.Tensor,
+    softmax_scale: float,
+    causal: bool,
+    workspace: tuple[torch.Tensor, ...] | None = None,
+    overlap: bool = OVERLAP,
+    async_arrive: bool = ASYNC_ARRIVE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper, 16-bit caches.
+
+    q: [b, s_q, h_q, d] bf16/fp16; k_cache: [num_blocks, page_block_size, h_kv, d] same dtype, d 576 or
+    512; returns ``out`` [b, s_q, h_q, head_dim_v] in q's dtype and ``lse`` [b, h_q, s_q] fp32. Split
+    partials are always merged by the combine kernel (a second launch). ``overlap``: the softmax
+    warpgroup's order, ``async_arrive``: how the loader signals a landed tile (module docstring).
+    """
+    b, s_q, h_q, d = q.shape
+    h_kv = k_cache.shape[2]
+    rows = s_q * (h_q // h_kv)
+    row_tiles = -(-rows // BLOCK_M)
+    num_parts = tile_scheduler_metadata.shape[0]
+    if SCHED_BLOCK % BLOCK_N:
+        raise ValueError("the scheduler's unit must be a multiple of the sm_90 kernel's KV tile")
+    out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
+    lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)
+    if workspace is None:
+        workspace = split_workspace(q, head_dim_v, num_parts)
+    _dense_decode_sm90_ws_kernel[(row_tiles * h_kv, num_parts)](
+        *splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
+                      out, lse, workspace, row_tiles, softmax_scale),
+        CAUSAL=bool(causal and s_q > 1), OVERLAP=bool(overlap), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, D_V=head_dim_v,
+        D_PE=d - head_dim_v, SOFTMAX_WARPS=NUM_WARPS, OUTPUT_WARPS=WORKER_WARPS[0], LOADER_WARPS=WORKER_WARPS[1],
+        OUTPUT_REGS=WORKER_REGS[0], LOADER_REGS=WORKER_REGS[1], ASYNC_ARRIVE=bool(async_arrive),
+        num_warps=NUM_WARPS,
+        maxnreg=MAXNREG,
+    )
+    combine_splits(out, lse, workspace[0], workspace[1], num_splits)
+    return out, lse
