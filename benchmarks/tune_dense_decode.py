@@ -113,7 +113,7 @@ def main(argv=None):
         default_parts = num_sm_parts_for(rows, h_kv, sms, dv, arch=90)  # the plan the new metadata API makes
         runs = [("gluon", None, m) for m in (1, 2)] if not args.triton_only else []
         if not args.triton_only and rows > 32:  # the warp-specialized kernel, both softmax orders
-            runs += [("gluon-ws-pvfirst", None, 1), ("gluon-seesaw", None, 1), ("gluon-seesaw-preg", None, 1)]
+            runs += [("gluon-ws-pvfirst", None, 1), ("gluon-ws-overlap", None, 1), ("gluon-ws-pvfirst-waits", None, 1)]
         if not args.triton_only and rows <= 32:  # the small-head layout beside the 64-row one
             runs.append(("gluon-tokens", None, 1))
             if rows > 16:  # 32 rows: one warpgroup (R=32 per wgmma) beside two (16 each)
@@ -123,15 +123,7 @@ def main(argv=None):
             for m in ((1, 2, 3) if cfg == default else (1, 2, 3) if cfg.block_m <= 32 and cfg.layout == "rows"
                       else (1,))]
         for kind, cfg, parts_mult in runs:
-            if kind.startswith("gluon-seesaw"):
-                from openmla.ops.gluon.decode_dense_sm90_seesaw import dense_decode_sm90_seesaw_fwd
-
-                parts = max(sms // (h_kv * -(-rows // 64)), 1)
-                sched_t, splits = plan_splitkv(lens, parts)
-                p_from_smem = kind == "gluon-seesaw"
-                call = lambda: dense_decode_sm90_seesaw_fwd(  # noqa: E731
-                    q, k_cache, block_table, lens, dv, sched_t, splits, scale, True, p_from_smem=p_from_smem)
-            elif kind.startswith("gluon-ws"):
+            if kind.startswith("gluon-ws"):
                 from openmla.ops.gluon.decode_dense_sm90_ws import dense_decode_sm90_ws_fwd
 
                 parts = max(sms // (h_kv * -(-rows // 64)), 1)
@@ -167,7 +159,7 @@ def main(argv=None):
                 continue
             cfg_d = cfg.__dict__ if cfg else {"block_m": 64, "block_n": 64, "num_warps": 8, "num_stages": 2,
                                               "dv_tile": 512}
-            if kind.startswith("gluon-ws") or kind.startswith("gluon-seesaw"):  # 4 + 4 + 4 loader warps
+            if kind.startswith("gluon-ws"):  # 4 softmax + 4 output + 4 loader warps, 64x64 tiles
                 cfg_d = {"block_m": 64, "block_n": 64, "num_warps": 12, "num_stages": 2, "dv_tile": 512,
                          "layout": kind[len("gluon-"):]}
             if kind.startswith("gluon-tokens"):  # KV tokens on the 64-row side, query rows on the 16/32 side

@@ -254,7 +254,7 @@ SM90_DIRECT = [
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA or torch.cuda.get_device_capability() != (9, 0), reason="needs an sm_90 GPU")
-@pytest.mark.parametrize("layout", ["rows", "ws", "ws-overlap", "ws-loader-waits", "seesaw", "seesaw-p-registers"])
+@pytest.mark.parametrize("layout", ["rows", "ws", "ws-overlap", "ws-loader-waits"])
 @pytest.mark.parametrize("b,s_q,s_k,h_q,h_kv,page,d,dtype,parts", SM90_DIRECT)
 def test_sm90_row_kernels_direct(layout, b, s_q, s_k, h_q, h_kv, page, d, dtype, parts, generator):
     """Each 64-row Hopper kernel, whatever the dispatcher would pick, on plans from one piece per request
@@ -271,10 +271,6 @@ def test_sm90_row_kernels_direct(layout, b, s_q, s_k, h_q, h_kv, page, d, dtype,
     poison_cuda_cache(1 << 28)
     if layout == "rows":
         out, lse = dense_decode_sm90_fwd(*args, layout="rows", fused_combine=False)
-    elif layout.startswith("seesaw"):
-        from openmla.ops.gluon.decode_dense_sm90_seesaw import dense_decode_sm90_seesaw_fwd
-
-        out, lse = dense_decode_sm90_seesaw_fwd(*args, p_from_smem=layout == "seesaw")
     else:
         out, lse = dense_decode_sm90_ws_fwd(*args, overlap=layout == "ws-overlap",
                                             async_arrive=layout != "ws-loader-waits")

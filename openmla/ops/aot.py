@@ -132,7 +132,6 @@ def _variants(arch: int = 90) -> list[Variant]:
                         out.append(Variant(small._dense_decode_sm90_small_heads_kernel, small_ptrs, ("scale_log2",),
                                            consts, 4 * small.warpgroups_for(r), 1, name, gluon=True))
                     out.extend(_ws_variants(dtype, ptrs, d_qk, causal))
-                    out.extend(_seesaw_variants(dtype, ptrs, d_qk, causal))
             # CUDA-graph captures: the partials merged by the combine kernel
             for v in [v for v in out if v.gluon and "FUSED_COMBINE" in v.constexprs and v.name.startswith("gluon") and f" {dtype} d576 causal" in v.name]:
                 out.append(dataclasses.replace(v, constexprs=dict(v.constexprs, FUSED_COMBINE=False),
@@ -264,25 +263,6 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                 f"{'async-arrive' if async_arrive else 'loader-waits'}")
         out.append(Variant(ws._dense_decode_sm90_ws_kernel, ptrs, ("scale_log2",), consts, ws.NUM_WARPS, 1, name,
                            gluon=True, maxnreg=ws.MAXNREG))
-    return out
-
-
-def _seesaw_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Variant]:
-    """The seesaw Hopper kernel (two warpgroups taking turns at softmax) for one dtype, d and mask; for bf16
-    d=576 causal also with the owner's P from registers."""
-    from .gluon import decode_dense_sm90_seesaw as sw
-
-    out = []
-    for p_from_smem in (sw.P_FROM_SMEM,) + ((not sw.P_FROM_SMEM,) if (dtype, d_qk, causal) == ("bf16", 576, True)
-                                            else ()):
-        consts = dict(CAUSAL=causal, BLOCK_M=sw.BLOCK_M, BLOCK_N=sw.BLOCK_N, D_V=512, D_PE=d_qk - 512,
-                      CONSUMER_WARPS=sw.WORKER_WARPS[0], LOADER_WARPS=sw.WORKER_WARPS[1],
-                      CONSUMER_REGS=sw.WORKER_REGS[0], LOADER_REGS=sw.WORKER_REGS[1], ASYNC_ARRIVE=True,
-                      P_FROM_SMEM=p_from_smem)
-        name = (f"gluon-seesaw {dtype} d{d_qk} {'causal' if causal else 'full'} "
-                f"{'p-smem' if p_from_smem else 'p-registers'}")
-        out.append(Variant(sw._dense_decode_sm90_seesaw_kernel, ptrs, ("scale_log2",), consts, sw.NUM_WARPS, 1,
-                           name, gluon=True, maxnreg=sw.MAXNREG))
     return out
 
 
