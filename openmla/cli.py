@@ -239,6 +239,14 @@ def _fill_compile(s: Section, requested: int | None) -> None:
         s.notes.append("FAILED to compile: " + ", ".join(failed))
     if spilled:
         s.notes.append("register spills in: " + ", ".join(spilled))
+    if any(r.kernel == "_dense_decode_sm90_ws_kernel" for r in reports):
+        from .ops.gluon import decode_dense_sm90_ws as ws
+
+        s.notes.append(
+            f"_dense_decode_sm90_ws_kernel is warp-specialized: 'regs' is its launch cap ({ws.MAXNREG}); its "
+            f"partitions reallocate (setmaxnreg) to {ws.WORKER_REGS[0]} (output warpgroup) and "
+            f"{ws.WORKER_REGS[1]} (loader) a thread, the softmax warpgroup taking the rest of the 64K."
+        )
 
 
 def _bug_report(sections: list[Section]) -> str:
