@@ -11,6 +11,7 @@ from helpers import make_dense_decode_inputs, make_sparse_decode_inputs, quantiz
 
 import openmla
 from openmla import FlashMLASchedMeta, InvalidArgumentError, SchedMetaMismatchError, UnsupportedError
+from openmla._runtime import gluon_available
 from openmla.ops.schedule import MAX_SPLITS, plan_splitkv, plan_splitkv_torch
 
 
@@ -437,6 +438,20 @@ def test_fused_combine_policy_and_its_plan_bound():
             assert most <= MAX_SPLITS
         else:
             assert most > MAX_SPLITS, "a batch past the fused combine's size should not be bounded"
+
+
+@pytest.mark.skipif(not gluon_available(), reason="Triton's Gluon dialect does not import here")
+def test_hopper_kernel_choice_by_rows_and_combine():
+    """Which Hopper dense kernel a shape gets: up to 32 query rows per KV head the tokens layout; above, the
+    warp-specialized kernel when partials go to the combine kernel, the 8-warp kernel (which merges its own
+    partials) in small eager calls."""
+    from openmla.ops.gluon.decode_dense_sm90 import layout_for
+
+    assert layout_for(16) == layout_for(32) == "tokens"
+    assert layout_for(32, fused=True) == "tokens"
+    for rows in (33, 64, 128, 256):
+        assert layout_for(rows) == "ws"
+        assert layout_for(rows, fused=True) == "rows"
 
 
 def test_fast_getenv_sees_every_change(monkeypatch):
