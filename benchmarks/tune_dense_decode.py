@@ -73,6 +73,8 @@ def main(argv=None):
     ap.add_argument("--triton-only", action="store_true")
     ap.add_argument("--gluon-only", action="store_true")
     ap.add_argument("--max-rows", type=int, default=None, help="only shapes with at most this many rows per KV head")
+    ap.add_argument("--kinds", default=None,
+                    help="comma-separated kernel kinds to run (e.g. gluon-ws-pvfirst,gluon-ws-softmax-only); default all")
     ap.add_argument("--min-rows", type=int, default=None, help="only shapes with at least this many rows per KV head")
     args = ap.parse_args(argv)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
@@ -113,7 +115,9 @@ def main(argv=None):
         default_parts = num_sm_parts_for(rows, h_kv, sms, dv, arch=90)  # the plan the new metadata API makes
         runs = [("gluon", None, m) for m in (1, 2)] if not args.triton_only else []
         if not args.triton_only and rows > 32:  # the warp-specialized kernel, both softmax orders
-            runs += [("gluon-ws-pvfirst", None, 1), ("gluon-ws-overlap", None, 1), ("gluon-ws-pvfirst-waits", None, 1)]
+            runs += [("gluon-ws-pvfirst", None, 1), ("gluon-ws-overlap", None, 1), ("gluon-ws-pvfirst-waits", None, 1),
+                     ("gluon-ws-softmax-only", None, 1), ("gluon-ws-pvfirst-tma", None, 1),
+                     ("gluon-ws-softmax-only-tma", None, 1)]
         if not args.triton_only and rows <= 32:  # the small-head layout beside the 64-row one
             runs.append(("gluon-tokens", None, 1))
             if rows > 16:  # 32 rows: one warpgroup (R=32 per wgmma) beside two (16 each)
@@ -122,16 +126,18 @@ def main(argv=None):
             ("triton", cfg, m) for cfg in candidates(rows)
             for m in ((1, 2, 3) if cfg == default else (1, 2, 3) if cfg.block_m <= 32 and cfg.layout == "rows"
                       else (1,))]
+        if args.kinds:
+            runs = [r for r in runs if r[0] in args.kinds.split(",")]
         for kind, cfg, parts_mult in runs:
             if kind.startswith("gluon-ws"):
                 from openmla.ops.gluon.decode_dense_sm90_ws import dense_decode_sm90_ws_fwd
 
                 parts = max(sms // (h_kv * -(-rows // 64)), 1)
                 sched_t, splits = plan_splitkv(lens, parts)
-                overlap, async_arrive = "overlap" in kind, "waits" not in kind
+                overlap, async_arrive, solo = "overlap" in kind, "waits" not in kind, "softmax-only" in kind
                 call = lambda: dense_decode_sm90_ws_fwd(  # noqa: E731
                     q, k_cache, block_table, lens, dv, sched_t, splits, scale, True, overlap=overlap,
-                    async_arrive=async_arrive)
+                    async_arrive=async_arrive, softmax_only=solo, tma_k=kind.endswith("-tma"))
             elif kind.startswith("gluon"):
                 from openmla.ops.gluon.decode_dense_sm90 import dense_decode_sm90_fwd
 
@@ -159,8 +165,9 @@ def main(argv=None):
                 continue
             cfg_d = cfg.__dict__ if cfg else {"block_m": 64, "block_n": 64, "num_warps": 8, "num_stages": 2,
                                               "dv_tile": 512}
-            if kind.startswith("gluon-ws"):  # 4 softmax + 4 output + 4 loader warps, 64x64 tiles
-                cfg_d = {"block_m": 64, "block_n": 64, "num_warps": 12, "num_stages": 2, "dv_tile": 512,
+            if kind.startswith("gluon-ws"):  # 4 softmax + 4 output (+ 4 more when softmax-only) + 4 loader warps
+                cfg_d = {"block_m": 64, "block_n": 64, "num_warps": 16 if "softmax-only" in kind else 12,
+                         "num_stages": 2, "dv_tile": 512,
                          "layout": kind[len("gluon-"):]}
             if kind.startswith("gluon-tokens"):  # KV tokens on the 64-row side, query rows on the 16/32 side
                 warps = 4 if rows <= 16 or kind == "gluon-tokens-1wg" else 8

@@ -243,9 +243,11 @@ def _fill_compile(s: Section, requested: int | None) -> None:
         from .ops.gluon import decode_dense_sm90_ws as ws
 
         s.notes.append(
-            f"_dense_decode_sm90_ws_kernel is warp-specialized: 'regs' is its launch cap ({ws.MAXNREG}); its "
-            f"partitions reallocate (setmaxnreg) to {ws.WORKER_REGS[0]} (output warpgroup) and "
-            f"{ws.WORKER_REGS[1]} (loader) a thread, the softmax warpgroup taking the rest of the 64K."
+            f"_dense_decode_sm90_ws_kernel is warp-specialized: 'regs' is its launch cap ({ws.MAXNREG} with three "
+            f"warpgroups, {ws.SOLO_MAXNREG} in the softmax-only form with four); its partitions reallocate "
+            f"(setmaxnreg) to {ws.WORKER_REGS[0]} (output warpgroup) and {ws.WORKER_REGS[1]} (loader) a thread, "
+            f"or {ws.SOLO_WORKER_REGS[0]} (each output warpgroup) and {ws.SOLO_WORKER_REGS[1]} (loader), the "
+            f"softmax warpgroup taking the rest of the 64K."
         )
 
 

@@ -150,8 +150,9 @@ def _choose_dense_decode(device, dtype, dims, backend, kv_fp8=False) -> Choice:
                                   f"caches only) on {where}")
     if gluon_against is None:
         return Choice(op, "gluon", f"Hopper kernels (Gluon, wgmma; KV tokens on the 64-row side up to 32 query "
-                                  f"rows per KV head; above, query rows, warp-specialized unless a small eager "
-                                  f"batch merges its splits in the kernel) on {where}")
+                                  f"rows per KV head; above, query rows, warp-specialized with K by TMA where the "
+                                  f"cache allows, unless a small eager batch merges its splits in the kernel) on "
+                                  f"{where}")
     if against is None:
         if device.type == "cpu":
             return Choice(op, "triton", "CPU tensors with TRITON_INTERPRET=1: Triton kernels in the interpreter")

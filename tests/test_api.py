@@ -454,6 +454,32 @@ def test_hopper_kernel_choice_by_rows_and_combine():
         assert layout_for(rows, fused=True) == "rows"
 
 
+@pytest.mark.skipif(not gluon_available(), reason="Triton's Gluon dialect does not import here")
+def test_warp_specialized_forms_by_rows_and_cache():
+    """The warp-specialized kernel's form: the softmax warpgroup keeps no output half up to 128 rows per KV
+    head; K tiles come by TMA only from caches whose pages hold whole 64-key tiles of one KV head, with
+    strides a descriptor can take (otherwise by cp.async, any page size)."""
+    from openmla.ops.gluon.decode_dense_sm90_ws import softmax_only_for, tma_view
+
+    assert softmax_only_for(33) and softmax_only_for(64) and softmax_only_for(128)
+    assert not softmax_only_for(129) and not softmax_only_for(256)
+
+    cache = torch.empty(10, 64, 1, 576, dtype=torch.bfloat16)
+    desc = tma_view(cache)
+    assert desc is not None and list(desc.shape) == [640, 576] and list(desc.strides) == [576, 1]
+    assert list(desc.block_shape) == [64, 64]
+    assert tma_view(torch.empty(10, 128, 1, 512, dtype=torch.float16)) is not None
+    assert tma_view(torch.empty(10, 16, 1, 576, dtype=torch.bfloat16)) is None  # a tile spans pages
+    assert tma_view(torch.empty(10, 61, 1, 576, dtype=torch.bfloat16)) is None
+    assert tma_view(torch.empty(10, 64, 2, 576, dtype=torch.bfloat16)) is None  # two KV heads
+    wide = torch.empty(10, 64, 1, 640, dtype=torch.bfloat16)[..., :576]  # padded rows: still one row stride
+    assert tma_view(wide) is not None and list(tma_view(wide).strides) == [640, 1]
+    gaps = torch.empty(10, 128, 1, 576, dtype=torch.bfloat16)[:, :64]  # pages not back to back
+    assert tma_view(gaps) is None
+    odd = torch.empty(10 * 64 * 580 + 8, dtype=torch.bfloat16)[1:1 + 10 * 64 * 580].view(10, 64, 1, 580)[..., :576]
+    assert tma_view(odd) is None  # rows 1160 bytes apart and the base off 16-byte alignment
+
+
 def test_fast_getenv_sees_every_change(monkeypatch):
     """The knobs are read on every decode call through a fast path over os.environ's own dict: it must see
     values set, changed and removed at any time, as os.environ.get does."""

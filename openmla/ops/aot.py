@@ -250,20 +250,36 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
     d=576 causal the two alternatives its launcher takes (``overlap``, the loader waiting for its copies)."""
     from .gluon import decode_dense_sm90_ws as ws
 
-    schedules = [(ws.OVERLAP, ws.ASYNC_ARRIVE)]
+    # both warpgroup splits (the launcher picks by rows), each with K by TMA and by cp.async only (caches
+    # TMA cannot read); for bf16 d=576 causal also the measured-slower schedules the launcher still takes
+    schedules = [(ws.OVERLAP, ws.ASYNC_ARRIVE, solo, tma_k) for solo in (False, True) for tma_k in (True, False)]
     if dtype == "bf16" and d_qk == 576 and causal:
-        schedules += [(not ws.OVERLAP, ws.ASYNC_ARRIVE), (ws.OVERLAP, not ws.ASYNC_ARRIVE)]
+        schedules += [(not ws.OVERLAP, ws.ASYNC_ARRIVE, False, ws.TMA_K),
+                      (ws.OVERLAP, not ws.ASYNC_ARRIVE, False, ws.TMA_K)]
     out = []
-    for overlap, async_arrive in schedules:
-        consts = dict(CAUSAL=causal, OVERLAP=overlap, ASYNC_ARRIVE=async_arrive, BLOCK_M=ws.BLOCK_M,
-                      BLOCK_N=ws.BLOCK_N, D_V=512, D_PE=d_qk - 512, SOFTMAX_WARPS=ws.NUM_WARPS,
-                      OUTPUT_WARPS=ws.WORKER_WARPS[0], LOADER_WARPS=ws.WORKER_WARPS[1], OUTPUT_REGS=ws.WORKER_REGS[0],
-                      LOADER_REGS=ws.WORKER_REGS[1])
-        name = (f"gluon-ws {dtype} d{d_qk} {'causal' if causal else 'full'} {'overlap' if overlap else 'pv-first'} "
-                f"{'async-arrive' if async_arrive else 'loader-waits'}")
-        out.append(Variant(ws._dense_decode_sm90_ws_kernel, ptrs, ("scale_log2",), consts, ws.NUM_WARPS, 1, name,
-                           gluon=True, maxnreg=ws.MAXNREG))
+    for overlap, async_arrive, softmax_only, tma_k in schedules:
+        regs = ws.SOLO_WORKER_REGS if softmax_only else ws.WORKER_REGS
+        consts = dict(CAUSAL=causal, OVERLAP=overlap, SOFTMAX_ONLY=softmax_only, TMA_K=tma_k,
+                      ASYNC_ARRIVE=async_arrive, BLOCK_M=ws.BLOCK_M, BLOCK_N=ws.BLOCK_N, D_V=512, D_PE=d_qk - 512,
+                      SOFTMAX_WARPS=ws.NUM_WARPS, OUTPUT_WARPS=ws.WORKER_WARPS[0], LOADER_WARPS=ws.WORKER_WARPS[1],
+                      OUTPUT_REGS=regs[0], LOADER_REGS=regs[1])
+        v_ptrs = dict(ptrs)
+        if tma_k:
+            v_ptrs["k_desc"] = _tma_desc_type(dtype)
+        else:
+            consts["k_desc"] = None
+        name = (f"gluon-ws {dtype} d{d_qk} {'causal' if causal else 'full'} "
+                + ("softmax-only" if softmax_only else "overlap" if overlap else "pv-first")
+                + f" {'async-arrive' if async_arrive else 'loader-waits'}" + (" tma-k" if tma_k else ""))
+        out.append(Variant(ws._dense_decode_sm90_ws_kernel, v_ptrs, ("scale_log2",), consts, ws.NUM_WARPS, 1, name,
+                           gluon=True, maxnreg=ws.SOLO_MAXNREG if softmax_only else ws.MAXNREG))
     return out
+
+
+def _tma_desc_type(dtype: str) -> str:
+    """Triton's signature text of the warp-specialized kernel's K descriptor (64x64 boxes, 128-byte swizzle)."""
+    return (f"tensordesc<{dtype}[64, 64],NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2, "
+            "transposed=False, fp4_padded=False, cga_layout=[])>")
 
 
 def _signature(v: Variant):
@@ -274,7 +290,8 @@ def _signature(v: Variant):
             sig[n] = "constexpr"
         elif n in v.pointer_types:
             sig[n] = v.pointer_types[n]
-            attrs[(i,)] = [["tt.divisibility", 16]]
+            if not sig[n].startswith("tensordesc"):
+                attrs[(i,)] = [["tt.divisibility", 16]]
         elif n in v.float_args:
             sig[n] = "fp32"
         else:

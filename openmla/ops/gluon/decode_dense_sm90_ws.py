@@ -10,21 +10,28 @@ ask more of shared memory than a N=64 product does. Here the roles are split (``
   left output half ``O[:, :256] += P V[:, :256]``;
 * **output warpgroup** (4 warps): the right half ``O[:, 256:] += P V[:, 256:]``, rescaled by the factor
   the softmax warpgroup published;
-* **loader** (4 warps): Q and K/V tiles gathered through the block table with ``cp.async`` into a
-  two-stage ring, any page size.
+* **loader** (4 warps): Q and K/V tiles into a two-stage ring: whole K tiles (64 keys inside one page)
+  as nine 64x64 TMA boxes counted in bytes on the stage's mbarrier where the cache allows it (one KV head,
+  pages holding whole tiles, TMA-able strides: :func:`tma_view`), otherwise, and for a request's last,
+  partial tile, gathered through the block table with ``cp.async`` (any page size; missing rows
+  zero-filled, so the NaN a cache may hold past a sequence's end never meets ``P V``).
 
-Two schedule choices, constexprs and launcher arguments, set by measurement (H200, one run, b=128,
-h_q 128 and 64; ``benchmarks/results/2026-11-27-h200-ws-tune-*``):
+With ``SOFTMAX_ONLY`` (chosen for at most :data:`SOFTMAX_ONLY_MAX_ROWS` query rows per KV head) the
+softmax warpgroup keeps no output half: two output warpgroups own ``O[:, :256]`` and ``O[:, 256:]``,
+each as two N=128 products (with 16 warps the launch cap is 128 registers a thread, and ``ptxas`` fits
+every instruction under it: one N=256 product needs 154), and the softmax warpgroup goes on to the next
+tile's scores while they multiply. Its loader then has less time to bring a tile (the stage it fills is
+freed later relative to when it is needed), so it pays where the work per KV head is small.
 
-* ``OVERLAP``: ``False`` (default) issues tile ``j``'s ``P V`` before tile ``j+1``'s score products, so
-  the K stage is handed back before the next softmax; ``True`` issues the scores first so ``P V`` runs
-  during the next softmax, but then tile ``j+1`` must have landed earlier and tile ``j``'s stage is held
-  through that softmax: 0.66-0.71 of FlashMLA against 0.75-0.81.
-* ``ASYNC_ARRIVE``: ``True`` (default): each loader thread arrives on the tile's mbarrier through
-  ``cp.async.mbarrier.arrive.noinc`` and goes on to the next stage; the consumers fence (generic to async
-  proxy) after their wait. ``False``: the loader waits for its copies, fences and arrives once: 1-4 %
-  slower on six of the seven configs, 2.7 % faster on one.
+Schedule choices, constexprs and launcher arguments, set by measurement (H200, one run each, b=128,
+h_q 128 and 64; ``benchmarks/results/2026-11-27-h200-ws-*``):
 
+* ``TMA_K``: ``True`` (default): 0.787-0.857 of FlashMLA against 0.735-0.808 by ``cp.async`` at h_q=128,
+  0.893 against 0.849 at h_q=64, in the same run (``2026-11-27-h200-ws-tma-tune.json``).
+* ``SOFTMAX_ONLY``: at h_q=64 (64 rows) 0.940 against 0.893 with TMA (0.916-0.920 against 0.849-0.857
+  without, two runs); at 128 rows (s_q=1) 0.807-0.812 against 0.787-0.810 (H100: 0.838-0.872 against
+  0.788-0.822); at 256 rows (s_q=2) slower on both cards (H200 0.789-0.802 against 0.792-0.857), so 128
+  rows is where it stops (``2026-11-27-h100-ws-tma-tune.json`` for the H100).
 Asking L2 for the next tile ahead of its copy (``cp.async.bulk.prefetch.L2``) was measured too and was
 slower in every config (0.69-0.74 against 0.75-0.81), so it is not here.
 
@@ -50,10 +57,23 @@ WORKER_WARPS = (4, 4)
 # registers a thread: 384 threads share 64K, so the launch cap is 168; the workers are set down to
 # these and the softmax warpgroup (S, P and a 64x256 accumulator) takes what is left
 MAXNREG = 168
-WORKER_REGS = (168, 72)
-# defaults of the two schedule choices (module docstring), set by measurement
+WORKER_REGS = (168, 80)
+# with SOFTMAX_ONLY a second output warpgroup joins: 512 threads share 64K registers (launch cap 128);
+# each output warpgroup keeps 168 (a 64x256 fp32 accumulator), the loader 56, the softmax warpgroup
+# (S and P, no accumulator) the 120 left
+SOLO_MAXNREG = 128
+SOLO_WORKER_REGS = (168, 56)
+# defaults of the schedule choices (module docstring), set by measurement
 OVERLAP = False
 ASYNC_ARRIVE = True
+SOFTMAX_ONLY_MAX_ROWS = 128  # query rows per KV head up to which the softmax warpgroup keeps no output half
+TMA_K = True  # whole K tiles by TMA where the cache allows it (:func:`tma_view`)
+
+
+def softmax_only_for(rows: int) -> bool:
+    """Whether ``rows`` query rows per KV head get the four-warpgroup form (``SOFTMAX_ONLY``, module
+    docstring): up to :data:`SOFTMAX_ONLY_MAX_ROWS`, where it measured faster."""
+    return rows <= SOFTMAX_ONLY_MAX_ROWS
 
 if gluon_available():
     from triton.experimental import gluon
@@ -62,9 +82,11 @@ if gluon_available():
         async_copy,
         fence_async_shared,
         mbarrier,
+        tma,
         warpgroup_mma,
         warpgroup_mma_wait,
     )
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from .decode_dense_sm90 import _piece_bounds, _request_span
 
@@ -121,10 +143,15 @@ if gluon_available():
     def _loader(q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                 stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                 group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
-                q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars,
+                q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc,
                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
-                PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr):
-        """Loader partition: each request's Q tile, then its K tiles into the two-stage ring."""
+                PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, TMA_K: gl.constexpr):
+        """Loader partition: each request's Q tile, then its K tiles into the two-stage ring.
+
+        ``TMA_K``: a whole tile (64 keys inside one page) comes as 64x64 TMA boxes of ``k_desc`` (the cache
+        as [pages * page_block_size, d]) counted in bytes on its mbarrier; a request's last, partial tile
+        (and the one masked tile of an empty request) still comes by ``cp.async`` with its missing rows
+        zero-filled, since a box would bring the page's unused slots (NaN allowed there) into ``P V``."""
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
         LOAD: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [PARTITION_WARPS, 1], [1, 0])
         pid_m = gl.program_id(0)
@@ -151,28 +178,48 @@ if gluon_available():
             for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
                 stage = kb % 2
                 mbarrier.wait(k_free.index(stage), ((kb // 2) & 1) ^ 1)
-                offs_j = tok_lo + it * BLOCK_N + offs_t
-                mask_j = offs_j < tok_hi
-                page = gl.load(bt_row + offs_j // page_block_size, mask=mask_j, other=0)
-                page = gl.minimum(gl.maximum(page, 0), num_blocks - 1)  # garbage past the length is never used
-                k_row = k_ptr + (page.to(gl.int64) * stride_kb + (offs_j % page_block_size) * stride_kp
-                                 + kv_head * stride_kh)
-                _load_rows(k_row, k_lo.index(stage), k_hi.index(stage), k_pe.index(stage), mask_j, D_V, D_PE, LOAD)
-                _publish(k_ready.index(stage), ASYNC_ARRIVE)
+                start = tok_lo + it * BLOCK_N
+                if TMA_K and start + BLOCK_N <= tok_hi:
+                    page_id = gl.load(bt_row + start // page_block_size)
+                    page_id = gl.minimum(gl.maximum(page_id, 0), num_blocks - 1)
+                    _tma_tile(k_desc, page_id * page_block_size + start % page_block_size, k_lo.index(stage),
+                              k_hi.index(stage), k_pe.index(stage), k_ready.index(stage), D_V, D_PE)
+                else:
+                    offs_j = start + offs_t
+                    mask_j = offs_j < tok_hi
+                    page = gl.load(bt_row + offs_j // page_block_size, mask=mask_j, other=0)
+                    page = gl.minimum(gl.maximum(page, 0), num_blocks - 1)  # garbage past the length is never used
+                    k_row = k_ptr + (page.to(gl.int64) * stride_kb + (offs_j % page_block_size) * stride_kp
+                                     + kv_head * stride_kh)
+                    _load_rows(k_row, k_lo.index(stage), k_hi.index(stage), k_pe.index(stage), mask_j, D_V, D_PE,
+                               LOAD)
+                    # with TMA tiles the barrier counts one arrival (and bytes), so this tile arrives once too
+                    _publish(k_ready.index(stage), ASYNC_ARRIVE and not TMA_K)
                 kb += 1
+
+    @gluon.jit
+    def _tma_tile(k_desc, row, dst_lo, dst_hi, dst_pe, bar, D_V: gl.constexpr, D_PE: gl.constexpr):
+        """One K tile (rows ``row .. row+63`` of ``k_desc``) as 64x64 TMA boxes completing on ``bar``."""
+        HALF: gl.constexpr = D_V // 2
+        mbarrier.expect(bar, (D_V + D_PE) * 64 * 2)  # 16-bit keys
+        for c in gl.static_range(HALF // 64):
+            tma.async_copy_global_to_shared(k_desc, [row, c * 64], bar, dst_lo.slice(c * 64, 64, dim=1))
+            tma.async_copy_global_to_shared(k_desc, [row, HALF + c * 64], bar, dst_hi.slice(c * 64, 64, dim=1))
+        if D_PE > 0:
+            tma.async_copy_global_to_shared(k_desc, [row, D_V], bar, dst_pe)
 
     @gluon.jit
     def _output_half(out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                      stride_ob, stride_os, stride_oh,
                      s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
-                     k_hi, p_smem, a_smem, bars,
-                     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr,
+                     v_half, p_smem, a_smem, bars,
+                     COL0: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr,
                      PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr):
-        """Output partition: ``O[:, D_V/2:] += P V[:, D_V/2:]`` per KV tile, rescaled by the published factor;
-        the last round publishes ``1/l`` instead, and this half is stored."""
+        """Output partition: ``O[:, COL0:COL0+D_V/2] += P V[:, COL0:COL0+D_V/2]`` per KV tile (``v_half`` is
+        that half of the K ring), rescaled by the published factor; the last round publishes ``1/l``
+        instead, and this half is stored."""
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
         HALF: gl.constexpr = D_V // 2
-        dtype: gl.constexpr = out_ptr.dtype.element_ty
         O_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
                                                            instr_shape=[16, HALF, 16])
         ROW_O: gl.constexpr = gl.SliceLayout(1, O_LAYOUT)
@@ -181,7 +228,7 @@ if gluon_available():
         tile = pid_m % row_tiles
         begin_req, begin_tok, end_req, end_tok, begin_split = _piece_bounds(sched_ptr, gl.program_id(1))
         offs_r = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROW_O)
-        offs_v = HALF + gl.arange(0, HALF, layout=gl.SliceLayout(0, O_LAYOUT))
+        offs_v = COL0 + gl.arange(0, HALF, layout=gl.SliceLayout(0, O_LAYOUT))
         kb = 0
         pr = 0
         for req in range(begin_req, end_req + 1):
@@ -195,7 +242,7 @@ if gluon_available():
                 _acquire(p_ready, pr & 1, ASYNC_ARRIVE)  # V came from the loader through the softmax warpgroup
                 alpha = a_smem.load(ROW_O)
                 acc = acc * alpha[:, None]
-                acc = warpgroup_mma(p_smem, k_hi.index(stage), acc, is_async=True)
+                acc = warpgroup_mma(p_smem, v_half.index(stage), acc, is_async=True)
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
                 gl.thread_barrier()  # one thread arrives for the warpgroup: all four warps' products are done
                 mbarrier.arrive(p_free, count=1)
@@ -208,17 +255,80 @@ if gluon_available():
             gl.thread_barrier()  # every thread has read the factor before the buffer is handed back
             mbarrier.arrive(p_free, count=1)
             pr += 1
-            o = acc * inv_l[:, None]
-            mask_r = offs_r < rows
-            t_o = offs_r // group
-            head_o = kv_head * group + offs_r % group
-            if n_split <= 1:
-                o_ptrs = out_ptr + req64 * stride_ob + t_o * stride_os + head_o * stride_oh
-                gl.store(o_ptrs[:, None] + offs_v[None, :], o.to(dtype), mask=mask_r[:, None])
-            else:
-                slot = (split_lo + split_idx).to(gl.int64)
-                acc_row = (slot * s_q + t_o) * h_q + head_o  # o_accum is [slots, s_q, h_q, D_V]
-                gl.store(o_acc_ptr + acc_row[:, None] * D_V + offs_v[None, :], o, mask=mask_r[:, None])
+            _store_columns(acc * inv_l[:, None], offs_r, offs_v, out_ptr, o_acc_ptr, req64, kv_head, group, rows,
+                           s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
+
+    @gluon.jit
+    def _store_columns(o, offs_r, offs_v, out_ptr, o_acc_ptr, req64, kv_head, group, rows, s_q, h_q, n_split,
+                       split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V: gl.constexpr):
+        """Store normalised output columns ``offs_v`` of rows ``offs_r`` (fp32 ``o``): to ``out`` in its dtype
+        when the request is not split, else to this split's ``o_accum`` slot."""
+        mask_r = offs_r < rows
+        t_o = offs_r // group
+        head_o = kv_head * group + offs_r % group
+        if n_split <= 1:
+            o_ptrs = out_ptr + req64 * stride_ob + t_o * stride_os + head_o * stride_oh
+            gl.store(o_ptrs[:, None] + offs_v[None, :], o.to(out_ptr.dtype.element_ty), mask=mask_r[:, None])
+        else:
+            slot = (split_lo + split_idx).to(gl.int64)
+            acc_row = (slot * s_q + t_o) * h_q + head_o  # o_accum is [slots, s_q, h_q, D_V]
+            gl.store(o_acc_ptr + acc_row[:, None] * D_V + offs_v[None, :], o, mask=mask_r[:, None])
+
+    @gluon.jit
+    def _output_quarters(out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
+                         stride_ob, stride_os, stride_oh,
+                         s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
+                         v_half, p_smem, a_smem, bars,
+                         COL0: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr,
+                         PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr):
+        """:func:`_output_half` as two N=D_V/4 products with an accumulator each: with four warpgroups the
+        launch cap is 128 registers a thread, and ``ptxas`` fits every instruction under that cap, so a single
+        N=256 product (154 registers) does not compile even where the partition's own limit is 168."""
+        q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
+        QUARTER: gl.constexpr = D_V // 4
+        O_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
+                                                           instr_shape=[16, QUARTER, 16])
+        ROW_O: gl.constexpr = gl.SliceLayout(1, O_LAYOUT)
+        pid_m = gl.program_id(0)
+        kv_head = pid_m // row_tiles
+        tile = pid_m % row_tiles
+        begin_req, begin_tok, end_req, end_tok, begin_split = _piece_bounds(sched_ptr, gl.program_id(1))
+        offs_r = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROW_O)
+        offs_v = COL0 + gl.arange(0, QUARTER, layout=gl.SliceLayout(0, O_LAYOUT))
+        kb = 0
+        pr = 0
+        for req in range(begin_req, end_req + 1):
+            req64 = req.to(gl.int64)
+            s_k, tok_lo, tok_hi, split_lo, n_split, split_idx = _request_span(
+                req, begin_req, begin_tok, end_req, end_tok, begin_split, seqlens_ptr, num_splits_ptr, max_blocks,
+                page_block_size)
+            acc_a = gl.zeros([BLOCK_M, QUARTER], gl.float32, layout=O_LAYOUT)
+            acc_b = gl.zeros([BLOCK_M, QUARTER], gl.float32, layout=O_LAYOUT)
+            for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
+                stage = kb % 2
+                _acquire(p_ready, pr & 1, ASYNC_ARRIVE)  # V came from the loader through the softmax warpgroup
+                alpha = a_smem.load(ROW_O)
+                acc_a = acc_a * alpha[:, None]
+                acc_b = acc_b * alpha[:, None]
+                v = v_half.index(stage)
+                acc_a = warpgroup_mma(p_smem, v.slice(0, QUARTER, dim=1), acc_a, is_async=True)
+                acc_b = warpgroup_mma(p_smem, v.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
+                acc_a, acc_b = warpgroup_mma_wait(num_outstanding=0, deps=(acc_a, acc_b))
+                gl.thread_barrier()  # one thread arrives for the warpgroup: all four warps' products are done
+                mbarrier.arrive(p_free, count=1)
+                mbarrier.arrive(k_free.index(stage), count=1)
+                kb += 1
+                pr += 1
+            # last round: the row's 1/l (0 for a row that saw no key)
+            mbarrier.wait(p_ready, pr & 1)
+            inv_l = a_smem.load(ROW_O)
+            gl.thread_barrier()  # every thread has read the factor before the buffer is handed back
+            mbarrier.arrive(p_free, count=1)
+            pr += 1
+            _store_columns(acc_a * inv_l[:, None], offs_r, offs_v, out_ptr, o_acc_ptr, req64, kv_head, group, rows,
+                           s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
+            _store_columns(acc_b * inv_l[:, None], offs_r, offs_v + QUARTER, out_ptr, o_acc_ptr, req64, kv_head,
+                           group, rows, s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
 
     @gluon.jit
     def _softmax_half(out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
@@ -342,6 +452,83 @@ if gluon_available():
                 gl.store(lse_acc_ptr + acc_row, lse2, mask=mask_r)
 
     @gluon.jit
+    def _softmax_only(lse_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_lb, stride_lh,
+                      s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
+                      q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars,
+                      CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_PE: gl.constexpr,
+                      PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr):
+        """Default partition when two output warpgroups own the halves (``SOFTMAX_ONLY``): scores, online
+        softmax, ``P`` and the rescale factor (then ``1/l``) to both, LSE. It holds no output accumulator,
+        so tile ``j+1``'s scores and softmax run while the output warpgroups multiply tile ``j``'s ``P`` by V;
+        the K stage is handed back by them (this warpgroup's reads of it finished before ``P`` was
+        published)."""
+        q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
+        S_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
+                                                           instr_shape=[16, BLOCK_N, 16])
+        ROW_S: gl.constexpr = gl.SliceLayout(1, S_LAYOUT)
+        ROWS_1D: gl.constexpr = gl.BlockedLayout([1], [32], [PARTITION_WARPS], [0])
+        dtype: gl.constexpr = p_smem.dtype
+        pid_m = gl.program_id(0)
+        kv_head = pid_m // row_tiles
+        tile = pid_m % row_tiles
+        begin_req, begin_tok, end_req, end_tok, begin_split = _piece_bounds(sched_ptr, gl.program_id(1))
+        offs_r_s = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROW_S)
+        offs_r = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROWS_1D)
+        offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_LAYOUT))
+        t_s = offs_r_s // group
+        kb = 0
+        pr = 0
+        for req in range(begin_req, end_req + 1):
+            req64 = req.to(gl.int64)
+            rq = req - begin_req
+            s_k, tok_lo, tok_hi, split_lo, n_split, split_idx = _request_span(
+                req, begin_req, begin_tok, end_req, end_tok, begin_split, seqlens_ptr, num_splits_ptr, max_blocks,
+                page_block_size)
+            limit = s_k - s_q + t_s  # [BLOCK_M] last key each row may see (causal)
+            m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=ROW_S)
+            l_i = gl.zeros([BLOCK_M], gl.float32, layout=ROW_S)
+            _acquire(q_ready, rq & 1, ASYNC_ARRIVE)
+            for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
+                stage = kb % 2
+                _acquire(k_ready.index(stage), (kb // 2) & 1, ASYNC_ARRIVE)
+                s = _scores(q_lo, q_hi, q_pe, k_lo.index(stage), k_hi.index(stage), k_pe.index(stage), S_LAYOUT,
+                            BLOCK_M, BLOCK_N, D_PE)
+                s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+                p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, scale_log2, tok_lo + it * BLOCK_N, tok_hi, limit,
+                                                     offs_n, CAUSAL)
+                mbarrier.wait(p_free, (pr & 1) ^ 1)  # both output warpgroups are done with the last P
+                p_smem.store(p.to(dtype))
+                a_smem.store(gl.convert_layout(alpha, ROWS_1D))
+                fence_async_shared()  # P is read next by the tensor cores
+                gl.thread_barrier()
+                mbarrier.arrive(p_ready, count=1)
+                pr += 1
+                kb += 1
+            # every score product of this request is done: the loader may bring the next Q
+            gl.thread_barrier()
+            mbarrier.arrive(q_free, count=1)
+
+            # last round: 1/l to the output warpgroups (0 for a row that saw no key), and the LSE
+            l_r = gl.convert_layout(l_i, ROWS_1D)
+            m_r = gl.convert_layout(m_i, ROWS_1D)
+            empty = l_r == 0.0
+            mbarrier.wait(p_free, (pr & 1) ^ 1)
+            a_smem.store(gl.where(empty, 0.0, 1.0 / l_r))
+            gl.thread_barrier()
+            mbarrier.arrive(p_ready, count=1)
+            pr += 1
+            lse2 = gl.where(empty, float("-inf"), m_r + gl.log2(l_r))
+            mask_r = offs_r < rows
+            t_o = offs_r // group
+            head_o = kv_head * group + offs_r % group
+            if n_split <= 1:
+                lse = gl.where(empty, float("inf"), lse2 * 0.6931471805599453)
+                gl.store(lse_ptr + req64 * stride_lb + head_o * stride_lh + t_o, lse, mask=mask_r)
+            else:
+                slot = (split_lo + split_idx).to(gl.int64)
+                gl.store(lse_acc_ptr + (slot * s_q + t_o) * h_q + head_o, lse2, mask=mask_r)
+
+    @gluon.jit
     def _scores(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, S_LAYOUT: gl.constexpr, BLOCK_M: gl.constexpr,
                 BLOCK_N: gl.constexpr, D_PE: gl.constexpr):
         """Issue ``S = Q Kᵀ`` [BLOCK_M, BLOCK_N] (fp32, unscaled) as async products; the caller waits."""
@@ -392,8 +579,8 @@ if gluon_available():
         stride_bt,
         stride_ob, stride_os, stride_oh,
         stride_lb, stride_lh,
-        s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2,
-        CAUSAL: gl.constexpr, OVERLAP: gl.constexpr,
+        s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2, k_desc,
+        CAUSAL: gl.constexpr, OVERLAP: gl.constexpr, SOFTMAX_ONLY: gl.constexpr, TMA_K: gl.constexpr,
         BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
         D_V: gl.constexpr, D_PE: gl.constexpr,
         SOFTMAX_WARPS: gl.constexpr, OUTPUT_WARPS: gl.constexpr, LOADER_WARPS: gl.constexpr, OUTPUT_REGS: gl.constexpr,
@@ -426,31 +613,68 @@ if gluon_available():
         p_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         # with ASYNC_ARRIVE each loader thread arrives once per copy batch; else one arrival
         LOADED: gl.constexpr = LOADER_WARPS * 32 if ASYNC_ARRIVE else 1
+        K_LOADED: gl.constexpr = 1 if TMA_K else LOADED  # TMA tiles: one arrival with the byte count
         mbarrier.init(q_ready, count=LOADED)
         mbarrier.init(q_free, count=1)
         mbarrier.init(p_ready, count=1)
-        mbarrier.init(p_free, count=1)
+        mbarrier.init(p_free, count=2 if SOFTMAX_ONLY else 1)  # every warpgroup that reads P
         for i in gl.static_range(2):
-            mbarrier.init(k_ready.index(i), count=LOADED)
-            mbarrier.init(k_free.index(i), count=2)  # both warpgroups read V
+            mbarrier.init(k_ready.index(i), count=K_LOADED)
+            mbarrier.init(k_free.index(i), count=2)  # both warpgroups that multiply by V
         bars = (q_ready, q_free, k_ready, k_free, p_ready, p_free)
 
-        gl.warp_specialize([
-            (_softmax_half, (out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
-                             stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
-                             s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
-                             q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars,
-                             CAUSAL, OVERLAP, BLOCK_M, BLOCK_N, D_V, D_PE, SOFTMAX_WARPS, ASYNC_ARRIVE)),
-            (_output_half, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
-                            stride_ob, stride_os, stride_oh,
-                            s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
-                            k_hi, p_smem, a_smem, bars, BLOCK_M, BLOCK_N, D_V, OUTPUT_WARPS, ASYNC_ARRIVE)),
-            (_loader, (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
-                       stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
-                       group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
-                       q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars,
-                       BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE)),
-        ], [OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, LOADER_REGS])
+        if SOFTMAX_ONLY:
+            gl.warp_specialize([
+                (_softmax_only, (lse_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_lb, stride_lh,
+                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
+                                 q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars,
+                                 CAUSAL, BLOCK_M, BLOCK_N, D_PE, SOFTMAX_WARPS, ASYNC_ARRIVE)),
+                (_output_quarters, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
+                                stride_ob, stride_os, stride_oh,
+                                s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
+                                k_lo, p_smem, a_smem, bars, 0, BLOCK_M, BLOCK_N, D_V, OUTPUT_WARPS, ASYNC_ARRIVE)),
+                (_output_quarters, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
+                                stride_ob, stride_os, stride_oh,
+                                s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
+                                k_hi, p_smem, a_smem, bars, HALF, BLOCK_M, BLOCK_N, D_V, OUTPUT_WARPS,
+                                ASYNC_ARRIVE)),
+                (_loader, (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
+                           stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
+                           group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
+                           q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc,
+                           BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K)),
+            ], [OUTPUT_WARPS, OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, OUTPUT_REGS, LOADER_REGS])
+        else:
+            gl.warp_specialize([
+                (_softmax_half, (out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
+                                 stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
+                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
+                                 q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars,
+                                 CAUSAL, OVERLAP, BLOCK_M, BLOCK_N, D_V, D_PE, SOFTMAX_WARPS, ASYNC_ARRIVE)),
+                (_output_half, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
+                                stride_ob, stride_os, stride_oh,
+                                s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
+                                k_hi, p_smem, a_smem, bars, HALF, BLOCK_M, BLOCK_N, D_V, OUTPUT_WARPS,
+                                ASYNC_ARRIVE)),
+                (_loader, (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
+                           stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
+                           group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
+                           q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc,
+                           BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K)),
+            ], [OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, LOADER_REGS])
+
+
+def tma_view(k_cache: torch.Tensor):
+    """A TMA descriptor of ``k_cache`` as [num_blocks * page_block_size, d] with 64x64 boxes, or ``None``
+    where whole tiles cannot come as boxes: more than one KV head (MLA has one), pages that do not hold
+    whole 64-key tiles, or strides TMA cannot take (rows not 16-byte aligned, pages not back to back)."""
+    num_blocks, page_block_size, h_kv, d = k_cache.shape
+    sk = k_cache.stride()
+    if (h_kv != 1 or page_block_size % BLOCK_N or sk[3] != 1 or sk[0] != page_block_size * sk[1]
+            or (sk[1] * k_cache.element_size()) % 16 or k_cache.data_ptr() % 16):
+        return None
+    layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    return TensorDescriptor(k_cache, [num_blocks * page_block_size, d], [sk[1], 1], [BLOCK_N, 64], layout)
 
 
 def dense_decode_sm90_ws_fwd(
@@ -466,13 +690,18 @@ def dense_decode_sm90_ws_fwd(
     workspace: tuple[torch.Tensor, ...] | None = None,
     overlap: bool = OVERLAP,
     async_arrive: bool = ASYNC_ARRIVE,
+    softmax_only: bool | None = None,
+    tma_k: bool = TMA_K,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper, 16-bit caches.
 
     q: [b, s_q, h_q, d] bf16/fp16; k_cache: [num_blocks, page_block_size, h_kv, d] same dtype, d 576 or
     512; returns ``out`` [b, s_q, h_q, head_dim_v] in q's dtype and ``lse`` [b, h_q, s_q] fp32. Split
     partials are always merged by the combine kernel (a second launch). ``overlap``: the softmax
-    warpgroup's order, ``async_arrive``: how the loader signals a landed tile (module docstring).
+    warpgroup's order, ``async_arrive``: how the loader signals a landed tile, ``softmax_only``: the
+    softmax warpgroup hands both output halves to two output warpgroups (module docstring; ``overlap``
+    has no meaning then; ``None``: :func:`softmax_only_for` the rows), ``tma_k``: whole K tiles by TMA
+    where :func:`tma_view` allows it.
     """
     b, s_q, h_q, d = q.shape
     h_kv = k_cache.shape[2]
@@ -485,14 +714,19 @@ def dense_decode_sm90_ws_fwd(
     lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)
     if workspace is None:
         workspace = split_workspace(q, head_dim_v, num_parts)
+    if softmax_only is None:
+        softmax_only = softmax_only_for(rows)
+    regs = SOLO_WORKER_REGS if softmax_only else WORKER_REGS
+    k_desc = tma_view(k_cache) if tma_k else None
     _dense_decode_sm90_ws_kernel[(row_tiles * h_kv, num_parts)](
         *splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-                      out, lse, workspace, row_tiles, softmax_scale),
-        CAUSAL=bool(causal and s_q > 1), OVERLAP=bool(overlap), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, D_V=head_dim_v,
-        D_PE=d - head_dim_v, SOFTMAX_WARPS=NUM_WARPS, OUTPUT_WARPS=WORKER_WARPS[0], LOADER_WARPS=WORKER_WARPS[1],
-        OUTPUT_REGS=WORKER_REGS[0], LOADER_REGS=WORKER_REGS[1], ASYNC_ARRIVE=bool(async_arrive),
+                      out, lse, workspace, row_tiles, softmax_scale), k_desc,
+        CAUSAL=bool(causal and s_q > 1), OVERLAP=bool(overlap), SOFTMAX_ONLY=bool(softmax_only),
+        TMA_K=k_desc is not None, BLOCK_M=BLOCK_M,
+        BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v, SOFTMAX_WARPS=NUM_WARPS, OUTPUT_WARPS=WORKER_WARPS[0],
+        LOADER_WARPS=WORKER_WARPS[1], OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], ASYNC_ARRIVE=bool(async_arrive),
         num_warps=NUM_WARPS,
-        maxnreg=MAXNREG,
+        maxnreg=SOLO_MAXNREG if softmax_only else MAXNREG,
     )
     combine_splits(out, lse, workspace[0], workspace[1], num_splits)
     return out, lse
