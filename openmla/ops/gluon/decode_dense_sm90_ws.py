@@ -283,7 +283,9 @@ if gluon_available():
                          PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr):
         """:func:`_output_half` as two N=D_V/4 products with an accumulator each: with four warpgroups the
         launch cap is 128 registers a thread, and ``ptxas`` fits every instruction under that cap, so a single
-        N=256 product (154 registers) does not compile even where the partition's own limit is 168."""
+        N=256 product (154 registers) does not compile even where the partition's own limit is 168. Kept
+        beside :func:`_output_half` rather than replacing it: the three-warpgroup form was measured with one
+        N=256 product, and two would read P from shared memory twice; merging them waits for a GPU A/B."""
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
         QUARTER: gl.constexpr = D_V // 4
         O_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
