@@ -244,19 +244,30 @@ if gluon_available():
                 acc = acc * alpha[:, None]
                 acc = warpgroup_mma(p_smem, v_half.index(stage), acc, is_async=True)
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-                gl.thread_barrier()  # one thread arrives for the warpgroup: all four warps' products are done
-                mbarrier.arrive(p_free, count=1)
-                mbarrier.arrive(k_free.index(stage), count=1)
+                _release(p_free, k_free.index(stage))
                 kb += 1
                 pr += 1
-            # last round: the row's 1/l (0 for a row that saw no key)
-            mbarrier.wait(p_ready, pr & 1)
-            inv_l = a_smem.load(ROW_O)
-            gl.thread_barrier()  # every thread has read the factor before the buffer is handed back
-            mbarrier.arrive(p_free, count=1)
+            inv_l = _final_factor(p_ready, p_free, a_smem, pr, ROW_O)
             pr += 1
             _store_columns(acc * inv_l[:, None], offs_r, offs_v, out_ptr, o_acc_ptr, req64, kv_head, group, rows,
                            s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
+
+    @gluon.jit
+    def _release(p_free, k_free_stage):
+        """An output warpgroup is done with this tile's P and V: one thread arrives for all four warps."""
+        gl.thread_barrier()
+        mbarrier.arrive(p_free, count=1)
+        mbarrier.arrive(k_free_stage, count=1)
+
+    @gluon.jit
+    def _final_factor(p_ready, p_free, a_smem, pr, ROW_O: gl.constexpr):
+        """The last round of a request: each row's ``1/l`` (0 for a row that saw no key), read by every
+        thread before the buffer is handed back."""
+        mbarrier.wait(p_ready, pr & 1)
+        inv_l = a_smem.load(ROW_O)
+        gl.thread_barrier()
+        mbarrier.arrive(p_free, count=1)
+        return inv_l
 
     @gluon.jit
     def _store_columns(o, offs_r, offs_v, out_ptr, o_acc_ptr, req64, kv_head, group, rows, s_q, h_q, n_split,
@@ -316,16 +327,10 @@ if gluon_available():
                 acc_a = warpgroup_mma(p_smem, v.slice(0, QUARTER, dim=1), acc_a, is_async=True)
                 acc_b = warpgroup_mma(p_smem, v.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
                 acc_a, acc_b = warpgroup_mma_wait(num_outstanding=0, deps=(acc_a, acc_b))
-                gl.thread_barrier()  # one thread arrives for the warpgroup: all four warps' products are done
-                mbarrier.arrive(p_free, count=1)
-                mbarrier.arrive(k_free.index(stage), count=1)
+                _release(p_free, k_free.index(stage))
                 kb += 1
                 pr += 1
-            # last round: the row's 1/l (0 for a row that saw no key)
-            mbarrier.wait(p_ready, pr & 1)
-            inv_l = a_smem.load(ROW_O)
-            gl.thread_barrier()  # every thread has read the factor before the buffer is handed back
-            mbarrier.arrive(p_free, count=1)
+            inv_l = _final_factor(p_ready, p_free, a_smem, pr, ROW_O)
             pr += 1
             _store_columns(acc_a * inv_l[:, None], offs_r, offs_v, out_ptr, o_acc_ptr, req64, kv_head, group, rows,
                            s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
