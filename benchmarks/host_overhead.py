@@ -4,6 +4,10 @@ Usage: ``python -m benchmarks.host_overhead [--profile]`` — prints µs per cal
 h_q=128, the metadata planned once and reused, as serving loops do), synchronised once at the end.
 ``--profile`` adds where the Python time of the default path goes (cProfile, 300 calls).
 
+``--sparse``: the same for a small sparse decode (b=4, s_q=1, h_q=128, topk=64, V3.2 FP8 cache), OpenMLA's
+call against FlashMLA's, then each launch of OpenMLA's call alone (the sparse kernel and, for a split list,
+the combine).
+
 ``--python-only`` (no GPU needed): the same call on CPU tensors through the Triton backend with every kernel
 launch replaced by a no-op, so what is timed is OpenMLA's own Python (validation, dispatch, allocation,
 argument packing), not Triton's launcher; for comparing host-path changes on any machine. Its figures are
@@ -80,6 +84,46 @@ def main():
         pstats.Stats(prof).strip_dirs().sort_stats("tottime").print_stats(18)
 
 
+def sparse(profile: bool) -> None:
+    """Host time of a small sparse decode call: OpenMLA, FlashMLA (when it imports), OpenMLA's kernel launch."""
+    import openmla
+    from benchmarks.runner import _flash_mla_sparse_call, _openmla_sparse_call
+    from openmla._harness import make_sparse_decode_inputs
+
+    rows = []
+    for topk in (64, 2048):
+        inp = make_sparse_decode_inputs(4, 1, 128, 4096, topk, 64)
+        rows.append((f"openmla sparse topk={topk}", loop_us(_openmla_sparse_call(inp))))
+        try:
+            import flash_mla
+
+            rows.append((f"FlashMLA sparse topk={topk}", loop_us(_flash_mla_sparse_call(flash_mla, inp, inp.q))))
+        except Exception as exc:
+            rows.append((f"FlashMLA unavailable: {exc}", float("nan")))
+    from openmla.ops.decode_sparse import sparse_decode_fwd
+
+    inp = make_sparse_decode_inputs(4, 1, 128, 4096, 64, 64)
+    rows.append(("sparse_decode_fwd alone, topk=64 (no validation)", loop_us(lambda: sparse_decode_fwd(
+        inp.q, inp.k_cache, inp.indices, inp.head_dim_v, inp.softmax_scale, is_fp8=True))))
+    print(f"host time per call on {torch.cuda.get_device_name()} (sparse: b=4, s_q=1, h_q=128, V3.2 FP8):")
+    for name, us in rows:
+        print(f"  {us:8.1f} us  {name}")
+    if profile:
+        import cProfile
+        import pstats
+
+        call = _openmla_sparse_call(inp)
+        call()
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(300):
+            call()
+        prof.disable()
+        torch.cuda.synchronize()
+        pstats.Stats(prof).strip_dirs().sort_stats("tottime").print_stats(22)
+    del openmla
+
+
 def python_only(profile: bool) -> None:
     """OpenMLA's Python per call on this machine, kernel launches stubbed out (see the module docstring)."""
     import os
@@ -124,5 +168,8 @@ def python_only(profile: bool) -> None:
 if __name__ == "__main__":
     if "--python-only" in sys.argv:
         python_only("--profile" in sys.argv)
+        sys.exit(0)
+    if "--sparse" in sys.argv:
+        sparse("--profile" in sys.argv)
         sys.exit(0)
     main()

@@ -118,6 +118,9 @@ def main(argv=None):
             runs += [("gluon-ws-pvfirst", None, 1), ("gluon-ws-overlap", None, 1), ("gluon-ws-pvfirst-waits", None, 1),
                      ("gluon-ws-softmax-only", None, 1), ("gluon-ws-pvfirst-tma", None, 1),
                      ("gluon-ws-softmax-only-tma", None, 1)]
+            # on both warpgroup splits: "+box" one ready barrier per TMA box, "+ld64" the loader at 64 registers
+            runs += [(f"gluon-ws-{form}-tma{extra}", None, 1) for form in ("pvfirst", "softmax-only")
+                     for extra in ("+box", "+box+ld64")]
         if not args.triton_only and rows <= 32:  # the small-head layout beside the 64-row one
             runs.append(("gluon-tokens", None, 1))
             if rows > 16:  # 32 rows: one warpgroup (R=32 per wgmma) beside two (16 each)
@@ -137,7 +140,8 @@ def main(argv=None):
                 overlap, async_arrive, solo = "overlap" in kind, "waits" not in kind, "softmax-only" in kind
                 call = lambda: dense_decode_sm90_ws_fwd(  # noqa: E731
                     q, k_cache, block_table, lens, dv, sched_t, splits, scale, True, overlap=overlap,
-                    async_arrive=async_arrive, softmax_only=solo, tma_k=kind.endswith("-tma"))
+                    async_arrive=async_arrive, softmax_only=solo, tma_k="-tma" in kind, box_ready="+box" in kind,
+                    loader_regs=64 if "+ld64" in kind else None)
             elif kind.startswith("gluon"):
                 from openmla.ops.gluon.decode_dense_sm90 import dense_decode_sm90_fwd
 

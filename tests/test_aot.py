@@ -42,11 +42,17 @@ def test_compiles_for_sm90a(select):
 # registers). 0 where a kernel has none; the others are today's measured frames, so that growth fails here,
 # with what is known about them. Keys: a text of the variant's name; the first key found applies.
 _GLUON_STACK_BUDGET = (
-    ("softmax-only async-arrive tma-k", 24),  # the four-warpgroup form with TMA: the 16 B below, and the
-    # loader (56 registers) keeps two values around its TMA issue in local memory, off the tensor cores' path
+    ("softmax-only async-arrive tma-k stage-ready", 24),  # the four-warpgroup form with TMA on one ready barrier a
+    # stage: the 16 B below, and the loader (56 registers) keeps two values around its TMA issue in local memory,
+    # off the tensor cores' path
     ("softmax-only", 16),  # its four-warpgroup form: three values spilled at entry, reloaded only in each
     # request's output store (launch cap 128 registers; outside the KV loop in its SASS)
-    ("gluon-ws ", 0),  # the warp-specialized kernel: none in any partition
+    # the three-warpgroup form with a ready barrier per TMA box (causal): one value (two with the overlapped
+    # order) stored at entry and reloaded only in each request's LSE/output store, after its last product
+    ("pv-first async-arrive tma-k box-ready", 8),
+    ("pv-first loader-waits tma-k box-ready", 8),
+    ("overlap async-arrive tma-k box-ready", 16),
+    ("gluon-ws ", 0),  # the warp-specialized kernel otherwise: none in any partition
     ("gluon-small-heads q ", 824),  # per-tensor FP8: ~50 spill instructions in the KV loop (the e4m3 decode), owed
     ("rows<=32", 120),  # the 32-row small-head kernel: 72-120 B; its SASS has spill reloads between the
     # tile's products and the loop's branch, so likely in the KV loop: owed

@@ -457,12 +457,13 @@ def test_hopper_kernel_choice_by_rows_and_combine():
 @pytest.mark.skipif(not gluon_available(), reason="Triton's Gluon dialect does not import here")
 def test_warp_specialized_forms_by_rows_and_cache():
     """The warp-specialized kernel's form: the softmax warpgroup keeps no output half up to 128 rows per KV
-    head; K tiles come by TMA only from caches whose pages hold whole 64-key tiles of one KV head, with
+    head, 256 where K tiles come by TMA with a ready barrier per box; K tiles come by TMA only from caches whose pages hold whole 64-key tiles of one KV head, with
     strides a descriptor can take (otherwise by cp.async, any page size)."""
     from openmla.ops.gluon.decode_dense_sm90_ws import softmax_only_for, tma_view
 
     assert softmax_only_for(33) and softmax_only_for(64) and softmax_only_for(128)
     assert not softmax_only_for(129) and not softmax_only_for(256)
+    assert softmax_only_for(256, boxed=True) and not softmax_only_for(257, boxed=True)
 
     cache = torch.empty(10, 64, 1, 576, dtype=torch.bfloat16)
     desc = tma_view(cache)

@@ -252,17 +252,21 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
 
     # both warpgroup splits (the launcher picks by rows), each with K by TMA and by cp.async only (caches
     # TMA cannot read); for bf16 d=576 causal also the measured-slower schedules the launcher still takes
-    schedules = [(ws.OVERLAP, ws.ASYNC_ARRIVE, solo, tma_k) for solo in (False, True) for tma_k in (True, False)]
+    # (overlap, async_arrive, softmax_only, tma_k, box_ready)
+    default = (ws.OVERLAP, ws.ASYNC_ARRIVE)
+    schedules = [default + (solo, tma_k, ws.BOX_READY and tma_k) for solo in (False, True) for tma_k in (True, False)]
     if dtype == "bf16" and d_qk == 576 and causal:
-        schedules += [(not ws.OVERLAP, ws.ASYNC_ARRIVE, False, ws.TMA_K),
-                      (ws.OVERLAP, not ws.ASYNC_ARRIVE, False, ws.TMA_K)]
+        schedules += [(not ws.OVERLAP, ws.ASYNC_ARRIVE, False, ws.TMA_K, ws.BOX_READY),
+                      (ws.OVERLAP, not ws.ASYNC_ARRIVE, False, ws.TMA_K, ws.BOX_READY)]
+        # TMA tiles on one ready barrier a stage, for both warpgroup splits
+        schedules += [default + (solo, True, not ws.BOX_READY) for solo in (False, True)]
     out = []
-    for overlap, async_arrive, softmax_only, tma_k in schedules:
+    for overlap, async_arrive, softmax_only, tma_k, box_ready in schedules:
         regs = ws.SOLO_WORKER_REGS if softmax_only else ws.WORKER_REGS
         consts = dict(CAUSAL=causal, OVERLAP=overlap, SOFTMAX_ONLY=softmax_only, TMA_K=tma_k,
                       ASYNC_ARRIVE=async_arrive, BLOCK_M=ws.BLOCK_M, BLOCK_N=ws.BLOCK_N, D_V=512, D_PE=d_qk - 512,
                       SOFTMAX_WARPS=ws.NUM_WARPS, OUTPUT_WARPS=ws.WORKER_WARPS[0], LOADER_WARPS=ws.WORKER_WARPS[1],
-                      OUTPUT_REGS=regs[0], LOADER_REGS=regs[1])
+                      OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], K_BOXES=d_qk // 64 if box_ready else 1)
         v_ptrs = dict(ptrs)
         if tma_k:
             v_ptrs["k_desc"] = _tma_desc_type(dtype)
@@ -270,7 +274,8 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
             consts["k_desc"] = None
         name = (f"gluon-ws {dtype} d{d_qk} {'causal' if causal else 'full'} "
                 + ("softmax-only" if softmax_only else "overlap" if overlap else "pv-first")
-                + f" {'async-arrive' if async_arrive else 'loader-waits'}" + (" tma-k" if tma_k else ""))
+                + f" {'async-arrive' if async_arrive else 'loader-waits'}" + (" tma-k" if tma_k else "")
+                + (" box-ready" if box_ready else " stage-ready" if tma_k else ""))
         out.append(Variant(ws._dense_decode_sm90_ws_kernel, v_ptrs, ("scale_log2",), consts, ws.NUM_WARPS, 1, name,
                            gluon=True, maxnreg=ws.SOLO_MAXNREG if softmax_only else ws.MAXNREG))
     return out

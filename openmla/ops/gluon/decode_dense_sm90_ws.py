@@ -11,12 +11,14 @@ ask more of shared memory than a N=64 product does. Here the roles are split (``
 * **output warpgroup** (4 warps): the right half ``O[:, 256:] += P V[:, 256:]``, rescaled by the factor
   the softmax warpgroup published;
 * **loader** (4 warps): Q and K/V tiles into a two-stage ring: whole K tiles (64 keys inside one page)
-  as nine 64x64 TMA boxes counted in bytes on the stage's mbarrier where the cache allows it (one KV head,
-  pages holding whole tiles, TMA-able strides: :func:`tma_view`), otherwise, and for a request's last,
+  as nine 64x64 TMA boxes, each counted in bytes on a ready barrier of its own so the score products
+  start on the first box landed (``BOX_READY``), where the cache allows it (one KV head, pages holding
+  whole tiles, TMA-able strides: :func:`tma_view`), otherwise, and for a request's last,
   partial tile, gathered through the block table with ``cp.async`` (any page size; missing rows
   zero-filled, so the NaN a cache may hold past a sequence's end never meets ``P V``).
 
-With ``SOFTMAX_ONLY`` (chosen for at most :data:`SOFTMAX_ONLY_MAX_ROWS` query rows per KV head) the
+With ``SOFTMAX_ONLY`` (chosen for at most :data:`SOFTMAX_ONLY_MAX_ROWS` query rows per KV head, and
+:data:`SOFTMAX_ONLY_MAX_ROWS_BOXED` where K tiles come by TMA on per-box barriers) the
 softmax warpgroup keeps no output half: two output warpgroups own ``O[:, :256]`` and ``O[:, 256:]``,
 each as two N=128 products (with 16 warps the launch cap is 128 registers a thread, and ``ptxas`` fits
 every instruction under it: one N=256 product needs 154), and the softmax warpgroup goes on to the next
@@ -31,14 +33,24 @@ h_q 128 and 64; ``benchmarks/results/2026-11-27-h200-ws-*``):
 * ``SOFTMAX_ONLY``: at h_q=64 (64 rows) 0.940 against 0.893 with TMA (0.916-0.920 against 0.849-0.857
   without, two runs); at 128 rows (s_q=1) 0.807-0.812 against 0.787-0.810 (H100: 0.838-0.872 against
   0.788-0.822); at 256 rows (s_q=2) slower on both cards (H200 0.789-0.802 against 0.792-0.857), so 128
-  rows is where it stops (``2026-11-27-h100-ws-tma-tune.json`` for the H100).
-Asking L2 for the next tile ahead of its copy (``cp.async.bulk.prefetch.L2``) was measured too and was
-slower in every config (0.69-0.74 against 0.75-0.81), so it is not here.
+  rows is where it stops with one ready barrier a stage (``2026-11-27-h100-ws-tma-tune.json`` for the H100).
+* ``BOX_READY``: ``True`` (default; ``K_BOXES`` barriers a stage): in the four-warpgroup form, three H200
+  runs, s_q=1 h_q=128 0.821-0.847 against 0.762-0.825 on one barrier a stage, s_q=2 0.800-0.840 /
+  0.847-0.861 / 0.866-0.892 against 0.796-0.803 / 0.800-0.811 / 0.812-0.841, h_q=64 0.945-0.956 against
+  0.938-0.950; at 256 rows it now edges the three-warpgroup form with boxes (mean 0.822 / 0.856 / 0.879
+  against 0.810 / 0.848 / 0.865), hence :data:`SOFTMAX_ONLY_MAX_ROWS_BOXED`
+  (``2026-11-27-h200-ws-{loader,pstaged,box}-tune.json``).
+Measured too and not kept (each slower or within noise in the same runs): asking L2 for the next tile
+ahead of its copy (``cp.async.bulk.prefetch.L2``: 0.69-0.74 against 0.75-0.81); the loader issuing a
+request's first K tile before its Q (-2 to -4 % without per-box barriers, mixed with them); the loader at
+64 registers; ``P`` double-buffered in each K stage's RoPE slot (dead after the scores) in the
+four-warpgroup form (within ±2 %); the output warpgroups taking ``P`` into registers (0.60-0.64: under the
+128-register cap ``ptxas`` spills the operand and waits after every product).
 
 A request with no key still runs one fully masked tile, so every partition walks the same sequence of
 tiles and barrier phases. Split-KV plan, causal rule, masking and outputs are those of
 :mod:`openmla.ops.decode_dense`; partials are merged by the combine kernel (this kernel does not fuse it).
-Shared memory (bf16, d=576): Q 72 KB, two K stages 144 KB, P 8 KB: 224.7 KB of the 227 KB.
+Shared memory (bf16, d=576): Q 72 KB, two K stages 144 KB, P 8 KB: 224.8 KB of the 227 KB.
 """
 
 from __future__ import annotations
@@ -67,13 +79,16 @@ SOLO_WORKER_REGS = (168, 56)
 OVERLAP = False
 ASYNC_ARRIVE = True
 SOFTMAX_ONLY_MAX_ROWS = 128  # query rows per KV head up to which the softmax warpgroup keeps no output half
+SOFTMAX_ONLY_MAX_ROWS_BOXED = 256  # the same where K tiles come by TMA on a ready barrier per box
 TMA_K = True  # whole K tiles by TMA where the cache allows it (:func:`tma_view`)
+BOX_READY = True  # with TMA: one ready barrier per 64-column box, so the score products start on the first
 
 
-def softmax_only_for(rows: int) -> bool:
+def softmax_only_for(rows: int, boxed: bool = False) -> bool:
     """Whether ``rows`` query rows per KV head get the four-warpgroup form (``SOFTMAX_ONLY``, module
-    docstring): up to :data:`SOFTMAX_ONLY_MAX_ROWS`, where it measured faster."""
-    return rows <= SOFTMAX_ONLY_MAX_ROWS
+    docstring): up to :data:`SOFTMAX_ONLY_MAX_ROWS`, or :data:`SOFTMAX_ONLY_MAX_ROWS_BOXED` when ``boxed``
+    (K tiles by TMA, a ready barrier per box), where it measured faster."""
+    return rows <= (SOFTMAX_ONLY_MAX_ROWS_BOXED if boxed else SOFTMAX_ONLY_MAX_ROWS)
 
 if gluon_available():
     from triton.experimental import gluon
@@ -145,13 +160,18 @@ if gluon_available():
                 group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
                 q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc,
                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
-                PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, TMA_K: gl.constexpr):
+                PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, TMA_K: gl.constexpr,
+                K_BOXES: gl.constexpr):
         """Loader partition: each request's Q tile, then its K tiles into the two-stage ring.
 
         ``TMA_K``: a whole tile (64 keys inside one page) comes as 64x64 TMA boxes of ``k_desc`` (the cache
         as [pages * page_block_size, d]) counted in bytes on its mbarrier; a request's last, partial tile
         (and the one masked tile of an empty request) still comes by ``cp.async`` with its missing rows
-        zero-filled, since a box would bring the page's unused slots (NaN allowed there) into ``P V``."""
+        zero-filled, since a box would bring the page's unused slots (NaN allowed there) into ``P V``.
+
+        ``K_BOXES`` > 1 (with ``TMA_K``): each 64-column box completes on a barrier of its own (``k_ready`` holds
+        ``K_BOXES`` per stage), so the score products start on the first box landed; a ``cp.async`` tile
+        arrives on all of them."""
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
         LOAD: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [PARTITION_WARPS, 1], [1, 0])
         pid_m = gl.program_id(0)
@@ -167,12 +187,8 @@ if gluon_available():
             s_k, tok_lo, tok_hi, split_lo, n_split, split_idx = _request_span(
                 req, begin_req, begin_tok, end_req, end_tok, begin_split, seqlens_ptr, num_splits_ptr, max_blocks,
                 page_block_size)
-            # Q rows (s_q * group of them, folded) once the softmax warpgroup is done with the last request's
-            mbarrier.wait(q_free, (rq & 1) ^ 1)
-            q_row = q_ptr + req64 * stride_qb + (offs_r // group) * stride_qs \
-                + (kv_head * group + offs_r % group) * stride_qh
-            _load_rows(q_row, q_lo, q_hi, q_pe, offs_r < rows, D_V, D_PE, LOAD)
-            _publish(q_ready, ASYNC_ARRIVE)
+            _load_q(q_ptr, req64, offs_r, group, kv_head, rows, stride_qb, stride_qs, stride_qh, q_lo, q_hi, q_pe,
+                    q_ready, q_free, rq, D_V, D_PE, LOAD, ASYNC_ARRIVE)
 
             bt_row = block_table_ptr + req64 * stride_bt
             for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
@@ -183,7 +199,7 @@ if gluon_available():
                     page_id = gl.load(bt_row + start // page_block_size)
                     page_id = gl.minimum(gl.maximum(page_id, 0), num_blocks - 1)
                     _tma_tile(k_desc, page_id * page_block_size + start % page_block_size, k_lo.index(stage),
-                              k_hi.index(stage), k_pe.index(stage), k_ready.index(stage), D_V, D_PE)
+                              k_hi.index(stage), k_pe.index(stage), k_ready, stage, D_V, D_PE, K_BOXES)
                 else:
                     offs_j = start + offs_t
                     mask_j = offs_j < tok_hi
@@ -193,20 +209,55 @@ if gluon_available():
                                      + kv_head * stride_kh)
                     _load_rows(k_row, k_lo.index(stage), k_hi.index(stage), k_pe.index(stage), mask_j, D_V, D_PE,
                                LOAD)
-                    # with TMA tiles the barrier counts one arrival (and bytes), so this tile arrives once too
-                    _publish(k_ready.index(stage), ASYNC_ARRIVE and not TMA_K)
+                    # with TMA tiles each barrier counts one arrival (and bytes), so this tile arrives once too
+                    if K_BOXES == 1:
+                        _publish(k_ready.index(stage), ASYNC_ARRIVE and not TMA_K)
+                    else:
+                        _publish(k_ready.index(stage * K_BOXES), False)
+                        for c in gl.static_range(1, K_BOXES):
+                            mbarrier.arrive(k_ready.index(stage * K_BOXES + c), count=1)
                 kb += 1
 
     @gluon.jit
-    def _tma_tile(k_desc, row, dst_lo, dst_hi, dst_pe, bar, D_V: gl.constexpr, D_PE: gl.constexpr):
-        """One K tile (rows ``row .. row+63`` of ``k_desc``) as 64x64 TMA boxes completing on ``bar``."""
+    def _load_q(q_ptr, req64, offs_r, group, kv_head, rows, stride_qb, stride_qs, stride_qh, q_lo, q_hi, q_pe,
+                q_ready, q_free, rq, D_V: gl.constexpr, D_PE: gl.constexpr, LOAD: gl.constexpr,
+                ASYNC_ARRIVE: gl.constexpr):
+        """Q rows ``offs_r`` (the request's s_q * group rows of this KV head, folded) of request ``req64``, the
+        ``rq``-th of this piece, once the softmax warpgroup is done with the last request's."""
+        mbarrier.wait(q_free, (rq & 1) ^ 1)
+        q_row = q_ptr + req64 * stride_qb + (offs_r // group) * stride_qs + (kv_head * group + offs_r % group) * stride_qh
+        _load_rows(q_row, q_lo, q_hi, q_pe, offs_r < rows, D_V, D_PE, LOAD)
+        _publish(q_ready, ASYNC_ARRIVE)
+
+    @gluon.jit
+    def _tma_tile(k_desc, row, dst_lo, dst_hi, dst_pe, k_ready, stage, D_V: gl.constexpr, D_PE: gl.constexpr,
+                  BOXES: gl.constexpr):
+        """One K tile (rows ``row .. row+63`` of ``k_desc``) as 64x64 TMA boxes into ``stage``: all on its one
+        ready barrier (``BOXES`` 1), or box ``c`` (columns ``64c ..``, in the order the score products read
+        them) on barrier ``stage * BOXES + c``."""
         HALF: gl.constexpr = D_V // 2
-        mbarrier.expect(bar, (D_V + D_PE) * 64 * 2)  # 16-bit keys
-        for c in gl.static_range(HALF // 64):
-            tma.async_copy_global_to_shared(k_desc, [row, c * 64], bar, dst_lo.slice(c * 64, 64, dim=1))
-            tma.async_copy_global_to_shared(k_desc, [row, HALF + c * 64], bar, dst_hi.slice(c * 64, 64, dim=1))
-        if D_PE > 0:
-            tma.async_copy_global_to_shared(k_desc, [row, D_V], bar, dst_pe)
+        BOX_BYTES: gl.constexpr = 64 * 64 * 2  # 16-bit keys
+        if BOXES == 1:
+            bar = k_ready.index(stage)
+            mbarrier.expect(bar, (D_V + D_PE) * 64 * 2)
+            for c in gl.static_range(HALF // 64):
+                tma.async_copy_global_to_shared(k_desc, [row, c * 64], bar, dst_lo.slice(c * 64, 64, dim=1))
+                tma.async_copy_global_to_shared(k_desc, [row, HALF + c * 64], bar, dst_hi.slice(c * 64, 64, dim=1))
+            if D_PE > 0:
+                tma.async_copy_global_to_shared(k_desc, [row, D_V], bar, dst_pe)
+        else:
+            for c in gl.static_range(HALF // 64):
+                bar = k_ready.index(stage * BOXES + c)
+                mbarrier.expect(bar, BOX_BYTES)
+                tma.async_copy_global_to_shared(k_desc, [row, c * 64], bar, dst_lo.slice(c * 64, 64, dim=1))
+            for c in gl.static_range(HALF // 64):
+                bar = k_ready.index(stage * BOXES + HALF // 64 + c)
+                mbarrier.expect(bar, BOX_BYTES)
+                tma.async_copy_global_to_shared(k_desc, [row, HALF + c * 64], bar, dst_hi.slice(c * 64, 64, dim=1))
+            if D_PE > 0:
+                bar = k_ready.index(stage * BOXES + D_V // 64)
+                mbarrier.expect(bar, BOX_BYTES)
+                tma.async_copy_global_to_shared(k_desc, [row, D_V], bar, dst_pe)
 
     @gluon.jit
     def _output_half(out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
@@ -344,7 +395,7 @@ if gluon_available():
                       q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars,
                       CAUSAL: gl.constexpr, OVERLAP: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                       D_V: gl.constexpr, D_PE: gl.constexpr, PARTITION_WARPS: gl.constexpr,
-                      ASYNC_ARRIVE: gl.constexpr):
+                      ASYNC_ARRIVE: gl.constexpr, K_BOXES: gl.constexpr):
         """Default partition: scores, online softmax, ``P`` and factors to the output warpgroup, the left
         output half, LSE."""
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
@@ -356,8 +407,8 @@ if gluon_available():
                                                            instr_shape=[16, HALF, 16])
         ROW_S: gl.constexpr = gl.SliceLayout(1, S_LAYOUT)
         ROW_O: gl.constexpr = gl.SliceLayout(1, O_LAYOUT)
-        # score products per tile: one per 256-dim half of the key, one for the RoPE part
-        QK_GROUPS: gl.constexpr = 3 if D_PE > 0 else 2
+        # score products per tile: one per 256-dim half of the key and one for the RoPE part, or one per box
+        QK_GROUPS: gl.constexpr = K_BOXES if K_BOXES > 1 else (3 if D_PE > 0 else 2)
         pid_m = gl.program_id(0)
         kv_head = pid_m // row_tiles
         tile = pid_m % row_tiles
@@ -384,9 +435,8 @@ if gluon_available():
 
             # tile 0's scores
             stage = kb % 2
-            _acquire(k_ready.index(stage), (kb // 2) & 1, ASYNC_ARRIVE)
-            s = _scores(q_lo, q_hi, q_pe, k_lo.index(stage), k_hi.index(stage), k_pe.index(stage), S_LAYOUT, BLOCK_M,
-                        BLOCK_N, D_PE)
+            s = _scores_ready(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, k_ready, stage, (kb // 2) & 1, S_LAYOUT, BLOCK_M,
+                              BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE)
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
             p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, scale_log2, tok_lo, tok_hi, limit, offs_n, CAUSAL)
             for it in range(0, n_tiles - 1):
@@ -396,9 +446,8 @@ if gluon_available():
                 nxt = (kb + 1) % 2
                 if OVERLAP:
                     # next scores first: this tile's P V runs on the tensor cores during the next softmax
-                    _acquire(k_ready.index(nxt), ((kb + 1) // 2) & 1, ASYNC_ARRIVE)
-                    s = _scores(q_lo, q_hi, q_pe, k_lo.index(nxt), k_hi.index(nxt), k_pe.index(nxt), S_LAYOUT,
-                                BLOCK_M, BLOCK_N, D_PE)
+                    s = _scores_ready(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, k_ready, nxt, ((kb + 1) // 2) & 1, S_LAYOUT,
+                                      BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE)
                     acc = warpgroup_mma(p_smem, k_lo.index(stage), acc, is_async=True)
                     s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
                     p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, scale_log2, tok_lo + (it + 1) * BLOCK_N, tok_hi,
@@ -409,9 +458,8 @@ if gluon_available():
                 else:
                     # P V first: the stage is handed back before the next softmax
                     acc = warpgroup_mma(p_smem, k_lo.index(stage), acc, is_async=True)
-                    _acquire(k_ready.index(nxt), ((kb + 1) // 2) & 1, ASYNC_ARRIVE)
-                    s = _scores(q_lo, q_hi, q_pe, k_lo.index(nxt), k_hi.index(nxt), k_pe.index(nxt), S_LAYOUT,
-                                BLOCK_M, BLOCK_N, D_PE)
+                    s = _scores_ready(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, k_ready, nxt, ((kb + 1) // 2) & 1, S_LAYOUT,
+                                      BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE)
                     acc = warpgroup_mma_wait(num_outstanding=QK_GROUPS, deps=(acc,))
                     gl.thread_barrier()
                     mbarrier.arrive(k_free.index(stage), count=1)
@@ -462,8 +510,9 @@ if gluon_available():
     def _softmax_only(lse_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_lb, stride_lh,
                       s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
                       q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars,
-                      CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_PE: gl.constexpr,
-                      PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr):
+                      CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr,
+                      D_PE: gl.constexpr, PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr,
+                      K_BOXES: gl.constexpr):
         """Default partition when two output warpgroups own the halves (``SOFTMAX_ONLY``): scores, online
         softmax, ``P`` and the rescale factor (then ``1/l``) to both, LSE. It holds no output accumulator,
         so tile ``j+1``'s scores and softmax run while the output warpgroups multiply tile ``j``'s ``P`` by V;
@@ -497,9 +546,8 @@ if gluon_available():
             _acquire(q_ready, rq & 1, ASYNC_ARRIVE)
             for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
                 stage = kb % 2
-                _acquire(k_ready.index(stage), (kb // 2) & 1, ASYNC_ARRIVE)
-                s = _scores(q_lo, q_hi, q_pe, k_lo.index(stage), k_hi.index(stage), k_pe.index(stage), S_LAYOUT,
-                            BLOCK_M, BLOCK_N, D_PE)
+                s = _scores_ready(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, k_ready, stage, (kb // 2) & 1, S_LAYOUT,
+                                  BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE)
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
                 p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, scale_log2, tok_lo + it * BLOCK_N, tok_hi, limit,
                                                      offs_n, CAUSAL)
@@ -547,6 +595,39 @@ if gluon_available():
         return s
 
     @gluon.jit
+    def _scores_ready(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, k_ready, stage, phase, S_LAYOUT: gl.constexpr,
+                      BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
+                      K_BOXES: gl.constexpr, ASYNC_ARRIVE: gl.constexpr):
+        """Wait for K ``stage`` and issue its score products (:func:`_scores`); with ``K_BOXES`` > 1 each
+        64-column product waits only for its own box (TMA writes need no fence before the tensor cores, and a
+        ``cp.async`` tile was fenced by the loader before it arrived)."""
+        if K_BOXES == 1:
+            _acquire(k_ready.index(stage), phase, ASYNC_ARRIVE)
+            s = _scores(q_lo, q_hi, q_pe, k_lo.index(stage), k_hi.index(stage), k_pe.index(stage), S_LAYOUT,
+                        BLOCK_M, BLOCK_N, D_PE)
+        else:
+            HALF: gl.constexpr = D_V // 2
+            CHUNKS: gl.constexpr = HALF // 64
+            k_lo_s = k_lo.index(stage)
+            k_hi_s = k_hi.index(stage)
+            s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=S_LAYOUT)
+            mbarrier.wait(k_ready.index(stage * K_BOXES), phase)
+            s = warpgroup_mma(q_lo.slice(0, 64, dim=1), k_lo_s.slice(0, 64, dim=1).permute((1, 0)), s,
+                              use_acc=False, is_async=True)
+            for c in gl.static_range(1, CHUNKS):
+                mbarrier.wait(k_ready.index(stage * K_BOXES + c), phase)
+                s = warpgroup_mma(q_lo.slice(c * 64, 64, dim=1), k_lo_s.slice(c * 64, 64, dim=1).permute((1, 0)),
+                                  s, is_async=True)
+            for c in gl.static_range(CHUNKS):
+                mbarrier.wait(k_ready.index(stage * K_BOXES + CHUNKS + c), phase)
+                s = warpgroup_mma(q_hi.slice(c * 64, 64, dim=1), k_hi_s.slice(c * 64, 64, dim=1).permute((1, 0)),
+                                  s, is_async=True)
+            if D_PE > 0:
+                mbarrier.wait(k_ready.index(stage * K_BOXES + 2 * CHUNKS), phase)
+                s = warpgroup_mma(q_pe, k_pe.index(stage).permute((1, 0)), s, is_async=True)
+        return s
+
+    @gluon.jit
     def _online_softmax(s, m_i, l_i, scale_log2, start, tok_hi, limit, offs_n, CAUSAL: gl.constexpr):
         """One tile of online softmax in base 2: ``(p, alpha, m_new, l_new)``; keys at or past ``tok_hi``
         (and, causal, past each row's ``limit``) get weight 0; a row with no key so far keeps ``m = -inf``."""
@@ -591,7 +672,7 @@ if gluon_available():
         BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
         D_V: gl.constexpr, D_PE: gl.constexpr,
         SOFTMAX_WARPS: gl.constexpr, OUTPUT_WARPS: gl.constexpr, LOADER_WARPS: gl.constexpr, OUTPUT_REGS: gl.constexpr,
-        LOADER_REGS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr,
+        LOADER_REGS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, K_BOXES: gl.constexpr,
     ):
         dtype: gl.constexpr = q_ptr.dtype.element_ty
         HALF: gl.constexpr = D_V // 2
@@ -614,7 +695,8 @@ if gluon_available():
 
         q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         q_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        k_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        gl.static_assert(K_BOXES == 1 or (TMA_K and K_BOXES == (D_V + D_PE) // 64), "one ready barrier per box")
+        k_ready = gl.allocate_shared_memory(gl.int64, [2 * K_BOXES, 1], mbarrier.MBarrierLayout())
         k_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         p_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         p_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
@@ -625,8 +707,9 @@ if gluon_available():
         mbarrier.init(q_free, count=1)
         mbarrier.init(p_ready, count=1)
         mbarrier.init(p_free, count=2 if SOFTMAX_ONLY else 1)  # every warpgroup that reads P
-        for i in gl.static_range(2):
+        for i in gl.static_range(2 * K_BOXES):
             mbarrier.init(k_ready.index(i), count=K_LOADED)
+        for i in gl.static_range(2):
             mbarrier.init(k_free.index(i), count=2)  # both warpgroups that multiply by V
         bars = (q_ready, q_free, k_ready, k_free, p_ready, p_free)
 
@@ -635,7 +718,7 @@ if gluon_available():
                 (_softmax_only, (lse_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_lb, stride_lh,
                                  s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
                                  q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars,
-                                 CAUSAL, BLOCK_M, BLOCK_N, D_PE, SOFTMAX_WARPS, ASYNC_ARRIVE)),
+                                 CAUSAL, BLOCK_M, BLOCK_N, D_V, D_PE, SOFTMAX_WARPS, ASYNC_ARRIVE, K_BOXES)),
                 (_output_quarters, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
@@ -649,7 +732,7 @@ if gluon_available():
                            stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
                            q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc,
-                           BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K)),
+                           BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES)),
             ], [OUTPUT_WARPS, OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, OUTPUT_REGS, LOADER_REGS])
         else:
             gl.warp_specialize([
@@ -657,7 +740,8 @@ if gluon_available():
                                  stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
                                  s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
                                  q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars,
-                                 CAUSAL, OVERLAP, BLOCK_M, BLOCK_N, D_V, D_PE, SOFTMAX_WARPS, ASYNC_ARRIVE)),
+                                 CAUSAL, OVERLAP, BLOCK_M, BLOCK_N, D_V, D_PE, SOFTMAX_WARPS, ASYNC_ARRIVE,
+                                 K_BOXES)),
                 (_output_half, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
@@ -667,7 +751,7 @@ if gluon_available():
                            stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
                            q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc,
-                           BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K)),
+                           BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES)),
             ], [OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, LOADER_REGS])
 
 
@@ -699,6 +783,8 @@ def dense_decode_sm90_ws_fwd(
     async_arrive: bool = ASYNC_ARRIVE,
     softmax_only: bool | None = None,
     tma_k: bool = TMA_K,
+    box_ready: bool = BOX_READY,
+    loader_regs: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper, 16-bit caches.
 
@@ -708,7 +794,10 @@ def dense_decode_sm90_ws_fwd(
     warpgroup's order, ``async_arrive``: how the loader signals a landed tile, ``softmax_only``: the
     softmax warpgroup hands both output halves to two output warpgroups (module docstring; ``overlap``
     has no meaning then; ``None``: :func:`softmax_only_for` the rows), ``tma_k``: whole K tiles by TMA
-    where :func:`tma_view` allows it.
+    where :func:`tma_view` allows it, ``box_ready``: with TMA, one ready barrier per 64-column box (no
+    effect without),
+    ``loader_regs``: the loader partition's registers (default from :data:`WORKER_REGS` /
+    :data:`SOLO_WORKER_REGS`; the softmax warpgroup gets what the others leave).
     """
     b, s_q, h_q, d = q.shape
     h_kv = k_cache.shape[2]
@@ -721,10 +810,13 @@ def dense_decode_sm90_ws_fwd(
     lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)
     if workspace is None:
         workspace = split_workspace(q, head_dim_v, num_parts)
-    if softmax_only is None:
-        softmax_only = softmax_only_for(rows)
-    regs = SOLO_WORKER_REGS if softmax_only else WORKER_REGS
     k_desc = tma_view(k_cache) if tma_k else None
+    k_boxes = (d // 64) if (box_ready and k_desc is not None) else 1
+    if softmax_only is None:
+        softmax_only = softmax_only_for(rows, boxed=k_boxes > 1)
+    regs = SOLO_WORKER_REGS if softmax_only else WORKER_REGS
+    if loader_regs is not None:
+        regs = (regs[0], int(loader_regs))
     _dense_decode_sm90_ws_kernel[(row_tiles * h_kv, num_parts)](
         *splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
                       out, lse, workspace, row_tiles, softmax_scale), k_desc,
@@ -732,6 +824,7 @@ def dense_decode_sm90_ws_fwd(
         TMA_K=k_desc is not None, BLOCK_M=BLOCK_M,
         BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v, SOFTMAX_WARPS=NUM_WARPS, OUTPUT_WARPS=WORKER_WARPS[0],
         LOADER_WARPS=WORKER_WARPS[1], OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], ASYNC_ARRIVE=bool(async_arrive),
+        K_BOXES=k_boxes,
         num_warps=NUM_WARPS,
         maxnreg=SOLO_MAXNREG if softmax_only else MAXNREG,
     )
