@@ -35,7 +35,7 @@ h_q 128 and 64; ``benchmarks/results/2026-11-27-h200-ws-*``):
   0.788-0.822); at 256 rows (s_q=2) slower on both cards (H200 0.789-0.802 against 0.792-0.857), so 128
   rows is where it stops with one ready barrier a stage (``2026-11-27-h100-ws-tma-tune.json`` for the H100).
 * ``BOX_READY``: ``True`` (default; ``K_BOXES`` barriers a stage): in the four-warpgroup form, three H200
-  runs, s_q=1 h_q=128 0.821-0.847 against 0.762-0.825 on one barrier a stage, s_q=2 0.800-0.840 /
+  runs, s_q=1 h_q=128 0.821-0.851 against 0.762-0.825 on one barrier a stage, s_q=2 0.800-0.840 /
   0.847-0.861 / 0.866-0.892 against 0.796-0.803 / 0.800-0.811 / 0.812-0.841, h_q=64 0.945-0.956 against
   0.938-0.950; at 256 rows it now edges the three-warpgroup form with boxes (mean 0.822 / 0.856 / 0.879
   against 0.810 / 0.848 / 0.865), hence :data:`SOFTMAX_ONLY_MAX_ROWS_BOXED`
