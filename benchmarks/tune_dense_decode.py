@@ -123,6 +123,7 @@ def main(argv=None):
                      for extra in ("+box", "+box+ld64")]
         if not args.triton_only and rows <= 32:  # the small-head layout beside the 64-row one
             runs.append(("gluon-tokens", None, 1))
+            runs.append(("gluon-tokens-cpasync", None, 1))  # K tiles by cp.async where TMA could bring them
             if rows > 16:  # 32 rows: one warpgroup (R=32 per wgmma) beside two (16 each)
                 runs.append(("gluon-tokens-1wg", None, 1))
         runs += [] if args.gluon_only else [
@@ -142,6 +143,13 @@ def main(argv=None):
                     q, k_cache, block_table, lens, dv, sched_t, splits, scale, True, overlap=overlap,
                     async_arrive=async_arrive, softmax_only=solo, tma_k="-tma" in kind, box_ready="+box" in kind,
                     loader_regs=64 if "+ld64" in kind else None)
+            elif kind == "gluon-tokens-cpasync":
+                from openmla.ops.gluon.decode_dense_sm90_small_heads import dense_decode_sm90_small_heads_fwd
+
+                parts = max(sms // h_kv, 1)
+                sched_t, splits = plan_splitkv(lens, parts)
+                call = lambda: dense_decode_sm90_small_heads_fwd(  # noqa: E731
+                    q, k_cache, block_table, lens, dv, sched_t, splits, scale, True, fused_combine=False, tma_k=False)
             elif kind.startswith("gluon"):
                 from openmla.ops.gluon.decode_dense_sm90 import dense_decode_sm90_fwd
 

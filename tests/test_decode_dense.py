@@ -281,6 +281,42 @@ def test_sm90_row_kernels_direct(layout, b, s_q, s_k, h_q, h_kv, page, d, dtype,
     check_against_reference(dict(inputs, softmax_scale=d ** -0.5), out, lse)
 
 
+SM90_SMALL_DIRECT = [
+    pytest.param(b, s_q, s_k, h_q, h_kv, page, d, dtype, parts, id=f"b{b}-sq{s_q}-sk{s_k}-h{h_q}-hkv{h_kv}-p{page}-d{d}-"
+                 f"{str(dtype)[6:]}-parts{parts}")
+    for b, s_q, s_k, h_q, h_kv, page, d, dtype, parts in [
+        (1, 1, 20, 16, 1, 64, 576, torch.bfloat16, 132),
+        (4, 2, 700, 16, 1, 128, 576, torch.bfloat16, 9),  # 32 rows, requests cut into pieces
+        (64, 1, 4096, 32, 1, 64, 576, torch.float16, 132),
+        (6, 1, 3000, 16, 1, 64, 512, torch.bfloat16, 3),  # one piece walks several requests
+        (6, 2, 700, 12, 1, 61, 576, torch.float16, 11),  # pages that split tiles: cp.async only
+        (5, 1, 900, 32, 2, 64, 576, torch.bfloat16, 7),  # two KV heads: cp.async only
+    ]
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA or torch.cuda.get_device_capability() != (9, 0), reason="needs an sm_90 GPU")
+@pytest.mark.parametrize("tma_k", [True, False], ids=["tma-k", "cp-async"])
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "combine-kernel"])
+@pytest.mark.parametrize("b,s_q,s_k,h_q,h_kv,page,d,dtype,parts", SM90_SMALL_DIRECT)
+def test_sm90_small_heads_direct(tma_k, fused, b, s_q, s_k, h_q, h_kv, page, d, dtype, parts, generator):
+    """The small-head Hopper kernel with K tiles by TMA (where the cache allows it) and by cp.async only, on
+    plans from one piece per request to pieces spanning several, with zero lengths and NaN past them."""
+    from openmla.ops.gluon.decode_dense_sm90_small_heads import dense_decode_sm90_small_heads_fwd
+    from openmla.ops.schedule import plan_splitkv
+
+    inputs = make_dense_decode_inputs(b, s_q, s_k, h_q, h_kv, d, 512, page, dtype, "cuda", varlen=True,
+                                      zero_len_frac=0.2, generator=generator, causal=True)
+    q, lens = inputs["q"], inputs["cache_seqlens"]
+    sched, splits = plan_splitkv(lens, parts)
+    poison_cuda_cache(1 << 28)
+    out, lse = dense_decode_sm90_small_heads_fwd(q, inputs["k_cache"], inputs["block_table"], lens, 512, sched,
+                                                 splits, d ** -0.5, True, fused_combine=fused, tma_k=tma_k)
+    torch.cuda.synchronize()
+    check_against_reference(dict(inputs, softmax_scale=d ** -0.5), out, lse)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["auto", "triton"])
 @pytest.mark.parametrize("h_q,h_kv", H_PAIRS)

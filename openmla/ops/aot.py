@@ -124,13 +124,19 @@ def _variants(arch: int = 90) -> list[Variant]:
                     out.append(Variant(_dense_decode_sm90_kernel, ptrs, ("scale_log2",), consts, NUM_WARPS, 1,
                                        name, gluon=True))
                     for r in (16, 32):
-                        consts = dict(CAUSAL=causal, FUSED_COMBINE=True, R=r, BLOCK_N=small.BLOCK_N, D_V=512, D_PE=d_qk - 512,
-                                      P_SMEM=small.p_smem_layout(r), WGS=small.warpgroups_for(r), Q_FP8=False,
-                                      KV_FP8=False)
-                        name = f"gluon-small-heads {dtype} d{d_qk} {'causal' if causal else 'full'} " \
-                               f"rows<={r} bn{small.BLOCK_N}"
-                        out.append(Variant(small._dense_decode_sm90_small_heads_kernel, small_ptrs, ("scale_log2",),
-                                           consts, 4 * small.warpgroups_for(r), 1, name, gluon=True))
+                        for tma_k in (True, False):  # caches TMA can read, and the others
+                            consts = dict(CAUSAL=causal, FUSED_COMBINE=True, R=r, BLOCK_N=small.BLOCK_N, D_V=512,
+                                          D_PE=d_qk - 512, P_SMEM=small.p_smem_layout(r), WGS=small.warpgroups_for(r),
+                                          Q_FP8=False, KV_FP8=False, TMA_K=tma_k)
+                            v_ptrs = dict(small_ptrs)
+                            if tma_k:
+                                v_ptrs["k_desc"] = _tma_desc_type(dtype)
+                            else:
+                                consts["k_desc"] = None
+                            name = f"gluon-small-heads {dtype} d{d_qk} {'causal' if causal else 'full'} " \
+                                   f"rows<={r} bn{small.BLOCK_N}" + (" tma-k" if tma_k else "")
+                            out.append(Variant(small._dense_decode_sm90_small_heads_kernel, v_ptrs, ("scale_log2",),
+                                               consts, 4 * small.warpgroups_for(r), 1, name, gluon=True))
                     out.extend(_ws_variants(dtype, ptrs, d_qk, causal))
             # CUDA-graph captures: the partials merged by the combine kernel
             for v in [v for v in out if v.gluon and "FUSED_COMBINE" in v.constexprs and v.name.startswith("gluon") and f" {dtype} d576 causal" in v.name]:
@@ -147,7 +153,8 @@ def _variants(arch: int = 90) -> list[Variant]:
             }
             for r in (16, 32):
                 consts = dict(CAUSAL=True, FUSED_COMBINE=True, R=r, BLOCK_N=small.BLOCK_N, D_V=512, D_PE=64, P_SMEM=small.p_smem_layout(r),
-                              WGS=small.warpgroups_for(r), Q_FP8=q_dtype == "e4m3", KV_FP8=True)
+                              WGS=small.warpgroups_for(r), Q_FP8=q_dtype == "e4m3", KV_FP8=True, TMA_K=False,
+                              k_desc=None)
                 name = f"gluon-small-heads q {q_dtype} cache e4m3 d576 causal rows<={r} bn{small.BLOCK_N}"
                 out.append(Variant(small._dense_decode_sm90_small_heads_kernel, ptrs, ("scale_log2",), consts,
                                    4 * small.warpgroups_for(r), 1, name, gluon=True))

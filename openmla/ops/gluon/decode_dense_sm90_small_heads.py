@@ -14,8 +14,14 @@ work and the kernel streams the cache:
   through shared memory.
 * one warpgroup (``WGS`` > 1 splits the rows between warpgroups sharing the K tiles, each row's softmax
   inside its warpgroup; slower at 32 rows on an H200, kept for tuning).
-* K/V tiles of 64 tokens gathered through the block table with ``cp.async`` into a two-stage ring (any
-  page size), the next tile loading while this one is multiplied.
+* K/V tiles of 64 tokens into a two-stage ring, the next tile loading while this one is multiplied:
+  gathered through the block table with ``cp.async`` (any page size), or, where the cache allows it
+  (``TMA_K``: one KV head, pages of whole 64-key tiles, TMA-able strides, 16-bit keys; the descriptor of
+  :func:`openmla.ops.gluon.decode_dense_sm90_ws.tma_view`), a whole tile as nine 64x64 TMA boxes issued by
+  one thread on the stage's ready barrier (a request's last, partial tile still by ``cp.async``, its
+  missing rows zero-filled). Per-box barriers, as the warp-specialized kernel has, would split the score
+  product in nine; here that cost ``ptxas`` up to 33 more registers (16 rows) and 232-368 more bytes of
+  stack (32 rows).
 * per-tensor FP8 caches (``KV_FP8``): the ring holds the e4m3 bytes (half the traffic), decoded exactly
   into one 16-bit tile in shared memory before the products; an e4m3 q (``Q_FP8``) is decoded to fp16,
   the products run in fp16, the descales are applied in fp32 (as in the Triton kernels).
@@ -35,6 +41,10 @@ from ..._runtime import gluon_available
 from ..combine import combine_splits, fuse_combine
 from ..decode_dense import split_workspace, splitkv_args
 from ..schedule import SCHED_BLOCK
+from .decode_dense_sm90_ws import tma_view
+
+#: K tiles by TMA where :func:`tma_view` allows it (16-bit caches).
+TMA_K = True
 
 #: KV tokens per tile: the 64-row side of ``wgmma``.
 BLOCK_N = 64
@@ -64,11 +74,13 @@ if gluon_available():
     from triton.experimental.gluon.language.nvidia.hopper import (
         async_copy,
         fence_async_shared,
+        mbarrier,
         warpgroup_mma,
         warpgroup_mma_wait,
     )
 
     from .decode_dense_sm90 import _issue_kv_tile, _piece_bounds, _request_span
+    from .decode_dense_sm90_ws import _tma_tile
     from .merge import arrive_split, merge_arrived
 
     @functools.lru_cache(maxsize=None)
@@ -85,6 +97,47 @@ if gluon_available():
             return x
 
     @gluon.jit
+    def _issue_tile(k_ptr, k_desc, bt_row, ring, ring_pe, k_ready, kb, start, tok_hi, page_block_size, num_blocks,
+                    kv_head, stride_kb, stride_kp, stride_kh, BLOCK_N: gl.constexpr, D_V: gl.constexpr,
+                    D_PE: gl.constexpr, COPY: gl.constexpr, TMA_K: gl.constexpr, K_BOXES: gl.constexpr):
+        """Issue the ``kb``-th tile of this program (tokens ``start..start+BLOCK_N``) into stage ``kb % 2``
+        and commit a ``cp.async`` group (empty for a TMA tile, so the groups count tiles either way). With
+        ``TMA_K`` the stage's ready barrier completes once a tile: on the tile's bytes, or at once for a
+        ``cp.async`` tile (its copies are waited for through the groups)."""
+        stage = kb % 2
+        if TMA_K:
+            if start + BLOCK_N <= tok_hi:
+                page_id = gl.load(bt_row + start // page_block_size)
+                page_id = gl.minimum(gl.maximum(page_id, 0), num_blocks - 1)
+                _tma_tile(k_desc, page_id * page_block_size + start % page_block_size, ring.index(stage),
+                          ring.index(stage).slice(D_V // 2, D_V // 2, dim=1), ring_pe.index(stage), k_ready, stage,
+                          D_V, D_PE, K_BOXES)
+            else:
+                _issue_kv_tile(k_ptr, bt_row, ring.index(stage), ring_pe.index(stage), start, tok_hi,
+                               page_block_size, num_blocks, kv_head, stride_kb, stride_kp, stride_kh, BLOCK_N, D_V,
+                               D_PE, COPY)
+                for c in gl.static_range(K_BOXES):
+                    mbarrier.arrive(k_ready.index(stage * K_BOXES + c), count=1)
+        else:
+            _issue_kv_tile(k_ptr, bt_row, ring.index(stage), ring_pe.index(stage), start, tok_hi, page_block_size,
+                           num_blocks, kv_head, stride_kb, stride_kp, stride_kh, BLOCK_N, D_V, D_PE, COPY)
+        async_copy.commit_group()
+
+    @gluon.jit
+    def _scores_t(k_tile, kpe_tile, q_smem, qpe_smem, k_ready, kb, S_LAYOUT: gl.constexpr, BLOCK_N: gl.constexpr,
+                  R: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr, TMA_K: gl.constexpr,
+                  K_BOXES: gl.constexpr):
+        """Issue ``Sᵀ = K Qᵀ`` [BLOCK_N, R] for the ``kb``-th tile, with ``TMA_K`` once its stage's ready barrier
+        completes (TMA writes need no fence before the tensor cores)."""
+        if TMA_K:
+            mbarrier.wait(k_ready.index((kb % 2) * K_BOXES), (kb // 2) & 1)
+        s = gl.zeros([BLOCK_N, R], gl.float32, layout=S_LAYOUT)
+        s = warpgroup_mma(k_tile, q_smem.permute((1, 0)), s, use_acc=False, is_async=True)
+        if D_PE > 0:
+            s = warpgroup_mma(kpe_tile, qpe_smem.permute((1, 0)), s, is_async=True)
+        return s
+
+    @gluon.jit
     def _dense_decode_sm90_small_heads_kernel(
         q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
         out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, counters_ptr,
@@ -94,12 +147,12 @@ if gluon_available():
         stride_ob, stride_os, stride_oh,
         stride_lb, stride_lh,
         s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2,
-        descale_q_ptr, descale_k_ptr,
+        descale_q_ptr, descale_k_ptr, k_desc,
         CAUSAL: gl.constexpr, FUSED_COMBINE: gl.constexpr,
         R: gl.constexpr, BLOCK_N: gl.constexpr,
         D_V: gl.constexpr, D_PE: gl.constexpr,
         P_SMEM: gl.constexpr, WGS: gl.constexpr,
-        Q_FP8: gl.constexpr, KV_FP8: gl.constexpr,
+        Q_FP8: gl.constexpr, KV_FP8: gl.constexpr, TMA_K: gl.constexpr,
     ):
         # Per-tensor FP8 (as the Triton kernels do it): e4m3 codes decoded exactly to 16 bits, products in
         # fp16 for an e4m3 q (more mantissa for P than bf16) or in q's dtype, descales applied in fp32.
@@ -146,6 +199,16 @@ if gluon_available():
                 ring_pe = ring
             COPY: gl.constexpr = LOAD
         p_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, R], P_SMEM)  # Pᵀ: [tokens, rows]
+        gl.static_assert(not (TMA_K and KV_FP8), "TMA tiles are 16-bit keys")
+        K_BOXES: gl.constexpr = 1  # ready barriers a stage (module docstring)
+        if TMA_K:
+            k_ready = gl.allocate_shared_memory(gl.int64, [2 * K_BOXES, 1], mbarrier.MBarrierLayout())
+            for i in gl.static_range(2 * K_BOXES):
+                mbarrier.init(k_ready.index(i), count=1)
+            fence_async_shared()
+            gl.thread_barrier()
+        else:  # never used: no barrier is waited for or arrived at
+            k_ready = p_smem
 
         pid_m = gl.program_id(0)
         part = gl.program_id(1)
@@ -161,6 +224,7 @@ if gluon_available():
         offs_r_st = tile * R + gl.arange(0, R, layout=COL_ST)
         offs_v_st = gl.arange(0, D_V, layout=gl.SliceLayout(1, STORE))
 
+        kb = 0  # tiles issued by this program: tile kb sits in stage kb % 2
         score_scale = scale_log2
         if Q_FP8:
             score_scale = score_scale * gl.load(descale_q_ptr)
@@ -193,17 +257,21 @@ if gluon_available():
             acc = gl.zeros([D_V, R], gl.float32, layout=O_LAYOUT)  # Oᵀ
 
             n_tiles = gl.cdiv(tok_hi - tok_lo, BLOCK_N)
-            _issue_kv_tile(k_ptr, bt_row, ring.index(0), ring_pe.index(0), tok_lo, tok_hi, page_block_size,
-                           num_blocks, kv_head, stride_kb, stride_kp, stride_kh, BLOCK_N, D_V, D_PE, COPY)
-            async_copy.commit_group()
+            if not TMA_K:  # no barrier phase to carry across requests: each request starts on stage 0
+                kb = 0
+            _issue_tile(k_ptr, k_desc, bt_row, ring, ring_pe, k_ready, kb, tok_lo, tok_hi, page_block_size,
+                        num_blocks, kv_head, stride_kb, stride_kp, stride_kh, BLOCK_N, D_V, D_PE, COPY, TMA_K,
+                        K_BOXES)
+            kb += 1
             for it in range(0, n_tiles):
                 start = tok_lo + it * BLOCK_N
-                stage = it % 2
+                cur = kb - 1  # this tile's issue number
+                stage = cur % 2
                 # prefetch the next tile into the other stage (fully masked past the range: reads nothing)
-                _issue_kv_tile(k_ptr, bt_row, ring.index(1 - stage), ring_pe.index(1 - stage), start + BLOCK_N,
-                               tok_hi, page_block_size, num_blocks, kv_head, stride_kb, stride_kp, stride_kh,
-                               BLOCK_N, D_V, D_PE, COPY)
-                async_copy.commit_group()
+                _issue_tile(k_ptr, k_desc, bt_row, ring, ring_pe, k_ready, kb, start + BLOCK_N, tok_hi,
+                            page_block_size, num_blocks, kv_head, stride_kb, stride_kp, stride_kh, BLOCK_N, D_V, D_PE,
+                            COPY, TMA_K, K_BOXES)
+                kb += 1
                 async_copy.wait_group(1)
                 fence_async_shared()
                 gl.thread_barrier()
@@ -223,10 +291,8 @@ if gluon_available():
                     k_tile = ring.index(stage)
                     kpe_tile = ring_pe.index(stage)
 
-                s = gl.zeros([BLOCK_N, R], gl.float32, layout=S_LAYOUT)
-                s = warpgroup_mma(k_tile, q_smem.permute((1, 0)), s, use_acc=False, is_async=True)
-                if D_PE > 0:
-                    s = warpgroup_mma(kpe_tile, qpe_smem.permute((1, 0)), s, is_async=True)
+                s = _scores_t(k_tile, kpe_tile, q_smem, qpe_smem, k_ready, cur, S_LAYOUT, BLOCK_N, R, D_V, D_PE, TMA_K,
+                              K_BOXES)
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
                 s = s * score_scale
                 offs_j = start + offs_n
@@ -299,12 +365,14 @@ def dense_decode_sm90_small_heads_fwd(
     descale_q: torch.Tensor | None = None,
     descale_k: torch.Tensor | None = None,
     fused_combine: bool | None = None,
+    tma_k: bool = TMA_K,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper, for ``s_q * h_q / h_kv <= 32``.
 
     Per-tensor FP8 as there: a float8_e4m3fn (or uint8/int8) cache with ``descale_k``, q bf16/fp16 or
     e4m3 with ``descale_q`` (output bf16). ``warpgroups``: how many warpgroups share a program's rows
-    (default :func:`warpgroups_for`; 1 or ``R / 16``), for tuning.
+    (default :func:`warpgroups_for`; 1 or ``R / 16``), for tuning. ``tma_k``: whole K tiles by TMA where
+    the cache allows it (16-bit keys, :func:`tma_view`).
     """
     b, s_q, h_q, d = q.shape
     h_kv = k_cache.shape[2]
@@ -330,12 +398,13 @@ def dense_decode_sm90_small_heads_fwd(
     # FP8 tensors go in as their bytes; an absent descale is never read (lse stands in)
     q_in = q.view(torch.uint8) if q_fp8 else q
     k_in = k_cache.view(torch.uint8) if kv_fp8 else k_cache
+    k_desc = tma_view(k_cache) if tma_k and not kv_fp8 else None
     _dense_decode_sm90_small_heads_kernel[(h_kv, num_parts)](
         *splitkv_args(q_in, k_in, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
                       out, lse, workspace, 1, softmax_scale),
-        descale_q if q_fp8 else lse, descale_k if kv_fp8 else lse,
+        descale_q if q_fp8 else lse, descale_k if kv_fp8 else lse, k_desc,
         CAUSAL=bool(causal and s_q > 1), FUSED_COMBINE=fused, R=r, BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v,
-        P_SMEM=p_smem_layout(r), WGS=wgs, Q_FP8=q_fp8, KV_FP8=kv_fp8,
+        P_SMEM=p_smem_layout(r), WGS=wgs, Q_FP8=q_fp8, KV_FP8=kv_fp8, TMA_K=k_desc is not None,
         num_warps=4 * wgs,
     )
     if not fused:
