@@ -149,9 +149,9 @@ def _choose_dense_decode(device, dtype, dims, backend, kv_fp8=False) -> Choice:
                                   f"KV head; above, the Triton split-KV kernel (the 64-row Gluon kernel reads 16-bit "
                                   f"caches only) on {where}")
     if gluon_against is None:
-        return Choice(op, "gluon", f"Hopper kernels (Gluon, wgmma; KV tokens on the 64-row side up to 32 query "
-                                  f"rows per KV head; above, query rows, warp-specialized with K by TMA where the "
-                                  f"cache allows, unless a small eager batch merges its splits in the kernel) on "
+        return Choice(op, "gluon", f"Hopper kernels (Gluon, wgmma; K tiles by TMA where the cache allows; KV "
+                                  f"tokens on the 64-row side up to 32 query rows per KV head; above, query rows, "
+                                  f"warp-specialized unless a small eager batch merges its splits in the kernel) on "
                                   f"{where}")
     if against is None:
         if device.type == "cpu":
