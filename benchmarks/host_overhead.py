@@ -11,7 +11,7 @@ the combine).
 ``--python-only`` (no GPU needed): the same call on CPU tensors through the Triton backend with every kernel
 launch replaced by a no-op, so what is timed is OpenMLA's own Python (validation, dispatch, allocation,
 argument packing), not Triton's launcher; for comparing host-path changes on any machine. Its figures are
-not GPU-host figures.
+not GPU-host figures. With ``--sparse``, the small sparse call (topk=64) instead of the dense one.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def sparse(profile: bool) -> None:
     del openmla
 
 
-def python_only(profile: bool) -> None:
+def python_only(profile: bool, sparse_call: bool = False) -> None:
     """OpenMLA's Python per call on this machine, kernel launches stubbed out (see the module docstring)."""
     import os
 
@@ -132,27 +132,42 @@ def python_only(profile: bool) -> None:
     import torch
 
     import openmla
-    from openmla.ops import combine, decode_dense
+    from openmla.ops import combine, decode_dense, decode_sparse
 
     class _NoLaunch:
         def __getitem__(self, grid):
             return lambda *args, **kwargs: None
 
     decode_dense._dense_decode_splitkv_kernel = _NoLaunch()
+    decode_sparse._sparse_decode_kernel = _NoLaunch()
     combine._decode_combine_kernel = _NoLaunch()
-    b, s_q, h_q, s_k, d, dv, page = 1, 1, 128, 256, 576, 512, 64
-    q = torch.randn(b, s_q, h_q, d).half()
-    k_cache = torch.randn(8, page, 1, d).half()
-    block_table = torch.arange(8, dtype=torch.int32).view(1, 8)
-    lens = torch.full((b,), s_k, dtype=torch.int32)
-    meta, _ = openmla.get_mla_metadata()
+    if sparse_call:
+        from openmla._harness import make_sparse_decode_inputs
 
-    def call():
-        return openmla.flash_mla_with_kvcache(q, k_cache, block_table, lens, dv, meta, causal=True, backend="triton")
+        inp = make_sparse_decode_inputs(4, 1, 128, 4096, 64, 64, dtype=torch.float16, device="cpu")
+        sched, _ = openmla.get_mla_metadata()
+        what = "sparse, b=4, s_q=1, h_q=128, topk=64, V3.2 FP8"
+
+        def call():
+            return openmla.flash_mla_with_kvcache(inp.q, inp.k_cache, None, None, inp.head_dim_v, sched,
+                                                  softmax_scale=inp.softmax_scale, is_fp8_kvcache=True,
+                                                  indices=inp.indices, backend="triton")
+    else:
+        b, s_q, h_q, s_k, d, dv, page = 1, 1, 128, 256, 576, 512, 64
+        q = torch.randn(b, s_q, h_q, d).half()
+        k_cache = torch.randn(8, page, 1, d).half()
+        block_table = torch.arange(8, dtype=torch.int32).view(1, 8)
+        lens = torch.full((b,), s_k, dtype=torch.int32)
+        meta, _ = openmla.get_mla_metadata()
+        what = "b=1, s_k=256, h_q=128"
+
+        def call():
+            return openmla.flash_mla_with_kvcache(q, k_cache, block_table, lens, dv, meta, causal=True,
+                                                  backend="triton")
 
     call()
     best = min(loop_us(call, 3000, sync=False) for _ in range(5))
-    print(f"OpenMLA's Python per call, launches stubbed (CPU, b=1, s_k=256, h_q=128): {best:.1f} us (best of 5 loops)")
+    print(f"OpenMLA's Python per call, launches stubbed (CPU, {what}): {best:.1f} us (best of 5 loops)")
     if profile:
         import cProfile
         import pstats
@@ -167,7 +182,7 @@ def python_only(profile: bool) -> None:
 
 if __name__ == "__main__":
     if "--python-only" in sys.argv:
-        python_only("--profile" in sys.argv)
+        python_only("--profile" in sys.argv, sparse_call="--sparse" in sys.argv)
         sys.exit(0)
     if "--sparse" in sys.argv:
         sparse("--profile" in sys.argv)

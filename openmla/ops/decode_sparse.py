@@ -32,7 +32,8 @@ import dataclasses
 
 import torch
 
-from .._runtime import triton_available
+from .._runtime import device_arch, num_sms, triton_available
+from .combine import combine_splits
 from .decode_dense import smem_per_block
 
 # integer arguments that vary per call: specialising on them (==1, %16) would recompile per batch shape
@@ -323,13 +324,11 @@ def sparse_decode_fwd(
     Returns:
         out [b, s_q, h_q, head_dim_v] in q's dtype, lse [b, h_q, s_q] fp32 (natural log).
     """
-    from .._runtime import device_arch, num_sms
-    from .combine import combine_splits
-
     b, s_q, h_q, d_qk = q.shape
     topk = indices.shape[2]
     d_pe = d_qk - head_dim_v
-    cfg = config or sparse_decode_config(h_q, head_dim_v, device_arch(q.device))
+    arch = device_arch(q.device)
+    cfg = config or sparse_decode_config(h_q, head_dim_v, arch)
     if head_dim_v % cfg.dv_tile != 0:
         raise ValueError(f"dv_tile={cfg.dv_tile} must divide head_dim_v={head_dim_v}")
     if is_fp8:
@@ -338,7 +337,6 @@ def sparse_decode_fwd(
         if cfg.dv_tile % V32_SCALE_TILE != 0:
             raise ValueError(f"dv_tile={cfg.dv_tile} must be a multiple of the {V32_SCALE_TILE}-dim scale tile")
     if fp8_native is None:
-        arch = device_arch(q.device)
         fp8_native = arch is None or arch >= 89
     has_extra = extra_k_cache is not None
     extra_topk = extra_indices_in_kvcache.shape[2] if has_extra else 0
@@ -362,19 +360,22 @@ def sparse_decode_fwd(
     else:  # never written (the kernel stores straight to out/lse); fp32 like the real ones, so one compiled variant
         o_accum = lse_accum = lse
     dummy = indices  # stands in for absent optional tensors (never read: their HAS_* flag is off)
+    # one stride() tuple a tensor: each call crosses into C++, and this is on every decode step's host path
+    sq, sk, sxk, si, sxi, so, sl = q.stride(), k.stride(), xk.stride(), indices.stride(), xidx.stride(), \
+        out.stride(), lse.stride()
     _sparse_decode_kernel[(programs, num_splits)](
         q, k, indices, xk, xidx,
         topk_length if topk_length is not None else dummy,
         extra_topk_length if extra_topk_length is not None else dummy,
         attn_sink if attn_sink is not None else lse,
         out, lse, o_accum, lse_accum,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1),
-        xk.stride(0), xk.stride(1),
-        indices.stride(0), indices.stride(1),
-        xidx.stride(0), xidx.stride(1),
-        out.stride(0), out.stride(1), out.stride(2),
-        lse.stride(0), lse.stride(1),
+        sq[0], sq[1], sq[2],
+        sk[0], sk[1],
+        sxk[0], sxk[1],
+        si[0], si[1],
+        sxi[0], sxi[1],
+        so[0], so[1], so[2],
+        sl[0], sl[1],
         s_q, h_q, head_tiles, topk, extra_topk, k_cache.shape[1], xk.shape[1] if has_extra else 1,
         _slot_count(k_cache), _slot_count(extra_k_cache) if has_extra else 0, num_splits,
         softmax_scale * 1.4426950408889634,
