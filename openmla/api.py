@@ -294,7 +294,8 @@ def _sparse_decode_call(q, k_cache, head_dim_v, tile_scheduler_metadata, num_spl
                     "a FlashMLASchedMeta, the int32 tensor from get_mla_metadata(cache_seqlens, ...), or None")
     if _value_checks_enabled(planning, q.device):
         _check_sparse_values(topk_length, extra_topk_length, shape.topk, shape.extra_topk)
-    choice = choose_sparse_decode(q.device, q.dtype, (shape.d_qk, head_dim_v), shape.fmt, backend)
+    choice = choose_sparse_decode(q.device, q.dtype, (shape.d_qk, head_dim_v), shape.fmt, backend,
+                                  extras=attn_sink is not None or extra_k_cache is not None)
     if meta is not None:
         meta.have_initialized = True  # nothing to plan: the split count follows from the shapes
     if choice.backend == "reference":
@@ -305,6 +306,10 @@ def _sparse_decode_call(q, k_cache, head_dim_v, tile_scheduler_metadata, num_spl
             if cache is not None and cache.shape[0] > 1 and cache.stride(0) % 4:
                 raise _fail(name, f"strides {cache.stride()}", "stride(0) a multiple of 4 bytes (the kernel reads "
                             "the fp32 scales of each token record with aligned loads)")
+    if choice.backend == "gluon":
+        from .ops.gluon.decode_sparse_sm90 import sparse_decode_sm90_fwd
+
+        return sparse_decode_sm90_fwd(q, k_cache, indices, head_dim_v, scale, topk_length)
     from .ops.decode_sparse import sparse_decode_fwd
 
     return sparse_decode_fwd(q, k_cache, indices, head_dim_v, scale, attn_sink, topk_length, extra_k_cache,
@@ -541,6 +546,7 @@ def explain(
             from .kvcache import bytes_per_token_of, detect_format
 
             fmt = detect_format(q.shape[-1], bytes_per_token_of(k_cache), kwargs.get("kv_format")).name
-        return choose_sparse_decode(q.device, q.dtype, (q.shape[-1], head_dim_v), fmt, backend)
+        extras = kwargs.get("attn_sink") is not None or kwargs.get("extra_k_cache") is not None
+        return choose_sparse_decode(q.device, q.dtype, (q.shape[-1], head_dim_v), fmt, backend, extras=extras)
     kv_fp8 = _dense_fp8(k_cache, is_fp8_kvcache)
     return choose_dense_decode(q.device, q.dtype, (q.shape[-1], head_dim_v), backend, kv_fp8=kv_fp8)

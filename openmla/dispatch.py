@@ -178,6 +178,19 @@ def _sparse_triton_reason_against(
     return against
 
 
+def _sparse_gluon_reason_against(
+    device: torch.device, dtype: torch.dtype | None, dims: tuple[int, int] | None, cache_format: str | None,
+    extras: bool
+) -> str | None:
+    """Why the Gluon sm_90 sparse kernel cannot serve these inputs (``None`` when it can)."""
+    against = _gluon_reason_against(device, dtype, dims)
+    if against is None and cache_format is not None:
+        against = f"the Gluon sparse kernel reads 16-bit caches, not the {cache_format} layout"
+    if against is None and extras:
+        against = "the Gluon sparse kernel takes no attn_sink and no extra cache"
+    return against
+
+
 _SPARSE_CHOICES: dict = {}
 
 
@@ -187,24 +200,27 @@ def choose_sparse_decode(
     dims: tuple[int, int] | None = None,
     cache_format: str | None = None,
     backend: str | None = None,
+    extras: bool = False,
 ) -> Choice:
     """Pick the backend for a sparse decode call; raise :class:`UnsupportedError` if a forced one cannot serve.
 
-    ``dtype`` is q's; ``cache_format`` ``None`` for a bf16/fp16 cache, else the FP8 layout's name. Triton
-    serves bf16/fp16 q over a cache of q's dtype or the V3.2 FP8 layout; the reference serves the rest
-    (fp32, MODEL1). There is no Gluon sparse kernel. Cached like :func:`choose_dense_decode`.
+    ``dtype`` is q's; ``cache_format`` ``None`` for a bf16/fp16 cache, else the FP8 layout's name;
+    ``extras``: the call has an ``attn_sink`` or an extra cache. On Hopper the Gluon kernel serves bf16/fp16
+    q over a cache of q's dtype with (576 or 512, 512) dims and no extras; Triton serves bf16/fp16 q over a
+    cache of q's dtype or the V3.2 FP8 layout; the reference serves the rest (fp32, MODEL1). Cached like
+    :func:`choose_dense_decode`.
     """
-    key = (device, dtype, dims, cache_format, backend, getenv("OPENMLA_BACKEND"), getenv("OPENMLA_ARCH"),
+    key = (device, dtype, dims, cache_format, backend, extras, getenv("OPENMLA_BACKEND"), getenv("OPENMLA_ARCH"),
            getenv("TRITON_INTERPRET"))
     choice = _SPARSE_CHOICES.get(key)
     if choice is None:
-        choice = _choose_sparse_decode(torch.device(device), dtype, dims, cache_format, backend)
+        choice = _choose_sparse_decode(torch.device(device), dtype, dims, cache_format, backend, extras)
         if choice.backend != "reference" or torch.device(device).type != "cuda":
             _SPARSE_CHOICES[key] = choice  # a GPU fallback is not cached: it must warn on every call
     return choice
 
 
-def _choose_sparse_decode(device, dtype, dims, cache_format, backend) -> Choice:
+def _choose_sparse_decode(device, dtype, dims, cache_format, backend, extras=False) -> Choice:
     op = "sparse_decode"
     forced = (backend or "auto").lower()
     if forced == "auto":
@@ -215,11 +231,15 @@ def _choose_sparse_decode(device, dtype, dims, cache_format, backend) -> Choice:
     where = gpu_description(device)
     if forced == "reference":
         return Choice(op, "reference", "forced (backend='reference' or OPENMLA_BACKEND=reference)")
+    gluon_against = _sparse_gluon_reason_against(device, dtype, dims, cache_format, extras)
     if forced == "gluon":
-        raise UnsupportedError(
-            f"backend='gluon' cannot serve {op}: there is no Gluon sparse-decode kernel yet. GPU: {where}. "
-            "Use backend='triton' (any NVIDIA GPU sm_80+) or 'reference'."
-        )
+        if gluon_against is not None:
+            raise UnsupportedError(
+                f"backend='gluon' cannot serve {op}: {gluon_against}. GPU: {where}. Supported: bf16/fp16 q over a "
+                "cache of q's dtype, (d_qk, head_dim_v) = (576, 512) or (512, 512), on Hopper (sm_90), without "
+                "attn_sink or extra_k_cache. Use backend='triton' (any NVIDIA GPU sm_80+) or 'reference'."
+            )
+        return Choice(op, "gluon", "forced (backend='gluon' or OPENMLA_BACKEND=gluon)")
     if forced == "triton":
         if against is not None:
             raise UnsupportedError(
@@ -229,10 +249,12 @@ def _choose_sparse_decode(device, dtype, dims, cache_format, backend) -> Choice:
                 "Use backend='reference' otherwise."
             )
         return Choice(op, "triton", "forced (backend='triton' or OPENMLA_BACKEND=triton)")
+    if gluon_against is None:
+        return Choice(op, "gluon", f"Hopper warp-specialized kernel (Gluon, wgmma) over a 16-bit cache on {where}")
     if against is None:
         if device.type == "cpu":
             return Choice(op, "triton", "CPU tensors with TRITON_INTERPRET=1: Triton kernels in the interpreter")
-        return Choice(op, "triton", f"portable Triton sparse kernel on {where}")
+        return Choice(op, "triton", f"portable Triton sparse kernel on {where} ({gluon_against})")
     return _reference_choice(op, device, against, where)
 
 

@@ -349,6 +349,25 @@ def test_sparse_reference_backend_is_the_reference(generator):
     assert out.shape == (2, 2, 3, 32) and lse.shape == (2, 3, 2) and lse.dtype == torch.float32
 
 
+@pytest.mark.skipif(not gluon_available(), reason="Triton's Gluon dialect does not import here")
+def test_sparse_gluon_kernel_serves_16_bit_caches_without_extras(monkeypatch):
+    """On Hopper the Gluon sparse kernel takes bf16/fp16 caches with MLA's dims and no sink or extra cache;
+    FP8 layouts, sinks and extra caches go to the Triton kernel (the GPU is named by OPENMLA_ARCH here)."""
+    from openmla.dispatch import _sparse_gluon_reason_against
+
+    monkeypatch.setenv("OPENMLA_ARCH", "sm_90a")
+    cuda = torch.device("cuda")
+    for dtype in (torch.bfloat16, torch.float16):
+        for dims in ((576, 512), (512, 512)):
+            assert _sparse_gluon_reason_against(cuda, dtype, dims, None, False) is None
+    assert "16-bit caches" in _sparse_gluon_reason_against(cuda, torch.bfloat16, (576, 512), "V32_FP8", False)
+    assert "attn_sink" in _sparse_gluon_reason_against(cuda, torch.bfloat16, (576, 512), None, True)
+    assert "(576, 512) or (512, 512)" in _sparse_gluon_reason_against(cuda, torch.bfloat16, (64, 32), None, False)
+    assert "bf16 or fp16" in _sparse_gluon_reason_against(cuda, torch.float32, (576, 512), None, False)
+    monkeypatch.setenv("OPENMLA_ARCH", "sm_80")
+    assert "Hopper" in _sparse_gluon_reason_against(cuda, torch.bfloat16, (576, 512), None, False)
+
+
 def test_sparse_dispatch(generator, monkeypatch):
     inputs = sparse_inputs(generator)
     q, cache = inputs["q"], inputs["k_cache"]

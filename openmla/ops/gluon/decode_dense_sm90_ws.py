@@ -47,6 +47,10 @@ request's first K tile before its Q (-2 to -4 % without per-box barriers, mixed 
 four-warpgroup form (within ±2 %); the output warpgroups taking ``P`` into registers (0.60-0.64: under the
 128-register cap ``ptxas`` spills the operand and waits after every product).
 
+With ``SPARSE`` (:mod:`.decode_sparse_sm90`, four-warpgroup form, keys by ``cp.async``) a request's block
+table row is a list of cache slots, one key row each, and slots outside the cache are masked: token-sparse
+decoding with each query token as a request.
+
 A request with no key still runs one fully masked tile, so every partition walks the same sequence of
 tiles and barrier phases. Split-KV plan, causal rule, masking and outputs are those of
 :mod:`openmla.ops.decode_dense`; partials are merged by the combine kernel (this kernel does not fuse it).
@@ -161,7 +165,7 @@ if gluon_available():
                 q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc,
                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
                 PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, TMA_K: gl.constexpr,
-                K_BOXES: gl.constexpr):
+                K_BOXES: gl.constexpr, SPARSE: gl.constexpr):
         """Loader partition: each request's Q tile, then its K tiles into the two-stage ring.
 
         ``TMA_K``: a whole tile (64 keys inside one page) comes as 64x64 TMA boxes of ``k_desc`` (the cache
@@ -171,7 +175,11 @@ if gluon_available():
 
         ``K_BOXES`` > 1 (with ``TMA_K``): each 64-column box completes on a barrier of its own (``k_ready`` holds
         ``K_BOXES`` per stage), so the score products start on the first box landed; a ``cp.async`` tile
-        arrives on all of them."""
+        arrives on all of them.
+
+        ``SPARSE``: a request's "block table" row is its list of cache slots (``page * page_block_size +
+        offset``, token-sparse decoding): each key row comes from its own slot, and a slot outside the cache
+        (``-1`` or any other) is not read (zero-filled; the softmax warpgroup masks it)."""
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
         LOAD: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [PARTITION_WARPS, 1], [1, 0])
         pid_m = gl.program_id(0)
@@ -203,10 +211,20 @@ if gluon_available():
                 else:
                     offs_j = start + offs_t
                     mask_j = offs_j < tok_hi
-                    page = gl.load(bt_row + offs_j // page_block_size, mask=mask_j, other=0)
-                    page = gl.minimum(gl.maximum(page, 0), num_blocks - 1)  # garbage past the length is never used
-                    k_row = k_ptr + (page.to(gl.int64) * stride_kb + (offs_j % page_block_size) * stride_kp
-                                     + kv_head * stride_kh)
+                    if SPARSE:
+                        slot = gl.load(bt_row + offs_j, mask=mask_j, other=-1)
+                        page = slot // page_block_size
+                        mask_j = mask_j & (slot >= 0) & (page < num_blocks)
+                        page = gl.where(mask_j, page, 0)
+                        k_row = k_ptr + (page.to(gl.int64) * stride_kb
+                                         + gl.where(mask_j, slot % page_block_size, 0) * stride_kp
+                                         + kv_head * stride_kh)
+                    else:
+                        page = gl.load(bt_row + offs_j // page_block_size, mask=mask_j, other=0)
+                        # garbage past the length is never used
+                        page = gl.minimum(gl.maximum(page, 0), num_blocks - 1)
+                        k_row = k_ptr + (page.to(gl.int64) * stride_kb + (offs_j % page_block_size) * stride_kp
+                                         + kv_head * stride_kh)
                     _load_rows(k_row, k_lo.index(stage), k_hi.index(stage), k_pe.index(stage), mask_j, D_V, D_PE,
                                LOAD)
                     # with TMA tiles each barrier counts one arrival (and bytes), so this tile arrives once too
@@ -509,15 +527,17 @@ if gluon_available():
     @gluon.jit
     def _softmax_only(lse_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_lb, stride_lh,
                       s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
-                      q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars,
+                      q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, block_table_ptr, stride_bt,
+                      num_blocks,
                       CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr,
                       D_PE: gl.constexpr, PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr,
-                      K_BOXES: gl.constexpr):
+                      K_BOXES: gl.constexpr, SPARSE: gl.constexpr):
         """Default partition when two output warpgroups own the halves (``SOFTMAX_ONLY``): scores, online
         softmax, ``P`` and the rescale factor (then ``1/l``) to both, LSE. It holds no output accumulator,
         so tile ``j+1``'s scores and softmax run while the output warpgroups multiply tile ``j``'s ``P`` by V;
         the K stage is handed back by them (this warpgroup's reads of it finished before ``P`` was
-        published)."""
+        published). ``SPARSE``: keys whose slot is outside the cache get weight 0 (the loader zero-filled them).
+        """
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
         S_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
                                                            instr_shape=[16, BLOCK_N, 16])
@@ -549,6 +569,11 @@ if gluon_available():
                 s = _scores_ready(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, k_ready, stage, (kb // 2) & 1, S_LAYOUT,
                                   BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE)
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+                if SPARSE:
+                    offs_j = tok_lo + it * BLOCK_N + offs_n
+                    slot = gl.load(block_table_ptr + req64 * stride_bt + offs_j, mask=offs_j < tok_hi, other=-1)
+                    named = (slot >= 0) & (slot // page_block_size < num_blocks)
+                    s = gl.where(named[None, :], s, float("-inf"))
                 p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, scale_log2, tok_lo + it * BLOCK_N, tok_hi, limit,
                                                      offs_n, CAUSAL)
                 mbarrier.wait(p_free, (pr & 1) ^ 1)  # both output warpgroups are done with the last P
@@ -672,7 +697,7 @@ if gluon_available():
         BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
         D_V: gl.constexpr, D_PE: gl.constexpr,
         SOFTMAX_WARPS: gl.constexpr, OUTPUT_WARPS: gl.constexpr, LOADER_WARPS: gl.constexpr, OUTPUT_REGS: gl.constexpr,
-        LOADER_REGS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, K_BOXES: gl.constexpr,
+        LOADER_REGS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, K_BOXES: gl.constexpr, SPARSE: gl.constexpr,
     ):
         dtype: gl.constexpr = q_ptr.dtype.element_ty
         HALF: gl.constexpr = D_V // 2
@@ -696,6 +721,8 @@ if gluon_available():
         q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         q_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         gl.static_assert(K_BOXES == 1 or (TMA_K and K_BOXES == (D_V + D_PE) // 64), "one ready barrier per box")
+        gl.static_assert(not SPARSE or (SOFTMAX_ONLY and not TMA_K and not CAUSAL),
+                         "token-sparse lists run the four-warpgroup form, keys by cp.async, no causal mask")
         k_ready = gl.allocate_shared_memory(gl.int64, [2 * K_BOXES, 1], mbarrier.MBarrierLayout())
         k_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         p_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
@@ -717,8 +744,9 @@ if gluon_available():
             gl.warp_specialize([
                 (_softmax_only, (lse_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_lb, stride_lh,
                                  s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
-                                 q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars,
-                                 CAUSAL, BLOCK_M, BLOCK_N, D_V, D_PE, SOFTMAX_WARPS, ASYNC_ARRIVE, K_BOXES)),
+                                 q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, block_table_ptr,
+                                 stride_bt, num_blocks,
+                                 CAUSAL, BLOCK_M, BLOCK_N, D_V, D_PE, SOFTMAX_WARPS, ASYNC_ARRIVE, K_BOXES, SPARSE)),
                 (_output_quarters, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
@@ -732,7 +760,7 @@ if gluon_available():
                            stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
                            q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc,
-                           BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES)),
+                           BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE)),
             ], [OUTPUT_WARPS, OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, OUTPUT_REGS, LOADER_REGS])
         else:
             gl.warp_specialize([
@@ -751,7 +779,7 @@ if gluon_available():
                            stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
                            q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc,
-                           BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES)),
+                           BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE)),
             ], [OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, LOADER_REGS])
 
 
@@ -824,7 +852,7 @@ def dense_decode_sm90_ws_fwd(
         TMA_K=k_desc is not None, BLOCK_M=BLOCK_M,
         BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v, SOFTMAX_WARPS=NUM_WARPS, OUTPUT_WARPS=WORKER_WARPS[0],
         LOADER_WARPS=WORKER_WARPS[1], OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], ASYNC_ARRIVE=bool(async_arrive),
-        K_BOXES=k_boxes,
+        K_BOXES=k_boxes, SPARSE=False,
         num_warps=NUM_WARPS,
         maxnreg=SOLO_MAXNREG if softmax_only else MAXNREG,
     )

@@ -1,0 +1,81 @@
+"""Token-sparse MLA decoding for Hopper (sm_90a) over 16-bit caches: the warp-specialized kernel on index lists.
+
+Each query token of each request attends to its own list of cache slots (``indices[i, t, :]``, ``page *
+page_block_size + offset``; anything outside the cache is masked). That is dense decoding with one query
+token per "request" and the slot list in place of the block table, so this reuses
+:mod:`.decode_dense_sm90_ws` in its four-warpgroup form with ``SPARSE`` set: the ``b * s_q`` query tokens
+become requests of one token each (``h_q`` rows of the 64-row tile), the split-KV plan balances their
+lists (``topk_length``, else ``topk`` entries) across the SMs, and the loader gathers key rows slot by slot
+with ``cp.async`` (missing and invalid slots zero-filled and masked in the softmax, so NaN in unused cache
+rows never reaches the output). The combine kernel merges split partials.
+
+Served here: bf16/fp16 q over a cache of q's dtype, ``(d_qk, head_dim_v)`` of (576, 512) or (512, 512), no
+``attn_sink`` and no extra cache (the dispatcher sends those calls to the Triton kernel). FlashMLA has no
+sparse decoding over 16-bit caches on SM90.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..._runtime import num_sms
+from ..combine import combine_splits
+from ..decode_dense import split_workspace, splitkv_args
+from ..schedule import plan_splitkv
+from . import decode_dense_sm90_ws as ws
+
+
+def sparse_decode_sm90_fwd(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    indices: torch.Tensor,
+    head_dim_v: int,
+    softmax_scale: float,
+    topk_length: torch.Tensor | None = None,
+    num_sm_parts: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse decode on Hopper; inputs validated by :mod:`openmla.api`.
+
+    Args:
+        q: [b, s_q, h_q, d_qk] bf16/fp16, last dim contiguous; d_qk 576 or 512.
+        k_cache: [num_blocks, page_block_size, 1, d_qk] in q's dtype, last dim contiguous.
+        indices: int32 [b, s_q, topk]: slot ``page * page_block_size + offset``; any value outside the
+            cache (FlashMLA's ``-1`` or any other) is masked.
+        head_dim_v: 512.
+        softmax_scale: the scale of ``q·k``.
+        topk_length: int32 [b] or None: entries of each request's lists used (clamped to [0, topk]).
+        num_sm_parts: pieces of the split-KV plan (default: one per SM and row tile).
+
+    Returns:
+        out [b, s_q, h_q, head_dim_v] in q's dtype (0 for a token with no valid entry), lse [b, h_q, s_q]
+        fp32 natural log (+inf for such a token).
+    """
+    b, s_q, h_q, d = q.shape
+    topk = indices.shape[2]
+    tokens = b * s_q
+    row_tiles = -(-h_q // ws.BLOCK_M)
+    # each query token is one request with its own list
+    q_tok = q.reshape(tokens, 1, h_q, d)
+    lists = indices.reshape(tokens, topk)
+    if topk_length is None:
+        lens = torch.full((tokens,), topk, dtype=torch.int32, device=q.device)
+    else:
+        lens = topk_length.clamp(0, topk).to(torch.int32).repeat_interleave(s_q)
+    parts = num_sm_parts or max(num_sms(q.device) // row_tiles, 1)
+    sched, splits = plan_splitkv(lens, parts)
+    out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
+    out_tok = out.view(tokens, 1, h_q, head_dim_v)
+    lse_tok = torch.empty(tokens, h_q, 1, dtype=torch.float32, device=q.device)
+    workspace = split_workspace(q_tok, head_dim_v, parts)
+    regs = ws.SOLO_WORKER_REGS
+    ws._dense_decode_sm90_ws_kernel[(row_tiles, parts)](
+        *splitkv_args(q_tok, k_cache, lists, lens, sched, splits, out_tok, lse_tok, workspace, row_tiles,
+                      softmax_scale), None,
+        CAUSAL=False, OVERLAP=False, SOFTMAX_ONLY=True, TMA_K=False, BLOCK_M=ws.BLOCK_M, BLOCK_N=ws.BLOCK_N,
+        D_V=head_dim_v, D_PE=d - head_dim_v, SOFTMAX_WARPS=ws.NUM_WARPS, OUTPUT_WARPS=ws.WORKER_WARPS[0],
+        LOADER_WARPS=ws.WORKER_WARPS[1], OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], ASYNC_ARRIVE=True, K_BOXES=1,
+        SPARSE=True, num_warps=ws.NUM_WARPS, maxnreg=ws.SOLO_MAXNREG,
+    )
+    combine_splits(out_tok, lse_tok, workspace[0], workspace[1], splits)
+    # [tokens, h_q, 1] -> [b, h_q, s_q]
+    return out, lse_tok.view(b, s_q, h_q).transpose(1, 2).contiguous()
