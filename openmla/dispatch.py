@@ -275,7 +275,7 @@ def backend_table(device: torch.device | str | None = None) -> list[Choice]:
     """What serves each public op on ``device`` (default: the current GPU, else CPU), for ``openmla doctor``.
 
     Rows are for DeepSeek's shapes: bf16 q, (576, 512) dims; dense decoding over a bf16 and a per-tensor
-    FP8 cache; sparse decoding over the V3.2 FP8 cache.
+    FP8 cache; sparse decoding over the V3.2 FP8 cache and over a bf16 cache.
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -287,6 +287,8 @@ def backend_table(device: torch.device | str | None = None) -> list[Choice]:
             ("dense_decode", lambda: choose_dense_decode(device, torch.bfloat16, (576, 512))),
             ("dense_fp8_decode", lambda: choose_dense_decode(device, torch.bfloat16, (576, 512), kv_fp8=True)),
             ("sparse_decode", lambda: choose_sparse_decode(device, torch.bfloat16, (576, 512), "V32_FP8")),
+            ("sparse_bf16_decode", lambda: dataclasses.replace(
+                choose_sparse_decode(device, torch.bfloat16, (576, 512), None), op="sparse_bf16_decode")),
         ):
             try:
                 rows.append(choose())

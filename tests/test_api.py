@@ -434,7 +434,7 @@ def test_forced_triton_on_cpu_without_interpreter_names_the_fix(generator, monke
 def test_backend_table_lists_every_op():
     rows = openmla.dispatch.backend_table("cpu")
     ops = {r.op: r for r in rows}
-    assert {"dense_decode", "dense_fp8_decode", "sparse_decode", "sparse_prefill"} <= set(ops)
+    assert {"dense_decode", "dense_fp8_decode", "sparse_decode", "sparse_bf16_decode", "sparse_prefill"} <= set(ops)
     assert all(r.reason for r in rows)
     assert ops["dense_fp8_decode"].backend == ops["dense_decode"].backend != "none"
 
