@@ -182,7 +182,9 @@ def main(argv=None):
                          "num_stages": 2, "dv_tile": 512,
                          "layout": kind[len("gluon-"):]}
             if kind.startswith("gluon-tokens"):  # KV tokens on the 64-row side, query rows on the 16/32 side
-                warps = 4 if rows <= 16 or kind == "gluon-tokens-1wg" else 8
+                from openmla.ops.gluon.decode_dense_sm90_small_heads import rows_tile, warpgroups_for
+
+                warps = 4 if kind == "gluon-tokens-1wg" else 4 * warpgroups_for(rows_tile(rows))
                 cfg_d = {"block_m": 16 if rows <= 16 else 32, "block_n": 64, "num_warps": warps,
                          "num_stages": 2, "dv_tile": 512, "layout": "tokens"}
             rec = dict(op="dense_decode", backend=kind, card=card, b=b, s_q=s_q, s_k=s_k, h_q=h_q, config=cfg_d,
