@@ -56,8 +56,8 @@ _GLUON_STACK_BUDGET = (
     ("overlap async-arrive tma-k box-ready", 16),
     ("gluon-ws ", 0),  # the warp-specialized kernel otherwise: none in any partition
     ("gluon-small-heads q ", 824),  # per-tensor FP8: ~50 spill instructions in the KV loop (the e4m3 decode), owed
-    ("rows<=32 bn64 tma-k", 160),  # the same kernel with K tiles by TMA: 112-160 B, 32-48 B above its
-    # cp.async twin in each config (the wait on the stage's barrier and the TMA issue in the loop)
+    ("rows<=32 bn64 tma-k", 160),  # the same kernel with K tiles by TMA: 112-160 B, 16-48 B above its
+    # cp.async twin in each config (where in the SASS: not yet read)
     ("rows<=32", 120),  # the 32-row small-head kernel: 72-120 B; its SASS has spill reloads between the
     # tile's products and the loop's branch, so likely in the KV loop: owed
     ("gluon-small-heads ", 0),
