@@ -295,7 +295,8 @@ def _sparse_decode_call(q, k_cache, head_dim_v, tile_scheduler_metadata, num_spl
     if _value_checks_enabled(planning, q.device):
         _check_sparse_values(topk_length, extra_topk_length, shape.topk, shape.extra_topk)
     choice = choose_sparse_decode(q.device, q.dtype, (shape.d_qk, head_dim_v), shape.fmt, backend,
-                                  extras=attn_sink is not None or extra_k_cache is not None)
+                                  extras=attn_sink is not None or extra_k_cache is not None,
+                                  aligned16=shape.fmt is None or _aligned16(k_cache))
     if meta is not None:
         meta.have_initialized = True  # nothing to plan: the split count follows from the shapes
     if choice.backend == "reference":
@@ -309,11 +310,17 @@ def _sparse_decode_call(q, k_cache, head_dim_v, tile_scheduler_metadata, num_spl
     if choice.backend == "gluon":
         from .ops.gluon.decode_sparse_sm90 import sparse_decode_sm90_fwd
 
-        return sparse_decode_sm90_fwd(q, k_cache, indices, head_dim_v, scale, topk_length)
+        return sparse_decode_sm90_fwd(q, k_cache, indices, head_dim_v, scale, topk_length,
+                                      is_fp8=shape.fmt is not None)
     from .ops.decode_sparse import sparse_decode_fwd
 
     return sparse_decode_fwd(q, k_cache, indices, head_dim_v, scale, attn_sink, topk_length, extra_k_cache,
                              extra_indices_in_kvcache, extra_topk_length, is_fp8=shape.fmt is not None)
+
+
+def _aligned16(k_cache: torch.Tensor) -> bool:
+    """An FP8 cache's page stride and base address are multiples of 16 bytes (the Gluon kernel's copies)."""
+    return k_cache.data_ptr() % 16 == 0 and (k_cache.shape[0] <= 1 or k_cache.stride(0) % 16 == 0)
 
 
 def flash_mla_with_kvcache(
@@ -547,6 +554,7 @@ def explain(
 
             fmt = detect_format(q.shape[-1], bytes_per_token_of(k_cache), kwargs.get("kv_format")).name
         extras = kwargs.get("attn_sink") is not None or kwargs.get("extra_k_cache") is not None
-        return choose_sparse_decode(q.device, q.dtype, (q.shape[-1], head_dim_v), fmt, backend, extras=extras)
+        return choose_sparse_decode(q.device, q.dtype, (q.shape[-1], head_dim_v), fmt, backend, extras=extras,
+                                    aligned16=fmt is None or _aligned16(k_cache))
     kv_fp8 = _dense_fp8(k_cache, is_fp8_kvcache)
     return choose_dense_decode(q.device, q.dtype, (q.shape[-1], head_dim_v), backend, kv_fp8=kv_fp8)

@@ -180,12 +180,21 @@ def _sparse_triton_reason_against(
 
 def _sparse_gluon_reason_against(
     device: torch.device, dtype: torch.dtype | None, dims: tuple[int, int] | None, cache_format: str | None,
-    extras: bool
+    extras: bool, aligned16: bool = True
 ) -> str | None:
-    """Why the Gluon sm_90 sparse kernel cannot serve these inputs (``None`` when it can)."""
-    against = _gluon_reason_against(device, dtype, dims)
+    """Why the Gluon sm_90 sparse kernel cannot serve these inputs (``None`` when it can).
+
+    ``aligned16``: the FP8 cache's page stride and base address are multiples of 16 bytes (its copies move
+    16 bytes at a time; a 656-byte record keeps every natural allocation aligned)."""
+    against = _gluon_reason_against(device, dtype, dims if cache_format is None else None)
     if against is None and cache_format is not None:
-        against = f"the Gluon sparse kernel reads 16-bit caches, not the {cache_format} layout"
+        if cache_format != "V32_FP8":
+            against = f"the Gluon sparse kernel reads 16-bit caches and the V3.2 FP8 layout, not {cache_format}"
+        elif dims is not None and dims != (576, 512):
+            against = f"the V3.2 FP8 layout has (d_qk, head_dim_v) = (576, 512), got {dims}"
+        elif not aligned16:
+            against = ("the FP8 cache's stride(0) or base address is not a multiple of 16 bytes (the Gluon kernel "
+                       "copies records 16 bytes at a time)")
     if against is None and extras:
         against = "the Gluon sparse kernel takes no attn_sink and no extra cache"
     return against
@@ -201,26 +210,28 @@ def choose_sparse_decode(
     cache_format: str | None = None,
     backend: str | None = None,
     extras: bool = False,
+    aligned16: bool = True,
 ) -> Choice:
     """Pick the backend for a sparse decode call; raise :class:`UnsupportedError` if a forced one cannot serve.
 
     ``dtype`` is q's; ``cache_format`` ``None`` for a bf16/fp16 cache, else the FP8 layout's name;
-    ``extras``: the call has an ``attn_sink`` or an extra cache. On Hopper the Gluon kernel serves bf16/fp16
-    q over a cache of q's dtype with (576 or 512, 512) dims and no extras; Triton serves bf16/fp16 q over a
-    cache of q's dtype or the V3.2 FP8 layout; the reference serves the rest (fp32, MODEL1). Cached like
-    :func:`choose_dense_decode`.
+    ``extras``: the call has an ``attn_sink`` or an extra cache; ``aligned16``: an FP8 cache's page stride and
+    base address are multiples of 16 bytes. On Hopper the Gluon kernel serves bf16/fp16 q over a cache of q's
+    dtype with (576 or 512, 512) dims, or over an aligned V3.2 FP8 cache, without extras; Triton serves bf16/fp16
+    q over a cache of q's dtype or the V3.2 FP8 layout; the reference serves the rest (fp32, MODEL1). Cached
+    like :func:`choose_dense_decode`.
     """
-    key = (device, dtype, dims, cache_format, backend, extras, getenv("OPENMLA_BACKEND"), getenv("OPENMLA_ARCH"),
-           getenv("TRITON_INTERPRET"))
+    key = (device, dtype, dims, cache_format, backend, extras, aligned16, getenv("OPENMLA_BACKEND"),
+           getenv("OPENMLA_ARCH"), getenv("TRITON_INTERPRET"))
     choice = _SPARSE_CHOICES.get(key)
     if choice is None:
-        choice = _choose_sparse_decode(torch.device(device), dtype, dims, cache_format, backend, extras)
+        choice = _choose_sparse_decode(torch.device(device), dtype, dims, cache_format, backend, extras, aligned16)
         if choice.backend != "reference" or torch.device(device).type != "cuda":
             _SPARSE_CHOICES[key] = choice  # a GPU fallback is not cached: it must warn on every call
     return choice
 
 
-def _choose_sparse_decode(device, dtype, dims, cache_format, backend, extras=False) -> Choice:
+def _choose_sparse_decode(device, dtype, dims, cache_format, backend, extras=False, aligned16=True) -> Choice:
     op = "sparse_decode"
     forced = (backend or "auto").lower()
     if forced == "auto":
@@ -231,13 +242,14 @@ def _choose_sparse_decode(device, dtype, dims, cache_format, backend, extras=Fal
     where = gpu_description(device)
     if forced == "reference":
         return Choice(op, "reference", "forced (backend='reference' or OPENMLA_BACKEND=reference)")
-    gluon_against = _sparse_gluon_reason_against(device, dtype, dims, cache_format, extras)
+    gluon_against = _sparse_gluon_reason_against(device, dtype, dims, cache_format, extras, aligned16)
     if forced == "gluon":
         if gluon_against is not None:
             raise UnsupportedError(
                 f"backend='gluon' cannot serve {op}: {gluon_against}. GPU: {where}. Supported: bf16/fp16 q over a "
-                "cache of q's dtype, (d_qk, head_dim_v) = (576, 512) or (512, 512), on Hopper (sm_90), without "
-                "attn_sink or extra_k_cache. Use backend='triton' (any NVIDIA GPU sm_80+) or 'reference'."
+                "cache of q's dtype, (d_qk, head_dim_v) = (576, 512) or (512, 512), or over the V3.2 FP8 layout "
+                "(656 B/token, stride(0) a multiple of 16 bytes), on Hopper (sm_90), without attn_sink or "
+                "extra_k_cache. Use backend='triton' (any NVIDIA GPU sm_80+) or 'reference'."
             )
         return Choice(op, "gluon", "forced (backend='gluon' or OPENMLA_BACKEND=gluon)")
     if forced == "triton":
@@ -250,7 +262,8 @@ def _choose_sparse_decode(device, dtype, dims, cache_format, backend, extras=Fal
             )
         return Choice(op, "triton", "forced (backend='triton' or OPENMLA_BACKEND=triton)")
     if gluon_against is None:
-        return Choice(op, "gluon", f"Hopper warp-specialized kernel (Gluon, wgmma) over a 16-bit cache on {where}")
+        cache = "a 16-bit cache" if cache_format is None else "the V3.2 FP8 cache, dequantized in shared memory"
+        return Choice(op, "gluon", f"Hopper warp-specialized kernel (Gluon, wgmma) over {cache} on {where}")
     if against is None:
         if device.type == "cpu":
             return Choice(op, "triton", "CPU tensors with TRITON_INTERPRET=1: Triton kernels in the interpreter")

@@ -46,7 +46,8 @@ _GLUON_STACK_BUDGET = (
     # stage: the 16 B below, and the loader (56 registers) keeps two values around its TMA issue in local memory,
     # off the tensor cores' path
     ("gluon-ws sparse", 24),  # token-sparse lists in the four-warpgroup form: stores at entry, reloads away
-    # from the runs of products in the SASS (not yet placed inside or outside a loop): owed
+    # from the runs of products in the SASS (not yet placed inside or outside a loop): owed. Over the V3.2
+    # FP8 cache 24 B as well with the loader at 64 registers (at 56 it spilled 48 B around its decode)
     ("softmax-only", 16),  # its four-warpgroup form: three values spilled at entry, reloaded only in each
     # request's output store (launch cap 128 registers; outside the KV loop in its SASS)
     # the three-warpgroup form with a ready barrier per TMA box (causal): one value (two with the overlapped

@@ -350,17 +350,28 @@ def test_sparse_reference_backend_is_the_reference(generator):
 
 
 @pytest.mark.skipif(not gluon_available(), reason="Triton's Gluon dialect does not import here")
-def test_sparse_gluon_kernel_serves_16_bit_caches_without_extras(monkeypatch):
-    """On Hopper the Gluon sparse kernel takes bf16/fp16 caches with MLA's dims and no sink or extra cache;
-    FP8 layouts, sinks and extra caches go to the Triton kernel (the GPU is named by OPENMLA_ARCH here)."""
-    from openmla.dispatch import _sparse_gluon_reason_against
+def test_sparse_gluon_kernel_serves_16_bit_and_v32_caches_without_extras(monkeypatch):
+    """On Hopper the Gluon sparse kernel takes bf16/fp16 caches with MLA's dims and the V3.2 FP8 layout when
+    its records are 16-byte aligned, with no sink or extra cache; MODEL1, unaligned FP8 caches, sinks and extra
+    caches go to the Triton kernel or the reference (the GPU is named by OPENMLA_ARCH here)."""
+    from openmla.dispatch import _sparse_gluon_reason_against, choose_sparse_decode
 
     monkeypatch.setenv("OPENMLA_ARCH", "sm_90a")
     cuda = torch.device("cuda")
     for dtype in (torch.bfloat16, torch.float16):
         for dims in ((576, 512), (512, 512)):
             assert _sparse_gluon_reason_against(cuda, dtype, dims, None, False) is None
-    assert "16-bit caches" in _sparse_gluon_reason_against(cuda, torch.bfloat16, (576, 512), "V32_FP8", False)
+        assert _sparse_gluon_reason_against(cuda, dtype, (576, 512), "V32_FP8", False) is None
+    assert "not MODEL1_FP8" in _sparse_gluon_reason_against(cuda, torch.bfloat16, (512, 512), "MODEL1_FP8", False)
+    assert "16 bytes" in _sparse_gluon_reason_against(cuda, torch.bfloat16, (576, 512), "V32_FP8", False,
+                                                      aligned16=False)
+    assert "(576, 512), got (512, 512)" in _sparse_gluon_reason_against(cuda, torch.bfloat16, (512, 512), "V32_FP8",
+                                                                         False)
+    assert "attn_sink" in _sparse_gluon_reason_against(cuda, torch.bfloat16, (576, 512), "V32_FP8", True)
+    choice = choose_sparse_decode(cuda, torch.bfloat16, (576, 512), "V32_FP8")
+    assert choice.backend == "gluon" and "V3.2 FP8" in choice.reason
+    with pytest.raises(UnsupportedError, match="backend='gluon' cannot serve sparse_decode: the FP8 cache's stride"):
+        choose_sparse_decode(cuda, torch.bfloat16, (576, 512), "V32_FP8", "gluon", aligned16=False)
     assert "attn_sink" in _sparse_gluon_reason_against(cuda, torch.bfloat16, (576, 512), None, True)
     assert "(576, 512) or (512, 512)" in _sparse_gluon_reason_against(cuda, torch.bfloat16, (64, 32), None, False)
     assert "bf16 or fp16" in _sparse_gluon_reason_against(cuda, torch.float32, (576, 512), None, False)

@@ -345,6 +345,24 @@ def test_flashmla_sparse_matrix(fp8, h_q, s_q, b, s_k, topk, page, generator):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("fp8, h_q, s_q, b, s_k, topk, page", GPU_MATRIX)
+def test_sparse_matrix_without_extras(fp8, h_q, s_q, b, s_k, topk, page, generator):
+    """The same matrix with no sink and no extra cache: on Hopper these calls take the Gluon kernel (the
+    dispatcher is asserted), elsewhere the Triton kernel; out-of-range indices, -1 padding and, for b=4,
+    topk_length (zeros included) as above."""
+    inputs = make_sparse_decode_inputs(b, s_q, h_q, s_k, topk, page, 576, 512, torch.bfloat16, DEVICE, fp8=fp8,
+                                       generator=generator, invalid_frac=0.05, topk_length=b == 4, pad_blocks=True,
+                                       softmax_scale=576**-0.55)
+    poison_cuda_cache(1 << 28)
+    out, lse = run_api(inputs)
+    _sync()
+    check_against_reference(inputs, out, lse)
+    if torch.cuda.get_device_capability()[0] == 9:
+        assert openmla.explain(inputs["q"], inputs["k_cache"], indices=inputs["indices"],
+                               head_dim_v=512).backend == "gluon"
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("fp8", [True, False], ids=["v32fp8", "bf16"])
 @pytest.mark.parametrize("h_q", [128, 64, 20, 1])
 @pytest.mark.parametrize("s_k, topk, page", [(512, 64, 61), (650, 576, 53)])
@@ -360,11 +378,12 @@ def test_flashmla_sparse_corners(fp8, h_q, s_k, topk, page, generator):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("sink", [True, False], ids=["sink", "no-sink"])  # without: the Gluon kernel on Hopper
 @pytest.mark.parametrize("fp8", [True, False], ids=["v32fp8", "bf16"])
-def test_sparse_cuda_graph_capture_and_replay(fp8, generator):
+def test_sparse_cuda_graph_capture_and_replay(fp8, sink, generator):
     """A sparse decode step is captured once and replayed on new index lists and lengths."""
     inputs = make_sparse_decode_inputs(8, 2, 128, 2000, 512, 64, 576, 512, torch.bfloat16, DEVICE, fp8=fp8,
-                                       generator=generator, sink=True, topk_length=True)
+                                       generator=generator, sink=sink, topk_length=True)
     indices, lengths = inputs["indices"].clone(), inputs["topk_length"].clone()
 
     def step():
@@ -406,10 +425,11 @@ def _flash_mla_sparse(inputs: dict):
 @pytest.mark.parametrize("s_q", [1, 3])
 @pytest.mark.parametrize("b", [4, 74])
 @pytest.mark.parametrize("s_k, topk, page", [c for c in FLASHMLA_SK_TOPK_PAGE if c[1] % 64 == 0])
-def test_equal_to_flashmla_v32(h_q, s_q, b, s_k, topk, page, generator):
+@pytest.mark.parametrize("sink", [True, False], ids=["sink", "no-sink"])  # without: the Gluon kernel on Hopper
+def test_equal_to_flashmla_v32(h_q, s_q, b, s_k, topk, page, sink, generator):
     """Same V3.2 cache, same lists (invalid entries exactly -1: FlashMLA reads any other value), same sinks."""
     inputs = make_sparse_decode_inputs(b, s_q, h_q, s_k, topk, page, 576, 512, torch.bfloat16, DEVICE, fp8=True,
-                                       generator=generator, sink=True, pad_blocks=True, softmax_scale=576**-0.55)
+                                       generator=generator, sink=sink, pad_blocks=True, softmax_scale=576**-0.55)
     out, lse = run_api(inputs)
     fm_out, fm_lse = _flash_mla_sparse(inputs)
     check_close("out vs FlashMLA", out, fm_out.float(), TOL_OUT)

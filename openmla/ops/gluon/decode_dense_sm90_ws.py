@@ -79,6 +79,8 @@ WORKER_REGS = (168, 80)
 # (S and P, no accumulator) the 120 left
 SOLO_MAXNREG = 128
 SOLO_WORKER_REGS = (168, 56)
+# sparse decoding over the V3.2 FP8 cache: the loader also decodes each tile (:func:`_gather_fp8_tile`)
+SPARSE_FP8_WORKER_REGS = (168, 64)
 # defaults of the schedule choices (module docstring), set by measurement
 OVERLAP = False
 ASYNC_ARRIVE = True
@@ -165,7 +167,7 @@ if gluon_available():
                 q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc,
                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
                 PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, TMA_K: gl.constexpr,
-                K_BOXES: gl.constexpr, SPARSE: gl.constexpr):
+                K_BOXES: gl.constexpr, SPARSE: gl.constexpr, KV_FP8: gl.constexpr):
         """Loader partition: each request's Q tile, then its K tiles into the two-stage ring.
 
         ``TMA_K``: a whole tile (64 keys inside one page) comes as 64x64 TMA boxes of ``k_desc`` (the cache
@@ -179,7 +181,10 @@ if gluon_available():
 
         ``SPARSE``: a request's "block table" row is its list of cache slots (``page * page_block_size +
         offset``, token-sparse decoding): each key row comes from its own slot, and a slot outside the cache
-        (``-1`` or any other) is not read (zero-filled; the softmax warpgroup masks it)."""
+        (``-1`` or any other) is not read (zero-filled; the softmax warpgroup masks it).
+
+        ``KV_FP8`` (with ``SPARSE``): the cache holds V3.2 FP8 records (656 bytes a key, ``k_ptr`` bytes); each
+        tile is gathered and dequantized into the stage by :func:`_gather_fp8_tile`."""
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
         LOAD: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [PARTITION_WARPS, 1], [1, 0])
         pid_m = gl.program_id(0)
@@ -208,6 +213,11 @@ if gluon_available():
                     page_id = gl.minimum(gl.maximum(page_id, 0), num_blocks - 1)
                     _tma_tile(k_desc, page_id * page_block_size + start % page_block_size, k_lo.index(stage),
                               k_hi.index(stage), k_pe.index(stage), k_ready, stage, D_V, D_PE, K_BOXES)
+                elif KV_FP8:
+                    _gather_fp8_tile(k_ptr, bt_row, start, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
+                                     k_lo.index(stage), k_hi.index(stage), k_pe.index(stage), k_hi, stage,
+                                     D_V, PARTITION_WARPS)
+                    mbarrier.arrive(k_ready.index(stage), count=1)
                 else:
                     offs_j = start + offs_t
                     mask_j = offs_j < tok_hi
@@ -235,6 +245,78 @@ if gluon_available():
                         for c in gl.static_range(1, K_BOXES):
                             mbarrier.arrive(k_ready.index(stage * K_BOXES + c), count=1)
                 kb += 1
+
+    @gluon.jit
+    def _gather_fp8_tile(k_ptr, bt_row, start, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
+                         k_lo_s, k_hi_s, k_pe_s, k_hi, stage, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr):
+        """One tile of 64 keys from a V3.2 FP8 cache into a 16-bit K stage (``k_lo_s``/``k_hi_s``/``k_pe_s``).
+
+        Each key's record is 656 bytes: e4m3 codes of dims 0..511, four fp32 scales (scale ``t`` covers dims
+        ``128t ..``), 64 bf16 RoPE dims. Slots ``bt_row[start ..]`` outside the cache or past ``tok_hi`` are
+        not read (codes and scales zero, so the key is 0; the softmax warpgroup masks it).
+
+        There is no room for a staging buffer beside the two bf16 stages and Q (224.8 of 227 KB), so the
+        codes land (``cp.async``) in the stage's upper half, whose 32 KB hold exactly 64 keys x 512 codes,
+        as eight [64, 64] byte blocks, block ``c`` (dims ``64c ..``) at byte ``4096c``. They are decoded in
+        place in an order that never overwrites codes not yet read: an NVMMA [64, 256] bf16 buffer keeps
+        each 64-column block in its own 8 KB, so dims ``256 + 64i ..`` land on the bytes of code blocks
+        ``2i, 2i+1``. Blocks 0-3 go to the lower half; after a barrier blocks 4-5 overwrite code blocks 0-3;
+        after another, blocks 6-7 are read whole into registers before a third barrier lets them overwrite
+        code blocks 4-7. The RoPE dims go by ``cp.async`` straight to their slot.
+        """
+        dtype: gl.constexpr = k_lo_s.dtype
+        CVT: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [PARTITION_WARPS, 1], [1, 0])  # 16 B a thread
+        ROPE: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [PARTITION_WARPS, 1], [1, 0])
+        ROW: gl.constexpr = gl.SliceLayout(1, CVT)
+        CODES: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0])
+        BLOCKS: gl.constexpr = D_V // 64
+        codes = k_hi._reinterpret(gl.uint8, [2 * BLOCKS, 64, 64], CODES)  # [stage * 8 + block, key, code]
+        offs_j = start + gl.arange(0, 64, layout=ROW)
+        mask_j = offs_j < tok_hi
+        slot = gl.load(bt_row + offs_j, mask=mask_j, other=-1)
+        page = slot // page_block_size
+        mask_j = mask_j & (slot >= 0) & (page < num_blocks)
+        rec = k_ptr + (gl.where(mask_j, page, 0).to(gl.int64) * stride_kb
+                       + gl.where(mask_j, slot % page_block_size, 0) * stride_kp)
+        offs_c = gl.arange(0, 64, layout=gl.SliceLayout(0, CVT))
+        for c in gl.static_range(BLOCKS):
+            async_copy.async_copy_global_to_shared(codes.index(stage * BLOCKS + c), rec[:, None] + c * 64 + offs_c[None, :],
+                                                   mask=mask_j[:, None])
+        rec_pe = gl.convert_layout(rec, gl.SliceLayout(1, ROPE))
+        mask_pe = gl.convert_layout(mask_j, gl.SliceLayout(1, ROPE))
+        pe_ptr = (rec_pe + D_V + 16).to(gl.pointer_type(gl.bfloat16))
+        offs_e = gl.arange(0, 64, layout=gl.SliceLayout(0, ROPE))
+        async_copy.async_copy_global_to_shared(k_pe_s, pe_ptr[:, None] + offs_e[None, :], mask=mask_pe[:, None])
+        async_copy.commit_group()
+        # the scales while the codes are in flight (zero for keys not read)
+        sc_ptr = (rec + D_V).to(gl.pointer_type(gl.float32))
+        sc0 = gl.load(sc_ptr, mask=mask_j, other=0.0)
+        sc1 = gl.load(sc_ptr + 1, mask=mask_j, other=0.0)
+        sc2 = gl.load(sc_ptr + 2, mask=mask_j, other=0.0)
+        sc3 = gl.load(sc_ptr + 3, mask=mask_j, other=0.0)
+        async_copy.wait_group(0)
+        gl.thread_barrier()  # every thread's codes have landed
+        k_lo_s.slice(0, 64, dim=1).store(_dequant(codes.index(stage * BLOCKS + 0).load(CVT), sc0, dtype))
+        k_lo_s.slice(64, 64, dim=1).store(_dequant(codes.index(stage * BLOCKS + 1).load(CVT), sc0, dtype))
+        k_lo_s.slice(128, 64, dim=1).store(_dequant(codes.index(stage * BLOCKS + 2).load(CVT), sc1, dtype))
+        k_lo_s.slice(192, 64, dim=1).store(_dequant(codes.index(stage * BLOCKS + 3).load(CVT), sc1, dtype))
+        gl.thread_barrier()  # code blocks 0-3 read
+        k_hi_s.slice(0, 64, dim=1).store(_dequant(codes.index(stage * BLOCKS + 4).load(CVT), sc2, dtype))
+        k_hi_s.slice(64, 64, dim=1).store(_dequant(codes.index(stage * BLOCKS + 5).load(CVT), sc2, dtype))
+        gl.thread_barrier()  # code blocks 4-5 read
+        c6 = codes.index(stage * BLOCKS + 6).load(CVT)
+        c7 = codes.index(stage * BLOCKS + 7).load(CVT)
+        gl.thread_barrier()  # code blocks 6-7 read
+        k_hi_s.slice(128, 64, dim=1).store(_dequant(c6, sc3, dtype))
+        k_hi_s.slice(192, 64, dim=1).store(_dequant(c7, sc3, dtype))
+        fence_async_shared()  # the tensor cores read the stage next
+        gl.thread_barrier()
+
+    @gluon.jit
+    def _dequant(codes, scale, dtype: gl.constexpr):
+        """``dtype(fp32(e4m3 codes) * scale)`` (the V3.2 rule with q's dtype; bf16 as FlashMLA), ``scale`` one per
+        row."""
+        return (codes.to(gl.float8e4nv, bitcast=True).to(gl.float32) * scale[:, None]).to(dtype)
 
     @gluon.jit
     def _load_q(q_ptr, req64, offs_r, group, kv_head, rows, stride_qb, stride_qs, stride_qh, q_lo, q_hi, q_pe,
@@ -698,6 +780,7 @@ if gluon_available():
         D_V: gl.constexpr, D_PE: gl.constexpr,
         SOFTMAX_WARPS: gl.constexpr, OUTPUT_WARPS: gl.constexpr, LOADER_WARPS: gl.constexpr, OUTPUT_REGS: gl.constexpr,
         LOADER_REGS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, K_BOXES: gl.constexpr, SPARSE: gl.constexpr,
+        KV_FP8: gl.constexpr,
     ):
         dtype: gl.constexpr = q_ptr.dtype.element_ty
         HALF: gl.constexpr = D_V // 2
@@ -729,7 +812,9 @@ if gluon_available():
         p_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         # with ASYNC_ARRIVE each loader thread arrives once per copy batch; else one arrival
         LOADED: gl.constexpr = LOADER_WARPS * 32 if ASYNC_ARRIVE else 1
-        K_LOADED: gl.constexpr = 1 if TMA_K else LOADED  # TMA tiles: one arrival with the byte count
+        gl.static_assert(not KV_FP8 or (SPARSE and D_V == 512 and D_PE == 64), "FP8 records: the V3.2 layout")
+        # TMA tiles: one arrival with the byte count; FP8 tiles: one after the partition's decode
+        K_LOADED: gl.constexpr = 1 if (TMA_K or KV_FP8) else LOADED
         mbarrier.init(q_ready, count=LOADED)
         mbarrier.init(q_free, count=1)
         mbarrier.init(p_ready, count=1)
@@ -760,7 +845,7 @@ if gluon_available():
                            stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
                            q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc,
-                           BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE)),
+                           BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE, KV_FP8)),
             ], [OUTPUT_WARPS, OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, OUTPUT_REGS, LOADER_REGS])
         else:
             gl.warp_specialize([
@@ -779,7 +864,7 @@ if gluon_available():
                            stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
                            q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc,
-                           BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE)),
+                           BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE, KV_FP8)),
             ], [OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, LOADER_REGS])
 
 
@@ -852,7 +937,7 @@ def dense_decode_sm90_ws_fwd(
         TMA_K=k_desc is not None, BLOCK_M=BLOCK_M,
         BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v, SOFTMAX_WARPS=NUM_WARPS, OUTPUT_WARPS=WORKER_WARPS[0],
         LOADER_WARPS=WORKER_WARPS[1], OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], ASYNC_ARRIVE=bool(async_arrive),
-        K_BOXES=k_boxes, SPARSE=False,
+        K_BOXES=k_boxes, SPARSE=False, KV_FP8=False,
         num_warps=NUM_WARPS,
         maxnreg=SOLO_MAXNREG if softmax_only else MAXNREG,
     )

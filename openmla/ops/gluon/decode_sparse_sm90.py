@@ -1,4 +1,5 @@
-"""Token-sparse MLA decoding for Hopper (sm_90a) over 16-bit caches: the warp-specialized kernel on index lists.
+"""Token-sparse MLA decoding for Hopper (sm_90a) over 16-bit and V3.2 FP8 caches: the warp-specialized kernel on
+index lists.
 
 Each query token of each request attends to its own list of cache slots (``indices[i, t, :]``, ``page *
 page_block_size + offset``; anything outside the cache is masked). That is dense decoding with one query
@@ -9,9 +10,14 @@ lists (``topk_length``, else ``topk`` entries) across the SMs, and the loader ga
 with ``cp.async`` (missing and invalid slots zero-filled and masked in the softmax, so NaN in unused cache
 rows never reaches the output). The combine kernel merges split partials.
 
-Served here: bf16/fp16 q over a cache of q's dtype, ``(d_qk, head_dim_v)`` of (576, 512) or (512, 512), no
-``attn_sink`` and no extra cache (the dispatcher sends those calls to the Triton kernel). FlashMLA has no
-sparse decoding over 16-bit caches on SM90.
+Over the V3.2 FP8 cache (656-byte records, ``is_fp8``) the loader gathers each tile's records by ``cp.async``
+into the K stage and dequantizes them there to q's dtype (``_gather_fp8_tile`` in
+:mod:`.decode_dense_sm90_ws`), so the products are the same as over a 16-bit cache.
+
+Served here: bf16/fp16 q over a cache of q's dtype, ``(d_qk, head_dim_v)`` of (576, 512) or (512, 512), or over
+the V3.2 FP8 cache (576, 512) whose page stride and base address are multiples of 16 bytes (its 16-byte
+copies); no ``attn_sink`` and no extra cache (the dispatcher sends those calls to the Triton kernel). FlashMLA
+has no sparse decoding over 16-bit caches on SM90.
 """
 
 from __future__ import annotations
@@ -33,18 +39,22 @@ def sparse_decode_sm90_fwd(
     softmax_scale: float,
     topk_length: torch.Tensor | None = None,
     num_sm_parts: int | None = None,
+    is_fp8: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse decode on Hopper; inputs validated by :mod:`openmla.api`.
 
     Args:
         q: [b, s_q, h_q, d_qk] bf16/fp16, last dim contiguous; d_qk 576 or 512.
-        k_cache: [num_blocks, page_block_size, 1, d_qk] in q's dtype, last dim contiguous.
+        k_cache: [num_blocks, page_block_size, 1, d_qk] in q's dtype, last dim contiguous; with ``is_fp8`` the
+            V3.2 layout [num_blocks, page_block_size, 1, 656] (uint8/int8/float8_e4m3fn bytes, ``stride(1)``
+            656, ``stride(0)`` and the base address multiples of 16 bytes), d_qk 576.
         indices: int32 [b, s_q, topk]: slot ``page * page_block_size + offset``; any value outside the
             cache (FlashMLA's ``-1`` or any other) is masked.
         head_dim_v: 512.
         softmax_scale: the scale of ``q·k``.
         topk_length: int32 [b] or None: entries of each request's lists used (clamped to [0, topk]).
         num_sm_parts: pieces of the split-KV plan (default: one per SM and row tile).
+        is_fp8: ``k_cache`` holds V3.2 FP8 records.
 
     Returns:
         out [b, s_q, h_q, head_dim_v] in q's dtype (0 for a token with no valid entry), lse [b, h_q, s_q]
@@ -67,14 +77,16 @@ def sparse_decode_sm90_fwd(
     out_tok = out.view(tokens, 1, h_q, head_dim_v)
     lse_tok = torch.empty(tokens, h_q, 1, dtype=torch.float32, device=q.device)
     workspace = split_workspace(q_tok, head_dim_v, parts)
-    regs = ws.SOLO_WORKER_REGS
+    regs = ws.SPARSE_FP8_WORKER_REGS if is_fp8 else ws.SOLO_WORKER_REGS
+    if is_fp8:
+        k_cache = k_cache.view(torch.uint8)  # the kernel addresses records in bytes
     ws._dense_decode_sm90_ws_kernel[(row_tiles, parts)](
         *splitkv_args(q_tok, k_cache, lists, lens, sched, splits, out_tok, lse_tok, workspace, row_tiles,
                       softmax_scale), None,
         CAUSAL=False, OVERLAP=False, SOFTMAX_ONLY=True, TMA_K=False, BLOCK_M=ws.BLOCK_M, BLOCK_N=ws.BLOCK_N,
         D_V=head_dim_v, D_PE=d - head_dim_v, SOFTMAX_WARPS=ws.NUM_WARPS, OUTPUT_WARPS=ws.WORKER_WARPS[0],
         LOADER_WARPS=ws.WORKER_WARPS[1], OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], ASYNC_ARRIVE=True, K_BOXES=1,
-        SPARSE=True, num_warps=ws.NUM_WARPS, maxnreg=ws.SOLO_MAXNREG,
+        SPARSE=True, KV_FP8=bool(is_fp8), num_warps=ws.NUM_WARPS, maxnreg=ws.SOLO_MAXNREG,
     )
     combine_splits(out_tok, lse_tok, workspace[0], workspace[1], splits)
     # [tokens, h_q, 1] -> [b, h_q, s_q]
