@@ -45,9 +45,10 @@ _GLUON_STACK_BUDGET = (
     ("softmax-only async-arrive tma-k stage-ready", 24),  # the four-warpgroup form with TMA on one ready barrier a
     # stage: the 16 B below, and the loader (56 registers) keeps two values around its TMA issue in local memory,
     # off the tensor cores' path
-    ("gluon-ws sparse", 24),  # token-sparse lists in the four-warpgroup form: stores at entry, reloads away
-    # from the runs of products in the SASS (not yet placed inside or outside a loop): owed. Over the V3.2
-    # FP8 cache 24 B as well with the loader at 64 registers (at 56 it spilled 48 B around its decode)
+    ("gluon-ws sparse", 16),  # token-sparse lists in the four-warpgroup form: 16 B (8 B over the V3.2 FP8
+    # cache without the L2 prefetch), stored at entry, reloaded away from the runs of products in the SASS (not
+    # yet placed inside or outside a loop): owed. The FP8 loader's registers were set for this (at 56 it spilled
+    # 48 B around its decode)
     ("softmax-only", 16),  # its four-warpgroup form: three values spilled at entry, reloaded only in each
     # request's output store (launch cap 128 registers; outside the KV loop in its SASS)
     # the three-warpgroup form with a ready barrier per TMA box (causal): one value (two with the overlapped

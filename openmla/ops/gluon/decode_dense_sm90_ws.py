@@ -49,7 +49,13 @@ four-warpgroup form (within ±2 %); the output warpgroups taking ``P`` into regi
 
 With ``SPARSE`` (:mod:`.decode_sparse_sm90`, four-warpgroup form, keys by ``cp.async``) a request's block
 table row is a list of cache slots, one key row each, and slots outside the cache are masked: token-sparse
-decoding with each query token as a request.
+decoding with each query token as a request. With ``KV_FP8`` as well the cache holds V3.2 FP8 records and
+the loader dequantizes each tile in its stage (:func:`_gather_fp8_tile`). Measured for it (H200, one run,
+b 64 / 128, h_q=128, s_q=2, topk=2048, kernel times): the loader at 72 registers 277.8-278.6 / 540.0-542.8
+us against 293.3-297.2 / 577.6-579.2 at 64; asking L2 for the next tile's records (``PREFETCH_L2``) 1-1.5 %
+faster with the loader at 64 registers but 3-4 % slower at 72, so it is off; the softmax warpgroup loading
+a tile's slots before its scores rather than after, 3 % (FP8) and 0 % (BF16); the decode itself costs
+25 % (224-225 us at b=64 with it skipped, about the BF16 kernel's 216).
 
 A request with no key still runs one fully masked tile, so every partition walks the same sequence of
 tiles and barrier phases. Split-KV plan, causal rule, masking and outputs are those of
@@ -79,8 +85,11 @@ WORKER_REGS = (168, 80)
 # (S and P, no accumulator) the 120 left
 SOLO_MAXNREG = 128
 SOLO_WORKER_REGS = (168, 56)
-# sparse decoding over the V3.2 FP8 cache: the loader also decodes each tile (:func:`_gather_fp8_tile`)
-SPARSE_FP8_WORKER_REGS = (168, 64)
+# sparse decoding over the V3.2 FP8 cache: the loader also decodes each tile (:func:`_gather_fp8_tile`), and
+# the softmax warpgroup keeps 104 (at 56 the loader spilled 48 B around its decode, at 64 with the L2
+# prefetch 40 B; at 72 the kernel keeps 16 B)
+SPARSE_FP8_WORKER_REGS = (168, 72)
+SPARSE_FP8_PREFETCH_L2 = False  # measured slower with the loader at 72 registers (module docstring)
 # defaults of the schedule choices (module docstring), set by measurement
 OVERLAP = False
 ASYNC_ARRIVE = True
@@ -167,7 +176,7 @@ if gluon_available():
                 q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc,
                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
                 PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, TMA_K: gl.constexpr,
-                K_BOXES: gl.constexpr, SPARSE: gl.constexpr, KV_FP8: gl.constexpr):
+                K_BOXES: gl.constexpr, SPARSE: gl.constexpr, KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr):
         """Loader partition: each request's Q tile, then its K tiles into the two-stage ring.
 
         ``TMA_K``: a whole tile (64 keys inside one page) comes as 64x64 TMA boxes of ``k_desc`` (the cache
@@ -216,7 +225,7 @@ if gluon_available():
                 elif KV_FP8:
                     _gather_fp8_tile(k_ptr, bt_row, start, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
                                      k_lo.index(stage), k_hi.index(stage), k_pe.index(stage), k_hi, stage,
-                                     D_V, PARTITION_WARPS)
+                                     D_V, PARTITION_WARPS, PREFETCH_L2)
                     mbarrier.arrive(k_ready.index(stage), count=1)
                 else:
                     offs_j = start + offs_t
@@ -248,7 +257,8 @@ if gluon_available():
 
     @gluon.jit
     def _gather_fp8_tile(k_ptr, bt_row, start, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
-                         k_lo_s, k_hi_s, k_pe_s, k_hi, stage, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr):
+                         k_lo_s, k_hi_s, k_pe_s, k_hi, stage, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr,
+                         PREFETCH: gl.constexpr):
         """One tile of 64 keys from a V3.2 FP8 cache into a 16-bit K stage (``k_lo_s``/``k_hi_s``/``k_pe_s``).
 
         Each key's record is 656 bytes: e4m3 codes of dims 0..511, four fp32 scales (scale ``t`` covers dims
@@ -263,6 +273,10 @@ if gluon_available():
         ``2i, 2i+1``. Blocks 0-3 go to the lower half; after a barrier blocks 4-5 overwrite code blocks 0-3;
         after another, blocks 6-7 are read whole into registers before a third barrier lets them overwrite
         code blocks 4-7. The RoPE dims go by ``cp.async`` straight to their slot.
+
+        ``PREFETCH``: while this tile's copies are in flight, the records of the request's next tile are asked
+        into L2 (``cp.async.bulk.prefetch.L2``, one per key), so that tile's gather waits on L2, not HBM: the
+        loader cannot copy it any earlier, as its stage is still being read.
         """
         dtype: gl.constexpr = k_lo_s.dtype
         CVT: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [PARTITION_WARPS, 1], [1, 0])  # 16 B a thread
@@ -272,12 +286,7 @@ if gluon_available():
         BLOCKS: gl.constexpr = D_V // 64
         codes = k_hi._reinterpret(gl.uint8, [2 * BLOCKS, 64, 64], CODES)  # [stage * 8 + block, key, code]
         offs_j = start + gl.arange(0, 64, layout=ROW)
-        mask_j = offs_j < tok_hi
-        slot = gl.load(bt_row + offs_j, mask=mask_j, other=-1)
-        page = slot // page_block_size
-        mask_j = mask_j & (slot >= 0) & (page < num_blocks)
-        rec = k_ptr + (gl.where(mask_j, page, 0).to(gl.int64) * stride_kb
-                       + gl.where(mask_j, slot % page_block_size, 0) * stride_kp)
+        rec, mask_j = _slot_records(k_ptr, bt_row, offs_j, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp)
         offs_c = gl.arange(0, 64, layout=gl.SliceLayout(0, CVT))
         for c in gl.static_range(BLOCKS):
             async_copy.async_copy_global_to_shared(codes.index(stage * BLOCKS + c), rec[:, None] + c * 64 + offs_c[None, :],
@@ -288,6 +297,9 @@ if gluon_available():
         offs_e = gl.arange(0, 64, layout=gl.SliceLayout(0, ROPE))
         async_copy.async_copy_global_to_shared(k_pe_s, pe_ptr[:, None] + offs_e[None, :], mask=mask_pe[:, None])
         async_copy.commit_group()
+        if PREFETCH:
+            _prefetch_records(k_ptr, bt_row, offs_j + 64, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
+                              D_V + 16 + 128)
         # the scales while the codes are in flight (zero for keys not read)
         sc_ptr = (rec + D_V).to(gl.pointer_type(gl.float32))
         sc0 = gl.load(sc_ptr, mask=mask_j, other=0.0)
@@ -311,6 +323,27 @@ if gluon_available():
         k_hi_s.slice(192, 64, dim=1).store(_dequant(c7, sc3, dtype))
         fence_async_shared()  # the tensor cores read the stage next
         gl.thread_barrier()
+
+    @gluon.jit
+    def _slot_records(k_ptr, bt_row, offs_j, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp):
+        """Byte pointers to the records of list entries ``offs_j`` (``< tok_hi``) and which are in the cache."""
+        mask_j = offs_j < tok_hi
+        slot = gl.load(bt_row + offs_j, mask=mask_j, other=-1)
+        page = slot // page_block_size
+        mask_j = mask_j & (slot >= 0) & (page < num_blocks)
+        rec = k_ptr + (gl.where(mask_j, page, 0).to(gl.int64) * stride_kb
+                       + gl.where(mask_j, slot % page_block_size, 0) * stride_kp)
+        return rec, mask_j
+
+    @gluon.jit
+    def _prefetch_records(k_ptr, bt_row, offs_j, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
+                          RECORD: gl.constexpr):
+        """Ask L2 for the ``RECORD``-byte records of list entries ``offs_j`` (those in the cache)."""
+        gl.static_assert(RECORD == 656, "the prefetch's size is the V3.2 record's")
+        rec, mask_j = _slot_records(k_ptr, bt_row, offs_j, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp)
+        gl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], 656; mov.u32 $0, 0; }",
+            "=r,l,r", [rec, mask_j.to(gl.int32)], dtype=gl.int32, is_pure=False, pack=1)
 
     @gluon.jit
     def _dequant(codes, scale, dtype: gl.constexpr):
@@ -648,12 +681,13 @@ if gluon_available():
             _acquire(q_ready, rq & 1, ASYNC_ARRIVE)
             for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
                 stage = kb % 2
+                if SPARSE:  # the tile's slots, loaded while its keys arrive and its scores are computed
+                    offs_j = tok_lo + it * BLOCK_N + offs_n
+                    slot = gl.load(block_table_ptr + req64 * stride_bt + offs_j, mask=offs_j < tok_hi, other=-1)
                 s = _scores_ready(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, k_ready, stage, (kb // 2) & 1, S_LAYOUT,
                                   BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE)
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
                 if SPARSE:
-                    offs_j = tok_lo + it * BLOCK_N + offs_n
-                    slot = gl.load(block_table_ptr + req64 * stride_bt + offs_j, mask=offs_j < tok_hi, other=-1)
                     named = (slot >= 0) & (slot // page_block_size < num_blocks)
                     s = gl.where(named[None, :], s, float("-inf"))
                 p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, scale_log2, tok_lo + it * BLOCK_N, tok_hi, limit,
@@ -780,7 +814,7 @@ if gluon_available():
         D_V: gl.constexpr, D_PE: gl.constexpr,
         SOFTMAX_WARPS: gl.constexpr, OUTPUT_WARPS: gl.constexpr, LOADER_WARPS: gl.constexpr, OUTPUT_REGS: gl.constexpr,
         LOADER_REGS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, K_BOXES: gl.constexpr, SPARSE: gl.constexpr,
-        KV_FP8: gl.constexpr,
+        KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr,
     ):
         dtype: gl.constexpr = q_ptr.dtype.element_ty
         HALF: gl.constexpr = D_V // 2
@@ -845,7 +879,8 @@ if gluon_available():
                            stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
                            q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc,
-                           BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE, KV_FP8)),
+                           BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE, KV_FP8,
+                           PREFETCH_L2)),
             ], [OUTPUT_WARPS, OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, OUTPUT_REGS, LOADER_REGS])
         else:
             gl.warp_specialize([
@@ -864,7 +899,8 @@ if gluon_available():
                            stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
                            q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc,
-                           BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE, KV_FP8)),
+                           BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE, KV_FP8,
+                           PREFETCH_L2)),
             ], [OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, LOADER_REGS])
 
 
@@ -937,7 +973,7 @@ def dense_decode_sm90_ws_fwd(
         TMA_K=k_desc is not None, BLOCK_M=BLOCK_M,
         BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v, SOFTMAX_WARPS=NUM_WARPS, OUTPUT_WARPS=WORKER_WARPS[0],
         LOADER_WARPS=WORKER_WARPS[1], OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], ASYNC_ARRIVE=bool(async_arrive),
-        K_BOXES=k_boxes, SPARSE=False, KV_FP8=False,
+        K_BOXES=k_boxes, SPARSE=False, KV_FP8=False, PREFETCH_L2=False,
         num_warps=NUM_WARPS,
         maxnreg=SOLO_MAXNREG if softmax_only else MAXNREG,
     )

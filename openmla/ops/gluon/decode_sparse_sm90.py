@@ -40,6 +40,8 @@ def sparse_decode_sm90_fwd(
     topk_length: torch.Tensor | None = None,
     num_sm_parts: int | None = None,
     is_fp8: bool = False,
+    prefetch_l2: bool = ws.SPARSE_FP8_PREFETCH_L2,
+    loader_regs: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse decode on Hopper; inputs validated by :mod:`openmla.api`.
 
@@ -55,6 +57,9 @@ def sparse_decode_sm90_fwd(
         topk_length: int32 [b] or None: entries of each request's lists used (clamped to [0, topk]).
         num_sm_parts: pieces of the split-KV plan (default: one per SM and row tile).
         is_fp8: ``k_cache`` holds V3.2 FP8 records.
+        prefetch_l2: with ``is_fp8``, ask L2 for each tile's records one tile ahead (``_gather_fp8_tile``).
+        loader_regs: the loader partition's registers (default from :data:`SPARSE_FP8_WORKER_REGS` /
+            :data:`SOLO_WORKER_REGS`; the softmax warpgroup gets what the others leave).
 
     Returns:
         out [b, s_q, h_q, head_dim_v] in q's dtype (0 for a token with no valid entry), lse [b, h_q, s_q]
@@ -78,6 +83,8 @@ def sparse_decode_sm90_fwd(
     lse_tok = torch.empty(tokens, h_q, 1, dtype=torch.float32, device=q.device)
     workspace = split_workspace(q_tok, head_dim_v, parts)
     regs = ws.SPARSE_FP8_WORKER_REGS if is_fp8 else ws.SOLO_WORKER_REGS
+    if loader_regs is not None:
+        regs = (regs[0], int(loader_regs))
     if is_fp8:
         k_cache = k_cache.view(torch.uint8)  # the kernel addresses records in bytes
     ws._dense_decode_sm90_ws_kernel[(row_tiles, parts)](
@@ -86,7 +93,8 @@ def sparse_decode_sm90_fwd(
         CAUSAL=False, OVERLAP=False, SOFTMAX_ONLY=True, TMA_K=False, BLOCK_M=ws.BLOCK_M, BLOCK_N=ws.BLOCK_N,
         D_V=head_dim_v, D_PE=d - head_dim_v, SOFTMAX_WARPS=ws.NUM_WARPS, OUTPUT_WARPS=ws.WORKER_WARPS[0],
         LOADER_WARPS=ws.WORKER_WARPS[1], OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], ASYNC_ARRIVE=True, K_BOXES=1,
-        SPARSE=True, KV_FP8=bool(is_fp8), num_warps=ws.NUM_WARPS, maxnreg=ws.SOLO_MAXNREG,
+        SPARSE=True, KV_FP8=bool(is_fp8),
+        PREFETCH_L2=bool(is_fp8 and prefetch_l2), num_warps=ws.NUM_WARPS, maxnreg=ws.SOLO_MAXNREG,
     )
     combine_splits(out_tok, lse_tok, workspace[0], workspace[1], splits)
     # [tokens, h_q, 1] -> [b, h_q, s_q]
