@@ -300,6 +300,23 @@ def test_api_serves_sparse_through_triton(fp8, monkeypatch, generator):
                            head_dim_v=d_v).backend == "triton"
 
 
+def test_gluon_sparse_reuses_the_plan_of_fixed_length_lists():
+    """Lists with no topk_length are planned once per (device, tokens, topk, parts) and the plan reused: the
+    same as a fresh plan of those lengths."""
+    from openmla.ops.gluon import decode_sparse_sm90 as gluon_sparse
+    from openmla.ops.schedule import plan_splitkv_torch
+
+    cpu = torch.device("cpu")
+    first = gluon_sparse._fixed_length_plan(cpu, 6, 130, 4)
+    assert gluon_sparse._fixed_length_plan(cpu, 6, 130, 4) is first
+    assert gluon_sparse._fixed_length_plan(cpu, 6, 130, 5) is not first
+    lens, sched, splits = first
+    expected = torch.full((6,), 130, dtype=torch.int32)
+    ref_sched, ref_splits = plan_splitkv_torch(expected, 4)
+    assert torch.equal(lens, expected)
+    assert torch.equal(sched, ref_sched.to(sched.dtype)) and torch.equal(splits, ref_splits.to(splits.dtype))
+
+
 def test_split_count_fills_the_sms_and_keeps_splits_long():
     from openmla.ops.decode_sparse import MIN_TOKENS_PER_SPLIT, num_splits_for
 
@@ -378,13 +395,17 @@ def test_flashmla_sparse_corners(fp8, h_q, s_k, topk, page, generator):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("sink", [True, False], ids=["sink", "no-sink"])  # without: the Gluon kernel on Hopper
+@pytest.mark.parametrize("sink, lengths_given", [(True, True), (False, True), (False, False)],
+                         ids=["sink", "no-sink", "no-sink-no-lengths"])  # without a sink: the Gluon kernel on Hopper
 @pytest.mark.parametrize("fp8", [True, False], ids=["v32fp8", "bf16"])
-def test_sparse_cuda_graph_capture_and_replay(fp8, sink, generator):
-    """A sparse decode step is captured once and replayed on new index lists and lengths."""
+def test_sparse_cuda_graph_capture_and_replay(fp8, sink, lengths_given, generator):
+    """A sparse decode step is captured once and replayed on new index lists (and lengths, where given);
+    without lengths the Gluon launcher's cache of fixed-length plans is emptied first, so the plan is made
+    inside the capture (and must not be kept for later calls)."""
     inputs = make_sparse_decode_inputs(8, 2, 128, 2000, 512, 64, 576, 512, torch.bfloat16, DEVICE, fp8=fp8,
-                                       generator=generator, sink=sink, topk_length=True)
-    indices, lengths = inputs["indices"].clone(), inputs["topk_length"].clone()
+                                       generator=generator, sink=sink, topk_length=lengths_given)
+    indices = inputs["indices"].clone()
+    lengths = inputs["topk_length"].clone() if lengths_given else None
 
     def step():
         meta, _ = openmla.get_mla_metadata()
@@ -395,19 +416,28 @@ def test_sparse_cuda_graph_capture_and_replay(fp8, sink, generator):
     with torch.cuda.stream(stream):
         step()  # compile outside the capture
     torch.cuda.current_stream().wait_stream(stream)
+    if not lengths_given:
+        from openmla.ops.gluon import decode_sparse_sm90
+
+        decode_sparse_sm90._FIXED_PLANS.clear()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         g_out, g_lse = step()
+    if not lengths_given:
+        assert not decode_sparse_sm90._FIXED_PLANS, "a plan made inside a capture was kept"
     original = inputs["indices"]
     for _ in range(3):
         # new lists over the same cache: the old entries shuffled, some dropped; new lengths
         perm = torch.randperm(original.shape[-1], generator=generator).to(DEVICE)
         drop = torch.rand(original.shape, generator=generator).to(DEVICE) < 0.3
         indices.copy_(torch.where(drop, -1, original[..., perm]))
-        lengths.copy_(torch.randint(0, original.shape[-1] + 1, lengths.shape, generator=generator, dtype=torch.int32))
+        if lengths is not None:
+            lengths.copy_(torch.randint(0, original.shape[-1] + 1, lengths.shape, generator=generator,
+                                        dtype=torch.int32))
         graph.replay()
         _sync()
-        check_against_reference(dict(inputs, indices=indices.clone(), topk_length=lengths.clone()), g_out, g_lse)
+        check_against_reference(dict(inputs, indices=indices.clone(),
+                                     topk_length=None if lengths is None else lengths.clone()), g_out, g_lse)
 
 
 def _flash_mla_sparse(inputs: dict):
