@@ -317,6 +317,53 @@ def test_gluon_sparse_reuses_the_plan_of_fixed_length_lists():
     assert torch.equal(sched, ref_sched.to(sched.dtype)) and torch.equal(splits, ref_splits.to(splits.dtype))
 
 
+@pytest.mark.parametrize("fp8, lengths_given", [(True, True), (False, False)], ids=["v32fp8-lengths", "bf16"])
+def test_gluon_sparse_launcher_arguments(fp8, lengths_given, monkeypatch, generator):
+    """The Gluon sparse launcher on CPU tensors with its launches recorded, not run: one query token a request
+    (its list in place of the block table), an FP8 cache handed over as bytes with the FP8 loader's
+    registers, lengths clamped and repeated per query token (or the fixed-length plan reused), the merge
+    asked for with the plan's split counts, and outputs in FlashMLA's shapes."""
+    from openmla.ops.gluon import decode_dense_sm90_ws as ws
+    from openmla.ops.gluon import decode_sparse_sm90 as gluon_sparse
+
+    launches, merges = [], []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append((grid, args, kwargs))
+
+    monkeypatch.setattr(ws, "_dense_decode_sm90_ws_kernel", Recorder(), raising=False)
+    monkeypatch.setattr(gluon_sparse, "combine_splits", lambda *args: merges.append(args))
+    b, s_q, h_q, topk = 2, 3, 128, 130
+    inputs = make_sparse_decode_inputs(b, s_q, h_q, 300, topk, 7, 576, 512, torch.bfloat16, "cpu", fp8=fp8,
+                                       generator=generator, topk_length=lengths_given)
+    lengths = inputs["topk_length"]
+    for _ in range(2):
+        out, lse = gluon_sparse.sparse_decode_sm90_fwd(inputs["q"], inputs["k_cache"], inputs["indices"], 512,
+                                                       576**-0.5, lengths, is_fp8=fp8)
+    assert out.shape == (b, s_q, h_q, 512) and out.dtype == torch.bfloat16
+    assert lse.shape == (b, h_q, s_q) and lse.dtype == torch.float32
+    assert len(launches) == 2 and len(merges) == 2
+    (grid, args, kwargs), (_, args_again, _) = launches
+    parts = 132 // 2  # CPU tensors plan for 132 SMs; two 64-row tiles per query token
+    assert grid == (2, parts)
+    q_tok, cache, lists, lens, sched, splits = args[:6]
+    assert q_tok.shape == (b * s_q, 1, h_q, 576) and lists.shape == (b * s_q, topk)
+    assert torch.equal(lists, inputs["indices"].reshape(b * s_q, topk))
+    expected_lens = (lengths.clamp(0, topk).repeat_interleave(s_q) if lengths_given
+                     else torch.full((b * s_q,), topk, dtype=torch.int32))
+    assert torch.equal(lens, expected_lens) and sched.shape == (parts, 8) and splits.shape == (b * s_q + 1,)
+    assert merges[0][4] is splits
+    assert (args_again[3] is lens) != lengths_given  # the fixed-length plan is reused, lengths are not
+    assert cache.data_ptr() == inputs["k_cache"].data_ptr()
+    assert cache.dtype == (torch.uint8 if fp8 else torch.bfloat16)
+    regs = ws.SPARSE_FP8_WORKER_REGS if fp8 else ws.SOLO_WORKER_REGS
+    assert (kwargs["OUTPUT_REGS"], kwargs["LOADER_REGS"]) == regs
+    assert kwargs["SPARSE"] and kwargs["SOFTMAX_ONLY"] and not kwargs["CAUSAL"] and not kwargs["TMA_K"]
+    assert kwargs["KV_FP8"] == fp8 and kwargs["PREFETCH_L2"] == (fp8 and ws.SPARSE_FP8_PREFETCH_L2)
+    assert kwargs["D_V"] == 512 and kwargs["D_PE"] == 64 and args[-1] is None  # no TMA descriptor
+
+
 def test_split_count_fills_the_sms_and_keeps_splits_long():
     from openmla.ops.decode_sparse import MIN_TOKENS_PER_SPLIT, num_splits_for
 
