@@ -286,13 +286,13 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                 + (" box-ready" if box_ready else " stage-ready" if tma_k else ""))
         out.append(Variant(ws._dense_decode_sm90_ws_kernel, v_ptrs, ("scale_log2",), consts, ws.NUM_WARPS, 1, name,
                            gluon=True, maxnreg=ws.SOLO_MAXNREG if softmax_only else ws.MAXNREG))
-    if not causal:  # token-sparse decoding over 16-bit caches (:mod:`.gluon.decode_sparse_sm90`)
+    if not causal:  # token-sparse decoding over 16-bit and V3.2 FP8 caches (:mod:`.gluon.decode_sparse_sm90`)
         regs = ws.SOLO_WORKER_REGS
         consts = dict(CAUSAL=False, OVERLAP=False, SOFTMAX_ONLY=True, TMA_K=False, ASYNC_ARRIVE=True,
                       BLOCK_M=ws.BLOCK_M, BLOCK_N=ws.BLOCK_N, D_V=512, D_PE=d_qk - 512, SOFTMAX_WARPS=ws.NUM_WARPS,
                       OUTPUT_WARPS=ws.WORKER_WARPS[0], LOADER_WARPS=ws.WORKER_WARPS[1], OUTPUT_REGS=regs[0],
-                      LOADER_REGS=regs[1], K_BOXES=1, SPARSE=True, k_desc=None)
-        out.append(Variant(ws._dense_decode_sm90_ws_kernel, dict(ptrs), ("scale_log2",), consts | dict(KV_FP8=False, PREFETCH_L2=False),
+                      LOADER_REGS=regs[1], K_BOXES=1, SPARSE=True, KV_FP8=False, PREFETCH_L2=False, k_desc=None)
+        out.append(Variant(ws._dense_decode_sm90_ws_kernel, dict(ptrs), ("scale_log2",), consts,
                            ws.NUM_WARPS, 1, f"gluon-ws sparse {dtype} d{d_qk} softmax-only async-arrive", gluon=True,
                            maxnreg=ws.SOLO_MAXNREG))
         if d_qk == 576:  # the V3.2 FP8 cache: 656-byte records dequantized to q's dtype

@@ -289,8 +289,8 @@ if gluon_available():
         rec, mask_j = _slot_records(k_ptr, bt_row, offs_j, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp)
         offs_c = gl.arange(0, 64, layout=gl.SliceLayout(0, CVT))
         for c in gl.static_range(BLOCKS):
-            async_copy.async_copy_global_to_shared(codes.index(stage * BLOCKS + c), rec[:, None] + c * 64 + offs_c[None, :],
-                                                   mask=mask_j[:, None])
+            async_copy.async_copy_global_to_shared(codes.index(stage * BLOCKS + c),
+                                                   rec[:, None] + c * 64 + offs_c[None, :], mask=mask_j[:, None])
         rec_pe = gl.convert_layout(rec, gl.SliceLayout(1, ROPE))
         mask_pe = gl.convert_layout(mask_j, gl.SliceLayout(1, ROPE))
         pe_ptr = (rec_pe + D_V + 16).to(gl.pointer_type(gl.bfloat16))
