@@ -53,7 +53,7 @@ decoding with each query token as a request. With ``KV_FP8`` as well the cache h
 the loader dequantizes each tile in its stage (:func:`_gather_fp8_tile`). Measured for it (H200, one run,
 b 64 / 128, h_q=128, s_q=2, topk=2048, kernel times): the loader at 72 registers 277.8-278.6 / 540.0-542.8
 us against 293.3-297.2 / 577.6-579.2 at 64; asking L2 for the next tile's records (``PREFETCH_L2``) 1-1.5 %
-faster with the loader at 64 registers but 3-4 % slower at 72, so it is off; the softmax warpgroup loading
+faster with the loader at 64 registers but 3-5 % slower at 72, so it is off; the softmax warpgroup loading
 a tile's slots before its scores rather than after, 3 % (FP8) and 0 % (BF16); the decode itself costs
 25 % (224-225 us at b=64 with it skipped, about the BF16 kernel's 216).
 
