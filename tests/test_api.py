@@ -379,6 +379,19 @@ def test_sparse_gluon_kernel_serves_16_bit_and_v32_caches_without_extras(monkeyp
     assert "Hopper" in _sparse_gluon_reason_against(cuda, torch.bfloat16, (576, 512), None, False)
 
 
+def test_fp8_cache_alignment_rule_for_the_gluon_sparse_kernel():
+    """The Gluon kernel copies V3.2 records 16 bytes at a time: a cache whose page stride or base address is not
+    a multiple of 16 bytes is reported as such (the dispatcher then keeps the call on Triton)."""
+    from openmla.api import _aligned16
+
+    storage = torch.zeros(3 * 64 * 656 + 64, dtype=torch.uint8)
+    assert _aligned16(storage[: 3 * 64 * 656].view(3, 64, 1, 656))
+    padded = storage.as_strided((3, 64, 1, 656), (64 * 656 + 4, 656, 656, 1))  # 4 bytes between pages
+    assert not _aligned16(padded)
+    assert _aligned16(storage.as_strided((1, 64, 1, 656), (64 * 656 + 4, 656, 656, 1)))  # one page: no stride
+    assert not _aligned16(storage[4: 4 + 3 * 64 * 656].view(3, 64, 1, 656))  # base 4 bytes off
+
+
 def test_sparse_dispatch(generator, monkeypatch):
     inputs = sparse_inputs(generator)
     q, cache = inputs["q"], inputs["k_cache"]
