@@ -354,6 +354,9 @@ def test_gluon_sparse_launcher_arguments(fp8, lengths_given, monkeypatch, genera
                      else torch.full((b * s_q,), topk, dtype=torch.int32))
     assert torch.equal(lens, expected_lens) and sched.shape == (parts, 8) and splits.shape == (b * s_q + 1,)
     assert merges[0][4] is splits
+    o_accum, lse_accum, counters = args[8:11]  # one slot per list and per piece; no counters: no fused merge
+    assert o_accum.shape == (b * s_q + parts, 1, h_q, 512) and lse_accum.shape == (b * s_q + parts, 1, h_q)
+    assert counters.numel() == 1 and merges[0][2] is o_accum and merges[0][3] is lse_accum
     assert (args_again[3] is lens) != lengths_given  # the fixed-length plan is reused, lengths are not
     assert cache.data_ptr() == inputs["k_cache"].data_ptr()
     assert cache.dtype == (torch.uint8 if fp8 else torch.bfloat16)

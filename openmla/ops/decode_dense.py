@@ -330,7 +330,8 @@ def splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata
     )
 
 
-def split_workspace(q: torch.Tensor, head_dim_v: int, num_parts: int) -> tuple[torch.Tensor, ...]:
+def split_workspace(q: torch.Tensor, head_dim_v: int, num_parts: int, fused_merge: bool = True
+                    ) -> tuple[torch.Tensor, ...]:
     """Buffers for split partials and the fused combine: ``(o_accum, lse_accum, counters)``.
 
     ``o_accum`` fp32 [b + num_parts, s_q, h_q, d_v] and ``lse_accum`` fp32 [b + num_parts, s_q, h_q]: a
@@ -338,12 +339,15 @@ def split_workspace(q: torch.Tensor, head_dim_v: int, num_parts: int) -> tuple[t
     ``counters`` int32 [b * s_q * h_q], zeros: one arrival counter per (request, KV head, row tile) — a
     tile holds at least one row, so this bounds every kernel's count. The kernels leave them at zero, so
     a workspace serves any number of launches on one stream (the layers of a decode step, graph replays),
-    but not two launches running at once.
+    but not two launches running at once. ``fused_merge=False`` (a kernel that never merges, the combine
+    kernel does): ``counters`` is an unset one-element stand-in, so no zero-fill runs.
     """
     b, s_q, h_q, _ = q.shape
     slots = b + num_parts
     o_accum = torch.empty(slots, s_q, h_q, head_dim_v, dtype=torch.float32, device=q.device)
     lse_accum = torch.empty(slots, s_q, h_q, dtype=torch.float32, device=q.device)
+    if not fused_merge:
+        return o_accum, lse_accum, torch.empty(1, dtype=torch.int32, device=q.device)
     counters = torch.zeros(b * s_q * h_q, dtype=torch.int32, device=q.device)
     return o_accum, lse_accum, counters
 

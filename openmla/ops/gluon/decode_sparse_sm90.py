@@ -26,26 +26,28 @@ import torch
 
 from ..._runtime import num_sms
 from ..combine import combine_splits
-from ..decode_dense import splitkv_args
+from ..decode_dense import split_workspace, splitkv_args
 from ..schedule import plan_splitkv
 from . import decode_dense_sm90_ws as ws
 
 # Plans of lists with no topk_length (every list topk entries long): they depend on the shapes only, so one
-# plan serves every later call with the same (device, tokens, topk, parts) — a launch and an allocation less
-# a call. Filled only outside CUDA-graph capture (a plan made inside one lives in the graph's pool and is
-# written on replay only); at most _FIXED_PLANS_MAX entries, the oldest dropped first.
+# plan serves every later call with the same (device, stream, tokens, topk, parts) — a launch and an
+# allocation less a call. Keyed by the stream that wrote it, so no call reads a plan another stream may not
+# have finished writing. Filled only outside CUDA-graph capture (a plan made inside one lives in the graph's
+# pool and is written on replay only); at most _FIXED_PLANS_MAX entries, the oldest dropped first.
 _FIXED_PLANS: dict = {}
 _FIXED_PLANS_MAX = 64
 
 
 def _fixed_length_plan(device: torch.device, tokens: int, topk: int, parts: int):
     """``(lens, sched, splits)`` for ``tokens`` lists of ``topk`` entries over ``parts`` pieces."""
-    key = (device, tokens, topk, parts)
+    cuda = device.type == "cuda"
+    key = (device, torch.cuda.current_stream(device).cuda_stream if cuda else None, tokens, topk, parts)
     plan = _FIXED_PLANS.get(key)
     if plan is None:
         lens = torch.full((tokens,), topk, dtype=torch.int32, device=device)
         plan = (lens, *plan_splitkv(lens, parts))
-        if device.type != "cuda" or not torch.cuda.is_current_stream_capturing():
+        if not cuda or not torch.cuda.is_current_stream_capturing():
             if len(_FIXED_PLANS) >= _FIXED_PLANS_MAX:
                 _FIXED_PLANS.pop(next(iter(_FIXED_PLANS)))
             _FIXED_PLANS[key] = plan
@@ -102,12 +104,7 @@ def sparse_decode_sm90_fwd(
     out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
     out_tok = out.view(tokens, 1, h_q, head_dim_v)
     lse_tok = torch.empty(tokens, h_q, 1, dtype=torch.float32, device=q.device)
-    # split partials, [tokens + parts] slots (a list is cut into at most the pieces touching it); this kernel
-    # does not fuse the merge, so the workspace's arrival counters are never read: an unset one-element stand-in
-    slots = tokens + parts
-    workspace = (torch.empty(slots, 1, h_q, head_dim_v, dtype=torch.float32, device=q.device),
-                 torch.empty(slots, 1, h_q, dtype=torch.float32, device=q.device),
-                 torch.empty(1, dtype=torch.int32, device=q.device))
+    workspace = split_workspace(q_tok, head_dim_v, parts, fused_merge=False)  # the combine kernel merges
     regs = ws.SPARSE_FP8_WORKER_REGS if is_fp8 else ws.SOLO_WORKER_REGS
     if loader_regs is not None:
         regs = (regs[0], int(loader_regs))
