@@ -267,6 +267,15 @@ def _choose_sparse_decode(device, dtype, dims, cache_format, backend, extras=Fal
     if against is None:
         if device.type == "cpu":
             return Choice(op, "triton", "CPU tensors with TRITON_INTERPRET=1: Triton kernels in the interpreter")
+        if not aligned16 and _sparse_gluon_reason_against(device, dtype, dims, cache_format, extras) is None:
+            # only the cache's alignment keeps the faster kernel away, and the caller can fix that: say so
+            # (once per call signature: choices are cached)
+            warnings.warn(
+                f"openmla: sparse decode runs the Triton kernel, not the faster Gluon one, because {gluon_against} "
+                f"({where}); allocate the cache with stride(0) and base address multiples of 16 bytes.",
+                OpenMLAFallbackWarning,
+                stacklevel=4,
+            )
         return Choice(op, "triton", f"portable Triton sparse kernel on {where} ({gluon_against})")
     return _reference_choice(op, device, against, where)
 

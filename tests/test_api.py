@@ -372,6 +372,11 @@ def test_sparse_gluon_kernel_serves_16_bit_and_v32_caches_without_extras(monkeyp
     assert choice.backend == "gluon" and "V3.2 FP8" in choice.reason
     with pytest.raises(UnsupportedError, match="backend='gluon' cannot serve sparse_decode: the FP8 cache's stride"):
         choose_sparse_decode(cuda, torch.bfloat16, (576, 512), "V32_FP8", "gluon", aligned16=False)
+    if openmla._runtime.triton_available():
+        # automatic choice: Triton serves an unaligned cache, and the caller is told why it is the slower kernel
+        with pytest.warns(openmla.OpenMLAFallbackWarning, match="multiples of 16 bytes"):
+            choice = choose_sparse_decode(cuda, torch.float16, (576, 512), "V32_FP8", aligned16=False)
+        assert choice.backend == "triton" and "16 bytes" in choice.reason
     assert "attn_sink" in _sparse_gluon_reason_against(cuda, torch.bfloat16, (576, 512), None, True)
     assert "(576, 512) or (512, 512)" in _sparse_gluon_reason_against(cuda, torch.bfloat16, (64, 32), None, False)
     assert "bf16 or fp16" in _sparse_gluon_reason_against(cuda, torch.float32, (576, 512), None, False)
