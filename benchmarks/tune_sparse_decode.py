@@ -14,9 +14,29 @@ import argparse
 import json
 
 
-def candidates(h_q: int):
+def reg_prefetch_candidates(h_q: int):
+    """V3.2 FP8 tiles whose next records are gathered into registers (``reg_prefetch``, one stage)."""
     from openmla.ops.decode_sparse import SparseDecodeConfig as C
 
+    # (the last field issues the next tile's loads after the softmax rather than before the products)
+    if h_q > 32:
+        return [C(64, 64, 8, 1, 512, True), C(64, 64, 8, 1, 512, True, True)]
+    if h_q > 16:
+        return [C(64, 64, 8, 1, 512, True), C(64, 64, 8, 1, 512, True, True), C(32, 32, 4, 1, 512, True),
+                C(32, 32, 4, 1, 512, True, True)]
+    return [C(16, 32, 4, 1, 512, True), C(16, 32, 4, 1, 512, True, True), C(16, 16, 4, 1, 512, True)]
+
+
+def candidates(h_q: int, is_fp8: bool = False, only_reg_prefetch: bool = False):
+    from openmla.ops.decode_sparse import SparseDecodeConfig as C
+    from openmla.ops.decode_sparse import sparse_decode_config
+
+    if only_reg_prefetch:
+        default = sparse_decode_config(h_q, 512, 90, is_fp8=is_fp8)
+        former = candidates(h_q)[:1] if h_q <= 16 else []  # the pipelined tile that served before
+        return [default] + [c for c in reg_prefetch_candidates(h_q) + former if c != default]
+    if is_fp8:
+        return candidates(h_q) + reg_prefetch_candidates(h_q)
     if h_q > 64:
         return [C(64, 64, 8, 3, 512), C(64, 64, 8, 4, 512), C(64, 64, 8, 2, 512),
                 C(64, 32, 8, 4, 512), C(64, 64, 16, 3, 512), C(128, 32, 8, 2, 256)]
@@ -43,6 +63,8 @@ def main(argv=None) -> None:
     ap.add_argument("--json")
     ap.add_argument("--quick", action="store_true", help="the b=64 standard shape and h_q=16 only")
     ap.add_argument("--only", default=None, help="comma-separated config names to run")
+    ap.add_argument("--reg-prefetch", action="store_true",
+                    help="only the default tile and the V3.2 register-prefetch tiles (one split count)")
     args = ap.parse_args(argv)
     flash_mla, missing = _load_flash_mla()
     if missing:
@@ -68,10 +90,10 @@ def main(argv=None) -> None:
             fm = _flash_mla_sparse_call(flash_mla, inp, _pad_heads(inp.q, _flash_mla_sparse_heads(cfg.h_q)))
             fm()
             fm_us = triton.testing.do_bench(fm, warmup=50, rep=300, return_mode="median") * 1e3
-        default = sparse_decode_config(cfg.h_q, cfg.dv, 90)
-        for tile in candidates(cfg.h_q):
+        default = sparse_decode_config(cfg.h_q, cfg.dv, 90, is_fp8=inp.is_fp8)
+        for tile in candidates(cfg.h_q, inp.is_fp8, args.reg_prefetch):
             programs = cfg.b * cfg.s_q * -(-cfg.h_q // tile.block_m) * (cfg.dv // tile.dv_tile)
-            for splits in ((None,) if args.only else (None, 1, 2)):
+            for splits in ((None,) if args.only or args.reg_prefetch else (None, 1, 2)):
                 def call(tile=tile, splits=splits):
                     return sparse_decode_fwd(inp.q, inp.k_cache, inp.indices, inp.head_dim_v, inp.softmax_scale,
                                              is_fp8=inp.is_fp8, config=tile, num_splits=splits)
@@ -91,7 +113,8 @@ def main(argv=None) -> None:
                 results.append(rec)
                 r = f"{rec['ratio']:.3f}" if rec["ratio"] else "-"
                 t = tile
-                print(f"{cfg.name} bm{t.block_m} bn{t.block_n} w{t.num_warps} st{t.num_stages} dv{t.dv_tile} "
+                print(f"{cfg.name} bm{t.block_m} bn{t.block_n} w{t.num_warps} st{t.num_stages} dv{t.dv_tile}"
+                      f"{' reg-prefetch' if t.reg_prefetch else ''}{' late' if t.prefetch_late else ''} "
                       f"splits={splits}: {us:8.1f} us (FlashMLA {fm_us or 0:7.1f}) ratio {r} "
                       f"{rec['tflops']:6.1f} TF {rec['gbps']:6.0f} GB/s {'ok' if not problems else problems}"
                       + (" *" if rec["default"] else ""), flush=True)

@@ -12,6 +12,7 @@ Tolerances are FlashMLA's (``TOL[("sparse_decode", ...)]``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -234,16 +235,46 @@ def test_triton_fp16_cache_matches_reference_tiny(b, s_q, h_q, s_k, topk, page, 
     check_against_reference(inputs, out, lse)
 
 
+def _v32_tile(h_q: int, feed: str):
+    """The default V3.2 tile for ``h_q`` on an sm_90 part, fed by the pipeliner (``"pipelined"``) or by
+    register prefetch issued before the products (``"reg-prefetch"``) or after the softmax (``"-late"``)."""
+    from openmla.ops.decode_sparse import sparse_decode_config
+
+    cfg = sparse_decode_config(h_q, 512, 90, is_fp8=True)
+    if feed == "pipelined":
+        return dataclasses.replace(cfg, reg_prefetch=False, prefetch_late=False, num_stages=2)
+    return dataclasses.replace(cfg, reg_prefetch=True, prefetch_late=feed.endswith("late"), num_stages=1)
+
+
 @pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
 @pytest.mark.parametrize("b, s_q, h_q, s_k, topk, page, options", KERNEL_PARAMS)
 @pytest.mark.parametrize("splits", [1, 2])
-def test_triton_v32_fp8_cache_matches_reference_tiny(b, s_q, h_q, s_k, topk, page, options, splits, generator):
-    """The V3.2 cache built from fp16 keys by ``quantize_v32``; the reference reads it back (dequantized)."""
+@pytest.mark.parametrize("feed", ["pipelined", "reg-prefetch", "reg-prefetch-late"])
+def test_triton_v32_fp8_cache_matches_reference_tiny(b, s_q, h_q, s_k, topk, page, options, splits, feed,
+                                                     generator):
+    """The V3.2 cache built from fp16 keys by ``quantize_v32``; the reference reads it back (dequantized).
+    Both ways of feeding the products: the next tile's records by Triton's pipeliner or in registers."""
     inputs = make_sparse_decode_inputs(b, s_q, h_q, s_k, topk, page, 576, 512, torch.float16, DEVICE, fp8=True,
                                        generator=generator, softmax_scale=576**-0.55, **options)
     # e4m3 by fp8 instructions or by integer bit moves (the sm_80 path): both must read the same values
-    out, lse = _run_kernel(inputs, True, num_splits=splits, fp8_native=splits == 1)
+    out, lse = _run_kernel(inputs, True, num_splits=splits, fp8_native=splits == 1,
+                           config=_v32_tile(h_q, feed))
     check_against_reference(inputs, out, lse)
+
+
+def test_register_prefetch_needs_the_whole_v32_output():
+    """The register-prefetch form holds the 512 output dims as four scale tiles: other shapes are refused."""
+    from openmla.ops.decode_sparse import SparseDecodeConfig
+
+    q = torch.zeros(1, 1, 16, 576, dtype=torch.bfloat16)
+    idx = torch.zeros(1, 1, 8, dtype=torch.int32)
+    sliced = SparseDecodeConfig(64, 32, 4, 1, 256, reg_prefetch=True)
+    with pytest.raises(ValueError, match="reg_prefetch"):
+        _run_kernel(dict(q=q, k_cache=torch.zeros(2, 4, 1, 656, dtype=torch.uint8), indices=idx, head_dim_v=512,
+                         softmax_scale=None), True, config=sliced)
+    with pytest.raises(ValueError, match="reg_prefetch"):
+        _run_kernel(dict(q=q, k_cache=torch.zeros(2, 4, 1, 576, dtype=torch.bfloat16), indices=idx, head_dim_v=512,
+                         softmax_scale=None), False, config=SparseDecodeConfig(64, 32, 4, 1, 512, reg_prefetch=True))
 
 
 @pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
@@ -258,8 +289,9 @@ def test_triton_128_heads_slice_the_output(fp8, generator):
 
 
 @pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
-@pytest.mark.parametrize("fp8", [False, True], ids=["fp16-cache", "v32-fp8-cache"])
-def test_triton_never_reads_invalid_slots(fp8, generator):
+@pytest.mark.parametrize("fp8, reg_prefetch", [(False, False), (True, False), (True, True)],
+                         ids=["fp16-cache", "v32-fp8-cache", "v32-fp8-cache-reg-prefetch"])
+def test_triton_never_reads_invalid_slots(fp8, reg_prefetch, generator):
     """The cache sits between NaN pages; every invalid value is in the lists. A load of any of them would
     bring NaN (or, far out, a fault) into the output."""
     d_qk, d_v = (576, 512) if fp8 else (64, 32)
@@ -276,7 +308,7 @@ def test_triton_never_reads_invalid_slots(fp8, generator):
         bad = torch.tensor(invalid_index_candidates(num_slots) + (-2, num_slots + 1), dtype=torch.int32)
         idx = inputs[idx_key]
         idx[:, :, : bad.numel()] = bad.to(DEVICE)  # every invalid value in every list
-    out, lse = _run_kernel(inputs, fp8, num_splits=1)
+    out, lse = _run_kernel(inputs, fp8, num_splits=1, config=_v32_tile(5, "reg-prefetch" if reg_prefetch else "pipelined") if fp8 else None)
     assert torch.isfinite(out).all() and torch.isfinite(lse).all()
     check_against_reference(inputs, out, lse)
 

@@ -237,15 +237,20 @@ def _sparse_variants(arch: int = 90) -> list[Variant]:
             "lse_ptr": "*fp32", "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32",
         }
         for h_q in heads:
-            for options in (False, True) if h_q in featured else (False,):
-                cfg = sparse_decode_config(h_q, 512, arch)
+            default = sparse_decode_config(h_q, 512, arch, is_fp8=is_fp8)
+            tiles = [default]
+            if is_fp8 and arch == 90 and not default.reg_prefetch and default.dv_tile == 512:
+                # Hopper's other way of feeding the products, so that both stay compilable for tuning
+                tiles.append(dataclasses.replace(default, reg_prefetch=True, num_stages=1))
+            for cfg, options in [(c, o) for c in tiles for o in ((False, True) if h_q in featured else (False,))]:
                 consts = dict(IS_FP8=is_fp8, FP8_NATIVE=cache == "fp8", HAS_EXTRA=options, HAS_TOPK_LEN=options,
                               HAS_EXTRA_TOPK_LEN=options, HAS_SINK=options, BLOCK_M=cfg.block_m,
-                              BLOCK_N=cfg.block_n, D_V=512, D_PE=d_qk - 512, DV_TILE=cfg.dv_tile)
+                              BLOCK_N=cfg.block_n, D_V=512, D_PE=d_qk - 512, DV_TILE=cfg.dv_tile,
+                              REG_PREFETCH=cfg.reg_prefetch, PREFETCH_LATE=cfg.prefetch_late)
                 kind = {"fp8": "v32fp8", "fp8-bits": "v32fp8-bits"}.get(cache, cache)
                 name = (f"sparse {q_dtype} cache {kind} h<={h_q} d{d_qk} "
                         f"{'extra+len+sink' if options else 'plain'} bm{cfg.block_m} bn{cfg.block_n} "
-                        f"dv{cfg.dv_tile} w{cfg.num_warps} s{cfg.num_stages}")
+                        f"dv{cfg.dv_tile} w{cfg.num_warps} s{cfg.num_stages}{' reg-prefetch' if cfg.reg_prefetch else ''}")
                 out.append(Variant(_sparse_decode_kernel, ptrs, ("scale_log2",), consts, cfg.num_warps,
                                    cfg.num_stages, name, runtime_ints=SPARSE_RUNTIME_INTS,
                                    min_arch=89 if cache == "fp8" else 0))

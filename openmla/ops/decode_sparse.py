@@ -52,7 +52,7 @@ if triton_available():
     import triton
     import triton.language as tl
 
-    from .fp8 import _e4m3_over_256
+    from .fp8 import _e4m3_over_256, e4m3_to, e4m3_unit
 
     @triton.jit
     def _load_keys(rows, offs_d, first, valid, dtype: tl.constexpr, IS_FP8: tl.constexpr,
@@ -78,6 +78,96 @@ if triton_available():
         else:
             return tl.load(rows[:, None] + offs_d[None, :], mask=valid[:, None], other=0.0)
 
+    @triton.jit
+    def _tile_rows(start, hi, n_main, idx_row, extra_idx_row, k_ptr, extra_k_ptr, num_slots, extra_num_slots,
+                   page_block_size, extra_page_block_size, stride_kb, stride_kp, stride_xb, stride_xp,
+                   HAS_EXTRA: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Row pointers ([BLOCK_N], int64 offsets from the cache's base) and validity of list positions
+        ``start + arange(BLOCK_N)`` in ``[0, hi)``: main positions below ``n_main``, then the extra list.
+        Invalid entries point at slot 0 and must be masked by the caller; nothing here dereferences them."""
+        offs_j = start + tl.arange(0, BLOCK_N)
+        in_main = (offs_j < n_main) & (offs_j < hi)
+        idx = tl.load(idx_row + offs_j, mask=in_main, other=-1)
+        valid = in_main & (idx >= 0) & (idx < num_slots)
+        slot = tl.where(valid, idx, 0)
+        rows = k_ptr + ((slot // page_block_size).to(tl.int64) * stride_kb
+                        + (slot % page_block_size).to(tl.int64) * stride_kp)
+        if HAS_EXTRA:
+            in_extra = (offs_j >= n_main) & (offs_j < hi)
+            x_idx = tl.load(extra_idx_row + (offs_j - n_main), mask=in_extra, other=-1)
+            x_valid = in_extra & (x_idx >= 0) & (x_idx < extra_num_slots)
+            x_slot = tl.where(x_valid, x_idx, 0)
+            x_rows = extra_k_ptr + ((x_slot // extra_page_block_size).to(tl.int64) * stride_xb
+                                    + (x_slot % extra_page_block_size).to(tl.int64) * stride_xp)
+            rows = tl.where(in_main, rows, x_rows)
+            valid = valid | x_valid
+        return rows, valid
+
+    @triton.jit
+    def _load_v32_tile(rows, valid, D_V: tl.constexpr, D_PE: tl.constexpr):
+        """The raw V3.2 records at ``rows`` (uint8 row pointers): the codes as four [BLOCK_N, 32] int32
+        tensors (one 128-dim scale tile each, four codes a word: a uint8 tensor would hold one code a
+        register), their four fp32 scales ([BLOCK_N] each) and the bf16 RoPE dims [BLOCK_N, D_PE].
+        Rows with ``valid`` false read nothing (codes 0, scales 0, RoPE 0)."""
+        words = rows.to(tl.pointer_type(tl.int32))
+        offs = tl.arange(0, 32)
+        w0 = tl.load(words[:, None] + offs[None, :], mask=valid[:, None], other=0)
+        w1 = tl.load(words[:, None] + (32 + offs)[None, :], mask=valid[:, None], other=0)
+        w2 = tl.load(words[:, None] + (64 + offs)[None, :], mask=valid[:, None], other=0)
+        w3 = tl.load(words[:, None] + (96 + offs)[None, :], mask=valid[:, None], other=0)
+        scale_ptrs = (rows + D_V).to(tl.pointer_type(tl.float32))
+        s0 = tl.load(scale_ptrs, mask=valid, other=0.0)
+        s1 = tl.load(scale_ptrs + 1, mask=valid, other=0.0)
+        s2 = tl.load(scale_ptrs + 2, mask=valid, other=0.0)
+        s3 = tl.load(scale_ptrs + 3, mask=valid, other=0.0)
+        # the RoPE dims as words too (two bf16 a word), for the same reason
+        pe_words = (rows + D_V + 16).to(tl.pointer_type(tl.int32))
+        pe = tl.load(pe_words[:, None] + tl.arange(0, D_PE // 2)[None, :], mask=valid[:, None], other=0)
+        return w0, w1, w2, w3, s0, s1, s2, s3, pe
+
+    @triton.jit
+    def _bf16_pairs(words, dtype: tl.constexpr):
+        """[BLOCK_N, W] int32 words of two bf16 each (little-endian) -> [BLOCK_N, 2 W] ``dtype``, in order."""
+        BLOCK_N: tl.constexpr = words.shape[0]
+        W: tl.constexpr = words.shape[1]
+        lo = (words & 0xFFFF).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        hi = ((words >> 16) & 0xFFFF).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        return tl.reshape(tl.join(lo, hi), (BLOCK_N, 2 * W)).to(dtype)
+
+    @triton.jit
+    def _e4m3_byte(words, SHIFT: tl.constexpr, FP8_NATIVE: tl.constexpr):
+        """The code in bits ``SHIFT..SHIFT+7`` of each int32 word, decoded to fp32 (/ 256 without
+        ``FP8_NATIVE``, as :func:`e4m3_to`)."""
+        return e4m3_to(((words >> SHIFT) & 0xFF).to(tl.uint8), tl.float32, FP8_NATIVE)
+
+    @triton.jit
+    def _dequant_tile(words, scale, dtype: tl.constexpr, FP8_NATIVE: tl.constexpr):
+        """One 128-dim scale tile held as [BLOCK_N, 32] int32 words (code ``4 j + m`` in byte ``m`` of
+        word ``j``, little-endian): ``dtype(fp32(e4m3) * scale)`` as [BLOCK_N, 128] in dim order."""
+        BLOCK_N: tl.constexpr = words.shape[0]
+        unit = (scale * e4m3_unit(FP8_NATIVE))[:, None]
+        b0 = _e4m3_byte(words, 0, FP8_NATIVE) * unit
+        b1 = _e4m3_byte(words, 8, FP8_NATIVE) * unit
+        b2 = _e4m3_byte(words, 16, FP8_NATIVE) * unit
+        b3 = _e4m3_byte(words, 24, FP8_NATIVE) * unit
+        # join(join(b0, b2), join(b1, b3))[n, j, i, k] is byte 2 i + k of word j: dim 4 j + 2 i + k
+        vals = tl.join(tl.join(b0, b2), tl.join(b1, b3))
+        return tl.reshape(vals, (BLOCK_N, 128)).to(dtype)
+
+    @triton.jit
+    def _store_rows(row_ptrs, offs, vals, mask_rows):
+        """``vals`` [BLOCK_M, W] to ``row_ptrs[:, None] + offs[None, :]``, rows past ``mask_rows`` skipped."""
+        tl.store(row_ptrs[:, None] + offs[None, :], vals.to(row_ptrs.dtype.element_ty), mask=mask_rows[:, None])
+
+    @triton.jit
+    def _store_scale_tiles(row_ptrs, factor, mask_rows, acc_0, acc_1, acc_2, acc_3):
+        """A 512-dim output held as four [BLOCK_M, 128] accumulators, each row scaled by ``factor``."""
+        offs = tl.arange(0, 128)
+        _store_rows(row_ptrs, offs, acc_0 * factor[:, None], mask_rows)
+        _store_rows(row_ptrs, 128 + offs, acc_1 * factor[:, None], mask_rows)
+        _store_rows(row_ptrs, 256 + offs, acc_2 * factor[:, None], mask_rows)
+        _store_rows(row_ptrs, 384 + offs, acc_3 * factor[:, None], mask_rows)
+
     @triton.jit(do_not_specialize=list(SPARSE_RUNTIME_INTS))
     def _sparse_decode_kernel(
         q_ptr, k_ptr, idx_ptr, extra_k_ptr, extra_idx_ptr, topk_len_ptr, extra_topk_len_ptr, sink_ptr,
@@ -94,7 +184,8 @@ if triton_available():
         IS_FP8: tl.constexpr, FP8_NATIVE: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_TOPK_LEN: tl.constexpr,
         HAS_EXTRA_TOPK_LEN: tl.constexpr, HAS_SINK: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        D_V: tl.constexpr, D_PE: tl.constexpr, DV_TILE: tl.constexpr,
+        D_V: tl.constexpr, D_PE: tl.constexpr, DV_TILE: tl.constexpr, REG_PREFETCH: tl.constexpr,
+        PREFETCH_LATE: tl.constexpr,
     ):
         # program axis 0 = (request, query token, head tile, slice of the output's D_V dims)
         pid = tl.program_id(0)
@@ -114,12 +205,19 @@ if triton_available():
         W: tl.constexpr = D_V - DV_TILE if D_V > DV_TILE else DV_TILE
         offs_v = dv_tile * DV_TILE + tl.arange(0, DV_TILE)
         offs_w = (dv_tile * DV_TILE + DV_TILE + tl.arange(0, W)) % D_V
-        offs_n = tl.arange(0, BLOCK_N)
 
         q_row = q_ptr + req64 * stride_qb + t * stride_qs + head * stride_qh  # [BLOCK_M]
-        q_v = tl.load(q_row[:, None] + offs_v[None, :], mask=mask_h[:, None], other=0.0)  # [BLOCK_M, DV_TILE]
-        if D_V > DV_TILE:
-            q_w = tl.load(q_row[:, None] + offs_w[None, :], mask=mask_h[:, None], other=0.0)
+        if REG_PREFETCH:
+            # the query as four 128-dim scale tiles, each multiplying one tile of dequantized codes
+            offs_c = tl.arange(0, 128)
+            q_0 = tl.load(q_row[:, None] + offs_c[None, :], mask=mask_h[:, None], other=0.0)
+            q_1 = tl.load(q_row[:, None] + (128 + offs_c)[None, :], mask=mask_h[:, None], other=0.0)
+            q_2 = tl.load(q_row[:, None] + (256 + offs_c)[None, :], mask=mask_h[:, None], other=0.0)
+            q_3 = tl.load(q_row[:, None] + (384 + offs_c)[None, :], mask=mask_h[:, None], other=0.0)
+        else:
+            q_v = tl.load(q_row[:, None] + offs_v[None, :], mask=mask_h[:, None], other=0.0)  # [BLOCK_M, DV_TILE]
+            if D_V > DV_TILE:
+                q_w = tl.load(q_row[:, None] + offs_w[None, :], mask=mask_h[:, None], other=0.0)
         if D_PE > 0:
             offs_pe = tl.arange(0, D_PE)
             q_pe = tl.load(q_row[:, None] + D_V + offs_pe[None, :], mask=mask_h[:, None], other=0.0)
@@ -142,69 +240,115 @@ if triton_available():
         extra_idx_row = extra_idx_ptr + req64 * stride_jb + t * stride_js
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_M, DV_TILE], dtype=tl.float32)
-        for start in range(lo, hi, BLOCK_N):
-            offs_j = start + offs_n  # [BLOCK_N] positions in the effective list
-            in_main = offs_j < n_main
-            idx = tl.load(idx_row + offs_j, mask=in_main, other=-1)
-            valid = in_main & (idx >= 0) & (idx < num_slots)
-            slot = tl.where(valid, idx, 0)
-            rows = k_ptr + ((slot // page_block_size).to(tl.int64) * stride_kb
-                            + (slot % page_block_size).to(tl.int64) * stride_kp)
-            if HAS_EXTRA:
-                in_extra = (offs_j >= n_main) & (offs_j < hi)
-                x_idx = tl.load(extra_idx_row + (offs_j - n_main), mask=in_extra, other=-1)
-                x_valid = in_extra & (x_idx >= 0) & (x_idx < extra_num_slots)
-                x_slot = tl.where(x_valid, x_idx, 0)
-                x_rows = extra_k_ptr + ((x_slot // extra_page_block_size).to(tl.int64) * stride_xb
-                                        + (x_slot % extra_page_block_size).to(tl.int64) * stride_xp)
-                rows = tl.where(in_main, rows, x_rows)
-                valid = valid | x_valid
+        if REG_PREFETCH:
+            # V3.2 records gathered one tile ahead into registers: the loads of tile j+1 are issued before
+            # tile j's products and waited for only when decoded. (Triton's pipeliner, given these loads,
+            # issues the next tile's copy after this tile's last product and waits for it at the top of
+            # the loop, so the gather's latency is never hidden.) Run with num_stages=1.
+            acc_0 = tl.zeros([BLOCK_M, 128], dtype=tl.float32)
+            acc_1 = tl.zeros([BLOCK_M, 128], dtype=tl.float32)
+            acc_2 = tl.zeros([BLOCK_M, 128], dtype=tl.float32)
+            acc_3 = tl.zeros([BLOCK_M, 128], dtype=tl.float32)
+            rows, valid = _tile_rows(lo, hi, n_main, idx_row, extra_idx_row, k_ptr, extra_k_ptr, num_slots,
+                                     extra_num_slots, page_block_size, extra_page_block_size, stride_kb,
+                                     stride_kp, stride_xb, stride_xp, HAS_EXTRA, BLOCK_N)
+            c_0, c_1, c_2, c_3, s_0, s_1, s_2, s_3, k_pe = _load_v32_tile(rows, valid, D_V, D_PE)
+            for start in range(lo, hi, BLOCK_N):
+                k_0 = _dequant_tile(c_0, s_0, dtype, FP8_NATIVE)
+                k_1 = _dequant_tile(c_1, s_1, dtype, FP8_NATIVE)
+                k_2 = _dequant_tile(c_2, s_2, dtype, FP8_NATIVE)
+                k_3 = _dequant_tile(c_3, s_3, dtype, FP8_NATIVE)
+                k_pe_cur = _bf16_pairs(k_pe, dtype)
+                valid_cur = valid
+                if not PREFETCH_LATE:
+                    # the next tile (positions past hi are masked: the last prefetch reads nothing)
+                    rows, valid = _tile_rows(start + BLOCK_N, hi, n_main, idx_row, extra_idx_row, k_ptr,
+                                             extra_k_ptr, num_slots, extra_num_slots, page_block_size,
+                                             extra_page_block_size, stride_kb, stride_kp, stride_xb, stride_xp,
+                                             HAS_EXTRA, BLOCK_N)
+                    c_0, c_1, c_2, c_3, s_0, s_1, s_2, s_3, k_pe = _load_v32_tile(rows, valid, D_V, D_PE)
 
-            k_v = _load_keys(rows, offs_v, dv_tile * DV_TILE, valid, dtype, IS_FP8, FP8_NATIVE,
-                             BLOCK_N, DV_TILE, D_V)  # [BLOCK_N, DV_TILE]
-            scores = tl.dot(q_v, tl.trans(k_v))  # [BLOCK_M, BLOCK_N]
-            if D_V > DV_TILE:
-                k_w = _load_keys(rows, offs_w, dv_tile * DV_TILE + DV_TILE, valid, dtype, IS_FP8, FP8_NATIVE,
-                                 BLOCK_N, W, D_V)
-                scores = tl.dot(q_w, tl.trans(k_w), scores)
-            if D_PE > 0:
-                if IS_FP8:
-                    # past the codes and the 16 bytes of fp32 scales: the RoPE dims, stored as bf16
-                    pe_rows = (rows + D_V + 16).to(tl.pointer_type(tl.bfloat16))
-                else:
-                    pe_rows = rows + D_V
-                k_pe = tl.load(pe_rows[:, None] + offs_pe[None, :], mask=valid[:, None], other=0.0).to(dtype)
-                scores = tl.dot(q_pe, tl.trans(k_pe), scores)
-            scores = tl.where(valid[None, :], scores * scale_log2, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-            # rows that have seen no key yet keep m = -inf; shift by 0 so exp2 gives 0, not NaN
-            m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(scores - m_shift[:, None])
-            alpha = tl.math.exp2(m_i - m_shift)
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None]
-            acc = tl.dot(p.to(dtype), k_v, acc)
-            m_i = m_new
+                scores = tl.dot(q_0, tl.trans(k_0))
+                scores = tl.dot(q_1, tl.trans(k_1), scores)
+                scores = tl.dot(q_2, tl.trans(k_2), scores)
+                scores = tl.dot(q_3, tl.trans(k_3), scores)
+                scores = tl.dot(q_pe, tl.trans(k_pe_cur), scores)
+                scores = tl.where(valid_cur[None, :], scores * scale_log2, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+                m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+                p = tl.math.exp2(scores - m_shift[:, None])
+                alpha = tl.math.exp2(m_i - m_shift)
+                l_i = l_i * alpha + tl.sum(p, axis=1)
+                p = p.to(dtype)
+                if PREFETCH_LATE:
+                    # issued once the scores' registers are free: fewer live at once, less latency hidden
+                    rows, valid = _tile_rows(start + BLOCK_N, hi, n_main, idx_row, extra_idx_row, k_ptr,
+                                             extra_k_ptr, num_slots, extra_num_slots, page_block_size,
+                                             extra_page_block_size, stride_kb, stride_kp, stride_xb, stride_xp,
+                                             HAS_EXTRA, BLOCK_N)
+                    c_0, c_1, c_2, c_3, s_0, s_1, s_2, s_3, k_pe = _load_v32_tile(rows, valid, D_V, D_PE)
+                acc_0 = tl.dot(p, k_0, acc_0 * alpha[:, None])
+                acc_1 = tl.dot(p, k_1, acc_1 * alpha[:, None])
+                acc_2 = tl.dot(p, k_2, acc_2 * alpha[:, None])
+                acc_3 = tl.dot(p, k_3, acc_3 * alpha[:, None])
+                m_i = m_new
+        else:
+            acc = tl.zeros([BLOCK_M, DV_TILE], dtype=tl.float32)
+            for start in range(lo, hi, BLOCK_N):
+                rows, valid = _tile_rows(start, hi, n_main, idx_row, extra_idx_row, k_ptr, extra_k_ptr, num_slots,
+                                         extra_num_slots, page_block_size, extra_page_block_size, stride_kb,
+                                         stride_kp, stride_xb, stride_xp, HAS_EXTRA, BLOCK_N)
+                k_v = _load_keys(rows, offs_v, dv_tile * DV_TILE, valid, dtype, IS_FP8, FP8_NATIVE,
+                                 BLOCK_N, DV_TILE, D_V)  # [BLOCK_N, DV_TILE]
+                scores = tl.dot(q_v, tl.trans(k_v))  # [BLOCK_M, BLOCK_N]
+                if D_V > DV_TILE:
+                    k_w = _load_keys(rows, offs_w, dv_tile * DV_TILE + DV_TILE, valid, dtype, IS_FP8, FP8_NATIVE,
+                                     BLOCK_N, W, D_V)
+                    scores = tl.dot(q_w, tl.trans(k_w), scores)
+                if D_PE > 0:
+                    if IS_FP8:
+                        # past the codes and the 16 bytes of fp32 scales: the RoPE dims, stored as bf16
+                        pe_rows = (rows + D_V + 16).to(tl.pointer_type(tl.bfloat16))
+                    else:
+                        pe_rows = rows + D_V
+                    k_pe = tl.load(pe_rows[:, None] + offs_pe[None, :], mask=valid[:, None], other=0.0).to(dtype)
+                    scores = tl.dot(q_pe, tl.trans(k_pe), scores)
+                scores = tl.where(valid[None, :], scores * scale_log2, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+                # rows that have seen no key yet keep m = -inf; shift by 0 so exp2 gives 0, not NaN
+                m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+                p = tl.math.exp2(scores - m_shift[:, None])
+                alpha = tl.math.exp2(m_i - m_shift)
+                l_i = l_i * alpha + tl.sum(p, axis=1)
+                acc = acc * alpha[:, None]
+                acc = tl.dot(p.to(dtype), k_v, acc)
+                m_i = m_new
 
         empty = l_i == 0.0
         inv_l = tl.where(empty, 0.0, 1.0 / l_i)
-        o = acc * inv_l[:, None]
         lse2 = tl.where(empty, float("-inf"), m_i + tl.math.log2(l_i))
         write_lse = mask_h & (dv_tile == 0)
         if n_split <= 1:
+            factor = inv_l
             if HAS_SINK:
                 # out *= 1 / (1 + exp(sink - lse)), in base 2; +inf sink -> 0, -inf -> 1
                 sink2 = tl.load(sink_ptr + head, mask=mask_h, other=0.0) * 1.4426950408889634
-                o = o * tl.where(empty, 0.0, 1.0 / (1.0 + tl.math.exp2(sink2 - lse2)))[:, None]
-            o_ptrs = out_ptr + req64 * stride_ob + t * stride_os + head * stride_oh
-            tl.store(o_ptrs[:, None] + offs_v[None, :], o.to(out_ptr.dtype.element_ty), mask=mask_h[:, None])
+                factor = factor * tl.where(empty, 0.0, 1.0 / (1.0 + tl.math.exp2(sink2 - lse2)))
+            out_rows = out_ptr + req64 * stride_ob + t * stride_os + head * stride_oh
+            if REG_PREFETCH:
+                _store_scale_tiles(out_rows, factor, mask_h, acc_0, acc_1, acc_2, acc_3)
+            else:
+                _store_rows(out_rows, offs_v, acc * factor[:, None], mask_h)
             lse = tl.where(empty, float("inf"), lse2 * 0.6931471805599453)
             tl.store(lse_ptr + req64 * stride_lb + head * stride_lh + t, lse, mask=write_lse)
         else:
             slot_acc = req64 * n_split + split
             acc_row = (slot_acc * s_q + t) * h_q + head  # o_accum is [b * n_split, s_q, h_q, D_V]
-            tl.store(o_acc_ptr + acc_row[:, None] * D_V + offs_v[None, :], o, mask=mask_h[:, None])
+            part_rows = o_acc_ptr + acc_row * D_V
+            if REG_PREFETCH:
+                _store_scale_tiles(part_rows, inv_l, mask_h, acc_0, acc_1, acc_2, acc_3)
+            else:
+                _store_rows(part_rows, offs_v, acc * inv_l[:, None], mask_h)
             tl.store(lse_acc_ptr + acc_row, lse2, mask=write_lse)
 
 
@@ -214,7 +358,9 @@ class SparseDecodeConfig:
 
     ``block_m`` heads of one query token per program; ``dv_tile`` < ``d_v`` slices the output dims
     across programs (a 128 x 512 fp32 accumulator does not fit in registers); ``block_n`` gathered
-    keys per step.
+    keys per step. ``reg_prefetch`` (V3.2 FP8 caches with the whole 512-dim output per program only):
+    gather the next tile's records into registers while this tile's products run, instead of leaving
+    the loads to Triton's pipeliner; such configs take ``num_stages=1``.
     """
 
     block_m: int
@@ -222,9 +368,11 @@ class SparseDecodeConfig:
     num_warps: int
     num_stages: int
     dv_tile: int
+    reg_prefetch: bool = False
+    prefetch_late: bool = False
 
 
-def sparse_decode_config(h_q: int, d_v: int, arch: int | None = None) -> SparseDecodeConfig:
+def sparse_decode_config(h_q: int, d_v: int, arch: int | None = None, is_fp8: bool = False) -> SparseDecodeConfig:
     """Pick the tile from the head count (the rows of one query token), the head dims and the arch.
 
     Where 227 KB of shared memory a block allow (Hopper, Blackwell datacenter parts), more than 16
@@ -237,8 +385,15 @@ def sparse_decode_config(h_q: int, d_v: int, arch: int | None = None) -> SparseD
     99 KB parts) KV tiles on 4 warps, output sliced. Fewer heads: the smallest tile of at least 16 rows
     that holds them and the whole output, three stages where shared memory allows (h_q=16 on an H100:
     207.2 us against 240.8 us in the padded 64-row tile). tests/test_aot.py checks each arch's limit.
+
+    ``is_fp8`` (the V3.2 cache) with at most 16 heads on those parts: the next tile's records gathered
+    into registers by the kernel (``reg_prefetch``; H200, h_q=16, b=64: 185.1 against 211.1 us for the
+    pipelined tile). With 64-row tiles that form measured slower (467.9 against 460.5 us at h_q=128,
+    244.5 against 236.6 at h_q=32): the registers it holds spill beside the 64 x 512 accumulator.
     """
     limit = smem_per_block(arch)
+    if is_fp8 and h_q <= 16 and d_v == 512 and limit >= 200 * 1024:
+        return SparseDecodeConfig(block_m=16, block_n=32, num_warps=4, num_stages=1, dv_tile=d_v, reg_prefetch=True)
     if h_q > 16 and limit >= 200 * 1024:
         return SparseDecodeConfig(block_m=64, block_n=64, num_warps=8, num_stages=3, dv_tile=d_v)
     if h_q > 32:
@@ -328,7 +483,7 @@ def sparse_decode_fwd(
     topk = indices.shape[2]
     d_pe = d_qk - head_dim_v
     arch = device_arch(q.device)
-    cfg = config or sparse_decode_config(h_q, head_dim_v, arch)
+    cfg = config or sparse_decode_config(h_q, head_dim_v, arch, is_fp8=is_fp8)
     if head_dim_v % cfg.dv_tile != 0:
         raise ValueError(f"dv_tile={cfg.dv_tile} must divide head_dim_v={head_dim_v}")
     if is_fp8:
@@ -336,6 +491,9 @@ def sparse_decode_fwd(
             raise ValueError("the FP8 path reads the V3.2 layout: d_qk 576, head_dim_v 512, 656 bytes per token")
         if cfg.dv_tile % V32_SCALE_TILE != 0:
             raise ValueError(f"dv_tile={cfg.dv_tile} must be a multiple of the {V32_SCALE_TILE}-dim scale tile")
+    if cfg.reg_prefetch and not (is_fp8 and cfg.dv_tile == head_dim_v):
+        raise ValueError(f"reg_prefetch serves V3.2 FP8 caches with dv_tile == head_dim_v (512); got "
+                         f"is_fp8={is_fp8}, dv_tile={cfg.dv_tile}, head_dim_v={head_dim_v}")
     if fp8_native is None:
         fp8_native = arch is None or arch >= 89
     has_extra = extra_k_cache is not None
@@ -382,6 +540,7 @@ def sparse_decode_fwd(
         IS_FP8=bool(is_fp8), FP8_NATIVE=fp8_native, HAS_EXTRA=has_extra, HAS_TOPK_LEN=topk_length is not None,
         HAS_EXTRA_TOPK_LEN=has_extra and extra_topk_length is not None, HAS_SINK=attn_sink is not None,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D_V=head_dim_v, D_PE=d_pe, DV_TILE=cfg.dv_tile,
+        REG_PREFETCH=cfg.reg_prefetch, PREFETCH_LATE=cfg.prefetch_late,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if num_splits > 1:
