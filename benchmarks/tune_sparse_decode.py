@@ -33,8 +33,9 @@ def candidates(h_q: int, is_fp8: bool = False, only_reg_prefetch: bool = False):
 
     if only_reg_prefetch:
         default = sparse_decode_config(h_q, 512, 90, is_fp8=is_fp8)
-        former = candidates(h_q)[:1] if h_q <= 16 else []  # the pipelined tile that served before
-        return [default] + [c for c in reg_prefetch_candidates(h_q) + former if c != default]
+        # and the pipelined tile that served before
+        former = C(64, 64, 8, 3, 512) if h_q > 16 else C(16, 32, 4, 3, 512)
+        return [default] + [c for c in reg_prefetch_candidates(h_q) + [former] if c != default]
     if is_fp8:
         return candidates(h_q) + reg_prefetch_candidates(h_q)
     if h_q > 64:
@@ -63,6 +64,9 @@ def main(argv=None) -> None:
     ap.add_argument("--json")
     ap.add_argument("--quick", action="store_true", help="the b=64 standard shape and h_q=16 only")
     ap.add_argument("--only", default=None, help="comma-separated config names to run")
+    ap.add_argument("--sink", action="store_true",
+                    help="time OpenMLA with an attention sink and topk_length (all lists full; the kernel variant "
+                         "that serves them), checked against the reference without: the sink is -inf")
     ap.add_argument("--reg-prefetch", action="store_true",
                     help="only the default tile and the V3.2 register-prefetch tiles (one split count)")
     args = ap.parse_args(argv)
@@ -90,13 +94,17 @@ def main(argv=None) -> None:
             fm = _flash_mla_sparse_call(flash_mla, inp, _pad_heads(inp.q, _flash_mla_sparse_heads(cfg.h_q)))
             fm()
             fm_us = triton.testing.do_bench(fm, warmup=50, rep=300, return_mode="median") * 1e3
+        extras = {}
+        if args.sink:  # a -inf sink scales nothing and full lengths cut nothing: the reference stays valid
+            extras = dict(attn_sink=torch.full((cfg.h_q,), float("-inf"), device="cuda"),
+                          topk_length=torch.full((cfg.b,), cfg.topk, dtype=torch.int32, device="cuda"))
         default = sparse_decode_config(cfg.h_q, cfg.dv, 90, is_fp8=inp.is_fp8)
         for tile in candidates(cfg.h_q, inp.is_fp8, args.reg_prefetch):
             programs = cfg.b * cfg.s_q * -(-cfg.h_q // tile.block_m) * (cfg.dv // tile.dv_tile)
             for splits in ((None,) if args.only or args.reg_prefetch else (None, 1, 2)):
                 def call(tile=tile, splits=splits):
                     return sparse_decode_fwd(inp.q, inp.k_cache, inp.indices, inp.head_dim_v, inp.softmax_scale,
-                                             is_fp8=inp.is_fp8, config=tile, num_splits=splits)
+                                             is_fp8=inp.is_fp8, config=tile, num_splits=splits, **extras)
                 try:
                     out, lse = call()
                     torch.cuda.synchronize()

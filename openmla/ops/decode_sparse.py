@@ -53,6 +53,7 @@ if triton_available():
     import triton.language as tl
 
     from .fp8 import _e4m3_over_256, e4m3_to, e4m3_unit
+    from .words import byte_of, interleave_quarters, unpack_halves
 
     @triton.jit
     def _load_keys(rows, offs_d, first, valid, dtype: tl.constexpr, IS_FP8: tl.constexpr,
@@ -126,33 +127,15 @@ if triton_available():
         return w0, w1, w2, w3, s0, s1, s2, s3, pe
 
     @triton.jit
-    def _bf16_pairs(words, dtype: tl.constexpr):
-        """[BLOCK_N, W] int32 words of two bf16 each (little-endian) -> [BLOCK_N, 2 W] ``dtype``, in order."""
-        BLOCK_N: tl.constexpr = words.shape[0]
-        W: tl.constexpr = words.shape[1]
-        lo = (words & 0xFFFF).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-        hi = ((words >> 16) & 0xFFFF).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-        return tl.reshape(tl.join(lo, hi), (BLOCK_N, 2 * W)).to(dtype)
-
-    @triton.jit
-    def _e4m3_byte(words, SHIFT: tl.constexpr, FP8_NATIVE: tl.constexpr):
-        """The code in bits ``SHIFT..SHIFT+7`` of each int32 word, decoded to fp32 (/ 256 without
-        ``FP8_NATIVE``, as :func:`e4m3_to`)."""
-        return e4m3_to(((words >> SHIFT) & 0xFF).to(tl.uint8), tl.float32, FP8_NATIVE)
-
-    @triton.jit
     def _dequant_tile(words, scale, dtype: tl.constexpr, FP8_NATIVE: tl.constexpr):
         """One 128-dim scale tile held as [BLOCK_N, 32] int32 words (code ``4 j + m`` in byte ``m`` of
-        word ``j``, little-endian): ``dtype(fp32(e4m3) * scale)`` as [BLOCK_N, 128] in dim order."""
-        BLOCK_N: tl.constexpr = words.shape[0]
+        word ``j``): ``dtype(fp32(e4m3) * scale)`` as [BLOCK_N, 128] in dim order."""
         unit = (scale * e4m3_unit(FP8_NATIVE))[:, None]
-        b0 = _e4m3_byte(words, 0, FP8_NATIVE) * unit
-        b1 = _e4m3_byte(words, 8, FP8_NATIVE) * unit
-        b2 = _e4m3_byte(words, 16, FP8_NATIVE) * unit
-        b3 = _e4m3_byte(words, 24, FP8_NATIVE) * unit
-        # join(join(b0, b2), join(b1, b3))[n, j, i, k] is byte 2 i + k of word j: dim 4 j + 2 i + k
-        vals = tl.join(tl.join(b0, b2), tl.join(b1, b3))
-        return tl.reshape(vals, (BLOCK_N, 128)).to(dtype)
+        b0 = e4m3_to(byte_of(words, 0), tl.float32, FP8_NATIVE) * unit
+        b1 = e4m3_to(byte_of(words, 8), tl.float32, FP8_NATIVE) * unit
+        b2 = e4m3_to(byte_of(words, 16), tl.float32, FP8_NATIVE) * unit
+        b3 = e4m3_to(byte_of(words, 24), tl.float32, FP8_NATIVE) * unit
+        return interleave_quarters(b0, b1, b2, b3).to(dtype)
 
     @triton.jit
     def _store_rows(row_ptrs, offs, vals, mask_rows):
@@ -258,7 +241,7 @@ if triton_available():
                 k_1 = _dequant_tile(c_1, s_1, dtype, FP8_NATIVE)
                 k_2 = _dequant_tile(c_2, s_2, dtype, FP8_NATIVE)
                 k_3 = _dequant_tile(c_3, s_3, dtype, FP8_NATIVE)
-                k_pe_cur = _bf16_pairs(k_pe, dtype)
+                k_pe_cur = unpack_halves(k_pe, tl.bfloat16, dtype)
                 valid_cur = valid
                 if not PREFETCH_LATE:
                     # the next tile (positions past hi are masked: the last prefetch reads nothing)
@@ -386,13 +369,19 @@ def sparse_decode_config(h_q: int, d_v: int, arch: int | None = None, is_fp8: bo
     that holds them and the whole output, three stages where shared memory allows (h_q=16 on an H100:
     207.2 us against 240.8 us in the padded 64-row tile). tests/test_aot.py checks each arch's limit.
 
-    ``is_fp8`` (the V3.2 cache) with at most 16 heads on those parts: the next tile's records gathered
-    into registers by the kernel (``reg_prefetch``; H200, h_q=16, b=64: 185.1 against 211.1 us for the
-    pipelined tile). With 64-row tiles that form measured slower (467.9 against 460.5 us at h_q=128,
-    244.5 against 236.6 at h_q=32): the registers it holds spill beside the 64 x 512 accumulator.
+    ``is_fp8`` (the V3.2 cache) on those parts: the same tiles with the next tile's records gathered into
+    registers by the kernel (``reg_prefetch``). With 64 rows the loads are issued once the softmax has
+    freed the scores' registers (``prefetch_late``; issued before the products they spill beside the
+    64 x 512 accumulator); with 16 rows before the products. H200, b=64, kernel times of one process
+    (two processes, one host): h_q=128 442.5-443.4 us against 460.4-463.1 for the pipelined tile (b=128
+    867.7-868.8 against 899.3-899.9), h_q 32 / 64 231.7 / 233.6-234.2 against 236.1-237.2 / 239.2-239.4,
+    h_q=16 185.8-186.9 against 210.2 (after the softmax 198.3-199.7). docs/perf-notes.md has the runs.
     """
     limit = smem_per_block(arch)
-    if is_fp8 and h_q <= 16 and d_v == 512 and limit >= 200 * 1024:
+    if is_fp8 and d_v == 512 and limit >= 200 * 1024:
+        if h_q > 16:
+            return SparseDecodeConfig(block_m=64, block_n=64, num_warps=8, num_stages=1, dv_tile=d_v,
+                                      reg_prefetch=True, prefetch_late=True)
         return SparseDecodeConfig(block_m=16, block_n=32, num_warps=4, num_stages=1, dv_tile=d_v, reg_prefetch=True)
     if h_q > 16 and limit >= 200 * 1024:
         return SparseDecodeConfig(block_m=64, block_n=64, num_warps=8, num_stages=3, dv_tile=d_v)
