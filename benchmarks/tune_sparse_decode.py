@@ -15,22 +15,24 @@ import json
 
 
 def reg_prefetch_candidates(h_q: int):
-    """V3.2 FP8 tiles whose next records are gathered into registers (``reg_prefetch``, one stage)."""
+    """V3.2 FP8 tiles fed otherwise than by the plain pipeliner: the next tile's records gathered into
+    registers (``reg_prefetch``, one stage), or the index list read a tile ahead (``idx_ahead``)."""
     from openmla.ops.decode_sparse import SparseDecodeConfig as C
 
-    # (the last field issues the next tile's loads after the softmax rather than before the products)
-    if h_q > 32:
-        return [C(64, 64, 8, 1, 512, True), C(64, 64, 8, 1, 512, True, True)]
     if h_q > 16:
-        return [C(64, 64, 8, 1, 512, True), C(64, 64, 8, 1, 512, True, True), C(32, 32, 4, 1, 512, True),
-                C(32, 32, 4, 1, 512, True, True)]
-    return [C(16, 32, 4, 1, 512, True), C(16, 32, 4, 1, 512, True, True), C(16, 16, 4, 1, 512, True)]
+        return [C(64, 64, 8, 3, 512, idx_ahead=True), C(64, 64, 8, 1, 512, True)]
+    return [C(16, 32, 4, 1, 512, True), C(16, 32, 4, 3, 512, idx_ahead=True), C(16, 32, 4, 4, 512, idx_ahead=True)]
 
 
 def candidates(h_q: int, is_fp8: bool = False, only_reg_prefetch: bool = False):
     from openmla.ops.decode_sparse import SparseDecodeConfig as C
     from openmla.ops.decode_sparse import sparse_decode_config
 
+    if only_reg_prefetch and not is_fp8:  # 16-bit keys: register prefetch does not apply; the list read ahead
+        default = sparse_decode_config(h_q, 512, 90)
+        ahead = [C(64, 32, 8, 3, 512, idx_ahead=True), C(64, 32, 8, 4, 512, idx_ahead=True)] if h_q > 16 else \
+            [C(16, 32, 4, 3, 512, idx_ahead=True), C(16, 32, 4, 4, 512, idx_ahead=True)]
+        return [default] + ahead
     if only_reg_prefetch:
         default = sparse_decode_config(h_q, 512, 90, is_fp8=is_fp8)
         # and the pipelined tile that served before
@@ -55,7 +57,13 @@ def main(argv=None) -> None:
     import triton
 
     from benchmarks.configs import get_configs
-    from benchmarks.runner import _flash_mla_sparse_call, _flash_mla_sparse_heads, _load_flash_mla, _pad_heads
+    from benchmarks.runner import (
+        _flash_mla_sparse_call,
+        _flash_mla_sparse_heads,
+        _flash_mla_sparse_unsupported,
+        _load_flash_mla,
+        _pad_heads,
+    )
     from openmla import reference
     from openmla._harness import check_sparse_decode, make_sparse_decode_inputs, sparse_decode_flops_bytes
     from openmla.ops.decode_sparse import sparse_decode_config, sparse_decode_fwd
@@ -68,12 +76,15 @@ def main(argv=None) -> None:
                     help="time OpenMLA with an attention sink and topk_length (all lists full; the kernel variant "
                          "that serves them), checked against the reference without: the sink is -inf")
     ap.add_argument("--reg-prefetch", action="store_true",
-                    help="only the default tile and the V3.2 register-prefetch tiles (one split count)")
+                    help="only the default tile, the tiles fed by register prefetch or with the list read ahead, "
+                         "and the plain pipelined tile (one split count)")
     args = ap.parse_args(argv)
     flash_mla, missing = _load_flash_mla()
     if missing:
         print(missing)
     cfgs = get_configs("standard", op="sparse_decode") + get_configs("heads", op="sparse_decode")
+    if args.only:  # the BF16-cache set only when named
+        cfgs += get_configs("bf16", op="sparse_decode")
     if args.quick:
         cfgs = [c for c in cfgs if c.name in ("sparse_std_b64", "sparse_heads_h16")]
     if args.only:
@@ -90,7 +101,7 @@ def main(argv=None) -> None:
                                                softmax_scale=inp.softmax_scale, indices=inp.indices,
                                                is_fp8_kvcache=inp.is_fp8)
         fm_us = None
-        if flash_mla is not None and _flash_mla_sparse_heads(cfg.h_q):
+        if flash_mla is not None and _flash_mla_sparse_heads(cfg.h_q) and not _flash_mla_sparse_unsupported(cfg):
             fm = _flash_mla_sparse_call(flash_mla, inp, _pad_heads(inp.q, _flash_mla_sparse_heads(cfg.h_q)))
             fm()
             fm_us = triton.testing.do_bench(fm, warmup=50, rep=300, return_mode="median") * 1e3
@@ -122,7 +133,8 @@ def main(argv=None) -> None:
                 r = f"{rec['ratio']:.3f}" if rec["ratio"] else "-"
                 t = tile
                 print(f"{cfg.name} bm{t.block_m} bn{t.block_n} w{t.num_warps} st{t.num_stages} dv{t.dv_tile}"
-                      f"{' reg-prefetch' if t.reg_prefetch else ''}{' late' if t.prefetch_late else ''} "
+                      f"{' reg-prefetch' if t.reg_prefetch else ''}"
+                      f"{' idx-ahead' if t.idx_ahead else ''} "
                       f"splits={splits}: {us:8.1f} us (FlashMLA {fm_us or 0:7.1f}) ratio {r} "
                       f"{rec['tflops']:6.1f} TF {rec['gbps']:6.0f} GB/s {'ok' if not problems else problems}"
                       + (" *" if rec["default"] else ""), flush=True)

@@ -236,20 +236,20 @@ def test_triton_fp16_cache_matches_reference_tiny(b, s_q, h_q, s_k, topk, page, 
 
 
 def _v32_tile(h_q: int, feed: str):
-    """The default V3.2 tile for ``h_q`` on an sm_90 part, fed by the pipeliner (``"pipelined"``) or by
-    register prefetch issued before the products (``"reg-prefetch"``) or after the softmax (``"-late"``)."""
+    """The default V3.2 tile for ``h_q`` on an sm_90 part, fed by the pipeliner (``"pipelined"``, or
+    ``"idx-ahead"`` with the list read a tile ahead) or by register prefetch (``"reg-prefetch"``)."""
     from openmla.ops.decode_sparse import sparse_decode_config
 
     cfg = sparse_decode_config(h_q, 512, 90, is_fp8=True)
-    if feed == "pipelined":
-        return dataclasses.replace(cfg, reg_prefetch=False, prefetch_late=False, num_stages=2)
-    return dataclasses.replace(cfg, reg_prefetch=True, prefetch_late=feed.endswith("late"), num_stages=1)
+    if feed in ("pipelined", "idx-ahead"):
+        return dataclasses.replace(cfg, reg_prefetch=False, num_stages=3, idx_ahead=feed == "idx-ahead")
+    return dataclasses.replace(cfg, reg_prefetch=True, idx_ahead=False, num_stages=1)
 
 
 @pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
 @pytest.mark.parametrize("b, s_q, h_q, s_k, topk, page, options", KERNEL_PARAMS)
 @pytest.mark.parametrize("splits", [1, 2])
-@pytest.mark.parametrize("feed", ["pipelined", "reg-prefetch", "reg-prefetch-late"])
+@pytest.mark.parametrize("feed", ["pipelined", "idx-ahead", "reg-prefetch"])
 def test_triton_v32_fp8_cache_matches_reference_tiny(b, s_q, h_q, s_k, topk, page, options, splits, feed,
                                                      generator):
     """The V3.2 cache built from fp16 keys by ``quantize_v32``; the reference reads it back (dequantized).

@@ -239,19 +239,22 @@ def _sparse_variants(arch: int = 90) -> list[Variant]:
         for h_q in heads:
             default = sparse_decode_config(h_q, 512, arch, is_fp8=is_fp8)
             tiles = [default]
-            if is_fp8 and arch == 90 and default.reg_prefetch:
-                # the pipelined form of the same tile, kept compilable for tuning beside the default
-                tiles.append(dataclasses.replace(default, reg_prefetch=False, prefetch_late=False, num_stages=3))
+            if is_fp8 and arch == 90:
+                # the tile's other forms, kept compilable for tuning beside the default
+                forms = [dict(reg_prefetch=True, idx_ahead=False, num_stages=1),
+                         dict(reg_prefetch=False, idx_ahead=True, num_stages=3)]
+                tiles += [c for c in (dataclasses.replace(default, **f) for f in forms) if c != default]
             for cfg, options in [(c, o) for c in tiles for o in ((False, True) if h_q in featured else (False,))]:
                 consts = dict(IS_FP8=is_fp8, FP8_NATIVE=cache == "fp8", HAS_EXTRA=options, HAS_TOPK_LEN=options,
                               HAS_EXTRA_TOPK_LEN=options, HAS_SINK=options, BLOCK_M=cfg.block_m,
                               BLOCK_N=cfg.block_n, D_V=512, D_PE=d_qk - 512, DV_TILE=cfg.dv_tile,
-                              REG_PREFETCH=cfg.reg_prefetch, PREFETCH_LATE=cfg.prefetch_late)
+                              REG_PREFETCH=cfg.reg_prefetch, IDX_AHEAD=cfg.idx_ahead)
                 kind = {"fp8": "v32fp8", "fp8-bits": "v32fp8-bits"}.get(cache, cache)
                 name = (f"sparse {q_dtype} cache {kind} h<={h_q} d{d_qk} "
                         f"{'extra+len+sink' if options else 'plain'} bm{cfg.block_m} bn{cfg.block_n} "
                         f"dv{cfg.dv_tile} w{cfg.num_warps} s{cfg.num_stages}"
-                        f"{' reg-prefetch' if cfg.reg_prefetch else ''}{' late' if cfg.prefetch_late else ''}")
+                        f"{' reg-prefetch' if cfg.reg_prefetch else ''}"
+                        f"{' idx-ahead' if cfg.idx_ahead else ''}")
                 out.append(Variant(_sparse_decode_kernel, ptrs, ("scale_log2",), consts, cfg.num_warps,
                                    cfg.num_stages, name, runtime_ints=SPARSE_RUNTIME_INTS,
                                    min_arch=89 if cache == "fp8" else 0))

@@ -168,7 +168,7 @@ if triton_available():
         HAS_EXTRA_TOPK_LEN: tl.constexpr, HAS_SINK: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         D_V: tl.constexpr, D_PE: tl.constexpr, DV_TILE: tl.constexpr, REG_PREFETCH: tl.constexpr,
-        PREFETCH_LATE: tl.constexpr,
+        IDX_AHEAD: tl.constexpr,
     ):
         # program axis 0 = (request, query token, head tile, slice of the output's D_V dims)
         pid = tl.program_id(0)
@@ -243,13 +243,11 @@ if triton_available():
                 k_3 = _dequant_tile(c_3, s_3, dtype, FP8_NATIVE)
                 k_pe_cur = unpack_halves(k_pe, tl.bfloat16, dtype)
                 valid_cur = valid
-                if not PREFETCH_LATE:
-                    # the next tile (positions past hi are masked: the last prefetch reads nothing)
-                    rows, valid = _tile_rows(start + BLOCK_N, hi, n_main, idx_row, extra_idx_row, k_ptr,
-                                             extra_k_ptr, num_slots, extra_num_slots, page_block_size,
-                                             extra_page_block_size, stride_kb, stride_kp, stride_xb, stride_xp,
-                                             HAS_EXTRA, BLOCK_N)
-                    c_0, c_1, c_2, c_3, s_0, s_1, s_2, s_3, k_pe = _load_v32_tile(rows, valid, D_V, D_PE)
+                # the next tile (positions past hi are masked: the last prefetch reads nothing)
+                rows, valid = _tile_rows(start + BLOCK_N, hi, n_main, idx_row, extra_idx_row, k_ptr, extra_k_ptr,
+                                         num_slots, extra_num_slots, page_block_size, extra_page_block_size,
+                                         stride_kb, stride_kp, stride_xb, stride_xp, HAS_EXTRA, BLOCK_N)
+                c_0, c_1, c_2, c_3, s_0, s_1, s_2, s_3, k_pe = _load_v32_tile(rows, valid, D_V, D_PE)
 
                 scores = tl.dot(q_0, tl.trans(k_0))
                 scores = tl.dot(q_1, tl.trans(k_1), scores)
@@ -263,13 +261,6 @@ if triton_available():
                 alpha = tl.math.exp2(m_i - m_shift)
                 l_i = l_i * alpha + tl.sum(p, axis=1)
                 p = p.to(dtype)
-                if PREFETCH_LATE:
-                    # issued once the scores' registers are free: fewer live at once, less latency hidden
-                    rows, valid = _tile_rows(start + BLOCK_N, hi, n_main, idx_row, extra_idx_row, k_ptr,
-                                             extra_k_ptr, num_slots, extra_num_slots, page_block_size,
-                                             extra_page_block_size, stride_kb, stride_kp, stride_xb, stride_xp,
-                                             HAS_EXTRA, BLOCK_N)
-                    c_0, c_1, c_2, c_3, s_0, s_1, s_2, s_3, k_pe = _load_v32_tile(rows, valid, D_V, D_PE)
                 acc_0 = tl.dot(p, k_0, acc_0 * alpha[:, None])
                 acc_1 = tl.dot(p, k_1, acc_1 * alpha[:, None])
                 acc_2 = tl.dot(p, k_2, acc_2 * alpha[:, None])
@@ -277,10 +268,24 @@ if triton_available():
                 m_i = m_new
         else:
             acc = tl.zeros([BLOCK_M, DV_TILE], dtype=tl.float32)
+            if IDX_AHEAD:
+                rows_next, valid_next = _tile_rows(lo, hi, n_main, idx_row, extra_idx_row, k_ptr, extra_k_ptr,
+                                                   num_slots, extra_num_slots, page_block_size,
+                                                   extra_page_block_size, stride_kb, stride_kp, stride_xb, stride_xp,
+                                                   HAS_EXTRA, BLOCK_N)
             for start in range(lo, hi, BLOCK_N):
-                rows, valid = _tile_rows(start, hi, n_main, idx_row, extra_idx_row, k_ptr, extra_k_ptr, num_slots,
-                                         extra_num_slots, page_block_size, extra_page_block_size, stride_kb,
-                                         stride_kp, stride_xb, stride_xp, HAS_EXTRA, BLOCK_N)
+                if IDX_AHEAD:
+                    # the list read one tile ahead: the key loads then depend on no load of their own
+                    # iteration, which lets the pipeliner issue them a whole stage early
+                    rows, valid = rows_next, valid_next
+                    rows_next, valid_next = _tile_rows(start + BLOCK_N, hi, n_main, idx_row, extra_idx_row, k_ptr,
+                                                       extra_k_ptr, num_slots, extra_num_slots, page_block_size,
+                                                       extra_page_block_size, stride_kb, stride_kp, stride_xb,
+                                                       stride_xp, HAS_EXTRA, BLOCK_N)
+                else:
+                    rows, valid = _tile_rows(start, hi, n_main, idx_row, extra_idx_row, k_ptr, extra_k_ptr,
+                                             num_slots, extra_num_slots, page_block_size, extra_page_block_size,
+                                             stride_kb, stride_kp, stride_xb, stride_xp, HAS_EXTRA, BLOCK_N)
                 k_v = _load_keys(rows, offs_v, dv_tile * DV_TILE, valid, dtype, IS_FP8, FP8_NATIVE,
                                  BLOCK_N, DV_TILE, D_V)  # [BLOCK_N, DV_TILE]
                 scores = tl.dot(q_v, tl.trans(k_v))  # [BLOCK_M, BLOCK_N]
@@ -352,7 +357,10 @@ class SparseDecodeConfig:
     num_stages: int
     dv_tile: int
     reg_prefetch: bool = False
-    prefetch_late: bool = False
+    #: (the pipelined form) read the index list one tile ahead, so that the key loads depend on no load of
+    #: their own iteration and Triton's pipeliner keeps ``num_stages - 2`` tiles in flight (without it the
+    #: index load takes the first stage and the next tile is copied after this tile's last product)
+    idx_ahead: bool = False
 
 
 def sparse_decode_config(h_q: int, d_v: int, arch: int | None = None, is_fp8: bool = False) -> SparseDecodeConfig:
@@ -369,19 +377,17 @@ def sparse_decode_config(h_q: int, d_v: int, arch: int | None = None, is_fp8: bo
     that holds them and the whole output, three stages where shared memory allows (h_q=16 on an H100:
     207.2 us against 240.8 us in the padded 64-row tile). tests/test_aot.py checks each arch's limit.
 
-    ``is_fp8`` (the V3.2 cache) on those parts: the same tiles with the next tile's records gathered into
-    registers by the kernel (``reg_prefetch``). With 64 rows the loads are issued once the softmax has
-    freed the scores' registers (``prefetch_late``; issued before the products they spill beside the
-    64 x 512 accumulator); with 16 rows before the products. H200, b=64, kernel times of one process
-    (two processes, one host): h_q=128 442.5-443.4 us against 460.4-463.1 for the pipelined tile (b=128
-    867.7-868.8 against 899.3-899.9), h_q 32 / 64 231.7 / 233.6-234.2 against 236.1-237.2 / 239.2-239.4,
-    h_q=16 185.8-186.9 against 210.2 (after the softmax 198.3-199.7). docs/perf-notes.md has the runs.
+    ``is_fp8`` (the V3.2 cache) on those parts, fed two other ways (kernel times, H200, b=64, two
+    processes on one host; docs/perf-notes.md has the runs): 64-row tiles read the index list a tile
+    ahead (``idx_ahead``), so the pipeliner keeps a tile's records in flight: h_q=128 406.2-406.3 us
+    against 459.5-462.3 for the plain pipelined tile (b=128 797.5-797.7 against 898.9-900.0), h_q 32 / 64
+    207.2-207.6 / 209.6 against 235.8 / 238.3-238.8. The 16-row tile gathers the next tile's records into
+    registers (``reg_prefetch``): h_q=16 183.6-186.0 us against 208.5-211.8 (``idx_ahead`` 202.7-202.8).
     """
     limit = smem_per_block(arch)
     if is_fp8 and d_v == 512 and limit >= 200 * 1024:
         if h_q > 16:
-            return SparseDecodeConfig(block_m=64, block_n=64, num_warps=8, num_stages=1, dv_tile=d_v,
-                                      reg_prefetch=True, prefetch_late=True)
+            return SparseDecodeConfig(block_m=64, block_n=64, num_warps=8, num_stages=3, dv_tile=d_v, idx_ahead=True)
         return SparseDecodeConfig(block_m=16, block_n=32, num_warps=4, num_stages=1, dv_tile=d_v, reg_prefetch=True)
     if h_q > 16 and limit >= 200 * 1024:
         return SparseDecodeConfig(block_m=64, block_n=64, num_warps=8, num_stages=3, dv_tile=d_v)
@@ -529,7 +535,7 @@ def sparse_decode_fwd(
         IS_FP8=bool(is_fp8), FP8_NATIVE=fp8_native, HAS_EXTRA=has_extra, HAS_TOPK_LEN=topk_length is not None,
         HAS_EXTRA_TOPK_LEN=has_extra and extra_topk_length is not None, HAS_SINK=attn_sink is not None,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D_V=head_dim_v, D_PE=d_pe, DV_TILE=cfg.dv_tile,
-        REG_PREFETCH=cfg.reg_prefetch, PREFETCH_LATE=cfg.prefetch_late,
+        REG_PREFETCH=cfg.reg_prefetch, IDX_AHEAD=cfg.idx_ahead,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if num_splits > 1:
