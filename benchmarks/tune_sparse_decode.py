@@ -52,6 +52,28 @@ def candidates(h_q: int, is_fp8: bool = False, only_reg_prefetch: bool = False):
             C(64, 64, 8, 3, 512)]
 
 
+def _time_gluon(cfg, inp, ref, extras, fm_us, card, results) -> None:
+    """Time the sm_90 Gluon sparse kernel on ``inp`` with ``extras`` (sink, lengths), checked first."""
+    import torch
+    import triton
+
+    from openmla._harness import check_sparse_decode
+    from openmla.ops.gluon.decode_sparse_sm90 import sparse_decode_sm90_fwd
+
+    def call():
+        return sparse_decode_sm90_fwd(inp.q, inp.k_cache, inp.indices, inp.head_dim_v, inp.softmax_scale,
+                                      extras.get("topk_length"), is_fp8=inp.is_fp8, attn_sink=extras.get("attn_sink"))
+    out, lse = call()
+    torch.cuda.synchronize()
+    problems = [str(c) for c in check_sparse_decode(out, lse, *ref) if not c.ok]
+    us = triton.testing.do_bench(call, warmup=50, rep=300, return_mode="median") * 1e3
+    results.append(dict(op="sparse_decode", backend="gluon", card=card, config=cfg.name, h_q=cfg.h_q, b=cfg.b,
+                        openmla_us=us, flash_mla_us=fm_us, ratio=(fm_us / us) if fm_us else None,
+                        check=problems or "ok", sink=bool(extras)))
+    print(f"{cfg.name} gluon{' sink' if extras else ''}: {us:8.1f} us (FlashMLA {fm_us or 0:7.1f}) "
+          f"{'ok' if not problems else problems}", flush=True)
+
+
 def main(argv=None) -> None:
     import torch
     import triton
@@ -74,7 +96,8 @@ def main(argv=None) -> None:
     ap.add_argument("--only", default=None, help="comma-separated config names to run")
     ap.add_argument("--sink", action="store_true",
                     help="time OpenMLA with an attention sink and topk_length (all lists full; the kernel variant "
-                         "that serves them), checked against the reference without: the sink is -inf")
+                         "that serves them), checked against the reference without: the sink is -inf; the sm_90 "
+                         "Gluon kernel is timed on the same call first")
     ap.add_argument("--reg-prefetch", action="store_true",
                     help="only the default tile, the tiles fed by register prefetch or with the list read ahead, "
                          "and the plain pipelined tile (one split count)")
@@ -109,6 +132,8 @@ def main(argv=None) -> None:
         if args.sink:  # a -inf sink scales nothing and full lengths cut nothing: the reference stays valid
             extras = dict(attn_sink=torch.full((cfg.h_q,), float("-inf"), device="cuda"),
                           topk_length=torch.full((cfg.b,), cfg.topk, dtype=torch.int32, device="cuda"))
+        if args.sink:  # the Hopper kernel on the same call, for comparison (it takes sinks too)
+            _time_gluon(cfg, inp, ref, extras, fm_us, card, results)
         default = sparse_decode_config(cfg.h_q, cfg.dv, 90, is_fp8=inp.is_fp8)
         for tile in candidates(cfg.h_q, inp.is_fp8, args.reg_prefetch):
             programs = cfg.b * cfg.s_q * -(-cfg.h_q // tile.block_m) * (cfg.dv // tile.dv_tile)

@@ -295,7 +295,7 @@ def _sparse_decode_call(q, k_cache, head_dim_v, tile_scheduler_metadata, num_spl
     if _value_checks_enabled(planning, q.device):
         _check_sparse_values(topk_length, extra_topk_length, shape.topk, shape.extra_topk)
     choice = choose_sparse_decode(q.device, q.dtype, (shape.d_qk, head_dim_v), shape.fmt, backend,
-                                  extras=attn_sink is not None or extra_k_cache is not None,
+                                  extras=extra_k_cache is not None,
                                   aligned16=shape.fmt is None or _aligned16(k_cache))
     if meta is not None:
         meta.have_initialized = True  # nothing to plan: the split count follows from the shapes
@@ -311,7 +311,7 @@ def _sparse_decode_call(q, k_cache, head_dim_v, tile_scheduler_metadata, num_spl
         from .ops.gluon.decode_sparse_sm90 import sparse_decode_sm90_fwd
 
         return sparse_decode_sm90_fwd(q, k_cache, indices, head_dim_v, scale, topk_length,
-                                      is_fp8=shape.fmt is not None)
+                                      is_fp8=shape.fmt is not None, attn_sink=attn_sink)
     from .ops.decode_sparse import sparse_decode_fwd
 
     return sparse_decode_fwd(q, k_cache, indices, head_dim_v, scale, attn_sink, topk_length, extra_k_cache,
@@ -553,7 +553,7 @@ def explain(
             from .kvcache import bytes_per_token_of, detect_format
 
             fmt = detect_format(q.shape[-1], bytes_per_token_of(k_cache), kwargs.get("kv_format")).name
-        extras = kwargs.get("attn_sink") is not None or kwargs.get("extra_k_cache") is not None
+        extras = kwargs.get("extra_k_cache") is not None
         return choose_sparse_decode(q.device, q.dtype, (q.shape[-1], head_dim_v), fmt, backend, extras=extras,
                                     aligned16=fmt is None or _aligned16(k_cache))
     kv_fp8 = _dense_fp8(k_cache, is_fp8_kvcache)

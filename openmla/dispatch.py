@@ -196,7 +196,7 @@ def _sparse_gluon_reason_against(
             against = ("the FP8 cache's stride(0) or base address is not a multiple of 16 bytes (the Gluon kernel "
                        "copies records 16 bytes at a time)")
     if against is None and extras:
-        against = "the Gluon sparse kernel takes no attn_sink and no extra cache"
+        against = "the Gluon sparse kernel takes no extra cache (extra_k_cache)"
     return against
 
 
@@ -215,9 +215,10 @@ def choose_sparse_decode(
     """Pick the backend for a sparse decode call; raise :class:`UnsupportedError` if a forced one cannot serve.
 
     ``dtype`` is q's; ``cache_format`` ``None`` for a bf16/fp16 cache, else the FP8 layout's name;
-    ``extras``: the call has an ``attn_sink`` or an extra cache; ``aligned16``: an FP8 cache's page stride and
+    ``extras``: the call has an extra cache (``extra_k_cache``); ``aligned16``: an FP8 cache's page stride and
     base address are multiples of 16 bytes. On Hopper the Gluon kernel serves bf16/fp16 q over a cache of q's
-    dtype with (576 or 512, 512) dims, or over an aligned V3.2 FP8 cache, without extras; Triton serves bf16/fp16
+    dtype with (576 or 512, 512) dims, or over an aligned V3.2 FP8 cache, with or without ``attn_sink``, without
+    an extra cache; Triton serves bf16/fp16
     q over a cache of q's dtype or the V3.2 FP8 layout; the reference serves the rest (fp32, MODEL1). Cached
     like :func:`choose_dense_decode`.
     """
@@ -248,7 +249,7 @@ def _choose_sparse_decode(device, dtype, dims, cache_format, backend, extras=Fal
             raise UnsupportedError(
                 f"backend='gluon' cannot serve {op}: {gluon_against}. GPU: {where}. Supported: bf16/fp16 q over a "
                 "cache of q's dtype, (d_qk, head_dim_v) = (576, 512) or (512, 512), or over the V3.2 FP8 layout "
-                "(656 B/token, stride(0) a multiple of 16 bytes), on Hopper (sm_90), without attn_sink or "
+                "(656 B/token, stride(0) a multiple of 16 bytes), on Hopper (sm_90), without "
                 "extra_k_cache. Use backend='triton' (any NVIDIA GPU sm_80+) or 'reference'."
             )
         return Choice(op, "gluon", "forced (backend='gluon' or OPENMLA_BACKEND=gluon)")

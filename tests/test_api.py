@@ -350,9 +350,9 @@ def test_sparse_reference_backend_is_the_reference(generator):
 
 
 @pytest.mark.skipif(not gluon_available(), reason="Triton's Gluon dialect does not import here")
-def test_sparse_gluon_kernel_serves_16_bit_and_v32_caches_without_extras(monkeypatch):
+def test_sparse_gluon_kernel_serves_16_bit_and_v32_caches_without_extra_cache(monkeypatch):
     """On Hopper the Gluon sparse kernel takes bf16/fp16 caches with MLA's dims and the V3.2 FP8 layout when
-    its records are 16-byte aligned, with no sink or extra cache; MODEL1, unaligned FP8 caches, sinks and extra
+    its records are 16-byte aligned, with or without an attention sink; MODEL1, unaligned FP8 caches and extra
     caches go to the Triton kernel or the reference (the GPU is named by OPENMLA_ARCH here)."""
     from openmla.dispatch import _sparse_gluon_reason_against, choose_sparse_decode
 
@@ -367,7 +367,7 @@ def test_sparse_gluon_kernel_serves_16_bit_and_v32_caches_without_extras(monkeyp
                                                       aligned16=False)
     assert "(576, 512), got (512, 512)" in _sparse_gluon_reason_against(cuda, torch.bfloat16, (512, 512), "V32_FP8",
                                                                          False)
-    assert "attn_sink" in _sparse_gluon_reason_against(cuda, torch.bfloat16, (576, 512), "V32_FP8", True)
+    assert "extra_k_cache" in _sparse_gluon_reason_against(cuda, torch.bfloat16, (576, 512), "V32_FP8", True)
     choice = choose_sparse_decode(cuda, torch.bfloat16, (576, 512), "V32_FP8")
     assert choice.backend == "gluon" and "V3.2 FP8" in choice.reason
     with pytest.raises(UnsupportedError, match="backend='gluon' cannot serve sparse_decode: the FP8 cache's stride"):
@@ -377,7 +377,7 @@ def test_sparse_gluon_kernel_serves_16_bit_and_v32_caches_without_extras(monkeyp
         with pytest.warns(openmla.OpenMLAFallbackWarning, match="multiples of 16 bytes"):
             choice = choose_sparse_decode(cuda, torch.float16, (576, 512), "V32_FP8", aligned16=False)
         assert choice.backend == "triton" and "16 bytes" in choice.reason
-    assert "attn_sink" in _sparse_gluon_reason_against(cuda, torch.bfloat16, (576, 512), None, True)
+    assert "extra_k_cache" in _sparse_gluon_reason_against(cuda, torch.bfloat16, (576, 512), None, True)
     assert "(576, 512) or (512, 512)" in _sparse_gluon_reason_against(cuda, torch.bfloat16, (64, 32), None, False)
     assert "bf16 or fp16" in _sparse_gluon_reason_against(cuda, torch.float32, (576, 512), None, False)
     monkeypatch.setenv("OPENMLA_ARCH", "sm_80")

@@ -354,7 +354,8 @@ def test_gluon_sparse_launcher_arguments(fp8, lengths_given, monkeypatch, genera
     """The Gluon sparse launcher on CPU tensors with its launches recorded, not run: one query token a request
     (its list in place of the block table), an FP8 cache handed over as bytes with the FP8 loader's
     registers, lengths clamped and repeated per query token (or the fixed-length plan reused), the merge
-    asked for with the plan's split counts, and outputs in FlashMLA's shapes."""
+    asked for with the plan's split counts, an attention sink handed to both, and outputs in FlashMLA's
+    shapes."""
     from openmla.ops.gluon import decode_dense_sm90_ws as ws
     from openmla.ops.gluon import decode_sparse_sm90 as gluon_sparse
 
@@ -365,14 +366,15 @@ def test_gluon_sparse_launcher_arguments(fp8, lengths_given, monkeypatch, genera
             return lambda *args, **kwargs: launches.append((grid, args, kwargs))
 
     monkeypatch.setattr(ws, "_dense_decode_sm90_ws_kernel", Recorder(), raising=False)
-    monkeypatch.setattr(gluon_sparse, "combine_splits", lambda *args: merges.append(args))
+    monkeypatch.setattr(gluon_sparse, "combine_splits", lambda *args, **kw: merges.append((args, kw)))
     b, s_q, h_q, topk = 2, 3, 128, 130
     inputs = make_sparse_decode_inputs(b, s_q, h_q, 300, topk, 7, 576, 512, torch.bfloat16, "cpu", fp8=fp8,
                                        generator=generator, topk_length=lengths_given)
     lengths = inputs["topk_length"]
+    sink = torch.randn(h_q, generator=generator) if fp8 else None  # with a sink over the FP8 cache, without over BF16
     for _ in range(2):
         out, lse = gluon_sparse.sparse_decode_sm90_fwd(inputs["q"], inputs["k_cache"], inputs["indices"], 512,
-                                                       576**-0.5, lengths, is_fp8=fp8)
+                                                       576**-0.5, lengths, is_fp8=fp8, attn_sink=sink)
     assert out.shape == (b, s_q, h_q, 512) and out.dtype == torch.bfloat16
     assert lse.shape == (b, h_q, s_q) and lse.dtype == torch.float32
     assert len(launches) == 2 and len(merges) == 2
@@ -385,10 +387,11 @@ def test_gluon_sparse_launcher_arguments(fp8, lengths_given, monkeypatch, genera
     expected_lens = (lengths.clamp(0, topk).repeat_interleave(s_q) if lengths_given
                      else torch.full((b * s_q,), topk, dtype=torch.int32))
     assert torch.equal(lens, expected_lens) and sched.shape == (parts, 8) and splits.shape == (b * s_q + 1,)
-    assert merges[0][4] is splits
+    merge_args, merge_kw = merges[0]
+    assert merge_args[4] is splits and merge_kw["attn_sink"] is sink  # split rows get the sink in the merge
     o_accum, lse_accum, counters = args[8:11]  # one slot per list and per piece; no counters: no fused merge
     assert o_accum.shape == (b * s_q + parts, 1, h_q, 512) and lse_accum.shape == (b * s_q + parts, 1, h_q)
-    assert counters.numel() == 1 and merges[0][2] is o_accum and merges[0][3] is lse_accum
+    assert counters.numel() == 1 and merge_args[2] is o_accum and merge_args[3] is lse_accum
     assert (args_again[3] is lens) != lengths_given  # the fixed-length plan is reused, lengths are not
     assert cache.data_ptr() == inputs["k_cache"].data_ptr()
     assert cache.dtype == (torch.uint8 if fp8 else torch.bfloat16)
@@ -396,7 +399,8 @@ def test_gluon_sparse_launcher_arguments(fp8, lengths_given, monkeypatch, genera
     assert (kwargs["OUTPUT_REGS"], kwargs["LOADER_REGS"]) == regs
     assert kwargs["SPARSE"] and kwargs["SOFTMAX_ONLY"] and not kwargs["CAUSAL"] and not kwargs["TMA_K"]
     assert kwargs["KV_FP8"] == fp8 and kwargs["PREFETCH_L2"] == (fp8 and ws.SPARSE_FP8_PREFETCH_L2)
-    assert kwargs["D_V"] == 512 and kwargs["D_PE"] == 64 and args[-1] is None  # no TMA descriptor
+    assert kwargs["D_V"] == 512 and kwargs["D_PE"] == 64 and args[-2] is None  # no TMA descriptor
+    assert args[-1] is sink and kwargs["HAS_SINK"] == (sink is not None)  # unsplit rows get it in the kernel
 
 
 def test_split_count_fills_the_sms_and_keeps_splits_long():
@@ -433,7 +437,7 @@ GPU_MATRIX = [
 @pytest.mark.parametrize("fp8, h_q, s_q, b, s_k, topk, page", GPU_MATRIX)
 def test_flashmla_sparse_matrix(fp8, h_q, s_q, b, s_k, topk, page, generator):
     """FlashMLA's matrix (sm_scale d^-0.55, sinks with +-inf, -1-padded lists), plus out-of-range indices and,
-    for b=4, topk_length."""
+    for b=4, topk_length. On Hopper the Gluon kernel serves it, sinks included (asserted)."""
     inputs = make_sparse_decode_inputs(b, s_q, h_q, s_k, topk, page, 576, 512, torch.bfloat16, DEVICE, fp8=fp8,
                                        generator=generator, invalid_frac=0.05, sink=True, topk_length=b == 4,
                                        pad_blocks=True, softmax_scale=576**-0.55)
@@ -441,6 +445,9 @@ def test_flashmla_sparse_matrix(fp8, h_q, s_q, b, s_k, topk, page, generator):
     out, lse = run_api(inputs)
     _sync()
     check_against_reference(inputs, out, lse)
+    if torch.cuda.get_device_capability()[0] == 9:
+        assert openmla.explain(inputs["q"], inputs["k_cache"], indices=inputs["indices"], head_dim_v=512,
+                               attn_sink=inputs["attn_sink"]).backend == "gluon"
 
 
 @pytest.mark.gpu
@@ -478,7 +485,7 @@ def test_flashmla_sparse_corners(fp8, h_q, s_k, topk, page, generator):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("sink, lengths_given", [(True, True), (False, True), (False, False)],
-                         ids=["sink", "no-sink", "no-sink-no-lengths"])  # without a sink: the Gluon kernel on Hopper
+                         ids=["sink", "no-sink", "no-sink-no-lengths"])  # the Gluon kernel on Hopper, sink or not
 @pytest.mark.parametrize("fp8", [True, False], ids=["v32fp8", "bf16"])
 def test_sparse_cuda_graph_capture_and_replay(fp8, sink, lengths_given, generator):
     """A sparse decode step is captured once and replayed on new index lists (and lengths, where given);
@@ -537,7 +544,7 @@ def _flash_mla_sparse(inputs: dict):
 @pytest.mark.parametrize("s_q", [1, 3])
 @pytest.mark.parametrize("b", [4, 74])
 @pytest.mark.parametrize("s_k, topk, page", [c for c in FLASHMLA_SK_TOPK_PAGE if c[1] % 64 == 0])
-@pytest.mark.parametrize("sink", [True, False], ids=["sink", "no-sink"])  # without: the Gluon kernel on Hopper
+@pytest.mark.parametrize("sink", [True, False], ids=["sink", "no-sink"])  # the Gluon kernel on Hopper either way
 def test_equal_to_flashmla_v32(h_q, s_q, b, s_k, topk, page, sink, generator):
     """Same V3.2 cache, same lists (invalid entries exactly -1: FlashMLA reads any other value), same sinks."""
     inputs = make_sparse_decode_inputs(b, s_q, h_q, s_k, topk, page, 576, 512, torch.bfloat16, DEVICE, fp8=True,

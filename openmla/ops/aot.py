@@ -283,7 +283,7 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                       ASYNC_ARRIVE=async_arrive, BLOCK_M=ws.BLOCK_M, BLOCK_N=ws.BLOCK_N, D_V=512, D_PE=d_qk - 512,
                       SOFTMAX_WARPS=ws.NUM_WARPS, OUTPUT_WARPS=ws.WORKER_WARPS[0], LOADER_WARPS=ws.WORKER_WARPS[1],
                       OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], K_BOXES=d_qk // 64 if box_ready else 1, SPARSE=False,
-                      KV_FP8=False, PREFETCH_L2=False)
+                      KV_FP8=False, PREFETCH_L2=False, HAS_SINK=False, sink_ptr=None)
         v_ptrs = dict(ptrs)
         if tma_k:
             v_ptrs["k_desc"] = _tma_desc_type(dtype)
@@ -300,18 +300,27 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
         consts = dict(CAUSAL=False, OVERLAP=False, SOFTMAX_ONLY=True, TMA_K=False, ASYNC_ARRIVE=True,
                       BLOCK_M=ws.BLOCK_M, BLOCK_N=ws.BLOCK_N, D_V=512, D_PE=d_qk - 512, SOFTMAX_WARPS=ws.NUM_WARPS,
                       OUTPUT_WARPS=ws.WORKER_WARPS[0], LOADER_WARPS=ws.WORKER_WARPS[1], OUTPUT_REGS=regs[0],
-                      LOADER_REGS=regs[1], K_BOXES=1, SPARSE=True, KV_FP8=False, PREFETCH_L2=False, k_desc=None)
-        out.append(Variant(ws._dense_decode_sm90_ws_kernel, dict(ptrs), ("scale_log2",), consts,
-                           ws.NUM_WARPS, 1, f"gluon-ws sparse {dtype} d{d_qk} softmax-only async-arrive", gluon=True,
-                           maxnreg=ws.SOLO_MAXNREG))
-        if d_qk == 576:  # the V3.2 FP8 cache: 656-byte records dequantized to q's dtype
-            regs = ws.SPARSE_FP8_WORKER_REGS
-            for prefetch in (True, False):
-                out.append(Variant(ws._dense_decode_sm90_ws_kernel, dict(ptrs, k_ptr="*u8"), ("scale_log2",),
-                                   consts | dict(KV_FP8=True, PREFETCH_L2=prefetch, OUTPUT_REGS=regs[0],
-                                                 LOADER_REGS=regs[1]), ws.NUM_WARPS, 1,
-                                   f"gluon-ws sparse {dtype} q fp8-v32 cache softmax-only"
-                                   + (" prefetch-l2" if prefetch else ""), gluon=True, maxnreg=ws.SOLO_MAXNREG))
+                      LOADER_REGS=regs[1], K_BOXES=1, SPARSE=True, KV_FP8=False, PREFETCH_L2=False, k_desc=None,
+                      HAS_SINK=False, sink_ptr=None)
+        # with an attention sink: one more pointer, read in the last round of each request
+        sink = (dict(HAS_SINK=True), {"sink_ptr": "*fp32"}, " sink")
+        for extra_consts, extra_ptrs, tag in (({}, {}, ""), sink):
+            with_sink = dict(consts, **extra_consts)
+            if extra_ptrs:
+                with_sink.pop("sink_ptr")
+            out.append(Variant(ws._dense_decode_sm90_ws_kernel, dict(ptrs, **extra_ptrs), ("scale_log2",), with_sink,
+                               ws.NUM_WARPS, 1, f"gluon-ws sparse {dtype} d{d_qk} softmax-only async-arrive{tag}",
+                               gluon=True, maxnreg=ws.SOLO_MAXNREG))
+            if d_qk == 576:  # the V3.2 FP8 cache: 656-byte records dequantized to q's dtype
+                regs = ws.SPARSE_FP8_WORKER_REGS
+                for prefetch in (True, False) if not tag else (False,):
+                    out.append(Variant(ws._dense_decode_sm90_ws_kernel, dict(ptrs, k_ptr="*u8", **extra_ptrs),
+                                       ("scale_log2",),
+                                       with_sink | dict(KV_FP8=True, PREFETCH_L2=prefetch, OUTPUT_REGS=regs[0],
+                                                        LOADER_REGS=regs[1]), ws.NUM_WARPS, 1,
+                                       f"gluon-ws sparse {dtype} q fp8-v32 cache softmax-only"
+                                       + (" prefetch-l2" if prefetch else "") + tag, gluon=True,
+                                       maxnreg=ws.SOLO_MAXNREG))
     return out
 
 

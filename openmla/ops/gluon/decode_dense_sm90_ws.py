@@ -643,15 +643,17 @@ if gluon_available():
     def _softmax_only(lse_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_lb, stride_lh,
                       s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
                       q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, block_table_ptr, stride_bt,
-                      num_blocks,
+                      num_blocks, sink_ptr,
                       CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr,
                       D_PE: gl.constexpr, PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr,
-                      K_BOXES: gl.constexpr, SPARSE: gl.constexpr):
+                      K_BOXES: gl.constexpr, SPARSE: gl.constexpr, HAS_SINK: gl.constexpr):
         """Default partition when two output warpgroups own the halves (``SOFTMAX_ONLY``): scores, online
         softmax, ``P`` and the rescale factor (then ``1/l``) to both, LSE. It holds no output accumulator,
         so tile ``j+1``'s scores and softmax run while the output warpgroups multiply tile ``j``'s ``P`` by V;
         the K stage is handed back by them (this warpgroup's reads of it finished before ``P`` was
         published). ``SPARSE``: keys whose slot is outside the cache get weight 0 (the loader zero-filled them).
+        ``HAS_SINK``: ``sink_ptr`` holds an fp32 attention sink per head; a row written straight to ``out`` gets
+        its factor folded into the ``1/l`` it publishes (the LSE is unchanged).
         """
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
         S_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
@@ -708,15 +710,21 @@ if gluon_available():
             l_r = gl.convert_layout(l_i, ROWS_1D)
             m_r = gl.convert_layout(m_i, ROWS_1D)
             empty = l_r == 0.0
-            mbarrier.wait(p_free, (pr & 1) ^ 1)
-            a_smem.store(gl.where(empty, 0.0, 1.0 / l_r))
-            gl.thread_barrier()
-            mbarrier.arrive(p_ready, count=1)
-            pr += 1
             lse2 = gl.where(empty, float("-inf"), m_r + gl.log2(l_r))
             mask_r = offs_r < rows
             t_o = offs_r // group
             head_o = kv_head * group + offs_r % group
+            inv_l = gl.where(empty, 0.0, 1.0 / l_r)
+            if HAS_SINK:
+                if n_split <= 1:  # split rows get the sink in the combine kernel, from the merged LSE
+                    # out *= 1 / (1 + exp(sink - lse)), base 2: a +inf sink gives 0, -inf leaves out as it is
+                    sink2 = gl.load(sink_ptr + head_o, mask=mask_r, other=0.0) * 1.4426950408889634
+                    inv_l = gl.where(empty, 0.0, inv_l / (1.0 + gl.exp2(sink2 - lse2)))
+            mbarrier.wait(p_free, (pr & 1) ^ 1)
+            a_smem.store(inv_l)
+            gl.thread_barrier()
+            mbarrier.arrive(p_ready, count=1)
+            pr += 1
             if n_split <= 1:
                 lse = gl.where(empty, float("inf"), lse2 * 0.6931471805599453)
                 gl.store(lse_ptr + req64 * stride_lb + head_o * stride_lh + t_o, lse, mask=mask_r)
@@ -808,13 +816,13 @@ if gluon_available():
         stride_bt,
         stride_ob, stride_os, stride_oh,
         stride_lb, stride_lh,
-        s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2, k_desc,
+        s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2, k_desc, sink_ptr,
         CAUSAL: gl.constexpr, OVERLAP: gl.constexpr, SOFTMAX_ONLY: gl.constexpr, TMA_K: gl.constexpr,
         BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
         D_V: gl.constexpr, D_PE: gl.constexpr,
         SOFTMAX_WARPS: gl.constexpr, OUTPUT_WARPS: gl.constexpr, LOADER_WARPS: gl.constexpr, OUTPUT_REGS: gl.constexpr,
         LOADER_REGS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, K_BOXES: gl.constexpr, SPARSE: gl.constexpr,
-        KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr,
+        KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr, HAS_SINK: gl.constexpr,
     ):
         dtype: gl.constexpr = q_ptr.dtype.element_ty
         HALF: gl.constexpr = D_V // 2
@@ -840,6 +848,7 @@ if gluon_available():
         gl.static_assert(K_BOXES == 1 or (TMA_K and K_BOXES == (D_V + D_PE) // 64), "one ready barrier per box")
         gl.static_assert(not SPARSE or (SOFTMAX_ONLY and not TMA_K and not CAUSAL),
                          "token-sparse lists run the four-warpgroup form, keys by cp.async, no causal mask")
+        gl.static_assert(not HAS_SINK or SPARSE, "attention sinks are a sparse-decoding option")
         k_ready = gl.allocate_shared_memory(gl.int64, [2 * K_BOXES, 1], mbarrier.MBarrierLayout())
         k_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         p_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
@@ -864,8 +873,9 @@ if gluon_available():
                 (_softmax_only, (lse_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_lb, stride_lh,
                                  s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
                                  q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, block_table_ptr,
-                                 stride_bt, num_blocks,
-                                 CAUSAL, BLOCK_M, BLOCK_N, D_V, D_PE, SOFTMAX_WARPS, ASYNC_ARRIVE, K_BOXES, SPARSE)),
+                                 stride_bt, num_blocks, sink_ptr,
+                                 CAUSAL, BLOCK_M, BLOCK_N, D_V, D_PE, SOFTMAX_WARPS, ASYNC_ARRIVE, K_BOXES, SPARSE,
+                                 HAS_SINK)),
                 (_output_quarters, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
@@ -968,12 +978,12 @@ def dense_decode_sm90_ws_fwd(
         regs = (regs[0], int(loader_regs))
     _dense_decode_sm90_ws_kernel[(row_tiles * h_kv, num_parts)](
         *splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-                      out, lse, workspace, row_tiles, softmax_scale), k_desc,
+                      out, lse, workspace, row_tiles, softmax_scale), k_desc, None,
         CAUSAL=bool(causal and s_q > 1), OVERLAP=bool(overlap), SOFTMAX_ONLY=bool(softmax_only),
         TMA_K=k_desc is not None, BLOCK_M=BLOCK_M,
         BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v, SOFTMAX_WARPS=NUM_WARPS, OUTPUT_WARPS=WORKER_WARPS[0],
         LOADER_WARPS=WORKER_WARPS[1], OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], ASYNC_ARRIVE=bool(async_arrive),
-        K_BOXES=k_boxes, SPARSE=False, KV_FP8=False, PREFETCH_L2=False,
+        K_BOXES=k_boxes, SPARSE=False, KV_FP8=False, PREFETCH_L2=False, HAS_SINK=False,
         num_warps=NUM_WARPS,
         maxnreg=SOLO_MAXNREG if softmax_only else MAXNREG,
     )

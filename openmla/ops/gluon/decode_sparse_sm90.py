@@ -16,8 +16,8 @@ into the K stage and dequantizes them there to q's dtype (``_gather_fp8_tile`` i
 
 Served here: bf16/fp16 q over a cache of q's dtype, ``(d_qk, head_dim_v)`` of (576, 512) or (512, 512), or over
 the V3.2 FP8 cache (576, 512) whose page stride and base address are multiples of 16 bytes (its 16-byte
-copies); no ``attn_sink`` and no extra cache (the dispatcher sends those calls to the Triton kernel). FlashMLA
-has no sparse decoding over 16-bit caches on SM90.
+copies), with or without an ``attn_sink``; no extra cache (the dispatcher sends those calls to the Triton
+kernel). FlashMLA has no sparse decoding over 16-bit caches on SM90.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ def sparse_decode_sm90_fwd(
     is_fp8: bool = False,
     prefetch_l2: bool = ws.SPARSE_FP8_PREFETCH_L2,
     loader_regs: int | None = None,
+    attn_sink: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse decode on Hopper; inputs validated by :mod:`openmla.api`.
 
@@ -83,6 +84,9 @@ def sparse_decode_sm90_fwd(
         prefetch_l2: with ``is_fp8``, ask L2 for each tile's records one tile ahead (``_gather_fp8_tile``).
         loader_regs: the loader partition's registers (default from :data:`SPARSE_FP8_WORKER_REGS` /
             :data:`SOLO_WORKER_REGS`; the softmax warpgroup gets what the others leave).
+        attn_sink: fp32 [h_q] contiguous, or None: out of head ``h`` is scaled by ``1 / (1 + exp(sink[h] -
+            lse))`` (lse unchanged; +inf gives 0, -inf no change), in the kernel for rows it writes straight
+            to ``out`` and in the combine kernel for split rows.
 
     Returns:
         out [b, s_q, h_q, head_dim_v] in q's dtype (0 for a token with no valid entry), lse [b, h_q, s_q]
@@ -112,13 +116,14 @@ def sparse_decode_sm90_fwd(
         k_cache = k_cache.view(torch.uint8)  # the kernel addresses records in bytes
     ws._dense_decode_sm90_ws_kernel[(row_tiles, parts)](
         *splitkv_args(q_tok, k_cache, lists, lens, sched, splits, out_tok, lse_tok, workspace, row_tiles,
-                      softmax_scale), None,
+                      softmax_scale), None, attn_sink,
         CAUSAL=False, OVERLAP=False, SOFTMAX_ONLY=True, TMA_K=False, BLOCK_M=ws.BLOCK_M, BLOCK_N=ws.BLOCK_N,
         D_V=head_dim_v, D_PE=d - head_dim_v, SOFTMAX_WARPS=ws.NUM_WARPS, OUTPUT_WARPS=ws.WORKER_WARPS[0],
         LOADER_WARPS=ws.WORKER_WARPS[1], OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], ASYNC_ARRIVE=True, K_BOXES=1,
         SPARSE=True, KV_FP8=bool(is_fp8),
-        PREFETCH_L2=bool(is_fp8 and prefetch_l2), num_warps=ws.NUM_WARPS, maxnreg=ws.SOLO_MAXNREG,
+        PREFETCH_L2=bool(is_fp8 and prefetch_l2), HAS_SINK=attn_sink is not None, num_warps=ws.NUM_WARPS,
+        maxnreg=ws.SOLO_MAXNREG,
     )
-    combine_splits(out_tok, lse_tok, workspace[0], workspace[1], splits)
+    combine_splits(out_tok, lse_tok, workspace[0], workspace[1], splits, attn_sink=attn_sink)
     # [tokens, h_q, 1] -> [b, h_q, s_q]
     return out, lse_tok.view(b, s_q, h_q).transpose(1, 2).contiguous()
