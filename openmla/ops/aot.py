@@ -283,7 +283,8 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                       ASYNC_ARRIVE=async_arrive, BLOCK_M=ws.BLOCK_M, BLOCK_N=ws.BLOCK_N, D_V=512, D_PE=d_qk - 512,
                       SOFTMAX_WARPS=ws.NUM_WARPS, OUTPUT_WARPS=ws.WORKER_WARPS[0], LOADER_WARPS=ws.WORKER_WARPS[1],
                       OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], K_BOXES=d_qk // 64 if box_ready else 1, SPARSE=False,
-                      KV_FP8=False, PREFETCH_L2=False, HAS_SINK=False, sink_ptr=None)
+                      KV_FP8=False, PREFETCH_L2=False, HAS_SINK=False, sink_ptr=None, KV_E4M3=False,
+                      descale_k_ptr=None, Q_E4M3=False, descale_q_ptr=None)
         v_ptrs = dict(ptrs)
         if tma_k:
             v_ptrs["k_desc"] = _tma_desc_type(dtype)
@@ -295,13 +296,35 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                 + (" box-ready" if box_ready else " stage-ready" if tma_k else ""))
         out.append(Variant(ws._dense_decode_sm90_ws_kernel, v_ptrs, ("scale_log2",), consts, ws.NUM_WARPS, 1, name,
                            gluon=True, maxnreg=ws.SOLO_MAXNREG if softmax_only else ws.MAXNREG))
+    if d_qk == 576 and causal:  # per-tensor FP8 caches (dense_decode_sm90_ws_fwd's descale_k), both warpgroup splits
+        for softmax_only, q_e4m3 in ((False, False), (True, False), (False, True), (True, True)):
+            if q_e4m3 and dtype != "bf16":
+                continue  # an e4m3 q's output is bf16 whatever the call's q type: one variant
+            q_ptrs = dict(q_ptr="*u8", descale_q_ptr="*fp32") if q_e4m3 else {}
+            regs = ws.SPARSE_FP8_WORKER_REGS if softmax_only else ws.WORKER_REGS
+            consts = dict(CAUSAL=causal, OVERLAP=ws.OVERLAP, SOFTMAX_ONLY=softmax_only, TMA_K=False,
+                          ASYNC_ARRIVE=ws.ASYNC_ARRIVE, BLOCK_M=ws.BLOCK_M, BLOCK_N=ws.BLOCK_N, D_V=512, D_PE=64,
+                          SOFTMAX_WARPS=ws.NUM_WARPS, OUTPUT_WARPS=ws.WORKER_WARPS[0], LOADER_WARPS=ws.WORKER_WARPS[1],
+                          OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], K_BOXES=1, SPARSE=False, KV_FP8=False,
+                          PREFETCH_L2=False, HAS_SINK=False, sink_ptr=None, KV_E4M3=True, k_desc=None,
+                          Q_E4M3=q_e4m3)
+            if not q_e4m3:
+                consts["descale_q_ptr"] = None
+            out.append(Variant(ws._dense_decode_sm90_ws_kernel,
+                               dict(ptrs, k_ptr="*u8", descale_k_ptr="*fp32", **q_ptrs), ("scale_log2",), consts,
+                               ws.NUM_WARPS, 1,
+                               f"gluon-ws {'e4m3' if q_e4m3 else dtype} q e4m3 cache d576 "
+                               f"{'causal' if causal else 'full'} " + ("softmax-only" if softmax_only else "pv-first"),
+                               gluon=True,
+                               maxnreg=ws.SOLO_MAXNREG if softmax_only else ws.MAXNREG))
     if not causal:  # token-sparse decoding over 16-bit and V3.2 FP8 caches (:mod:`.gluon.decode_sparse_sm90`)
         regs = ws.SOLO_WORKER_REGS
         consts = dict(CAUSAL=False, OVERLAP=False, SOFTMAX_ONLY=True, TMA_K=False, ASYNC_ARRIVE=True,
                       BLOCK_M=ws.BLOCK_M, BLOCK_N=ws.BLOCK_N, D_V=512, D_PE=d_qk - 512, SOFTMAX_WARPS=ws.NUM_WARPS,
                       OUTPUT_WARPS=ws.WORKER_WARPS[0], LOADER_WARPS=ws.WORKER_WARPS[1], OUTPUT_REGS=regs[0],
                       LOADER_REGS=regs[1], K_BOXES=1, SPARSE=True, KV_FP8=False, PREFETCH_L2=False, k_desc=None,
-                      HAS_SINK=False, sink_ptr=None)
+                      HAS_SINK=False, sink_ptr=None, KV_E4M3=False, descale_k_ptr=None, Q_E4M3=False,
+                      descale_q_ptr=None)
         # with an attention sink: one more pointer, read in the last round of each request
         sink = (dict(HAS_SINK=True), {"sink_ptr": "*fp32"}, " sink")
         for extra_consts, extra_ptrs, tag in (({}, {}, ""), sink):

@@ -272,8 +272,9 @@ def dense_decode_sm90_fwd(
     ``warpgroups`` passed on); default :func:`layout_for` the shape and the combine.
 
     Per-tensor FP8 (``descale_k``, and ``descale_q`` for an e4m3 q): the tokens layout reads it; above
-    32 rows such a call goes to the Triton kernel (:func:`openmla.ops.decode_dense.dense_decode_fwd`),
-    as :func:`openmla.explain` says.
+    32 rows the warp-specialized kernel does ((576, 512) dims; the combine kernel merges splits), and
+    other dims go to the Triton kernel (:func:`openmla.ops.decode_dense.dense_decode_fwd`), as
+    :func:`openmla.explain` says.
     """
     b, s_q, h_q, d = q.shape
     h_kv = k_cache.shape[2]
@@ -287,7 +288,15 @@ def dense_decode_sm90_fwd(
                                                  tile_scheduler_metadata, num_splits, softmax_scale, causal,
                                                  workspace, warpgroups, descale_q=descale_q, descale_k=descale_k,
                                                  fused_combine=fused)
-    if descale_k is not None:  # the 64-row kernel reads 16-bit caches only
+    if descale_k is not None and (d, head_dim_v) == (576, 512):
+        # the warp-specialized kernel decodes the codes (an e4m3 q's too) in its loader (the 64-row lockstep
+        # kernel reads 16-bit caches only); it leaves split partials to the combine kernel
+        from .decode_dense_sm90_ws import dense_decode_sm90_ws_fwd
+
+        return dense_decode_sm90_ws_fwd(q, k_cache, block_table, cache_seqlens, head_dim_v, tile_scheduler_metadata,
+                                        num_splits, softmax_scale, causal, workspace, descale_k=descale_k,
+                                        descale_q=descale_q)
+    if descale_k is not None:  # other dims: the Triton kernel
         from ..decode_dense import dense_decode_fwd
 
         return dense_decode_fwd(q, k_cache, block_table, cache_seqlens, head_dim_v, tile_scheduler_metadata,

@@ -176,7 +176,8 @@ if gluon_available():
                 q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc,
                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
                 PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, TMA_K: gl.constexpr,
-                K_BOXES: gl.constexpr, SPARSE: gl.constexpr, KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr):
+                K_BOXES: gl.constexpr, SPARSE: gl.constexpr, KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr,
+                KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr):
         """Loader partition: each request's Q tile, then its K tiles into the two-stage ring.
 
         ``TMA_K``: a whole tile (64 keys inside one page) comes as 64x64 TMA boxes of ``k_desc`` (the cache
@@ -193,7 +194,10 @@ if gluon_available():
         (``-1`` or any other) is not read (zero-filled; the softmax warpgroup masks it).
 
         ``KV_FP8`` (with ``SPARSE``): the cache holds V3.2 FP8 records (656 bytes a key, ``k_ptr`` bytes); each
-        tile is gathered and dequantized into the stage by :func:`_gather_fp8_tile`."""
+        tile is gathered and dequantized into the stage by :func:`_gather_fp8_tile`.
+
+        ``KV_E4M3`` (dense): the cache holds per-tensor e4m3 codes (``d`` bytes a key, ``k_ptr`` bytes); each tile
+        is copied and decoded, unscaled (exactly), into the stage by :func:`_gather_e4m3_tile`."""
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
         LOAD: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [PARTITION_WARPS, 1], [1, 0])
         pid_m = gl.program_id(0)
@@ -210,7 +214,7 @@ if gluon_available():
                 req, begin_req, begin_tok, end_req, end_tok, begin_split, seqlens_ptr, num_splits_ptr, max_blocks,
                 page_block_size)
             _load_q(q_ptr, req64, offs_r, group, kv_head, rows, stride_qb, stride_qs, stride_qh, q_lo, q_hi, q_pe,
-                    q_ready, q_free, rq, D_V, D_PE, LOAD, ASYNC_ARRIVE)
+                    q_ready, q_free, rq, D_V, D_PE, LOAD, ASYNC_ARRIVE, Q_E4M3)
 
             bt_row = block_table_ptr + req64 * stride_bt
             for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
@@ -222,6 +226,11 @@ if gluon_available():
                     page_id = gl.minimum(gl.maximum(page_id, 0), num_blocks - 1)
                     _tma_tile(k_desc, page_id * page_block_size + start % page_block_size, k_lo.index(stage),
                               k_hi.index(stage), k_pe.index(stage), k_ready, stage, D_V, D_PE, K_BOXES)
+                elif KV_E4M3:
+                    _gather_e4m3_tile(k_ptr, bt_row, start, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
+                                      kv_head * stride_kh, k_lo.index(stage), k_hi.index(stage), k_pe.index(stage),
+                                      k_hi, k_pe, stage, D_V, PARTITION_WARPS)
+                    mbarrier.arrive(k_ready.index(stage), count=1)
                 elif KV_FP8:
                     _gather_fp8_tile(k_ptr, bt_row, start, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
                                      k_lo.index(stage), k_hi.index(stage), k_pe.index(stage), k_hi, stage,
@@ -325,6 +334,61 @@ if gluon_available():
         gl.thread_barrier()
 
     @gluon.jit
+    def _gather_e4m3_tile(k_ptr, bt_row, start, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp, head_off,
+                          k_lo_s, k_hi_s, k_pe_s, k_hi, k_pe, stage, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr):
+        """One tile of 64 keys from a per-tensor FP8 cache (e4m3 codes of all ``D_V + 64`` dims, one scale for
+        the tensor, applied by the softmax warpgroup) into a 16-bit K stage, each code decoded exactly.
+
+        Keys at or past ``tok_hi`` are not read (zero-filled). As in :func:`_gather_fp8_tile` the codes of
+        dims ``0 .. D_V`` land in the stage's upper half as eight [64, 64] byte blocks and are decoded in place
+        in an order that never overwrites codes not yet read; the RoPE codes land in the first half of the
+        stage's RoPE slot and are read whole into registers before their 16-bit values overwrite them.
+        """
+        dtype: gl.constexpr = k_lo_s.dtype
+        CVT: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [PARTITION_WARPS, 1], [1, 0])  # 16 B a thread
+        ROW: gl.constexpr = gl.SliceLayout(1, CVT)
+        CODES: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0])
+        BLOCKS: gl.constexpr = D_V // 64
+        codes = k_hi._reinterpret(gl.uint8, [k_hi.shape[0] * BLOCKS, 64, 64], CODES)
+        pe_codes = k_pe._reinterpret(gl.uint8, [k_pe.shape[0] * 2, 64, 64], CODES)  # half a RoPE slot a tile
+        offs_j = start + gl.arange(0, 64, layout=ROW)
+        mask_j = offs_j < tok_hi
+        page = gl.load(bt_row + offs_j // page_block_size, mask=mask_j, other=0)
+        page = gl.minimum(gl.maximum(page, 0), num_blocks - 1)  # garbage past the length is never used
+        rec = k_ptr + (page.to(gl.int64) * stride_kb + (offs_j % page_block_size) * stride_kp + head_off)
+        offs_c = gl.arange(0, 64, layout=gl.SliceLayout(0, CVT))
+        for c in gl.static_range(BLOCKS):
+            async_copy.async_copy_global_to_shared(codes.index(stage * BLOCKS + c),
+                                                   rec[:, None] + c * 64 + offs_c[None, :], mask=mask_j[:, None])
+        async_copy.async_copy_global_to_shared(pe_codes.index(stage * 2), rec[:, None] + D_V + offs_c[None, :],
+                                               mask=mask_j[:, None])
+        async_copy.commit_group()
+        async_copy.wait_group(0)
+        gl.thread_barrier()  # every thread's codes have landed
+        pe = pe_codes.index(stage * 2).load(CVT)
+        k_lo_s.slice(0, 64, dim=1).store(_e4m3_exact(codes.index(stage * BLOCKS + 0).load(CVT), dtype))
+        k_lo_s.slice(64, 64, dim=1).store(_e4m3_exact(codes.index(stage * BLOCKS + 1).load(CVT), dtype))
+        k_lo_s.slice(128, 64, dim=1).store(_e4m3_exact(codes.index(stage * BLOCKS + 2).load(CVT), dtype))
+        k_lo_s.slice(192, 64, dim=1).store(_e4m3_exact(codes.index(stage * BLOCKS + 3).load(CVT), dtype))
+        gl.thread_barrier()  # code blocks 0-3 and the RoPE codes read
+        k_pe_s.store(_e4m3_exact(pe, dtype))
+        k_hi_s.slice(0, 64, dim=1).store(_e4m3_exact(codes.index(stage * BLOCKS + 4).load(CVT), dtype))
+        k_hi_s.slice(64, 64, dim=1).store(_e4m3_exact(codes.index(stage * BLOCKS + 5).load(CVT), dtype))
+        gl.thread_barrier()  # code blocks 4-5 read
+        c6 = codes.index(stage * BLOCKS + 6).load(CVT)
+        c7 = codes.index(stage * BLOCKS + 7).load(CVT)
+        gl.thread_barrier()  # code blocks 6-7 read
+        k_hi_s.slice(128, 64, dim=1).store(_e4m3_exact(c6, dtype))
+        k_hi_s.slice(192, 64, dim=1).store(_e4m3_exact(c7, dtype))
+        fence_async_shared()  # the tensor cores read the stage next
+        gl.thread_barrier()
+
+    @gluon.jit
+    def _e4m3_exact(codes, dtype: gl.constexpr):
+        """e4m3 codes (uint8) as ``dtype`` values, exactly (every e4m3 value is a bf16 and an fp16)."""
+        return codes.to(gl.float8e4nv, bitcast=True).to(gl.float32).to(dtype)
+
+    @gluon.jit
     def _slot_records(k_ptr, bt_row, offs_j, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp):
         """Byte pointers to the records of list entries ``offs_j`` (``< tok_hi``) and which are in the cache."""
         mask_j = offs_j < tok_hi
@@ -354,12 +418,27 @@ if gluon_available():
     @gluon.jit
     def _load_q(q_ptr, req64, offs_r, group, kv_head, rows, stride_qb, stride_qs, stride_qh, q_lo, q_hi, q_pe,
                 q_ready, q_free, rq, D_V: gl.constexpr, D_PE: gl.constexpr, LOAD: gl.constexpr,
-                ASYNC_ARRIVE: gl.constexpr):
+                ASYNC_ARRIVE: gl.constexpr, Q_E4M3: gl.constexpr):
         """Q rows ``offs_r`` (the request's s_q * group rows of this KV head, folded) of request ``req64``, the
         ``rq``-th of this piece, once the softmax warpgroup is done with the last request's."""
         mbarrier.wait(q_free, (rq & 1) ^ 1)
         q_row = q_ptr + req64 * stride_qb + (offs_r // group) * stride_qs + (kv_head * group + offs_r % group) * stride_qh
-        _load_rows(q_row, q_lo, q_hi, q_pe, offs_r < rows, D_V, D_PE, LOAD)
+        if Q_E4M3:
+            # e4m3 codes (bytes), decoded exactly to the 16-bit type of Q's buffers through registers
+            dtype: gl.constexpr = q_lo.dtype
+            HALF: gl.constexpr = D_V // 2
+            mask = (offs_r < rows)[:, None]
+            offs_c = gl.arange(0, 64, layout=gl.SliceLayout(0, LOAD))
+            for c in gl.static_range(HALF // 64):
+                lo = gl.load(q_row[:, None] + c * 64 + offs_c[None, :], mask=mask, other=0)
+                q_lo.slice(c * 64, 64, dim=1).store(_e4m3_exact(lo, dtype))
+                hi = gl.load(q_row[:, None] + HALF + c * 64 + offs_c[None, :], mask=mask, other=0)
+                q_hi.slice(c * 64, 64, dim=1).store(_e4m3_exact(hi, dtype))
+            if D_PE > 0:
+                pe = gl.load(q_row[:, None] + D_V + offs_c[None, :], mask=mask, other=0)
+                q_pe.store(_e4m3_exact(pe, dtype))
+        else:
+            _load_rows(q_row, q_lo, q_hi, q_pe, offs_r < rows, D_V, D_PE, LOAD)
         _publish(q_ready, ASYNC_ARRIVE)
 
     @gluon.jit
@@ -528,12 +607,13 @@ if gluon_available():
                       q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars,
                       CAUSAL: gl.constexpr, OVERLAP: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                       D_V: gl.constexpr, D_PE: gl.constexpr, PARTITION_WARPS: gl.constexpr,
-                      ASYNC_ARRIVE: gl.constexpr, K_BOXES: gl.constexpr):
+                      ASYNC_ARRIVE: gl.constexpr, K_BOXES: gl.constexpr, descale_k_ptr, KV_E4M3: gl.constexpr,
+                      descale_q_ptr, Q_E4M3: gl.constexpr):
         """Default partition: scores, online softmax, ``P`` and factors to the output warpgroup, the left
-        output half, LSE."""
+        output half, LSE. ``KV_E4M3``: as in :func:`_softmax_only`."""
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
         HALF: gl.constexpr = D_V // 2
-        dtype: gl.constexpr = out_ptr.dtype.element_ty
+        dtype: gl.constexpr = p_smem.dtype  # the products' type (fp16 for an e4m3 q, whose output is bf16)
         S_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
                                                            instr_shape=[16, BLOCK_N, 16])
         O_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
@@ -551,6 +631,12 @@ if gluon_available():
         offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_LAYOUT))
         offs_v = gl.arange(0, HALF, layout=gl.SliceLayout(0, O_LAYOUT))
         t_s = offs_r_s // group
+        v_scale = 1.0
+        if KV_E4M3:  # read on the device: no host sync, CUDA graphs replay new scales
+            v_scale = gl.load(descale_k_ptr)
+            scale_log2 = scale_log2 * v_scale
+        if Q_E4M3:
+            scale_log2 = scale_log2 * gl.load(descale_q_ptr)
         kb = 0
         pr = 0
         for req in range(begin_req, end_req + 1):
@@ -616,7 +702,7 @@ if gluon_available():
             l_o = gl.convert_layout(l_i, ROW_O)
             m_o = gl.convert_layout(m_i, ROW_O)
             empty = l_o == 0.0
-            inv_l = gl.where(empty, 0.0, 1.0 / l_o)
+            inv_l = gl.where(empty, 0.0, v_scale / l_o)
             mbarrier.wait(p_free, (pr & 1) ^ 1)
             a_smem.store(inv_l)
             gl.thread_barrier()
@@ -630,7 +716,7 @@ if gluon_available():
             head_o = kv_head * group + offs_r_o % group
             if n_split <= 1:
                 o_ptrs = out_ptr + req64 * stride_ob + t_o * stride_os + head_o * stride_oh
-                gl.store(o_ptrs[:, None] + offs_v[None, :], o.to(dtype), mask=mask_r[:, None])
+                gl.store(o_ptrs[:, None] + offs_v[None, :], o.to(out_ptr.dtype.element_ty), mask=mask_r[:, None])
                 lse = gl.where(empty, float("inf"), lse2 * 0.6931471805599453)
                 gl.store(lse_ptr + req64 * stride_lb + head_o * stride_lh + t_o, lse, mask=mask_r)
             else:
@@ -643,17 +729,21 @@ if gluon_available():
     def _softmax_only(lse_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_lb, stride_lh,
                       s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
                       q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, block_table_ptr, stride_bt,
-                      num_blocks, sink_ptr,
+                      num_blocks, sink_ptr, descale_k_ptr, descale_q_ptr,
                       CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr,
                       D_PE: gl.constexpr, PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr,
-                      K_BOXES: gl.constexpr, SPARSE: gl.constexpr, HAS_SINK: gl.constexpr):
+                      K_BOXES: gl.constexpr, SPARSE: gl.constexpr, HAS_SINK: gl.constexpr,
+                      KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr):
         """Default partition when two output warpgroups own the halves (``SOFTMAX_ONLY``): scores, online
         softmax, ``P`` and the rescale factor (then ``1/l``) to both, LSE. It holds no output accumulator,
         so tile ``j+1``'s scores and softmax run while the output warpgroups multiply tile ``j``'s ``P`` by V;
         the K stage is handed back by them (this warpgroup's reads of it finished before ``P`` was
         published). ``SPARSE``: keys whose slot is outside the cache get weight 0 (the loader zero-filled them).
         ``HAS_SINK``: ``sink_ptr`` holds an fp32 attention sink per head; a row written straight to ``out`` gets
-        its factor folded into the ``1/l`` it publishes (the LSE is unchanged).
+        its factor folded into the ``1/l`` it publishes (the LSE is unchanged). ``KV_E4M3``: the keys are the
+        per-tensor FP8 cache's codes, so the scores are scaled by ``descale_k`` too and the ``1/l`` published
+        carries it for ``P V`` (V = descale_k * codes). ``Q_E4M3``: Q holds e4m3 codes too, so the scores take
+        ``descale_q`` as well.
         """
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
         S_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
@@ -669,6 +759,12 @@ if gluon_available():
         offs_r = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROWS_1D)
         offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_LAYOUT))
         t_s = offs_r_s // group
+        v_scale = 1.0
+        if KV_E4M3:  # read on the device: no host sync, CUDA graphs replay new scales
+            v_scale = gl.load(descale_k_ptr)
+            scale_log2 = scale_log2 * v_scale
+        if Q_E4M3:
+            scale_log2 = scale_log2 * gl.load(descale_q_ptr)
         kb = 0
         pr = 0
         for req in range(begin_req, end_req + 1):
@@ -714,7 +810,7 @@ if gluon_available():
             mask_r = offs_r < rows
             t_o = offs_r // group
             head_o = kv_head * group + offs_r % group
-            inv_l = gl.where(empty, 0.0, 1.0 / l_r)
+            inv_l = gl.where(empty, 0.0, v_scale / l_r)
             if HAS_SINK:
                 if n_split <= 1:  # split rows get the sink in the combine kernel, from the merged LSE
                     # out *= 1 / (1 + exp(sink - lse)), base 2: a +inf sink gives 0, -inf leaves out as it is
@@ -817,14 +913,20 @@ if gluon_available():
         stride_ob, stride_os, stride_oh,
         stride_lb, stride_lh,
         s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2, k_desc, sink_ptr,
+        descale_k_ptr, descale_q_ptr,
         CAUSAL: gl.constexpr, OVERLAP: gl.constexpr, SOFTMAX_ONLY: gl.constexpr, TMA_K: gl.constexpr,
         BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
         D_V: gl.constexpr, D_PE: gl.constexpr,
         SOFTMAX_WARPS: gl.constexpr, OUTPUT_WARPS: gl.constexpr, LOADER_WARPS: gl.constexpr, OUTPUT_REGS: gl.constexpr,
         LOADER_REGS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, K_BOXES: gl.constexpr, SPARSE: gl.constexpr,
-        KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr, HAS_SINK: gl.constexpr,
+        KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr, HAS_SINK: gl.constexpr, KV_E4M3: gl.constexpr,
+        Q_E4M3: gl.constexpr,
     ):
-        dtype: gl.constexpr = q_ptr.dtype.element_ty
+        # the products' type: q's, or fp16 for e4m3 codes (more mantissa for P than bf16; codes are <= 448)
+        if Q_E4M3:
+            dtype: gl.constexpr = gl.float16
+        else:
+            dtype: gl.constexpr = q_ptr.dtype.element_ty
         HALF: gl.constexpr = D_V // 2
         gl.static_assert(D_PE == 0 or D_PE == 64, "the RoPE part must be 0 or 64 dims")
         gl.static_assert(HALF % 64 == 0, "the value dims must split in two multiples of 64")
@@ -856,8 +958,11 @@ if gluon_available():
         # with ASYNC_ARRIVE each loader thread arrives once per copy batch; else one arrival
         LOADED: gl.constexpr = LOADER_WARPS * 32 if ASYNC_ARRIVE else 1
         gl.static_assert(not KV_FP8 or (SPARSE and D_V == 512 and D_PE == 64), "FP8 records: the V3.2 layout")
+        gl.static_assert(not KV_E4M3 or (not SPARSE and not TMA_K and K_BOXES == 1 and D_V == 512 and D_PE == 64),
+                         "per-tensor FP8 keys: dense, by cp.async, (576, 512) dims")
+        gl.static_assert(not Q_E4M3 or KV_E4M3, "an e4m3 q comes with a per-tensor FP8 cache")
         # TMA tiles: one arrival with the byte count; FP8 tiles: one after the partition's decode
-        K_LOADED: gl.constexpr = 1 if (TMA_K or KV_FP8) else LOADED
+        K_LOADED: gl.constexpr = 1 if (TMA_K or KV_FP8 or KV_E4M3) else LOADED
         mbarrier.init(q_ready, count=LOADED)
         mbarrier.init(q_free, count=1)
         mbarrier.init(p_ready, count=1)
@@ -873,9 +978,9 @@ if gluon_available():
                 (_softmax_only, (lse_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_lb, stride_lh,
                                  s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
                                  q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, block_table_ptr,
-                                 stride_bt, num_blocks, sink_ptr,
+                                 stride_bt, num_blocks, sink_ptr, descale_k_ptr, descale_q_ptr,
                                  CAUSAL, BLOCK_M, BLOCK_N, D_V, D_PE, SOFTMAX_WARPS, ASYNC_ARRIVE, K_BOXES, SPARSE,
-                                 HAS_SINK)),
+                                 HAS_SINK, KV_E4M3, Q_E4M3)),
                 (_output_quarters, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
@@ -890,7 +995,7 @@ if gluon_available():
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
                            q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc,
                            BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE, KV_FP8,
-                           PREFETCH_L2)),
+                           PREFETCH_L2, KV_E4M3, Q_E4M3)),
             ], [OUTPUT_WARPS, OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, OUTPUT_REGS, LOADER_REGS])
         else:
             gl.warp_specialize([
@@ -899,7 +1004,7 @@ if gluon_available():
                                  s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
                                  q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars,
                                  CAUSAL, OVERLAP, BLOCK_M, BLOCK_N, D_V, D_PE, SOFTMAX_WARPS, ASYNC_ARRIVE,
-                                 K_BOXES)),
+                                 K_BOXES, descale_k_ptr, KV_E4M3, descale_q_ptr, Q_E4M3)),
                 (_output_half, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
@@ -910,7 +1015,7 @@ if gluon_available():
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
                            q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc,
                            BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE, KV_FP8,
-                           PREFETCH_L2)),
+                           PREFETCH_L2, KV_E4M3, Q_E4M3)),
             ], [OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, LOADER_REGS])
 
 
@@ -944,8 +1049,13 @@ def dense_decode_sm90_ws_fwd(
     tma_k: bool = TMA_K,
     box_ready: bool = BOX_READY,
     loader_regs: int | None = None,
+    descale_k: torch.Tensor | None = None,
+    descale_q: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper, 16-bit caches.
+    """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper, 16-bit caches or (with
+    ``descale_k``, a one-element fp32 tensor on q's device) a per-tensor FP8 cache of e4m3 codes, (576, 512)
+    dims: each tile's codes are decoded exactly in the loader, the descales applied in fp32. q is bf16/fp16,
+    or (with ``descale_q``) float8_e4m3fn codes decoded to fp16, the products' type then; output bf16.
 
     q: [b, s_q, h_q, d] bf16/fp16; k_cache: [num_blocks, page_block_size, h_kv, d] same dtype, d 576 or
     512; returns ``out`` [b, s_q, h_q, head_dim_v] in q's dtype and ``lse`` [b, h_q, s_q] fp32. Split
@@ -965,25 +1075,38 @@ def dense_decode_sm90_ws_fwd(
     num_parts = tile_scheduler_metadata.shape[0]
     if SCHED_BLOCK % BLOCK_N:
         raise ValueError("the scheduler's unit must be a multiple of the sm_90 kernel's KV tile")
-    out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
     lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)
     if workspace is None:
         workspace = split_workspace(q, head_dim_v, num_parts)
-    k_desc = tma_view(k_cache) if tma_k else None
+    e4m3 = descale_k is not None
+    q_e4m3 = q.dtype == torch.float8_e4m3fn
+    if e4m3 and (d, head_dim_v) != (576, 512):
+        raise ValueError(f"the per-tensor FP8 path reads (d, head_dim_v) = (576, 512), got {(d, head_dim_v)}")
+    if q_e4m3 != (descale_q is not None) or (q_e4m3 and not e4m3):
+        raise ValueError("descale_q must be given exactly for an e4m3 q, which needs a per-tensor FP8 cache")
+    k_desc = tma_view(k_cache) if tma_k and not e4m3 else None
     k_boxes = (d // 64) if (box_ready and k_desc is not None) else 1
     if softmax_only is None:
         softmax_only = softmax_only_for(rows, boxed=k_boxes > 1)
     regs = SOLO_WORKER_REGS if softmax_only else WORKER_REGS
+    if e4m3 and softmax_only:
+        regs = SPARSE_FP8_WORKER_REGS  # the loader decodes: the V3.2 loader's split
     if loader_regs is not None:
         regs = (regs[0], int(loader_regs))
+    out = torch.empty(b, s_q, h_q, head_dim_v, dtype=torch.bfloat16 if q_e4m3 else q.dtype, device=q.device)
+    if e4m3:
+        k_cache = k_cache.view(torch.uint8)  # the kernel addresses codes in bytes
+    if q_e4m3:
+        q = q.view(torch.uint8)
     _dense_decode_sm90_ws_kernel[(row_tiles * h_kv, num_parts)](
         *splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-                      out, lse, workspace, row_tiles, softmax_scale), k_desc, None,
+                      out, lse, workspace, row_tiles, softmax_scale), k_desc, None, descale_k, descale_q,
         CAUSAL=bool(causal and s_q > 1), OVERLAP=bool(overlap), SOFTMAX_ONLY=bool(softmax_only),
         TMA_K=k_desc is not None, BLOCK_M=BLOCK_M,
         BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v, SOFTMAX_WARPS=NUM_WARPS, OUTPUT_WARPS=WORKER_WARPS[0],
         LOADER_WARPS=WORKER_WARPS[1], OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], ASYNC_ARRIVE=bool(async_arrive),
-        K_BOXES=k_boxes, SPARSE=False, KV_FP8=False, PREFETCH_L2=False, HAS_SINK=False,
+        K_BOXES=k_boxes, SPARSE=False, KV_FP8=False, PREFETCH_L2=False, HAS_SINK=False, KV_E4M3=e4m3,
+        Q_E4M3=q_e4m3,
         num_warps=NUM_WARPS,
         maxnreg=SOLO_MAXNREG if softmax_only else MAXNREG,
     )
