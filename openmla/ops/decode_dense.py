@@ -42,6 +42,7 @@ if triton_available():
 
     from .combine import arrive_split, merge_arrived
     from .fp8 import e4m3_to, e4m3_unit
+    from .online_softmax import online_softmax_step
 
     @triton.jit
     def _load_operand(ptrs, mask, dtype: tl.constexpr, IS_FP8: tl.constexpr, FP8_NATIVE: tl.constexpr):
@@ -175,18 +176,11 @@ if triton_available():
                     k_pe = _load_operand(k_ptrs + D_V + offs_pe[None, :], mask_j[:, None], dtype, KV_FP8,
                                          FP8_NATIVE)
                     scores = tl.dot(q_pe, tl.trans(k_pe), scores)
-                scores = scores * score_scale
                 if CAUSAL:
                     visible = mask_j[None, :] & (offs_j[None, :] <= limit[:, None])
                 else:
                     visible = mask_j[None, :]
-                scores = tl.where(visible, scores, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-                # rows that have seen no key yet keep m = -inf; shift by 0 so exp2 gives 0, not NaN
-                m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-                p = tl.math.exp2(scores - m_shift[:, None])
-                alpha = tl.math.exp2(m_i - m_shift)
-                l_i = l_i * alpha + tl.sum(p, axis=1)
+                p, alpha, m_new, l_i = online_softmax_step(scores * score_scale, visible, m_i, l_i)
                 acc = acc * alpha[:, None]
                 acc = tl.dot(p.to(k_v.dtype), k_v, acc)
                 m_i = m_new

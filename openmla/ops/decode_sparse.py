@@ -53,6 +53,7 @@ if triton_available():
     import triton.language as tl
 
     from .fp8 import _e4m3_over_256, e4m3_to, e4m3_unit
+    from .online_softmax import online_softmax_step
     from .words import byte_of, interleave_quarters, unpack_halves
 
     @triton.jit
@@ -254,12 +255,7 @@ if triton_available():
                 scores = tl.dot(q_2, tl.trans(k_2), scores)
                 scores = tl.dot(q_3, tl.trans(k_3), scores)
                 scores = tl.dot(q_pe, tl.trans(k_pe_cur), scores)
-                scores = tl.where(valid_cur[None, :], scores * scale_log2, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-                m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-                p = tl.math.exp2(scores - m_shift[:, None])
-                alpha = tl.math.exp2(m_i - m_shift)
-                l_i = l_i * alpha + tl.sum(p, axis=1)
+                p, alpha, m_new, l_i = online_softmax_step(scores * scale_log2, valid_cur[None, :], m_i, l_i)
                 p = p.to(dtype)
                 acc_0 = tl.dot(p, k_0, acc_0 * alpha[:, None])
                 acc_1 = tl.dot(p, k_1, acc_1 * alpha[:, None])
@@ -301,13 +297,7 @@ if triton_available():
                         pe_rows = rows + D_V
                     k_pe = tl.load(pe_rows[:, None] + offs_pe[None, :], mask=valid[:, None], other=0.0).to(dtype)
                     scores = tl.dot(q_pe, tl.trans(k_pe), scores)
-                scores = tl.where(valid[None, :], scores * scale_log2, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-                # rows that have seen no key yet keep m = -inf; shift by 0 so exp2 gives 0, not NaN
-                m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-                p = tl.math.exp2(scores - m_shift[:, None])
-                alpha = tl.math.exp2(m_i - m_shift)
-                l_i = l_i * alpha + tl.sum(p, axis=1)
+                p, alpha, m_new, l_i = online_softmax_step(scores * scale_log2, valid[None, :], m_i, l_i)
                 acc = acc * alpha[:, None]
                 acc = tl.dot(p.to(dtype), k_v, acc)
                 m_i = m_new

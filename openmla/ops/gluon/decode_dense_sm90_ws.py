@@ -384,6 +384,19 @@ if gluon_available():
         gl.thread_barrier()
 
     @gluon.jit
+    def _e4m3_scales(scale_log2, descale_k_ptr, descale_q_ptr, KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr):
+        """``(score scale, V scale)`` over per-tensor FP8 codes: the scores take ``descale_k`` (and ``descale_q``
+        for an e4m3 q), ``P V`` takes ``descale_k``; ``(scale_log2, 1)`` over 16-bit keys. The descales are read
+        on the device, so no host sync, and CUDA graphs replay new ones."""
+        v_scale = 1.0
+        if KV_E4M3:
+            v_scale = gl.load(descale_k_ptr)
+            scale_log2 = scale_log2 * v_scale
+        if Q_E4M3:
+            scale_log2 = scale_log2 * gl.load(descale_q_ptr)
+        return scale_log2, v_scale
+
+    @gluon.jit
     def _e4m3_exact(codes, dtype: gl.constexpr):
         """e4m3 codes (uint8) as ``dtype`` values, exactly (every e4m3 value is a bf16 and an fp16)."""
         return codes.to(gl.float8e4nv, bitcast=True).to(gl.float32).to(dtype)
@@ -631,12 +644,7 @@ if gluon_available():
         offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_LAYOUT))
         offs_v = gl.arange(0, HALF, layout=gl.SliceLayout(0, O_LAYOUT))
         t_s = offs_r_s // group
-        v_scale = 1.0
-        if KV_E4M3:  # read on the device: no host sync, CUDA graphs replay new scales
-            v_scale = gl.load(descale_k_ptr)
-            scale_log2 = scale_log2 * v_scale
-        if Q_E4M3:
-            scale_log2 = scale_log2 * gl.load(descale_q_ptr)
+        scale_log2, v_scale = _e4m3_scales(scale_log2, descale_k_ptr, descale_q_ptr, KV_E4M3, Q_E4M3)
         kb = 0
         pr = 0
         for req in range(begin_req, end_req + 1):
@@ -759,12 +767,7 @@ if gluon_available():
         offs_r = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROWS_1D)
         offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_LAYOUT))
         t_s = offs_r_s // group
-        v_scale = 1.0
-        if KV_E4M3:  # read on the device: no host sync, CUDA graphs replay new scales
-            v_scale = gl.load(descale_k_ptr)
-            scale_log2 = scale_log2 * v_scale
-        if Q_E4M3:
-            scale_log2 = scale_log2 * gl.load(descale_q_ptr)
+        scale_log2, v_scale = _e4m3_scales(scale_log2, descale_k_ptr, descale_q_ptr, KV_E4M3, Q_E4M3)
         kb = 0
         pr = 0
         for req in range(begin_req, end_req + 1):
