@@ -287,7 +287,6 @@ if gluon_available():
         into L2 (``cp.async.bulk.prefetch.L2``, one per key), so that tile's gather waits on L2, not HBM: the
         loader cannot copy it any earlier, as its stage is still being read.
         """
-        dtype: gl.constexpr = k_lo_s.dtype
         CVT: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [PARTITION_WARPS, 1], [1, 0])  # 16 B a thread
         ROPE: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [PARTITION_WARPS, 1], [1, 0])
         ROW: gl.constexpr = gl.SliceLayout(1, CVT)
@@ -317,19 +316,7 @@ if gluon_available():
         sc3 = gl.load(sc_ptr + 3, mask=mask_j, other=0.0)
         async_copy.wait_group(0)
         gl.thread_barrier()  # every thread's codes have landed
-        k_lo_s.slice(0, 64, dim=1).store(_dequant(codes.index(stage * BLOCKS + 0).load(CVT), sc0, dtype))
-        k_lo_s.slice(64, 64, dim=1).store(_dequant(codes.index(stage * BLOCKS + 1).load(CVT), sc0, dtype))
-        k_lo_s.slice(128, 64, dim=1).store(_dequant(codes.index(stage * BLOCKS + 2).load(CVT), sc1, dtype))
-        k_lo_s.slice(192, 64, dim=1).store(_dequant(codes.index(stage * BLOCKS + 3).load(CVT), sc1, dtype))
-        gl.thread_barrier()  # code blocks 0-3 read
-        k_hi_s.slice(0, 64, dim=1).store(_dequant(codes.index(stage * BLOCKS + 4).load(CVT), sc2, dtype))
-        k_hi_s.slice(64, 64, dim=1).store(_dequant(codes.index(stage * BLOCKS + 5).load(CVT), sc2, dtype))
-        gl.thread_barrier()  # code blocks 4-5 read
-        c6 = codes.index(stage * BLOCKS + 6).load(CVT)
-        c7 = codes.index(stage * BLOCKS + 7).load(CVT)
-        gl.thread_barrier()  # code blocks 6-7 read
-        k_hi_s.slice(128, 64, dim=1).store(_dequant(c6, sc3, dtype))
-        k_hi_s.slice(192, 64, dim=1).store(_dequant(c7, sc3, dtype))
+        _decode_code_blocks(k_lo_s, k_hi_s, codes, stage * BLOCKS, sc0, sc1, sc2, sc3, CVT, True)
         fence_async_shared()  # the tensor cores read the stage next
         gl.thread_barrier()
 
@@ -365,23 +352,41 @@ if gluon_available():
         async_copy.commit_group()
         async_copy.wait_group(0)
         gl.thread_barrier()  # every thread's codes have landed
-        pe = pe_codes.index(stage * 2).load(CVT)
-        k_lo_s.slice(0, 64, dim=1).store(_e4m3_exact(codes.index(stage * BLOCKS + 0).load(CVT), dtype))
-        k_lo_s.slice(64, 64, dim=1).store(_e4m3_exact(codes.index(stage * BLOCKS + 1).load(CVT), dtype))
-        k_lo_s.slice(128, 64, dim=1).store(_e4m3_exact(codes.index(stage * BLOCKS + 2).load(CVT), dtype))
-        k_lo_s.slice(192, 64, dim=1).store(_e4m3_exact(codes.index(stage * BLOCKS + 3).load(CVT), dtype))
-        gl.thread_barrier()  # code blocks 0-3 and the RoPE codes read
+        pe = pe_codes.index(stage * 2).load(CVT)  # read by all before the decode's first barrier, then overwritten
+        _decode_code_blocks(k_lo_s, k_hi_s, codes, stage * BLOCKS, 1.0, 1.0, 1.0, 1.0, CVT, False)
         k_pe_s.store(_e4m3_exact(pe, dtype))
-        k_hi_s.slice(0, 64, dim=1).store(_e4m3_exact(codes.index(stage * BLOCKS + 4).load(CVT), dtype))
-        k_hi_s.slice(64, 64, dim=1).store(_e4m3_exact(codes.index(stage * BLOCKS + 5).load(CVT), dtype))
-        gl.thread_barrier()  # code blocks 4-5 read
-        c6 = codes.index(stage * BLOCKS + 6).load(CVT)
-        c7 = codes.index(stage * BLOCKS + 7).load(CVT)
-        gl.thread_barrier()  # code blocks 6-7 read
-        k_hi_s.slice(128, 64, dim=1).store(_e4m3_exact(c6, dtype))
-        k_hi_s.slice(192, 64, dim=1).store(_e4m3_exact(c7, dtype))
         fence_async_shared()  # the tensor cores read the stage next
         gl.thread_barrier()
+
+    @gluon.jit
+    def _decode_code_blocks(k_lo_s, k_hi_s, codes, base, sc0, sc1, sc2, sc3, CVT: gl.constexpr,
+                            SCALED: gl.constexpr):
+        """Decode a K stage's eight [64, 64] code blocks (``codes.index(base + c)``, dims ``64c ..``, lying in
+        the stage's upper half) into its two 16-bit halves in place, in the order that never overwrites codes
+        not yet read (:func:`_gather_fp8_tile`; three partition barriers, the caller fences after): with
+        ``SCALED`` block ``c``'s codes times each key's scale ``sc{c // 2}`` ([64] fp32), else exactly."""
+        dtype: gl.constexpr = k_lo_s.dtype
+        k_lo_s.slice(0, 64, dim=1).store(_code_values(codes.index(base + 0).load(CVT), sc0, dtype, SCALED))
+        k_lo_s.slice(64, 64, dim=1).store(_code_values(codes.index(base + 1).load(CVT), sc0, dtype, SCALED))
+        k_lo_s.slice(128, 64, dim=1).store(_code_values(codes.index(base + 2).load(CVT), sc1, dtype, SCALED))
+        k_lo_s.slice(192, 64, dim=1).store(_code_values(codes.index(base + 3).load(CVT), sc1, dtype, SCALED))
+        gl.thread_barrier()  # code blocks 0-3 read
+        k_hi_s.slice(0, 64, dim=1).store(_code_values(codes.index(base + 4).load(CVT), sc2, dtype, SCALED))
+        k_hi_s.slice(64, 64, dim=1).store(_code_values(codes.index(base + 5).load(CVT), sc2, dtype, SCALED))
+        gl.thread_barrier()  # code blocks 4-5 read
+        c6 = codes.index(base + 6).load(CVT)
+        c7 = codes.index(base + 7).load(CVT)
+        gl.thread_barrier()  # code blocks 6-7 read
+        k_hi_s.slice(128, 64, dim=1).store(_code_values(c6, sc3, dtype, SCALED))
+        k_hi_s.slice(192, 64, dim=1).store(_code_values(c7, sc3, dtype, SCALED))
+
+    @gluon.jit
+    def _code_values(codes, scale, dtype: gl.constexpr, SCALED: gl.constexpr):
+        """e4m3 codes as ``dtype``: times ``scale`` (one per row) with ``SCALED``, else exactly."""
+        if SCALED:
+            return _dequant(codes, scale, dtype)
+        else:
+            return _e4m3_exact(codes, dtype)
 
     @gluon.jit
     def _e4m3_scales(scale_log2, descale_k_ptr, descale_q_ptr, KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr):
