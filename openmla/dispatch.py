@@ -132,8 +132,8 @@ def _choose_dense_decode(device, dtype, dims, backend, kv_fp8=False) -> Choice:
         if gluon_against is not None:
             raise UnsupportedError(
                 f"backend='gluon' cannot serve {op}: {gluon_against}. GPU: {where}. Supported: bf16/fp16 on sm_90 "
-                "(H100/H200/H20), (d, head_dim_v) of (576, 512) or (512, 512). "
-                "Use backend='triton' (any NVIDIA GPU sm_80+) or 'reference'."
+                "(H100/H200/H20), (d, head_dim_v) of (576, 512) or (512, 512), also over per-tensor FP8 caches "
+                "(q bf16, fp16 or float8_e4m3fn). Use backend='triton' (any NVIDIA GPU sm_80+) or 'reference'."
             )
         return Choice(op, "gluon", "forced (backend='gluon' or OPENMLA_BACKEND=gluon)")
     if forced == "triton":
