@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from .._runtime import triton_available
+from .launch import launch
 
 if triton_available():
     import triton
@@ -197,7 +198,7 @@ def combine_splits(
     b, s_q, h_q, d_v = out.shape
     block_r = 8 if d_v >= 256 else 16
     grid = (b, triton.cdiv(s_q * h_q, block_r))
-    _decode_combine_kernel[grid](
+    launch(_decode_combine_kernel, grid,
         out, lse, o_accum, lse_accum, num_splits,
         attn_sink if attn_sink is not None else lse_accum,  # not read without a sink
         out.stride(0), out.stride(1), out.stride(2),

@@ -29,6 +29,7 @@ import torch
 from .._runtime import device_arch, triton_available
 from .combine import combine_splits, fuse_combine
 from .schedule import SCHED_BLOCK
+from .launch import launch
 
 # integer arguments that vary per call: specialising on them (==1, %16) would recompile per batch shape
 SPLITKV_RUNTIME_INTS = (
@@ -422,7 +423,7 @@ def dense_decode_fwd(
         kernel, consts = _dense_decode_tokens_kernel, dict(R=cfg.block_m)
     else:
         kernel, consts = _dense_decode_splitkv_kernel, dict(BLOCK_M=cfg.block_m, DV_TILE=cfg.dv_tile)
-    kernel[(row_tiles * h_kv * (head_dim_v // cfg.dv_tile), num_parts)](
+    launch(kernel, (row_tiles * h_kv * (head_dim_v // cfg.dv_tile), num_parts),
         *splitkv_args(q_in, k_in, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
                       out, lse, workspace, row_tiles, softmax_scale),
         descale_q if q_fp8 else lse, descale_k if kv_fp8 else lse,

@@ -35,6 +35,7 @@ import torch
 from .._runtime import device_arch, num_sms, triton_available
 from .combine import combine_splits
 from .decode_dense import smem_per_block
+from .launch import launch
 
 # integer arguments that vary per call: specialising on them (==1, %16) would recompile per batch shape
 SPARSE_RUNTIME_INTS = (
@@ -506,7 +507,7 @@ def sparse_decode_fwd(
     # one stride() tuple a tensor: each call crosses into C++, and this is on every decode step's host path
     sq, sk, sxk, si, sxi, so, sl = q.stride(), k.stride(), xk.stride(), indices.stride(), xidx.stride(), \
         out.stride(), lse.stride()
-    _sparse_decode_kernel[(programs, num_splits)](
+    launch(_sparse_decode_kernel, (programs, num_splits),
         q, k, indices, xk, xidx,
         topk_length if topk_length is not None else dummy,
         extra_topk_length if extra_topk_length is not None else dummy,

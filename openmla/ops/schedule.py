@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 
 from .._runtime import triton_available
+from .launch import launch
 
 SCHED_BLOCK = 64  # tokens per scheduling unit; the split kernel's BLOCK_N must divide it
 FIXED_OVERHEAD = 5  # units charged per request for its Q load and O write
@@ -158,7 +159,7 @@ def plan_splitkv(
     num_splits = torch.empty(b + 1, dtype=torch.int32, device=device)
     block_p = max(16, triton.next_power_of_2(num_sm_parts))
     chunk = 32 if block_p <= 256 else 16
-    _plan_splitkv_kernel[(1,)](
+    launch(_plan_splitkv_kernel, (1,),
         cache_seqlens, sched, num_splits, b, num_sm_parts,
         BLOCK_P=block_p, CHUNK=chunk, SCHED=SCHED_BLOCK, OVERHEAD=FIXED_OVERHEAD, MAX_SPLITS=max_splits or _UNBOUNDED,
         num_warps=4,

@@ -27,6 +27,7 @@ from ..._runtime import gluon_available
 from ..combine import combine_splits, fuse_combine
 from ..decode_dense import split_workspace, splitkv_args
 from ..schedule import SCHED_BLOCK
+from ..launch import launch
 
 BLOCK_M = 64
 BLOCK_N = 64
@@ -320,7 +321,7 @@ def dense_decode_sm90_fwd(
     lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)
     if workspace is None:
         workspace = split_workspace(q, head_dim_v, num_parts)
-    _dense_decode_sm90_kernel[(row_tiles * h_kv, num_parts)](
+    launch(_dense_decode_sm90_kernel, (row_tiles * h_kv, num_parts),
         *splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
                       out, lse, workspace, row_tiles, softmax_scale),
         CAUSAL=bool(causal and s_q > 1), FUSED_COMBINE=fused, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, D_V=head_dim_v,

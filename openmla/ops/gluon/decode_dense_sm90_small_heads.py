@@ -42,6 +42,7 @@ from ..combine import combine_splits, fuse_combine
 from ..decode_dense import split_workspace, splitkv_args
 from ..schedule import SCHED_BLOCK
 from .decode_dense_sm90_ws import tma_view
+from ..launch import launch
 
 #: K tiles by TMA where :func:`tma_view` allows it (16-bit caches).
 TMA_K = True
@@ -399,7 +400,7 @@ def dense_decode_sm90_small_heads_fwd(
     q_in = q.view(torch.uint8) if q_fp8 else q
     k_in = k_cache.view(torch.uint8) if kv_fp8 else k_cache
     k_desc = tma_view(k_cache) if tma_k and not kv_fp8 else None
-    _dense_decode_sm90_small_heads_kernel[(h_kv, num_parts)](
+    launch(_dense_decode_sm90_small_heads_kernel, (h_kv, num_parts),
         *splitkv_args(q_in, k_in, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
                       out, lse, workspace, 1, softmax_scale),
         descale_q if q_fp8 else lse, descale_k if kv_fp8 else lse, k_desc,

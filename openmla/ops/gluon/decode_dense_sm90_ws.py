@@ -71,6 +71,7 @@ from ..._runtime import gluon_available
 from ..combine import combine_splits
 from ..decode_dense import split_workspace, splitkv_args
 from ..schedule import SCHED_BLOCK
+from ..launch import launch
 
 BLOCK_M = 64
 BLOCK_N = 64
@@ -1106,7 +1107,7 @@ def dense_decode_sm90_ws_fwd(
         k_cache = k_cache.view(torch.uint8)  # the kernel addresses codes in bytes
     if q_e4m3:
         q = q.view(torch.uint8)
-    _dense_decode_sm90_ws_kernel[(row_tiles * h_kv, num_parts)](
+    launch(_dense_decode_sm90_ws_kernel, (row_tiles * h_kv, num_parts),
         *splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
                       out, lse, workspace, row_tiles, softmax_scale), k_desc, None, descale_k, descale_q,
         CAUSAL=bool(causal and s_q > 1), OVERLAP=bool(overlap), SOFTMAX_ONLY=bool(softmax_only),

@@ -29,6 +29,7 @@ from ..combine import combine_splits
 from ..decode_dense import split_workspace, splitkv_args
 from ..schedule import plan_splitkv
 from . import decode_dense_sm90_ws as ws
+from ..launch import launch
 
 # Plans of lists with no topk_length (every list topk entries long): they depend on the shapes only, so one
 # plan serves every later call with the same (device, stream, tokens, topk, parts) — a launch and an
@@ -114,7 +115,7 @@ def sparse_decode_sm90_fwd(
         regs = (regs[0], int(loader_regs))
     if is_fp8:
         k_cache = k_cache.view(torch.uint8)  # the kernel addresses records in bytes
-    ws._dense_decode_sm90_ws_kernel[(row_tiles, parts)](
+    launch(ws._dense_decode_sm90_ws_kernel, (row_tiles, parts),
         *splitkv_args(q_tok, k_cache, lists, lens, sched, splits, out_tok, lse_tok, workspace, row_tiles,
                       softmax_scale), None, attn_sink, None, None,
         CAUSAL=False, OVERLAP=False, SOFTMAX_ONLY=True, TMA_K=False, BLOCK_M=ws.BLOCK_M, BLOCK_N=ws.BLOCK_N,
