@@ -57,6 +57,15 @@ def getenv(name: str) -> str | None:
     return None if value is None else _ENV_DECODE(value)
 
 
+def env_reader(names: tuple[str, ...]):
+    """A function returning the current values of ``names`` as one tuple (raw, as the environment holds
+    them): a cheap key for state that depends on those knobs, read on every decode call."""
+    if _ENV_DATA is None or _ENV_ENCODE is None:
+        return lambda: tuple(os.environ.get(n) for n in names)
+    keys, get = tuple(_ENV_ENCODE(n) for n in names), _ENV_DATA.get
+    return lambda: tuple(map(get, keys))
+
+
 def env_backend() -> str:
     """The backend forced by ``OPENMLA_BACKEND`` (``"auto"`` when unset)."""
     value = (getenv("OPENMLA_BACKEND") or "auto").strip().lower() or "auto"

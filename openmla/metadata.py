@@ -59,6 +59,9 @@ class FlashMLASchedMeta:
     # OpenMLA: the dense calls' configuration as a plain tuple, so the step's later layers check it without
     # building a Config (a decode call's host time is counted in microseconds)
     dense_key: Optional[tuple] = None
+    # OpenMLA: the step's recorded dense calls by signature (:mod:`openmla.replay`); False for a signature
+    # whose launches cannot be replayed
+    replays: Optional[dict] = None
 
     def check_or_set_config(self, config: "FlashMLASchedMeta.Config") -> None:
         """Record ``config`` on first use; afterwards raise if a call brings a different one."""

@@ -1,0 +1,237 @@
+"""Replay of a validated dense decode call: the host path of a serving loop's decode steps.
+
+The layers of a decode step, and the steps after it, call ``flash_mla_with_kvcache`` with one
+``FlashMLASchedMeta`` and tensors whose shapes, strides, dtypes, devices and 16-byte alignment repeat;
+only their addresses and contents change. The first call of each such *signature* runs the whole path
+(validation, dispatch, launch arguments, and Triton's launcher, which specialises every argument again)
+and its kernel launches are recorded (:mod:`openmla.ops.launch`). A later call with the same signature
+allocates ``out`` and ``lse`` and starts the recorded kernels with the new tensors' addresses, through the
+compiled kernels' own launchers.
+
+What a replay skips is a function of the signature (:func:`dense_signature`): validation reads shapes,
+strides, dtypes and devices only (values are checked when a call plans, which a replay never does, or
+on every call with ``OPENMLA_CHECK_VALUES=always``, which records nothing); the backend and kernel choice
+depends on the device, dtypes, dims and the environment knobs in the signature; the launch arguments are
+strides, sizes and the folded scale; Triton's specialisation reads dtypes, 16-byte alignment and
+integers' divisibility, all from the signature. A recording is kept only when every tensor its launches
+take is one of the call's inputs (or a view of one with the same shape and strides), one of its outputs,
+or a buffer the ``FlashMLASchedMeta`` owns; anything else (a scratch tensor allocated inside the call, an
+argument of an unknown kind) makes the signature run the whole path every time.
+
+``OPENMLA_REPLAY=0`` turns replays off (every call runs the whole path).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, Sequence
+
+import torch
+
+from ._runtime import env_reader
+from .ops.launch import Launch
+
+__all__ = ["Replay", "NotReplayable", "dense_signature", "replay_enabled", "MAX_REPLAYS"]
+
+#: Signatures one ``FlashMLASchedMeta`` keeps (a step's layers share one; a few cover alignment variants).
+MAX_REPLAYS = 16
+
+# every environment knob the dense path's choices read; a change gives a new signature
+_KNOBS = ("OPENMLA_BACKEND", "OPENMLA_ARCH", "TRITON_INTERPRET", "OPENMLA_CHECK_VALUES", "OPENMLA_REPLAY")
+_knob_values = env_reader(_KNOBS)
+_SCALARS = (float, int, type(None))
+
+# torch's own C entry points behind torch.cuda.current_device() / is_current_stream_capturing() and the
+# raw current stream Triton launches on (None in a build without CUDA)
+_cuda_device = getattr(torch._C, "_cuda_getDevice", None)
+_cuda_capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", None)
+_cuda_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+try:
+    from triton import knobs as _triton_knobs
+
+    _knobs = _triton_knobs.runtime
+except ImportError:  # no Triton: nothing is ever recorded
+    _knobs = None
+
+
+def _no_launch_hooks() -> bool:
+    """Whether no launch hook is set (Triton keeps empty hook chains; a profiler adds to them). Triton's own
+    path builds each launch's metadata and calls both chains even when they are empty."""
+    enter, exit_ = _knobs.launch_enter_hook, _knobs.launch_exit_hook
+    return ((enter is None or (getattr(enter, "calls", None) == [])) and
+            (exit_ is None or (getattr(exit_, "calls", None) == [])))
+
+
+class NotReplayable(Exception):
+    """A recorded call that a replay could not reproduce (the reason is the message)."""
+
+
+def replay_enabled(knobs: tuple) -> bool:
+    """Whether a call may be recorded, given :func:`dense_signature`'s knob values."""
+    check_values, replay = knobs[3], knobs[4]
+    return (replay is None or replay.strip() not in (b"0", "0")) and not (
+        check_values is not None and check_values.strip().lower() in (b"always", "always"))
+
+
+def dense_signature(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal, is_fp8_kvcache,
+                    backend, descale_q, descale_k) -> tuple | None:
+    """Everything a dense decode call's path depends on except its tensors' addresses and contents.
+
+    Per tensor: shape, strides, dtype, device index and ``data_ptr() % 16``; the scalar arguments (with
+    their types: ``True`` and ``1`` differ); the environment knobs of the dense path; and on CUDA the
+    current device and whether the stream is capturing a graph. ``None`` where a call cannot be keyed
+    (an argument that is not a tensor or a plain number: the whole path then runs, and raises the typed
+    error where there is one).
+    """
+    try:
+        if softmax_scale.__class__ not in _SCALARS or head_dim_v.__class__ is not int:
+            return None
+        cuda = (_cuda_device(), _cuda_capturing()) if q.is_cuda and _cuda_device is not None else None
+        return (
+            q.shape, q.stride(), q.dtype, q.get_device(), q.data_ptr() & 15,
+            k_cache.shape, k_cache.stride(), k_cache.dtype, k_cache.get_device(), k_cache.data_ptr() & 15,
+            block_table.shape, block_table.stride(), block_table.dtype, block_table.get_device(),
+            block_table.data_ptr() & 15,
+            cache_seqlens.shape, cache_seqlens.stride(), cache_seqlens.dtype, cache_seqlens.get_device(),
+            cache_seqlens.data_ptr() & 15,
+            None if descale_q is None else (descale_q.shape, descale_q.stride(), descale_q.dtype,
+                                            descale_q.get_device(), descale_q.data_ptr() & 15),
+            None if descale_k is None else (descale_k.shape, descale_k.stride(), descale_k.dtype,
+                                            descale_k.get_device(), descale_k.data_ptr() & 15),
+            head_dim_v, softmax_scale.__class__, softmax_scale, bool(causal), is_fp8_kvcache, backend,
+            _knob_values(), cuda,
+        )
+    except (AttributeError, TypeError):
+        return None
+
+
+class _DescriptorView:
+    """What a compiled kernel's launcher reads of a TMA descriptor argument, with a new base tensor."""
+
+    __slots__ = ("base", "shape", "strides", "padding")
+
+    def __init__(self, base, shape, strides, padding):
+        self.base, self.shape, self.strides, self.padding = base, shape, strides, padding
+
+
+class _Arguments:
+    """A launch's argument list with the call's tensors left as slots: ``fill(sources)`` gives the list.
+
+    ``direct``: for a compiled kernel's launcher, which reads only a tensor's address and a TMA
+    descriptor's base, shape, strides and padding; otherwise for ``kernel[grid]``, which gets each tensor
+    as the launcher had it (a dtype view of the source) and whole descriptors.
+    """
+
+    def __init__(self, values: Sequence, sources: Sequence, owned: Sequence, direct: bool):
+        self.template = list(values)
+        self.direct = direct
+        self.slots: list[tuple[int, int, Any]] = []  # (position, source, dtype to view it as, or None)
+        self.descriptors: list[tuple[int, int, Any]] = []  # (position, source, the recorded descriptor)
+        for pos, value in enumerate(values):
+            if isinstance(value, torch.Tensor):
+                src, view = _match(value, sources, owned)
+                if src is not None:
+                    self.slots.append((pos, src, None if direct else view))
+            elif hasattr(value, "base") and hasattr(value, "block_shape"):  # a TMA descriptor
+                src, view = _match(value.base, sources, owned)
+                if view is not None:
+                    raise NotReplayable("a TMA descriptor over a dtype view of an input")
+                if src is not None:
+                    self.descriptors.append((pos, src, value))
+            elif not isinstance(value, (int, float, bool, str, type(None))) and not _is_constexpr(value):
+                raise NotReplayable(f"an argument of type {type(value).__name__}")
+
+    def fill(self, sources: Sequence) -> list:
+        values = self.template.copy()
+        for pos, src, view in self.slots:
+            values[pos] = sources[src] if view is None else sources[src].view(view)
+        for pos, src, desc in self.descriptors:
+            values[pos] = (_DescriptorView(sources[src], desc.shape, desc.strides, desc.padding) if self.direct
+                           else dataclasses.replace(desc, base=sources[src]))
+        return values
+
+
+def _is_constexpr(value) -> bool:
+    return type(value).__name__ == "constexpr" or isinstance(value, torch.dtype)
+
+
+def _match(value: torch.Tensor, sources: Sequence, owned: Sequence) -> tuple[int | None, Any]:
+    """Which source a tensor argument is (index, dtype view or None), or (None, None) for an owned buffer."""
+    for i, s in enumerate(sources):
+        if value is s:
+            return i, None
+    same = [i for i, s in enumerate(sources) if s is not None and s.numel() > 0 and s.data_ptr() == value.data_ptr()]
+    if len(same) == 1:
+        s = sources[same[0]]
+        if s.shape == value.shape and s.stride() == value.stride() and s.element_size() == value.element_size():
+            return same[0], (None if s.dtype == value.dtype else value.dtype)
+    if len(same) > 1:
+        raise NotReplayable("two of the call's tensors share an address")
+    if any(value is o for o in owned):
+        return None, None
+    raise NotReplayable(f"a tensor argument ({tuple(value.shape)}, {value.dtype}) that is not the call's "
+                        "input, output or schedule buffer")
+
+
+class _Step:
+    """One recorded launch: through the compiled kernel's launcher, or ``kernel[grid]`` where there is none
+    (the interpreter) or where Triton's launch hooks are set (a profiler wants to see each launch)."""
+
+    def __init__(self, rec: Launch, sources: Sequence, owned: Sequence):
+        self.kernel, self.grid, self.kw_names = rec.kernel, rec.grid, list(rec.kwargs)
+        self.generic = _Arguments(list(rec.args) + [rec.kwargs[n] for n in self.kw_names], sources, owned,
+                                  direct=False)
+        compiled = rec.compiled
+        self.compiled = compiled if all(hasattr(compiled, a) for a in ("run", "function", "packed_metadata")) \
+            else None
+        if self.compiled is not None:
+            self.grid3 = rec.grid + (1,) * (3 - len(rec.grid))
+            bound = list(rec.args)  # every kernel parameter in order, constexprs included, as Triton binds them
+            for p in rec.kernel.params[len(bound):]:
+                if p.name in rec.kwargs:
+                    bound.append(rec.kwargs[p.name])
+                elif p.default is not inspect.Parameter.empty:
+                    bound.append(p.default)
+                else:
+                    raise NotReplayable(f"kernel parameter {p.name} has no recorded value")
+            self.bound = _Arguments(bound, sources, owned, direct=True)
+
+    def __call__(self, sources: Sequence) -> None:
+        c = self.compiled
+        if c is not None and _no_launch_hooks():
+            c.run(*self.grid3, _cuda_stream(_cuda_device()), c.function, c.packed_metadata, None, None, None,
+                  *self.bound.fill(sources))
+            return
+        args = self.generic.fill(sources)
+        n = len(args) - len(self.kw_names)
+        self.kernel[self.grid](*args[:n], **dict(zip(self.kw_names, args[n:])))
+
+
+class Replay:
+    """The kernel launches of one recorded call, started again for a later call with the same signature.
+
+    ``inputs``: the call's tensors in a fixed order (``None`` where absent), the same order at recording
+    and at each call; ``outputs``: the tensors the call returned (fresh and contiguous: a replay allocates
+    its own). ``owned``: buffers that outlive the call (the schedule's tensors, its split workspace),
+    passed to every replay unchanged. Raises :class:`NotReplayable` for a call it cannot reproduce.
+    """
+
+    def __init__(self, launches: Sequence[Launch], inputs: Sequence, outputs: tuple, owned: Sequence):
+        if not launches:
+            raise NotReplayable("the call launched no kernel")
+        for t in outputs:
+            if not isinstance(t, torch.Tensor) or not t.is_contiguous() or t.storage_offset() != 0:
+                raise NotReplayable("an output that is not a fresh contiguous tensor")
+        sources = list(inputs) + list(outputs)
+        self.outputs = [(tuple(t.shape), t.dtype, t.device) for t in outputs]
+        self.steps = [_Step(rec, sources, owned) for rec in launches]
+
+    def __call__(self, *inputs) -> tuple[torch.Tensor, ...]:
+        outputs = tuple(torch.empty(shape, dtype=dtype, device=device) for shape, dtype, device in self.outputs)
+        sources = inputs + outputs
+        for step in self.steps:
+            step(sources)
+        return outputs

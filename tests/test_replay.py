@@ -1,0 +1,292 @@
+"""Replays of recorded dense decode calls (:mod:`openmla.replay`).
+
+A call with a ``FlashMLASchedMeta`` whose signature (shapes, strides, dtypes, devices, 16-byte alignment,
+scalar arguments, environment knobs) an earlier call recorded skips validation and dispatch and starts the
+recorded launches with the new tensors. These tests check that such calls give the reference's results on
+new data every time, that any change of signature takes the whole path again, and how a recording maps
+the launch arguments (inputs, dtype views, outputs, owned buffers, TMA descriptors).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import TOL, check_close, interpret_mode, make_dense_decode_inputs, quantize_dense_decode_inputs
+
+import openmla
+from openmla import api, reference, replay
+from openmla.ops.launch import Launch, launch, recording
+
+HAS_CUDA = torch.cuda.is_available()
+CAN_RUN_TRITON = HAS_CUDA or interpret_mode()
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+HERE_AND_GPU = [pytest.param(DEVICE, id=DEVICE), pytest.param("cuda", marks=pytest.mark.gpu, id="gpu-tier")]
+
+
+def _new_data(inputs: dict, generator) -> dict:
+    """The same shapes and lengths with new values in new tensors (new addresses), as the next layer brings."""
+    b, s_q, h_q, d = inputs["q"].shape
+    num_blocks, page, h_kv, _ = inputs["k_cache"].shape
+    fresh = make_dense_decode_inputs(b, s_q, 0, h_q, h_kv, d, inputs["head_dim_v"], page, inputs["q"].dtype,
+                                     inputs["q"].device, generator=generator, causal=inputs["causal"],
+                                     softmax_scale=inputs["softmax_scale"],
+                                     cache_seqlens=inputs["cache_seqlens"].clone())
+    assert fresh["k_cache"].shape == inputs["k_cache"].shape
+    return fresh
+
+
+def _call(inputs: dict, meta, **kw):
+    return openmla.flash_mla_with_kvcache(
+        inputs["q"], inputs["k_cache"], inputs["block_table"], inputs["cache_seqlens"], inputs["head_dim_v"], meta,
+        softmax_scale=inputs["softmax_scale"], causal=inputs["causal"], **kw)
+
+
+def _check(inputs: dict, out: torch.Tensor, lse: torch.Tensor) -> None:
+    ref_out, ref_lse = reference.dense_decode(**inputs)
+    check_close("out", out, ref_out, TOL[("dense_decode", "out")])
+    check_close("lse", lse, ref_lse, TOL[("dense_decode", "lse")])
+
+
+class _Counter:
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.fn(*args, **kwargs)
+
+
+# shapes: b, s_q, s_k, h_q, h_kv, d, dv, page, dtype; backend None = what the device picks
+CPU_CASES = [(3, 2, 70, 4, 1, 64, 32, 16, torch.float16), (2, 1, 130, 24, 2, 576, 512, 7, torch.float16)]
+GPU_CASES = [
+    (1, 1, 256, 128, 1, 576, 512, 64, torch.bfloat16),  # the host-bound call: one launch, fused merge
+    (48, 2, 900, 128, 1, 576, 512, 64, torch.bfloat16),  # warp-specialized kernel, TMA descriptor, combine
+    (5, 1, 700, 16, 1, 576, 512, 64, torch.float16),  # the small-head kernel
+    (3, 3, 300, 9, 3, 512, 512, 16, torch.bfloat16),
+]
+
+
+@pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("device", HERE_AND_GPU)
+@pytest.mark.parametrize("case_index", range(max(len(CPU_CASES), len(GPU_CASES))))
+def test_replayed_layers_match_the_reference_on_new_data(device, case_index, monkeypatch, generator):
+    cases = GPU_CASES if device == "cuda" else CPU_CASES
+    if case_index >= len(cases):
+        pytest.skip("fewer cases on this tier")
+    b, s_q, s_k, h_q, h_kv, d, dv, page, dtype = cases[case_index]
+    backend = None if device == "cuda" else "triton"
+    inputs = make_dense_decode_inputs(b, s_q, s_k, h_q, h_kv, d, dv, page, dtype, device, varlen=True,
+                                      generator=generator, causal=True)
+    validations = _Counter(api._validate_dense)
+    monkeypatch.setattr(api, "_validate_dense", validations)
+    meta, _ = openmla.get_mla_metadata()
+    layer = inputs
+    for i in range(4):
+        out, lse = _call(layer, meta, backend=backend)
+        _check(layer, out, lse)
+        layer = _new_data(inputs, generator)
+    assert validations.calls == 1, "calls after the first should have replayed its launches"
+    (recorded,) = meta.replays.values()
+    assert isinstance(recorded, replay.Replay)
+    if device == "cuda":
+        assert all(step.compiled is not None for step in recorded.steps), "GPU replays launch the compiled kernels"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("q_dtype", [torch.bfloat16, torch.float8_e4m3fn])
+@pytest.mark.parametrize("h_q", [16, 128])
+def test_replayed_fp8_layers_match_the_reference(q_dtype, h_q, monkeypatch, generator):
+    base = make_dense_decode_inputs(4, 2, 600, h_q, 1, 576, 512, 64, torch.bfloat16, "cuda", varlen=True,
+                                    generator=generator, causal=True)
+    validations = _Counter(api._validate_dense)
+    monkeypatch.setattr(api, "_validate_dense", validations)
+    meta, _ = openmla.get_mla_metadata()
+    layer = base
+    for i in range(3):
+        fp8 = quantize_dense_decode_inputs(layer, q_dtype)
+        out, lse = _call(fp8, meta, is_fp8_kvcache=True, descale_q=fp8["descale_q"], descale_k=fp8["descale_k"])
+        ref_out, ref_lse = reference.dense_decode(**fp8)
+        check_close("out", out, ref_out, TOL[("dense_decode", "out")])
+        check_close("lse", lse, ref_lse, TOL[("dense_decode", "lse")])
+        layer = _new_data(base, generator)
+    assert validations.calls == 1
+
+
+@pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("device", HERE_AND_GPU)
+def test_a_new_signature_takes_the_whole_path(device, monkeypatch, generator):
+    """Misaligned q (another 16-byte residue), other strides, another scale: each is recorded on its own."""
+    backend = None if device == "cuda" else "triton"
+    inputs = make_dense_decode_inputs(2, 1, 90, 8, 1, 64, 32, 16, torch.float16, device, varlen=True,
+                                      generator=generator)
+    meta, _ = openmla.get_mla_metadata()
+    _call(inputs, meta, backend=backend)
+    q = inputs["q"]
+    shifted = torch.empty(q.numel() + 1, dtype=q.dtype, device=q.device)[1:].view(q.shape)
+    shifted.copy_(q)
+    strided = torch.empty_strided(q.shape, (q.shape[1] * q.shape[2] * 80, q.shape[2] * 80, 80, 1), dtype=q.dtype,
+                                  device=q.device)
+    strided.copy_(q)
+    variants = [dict(inputs, q=shifted), dict(inputs, q=strided), dict(inputs, softmax_scale=0.3)]
+    for case in variants:
+        validations = _Counter(api._validate_dense)
+        monkeypatch.setattr(api, "_validate_dense", validations)
+        for _ in range(2):
+            out, lse = _call(case, meta, backend=backend)
+            _check(case, out, lse)
+        assert validations.calls == 1, "a new signature is validated once, then replayed"
+    assert len(meta.replays) == 1 + len(variants)
+
+
+@pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
+def test_environment_knobs_are_part_of_the_signature(monkeypatch, generator):
+    inputs = make_dense_decode_inputs(2, 1, 50, 4, 1, 64, 32, 16, torch.float16, DEVICE, generator=generator)
+    monkeypatch.setenv("OPENMLA_BACKEND", "triton")
+    meta, _ = openmla.get_mla_metadata()
+    _call(inputs, meta)
+    _call(inputs, meta)
+    monkeypatch.setenv("OPENMLA_BACKEND", "reference")
+    served = _Counter(reference.dense_decode)
+    monkeypatch.setattr(reference, "dense_decode", served)
+    _call(inputs, meta)
+    assert served.calls == 1, "OPENMLA_BACKEND changed: the call must run the backend it names"
+
+
+@pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("knob, value", [("OPENMLA_REPLAY", "0"), ("OPENMLA_CHECK_VALUES", "always")])
+def test_knobs_that_turn_recording_off(knob, value, monkeypatch, generator):
+    monkeypatch.setenv(knob, value)
+    inputs = make_dense_decode_inputs(2, 1, 50, 4, 1, 64, 32, 16, torch.float16, DEVICE, generator=generator)
+    meta, _ = openmla.get_mla_metadata()
+    backend = None if HAS_CUDA else "triton"
+    for _ in range(2):
+        _call(inputs, meta, backend=backend)
+    assert not meta.replays
+    if knob == "OPENMLA_CHECK_VALUES":  # every call checks values, so the second layer's bad length is caught
+        bad = dict(inputs, cache_seqlens=inputs["cache_seqlens"].clone())
+        bad["cache_seqlens"][0] = 10_000
+        with pytest.raises(openmla.InvalidArgumentError, match="cache_seqlens\\[0\\] = 10000"):
+            _call(bad, meta, backend=backend)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# How a recording maps a launch's arguments (fake kernels: no Triton needed)
+# ------------------------------------------------------------------------------------------------------------
+
+
+class _FakeKernel:
+    """Stands in for a @triton.jit function: ``kernel[grid](...)`` records the call."""
+
+    class _Param:
+        def __init__(self, name, default):
+            self.name, self.default = name, default
+
+    def __init__(self, *params):
+        import inspect
+
+        self.params = [self._Param(n, d if d is not None else inspect.Parameter.empty) for n, d in params]
+        self.calls = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.calls.append((grid, args, kwargs))
+
+
+class _FakeCompiled:
+    def __init__(self):
+        self.function, self.packed_metadata, self.calls = 1234, (4, 1, 0), []
+
+    def run(self, *args):
+        self.calls.append(args)
+
+
+def test_a_launch_records_only_inside_a_recording():
+    kernel = _FakeKernel()
+    launch(kernel, (2,), 1, X=3)
+    with recording() as launches:
+        launch(kernel, (4, 5), "a", X=3)
+    launch(kernel, (6,), 2)
+    assert [c[0] for c in kernel.calls] == [(2,), (4, 5), (6,)]
+    assert len(launches) == 1 and launches[0].grid == (4, 5) and launches[0].args == ("a",)
+
+
+def test_generic_replay_passes_new_tensors_dtype_views_and_owned_buffers():
+    x, out, owned = torch.randn(4, 8), torch.empty(4, 8), torch.zeros(3)
+    kernel = _FakeKernel()
+    rec = Launch(kernel, (2, 1), (x.view(torch.int32), out, owned, 7, 0.5), {"BLOCK": 16, "num_warps": 4}, None)
+    r = replay.Replay([rec], (x, None), (out,), (owned,))
+    x2 = torch.randn(4, 8)
+    (out2,) = r(x2, None)
+    grid, args, kwargs = kernel.calls[-1]
+    assert grid == (2, 1) and kwargs == {"BLOCK": 16, "num_warps": 4}
+    assert args[0].dtype == torch.int32 and args[0].data_ptr() == x2.data_ptr()
+    assert args[1] is out2 and out2 is not out and out2.shape == out.shape
+    assert args[2] is owned and args[3:] == (7, 0.5)
+
+
+def test_direct_replay_binds_every_parameter_in_order(monkeypatch):
+    monkeypatch.setattr(replay, "_cuda_stream", lambda device: 99)
+    monkeypatch.setattr(replay, "_cuda_device", lambda: 0)
+    monkeypatch.setattr(replay, "_no_launch_hooks", lambda: True)
+    x, out = torch.randn(64, 16), torch.empty(64, 16)
+    desc = type("Desc", (), {})()
+    desc.base, desc.block_shape, desc.shape, desc.strides, desc.padding = x, [16, 16], [64, 16], [16, 1], "zero"
+    kernel = _FakeKernel(("x", None), ("o", None), ("k_desc", None), ("n", None), ("HAS_SINK", False),
+                         ("BLOCK", None))
+    compiled = _FakeCompiled()
+    rec = Launch(kernel, (3,), (x, out, desc, 5), {"BLOCK": 32, "num_warps": 8}, compiled)
+    r = replay.Replay([rec], (x,), (out,), ())
+    x2 = torch.randn(64, 16)
+    (out2,) = r(x2)
+    (call,) = compiled.calls
+    assert call[:9] == (3, 1, 1, 99, 1234, (4, 1, 0), None, None, None)
+    bound = call[9:]
+    assert bound[0] is x2 and bound[1] is out2 and bound[3:] == (5, False, 32)  # default, then the constexpr
+    assert bound[2].base is x2 and bound[2].shape == [64, 16] and bound[2].strides == [16, 1]
+    assert not kernel.calls, "the compiled kernel's launcher, not kernel[grid]"
+
+
+@pytest.mark.parametrize(
+    "args, why",
+    [
+        (lambda x, out: (x, torch.zeros(2)), "not the call's input, output or schedule buffer"),
+        (lambda x, out: (x[1:],), "not the call's input"),  # a view at another address
+        (lambda x, out: (x.t(),), "not the call's input"),  # same address, other strides
+        (lambda x, out: (x, object()), "an argument of type object"),
+    ],
+    ids=["scratch", "offset-view", "transposed-view", "unknown-type"],
+)
+def test_recordings_a_replay_cannot_reproduce_are_refused(args, why):
+    x, out = torch.randn(8, 8), torch.empty(8)
+    rec = Launch(_FakeKernel(), (1,), args(x, out), {}, None)
+    with pytest.raises(replay.NotReplayable, match=why):
+        replay.Replay([rec], (x,), (out,), ())
+
+
+def test_a_refused_signature_runs_the_whole_path(monkeypatch, generator):
+    if not CAN_RUN_TRITON:
+        pytest.skip("needs a GPU or TRITON_INTERPRET=1")
+
+    def refuse(*args, **kwargs):
+        raise replay.NotReplayable("test")
+
+    monkeypatch.setattr(api, "Replay", refuse)
+    inputs = make_dense_decode_inputs(2, 1, 50, 4, 1, 64, 32, 16, torch.float16, DEVICE, generator=generator)
+    meta, _ = openmla.get_mla_metadata()
+    validations = _Counter(api._validate_dense)
+    monkeypatch.setattr(api, "_validate_dense", validations)
+    backend = None if HAS_CUDA else "triton"
+    for _ in range(3):
+        out, lse = _call(inputs, meta, backend=backend)
+    _check(inputs, out, lse)
+    assert validations.calls == 3 and list(meta.replays.values()) == [False]
+
+
+def test_signature_keys_types_and_refuses_what_it_cannot_key():
+    q = torch.zeros(1, 1, 4, 64)
+    base = (q, q, torch.zeros(1, 1, dtype=torch.int32), torch.zeros(1, dtype=torch.int32), 32)
+    a = replay.dense_signature(*base, None, True, None, None, None, None)
+    b = replay.dense_signature(*base, None, 1, None, None, None, None)
+    assert a == b  # causal is read for its truth
+    assert replay.dense_signature(*base, 0.5, True, None, None, None, None) != a
+    assert replay.dense_signature(*base, torch.tensor(0.5), True, None, None, None, None) is None
+    assert replay.dense_signature(q, "not a tensor", *base[2:], None, True, None, None, None, None) is None
