@@ -155,7 +155,11 @@ class _Arguments:
 
 
 def _is_constexpr(value) -> bool:
-    return type(value).__name__ == "constexpr" or isinstance(value, torch.dtype)
+    """Triton's own values (constexprs, its dtypes, Gluon layouts), torch dtypes, tuples of constants: what a
+    launcher passes as compile-time arguments, fixed by the signature."""
+    if isinstance(value, tuple):
+        return all(isinstance(v, (int, float, bool, str, type(None))) or _is_constexpr(v) for v in value)
+    return isinstance(value, torch.dtype) or type(value).__module__.split(".")[0] == "triton"
 
 
 def _match(value: torch.Tensor, sources: Sequence, owned: Sequence) -> tuple[int | None, Any]:

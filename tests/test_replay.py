@@ -290,3 +290,15 @@ def test_signature_keys_types_and_refuses_what_it_cannot_key():
     assert replay.dense_signature(*base, 0.5, True, None, None, None, None) != a
     assert replay.dense_signature(*base, torch.tensor(0.5), True, None, None, None, None) is None
     assert replay.dense_signature(q, "not a tensor", *base[2:], None, True, None, None, None, None) is None
+
+
+def test_compile_time_values_of_any_kind_are_kept_as_they_were():
+    """Gluon layouts, Triton constexprs and dtypes, torch dtypes and tuples of them are fixed by the signature."""
+    gl = pytest.importorskip("triton.experimental.gluon.language")
+    layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    x, out = torch.randn(4), torch.empty(4)
+    kernel = _FakeKernel()
+    rec = Launch(kernel, (1,), (x, out), {"P_SMEM": layout, "DT": torch.float16, "SHAPE": (2, 3)}, None)
+    r = replay.Replay([rec], (x,), (out,), ())
+    r(torch.randn(4))
+    assert kernel.calls[-1][2] == {"P_SMEM": layout, "DT": torch.float16, "SHAPE": (2, 3)}
