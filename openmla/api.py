@@ -500,13 +500,21 @@ def flash_mla_with_kvcache(
 
     if _value_checks_enabled(planning, q.device):
         _check_values(block_table, cache_seqlens, page_block_size, num_blocks)
-    fused = fuse_combine(q.device, b)  # one launch for small eager batches; else the parallel combine kernel
+    signature = None  # set where this call's launches may be recorded for the step's later calls
+    if meta is not None and (meta.replays is None or len(meta.replays) < MAX_REPLAYS):
+        signature = dense_signature(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
+                                    is_fp8_kvcache, backend, descale_q, descale_k)
+        if signature is not None and (not replay_enabled(signature[-2]) or signature in (meta.replays or {})):
+            signature = None
+    # one launch for small eager batches, unless later calls replay this one (a second launch then costs them
+    # microseconds, and the combine kernel is faster on the GPU); else the parallel combine kernel
+    fused = fuse_combine(q.device, b, replayed=signature is not None)
     if isinstance(tile_scheduler_metadata, torch.Tensor):
         sched, splits = tile_scheduler_metadata, num_splits
     elif meta is not None and meta.have_initialized:
         sched, splits = meta.tile_scheduler_metadata, meta.num_splits
     else:
-        sched, splits = plan_dense(cache_seqlens, rows, h_kv, choice.backend)
+        sched, splits = plan_dense(cache_seqlens, rows, h_kv, choice.backend, bounded=fused)
         if meta is not None:
             meta.tile_scheduler_metadata, meta.num_splits, meta.have_initialized = sched, splits, True
 
@@ -520,11 +528,7 @@ def flash_mla_with_kvcache(
             meta.workspace = split_workspace(q, head_dim_v, sched.shape[0])
         workspace = meta.workspace
     fp8_args = dict(descale_q=descale_q, descale_k=descale_k) if kv_fp8 else {}
-    signature = None
-    if meta is not None and (meta.replays is None or len(meta.replays) < MAX_REPLAYS):
-        signature = dense_signature(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
-                                    is_fp8_kvcache, backend, descale_q, descale_k)
-    if signature is None or not replay_enabled(signature[-2]) or signature in (meta.replays or {}):
+    if signature is None:
         return fwd(q, k_cache, block_table, cache_seqlens, head_dim_v, sched, splits, scale, causal,
                    workspace=workspace, fused_combine=fused, **fp8_args)
     with recording() as launches:

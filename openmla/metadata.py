@@ -95,7 +95,7 @@ def _check_seqlens(cache_seqlens: torch.Tensor) -> None:
 
 def plan_dense(
     cache_seqlens: torch.Tensor, rows_per_kv_head: int, h_kv: int, backend: str | None = None, old_api: bool = False,
-    kv_fp8: bool = False,
+    kv_fp8: bool = False, bounded: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Plan a dense-decode schedule: ``(tile_scheduler_metadata, num_splits)`` on cache_seqlens' device.
 
@@ -103,9 +103,11 @@ def plan_dense(
     (576, 512) call on this device, over a per-tensor FP8 cache with ``kv_fp8`` (the Triton kernel, on
     Hopper too). Any plan is correct for any kernel; the size only affects speed.
     ``old_api``: the tensors go back to a caller of the old form, so at most one piece per SM.
-    Batches small enough for the fused combine (:data:`openmla.ops.combine.FUSED_MAX_BATCH`) cut any
-    request into at most :data:`openmla.ops.schedule.MAX_SPLITS` pieces, whichever way their calls merge
-    them (an eagerly planned schedule is often replayed by CUDA graphs); larger ones are not bounded.
+    ``bounded``: cut any request into at most :data:`openmla.ops.schedule.MAX_SPLITS` pieces (the fused
+    combine's bound; speed only). ``None``: for batches small enough for the fused combine
+    (:data:`openmla.ops.combine.FUSED_MAX_BATCH`), whichever way their calls merge them (an eagerly planned
+    schedule is often replayed by CUDA graphs); larger ones are not bounded. A decode call passes whether it
+    fuses.
     """
     if backend is None:
         import warnings
@@ -118,7 +120,8 @@ def plan_dense(
     device = cache_seqlens.device
     parts = num_sm_parts_for(rows_per_kv_head, h_kv, num_sms(device), backend=backend, cap_at_sm_count=old_api,
                              arch=device_arch(device))
-    bounded = cache_seqlens.shape[0] <= FUSED_MAX_BATCH
+    if bounded is None:
+        bounded = cache_seqlens.shape[0] <= FUSED_MAX_BATCH
     return plan_splitkv(cache_seqlens.contiguous(), parts, MAX_SPLITS if bounded else None)
 
 

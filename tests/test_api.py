@@ -477,6 +477,10 @@ def test_fused_combine_policy_and_its_plan_bound():
     cpu = torch.device("cpu")
     assert fuse_combine(cpu, 1) and fuse_combine(cpu, FUSED_MAX_BATCH)
     assert not fuse_combine(cpu, FUSED_MAX_BATCH + 1)
+    assert not fuse_combine(cpu, 1, replayed=True), "calls a step replays leave partials to the combine kernel"
+    lens = torch.tensor([64 * 400], dtype=torch.int32)
+    _, splits = plan_dense(lens, 128, 1, "triton", bounded=False)
+    assert int(splits[1] - splits[0]) > MAX_SPLITS, "an unfused small batch may use every SM"
     for b in (1, FUSED_MAX_BATCH, FUSED_MAX_BATCH + 1):
         lens = torch.full((b,), 64, dtype=torch.int32)
         lens[0] = 64 * 400  # one long request among short ones

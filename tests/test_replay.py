@@ -59,7 +59,7 @@ class _Counter:
 # shapes: b, s_q, s_k, h_q, h_kv, d, dv, page, dtype; backend None = what the device picks
 CPU_CASES = [(3, 2, 70, 4, 1, 64, 32, 16, torch.float16), (2, 1, 130, 24, 2, 576, 512, 7, torch.float16)]
 GPU_CASES = [
-    (1, 1, 256, 128, 1, 576, 512, 64, torch.bfloat16),  # the host-bound call: one launch, fused merge
+    (1, 1, 256, 128, 1, 576, 512, 64, torch.bfloat16),  # the host-bound call (replayed: split and combine)
     (48, 2, 900, 128, 1, 576, 512, 64, torch.bfloat16),  # warp-specialized kernel, TMA descriptor, combine
     (5, 1, 700, 16, 1, 576, 512, 64, torch.float16),  # the small-head kernel
     (3, 3, 300, 9, 3, 512, 512, 16, torch.bfloat16),
@@ -302,3 +302,28 @@ def test_compile_time_values_of_any_kind_are_kept_as_they_were():
     r = replay.Replay([rec], (x,), (out,), ())
     r(torch.randn(4))
     assert kernel.calls[-1][2] == {"P_SMEM": layout, "DT": torch.float16, "SHAPE": (2, 3)}
+
+
+@pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("replays", ["1", "0"])
+def test_recorded_small_batches_leave_partials_to_the_combine_kernel(replays, monkeypatch, generator):
+    """A small eager batch merges its partials in the split kernel (one launch through Triton's path) unless
+    the step's later calls replay it: two direct launches then cost microseconds, and the combine kernel is
+    faster on the GPU."""
+    monkeypatch.setenv("OPENMLA_REPLAY", replays)
+    backend = "gluon" if HAS_CUDA and torch.cuda.get_device_capability() == (9, 0) else "triton"
+    real = api._dense_launcher(backend)
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["fused_combine"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setitem(api._LAUNCHERS, backend, spy)
+    d, dv = (576, 512) if backend == "gluon" else (64, 32)
+    inputs = make_dense_decode_inputs(2, 1, 90, 64, 1, d, dv, 16, torch.float16, DEVICE, generator=generator)
+    meta, _ = openmla.get_mla_metadata()
+    for _ in range(2):
+        out, lse = _call(inputs, meta, backend=backend)
+    _check(inputs, out, lse)
+    assert seen == ([False] if replays == "1" else [True, True])

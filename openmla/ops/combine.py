@@ -161,7 +161,7 @@ if triton_available():
 FUSED_MAX_BATCH = 16
 
 
-def fuse_combine(device: torch.device, b: int) -> bool:
+def fuse_combine(device: torch.device, b: int, replayed: bool = False) -> bool:
     """Whether a dense decode call of batch ``b`` merges its split partials inside the split kernel (one
     launch) rather than with the combine kernel (a second launch).
 
@@ -172,9 +172,12 @@ def fuse_combine(device: torch.device, b: int) -> bool:
     kernel spreads a request over many), which shows where the GPU, not the host, sets the pace: b=128,
     h_q=32 380.4 against 351.4 µs, a ragged b=16 batch (64 to 32k tokens) 144.2 against 104.0 µs. So larger
     batches, and CUDA-graph captures (no host time to save: b 1-16 replays took 22.0-125.3 µs with the
-    combine kernel, 32.2-134.8 µs fused, an H100), use the combine kernel.
+    combine kernel, 32.2-134.8 µs fused, an H100), use the combine kernel. So do calls that a step's later
+    calls replay (``replayed``, :mod:`openmla.replay`): a replay starts both kernels through their compiled
+    launchers, a few microseconds of host time.
     """
-    return b <= FUSED_MAX_BATCH and not (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
+    return not replayed and b <= FUSED_MAX_BATCH and not (
+        device.type == "cuda" and torch.cuda.is_current_stream_capturing())
 
 
 def combine_splits(
