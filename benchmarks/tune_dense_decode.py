@@ -45,18 +45,21 @@ def flops_bytes(lens, s_q, h_q, h_kv, d, dv):
 def candidates(rows):
     from openmla.ops.decode_dense import DenseDecodeConfig as C
 
+    tma = [C(128, 32, 8, 2, 256, tma_k=True)] if rows > 64 else [C(64, 32, 4, 2, 256, tma_k=True)] if rows > 32 \
+        else [C(16, 64, 4, 2, 512, tma_k=True), C(16, 32, 4, 3, 512, tma_k=True)] if rows <= 16 \
+        else [C(32, 64, 4, 2, 512, tma_k=True)]  # whole K tiles by TMA (the default tiles' shapes)
     if rows > 64:
         return [C(128, 32, 8, 2, 256), C(128, 32, 8, 3, 256), C(128, 64, 8, 2, 256), C(128, 16, 8, 3, 256),
-                C(64, 32, 4, 2, 256), C(64, 64, 4, 2, 256), C(64, 32, 8, 2, 512)]
+                C(64, 32, 4, 2, 256), C(64, 64, 4, 2, 256), C(64, 32, 8, 2, 512)] + tma
     if rows > 32:
         return [C(64, 32, 4, 2, 256), C(64, 64, 4, 2, 256), C(64, 32, 4, 3, 256), C(64, 32, 8, 2, 512),
-                C(64, 16, 4, 3, 512)]
+                C(64, 16, 4, 3, 512)] + tma
     bm = max(16, 1 << (rows - 1).bit_length())
     if bm == 16:
         return [C(16, 64, 4, 2, 512), C(16, 64, 8, 2, 512), C(16, 64, 4, 3, 512), C(16, 128, 4, 2, 512),
-                C(16, 64, 4, 2, 512, "tokens")]
+                C(16, 64, 4, 2, 512, "tokens")] + tma
     return [C(32, 64, 8, 2, 512, "tokens"), C(32, 64, 4, 2, 512, "tokens"), C(32, 64, 4, 2, 512),
-            C(32, 64, 8, 2, 512), C(32, 32, 4, 3, 512)]
+            C(32, 64, 8, 2, 512), C(32, 32, 4, 3, 512)] + tma
 
 
 def main(argv=None):
@@ -76,6 +79,8 @@ def main(argv=None):
     ap.add_argument("--kinds", default=None,
                     help="comma-separated kernel kinds to run (e.g. gluon-ws-pvfirst,gluon-ws-softmax-only); default all")
     ap.add_argument("--min-rows", type=int, default=None, help="only shapes with at least this many rows per KV head")
+    ap.add_argument("--tma-ab", action="store_true",
+                    help="portable kernel only: the default tile beside the whole-tile TMA candidates, nothing else")
     args = ap.parse_args(argv)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     try:
@@ -111,7 +116,7 @@ def main(argv=None):
         if ref_out is None:
             ref_out, ref_lse = openmla.reference.dense_decode(q, k_cache, block_table, lens, dv, scale, True)
         rows = s_q * h_q // h_kv
-        default = dense_decode_config(rows, d, dv, 90)
+        default = dense_decode_config(rows, d, dv, 90, tma=True)  # this page-64, one-KV-head cache allows TMA
         default_parts = num_sm_parts_for(rows, h_kv, sms, dv, arch=90)  # the plan the new metadata API makes
         runs = [("gluon", None, m) for m in (1, 2)] if not args.triton_only else []
         if not args.triton_only and rows > 32:  # the warp-specialized kernel, both softmax orders
@@ -126,8 +131,11 @@ def main(argv=None):
             runs.append(("gluon-tokens-cpasync", None, 1))  # K tiles by cp.async where TMA could bring them
             if rows > 16:  # 32 rows: one warpgroup (R=32 per wgmma) beside two (16 each)
                 runs.append(("gluon-tokens-1wg", None, 1))
+        cands = candidates(rows)
+        if args.tma_ab:
+            runs, cands = [], [default] + [c for c in cands if c.tma_k]
         runs += [] if args.gluon_only else [
-            ("triton", cfg, m) for cfg in candidates(rows)
+            ("triton", cfg, m) for cfg in cands
             for m in ((1, 2, 3) if cfg == default else (1, 2, 3) if cfg.block_m <= 32 and cfg.layout == "rows"
                       else (1,))]
         if args.kinds:
@@ -196,7 +204,7 @@ def main(argv=None):
             r = f"{rec['ratio']:.3f}" if rec["ratio"] else "-"
             fm_s = f"{fm_us:8.1f}" if fm_us else "       -"
             c = cfg_d
-            print(f"b{b} sq{s_q} sk{s_k} h{h_q} {kind} {c.get('layout', 'rows')} bm{c['block_m']} bn{c['block_n']} w{c['num_warps']} "
+            print(f"b{b} sq{s_q} sk{s_k} h{h_q} {kind} {c.get('layout', 'rows')}{' tma' if c.get('tma_k') else ''} bm{c['block_m']} bn{c['block_n']} w{c['num_warps']} "
                   f"st{c['num_stages']} dv{c['dv_tile']} parts{parts}: {us:8.1f} us vs FlashMLA {fm_s} ratio {r} "
                   f"{rec['tflops']:6.1f} TF {rec['gbps']:7.1f} GB/s err {err:.2e} lse {lse_err:.1e}"
                   + (" *" if rec["default"] else ""), flush=True)

@@ -100,6 +100,55 @@ def _kernel_backends() -> list[str]:
 HERE_AND_GPU = [pytest.param(DEVICE, id=DEVICE), pytest.param("cuda", marks=pytest.mark.gpu, id="gpu-tier")]
 
 
+TMA_CASES = [
+    # b, s_q, s_k, h_q, d, page, block_m, block_n, num_warps, num_stages, dv_tile, causal
+    (2, 1, 150, 4, 576, 64, 16, 32, 4, 2, 512, False),  # the small-row tile, whole output
+    (3, 2, 200, 8, 576, 32, 16, 32, 4, 3, 256, True),  # output sliced in two: both halves by TMA
+    (2, 1, 130, 64, 512, 64, 64, 32, 4, 2, 256, True),  # no RoPE dims: no second descriptor
+    (4, 2, 700, 64, 576, 128, 128, 32, 8, 2, 256, True),  # the compute-bound default's tile
+]
+
+
+@pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("device", HERE_AND_GPU)
+@pytest.mark.parametrize("case", TMA_CASES, ids=lambda c: "b{}-sq{}-sk{}-h{}-d{}-p{}-bm{}-bn{}-w{}-s{}-dv{}-c{}".format(*c))
+def test_triton_whole_tiles_by_tma(device, case, generator):
+    """The portable kernel's TMA path (``tma_k``): whole tiles as boxes of the cache, each piece's tail tile by
+    masked loads (the slots past a length are NaN here: a box would bring them into P V)."""
+    from openmla.ops.decode_dense import DenseDecodeConfig, dense_decode_fwd, k_descriptors
+    from openmla.ops.schedule import plan_splitkv
+
+    if device == "cuda" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("TMA needs sm_90 or newer")
+    b, s_q, s_k, h_q, d, page, bm, bn, warps, stages, dv_tile, causal = case
+    if device == "cpu" and bm > 16:
+        pytest.skip("large tiles under the interpreter: covered by the smaller ones here, and on the GPU")
+    inputs = make_dense_decode_inputs(b, s_q, s_k, h_q, 1, d, 512, page, torch.bfloat16 if device == "cuda"
+                                      else torch.float16, device, varlen=True, generator=generator, causal=causal)
+    cfg = DenseDecodeConfig(bm, bn, warps, stages, dv_tile, tma_k=True)
+    arch = 90 if device == "cuda" else None
+    assert all(x is not None for x in k_descriptors(inputs["k_cache"], cfg, 512, arch)[: 1 + (d > 512)])
+    sched, splits = plan_splitkv(inputs["cache_seqlens"], 7)  # requests cut across pieces: interior tails too
+    out, lse = dense_decode_fwd(inputs["q"], inputs["k_cache"], inputs["block_table"], inputs["cache_seqlens"], 512,
+                                sched, splits, d ** -0.5, causal, config=cfg)
+    check_against_reference(dict(inputs, softmax_scale=d ** -0.5), out, lse)
+
+
+def test_tma_descriptors_only_where_the_cache_allows_them():
+    from openmla.ops.decode_dense import DenseDecodeConfig, k_descriptors
+
+    cfg = DenseDecodeConfig(16, 64, 4, 2, 512, tma_k=True)
+    cache = torch.zeros(4, 64, 1, 576, dtype=torch.bfloat16)
+    assert k_descriptors(cache, cfg, 512, 90)[0] is not None
+    assert k_descriptors(cache, DenseDecodeConfig(16, 64, 4, 2, 512), 512, 90) == (None, None)  # not asked for
+    assert k_descriptors(cache, cfg, 512, 80) == (None, None)  # no TMA before sm_90
+    assert k_descriptors(torch.zeros(4, 32, 1, 576, dtype=torch.bfloat16), cfg, 512, 90) == (None, None)  # page
+    assert k_descriptors(torch.zeros(4, 64, 2, 576, dtype=torch.bfloat16), cfg, 512, 90) == (None, None)  # h_kv
+    assert k_descriptors(cache.view(torch.uint8)[..., :576], cfg, 512, 90) == (None, None)  # FP8 codes
+    assert k_descriptors(cache[::2], cfg, 512, 90) == (None, None)  # pages not back to back
+
+
+
 @pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
 @pytest.mark.parametrize("device", HERE_AND_GPU)
 @pytest.mark.parametrize("backend", _kernel_backends())
@@ -165,7 +214,8 @@ def test_sched_meta_is_planned_once_and_reused(generator):
 
 def test_split_kernels_share_one_argument_list(generator):
     """The Triton and Gluon split kernels take the same arguments, built in one place (splitkv_args); the
-    Triton kernel alone then takes the two per-tensor FP8 descale pointers, which its launcher appends."""
+    Triton kernel alone then takes the two per-tensor FP8 descale pointers and its two TMA descriptors (None
+    without TMA), which its launcher appends."""
     import inspect
 
     from openmla._runtime import gluon_available
@@ -184,7 +234,7 @@ def test_split_kernels_share_one_argument_list(generator):
         kernels.append(_dense_decode_sm90_kernel)
     runtime_params = [[n for n in inspect.signature(k.fn).parameters if not n.isupper()] for k in kernels]
     triton_params = runtime_params[0]
-    assert triton_params[len(args):] == ["descale_q_ptr", "descale_k_ptr"]
+    assert triton_params[len(args):] == ["descale_q_ptr", "descale_k_ptr", "k_desc_v", "k_desc_pe"]
     shared = triton_params[: len(args)]
     assert all(p == shared for p in runtime_params[1:])
 

@@ -64,7 +64,9 @@ def _dense_kernel_and_consts(cfg) -> tuple[object, dict]:
         from .decode_dense_small_heads import _dense_decode_tokens_kernel
 
         return _dense_decode_tokens_kernel, dict(R=cfg.block_m, BLOCK_N=cfg.block_n)
-    return _dense_decode_splitkv_kernel, dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, DV_TILE=cfg.dv_tile)
+    # the whole-tile TMA path takes its two descriptors as arguments; without it they are None (constexprs)
+    tma = dict(TMA_K=True) if cfg.tma_k else dict(k_desc_v=None, k_desc_pe=None, TMA_K=False)
+    return _dense_decode_splitkv_kernel, dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, DV_TILE=cfg.dv_tile, **tma)
 
 
 def _variants(arch: int = 90) -> list[Variant]:
@@ -90,6 +92,20 @@ def _variants(arch: int = 90) -> list[Variant]:
                     name = f"{dtype} rows<={rows} d{d_qk} {'causal' if causal else 'full'} {cfg.layout} " \
                            f"bm{cfg.block_m} bn{cfg.block_n} dv{cfg.dv_tile} w{cfg.num_warps} s{cfg.num_stages}"
                     out.append(Variant(kernel, ptrs, ("scale_log2",), consts, cfg.num_warps, cfg.num_stages, name))
+                    tma_cfg = dense_decode_config(rows, d_qk, 512, arch, tma=True)
+                    if tma_cfg.tma_k:  # what a cache TMA can read gets (sm_90 and newer)
+                        kernel, tile = _dense_kernel_and_consts(tma_cfg)
+                        descs = {"k_desc_v": f"tensordesc<{dtype}[{tma_cfg.block_n}, {tma_cfg.dv_tile}]>"}
+                        if d_qk > 512:
+                            descs["k_desc_pe"] = f"tensordesc<{dtype}[{tma_cfg.block_n}, {d_qk - 512}]>"
+                        else:
+                            tile = dict(tile, k_desc_pe=None)
+                        pointer_only = {k: v for k, v in consts.items() if not k.startswith("k_desc")}
+                        out.append(Variant(kernel, dict(ptrs, **descs), ("scale_log2",), dict(pointer_only, **tile),
+                                           tma_cfg.num_warps, tma_cfg.num_stages,
+                                           f"{dtype} rows<={rows} d{d_qk} {'causal' if causal else 'full'} rows tma "
+                                           f"bm{tma_cfg.block_m} bn{tma_cfg.block_n} dv{tma_cfg.dv_tile} "
+                                           f"w{tma_cfg.num_warps} s{tma_cfg.num_stages}", min_arch=90))
         combine_ptrs = {"out_ptr": f"*{dtype}", "lse_ptr": "*fp32", "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32",
                         "num_splits_ptr": "*i32", "sink_ptr": "*fp32"}
         out.append(Variant(_decode_combine_kernel, combine_ptrs, (), dict(BLOCK_R=8, D_V=512, HAS_SINK=False), 4, 2,

@@ -16,7 +16,7 @@ same scores. Here the layouts are chosen by hand:
 
 Split-KV plan, causal rule, masking and outputs are exactly those of
 :mod:`openmla.ops.decode_dense` (same scheduler metadata, same ``o_accum`` layout, the same combine,
-fused into the launch for small eager batches: :mod:`.merge`).
+fused into the launch for small eager batches that are not replayed: :mod:`.merge`).
 """
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ def layout_for(rows: int, fused: bool = False) -> str:
     where a 64-row tile would spend half or more of its products on padding. Above: ``"ws"``, the
     warp-specialized kernel (:mod:`.decode_dense_sm90_ws`, softmax overlapped with the tensor cores), when
     the split partials go to the combine kernel; ``"rows"`` (this module's kernel, which can merge its own
-    partials) when the call fuses the combine (``fused``: small eager batches, see
+    partials) when the call fuses the combine (``fused``: small eager batches that are not replayed, see
     :func:`openmla.ops.combine.fuse_combine`).
     """
     from .decode_dense_sm90_small_heads import MAX_ROWS
