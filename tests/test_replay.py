@@ -56,6 +56,14 @@ class _Counter:
         return self.fn(*args, **kwargs)
 
 
+@pytest.fixture
+def validations(monkeypatch) -> _Counter:
+    """Counts the whole path's validations: a replayed call skips them."""
+    counter = _Counter(api._validate_dense)
+    monkeypatch.setattr(api, "_validate_dense", counter)
+    return counter
+
+
 # shapes: b, s_q, s_k, h_q, h_kv, d, dv, page, dtype; backend None = what the device picks
 CPU_CASES = [(3, 2, 70, 4, 1, 64, 32, 16, torch.float16), (2, 1, 130, 24, 2, 576, 512, 7, torch.float16)]
 GPU_CASES = [
@@ -69,7 +77,7 @@ GPU_CASES = [
 @pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
 @pytest.mark.parametrize("device", HERE_AND_GPU)
 @pytest.mark.parametrize("case_index", range(max(len(CPU_CASES), len(GPU_CASES))))
-def test_replayed_layers_match_the_reference_on_new_data(device, case_index, monkeypatch, generator):
+def test_replayed_layers_match_the_reference_on_new_data(device, case_index, validations, generator):
     cases = GPU_CASES if device == "cuda" else CPU_CASES
     if case_index >= len(cases):
         pytest.skip("fewer cases on this tier")
@@ -77,8 +85,6 @@ def test_replayed_layers_match_the_reference_on_new_data(device, case_index, mon
     backend = None if device == "cuda" else "triton"
     inputs = make_dense_decode_inputs(b, s_q, s_k, h_q, h_kv, d, dv, page, dtype, device, varlen=True,
                                       generator=generator, causal=True)
-    validations = _Counter(api._validate_dense)
-    monkeypatch.setattr(api, "_validate_dense", validations)
     meta, _ = openmla.get_mla_metadata()
     layer = inputs
     for i in range(4):
@@ -95,11 +101,9 @@ def test_replayed_layers_match_the_reference_on_new_data(device, case_index, mon
 @pytest.mark.gpu
 @pytest.mark.parametrize("q_dtype", [torch.bfloat16, torch.float8_e4m3fn])
 @pytest.mark.parametrize("h_q", [16, 128])
-def test_replayed_fp8_layers_match_the_reference(q_dtype, h_q, monkeypatch, generator):
+def test_replayed_fp8_layers_match_the_reference(q_dtype, h_q, validations, generator):
     base = make_dense_decode_inputs(4, 2, 600, h_q, 1, 576, 512, 64, torch.bfloat16, "cuda", varlen=True,
                                     generator=generator, causal=True)
-    validations = _Counter(api._validate_dense)
-    monkeypatch.setattr(api, "_validate_dense", validations)
     meta, _ = openmla.get_mla_metadata()
     layer = base
     for i in range(3):
@@ -114,7 +118,7 @@ def test_replayed_fp8_layers_match_the_reference(q_dtype, h_q, monkeypatch, gene
 
 @pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
 @pytest.mark.parametrize("device", HERE_AND_GPU)
-def test_a_new_signature_takes_the_whole_path(device, monkeypatch, generator):
+def test_a_new_signature_takes_the_whole_path(device, validations, generator):
     """Misaligned q (another 16-byte residue), other strides, another scale: each is recorded on its own."""
     backend = None if device == "cuda" else "triton"
     inputs = make_dense_decode_inputs(2, 1, 90, 8, 1, 64, 32, 16, torch.float16, device, varlen=True,
@@ -129,12 +133,11 @@ def test_a_new_signature_takes_the_whole_path(device, monkeypatch, generator):
     strided.copy_(q)
     variants = [dict(inputs, q=shifted), dict(inputs, q=strided), dict(inputs, softmax_scale=0.3)]
     for case in variants:
-        validations = _Counter(api._validate_dense)
-        monkeypatch.setattr(api, "_validate_dense", validations)
+        before = validations.calls
         for _ in range(2):
             out, lse = _call(case, meta, backend=backend)
             _check(case, out, lse)
-        assert validations.calls == 1, "a new signature is validated once, then replayed"
+        assert validations.calls == before + 1, "a new signature is validated once, then replayed"
     assert len(meta.replays) == 1 + len(variants)
 
 
@@ -262,7 +265,7 @@ def test_recordings_a_replay_cannot_reproduce_are_refused(args, why):
         replay.Replay([rec], (x,), (out,), ())
 
 
-def test_a_refused_signature_runs_the_whole_path(monkeypatch, generator):
+def test_a_refused_signature_runs_the_whole_path(monkeypatch, validations, generator):
     if not CAN_RUN_TRITON:
         pytest.skip("needs a GPU or TRITON_INTERPRET=1")
 
@@ -272,8 +275,6 @@ def test_a_refused_signature_runs_the_whole_path(monkeypatch, generator):
     monkeypatch.setattr(api, "Replay", refuse)
     inputs = make_dense_decode_inputs(2, 1, 50, 4, 1, 64, 32, 16, torch.float16, DEVICE, generator=generator)
     meta, _ = openmla.get_mla_metadata()
-    validations = _Counter(api._validate_dense)
-    monkeypatch.setattr(api, "_validate_dense", validations)
     backend = None if HAS_CUDA else "triton"
     for _ in range(3):
         out, lse = _call(inputs, meta, backend=backend)
