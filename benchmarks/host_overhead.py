@@ -111,10 +111,16 @@ def sparse(profile: bool) -> None:
     from benchmarks.runner import _flash_mla_sparse_call, _openmla_sparse_call
     from openmla._harness import make_sparse_decode_inputs
 
+    import os
+
     rows = []
     for topk in (64, 2048):
         inp = make_sparse_decode_inputs(4, 1, 128, 4096, topk, 64)
-        rows.append((f"openmla sparse topk={topk}", loop_us(_openmla_sparse_call(inp))))
+        rows.append((f"openmla sparse topk={topk}, replayed", loop_us(_openmla_sparse_call(inp))))
+        os.environ["OPENMLA_REPLAY"] = "0"  # the whole path on every call
+        rows.append((f"openmla sparse topk={topk}, whole path (OPENMLA_REPLAY=0)",
+                     loop_us(_openmla_sparse_call(inp))))
+        del os.environ["OPENMLA_REPLAY"]
         try:
             import flash_mla
 

@@ -17,7 +17,7 @@ from .dispatch import Choice, choose_dense_decode, choose_sparse_decode
 from .metadata import FlashMLASchedMeta, plan_dense
 from .ops.combine import fuse_combine
 from .ops.launch import recording
-from .replay import MAX_REPLAYS, NotReplayable, Replay, dense_signature, replay_enabled
+from .replay import MAX_REPLAYS, NotReplayable, Replay, dense_signature, replay_enabled, sparse_signature
 
 __all__ = ["flash_mla_with_kvcache", "explain"]
 
@@ -312,12 +312,40 @@ def _sparse_decode_call(q, k_cache, head_dim_v, tile_scheduler_metadata, num_spl
     if choice.backend == "gluon":
         from .ops.gluon.decode_sparse_sm90 import sparse_decode_sm90_fwd
 
-        return sparse_decode_sm90_fwd(q, k_cache, indices, head_dim_v, scale, topk_length,
-                                      is_fp8=shape.fmt is not None, attn_sink=attn_sink)
-    from .ops.decode_sparse import sparse_decode_fwd
+        def run():
+            return sparse_decode_sm90_fwd(q, k_cache, indices, head_dim_v, scale, topk_length,
+                                          is_fp8=shape.fmt is not None, attn_sink=attn_sink)
+    else:
+        from .ops.decode_sparse import sparse_decode_fwd
 
-    return sparse_decode_fwd(q, k_cache, indices, head_dim_v, scale, attn_sink, topk_length, extra_k_cache,
-                             extra_indices_in_kvcache, extra_topk_length, is_fp8=shape.fmt is not None)
+        def run():
+            return sparse_decode_fwd(q, k_cache, indices, head_dim_v, scale, attn_sink, topk_length, extra_k_cache,
+                                     extra_indices_in_kvcache, extra_topk_length, is_fp8=shape.fmt is not None)
+    signature = None  # set where this call's launches may be recorded for the step's later calls
+    if (meta is not None and topk_length is extra_k_cache is extra_topk_length is None
+            and (meta.replays is None or len(meta.replays) < MAX_REPLAYS)):
+        signature = sparse_signature(q, k_cache, indices, attn_sink, head_dim_v, softmax_scale, causal,
+                                     is_fp8_kvcache, backend, kv_format)
+        if signature is not None and (not replay_enabled(signature[-2]) or signature in (meta.replays or {})):
+            signature = None
+    if signature is None:
+        return run()
+    with recording() as rec:
+        out, lse = run()
+    _keep_replay(meta, signature, rec, (q, k_cache, indices, attn_sink), (out, lse), ())
+    return out, lse
+
+
+def _keep_replay(meta: FlashMLASchedMeta, signature: tuple, rec, inputs: tuple, outputs: tuple, owned: tuple) -> None:
+    """File a recorded call's replay under its signature in the schedule (False: this signature cannot be
+    replayed, and runs the whole path every time)."""
+    try:
+        replay = Replay(rec, inputs, outputs, owned)
+    except NotReplayable:
+        replay = False
+    if meta.replays is None:
+        meta.replays = {}
+    meta.replays[signature] = replay
 
 
 def _aligned16(k_cache: torch.Tensor) -> bool:
@@ -429,15 +457,20 @@ def flash_mla_with_kvcache(
         out: [b, s_q, h_q, head_dim_v] in q's dtype (bf16 for an e4m3 q). lse: [b, h_q, s_q] fp32,
         natural log; +inf for rows that attend to nothing.
     """
-    if (indices is num_splits is attn_sink is extra_k_cache is extra_indices_in_kvcache is topk_length
-            is extra_topk_length is None and tile_scheduler_metadata.__class__ is FlashMLASchedMeta
-            and tile_scheduler_metadata.replays):
-        # a dense call whose signature an earlier call of this step recorded: skip to its launches
-        replay = tile_scheduler_metadata.replays.get(dense_signature(
-            q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal, is_fp8_kvcache, backend,
-            descale_q, descale_k))
-        if replay:
-            return replay(q, k_cache, block_table, cache_seqlens, descale_q, descale_k)
+    if (num_splits is extra_k_cache is extra_indices_in_kvcache is topk_length is extra_topk_length is None
+            and tile_scheduler_metadata.__class__ is FlashMLASchedMeta and tile_scheduler_metadata.replays):
+        # a call whose signature an earlier call of this step recorded: skip to its launches
+        if indices is attn_sink is None:
+            replay = tile_scheduler_metadata.replays.get(dense_signature(
+                q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal, is_fp8_kvcache, backend,
+                descale_q, descale_k))
+            if replay:
+                return replay(q, k_cache, block_table, cache_seqlens, descale_q, descale_k)
+        elif indices is not None and descale_q is descale_k is None:
+            replay = tile_scheduler_metadata.replays.get(sparse_signature(
+                q, k_cache, indices, attn_sink, head_dim_v, softmax_scale, causal, is_fp8_kvcache, backend, kv_format))
+            if replay:
+                return replay(q, k_cache, indices, attn_sink)
     if indices is not None:
         for name, descale in (("descale_q", descale_q), ("descale_k", descale_k)):
             if descale is not None:
@@ -531,17 +564,11 @@ def flash_mla_with_kvcache(
     if signature is None:
         return fwd(q, k_cache, block_table, cache_seqlens, head_dim_v, sched, splits, scale, causal,
                    workspace=workspace, fused_combine=fused, **fp8_args)
-    with recording() as launches:
+    with recording() as rec:
         out, lse = fwd(q, k_cache, block_table, cache_seqlens, head_dim_v, sched, splits, scale, causal,
                        workspace=workspace, fused_combine=fused, **fp8_args)
-    try:
-        replay = Replay(launches, (q, k_cache, block_table, cache_seqlens, descale_q, descale_k), (out, lse),
-                        (sched, splits) + tuple(workspace))
-    except NotReplayable:
-        replay = False  # this signature runs the whole path every time
-    if meta.replays is None:
-        meta.replays = {}
-    meta.replays[signature] = replay
+    _keep_replay(meta, signature, rec, (q, k_cache, block_table, cache_seqlens, descale_q, descale_k), (out, lse),
+                 (sched, splits) + tuple(workspace))
     return out, lse
 
 

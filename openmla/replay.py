@@ -32,13 +32,14 @@ import torch
 from ._runtime import env_reader
 from .ops.launch import Launch
 
-__all__ = ["Replay", "NotReplayable", "dense_signature", "replay_enabled", "MAX_REPLAYS"]
+__all__ = ["Replay", "NotReplayable", "dense_signature", "sparse_signature", "replay_enabled", "MAX_REPLAYS"]
 
 #: Signatures one ``FlashMLASchedMeta`` keeps (a step's layers share one; a few cover alignment variants).
 MAX_REPLAYS = 16
 
 # every environment knob the dense path's choices read; a change gives a new signature
-_KNOBS = ("OPENMLA_BACKEND", "OPENMLA_ARCH", "TRITON_INTERPRET", "OPENMLA_CHECK_VALUES", "OPENMLA_REPLAY")
+_KNOBS = ("OPENMLA_BACKEND", "OPENMLA_ARCH", "TRITON_INTERPRET", "OPENMLA_CHECK_VALUES", "OPENMLA_REPLAY",
+          "OPENMLA_NUM_SMS")
 _knob_values = env_reader(_KNOBS)
 _SCALARS = (float, int, type(None))
 
@@ -70,7 +71,7 @@ class NotReplayable(Exception):
 
 
 def replay_enabled(knobs: tuple) -> bool:
-    """Whether a call may be recorded, given :func:`dense_signature`'s knob values."""
+    """Whether a call may be recorded, given a signature's knob values (its next-to-last item)."""
     check_values, replay = knobs[3], knobs[4]
     return (replay is None or replay.strip() not in (b"0", "0")) and not (
         check_values is not None and check_values.strip().lower() in (b"always", "always"))
@@ -108,6 +109,34 @@ def dense_signature(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_
         return None
 
 
+def sparse_signature(q, k_cache, indices, attn_sink, head_dim_v, softmax_scale, causal, is_fp8_kvcache, backend,
+                     kv_format) -> tuple | None:
+    """:func:`dense_signature`'s counterpart for a sparse call without ``topk_length`` or an extra cache: q,
+    the cache, the index lists and the sink as tensors, the scalar arguments, the knobs, and on CUDA the
+    current device, capture state and stream (the launcher caches fixed-length plans per stream)."""
+    try:
+        if softmax_scale.__class__ not in _SCALARS or head_dim_v.__class__ is not int:
+            return None
+        if kv_format is not None and kv_format.__class__ is not str:
+            return None
+        cuda = None
+        if q.is_cuda and _cuda_device is not None:
+            device = _cuda_device()
+            cuda = (device, _cuda_capturing(), _cuda_stream(device))
+        return (
+            "sparse",
+            q.shape, q.stride(), q.dtype, q.get_device(), q.data_ptr() & 15,
+            k_cache.shape, k_cache.stride(), k_cache.dtype, k_cache.get_device(), k_cache.data_ptr() & 15,
+            indices.shape, indices.stride(), indices.dtype, indices.get_device(), indices.data_ptr() & 15,
+            None if attn_sink is None else (attn_sink.shape, attn_sink.stride(), attn_sink.dtype,
+                                            attn_sink.get_device(), attn_sink.data_ptr() & 15),
+            head_dim_v, softmax_scale.__class__, softmax_scale, bool(causal), is_fp8_kvcache, backend, kv_format,
+            _knob_values(), cuda,
+        )
+    except (AttributeError, TypeError):
+        return None
+
+
 class _DescriptorView:
     """What a compiled kernel's launcher reads of a TMA descriptor argument, with a new base tensor."""
 
@@ -130,24 +159,27 @@ class _Arguments:
         self.direct = direct
         self.slots: list[tuple[int, int, Any]] = []  # (position, source, dtype to view it as, or None)
         self.descriptors: list[tuple[int, int, Any]] = []  # (position, source, the recorded descriptor)
+        self.used: set[int] = set()  # the sources this launch takes
         for pos, value in enumerate(values):
             if isinstance(value, torch.Tensor):
                 src, view = _match(value, sources, owned)
                 if src is not None:
-                    self.slots.append((pos, src, None if direct else view))
+                    self.slots.append((pos, src, None if direct else view))  # a launcher reads the address only
+                    self.used.add(src)
             elif hasattr(value, "base") and hasattr(value, "block_shape"):  # a TMA descriptor
                 src, view = _match(value.base, sources, owned)
                 if view is not None:
-                    raise NotReplayable("a TMA descriptor over a dtype view of an input")
+                    raise NotReplayable("a TMA descriptor over a view of an input")
                 if src is not None:
                     self.descriptors.append((pos, src, value))
+                    self.used.add(src)
             elif not isinstance(value, (int, float, bool, str, type(None))) and not _is_constexpr(value):
                 raise NotReplayable(f"an argument of type {type(value).__name__}")
 
     def fill(self, sources: Sequence) -> list:
         values = self.template.copy()
         for pos, src, view in self.slots:
-            values[pos] = sources[src] if view is None else sources[src].view(view)
+            values[pos] = sources[src] if view is None else _seen_as(sources[src], view)
         for pos, src, desc in self.descriptors:
             values[pos] = (_DescriptorView(sources[src], desc.shape, desc.strides, desc.padding) if self.direct
                            else dataclasses.replace(desc, base=sources[src]))
@@ -163,21 +195,33 @@ def _is_constexpr(value) -> bool:
 
 
 def _match(value: torch.Tensor, sources: Sequence, owned: Sequence) -> tuple[int | None, Any]:
-    """Which source a tensor argument is (index, dtype view or None), or (None, None) for an owned buffer."""
+    """Which source a tensor argument is, and how it is seen: ``(index, None)`` for the source itself,
+    ``(index, (dtype, size, stride))`` for a view of it at its address (a reshape, a dtype of the same width),
+    ``(None, None)`` for an owned buffer. Anything else cannot be replayed."""
     for i, s in enumerate(sources):
         if value is s:
             return i, None
     same = [i for i, s in enumerate(sources) if s is not None and s.numel() > 0 and s.data_ptr() == value.data_ptr()]
-    if len(same) == 1:
-        s = sources[same[0]]
-        if s.shape == value.shape and s.stride() == value.stride() and s.element_size() == value.element_size():
-            return same[0], (None if s.dtype == value.dtype else value.dtype)
     if len(same) > 1:
         raise NotReplayable("two of the call's tensors share an address")
+    if same:
+        s = sources[same[0]]
+        if s.element_size() != value.element_size():
+            raise NotReplayable(f"a {value.dtype} view of a {s.dtype} tensor")
+        if s.shape == value.shape and s.stride() == value.stride() and s.dtype == value.dtype:
+            return same[0], None
+        return same[0], (value.dtype, tuple(value.shape), value.stride())
     if any(value is o for o in owned):
         return None, None
     raise NotReplayable(f"a tensor argument ({tuple(value.shape)}, {value.dtype}) that is not the call's "
                         "input, output or schedule buffer")
+
+
+def _seen_as(source: torch.Tensor, view) -> torch.Tensor:
+    """``source`` as a recorded view of it saw it: same address, the recorded dtype, sizes and strides."""
+    dtype, size, stride = view
+    t = source if source.dtype == dtype else source.view(dtype)
+    return t if (tuple(t.shape) == size and t.stride() == stride) else t.as_strided(size, stride)
 
 
 class _Step:
@@ -217,25 +261,36 @@ class _Step:
 class Replay:
     """The kernel launches of one recorded call, started again for a later call with the same signature.
 
-    ``inputs``: the call's tensors in a fixed order (``None`` where absent), the same order at recording
-    and at each call; ``outputs``: the tensors the call returned (fresh and contiguous: a replay allocates
-    its own). ``owned``: buffers that outlive the call (the schedule's tensors, its split workspace),
-    passed to every replay unchanged. Raises :class:`NotReplayable` for a call it cannot reproduce.
+    ``recording``: what the call's launchers did (:class:`openmla.ops.launch.Recording`). ``inputs``: the
+    call's tensors in a fixed order (``None`` where absent), the same order at recording and at each call;
+    ``outputs``: the tensors the call returned (fresh and contiguous, each written by a launch: a replay
+    allocates its own). ``owned``: buffers that outlive the call (the schedule's tensors, its split
+    workspace), passed to every replay unchanged, as are those the launchers declared kept. Raises
+    :class:`NotReplayable` for a call it cannot reproduce.
     """
 
-    def __init__(self, launches: Sequence[Launch], inputs: Sequence, outputs: tuple, owned: Sequence):
-        if not launches:
+    def __init__(self, recording, inputs: Sequence, outputs: tuple, owned: Sequence):
+        if not recording.launches:
             raise NotReplayable("the call launched no kernel")
         for t in outputs:
             if not isinstance(t, torch.Tensor) or not t.is_contiguous() or t.storage_offset() != 0:
                 raise NotReplayable("an output that is not a fresh contiguous tensor")
-        sources = list(inputs) + list(outputs)
-        self.outputs = [(tuple(t.shape), t.dtype, t.device) for t in outputs]
-        self.steps = [_Step(rec, sources, owned) for rec in launches]
+        sources = list(inputs) + list(outputs) + list(recording.scratch)
+        self.n_inputs, self.n_outputs = len(inputs), len(outputs)
+        self.fresh = [(tuple(t.shape), None, t.dtype, t.device) for t in outputs] + [
+            (tuple(t.shape), t.stride(), t.dtype, t.device) for t in recording.scratch]
+        owned = list(owned) + list(recording.kept)
+        self.steps = [_Step(rec, sources, owned) for rec in recording.launches]
+        used = set().union(*(step.generic.used for step in self.steps))
+        for i in range(len(inputs), len(inputs) + len(outputs)):
+            if i not in used:  # made by something other than a kernel (a torch op): a replay would not make it
+                raise NotReplayable("an output that no recorded launch writes")
 
     def __call__(self, *inputs) -> tuple[torch.Tensor, ...]:
-        outputs = tuple(torch.empty(shape, dtype=dtype, device=device) for shape, dtype, device in self.outputs)
-        sources = inputs + outputs
+        fresh = tuple(torch.empty(shape, dtype=dtype, device=device) if stride is None
+                      else torch.empty_strided(shape, stride, dtype=dtype, device=device)
+                      for shape, stride, dtype, device in self.fresh)
+        sources = inputs + fresh
         for step in self.steps:
             step(sources)
-        return outputs
+        return fresh[:self.n_outputs]

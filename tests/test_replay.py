@@ -15,7 +15,7 @@ from helpers import TOL, check_close, interpret_mode, make_dense_decode_inputs, 
 
 import openmla
 from openmla import api, reference, replay
-from openmla.ops.launch import Launch, launch, recording
+from openmla.ops.launch import Launch, Recording, launch, recording
 
 HAS_CUDA = torch.cuda.is_available()
 CAN_RUN_TRITON = HAS_CUDA or interpret_mode()
@@ -205,18 +205,18 @@ class _FakeCompiled:
 def test_a_launch_records_only_inside_a_recording():
     kernel = _FakeKernel()
     launch(kernel, (2,), 1, X=3)
-    with recording() as launches:
+    with recording() as rec:
         launch(kernel, (4, 5), "a", X=3)
     launch(kernel, (6,), 2)
     assert [c[0] for c in kernel.calls] == [(2,), (4, 5), (6,)]
-    assert len(launches) == 1 and launches[0].grid == (4, 5) and launches[0].args == ("a",)
+    assert len(rec.launches) == 1 and rec.launches[0].grid == (4, 5) and rec.launches[0].args == ("a",)
 
 
 def test_generic_replay_passes_new_tensors_dtype_views_and_owned_buffers():
     x, out, owned = torch.randn(4, 8), torch.empty(4, 8), torch.zeros(3)
     kernel = _FakeKernel()
     rec = Launch(kernel, (2, 1), (x.view(torch.int32), out, owned, 7, 0.5), {"BLOCK": 16, "num_warps": 4}, None)
-    r = replay.Replay([rec], (x, None), (out,), (owned,))
+    r = replay.Replay(Recording([rec]), (x, None), (out,), (owned,))
     x2 = torch.randn(4, 8)
     (out2,) = r(x2, None)
     grid, args, kwargs = kernel.calls[-1]
@@ -224,6 +224,30 @@ def test_generic_replay_passes_new_tensors_dtype_views_and_owned_buffers():
     assert args[0].dtype == torch.int32 and args[0].data_ptr() == x2.data_ptr()
     assert args[1] is out2 and out2 is not out and out2.shape == out.shape
     assert args[2] is owned and args[3:] == (7, 0.5)
+
+
+def test_views_scratch_and_kept_buffers_of_a_recording():
+    """A reshaped view of an input or output is rebuilt over the new tensor; declared scratch is allocated anew
+    for each replay; kept buffers pass unchanged; an output no launch writes is refused."""
+    from openmla.ops.launch import kept, scratch
+
+    x, out = torch.randn(2, 3, 4), torch.empty(6, 4)
+    kernel = _FakeKernel()
+    with recording() as rec:
+        work, plan = torch.empty(5, 7)[:, :4], torch.arange(3)
+        scratch(work)
+        kept(plan)
+        launch(kernel, (1,), x.reshape(6, 4), out.view(2, 3, 4).transpose(1, 2), work, plan)
+    r = replay.Replay(rec, (x,), (out,), ())
+    x2 = torch.randn(2, 3, 4)
+    (out2,) = r(x2)
+    args = kernel.calls[-1][1]
+    assert args[0].data_ptr() == x2.data_ptr() and args[0].shape == (6, 4)
+    assert args[1].data_ptr() == out2.data_ptr() and args[1].stride() == out.view(2, 3, 4).transpose(1, 2).stride()
+    assert args[2] is not work and args[2].shape == work.shape and args[2].stride() == work.stride()
+    assert args[3] is plan
+    with pytest.raises(replay.NotReplayable, match="no recorded launch writes"):
+        replay.Replay(Recording([Launch(kernel, (1,), (x,), {}, None)]), (x,), (out,), ())
 
 
 def test_direct_replay_binds_every_parameter_in_order(monkeypatch):
@@ -237,7 +261,7 @@ def test_direct_replay_binds_every_parameter_in_order(monkeypatch):
                          ("BLOCK", None))
     compiled = _FakeCompiled()
     rec = Launch(kernel, (3,), (x, out, desc, 5), {"BLOCK": 32, "num_warps": 8}, compiled)
-    r = replay.Replay([rec], (x,), (out,), ())
+    r = replay.Replay(Recording([rec]), (x,), (out,), ())
     x2 = torch.randn(64, 16)
     (out2,) = r(x2)
     (call,) = compiled.calls
@@ -253,16 +277,16 @@ def test_direct_replay_binds_every_parameter_in_order(monkeypatch):
     [
         (lambda x, out: (x, torch.zeros(2)), "not the call's input, output or schedule buffer"),
         (lambda x, out: (x[1:],), "not the call's input"),  # a view at another address
-        (lambda x, out: (x.t(),), "not the call's input"),  # same address, other strides
+        (lambda x, out: (x.view(torch.int16),), "int16 view of a torch.float32"),  # another element width
         (lambda x, out: (x, object()), "an argument of type object"),
     ],
-    ids=["scratch", "offset-view", "transposed-view", "unknown-type"],
+    ids=["unknown-tensor", "offset-view", "narrower-dtype-view", "unknown-type"],
 )
 def test_recordings_a_replay_cannot_reproduce_are_refused(args, why):
     x, out = torch.randn(8, 8), torch.empty(8)
     rec = Launch(_FakeKernel(), (1,), args(x, out), {}, None)
     with pytest.raises(replay.NotReplayable, match=why):
-        replay.Replay([rec], (x,), (out,), ())
+        replay.Replay(Recording([rec]), (x,), (out,), ())
 
 
 def test_a_refused_signature_runs_the_whole_path(monkeypatch, validations, generator):
@@ -300,7 +324,7 @@ def test_compile_time_values_of_any_kind_are_kept_as_they_were():
     x, out = torch.randn(4), torch.empty(4)
     kernel = _FakeKernel()
     rec = Launch(kernel, (1,), (x, out), {"P_SMEM": layout, "DT": torch.float16, "SHAPE": (2, 3)}, None)
-    r = replay.Replay([rec], (x,), (out,), ())
+    r = replay.Replay(Recording([rec]), (x,), (out,), ())
     r(torch.randn(4))
     assert kernel.calls[-1][2] == {"P_SMEM": layout, "DT": torch.float16, "SHAPE": (2, 3)}
 
@@ -328,3 +352,52 @@ def test_recorded_small_batches_leave_partials_to_the_combine_kernel(replays, mo
         out, lse = _call(inputs, meta, backend=backend)
     _check(inputs, out, lse)
     assert seen == ([False] if replays == "1" else [True, True])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Sparse calls (no topk_length, no extra cache): the V3.2 FP8 and 16-bit caches
+# ------------------------------------------------------------------------------------------------------------
+
+# b, s_q, h_q, s_k, topk, page, fp8, sink
+SPARSE_CPU_CASES = [(2, 1, 16, 200, 64, 64, True, False), (3, 1, 8, 150, 40, 16, False, True)]
+SPARSE_GPU_CASES = [(4, 1, 128, 4096, 64, 64, True, False), (4, 1, 64, 3000, 576, 61, True, True),
+                    (5, 1, 16, 2000, 100, 64, False, False), (2, 2, 128, 2000, 256, 64, True, False)]
+
+
+@pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("device", HERE_AND_GPU)
+@pytest.mark.parametrize("case_index", range(max(len(SPARSE_CPU_CASES), len(SPARSE_GPU_CASES))))
+def test_replayed_sparse_layers_match_the_reference(device, case_index, monkeypatch, generator):
+    """A sparse call records where the launcher's buffers are declared (split partials as scratch, cached
+    plans as kept); MTP (s_q > 1) returns an lse its kernels do not write in place, so it runs the whole path."""
+    from helpers import dequantized, make_sparse_decode_inputs
+
+    cases = SPARSE_GPU_CASES if device == "cuda" else SPARSE_CPU_CASES
+    if case_index >= len(cases):
+        pytest.skip("fewer cases on this tier")
+    b, s_q, h_q, s_k, topk, page, fp8, sink = cases[case_index]
+    backend = None if device == "cuda" else "triton"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float16
+    validations = _Counter(api._validate_sparse)
+    monkeypatch.setattr(api, "_validate_sparse", validations)
+    meta, _ = openmla.get_mla_metadata()
+    inputs = make_sparse_decode_inputs(b, s_q, h_q, s_k, topk, page, dtype=dtype, device=device, fp8=fp8,
+                                       sink=sink, generator=generator)
+    for i in range(3):
+        if i:  # the next layer: new tensors (new addresses) of the same shapes, new q, lists in another order
+            perm = torch.randperm(topk, generator=generator).to(device)
+            inputs = dict(inputs, q=torch.randn_like(inputs["q"]).div_(10), k_cache=inputs["k_cache"].clone(),
+                          indices=inputs["indices"][..., perm].contiguous(),
+                          attn_sink=None if inputs["attn_sink"] is None else inputs["attn_sink"].clone())
+        out, lse = openmla.flash_mla_with_kvcache(
+            inputs["q"], inputs["k_cache"], None, None, inputs["head_dim_v"], meta,
+            softmax_scale=inputs["softmax_scale"], is_fp8_kvcache=fp8, indices=inputs["indices"],
+            attn_sink=inputs["attn_sink"], backend=backend)
+        ref_out, ref_lse = reference.sparse_decode(**dequantized(inputs))
+        check_close("out", out, ref_out, TOL[("sparse_decode", "out")])
+        check_close("lse", lse, ref_lse, TOL[("sparse_decode", "lse")])
+    (recorded,) = meta.replays.values()
+    if s_q > 1 and device == "cuda":  # the Gluon kernel's lse goes through a transposing copy
+        assert recorded is False and validations.calls == 3
+    else:
+        assert isinstance(recorded, replay.Replay) and validations.calls == 1

@@ -35,7 +35,7 @@ import torch
 from .._runtime import device_arch, num_sms, triton_available
 from .combine import combine_splits
 from .decode_dense import smem_per_block
-from .launch import launch
+from .launch import launch, scratch
 
 # integer arguments that vary per call: specialising on them (==1, %16) would recompile per batch shape
 SPARSE_RUNTIME_INTS = (
@@ -501,6 +501,7 @@ def sparse_decode_fwd(
     if num_splits > 1:
         o_accum = torch.empty(b * num_splits, s_q, h_q, head_dim_v, dtype=torch.float32, device=q.device)
         lse_accum = torch.empty(b * num_splits, s_q, h_q, dtype=torch.float32, device=q.device)
+        scratch(o_accum, lse_accum)  # split partials: written by the split kernel before the combine reads them
     else:  # never written (the kernel stores straight to out/lse); fp32 like the real ones, so one compiled variant
         o_accum = lse_accum = lse
     dummy = indices  # stands in for absent optional tensors (never read: their HAS_* flag is off)

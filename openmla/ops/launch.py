@@ -2,7 +2,9 @@
 
 Every OpenMLA launcher starts its kernels through :func:`launch`. Outside a :func:`recording` that is
 exactly ``kernel[grid](*args, **kwargs)``; inside one, each launch is also kept: the kernel, its grid, its
-arguments and the compiled kernel Triton returned (``None`` under ``TRITON_INTERPRET=1``).
+arguments and the compiled kernel Triton returned (``None`` under ``TRITON_INTERPRET=1``). A launcher that
+passes its kernels buffers of its own says what they are (:func:`scratch`, :func:`kept`); a recording that
+meets any other tensor is not replayed.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import dataclasses
 import threading
 from typing import Any, Iterator
 
-__all__ = ["Launch", "launch", "recording"]
+__all__ = ["Launch", "Recording", "kept", "launch", "recording", "scratch", "unrecorded"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,9 +28,20 @@ class Launch:
     compiled: Any  # triton's CompiledKernel, or None where there is none (the interpreter)
 
 
+@dataclasses.dataclass
+class Recording:
+    """What a launcher did inside a :func:`recording`: its launches in order, the tensors it allocated for
+    them whose contents its kernels write before they read them (``scratch``: a replay allocates new ones),
+    and the tensors it passed that outlive the call (``kept``: cached plans, passed to a replay unchanged)."""
+
+    launches: list = dataclasses.field(default_factory=list)
+    scratch: list = dataclasses.field(default_factory=list)
+    kept: list = dataclasses.field(default_factory=list)
+
+
 class _Recorder(threading.local):
     # per thread: two threads decoding at once must not record each other's launches
-    launches: list | None = None
+    active: Recording | None = None
 
 
 _RECORDER = _Recorder()
@@ -37,18 +50,45 @@ _RECORDER = _Recorder()
 def launch(kernel, grid, *args, **kwargs):
     """``kernel[grid](*args, **kwargs)``, kept by the active :func:`recording` of this thread, if any."""
     compiled = kernel[grid](*args, **kwargs)
-    launches = _RECORDER.launches
-    if launches is not None:
-        launches.append(Launch(kernel, tuple(grid), args, kwargs, compiled))
+    rec = _RECORDER.active
+    if rec is not None:
+        rec.launches.append(Launch(kernel, tuple(grid), args, kwargs, compiled))
     return compiled
 
 
+def scratch(*tensors) -> None:
+    """Declare tensors this call allocated for its kernels, which write them before reading them (split
+    partials): a replay allocates fresh ones of the same shape, strides and dtype. A no-op outside a recording."""
+    rec = _RECORDER.active
+    if rec is not None:
+        rec.scratch.extend(t for t in tensors if t is not None)
+
+
+def kept(*tensors) -> None:
+    """Declare tensors that outlive this call and that a replay may pass unchanged (a cached plan). A no-op
+    outside a recording."""
+    rec = _RECORDER.active
+    if rec is not None:
+        rec.kept.extend(t for t in tensors if t is not None)
+
+
 @contextlib.contextmanager
-def recording() -> Iterator[list[Launch]]:
-    """Collect the launches this thread makes inside the block, in order."""
-    outer = _RECORDER.launches
-    _RECORDER.launches = launches = []
+def unrecorded() -> Iterator[None]:
+    """Launches in this block are not recorded (work whose results a launcher caches and declares kept)."""
+    outer = _RECORDER.active
+    _RECORDER.active = None
     try:
-        yield launches
+        yield
     finally:
-        _RECORDER.launches = outer
+        _RECORDER.active = outer
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[Recording]:
+    """Collect what this thread's launchers do inside the block (:class:`Recording`)."""
+    outer = _RECORDER.active
+    _RECORDER.active = rec = Recording()
+    try:
+        yield rec
+    finally:
+        _RECORDER.active = outer

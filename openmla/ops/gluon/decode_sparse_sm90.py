@@ -22,6 +22,8 @@ kernel). FlashMLA has no sparse decoding over 16-bit caches on SM90.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ..._runtime import num_sms
@@ -29,7 +31,7 @@ from ..combine import combine_splits
 from ..decode_dense import split_workspace, splitkv_args
 from ..schedule import plan_splitkv
 from . import decode_dense_sm90_ws as ws
-from ..launch import launch
+from ..launch import kept, launch, scratch, unrecorded
 
 # Plans of lists with no topk_length (every list topk entries long): they depend on the shapes only, so one
 # plan serves every later call with the same (device, stream, tokens, topk, parts) — a launch and an
@@ -46,12 +48,17 @@ def _fixed_length_plan(device: torch.device, tokens: int, topk: int, parts: int)
     key = (device, torch.cuda.current_stream(device).cuda_stream if cuda else None, tokens, topk, parts)
     plan = _FIXED_PLANS.get(key)
     if plan is None:
-        lens = torch.full((tokens,), topk, dtype=torch.int32, device=device)
-        plan = (lens, *plan_splitkv(lens, parts))
-        if not cuda or not torch.cuda.is_current_stream_capturing():
+        cache = not cuda or not torch.cuda.is_current_stream_capturing()
+        # a plan that is cached is made outside any recording: replays read it as it is (kept below)
+        with unrecorded() if cache else contextlib.nullcontext():
+            lens = torch.full((tokens,), topk, dtype=torch.int32, device=device)
+            plan = (lens, *plan_splitkv(lens, parts))
+        if cache:
             if len(_FIXED_PLANS) >= _FIXED_PLANS_MAX:
                 _FIXED_PLANS.pop(next(iter(_FIXED_PLANS)))
             _FIXED_PLANS[key] = plan
+    if _FIXED_PLANS.get(key) is plan:
+        kept(*plan)  # never rewritten once cached; the Replay holding it keeps it alive past its eviction
     return plan
 
 
@@ -110,6 +117,7 @@ def sparse_decode_sm90_fwd(
     out_tok = out.view(tokens, 1, h_q, head_dim_v)
     lse_tok = torch.empty(tokens, h_q, 1, dtype=torch.float32, device=q.device)
     workspace = split_workspace(q_tok, head_dim_v, parts, fused_merge=False)  # the combine kernel merges
+    scratch(*workspace)  # written by the split kernel before the combine kernel reads them
     regs = ws.SPARSE_FP8_WORKER_REGS if is_fp8 else ws.SOLO_WORKER_REGS
     if loader_regs is not None:
         regs = (regs[0], int(loader_regs))
