@@ -1,4 +1,4 @@
-"""Replay of a validated dense decode call: the host path of a serving loop's decode steps.
+"""Replay of a validated decode call: the host path of a serving loop's decode steps.
 
 The layers of a decode step, and the steps after it, call ``flash_mla_with_kvcache`` with one
 ``FlashMLASchedMeta`` and tensors whose shapes, strides, dtypes, devices and 16-byte alignment repeat;
@@ -14,11 +14,14 @@ on every call with ``OPENMLA_CHECK_VALUES=always``, which records nothing); the 
 depends on the device, dtypes, dims and the environment knobs in the signature; the launch arguments are
 strides, sizes and the folded scale; Triton's specialisation reads dtypes, 16-byte alignment and
 integers' divisibility, all from the signature. A recording is kept only when every tensor its launches
-take is one of the call's inputs (or a view of one with the same shape and strides), one of its outputs,
-or a buffer the ``FlashMLASchedMeta`` owns; anything else (a scratch tensor allocated inside the call, an
-argument of an unknown kind) makes the signature run the whole path every time.
+take is one of the call's inputs or outputs (or a view of one at its address: a reshape, a dtype of the same
+width), a buffer the ``FlashMLASchedMeta`` owns, or one its launcher declared (scratch or kept, below), and
+every output is written by a launch; anything else (an undeclared tensor allocated inside the call, an output
+made by a torch op, an argument of an unknown kind) makes the signature run the whole path every time.
 
-``OPENMLA_REPLAY=0`` turns replays off (every call runs the whole path).
+Sparse calls without ``topk_length`` or an extra cache record too (:func:`sparse_signature`); their
+launchers declare the split partials they allocate (scratch, allocated anew by each replay) and the
+fixed-length plans they cache (kept). ``OPENMLA_REPLAY=0`` turns replays off (every call runs the whole path).
 """
 
 from __future__ import annotations
