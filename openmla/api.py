@@ -343,8 +343,8 @@ def _keep_replay(meta: FlashMLASchedMeta, signature: tuple, rec, inputs: tuple, 
         replay = Replay(rec, inputs, outputs, owned)
     except NotReplayable:
         replay = False
-    if meta.replays is None:
-        meta.replays = {}
+    if meta.current_replays() is None:
+        meta.replays, meta.replay_basis = {}, (meta.tile_scheduler_metadata, meta.num_splits, meta.workspace)
     meta.replays[signature] = replay
 
 
@@ -458,7 +458,7 @@ def flash_mla_with_kvcache(
         natural log; +inf for rows that attend to nothing.
     """
     if (num_splits is extra_k_cache is extra_indices_in_kvcache is topk_length is extra_topk_length is None
-            and tile_scheduler_metadata.__class__ is FlashMLASchedMeta and tile_scheduler_metadata.replays):
+            and tile_scheduler_metadata.__class__ is FlashMLASchedMeta and tile_scheduler_metadata.current_replays()):
         # a call whose signature an earlier call of this step recorded: skip to its launches
         if indices is attn_sink is None:
             replay = tile_scheduler_metadata.replays.get(dense_signature(

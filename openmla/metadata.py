@@ -62,6 +62,17 @@ class FlashMLASchedMeta:
     # OpenMLA: the step's recorded dense calls by signature (:mod:`openmla.replay`); False for a signature
     # whose launches cannot be replayed
     replays: Optional[dict] = None
+    # OpenMLA: the schedule buffers the replays were recorded with (a caller that assigns new ones, as the
+    # SGLang fork's hoisted scheduler does, makes them stale: they are then dropped)
+    replay_basis: Optional[tuple] = None
+
+    def current_replays(self) -> Optional[dict]:
+        """The recorded replays, or None (and none kept) when the schedule buffers they read were replaced."""
+        basis = self.replay_basis
+        if basis is not None and (basis[0] is not self.tile_scheduler_metadata or basis[1] is not self.num_splits
+                                  or basis[2] is not self.workspace):
+            self.replays = self.replay_basis = None
+        return self.replays
 
     def check_or_set_config(self, config: "FlashMLASchedMeta.Config") -> None:
         """Record ``config`` on first use; afterwards raise if a call brings a different one."""

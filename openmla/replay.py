@@ -108,7 +108,7 @@ def dense_signature(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_
             head_dim_v, softmax_scale.__class__, softmax_scale, bool(causal), is_fp8_kvcache, backend,
             _knob_values(), cuda,
         )
-    except (AttributeError, TypeError):
+    except Exception:  # noqa: BLE001 - anything it cannot key (no data_ptr under tracing, ...): the whole path
         return None
 
 
@@ -136,7 +136,7 @@ def sparse_signature(q, k_cache, indices, attn_sink, head_dim_v, softmax_scale, 
             head_dim_v, softmax_scale.__class__, softmax_scale, bool(causal), is_fp8_kvcache, backend, kv_format,
             _knob_values(), cuda,
         )
-    except (AttributeError, TypeError):
+    except Exception:  # noqa: BLE001 - anything it cannot key (no data_ptr under tracing, ...): the whole path
         return None
 
 

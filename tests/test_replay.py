@@ -401,3 +401,28 @@ def test_replayed_sparse_layers_match_the_reference(device, case_index, monkeypa
         assert recorded is False and validations.calls == 3
     else:
         assert isinstance(recorded, replay.Replay) and validations.calls == 1
+
+
+@pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
+def test_assigning_a_new_schedule_drops_the_replays(validations, generator):
+    """The SGLang fork's hoisted scheduler assigns a new (tile_scheduler_metadata, num_splits) pair onto the
+    schedule each step: the replays recorded with the old pair would read it, so they are dropped."""
+    inputs = make_dense_decode_inputs(3, 1, 90, 8, 1, 64, 32, 16, torch.float16, DEVICE, varlen=True,
+                                      generator=generator)
+    backend = None if HAS_CUDA else "triton"
+    meta, _ = openmla.get_mla_metadata()
+    _call(inputs, meta, backend=backend)
+    _call(inputs, meta, backend=backend)
+    assert validations.calls == 1 and meta.replays
+    # the next step: new lengths (every request as long as its pages allow: a stale plan would miss keys), a new
+    # plan assigned onto the same schedule
+    covered = inputs["block_table"].shape[1] * inputs["k_cache"].shape[1]
+    used_pages = (inputs["cache_seqlens"] + 15) // 16
+    lens = torch.minimum(used_pages * 16, torch.full_like(used_pages, covered)).to(torch.int32)
+    assert bool((lens > inputs["cache_seqlens"]).any())
+    step2 = dict(inputs, cache_seqlens=lens)
+    meta.tile_scheduler_metadata, meta.num_splits = openmla.get_mla_decoding_metadata(lens, 8, 1)
+    for _ in range(2):
+        out, lse = _call(step2, meta, backend=backend)
+        _check(step2, out, lse)
+    assert validations.calls == 2, "the first call after the assignment runs the whole path, then replays"
