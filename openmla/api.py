@@ -407,9 +407,10 @@ def flash_mla_with_kvcache(
             it, reused by later calls with the same configuration, one at a time on one stream: the
             split buffers and counters it holds are shared), or the ``int32 [num_sm_parts, 8]``
             tensor of the old ``get_mla_metadata(cache_seqlens, ...)`` together with ``num_splits``,
-            or ``None`` (plan inside this call). A dense call with a ``FlashMLASchedMeta`` whose
-            signature (shapes, strides, dtypes, devices, 16-byte alignment, options) an earlier call
-            with it had replays that call's launches with the new tensors (:mod:`openmla.replay`).
+            or ``None`` (plan inside this call). A call with a ``FlashMLASchedMeta`` (dense, or sparse
+            without ``topk_length`` or an extra cache) whose signature (shapes, strides, dtypes, devices,
+            16-byte alignment, options) an earlier call with it had replays that call's launches with
+            the new tensors (:mod:`openmla.replay`); assigning new schedule tensors onto it drops them.
         num_splits (torch.Tensor):
             [b + 1] int32 from the old-form ``get_mla_metadata``; must be None with a FlashMLASchedMeta.
         softmax_scale (float):
