@@ -174,18 +174,22 @@ class _Arguments:
                 if view is not None:
                     raise NotReplayable("a TMA descriptor over a view of an input")
                 if src is not None:
-                    self.descriptors.append((pos, src, value))
+                    # its fields without the base: the recorded call's tensor is not kept alive
+                    fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.name != "base"}
+                    self.descriptors.append((pos, src, (type(value), fields)))
                     self.used.add(src)
             elif not isinstance(value, (int, float, bool, str, type(None))) and not _is_constexpr(value):
                 raise NotReplayable(f"an argument of type {type(value).__name__}")
+        for pos, _, _ in self.slots + self.descriptors:
+            self.template[pos] = None  # filled per call; holding the recorded tensors would pin their memory
 
     def fill(self, sources: Sequence) -> list:
         values = self.template.copy()
         for pos, src, view in self.slots:
             values[pos] = sources[src] if view is None else _seen_as(sources[src], view)
-        for pos, src, desc in self.descriptors:
-            values[pos] = (_DescriptorView(sources[src], desc.shape, desc.strides, desc.padding) if self.direct
-                           else dataclasses.replace(desc, base=sources[src]))
+        for pos, src, (kind, fields) in self.descriptors:
+            values[pos] = (_DescriptorView(sources[src], fields["shape"], fields["strides"], fields["padding"])
+                           if self.direct else kind(base=sources[src], **fields))
         return values
 
 

@@ -254,9 +254,10 @@ def test_direct_replay_binds_every_parameter_in_order(monkeypatch):
     monkeypatch.setattr(replay, "_cuda_stream", lambda device: 99)
     monkeypatch.setattr(replay, "_cuda_device", lambda: 0)
     monkeypatch.setattr(replay, "_no_launch_hooks", lambda: True)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
     x, out = torch.randn(64, 16), torch.empty(64, 16)
-    desc = type("Desc", (), {})()
-    desc.base, desc.block_shape, desc.shape, desc.strides, desc.padding = x, [16, 16], [64, 16], [16, 1], "zero"
+    desc = TensorDescriptor(x, [64, 16], [16, 1], [16, 16])
     kernel = _FakeKernel(("x", None), ("o", None), ("k_desc", None), ("n", None), ("HAS_SINK", False),
                          ("BLOCK", None))
     compiled = _FakeCompiled()
@@ -426,3 +427,29 @@ def test_assigning_a_new_schedule_drops_the_replays(validations, generator):
         out, lse = _call(step2, meta, backend=backend)
         _check(step2, out, lse)
     assert validations.calls == 2, "the first call after the assignment runs the whole path, then replays"
+
+
+def test_a_replay_does_not_keep_the_recorded_calls_tensors_alive():
+    """A long-lived schedule (one the hoisted scheduler refills) must not pin the first call's q, outputs or
+    split partials: a replay keeps the positions of the call's tensors, not the tensors."""
+    import gc
+    import weakref
+
+    from openmla.ops.launch import scratch
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    x, out, work = torch.randn(64, 16), torch.empty(64, 16), torch.empty(8)
+    kernel = _FakeKernel()
+    with recording() as rec:
+        scratch(work)
+        launch(kernel, (1,), x, out, work, TensorDescriptor(x, [64, 16], [16, 1], [16, 16]))
+    r = replay.Replay(rec, (x,), (out,), ())
+    refs = [weakref.ref(t) for t in (x, out, work)]
+    del x, out, work, rec
+    kernel.calls.clear()
+    gc.collect()
+    assert all(ref() is None for ref in refs), "the replay pins a recorded tensor"
+    x2 = torch.randn(64, 16)
+    (out2,) = r(x2)
+    args = kernel.calls[-1][1]
+    assert args[0] is x2 and args[1] is out2 and args[3].base is x2
