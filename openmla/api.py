@@ -16,8 +16,9 @@ from ._runtime import InvalidArgumentError, getenv
 from .dispatch import Choice, choose_dense_decode, choose_sparse_decode
 from .metadata import FlashMLASchedMeta, plan_dense
 from .ops.combine import fuse_combine
-from .ops.launch import recording
-from .replay import MAX_REPLAYS, NotReplayable, Replay, dense_signature, replay_enabled, sparse_signature
+from .ops.launch import recording, scratch
+from .replay import (MAX_REPLAYS, OLD_FORM_REPLAYS, NotReplayable, Replay, dense_signature, keep_old_form,
+                     old_form_signature, replay_enabled, sparse_signature)
 
 __all__ = ["flash_mla_with_kvcache", "explain"]
 
@@ -411,6 +412,7 @@ def flash_mla_with_kvcache(
             without ``topk_length`` or an extra cache) whose signature (shapes, strides, dtypes, devices,
             16-byte alignment, options) an earlier call with it had replays that call's launches with
             the new tensors (:mod:`openmla.replay`); assigning new schedule tensors onto it drops them.
+            Dense old-form calls replay too, keyed module-wide with the two tensors' shapes.
         num_splits (torch.Tensor):
             [b + 1] int32 from the old-form ``get_mla_metadata``; must be None with a FlashMLASchedMeta.
         softmax_scale (float):
@@ -472,6 +474,15 @@ def flash_mla_with_kvcache(
                 q, k_cache, indices, attn_sink, head_dim_v, softmax_scale, causal, is_fp8_kvcache, backend, kv_format))
             if replay:
                 return replay(q, k_cache, indices, attn_sink)
+    elif (tile_scheduler_metadata.__class__ is torch.Tensor and num_splits is not None and OLD_FORM_REPLAYS
+          and indices is attn_sink is extra_k_cache is topk_length is extra_topk_length is None):
+        # an old-form dense call (the schedule as tensors, as SGLang calls) whose signature was recorded
+        replay = OLD_FORM_REPLAYS.get(old_form_signature(dense_signature(
+            q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal, is_fp8_kvcache, backend,
+            descale_q, descale_k), tile_scheduler_metadata, num_splits))
+        if replay:
+            return replay(q, k_cache, block_table, cache_seqlens, descale_q, descale_k, tile_scheduler_metadata,
+                          num_splits)
     if indices is not None:
         for name, descale in (("descale_q", descale_q), ("descale_k", descale_k)):
             if descale is not None:
@@ -535,10 +546,17 @@ def flash_mla_with_kvcache(
     if _value_checks_enabled(planning, q.device):
         _check_values(block_table, cache_seqlens, page_block_size, num_blocks)
     signature = None  # set where this call's launches may be recorded for the step's later calls
+    old_form = isinstance(tile_scheduler_metadata, torch.Tensor)
     if meta is not None and (meta.replays is None or len(meta.replays) < MAX_REPLAYS):
         signature = dense_signature(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
                                     is_fp8_kvcache, backend, descale_q, descale_k)
         if signature is not None and (not replay_enabled(signature[-2]) or signature in (meta.replays or {})):
+            signature = None
+    elif old_form:
+        dense = dense_signature(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
+                                is_fp8_kvcache, backend, descale_q, descale_k)
+        signature = old_form_signature(dense, tile_scheduler_metadata, num_splits)
+        if signature is not None and (not replay_enabled(dense[-2]) or signature in OLD_FORM_REPLAYS):
             signature = None
     # one launch for small eager batches, unless later calls replay this one (a second launch then costs them
     # microseconds, and the combine kernel is faster on the GPU); else the parallel combine kernel
@@ -565,11 +583,22 @@ def flash_mla_with_kvcache(
     if signature is None:
         return fwd(q, k_cache, block_table, cache_seqlens, head_dim_v, sched, splits, scale, causal,
                    workspace=workspace, fused_combine=fused, **fp8_args)
+    inputs = (q, k_cache, block_table, cache_seqlens, descale_q, descale_k)
     with recording() as rec:
+        if meta is None:  # old form: the split partials are this call's, written before the combine reads them
+            from .ops.decode_dense import split_workspace
+
+            workspace = split_workspace(q, head_dim_v, sched.shape[0], fused_merge=False)
+            scratch(*workspace)
         out, lse = fwd(q, k_cache, block_table, cache_seqlens, head_dim_v, sched, splits, scale, causal,
                        workspace=workspace, fused_combine=fused, **fp8_args)
-    _keep_replay(meta, signature, rec, (q, k_cache, block_table, cache_seqlens, descale_q, descale_k), (out, lse),
-                 (sched, splits) + tuple(workspace))
+    if meta is None:
+        try:
+            keep_old_form(signature, Replay(rec, inputs + (sched, splits), (out, lse), ()))
+        except NotReplayable:
+            keep_old_form(signature, False)
+    else:
+        _keep_replay(meta, signature, rec, inputs, (out, lse), (sched, splits) + tuple(workspace))
     return out, lse
 
 

@@ -35,7 +35,8 @@ import torch
 from ._runtime import env_reader
 from .ops.launch import Launch
 
-__all__ = ["Replay", "NotReplayable", "dense_signature", "sparse_signature", "replay_enabled", "MAX_REPLAYS"]
+__all__ = ["Replay", "NotReplayable", "dense_signature", "sparse_signature", "old_form_signature", "keep_old_form",
+           "replay_enabled", "MAX_REPLAYS", "OLD_FORM_REPLAYS"]
 
 #: Signatures one ``FlashMLASchedMeta`` keeps (a step's layers share one; a few cover alignment variants).
 MAX_REPLAYS = 16
@@ -110,6 +111,35 @@ def dense_signature(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_
         )
     except Exception:  # noqa: BLE001 - anything it cannot key (no data_ptr under tracing, ...): the whole path
         return None
+
+
+#: Old-form signatures kept (module-wide: an old-form call brings no schedule object to hold them)
+MAX_OLD_FORM_REPLAYS = 64
+#: Replays of dense calls with the old metadata form (``tile_scheduler_metadata``/``num_splits`` tensors),
+#: by :func:`old_form_signature`; the oldest dropped first past :data:`MAX_OLD_FORM_REPLAYS`
+OLD_FORM_REPLAYS: dict = {}
+
+
+def old_form_signature(dense: tuple | None, tile_scheduler_metadata, num_splits) -> tuple | None:
+    """A dense old-form call's signature: its :func:`dense_signature` and the two schedule tensors' (which are
+    then inputs of the call, read by the kernels at their new addresses)."""
+    if dense is None:
+        return None
+    try:
+        return ("old-form", dense,
+                tile_scheduler_metadata.shape, tile_scheduler_metadata.stride(), tile_scheduler_metadata.dtype,
+                tile_scheduler_metadata.get_device(), tile_scheduler_metadata.data_ptr() & 15,
+                num_splits.shape, num_splits.stride(), num_splits.dtype, num_splits.get_device(),
+                num_splits.data_ptr() & 15)
+    except Exception:  # noqa: BLE001 - anything it cannot key: the whole path
+        return None
+
+
+def keep_old_form(signature: tuple, replay) -> None:
+    """File an old-form call's replay (or False) under its signature, dropping the oldest past the bound."""
+    if len(OLD_FORM_REPLAYS) >= MAX_OLD_FORM_REPLAYS:
+        OLD_FORM_REPLAYS.pop(next(iter(OLD_FORM_REPLAYS)), None)
+    OLD_FORM_REPLAYS[signature] = replay
 
 
 def sparse_signature(q, k_cache, indices, attn_sink, head_dim_v, softmax_scale, causal, is_fp8_kvcache, backend,

@@ -453,3 +453,39 @@ def test_a_replay_does_not_keep_the_recorded_calls_tensors_alive():
     (out2,) = r(x2)
     args = kernel.calls[-1][1]
     assert args[0] is x2 and args[1] is out2 and args[3].base is x2
+
+
+@pytest.fixture
+def no_old_form_replays():
+    """Old-form replays are module-wide: each test starts and ends without any."""
+    replay.OLD_FORM_REPLAYS.clear()
+    yield replay.OLD_FORM_REPLAYS
+    replay.OLD_FORM_REPLAYS.clear()
+
+
+@pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("device", HERE_AND_GPU)
+def test_replayed_old_form_layers_match_the_reference(device, validations, no_old_form_replays, generator):
+    """The old metadata form (SGLang's eager decode): the schedule tensors are inputs of each call, the split
+    partials scratch of the call; later layers with the same signature replay."""
+    shapes = (5, 2, 700, 128, 1, 576, 512, 64, torch.bfloat16) if device == "cuda" else \
+        (3, 2, 90, 8, 1, 64, 32, 16, torch.float16)
+    b, s_q, s_k, h_q, h_kv, d, dv, page, dtype = shapes
+    backend = None if device == "cuda" else "triton"
+    inputs = make_dense_decode_inputs(b, s_q, s_k, h_q, h_kv, d, dv, page, dtype, device, varlen=True,
+                                      generator=generator, causal=True)
+    layer = inputs
+    for i in range(3):
+        # each layer brings its own tensors, the schedule included (new addresses, same shapes)
+        sched, splits = openmla.get_mla_metadata(layer["cache_seqlens"], s_q * h_q // h_kv, h_kv)
+        out, lse = openmla.flash_mla_with_kvcache(
+            layer["q"], layer["k_cache"], layer["block_table"], layer["cache_seqlens"], dv, sched, splits,
+            softmax_scale=layer["softmax_scale"], causal=True, backend=backend)
+        _check(layer, out, lse)
+        layer = _new_data(inputs, generator)
+    assert validations.calls == 1
+    (recorded,) = no_old_form_replays.values()
+    assert isinstance(recorded, replay.Replay)
+    with pytest.raises(openmla.InvalidArgumentError, match="num_splits"):  # bad input still meets validation
+        openmla.flash_mla_with_kvcache(layer["q"], layer["k_cache"], layer["block_table"], layer["cache_seqlens"],
+                                       dv, sched, splits[:2], causal=True, backend=backend)
