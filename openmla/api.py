@@ -272,8 +272,9 @@ def _check_sparse_values(topk_length, extra_topk_length, topk: int, extra_topk: 
 
 def _sparse_decode_call(q, k_cache, head_dim_v, tile_scheduler_metadata, num_splits, softmax_scale, causal,
                         is_fp8_kvcache, indices, attn_sink, extra_k_cache, extra_indices_in_kvcache, topk_length,
-                        extra_topk_length, backend, kv_format):
-    """The sparse branch of :func:`flash_mla_with_kvcache`: validate, pick a backend, run."""
+                        extra_topk_length, backend, kv_format, known=None):
+    """The sparse branch of :func:`flash_mla_with_kvcache`: validate, pick a backend, run. ``known``: the call's
+    :func:`sparse_signature` where the caller already computed it."""
     shape = _validate_sparse(q, k_cache, head_dim_v, causal, is_fp8_kvcache, indices, attn_sink, topk_length,
                              extra_k_cache, extra_indices_in_kvcache, extra_topk_length, kv_format)
     scale = shape.d_qk**-0.5 if softmax_scale is None else float(softmax_scale)
@@ -325,8 +326,8 @@ def _sparse_decode_call(q, k_cache, head_dim_v, tile_scheduler_metadata, num_spl
     signature = None  # set where this call's launches may be recorded for the step's later calls
     if (meta is not None and topk_length is extra_k_cache is extra_topk_length is None
             and (meta.replays is None or len(meta.replays) < MAX_REPLAYS)):
-        signature = sparse_signature(q, k_cache, indices, attn_sink, head_dim_v, softmax_scale, causal,
-                                     is_fp8_kvcache, backend, kv_format)
+        signature = known or sparse_signature(q, k_cache, indices, attn_sink, head_dim_v, softmax_scale, causal,
+                                              is_fp8_kvcache, backend, kv_format)
         if signature is not None and (not replay_enabled(signature[-2]) or signature in (meta.replays or {})):
             signature = None
     if signature is None:
@@ -460,29 +461,33 @@ def flash_mla_with_kvcache(
         out: [b, s_q, h_q, head_dim_v] in q's dtype (bf16 for an e4m3 q). lse: [b, h_q, s_q] fp32,
         natural log; +inf for rows that attend to nothing.
     """
+    signature = None  # computed here where a replay may serve the call, and reused below where none does
     if (num_splits is extra_k_cache is extra_indices_in_kvcache is topk_length is extra_topk_length is None
             and tile_scheduler_metadata.__class__ is FlashMLASchedMeta and tile_scheduler_metadata.current_replays()):
         # a call whose signature an earlier call of this step recorded: skip to its launches
         if indices is attn_sink is None:
-            replay = tile_scheduler_metadata.replays.get(dense_signature(
-                q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal, is_fp8_kvcache, backend,
-                descale_q, descale_k))
+            signature = dense_signature(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
+                                        is_fp8_kvcache, backend, descale_q, descale_k)
+            replay = tile_scheduler_metadata.replays.get(signature)
             if replay:
                 return replay(q, k_cache, block_table, cache_seqlens, descale_q, descale_k)
         elif indices is not None and descale_q is descale_k is None:
-            replay = tile_scheduler_metadata.replays.get(sparse_signature(
-                q, k_cache, indices, attn_sink, head_dim_v, softmax_scale, causal, is_fp8_kvcache, backend, kv_format))
+            signature = sparse_signature(q, k_cache, indices, attn_sink, head_dim_v, softmax_scale, causal,
+                                         is_fp8_kvcache, backend, kv_format)
+            replay = tile_scheduler_metadata.replays.get(signature)
             if replay:
                 return replay(q, k_cache, indices, attn_sink)
     elif (tile_scheduler_metadata.__class__ is torch.Tensor and num_splits is not None and OLD_FORM_REPLAYS
           and indices is attn_sink is extra_k_cache is topk_length is extra_topk_length is None):
         # an old-form dense call (the schedule as tensors, as SGLang calls) whose signature was recorded
-        replay = OLD_FORM_REPLAYS.get(old_form_signature(dense_signature(
+        signature = old_form_signature(dense_signature(
             q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal, is_fp8_kvcache, backend,
-            descale_q, descale_k), tile_scheduler_metadata, num_splits))
+            descale_q, descale_k), tile_scheduler_metadata, num_splits)
+        replay = OLD_FORM_REPLAYS.get(signature)
         if replay:
             return replay(q, k_cache, block_table, cache_seqlens, descale_q, descale_k, tile_scheduler_metadata,
                           num_splits)
+    known = signature  # the whole path runs: this signature (if any) has no replay yet, or cannot have one
     if indices is not None:
         for name, descale in (("descale_q", descale_q), ("descale_k", descale_k)):
             if descale is not None:
@@ -490,7 +495,7 @@ def flash_mla_with_kvcache(
                             "per-tensor FP8 cache (the sparse FP8 layouts carry their own scales)")
         return _sparse_decode_call(q, k_cache, head_dim_v, tile_scheduler_metadata, num_splits, softmax_scale, causal,
                                    is_fp8_kvcache, indices, attn_sink, extra_k_cache, extra_indices_in_kvcache,
-                                   topk_length, extra_topk_length, backend, kv_format)
+                                   topk_length, extra_topk_length, backend, kv_format, known)
     sparse_args = dict(zip(_SPARSE_ONLY, (attn_sink, extra_k_cache, extra_indices_in_kvcache, topk_length,
                                           extra_topk_length)))
     given = [k for k, v in sparse_args.items() if v is not None]
@@ -546,17 +551,16 @@ def flash_mla_with_kvcache(
     if _value_checks_enabled(planning, q.device):
         _check_values(block_table, cache_seqlens, page_block_size, num_blocks)
     signature = None  # set where this call's launches may be recorded for the step's later calls
-    old_form = isinstance(tile_scheduler_metadata, torch.Tensor)
     if meta is not None and (meta.replays is None or len(meta.replays) < MAX_REPLAYS):
-        signature = dense_signature(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
-                                    is_fp8_kvcache, backend, descale_q, descale_k)
+        signature = known or dense_signature(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale,
+                                             causal, is_fp8_kvcache, backend, descale_q, descale_k)
         if signature is not None and (not replay_enabled(signature[-2]) or signature in (meta.replays or {})):
             signature = None
-    elif old_form:
-        dense = dense_signature(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
-                                is_fp8_kvcache, backend, descale_q, descale_k)
-        signature = old_form_signature(dense, tile_scheduler_metadata, num_splits)
-        if signature is not None and (not replay_enabled(dense[-2]) or signature in OLD_FORM_REPLAYS):
+    elif isinstance(tile_scheduler_metadata, torch.Tensor):  # the old form
+        signature = known or old_form_signature(dense_signature(
+            q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal, is_fp8_kvcache, backend,
+            descale_q, descale_k), tile_scheduler_metadata, num_splits)
+        if signature is not None and (not replay_enabled(signature[1][-2]) or signature in OLD_FORM_REPLAYS):
             signature = None
     # one launch for small eager batches, unless later calls replay this one (a second launch then costs them
     # microseconds, and the combine kernel is faster on the GPU); else the parallel combine kernel
