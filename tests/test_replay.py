@@ -489,3 +489,56 @@ def test_replayed_old_form_layers_match_the_reference(device, validations, no_ol
     with pytest.raises(openmla.InvalidArgumentError, match="num_splits"):  # bad input still meets validation
         openmla.flash_mla_with_kvcache(layer["q"], layer["k_cache"], layer["block_table"], layer["cache_seqlens"],
                                        dv, sched, splits[:2], causal=True, backend=backend)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse-v32"])
+def test_layers_replayed_inside_a_cuda_graph_capture(sparse, generator):
+    """A captured decode step whose second layer replays the first one's launches (recorded during the capture:
+    the signature includes the capture state; a sparse call there plans inside the capture, so it is refused and
+    runs the whole path), replayed from the graph on new lengths or new lists."""
+    from helpers import capture_cuda_graph, dequantized, make_sparse_decode_inputs
+
+    if sparse:
+        inputs = make_sparse_decode_inputs(4, 1, 128, 3000, 256, 64, device="cuda", fp8=True, generator=generator)
+        static_idx = inputs["indices"].clone()
+
+        def step():
+            meta, _ = openmla.get_mla_metadata()
+            outs = [openmla.flash_mla_with_kvcache(inputs["q"], inputs["k_cache"], None, None, 512, meta,
+                                                   softmax_scale=inputs["softmax_scale"], is_fp8_kvcache=True,
+                                                   indices=static_idx) for _ in range(2)]
+            (kept,) = meta.replays.values()
+            # a fixed-length plan made inside a capture is not cached, so that call cannot be replayed
+            assert (kept is False) if torch.cuda.is_current_stream_capturing() else isinstance(kept, replay.Replay)
+            return outs
+    else:
+        inputs = make_dense_decode_inputs(8, 1, 1000, 128, 1, 576, 512, 64, torch.bfloat16, "cuda", varlen=True,
+                                          generator=generator, causal=True)
+        static_lens = inputs["cache_seqlens"].clone()
+
+        def step():
+            meta, _ = openmla.get_mla_metadata()
+            outs = [openmla.flash_mla_with_kvcache(inputs["q"], inputs["k_cache"], inputs["block_table"], static_lens,
+                                                   512, meta, causal=True) for _ in range(2)]
+            (kept,) = meta.replays.values()
+            assert isinstance(kept, replay.Replay)
+            return outs
+
+    graph, outs = capture_cuda_graph(step)
+    for trial in range(2):
+        if sparse:
+            perm = torch.randperm(static_idx.shape[-1], generator=generator).cuda()
+            static_idx.copy_(inputs["indices"][..., perm])
+            case = dict(inputs, indices=static_idx.clone())
+        else:
+            lens = (torch.rand(8, generator=generator) * (inputs["cache_seqlens"].cpu() + 1)).floor().to(torch.int32)
+            static_lens.copy_(lens.cuda())
+            case = dict(inputs, cache_seqlens=static_lens.clone())
+        graph.replay()
+        torch.cuda.synchronize()
+        ref_out, ref_lse = reference.sparse_decode(**dequantized(case)) if sparse else reference.dense_decode(**case)
+        op = "sparse_decode" if sparse else "dense_decode"
+        for out, lse in outs:
+            check_close("out", out, ref_out, TOL[(op, "out")])
+            check_close("lse", lse, ref_lse, TOL[(op, "lse")])
