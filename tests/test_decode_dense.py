@@ -111,7 +111,8 @@ TMA_CASES = [
 
 @pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
 @pytest.mark.parametrize("device", HERE_AND_GPU)
-@pytest.mark.parametrize("case", TMA_CASES, ids=lambda c: "b{}-sq{}-sk{}-h{}-d{}-p{}-bm{}-bn{}-w{}-s{}-dv{}-c{}".format(*c))
+@pytest.mark.parametrize("case", TMA_CASES,
+                         ids=lambda c: "b{}-sq{}-sk{}-h{}-d{}-p{}-bm{}-bn{}-w{}-s{}-dv{}-c{}".format(*c))
 def test_triton_whole_tiles_by_tma(device, case, generator):
     """The portable kernel's TMA path (``tma_k``): whole tiles as boxes of the cache, each piece's tail tile by
     masked loads (the slots past a length are NaN here: a box would bring them into P V)."""

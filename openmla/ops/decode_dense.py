@@ -9,10 +9,10 @@ Grid: ``(row_tiles * h_kv, num_sm_parts)``. Program ``(m, p)`` walks piece ``p``
 (:mod:`openmla.ops.schedule`): one or more requests, each over a token range. A request that only
 this piece touches is written straight to ``out``/``lse``; a request cut across pieces writes a
 normalised partial output and its log2-LSE to ``o_accum``/``lse_accum``. In eager calls of up to 16
-requests that no later call replays the kernel merges them itself (each program counts itself in per request and row tile; after
-its KV loops the one that sees the full count merges: :func:`openmla.ops.combine.merge_arrived`, one
-launch per call); larger batches and CUDA-graph captures launch the combine kernel after it
-(:func:`openmla.ops.combine.fuse_combine` picks).
+requests that no later call replays the kernel merges them itself (each program counts itself in per
+request and row tile; after its KV loops the one that sees the full count merges:
+:func:`openmla.ops.combine.merge_arrived`, one launch per call); larger batches, replayed calls and
+CUDA-graph captures launch the combine kernel after it (:func:`openmla.ops.combine.fuse_combine` picks).
 
 Masking rules (the reference's): keys ``j >= cache_seqlens[i]`` are never loaded (no NaN from unused
 slots, no read of garbage block-table entries); with ``causal`` query token ``t`` sees ``j <= s_k -
