@@ -247,11 +247,21 @@ def _match(value: torch.Tensor, sources: Sequence, owned: Sequence) -> tuple[int
             raise NotReplayable(f"a {value.dtype} view of a {s.dtype} tensor")
         if s.shape == value.shape and s.stride() == value.stride() and s.dtype == value.dtype:
             return same[0], None
+        if _extent(value) > _extent(s):  # a replay's fresh source would be smaller than what the kernel addresses
+            raise NotReplayable(f"a view ({tuple(value.shape)}, strides {value.stride()}) reaching past the "
+                                f"call's tensor ({tuple(s.shape)}) at its address")
         return same[0], (value.dtype, tuple(value.shape), value.stride())
     if any(value is o for o in owned):
         return None, None
     raise NotReplayable(f"a tensor argument ({tuple(value.shape)}, {value.dtype}) that is not the call's "
                         "input, output or schedule buffer")
+
+
+def _extent(t: torch.Tensor) -> int:
+    """Bytes from a tensor's first element to the end of its last (0 when empty)."""
+    if t.numel() == 0:
+        return 0
+    return (sum((n - 1) * st for n, st in zip(t.shape, t.stride())) + 1) * t.element_size()
 
 
 def _seen_as(source: torch.Tensor, view) -> torch.Tensor:

@@ -226,6 +226,16 @@ def test_generic_replay_passes_new_tensors_dtype_views_and_owned_buffers():
     assert args[2] is owned and args[3:] == (7, 0.5)
 
 
+def test_a_view_reaching_past_its_source_is_refused():
+    """A launch that addresses more memory than the output at that address holds (the output a view of a bigger
+    buffer) would, replayed, write past the fresh output: refused."""
+    buf = torch.empty(16)
+    out = buf[:8]  # contiguous, offset 0, but the kernel is handed all of buf
+    rec = Launch(_FakeKernel(), (1,), (buf,), {}, None)
+    with pytest.raises(replay.NotReplayable, match="reaching past"):
+        replay.Replay(Recording([rec]), (), (out,), ())
+
+
 def test_views_scratch_and_kept_buffers_of_a_recording():
     """A reshaped view of an input or output is rebuilt over the new tensor; declared scratch is allocated anew
     for each replay; kept buffers pass unchanged; an output no launch writes is refused."""
