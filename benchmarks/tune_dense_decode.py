@@ -45,21 +45,29 @@ def flops_bytes(lens, s_q, h_q, h_kv, d, dv):
 def candidates(rows):
     from openmla.ops.decode_dense import DenseDecodeConfig as C
 
+    # 64-row tiles on two warpgroups holding the whole output, scores computed once (``unchained``)
+    # (rows past the heads masked: the small-row tiles' mma.sync needs all of Q in every warp's registers)
+    unchained = [C(64, 32, 8, 2, 512, tma_k=True, unchained=True), C(64, 64, 8, 2, 512, tma_k=True, unchained=True),
+                 C(64, 32, 8, 3, 512, tma_k=True, unchained=True, page_ahead=True),
+                 C(64, 32, 8, 2, 512, unchained=True)]
+    if rows <= 16:  # the small-row TMA tile with the block table read a tile ahead (two and three K buffers)
+        unchained += [C(16, 32, 4, 3, 512, tma_k=True, page_ahead=True),
+                      C(16, 32, 4, 4, 512, tma_k=True, page_ahead=True)]
     tma = [C(128, 32, 8, 2, 256, tma_k=True)] if rows > 64 else [C(64, 32, 4, 2, 256, tma_k=True)] if rows > 32 \
         else [C(16, 64, 4, 2, 512, tma_k=True), C(16, 32, 4, 3, 512, tma_k=True)] if rows <= 16 \
         else [C(32, 64, 4, 2, 512, tma_k=True)]  # whole K tiles by TMA (the default tiles' shapes)
     if rows > 64:
         return [C(128, 32, 8, 2, 256), C(128, 32, 8, 3, 256), C(128, 64, 8, 2, 256), C(128, 16, 8, 3, 256),
-                C(64, 32, 4, 2, 256), C(64, 64, 4, 2, 256), C(64, 32, 8, 2, 512)] + tma
+                C(64, 32, 4, 2, 256), C(64, 64, 4, 2, 256), C(64, 32, 8, 2, 512)] + tma + unchained
     if rows > 32:
         return [C(64, 32, 4, 2, 256), C(64, 64, 4, 2, 256), C(64, 32, 4, 3, 256), C(64, 32, 8, 2, 512),
-                C(64, 16, 4, 3, 512)] + tma
+                C(64, 16, 4, 3, 512)] + tma + unchained
     bm = max(16, 1 << (rows - 1).bit_length())
     if bm == 16:
         return [C(16, 64, 4, 2, 512), C(16, 64, 8, 2, 512), C(16, 64, 4, 3, 512), C(16, 128, 4, 2, 512),
-                C(16, 64, 4, 2, 512, "tokens")] + tma
+                C(16, 64, 4, 2, 512, "tokens")] + tma + unchained
     return [C(32, 64, 8, 2, 512, "tokens"), C(32, 64, 4, 2, 512, "tokens"), C(32, 64, 4, 2, 512),
-            C(32, 64, 8, 2, 512), C(32, 32, 4, 3, 512)] + tma
+            C(32, 64, 8, 2, 512), C(32, 32, 4, 3, 512)] + tma + unchained
 
 
 def main(argv=None):
@@ -81,6 +89,10 @@ def main(argv=None):
     ap.add_argument("--min-rows", type=int, default=None, help="only shapes with at least this many rows per KV head")
     ap.add_argument("--tma-ab", action="store_true",
                     help="portable kernel only: the default tile beside the whole-tile TMA candidates, nothing else")
+    ap.add_argument("--unchained-ab", action="store_true",
+                    help="portable kernel only: the default tile beside the unchained candidates, nothing else")
+    ap.add_argument("--tail-ab", action="store_true",
+                    help="portable kernel only: the default tile beside the same tile with its tail tiles by TMA")
     args = ap.parse_args(argv)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     try:
@@ -116,7 +128,7 @@ def main(argv=None):
         if ref_out is None:
             ref_out, ref_lse = openmla.reference.dense_decode(q, k_cache, block_table, lens, dv, scale, True)
         rows = s_q * h_q // h_kv
-        default = dense_decode_config(rows, d, dv, 90, tma=True)  # this page-64, one-KV-head cache allows TMA
+        default = dense_decode_config(rows, d, dv, 90, tma_keys=64)  # this page-64, one-KV-head cache: 64-key TMA tiles
         default_parts = num_sm_parts_for(rows, h_kv, sms, dv, arch=90)  # the plan the new metadata API makes
         runs = [("gluon", None, m) for m in (1, 2)] if not args.triton_only else []
         if not args.triton_only and rows > 32:  # the warp-specialized kernel, both softmax orders
@@ -134,10 +146,16 @@ def main(argv=None):
         cands = candidates(rows)
         if args.tma_ab:
             runs, cands = [], [default] + [c for c in cands if c.tma_k]
+        if args.unchained_ab:
+            runs, cands = [], [default] + [c for c in cands if c.unchained or c.page_ahead]
+        if args.tail_ab:
+            import dataclasses
+
+            runs, cands = [], [default, dataclasses.replace(default, tail_tma=True)]
         runs += [] if args.gluon_only else [
             ("triton", cfg, m) for cfg in cands
-            for m in ((1, 2, 3) if cfg == default else (1, 2, 3) if cfg.block_m <= 32 and cfg.layout == "rows"
-                      else (1,))]
+            for m in ((1, 2, 3) if cfg == default and not args.tail_ab
+                      else (1, 2, 3) if cfg.block_m <= 32 and cfg.layout == "rows" else (1,))]
         if args.kinds:
             runs = [r for r in runs if r[0] in args.kinds.split(",")]
         for kind, cfg, parts_mult in runs:
@@ -204,7 +222,11 @@ def main(argv=None):
             r = f"{rec['ratio']:.3f}" if rec["ratio"] else "-"
             fm_s = f"{fm_us:8.1f}" if fm_us else "       -"
             c = cfg_d
-            print(f"b{b} sq{s_q} sk{s_k} h{h_q} {kind} {c.get('layout', 'rows')}{' tma' if c.get('tma_k') else ''} bm{c['block_m']} bn{c['block_n']} w{c['num_warps']} "
+            forms = "".join(f" {name}" for name, key in (("tma", "tma_k"), ("unchained", "unchained"),
+                                                         ("page-ahead", "page_ahead"), ("tail-tma", "tail_tma"))
+                            if c.get(key))
+            print(f"b{b} sq{s_q} sk{s_k} h{h_q} {kind} {c.get('layout', 'rows')}{forms} bm{c['block_m']} "
+                  f"bn{c['block_n']} w{c['num_warps']} "
                   f"st{c['num_stages']} dv{c['dv_tile']} parts{parts}: {us:8.1f} us vs FlashMLA {fm_s} ratio {r} "
                   f"{rec['tflops']:6.1f} TF {rec['gbps']:7.1f} GB/s err {err:.2e} lse {lse_err:.1e}"
                   + (" *" if rec["default"] else ""), flush=True)

@@ -130,7 +130,7 @@ def plan_dense(
             backend = choose_dense_decode(cache_seqlens.device, torch.bfloat16, (576, 512), kv_fp8=kv_fp8).backend
     device = cache_seqlens.device
     parts = num_sm_parts_for(rows_per_kv_head, h_kv, num_sms(device), backend=backend, cap_at_sm_count=old_api,
-                             arch=device_arch(device))
+                             arch=device_arch(device), kv_fp8=kv_fp8)
     if bounded is None:
         bounded = cache_seqlens.shape[0] <= FUSED_MAX_BATCH
     return plan_splitkv(cache_seqlens.contiguous(), parts, MAX_SPLITS if bounded else None)

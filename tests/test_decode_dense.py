@@ -113,9 +113,12 @@ TMA_CASES = [
 @pytest.mark.parametrize("device", HERE_AND_GPU)
 @pytest.mark.parametrize("case", TMA_CASES,
                          ids=lambda c: "b{}-sq{}-sk{}-h{}-d{}-p{}-bm{}-bn{}-w{}-s{}-dv{}-c{}".format(*c))
-def test_triton_whole_tiles_by_tma(device, case, generator):
+@pytest.mark.parametrize("form", ["plain", "page-ahead", "tail-box"])
+def test_triton_whole_tiles_by_tma(device, case, form, generator):
     """The portable kernel's TMA path (``tma_k``): whole tiles as boxes of the cache, each piece's tail tile by
-    masked loads (the slots past a length are NaN here: a box would bring them into P V)."""
+    masked loads (the slots past a length are NaN here: a box would bring them into P V), or as a box whose
+    rows past the length are zeroed (``tail_tma``); with ``page_ahead`` each tile's page number read an
+    iteration before (pages of 32 and 64 keys)."""
     from openmla.ops.decode_dense import DenseDecodeConfig, dense_decode_fwd, k_descriptors
     from openmla.ops.schedule import plan_splitkv
 
@@ -126,13 +129,59 @@ def test_triton_whole_tiles_by_tma(device, case, generator):
         pytest.skip("large tiles under the interpreter: covered by the smaller ones here, and on the GPU")
     inputs = make_dense_decode_inputs(b, s_q, s_k, h_q, 1, d, 512, page, torch.bfloat16 if device == "cuda"
                                       else torch.float16, device, varlen=True, generator=generator, causal=causal)
-    cfg = DenseDecodeConfig(bm, bn, warps, stages, dv_tile, tma_k=True)
+    cfg = DenseDecodeConfig(bm, bn, warps, stages, dv_tile, tma_k=True, page_ahead=form == "page-ahead",
+                            tail_tma=form == "tail-box")
     arch = 90 if device == "cuda" else None
     assert all(x is not None for x in k_descriptors(inputs["k_cache"], cfg, 512, arch)[: 1 + (d > 512)])
     sched, splits = plan_splitkv(inputs["cache_seqlens"], 7)  # requests cut across pieces: interior tails too
     out, lse = dense_decode_fwd(inputs["q"], inputs["k_cache"], inputs["block_table"], inputs["cache_seqlens"], 512,
                                 sched, splits, d ** -0.5, causal, config=cfg)
     check_against_reference(dict(inputs, softmax_scale=d ** -0.5), out, lse)
+
+
+UNCHAINED_CASES = [
+    # b, s_q, s_k, h_q, d, dv, page, block_n, tma_k, causal
+    (3, 2, 150, 32, 64, 32, 16, 32, False, True),  # 64 rows from two query tokens, pointer loads
+    (2, 1, 140, 48, 64, 32, 32, 32, True, False),  # rows past h_q masked; whole tiles and tails by TMA
+    (4, 2, 700, 64, 576, 512, 64, 32, True, True),  # h_q=128's tile shape (two row tiles a token)
+    (2, 1, 900, 128, 576, 512, 128, 64, True, False),
+    (3, 1, 500, 64, 512, 512, 64, 32, False, False),  # no RoPE dims
+]
+
+
+@pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("device", HERE_AND_GPU)
+@pytest.mark.parametrize("case", UNCHAINED_CASES,
+                         ids=lambda c: "b{}-sq{}-sk{}-h{}-d{}-dv{}-p{}-bn{}-tma{}-c{}".format(*c))
+def test_triton_unchained_tile(device, case, generator):
+    """The 64-row tile whose two warpgroups split the scores by keys and the output by dims (``unchained``):
+    the softmax runs in a branch that is always taken, so a wrong branch or a lost rescale shows here."""
+    from openmla.ops.decode_dense import DenseDecodeConfig, dense_decode_fwd
+    from openmla.ops.schedule import plan_splitkv
+
+    b, s_q, s_k, h_q, d, dv, page, bn, tma_k, causal = case
+    if device == "cuda" and tma_k and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("TMA needs sm_90 or newer")
+    if device == "cpu" and d > 64:
+        pytest.skip("MLA's dims under the interpreter take minutes: the GPU tier runs them")
+    inputs = make_dense_decode_inputs(b, s_q, s_k, h_q, 1, d, dv, page, torch.bfloat16 if device == "cuda"
+                                      else torch.float16, device, varlen=True, generator=generator, causal=causal)
+    cfg = DenseDecodeConfig(64, bn, 8, 2, dv, tma_k=tma_k, unchained=True, tail_tma=tma_k)
+    sched, splits = plan_splitkv(inputs["cache_seqlens"], 5)  # requests cut across pieces
+    out, lse = dense_decode_fwd(inputs["q"], inputs["k_cache"], inputs["block_table"], inputs["cache_seqlens"], dv,
+                                sched, splits, d ** -0.5, causal, config=cfg)
+    check_against_reference(dict(inputs, softmax_scale=d ** -0.5), out, lse)
+
+
+def test_unchained_tile_needs_the_whole_output():
+    from openmla.ops.decode_dense import DenseDecodeConfig, dense_decode_fwd
+    from openmla.ops.schedule import plan_splitkv
+
+    inputs = make_dense_decode_inputs(1, 1, 40, 64, 1, 64, 32, 16, torch.float16, "cpu")
+    sched, splits = plan_splitkv(inputs["cache_seqlens"], 1)
+    with pytest.raises(ValueError, match="whole output"):
+        dense_decode_fwd(inputs["q"], inputs["k_cache"], inputs["block_table"], inputs["cache_seqlens"], 32, sched,
+                         splits, 0.125, False, config=DenseDecodeConfig(64, 32, 8, 2, 16, unchained=True))
 
 
 def test_tma_descriptors_only_where_the_cache_allows_them():
@@ -145,7 +194,9 @@ def test_tma_descriptors_only_where_the_cache_allows_them():
     assert k_descriptors(cache, cfg, 512, 80) == (None, None)  # no TMA before sm_90
     assert k_descriptors(torch.zeros(4, 32, 1, 576, dtype=torch.bfloat16), cfg, 512, 90) == (None, None)  # page
     assert k_descriptors(torch.zeros(4, 64, 2, 576, dtype=torch.bfloat16), cfg, 512, 90) == (None, None)  # h_kv
-    assert k_descriptors(cache.view(torch.uint8)[..., :576], cfg, 512, 90) == (None, None)  # FP8 codes
+    codes = torch.zeros(4, 64, 1, 576, dtype=torch.uint8)  # a per-tensor FP8 cache's bytes: boxes of codes
+    assert all(desc is not None for desc in k_descriptors(codes, cfg, 512, 90))
+    assert k_descriptors(cache.float(), cfg, 512, 90) == (None, None)  # no fp32 caches
     assert k_descriptors(cache[::2], cfg, 512, 90) == (None, None)  # pages not back to back
 
 

@@ -66,12 +66,14 @@ def _dense_kernel_and_consts(cfg) -> tuple[object, dict]:
         return _dense_decode_tokens_kernel, dict(R=cfg.block_m, BLOCK_N=cfg.block_n)
     # the whole-tile TMA path takes its two descriptors as arguments; without it they are None (constexprs)
     tma = dict(TMA_K=True) if cfg.tma_k else dict(k_desc_v=None, k_desc_pe=None, TMA_K=False)
-    return _dense_decode_splitkv_kernel, dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, DV_TILE=cfg.dv_tile, **tma)
+    return _dense_decode_splitkv_kernel, dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, DV_TILE=cfg.dv_tile,
+                                              UNCHAIN=cfg.unchained, PAGE_AHEAD=cfg.page_ahead,
+                                              TAIL_TMA=cfg.tail_tma, **tma)
 
 
 def _variants(arch: int = 90) -> list[Variant]:
     from .combine import _decode_combine_kernel
-    from .decode_dense import dense_decode_config
+    from .decode_dense import TMA_TILE_KEYS, dense_decode_config
     from .schedule import FIXED_OVERHEAD, MAX_SPLITS, SCHED_BLOCK, _plan_splitkv_kernel
 
     out = []
@@ -87,25 +89,28 @@ def _variants(arch: int = 90) -> list[Variant]:
                 for causal in (False, True):
                     cfg = dense_decode_config(rows, d_qk, 512, arch)
                     kernel, tile = _dense_kernel_and_consts(cfg)
-                    consts = dict(CAUSAL=causal, FUSED_COMBINE=True, **tile, D_V=512, D_PE=d_qk - 512, Q_FP8=False,
+                    common = dict(CAUSAL=causal, FUSED_COMBINE=True, D_V=512, D_PE=d_qk - 512, Q_FP8=False,
                                   KV_FP8=False, FP8_NATIVE=True)
+                    consts = dict(common, **tile)
                     name = f"{dtype} rows<={rows} d{d_qk} {'causal' if causal else 'full'} {cfg.layout} " \
                            f"bm{cfg.block_m} bn{cfg.block_n} dv{cfg.dv_tile} w{cfg.num_warps} s{cfg.num_stages}"
                     out.append(Variant(kernel, ptrs, ("scale_log2",), consts, cfg.num_warps, cfg.num_stages, name))
-                    tma_cfg = dense_decode_config(rows, d_qk, 512, arch, tma=True)
-                    if tma_cfg.tma_k:  # what a cache TMA can read gets (sm_90 and newer)
+                    tma_cfgs = {dense_decode_config(rows, d_qk, 512, arch, tma_keys=n) for n in TMA_TILE_KEYS}
+                    for tma_cfg in sorted((c for c in tma_cfgs if c.tma_k), key=lambda c: c.block_n):
+                        # what a cache TMA can read gets (sm_90 and newer), by the tiles its pages hold
                         kernel, tile = _dense_kernel_and_consts(tma_cfg)
                         descs = {"k_desc_v": f"tensordesc<{dtype}[{tma_cfg.block_n}, {tma_cfg.dv_tile}]>"}
                         if d_qk > 512:
                             descs["k_desc_pe"] = f"tensordesc<{dtype}[{tma_cfg.block_n}, {d_qk - 512}]>"
                         else:
                             tile = dict(tile, k_desc_pe=None)
-                        pointer_only = {k: v for k, v in consts.items() if not k.startswith("k_desc")}
-                        out.append(Variant(kernel, dict(ptrs, **descs), ("scale_log2",), dict(pointer_only, **tile),
+                        out.append(Variant(kernel, dict(ptrs, **descs), ("scale_log2",), dict(common, **tile),
                                            tma_cfg.num_warps, tma_cfg.num_stages,
                                            f"{dtype} rows<={rows} d{d_qk} {'causal' if causal else 'full'} rows tma "
                                            f"bm{tma_cfg.block_m} bn{tma_cfg.block_n} dv{tma_cfg.dv_tile} "
-                                           f"w{tma_cfg.num_warps} s{tma_cfg.num_stages}", min_arch=90))
+                                           f"w{tma_cfg.num_warps} s{tma_cfg.num_stages}"
+                                           f"{' unchained' if tma_cfg.unchained else ''}"
+                                           f"{' page-ahead' if tma_cfg.page_ahead else ''}", min_arch=90))
         combine_ptrs = {"out_ptr": f"*{dtype}", "lse_ptr": "*fp32", "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32",
                         "num_splits_ptr": "*i32", "sink_ptr": "*fp32"}
         out.append(Variant(_decode_combine_kernel, combine_ptrs, (), dict(BLOCK_R=8, D_V=512, HAS_SINK=False), 4, 2,
@@ -264,13 +269,13 @@ def _sparse_variants(arch: int = 90) -> list[Variant]:
                 consts = dict(IS_FP8=is_fp8, FP8_NATIVE=cache == "fp8", HAS_EXTRA=options, HAS_TOPK_LEN=options,
                               HAS_EXTRA_TOPK_LEN=options, HAS_SINK=options, BLOCK_M=cfg.block_m,
                               BLOCK_N=cfg.block_n, D_V=512, D_PE=d_qk - 512, DV_TILE=cfg.dv_tile,
-                              REG_PREFETCH=cfg.reg_prefetch, IDX_AHEAD=cfg.idx_ahead)
+                              REG_PREFETCH=cfg.reg_prefetch, IDX_AHEAD=cfg.idx_ahead, UNCHAIN=cfg.unchained)
                 kind = {"fp8": "v32fp8", "fp8-bits": "v32fp8-bits"}.get(cache, cache)
                 name = (f"sparse {q_dtype} cache {kind} h<={h_q} d{d_qk} "
                         f"{'extra+len+sink' if options else 'plain'} bm{cfg.block_m} bn{cfg.block_n} "
                         f"dv{cfg.dv_tile} w{cfg.num_warps} s{cfg.num_stages}"
                         f"{' reg-prefetch' if cfg.reg_prefetch else ''}"
-                        f"{' idx-ahead' if cfg.idx_ahead else ''}")
+                        f"{' idx-ahead' if cfg.idx_ahead else ''}{' unchained' if cfg.unchained else ''}")
                 out.append(Variant(_sparse_decode_kernel, ptrs, ("scale_log2",), consts, cfg.num_warps,
                                    cfg.num_stages, name, runtime_ints=SPARSE_RUNTIME_INTS,
                                    min_arch=89 if cache == "fp8" else 0))

@@ -43,7 +43,7 @@ if triton_available():
 
     from .combine import arrive_split, merge_arrived
     from .fp8 import e4m3_to, e4m3_unit
-    from .online_softmax import online_softmax_step
+    from .online_softmax import online_softmax_step, online_softmax_step_unchained
 
     @triton.jit
     def _load_operand(ptrs, mask, dtype: tl.constexpr, IS_FP8: tl.constexpr, FP8_NATIVE: tl.constexpr):
@@ -53,6 +53,19 @@ if triton_available():
             return e4m3_to(tl.load(ptrs, mask=mask, other=0), dtype, FP8_NATIVE)
         else:
             return tl.load(ptrs, mask=mask, other=0.0)
+
+    @triton.jit
+    def _box_operand(desc, row, col, dtype: tl.constexpr, IS_FP8: tl.constexpr, FP8_NATIVE: tl.constexpr,
+                     keep_rows=None):
+        """A TMA box of K at (``row``, ``col``) as it is, or (``IS_FP8``) its e4m3 bytes decoded to ``dtype``
+        (:func:`_load_operand`'s convention). ``keep_rows`` [BLOCK_N]: rows outside it become 0 (a tail tile's
+        slots past the length, which may hold NaN)."""
+        tile = desc.load([row, col])
+        if keep_rows is not None:
+            tile = tl.where(keep_rows[:, None], tile, tl.zeros_like(tile))
+        if IS_FP8:
+            tile = e4m3_to(tile, dtype, FP8_NATIVE)
+        return tile
 
     @triton.jit
     def _piece_bounds(sched_ptr, part):
@@ -89,22 +102,31 @@ if triton_available():
 
     @triton.jit
     def _attend_tile(q_v, q_w, q_pe, k_v, k_w, k_pe, offs_j, mask_j, acc, m_i, l_i, limit, score_scale,
-                     CAUSAL: tl.constexpr, D_V: tl.constexpr, D_PE: tl.constexpr, DV_TILE: tl.constexpr):
+                     CAUSAL: tl.constexpr, D_V: tl.constexpr, D_PE: tl.constexpr, DV_TILE: tl.constexpr,
+                     always=True, UNCHAIN: tl.constexpr = False):
         """One KV tile: scores over the latent (``v``, ``w``: the program's output dims and the rest) and RoPE
         dims, the masked online-softmax step, ``acc += P V``. ``k_w`` / ``k_pe`` are unused stand-ins where
-        there is no such part. Returns (acc, m_i, l_i)."""
-        scores = tl.dot(q_v, tl.trans(k_v))  # [BLOCK_M, BLOCK_N]
-        if D_V > DV_TILE:
-            scores = tl.dot(q_w, tl.trans(k_w), scores)
-        if D_PE > 0:
-            scores = tl.dot(q_pe, tl.trans(k_pe), scores)
+        there is no such part. ``UNCHAIN``: see :class:`DenseDecodeConfig` (``unchained``); ``always`` must then be
+        a run-time value that is true. Returns (acc, m_i, l_i)."""
         if CAUSAL:
             visible = mask_j[None, :] & (offs_j[None, :] <= limit[:, None])
         else:
             visible = mask_j[None, :]
-        p, alpha, m_new, l_i = online_softmax_step(scores * score_scale, visible, m_i, l_i)
+        if UNCHAIN:  # see online_softmax_step_unchained
+            scores = tl.dot(q_v, tl.trans(k_v)) * score_scale  # [BLOCK_M, BLOCK_N]
+            if D_PE > 0:
+                scores = scores + tl.dot(q_pe, tl.trans(k_pe)) * score_scale
+            p, alpha, m_new, l_i = online_softmax_step_unchained(scores, visible, m_i, l_i, always, k_v.dtype)
+        else:
+            scores = tl.dot(q_v, tl.trans(k_v))  # [BLOCK_M, BLOCK_N]
+            if D_V > DV_TILE:
+                scores = tl.dot(q_w, tl.trans(k_w), scores)
+            if D_PE > 0:
+                scores = tl.dot(q_pe, tl.trans(k_pe), scores)
+            p, alpha, m_new, l_i = online_softmax_step(scores * score_scale, visible, m_i, l_i)
+            p = p.to(k_v.dtype)
         acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(k_v.dtype), k_v, acc)
+        acc = tl.dot(p, k_v, acc)
         return acc, m_new, l_i
 
     @triton.jit(do_not_specialize=list(SPLITKV_RUNTIME_INTS))
@@ -122,6 +144,7 @@ if triton_available():
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         D_V: tl.constexpr, D_PE: tl.constexpr, DV_TILE: tl.constexpr,
         Q_FP8: tl.constexpr, KV_FP8: tl.constexpr, FP8_NATIVE: tl.constexpr, TMA_K: tl.constexpr = False,
+        UNCHAIN: tl.constexpr = False, PAGE_AHEAD: tl.constexpr = False, TAIL_TMA: tl.constexpr = False,
     ):
         # program axis 0 = (kv head, row tile, slice of the output's D_V dims)
         pid_m = tl.program_id(0)
@@ -186,39 +209,66 @@ if triton_available():
                 # of the cache seen as [num_blocks * page_block_size, d]); the tail tile below, masked, because
                 # the slots past a sequence's length may hold anything (NaN) and 0 * NaN is NaN in P V
                 tail_lo = tok_lo + (tok_hi - tok_lo) // BLOCK_N * BLOCK_N
+                if PAGE_AHEAD:  # the first tile's page; each iteration reads the next one's
+                    page_next = tl.load(bt_row + tok_lo // page_block_size, mask=tok_lo < tail_lo, other=0)
                 for start in range(tok_lo, tail_lo, BLOCK_N):
                     offs_j = start + offs_n
-                    page = tl.load(bt_row + start // page_block_size)
-                    page = tl.minimum(tl.maximum(page, 0), num_blocks - 1)
-                    row = page * page_block_size + start % page_block_size
-                    k_v = k_desc_v.load([row, dv_tile * DV_TILE])
+                    if PAGE_AHEAD:
+                        # read a tile ahead, the copies depend on no load of their own iteration, so Triton's
+                        # pipeliner keeps more than one tile of K in flight
+                        here = page_next
+                        page_next = tl.load(bt_row + (start + BLOCK_N) // page_block_size,
+                                            mask=start + BLOCK_N < tail_lo, other=0)
+                    else:
+                        here = tl.load(bt_row + start // page_block_size)
+                    page_c = tl.minimum(tl.maximum(here, 0), num_blocks - 1)
+                    row = page_c * page_block_size + start % page_block_size
+                    k_v = _box_operand(k_desc_v, row, dv_tile * DV_TILE, dtype, KV_FP8, FP8_NATIVE)
                     k_w = k_v
                     if D_V > DV_TILE:  # the other half of the latent dims (two slices at most with TMA)
-                        k_w = k_desc_v.load([row, (dv_tile * DV_TILE + DV_TILE) % D_V])
+                        k_w = _box_operand(k_desc_v, row, (dv_tile * DV_TILE + DV_TILE) % D_V, dtype, KV_FP8,
+                                           FP8_NATIVE)
                     k_pe = k_v
                     if D_PE > 0:
-                        k_pe = k_desc_pe.load([row, D_V])
+                        k_pe = _box_operand(k_desc_pe, row, D_V, dtype, KV_FP8, FP8_NATIVE)
                     acc, m_i, l_i = _attend_tile(q_v, q_w, q_pe, k_v, k_w, k_pe, offs_j, offs_j < tok_hi, acc, m_i,
-                                                 l_i, limit, score_scale, CAUSAL, D_V, D_PE, DV_TILE)
+                                                 l_i, limit, score_scale, CAUSAL, D_V, D_PE, DV_TILE,
+                                                 start < tok_hi, UNCHAIN)
             for start in range(tail_lo, tok_hi, BLOCK_N):
                 offs_j = start + offs_n  # [BLOCK_N]
                 mask_j = offs_j < tok_hi
-                page = tl.load(bt_row + offs_j // page_block_size, mask=mask_j, other=0)
-                # a page number outside the cache (a caller's bug) must not fault the GPU
-                page = tl.minimum(tl.maximum(page, 0), num_blocks - 1)
-                k_row = page.to(tl.int64) * stride_kb + (offs_j % page_block_size) * stride_kp + kv_head * stride_kh
-                k_ptrs = k_ptr + k_row[:, None]
-                # [BLOCK_N, DV_TILE]
-                k_v = _load_operand(k_ptrs + offs_v[None, :], mask_j[:, None], dtype, KV_FP8, FP8_NATIVE)
-                k_w = k_v
-                if D_V > DV_TILE:
-                    k_w = _load_operand(k_ptrs + offs_w[None, :], mask_j[:, None], dtype, KV_FP8, FP8_NATIVE)
-                k_pe = k_v
-                if D_PE > 0:
-                    k_pe = _load_operand(k_ptrs + D_V + offs_pe[None, :], mask_j[:, None], dtype, KV_FP8,
-                                         FP8_NATIVE)
+                if TMA_K and TAIL_TMA:
+                    # the tail tile as a box too (it lies in one page: pieces start on whole tiles), its key rows
+                    # past the length zeroed in registers, since they may hold NaN and 0 * NaN is NaN in P V;
+                    # the scores of those keys are masked, so the RoPE dims need no zeroing
+                    page = tl.load(bt_row + start // page_block_size)
+                    page = tl.minimum(tl.maximum(page, 0), num_blocks - 1)
+                    row = page * page_block_size + start % page_block_size
+                    k_v = _box_operand(k_desc_v, row, dv_tile * DV_TILE, dtype, KV_FP8, FP8_NATIVE, mask_j)
+                    k_w = k_v
+                    if D_V > DV_TILE:
+                        k_w = _box_operand(k_desc_v, row, (dv_tile * DV_TILE + DV_TILE) % D_V, dtype, KV_FP8,
+                                           FP8_NATIVE, mask_j)
+                    k_pe = k_v
+                    if D_PE > 0:
+                        k_pe = _box_operand(k_desc_pe, row, D_V, dtype, KV_FP8, FP8_NATIVE)
+                else:
+                    page = tl.load(bt_row + offs_j // page_block_size, mask=mask_j, other=0)
+                    # a page number outside the cache (a caller's bug) must not fault the GPU
+                    page = tl.minimum(tl.maximum(page, 0), num_blocks - 1)
+                    k_row = page.to(tl.int64) * stride_kb + (offs_j % page_block_size) * stride_kp + kv_head * stride_kh
+                    k_ptrs = k_ptr + k_row[:, None]
+                    # [BLOCK_N, DV_TILE]
+                    k_v = _load_operand(k_ptrs + offs_v[None, :], mask_j[:, None], dtype, KV_FP8, FP8_NATIVE)
+                    k_w = k_v
+                    if D_V > DV_TILE:
+                        k_w = _load_operand(k_ptrs + offs_w[None, :], mask_j[:, None], dtype, KV_FP8, FP8_NATIVE)
+                    k_pe = k_v
+                    if D_PE > 0:
+                        k_pe = _load_operand(k_ptrs + D_V + offs_pe[None, :], mask_j[:, None], dtype, KV_FP8,
+                                             FP8_NATIVE)
                 acc, m_i, l_i = _attend_tile(q_v, q_w, q_pe, k_v, k_w, k_pe, offs_j, mask_j, acc, m_i, l_i, limit,
-                                             score_scale, CAUSAL, D_V, D_PE, DV_TILE)
+                                             score_scale, CAUSAL, D_V, D_PE, DV_TILE, start < tok_hi, UNCHAIN)
 
             empty = l_i == 0.0
             inv_l = tl.where(empty, 0.0, 1.0 / l_i)
@@ -266,6 +316,20 @@ class DenseDecodeConfig:
     #: ``"rows"`` layout, 16-bit caches: whole KV tiles by TMA (Hopper and newer) where the cache allows it
     #: (:func:`k_descriptors`), the tail tile of each piece by masked loads
     tma_k: bool = False
+    #: ``"rows"`` layout: the two products get their warp layouts each on its own. Triton lays out a product
+    #: whose result reaches another product with all warps on its rows ("chained"), so a 64-row tile on two
+    #: warpgroups would compute its scores twice and a 128-row one cannot hold a 512-dim output: the output
+    #: had to be sliced across programs that each recompute the scores (1.5x the FLOPs at d=576). With the
+    #: softmax in a branch the compiler keeps (``_attend_tile``), the chain is hidden: the scores split by
+    #: columns and the output by dims between the warpgroups, and one 64-row program holds the whole output.
+    unchained: bool = False
+    #: with ``tma_k``: each whole-tile iteration reads the next tile's page number, so the copies of a tile
+    #: depend on no load of their own iteration and Triton's pipeliner gives K ``num_stages - 1`` buffers
+    #: (otherwise one: the block-table read takes the first stage)
+    page_ahead: bool = False
+    #: with ``tma_k``: each piece's tail tile comes as a box too, its rows past the length zeroed in registers
+    #: (otherwise by masked pointer loads)
+    tail_tma: bool = False
 
 
 # most dynamic shared memory one block may use, by compute capability (bytes); others (sm_86, sm_89,
@@ -279,12 +343,14 @@ def smem_per_block(arch: int | None) -> int:
     return 232448 if arch is None else _SMEM_PER_BLOCK.get(arch, _SMALL_SMEM_PER_BLOCK)
 
 
-#: KV tile of the whole-tile TMA configs: a cache's pages must hold whole tiles of it
+#: KV tiles of the whole-tile TMA configs, longest first: a cache's pages must hold whole tiles of one
+TMA_TILE_KEYS = (64, 32)
+#: the shortest of them (the small-row tile's)
 TMA_BLOCK_N = 32
 
 
 @functools.lru_cache(maxsize=256)  # a pure function of its arguments, asked on every decode call
-def dense_decode_config(rows: int, d_qk: int, d_v: int, arch: int | None, tma: bool = False) -> DenseDecodeConfig:
+def dense_decode_config(rows: int, d_qk: int, d_v: int, arch: int | None, tma_keys: int = 0) -> DenseDecodeConfig:
     """Pick the tile shape from the rows per KV head (``s_q * h_q / h_kv``), the head dims and the arch.
 
     Many rows (compute-bound): 128-row tiles on 8 warps (Triton gives each warp 16 rows, and
@@ -296,17 +362,33 @@ def dense_decode_config(rows: int, d_qk: int, d_v: int, arch: int | None, tma: b
     from sm_80 and sm_90a compiles of the d=576 kernels (tests/test_aot.py checks it against each
     arch's limit).
 
-    ``tma``: the cache can be read by TMA boxes of :data:`TMA_BLOCK_N` keys (:func:`cache_allows_tma`). On
-    227 KB parts the 16-row and 128-row tiles then bring whole K tiles by TMA, measured faster on an H200
-    (b=128, s_k=8k, same run): 16 rows 32-key tiles in three stages 412.2 µs against the pointer tile's 488.6
-    (FlashMLA 329.5), 128 rows 1273.3 against 1471.6 at s_q=1 and 2563.8 against 2878.9 at s_q=2; 32 rows
-    stay on the tokens layout (712.7 against 750.2 µs for a 32x64 TMA tile).
+    ``tma_keys``: the longest TMA tile the cache's pages hold (:func:`tma_tile_keys`; 0: none). On 227 KB
+    parts, measured on an H200 (b=128, s_k=8k unless named, FlashMLA in the same run):
+
+    - 16 rows: 32-key TMA tiles in three stages with the block table read a tile ahead (``page_ahead``, two
+      K buffers in flight), two programs an SM: 330.0 µs against 411.9 for the same tile without it and
+      488.6 for the pointer tile (FlashMLA 321.6).
+    - more rows, pages of 64 keys: 64-row tiles on two warpgroups holding the whole output, the scores
+      computed once (``unchained``), 64-key TMA tiles: h_q=128 535.5 / 946.3 / 1788.2 µs at s_k 4k / 8k / 16k
+      against 702.2 / 1292.7 / 2465.5 for the 128-row tile with the output sliced in two (s_q=2: 1019.6 /
+      1879.9 / 3591.7 against 1377.9 / 2606.1 / 5062.5), h_q=64 539.5 against 1286.4, h_q=32 530.4 against
+      the tokens layout's 714.5, s_q=2 h_q=16 553.6 against 719.7. Its 32-key form was slower than the
+      sliced tile (1417.3 µs at h_q=128). Each piece's tail tile by TMA as well (``tail_tma``), another H200:
+      h_q=128 513.0 / 911.1 / 1721.2 µs against 536.6 / 954.8 / 1808.6 (s_q=2: 955.4 / 1767.4 / 3348.6 against
+      1018.5 / 1899.5 / 3631.5), h_q 32 / 64 504.0 / 512.8 against 533.2 / 543.0; the 16-row tile did not gain
+      from it (332.3 against 328.2 µs) and keeps its tails on masked loads.
+    - more than 64 rows, pages of 32 keys: the 128-row tile with 32-key TMA tiles (1273.3 against the
+      pointer tile's 1471.6 µs at h_q=128 in an earlier run).
     """
     limit = smem_per_block(arch)
-    if tma and limit >= 200 * 1024 and rows <= 16:
-        return DenseDecodeConfig(block_m=16, block_n=TMA_BLOCK_N, num_warps=4, num_stages=3, dv_tile=d_v, tma_k=True)
-    if tma and limit >= 200 * 1024 and rows > 64:
-        return DenseDecodeConfig(block_m=128, block_n=TMA_BLOCK_N, num_warps=8, num_stages=2,
+    if tma_keys >= 32 and limit >= 200 * 1024 and rows <= 16:
+        return DenseDecodeConfig(block_m=16, block_n=32, num_warps=4, num_stages=3, dv_tile=d_v, tma_k=True,
+                                 page_ahead=True)
+    if tma_keys >= 64 and limit >= 200 * 1024 and d_v <= 512:
+        return DenseDecodeConfig(block_m=64, block_n=64, num_warps=8, num_stages=2, dv_tile=d_v, tma_k=True,
+                                 unchained=True, tail_tma=True)
+    if tma_keys >= 32 and limit >= 200 * 1024 and rows > 64:
+        return DenseDecodeConfig(block_m=128, block_n=32, num_warps=8, num_stages=2,
                                  dv_tile=min(d_v, 256), tma_k=True)
     if rows <= 32:
         # Measured on an H200 (b=128, s_k=8k, same run): 16 rows, row-major 16x64 tiles at two pieces per
@@ -328,13 +410,15 @@ def dense_decode_config(rows: int, d_qk: int, d_v: int, arch: int | None, tma: b
 
 def num_sm_parts_for(
     rows: int, h_kv: int, sm_count: int, d_v: int = 512, backend: str = "triton", cap_at_sm_count: bool = False,
-    arch: int | None = None,
+    arch: int | None = None, kv_fp8: bool = False,
 ) -> int:
     """How many split-KV pieces to cut a batch into so that the SMs are kept busy.
 
     One program per SM, except the row-major Triton kernel's small (16/32-row, memory-bound) tiles,
     which streamed faster with two programs per SM (an H200, same run: 612 against 1055 us at
     h_q=16, b=128, s_k=8k); the ``"tokens"`` layout's 64-token tiles fill an SM's shared memory alone.
+    The Triton kernel's tile is the one a 16-bit MLA cache gets (one KV head, pages of 64: TMA tiles on sm_90
+    and newer), or an FP8 cache with ``kv_fp8``; the plan is planned before the cache is seen.
     ``cap_at_sm_count``: never more pieces than SMs, for the old metadata API (callers size CUDA-graph
     buffers of ``[num_SMs, 8]``).
     """
@@ -342,7 +426,8 @@ def num_sm_parts_for(
         programs_per_part = h_kv * -(-rows // 64)
         per_sm = 1
     else:
-        cfg = dense_decode_config(rows, 576, d_v, arch)
+        tma_keys = TMA_TILE_KEYS[0] if h_kv == 1 and not kv_fp8 and (arch is None or arch >= 90) else 0
+        cfg = dense_decode_config(rows, 576, d_v, arch, tma_keys)
         programs_per_part = h_kv * -(-rows // cfg.block_m) * (d_v // cfg.dv_tile)
         per_sm = 2 if cfg.block_m <= 32 and cfg.layout == "rows" else 1
     parts = max(sm_count * per_sm // programs_per_part, 1)
@@ -377,14 +462,24 @@ def splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata
     )
 
 
+#: cache dtypes the whole-tile TMA path reads: 16-bit keys, and per-tensor e4m3 codes (as they are or as bytes)
+_TMA_DTYPES = (torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.uint8, torch.int8)
+
+
+def tma_tile_keys(k_cache: torch.Tensor, arch: int | None) -> int:
+    """The longest of :data:`TMA_TILE_KEYS` whose tiles :func:`cache_allows_tma` lets TMA read from ``k_cache``;
+    0 where none."""
+    return next((n for n in TMA_TILE_KEYS if cache_allows_tma(k_cache, arch, n)), 0)
+
+
 def cache_allows_tma(k_cache: torch.Tensor, arch: int | None, block_n: int = TMA_BLOCK_N) -> bool:
     """Whether the ``"rows"`` kernel can bring whole ``block_n``-key tiles of ``k_cache`` as TMA boxes of the
-    cache seen as [num_blocks * page_block_size, d]: a 16-bit cache with one KV head, pages that hold whole
-    tiles and lie back to back, rows 16-byte aligned, an arch with TMA (sm_90 and newer; ``None``: the
-    interpreter)."""
+    cache seen as [num_blocks * page_block_size, d]: a 16-bit or per-tensor e4m3 cache (:data:`_TMA_DTYPES`)
+    with one KV head, pages that hold whole tiles and lie back to back, rows 16-byte aligned, an arch with
+    TMA (sm_90 and newer; ``None``: the interpreter)."""
     num_blocks, page_block_size, h_kv, d = k_cache.shape
     sk = k_cache.stride()
-    return (k_cache.dtype in (torch.bfloat16, torch.float16) and (arch is None or arch >= 90) and h_kv == 1
+    return (k_cache.dtype in _TMA_DTYPES and (arch is None or arch >= 90) and h_kv == 1
             and page_block_size % block_n == 0 and sk[3] == 1
             and (num_blocks <= 1 or sk[0] == page_block_size * sk[1]) and (sk[1] * k_cache.element_size()) % 16 == 0
             and k_cache.data_ptr() % 16 == 0)
@@ -485,12 +580,14 @@ def dense_decode_fwd(
     if fp8_native is None:
         fp8_native = arch is None or arch >= 89
     if config is None:  # whole K tiles by TMA where the cache allows it (16-bit caches only)
-        config = dense_decode_config(rows, d, head_dim_v, arch, tma=not kv_fp8 and cache_allows_tma(k_cache, arch))
+        config = dense_decode_config(rows, d, head_dim_v, arch, tma_keys=0 if kv_fp8 else tma_tile_keys(k_cache, arch))
     cfg = config
     if SCHED_BLOCK % cfg.block_n != 0:
         raise ValueError(f"block_n={cfg.block_n} must divide the scheduler's {SCHED_BLOCK}-token unit")
     if head_dim_v % cfg.dv_tile != 0:
         raise ValueError(f"dv_tile={cfg.dv_tile} must divide head_dim_v={head_dim_v}")
+    if cfg.unchained and cfg.dv_tile != head_dim_v:
+        raise ValueError("an unchained tile holds the whole output: dv_tile must equal head_dim_v")
     row_tiles = -(-rows // cfg.block_m)
     num_parts = tile_scheduler_metadata.shape[0]
     out = torch.empty(b, s_q, h_q, head_dim_v, dtype=torch.bfloat16 if q_fp8 else q.dtype, device=q.device)
@@ -512,7 +609,8 @@ def dense_decode_fwd(
         desc_v, desc_pe = k_descriptors(k_in, cfg, head_dim_v, arch)
         kernel, consts = _dense_decode_splitkv_kernel, dict(BLOCK_M=cfg.block_m, DV_TILE=cfg.dv_tile,
                                                             k_desc_v=desc_v, k_desc_pe=desc_pe,
-                                                            TMA_K=desc_v is not None)
+                                                            TMA_K=desc_v is not None, UNCHAIN=cfg.unchained,
+                                                            PAGE_AHEAD=cfg.page_ahead, TAIL_TMA=cfg.tail_tma)
     launch(kernel, (row_tiles * h_kv * (head_dim_v // cfg.dv_tile), num_parts),
         *splitkv_args(q_in, k_in, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
                       out, lse, workspace, row_tiles, softmax_scale),
