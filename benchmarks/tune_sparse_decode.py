@@ -24,6 +24,18 @@ def reg_prefetch_candidates(h_q: int):
     return [C(16, 32, 4, 1, 512, True), C(16, 32, 4, 3, 512, idx_ahead=True), C(16, 32, 4, 4, 512, idx_ahead=True)]
 
 
+def unchained_candidates(h_q: int, is_fp8: bool):
+    """The default tile beside 64-row tiles whose warpgroups split the scores by keys and the output by dims
+    (``unchained``; P then takes a shared buffer, so the 64-key tile with the list ahead no longer fits three
+    stages). Fewer than 64 heads: rows past ``h_q`` masked."""
+    from openmla.ops.decode_sparse import SparseDecodeConfig as C
+    from openmla.ops.decode_sparse import sparse_decode_config
+
+    ahead = dict(idx_ahead=True, unchained=True)
+    return [sparse_decode_config(h_q, 512, 90, is_fp8=is_fp8),
+            C(64, 64, 8, 2, 512, **ahead), C(64, 32, 8, 4, 512, **ahead), C(64, 32, 8, 5, 512, **ahead)]
+
+
 def candidates(h_q: int, is_fp8: bool = False, only_reg_prefetch: bool = False):
     from openmla.ops.decode_sparse import SparseDecodeConfig as C
     from openmla.ops.decode_sparse import sparse_decode_config
@@ -101,6 +113,8 @@ def main(argv=None) -> None:
     ap.add_argument("--reg-prefetch", action="store_true",
                     help="only the default tile, the tiles fed by register prefetch or with the list read ahead, "
                          "and the plain pipelined tile (one split count)")
+    ap.add_argument("--unchained", action="store_true",
+                    help="only the default tile and the unchained 64-row tiles (one split count)")
     args = ap.parse_args(argv)
     flash_mla, missing = _load_flash_mla()
     if missing:
@@ -135,9 +149,11 @@ def main(argv=None) -> None:
         if args.sink:  # the Hopper kernel on the same call, for comparison (it takes sinks too)
             _time_gluon(cfg, inp, ref, extras, fm_us, card, results)
         default = sparse_decode_config(cfg.h_q, cfg.dv, 90, is_fp8=inp.is_fp8)
-        for tile in candidates(cfg.h_q, inp.is_fp8, args.reg_prefetch):
+        tiles = unchained_candidates(cfg.h_q, inp.is_fp8) if args.unchained else \
+            candidates(cfg.h_q, inp.is_fp8, args.reg_prefetch)
+        for tile in tiles:
             programs = cfg.b * cfg.s_q * -(-cfg.h_q // tile.block_m) * (cfg.dv // tile.dv_tile)
-            for splits in ((None,) if args.only or args.reg_prefetch else (None, 1, 2)):
+            for splits in ((None,) if args.only or args.reg_prefetch or args.unchained else (None, 1, 2)):
                 def call(tile=tile, splits=splits):
                     return sparse_decode_fwd(inp.q, inp.k_cache, inp.indices, inp.head_dim_v, inp.softmax_scale,
                                              is_fp8=inp.is_fp8, config=tile, num_splits=splits, **extras)
@@ -159,7 +175,7 @@ def main(argv=None) -> None:
                 t = tile
                 print(f"{cfg.name} bm{t.block_m} bn{t.block_n} w{t.num_warps} st{t.num_stages} dv{t.dv_tile}"
                       f"{' reg-prefetch' if t.reg_prefetch else ''}"
-                      f"{' idx-ahead' if t.idx_ahead else ''} "
+                      f"{' idx-ahead' if t.idx_ahead else ''}{' unchained' if t.unchained else ''} "
                       f"splits={splits}: {us:8.1f} us (FlashMLA {fm_us or 0:7.1f}) ratio {r} "
                       f"{rec['tflops']:6.1f} TF {rec['gbps']:6.0f} GB/s {'ok' if not problems else problems}"
                       + (" *" if rec["default"] else ""), flush=True)

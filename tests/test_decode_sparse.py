@@ -237,10 +237,14 @@ def test_triton_fp16_cache_matches_reference_tiny(b, s_q, h_q, s_k, topk, page, 
 
 def _v32_tile(h_q: int, feed: str):
     """The default V3.2 tile for ``h_q`` on an sm_90 part, fed by the pipeliner (``"pipelined"``, or
-    ``"idx-ahead"`` with the list read a tile ahead) or by register prefetch (``"reg-prefetch"``)."""
+    ``"idx-ahead"`` with the list read a tile ahead) or by register prefetch (``"reg-prefetch"``); or the
+    unchained 64-row tile (``"unchained"``)."""
     from openmla.ops.decode_sparse import sparse_decode_config
 
     cfg = sparse_decode_config(h_q, 512, 90, is_fp8=True)
+    if feed == "unchained":  # the 64-row tile on two warpgroups, scores split by keys (rows past h_q masked)
+        return dataclasses.replace(cfg, block_m=64, block_n=32, num_warps=8, num_stages=4, reg_prefetch=False,
+                                   idx_ahead=True, unchained=True)
     if feed in ("pipelined", "idx-ahead"):
         return dataclasses.replace(cfg, reg_prefetch=False, num_stages=3, idx_ahead=feed == "idx-ahead")
     return dataclasses.replace(cfg, reg_prefetch=True, idx_ahead=False, num_stages=1)
@@ -249,7 +253,7 @@ def _v32_tile(h_q: int, feed: str):
 @pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
 @pytest.mark.parametrize("b, s_q, h_q, s_k, topk, page, options", KERNEL_PARAMS)
 @pytest.mark.parametrize("splits", [1, 2])
-@pytest.mark.parametrize("feed", ["pipelined", "idx-ahead", "reg-prefetch"])
+@pytest.mark.parametrize("feed", ["pipelined", "idx-ahead", "reg-prefetch", "unchained"])
 def test_triton_v32_fp8_cache_matches_reference_tiny(b, s_q, h_q, s_k, topk, page, options, splits, feed,
                                                      generator):
     """The V3.2 cache built from fp16 keys by ``quantize_v32``; the reference reads it back (dequantized).

@@ -54,7 +54,7 @@ if triton_available():
     import triton.language as tl
 
     from .fp8 import _e4m3_over_256, e4m3_to, e4m3_unit
-    from .online_softmax import online_softmax_step
+    from .online_softmax import online_softmax_step, online_softmax_step_unchained
     from .words import byte_of, interleave_quarters, unpack_halves
 
     @triton.jit
@@ -170,7 +170,7 @@ if triton_available():
         HAS_EXTRA_TOPK_LEN: tl.constexpr, HAS_SINK: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         D_V: tl.constexpr, D_PE: tl.constexpr, DV_TILE: tl.constexpr, REG_PREFETCH: tl.constexpr,
-        IDX_AHEAD: tl.constexpr,
+        IDX_AHEAD: tl.constexpr, UNCHAIN: tl.constexpr = False,
     ):
         # program axis 0 = (request, query token, head tile, slice of the output's D_V dims)
         pid = tl.program_id(0)
@@ -285,7 +285,10 @@ if triton_available():
                                              stride_kb, stride_kp, stride_xb, stride_xp, HAS_EXTRA, BLOCK_N)
                 k_v = _load_keys(rows, offs_v, dv_tile * DV_TILE, valid, dtype, IS_FP8, FP8_NATIVE,
                                  BLOCK_N, DV_TILE, D_V)  # [BLOCK_N, DV_TILE]
-                scores = tl.dot(q_v, tl.trans(k_v))  # [BLOCK_M, BLOCK_N]
+                if UNCHAIN:  # products kept apart, each scaled (see online_softmax_step_unchained)
+                    scores = tl.dot(q_v, tl.trans(k_v)) * scale_log2  # [BLOCK_M, BLOCK_N]
+                else:
+                    scores = tl.dot(q_v, tl.trans(k_v))  # [BLOCK_M, BLOCK_N]
                 if D_V > DV_TILE:
                     k_w = _load_keys(rows, offs_w, dv_tile * DV_TILE + DV_TILE, valid, dtype, IS_FP8, FP8_NATIVE,
                                      BLOCK_N, W, D_V)
@@ -297,10 +300,18 @@ if triton_available():
                     else:
                         pe_rows = rows + D_V
                     k_pe = tl.load(pe_rows[:, None] + offs_pe[None, :], mask=valid[:, None], other=0.0).to(dtype)
-                    scores = tl.dot(q_pe, tl.trans(k_pe), scores)
-                p, alpha, m_new, l_i = online_softmax_step(scores * scale_log2, valid[None, :], m_i, l_i)
+                    if UNCHAIN:
+                        scores = scores + tl.dot(q_pe, tl.trans(k_pe)) * scale_log2
+                    else:
+                        scores = tl.dot(q_pe, tl.trans(k_pe), scores)
+                if UNCHAIN:
+                    p, alpha, m_new, l_i = online_softmax_step_unchained(scores, valid[None, :], m_i, l_i, start < hi,
+                                                                         dtype)
+                else:
+                    p, alpha, m_new, l_i = online_softmax_step(scores * scale_log2, valid[None, :], m_i, l_i)
+                    p = p.to(dtype)
                 acc = acc * alpha[:, None]
-                acc = tl.dot(p.to(dtype), k_v, acc)
+                acc = tl.dot(p, k_v, acc)
                 m_i = m_new
 
         empty = l_i == 0.0
@@ -352,6 +363,10 @@ class SparseDecodeConfig:
     #: their own iteration and Triton's pipeliner keeps ``num_stages - 2`` tiles in flight (without it the
     #: index load takes the first stage and the next tile is copied after this tile's last product)
     idx_ahead: bool = False
+    #: (the pipelined form, whole output) the scores split by keys and the output by dims between the two
+    #: warpgroups of a 64-row tile, instead of both warpgroups computing all the scores
+    #: (:func:`openmla.ops.online_softmax.online_softmax_step_unchained` says why they would)
+    unchained: bool = False
 
 
 def sparse_decode_config(h_q: int, d_v: int, arch: int | None = None, is_fp8: bool = False) -> SparseDecodeConfig:
@@ -527,7 +542,7 @@ def sparse_decode_fwd(
         IS_FP8=bool(is_fp8), FP8_NATIVE=fp8_native, HAS_EXTRA=has_extra, HAS_TOPK_LEN=topk_length is not None,
         HAS_EXTRA_TOPK_LEN=has_extra and extra_topk_length is not None, HAS_SINK=attn_sink is not None,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D_V=head_dim_v, D_PE=d_pe, DV_TILE=cfg.dv_tile,
-        REG_PREFETCH=cfg.reg_prefetch, IDX_AHEAD=cfg.idx_ahead,
+        REG_PREFETCH=cfg.reg_prefetch, IDX_AHEAD=cfg.idx_ahead, UNCHAIN=cfg.unchained,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if num_splits > 1:
