@@ -207,9 +207,10 @@ def _dense_fp8_variants(arch: int = 90) -> list[Variant]:
 
     Names start with ``fp8``. Cache ``e4m3`` is decoded with fp8 instructions (sm_89+), ``e4m3-bits`` with
     integer bit moves (any arch; what sm_80/86 run: their smallest and largest tiles, 16 and 64 rows). q is
-    bf16, fp16 or e4m3 (output bf16).
+    bf16, fp16 or e4m3 (output bf16). On 227 KB parts, also the TMA tiles a cache with pages of 64 keys gets
+    (``tma``: boxes of codes decoded in registers).
     """
-    from .decode_dense import dense_decode_config
+    from .decode_dense import TMA_TILE_KEYS, dense_decode_config
 
     out = []
     every, ampere = (16, 32, 64, 128), (16, 64)
@@ -232,6 +233,18 @@ def _dense_fp8_variants(arch: int = 90) -> list[Variant]:
                     f"bm{cfg.block_m} bn{cfg.block_n} dv{cfg.dv_tile} w{cfg.num_warps} s{cfg.num_stages}")
             out.append(Variant(kernel, ptrs, ("scale_log2",), consts, cfg.num_warps, cfg.num_stages, name,
                                min_arch=89 if native else 0))
+            tma_cfg = dense_decode_config(rows, 576, 512, arch, tma_keys=TMA_TILE_KEYS[0], kv_fp8=True)
+            if native and q_dtype != "fp16" and tma_cfg.tma_k:  # boxes of codes (sm_90 and newer, 227 KB parts)
+                kernel, tile = _dense_kernel_and_consts(tma_cfg)
+                descs = {"k_desc_v": f"tensordesc<u8[{tma_cfg.block_n}, 512]>",
+                         "k_desc_pe": f"tensordesc<u8[{tma_cfg.block_n}, 64]>"}
+                consts = dict(CAUSAL=True, FUSED_COMBINE=True, **tile, D_V=512, D_PE=64, Q_FP8=q_fp8, KV_FP8=True,
+                              FP8_NATIVE=True)
+                name = (f"fp8 q {q_dtype} cache {cache} causal rows<={rows} d576 rows tma bm{tma_cfg.block_m} "
+                        f"bn{tma_cfg.block_n} dv{tma_cfg.dv_tile} w{tma_cfg.num_warps} s{tma_cfg.num_stages}"
+                        f"{' unchained' if tma_cfg.unchained else ''}{' page-ahead' if tma_cfg.page_ahead else ''}")
+                out.append(Variant(kernel, dict(ptrs, **descs), ("scale_log2",), consts, tma_cfg.num_warps,
+                                   tma_cfg.num_stages, name, min_arch=90))
     return out
 
 

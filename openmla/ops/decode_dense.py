@@ -350,7 +350,8 @@ TMA_BLOCK_N = 32
 
 
 @functools.lru_cache(maxsize=256)  # a pure function of its arguments, asked on every decode call
-def dense_decode_config(rows: int, d_qk: int, d_v: int, arch: int | None, tma_keys: int = 0) -> DenseDecodeConfig:
+def dense_decode_config(rows: int, d_qk: int, d_v: int, arch: int | None, tma_keys: int = 0,
+                        kv_fp8: bool = False) -> DenseDecodeConfig:
     """Pick the tile shape from the rows per KV head (``s_q * h_q / h_kv``), the head dims and the arch.
 
     Many rows (compute-bound): 128-row tiles on 8 warps (Triton gives each warp 16 rows, and
@@ -377,10 +378,18 @@ def dense_decode_config(rows: int, d_qk: int, d_v: int, arch: int | None, tma_ke
       h_q=128 513.0 / 911.1 / 1721.2 µs against 536.6 / 954.8 / 1808.6 (s_q=2: 955.4 / 1767.4 / 3348.6 against
       1018.5 / 1899.5 / 3631.5), h_q 32 / 64 504.0 / 512.8 against 533.2 / 543.0; the 16-row tile did not gain
       from it (332.3 against 328.2 µs) and keeps its tails on masked loads.
+    - ``kv_fp8`` (per-tensor e4m3 codes: boxes of bytes decoded in registers), q and cache e4m3, another
+      H200: the same tiles beat the pointer tiles everywhere measured — h_q=16 473.5 µs against 703.9
+      (FlashMLA's FP8 kernel 226.8, the Gluon small-head kernel that serves Hopper 473.2), h_q 32 / 64 903.2 /
+      912.8 against 1055.2 / 1564.0, h_q=128 s_k 4k / 8k 930.2 / 1744.0 against 1010.6 / 1876.3, s_q=2 3530.7
+      against 3736.1 (the Hopper kernels: 380.0-1428.3 µs, 0.59-0.64 of FlashMLA). Pages of 32 keys keep the
+      pointer tiles above 16 rows over codes (the sliced 128-row TMA tile was not timed with them).
     - more than 64 rows, pages of 32 keys: the 128-row tile with 32-key TMA tiles (1273.3 against the
       pointer tile's 1471.6 µs at h_q=128 in an earlier run).
     """
     limit = smem_per_block(arch)
+    if kv_fp8 and rows > 16 and tma_keys < 64:
+        tma_keys = 0  # the sliced 128-row TMA tile was not timed over e4m3 codes
     if tma_keys >= 32 and limit >= 200 * 1024 and rows <= 16:
         return DenseDecodeConfig(block_m=16, block_n=32, num_warps=4, num_stages=3, dv_tile=d_v, tma_k=True,
                                  page_ahead=True)
@@ -426,8 +435,8 @@ def num_sm_parts_for(
         programs_per_part = h_kv * -(-rows // 64)
         per_sm = 1
     else:
-        tma_keys = TMA_TILE_KEYS[0] if h_kv == 1 and not kv_fp8 and (arch is None or arch >= 90) else 0
-        cfg = dense_decode_config(rows, 576, d_v, arch, tma_keys)
+        tma_keys = TMA_TILE_KEYS[0] if h_kv == 1 and (arch is None or arch >= 90) else 0
+        cfg = dense_decode_config(rows, 576, d_v, arch, tma_keys, kv_fp8)
         programs_per_part = h_kv * -(-rows // cfg.block_m) * (d_v // cfg.dv_tile)
         per_sm = 2 if cfg.block_m <= 32 and cfg.layout == "rows" else 1
     parts = max(sm_count * per_sm // programs_per_part, 1)
@@ -580,7 +589,7 @@ def dense_decode_fwd(
     if fp8_native is None:
         fp8_native = arch is None or arch >= 89
     if config is None:  # whole K tiles by TMA where the cache allows it (16-bit caches only)
-        config = dense_decode_config(rows, d, head_dim_v, arch, tma_keys=0 if kv_fp8 else tma_tile_keys(k_cache, arch))
+        config = dense_decode_config(rows, d, head_dim_v, arch, tma_keys=tma_tile_keys(k_cache, arch), kv_fp8=kv_fp8)
     cfg = config
     if SCHED_BLOCK % cfg.block_n != 0:
         raise ValueError(f"block_n={cfg.block_n} must divide the scheduler's {SCHED_BLOCK}-token unit")
