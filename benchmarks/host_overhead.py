@@ -127,9 +127,22 @@ def sparse(profile: bool) -> None:
             rows.append((f"FlashMLA sparse topk={topk}", loop_us(_flash_mla_sparse_call(flash_mla, inp, inp.q))))
         except Exception as exc:
             rows.append((f"FlashMLA unavailable: {exc}", float("nan")))
+    # with topk_length: the Hopper launcher plans each call's lists by launches, which a replay repeats
+    inp = make_sparse_decode_inputs(4, 1, 128, 4096, 64, 64)
+    lengths = torch.full((4,), 48, dtype=torch.int32, device=inp.q.device)
+    sched, _ = openmla.get_mla_metadata()
+
+    def with_lengths():
+        return openmla.flash_mla_with_kvcache(inp.q, inp.k_cache, None, None, inp.head_dim_v, sched,
+                                              softmax_scale=inp.softmax_scale, is_fp8_kvcache=inp.is_fp8,
+                                              indices=inp.indices, topk_length=lengths)
+
+    rows.append(("openmla sparse topk=64 with topk_length, replayed", loop_us(with_lengths)))
+    os.environ["OPENMLA_REPLAY"] = "0"
+    rows.append(("openmla sparse topk=64 with topk_length, whole path (OPENMLA_REPLAY=0)", loop_us(with_lengths)))
+    del os.environ["OPENMLA_REPLAY"]
     from openmla.ops.decode_sparse import sparse_decode_fwd
 
-    inp = make_sparse_decode_inputs(4, 1, 128, 4096, 64, 64)
     rows.append(("sparse_decode_fwd alone, topk=64 (no validation)", loop_us(lambda: sparse_decode_fwd(
         inp.q, inp.k_cache, inp.indices, inp.head_dim_v, inp.softmax_scale, is_fp8=True))))
     print(f"host time per call on {torch.cuda.get_device_name()} (sparse: b=4, s_q=1, h_q=128, V3.2 FP8):")

@@ -336,6 +336,18 @@ def test_api_serves_sparse_through_triton(fp8, monkeypatch, generator):
                            head_dim_v=d_v).backend == "triton"
 
 
+@pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
+def test_gluon_sparse_token_lengths_clamp_and_repeat():
+    """The Hopper launcher's per-token list lengths (one launch, so replays repeat it): ``topk_length`` clamped
+    to [0, topk] and repeated for each of a request's ``s_q`` query tokens."""
+    from openmla.ops.gluon.decode_sparse_sm90 import token_lengths
+
+    lengths = torch.tensor([5, -3, 100, 0, 64], dtype=torch.int32, device=DEVICE)
+    got = token_lengths(lengths, 3, 64)
+    assert got.dtype == torch.int32
+    assert got.tolist() == lengths.clamp(0, 64).repeat_interleave(3).tolist()
+
+
 def test_gluon_sparse_reuses_the_plan_of_fixed_length_lists():
     """Lists with no topk_length are planned once per (device, tokens, topk, parts) and the plan reused: the
     same as a fresh plan of those lengths."""

@@ -414,6 +414,52 @@ def test_replayed_sparse_layers_match_the_reference(device, case_index, monkeypa
         assert isinstance(recorded, replay.Replay) and validations.calls == 1
 
 
+# b, s_q, h_q, s_k, topk, page, fp8
+SPARSE_LENGTH_CPU_CASES = [(3, 1, 16, 200, 64, 64, True)]
+SPARSE_LENGTH_GPU_CASES = [(4, 1, 128, 4096, 576, 64, True), (5, 1, 16, 2000, 100, 64, False),
+                           (3, 2, 64, 3000, 256, 61, True)]
+
+
+@pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("device", HERE_AND_GPU)
+@pytest.mark.parametrize("case_index", range(max(len(SPARSE_LENGTH_CPU_CASES), len(SPARSE_LENGTH_GPU_CASES))))
+def test_replayed_sparse_calls_take_each_calls_lengths(device, case_index, monkeypatch, generator):
+    """With ``topk_length`` the Hopper launcher turns the lengths into each token's list length and a plan by
+    launches (declared scratch), so a replay plans anew from the call's lengths: each layer here has other
+    lengths (0, full, in between), and a stale plan or stale lengths would give the wrong rows."""
+    from helpers import dequantized, make_sparse_decode_inputs
+
+    cases = SPARSE_LENGTH_GPU_CASES if device == "cuda" else SPARSE_LENGTH_CPU_CASES
+    if case_index >= len(cases):
+        pytest.skip("fewer cases on this tier")
+    b, s_q, h_q, s_k, topk, page, fp8 = cases[case_index]
+    backend = None if device == "cuda" else "triton"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float16
+    validations = _Counter(api._validate_sparse)
+    monkeypatch.setattr(api, "_validate_sparse", validations)
+    meta, _ = openmla.get_mla_metadata()
+    inputs = make_sparse_decode_inputs(b, s_q, h_q, s_k, topk, page, dtype=dtype, device=device, fp8=fp8,
+                                       generator=generator)
+    lengths = [torch.randint(0, topk + 1, (b,), generator=generator, dtype=torch.int32) for _ in range(3)]
+    lengths[1][0], lengths[2][-1] = 0, topk  # an empty list, a full one
+    for i, n in enumerate(lengths):
+        if i:  # the next layer: new q and cache tensors of the same shapes
+            inputs = dict(inputs, q=torch.randn_like(inputs["q"]).div_(10), k_cache=inputs["k_cache"].clone())
+        inputs = dict(inputs, topk_length=n.to(device))
+        out, lse = openmla.flash_mla_with_kvcache(
+            inputs["q"], inputs["k_cache"], None, None, inputs["head_dim_v"], meta,
+            softmax_scale=inputs["softmax_scale"], is_fp8_kvcache=fp8, indices=inputs["indices"],
+            topk_length=inputs["topk_length"], backend=backend)
+        ref_out, ref_lse = reference.sparse_decode(**dequantized(inputs))
+        check_close("out", out, ref_out, TOL[("sparse_decode", "out")])
+        check_close("lse", lse, ref_lse, TOL[("sparse_decode", "lse")])
+    (recorded,) = meta.replays.values()
+    if s_q > 1 and device == "cuda":  # the Gluon kernel's lse goes through a transposing copy
+        assert recorded is False and validations.calls == 3
+    else:
+        assert isinstance(recorded, replay.Replay) and validations.calls == 1
+
+
 @pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
 def test_assigning_a_new_schedule_drops_the_replays(validations, generator):
     """The SGLang fork's hoisted scheduler assigns a new (tile_scheduler_metadata, num_splits) pair onto the

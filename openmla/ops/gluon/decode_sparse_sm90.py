@@ -26,6 +26,9 @@ import contextlib
 
 import torch
 
+import triton
+import triton.language as tl
+
 from ..._runtime import num_sms
 from ..combine import combine_splits
 from ..decode_dense import split_workspace, splitkv_args
@@ -40,6 +43,25 @@ from ..launch import kept, launch, scratch, unrecorded
 # pool and is written on replay only); at most _FIXED_PLANS_MAX entries, the oldest dropped first.
 _FIXED_PLANS: dict = {}
 _FIXED_PLANS_MAX = 64
+
+
+@triton.jit(do_not_specialize=["tokens", "s_q", "topk"])
+def _token_lengths_kernel(topk_length_ptr, lens_ptr, tokens, s_q, topk, BLOCK: tl.constexpr):
+    """``lens[t] = clamp(topk_length[t // s_q], 0, topk)`` for the ``tokens = b * s_q`` query tokens (int32)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < tokens
+    n = tl.load(topk_length_ptr + offs // s_q, mask=mask, other=0)
+    tl.store(lens_ptr + offs, tl.minimum(tl.maximum(n, 0), topk), mask=mask)
+
+
+def token_lengths(topk_length: torch.Tensor, s_q: int, topk: int) -> torch.Tensor:
+    """Each query token's list length: ``topk_length`` int32 [b] clamped to [0, topk], repeated ``s_q`` times
+    (int32 [b * s_q]). One launch, so a recorded call replays it with the next call's lengths."""
+    tokens = topk_length.shape[0] * s_q
+    lens = torch.empty(tokens, dtype=torch.int32, device=topk_length.device)
+    block = 1024
+    launch(_token_lengths_kernel, (triton.cdiv(tokens, block),), topk_length, lens, tokens, s_q, topk, BLOCK=block)
+    return lens
 
 
 def _fixed_length_plan(device: torch.device, tokens: int, topk: int, parts: int):
@@ -110,9 +132,10 @@ def sparse_decode_sm90_fwd(
     parts = num_sm_parts or max(num_sms(q.device) // row_tiles, 1)
     if topk_length is None:
         lens, sched, splits = _fixed_length_plan(q.device, tokens, topk, parts)
-    else:
-        lens = topk_length.clamp(0, topk).to(torch.int32).repeat_interleave(s_q)
+    else:  # planned on the device each call, by launches a replay repeats with the call's lengths
+        lens = token_lengths(topk_length, s_q, topk)
         sched, splits = plan_splitkv(lens, parts)
+        scratch(lens, sched, splits)
     out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
     out_tok = out.view(tokens, 1, h_q, head_dim_v)
     lse_tok = torch.empty(tokens, h_q, 1, dtype=torch.float32, device=q.device)
