@@ -132,10 +132,11 @@ def sparse(profile: bool) -> None:
     lengths = torch.full((4,), 48, dtype=torch.int32, device=inp.q.device)
     sched, _ = openmla.get_mla_metadata()
 
+    decode = openmla.flash_mla_with_kvcache
+
     def with_lengths():
-        return openmla.flash_mla_with_kvcache(inp.q, inp.k_cache, None, None, inp.head_dim_v, sched,
-                                              softmax_scale=inp.softmax_scale, is_fp8_kvcache=inp.is_fp8,
-                                              indices=inp.indices, topk_length=lengths)
+        return decode(inp.q, inp.k_cache, None, None, inp.head_dim_v, sched, softmax_scale=inp.softmax_scale,
+                      is_fp8_kvcache=inp.is_fp8, indices=inp.indices, topk_length=lengths)
 
     rows.append(("openmla sparse topk=64 with topk_length, replayed", loop_us(with_lengths)))
     os.environ["OPENMLA_REPLAY"] = "0"

@@ -42,6 +42,22 @@ def flops_bytes(lens, s_q, h_q, h_kv, d, dv):
     return flops, nbytes
 
 
+def time_checked(call, ref_out, ref_lse, what: str):
+    """``(us, max |out - ref_out|, max |lse - ref_lse|)`` of ``call`` (do_bench median), or None after printing
+    why a candidate that fails to compile or launch is skipped (the sweep goes on)."""
+    import triton
+
+    try:
+        out, lse = call()
+        torch.cuda.synchronize()
+        err = (out.float() - ref_out.float()).abs().max().item()
+        lse_err = (lse - ref_lse).abs().max().item()
+        return triton.testing.do_bench(call, warmup=50, rep=300, return_mode="median") * 1e3, err, lse_err
+    except Exception as exc:  # noqa: BLE001 - keep sweeping past a config that fails to compile
+        print(f"  {what}: {type(exc).__name__}: {str(exc)[:300]}")
+        return None
+
+
 def candidates(rows):
     from openmla.ops.decode_dense import DenseDecodeConfig as C
 
@@ -192,15 +208,10 @@ def main(argv=None):
                 sched_t, splits = plan_splitkv(lens, parts)
                 call = lambda: dense_decode_fwd(  # noqa: E731
                     q, k_cache, block_table, lens, dv, sched_t, splits, scale, True, config=cfg)
-            try:
-                out, lse = call()
-                torch.cuda.synchronize()
-                err = (out.float() - ref_out.float()).abs().max().item()
-                lse_err = (lse - ref_lse).abs().max().item()
-                us = triton.testing.do_bench(call, warmup=50, rep=300, return_mode="median") * 1e3
-            except Exception as exc:  # keep sweeping past a config that fails to compile
-                print(f"  {kind} {cfg}: {type(exc).__name__}: {str(exc)[:300]}")
+            timed = time_checked(call, ref_out, ref_lse, f"{kind} {cfg}")
+            if timed is None:
                 continue
+            us, err, lse_err = timed
             cfg_d = cfg.__dict__ if cfg else {"block_m": 64, "block_n": 64, "num_warps": 8, "num_stages": 2,
                                               "dv_tile": 512}
             if kind.startswith("gluon-ws"):  # 4 softmax + 4 output (+ 4 more when softmax-only) + 4 loader warps

@@ -19,7 +19,7 @@ import json
 
 import torch
 
-from benchmarks.tune_dense_decode import flops_bytes, make_inputs
+from benchmarks.tune_dense_decode import flops_bytes, make_inputs, time_checked
 
 
 def tma_candidates(rows: int, dv: int):
@@ -91,15 +91,10 @@ def main(argv=None) -> None:
                 q_codes, k_codes, block_table, lens, dv, sched_t, splits, scale, True, config=cfg,
                 descale_q=descale_q, descale_k=descale_k)))
         for kind, cfg, call in runs:
-            try:
-                out, lse = call()
-                torch.cuda.synchronize()
-                err = (out.float() - ref_out.float()).abs().max().item()
-                lse_err = (lse - ref_lse).abs().max().item()
-                us = triton.testing.do_bench(call, warmup=50, rep=300, return_mode="median") * 1e3
-            except Exception as exc:  # keep sweeping past a config that fails to compile
-                print(f"  {kind} {cfg}: {type(exc).__name__}: {str(exc)[:300]}")
+            timed = time_checked(call, ref_out, ref_lse, f"{kind} {cfg}")
+            if timed is None:
                 continue
+            us, err, lse_err = timed
             rec = dict(op="dense_decode", dtype="fp8", backend=kind, card=card, b=b, s_q=s_q, s_k=s_k, h_q=h_q,
                        config=cfg.__dict__ if cfg else None, openmla_us=us, flash_mla_us=fm_us,
                        ratio=(fm_us / us) if fm_us else None, max_abs_err=err, lse_err=lse_err,

@@ -381,17 +381,13 @@ SPARSE_GPU_CASES = [(4, 1, 128, 4096, 64, 64, True, False), (4, 1, 64, 3000, 576
 def test_replayed_sparse_layers_match_the_reference(device, case_index, monkeypatch, generator):
     """A sparse call records where the launcher's buffers are declared (split partials as scratch, cached
     plans as kept); MTP (s_q > 1) returns an lse its kernels do not write in place, so it runs the whole path."""
-    from helpers import dequantized, make_sparse_decode_inputs
+    from helpers import make_sparse_decode_inputs
 
     cases = SPARSE_GPU_CASES if device == "cuda" else SPARSE_CPU_CASES
     if case_index >= len(cases):
         pytest.skip("fewer cases on this tier")
     b, s_q, h_q, s_k, topk, page, fp8, sink = cases[case_index]
-    backend = None if device == "cuda" else "triton"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float16
-    validations = _Counter(api._validate_sparse)
-    monkeypatch.setattr(api, "_validate_sparse", validations)
-    meta, _ = openmla.get_mla_metadata()
+    backend, dtype, validations, meta = _sparse_tier(device, monkeypatch)
     inputs = make_sparse_decode_inputs(b, s_q, h_q, s_k, topk, page, dtype=dtype, device=device, fp8=fp8,
                                        sink=sink, generator=generator)
     for i in range(3):
@@ -400,15 +396,38 @@ def test_replayed_sparse_layers_match_the_reference(device, case_index, monkeypa
             inputs = dict(inputs, q=torch.randn_like(inputs["q"]).div_(10), k_cache=inputs["k_cache"].clone(),
                           indices=inputs["indices"][..., perm].contiguous(),
                           attn_sink=None if inputs["attn_sink"] is None else inputs["attn_sink"].clone())
-        out, lse = openmla.flash_mla_with_kvcache(
-            inputs["q"], inputs["k_cache"], None, None, inputs["head_dim_v"], meta,
-            softmax_scale=inputs["softmax_scale"], is_fp8_kvcache=fp8, indices=inputs["indices"],
-            attn_sink=inputs["attn_sink"], backend=backend)
-        ref_out, ref_lse = reference.sparse_decode(**dequantized(inputs))
-        check_close("out", out, ref_out, TOL[("sparse_decode", "out")])
-        check_close("lse", lse, ref_lse, TOL[("sparse_decode", "lse")])
+        _sparse_layer_matches_the_reference(inputs, meta, fp8, backend)
+    _assert_recorded_unless_gluon_mtp(meta, s_q, device, validations)
+
+
+def _sparse_tier(device: str, monkeypatch) -> tuple:
+    """``(backend, dtype, validations, meta)`` of a sparse replay test: what serves the tier (the dispatcher's
+    pick on a GPU, Triton under the interpreter), its dtype, a counter of the sparse validations, a schedule."""
+    validations = _Counter(api._validate_sparse)
+    monkeypatch.setattr(api, "_validate_sparse", validations)
+    meta, _ = openmla.get_mla_metadata()
+    on_gpu = device == "cuda"
+    return (None if on_gpu else "triton"), (torch.bfloat16 if on_gpu else torch.float16), validations, meta
+
+
+def _sparse_layer_matches_the_reference(inputs: dict, meta, fp8: bool, backend) -> None:
+    """One sparse call with ``meta`` (recorded, replayed or whole path), checked against the reference."""
+    from helpers import dequantized
+
+    out, lse = openmla.flash_mla_with_kvcache(
+        inputs["q"], inputs["k_cache"], None, None, inputs["head_dim_v"], meta,
+        softmax_scale=inputs["softmax_scale"], is_fp8_kvcache=fp8, indices=inputs["indices"],
+        attn_sink=inputs.get("attn_sink"), topk_length=inputs.get("topk_length"), backend=backend)
+    ref_out, ref_lse = reference.sparse_decode(**dequantized(inputs))
+    check_close("out", out, ref_out, TOL[("sparse_decode", "out")])
+    check_close("lse", lse, ref_lse, TOL[("sparse_decode", "lse")])
+
+
+def _assert_recorded_unless_gluon_mtp(meta, s_q: int, device: str, validations) -> None:
+    """Three layers ran: one recorded and two replays (one validation), except MTP on the Gluon kernel, whose
+    lse goes through a transposing copy, so its signature runs the whole path (three validations)."""
     (recorded,) = meta.replays.values()
-    if s_q > 1 and device == "cuda":  # the Gluon kernel's lse goes through a transposing copy
+    if s_q > 1 and device == "cuda":
         assert recorded is False and validations.calls == 3
     else:
         assert isinstance(recorded, replay.Replay) and validations.calls == 1
@@ -427,17 +446,13 @@ def test_replayed_sparse_calls_take_each_calls_lengths(device, case_index, monke
     """With ``topk_length`` the Hopper launcher turns the lengths into each token's list length and a plan by
     launches (declared scratch), so a replay plans anew from the call's lengths: each layer here has other
     lengths (0, full, in between), and a stale plan or stale lengths would give the wrong rows."""
-    from helpers import dequantized, make_sparse_decode_inputs
+    from helpers import make_sparse_decode_inputs
 
     cases = SPARSE_LENGTH_GPU_CASES if device == "cuda" else SPARSE_LENGTH_CPU_CASES
     if case_index >= len(cases):
         pytest.skip("fewer cases on this tier")
     b, s_q, h_q, s_k, topk, page, fp8 = cases[case_index]
-    backend = None if device == "cuda" else "triton"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float16
-    validations = _Counter(api._validate_sparse)
-    monkeypatch.setattr(api, "_validate_sparse", validations)
-    meta, _ = openmla.get_mla_metadata()
+    backend, dtype, validations, meta = _sparse_tier(device, monkeypatch)
     inputs = make_sparse_decode_inputs(b, s_q, h_q, s_k, topk, page, dtype=dtype, device=device, fp8=fp8,
                                        generator=generator)
     lengths = [torch.randint(0, topk + 1, (b,), generator=generator, dtype=torch.int32) for _ in range(3)]
@@ -445,19 +460,8 @@ def test_replayed_sparse_calls_take_each_calls_lengths(device, case_index, monke
     for i, n in enumerate(lengths):
         if i:  # the next layer: new q and cache tensors of the same shapes
             inputs = dict(inputs, q=torch.randn_like(inputs["q"]).div_(10), k_cache=inputs["k_cache"].clone())
-        inputs = dict(inputs, topk_length=n.to(device))
-        out, lse = openmla.flash_mla_with_kvcache(
-            inputs["q"], inputs["k_cache"], None, None, inputs["head_dim_v"], meta,
-            softmax_scale=inputs["softmax_scale"], is_fp8_kvcache=fp8, indices=inputs["indices"],
-            topk_length=inputs["topk_length"], backend=backend)
-        ref_out, ref_lse = reference.sparse_decode(**dequantized(inputs))
-        check_close("out", out, ref_out, TOL[("sparse_decode", "out")])
-        check_close("lse", lse, ref_lse, TOL[("sparse_decode", "lse")])
-    (recorded,) = meta.replays.values()
-    if s_q > 1 and device == "cuda":  # the Gluon kernel's lse goes through a transposing copy
-        assert recorded is False and validations.calls == 3
-    else:
-        assert isinstance(recorded, replay.Replay) and validations.calls == 1
+        _sparse_layer_matches_the_reference(dict(inputs, topk_length=n.to(device)), meta, fp8, backend)
+    _assert_recorded_unless_gluon_mtp(meta, s_q, device, validations)
 
 
 @pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
