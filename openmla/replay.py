@@ -22,7 +22,8 @@ made by a torch op, an argument of an unknown kind) makes the signature run the 
 Sparse calls without an extra cache record too (:func:`sparse_signature`); their launchers declare the
 split partials they allocate (scratch, allocated anew by each replay), the fixed-length plans they cache
 (kept) and, with ``topk_length``, the lists' lengths and plan that launches make from it each call
-(scratch: a replay repeats those launches with the call's lengths). ``OPENMLA_REPLAY=0`` turns replays off (every call runs the whole path).
+(scratch: a replay repeats those launches with the call's lengths). ``OPENMLA_REPLAY=0`` turns replays off
+(every call runs the whole path).
 """
 
 from __future__ import annotations

@@ -313,8 +313,9 @@ class DenseDecodeConfig:
     #: ``"rows"``: query rows on the M side (this module's kernel); ``"tokens"``: KV tokens on M and
     #: ``block_m`` query rows on N (:mod:`.decode_dense_small_heads`, whole output per program)
     layout: str = "rows"
-    #: ``"rows"`` layout, 16-bit caches: whole KV tiles by TMA (Hopper and newer) where the cache allows it
-    #: (:func:`k_descriptors`), the tail tile of each piece by masked loads
+    #: ``"rows"`` layout, 16-bit and per-tensor FP8 caches: whole KV tiles by TMA (Hopper and newer) where the
+    #: cache allows it (:func:`k_descriptors`; e4m3 codes decoded in registers), the tail tile of each piece by
+    #: masked loads unless ``tail_tma``
     tma_k: bool = False
     #: ``"rows"`` layout: the two products get their warp layouts each on its own. Triton lays out a product
     #: whose result reaches another product with all warps on its rows ("chained"), so a 64-row tile on two
