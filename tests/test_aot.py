@@ -38,6 +38,16 @@ def test_compiles_for_sm90a(select):
         assert report.shared_bytes <= smem_per_block(90), f"{report.variant}: {report.shared_bytes} B of shared memory"
 
 
+def test_unchained_tiles_split_both_products_between_warpgroups():
+    """The unchained tiles rely on Triton's layout pass not seeing through the softmax's branch: both products
+    must get two warpgroups side by side (``4x2``). Were a Triton upgrade to follow the branch, the scores would
+    again go to ``8x1`` (both warpgroups computing all of them): still correct, 1.5x the work; this says so."""
+    found = [r for r in reports(90, "bf16") if "unchained" in r.variant]
+    assert found
+    for report in found:
+        assert report.mma_warps == ["4x2"], f"{report.variant}: mma layouts {report.mma_warps}"
+
+
 # Stack bytes a thread of each Gluon kernel may use on sm_90a (register spills: local memory, slower than
 # registers). 0 where a kernel has none; the others are today's measured frames, so that growth fails here,
 # with what is known about them. Keys: a text of the variant's name; the first key found applies.

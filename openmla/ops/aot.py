@@ -37,6 +37,9 @@ class KernelReport:
     spill_bytes: int | None = None
     local_bytes: int | None = None
     has_wgmma: bool = False
+    #: the warps of each tensor-core layout in the TTGIR (``warpsPerCTA`` of every ``nvidia_mma`` encoding),
+    #: e.g. ``["4x2"]``: where a product's warps went (Triton kernels; Gluon kernels set their own)
+    mma_warps: list | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -446,6 +449,8 @@ def compile_variant(v: Variant, arch: int) -> KernelReport:
             kernel=kernel_name, variant=v.name, arch=arch, ok=True, registers=usage.get("REG"),
             shared_bytes=compiled.metadata.shared, spill_bytes=usage.get("STACK"), local_bytes=usage.get("LOCAL"),
             has_wgmma="wgmma.mma_async" in compiled.asm["ptx"],
+            mma_warps=sorted({"x".join(w.split(", ")) for w in re.findall(
+                r"nvidia_mma<\{[^}]*warpsPerCTA = \[([0-9, ]+)\]", compiled.asm.get("ttgir", ""))}),
         )
     except Exception as exc:  # a report, not a crash: doctor prints every variant
         return KernelReport(kernel=kernel_name, variant=v.name, arch=arch, ok=False,
