@@ -217,7 +217,7 @@ def _fill_compile(s: Section, requested: int | None) -> None:
     start = time.perf_counter()
     reports = aot.compile_all(arch)
     s.rows.append(("time", f"{time.perf_counter() - start:.1f} s"))
-    s.headers = ["kernel", "variant", "ok", "regs", "smem B", "spill B", "local B", "wgmma", "error"]
+    s.headers = ["kernel", "variant", "ok", "regs", "smem B", "spill B", "local B", "wgmma", "mma warps", "error"]
     s.table = [
         [
             r.kernel,
@@ -228,6 +228,7 @@ def _fill_compile(s: Section, requested: int | None) -> None:
             r.spill_bytes,
             r.local_bytes,
             "yes" if r.has_wgmma else "no",
+            ",".join(r.mma_warps or []) or None,
             (r.error or "")[:120] or None,
         ]
         for r in reports
