@@ -184,6 +184,32 @@ def test_unchained_tile_needs_the_whole_output():
                          splits, 0.125, False, config=DenseDecodeConfig(64, 32, 8, 2, 16, unchained=True))
 
 
+def test_tile_choice_follows_the_pages_and_the_arch():
+    """Which portable tile a call gets: the measured TMA tiles only where the cache's pages hold their boxes and
+    the part has 227 KB of shared memory; the launcher asks the cache (``tma_tile_keys``)."""
+    from openmla.ops.decode_dense import dense_decode_config, num_sm_parts_for, tma_tile_keys
+
+    cache64 = torch.zeros(4, 64, 1, 576, dtype=torch.bfloat16)
+    assert tma_tile_keys(cache64, 90) == 64 and tma_tile_keys(cache64, 80) == 0
+    assert tma_tile_keys(torch.zeros(4, 32, 1, 576, dtype=torch.bfloat16), 90) == 32
+    assert tma_tile_keys(torch.zeros(4, 16, 1, 576, dtype=torch.bfloat16), 90) == 0
+    assert tma_tile_keys(torch.zeros(4, 64, 1, 576, dtype=torch.float8_e4m3fn), 90) == 64
+    small = dense_decode_config(16, 576, 512, 90, tma_keys=32)
+    assert (small.block_m, small.tma_k, small.page_ahead, small.tail_tma) == (16, True, True, False)
+    for rows in (32, 64, 128, 256):
+        tile = dense_decode_config(rows, 576, 512, 90, tma_keys=64)
+        assert (tile.block_m, tile.block_n, tile.dv_tile, tile.unchained, tile.tail_tma) == (64, 64, 512, True, True)
+    sliced = dense_decode_config(128, 576, 512, 90, tma_keys=32)  # pages of 32 keys: the sliced 128-row tile
+    assert (sliced.block_m, sliced.dv_tile, sliced.tma_k, sliced.unchained) == (128, 256, True, False)
+    assert not dense_decode_config(128, 576, 512, 90, tma_keys=32, kv_fp8=True).tma_k  # not timed over codes
+    assert dense_decode_config(128, 576, 512, 90, tma_keys=64, kv_fp8=True).unchained
+    for arch in (80, 120):  # no 227 KB of shared memory: no TMA tile, whatever the cache
+        assert not dense_decode_config(128, 576, 512, arch, tma_keys=64).tma_k
+    # the plan counts the unchained tile's programs: one a 64-row tile, one per SM
+    assert num_sm_parts_for(128, 1, 132, arch=90) == 66 and num_sm_parts_for(64, 1, 132, arch=90) == 132
+    assert num_sm_parts_for(16, 1, 132, arch=90) == 264  # the 16-row tile runs two programs an SM
+
+
 def test_tma_descriptors_only_where_the_cache_allows_them():
     from openmla.ops.decode_dense import DenseDecodeConfig, k_descriptors
 
