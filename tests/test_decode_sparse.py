@@ -348,6 +348,20 @@ def test_gluon_sparse_token_lengths_clamp_and_repeat():
     assert got.tolist() == lengths.clamp(0, 64).repeat_interleave(3).tolist()
 
 
+def test_split_offsets_are_made_once_per_shape():
+    """The combine's split offsets depend on (b, splits) only: one tensor per shape and stream, reused (so a
+    replay may pass it on), the oldest dropped past the cap."""
+    from openmla.ops import decode_sparse
+
+    first = decode_sparse._split_offsets(torch.device("cpu"), 3, 4)
+    assert first.tolist() == [0, 4, 8, 12] and first.dtype == torch.int32
+    assert decode_sparse._split_offsets(torch.device("cpu"), 3, 4) is first
+    assert decode_sparse._split_offsets(torch.device("cpu"), 3, 2).tolist() == [0, 2, 4, 6]
+    for n in range(decode_sparse._SPLIT_OFFSETS_MAX + 1):
+        decode_sparse._split_offsets(torch.device("cpu"), 1, n + 5)
+    assert len(decode_sparse._SPLIT_OFFSETS) <= decode_sparse._SPLIT_OFFSETS_MAX
+
+
 def test_gluon_sparse_reuses_the_plan_of_fixed_length_lists():
     """Lists with no topk_length are planned once per (device, tokens, topk, parts) and the plan reused: the
     same as a fresh plan of those lengths."""

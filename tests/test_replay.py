@@ -370,7 +370,8 @@ def test_recorded_small_batches_leave_partials_to_the_combine_kernel(replays, mo
 # ------------------------------------------------------------------------------------------------------------
 
 # b, s_q, h_q, s_k, topk, page, fp8, sink
-SPARSE_CPU_CASES = [(2, 1, 16, 200, 64, 64, True, False), (3, 1, 8, 150, 40, 16, False, True)]
+SPARSE_CPU_CASES = [(2, 1, 16, 200, 64, 64, True, False), (3, 1, 8, 150, 40, 16, False, True),
+                    (2, 1, 16, 600, 512, 64, True, True)]  # long lists: split, merged by the combine kernel
 SPARSE_GPU_CASES = [(4, 1, 128, 4096, 64, 64, True, False), (4, 1, 64, 3000, 576, 61, True, True),
                     (5, 1, 16, 2000, 100, 64, False, False), (2, 2, 128, 2000, 256, 64, True, False)]
 
