@@ -357,9 +357,9 @@ def test_split_offsets_are_made_once_per_shape():
     assert first.tolist() == [0, 4, 8, 12] and first.dtype == torch.int32
     assert decode_sparse._split_offsets(torch.device("cpu"), 3, 4) is first
     assert decode_sparse._split_offsets(torch.device("cpu"), 3, 2).tolist() == [0, 2, 4, 6]
-    for n in range(decode_sparse._SPLIT_OFFSETS_MAX + 1):
+    for n in range(decode_sparse._SPLIT_OFFSETS.limit + 1):
         decode_sparse._split_offsets(torch.device("cpu"), 1, n + 5)
-    assert len(decode_sparse._SPLIT_OFFSETS) <= decode_sparse._SPLIT_OFFSETS_MAX
+    assert len(decode_sparse._SPLIT_OFFSETS.entries) <= decode_sparse._SPLIT_OFFSETS.limit
 
 
 def test_gluon_sparse_reuses_the_plan_of_fixed_length_lists():
@@ -540,12 +540,12 @@ def test_sparse_cuda_graph_capture_and_replay(fp8, sink, lengths_given, generato
     if not lengths_given:
         from openmla.ops.gluon import decode_sparse_sm90
 
-        decode_sparse_sm90._FIXED_PLANS.clear()
+        decode_sparse_sm90._FIXED_PLANS.entries.clear()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         g_out, g_lse = step()
     if not lengths_given:
-        assert not decode_sparse_sm90._FIXED_PLANS, "a plan made inside a capture was kept"
+        assert not decode_sparse_sm90._FIXED_PLANS.entries, "a plan made inside a capture was kept"
     original = inputs["indices"]
     for _ in range(3):
         # new lists over the same cache: the old entries shuffled, some dropped; new lengths

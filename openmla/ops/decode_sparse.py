@@ -35,7 +35,7 @@ import torch
 from .._runtime import device_arch, num_sms, triton_available
 from .combine import combine_splits
 from .decode_dense import smem_per_block
-from .launch import kept, launch, scratch
+from .launch import ShapeCache, launch, scratch
 
 # integer arguments that vary per call: specialising on them (==1, %16) would recompile per batch shape
 SPARSE_RUNTIME_INTS = (
@@ -550,25 +550,11 @@ def sparse_decode_fwd(
     return out, lse
 
 
-# The combine kernel's split offsets, [0, n, 2n, ...] for b requests of n splits each: they depend on (b, n)
-# only, so one tensor serves every later call with them (an allocation and a launch less a call, and a replay
-# may pass it on: kept). Keyed by the stream that wrote it, as the Hopper launcher's fixed-length plans; filled
-# outside CUDA-graph capture only; at most _SPLIT_OFFSETS_MAX entries, the oldest dropped first.
-_SPLIT_OFFSETS: dict = {}
-_SPLIT_OFFSETS_MAX = 64
+# The combine kernel's split offsets, [0, n, 2n, ...] for b requests of n splits each: they depend on (b, n) only
+_SPLIT_OFFSETS = ShapeCache()
 
 
 def _split_offsets(device: torch.device, b: int, num_splits: int) -> torch.Tensor:
     """int32 [b + 1]: request ``i``'s splits start at ``i * num_splits`` in the partials."""
-    cuda = device.type == "cuda"
-    key = (device, torch.cuda.current_stream(device).cuda_stream if cuda else None, b, num_splits)
-    offsets = _SPLIT_OFFSETS.get(key)
-    if offsets is None:
-        offsets = torch.arange(0, (b + 1) * num_splits, num_splits, dtype=torch.int32, device=device)
-        if cuda and torch.cuda.is_current_stream_capturing():
-            return offsets  # made inside a graph's pool: not kept, so a recording of this call is not replayed
-        if len(_SPLIT_OFFSETS) >= _SPLIT_OFFSETS_MAX:
-            _SPLIT_OFFSETS.pop(next(iter(_SPLIT_OFFSETS)))
-        _SPLIT_OFFSETS[key] = offsets
-    kept(offsets)  # never rewritten once cached
-    return offsets
+    return _SPLIT_OFFSETS.get(device, (b, num_splits), lambda: torch.arange(
+        0, (b + 1) * num_splits, num_splits, dtype=torch.int32, device=device))

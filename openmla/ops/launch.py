@@ -4,7 +4,8 @@ Every OpenMLA launcher starts its kernels through :func:`launch`. Outside a :fun
 exactly ``kernel[grid](*args, **kwargs)``; inside one, each launch is also kept: the kernel, its grid, its
 arguments and the compiled kernel Triton returned (``None`` under ``TRITON_INTERPRET=1``). A launcher that
 passes its kernels buffers of its own says what they are (:func:`scratch`, :func:`kept`); a recording that
-meets any other tensor is not replayed.
+meets any other tensor is not replayed. :class:`ShapeCache` keeps tensors that depend on a call's shapes only
+(made once per stream, declared kept).
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-__all__ = ["Launch", "Recording", "kept", "launch", "recording", "scratch", "unrecorded"]
+import torch
+
+__all__ = ["Launch", "Recording", "ShapeCache", "kept", "launch", "recording", "scratch", "unrecorded"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,3 +95,36 @@ def recording() -> Iterator[Recording]:
         yield rec
     finally:
         _RECORDER.active = outer
+
+
+class ShapeCache:
+    """Tensors that depend on a call's shapes only (a plan of fixed-length lists, split offsets), made once per
+    (device, stream, key) and reused by later calls: a launch or an allocation less a call, and a replay may pass
+    them on (declared :func:`kept`; never rewritten once made).
+
+    Keyed by the stream that made them, so no call reads a tensor another stream may not have finished
+    writing. Made outside any recording. Inside a CUDA-graph capture nothing is cached (a tensor made there
+    lives in the graph's pool and is written on replay only) nor declared kept, so a recording of that call is
+    refused. At most ``limit`` entries, the oldest dropped first (a Replay holding one keeps it alive).
+    """
+
+    def __init__(self, limit: int = 64):
+        self.entries: dict = {}
+        self.limit = limit
+
+    def get(self, device: torch.device, key: tuple, make: Callable[[], Any]):
+        """The cached value for ``key`` on ``device``'s current stream, else ``make()`` (a tensor or a tuple of
+        tensors)."""
+        cuda = device.type == "cuda"
+        full = (device, torch.cuda.current_stream(device).cuda_stream if cuda else None, *key)
+        value = self.entries.get(full)
+        if value is None:
+            if cuda and torch.cuda.is_current_stream_capturing():
+                return make()
+            with unrecorded():
+                value = make()
+            if len(self.entries) >= self.limit:
+                self.entries.pop(next(iter(self.entries)))
+            self.entries[full] = value
+        kept(*(value if isinstance(value, tuple) else (value,)))
+        return value

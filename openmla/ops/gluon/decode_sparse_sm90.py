@@ -22,8 +22,6 @@ kernel). FlashMLA has no sparse decoding over 16-bit caches on SM90.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 import triton
@@ -34,15 +32,11 @@ from ..combine import combine_splits
 from ..decode_dense import split_workspace, splitkv_args
 from ..schedule import plan_splitkv
 from . import decode_dense_sm90_ws as ws
-from ..launch import kept, launch, scratch, unrecorded
+from ..launch import ShapeCache, launch, scratch
 
 # Plans of lists with no topk_length (every list topk entries long): they depend on the shapes only, so one
-# plan serves every later call with the same (device, stream, tokens, topk, parts) — a launch and an
-# allocation less a call. Keyed by the stream that wrote it, so no call reads a plan another stream may not
-# have finished writing. Filled only outside CUDA-graph capture (a plan made inside one lives in the graph's
-# pool and is written on replay only); at most _FIXED_PLANS_MAX entries, the oldest dropped first.
-_FIXED_PLANS: dict = {}
-_FIXED_PLANS_MAX = 64
+# plan serves every later call with the same (device, stream, tokens, topk, parts).
+_FIXED_PLANS = ShapeCache()
 
 
 @triton.jit(do_not_specialize=["tokens", "s_q", "topk"])
@@ -66,22 +60,11 @@ def token_lengths(topk_length: torch.Tensor, s_q: int, topk: int) -> torch.Tenso
 
 def _fixed_length_plan(device: torch.device, tokens: int, topk: int, parts: int):
     """``(lens, sched, splits)`` for ``tokens`` lists of ``topk`` entries over ``parts`` pieces."""
-    cuda = device.type == "cuda"
-    key = (device, torch.cuda.current_stream(device).cuda_stream if cuda else None, tokens, topk, parts)
-    plan = _FIXED_PLANS.get(key)
-    if plan is None:
-        cache = not cuda or not torch.cuda.is_current_stream_capturing()
-        # a plan that is cached is made outside any recording: replays read it as it is (kept below)
-        with unrecorded() if cache else contextlib.nullcontext():
-            lens = torch.full((tokens,), topk, dtype=torch.int32, device=device)
-            plan = (lens, *plan_splitkv(lens, parts))
-        if cache:
-            if len(_FIXED_PLANS) >= _FIXED_PLANS_MAX:
-                _FIXED_PLANS.pop(next(iter(_FIXED_PLANS)))
-            _FIXED_PLANS[key] = plan
-    if _FIXED_PLANS.get(key) is plan:
-        kept(*plan)  # never rewritten once cached; the Replay holding it keeps it alive past its eviction
-    return plan
+    def make():
+        lens = torch.full((tokens,), topk, dtype=torch.int32, device=device)
+        return (lens, *plan_splitkv(lens, parts))
+
+    return _FIXED_PLANS.get(device, (tokens, topk, parts), make)
 
 
 def sparse_decode_sm90_fwd(
