@@ -234,7 +234,7 @@ if gluon_available():
                     mbarrier.arrive(k_ready.index(stage), count=1)
                 elif KV_FP8:
                     _gather_fp8_tile(k_ptr, bt_row, start, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
-                                     k_lo.index(stage), k_hi.index(stage), k_pe.index(stage), k_hi, stage,
+                                     k_lo.index(stage), k_hi.index(stage), k_pe.index(stage), k_hi, k_pe, stage,
                                      D_V, PARTITION_WARPS, PREFETCH_L2)
                     mbarrier.arrive(k_ready.index(stage), count=1)
                 else:
@@ -267,8 +267,8 @@ if gluon_available():
 
     @gluon.jit
     def _gather_fp8_tile(k_ptr, bt_row, start, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
-                         k_lo_s, k_hi_s, k_pe_s, k_hi, stage, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr,
-                         PREFETCH: gl.constexpr):
+                         k_lo_s, k_hi_s, k_pe_s, k_hi, k_pe, stage, D_V: gl.constexpr,
+                         PARTITION_WARPS: gl.constexpr, PREFETCH: gl.constexpr):
         """One tile of 64 keys from a V3.2 FP8 cache into a 16-bit K stage (``k_lo_s``/``k_hi_s``/``k_pe_s``).
 
         Each key's record is 656 bytes: e4m3 codes of dims 0..511, four fp32 scales (scale ``t`` covers dims
@@ -276,48 +276,25 @@ if gluon_available():
         not read (codes and scales zero, so the key is 0; the softmax warpgroup masks it).
 
         There is no room for a staging buffer beside the two bf16 stages and Q (224.8 of 227 KB), so the
-        codes land (``cp.async``) in the stage's upper half, whose 32 KB hold exactly 64 keys x 512 codes,
-        as eight [64, 64] byte blocks, block ``c`` (dims ``64c ..``) at byte ``4096c``. They are decoded in
-        place in an order that never overwrites codes not yet read: an NVMMA [64, 256] bf16 buffer keeps
-        each 64-column block in its own 8 KB, so dims ``256 + 64i ..`` land on the bytes of code blocks
-        ``2i, 2i+1``. Blocks 0-3 go to the lower half; after a barrier blocks 4-5 overwrite code blocks 0-3;
-        after another, blocks 6-7 are read whole into registers before a third barrier lets them overwrite
-        code blocks 4-7. The RoPE dims go by ``cp.async`` straight to their slot.
+        codes land (``cp.async``, :func:`_issue_code_tile`) in the stage's upper half and are decoded there
+        in place (:func:`_decode_code_blocks`). The loader waits for them before decoding: one tile in flight.
+        Issuing the next tile's copies (into the other stage) before this decode measured slower, as that stage
+        is freed only once the consumers are done with the tile before (module docstring).
 
         ``PREFETCH``: while this tile's copies are in flight, the records of the request's next tile are asked
         into L2 (``cp.async.bulk.prefetch.L2``, one per key), so that tile's gather waits on L2, not HBM: the
         loader cannot copy it any earlier, as its stage is still being read.
         """
         CVT: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [PARTITION_WARPS, 1], [1, 0])  # 16 B a thread
-        ROPE: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [PARTITION_WARPS, 1], [1, 0])
-        ROW: gl.constexpr = gl.SliceLayout(1, CVT)
-        CODES: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0])
-        BLOCKS: gl.constexpr = D_V // 64
-        codes = k_hi._reinterpret(gl.uint8, [2 * BLOCKS, 64, 64], CODES)  # [stage * 8 + block, key, code]
-        offs_j = start + gl.arange(0, 64, layout=ROW)
+        offs_j = start + gl.arange(0, 64, layout=gl.SliceLayout(1, CVT))
         rec, mask_j = _slot_records(k_ptr, bt_row, offs_j, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp)
-        offs_c = gl.arange(0, 64, layout=gl.SliceLayout(0, CVT))
-        for c in gl.static_range(BLOCKS):
-            async_copy.async_copy_global_to_shared(codes.index(stage * BLOCKS + c),
-                                                   rec[:, None] + c * 64 + offs_c[None, :], mask=mask_j[:, None])
-        rec_pe = gl.convert_layout(rec, gl.SliceLayout(1, ROPE))
-        mask_pe = gl.convert_layout(mask_j, gl.SliceLayout(1, ROPE))
-        pe_ptr = (rec_pe + D_V + 16).to(gl.pointer_type(gl.bfloat16))
-        offs_e = gl.arange(0, 64, layout=gl.SliceLayout(0, ROPE))
-        async_copy.async_copy_global_to_shared(k_pe_s, pe_ptr[:, None] + offs_e[None, :], mask=mask_pe[:, None])
-        async_copy.commit_group()
+        sc0, sc1, sc2, sc3 = _issue_code_tile(rec, mask_j, k_hi, k_pe, stage, D_V, PARTITION_WARPS, True)
         if PREFETCH:
             _prefetch_records(k_ptr, bt_row, offs_j + 64, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
                               D_V + 16 + 128)
-        # the scales while the codes are in flight (zero for keys not read)
-        sc_ptr = (rec + D_V).to(gl.pointer_type(gl.float32))
-        sc0 = gl.load(sc_ptr, mask=mask_j, other=0.0)
-        sc1 = gl.load(sc_ptr + 1, mask=mask_j, other=0.0)
-        sc2 = gl.load(sc_ptr + 2, mask=mask_j, other=0.0)
-        sc3 = gl.load(sc_ptr + 3, mask=mask_j, other=0.0)
         async_copy.wait_group(0)
         gl.thread_barrier()  # every thread's codes have landed
-        _decode_code_blocks(k_lo_s, k_hi_s, codes, stage * BLOCKS, sc0, sc1, sc2, sc3, CVT, True)
+        _decode_code_tile(k_lo_s, k_hi_s, k_pe_s, k_hi, k_pe, stage, sc0, sc1, sc2, sc3, D_V, PARTITION_WARPS, True)
         fence_async_shared()  # the tensor cores read the stage next
         gl.thread_barrier()
 
@@ -328,44 +305,107 @@ if gluon_available():
         the tensor, applied by the softmax warpgroup) into a 16-bit K stage, each code decoded exactly.
 
         Keys at or past ``tok_hi`` are not read (zero-filled). As in :func:`_gather_fp8_tile` the codes of
-        dims ``0 .. D_V`` land in the stage's upper half as eight [64, 64] byte blocks and are decoded in place
-        in an order that never overwrites codes not yet read; the RoPE codes land in the first half of the
-        stage's RoPE slot and are read whole into registers before their 16-bit values overwrite them.
+        dims ``0 .. D_V`` land in the stage's upper half and are decoded in place; the RoPE codes land in the
+        first half of the stage's RoPE slot (:func:`_issue_code_tile`). One tile in flight.
         """
-        dtype: gl.constexpr = k_lo_s.dtype
         CVT: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [PARTITION_WARPS, 1], [1, 0])  # 16 B a thread
-        ROW: gl.constexpr = gl.SliceLayout(1, CVT)
-        CODES: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0])
-        BLOCKS: gl.constexpr = D_V // 64
-        codes = k_hi._reinterpret(gl.uint8, [k_hi.shape[0] * BLOCKS, 64, 64], CODES)
-        pe_codes = k_pe._reinterpret(gl.uint8, [k_pe.shape[0] * 2, 64, 64], CODES)  # half a RoPE slot a tile
-        offs_j = start + gl.arange(0, 64, layout=ROW)
+        offs_j = start + gl.arange(0, 64, layout=gl.SliceLayout(1, CVT))
+        rec, mask_j = _page_records(k_ptr, bt_row, offs_j, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
+                                    head_off)
+        sc0, sc1, sc2, sc3 = _issue_code_tile(rec, mask_j, k_hi, k_pe, stage, D_V, PARTITION_WARPS, False)
+        async_copy.wait_group(0)
+        gl.thread_barrier()  # every thread's codes have landed
+        _decode_code_tile(k_lo_s, k_hi_s, k_pe_s, k_hi, k_pe, stage, sc0, sc1, sc2, sc3, D_V, PARTITION_WARPS,
+                          False)
+        fence_async_shared()  # the tensor cores read the stage next
+        gl.thread_barrier()
+
+    @gluon.jit
+    def _page_records(k_ptr, bt_row, offs_j, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp, head_off):
+        """Byte pointers to the keys ``offs_j`` of a request (through its block-table row ``bt_row``) and which
+        are before ``tok_hi`` (the others point into a valid page, never read)."""
         mask_j = offs_j < tok_hi
         page = gl.load(bt_row + offs_j // page_block_size, mask=mask_j, other=0)
         page = gl.minimum(gl.maximum(page, 0), num_blocks - 1)  # garbage past the length is never used
         rec = k_ptr + (page.to(gl.int64) * stride_kb + (offs_j % page_block_size) * stride_kp + head_off)
+        return rec, mask_j
+
+    @gluon.jit
+    def _issue_code_tile(rec, mask_j, k_hi, k_pe, stage, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr,
+                         V32: gl.constexpr):
+        """Issue (and commit as one group) the ``cp.async`` copies of one tile of FP8 keys (``rec``: byte
+        pointers [64], ``mask_j``: which to read; the others are zero-filled) into K stage ``stage``.
+
+        The codes of dims ``0 .. D_V`` land in the stage's upper half (``k_hi.index(stage)``), whose 32 KB hold
+        exactly 64 keys x 512 codes, as eight [64, 64] byte blocks, block ``c`` (dims ``64c ..``) at byte
+        ``4096c``. ``V32``: 656-byte V3.2 records; the bf16 RoPE dims go straight to the stage's RoPE slot, and
+        the four fp32 scales are loaded (returned, [64] each, zero for keys not read; their latency is the
+        caller's to hide). Else per-tensor e4m3 keys: the RoPE codes land in the first half of the stage's RoPE
+        slot (``k_pe``), and the returned scales are ones."""
+        CVT: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [PARTITION_WARPS, 1], [1, 0])  # 16 B a thread
+        ROPE: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [PARTITION_WARPS, 1], [1, 0])
+        CODES: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0])
+        BLOCKS: gl.constexpr = D_V // 64
+        codes = k_hi._reinterpret(gl.uint8, [k_hi.shape[0] * BLOCKS, 64, 64], CODES)  # [stage * 8 + block, key, code]
         offs_c = gl.arange(0, 64, layout=gl.SliceLayout(0, CVT))
         for c in gl.static_range(BLOCKS):
             async_copy.async_copy_global_to_shared(codes.index(stage * BLOCKS + c),
                                                    rec[:, None] + c * 64 + offs_c[None, :], mask=mask_j[:, None])
-        async_copy.async_copy_global_to_shared(pe_codes.index(stage * 2), rec[:, None] + D_V + offs_c[None, :],
-                                               mask=mask_j[:, None])
-        async_copy.commit_group()
-        async_copy.wait_group(0)
-        gl.thread_barrier()  # every thread's codes have landed
-        pe = pe_codes.index(stage * 2).load(CVT)  # read by all before the decode's first barrier, then overwritten
-        _decode_code_blocks(k_lo_s, k_hi_s, codes, stage * BLOCKS, 1.0, 1.0, 1.0, 1.0, CVT, False)
-        k_pe_s.store(_e4m3_exact(pe, dtype))
-        fence_async_shared()  # the tensor cores read the stage next
-        gl.thread_barrier()
+        if V32:
+            rec_pe = gl.convert_layout(rec, gl.SliceLayout(1, ROPE))
+            mask_pe = gl.convert_layout(mask_j, gl.SliceLayout(1, ROPE))
+            pe_ptr = (rec_pe + D_V + 16).to(gl.pointer_type(gl.bfloat16))
+            offs_e = gl.arange(0, 64, layout=gl.SliceLayout(0, ROPE))
+            async_copy.async_copy_global_to_shared(k_pe.index(stage), pe_ptr[:, None] + offs_e[None, :],
+                                                   mask=mask_pe[:, None])
+            async_copy.commit_group()
+            # the scales while the codes are in flight (zero for keys not read)
+            sc_ptr = (rec + D_V).to(gl.pointer_type(gl.float32))
+            sc0 = gl.load(sc_ptr, mask=mask_j, other=0.0)
+            sc1 = gl.load(sc_ptr + 1, mask=mask_j, other=0.0)
+            sc2 = gl.load(sc_ptr + 2, mask=mask_j, other=0.0)
+            sc3 = gl.load(sc_ptr + 3, mask=mask_j, other=0.0)
+        else:
+            pe_codes = k_pe._reinterpret(gl.uint8, [k_pe.shape[0] * 2, 64, 64], CODES)  # half a RoPE slot a tile
+            async_copy.async_copy_global_to_shared(pe_codes.index(stage * 2), rec[:, None] + D_V + offs_c[None, :],
+                                                   mask=mask_j[:, None])
+            async_copy.commit_group()
+            ones = gl.full([64], 1.0, gl.float32, layout=gl.SliceLayout(1, CVT))
+            sc0, sc1, sc2, sc3 = ones, ones, ones, ones
+        return sc0, sc1, sc2, sc3
+
+    @gluon.jit
+    def _decode_code_tile(k_lo_s, k_hi_s, k_pe_s, k_hi, k_pe, stage, sc0, sc1, sc2, sc3, D_V: gl.constexpr,
+                          PARTITION_WARPS: gl.constexpr, V32: gl.constexpr):
+        """Decode the landed codes of K stage ``stage`` (:func:`_issue_code_tile`; every thread's copies done
+        and a partition barrier passed) into its 16-bit buffers ``k_lo_s``/``k_hi_s``/``k_pe_s`` in place: V3.2
+        codes times their scales (``sc{t}`` [64] for dims ``128t ..``), e4m3 codes exactly (and the RoPE codes
+        too). The caller fences and barriers before publishing."""
+        dtype: gl.constexpr = k_lo_s.dtype
+        CVT: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [PARTITION_WARPS, 1], [1, 0])  # 16 B a thread
+        CODES: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0])
+        BLOCKS: gl.constexpr = D_V // 64
+        codes = k_hi._reinterpret(gl.uint8, [k_hi.shape[0] * BLOCKS, 64, 64], CODES)
+        if V32:
+            _decode_code_blocks(k_lo_s, k_hi_s, codes, stage * BLOCKS, sc0, sc1, sc2, sc3, CVT, True)
+        else:
+            pe_codes = k_pe._reinterpret(gl.uint8, [k_pe.shape[0] * 2, 64, 64], CODES)
+            pe = pe_codes.index(stage * 2).load(CVT)  # read by all before the decode's first barrier, then overwritten
+            _decode_code_blocks(k_lo_s, k_hi_s, codes, stage * BLOCKS, sc0, sc1, sc2, sc3, CVT, False)
+            k_pe_s.store(_e4m3_exact(pe, dtype))
 
     @gluon.jit
     def _decode_code_blocks(k_lo_s, k_hi_s, codes, base, sc0, sc1, sc2, sc3, CVT: gl.constexpr,
                             SCALED: gl.constexpr):
         """Decode a K stage's eight [64, 64] code blocks (``codes.index(base + c)``, dims ``64c ..``, lying in
-        the stage's upper half) into its two 16-bit halves in place, in the order that never overwrites codes
-        not yet read (:func:`_gather_fp8_tile`; three partition barriers, the caller fences after): with
-        ``SCALED`` block ``c``'s codes times each key's scale ``sc{c // 2}`` ([64] fp32), else exactly."""
+        the stage's upper half) into its two 16-bit halves in place: with ``SCALED`` block ``c``'s codes times
+        each key's scale ``sc{c // 2}`` ([64] fp32), else exactly. The caller fences after.
+
+        The order never overwrites codes not yet read: an NVMMA [64, 256] 16-bit buffer keeps each 64-column
+        block in its own 8 KB, so dims ``256 + 64i ..`` land on the bytes of code blocks ``2i, 2i+1``. Blocks
+        0-3 go to the lower half; after a partition barrier blocks 4-5 overwrite code blocks 0-3; after
+        another, blocks 6-7 are read whole into registers before a third barrier lets them overwrite code
+        blocks 4-7."""
         dtype: gl.constexpr = k_lo_s.dtype
         k_lo_s.slice(0, 64, dim=1).store(_code_values(codes.index(base + 0).load(CVT), sc0, dtype, SCALED))
         k_lo_s.slice(64, 64, dim=1).store(_code_values(codes.index(base + 1).load(CVT), sc0, dtype, SCALED))
