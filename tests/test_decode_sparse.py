@@ -585,3 +585,31 @@ def test_equal_to_flashmla_v32(h_q, s_q, b, s_k, topk, page, sink, generator):
     fm_out, fm_lse = _flash_mla_sparse(inputs)
     check_close("out vs FlashMLA", out, fm_out.float(), TOL_OUT)
     check_close("lse vs FlashMLA", lse, fm_lse, TOL_LSE)
+
+
+def _on_hopper() -> bool:
+    return HAS_CUDA and torch.cuda.get_device_capability()[0] == 9 and openmla._runtime.gluon_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _on_hopper(), reason="the Gluon sparse kernel runs on SM90 only")
+@pytest.mark.parametrize("b, s_q, h_q, s_k, topk, page, lengths, parts", [
+    (4, 3, 128, 2046, 2048, 64, True, None),  # full and partial tiles, zero lengths among the lists
+    (74, 1, 64, 1024, 576, 61, False, None),
+    (3, 2, 16, 650, 130, 53, True, 3),  # few pieces: each walks several lists
+    (5, 1, 32, 300, 64, 2, False, 2),
+], ids=["h128-sq3", "h64-p61", "h16-few-pieces", "h32-p2-one-tile"])
+def test_gluon_v32_kernel_direct(b, s_q, h_q, s_k, topk, page, lengths, parts, generator):
+    """The Gluon kernel over a V3.2 FP8 cache called directly, with pieces that each walk several lists (the API
+    plans one a SM), against the reference: invalid and out-of-range slots, NaN in unused cache rows,
+    poisoned outputs."""
+    from openmla.ops.gluon.decode_sparse_sm90 import sparse_decode_sm90_fwd
+
+    inputs = make_sparse_decode_inputs(b, s_q, h_q, s_k, topk, page, 576, 512, torch.bfloat16, DEVICE, fp8=True,
+                                       generator=generator, invalid_frac=0.1, topk_length=lengths, pad_blocks=True,
+                                       softmax_scale=576**-0.55)
+    poison_cuda_cache(1 << 28)
+    out, lse = sparse_decode_sm90_fwd(inputs["q"], inputs["k_cache"], inputs["indices"], 512, inputs["softmax_scale"],
+                                      inputs["topk_length"], num_sm_parts=parts, is_fp8=True)
+    _sync()
+    check_against_reference(inputs, out, lse)
