@@ -55,7 +55,10 @@ b 64 / 128, h_q=128, s_q=2, topk=2048, kernel times): the loader at 72 registers
 us against 293.3-297.2 / 577.6-579.2 at 64; asking L2 for the next tile's records (``PREFETCH_L2``) 1-1.5 %
 faster with the loader at 64 registers but 3-5 % slower at 72, so it is off; the softmax warpgroup loading
 a tile's slots before its scores rather than after, 3 % (FP8) and 0 % (BF16); the decode itself costs
-25 % (224-225 us at b=64 with it skipped, about the BF16 kernel's 216).
+25 % (224-225 us at b=64 with it skipped, about the BF16 kernel's 216); the loader issuing the next tile's copies
+into the other stage before decoding this one 37-38 % slower (410.0-410.9 / 776.3-776.9 us against 297.6-298.5 /
+565.2-567.6; that stage is freed only when the consumers finish the tile before, so the decode waits for them)
+and no faster over per-tensor FP8 keys (``2026-11-27-h200-*-gluon-codes-ahead-tune.json``).
 
 A request with no key still runs one fully masked tile, so every partition walks the same sequence of
 tiles and barrier phases. Split-KV plan, causal rule, masking and outputs are those of
