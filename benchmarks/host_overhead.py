@@ -8,8 +8,8 @@ Usage: ``python -m benchmarks.host_overhead [--profile]`` — prints µs per cal
 h_q=128, the metadata planned once and reused, as serving loops do), synchronised once at the end.
 ``--profile`` adds where the Python time of the default path goes (cProfile, 300 calls).
 
-``--sparse``: the same for a small sparse decode (b=4, s_q=1, h_q=128, topk=64, V3.2 FP8 cache), OpenMLA's
-call against FlashMLA's, then each launch of OpenMLA's call alone (the sparse kernel and, for a split list,
+``--sparse``: the same for a small sparse decode (b=4, s_q=1, h_q=128, topk=64 and 2048, V3.2 FP8 cache; and
+MTP, s_q=2, topk=64), OpenMLA's call against FlashMLA's, then each launch of OpenMLA's call alone (the sparse kernel and, for a split list,
 the combine).
 
 ``--python-only`` (no GPU needed): the same call on CPU tensors through the Triton backend with every kernel
@@ -114,17 +114,17 @@ def sparse(profile: bool) -> None:
     import os
 
     rows = []
-    for topk in (64, 2048):
-        inp = make_sparse_decode_inputs(4, 1, 128, 4096, topk, 64)
-        rows.append((f"openmla sparse topk={topk}, replayed", loop_us(_openmla_sparse_call(inp))))
+    for s_q, topk in ((1, 64), (1, 2048), (2, 64)):
+        inp = make_sparse_decode_inputs(4, s_q, 128, 4096, topk, 64)
+        what = f"s_q={s_q} topk={topk}"
+        rows.append((f"openmla sparse {what}, replayed", loop_us(_openmla_sparse_call(inp))))
         os.environ["OPENMLA_REPLAY"] = "0"  # the whole path on every call
-        rows.append((f"openmla sparse topk={topk}, whole path (OPENMLA_REPLAY=0)",
-                     loop_us(_openmla_sparse_call(inp))))
+        rows.append((f"openmla sparse {what}, whole path (OPENMLA_REPLAY=0)", loop_us(_openmla_sparse_call(inp))))
         del os.environ["OPENMLA_REPLAY"]
         try:
             import flash_mla
 
-            rows.append((f"FlashMLA sparse topk={topk}", loop_us(_flash_mla_sparse_call(flash_mla, inp, inp.q))))
+            rows.append((f"FlashMLA sparse {what}", loop_us(_flash_mla_sparse_call(flash_mla, inp, inp.q))))
         except Exception as exc:
             rows.append((f"FlashMLA unavailable: {exc}", float("nan")))
     # with topk_length: the Hopper launcher plans each call's lists by launches, which a replay repeats
@@ -146,7 +146,7 @@ def sparse(profile: bool) -> None:
 
     rows.append(("sparse_decode_fwd alone, topk=64 (no validation)", loop_us(lambda: sparse_decode_fwd(
         inp.q, inp.k_cache, inp.indices, inp.head_dim_v, inp.softmax_scale, is_fp8=True))))
-    print(f"host time per call on {torch.cuda.get_device_name()} (sparse: b=4, s_q=1, h_q=128, V3.2 FP8):")
+    print(f"host time per call on {torch.cuda.get_device_name()} (sparse: b=4, h_q=128, V3.2 FP8):")
     for name, us in rows:
         print(f"  {us:8.1f} us  {name}")
     if profile:

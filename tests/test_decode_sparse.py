@@ -348,6 +348,19 @@ def test_gluon_sparse_token_lengths_clamp_and_repeat():
     assert got.tolist() == lengths.clamp(0, 64).repeat_interleave(3).tolist()
 
 
+@pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("b, s_q, h_q", [(3, 2, 128), (2, 5, 7), (1, 3, 1)])
+def test_gluon_sparse_lse_by_heads(b, s_q, h_q, generator):
+    """The Hopper launcher's per-token lse [b * s_q, h_q, 1] laid out as FlashMLA's [b, h_q, s_q] by one launch
+    (so MTP calls replay): the same values as a transpose."""
+    from openmla.ops.gluon.decode_sparse_sm90 import lse_by_heads
+
+    lse_tok = torch.randn(b * s_q, h_q, 1, generator=generator).to(DEVICE)
+    got = lse_by_heads(lse_tok, b, s_q)
+    assert got.shape == (b, h_q, s_q) and got.is_contiguous()
+    assert torch.equal(got, lse_tok.view(b, s_q, h_q).transpose(1, 2))
+
+
 def test_split_offsets_are_made_once_per_shape():
     """The combine's split offsets depend on (b, splits) only: one tensor per shape and stream, reused (so a
     replay may pass it on), the oldest dropped past the cap."""

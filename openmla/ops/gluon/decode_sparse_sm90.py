@@ -48,6 +48,29 @@ def _token_lengths_kernel(topk_length_ptr, lens_ptr, tokens, s_q, topk, BLOCK: t
     tl.store(lens_ptr + offs, tl.minimum(tl.maximum(n, 0), topk), mask=mask)
 
 
+@triton.jit(do_not_specialize=["total", "s_q", "h_q"])
+def _lse_by_heads_kernel(src_ptr, dst_ptr, total, s_q, h_q, BLOCK: tl.constexpr):
+    """``dst[i, h, t] = src[i * s_q + t, h]``: the per-token lse (fp32 [b * s_q, h_q]) as FlashMLA's
+    [b, h_q, s_q] (``total`` = b * h_q * s_q elements, ``dst`` walked in order)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < total
+    t = offs % s_q
+    h = (offs // s_q) % h_q
+    i = offs // (s_q * h_q)
+    tl.store(dst_ptr + offs, tl.load(src_ptr + (i * s_q + t) * h_q + h, mask=mask), mask=mask)
+
+
+def lse_by_heads(lse_tok: torch.Tensor, b: int, s_q: int) -> torch.Tensor:
+    """The kernels' per-token lse (fp32 [b * s_q, h_q, 1], contiguous) as a new fp32 [b, h_q, s_q]. One launch
+    (not a torch copy), so a recorded MTP call replays it."""
+    h_q = lse_tok.shape[1]
+    lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=lse_tok.device)
+    total = lse.numel()
+    block = 1024
+    launch(_lse_by_heads_kernel, (max(triton.cdiv(total, block), 1),), lse_tok, lse, total, s_q, h_q, BLOCK=block)
+    return lse
+
+
 def token_lengths(topk_length: torch.Tensor, s_q: int, topk: int) -> torch.Tensor:
     """Each query token's list length: ``topk_length`` int32 [b] clamped to [0, topk], repeated ``s_q`` times
     (int32 [b * s_q]). One launch, so a recorded call replays it with the next call's lengths."""
@@ -141,5 +164,7 @@ def sparse_decode_sm90_fwd(
         maxnreg=ws.SOLO_MAXNREG,
     )
     combine_splits(out_tok, lse_tok, workspace[0], workspace[1], splits, attn_sink=attn_sink)
-    # [tokens, h_q, 1] -> [b, h_q, s_q]
-    return out, lse_tok.view(b, s_q, h_q).transpose(1, 2).contiguous()
+    if s_q == 1:  # [b, h_q, 1] already
+        return out, lse_tok.view(b, h_q, 1)
+    scratch(lse_tok)  # read by the launch that writes the call's lse
+    return out, lse_by_heads(lse_tok, b, s_q)
