@@ -195,7 +195,8 @@ class _Arguments:
         self.template = list(values)
         self.direct = direct
         self.slots: list[tuple[int, int, Any]] = []  # (position, source, dtype to view it as, or None)
-        self.descriptors: list[tuple[int, int, Any]] = []  # (position, source, the recorded descriptor)
+        # (position, source, how the descriptor's base saw it (None: the source itself), the recorded descriptor)
+        self.descriptors: list[tuple[int, int, Any, Any]] = []
         self.used: set[int] = set()  # the sources this launch takes
         for pos, value in enumerate(values):
             if isinstance(value, torch.Tensor):
@@ -204,26 +205,29 @@ class _Arguments:
                     self.slots.append((pos, src, None if direct else view))  # a launcher reads the address only
                     self.used.add(src)
             elif hasattr(value, "base") and hasattr(value, "block_shape"):  # a TMA descriptor
+                # a descriptor over a view of a source at its address (the FP8 paths read e4m3 codes as uint8)
+                # is rebuilt over the same view of the new source; its shape and strides are its own fields
                 src, view = _match(value.base, sources, owned)
-                if view is not None:
-                    raise NotReplayable("a TMA descriptor over a view of an input")
                 if src is not None:
                     # its fields without the base: the recorded call's tensor is not kept alive
                     fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.name != "base"}
-                    self.descriptors.append((pos, src, (type(value), fields)))
+                    self.descriptors.append((pos, src, view, (type(value), fields)))
                     self.used.add(src)
             elif not isinstance(value, (int, float, bool, str, type(None))) and not _is_constexpr(value):
                 raise NotReplayable(f"an argument of type {type(value).__name__}")
-        for pos, _, _ in self.slots + self.descriptors:
+        for pos, *_ in self.slots + self.descriptors:
             self.template[pos] = None  # filled per call; holding the recorded tensors would pin their memory
 
     def fill(self, sources: Sequence) -> list:
         values = self.template.copy()
         for pos, src, view in self.slots:
             values[pos] = sources[src] if view is None else _seen_as(sources[src], view)
-        for pos, src, (kind, fields) in self.descriptors:
-            values[pos] = (_DescriptorView(sources[src], fields["shape"], fields["strides"], fields["padding"])
-                           if self.direct else kind(base=sources[src], **fields))
+        for pos, src, view, (kind, fields) in self.descriptors:
+            if self.direct:  # the launcher reads the base's address only (the element type is in the signature)
+                values[pos] = _DescriptorView(sources[src], fields["shape"], fields["strides"], fields["padding"])
+            else:
+                base = sources[src] if view is None else _seen_as(sources[src], view)
+                values[pos] = kind(base=base, **fields)
         return values
 
 

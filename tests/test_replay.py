@@ -283,6 +283,34 @@ def test_direct_replay_binds_every_parameter_in_order(monkeypatch):
     assert not kernel.calls, "the compiled kernel's launcher, not kernel[grid]"
 
 
+def test_a_descriptor_over_a_dtype_view_is_rebuilt_over_the_new_source(monkeypatch):
+    """The FP8 paths build TMA descriptors over the cache's codes seen as uint8: a replay rebuilds the descriptor
+    over the same view of the new cache (the generic launch), or hands the new cache's address (the compiled
+    kernel's launcher, which reads the base's address only)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    codes, out = torch.zeros(64, 16, dtype=torch.float8_e4m3fn), torch.empty(64, 16)
+    kernel = _FakeKernel(("k_desc", None), ("o", None))
+    rec = Launch(kernel, (1,), (TensorDescriptor(codes.view(torch.uint8), [64, 16], [16, 1], [16, 16]), out), {},
+                 None)
+    r = replay.Replay(Recording([rec]), (codes,), (out,), ())
+    codes2 = torch.ones(64, 16, dtype=torch.float8_e4m3fn)
+    r(codes2)
+    desc = kernel.calls[-1][1][0]
+    assert desc.base.dtype == torch.uint8 and desc.base.data_ptr() == codes2.data_ptr()
+    assert desc.shape == [64, 16] and desc.strides == [16, 1] and desc.block_shape == [16, 16]
+
+    monkeypatch.setattr(replay, "_cuda_stream", lambda device: 99)
+    monkeypatch.setattr(replay, "_cuda_device", lambda: 0)
+    monkeypatch.setattr(replay, "_no_launch_hooks", lambda: True)
+    compiled = _FakeCompiled()
+    rec = Launch(kernel, (1,), rec.args, {}, compiled)
+    r = replay.Replay(Recording([rec]), (codes,), (out,), ())
+    r(codes2)
+    bound = compiled.calls[-1][9:]
+    assert bound[0].base.data_ptr() == codes2.data_ptr() and bound[0].shape == [64, 16]
+
+
 @pytest.mark.parametrize(
     "args, why",
     [
