@@ -43,7 +43,13 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json")
     ap.add_argument("--max-rows", type=int, default=None, help="only shapes with at most this many rows")
+    ap.add_argument("--min-rows", type=int, default=None, help="only shapes with at least this many rows")
+    ap.add_argument("--gluon-list-ahead", action="store_true",
+                    help="only the served call, the warp-specialized kernel's loader reading each tile's block-table "
+                         "entries with the tile or a tile ahead (list_ahead), alternated twice")
     args = ap.parse_args(argv)
+    from openmla.ops.gluon import decode_dense_sm90_ws as ws
+
     try:
         import flash_mla
     except Exception as exc:  # the anchor is optional
@@ -53,6 +59,8 @@ def main(argv=None) -> None:
               (128, 1, 4096, 128)]
     if args.max_rows is not None:
         shapes = [sh for sh in shapes if sh[1] * sh[3] <= args.max_rows]
+    if args.min_rows is not None:
+        shapes = [sh for sh in shapes if sh[1] * sh[3] >= args.min_rows]
     card = torch.cuda.get_device_name()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     d, dv, h_kv, page = 576, 512, 1, 64
@@ -80,10 +88,21 @@ def main(argv=None) -> None:
             fm()
             fm_us = triton.testing.do_bench(fm, warmup=50, rep=300, return_mode="median") * 1e3
         meta, _ = openmla.get_mla_metadata()
-        runs = [("served", None, lambda: openmla.flash_mla_with_kvcache(  # noqa: E731
+        served = lambda: openmla.flash_mla_with_kvcache(  # noqa: E731
             q_codes, k_codes, block_table, lens, dv, meta, None, softmax_scale=scale, causal=True,
-            is_fp8_kvcache=True, descale_q=descale_q, descale_k=descale_k))]
-        for cfg in [dense_decode_config(rows, d, dv, 90)] + tma_candidates(rows, dv):
+            is_fp8_kvcache=True, descale_q=descale_q, descale_k=descale_k)
+        runs = [("served", None, served)]
+        if args.gluon_list_ahead:  # the module default is read at each call: the served path with either loader
+            def with_list_ahead(ahead):
+                def call():
+                    saved, ws.LIST_AHEAD = ws.LIST_AHEAD, ahead
+                    try:
+                        return served()
+                    finally:
+                        ws.LIST_AHEAD = saved
+                return call
+            runs = [(f"served list-ahead={a}", None, with_list_ahead(a)) for a in (False, True, False, True)]
+        for cfg in [] if args.gluon_list_ahead else [dense_decode_config(rows, d, dv, 90)] + tma_candidates(rows, dv):
             programs = h_kv * -(-rows // cfg.block_m) * (dv // cfg.dv_tile)
             per_sm = 2 if cfg.block_m <= 32 and cfg.layout == "rows" and cfg.num_stages <= 3 else 1
             sched_t, splits = plan_splitkv(lens, max(sms * per_sm // programs, 1))

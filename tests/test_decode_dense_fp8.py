@@ -450,6 +450,7 @@ def test_hopper_fp8_above_32_rows_takes_the_warp_specialized_kernel(q_dtype, mon
 @pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_CUDA and torch.cuda.get_device_capability()[0] == 9
                          and openmla._runtime.gluon_available()), reason="the Gluon kernels run on SM90 only")
+@pytest.mark.parametrize("list_ahead", [False, True], ids=["table-in-step", "table-ahead"])
 @pytest.mark.parametrize("softmax_only", [True, False], ids=["four-warpgroups", "three-warpgroups"])
 @pytest.mark.parametrize("q_dtype", [E4M3, torch.bfloat16])
 @pytest.mark.parametrize("b, s_q, s_k, h_q, page, parts", [
@@ -457,10 +458,12 @@ def test_hopper_fp8_above_32_rows_takes_the_warp_specialized_kernel(q_dtype, mon
     (4, 2, 700, 64, 61, 3),  # pages of 61 keys; few pieces, each walking several requests
     (2, 4, 140, 128, 16, 132),  # more pieces than tiles: splits of one tile
 ])
-def test_warp_specialized_fp8_both_forms(softmax_only, q_dtype, b, s_q, s_k, h_q, page, parts, generator):
-    """The warp-specialized kernel over per-tensor FP8 keys called directly, both warpgroup splits, on shapes the
-    API sends it but its tests do not combine (s_q > 1 with pages other than 64; few pieces; more pieces than
-    tiles), against the reference (NaN past every length, poisoned outputs)."""
+def test_warp_specialized_fp8_both_forms(list_ahead, softmax_only, q_dtype, b, s_q, s_k, h_q, page, parts,
+                                         generator):
+    """The warp-specialized kernel over per-tensor FP8 keys called directly, both warpgroup splits, its loader
+    reading the block table with each tile or a tile ahead, on shapes the API sends it but its tests do not
+    combine (s_q > 1 with pages other than 64; few pieces; more pieces than tiles), against the reference (NaN
+    past every length, poisoned outputs)."""
     from openmla.ops.gluon.decode_dense_sm90_ws import dense_decode_sm90_ws_fwd
     from openmla.ops.schedule import plan_splitkv
 
@@ -471,6 +474,7 @@ def test_warp_specialized_fp8_both_forms(softmax_only, q_dtype, b, s_q, s_k, h_q
     poison_cuda_cache(1 << 28)
     out, lse = dense_decode_sm90_ws_fwd(inputs["q"], inputs["k_cache"], inputs["block_table"], inputs["cache_seqlens"],
                                         512, sched, splits, 576**-0.5, True, softmax_only=softmax_only,
-                                        descale_k=inputs["descale_k"], descale_q=inputs["descale_q"])
+                                        descale_k=inputs["descale_k"], descale_q=inputs["descale_q"],
+                                        list_ahead=list_ahead)
     torch.cuda.synchronize()
     check_against_reference(inputs, out, lse)

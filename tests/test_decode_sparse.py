@@ -445,6 +445,7 @@ def test_gluon_sparse_launcher_arguments(fp8, lengths_given, monkeypatch, genera
     # ..., k_desc, sink, descale_k, descale_q: no TMA descriptor, no per-tensor descales
     assert kwargs["D_V"] == 512 and kwargs["D_PE"] == 64 and args[-4] is None and args[-2:] == (None, None)
     assert not kwargs["KV_E4M3"] and not kwargs["Q_E4M3"]
+    assert kwargs["LIST_AHEAD"] == (ws.SPARSE_FP8_LIST_AHEAD if fp8 else ws.LIST_AHEAD)
     assert args[-3] is sink and kwargs["HAS_SINK"] == (sink is not None)  # unsplit rows get it in the kernel
 
 
@@ -606,23 +607,25 @@ def _on_hopper() -> bool:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _on_hopper(), reason="the Gluon sparse kernel runs on SM90 only")
+@pytest.mark.parametrize("list_ahead", [False, True], ids=["list-in-step", "list-ahead"])
+@pytest.mark.parametrize("fp8", [True, False], ids=["v32fp8", "bf16"])
 @pytest.mark.parametrize("b, s_q, h_q, s_k, topk, page, lengths, parts", [
     (4, 3, 128, 2046, 2048, 64, True, None),  # full and partial tiles, zero lengths among the lists
     (74, 1, 64, 1024, 576, 61, False, None),
     (3, 2, 16, 650, 130, 53, True, 3),  # few pieces: each walks several lists
     (5, 1, 32, 300, 64, 2, False, 2),
 ], ids=["h128-sq3", "h64-p61", "h16-few-pieces", "h32-p2-one-tile"])
-def test_gluon_v32_kernel_direct(b, s_q, h_q, s_k, topk, page, lengths, parts, generator):
-    """The Gluon kernel over a V3.2 FP8 cache called directly, with pieces that each walk several lists (the API
-    plans one a SM), against the reference: invalid and out-of-range slots, NaN in unused cache rows,
-    poisoned outputs."""
+def test_gluon_sparse_kernel_direct(list_ahead, fp8, b, s_q, h_q, s_k, topk, page, lengths, parts, generator):
+    """The Gluon kernel over V3.2 FP8 and BF16 caches called directly, its loader reading each tile's list
+    entries with the tile or a tile ahead, with pieces that each walk several lists (the API plans one a SM),
+    against the reference: invalid and out-of-range slots, NaN in unused cache rows, poisoned outputs."""
     from openmla.ops.gluon.decode_sparse_sm90 import sparse_decode_sm90_fwd
 
-    inputs = make_sparse_decode_inputs(b, s_q, h_q, s_k, topk, page, 576, 512, torch.bfloat16, DEVICE, fp8=True,
+    inputs = make_sparse_decode_inputs(b, s_q, h_q, s_k, topk, page, 576, 512, torch.bfloat16, DEVICE, fp8=fp8,
                                        generator=generator, invalid_frac=0.1, topk_length=lengths, pad_blocks=True,
                                        softmax_scale=576**-0.55)
     poison_cuda_cache(1 << 28)
     out, lse = sparse_decode_sm90_fwd(inputs["q"], inputs["k_cache"], inputs["indices"], 512, inputs["softmax_scale"],
-                                      inputs["topk_length"], num_sm_parts=parts, is_fp8=True)
+                                      inputs["topk_length"], num_sm_parts=parts, is_fp8=fp8, list_ahead=list_ahead)
     _sync()
     check_against_reference(inputs, out, lse)

@@ -321,7 +321,7 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                       SOFTMAX_WARPS=ws.NUM_WARPS, OUTPUT_WARPS=ws.WORKER_WARPS[0], LOADER_WARPS=ws.WORKER_WARPS[1],
                       OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], K_BOXES=d_qk // 64 if box_ready else 1, SPARSE=False,
                       KV_FP8=False, PREFETCH_L2=False, HAS_SINK=False, sink_ptr=None, KV_E4M3=False,
-                      descale_k_ptr=None, Q_E4M3=False, descale_q_ptr=None)
+                      descale_k_ptr=None, Q_E4M3=False, descale_q_ptr=None, LIST_AHEAD=False)
         v_ptrs = dict(ptrs)
         if tma_k:
             v_ptrs["k_desc"] = _tma_desc_type(dtype)
@@ -344,7 +344,7 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                           SOFTMAX_WARPS=ws.NUM_WARPS, OUTPUT_WARPS=ws.WORKER_WARPS[0], LOADER_WARPS=ws.WORKER_WARPS[1],
                           OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], K_BOXES=1, SPARSE=False, KV_FP8=False,
                           PREFETCH_L2=False, HAS_SINK=False, sink_ptr=None, KV_E4M3=True, k_desc=None,
-                          Q_E4M3=q_e4m3)
+                          Q_E4M3=q_e4m3, LIST_AHEAD=ws.LIST_AHEAD)
             if not q_e4m3:
                 consts["descale_q_ptr"] = None
             out.append(Variant(ws._dense_decode_sm90_ws_kernel,
@@ -361,7 +361,7 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                       OUTPUT_WARPS=ws.WORKER_WARPS[0], LOADER_WARPS=ws.WORKER_WARPS[1], OUTPUT_REGS=regs[0],
                       LOADER_REGS=regs[1], K_BOXES=1, SPARSE=True, KV_FP8=False, PREFETCH_L2=False, k_desc=None,
                       HAS_SINK=False, sink_ptr=None, KV_E4M3=False, descale_k_ptr=None, Q_E4M3=False,
-                      descale_q_ptr=None)
+                      descale_q_ptr=None, LIST_AHEAD=ws.LIST_AHEAD)
         # with an attention sink: one more pointer, read in the last round of each request
         sink = (dict(HAS_SINK=True), {"sink_ptr": "*fp32"}, " sink")
         for extra_consts, extra_ptrs, tag in (({}, {}, ""), sink):
@@ -377,7 +377,9 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                     out.append(Variant(ws._dense_decode_sm90_ws_kernel, dict(ptrs, k_ptr="*u8", **extra_ptrs),
                                        ("scale_log2",),
                                        with_sink | dict(KV_FP8=True, PREFETCH_L2=prefetch, OUTPUT_REGS=regs[0],
-                                                        LOADER_REGS=regs[1]), ws.NUM_WARPS, 1,
+                                                        LOADER_REGS=regs[1],
+                                                        LIST_AHEAD=ws.SPARSE_FP8_LIST_AHEAD and not prefetch),
+                                       ws.NUM_WARPS, 1,
                                        f"gluon-ws sparse {dtype} q fp8-v32 cache softmax-only"
                                        + (" prefetch-l2" if prefetch else "") + tag, gluon=True,
                                        maxnreg=ws.SOLO_MAXNREG))

@@ -58,7 +58,12 @@ a tile's slots before its scores rather than after, 3 % (FP8) and 0 % (BF16); th
 25 % (224-225 us at b=64 with it skipped, about the BF16 kernel's 216); the loader issuing the next tile's copies
 into the other stage before decoding this one 37-38 % slower (410.0-410.9 / 776.3-776.9 us against 297.6-298.5 /
 565.2-567.6; that stage is freed only when the consumers finish the tile before, so the decode waits for them)
-and no faster over per-tensor FP8 keys (``2026-11-27-h200-*-gluon-codes-ahead-tune.json``).
+and no faster over per-tensor FP8 keys (``2026-11-27-h200-*-gluon-codes-ahead-tune.json``). Reading
+each tile's list entries a tile ahead instead (``LIST_AHEAD``, the copies still issued after the stage is free):
+b 64 / 128 286.5-289.2 / 544.1-544.2 us against 298.4-299.3 / 564.9-567.2, h_q=16 149.8-151.0 against
+156.1-156.9, h_q=64 165.9-166.1 against 171.4-172.2, so on by default over the V3.2 cache
+(:data:`SPARSE_FP8_LIST_AHEAD`); over a BF16 cache 232.4-232.9 against 230.9-232.0 and over per-tensor FP8 keys
+(dense, the block table ahead) within 1 %, so off there (``2026-11-27-h200-*-gluon-list-ahead-tune.json``).
 
 A request with no key still runs one fully masked tile, so every partition walks the same sequence of
 tiles and barrier phases. Split-KV plan, causal rule, masking and outputs are those of
@@ -94,6 +99,10 @@ SOLO_WORKER_REGS = (168, 56)
 # prefetch 40 B; at 72 the kernel keeps 16 B)
 SPARSE_FP8_WORKER_REGS = (168, 72)
 SPARSE_FP8_PREFETCH_L2 = False  # measured slower with the loader at 72 registers (module docstring)
+# the loader reads each tile's list (or block-table) entries a tile ahead: on over the V3.2 FP8 cache (3.4-4.0 %
+# faster, H200), off for 16-bit lists and per-tensor FP8 keys (within noise there; module docstring)
+SPARSE_FP8_LIST_AHEAD = True
+LIST_AHEAD = False
 # defaults of the schedule choices (module docstring), set by measurement
 OVERLAP = False
 ASYNC_ARRIVE = True
@@ -181,7 +190,7 @@ if gluon_available():
                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
                 PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, TMA_K: gl.constexpr,
                 K_BOXES: gl.constexpr, SPARSE: gl.constexpr, KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr,
-                KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr):
+                KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr, LIST_AHEAD: gl.constexpr):
         """Loader partition: each request's Q tile, then its K tiles into the two-stage ring.
 
         ``TMA_K``: a whole tile (64 keys inside one page) comes as 64x64 TMA boxes of ``k_desc`` (the cache
@@ -201,7 +210,10 @@ if gluon_available():
         tile is gathered and dequantized into the stage by :func:`_gather_fp8_tile`.
 
         ``KV_E4M3`` (dense): the cache holds per-tensor e4m3 codes (``d`` bytes a key, ``k_ptr`` bytes); each tile
-        is copied and decoded, unscaled (exactly), into the stage by :func:`_gather_e4m3_tile`."""
+        is copied and decoded, unscaled (exactly), into the stage by :func:`_gather_e4m3_tile`.
+
+        ``LIST_AHEAD`` (with ``SPARSE`` or ``KV_E4M3``): each tile's list (or block-table) entries are loaded a
+        tile ahead, when the tile before is issued, so a tile's copies do not wait for that load."""
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
         LOAD: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [PARTITION_WARPS, 1], [1, 0])
         pid_m = gl.program_id(0)
@@ -210,6 +222,13 @@ if gluon_available():
         begin_req, begin_tok, end_req, end_tok, begin_split = _piece_bounds(sched_ptr, gl.program_id(1))
         offs_r = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, LOAD))
         offs_t = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, LOAD))
+        # the layout of a tile's key rows where the tile's entries are read: the decoding loaders' or the copies'
+        CVT: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [PARTITION_WARPS, 1], [1, 0])
+        if KV_FP8 or KV_E4M3:
+            ENTRY: gl.constexpr = gl.SliceLayout(1, CVT)
+        else:
+            ENTRY: gl.constexpr = gl.SliceLayout(1, LOAD)
+        offs_e = gl.arange(0, BLOCK_N, layout=ENTRY)
         kb = 0
         for req in range(begin_req, end_req + 1):
             req64 = req.to(gl.int64)
@@ -221,22 +240,31 @@ if gluon_available():
                     q_ready, q_free, rq, D_V, D_PE, LOAD, ASYNC_ARRIVE, Q_E4M3)
 
             bt_row = block_table_ptr + req64 * stride_bt
+            if LIST_AHEAD:
+                ent_next = _key_entries(bt_row, tok_lo + offs_e, tok_hi, page_block_size, SPARSE)
             for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
                 stage = kb % 2
                 mbarrier.wait(k_free.index(stage), ((kb // 2) & 1) ^ 1)
                 start = tok_lo + it * BLOCK_N
+                if LIST_AHEAD:  # this tile's entries were loaded with the last; load the next tile's now
+                    ent = ent_next
+                    ent_next = _key_entries(bt_row, start + BLOCK_N + offs_e, tok_hi, page_block_size, SPARSE)
                 if TMA_K and start + BLOCK_N <= tok_hi:
                     page_id = gl.load(bt_row + start // page_block_size)
                     page_id = gl.minimum(gl.maximum(page_id, 0), num_blocks - 1)
                     _tma_tile(k_desc, page_id * page_block_size + start % page_block_size, k_lo.index(stage),
                               k_hi.index(stage), k_pe.index(stage), k_ready, stage, D_V, D_PE, K_BOXES)
                 elif KV_E4M3:
-                    _gather_e4m3_tile(k_ptr, bt_row, start, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
+                    if not LIST_AHEAD:
+                        ent = _key_entries(bt_row, start + offs_e, tok_hi, page_block_size, False)
+                    _gather_e4m3_tile(k_ptr, ent, start, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
                                       kv_head * stride_kh, k_lo.index(stage), k_hi.index(stage), k_pe.index(stage),
                                       k_hi, k_pe, stage, D_V, PARTITION_WARPS)
                     mbarrier.arrive(k_ready.index(stage), count=1)
                 elif KV_FP8:
-                    _gather_fp8_tile(k_ptr, bt_row, start, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
+                    if not LIST_AHEAD:
+                        ent = _key_entries(bt_row, start + offs_e, tok_hi, page_block_size, True)
+                    _gather_fp8_tile(k_ptr, ent, bt_row, start, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
                                      k_lo.index(stage), k_hi.index(stage), k_pe.index(stage), k_hi, k_pe, stage,
                                      D_V, PARTITION_WARPS, PREFETCH_L2)
                     mbarrier.arrive(k_ready.index(stage), count=1)
@@ -244,7 +272,10 @@ if gluon_available():
                     offs_j = start + offs_t
                     mask_j = offs_j < tok_hi
                     if SPARSE:
-                        slot = gl.load(bt_row + offs_j, mask=mask_j, other=-1)
+                        if LIST_AHEAD:
+                            slot = ent
+                        else:
+                            slot = gl.load(bt_row + offs_j, mask=mask_j, other=-1)
                         page = slot // page_block_size
                         mask_j = mask_j & (slot >= 0) & (page < num_blocks)
                         page = gl.where(mask_j, page, 0)
@@ -269,14 +300,15 @@ if gluon_available():
                 kb += 1
 
     @gluon.jit
-    def _gather_fp8_tile(k_ptr, bt_row, start, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
+    def _gather_fp8_tile(k_ptr, slot, bt_row, start, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
                          k_lo_s, k_hi_s, k_pe_s, k_hi, k_pe, stage, D_V: gl.constexpr,
                          PARTITION_WARPS: gl.constexpr, PREFETCH: gl.constexpr):
         """One tile of 64 keys from a V3.2 FP8 cache into a 16-bit K stage (``k_lo_s``/``k_hi_s``/``k_pe_s``).
 
         Each key's record is 656 bytes: e4m3 codes of dims 0..511, four fp32 scales (scale ``t`` covers dims
-        ``128t ..``), 64 bf16 RoPE dims. Slots ``bt_row[start ..]`` outside the cache or past ``tok_hi`` are
-        not read (codes and scales zero, so the key is 0; the softmax warpgroup masks it).
+        ``128t ..``), 64 bf16 RoPE dims. Slots ``bt_row[start ..]`` (``slot``, read by :func:`_key_entries`)
+        outside the cache or past ``tok_hi`` are not read (codes and scales zero, so the key is 0; the softmax
+        warpgroup masks it).
 
         There is no room for a staging buffer beside the two bf16 stages and Q (224.8 of 227 KB), so the
         codes land (``cp.async``, :func:`_issue_code_tile`) in the stage's upper half and are decoded there
@@ -290,7 +322,7 @@ if gluon_available():
         """
         CVT: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [PARTITION_WARPS, 1], [1, 0])  # 16 B a thread
         offs_j = start + gl.arange(0, 64, layout=gl.SliceLayout(1, CVT))
-        rec, mask_j = _slot_records(k_ptr, bt_row, offs_j, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp)
+        rec, mask_j = _slot_records(k_ptr, slot, offs_j, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp)
         sc0, sc1, sc2, sc3 = _issue_code_tile(rec, mask_j, k_hi, k_pe, stage, D_V, PARTITION_WARPS, True)
         if PREFETCH:
             _prefetch_records(k_ptr, bt_row, offs_j + 64, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
@@ -302,18 +334,19 @@ if gluon_available():
         gl.thread_barrier()
 
     @gluon.jit
-    def _gather_e4m3_tile(k_ptr, bt_row, start, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp, head_off,
+    def _gather_e4m3_tile(k_ptr, page, start, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp, head_off,
                           k_lo_s, k_hi_s, k_pe_s, k_hi, k_pe, stage, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr):
         """One tile of 64 keys from a per-tensor FP8 cache (e4m3 codes of all ``D_V + 64`` dims, one scale for
         the tensor, applied by the softmax warpgroup) into a 16-bit K stage, each code decoded exactly.
 
-        Keys at or past ``tok_hi`` are not read (zero-filled). As in :func:`_gather_fp8_tile` the codes of
+        ``page``: the keys' block-table entries (:func:`_key_entries`). Keys at or past ``tok_hi`` are not read
+        (zero-filled). As in :func:`_gather_fp8_tile` the codes of
         dims ``0 .. D_V`` land in the stage's upper half and are decoded in place; the RoPE codes land in the
         first half of the stage's RoPE slot (:func:`_issue_code_tile`). One tile in flight.
         """
         CVT: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [PARTITION_WARPS, 1], [1, 0])  # 16 B a thread
         offs_j = start + gl.arange(0, 64, layout=gl.SliceLayout(1, CVT))
-        rec, mask_j = _page_records(k_ptr, bt_row, offs_j, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
+        rec, mask_j = _page_records(k_ptr, page, offs_j, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
                                     head_off)
         sc0, sc1, sc2, sc3 = _issue_code_tile(rec, mask_j, k_hi, k_pe, stage, D_V, PARTITION_WARPS, False)
         async_copy.wait_group(0)
@@ -324,11 +357,10 @@ if gluon_available():
         gl.thread_barrier()
 
     @gluon.jit
-    def _page_records(k_ptr, bt_row, offs_j, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp, head_off):
-        """Byte pointers to the keys ``offs_j`` of a request (through its block-table row ``bt_row``) and which
-        are before ``tok_hi`` (the others point into a valid page, never read)."""
+    def _page_records(k_ptr, page, offs_j, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp, head_off):
+        """Byte pointers to the keys ``offs_j`` of a request (``page``: their block-table entries, from
+        :func:`_key_entries`) and which are before ``tok_hi`` (the others point into a valid page, never read)."""
         mask_j = offs_j < tok_hi
-        page = gl.load(bt_row + offs_j // page_block_size, mask=mask_j, other=0)
         page = gl.minimum(gl.maximum(page, 0), num_blocks - 1)  # garbage past the length is never used
         rec = k_ptr + (page.to(gl.int64) * stride_kb + (offs_j % page_block_size) * stride_kp + head_off)
         return rec, mask_j
@@ -451,10 +483,20 @@ if gluon_available():
         return codes.to(gl.float8e4nv, bitcast=True).to(gl.float32).to(dtype)
 
     @gluon.jit
-    def _slot_records(k_ptr, bt_row, offs_j, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp):
-        """Byte pointers to the records of list entries ``offs_j`` (``< tok_hi``) and which are in the cache."""
+    def _key_entries(bt_row, offs_j, tok_hi, page_block_size, SPARSE: gl.constexpr):
+        """What locates keys ``offs_j`` of a request: with ``SPARSE`` their list entries (slots; -1 at or past
+        ``tok_hi``), else their block-table entries (pages; 0 at or past ``tok_hi``). int32, ``offs_j``'s layout."""
         mask_j = offs_j < tok_hi
-        slot = gl.load(bt_row + offs_j, mask=mask_j, other=-1)
+        if SPARSE:
+            return gl.load(bt_row + offs_j, mask=mask_j, other=-1)
+        else:
+            return gl.load(bt_row + offs_j // page_block_size, mask=mask_j, other=0)
+
+    @gluon.jit
+    def _slot_records(k_ptr, slot, offs_j, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp):
+        """Byte pointers to the records of list entries ``offs_j`` (``< tok_hi``; ``slot``: their entries, from
+        :func:`_key_entries`) and which are in the cache."""
+        mask_j = offs_j < tok_hi
         page = slot // page_block_size
         mask_j = mask_j & (slot >= 0) & (page < num_blocks)
         rec = k_ptr + (gl.where(mask_j, page, 0).to(gl.int64) * stride_kb
@@ -466,7 +508,8 @@ if gluon_available():
                           RECORD: gl.constexpr):
         """Ask L2 for the ``RECORD``-byte records of list entries ``offs_j`` (those in the cache)."""
         gl.static_assert(RECORD == 656, "the prefetch's size is the V3.2 record's")
-        rec, mask_j = _slot_records(k_ptr, bt_row, offs_j, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp)
+        slot = _key_entries(bt_row, offs_j, tok_hi, page_block_size, True)
+        rec, mask_j = _slot_records(k_ptr, slot, offs_j, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp)
         gl.inline_asm_elementwise(
             "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], 656; mov.u32 $0, 0; }",
             "=r,l,r", [rec, mask_j.to(gl.int32)], dtype=gl.int32, is_pure=False, pack=1)
@@ -972,7 +1015,7 @@ if gluon_available():
         SOFTMAX_WARPS: gl.constexpr, OUTPUT_WARPS: gl.constexpr, LOADER_WARPS: gl.constexpr, OUTPUT_REGS: gl.constexpr,
         LOADER_REGS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, K_BOXES: gl.constexpr, SPARSE: gl.constexpr,
         KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr, HAS_SINK: gl.constexpr, KV_E4M3: gl.constexpr,
-        Q_E4M3: gl.constexpr,
+        Q_E4M3: gl.constexpr, LIST_AHEAD: gl.constexpr,
     ):
         # the products' type: q's, or fp16 for e4m3 codes (more mantissa for P than bf16; codes are <= 448)
         if Q_E4M3:
@@ -1013,6 +1056,7 @@ if gluon_available():
         gl.static_assert(not KV_E4M3 or (not SPARSE and not TMA_K and K_BOXES == 1 and D_V == 512 and D_PE == 64),
                          "per-tensor FP8 keys: dense, by cp.async, (576, 512) dims")
         gl.static_assert(not Q_E4M3 or KV_E4M3, "an e4m3 q comes with a per-tensor FP8 cache")
+        gl.static_assert(not LIST_AHEAD or SPARSE or KV_E4M3, "entries a tile ahead: lists, or per-tensor FP8 keys")
         # TMA tiles: one arrival with the byte count; FP8 tiles: one after the partition's decode
         K_LOADED: gl.constexpr = 1 if (TMA_K or KV_FP8 or KV_E4M3) else LOADED
         mbarrier.init(q_ready, count=LOADED)
@@ -1047,7 +1091,7 @@ if gluon_available():
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
                            q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc,
                            BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE, KV_FP8,
-                           PREFETCH_L2, KV_E4M3, Q_E4M3)),
+                           PREFETCH_L2, KV_E4M3, Q_E4M3, LIST_AHEAD)),
             ], [OUTPUT_WARPS, OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, OUTPUT_REGS, LOADER_REGS])
         else:
             gl.warp_specialize([
@@ -1067,7 +1111,7 @@ if gluon_available():
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
                            q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc,
                            BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE, KV_FP8,
-                           PREFETCH_L2, KV_E4M3, Q_E4M3)),
+                           PREFETCH_L2, KV_E4M3, Q_E4M3, LIST_AHEAD)),
             ], [OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, LOADER_REGS])
 
 
@@ -1103,6 +1147,7 @@ def dense_decode_sm90_ws_fwd(
     loader_regs: int | None = None,
     descale_k: torch.Tensor | None = None,
     descale_q: torch.Tensor | None = None,
+    list_ahead: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper, 16-bit caches or (with
     ``descale_k``, a one-element fp32 tensor on q's device) a per-tensor FP8 cache of e4m3 codes, (576, 512)
@@ -1118,9 +1163,11 @@ def dense_decode_sm90_ws_fwd(
     where :func:`tma_view` allows it, ``box_ready``: with TMA, one ready barrier per 64-column box (no
     effect without),
     ``loader_regs``: the loader partition's registers (default from :data:`WORKER_REGS` /
-    :data:`SOLO_WORKER_REGS`; the softmax warpgroup gets what the others leave).
+    :data:`SOLO_WORKER_REGS`; the softmax warpgroup gets what the others leave), ``list_ahead``: over FP8 codes,
+    the loader reads each tile's block-table entries a tile ahead (``None``: :data:`LIST_AHEAD`, read at the call).
     """
     b, s_q, h_q, d = q.shape
+    list_ahead = LIST_AHEAD if list_ahead is None else list_ahead
     h_kv = k_cache.shape[2]
     rows = s_q * (h_q // h_kv)
     row_tiles = -(-rows // BLOCK_M)
@@ -1158,7 +1205,7 @@ def dense_decode_sm90_ws_fwd(
         BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v, SOFTMAX_WARPS=NUM_WARPS, OUTPUT_WARPS=WORKER_WARPS[0],
         LOADER_WARPS=WORKER_WARPS[1], OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], ASYNC_ARRIVE=bool(async_arrive),
         K_BOXES=k_boxes, SPARSE=False, KV_FP8=False, PREFETCH_L2=False, HAS_SINK=False, KV_E4M3=e4m3,
-        Q_E4M3=q_e4m3,
+        Q_E4M3=q_e4m3, LIST_AHEAD=bool(e4m3 and list_ahead),
         num_warps=NUM_WARPS,
         maxnreg=SOLO_MAXNREG if softmax_only else MAXNREG,
     )

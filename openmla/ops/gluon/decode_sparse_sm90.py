@@ -102,6 +102,7 @@ def sparse_decode_sm90_fwd(
     prefetch_l2: bool = ws.SPARSE_FP8_PREFETCH_L2,
     loader_regs: int | None = None,
     attn_sink: torch.Tensor | None = None,
+    list_ahead: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse decode on Hopper; inputs validated by :mod:`openmla.api`.
 
@@ -123,6 +124,9 @@ def sparse_decode_sm90_fwd(
         attn_sink: fp32 [h_q] contiguous, or None: out of head ``h`` is scaled by ``1 / (1 + exp(sink[h] -
             lse))`` (lse unchanged; +inf gives 0, -inf no change), in the kernel for rows it writes straight
             to ``out`` and in the combine kernel for split rows.
+        list_ahead: the loader reads each tile's list entries a tile ahead (``None``: ``SPARSE_FP8_LIST_AHEAD``
+            with ``is_fp8`` and no ``prefetch_l2`` (which reads the next tile's list itself), else ``LIST_AHEAD``,
+            of :mod:`.decode_dense_sm90_ws`, read at the call).
 
     Returns:
         out [b, s_q, h_q, head_dim_v] in q's dtype (0 for a token with no valid entry), lse [b, h_q, s_q]
@@ -130,6 +134,8 @@ def sparse_decode_sm90_fwd(
     """
     b, s_q, h_q, d = q.shape
     topk = indices.shape[2]
+    if list_ahead is None:
+        list_ahead = (ws.SPARSE_FP8_LIST_AHEAD and not prefetch_l2) if is_fp8 else ws.LIST_AHEAD
     tokens = b * s_q
     row_tiles = -(-h_q // ws.BLOCK_M)
     # each query token is one request with its own list
@@ -160,6 +166,7 @@ def sparse_decode_sm90_fwd(
         LOADER_WARPS=ws.WORKER_WARPS[1], OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], ASYNC_ARRIVE=True, K_BOXES=1,
         SPARSE=True, KV_FP8=bool(is_fp8),
         PREFETCH_L2=bool(is_fp8 and prefetch_l2), HAS_SINK=attn_sink is not None, KV_E4M3=False, Q_E4M3=False,
+        LIST_AHEAD=bool(list_ahead),
         num_warps=ws.NUM_WARPS,
         maxnreg=ws.SOLO_MAXNREG,
     )
