@@ -253,6 +253,35 @@ def test_split_partials_merged_in_kernel_or_by_the_combine_kernel(device, backen
     check_against_reference(inputs, out, lse)
 
 
+def test_combine_kernel_is_a_programmatic_dependent_on_sm90_only(monkeypatch):
+    """The combine kernel launches with PDL (and waits on griddepcontrol) on cards of SM90 or later, by their own
+    capability (OPENMLA_ARCH does not make an A100 run an SM90 instruction), never under the interpreter or on CPU
+    tensors, and not when COMBINE_PDL is off; the launch carries the flag and the kernel the matching constexpr."""
+    from openmla.ops import combine
+
+    monkeypatch.setattr(combine, "interpret_mode", lambda: False)
+    cuda = torch.device("cuda", 0)
+    for capability, expected in (((9, 0), True), ((10, 0), True), ((8, 0), False), ((8, 9), False)):
+        monkeypatch.setattr(combine, "_device_capability", lambda index, c=capability: c)
+        assert combine.combine_pdl(cuda) is expected, capability
+    monkeypatch.setenv("OPENMLA_ARCH", "sm_90")
+    assert combine.combine_pdl(cuda) is False  # still the (8, 9) card
+    assert combine.combine_pdl(torch.device("cpu")) is False
+    monkeypatch.setattr(combine, "_device_capability", lambda index: (9, 0))
+    monkeypatch.setattr(combine, "COMBINE_PDL", False)
+    assert combine.combine_pdl(cuda) is False
+    monkeypatch.setattr(combine, "COMBINE_PDL", True)
+    launches = []
+    monkeypatch.setattr(combine, "launch", lambda kernel, grid, *args, **kw: launches.append(kw))
+    monkeypatch.setattr(combine, "combine_pdl", lambda device: True)
+    out, lse = torch.empty(2, 1, 4, 512), torch.empty(2, 4, 1)
+    combine.combine_splits(out, lse, torch.empty(6, 1, 4, 512), torch.empty(6, 1, 4), torch.zeros(3, dtype=torch.int32))
+    monkeypatch.setattr(combine, "combine_pdl", lambda device: False)
+    combine.combine_splits(out, lse, torch.empty(6, 1, 4, 512), torch.empty(6, 1, 4), torch.zeros(3, dtype=torch.int32))
+    assert launches[0]["PDL"] is True and launches[0]["launch_pdl"] is True
+    assert launches[1]["PDL"] is False and "launch_pdl" not in launches[1]
+
+
 @pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
 @pytest.mark.parametrize("device", HERE_AND_GPU)
 @pytest.mark.parametrize("h_q, sms", [(4, 7), (40, 20)])  # 16-row tiles; 64-row tiles (2 per KV head)

@@ -116,10 +116,15 @@ def _variants(arch: int = 90) -> list[Variant]:
                                            f"{' page-ahead' if tma_cfg.page_ahead else ''}", min_arch=90))
         combine_ptrs = {"out_ptr": f"*{dtype}", "lse_ptr": "*fp32", "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32",
                         "num_splits_ptr": "*i32", "sink_ptr": "*fp32"}
-        out.append(Variant(_decode_combine_kernel, combine_ptrs, (), dict(BLOCK_R=8, D_V=512, HAS_SINK=False), 4, 2,
-                           f"{dtype} d_v512"))
-        out.append(Variant(_decode_combine_kernel, combine_ptrs, (), dict(BLOCK_R=8, D_V=512, HAS_SINK=True), 4, 2,
-                           f"{dtype} d_v512 sink"))
+        # launched as the split kernel's programmatic dependent on SM90+ (griddepcontrol), plainly before
+        for pdl, min_arch in ((False, 0), (True, 90)):
+            tag = " pdl" if pdl else ""
+            out.append(Variant(_decode_combine_kernel, combine_ptrs, (), dict(BLOCK_R=8, D_V=512, HAS_SINK=False,
+                                                                              PDL=pdl), 4, 2,
+                               f"{dtype} d_v512{tag}", min_arch=min_arch))
+            out.append(Variant(_decode_combine_kernel, combine_ptrs, (), dict(BLOCK_R=8, D_V=512, HAS_SINK=True,
+                                                                              PDL=pdl), 4, 2,
+                               f"{dtype} d_v512 sink{tag}", min_arch=min_arch))
     # what CUDA-graph captures launch: the partials merged by the combine kernel, not in the split kernel
     for v in list(out):
         if v.name.startswith("bf16 rows<=") and "d576 causal" in v.name and v.kernel is not _decode_combine_kernel:
