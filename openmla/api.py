@@ -324,17 +324,18 @@ def _sparse_decode_call(q, k_cache, head_dim_v, tile_scheduler_metadata, num_spl
             return sparse_decode_fwd(q, k_cache, indices, head_dim_v, scale, attn_sink, topk_length, extra_k_cache,
                                      extra_indices_in_kvcache, extra_topk_length, is_fp8=shape.fmt is not None)
     signature = None  # set where this call's launches may be recorded for the step's later calls
-    if (meta is not None and extra_k_cache is extra_topk_length is None
-            and (meta.replays is None or len(meta.replays) < MAX_REPLAYS)):
+    if meta is not None and (meta.replays is None or len(meta.replays) < MAX_REPLAYS):
         signature = known or sparse_signature(q, k_cache, indices, attn_sink, head_dim_v, softmax_scale, causal,
-                                              is_fp8_kvcache, backend, kv_format, topk_length)
+                                              is_fp8_kvcache, backend, kv_format, topk_length, extra_k_cache,
+                                              extra_indices_in_kvcache, extra_topk_length)
         if signature is not None and (not replay_enabled(signature[-2]) or signature in (meta.replays or {})):
             signature = None
     if signature is None:
         return run()
     with recording() as rec:
         out, lse = run()
-    _keep_replay(meta, signature, rec, (q, k_cache, indices, attn_sink, topk_length), (out, lse), ())
+    _keep_replay(meta, signature, rec, (q, k_cache, indices, attn_sink, topk_length, extra_k_cache,
+                                        extra_indices_in_kvcache, extra_topk_length), (out, lse), ())
     return out, lse
 
 
@@ -462,10 +463,11 @@ def flash_mla_with_kvcache(
         natural log; +inf for rows that attend to nothing.
     """
     signature = None  # computed here where a replay may serve the call, and reused below where none does
-    if (num_splits is extra_k_cache is extra_indices_in_kvcache is extra_topk_length is None
-            and tile_scheduler_metadata.__class__ is FlashMLASchedMeta and tile_scheduler_metadata.current_replays()):
+    if (num_splits is None and tile_scheduler_metadata.__class__ is FlashMLASchedMeta
+            and tile_scheduler_metadata.current_replays()):
         # a call whose signature an earlier call of this step recorded: skip to its launches
-        if indices is attn_sink is topk_length is None:
+        if indices is attn_sink is topk_length is extra_k_cache is extra_indices_in_kvcache is extra_topk_length \
+                is None:
             signature = dense_signature(q, k_cache, block_table, cache_seqlens, head_dim_v, softmax_scale, causal,
                                         is_fp8_kvcache, backend, descale_q, descale_k)
             replay = tile_scheduler_metadata.replays.get(signature)
@@ -473,10 +475,12 @@ def flash_mla_with_kvcache(
                 return replay(q, k_cache, block_table, cache_seqlens, descale_q, descale_k)
         elif indices is not None and descale_q is descale_k is None:
             signature = sparse_signature(q, k_cache, indices, attn_sink, head_dim_v, softmax_scale, causal,
-                                         is_fp8_kvcache, backend, kv_format, topk_length)
+                                         is_fp8_kvcache, backend, kv_format, topk_length, extra_k_cache,
+                                         extra_indices_in_kvcache, extra_topk_length)
             replay = tile_scheduler_metadata.replays.get(signature)
             if replay:
-                return replay(q, k_cache, indices, attn_sink, topk_length)
+                return replay(q, k_cache, indices, attn_sink, topk_length, extra_k_cache, extra_indices_in_kvcache,
+                              extra_topk_length)
     elif (tile_scheduler_metadata.__class__ is torch.Tensor and num_splits is not None and OLD_FORM_REPLAYS
           and indices is attn_sink is extra_k_cache is topk_length is extra_topk_length is None):
         # an old-form dense call (the schedule as tensors, as SGLang calls) whose signature was recorded

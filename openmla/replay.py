@@ -19,7 +19,7 @@ width), a buffer the ``FlashMLASchedMeta`` owns, or one its launcher declared (s
 every output is written by a launch; anything else (an undeclared tensor allocated inside the call, an output
 made by a torch op, an argument of an unknown kind) makes the signature run the whole path every time.
 
-Sparse calls without an extra cache record too (:func:`sparse_signature`); their launchers declare the
+Sparse calls record too (:func:`sparse_signature`), extra caches included; their launchers declare the
 split partials they allocate (scratch, allocated anew by each replay), the fixed-length plans they cache
 (kept) and, with ``topk_length``, the lists' lengths and plan that launches make from it each call
 (scratch: a replay repeats those launches with the call's lengths). ``OPENMLA_REPLAY=0`` turns replays off
@@ -145,10 +145,11 @@ def keep_old_form(signature: tuple, replay) -> None:
 
 
 def sparse_signature(q, k_cache, indices, attn_sink, head_dim_v, softmax_scale, causal, is_fp8_kvcache, backend,
-                     kv_format, topk_length=None) -> tuple | None:
-    """:func:`dense_signature`'s counterpart for a sparse call without an extra cache: q, the cache, the index
-    lists, the sink and ``topk_length`` as tensors, the scalar arguments, the knobs, and on CUDA the current
-    device, capture state and stream (the launcher caches fixed-length plans per stream)."""
+                     kv_format, topk_length=None, extra_k_cache=None, extra_indices=None,
+                     extra_topk_length=None) -> tuple | None:
+    """:func:`dense_signature`'s counterpart for a sparse call: q, the cache, the index lists, the sink,
+    ``topk_length`` and the extra cache, its lists and lengths as tensors, the scalar arguments, the knobs, and on
+    CUDA the current device, capture state and stream (the launcher caches fixed-length plans per stream)."""
     try:
         if softmax_scale.__class__ not in _SCALARS or head_dim_v.__class__ is not int:
             return None
@@ -165,8 +166,10 @@ def sparse_signature(q, k_cache, indices, attn_sink, head_dim_v, softmax_scale, 
             indices.shape, indices.stride(), indices.dtype, indices.get_device(), indices.data_ptr() & 15,
             None if attn_sink is None else (attn_sink.shape, attn_sink.stride(), attn_sink.dtype,
                                             attn_sink.get_device(), attn_sink.data_ptr() & 15),
-            None if topk_length is None else (topk_length.shape, topk_length.stride(), topk_length.dtype,
-                                              topk_length.get_device(), topk_length.data_ptr() & 15),
+            *(None if t is None else (t.shape, t.stride(), t.dtype, t.get_device(), t.data_ptr() & 15)
+              for t in (topk_length, extra_k_cache, extra_indices, extra_topk_length)),
+            # an extra scope given as the main one's very tensors is recorded as them: key that too
+            extra_k_cache is k_cache, extra_indices is indices,
             head_dim_v, softmax_scale.__class__, softmax_scale, bool(causal), is_fp8_kvcache, backend, kv_format,
             _knob_values(), cuda,
         )

@@ -345,6 +345,17 @@ def test_a_refused_signature_runs_the_whole_path(monkeypatch, validations, gener
     assert validations.calls == 3 and list(meta.replays.values()) == [False]
 
 
+def test_sparse_signature_keys_an_extra_scope_given_as_the_main_one():
+    """A recording made with the main cache passed as the extra cache too would, replayed, hand the main cache to
+    both scopes: a call that passes a separate extra cache of the same shape must have another signature."""
+    q, cache, lists = torch.zeros(2, 1, 16, 576), torch.zeros(8, 16, 1, 576), torch.zeros(2, 1, 64, dtype=torch.int32)
+    args = (q, cache, lists, None, 512, None, False, False, None, None, None)
+    shared = replay.sparse_signature(*args, extra_k_cache=cache, extra_indices=lists)
+    separate = replay.sparse_signature(*args, extra_k_cache=cache.clone(), extra_indices=lists.clone())
+    assert shared is not None and separate is not None and shared != separate
+    assert separate == replay.sparse_signature(*args, extra_k_cache=cache.clone(), extra_indices=lists.clone())
+
+
 def test_signature_keys_types_and_refuses_what_it_cannot_key():
     q = torch.zeros(1, 1, 4, 64)
     base = (q, q, torch.zeros(1, 1, dtype=torch.int32), torch.zeros(1, dtype=torch.int32), 32)
@@ -446,7 +457,9 @@ def _sparse_layer_matches_the_reference(inputs: dict, meta, fp8: bool, backend) 
     out, lse = openmla.flash_mla_with_kvcache(
         inputs["q"], inputs["k_cache"], None, None, inputs["head_dim_v"], meta,
         softmax_scale=inputs["softmax_scale"], is_fp8_kvcache=fp8, indices=inputs["indices"],
-        attn_sink=inputs.get("attn_sink"), topk_length=inputs.get("topk_length"), backend=backend)
+        attn_sink=inputs.get("attn_sink"), topk_length=inputs.get("topk_length"),
+        extra_k_cache=inputs.get("extra_k_cache"), extra_indices_in_kvcache=inputs.get("extra_indices_in_kvcache"),
+        extra_topk_length=inputs.get("extra_topk_length"), backend=backend)
     ref_out, ref_lse = reference.sparse_decode(**dequantized(inputs))
     check_close("out", out, ref_out, TOL[("sparse_decode", "out")])
     check_close("lse", lse, ref_lse, TOL[("sparse_decode", "lse")])
@@ -487,6 +500,42 @@ def test_replayed_sparse_calls_take_each_calls_lengths(device, case_index, monke
         if i:  # the next layer: new q and cache tensors of the same shapes
             inputs = dict(inputs, q=torch.randn_like(inputs["q"]).div_(10), k_cache=inputs["k_cache"].clone())
         _sparse_layer_matches_the_reference(dict(inputs, topk_length=n.to(device)), meta, fp8, backend)
+    _assert_recorded(meta, validations)
+
+
+# b, s_q, h_q, s_k, topk, page, fp8, (extra s_k, extra topk, extra page)
+SPARSE_EXTRA_CPU_CASES = [(2, 1, 16, 200, 64, 16, True, (120, 40, 8))]
+SPARSE_EXTRA_GPU_CASES = [(4, 2, 64, 2000, 128, 64, True, (700, 256, 61)),
+                          (3, 1, 128, 1000, 64, 64, False, (300, 64, 16))]
+
+
+@pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("device", HERE_AND_GPU)
+@pytest.mark.parametrize("case_index", range(max(len(SPARSE_EXTRA_CPU_CASES), len(SPARSE_EXTRA_GPU_CASES))))
+def test_replayed_sparse_calls_with_an_extra_cache(device, case_index, monkeypatch, generator):
+    """An extra cache, its lists and its lengths are part of a sparse call's signature and of what a replay takes:
+    each layer here has a new extra cache tensor, its lists in another order and other extra lengths (an empty
+    list and a full one among them), so a replay holding the recorded call's would give the wrong rows."""
+    from helpers import make_sparse_decode_inputs
+
+    cases = SPARSE_EXTRA_GPU_CASES if device == "cuda" else SPARSE_EXTRA_CPU_CASES
+    if case_index >= len(cases):
+        pytest.skip("fewer cases on this tier")
+    b, s_q, h_q, s_k, topk, page, fp8, extra = cases[case_index]
+    backend, dtype, validations, meta = _sparse_tier(device, monkeypatch)
+    inputs = make_sparse_decode_inputs(b, s_q, h_q, s_k, topk, page, dtype=dtype, device=device, fp8=fp8,
+                                       extra=extra, extra_topk_length=True, generator=generator)
+    extra_topk = extra[1]
+    for i in range(3):
+        if i:  # the next layer: new q and caches, the extra lists in another order, other extra lengths
+            perm = torch.randperm(extra_topk, generator=generator).to(device)
+            lengths = torch.randint(0, extra_topk + 1, (b,), generator=generator, dtype=torch.int32)
+            lengths[0], lengths[-1] = (0, extra_topk) if i == 1 else (extra_topk, 0)
+            inputs = dict(inputs, q=torch.randn_like(inputs["q"]).div_(10), k_cache=inputs["k_cache"].clone(),
+                          extra_k_cache=inputs["extra_k_cache"].clone(),
+                          extra_indices_in_kvcache=inputs["extra_indices_in_kvcache"][..., perm].contiguous(),
+                          extra_topk_length=lengths.to(device))
+        _sparse_layer_matches_the_reference(inputs, meta, fp8, backend)
     _assert_recorded(meta, validations)
 
 
