@@ -78,10 +78,7 @@ GPU_CASES = [
 @pytest.mark.parametrize("device", HERE_AND_GPU)
 @pytest.mark.parametrize("case_index", range(max(len(CPU_CASES), len(GPU_CASES))))
 def test_replayed_layers_match_the_reference_on_new_data(device, case_index, validations, generator):
-    cases = GPU_CASES if device == "cuda" else CPU_CASES
-    if case_index >= len(cases):
-        pytest.skip("fewer cases on this tier")
-    b, s_q, s_k, h_q, h_kv, d, dv, page, dtype = cases[case_index]
+    b, s_q, s_k, h_q, h_kv, d, dv, page, dtype = _tier_case(device, case_index, GPU_CASES, CPU_CASES)
     backend = None if device == "cuda" else "triton"
     inputs = make_dense_decode_inputs(b, s_q, s_k, h_q, h_kv, d, dv, page, dtype, device, varlen=True,
                                       generator=generator, causal=True)
@@ -423,10 +420,7 @@ def test_replayed_sparse_layers_match_the_reference(device, case_index, monkeypa
     plans as kept), MTP (s_q > 1) included."""
     from helpers import make_sparse_decode_inputs
 
-    cases = SPARSE_GPU_CASES if device == "cuda" else SPARSE_CPU_CASES
-    if case_index >= len(cases):
-        pytest.skip("fewer cases on this tier")
-    b, s_q, h_q, s_k, topk, page, fp8, sink = cases[case_index]
+    b, s_q, h_q, s_k, topk, page, fp8, sink = _tier_case(device, case_index, SPARSE_GPU_CASES, SPARSE_CPU_CASES)
     backend, dtype, validations, meta = _sparse_tier(device, monkeypatch)
     inputs = make_sparse_decode_inputs(b, s_q, h_q, s_k, topk, page, dtype=dtype, device=device, fp8=fp8,
                                        sink=sink, generator=generator)
@@ -438,6 +432,14 @@ def test_replayed_sparse_layers_match_the_reference(device, case_index, monkeypa
                           attn_sink=None if inputs["attn_sink"] is None else inputs["attn_sink"].clone())
         _sparse_layer_matches_the_reference(inputs, meta, fp8, backend)
     _assert_recorded(meta, validations)
+
+
+def _tier_case(device: str, case_index: int, gpu_cases: list, cpu_cases: list) -> tuple:
+    """Case ``case_index`` of this tier's list (the GPU's or the interpreter's); skipped past its end."""
+    cases = gpu_cases if device == "cuda" else cpu_cases
+    if case_index >= len(cases):
+        pytest.skip("fewer cases on this tier")
+    return cases[case_index]
 
 
 def _sparse_tier(device: str, monkeypatch) -> tuple:
@@ -487,10 +489,8 @@ def test_replayed_sparse_calls_take_each_calls_lengths(device, case_index, monke
     lengths (0, full, in between), and a stale plan or stale lengths would give the wrong rows."""
     from helpers import make_sparse_decode_inputs
 
-    cases = SPARSE_LENGTH_GPU_CASES if device == "cuda" else SPARSE_LENGTH_CPU_CASES
-    if case_index >= len(cases):
-        pytest.skip("fewer cases on this tier")
-    b, s_q, h_q, s_k, topk, page, fp8 = cases[case_index]
+    b, s_q, h_q, s_k, topk, page, fp8 = _tier_case(device, case_index, SPARSE_LENGTH_GPU_CASES,
+                                                   SPARSE_LENGTH_CPU_CASES)
     backend, dtype, validations, meta = _sparse_tier(device, monkeypatch)
     inputs = make_sparse_decode_inputs(b, s_q, h_q, s_k, topk, page, dtype=dtype, device=device, fp8=fp8,
                                        generator=generator)
@@ -518,10 +518,8 @@ def test_replayed_sparse_calls_with_an_extra_cache(device, case_index, monkeypat
     list and a full one among them), so a replay holding the recorded call's would give the wrong rows."""
     from helpers import make_sparse_decode_inputs
 
-    cases = SPARSE_EXTRA_GPU_CASES if device == "cuda" else SPARSE_EXTRA_CPU_CASES
-    if case_index >= len(cases):
-        pytest.skip("fewer cases on this tier")
-    b, s_q, h_q, s_k, topk, page, fp8, extra = cases[case_index]
+    b, s_q, h_q, s_k, topk, page, fp8, extra = _tier_case(device, case_index, SPARSE_EXTRA_GPU_CASES,
+                                                          SPARSE_EXTRA_CPU_CASES)
     backend, dtype, validations, meta = _sparse_tier(device, monkeypatch)
     inputs = make_sparse_decode_inputs(b, s_q, h_q, s_k, topk, page, dtype=dtype, device=device, fp8=fp8,
                                        extra=extra, extra_topk_length=True, generator=generator)
