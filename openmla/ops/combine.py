@@ -147,13 +147,14 @@ if triton_available():
         s_q, h_q,
         BLOCK_R: tl.constexpr, D_V: tl.constexpr, HAS_SINK: tl.constexpr, PDL: tl.constexpr,
     ):
+        if PDL:
+            # launched as a programmatic dependent of the kernel before it: what that kernel wrote (the partials;
+            # the split offsets too, where a launcher made them after the split kernel) is visible past this wait
+            gdc_wait()
         req = tl.program_id(0)
-        # the split offsets come from before the split kernel started: read them before waiting for it
         split_lo = tl.load(num_splits_ptr + req)
         n_split = tl.load(num_splits_ptr + req + 1) - split_lo
         if n_split > 1:
-            if PDL:  # launched as the split kernel's dependent: its partials are visible past this wait
-                gdc_wait()
             offs_r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)  # row = t * h_q + head
             merge_split_rows(out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, sink_ptr,
                              tl.cast(req, tl.int64), offs_r // h_q, offs_r % h_q, offs_r < s_q * h_q, split_lo,
@@ -220,8 +221,9 @@ def combine_splits(
         attn_sink: fp32 [h_q] contiguous, or None (dense decoding): scales each merged output by
             ``1 / (1 + exp(sink - lse))``.
 
-    On SM90+ the launch is a programmatic dependent of the kernel before it on the stream, which must be the
-    split kernel that wrote the partials (:func:`combine_pdl`).
+    On SM90+ the launch is a programmatic dependent of the kernel before it on the stream (:func:`combine_pdl`):
+    the kernel waits for that one to finish before reading anything, and that one, a plain launch, started after
+    every kernel before it had finished.
     """
     b, s_q, h_q, d_v = out.shape
     pdl = combine_pdl(out.device)
