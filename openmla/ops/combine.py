@@ -167,7 +167,8 @@ if triton_available():
 #: the partials. Read at each call. Measured on an H200 (dense small and ragged batches, alternated twice in one
 #: process, ``benchmarks/combine_pdl_ab.py``): replayed eager calls 2-4.5 % faster where their times were stable
 #: (b=1 s_k=8k 39.9 against 41.6 us, b=4 43.1 against 45.1-45.5, b=16 90.2-90.5 against 92.4, the ragged b=16
-#: batch 78.2-78.4 against 80.4-80.5), CUDA-graph replays within 1 %.
+#: batch 78.2-78.4 against 80.4-80.5), CUDA-graph replays within 1 % (the kernel then read the split offsets
+#: before its wait; the wait comes first since, not yet timed).
 COMBINE_PDL = True
 
 
