@@ -107,11 +107,11 @@ def main():
 
 def sparse(profile: bool) -> None:
     """Host time of a small sparse decode call: OpenMLA, FlashMLA (when it imports), OpenMLA's kernel launch."""
+    import os
+
     import openmla
     from benchmarks.runner import _flash_mla_sparse_call, _openmla_sparse_call
     from openmla._harness import make_sparse_decode_inputs
-
-    import os
 
     rows = []
     for s_q, topk in ((1, 64), (1, 2048), (2, 64)):

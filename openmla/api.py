@@ -17,8 +17,17 @@ from .dispatch import Choice, choose_dense_decode, choose_sparse_decode
 from .metadata import FlashMLASchedMeta, plan_dense
 from .ops.combine import fuse_combine
 from .ops.launch import recording, scratch
-from .replay import (MAX_REPLAYS, OLD_FORM_REPLAYS, NotReplayable, Replay, dense_signature, keep_old_form,
-                     old_form_signature, replay_enabled, sparse_signature)
+from .replay import (
+    MAX_REPLAYS,
+    OLD_FORM_REPLAYS,
+    NotReplayable,
+    Replay,
+    dense_signature,
+    keep_old_form,
+    old_form_signature,
+    replay_enabled,
+    sparse_signature,
+)
 
 __all__ = ["flash_mla_with_kvcache", "explain"]
 

@@ -568,8 +568,9 @@ def test_a_replay_does_not_keep_the_recorded_calls_tensors_alive():
     import gc
     import weakref
 
-    from openmla.ops.launch import scratch
     from triton.tools.tensor_descriptor import TensorDescriptor
+
+    from openmla.ops.launch import scratch
 
     x, out, work = torch.randn(64, 16), torch.empty(64, 16), torch.empty(8)
     kernel = _FakeKernel()

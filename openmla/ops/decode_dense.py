@@ -28,8 +28,8 @@ import torch
 
 from .._runtime import device_arch, triton_available
 from .combine import combine_splits, fuse_combine
-from .schedule import SCHED_BLOCK
 from .launch import launch
+from .schedule import SCHED_BLOCK
 
 # integer arguments that vary per call: specialising on them (==1, %16) would recompile per batch shape
 SPLITKV_RUNTIME_INTS = (

@@ -40,9 +40,9 @@ import torch
 from ..._runtime import gluon_available
 from ..combine import combine_splits, fuse_combine
 from ..decode_dense import split_workspace, splitkv_args
+from ..launch import launch
 from ..schedule import SCHED_BLOCK
 from .decode_dense_sm90_ws import tma_view
-from ..launch import launch
 
 #: K tiles by TMA where :func:`tma_view` allows it (16-bit caches).
 TMA_K = True

@@ -78,8 +78,8 @@ import torch
 from ..._runtime import gluon_available
 from ..combine import combine_splits
 from ..decode_dense import split_workspace, splitkv_args
-from ..schedule import SCHED_BLOCK
 from ..launch import launch
+from ..schedule import SCHED_BLOCK
 
 BLOCK_M = 64
 BLOCK_N = 64

@@ -23,16 +23,15 @@ kernel). FlashMLA has no sparse decoding over 16-bit caches on SM90.
 from __future__ import annotations
 
 import torch
-
 import triton
 import triton.language as tl
 
 from ..._runtime import num_sms
 from ..combine import combine_splits
 from ..decode_dense import split_workspace, splitkv_args
+from ..launch import ShapeCache, launch, scratch
 from ..schedule import plan_splitkv
 from . import decode_dense_sm90_ws as ws
-from ..launch import ShapeCache, launch, scratch
 
 # Plans of lists with no topk_length (every list topk entries long): they depend on the shapes only, so one
 # plan serves every later call with the same (device, stream, tokens, topk, parts).
