@@ -9,8 +9,8 @@ h_q=128, the metadata planned once and reused, as serving loops do), synchronise
 ``--profile`` adds where the Python time of the default path goes (cProfile, 300 calls).
 
 ``--sparse``: the same for a small sparse decode (b=4, s_q=1, h_q=128, topk=64 and 2048, V3.2 FP8 cache; and
-MTP, s_q=2, topk=64), OpenMLA's call against FlashMLA's, then each launch of OpenMLA's call alone (the sparse kernel and, for a split list,
-the combine).
+MTP, s_q=2, topk=64), OpenMLA's call (replayed and whole) against FlashMLA's, then a call with ``topk_length``
+(replayed and whole) and the portable launcher alone (no validation).
 
 ``--python-only`` (no GPU needed): the same call on CPU tensors through the Triton backend with every kernel
 launch replaced by a no-op, so what is timed is OpenMLA's own Python (validation, dispatch, allocation,

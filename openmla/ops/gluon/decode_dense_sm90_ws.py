@@ -264,8 +264,8 @@ if gluon_available():
                 elif KV_FP8:
                     if not LIST_AHEAD:
                         ent = _key_entries(bt_row, start + offs_e, tok_hi, page_block_size, True)
-                    _gather_fp8_tile(k_ptr, ent, bt_row, start, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
-                                     k_lo.index(stage), k_hi.index(stage), k_pe.index(stage), k_hi, k_pe, stage,
+                    _gather_fp8_tile(k_ptr, ent, bt_row, start, tok_hi, page_block_size, num_blocks, stride_kb,
+                                     stride_kp, k_lo.index(stage), k_hi.index(stage), k_pe.index(stage), k_hi, k_pe, stage,
                                      D_V, PARTITION_WARPS, PREFETCH_L2)
                     mbarrier.arrive(k_ready.index(stage), count=1)
                 else:
