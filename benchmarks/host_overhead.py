@@ -9,8 +9,8 @@ h_q=128, the metadata planned once and reused, as serving loops do), synchronise
 ``--profile`` adds where the Python time of the default path goes (cProfile, 300 calls).
 
 ``--sparse``: the same for a small sparse decode (b=4, s_q=1, h_q=128, topk=64 and 2048, V3.2 FP8 cache; and
-MTP, s_q=2, topk=64), OpenMLA's call (replayed and whole) against FlashMLA's, then a call with ``topk_length``
-(replayed and whole) and the portable launcher alone (no validation).
+MTP, s_q=2, topk=64), OpenMLA's call (replayed and whole) against FlashMLA's, then calls with ``topk_length`` and
+with an extra cache (each replayed and whole) and the portable launcher alone (no validation).
 
 ``--python-only`` (no GPU needed): the same call on CPU tensors through the Triton backend with every kernel
 launch replaced by a no-op, so what is timed is OpenMLA's own Python (validation, dispatch, allocation,
@@ -141,6 +141,19 @@ def sparse(profile: bool) -> None:
     rows.append(("openmla sparse topk=64 with topk_length, replayed", loop_us(with_lengths)))
     os.environ["OPENMLA_REPLAY"] = "0"
     rows.append(("openmla sparse topk=64 with topk_length, whole path (OPENMLA_REPLAY=0)", loop_us(with_lengths)))
+    del os.environ["OPENMLA_REPLAY"]
+    # with an extra cache (a second list over a second V3.2 cache, as V3.2's callers append a window)
+    extra = make_sparse_decode_inputs(4, 1, 128, 1024, 64, 64, seed=1)
+    sched_extra, _ = openmla.get_mla_metadata()  # a schedule is planned for one configuration
+
+    def with_extra():
+        return decode(inp.q, inp.k_cache, None, None, inp.head_dim_v, sched_extra, softmax_scale=inp.softmax_scale,
+                      is_fp8_kvcache=inp.is_fp8, indices=inp.indices, extra_k_cache=extra.k_cache,
+                      extra_indices_in_kvcache=extra.indices)
+
+    rows.append(("openmla sparse topk=64 with an extra cache (topk 64), replayed", loop_us(with_extra)))
+    os.environ["OPENMLA_REPLAY"] = "0"
+    rows.append(("openmla sparse topk=64 with an extra cache, whole path (OPENMLA_REPLAY=0)", loop_us(with_extra)))
     del os.environ["OPENMLA_REPLAY"]
     from openmla.ops.decode_sparse import sparse_decode_fwd
 
