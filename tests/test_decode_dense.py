@@ -253,6 +253,44 @@ def test_split_partials_merged_in_kernel_or_by_the_combine_kernel(device, backen
     check_against_reference(inputs, out, lse)
 
 
+@pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("device", HERE_AND_GPU)
+@pytest.mark.parametrize("max_chunks", [1, 8], ids=["whole-rows", "column-chunks"])
+@pytest.mark.parametrize("splits,s_q,h_q,d_v", [
+    ((2, 70, 1, 9), 1, 16, 512),  # more splits than one LSE load takes, an unsplit request left alone
+    ((3, 8), 2, 5, 64),  # rows past the heads, a split count that fills the unrolled loop
+])
+def test_combine_kernel_merges_partials(device, max_chunks, splits, s_q, h_q, d_v, monkeypatch, generator):
+    """The combine kernel against the merge written out in torch: any split count (one LSE tile or several),
+    whole row tiles per program or their dims spread over programs, splits in which a row saw no key (weight
+    0) and rows that saw none anywhere (out 0, lse +inf); requests with one split are not touched."""
+    from openmla.ops import combine
+
+    monkeypatch.setattr(combine, "COMBINE_MAX_COL_CHUNKS", max_chunks)
+    b = len(splits)
+    offsets = torch.tensor([0] + list(itertools.accumulate(splits)), dtype=torch.int32, device=device)
+    slots = int(offsets[-1])
+    o_acc = torch.randn(slots, s_q, h_q, d_v, generator=generator).to(device)
+    lse_acc = (torch.randn(slots, s_q, h_q, generator=generator) * 3).to(device)
+    lse_acc[1, 0, :2] = float("-inf")  # rows that saw no key in one split of request 0
+    lse_acc[splits[0]:splits[0] + splits[1], :, 1] = float("-inf")  # a row of request 1 that saw none at all
+    out = torch.full((b, s_q, h_q, d_v), 7.0, dtype=torch.float16, device=device)  # bf16 rounding alone nears the cos bound
+    lse = torch.full((b, h_q, s_q), 7.0, dtype=torch.float32, device=device)
+    combine.combine_splits(out, lse, o_acc, lse_acc, offsets)
+    for i, n in enumerate(splits):
+        if n == 1:
+            assert (out[i] == 7.0).all() and (lse[i] == 7.0).all(), "a one-split request is the split kernel's"
+            continue
+        part = slice(int(offsets[i]), int(offsets[i + 1]))
+        lse2 = torch.logsumexp(lse_acc[part].double() * torch.log(torch.tensor(2.0)), dim=0) / torch.log(
+            torch.tensor(2.0))  # [s_q, h_q], base 2
+        weight = torch.exp2(lse_acc[part].double() - lse2)  # [n, s_q, h_q]
+        want = (weight[..., None] * o_acc[part].double()).sum(0).nan_to_num(0.0)
+        want_lse = (lse2 * torch.log(torch.tensor(2.0))).where(lse2 > float("-inf"), float("inf"))
+        check_close(f"out of request {i}", out[i], want.float(), TOL[("dense_decode", "out")])
+        check_close(f"lse of request {i}", lse[i], want_lse.transpose(0, 1).float(), TOL[("dense_decode", "lse")])
+
+
 def test_combine_kernel_is_a_programmatic_dependent_on_sm90_only(monkeypatch):
     """The combine kernel launches with PDL (and waits on griddepcontrol) on cards of SM90 or later, by their own
     capability (OPENMLA_ARCH does not make an A100 run an SM90 instruction), never under the interpreter or on CPU

@@ -75,7 +75,7 @@ def _dense_kernel_and_consts(cfg) -> tuple[object, dict]:
 
 
 def _variants(arch: int = 90) -> list[Variant]:
-    from .combine import _decode_combine_kernel
+    from .combine import COMBINE_SPLIT_TILE, _decode_combine_kernel
     from .decode_dense import TMA_TILE_KEYS, dense_decode_config
     from .schedule import FIXED_OVERHEAD, MAX_SPLITS, SCHED_BLOCK, _plan_splitkv_kernel
 
@@ -119,12 +119,14 @@ def _variants(arch: int = 90) -> list[Variant]:
         # launched as the split kernel's programmatic dependent on SM90+ (griddepcontrol), plainly before
         for pdl, min_arch in ((False, 0), (True, 90)):
             tag = " pdl" if pdl else ""
-            out.append(Variant(_decode_combine_kernel, combine_ptrs, (), dict(BLOCK_R=8, D_V=512, HAS_SINK=False,
-                                                                              PDL=pdl), 4, 2,
-                               f"{dtype} d_v512{tag}", min_arch=min_arch))
-            out.append(Variant(_decode_combine_kernel, combine_ptrs, (), dict(BLOCK_R=8, D_V=512, HAS_SINK=True,
-                                                                              PDL=pdl), 4, 2,
-                               f"{dtype} d_v512 sink{tag}", min_arch=min_arch))
+            # a row tile's dims all in one program (larger batches) or 64 to a program (a single request)
+            for col_chunk in (512, 64):
+                consts = dict(BLOCK_R=8, D_V=512, PDL=pdl, COL_CHUNK=col_chunk, SPLIT_TILE=COMBINE_SPLIT_TILE)
+                cols = f" cols{col_chunk}"
+                out.append(Variant(_decode_combine_kernel, combine_ptrs, (), dict(consts, HAS_SINK=False), 4, 2,
+                                   f"{dtype} d_v512{cols}{tag}", min_arch=min_arch))
+                out.append(Variant(_decode_combine_kernel, combine_ptrs, (), dict(consts, HAS_SINK=True), 4, 2,
+                                   f"{dtype} d_v512{cols} sink{tag}", min_arch=min_arch))
     # what CUDA-graph captures launch: the partials merged by the combine kernel, not in the split kernel
     for v in list(out):
         if v.name.startswith("bf16 rows<=") and "d576 causal" in v.name and v.kernel is not _decode_combine_kernel:

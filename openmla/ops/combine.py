@@ -9,8 +9,8 @@ skipped here.
 Two ways to run it: fused into the dense split kernels (:func:`arrive_split` counts a request's finished
 programs, and after its KV loops one program that sees them all claims the merge, :func:`merge_arrived`:
 one launch per call, what eager calls use), or as
-the standalone :func:`combine_splits` kernel (parallel over requests and rows: what CUDA-graph captures
-and sparse decoding use). :func:`fuse_combine` picks.
+the standalone :func:`combine_splits` kernel (parallel over requests, rows and, for small batches, output
+dims: what replayed calls, CUDA-graph captures and sparse decoding use). :func:`fuse_combine` picks.
 
 With an attention sink (sparse decoding), the merged output of head ``h`` is scaled by
 ``1 / (1 + exp(sink[h] - lse))`` here, where it is final (``+inf`` gives 0, ``-inf`` leaves it); ``lse``
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .._runtime import _device_capability, interpret_mode, triton_available
+from .._runtime import _device_capability, interpret_mode, num_sms, triton_available
 from .launch import launch
 
 if triton_available():
@@ -140,13 +140,65 @@ if triton_available():
                                          stride_lb, stride_lh, D_V, 4096 // R, False)
 
     @triton.jit
+    def _weighted_tiles(o_acc_ptr, lse_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r, col, m_shift,
+                        D_V: tl.constexpr):
+        """``Σ 2^(lse2_k - m) o_k`` over splits ``k = s .. s+3`` (those of the request) at columns ``col``:
+        [R, len(col)] fp32. Its eight loads are independent, so they are in flight together."""
+        o0 = _split_tile(o_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r, col, D_V)
+        o1 = _split_tile(o_acc_ptr, split_lo, s + 1, n_split, rows_per_slot, acc_row, mask_r, col, D_V)
+        o2 = _split_tile(o_acc_ptr, split_lo, s + 2, n_split, rows_per_slot, acc_row, mask_r, col, D_V)
+        o3 = _split_tile(o_acc_ptr, split_lo, s + 3, n_split, rows_per_slot, acc_row, mask_r, col, D_V)
+        w0 = _split_weight(lse_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r, m_shift)
+        w1 = _split_weight(lse_acc_ptr, split_lo, s + 1, n_split, rows_per_slot, acc_row, mask_r, m_shift)
+        w2 = _split_weight(lse_acc_ptr, split_lo, s + 2, n_split, rows_per_slot, acc_row, mask_r, m_shift)
+        w3 = _split_weight(lse_acc_ptr, split_lo, s + 3, n_split, rows_per_slot, acc_row, mask_r, m_shift)
+        return w0[:, None] * o0 + w1[:, None] * o1 + w2[:, None] * o2 + w3[:, None] * o3
+
+    @triton.jit
+    def _split_lse_stats(lse_acc_ptr, split_lo, n_split, rows_per_slot, acc_row, mask_r,
+                         SPLIT_TILE: tl.constexpr):
+        """``(m, total)`` of rows ``acc_row`` over a request's ``n_split`` partials: the largest base-2 LSE
+        (``-inf`` where no split saw a key) and ``Σ 2^(lse2_s - m)`` (``m`` read as 0 when ``-inf``). The LSEs
+        are read ``SPLIT_TILE`` splits at a time, one [R, SPLIT_TILE] load each, so a request's splits cost one
+        L2 round trip (two passes), not one per split."""
+        offs_s = tl.arange(0, SPLIT_TILE)
+        # reduced after the loops: elementwise inside them (a reduction carried through the loop trips an
+        # assertion in triton 3.6's thread-locality pass)
+        m_tile = tl.full([acc_row.shape[0], SPLIT_TILE], float("-inf"), dtype=tl.float32)
+        for s0 in range(0, n_split, SPLIT_TILE):
+            slot = (split_lo + s0 + offs_s).to(tl.int64)
+            lse2 = tl.load(lse_acc_ptr + slot[None, :] * rows_per_slot + acc_row[:, None],
+                           mask=mask_r[:, None] & (s0 + offs_s < n_split)[None, :], other=float("-inf"),
+                           cache_modifier=".cg")
+            m_tile = tl.maximum(m_tile, lse2)
+        m = tl.max(m_tile, axis=1)
+        m_shift = tl.where(m == float("-inf"), 0.0, m)
+        t_tile = tl.zeros([acc_row.shape[0], SPLIT_TILE], dtype=tl.float32)
+        for s0 in range(0, n_split, SPLIT_TILE):
+            slot = (split_lo + s0 + offs_s).to(tl.int64)
+            lse2 = tl.load(lse_acc_ptr + slot[None, :] * rows_per_slot + acc_row[:, None],
+                           mask=mask_r[:, None] & (s0 + offs_s < n_split)[None, :], other=float("-inf"),
+                           cache_modifier=".cg")
+            t_tile += tl.math.exp2(lse2 - m_shift[:, None])
+        total = tl.sum(t_tile, axis=1)
+        return m_shift, total
+
+    @triton.jit
     def _decode_combine_kernel(
         out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, num_splits_ptr, sink_ptr,
         stride_ob, stride_os, stride_oh,
         stride_lb, stride_lh,
         s_q, h_q,
         BLOCK_R: tl.constexpr, D_V: tl.constexpr, HAS_SINK: tl.constexpr, PDL: tl.constexpr,
+        COL_CHUNK: tl.constexpr, SPLIT_TILE: tl.constexpr,
     ):
+        """Program ``(req, row tile, column chunk)``: rows ``BLOCK_R * pid1 ..`` (row = t * h_q + head) of a split
+        request, output dims ``COL_CHUNK * pid2 ..``; the chunk that holds dim 0 also writes the LSE.
+
+        Small batches have few (request, row tile) pairs, and each program's loop over the splits is a chain of
+        L2 round trips, so the columns are spread over programs too (:func:`combine_col_chunks`); each round
+        trip reads several splits' tiles (eight of up to 128 dims, four of more), and the LSEs come in one load per
+        ``SPLIT_TILE`` splits."""
         if PDL:
             # launched as a programmatic dependent of the kernel before it: what that kernel wrote (the partials;
             # the split offsets too, where a launcher made them after the split kernel) is visible past this wait
@@ -155,11 +207,38 @@ if triton_available():
         split_lo = tl.load(num_splits_ptr + req)
         n_split = tl.load(num_splits_ptr + req + 1) - split_lo
         if n_split > 1:
+            req64 = tl.cast(req, tl.int64)
             offs_r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)  # row = t * h_q + head
-            merge_split_rows(out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, sink_ptr,
-                             tl.cast(req, tl.int64), offs_r // h_q, offs_r % h_q, offs_r < s_q * h_q, split_lo,
-                             n_split, s_q, h_q, stride_ob, stride_os, stride_oh, stride_lb, stride_lh,
-                             D_V, D_V, HAS_SINK)
+            mask_r = offs_r < s_q * h_q
+            t_idx = offs_r // h_q
+            head = offs_r % h_q
+            rows_per_slot = s_q * h_q
+            acc_row = t_idx * h_q + head  # row inside a slot of o_accum [slots, s_q, h_q, D_V]
+            m_shift, total = _split_lse_stats(lse_acc_ptr, split_lo, n_split, rows_per_slot, acc_row, mask_r,
+                                              SPLIT_TILE)
+            empty = total == 0.0
+            lse2 = m_shift + tl.math.log2(total)
+            inv = tl.where(empty, 0.0, 1.0 / total)
+            if HAS_SINK:
+                # base 2: 1 / (1 + 2^(sink·log2e - lse2)); empty rows stay 0 whatever the sink
+                sink2 = tl.load(sink_ptr + head, mask=mask_r, other=0.0) * 1.4426950408889634
+                inv = inv * tl.where(empty, 0.0, 1.0 / (1.0 + tl.math.exp2(sink2 - lse2)))
+            # every split round trip brings UNROLL splits' [BLOCK_R, COL_CHUNK] tiles (64 KB at most, in registers)
+            UNROLL: tl.constexpr = 8 if COL_CHUNK <= 128 else 4
+            col = tl.program_id(2) * COL_CHUNK + tl.arange(0, COL_CHUNK)
+            acc = tl.zeros([BLOCK_R, COL_CHUNK], dtype=tl.float32)
+            for s in range(0, n_split, UNROLL):
+                acc += _weighted_tiles(o_acc_ptr, lse_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r,
+                                       col, m_shift, D_V)
+                if UNROLL == 8:
+                    acc += _weighted_tiles(o_acc_ptr, lse_acc_ptr, split_lo, s + 4, n_split, rows_per_slot, acc_row,
+                                           mask_r, col, m_shift, D_V)
+            o_row = out_ptr + req64 * stride_ob + t_idx * stride_os + head * stride_oh
+            tl.store(o_row[:, None] + col[None, :], (acc * inv[:, None]).to(out_ptr.dtype.element_ty),
+                     mask=mask_r[:, None])
+            if tl.program_id(2) == 0:
+                lse = tl.where(empty, float("inf"), lse2 * 0.6931471805599453)
+                tl.store(lse_ptr + req64 * stride_lb + head * stride_lh + t_idx, lse, mask=mask_r)
 
 
 #: Launch the combine kernel as a programmatic dependent of the split kernel before it on SM90+ (PDL, as
@@ -204,6 +283,26 @@ def fuse_combine(device: torch.device, b: int, replayed: bool = False) -> bool:
         device.type == "cuda" and torch.cuda.is_current_stream_capturing())
 
 
+#: Splits whose LSEs the combine kernel reads in one load (a request's splits beyond it take more loads).
+COMBINE_SPLIT_TILE = 64
+#: The combine kernel spreads a row tile's output dims over at most this many programs (small batches).
+COMBINE_MAX_COL_CHUNKS = 8
+
+
+def combine_col_chunks(row_programs: int, d_v: int, device: torch.device) -> int:
+    """How many programs share a row tile's ``d_v`` output dims in the combine kernel: the fewest (powers of two,
+    up to :data:`COMBINE_MAX_COL_CHUNKS`, chunks of at least 32 dims) that give ``row_programs`` (requests times
+    row tiles) times the chunks two programs per SM, so that small batches read their partials from many SMs at
+    once. Measured on an H200, every count beside the others (dense small and ragged batches,
+    ``benchmarks/kernel_times.py --combine-chunks``, ``benchmarks/results/2026-11-27-h200-combine-chunks.txt``):
+    b=1 and 4 fastest with 8, b=16 (256 row tiles) with 2, fixed lengths and the ragged batch alike."""
+    sms = num_sms(device)
+    chunks = 1
+    while row_programs * chunks < 2 * sms and chunks < COMBINE_MAX_COL_CHUNKS and d_v // (2 * chunks) >= 32:
+        chunks *= 2
+    return chunks
+
+
 def combine_splits(
     out: torch.Tensor,
     lse: torch.Tensor,
@@ -229,13 +328,15 @@ def combine_splits(
     b, s_q, h_q, d_v = out.shape
     pdl = combine_pdl(out.device)
     block_r = 8 if d_v >= 256 else 16
-    grid = (b, triton.cdiv(s_q * h_q, block_r))
+    chunks = combine_col_chunks(b * triton.cdiv(s_q * h_q, block_r), d_v, out.device)
+    grid = (b, triton.cdiv(s_q * h_q, block_r), chunks)
     launch(_decode_combine_kernel, grid,
         out, lse, o_accum, lse_accum, num_splits,
         attn_sink if attn_sink is not None else lse_accum,  # not read without a sink
         out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1),
         s_q, h_q,
-        BLOCK_R=block_r, D_V=d_v, HAS_SINK=attn_sink is not None, PDL=pdl, num_warps=4,
+        BLOCK_R=block_r, D_V=d_v, HAS_SINK=attn_sink is not None, PDL=pdl, COL_CHUNK=d_v // chunks,
+        SPLIT_TILE=COMBINE_SPLIT_TILE, num_warps=4,
         **({"launch_pdl": True} if pdl else {}),
     )
