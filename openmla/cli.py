@@ -476,6 +476,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- warmup
 
 
+def _warm_combine(dtype, dtype_name: str) -> None:
+    """Compile the split-KV combine kernel at each width it picks by batch size (one program a row tile's 512
+    output dims for large batches, up to :data:`~openmla.ops.combine.COMBINE_MAX_COL_CHUNKS` programs for a single
+    request), which the tiny calls above do not all reach: their first calls merge inside the split kernel."""
+    import torch
+
+    from .ops.combine import COMBINE_MAX_COL_CHUNKS, combine_splits
+
+    start = time.perf_counter()
+    b, s_q, h_q, d_v = 1, 1, 128, 512
+    out = torch.empty(b, s_q, h_q, d_v, dtype=dtype, device="cuda")
+    lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device="cuda")
+    o_accum = torch.zeros(2, s_q, h_q, d_v, dtype=torch.float32, device="cuda")
+    lse_accum = torch.zeros(2, s_q, h_q, dtype=torch.float32, device="cuda")
+    num_splits = torch.tensor([0, 2], dtype=torch.int32, device="cuda")
+    chunks = 1
+    while chunks <= COMBINE_MAX_COL_CHUNKS:
+        combine_splits(out, lse, o_accum, lse_accum, num_splits, col_chunks=chunks)
+        chunks *= 2
+    torch.cuda.synchronize()
+    print(f"  {dtype_name} combine kernel widths: {time.perf_counter() - start:6.2f} s")
+
+
 def cmd_warmup(args: argparse.Namespace) -> int:
     """Compile the kernels for the common shapes by running one tiny call of each; print the time taken."""
     if not _cuda_available():
@@ -511,6 +534,7 @@ def cmd_warmup(args: argparse.Namespace) -> int:
                 openmla.flash_mla_with_kvcache(*inp.call_args(), sched, softmax_scale=inp.softmax_scale, causal=True)
                 torch.cuda.synchronize()
                 print(f"  {dtype_name} h_q={h_q:<4} s_q={s_q}: {time.perf_counter() - start:6.2f} s")
+        _warm_combine(parse_dtype(dtype_name), dtype_name)
     print(f"warmup: done in {time.perf_counter() - total:.1f} s on {torch.cuda.get_device_name()}")
     return 0
 

@@ -255,18 +255,18 @@ def test_split_partials_merged_in_kernel_or_by_the_combine_kernel(device, backen
 
 @pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
 @pytest.mark.parametrize("device", HERE_AND_GPU)
-@pytest.mark.parametrize("max_chunks", [1, 8], ids=["whole-rows", "column-chunks"])
+@pytest.mark.parametrize("col_chunks", [None, 1, 8], ids=["chosen", "whole-rows", "column-chunks"])
 @pytest.mark.parametrize("splits,s_q,h_q,d_v", [
     ((2, 70, 1, 9), 1, 16, 512),  # more splits than one LSE load takes, an unsplit request left alone
     ((3, 8), 2, 5, 64),  # rows past the heads, a split count that fills the unrolled loop
 ])
-def test_combine_kernel_merges_partials(device, max_chunks, splits, s_q, h_q, d_v, monkeypatch, generator):
+def test_combine_kernel_merges_partials(device, col_chunks, splits, s_q, h_q, d_v, generator):
     """The combine kernel against the merge written out in torch: any split count (one LSE tile or several),
-    whole row tiles per program or their dims spread over programs, splits in which a row saw no key (weight
-    0) and rows that saw none anywhere (out 0, lse +inf); requests with one split are not touched."""
+    whole row tiles per program or their dims spread over programs (as chosen, or forced as ``openmla warmup``
+    does), splits in which a row saw no key (weight 0) and rows that saw none anywhere (out 0, lse +inf);
+    requests with one split are not touched."""
     from openmla.ops import combine
 
-    monkeypatch.setattr(combine, "COMBINE_MAX_COL_CHUNKS", max_chunks)
     b = len(splits)
     offsets = torch.tensor([0] + list(itertools.accumulate(splits)), dtype=torch.int32, device=device)
     slots = int(offsets[-1])
@@ -276,7 +276,7 @@ def test_combine_kernel_merges_partials(device, max_chunks, splits, s_q, h_q, d_
     lse_acc[splits[0]:splits[0] + splits[1], :, 1] = float("-inf")  # a row of request 1 that saw none at all
     out = torch.full((b, s_q, h_q, d_v), 7.0, dtype=torch.float16, device=device)  # bf16 rounding alone nears the cos bound
     lse = torch.full((b, h_q, s_q), 7.0, dtype=torch.float32, device=device)
-    combine.combine_splits(out, lse, o_acc, lse_acc, offsets)
+    combine.combine_splits(out, lse, o_acc, lse_acc, offsets, col_chunks=col_chunks)
     for i, n in enumerate(splits):
         if n == 1:
             assert (out[i] == 7.0).all() and (lse[i] == 7.0).all(), "a one-split request is the split kernel's"

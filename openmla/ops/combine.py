@@ -310,6 +310,7 @@ def combine_splits(
     lse_accum: torch.Tensor,
     num_splits: torch.Tensor,
     attn_sink: torch.Tensor | None = None,
+    col_chunks: int | None = None,
 ) -> None:
     """Merge split partials into ``out`` [b, s_q, h_q, d_v] and ``lse`` [b, h_q, s_q] in place.
 
@@ -320,6 +321,8 @@ def combine_splits(
             ``i`` is ``num_splits[i] + k``).
         attn_sink: fp32 [h_q] contiguous, or None (dense decoding): scales each merged output by
             ``1 / (1 + exp(sink - lse))``.
+        col_chunks: programs sharing a row tile's output dims (a power of two dividing ``d_v``); ``None``: by
+            :func:`combine_col_chunks` (``openmla warmup`` compiles each width it can pick).
 
     On SM90+ the launch is a programmatic dependent of the kernel before it on the stream (:func:`combine_pdl`):
     the kernel waits for that one to finish before reading anything, and that one, a plain launch, started after
@@ -328,7 +331,7 @@ def combine_splits(
     b, s_q, h_q, d_v = out.shape
     pdl = combine_pdl(out.device)
     block_r = 8 if d_v >= 256 else 16
-    chunks = combine_col_chunks(b * triton.cdiv(s_q * h_q, block_r), d_v, out.device)
+    chunks = col_chunks or combine_col_chunks(b * triton.cdiv(s_q * h_q, block_r), d_v, out.device)
     grid = (b, triton.cdiv(s_q * h_q, block_r), chunks)
     launch(_decode_combine_kernel, grid,
         out, lse, o_accum, lse_accum, num_splits,
