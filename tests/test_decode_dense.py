@@ -291,6 +291,21 @@ def test_combine_kernel_merges_partials(device, col_chunks, splits, s_q, h_q, d_
         check_close(f"lse of request {i}", lse[i], want_lse.transpose(0, 1).float(), TOL[("dense_decode", "lse")])
 
 
+def test_combine_kernel_width_follows_the_batch(monkeypatch):
+    """Small batches spread a row tile's output dims over programs until there are two programs per SM (at most
+    eight, chunks of at least 32 dims); large ones keep a row tile to a program."""
+    from openmla.ops.combine import COMBINE_MAX_COL_CHUNKS, combine_col_chunks
+
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("OPENMLA_NUM_SMS", "132")
+    # row programs = requests x 8-row tiles: b=1 at h_q=128 is 16, b=16 is 256, b=128 is 2048
+    assert [combine_col_chunks(rows, 512, cpu) for rows in (16, 64, 128, 256, 264, 2048)] == [
+        COMBINE_MAX_COL_CHUNKS, 8, 4, 2, 1, 1]
+    assert combine_col_chunks(1, 64, cpu) == 2, "chunks of at least 32 dims"
+    monkeypatch.setenv("OPENMLA_NUM_SMS", "16")
+    assert combine_col_chunks(16, 512, cpu) == 2, "the count follows the card's SMs"
+
+
 def test_combine_kernel_is_a_programmatic_dependent_on_sm90_only(monkeypatch):
     """The combine kernel launches with PDL (and waits on griddepcontrol) on cards of SM90 or later, by their own
     capability (OPENMLA_ARCH does not make an A100 run an SM90 instruction), never under the interpreter or on CPU
