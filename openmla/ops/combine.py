@@ -53,6 +53,21 @@ if triton_available():
                        mask=mask_r[:, None] & (s < n_split), other=0.0, cache_modifier=".cg")
 
     @triton.jit
+    def _weighted_tiles(o_acc_ptr, lse_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r, col, m_shift,
+                        D_V: tl.constexpr):
+        """``Σ 2^(lse2_k - m) o_k`` over splits ``k = s .. s+3`` (those of the request) at columns ``col``:
+        [R, len(col)] fp32. Its eight loads are independent, so they are in flight together."""
+        o0 = _split_tile(o_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r, col, D_V)
+        o1 = _split_tile(o_acc_ptr, split_lo, s + 1, n_split, rows_per_slot, acc_row, mask_r, col, D_V)
+        o2 = _split_tile(o_acc_ptr, split_lo, s + 2, n_split, rows_per_slot, acc_row, mask_r, col, D_V)
+        o3 = _split_tile(o_acc_ptr, split_lo, s + 3, n_split, rows_per_slot, acc_row, mask_r, col, D_V)
+        w0 = _split_weight(lse_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r, m_shift)
+        w1 = _split_weight(lse_acc_ptr, split_lo, s + 1, n_split, rows_per_slot, acc_row, mask_r, m_shift)
+        w2 = _split_weight(lse_acc_ptr, split_lo, s + 2, n_split, rows_per_slot, acc_row, mask_r, m_shift)
+        w3 = _split_weight(lse_acc_ptr, split_lo, s + 3, n_split, rows_per_slot, acc_row, mask_r, m_shift)
+        return w0[:, None] * o0 + w1[:, None] * o1 + w2[:, None] * o2 + w3[:, None] * o3
+
+    @triton.jit
     def merge_split_rows(
         out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, sink_ptr,
         req64, t_idx, head, mask_r, split_lo, n_split, s_q, h_q,
@@ -92,15 +107,8 @@ if triton_available():
             col = c * CHUNK + tl.arange(0, CHUNK)
             acc = tl.zeros([t_idx.shape[0], CHUNK], dtype=tl.float32)
             for s in range(0, n_split, 4):
-                o0 = _split_tile(o_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r, col, D_V)
-                o1 = _split_tile(o_acc_ptr, split_lo, s + 1, n_split, rows_per_slot, acc_row, mask_r, col, D_V)
-                o2 = _split_tile(o_acc_ptr, split_lo, s + 2, n_split, rows_per_slot, acc_row, mask_r, col, D_V)
-                o3 = _split_tile(o_acc_ptr, split_lo, s + 3, n_split, rows_per_slot, acc_row, mask_r, col, D_V)
-                w0 = _split_weight(lse_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r, m_shift)
-                w1 = _split_weight(lse_acc_ptr, split_lo, s + 1, n_split, rows_per_slot, acc_row, mask_r, m_shift)
-                w2 = _split_weight(lse_acc_ptr, split_lo, s + 2, n_split, rows_per_slot, acc_row, mask_r, m_shift)
-                w3 = _split_weight(lse_acc_ptr, split_lo, s + 3, n_split, rows_per_slot, acc_row, mask_r, m_shift)
-                acc += w0[:, None] * o0 + w1[:, None] * o1 + w2[:, None] * o2 + w3[:, None] * o3
+                acc += _weighted_tiles(o_acc_ptr, lse_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r,
+                                       col, m_shift, D_V)
             tl.store(o_row[:, None] + col[None, :], (acc * inv[:, None]).to(out_ptr.dtype.element_ty),
                      mask=mask_r[:, None])
         lse = tl.where(empty, float("inf"), lse2 * 0.6931471805599453)
@@ -138,21 +146,6 @@ if triton_available():
                         merge_split_rows(out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, lse_ptr, req.to(tl.int64), t_idx,
                                          head, mask_r, split_lo, n_split, s_q, h_q, stride_ob, stride_os, stride_oh,
                                          stride_lb, stride_lh, D_V, 4096 // R, False)
-
-    @triton.jit
-    def _weighted_tiles(o_acc_ptr, lse_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r, col, m_shift,
-                        D_V: tl.constexpr):
-        """``Σ 2^(lse2_k - m) o_k`` over splits ``k = s .. s+3`` (those of the request) at columns ``col``:
-        [R, len(col)] fp32. Its eight loads are independent, so they are in flight together."""
-        o0 = _split_tile(o_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r, col, D_V)
-        o1 = _split_tile(o_acc_ptr, split_lo, s + 1, n_split, rows_per_slot, acc_row, mask_r, col, D_V)
-        o2 = _split_tile(o_acc_ptr, split_lo, s + 2, n_split, rows_per_slot, acc_row, mask_r, col, D_V)
-        o3 = _split_tile(o_acc_ptr, split_lo, s + 3, n_split, rows_per_slot, acc_row, mask_r, col, D_V)
-        w0 = _split_weight(lse_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r, m_shift)
-        w1 = _split_weight(lse_acc_ptr, split_lo, s + 1, n_split, rows_per_slot, acc_row, mask_r, m_shift)
-        w2 = _split_weight(lse_acc_ptr, split_lo, s + 2, n_split, rows_per_slot, acc_row, mask_r, m_shift)
-        w3 = _split_weight(lse_acc_ptr, split_lo, s + 3, n_split, rows_per_slot, acc_row, mask_r, m_shift)
-        return w0[:, None] * o0 + w1[:, None] * o1 + w2[:, None] * o2 + w3[:, None] * o3
 
     @triton.jit
     def _split_lse_stats(lse_acc_ptr, split_lo, n_split, rows_per_slot, acc_row, mask_r,
