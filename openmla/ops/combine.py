@@ -53,6 +53,20 @@ if triton_available():
                        mask=mask_r[:, None] & (s < n_split), other=0.0, cache_modifier=".cg")
 
     @triton.jit
+    def _merged_scale(m_shift, total, sink_ptr, head, mask_r, HAS_SINK: tl.constexpr):
+        """From a row's ``m_shift`` and ``total = Σ 2^(lse2_s - m_shift)`` over its splits: ``(empty, lse2, inv)``,
+        whether no split saw a key, the merged base-2 LSE, and the factor of ``Σ 2^(lse2_s - m_shift) o_s`` that
+        gives the output (0 for an empty row; with ``HAS_SINK`` times ``1 / (1 + exp(sink[head] - lse))``)."""
+        empty = total == 0.0
+        lse2 = m_shift + tl.math.log2(total)
+        inv = tl.where(empty, 0.0, 1.0 / total)
+        if HAS_SINK:
+            # base 2: 1 / (1 + 2^(sink·log2e - lse2)); empty rows stay 0 whatever the sink
+            sink2 = tl.load(sink_ptr + head, mask=mask_r, other=0.0) * 1.4426950408889634
+            inv = inv * tl.where(empty, 0.0, 1.0 / (1.0 + tl.math.exp2(sink2 - lse2)))
+        return empty, lse2, inv
+
+    @triton.jit
     def _weighted_tiles(o_acc_ptr, lse_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r, col, m_shift,
                         D_V: tl.constexpr):
         """``Σ 2^(lse2_k - m) o_k`` over splits ``k = s .. s+3`` (those of the request) at columns ``col``:
@@ -95,13 +109,7 @@ if triton_available():
         total = tl.zeros(t_idx.shape, dtype=tl.float32)
         for s in range(0, n_split):
             total += _split_weight(lse_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r, m_shift)
-        empty = total == 0.0
-        lse2 = m_shift + tl.math.log2(total)
-        inv = tl.where(empty, 0.0, 1.0 / total)
-        if HAS_SINK:
-            # base 2: 1 / (1 + 2^(sink·log2e - lse2)); empty rows stay 0 whatever the sink
-            sink2 = tl.load(sink_ptr + head, mask=mask_r, other=0.0) * 1.4426950408889634
-            inv = inv * tl.where(empty, 0.0, 1.0 / (1.0 + tl.math.exp2(sink2 - lse2)))
+        empty, lse2, inv = _merged_scale(m_shift, total, sink_ptr, head, mask_r, HAS_SINK)
         o_row = out_ptr + req64 * stride_ob + t_idx * stride_os + head * stride_oh
         for c in tl.static_range(D_V // CHUNK):
             col = c * CHUNK + tl.arange(0, CHUNK)
@@ -209,13 +217,7 @@ if triton_available():
             acc_row = t_idx * h_q + head  # row inside a slot of o_accum [slots, s_q, h_q, D_V]
             m_shift, total = _split_lse_stats(lse_acc_ptr, split_lo, n_split, rows_per_slot, acc_row, mask_r,
                                               SPLIT_TILE)
-            empty = total == 0.0
-            lse2 = m_shift + tl.math.log2(total)
-            inv = tl.where(empty, 0.0, 1.0 / total)
-            if HAS_SINK:
-                # base 2: 1 / (1 + 2^(sink·log2e - lse2)); empty rows stay 0 whatever the sink
-                sink2 = tl.load(sink_ptr + head, mask=mask_r, other=0.0) * 1.4426950408889634
-                inv = inv * tl.where(empty, 0.0, 1.0 / (1.0 + tl.math.exp2(sink2 - lse2)))
+            empty, lse2, inv = _merged_scale(m_shift, total, sink_ptr, head, mask_r, HAS_SINK)
             # every split round trip brings UNROLL splits' [BLOCK_R, COL_CHUNK] tiles (64 KB at most, in registers)
             UNROLL: tl.constexpr = 8 if COL_CHUNK <= 128 else 4
             col = tl.program_id(2) * COL_CHUNK + tl.arange(0, COL_CHUNK)
