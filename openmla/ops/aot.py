@@ -466,28 +466,38 @@ def compile_variant(v: Variant, arch: int) -> KernelReport:
                             error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
 
 
-def compile_all(arch: int, select: str | None = None) -> list[KernelReport]:
+def compile_all(arch: int, select: str | None = None, shard: tuple[int, int] = (0, 1)) -> list[KernelReport]:
     """Compile every kernel variant OpenMLA can launch for ``arch``; one report each.
 
     ``select``: keep variants whose ``kernel[variant]`` name contains this text (or one of several
-    texts separated by ``|``). Under
+    texts separated by ``|``). ``shard`` ``(k, n)``: only every ``n``-th of them from the ``k``-th. Under
     ``TRITON_INTERPRET=1`` the kernels in this process are interpreter wrappers that cannot be
-    compiled, so the compiles run in a child process with the interpreter off.
+    compiled, so the compiles run in child processes with the interpreter off, one per CPU core (at most
+    four), each a shard: compiling is CPU-bound, and a cold cache makes it the longest part of the CPU tests.
     """
     if not triton_available():
         return [KernelReport(kernel="*", variant="*", arch=arch, ok=False, error="triton is not importable")]
     if interpret_mode():
         env = dict(os.environ, TRITON_INTERPRET="0")
-        cmd = [sys.executable, "-m", "openmla.ops.aot", "--arch", str(arch)] + (["--select", select] if select else [])
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if done.returncode != 0:
-            return [KernelReport(kernel="*", variant="*", arch=arch, ok=False,
-                                 error=f"compile subprocess failed: {done.stderr.strip()[-500:]}")]
-        return [KernelReport(**r) for r in json.loads(done.stdout)]
+        jobs = max(1, min(os.cpu_count() or 1, 4))
+        cmds = [[sys.executable, "-m", "openmla.ops.aot", "--arch", str(arch), "--shard", f"{k}/{jobs}"]
+                + (["--select", select] if select else []) for k in range(jobs)]
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                 for cmd in cmds]
+        shards = []
+        for proc in procs:
+            out, err = proc.communicate()
+            if proc.returncode != 0:
+                return [KernelReport(kernel="*", variant="*", arch=arch, ok=False,
+                                     error=f"compile subprocess failed: {err.strip()[-500:]}")]
+            shards.append([KernelReport(**r) for r in json.loads(out)])
+        # shard k holds variants k, k + jobs, ...: interleave them back into the variants' order
+        return [shards[i % jobs][i // jobs] for i in range(sum(len(sh) for sh in shards))]
     wanted = None if select is None else select.split("|")
     chosen = [v for v in _variants(arch)
               if wanted is None or any(w in f"{v.kernel.fn.__name__}[{v.name}]" for w in wanted)]
-    return [compile_variant(v, arch) for v in chosen]
+    k, n = shard
+    return [compile_variant(v, arch) for v in chosen[k::n]]
 
 
 if __name__ == "__main__":
@@ -496,5 +506,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="compile OpenMLA's kernels for an arch and print JSON reports")
     parser.add_argument("--arch", type=int, required=True)
     parser.add_argument("--select")
+    parser.add_argument("--shard", default="0/1", help="k/n: compile only every n-th variant from the k-th")
     ns = parser.parse_args()
-    print(json.dumps([dataclasses.asdict(r) for r in compile_all(ns.arch, ns.select)]))
+    k, n = (int(x) for x in ns.shard.split("/"))
+    print(json.dumps([dataclasses.asdict(r) for r in compile_all(ns.arch, ns.select, (k, n))]))
