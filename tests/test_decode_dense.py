@@ -293,17 +293,18 @@ def test_combine_kernel_merges_partials(device, col_chunks, splits, s_q, h_q, d_
 
 def test_combine_kernel_width_follows_the_batch(monkeypatch):
     """Small batches spread a row tile's output dims over programs until there are two programs per SM (at most
-    eight, chunks of at least 32 dims); large ones keep a row tile to a program."""
+    eight, chunks of at least 32 dims); large ones, and CPU tensors, keep a row tile to a program."""
     from openmla.ops.combine import COMBINE_MAX_COL_CHUNKS, combine_col_chunks
 
-    cpu = torch.device("cpu")
+    gpu = torch.device("cuda")  # its SM count from OPENMLA_NUM_SMS: no GPU needed
     monkeypatch.setenv("OPENMLA_NUM_SMS", "132")
     # row programs = requests x 8-row tiles: b=1 at h_q=128 is 16, b=16 is 256, b=128 is 2048
-    assert [combine_col_chunks(rows, 512, cpu) for rows in (16, 64, 128, 256, 264, 2048)] == [
+    assert [combine_col_chunks(rows, 512, gpu) for rows in (16, 64, 128, 256, 264, 2048)] == [
         COMBINE_MAX_COL_CHUNKS, 8, 4, 2, 1, 1]
-    assert combine_col_chunks(1, 64, cpu) == 2, "chunks of at least 32 dims"
+    assert combine_col_chunks(1, 64, gpu) == 2, "chunks of at least 32 dims"
     monkeypatch.setenv("OPENMLA_NUM_SMS", "16")
-    assert combine_col_chunks(16, 512, cpu) == 2, "the count follows the card's SMs"
+    assert combine_col_chunks(16, 512, gpu) == 2, "the count follows the card's SMs"
+    assert combine_col_chunks(16, 512, torch.device("cpu")) == 1, "the interpreter: one program a row tile"
 
 
 def test_combine_kernel_is_a_programmatic_dependent_on_sm90_only(monkeypatch):

@@ -290,7 +290,10 @@ def combine_col_chunks(row_programs: int, d_v: int, device: torch.device) -> int
     row tiles) times the chunks two programs per SM, so that small batches read their partials from many SMs at
     once. Measured on an H200, every count beside the others (dense small and ragged batches,
     ``benchmarks/kernel_times.py --combine-chunks``, ``benchmarks/results/2026-11-27-h200-combine-chunks.txt``):
-    b=1 and 4 fastest with 8, b=16 (256 row tiles) with 2, fixed lengths and the ragged batch alike."""
+    b=1 and 4 fastest with 8, b=16 (256 row tiles) with 2, fixed lengths and the ragged batch alike. CPU tensors
+    (the interpreter, where every program costs Python time) keep one program a row tile."""
+    if device.type != "cuda":
+        return 1
     sms = num_sms(device)
     chunks = 1
     while row_programs * chunks < 2 * sms and chunks < COMBINE_MAX_COL_CHUNKS and d_v // (2 * chunks) >= 32:
