@@ -305,6 +305,13 @@ def test_combine_kernel_width_follows_the_batch(monkeypatch):
     monkeypatch.setenv("OPENMLA_NUM_SMS", "16")
     assert combine_col_chunks(16, 512, gpu) == 2, "the count follows the card's SMs"
     assert combine_col_chunks(16, 512, torch.device("cpu")) == 1, "the interpreter: one program a row tile"
+    from openmla._runtime import InvalidArgumentError
+    from openmla.ops.combine import combine_splits
+
+    out = torch.empty(1, 1, 8, 64)
+    with pytest.raises(InvalidArgumentError, match="col_chunks=3"):
+        combine_splits(out, torch.empty(1, 8, 1), torch.empty(2, 1, 8, 64), torch.empty(2, 1, 8),
+                       torch.tensor([0, 2], dtype=torch.int32), col_chunks=3)
 
 
 def test_combine_kernel_is_a_programmatic_dependent_on_sm90_only(monkeypatch):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .._runtime import _device_capability, interpret_mode, num_sms, triton_available
+from .._runtime import InvalidArgumentError, _device_capability, interpret_mode, num_sms, triton_available
 from .launch import launch
 
 if triton_available():
@@ -329,6 +329,9 @@ def combine_splits(
     b, s_q, h_q, d_v = out.shape
     pdl = combine_pdl(out.device)
     block_r = 8 if d_v >= 256 else 16
+    if col_chunks is not None and (col_chunks < 1 or col_chunks & (col_chunks - 1) or d_v % col_chunks):
+        raise InvalidArgumentError(f"col_chunks={col_chunks}: the combine kernel takes a power of two that divides "
+                                   f"d_v={d_v} (or None to let combine_col_chunks pick)")
     chunks = col_chunks or combine_col_chunks(b * triton.cdiv(s_q * h_q, block_r), d_v, out.device)
     grid = (b, triton.cdiv(s_q * h_q, block_r), chunks)
     launch(_decode_combine_kernel, grid,
