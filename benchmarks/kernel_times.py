@@ -57,8 +57,9 @@ def main(argv=None) -> None:
     ap.add_argument("--configs", default="small,ragged")
     ap.add_argument("--calls", type=int, default=50)
     ap.add_argument("--json")
-    ap.add_argument("--openmla-only", action="store_true")
-    ap.add_argument("--combine-chunks", type=int, default=None)
+    ap.add_argument("--openmla-only", action="store_true", help="time OpenMLA's calls only")
+    ap.add_argument("--combine-chunks", type=int, default=None,
+                    help="programs sharing a row tile's output dims in the combine kernel (a power of two)")
     ap.add_argument("--cuda-graph", action="store_true", help="time replays of each call captured in a CUDA graph")
     cli = ap.parse_args(argv)
     if cli.combine_chunks:
@@ -74,11 +75,9 @@ def main(argv=None) -> None:
             inp = make_dense_decode_inputs(cfg.seqlens(), cfg.s_q, cfg.h_q, cfg.h_kv, cfg.d, cfg.dv,
                                            cfg.page_block_size, parse_dtype(cfg.dtype), cfg.causal, "cuda", cfg.seed)
             providers = [("openmla", _openmla_call(inp))]
-            if cli.openmla_only:
-                pass
-            elif flash_mla is not None:
+            if flash_mla is not None and not cli.openmla_only:
                 providers.append(("flash_mla", _flash_mla_call(flash_mla, inp)))
-            else:
+            elif not cli.openmla_only:
                 print(f"  FlashMLA not timed: {missing}")
             for provider, fn in providers:
                 if cli.cuda_graph:
