@@ -101,8 +101,8 @@ def choose_dense_decode(
 
     ``backend`` (the call's argument) wins over ``OPENMLA_BACKEND``; ``None``/``"auto"`` decides here.
     ``dtype`` is q's; ``kv_fp8``: the cache is per-tensor FP8 (op ``dense_fp8_decode``): on Hopper the Gluon
-    kernels read it (above 32 rows the Triton kernel serves dims other than (576, 512)), elsewhere the
-    Triton kernel. Decisions are cached per (device, dtype, dims, backend, kv_fp8,
+    kernels read it (the warp-specialized one for (576, 512) dims; for other dims above 32 rows the Triton
+    kernel), elsewhere the Triton kernel. Decisions are cached per (device, dtype, dims, backend, kv_fp8,
     knobs): this runs on every decode call.
     """
     key = (device, dtype, dims, backend, kv_fp8, getenv("OPENMLA_BACKEND"), getenv("OPENMLA_ARCH"),
@@ -146,9 +146,10 @@ def _choose_dense_decode(device, dtype, dims, backend, kv_fp8=False) -> Choice:
             )
         return Choice(op, "triton", "forced (backend='triton' or OPENMLA_BACKEND=triton)")
     if gluon_against is None and kv_fp8:
-        return Choice(op, "gluon", f"Hopper (Gluon, wgmma): KV tokens on the 64-row side up to 32 query rows per "
-                                  f"KV head; above, the warp-specialized kernel decoding the codes in its loader "
-                                  f"((576, 512) dims; other dims: the Triton split-KV kernel) on {where}")
+        return Choice(op, "gluon", f"Hopper (Gluon, wgmma): (576, 512) dims: the warp-specialized kernel decoding "
+                                  f"the codes in its loader, at every head count (rows past the heads masked in "
+                                  f"its 64-row tile); other dims: KV tokens on the 64-row side up to 32 query rows "
+                                  f"per KV head, above that the Triton split-KV kernel, on {where}")
     if gluon_against is None:
         return Choice(op, "gluon", f"Hopper kernels (Gluon, wgmma; K tiles by TMA where the cache allows; KV "
                                   f"tokens on the 64-row side up to 32 query rows per KV head; above, query rows, "

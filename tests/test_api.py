@@ -496,7 +496,8 @@ def test_fused_combine_policy_and_its_plan_bound():
 def test_hopper_kernel_choice_by_rows_and_combine():
     """Which Hopper dense kernel a shape gets: up to 32 query rows per KV head the tokens layout; above, the
     warp-specialized kernel when partials go to the combine kernel, the 8-warp kernel (which merges its own
-    partials) in small eager calls."""
+    partials) in small eager calls; over a per-tensor FP8 cache of (576, 512) dims the warp-specialized kernel
+    at every row count."""
     from openmla.ops.gluon.decode_dense_sm90 import layout_for
 
     assert layout_for(16) == layout_for(32) == "tokens"
@@ -504,6 +505,9 @@ def test_hopper_kernel_choice_by_rows_and_combine():
     for rows in (33, 64, 128, 256):
         assert layout_for(rows) == "ws"
         assert layout_for(rows, fused=True) == "rows"
+    # a per-tensor FP8 cache of (576, 512) dims: the warp-specialized kernel at every row count
+    for rows in (1, 16, 32, 33, 128):
+        assert layout_for(rows, fp8_codes=True) == layout_for(rows, fused=True, fp8_codes=True) == "ws"
 
 
 @pytest.mark.skipif(not gluon_available(), reason="Triton's Gluon dialect does not import here")

@@ -231,7 +231,7 @@ if gluon_available():
                           stride_oh, stride_lb, stride_lh, BLOCK_M, D_V, gl.num_warps())
 
 
-def layout_for(rows: int, fused: bool = False) -> str:
+def layout_for(rows: int, fused: bool = False, fp8_codes: bool = False) -> str:
     """Which Hopper kernel serves ``rows = s_q * h_q / h_kv`` query rows per KV head.
 
     ``"tokens"`` (KV tokens on the 64-row side, :mod:`.decode_dense_sm90_small_heads`) up to 32 rows,
@@ -240,9 +240,16 @@ def layout_for(rows: int, fused: bool = False) -> str:
     the split partials go to the combine kernel; ``"rows"`` (this module's kernel, which can merge its own
     partials) when the call fuses the combine (``fused``: small eager batches that are not replayed, see
     :func:`openmla.ops.combine.fuse_combine`).
+
+    ``fp8_codes``: a per-tensor FP8 cache of (576, 512) dims, which the warp-specialized kernel serves at
+    every row count, rows past the heads masked in its 64-row tile: over e4m3 codes the tokens kernel keeps
+    its 32-row tiles' decode in spilled registers (~800 B of stack a thread) and ran 1.3-1.6x slower than
+    the padded tile (H200, h_q 16 / 32, ``docs/perf-notes.md``).
     """
     from .decode_dense_sm90_small_heads import MAX_ROWS
 
+    if fp8_codes:
+        return "ws"
     if rows <= MAX_ROWS:
         return "tokens"
     return "rows" if fused else "ws"
@@ -272,16 +279,16 @@ def dense_decode_sm90_fwd(
     ``"tokens"`` the KV tokens (:mod:`.decode_dense_sm90_small_heads`, at most 32 rows per KV head,
     ``warpgroups`` passed on); default :func:`layout_for` the shape and the combine.
 
-    Per-tensor FP8 (``descale_k``, and ``descale_q`` for an e4m3 q): the tokens layout reads it; above
-    32 rows the warp-specialized kernel does ((576, 512) dims; the combine kernel merges splits), and
-    other dims go to the Triton kernel (:func:`openmla.ops.decode_dense.dense_decode_fwd`), as
-    :func:`openmla.explain` says.
+    Per-tensor FP8 (``descale_k``, and ``descale_q`` for an e4m3 q): (576, 512) dims go to the
+    warp-specialized kernel at every row count (the combine kernel merges splits; ``layout="tokens"`` still
+    takes the tokens kernel); other dims to the tokens layout up to 32 rows and above that to the Triton
+    kernel (:func:`openmla.ops.decode_dense.dense_decode_fwd`), as :func:`openmla.explain` says.
     """
     b, s_q, h_q, d = q.shape
     h_kv = k_cache.shape[2]
     rows = s_q * (h_q // h_kv)
     fused = fuse_combine(q.device, b) if fused_combine is None else bool(fused_combine)
-    layout = layout or layout_for(rows, fused)
+    layout = layout or layout_for(rows, fused, descale_k is not None and (d, head_dim_v) == (576, 512))
     if layout == "tokens":
         from .decode_dense_sm90_small_heads import dense_decode_sm90_small_heads_fwd
 
