@@ -55,10 +55,11 @@ _GLUON_STACK_BUDGET = (
     ("softmax-only async-arrive tma-k stage-ready", 24),  # the four-warpgroup form with TMA on one ready barrier a
     # stage: the 16 B below, and the loader (56 registers) keeps two values around its TMA issue in local memory,
     # off the tensor cores' path
-    ("gluon-ws sparse", 16),  # token-sparse lists in the four-warpgroup form: 16 B (8 B over the V3.2 FP8
-    # cache without the L2 prefetch), stored at entry, reloaded away from the runs of products in the SASS (not
-    # yet placed inside or outside a loop): owed. The FP8 loader's registers were set for this (at 56 it spilled
-    # 48 B around its decode)
+    ("gluon-ws sparse", 24),  # token-sparse lists in the four-warpgroup form: 24 B over 16-bit caches since each
+    # tile's slots come to the softmax warpgroup through shared memory (16 B before), 8 B over the V3.2 FP8
+    # cache. Read in the SASS of an FP8 build that had the slots in shared memory too (40 B): stores at kernel
+    # entry and in the softmax warpgroup's per-request set-up, reloads there and in its per-request epilogue,
+    # none inside the KV loop. The FP8 loader's registers were set for its decode (at 56 it spilled 48 B)
     ("q e4m3 cache d576 causal softmax-only", 48),  # over a per-tensor FP8 cache, four-warpgroup form: bf16 q
     # 16 B, fp16 q and e4m3 q 24 or 48 B (two compiles whose sources differed only in line numbers, under the
     # 128-register launch cap; the loader decodes each tile, an e4m3 q through registers too; where in the SASS:

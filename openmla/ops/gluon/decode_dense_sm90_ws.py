@@ -157,6 +157,17 @@ if gluon_available():
                                                    mask=mask[:, None])
 
     @gluon.jit
+    def _copy_slots(bt_row, start, tok_hi, slots_s, BLOCK_N: gl.constexpr, PARTITION_WARPS: gl.constexpr):
+        """``cp.async`` a tile's list entries ``bt_row[start ..]`` ([BLOCK_N] int32; those at or past ``tok_hi``
+        zero-filled, masked by the softmax anyway) into ``slots_s``, in the loader's copies of the tile, so they
+        land and are published with it: the softmax warpgroup masks the keys outside the cache from these.
+        It had loaded them from global memory itself, a latency in its loop that the score products did not
+        hide (40 us of 221 at V3.2 b=64 h_q=128 with the loader's reads and decode ablated, H200)."""
+        SLOTS: gl.constexpr = gl.BlockedLayout([1], [32], [PARTITION_WARPS], [0])
+        offs = start + gl.arange(0, BLOCK_N, layout=SLOTS)
+        async_copy.async_copy_global_to_shared(slots_s, bt_row + offs, mask=offs < tok_hi)
+
+    @gluon.jit
     def _publish(bar, ASYNC_ARRIVE: gl.constexpr):
         """Signal ``bar`` when this partition's cp.async copies have landed.
 
@@ -186,7 +197,7 @@ if gluon_available():
     def _loader(q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                 stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                 group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
-                q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc,
+                q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc, slots,
                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
                 PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, TMA_K: gl.constexpr,
                 K_BOXES: gl.constexpr, SPARSE: gl.constexpr, KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr,
@@ -204,7 +215,9 @@ if gluon_available():
 
         ``SPARSE``: a request's "block table" row is its list of cache slots (``page * page_block_size +
         offset``, token-sparse decoding): each key row comes from its own slot, and a slot outside the cache
-        (``-1`` or any other) is not read (zero-filled; the softmax warpgroup masks it).
+        (``-1`` or any other) is not read (zero-filled; the softmax warpgroup masks it). Over 16-bit caches the
+        tile's entries also go to ``slots`` (stage ``kb % 2``, :func:`_copy_slots`) with its copies, for that
+        mask; over FP8 records the softmax warpgroup reads them from the list itself (:func:`_softmax_only`).
 
         ``KV_FP8`` (with ``SPARSE``): the cache holds V3.2 FP8 records (656 bytes a key, ``k_ptr`` bytes); each
         tile is gathered and dequantized into the stage by :func:`_gather_fp8_tile`.
@@ -290,6 +303,8 @@ if gluon_available():
                                          + kv_head * stride_kh)
                     _load_rows(k_row, k_lo.index(stage), k_hi.index(stage), k_pe.index(stage), mask_j, D_V, D_PE,
                                LOAD)
+                    if SPARSE:
+                        _copy_slots(bt_row, start, tok_hi, slots.index(stage), BLOCK_N, PARTITION_WARPS)
                     # with TMA tiles each barrier counts one arrival (and bytes), so this tile arrives once too
                     if K_BOXES == 1:
                         _publish(k_ready.index(stage), ASYNC_ARRIVE and not TMA_K)
@@ -828,17 +843,20 @@ if gluon_available():
     @gluon.jit
     def _softmax_only(lse_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_lb, stride_lh,
                       s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
-                      q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, block_table_ptr, stride_bt,
+                      q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, slots, block_table_ptr, stride_bt,
                       num_blocks, sink_ptr, descale_k_ptr, descale_q_ptr,
                       CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr,
                       D_PE: gl.constexpr, PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr,
                       K_BOXES: gl.constexpr, SPARSE: gl.constexpr, HAS_SINK: gl.constexpr,
-                      KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr):
+                      KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr, KV_FP8: gl.constexpr):
         """Default partition when two output warpgroups own the halves (``SOFTMAX_ONLY``): scores, online
         softmax, ``P`` and the rescale factor (then ``1/l``) to both, LSE. It holds no output accumulator,
         so tile ``j+1``'s scores and softmax run while the output warpgroups multiply tile ``j``'s ``P`` by V;
         the K stage is handed back by them (this warpgroup's reads of it finished before ``P`` was
         published). ``SPARSE``: keys whose slot is outside the cache get weight 0 (the loader zero-filled them).
+        Over 16-bit caches the loader copied each tile's slots into ``slots``; over FP8 records (``KV_FP8``) this
+        warpgroup loads them from the list (``block_table_ptr``) while the tile's scores are computed: there
+        the loader, which decodes each tile, sets the pace, and the copy in it measured 5 % slower (H200).
         ``HAS_SINK``: ``sink_ptr`` holds an fp32 attention sink per head; a row written straight to ``out`` gets
         its factor folded into the ``1/l`` it publishes (the LSE is unchanged). ``KV_E4M3``: the keys are the
         per-tensor FP8 cache's codes, so the scores are scaled by ``descale_k`` too and the ``1/l`` published
@@ -874,11 +892,13 @@ if gluon_available():
             _acquire(q_ready, rq & 1, ASYNC_ARRIVE)
             for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
                 stage = kb % 2
-                if SPARSE:  # the tile's slots, loaded while its keys arrive and its scores are computed
+                if SPARSE and KV_FP8:  # the tile's slots, loaded while its keys arrive and its scores are computed
                     offs_j = tok_lo + it * BLOCK_N + offs_n
                     slot = gl.load(block_table_ptr + req64 * stride_bt + offs_j, mask=offs_j < tok_hi, other=-1)
                 s = _scores_ready(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, k_ready, stage, (kb // 2) & 1, S_LAYOUT,
                                   BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE)
+                if SPARSE and not KV_FP8:  # the tile's slots, landed with its keys, read while its scores run
+                    slot = slots.index(stage).load(gl.SliceLayout(0, S_LAYOUT))
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
                 if SPARSE:
                     named = (slot >= 0) & (slot // page_block_size < num_blocks)
@@ -1039,6 +1059,8 @@ if gluon_available():
             k_pe = k_lo
         p_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], SMEM)
         a_smem = gl.allocate_shared_memory(gl.float32, [BLOCK_M], ROWS_SMEM)
+        # token-sparse lists over 16-bit caches: each K stage's slots, for the softmax warpgroup's mask (512 B)
+        slots = gl.allocate_shared_memory(gl.int32, [2, BLOCK_N if SPARSE and not KV_FP8 else 1], ROWS_SMEM)
 
         q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         q_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
@@ -1073,10 +1095,10 @@ if gluon_available():
             gl.warp_specialize([
                 (_softmax_only, (lse_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_lb, stride_lh,
                                  s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
-                                 q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, block_table_ptr,
+                                 q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, slots, block_table_ptr,
                                  stride_bt, num_blocks, sink_ptr, descale_k_ptr, descale_q_ptr,
                                  CAUSAL, BLOCK_M, BLOCK_N, D_V, D_PE, SOFTMAX_WARPS, ASYNC_ARRIVE, K_BOXES, SPARSE,
-                                 HAS_SINK, KV_E4M3, Q_E4M3)),
+                                 HAS_SINK, KV_E4M3, Q_E4M3, KV_FP8)),
                 (_output_quarters, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
@@ -1089,7 +1111,7 @@ if gluon_available():
                 (_loader, (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                            stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
-                           q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc,
+                           q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc, slots,
                            BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE, KV_FP8,
                            PREFETCH_L2, KV_E4M3, Q_E4M3, LIST_AHEAD)),
             ], [OUTPUT_WARPS, OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, OUTPUT_REGS, LOADER_REGS])
@@ -1109,7 +1131,7 @@ if gluon_available():
                 (_loader, (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                            stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
-                           q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc,
+                           q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc, slots,
                            BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE, KV_FP8,
                            PREFETCH_L2, KV_E4M3, Q_E4M3, LIST_AHEAD)),
             ], [OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, LOADER_REGS])
