@@ -345,7 +345,7 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
             if q_e4m3 and dtype != "bf16":
                 continue  # an e4m3 q's output is bf16 whatever the call's q type: one variant
             q_ptrs = dict(q_ptr="*u8", descale_q_ptr="*fp32") if q_e4m3 else {}
-            regs = ws.SPARSE_FP8_WORKER_REGS if softmax_only else ws.WORKER_REGS
+            regs = ws.E4M3_WORKER_REGS if softmax_only else ws.WORKER_REGS
             consts = dict(CAUSAL=causal, OVERLAP=ws.OVERLAP, SOFTMAX_ONLY=softmax_only, TMA_K=False,
                           ASYNC_ARRIVE=ws.ASYNC_ARRIVE, BLOCK_M=ws.BLOCK_M, BLOCK_N=ws.BLOCK_N, D_V=512, D_PE=64,
                           SOFTMAX_WARPS=ws.NUM_WARPS, OUTPUT_WARPS=ws.WORKER_WARPS[0], LOADER_WARPS=ws.WORKER_WARPS[1],

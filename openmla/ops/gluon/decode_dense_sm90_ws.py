@@ -95,9 +95,13 @@ WORKER_REGS = (168, 80)
 SOLO_MAXNREG = 128
 SOLO_WORKER_REGS = (168, 56)
 # sparse decoding over the V3.2 FP8 cache: the loader also decodes each tile (:func:`_gather_fp8_tile`), and
-# the softmax warpgroup keeps 104 (at 56 the loader spilled 48 B around its decode, at 64 with the L2
-# prefetch 40 B; at 72 the kernel keeps 16 B)
-SPARSE_FP8_WORKER_REGS = (168, 72)
+# the softmax warpgroup keeps 96 (at 56 the loader spilled 48 B around its decode, at 64 with the L2
+# prefetch 40 B; at 72 and 80 the kernel keeps 8 B, at 88 32 B). The loader sets the pace there: 80 ran
+# 1.5-2.5 % faster than 72 and 88 (H100, alternated twice in one process, docs/perf-notes.md)
+SPARSE_FP8_WORKER_REGS = (168, 80)
+# dense decoding over per-tensor FP8 codes (the four-warpgroup form): the loader decodes each tile too, at 72
+# registers (80 measured 1-2 % slower there, H100, docs/perf-notes.md)
+E4M3_WORKER_REGS = (168, 72)
 SPARSE_FP8_PREFETCH_L2 = False  # measured slower with the loader at 72 registers (module docstring)
 # the loader reads each tile's list (or block-table) entries a tile ahead: on over the V3.2 FP8 cache (3.4-4.0 %
 # faster, H200), off for 16-bit lists and per-tensor FP8 keys (within noise there; module docstring)
@@ -1211,7 +1215,7 @@ def dense_decode_sm90_ws_fwd(
         softmax_only = softmax_only_for(rows, boxed=k_boxes > 1)
     regs = SOLO_WORKER_REGS if softmax_only else WORKER_REGS
     if e4m3 and softmax_only:
-        regs = SPARSE_FP8_WORKER_REGS  # the loader decodes: the V3.2 loader's split
+        regs = E4M3_WORKER_REGS  # the loader decodes each tile
     if loader_regs is not None:
         regs = (regs[0], int(loader_regs))
     out = torch.empty(b, s_q, h_q, head_dim_v, dtype=torch.bfloat16 if q_e4m3 else q.dtype, device=q.device)
