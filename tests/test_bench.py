@@ -198,3 +198,28 @@ def test_flash_mla_sparse_plumbing_pads_heads():
     assert fake.calls == [
         dict(h_q=64, block_table=None, causal=False, is_fp8=True, use_legacy=True, invalid_is_minus_one=True)
     ]
+
+
+def test_trace_intervals_read_a_two_stage_timeline():
+    """``benchmarks.trace_ws`` turns the trace build's stamps into per-tile intervals: a synthetic timeline with
+    known gaps comes back as those gaps, and tiles the trace did not reach (zeros) or a request boundary (a
+    negative gap) are left out."""
+    from benchmarks.trace_ws import _intervals
+
+    period = 1000
+    # events 0..6 of tile k at k * period + offset: loader has the stage at +0, publishes at +300, softmax has K at
+    # +400, scores done at +500, P at +700, output has P at +750, releases at +950
+    offsets = (0, 300, 400, 500, 700, 750, 950, 0)
+    piece = [[k * period + o if e < 7 else 0 for e, o in enumerate(offsets)] for k in range(10)]
+    piece += [[0] * 8] * 3  # tiles the trace did not reach
+    iv = _intervals([piece, piece])
+    assert iv["period (1 -> next 1)"] == period
+    assert iv["loader busy (0 -> 1)"] == 300
+    assert iv["loader waits for a stage (last 1 -> 0)"] == period - 300
+    assert iv["softmax waits for K (last 4 -> 2)"] == period - 300
+    assert iv["score products (2 -> 3)"] == 100
+    assert iv["softmax and hand-over (3 -> 4)"] == 200
+    assert iv["output waits for P (last 6 -> 5)"] == period - 200
+    assert iv["output products (5 -> 6)"] == 200
+    assert iv["stage with the consumers (1 -> 6)"] == 650
+    assert _intervals([[[0] * 8] * 5])["period (1 -> next 1)"] is None

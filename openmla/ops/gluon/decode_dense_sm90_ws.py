@@ -107,6 +107,12 @@ SPARSE_FP8_PREFETCH_L2 = False  # measured slower with the loader at 72 register
 # faster, H200), off for 16-bit lists and per-tensor FP8 keys (within noise there; module docstring)
 SPARSE_FP8_LIST_AHEAD = True
 LIST_AHEAD = False
+# the trace build (``trace=`` of the launchers, :func:`_stamp`): pieces and tiles stamped, events a tile
+# (0 loader has the stage, 1 loader published it (decoded tiles) or issued its copies, 2 softmax has it and issued its scores, 3 scores done, 4 P
+# published, 5 first output warpgroup has P, 6 it released P and the stage)
+TRACE_PIECES = 4
+TRACE_TILES = 64
+TRACE_EVENTS = 8
 # defaults of the schedule choices (module docstring), set by measurement
 OVERLAP = False
 ASYNC_ARRIVE = True
@@ -135,6 +141,11 @@ if gluon_available():
     )
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+    # the trace build's sizes, as the kernels read them (compile-time constants)
+    _TRACE_PIECES = gl.constexpr(TRACE_PIECES)
+    _TRACE_TILES = gl.constexpr(TRACE_TILES)
+    _TRACE_EVENTS = gl.constexpr(TRACE_EVENTS)
+
     from .decode_dense_sm90 import _piece_bounds, _request_span
 
     @gluon.jit
@@ -159,6 +170,22 @@ if gluon_available():
         if D_PE > 0:
             async_copy.async_copy_global_to_shared(dst_pe, src_row[:, None] + D_V + offs_c[None, :],
                                                    mask=mask[:, None])
+
+    @gluon.jit
+    def _stamp(trace_ptr, kb, EVENT: gl.constexpr, TRACE: gl.constexpr, PARTITION_WARPS: gl.constexpr):
+        """The trace build (``TRACE``): this SM's cycle counter when the calling partition reaches ``EVENT`` of
+        its ``kb``-th tile, written to ``trace_ptr`` (int64 [TRACE_PIECES, TRACE_TILES, TRACE_EVENTS]) by the
+        programs of row tile 0 and pieces below :data:`TRACE_PIECES` (tiles past :data:`TRACE_TILES` overwrite
+        the last). All partitions of a program share an SM, so their stamps compare. Nothing otherwise."""
+        if TRACE:
+            piece = gl.program_id(1)
+            if (gl.program_id(0) == 0) & (piece < _TRACE_PIECES):
+                ONE: gl.constexpr = gl.BlockedLayout([1], [32], [PARTITION_WARPS], [0])
+                kb_t = gl.full([1], 0, gl.int32, layout=ONE) + kb
+                now = gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l,r", [kb_t], dtype=gl.int64,
+                                                is_pure=False, pack=1)
+                slot = (piece * _TRACE_TILES + gl.minimum(kb_t, _TRACE_TILES - 1)) * _TRACE_EVENTS + EVENT
+                gl.store(trace_ptr + slot, now)
 
     @gluon.jit
     def _copy_slots(bt_row, start, tok_hi, slots_s, BLOCK_N: gl.constexpr, PARTITION_WARPS: gl.constexpr):
@@ -205,7 +232,8 @@ if gluon_available():
                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
                 PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, TMA_K: gl.constexpr,
                 K_BOXES: gl.constexpr, SPARSE: gl.constexpr, KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr,
-                KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr, LIST_AHEAD: gl.constexpr):
+                KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr, LIST_AHEAD: gl.constexpr, trace_ptr,
+                TRACE: gl.constexpr):
         """Loader partition: each request's Q tile, then its K tiles into the two-stage ring.
 
         ``TMA_K``: a whole tile (64 keys inside one page) comes as 64x64 TMA boxes of ``k_desc`` (the cache
@@ -262,6 +290,7 @@ if gluon_available():
             for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
                 stage = kb % 2
                 mbarrier.wait(k_free.index(stage), ((kb // 2) & 1) ^ 1)
+                _stamp(trace_ptr, kb, 0, TRACE, PARTITION_WARPS)
                 start = tok_lo + it * BLOCK_N
                 if LIST_AHEAD:  # this tile's entries were loaded with the last; load the next tile's now
                     ent = ent_next
@@ -316,6 +345,7 @@ if gluon_available():
                         _publish(k_ready.index(stage * K_BOXES), False)
                         for c in gl.static_range(1, K_BOXES):
                             mbarrier.arrive(k_ready.index(stage * K_BOXES + c), count=1)
+                _stamp(trace_ptr, kb, 1, TRACE, PARTITION_WARPS)  # published (decoded tiles) or issued
                 kb += 1
 
     @gluon.jit
@@ -678,7 +708,7 @@ if gluon_available():
                          s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
                          v_half, p_smem, a_smem, bars,
                          COL0: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr,
-                         PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr):
+                         PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, trace_ptr, TRACE: gl.constexpr):
         """:func:`_output_half` as two N=D_V/4 products with an accumulator each: with four warpgroups the
         launch cap is 128 registers a thread, and ``ptxas`` fits every instruction under that cap, so a single
         N=256 product (154 registers) does not compile even where the partition's own limit is 168. Kept
@@ -707,6 +737,7 @@ if gluon_available():
             for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
                 stage = kb % 2
                 _acquire(p_ready, pr & 1, ASYNC_ARRIVE)  # V came from the loader through the softmax warpgroup
+                _stamp(trace_ptr, kb, 5, TRACE, PARTITION_WARPS)
                 alpha = a_smem.load(ROW_O)
                 acc_a = acc_a * alpha[:, None]
                 acc_b = acc_b * alpha[:, None]
@@ -715,6 +746,7 @@ if gluon_available():
                 acc_b = warpgroup_mma(p_smem, v.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
                 acc_a, acc_b = warpgroup_mma_wait(num_outstanding=0, deps=(acc_a, acc_b))
                 _release(p_free, k_free.index(stage))
+                _stamp(trace_ptr, kb, 6, TRACE, PARTITION_WARPS)
                 kb += 1
                 pr += 1
             inv_l = _final_factor(p_ready, p_free, a_smem, pr, ROW_O)
@@ -852,7 +884,8 @@ if gluon_available():
                       CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr,
                       D_PE: gl.constexpr, PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr,
                       K_BOXES: gl.constexpr, SPARSE: gl.constexpr, HAS_SINK: gl.constexpr,
-                      KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr, KV_FP8: gl.constexpr):
+                      KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr, KV_FP8: gl.constexpr, trace_ptr,
+                      TRACE: gl.constexpr):
         """Default partition when two output warpgroups own the halves (``SOFTMAX_ONLY``): scores, online
         softmax, ``P`` and the rescale factor (then ``1/l``) to both, LSE. It holds no output accumulator,
         so tile ``j+1``'s scores and softmax run while the output warpgroups multiply tile ``j``'s ``P`` by V;
@@ -901,9 +934,11 @@ if gluon_available():
                     slot = gl.load(block_table_ptr + req64 * stride_bt + offs_j, mask=offs_j < tok_hi, other=-1)
                 s = _scores_ready(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, k_ready, stage, (kb // 2) & 1, S_LAYOUT,
                                   BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE)
+                _stamp(trace_ptr, kb, 2, TRACE, PARTITION_WARPS)
                 if SPARSE and not KV_FP8:  # the tile's slots, landed with its keys, read while its scores run
                     slot = slots.index(stage).load(gl.SliceLayout(0, S_LAYOUT))
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+                _stamp(trace_ptr, kb, 3, TRACE, PARTITION_WARPS)
                 if SPARSE:
                     named = (slot >= 0) & (slot // page_block_size < num_blocks)
                     s = gl.where(named[None, :], s, float("-inf"))
@@ -915,6 +950,7 @@ if gluon_available():
                 fence_async_shared()  # P is read next by the tensor cores
                 gl.thread_barrier()
                 mbarrier.arrive(p_ready, count=1)
+                _stamp(trace_ptr, kb, 4, TRACE, PARTITION_WARPS)
                 pr += 1
                 kb += 1
             # every score product of this request is done: the loader may bring the next Q
@@ -1032,14 +1068,14 @@ if gluon_available():
         stride_ob, stride_os, stride_oh,
         stride_lb, stride_lh,
         s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2, k_desc, sink_ptr,
-        descale_k_ptr, descale_q_ptr,
+        descale_k_ptr, descale_q_ptr, trace_ptr,
         CAUSAL: gl.constexpr, OVERLAP: gl.constexpr, SOFTMAX_ONLY: gl.constexpr, TMA_K: gl.constexpr,
         BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
         D_V: gl.constexpr, D_PE: gl.constexpr,
         SOFTMAX_WARPS: gl.constexpr, OUTPUT_WARPS: gl.constexpr, LOADER_WARPS: gl.constexpr, OUTPUT_REGS: gl.constexpr,
         LOADER_REGS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, K_BOXES: gl.constexpr, SPARSE: gl.constexpr,
         KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr, HAS_SINK: gl.constexpr, KV_E4M3: gl.constexpr,
-        Q_E4M3: gl.constexpr, LIST_AHEAD: gl.constexpr,
+        Q_E4M3: gl.constexpr, LIST_AHEAD: gl.constexpr, TRACE: gl.constexpr,
     ):
         # the products' type: q's, or fp16 for e4m3 codes (more mantissa for P than bf16; codes are <= 448)
         if Q_E4M3:
@@ -1072,6 +1108,7 @@ if gluon_available():
         gl.static_assert(not SPARSE or (SOFTMAX_ONLY and not TMA_K and not CAUSAL),
                          "token-sparse lists run the four-warpgroup form, keys by cp.async, no causal mask")
         gl.static_assert(not HAS_SINK or SPARSE, "attention sinks are a sparse-decoding option")
+        gl.static_assert(not TRACE or SOFTMAX_ONLY, "the trace build stamps the four-warpgroup form")
         k_ready = gl.allocate_shared_memory(gl.int64, [2 * K_BOXES, 1], mbarrier.MBarrierLayout())
         k_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         p_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
@@ -1102,22 +1139,23 @@ if gluon_available():
                                  q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, slots, block_table_ptr,
                                  stride_bt, num_blocks, sink_ptr, descale_k_ptr, descale_q_ptr,
                                  CAUSAL, BLOCK_M, BLOCK_N, D_V, D_PE, SOFTMAX_WARPS, ASYNC_ARRIVE, K_BOXES, SPARSE,
-                                 HAS_SINK, KV_E4M3, Q_E4M3, KV_FP8)),
+                                 HAS_SINK, KV_E4M3, Q_E4M3, KV_FP8, trace_ptr, TRACE)),
                 (_output_quarters, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
-                                k_lo, p_smem, a_smem, bars, 0, BLOCK_M, BLOCK_N, D_V, OUTPUT_WARPS, ASYNC_ARRIVE)),
+                                k_lo, p_smem, a_smem, bars, 0, BLOCK_M, BLOCK_N, D_V, OUTPUT_WARPS, ASYNC_ARRIVE,
+                                trace_ptr, TRACE)),
                 (_output_quarters, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
                                 k_hi, p_smem, a_smem, bars, HALF, BLOCK_M, BLOCK_N, D_V, OUTPUT_WARPS,
-                                ASYNC_ARRIVE)),
+                                ASYNC_ARRIVE, trace_ptr, False)),
                 (_loader, (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                            stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
                            q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc, slots,
                            BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE, KV_FP8,
-                           PREFETCH_L2, KV_E4M3, Q_E4M3, LIST_AHEAD)),
+                           PREFETCH_L2, KV_E4M3, Q_E4M3, LIST_AHEAD, trace_ptr, TRACE)),
             ], [OUTPUT_WARPS, OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, OUTPUT_REGS, LOADER_REGS])
         else:
             gl.warp_specialize([
@@ -1137,8 +1175,14 @@ if gluon_available():
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
                            q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc, slots,
                            BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE, KV_FP8,
-                           PREFETCH_L2, KV_E4M3, Q_E4M3, LIST_AHEAD)),
+                           PREFETCH_L2, KV_E4M3, Q_E4M3, LIST_AHEAD, trace_ptr, TRACE)),
             ], [OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, LOADER_REGS])
+
+
+def trace_buffer(device) -> torch.Tensor:
+    """A zeroed int64 [TRACE_PIECES, TRACE_TILES, TRACE_EVENTS] buffer for the ``trace=`` argument of the launchers:
+    SM cycle counts per piece, tile and event (:func:`_stamp`), read by ``benchmarks/trace_ws.py``."""
+    return torch.zeros(TRACE_PIECES, TRACE_TILES, TRACE_EVENTS, dtype=torch.int64, device=device)
 
 
 def tma_view(k_cache: torch.Tensor):
@@ -1174,6 +1218,7 @@ def dense_decode_sm90_ws_fwd(
     descale_k: torch.Tensor | None = None,
     descale_q: torch.Tensor | None = None,
     list_ahead: bool | None = None,
+    trace: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper, 16-bit caches or (with
     ``descale_k``, a one-element fp32 tensor on q's device) a per-tensor FP8 cache of e4m3 codes, (576, 512)
@@ -1190,7 +1235,8 @@ def dense_decode_sm90_ws_fwd(
     effect without),
     ``loader_regs``: the loader partition's registers (default from :data:`WORKER_REGS` /
     :data:`SOLO_WORKER_REGS`; the softmax warpgroup gets what the others leave), ``list_ahead``: over FP8 codes,
-    the loader reads each tile's block-table entries a tile ahead (``None``: :data:`LIST_AHEAD`, read at the call).
+    the loader reads each tile's block-table entries a tile ahead (``None``: :data:`LIST_AHEAD`, read at the call),
+    ``trace``: the trace build (:func:`trace_buffer`; the four-warpgroup form only), a diagnostic.
     """
     b, s_q, h_q, d = q.shape
     list_ahead = LIST_AHEAD if list_ahead is None else list_ahead
@@ -1225,13 +1271,13 @@ def dense_decode_sm90_ws_fwd(
         q = q.view(torch.uint8)
     launch(_dense_decode_sm90_ws_kernel, (row_tiles * h_kv, num_parts),
         *splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-                      out, lse, workspace, row_tiles, softmax_scale), k_desc, None, descale_k, descale_q,
+                      out, lse, workspace, row_tiles, softmax_scale), k_desc, None, descale_k, descale_q, trace,
         CAUSAL=bool(causal and s_q > 1), OVERLAP=bool(overlap), SOFTMAX_ONLY=bool(softmax_only),
         TMA_K=k_desc is not None, BLOCK_M=BLOCK_M,
         BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v, SOFTMAX_WARPS=NUM_WARPS, OUTPUT_WARPS=WORKER_WARPS[0],
         LOADER_WARPS=WORKER_WARPS[1], OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], ASYNC_ARRIVE=bool(async_arrive),
         K_BOXES=k_boxes, SPARSE=False, KV_FP8=False, PREFETCH_L2=False, HAS_SINK=False, KV_E4M3=e4m3,
-        Q_E4M3=q_e4m3, LIST_AHEAD=bool(e4m3 and list_ahead),
+        Q_E4M3=q_e4m3, LIST_AHEAD=bool(e4m3 and list_ahead), TRACE=trace is not None,
         num_warps=NUM_WARPS,
         maxnreg=SOLO_MAXNREG if softmax_only else MAXNREG,
     )

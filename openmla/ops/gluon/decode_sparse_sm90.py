@@ -102,6 +102,7 @@ def sparse_decode_sm90_fwd(
     loader_regs: int | None = None,
     attn_sink: torch.Tensor | None = None,
     list_ahead: bool | None = None,
+    trace: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse decode on Hopper; inputs validated by :mod:`openmla.api`.
 
@@ -159,13 +160,13 @@ def sparse_decode_sm90_fwd(
         k_cache = k_cache.view(torch.uint8)  # the kernel addresses records in bytes
     launch(ws._dense_decode_sm90_ws_kernel, (row_tiles, parts),
         *splitkv_args(q_tok, k_cache, lists, lens, sched, splits, out_tok, lse_tok, workspace, row_tiles,
-                      softmax_scale), None, attn_sink, None, None,
+                      softmax_scale), None, attn_sink, None, None, trace,
         CAUSAL=False, OVERLAP=False, SOFTMAX_ONLY=True, TMA_K=False, BLOCK_M=ws.BLOCK_M, BLOCK_N=ws.BLOCK_N,
         D_V=head_dim_v, D_PE=d - head_dim_v, SOFTMAX_WARPS=ws.NUM_WARPS, OUTPUT_WARPS=ws.WORKER_WARPS[0],
         LOADER_WARPS=ws.WORKER_WARPS[1], OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], ASYNC_ARRIVE=True, K_BOXES=1,
         SPARSE=True, KV_FP8=bool(is_fp8),
         PREFETCH_L2=bool(is_fp8 and prefetch_l2), HAS_SINK=attn_sink is not None, KV_E4M3=False, Q_E4M3=False,
-        LIST_AHEAD=bool(list_ahead),
+        LIST_AHEAD=bool(list_ahead), TRACE=trace is not None,
         num_warps=ws.NUM_WARPS,
         maxnreg=ws.SOLO_MAXNREG,
     )

@@ -1,0 +1,107 @@
+"""Where a tile's time goes inside the warp-specialized Hopper kernel (four-warpgroup form), from its trace build.
+
+Usage (sm_90 GPU): ``python -m benchmarks.trace_ws [--json PATH]``
+
+The trace build (``trace=`` of :func:`openmla.ops.gluon.decode_dense_sm90_ws.dense_decode_sm90_ws_fwd` and
+:func:`openmla.ops.gluon.decode_sparse_sm90.sparse_decode_sm90_fwd`) stamps the SM's cycle counter at seven events
+of every KV tile in a few programs (:func:`openmla.ops.gluon.decode_dense_sm90_ws._stamp`):
+
+  0 the loader has the tile's stage          1 the loader published the tile (decoded) or issued its copies
+  2 the softmax warpgroup has it, scores issued   3 scores done     4 P published
+  5 the first output warpgroup has P         6 it released P and the stage
+
+For each config this prints the call's time with and without the stamps (so their cost is in view) and, over the
+stamped tiles of a request's steady state, the median cycles of: the tile period (event 1 to the next tile's 1),
+the loader's busy time (0 → 1) and its wait for a stage (the last tile's 1 → 0), the softmax warpgroup's wait for K
+(last tile's 4 → 2), the score products (2 → 3), softmax and hand-over (3 → 4), the output warpgroup's wait for P
+(last tile's 6 → 5) and its products (5 → 6), and the stage's time with the consumers (1 → 6). Cycles, not time:
+the SM clock varies; the period times the tiles gives the scale.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+
+def _intervals(trace) -> dict:
+    """Median cycles of each interval over the stamped pieces' tiles (the first two and last of a piece left out,
+    and tiles the trace did not reach)."""
+    names = {
+        "period (1 -> next 1)": lambda t, k: t[k + 1][1] - t[k][1],
+        "loader busy (0 -> 1)": lambda t, k: t[k][1] - t[k][0],
+        "loader waits for a stage (last 1 -> 0)": lambda t, k: t[k][0] - t[k - 1][1],
+        "softmax waits for K (last 4 -> 2)": lambda t, k: t[k][2] - t[k - 1][4],
+        "score products (2 -> 3)": lambda t, k: t[k][3] - t[k][2],
+        "softmax and hand-over (3 -> 4)": lambda t, k: t[k][4] - t[k][3],
+        "output waits for P (last 6 -> 5)": lambda t, k: t[k][5] - t[k - 1][6],
+        "output products (5 -> 6)": lambda t, k: t[k][6] - t[k][5],
+        "stage with the consumers (1 -> 6)": lambda t, k: t[k][6] - t[k][1],
+    }
+    out = {}
+    for name, f in names.items():
+        vals = []
+        for piece in trace:
+            tiles = [t for t in piece if all(x > 0 for x in t[:7])]
+            for k in range(2, len(tiles) - 2):
+                v = f(tiles, k)
+                if 0 <= v < 10**7:  # a request boundary or an unwritten slot gives nonsense: skip it
+                    vals.append(v)
+        out[name] = statistics.median(vals) if vals else None
+    return out
+
+
+def main(argv=None) -> None:
+    import torch
+    import triton
+
+    from benchmarks.configs import get_configs
+    from openmla._harness import make_dense_decode_inputs, make_sparse_decode_inputs
+    from openmla.ops.decode_dense import num_sm_parts_for
+    from openmla.ops.gluon.decode_dense_sm90_ws import dense_decode_sm90_ws_fwd, trace_buffer
+    from openmla.ops.gluon.decode_sparse_sm90 import sparse_decode_sm90_fwd
+    from openmla.ops.schedule import plan_splitkv
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    card = torch.cuda.get_device_name()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    calls = {}
+    for name in ("sparse_std_b64", "sparse_heads_h64", "sparse_bf16_b64"):
+        cfg = next(c for s in ("standard", "heads", "bf16") for c in get_configs(s, op="sparse_decode")
+                   if c.name == name)
+        inp = make_sparse_decode_inputs(cfg.b, cfg.s_q, cfg.h_q, cfg.s_k, cfg.topk, cfg.page_block_size,
+                                        cfg.kv_format, cfg.d_qk, cfg.dv, torch.bfloat16, "cuda", cfg.seed,
+                                        cfg.invalid_frac)
+        calls[name] = (lambda inp=inp: lambda trace=None: sparse_decode_sm90_fwd(
+            inp.q, inp.k_cache, inp.indices, inp.head_dim_v, inp.softmax_scale, is_fp8=inp.is_fp8, trace=trace))()
+    g = torch.Generator().manual_seed(0)
+    lens = torch.normal(8192.0, 4096.0, (128,), generator=g).round().clamp(1, 16384).int().tolist()
+    dense = make_dense_decode_inputs(lens, 1, 128, 1, 576, 512, 64, torch.bfloat16, False, "cuda", 0)
+    sched, splits = plan_splitkv(dense.cache_seqlens, num_sm_parts_for(128, 1, sms, backend="gluon", arch=90))
+    calls["dense_b128_sk8192_h128"] = lambda trace=None: dense_decode_sm90_ws_fwd(
+        *dense.call_args()[:4], 512, sched, splits, dense.softmax_scale, False, softmax_only=True, trace=trace)
+
+    results = []
+    for name, call in calls.items():
+        buf = trace_buffer("cuda")
+        call(trace=buf)
+        torch.cuda.synchronize()
+        plain_us = triton.testing.do_bench(call, warmup=25, rep=200, return_mode="median") * 1e3
+        traced_us = triton.testing.do_bench(lambda: call(trace=buf), warmup=25, rep=200, return_mode="median") * 1e3
+        buf.zero_()
+        call(trace=buf)
+        torch.cuda.synchronize()
+        iv = _intervals(buf.tolist())
+        results.append(dict(card=card, config=name, plain_us=plain_us, traced_us=traced_us, cycles=iv))
+        print(f"{name}: {plain_us:.1f} us, traced {traced_us:.1f} us ({card})")
+        for k, v in iv.items():
+            print(f"    {k:42s} {'-' if v is None else f'{v:8.0f}'} cycles")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
