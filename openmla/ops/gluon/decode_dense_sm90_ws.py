@@ -108,7 +108,8 @@ SPARSE_FP8_PREFETCH_L2 = False  # measured slower with the loader at 72 register
 SPARSE_FP8_LIST_AHEAD = True
 LIST_AHEAD = False
 # the trace build (``trace=`` of the launchers, :func:`_stamp`): pieces and tiles stamped, events a tile
-# (0 loader has the stage, 1 loader published it (decoded tiles) or issued its copies, 2 softmax has it and issued its scores, 3 scores done, 4 P
+# (0 loader has the stage, 1 loader published it (decoded tiles) or issued its copies, 7 a decoding loader's
+# codes have all landed, 2 softmax has it and issued its scores, 3 scores done, 4 P
 # published, 5 first output warpgroup has P, 6 it released P and the stage)
 TRACE_PIECES = 4
 TRACE_TILES = 64
@@ -312,7 +313,7 @@ if gluon_available():
                         ent = _key_entries(bt_row, start + offs_e, tok_hi, page_block_size, True)
                     _gather_fp8_tile(k_ptr, ent, bt_row, start, tok_hi, page_block_size, num_blocks, stride_kb,
                                      stride_kp, k_lo.index(stage), k_hi.index(stage), k_pe.index(stage), k_hi, k_pe, stage,
-                                     D_V, PARTITION_WARPS, PREFETCH_L2)
+                                     D_V, PARTITION_WARPS, PREFETCH_L2, kb, trace_ptr, TRACE)
                     mbarrier.arrive(k_ready.index(stage), count=1)
                 else:
                     offs_j = start + offs_t
@@ -351,7 +352,7 @@ if gluon_available():
     @gluon.jit
     def _gather_fp8_tile(k_ptr, slot, bt_row, start, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
                          k_lo_s, k_hi_s, k_pe_s, k_hi, k_pe, stage, D_V: gl.constexpr,
-                         PARTITION_WARPS: gl.constexpr, PREFETCH: gl.constexpr):
+                         PARTITION_WARPS: gl.constexpr, PREFETCH: gl.constexpr, kb, trace_ptr, TRACE: gl.constexpr):
         """One tile of 64 keys from a V3.2 FP8 cache into a 16-bit K stage (``k_lo_s``/``k_hi_s``/``k_pe_s``).
 
         Each key's record is 656 bytes: e4m3 codes of dims 0..511, four fp32 scales (scale ``t`` covers dims
@@ -378,6 +379,7 @@ if gluon_available():
                               D_V + 16 + 128)
         async_copy.wait_group(0)
         gl.thread_barrier()  # every thread's codes have landed
+        _stamp(trace_ptr, kb, 7, TRACE, PARTITION_WARPS)
         _decode_code_tile(k_lo_s, k_hi_s, k_pe_s, k_hi, k_pe, stage, sc0, sc1, sc2, sc3, D_V, PARTITION_WARPS, True)
         fence_async_shared()  # the tensor cores read the stage next
         gl.thread_barrier()
