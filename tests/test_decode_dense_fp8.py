@@ -413,10 +413,12 @@ def test_fp8_equal_to_flashmla(b, s_q, s_k, h_q, h_kv, causal, generator):
 
 @pytest.mark.skipif(not openmla._runtime.gluon_available(), reason="Triton's Gluon dialect does not import here")
 @pytest.mark.parametrize("q_dtype", [torch.bfloat16, E4M3], ids=["bf16-q", "e4m3-q"])
-def test_hopper_fp8_above_32_rows_takes_the_warp_specialized_kernel(q_dtype, monkeypatch, generator):
-    """On Hopper a per-tensor FP8 call above 32 query rows per KV head goes to the warp-specialized kernel,
-    which decodes the codes in its loader: the cache (and an e4m3 q) handed over as bytes, the descales as
-    device pointers, bf16 output for an e4m3 q, the combine kernel merging splits. Launches recorded, not run."""
+@pytest.mark.parametrize("h_q", [128, 32, 16])
+def test_hopper_fp8_takes_the_warp_specialized_kernel(q_dtype, h_q, monkeypatch, generator):
+    """On Hopper a per-tensor FP8 call of (576, 512) dims goes to the warp-specialized kernel at every head count
+    (up to 32 rows too, where the tokens kernel serves 16-bit caches), which decodes the codes in its loader:
+    the cache (and an e4m3 q) handed over as bytes, the descales as device pointers, bf16 output for an e4m3 q,
+    the combine kernel merging splits. Launches recorded, not run."""
     from openmla.ops.gluon import decode_dense_sm90, decode_dense_sm90_ws
     from openmla.ops.schedule import plan_splitkv_torch
 
@@ -428,7 +430,7 @@ def test_hopper_fp8_above_32_rows_takes_the_warp_specialized_kernel(q_dtype, mon
 
     monkeypatch.setattr(decode_dense_sm90_ws, "_dense_decode_sm90_ws_kernel", Recorder(), raising=False)
     monkeypatch.setattr(decode_dense_sm90_ws, "combine_splits", lambda *args, **kw: merges.append(args))
-    inputs = fp8_inputs(2, 1, 100, 128, 1, 576, 512, 64, q_dtype, device="cpu")
+    inputs = fp8_inputs(2, 1, 100, h_q, 1, 576, 512, 64, q_dtype, device="cpu")
     q, k = inputs["q"], inputs["k_cache"]
     sched, splits = plan_splitkv_torch(inputs["cache_seqlens"], 4)
     out, lse = decode_dense_sm90.dense_decode_sm90_fwd(q, k, inputs["block_table"], inputs["cache_seqlens"], 512,
@@ -442,9 +444,9 @@ def test_hopper_fp8_above_32_rows_takes_the_warp_specialized_kernel(q_dtype, mon
     assert args[0].dtype == (torch.uint8 if e4m3_q else q_dtype) and args[0].data_ptr() == q.data_ptr()
     assert args[1].dtype == torch.uint8 and args[1].data_ptr() == k.data_ptr()
     assert out.dtype == torch.bfloat16 and args[6] is out
-    # ..., k_desc, sink, descale_k, descale_q
-    assert args[-4] is None and args[-3] is None and args[-2] is inputs["descale_k"]
-    assert args[-1] is inputs["descale_q"]
+    # ..., k_desc, sink, descale_k, descale_q, trace (the trace build's buffer: none)
+    assert args[-5] is None and args[-4] is None and args[-3] is inputs["descale_k"]
+    assert args[-2] is inputs["descale_q"] and args[-1] is None and not kwargs["TRACE"]
 
 
 @pytest.mark.gpu

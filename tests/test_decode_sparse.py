@@ -442,11 +442,12 @@ def test_gluon_sparse_launcher_arguments(fp8, lengths_given, monkeypatch, genera
     assert (kwargs["OUTPUT_REGS"], kwargs["LOADER_REGS"]) == regs
     assert kwargs["SPARSE"] and kwargs["SOFTMAX_ONLY"] and not kwargs["CAUSAL"] and not kwargs["TMA_K"]
     assert kwargs["KV_FP8"] == fp8 and kwargs["PREFETCH_L2"] == (fp8 and ws.SPARSE_FP8_PREFETCH_L2)
-    # ..., k_desc, sink, descale_k, descale_q: no TMA descriptor, no per-tensor descales
-    assert kwargs["D_V"] == 512 and kwargs["D_PE"] == 64 and args[-4] is None and args[-2:] == (None, None)
+    # ..., k_desc, sink, descale_k, descale_q, trace: no TMA descriptor, no per-tensor descales, no trace
+    assert kwargs["D_V"] == 512 and kwargs["D_PE"] == 64 and args[-5] is None and args[-3:] == (None, None, None)
+    assert not kwargs["TRACE"]
     assert not kwargs["KV_E4M3"] and not kwargs["Q_E4M3"]
     assert kwargs["LIST_AHEAD"] == (ws.SPARSE_FP8_LIST_AHEAD if fp8 else ws.LIST_AHEAD)
-    assert args[-3] is sink and kwargs["HAS_SINK"] == (sink is not None)  # unsplit rows get it in the kernel
+    assert args[-4] is sink and kwargs["HAS_SINK"] == (sink is not None)  # unsplit rows get it in the kernel
 
 
 def test_split_count_fills_the_sms_and_keeps_splits_long():
