@@ -64,11 +64,17 @@ b 64 / 128 286.5-289.2 / 544.1-544.2 us against 298.4-299.3 / 564.9-567.2, h_q=1
 156.1-156.9, h_q=64 165.9-166.1 against 171.4-172.2, so on by default over the V3.2 cache
 (:data:`SPARSE_FP8_LIST_AHEAD`); over a BF16 cache 232.4-232.9 against 230.9-232.0 and over per-tensor FP8 keys
 (dense, the block table ahead) within 1 %, so off there (``2026-11-27-h200-*-gluon-list-ahead-tune.json``).
+Over 16-bit caches each tile's slots reach the softmax warpgroup through shared memory with the tile
+(:func:`_copy_slots`; BF16 b 64 / 128 241.8 / 451.0 -> 228.2 / 424.3 us); over FP8 records the loader sets the
+pace and that copy cost 5 %, so the softmax warpgroup loads them itself there. The loader over FP8 records
+keeps 80 registers (1.5-2.5 % faster than 72). Where each tile's time goes: the trace build (``TRACE``,
+:func:`_stamp`, ``benchmarks/trace_ws.py``) and ``docs/perf-notes.md``.
 
 A request with no key still runs one fully masked tile, so every partition walks the same sequence of
 tiles and barrier phases. Split-KV plan, causal rule, masking and outputs are those of
 :mod:`openmla.ops.decode_dense`; partials are merged by the combine kernel (this kernel does not fuse it).
-Shared memory (bf16, d=576): Q 72 KB, two K stages 144 KB, P 8 KB: 224.8 KB of the 227 KB.
+Shared memory (bf16, d=576): Q 72 KB, two K stages 144 KB, P 8 KB: 224.8 KB of the 227 KB (225.3 with a
+16-bit sparse list's slots).
 """
 
 from __future__ import annotations
