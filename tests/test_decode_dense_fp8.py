@@ -480,3 +480,36 @@ def test_warp_specialized_fp8_both_forms(list_ahead, softmax_only, q_dtype, b, s
                                         list_ahead=list_ahead)
     torch.cuda.synchronize()
     check_against_reference(inputs, out, lse)
+
+
+@pytest.mark.skipif(not openmla._runtime.gluon_available(), reason="Triton's Gluon dialect does not import here")
+def test_trace_buffer_is_checked_before_the_launch(monkeypatch):
+    """The warp-specialized kernel's trace build writes int64 [TRACE_PIECES, TRACE_TILES, TRACE_EVENTS] slots from
+    the GPU: a buffer of another dtype, shape or device, or a call on the three-warpgroup form (not stamped), is a
+    typed error that names what was given, before anything is launched; the right buffer passes the check."""
+    from openmla._runtime import InvalidArgumentError
+    from openmla.ops.gluon import decode_dense_sm90_ws as ws
+
+    cpu = torch.device("cpu")
+    good = ws.trace_buffer(cpu)
+    assert good.dtype == torch.int64 and tuple(good.shape) == (ws.TRACE_PIECES, ws.TRACE_TILES, ws.TRACE_EVENTS)
+    ws.check_trace(None, cpu)
+    ws.check_trace(good, cpu)
+    for bad, said in ((good.to(torch.int32), "got torch.int32"), (good[:, :8], "(4, 8, 8)"),
+                      (good.transpose(0, 1).contiguous().transpose(0, 1), "got a non-contiguous torch.int64"),
+                      ([0] * 8, "got list")):
+        with pytest.raises(InvalidArgumentError, match="trace") as err:
+            ws.check_trace(bad, cpu)
+        assert said in str(err.value), str(err.value)
+    with pytest.raises(InvalidArgumentError, match="softmax_only"):
+        ws.check_trace(good, cpu, softmax_only=False)
+    # the launcher checks before it launches: a kernel that must not be reached
+    monkeypatch.setattr(ws, "launch", lambda *a, **k: pytest.fail("launched with a bad trace buffer"))
+    inputs = fp8_inputs(2, 1, 100, 128, 1, 576, 512, 64, torch.bfloat16, device="cpu")
+    from openmla.ops.schedule import plan_splitkv_torch
+
+    sched, splits = plan_splitkv_torch(inputs["cache_seqlens"], 4)
+    with pytest.raises(InvalidArgumentError, match="trace"):
+        ws.dense_decode_sm90_ws_fwd(inputs["q"], inputs["k_cache"], inputs["block_table"], inputs["cache_seqlens"],
+                                    512, sched, splits, 576**-0.5, True, descale_k=inputs["descale_k"],
+                                    trace=good.to(torch.int32))

@@ -81,7 +81,7 @@ from __future__ import annotations
 
 import torch
 
-from ..._runtime import gluon_available
+from ..._runtime import InvalidArgumentError, gluon_available
 from ..combine import combine_splits
 from ..decode_dense import split_workspace, splitkv_args
 from ..launch import launch
@@ -1187,6 +1187,24 @@ if gluon_available():
             ], [OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, LOADER_REGS])
 
 
+def check_trace(trace: torch.Tensor | None, device: torch.device, softmax_only: bool = True) -> None:
+    """Raise :class:`~openmla._runtime.InvalidArgumentError` for a ``trace=`` buffer the trace build cannot
+    write: it must be :func:`trace_buffer`'s int64 [TRACE_PIECES, TRACE_TILES, TRACE_EVENTS], contiguous, on the
+    call's device, and the call must run the four-warpgroup form (the only one stamped)."""
+    if trace is None:
+        return
+    want = (TRACE_PIECES, TRACE_TILES, TRACE_EVENTS)
+    if (not isinstance(trace, torch.Tensor) or trace.dtype != torch.int64 or tuple(trace.shape) != want
+            or not trace.is_contiguous() or trace.device != device):
+        got = (f"{'' if trace.is_contiguous() else 'a non-contiguous '}{trace.dtype} {tuple(trace.shape)} on "
+               f"{trace.device}" if isinstance(trace, torch.Tensor) else type(trace).__name__)
+        raise InvalidArgumentError(f"trace: the trace build writes a contiguous torch.int64 tensor of shape {want} "
+                                   f"on {device}, got {got}; make one with trace_buffer(device)")
+    if not softmax_only:
+        raise InvalidArgumentError("trace: only the four-warpgroup form (softmax_only=True) is stamped; pass "
+                                   "softmax_only=True or no trace")
+
+
 def trace_buffer(device) -> torch.Tensor:
     """A zeroed int64 [TRACE_PIECES, TRACE_TILES, TRACE_EVENTS] buffer for the ``trace=`` argument of the launchers:
     SM cycle counts per piece, tile and event (:func:`_stamp`), read by ``benchmarks/trace_ws.py``."""
@@ -1272,6 +1290,7 @@ def dense_decode_sm90_ws_fwd(
         regs = E4M3_WORKER_REGS  # the loader decodes each tile
     if loader_regs is not None:
         regs = (regs[0], int(loader_regs))
+    check_trace(trace, q.device, softmax_only)
     out = torch.empty(b, s_q, h_q, head_dim_v, dtype=torch.bfloat16 if q_e4m3 else q.dtype, device=q.device)
     if e4m3:
         k_cache = k_cache.view(torch.uint8)  # the kernel addresses codes in bytes

@@ -127,6 +127,8 @@ def sparse_decode_sm90_fwd(
         list_ahead: the loader reads each tile's list entries a tile ahead (``None``: ``SPARSE_FP8_LIST_AHEAD``
             with ``is_fp8`` and no ``prefetch_l2`` (which reads the next tile's list itself), else ``LIST_AHEAD``,
             of :mod:`.decode_dense_sm90_ws`, read at the call).
+        trace: a diagnostic: the kernel's trace build stamps into this buffer (``trace_buffer`` of
+            :mod:`.decode_dense_sm90_ws`; ``benchmarks/trace_ws.py``); a wrong one is an ``InvalidArgumentError``.
 
     Returns:
         out [b, s_q, h_q, head_dim_v] in q's dtype (0 for a token with no valid entry), lse [b, h_q, s_q]
@@ -156,6 +158,7 @@ def sparse_decode_sm90_fwd(
     regs = ws.SPARSE_FP8_WORKER_REGS if is_fp8 else ws.SOLO_WORKER_REGS
     if loader_regs is not None:
         regs = (regs[0], int(loader_regs))
+    ws.check_trace(trace, q.device)
     if is_fp8:
         k_cache = k_cache.view(torch.uint8)  # the kernel addresses records in bytes
     launch(ws._dense_decode_sm90_ws_kernel, (row_tiles, parts),
