@@ -42,7 +42,7 @@ from ..schedule import SCHED_BLOCK
 BLOCK_M = 64
 BLOCK_N = 64
 WG_WARPS = 4  # each of the two partitions is one warpgroup
-WG1_REGS = 240  # the second warpgroup's registers (setmaxnreg); the first keeps what the launch gives
+WG1_REGS = 256  # the second warpgroup's registers (setmaxnreg): 8 warps of 256 use the whole register file
 
 
 if gluon_available():
@@ -58,7 +58,7 @@ if gluon_available():
     )
 
     from .decode_dense_sm90 import _piece_bounds, _request_span
-    from .decode_dense_sm90_ws import _scores_ready, _store_columns, _tiles_of
+    from .decode_dense_sm90_ws import _store_columns, _tiles_of
 
     @gluon.jit
     def _issue_boxes(k_desc, bt_row, start, page_block_size, max_blocks, num_blocks, k_lo, k_hi, k_pe, k_ready,
@@ -115,6 +115,52 @@ if gluon_available():
         s = warpgroup_mma(q_hi, k_hi.index(stage).permute((1, 0)), s, is_async=True)
         mbarrier.wait(k_ready.index(stage * BOXES + BOXES - 1), phase)
         return warpgroup_mma(q_pe, k_pe.index(stage).permute((1, 0)), s, is_async=True)
+
+    @gluon.jit
+    def _score_boxes(s, q_lo, q_hi, q_pe, k_lo_s, k_hi_s, k_pe_s, k_ready, stage, phase, FIRST: gl.constexpr,
+                     LAST: gl.constexpr, D_V: gl.constexpr):
+        """Issue the score products of boxes ``FIRST .. LAST-1`` of K ``stage`` into ``s`` (async, one commit
+        group a box), each once its box has landed; box 0 starts the sum."""
+        LEFT: gl.constexpr = D_V // 128
+        BOXES: gl.constexpr = D_V // 64 + 1
+        for c in gl.static_range(FIRST, LAST):
+            mbarrier.wait(k_ready.index(stage * BOXES + c), phase)
+            if c < LEFT:
+                s = warpgroup_mma(q_lo.slice(c * 64, 64, dim=1), k_lo_s.slice(c * 64, 64, dim=1).permute((1, 0)), s,
+                                  use_acc=c > 0, is_async=True)
+            elif c < 2 * LEFT:
+                s = warpgroup_mma(q_hi.slice((c - LEFT) * 64, 64, dim=1),
+                                  k_hi_s.slice((c - LEFT) * 64, 64, dim=1).permute((1, 0)), s, is_async=True)
+            else:
+                s = warpgroup_mma(q_pe, k_pe_s.permute((1, 0)), s, is_async=True)
+        return s
+
+    @gluon.jit
+    def _tile_softmax(s, m_run, start, tok_hi, limit, scale_log2, CAUSAL: gl.constexpr, S_LAYOUT: gl.constexpr,
+                      BLOCK_N: gl.constexpr):
+        """One tile's scores ``s`` (fp32, unscaled) to ``(p, m, m_shift, l)``: ``p = exp2(s*scale - m_shift)`` with
+        ``m = max(m_run, rowmax)`` (``m_shift`` 0 where ``m`` is -inf) and ``l`` its row sums; keys at or past
+        ``tok_hi`` (and, causal, past each row's ``limit``) get weight 0."""
+        s = s * scale_log2
+        offs_j = start + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_LAYOUT))
+        if CAUSAL:
+            visible = (offs_j[None, :] < tok_hi) & (offs_j[None, :] <= limit[:, None])
+        else:
+            visible = (offs_j < tok_hi)[None, :]
+        s = gl.where(visible, s, float("-inf"))
+        m = gl.maximum(m_run, gl.max(s, axis=1))
+        m_shift = gl.where(m == float("-inf"), 0.0, m)
+        p = gl.exp2(s - m_shift[:, None])
+        return p, m, m_shift, gl.sum(p, axis=1)
+
+    @gluon.jit
+    def _publish_tile(p16, m, p_smem, m_smem, bar):
+        """Hand a tile's ``P`` (16-bit, into its stage's RoPE box) and row max to the other warpgroup."""
+        p_smem.store(p16)
+        m_smem.store(m)
+        fence_async_shared()  # P is read next by the tensor cores
+        gl.thread_barrier()
+        mbarrier.arrive(bar, count=1)
 
     @gluon.jit
     def _seesaw_warpgroup(q_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, out_ptr, lse_ptr,
@@ -202,86 +248,111 @@ if gluon_available():
             m_run = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=ROW_S)
             l_run = gl.zeros([BLOCK_M], gl.float32, layout=ROW_S)
             acc = gl.zeros([BLOCK_M, HALF], gl.float32, layout=O_LAYOUT)
-            for pair in range(0, n_pairs):
-                phase = jp & 1
-                start = tok_lo + (2 * pair + WG) * BLOCK_N  # this warpgroup's tile
-                nxt = tok_lo + (2 * pair + 2) * BLOCK_N  # the next pair's first tile
-                more = pair + 1 < n_pairs
-                # this warpgroup's stage, as a value that varies in the loop for the compiler (``start`` never
-                # reaches past the request's last tile plus one): with a constant one it hoists every box's
-                # shared-memory descriptors out of the loop and spills them
-                zero = (start > tok_hi + BLOCK_N * n_tiles).to(gl.int32)
-                stage = WG + zero
-                s = _scores_ready(q_lo.index(zero), q_hi.index(zero), q_pe.index(zero), k_lo, k_hi, k_pe, k_ready,
-                                  stage, phase, S_LAYOUT, BLOCK_M,
-                                  BLOCK_N, D_V, D_PE, BOXES, False)
+            if WG == 0:
+                # rotated by one tile: an iteration takes warpgroup 1's P of pair ``pair``, then issues the scores
+                # of its own tile of the next pair while that product runs (so the tensor cores have them queued
+                # behind it), and goes through that tile's softmax and its own product. The first tile comes first.
+                zero = (tok_lo > tok_hi + BLOCK_N * n_tiles).to(gl.int32)  # 0, opaque (see the loop below)
+                s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=S_LAYOUT)
+                s = _score_boxes(s, q_lo.index(zero), q_hi.index(zero), q_pe.index(zero), k_lo.index(zero),
+                                 k_hi.index(zero), k_pe.index(zero), k_ready, zero, jp & 1, 0, BOXES, D_V)
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-                s = s * scale_log2
-                offs_j = start + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_LAYOUT))
-                if CAUSAL:
-                    visible = (offs_j[None, :] < tok_hi) & (offs_j[None, :] <= limit[:, None])
-                else:
-                    visible = (offs_j < tok_hi)[None, :]
-                s = gl.where(visible, s, float("-inf"))
-                row_max = gl.max(s, axis=1)
-                if WG == 1:  # the pair's max needs warpgroup 0's
-                    mbarrier.wait(ready.index(0), phase)
-                    m_a = m_smem[0].load(ROW_S)
-                    m_own = gl.maximum(m_a, row_max)
-                else:
-                    m_own = gl.maximum(m_run, row_max)
-                m_shift = gl.where(m_own == float("-inf"), 0.0, m_own)
-                p = gl.exp2(s - m_shift[:, None])
-                l_own = gl.sum(p, axis=1)
+                p, m_a, a_shift, l_a = _tile_softmax(s, m_run, tok_lo, tok_hi, limit, scale_log2, CAUSAL, S_LAYOUT,
+                                                     BLOCK_N)
                 p16 = p.to(dtype)
-                if start + BLOCK_N > tok_hi:  # rows past the end (or a tile wholly past it): zero their values
-                    _zero_rows_past(k_lo.index(stage), k_hi.index(stage), tok_hi - start, D_V, PARTITION_WARPS)
-                # publish this tile's P (into its stage's RoPE box, read by the scores only) and its max
-                k_pe.index(stage).store(p16)
-                m_smem[WG].store(m_own)
-                fence_async_shared()
-                gl.thread_barrier()
-                mbarrier.arrive(ready.index(WG), count=1)
-                if WG == 0:
-                    # O_L at m_a, plus P_a V_a (P from registers); then at the pair's max, plus P_b V_b
-                    acc = acc * gl.convert_layout(gl.exp2(m_run - m_shift), ROW_O)[:, None]
-                    acc = warpgroup_mma(gl.convert_layout(p16, P_OPERAND), v_own.index(zero), acc, is_async=True)
-                    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-                    if more:  # done with stage 0's left half
-                        _issue_boxes(k_desc, bt_row, nxt, page_block_size, max_blocks, num_blocks, k_lo, k_hi, k_pe,
-                                     k_ready, zero, 0, LEFT, D_V)
+                if tok_lo + BLOCK_N > tok_hi:  # rows past the end: zero their values
+                    _zero_rows_past(k_lo.index(zero), k_hi.index(zero), tok_hi - tok_lo, D_V, PARTITION_WARPS)
+                _publish_tile(p16, m_a, k_pe.index(zero), m_smem[0], ready.index(0))
+                acc = warpgroup_mma(gl.convert_layout(p16, P_OPERAND), v_own.index(zero), acc, is_async=True)
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                if n_pairs > 1:  # done with stage 0's left half
+                    _issue_boxes(k_desc, bt_row, tok_lo + 2 * BLOCK_N, page_block_size, max_blocks, num_blocks, k_lo,
+                                 k_hi, k_pe, k_ready, zero, 0, LEFT, D_V)
+                for pair in range(0, n_pairs):
+                    phase = jp & 1
+                    nxt = tok_lo + (2 * pair + 2) * BLOCK_N  # the next pair's first tile (this warpgroup's)
+                    zero = (nxt > tok_hi + BLOCK_N * (n_tiles + 2)).to(gl.int32)  # 0, varying for the compiler
                     mbarrier.wait(ready.index(1), phase)
                     m_new = m_smem[1].load(ROW_S)
-                    c_own = gl.exp2(m_own - gl.where(m_new == float("-inf"), 0.0, m_new))
-                    acc = acc * gl.convert_layout(c_own, ROW_O)[:, None]
-                    acc = warpgroup_mma(k_pe.index(1 + zero), v_own.index(1 + zero), acc, is_async=True)
-                    l_run = (l_run * gl.exp2(m_run - m_shift) + l_own) * c_own
+                    c_a = gl.exp2(m_a - gl.where(m_new == float("-inf"), 0.0, m_new))
+                    acc = acc * gl.convert_layout(c_a, ROW_O)[:, None]
+                    l_run = (l_run * gl.exp2(m_run - a_shift) + l_a) * c_a
                     m_run = m_new
-                    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-                    if more:  # done with stage 1's left half and its RoPE box (P_b)
+                    # (the product of warpgroup 1's P is issued in each branch: an accumulator in flight cannot
+                    # enter a branch that waits for it)
+                    if pair + 1 < n_pairs:
+                        acc = warpgroup_mma(k_pe.index(1 + zero), v_own.index(1 + zero), acc, is_async=True)
+                        nphase = (jp + 1) & 1
+                        s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=S_LAYOUT)
+                        s = _score_boxes(s, q_lo.index(zero), q_hi.index(zero), q_pe.index(zero), k_lo.index(zero),
+                                         k_hi.index(zero), k_pe.index(zero), k_ready, zero, nphase, 0, LEFT, D_V)
+                        acc = warpgroup_mma_wait(num_outstanding=LEFT, deps=(acc,))
+                        # done with stage 1's left half and its RoPE box (P_b)
                         _issue_boxes(k_desc, bt_row, nxt + BLOCK_N, page_block_size, max_blocks, num_blocks, k_lo,
                                      k_hi, k_pe, k_ready, 1 + zero, 0, LEFT, D_V)
                         _issue_boxes(k_desc, bt_row, nxt + BLOCK_N, page_block_size, max_blocks, num_blocks, k_lo,
                                      k_hi, k_pe, k_ready, 1 + zero, BOXES - 1, BOXES, D_V)
-                else:
-                    # O_R at m_a, plus P_a V_a (P from shared memory); then at the pair's max, plus P_b V_b
-                    acc = acc * gl.convert_layout(gl.exp2(m_run - gl.where(m_a == float("-inf"), 0.0, m_a)),
-                                                  ROW_O)[:, None]
+                        s = _score_boxes(s, q_lo.index(zero), q_hi.index(zero), q_pe.index(zero), k_lo.index(zero),
+                                         k_hi.index(zero), k_pe.index(zero), k_ready, zero, nphase, LEFT, BOXES, D_V)
+                        s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+                        p, m_a, a_shift, l_a = _tile_softmax(s, m_run, nxt, tok_hi, limit, scale_log2, CAUSAL,
+                                                             S_LAYOUT, BLOCK_N)
+                        p16 = p.to(dtype)
+                        if nxt + BLOCK_N > tok_hi:  # rows past the end: zero their values
+                            _zero_rows_past(k_lo.index(zero), k_hi.index(zero), tok_hi - nxt, D_V, PARTITION_WARPS)
+                        _publish_tile(p16, m_a, k_pe.index(zero), m_smem[0], ready.index(0))
+                        acc = acc * gl.convert_layout(gl.exp2(m_run - a_shift), ROW_O)[:, None]
+                        acc = warpgroup_mma(gl.convert_layout(p16, P_OPERAND), v_own.index(zero), acc, is_async=True)
+                        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                        if pair + 2 < n_pairs:  # done with stage 0's left half
+                            _issue_boxes(k_desc, bt_row, nxt + 2 * BLOCK_N, page_block_size, max_blocks, num_blocks,
+                                         k_lo, k_hi, k_pe, k_ready, zero, 0, LEFT, D_V)
+                    else:
+                        acc = warpgroup_mma(k_pe.index(1 + zero), v_own.index(1 + zero), acc, is_async=True)
+                        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                    jp += 1
+            else:
+                # warpgroup 1, pair by pair: the pair's max needs warpgroup 0's, which it publishes with its P
+                for pair in range(0, n_pairs):
+                    phase = jp & 1
+                    start = tok_lo + (2 * pair + 1) * BLOCK_N  # this warpgroup's tile
+                    nxt = tok_lo + (2 * pair + 2) * BLOCK_N  # the next pair's first tile
+                    more = pair + 1 < n_pairs
+                    # 0, as a value that varies in the loop for the compiler (``start`` never reaches past the
+                    # request's last tile plus one): with constant stage indices it hoists every box's shared-memory
+                    # descriptors out of the loop and spills them
+                    zero = (start > tok_hi + BLOCK_N * n_tiles).to(gl.int32)
+                    s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=S_LAYOUT)
+                    s = _score_boxes(s, q_lo.index(zero), q_hi.index(zero), q_pe.index(zero), k_lo.index(1 + zero),
+                                     k_hi.index(1 + zero), k_pe.index(1 + zero), k_ready, 1 + zero, phase, 0, BOXES,
+                                     D_V)
+                    s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+                    mbarrier.wait(ready.index(0), phase)
+                    m_a = m_smem[0].load(ROW_S)
+                    p, m_pair, m_shift, l_own = _tile_softmax(s, gl.maximum(m_run, m_a), start, tok_hi, limit,
+                                                              scale_log2, CAUSAL, S_LAYOUT, BLOCK_N)
+                    p16 = p.to(dtype)
+                    if start + BLOCK_N > tok_hi:  # rows past the end (or a tile wholly past it): zero their values
+                        _zero_rows_past(k_lo.index(1 + zero), k_hi.index(1 + zero), tok_hi - start, D_V,
+                                        PARTITION_WARPS)
+                    _publish_tile(p16, m_pair, k_pe.index(1 + zero), m_smem[1], ready.index(1))
+                    # O_R at m_a plus P_a V_a (P_a from shared memory), then at the pair's max plus P_b V_b
+                    a_shift = gl.where(m_a == float("-inf"), 0.0, m_a)
+                    acc = acc * gl.convert_layout(gl.exp2(m_run - a_shift), ROW_O)[:, None]
                     acc = warpgroup_mma(k_pe.index(zero), v_own.index(zero), acc, is_async=True)
                     acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
                     if more:  # done with stage 0's right half and its RoPE box (P_a)
                         _issue_boxes(k_desc, bt_row, nxt, page_block_size, max_blocks, num_blocks, k_lo, k_hi, k_pe,
                                      k_ready, zero, LEFT, BOXES, D_V)
-                    c_a = gl.exp2(m_a - m_shift)
-                    acc = acc * gl.convert_layout(c_a, ROW_O)[:, None]
+                    acc = acc * gl.convert_layout(gl.exp2(m_a - m_shift), ROW_O)[:, None]
                     acc = warpgroup_mma(gl.convert_layout(p16, P_OPERAND), v_own.index(1 + zero), acc, is_async=True)
                     l_run = l_run * gl.exp2(m_run - m_shift) + l_own
-                    m_run = m_own
+                    m_run = m_pair
                     acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
                     if more:  # done with stage 1's right half
                         _issue_boxes(k_desc, bt_row, nxt + BLOCK_N, page_block_size, max_blocks, num_blocks, k_lo,
                                      k_hi, k_pe, k_ready, 1 + zero, LEFT, BOXES - 1, D_V)
-                jp += 1
+                    jp += 1
             # both score products of every pair are done: Q may be replaced
             gl.thread_barrier()
             mbarrier.arrive(q_free, count=1)
