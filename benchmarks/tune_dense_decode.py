@@ -152,8 +152,9 @@ def main(argv=None):
                      ("gluon-ws-softmax-only", None, 1), ("gluon-ws-pvfirst-tma", None, 1),
                      ("gluon-ws-softmax-only-tma", None, 1)]
             # on both warpgroup splits: "+box" one ready barrier per TMA box, "+ld64" the loader at 64 registers
+            # "+allocs": each box's ready barriers in an allocation of their own (box_allocs)
             runs += [(f"gluon-ws-{form}-tma{extra}", None, 1) for form in ("pvfirst", "softmax-only")
-                     for extra in ("+box", "+box+ld64")]
+                     for extra in ("+box", "+box+ld64", "+box+allocs")]
         if not args.triton_only and rows <= 32:  # the small-head layout beside the 64-row one
             runs.append(("gluon-tokens", None, 1))
             runs.append(("gluon-tokens-cpasync", None, 1))  # K tiles by cp.async where TMA could bring them
@@ -184,7 +185,7 @@ def main(argv=None):
                 call = lambda: dense_decode_sm90_ws_fwd(  # noqa: E731
                     q, k_cache, block_table, lens, dv, sched_t, splits, scale, True, overlap=overlap,
                     async_arrive=async_arrive, softmax_only=solo, tma_k="-tma" in kind, box_ready="+box" in kind,
-                    loader_regs=64 if "+ld64" in kind else None)
+                    loader_regs=64 if "+ld64" in kind else None, box_allocs="+allocs" in kind)
             elif kind == "gluon-tokens-cpasync":
                 from openmla.ops.gluon.decode_dense_sm90_small_heads import dense_decode_sm90_small_heads_fwd
 

@@ -312,16 +312,19 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
 
     # both warpgroup splits (the launcher picks by rows), each with K by TMA and by cp.async only (caches
     # TMA cannot read); for bf16 d=576 causal also the measured-slower schedules the launcher still takes
-    # (overlap, async_arrive, softmax_only, tma_k, box_ready)
+    # (overlap, async_arrive, softmax_only, tma_k, box_ready, box_allocs)
     default = (ws.OVERLAP, ws.ASYNC_ARRIVE)
-    schedules = [default + (solo, tma_k, ws.BOX_READY and tma_k) for solo in (False, True) for tma_k in (True, False)]
+    schedules = [default + (solo, tma_k, ws.BOX_READY and tma_k, ws.BOX_ALLOCS and tma_k and solo)
+                 for solo in (False, True) for tma_k in (True, False)]
     if dtype == "bf16" and d_qk == 576 and causal:
-        schedules += [(not ws.OVERLAP, ws.ASYNC_ARRIVE, False, ws.TMA_K, ws.BOX_READY),
-                      (ws.OVERLAP, not ws.ASYNC_ARRIVE, False, ws.TMA_K, ws.BOX_READY)]
+        schedules += [(not ws.OVERLAP, ws.ASYNC_ARRIVE, False, ws.TMA_K, ws.BOX_READY, False),
+                      (ws.OVERLAP, not ws.ASYNC_ARRIVE, False, ws.TMA_K, ws.BOX_READY, False)]
         # TMA tiles on one ready barrier a stage, for both warpgroup splits
-        schedules += [default + (solo, True, not ws.BOX_READY) for solo in (False, True)]
+        schedules += [default + (solo, True, not ws.BOX_READY, False) for solo in (False, True)]
+        # each box's ready barriers in an allocation of their own (the launcher's box_allocs; four-warpgroup form)
+        schedules += [default + (True, True, True, not ws.BOX_ALLOCS)]
     out = []
-    for overlap, async_arrive, softmax_only, tma_k, box_ready in schedules:
+    for overlap, async_arrive, softmax_only, tma_k, box_ready, box_allocs in schedules:
         regs = ws.SOLO_WORKER_REGS if softmax_only else ws.WORKER_REGS
         consts = dict(CAUSAL=causal, OVERLAP=overlap, SOFTMAX_ONLY=softmax_only, TMA_K=tma_k,
                       ASYNC_ARRIVE=async_arrive, BLOCK_M=ws.BLOCK_M, BLOCK_N=ws.BLOCK_N, D_V=512, D_PE=d_qk - 512,
@@ -329,7 +332,7 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                       OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], K_BOXES=d_qk // 64 if box_ready else 1, SPARSE=False,
                       KV_FP8=False, PREFETCH_L2=False, HAS_SINK=False, sink_ptr=None, KV_E4M3=False,
                       descale_k_ptr=None, Q_E4M3=False, descale_q_ptr=None, LIST_AHEAD=False, TRACE=False,
-                      trace_ptr=None)
+                      trace_ptr=None, BOX_ALLOCS=box_allocs)
         v_ptrs = dict(ptrs)
         if tma_k:
             v_ptrs["k_desc"] = _tma_desc_type(dtype)
@@ -338,7 +341,8 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
         name = (f"gluon-ws {dtype} d{d_qk} {'causal' if causal else 'full'} "
                 + ("softmax-only" if softmax_only else "overlap" if overlap else "pv-first")
                 + f" {'async-arrive' if async_arrive else 'loader-waits'}" + (" tma-k" if tma_k else "")
-                + (" box-ready" if box_ready else " stage-ready" if tma_k else ""))
+                + (" box-ready" if box_ready else " stage-ready" if tma_k else "")
+                + (" box-allocs" if box_allocs else ""))
         out.append(Variant(ws._dense_decode_sm90_ws_kernel, v_ptrs, ("scale_log2",), consts, ws.NUM_WARPS, 1, name,
                            gluon=True, maxnreg=ws.SOLO_MAXNREG if softmax_only else ws.MAXNREG))
     if d_qk == 576 and causal:  # per-tensor FP8 caches (dense_decode_sm90_ws_fwd's descale_k), both warpgroup splits
@@ -352,7 +356,7 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                           SOFTMAX_WARPS=ws.NUM_WARPS, OUTPUT_WARPS=ws.WORKER_WARPS[0], LOADER_WARPS=ws.WORKER_WARPS[1],
                           OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], K_BOXES=1, SPARSE=False, KV_FP8=False,
                           PREFETCH_L2=False, HAS_SINK=False, sink_ptr=None, KV_E4M3=True, k_desc=None,
-                          Q_E4M3=q_e4m3, LIST_AHEAD=ws.LIST_AHEAD, TRACE=False, trace_ptr=None)
+                          Q_E4M3=q_e4m3, LIST_AHEAD=ws.LIST_AHEAD, TRACE=False, trace_ptr=None, BOX_ALLOCS=False)
             if not q_e4m3:
                 consts["descale_q_ptr"] = None
             out.append(Variant(ws._dense_decode_sm90_ws_kernel,
@@ -369,7 +373,7 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                       OUTPUT_WARPS=ws.WORKER_WARPS[0], LOADER_WARPS=ws.WORKER_WARPS[1], OUTPUT_REGS=regs[0],
                       LOADER_REGS=regs[1], K_BOXES=1, SPARSE=True, KV_FP8=False, PREFETCH_L2=False, k_desc=None,
                       HAS_SINK=False, sink_ptr=None, KV_E4M3=False, descale_k_ptr=None, Q_E4M3=False,
-                      descale_q_ptr=None, LIST_AHEAD=ws.LIST_AHEAD, TRACE=False, trace_ptr=None)
+                      descale_q_ptr=None, LIST_AHEAD=ws.LIST_AHEAD, TRACE=False, trace_ptr=None, BOX_ALLOCS=False)
         # with an attention sink: one more pointer, read in the last round of each request
         sink = (dict(HAS_SINK=True), {"sink_ptr": "*fp32"}, " sink")
         for extra_consts, extra_ptrs, tag in (({}, {}, ""), sink):

@@ -112,7 +112,7 @@ if gluon_available():
                 page_id = gl.minimum(gl.maximum(page_id, 0), num_blocks - 1)
                 _tma_tile(k_desc, page_id * page_block_size + start % page_block_size, ring.index(stage),
                           ring.index(stage).slice(D_V // 2, D_V // 2, dim=1), ring_pe.index(stage), k_ready, stage,
-                          D_V, D_PE, K_BOXES)
+                          D_V, D_PE, K_BOXES, False)
             else:
                 _issue_kv_tile(k_ptr, bt_row, ring.index(stage), ring_pe.index(stage), start, tok_hi,
                                page_block_size, num_blocks, kv_head, stride_kb, stride_kp, stride_kh, BLOCK_N, D_V,

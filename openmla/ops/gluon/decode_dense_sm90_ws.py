@@ -40,6 +40,9 @@ h_q 128 and 64; ``benchmarks/results/2026-11-27-h200-ws-*``):
   0.938-0.950; at 256 rows it now edges the three-warpgroup form with boxes (mean 0.822 / 0.856 / 0.879
   against 0.810 / 0.848 / 0.865), hence :data:`SOFTMAX_ONLY_MAX_ROWS_BOXED`
   (``2026-11-27-h200-ws-{loader,pstaged,box}-tune.json``).
+* ``BOX_ALLOCS``: ``False`` (default; launcher ``box_allocs``): with ``BOX_READY``, each box's two ready barriers in
+  an allocation of their own (:func:`_box_bar`), which takes the partition ``bar.sync`` from between the softmax
+  warpgroup's box waits (read in the PTX); not yet timed on a GPU, so off.
 Measured too and not kept (each slower or within noise in the same runs): asking L2 for the next tile
 ahead of its copy (``cp.async.bulk.prefetch.L2``: 0.69-0.74 against 0.75-0.81); the loader issuing a
 request's first K tile before its Q (-2 to -4 % without per-box barriers, mixed with them); the loader at
@@ -126,6 +129,9 @@ ASYNC_ARRIVE = True
 SOFTMAX_ONLY_MAX_ROWS = 128  # query rows per KV head up to which the softmax warpgroup keeps no output half
 SOFTMAX_ONLY_MAX_ROWS_BOXED = 256  # the same where K tiles come by TMA on a ready barrier per box
 TMA_K = True  # whole K tiles by TMA where the cache allows it (:func:`tma_view`)
+# with BOX_READY: each box's two ready barriers (one a stage) in an allocation of their own, so that consecutive box
+# waits and copies carry no partition bar.sync between them (:func:`_box_bar`); read in the PTX, not yet timed: off
+BOX_ALLOCS = False
 BOX_READY = True  # with TMA: one ready barrier per 64-column box, so the score products start on the first
 
 
@@ -232,6 +238,17 @@ if gluon_available():
             fence_async_shared()
 
     @gluon.jit
+    def _box_bar(k_ready, stage, c: gl.constexpr, K_BOXES: gl.constexpr, BOX_ALLOCS: gl.constexpr):
+        """The ready barrier of box ``c`` of K ``stage``: ``k_ready`` is one allocation of ``2 * K_BOXES`` barriers,
+        or with ``BOX_ALLOCS`` a tuple of ``K_BOXES`` allocations of 2 (one per box, the stage indexed at run time):
+        the shared-memory barrier analysis at lowering puts a ``bar.sync`` of the partition between two accesses to
+        one allocation, so one allocation per box leaves consecutive boxes' waits without one."""
+        if BOX_ALLOCS:
+            return k_ready[c].index(stage)
+        else:
+            return k_ready.index(stage * K_BOXES + c)
+
+    @gluon.jit
     def _loader(q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                 stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                 group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
@@ -240,7 +257,7 @@ if gluon_available():
                 PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, TMA_K: gl.constexpr,
                 K_BOXES: gl.constexpr, SPARSE: gl.constexpr, KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr,
                 KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr, LIST_AHEAD: gl.constexpr, trace_ptr,
-                TRACE: gl.constexpr):
+                TRACE: gl.constexpr, BOX_ALLOCS: gl.constexpr):
         """Loader partition: each request's Q tile, then its K tiles into the two-stage ring.
 
         ``TMA_K``: a whole tile (64 keys inside one page) comes as 64x64 TMA boxes of ``k_desc`` (the cache
@@ -306,7 +323,7 @@ if gluon_available():
                     page_id = gl.load(bt_row + start // page_block_size)
                     page_id = gl.minimum(gl.maximum(page_id, 0), num_blocks - 1)
                     _tma_tile(k_desc, page_id * page_block_size + start % page_block_size, k_lo.index(stage),
-                              k_hi.index(stage), k_pe.index(stage), k_ready, stage, D_V, D_PE, K_BOXES)
+                              k_hi.index(stage), k_pe.index(stage), k_ready, stage, D_V, D_PE, K_BOXES, BOX_ALLOCS)
                 elif KV_E4M3:
                     if not LIST_AHEAD:
                         ent = _key_entries(bt_row, start + offs_e, tok_hi, page_block_size, False)
@@ -349,9 +366,9 @@ if gluon_available():
                     if K_BOXES == 1:
                         _publish(k_ready.index(stage), ASYNC_ARRIVE and not TMA_K)
                     else:
-                        _publish(k_ready.index(stage * K_BOXES), False)
+                        _publish(_box_bar(k_ready, stage, 0, K_BOXES, BOX_ALLOCS), False)
                         for c in gl.static_range(1, K_BOXES):
-                            mbarrier.arrive(k_ready.index(stage * K_BOXES + c), count=1)
+                            mbarrier.arrive(_box_bar(k_ready, stage, c, K_BOXES, BOX_ALLOCS), count=1)
                 _stamp(trace_ptr, kb, 1, TRACE, PARTITION_WARPS)  # published (decoded tiles) or issued
                 kb += 1
 
@@ -605,7 +622,7 @@ if gluon_available():
 
     @gluon.jit
     def _tma_tile(k_desc, row, dst_lo, dst_hi, dst_pe, k_ready, stage, D_V: gl.constexpr, D_PE: gl.constexpr,
-                  BOXES: gl.constexpr):
+                  BOXES: gl.constexpr, BOX_ALLOCS: gl.constexpr):
         """One K tile (rows ``row .. row+63`` of ``k_desc``) as 64x64 TMA boxes into ``stage``: all on its one
         ready barrier (``BOXES`` 1), or box ``c`` (columns ``64c ..``, in the order the score products read
         them) on barrier ``stage * BOXES + c``."""
@@ -621,15 +638,15 @@ if gluon_available():
                 tma.async_copy_global_to_shared(k_desc, [row, D_V], bar, dst_pe)
         else:
             for c in gl.static_range(HALF // 64):
-                bar = k_ready.index(stage * BOXES + c)
+                bar = _box_bar(k_ready, stage, c, BOXES, BOX_ALLOCS)
                 mbarrier.expect(bar, BOX_BYTES)
                 tma.async_copy_global_to_shared(k_desc, [row, c * 64], bar, dst_lo.slice(c * 64, 64, dim=1))
             for c in gl.static_range(HALF // 64):
-                bar = k_ready.index(stage * BOXES + HALF // 64 + c)
+                bar = _box_bar(k_ready, stage, HALF // 64 + c, BOXES, BOX_ALLOCS)
                 mbarrier.expect(bar, BOX_BYTES)
                 tma.async_copy_global_to_shared(k_desc, [row, HALF + c * 64], bar, dst_hi.slice(c * 64, 64, dim=1))
             if D_PE > 0:
-                bar = k_ready.index(stage * BOXES + D_V // 64)
+                bar = _box_bar(k_ready, stage, D_V // 64, BOXES, BOX_ALLOCS)
                 mbarrier.expect(bar, BOX_BYTES)
                 tma.async_copy_global_to_shared(k_desc, [row, D_V], bar, dst_pe)
 
@@ -814,7 +831,8 @@ if gluon_available():
             # tile 0's scores
             stage = kb % 2
             s = _scores_ready(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, k_ready, stage, (kb // 2) & 1, S_LAYOUT, BLOCK_M,
-                              BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE)
+                              BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE,
+                              False)
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
             p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, scale_log2, tok_lo, tok_hi, limit, offs_n, CAUSAL)
             for it in range(0, n_tiles - 1):
@@ -825,7 +843,8 @@ if gluon_available():
                 if OVERLAP:
                     # next scores first: this tile's P V runs on the tensor cores during the next softmax
                     s = _scores_ready(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, k_ready, nxt, ((kb + 1) // 2) & 1, S_LAYOUT,
-                                      BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE)
+                                      BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE,
+                              False)
                     acc = warpgroup_mma(p_smem, k_lo.index(stage), acc, is_async=True)
                     s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
                     p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, scale_log2, tok_lo + (it + 1) * BLOCK_N, tok_hi,
@@ -837,7 +856,8 @@ if gluon_available():
                     # P V first: the stage is handed back before the next softmax
                     acc = warpgroup_mma(p_smem, k_lo.index(stage), acc, is_async=True)
                     s = _scores_ready(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, k_ready, nxt, ((kb + 1) // 2) & 1, S_LAYOUT,
-                                      BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE)
+                                      BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE,
+                              False)
                     acc = warpgroup_mma_wait(num_outstanding=QK_GROUPS, deps=(acc,))
                     gl.thread_barrier()
                     mbarrier.arrive(k_free.index(stage), count=1)
@@ -893,7 +913,7 @@ if gluon_available():
                       D_PE: gl.constexpr, PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr,
                       K_BOXES: gl.constexpr, SPARSE: gl.constexpr, HAS_SINK: gl.constexpr,
                       KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr, KV_FP8: gl.constexpr, trace_ptr,
-                      TRACE: gl.constexpr):
+                      TRACE: gl.constexpr, BOX_ALLOCS: gl.constexpr):
         """Default partition when two output warpgroups own the halves (``SOFTMAX_ONLY``): scores, online
         softmax, ``P`` and the rescale factor (then ``1/l``) to both, LSE. It holds no output accumulator,
         so tile ``j+1``'s scores and softmax run while the output warpgroups multiply tile ``j``'s ``P`` by V;
@@ -941,7 +961,8 @@ if gluon_available():
                     offs_j = tok_lo + it * BLOCK_N + offs_n
                     slot = gl.load(block_table_ptr + req64 * stride_bt + offs_j, mask=offs_j < tok_hi, other=-1)
                 s = _scores_ready(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, k_ready, stage, (kb // 2) & 1, S_LAYOUT,
-                                  BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE)
+                                  BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE,
+                              BOX_ALLOCS)
                 _stamp(trace_ptr, kb, 2, TRACE, PARTITION_WARPS)
                 if SPARSE and not KV_FP8:  # the tile's slots, landed with its keys, read while its scores run
                     slot = slots.index(stage).load(gl.SliceLayout(0, S_LAYOUT))
@@ -1005,7 +1026,7 @@ if gluon_available():
     @gluon.jit
     def _scores_ready(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, k_ready, stage, phase, S_LAYOUT: gl.constexpr,
                       BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
-                      K_BOXES: gl.constexpr, ASYNC_ARRIVE: gl.constexpr):
+                      K_BOXES: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, BOX_ALLOCS: gl.constexpr):
         """Wait for K ``stage`` and issue its score products (:func:`_scores`); with ``K_BOXES`` > 1 each
         64-column product waits only for its own box (TMA writes need no fence before the tensor cores, and a
         ``cp.async`` tile was fenced by the loader before it arrived)."""
@@ -1019,19 +1040,19 @@ if gluon_available():
             k_lo_s = k_lo.index(stage)
             k_hi_s = k_hi.index(stage)
             s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=S_LAYOUT)
-            mbarrier.wait(k_ready.index(stage * K_BOXES), phase)
+            mbarrier.wait(_box_bar(k_ready, stage, 0, K_BOXES, BOX_ALLOCS), phase)
             s = warpgroup_mma(q_lo.slice(0, 64, dim=1), k_lo_s.slice(0, 64, dim=1).permute((1, 0)), s,
                               use_acc=False, is_async=True)
             for c in gl.static_range(1, CHUNKS):
-                mbarrier.wait(k_ready.index(stage * K_BOXES + c), phase)
+                mbarrier.wait(_box_bar(k_ready, stage, c, K_BOXES, BOX_ALLOCS), phase)
                 s = warpgroup_mma(q_lo.slice(c * 64, 64, dim=1), k_lo_s.slice(c * 64, 64, dim=1).permute((1, 0)),
                                   s, is_async=True)
             for c in gl.static_range(CHUNKS):
-                mbarrier.wait(k_ready.index(stage * K_BOXES + CHUNKS + c), phase)
+                mbarrier.wait(_box_bar(k_ready, stage, CHUNKS + c, K_BOXES, BOX_ALLOCS), phase)
                 s = warpgroup_mma(q_hi.slice(c * 64, 64, dim=1), k_hi_s.slice(c * 64, 64, dim=1).permute((1, 0)),
                                   s, is_async=True)
             if D_PE > 0:
-                mbarrier.wait(k_ready.index(stage * K_BOXES + 2 * CHUNKS), phase)
+                mbarrier.wait(_box_bar(k_ready, stage, 2 * CHUNKS, K_BOXES, BOX_ALLOCS), phase)
                 s = warpgroup_mma(q_pe, k_pe.index(stage).permute((1, 0)), s, is_async=True)
         return s
 
@@ -1084,6 +1105,7 @@ if gluon_available():
         LOADER_REGS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, K_BOXES: gl.constexpr, SPARSE: gl.constexpr,
         KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr, HAS_SINK: gl.constexpr, KV_E4M3: gl.constexpr,
         Q_E4M3: gl.constexpr, LIST_AHEAD: gl.constexpr, TRACE: gl.constexpr,
+        BOX_ALLOCS: gl.constexpr,
     ):
         # the products' type: q's, or fp16 for e4m3 codes (more mantissa for P than bf16; codes are <= 448)
         if Q_E4M3:
@@ -1117,7 +1139,31 @@ if gluon_available():
                          "token-sparse lists run the four-warpgroup form, keys by cp.async, no causal mask")
         gl.static_assert(not HAS_SINK or SPARSE, "attention sinks are a sparse-decoding option")
         gl.static_assert(not TRACE or SOFTMAX_ONLY, "the trace build stamps the four-warpgroup form")
-        k_ready = gl.allocate_shared_memory(gl.int64, [2 * K_BOXES, 1], mbarrier.MBarrierLayout())
+        gl.static_assert(not BOX_ALLOCS or SOFTMAX_ONLY, "an allocation per box: the four-warpgroup form")
+        if BOX_ALLOCS:  # one allocation per box (:func:`_box_bar`): 8 or 9 boxes
+            gl.static_assert(K_BOXES == 8 or K_BOXES == 9, "an allocation per box: (512 or 576) / 64 boxes")
+            BAR: gl.constexpr = mbarrier.MBarrierLayout()
+            if K_BOXES == 9:
+                k_ready = (gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
+                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
+                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
+                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
+                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
+                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
+                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
+                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
+                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR))
+            else:
+                k_ready = (gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
+                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
+                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
+                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
+                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
+                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
+                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
+                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR))
+        else:
+            k_ready = gl.allocate_shared_memory(gl.int64, [2 * K_BOXES, 1], mbarrier.MBarrierLayout())
         k_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         p_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         p_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
@@ -1134,8 +1180,13 @@ if gluon_available():
         mbarrier.init(q_free, count=1)
         mbarrier.init(p_ready, count=1)
         mbarrier.init(p_free, count=2 if SOFTMAX_ONLY else 1)  # every warpgroup that reads P
-        for i in gl.static_range(2 * K_BOXES):
-            mbarrier.init(k_ready.index(i), count=K_LOADED)
+        if BOX_ALLOCS:
+            for c in gl.static_range(K_BOXES):
+                for st in gl.static_range(2):
+                    mbarrier.init(_box_bar(k_ready, st, c, K_BOXES, BOX_ALLOCS), count=K_LOADED)
+        else:
+            for i in gl.static_range(2 * K_BOXES):
+                mbarrier.init(k_ready.index(i), count=K_LOADED)
         for i in gl.static_range(2):
             mbarrier.init(k_free.index(i), count=2)  # both warpgroups that multiply by V
         bars = (q_ready, q_free, k_ready, k_free, p_ready, p_free)
@@ -1147,7 +1198,7 @@ if gluon_available():
                                  q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, slots, block_table_ptr,
                                  stride_bt, num_blocks, sink_ptr, descale_k_ptr, descale_q_ptr,
                                  CAUSAL, BLOCK_M, BLOCK_N, D_V, D_PE, SOFTMAX_WARPS, ASYNC_ARRIVE, K_BOXES, SPARSE,
-                                 HAS_SINK, KV_E4M3, Q_E4M3, KV_FP8, trace_ptr, TRACE)),
+                                 HAS_SINK, KV_E4M3, Q_E4M3, KV_FP8, trace_ptr, TRACE, BOX_ALLOCS)),
                 (_output_quarters, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
@@ -1163,7 +1214,7 @@ if gluon_available():
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
                            q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc, slots,
                            BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE, KV_FP8,
-                           PREFETCH_L2, KV_E4M3, Q_E4M3, LIST_AHEAD, trace_ptr, TRACE)),
+                           PREFETCH_L2, KV_E4M3, Q_E4M3, LIST_AHEAD, trace_ptr, TRACE, BOX_ALLOCS)),
             ], [OUTPUT_WARPS, OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, OUTPUT_REGS, LOADER_REGS])
         else:
             gl.warp_specialize([
@@ -1183,7 +1234,7 @@ if gluon_available():
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
                            q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc, slots,
                            BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE, KV_FP8,
-                           PREFETCH_L2, KV_E4M3, Q_E4M3, LIST_AHEAD, trace_ptr, TRACE)),
+                           PREFETCH_L2, KV_E4M3, Q_E4M3, LIST_AHEAD, trace_ptr, TRACE, BOX_ALLOCS)),
             ], [OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, LOADER_REGS])
 
 
@@ -1245,6 +1296,7 @@ def dense_decode_sm90_ws_fwd(
     descale_q: torch.Tensor | None = None,
     list_ahead: bool | None = None,
     trace: torch.Tensor | None = None,
+    box_allocs: bool = BOX_ALLOCS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper, 16-bit caches or (with
     ``descale_k``, a one-element fp32 tensor on q's device) a per-tensor FP8 cache of e4m3 codes, (576, 512)
@@ -1262,7 +1314,9 @@ def dense_decode_sm90_ws_fwd(
     ``loader_regs``: the loader partition's registers (default from :data:`WORKER_REGS` /
     :data:`SOLO_WORKER_REGS`; the softmax warpgroup gets what the others leave), ``list_ahead``: over FP8 codes,
     the loader reads each tile's block-table entries a tile ahead (``None``: :data:`LIST_AHEAD`, read at the call),
-    ``trace``: the trace build (:func:`trace_buffer`; the four-warpgroup form only), a diagnostic.
+    ``trace``: the trace build (:func:`trace_buffer`; the four-warpgroup form only), a diagnostic,
+    ``box_allocs``: with ``box_ready`` in the four-warpgroup form, each box's ready barriers in an allocation of
+    their own (:func:`_box_bar`; not yet timed, off).
     """
     b, s_q, h_q, d = q.shape
     list_ahead = LIST_AHEAD if list_ahead is None else list_ahead
@@ -1305,6 +1359,7 @@ def dense_decode_sm90_ws_fwd(
         LOADER_WARPS=WORKER_WARPS[1], OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], ASYNC_ARRIVE=bool(async_arrive),
         K_BOXES=k_boxes, SPARSE=False, KV_FP8=False, PREFETCH_L2=False, HAS_SINK=False, KV_E4M3=e4m3,
         Q_E4M3=q_e4m3, LIST_AHEAD=bool(e4m3 and list_ahead), TRACE=trace is not None,
+        BOX_ALLOCS=bool(box_allocs and k_boxes > 1 and softmax_only),
         num_warps=NUM_WARPS,
         maxnreg=SOLO_MAXNREG if softmax_only else MAXNREG,
     )

@@ -169,7 +169,7 @@ def sparse_decode_sm90_fwd(
         LOADER_WARPS=ws.WORKER_WARPS[1], OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], ASYNC_ARRIVE=True, K_BOXES=1,
         SPARSE=True, KV_FP8=bool(is_fp8),
         PREFETCH_L2=bool(is_fp8 and prefetch_l2), HAS_SINK=attn_sink is not None, KV_E4M3=False, Q_E4M3=False,
-        LIST_AHEAD=bool(list_ahead), TRACE=trace is not None,
+        LIST_AHEAD=bool(list_ahead), TRACE=trace is not None, BOX_ALLOCS=False,
         num_warps=ws.NUM_WARPS,
         maxnreg=ws.SOLO_MAXNREG,
     )
