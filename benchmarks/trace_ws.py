@@ -94,10 +94,10 @@ def main(argv=None) -> None:
     sched, splits = plan_splitkv(dense.cache_seqlens, num_sm_parts_for(128, 1, sms, backend="gluon", arch=90))
     calls["dense_b128_sk8192_h128"] = lambda trace=None: dense_decode_sm90_ws_fwd(
         *dense.call_args()[:4], 512, sched, splits, dense.softmax_scale, False, softmax_only=True, trace=trace)
-    # the same with each box's ready barriers in an allocation of their own (box_allocs, off by default)
-    calls["dense_b128_sk8192_h128_box_allocs"] = lambda trace=None: dense_decode_sm90_ws_fwd(
+    # the same with all boxes' ready barriers in one allocation (box_allocs off; the default before 2026-11-27)
+    calls["dense_b128_sk8192_h128_one_alloc"] = lambda trace=None: dense_decode_sm90_ws_fwd(
         *dense.call_args()[:4], 512, sched, splits, dense.softmax_scale, False, softmax_only=True, trace=trace,
-        box_allocs=True)
+        box_allocs=False)
 
     results = []
     for name, call in calls.items():

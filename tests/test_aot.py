@@ -52,9 +52,9 @@ def test_unchained_tiles_split_both_products_between_warpgroups():
 # registers). 0 where a kernel has none; the others are today's measured frames, so that growth fails here,
 # with what is known about them. Keys: a text of the variant's name; the first key found applies.
 _GLUON_STACK_BUDGET = (
-    ("box-allocs", 16),  # each box's ready barriers in an allocation of their own (the launcher's box_allocs, off):
-    # 0 B in the four-warpgroup form; 16 B in the three-warpgroup form, one value more than its box-ready twin
-    # stored at the softmax warpgroup's entry and reloaded in each request's LSE/output store, outside the KV loop
+    ("box-allocs", 16),  # the four-warpgroup form with each box's ready barriers in an allocation of their own
+    # (the launcher's box_allocs, on by default): 0 B at d=576 and at d=512 causal, 16 B at d=512 without the
+    # causal mask (where in the SASS: not yet read)
     ("softmax-only async-arrive tma-k stage-ready", 24),  # the four-warpgroup form with TMA on one ready barrier a
     # stage: the 16 B below, and the loader (56 registers) keeps two values around its TMA issue in local memory,
     # off the tensor cores' path

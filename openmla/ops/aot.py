@@ -321,7 +321,7 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                       (ws.OVERLAP, not ws.ASYNC_ARRIVE, False, ws.TMA_K, ws.BOX_READY, False)]
         # TMA tiles on one ready barrier a stage, for both warpgroup splits
         schedules += [default + (solo, True, not ws.BOX_READY, False) for solo in (False, True)]
-        # each box's ready barriers in an allocation of their own (the launcher's box_allocs; four-warpgroup form)
+        # the four-warpgroup form with all boxes' ready barriers in one allocation (the launcher's box_allocs off)
         schedules += [default + (True, True, True, not ws.BOX_ALLOCS)]
     out = []
     for overlap, async_arrive, softmax_only, tma_k, box_ready, box_allocs in schedules:

@@ -40,9 +40,16 @@ h_q 128 and 64; ``benchmarks/results/2026-11-27-h200-ws-*``):
   0.938-0.950; at 256 rows it now edges the three-warpgroup form with boxes (mean 0.822 / 0.856 / 0.879
   against 0.810 / 0.848 / 0.865), hence :data:`SOFTMAX_ONLY_MAX_ROWS_BOXED`
   (``2026-11-27-h200-ws-{loader,pstaged,box}-tune.json``).
-* ``BOX_ALLOCS``: ``False`` (default; launcher ``box_allocs``): with ``BOX_READY``, each box's two ready barriers in
-  an allocation of their own (:func:`_box_bar`), which takes the partition ``bar.sync`` from between the softmax
-  warpgroup's box waits (read in the PTX); not yet timed on a GPU, so off.
+* ``BOX_ALLOCS``: ``True`` (default; launcher ``box_allocs``; four-warpgroup form): with ``BOX_READY``, each
+  box's two ready barriers in an allocation of their own (:func:`_box_bar`). The barrier analysis at lowering puts
+  a partition ``bar.sync`` between two accesses to one allocation, so with one allocation for all boxes each of
+  the softmax warpgroup's nine box waits a tile followed one (82 ``bar.sync`` in the kernel's PTX, 58 with it, 57
+  with the ``alpha`` store below).
+  H200, one process, three rounds each: 1.009-1.026x the speed without it on ten configs (b 1-128, h_q 64 and
+  128, s_q 1 and 2), together with ``alpha`` stored to shared memory from the softmax's own row layout (one
+  more ``bar.sync`` and a layout conversion a tile less; alone 0.98-1.01x, slower at b=128 but within the
+  spread of the rounds there; with the allocations it was the fastest form at six of the ten configs)
+  (``2026-11-27-h200-dense-box-allocs-ab.txt``).
 Measured too and not kept (each slower or within noise in the same runs): asking L2 for the next tile
 ahead of its copy (``cp.async.bulk.prefetch.L2``: 0.69-0.74 against 0.75-0.81); the loader issuing a
 request's first K tile before its Q (-2 to -4 % without per-box barriers, mixed with them); the loader at
@@ -129,9 +136,9 @@ ASYNC_ARRIVE = True
 SOFTMAX_ONLY_MAX_ROWS = 128  # query rows per KV head up to which the softmax warpgroup keeps no output half
 SOFTMAX_ONLY_MAX_ROWS_BOXED = 256  # the same where K tiles come by TMA on a ready barrier per box
 TMA_K = True  # whole K tiles by TMA where the cache allows it (:func:`tma_view`)
-# with BOX_READY: each box's two ready barriers (one a stage) in an allocation of their own, so that consecutive box
-# waits and copies carry no partition bar.sync between them (:func:`_box_bar`); read in the PTX, not yet timed: off
-BOX_ALLOCS = False
+# with BOX_READY: each box's two ready barriers (one a stage) in an allocation of their own, so that consecutive
+# box waits carry no partition bar.sync between them (:func:`_box_bar`); 1.009-1.026x with the alpha store (H200)
+BOX_ALLOCS = True
 BOX_READY = True  # with TMA: one ready barrier per 64-column box, so the score products start on the first
 
 
@@ -975,7 +982,9 @@ if gluon_available():
                                                      offs_n, CAUSAL)
                 mbarrier.wait(p_free, (pr & 1) ^ 1)  # both output warpgroups are done with the last P
                 p_smem.store(p.to(dtype))
-                a_smem.store(gl.convert_layout(alpha, ROWS_1D))
+                # from the softmax's own row layout (a row's four holders write one value): a conversion to a
+                # one-row-a-thread layout first went through scratch shared memory, one more bar.sync a tile
+                a_smem.store(alpha)
                 fence_async_shared()  # P is read next by the tensor cores
                 gl.thread_barrier()
                 mbarrier.arrive(p_ready, count=1)
@@ -1316,7 +1325,7 @@ def dense_decode_sm90_ws_fwd(
     the loader reads each tile's block-table entries a tile ahead (``None``: :data:`LIST_AHEAD`, read at the call),
     ``trace``: the trace build (:func:`trace_buffer`; the four-warpgroup form only), a diagnostic,
     ``box_allocs``: with ``box_ready`` in the four-warpgroup form, each box's ready barriers in an allocation of
-    their own (:func:`_box_bar`; not yet timed, off).
+    their own (:func:`_box_bar`; default :data:`BOX_ALLOCS`).
     """
     b, s_q, h_q, d = q.shape
     list_ahead = LIST_AHEAD if list_ahead is None else list_ahead
