@@ -49,7 +49,7 @@ h_q 128 and 64; ``benchmarks/results/2026-11-27-h200-ws-*``):
   128, s_q 1 and 2), together with ``alpha`` stored to shared memory from the softmax's own row layout (one
   more ``bar.sync`` and a layout conversion a tile less; alone 0.98-1.01x, slower at b=128 but within the
   spread of the rounds there; with the allocations it was the fastest form at six of the ten configs)
-  (``2026-11-27-h200-dense-box-allocs-ab.txt``).
+  (``2026-11-27-h200-dense-box-allocs-ab.txt``); H100 0.998-1.046x (``2026-11-27-h100-dense-box-allocs-ab.txt``).
 Measured too and not kept (each slower or within noise in the same runs): asking L2 for the next tile
 ahead of its copy (``cp.async.bulk.prefetch.L2``: 0.69-0.74 against 0.75-0.81); the loader issuing a
 request's first K tile before its Q (-2 to -4 % without per-box barriers, mixed with them); the loader at
