@@ -1152,25 +1152,16 @@ if gluon_available():
         if BOX_ALLOCS:  # one allocation per box (:func:`_box_bar`): 8 or 9 boxes
             gl.static_assert(K_BOXES == 8 or K_BOXES == 9, "an allocation per box: (512 or 576) / 64 boxes")
             BAR: gl.constexpr = mbarrier.MBarrierLayout()
-            if K_BOXES == 9:
-                k_ready = (gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
-                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
-                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
-                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
-                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
-                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
-                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
-                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
-                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR))
-            else:
-                k_ready = (gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
-                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
-                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
-                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
-                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
-                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
-                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
-                           gl.allocate_shared_memory(gl.int64, [2, 1], BAR))
+            k_ready = (gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
+                       gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
+                       gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
+                       gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
+                       gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
+                       gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
+                       gl.allocate_shared_memory(gl.int64, [2, 1], BAR),
+                       gl.allocate_shared_memory(gl.int64, [2, 1], BAR))
+            if K_BOXES == 9:  # the RoPE box
+                k_ready = k_ready + (gl.allocate_shared_memory(gl.int64, [2, 1], BAR),)
         else:
             k_ready = gl.allocate_shared_memory(gl.int64, [2 * K_BOXES, 1], mbarrier.MBarrierLayout())
         k_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
