@@ -838,8 +838,7 @@ if gluon_available():
             # tile 0's scores
             stage = kb % 2
             s = _scores_ready(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, k_ready, stage, (kb // 2) & 1, S_LAYOUT, BLOCK_M,
-                              BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE,
-                              False)
+                              BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE, False)
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
             p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, scale_log2, tok_lo, tok_hi, limit, offs_n, CAUSAL)
             for it in range(0, n_tiles - 1):
@@ -850,8 +849,7 @@ if gluon_available():
                 if OVERLAP:
                     # next scores first: this tile's P V runs on the tensor cores during the next softmax
                     s = _scores_ready(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, k_ready, nxt, ((kb + 1) // 2) & 1, S_LAYOUT,
-                                      BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE,
-                              False)
+                                      BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE, False)
                     acc = warpgroup_mma(p_smem, k_lo.index(stage), acc, is_async=True)
                     s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
                     p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, scale_log2, tok_lo + (it + 1) * BLOCK_N, tok_hi,
@@ -863,8 +861,7 @@ if gluon_available():
                     # P V first: the stage is handed back before the next softmax
                     acc = warpgroup_mma(p_smem, k_lo.index(stage), acc, is_async=True)
                     s = _scores_ready(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, k_ready, nxt, ((kb + 1) // 2) & 1, S_LAYOUT,
-                                      BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE,
-                              False)
+                                      BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE, False)
                     acc = warpgroup_mma_wait(num_outstanding=QK_GROUPS, deps=(acc,))
                     gl.thread_barrier()
                     mbarrier.arrive(k_free.index(stage), count=1)
@@ -968,8 +965,7 @@ if gluon_available():
                     offs_j = tok_lo + it * BLOCK_N + offs_n
                     slot = gl.load(block_table_ptr + req64 * stride_bt + offs_j, mask=offs_j < tok_hi, other=-1)
                 s = _scores_ready(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, k_ready, stage, (kb // 2) & 1, S_LAYOUT,
-                                  BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE,
-                              BOX_ALLOCS)
+                                  BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE, BOX_ALLOCS)
                 _stamp(trace_ptr, kb, 2, TRACE, PARTITION_WARPS)
                 if SPARSE and not KV_FP8:  # the tile's slots, landed with its keys, read while its scores run
                     slot = slots.index(stage).load(gl.SliceLayout(0, S_LAYOUT))
