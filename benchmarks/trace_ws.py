@@ -94,7 +94,7 @@ def main(argv=None) -> None:
     sched, splits = plan_splitkv(dense.cache_seqlens, num_sm_parts_for(128, 1, sms, backend="gluon", arch=90))
     calls["dense_b128_sk8192_h128"] = lambda trace=None: dense_decode_sm90_ws_fwd(
         *dense.call_args()[:4], 512, sched, splits, dense.softmax_scale, False, softmax_only=True, trace=trace)
-    # the same with all boxes' ready barriers in one allocation (box_allocs off; the default before 2026-11-27)
+    # the same with all boxes' ready barriers in one allocation (box_allocs off, the default before version 20)
     calls["dense_b128_sk8192_h128_one_alloc"] = lambda trace=None: dense_decode_sm90_ws_fwd(
         *dense.call_args()[:4], 512, sched, splits, dense.softmax_scale, False, softmax_only=True, trace=trace,
         box_allocs=False)
