@@ -77,6 +77,25 @@ def env_backend() -> str:
     return value
 
 
+#: values of ``OPENMLA_FP8_SCORES``: how an e4m3 q's scores over a per-tensor FP8 cache are computed on Hopper
+FP8_SCORES = ("e4m3", "exact")
+
+
+def env_fp8_scores() -> str:
+    """``OPENMLA_FP8_SCORES`` (``"e4m3"`` when unset): ``"e4m3"`` multiplies an e4m3 q by the e4m3 cache on the e4m3
+    tensor cores, as FlashMLA's FP8 kernel does: their sums keep fewer bits than fp32, so on FlashMLA's test
+    inputs the LSE is off an fp32 sum by up to 6.8e-5 (its dense-decode tolerance is 1e-6; FlashMLA's kernel is off
+    by the same) and the output stays within that tolerance. ``"exact"`` decodes both to fp16 first (16-bit
+    products, fp32 sums, every tolerance met), 1.3-1.4x the time (H200, ``docs/perf-notes.md``)."""
+    value = (getenv("OPENMLA_FP8_SCORES") or "e4m3").strip().lower() or "e4m3"
+    if value not in FP8_SCORES:
+        raise InvalidArgumentError(
+            f"OPENMLA_FP8_SCORES={value!r} is not a score mode; expected one of "
+            f"{', '.join(repr(m) for m in FP8_SCORES)}. Unset it for 'e4m3'."
+        )
+    return value
+
+
 def interpret_mode() -> bool:
     """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
     return (getenv("TRITON_INTERPRET") or "0").strip().lower() in ("1", "true", "on", "yes")

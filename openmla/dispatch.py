@@ -12,6 +12,7 @@ from ._runtime import (
     UnsupportedError,
     device_arch,
     env_backend,
+    env_fp8_scores,
     getenv,
     gpu_description,
     interpret_mode,
@@ -106,7 +107,7 @@ def choose_dense_decode(
     knobs): this runs on every decode call.
     """
     key = (device, dtype, dims, backend, kv_fp8, getenv("OPENMLA_BACKEND"), getenv("OPENMLA_ARCH"),
-           getenv("TRITON_INTERPRET"))
+           getenv("TRITON_INTERPRET"), getenv("OPENMLA_FP8_SCORES") if kv_fp8 else None)
     choice = _CHOICES.get(key)
     if choice is None:
         choice = _choose_dense_decode(device, dtype, dims, backend, kv_fp8)
@@ -146,10 +147,17 @@ def _choose_dense_decode(device, dtype, dims, backend, kv_fp8=False) -> Choice:
             )
         return Choice(op, "triton", "forced (backend='triton' or OPENMLA_BACKEND=triton)")
     if gluon_against is None and kv_fp8:
-        return Choice(op, "gluon", f"Hopper (Gluon, wgmma): (576, 512) dims: the warp-specialized kernel decoding "
-                                  f"the codes in its loader, at every head count (rows past the heads masked in "
-                                  f"its 64-row tile); other dims: KV tokens on the 64-row side up to 32 query rows "
-                                  f"per KV head, above that the Triton split-KV kernel, on {where}")
+        if dtype == torch.float8_e4m3fn and env_fp8_scores() == "e4m3":
+            served = ("the e4m3-product kernel: scores on the e4m3 tensor cores as FlashMLA's FP8 kernel (their "
+                      "sums keep fewer bits than fp32: the LSE was off by up to 6.8e-5 on FlashMLA's test inputs; "
+                      "OPENMLA_FP8_SCORES=exact for 16-bit products), each output warpgroup decoding its value "
+                      "half to fp16")
+        else:
+            served = "the warp-specialized kernel decoding the codes to 16 bits in its loader"
+        return Choice(op, "gluon", f"Hopper (Gluon, wgmma): (576, 512) dims: {served}, at every head count (rows "
+                                  f"past the heads masked in its 64-row tile); other dims: KV tokens on the 64-row "
+                                  f"side up to 32 query rows per KV head, above that the Triton split-KV kernel, on "
+                                  f"{where}")
     if gluon_against is None:
         return Choice(op, "gluon", f"Hopper kernels (Gluon, wgmma; K tiles by TMA where the cache allows; KV "
                                   f"tokens on the 64-row side up to 32 query rows per KV head; above, query rows, "

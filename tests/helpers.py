@@ -67,6 +67,14 @@ TOL: dict[tuple[str, str], Tol] = {
     ("sparse_prefill", "out"): Tol(8e-4, 3.01 / 128, 7e-6),
     ("sparse_prefill", "lse"): _LSE_PREFILL,
     ("sparse_prefill", "max_logits"): _LSE_PREFILL,
+    # Dense decoding of an e4m3 q over an e4m3 cache with the scores on the e4m3 tensor cores (the default on
+    # Hopper, as FlashMLA's FP8 kernel; OPENMLA_FP8_SCORES=exact gives 16-bit products and the tolerance above).
+    # Those tensor cores sum products with fewer bits than fp32 and truncate, even within one k=32 instruction:
+    # on FlashMLA's dense-decode inputs the LSE is off by up to 6.8e-5 (H200), the same as FlashMLA's own FP8
+    # kernel on the same inputs, and adding every 32 dims in fp32 still left 3.2e-6
+    # (benchmarks/results/2026-11-27-h200-dense-fp8-e4m3-scores-chunks.txt). 2e-4: three times the worst seen.
+    # The output keeps the dense-decode tolerance.
+    ("dense_decode_e4m3_scores", "lse"): Tol(2e-4, 8.01 / 65536, None),
 }
 
 

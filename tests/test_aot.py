@@ -75,6 +75,7 @@ _GLUON_STACK_BUDGET = (
     ("pv-first loader-waits tma-k box-ready", 8),
     ("overlap async-arrive tma-k box-ready", 16),
     ("gluon-ws ", 0),  # the warp-specialized kernel otherwise: none in any partition
+    ("gluon-fp8 ", 0),  # the e4m3-product kernel: none
     ("gluon-small-heads q ", 824),  # per-tensor FP8: ~50 spill instructions in the KV loop (the e4m3 decode), owed
     ("rows<=32 bn64 tma-k", 160),  # the same kernel with K tiles by TMA: 112-160 B, 16-48 B above its
     # cp.async twin in each config (where in the SASS: not yet read)

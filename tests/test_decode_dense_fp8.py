@@ -41,6 +41,7 @@ CAN_RUN_TRITON = HAS_CUDA or interpret_mode()
 E4M3 = torch.float8_e4m3fn
 TOL_OUT = TOL[("dense_decode", "out")]
 TOL_LSE = TOL[("dense_decode", "lse")]
+TOL_E4M3_SCORES_LSE = TOL[("dense_decode_e4m3_scores", "lse")]
 
 try:  # the FlashMLA anchor (sgl-flash-mla: its legacy kernels serve dense FP8 on SM90)
     import flash_mla as _flash_mla
@@ -89,7 +90,28 @@ def interpreter_bf16(x: torch.Tensor) -> torch.Tensor:
     return (x.float().contiguous().view(torch.int32) & -65536).view(torch.float32)
 
 
-def check_against_reference(inputs: dict, out: torch.Tensor, lse: torch.Tensor) -> None:
+def e4m3_scores(inputs: dict, backend: str = "auto") -> bool:
+    """Whether a call on ``inputs`` through the API (``backend`` "auto" or "gluon"; "direct" for a kernel called
+    directly) runs the e4m3-product kernel (Hopper with Gluon, e4m3 q, (576, 512) dims, ``OPENMLA_FP8_SCORES`` unset
+    or ``e4m3``, no ``OPENMLA_ARCH`` override), whose LSE has a tolerance of its own (tests/helpers.py)."""
+    from openmla._runtime import env_fp8_scores, gluon_available
+
+    q = inputs["q"]
+    return (backend in ("auto", "gluon") and q.is_cuda and q.dtype == E4M3 and q.shape[-1] == 576
+            and inputs["head_dim_v"] == 512 and torch.cuda.get_device_capability(q.device)[0] == 9
+            and getenv_arch_unset() and gluon_available() and env_fp8_scores() == "e4m3")
+
+
+def getenv_arch_unset() -> bool:
+    """No ``OPENMLA_ARCH`` override (a test pretending to be another GPU runs that GPU's kernels)."""
+    import os
+
+    return not os.environ.get("OPENMLA_ARCH")
+
+
+def check_against_reference(inputs: dict, out: torch.Tensor, lse: torch.Tensor, backend: str = "auto") -> None:
+    """``out`` and ``lse`` against :func:`fp32_reference` with FlashMLA's dense-decode tolerances (the LSE's own
+    tolerance where the e4m3-product kernel ran: :func:`e4m3_scores`)."""
     ref_out, ref_lse = fp32_reference(inputs)
     q = inputs["q"]
     assert out.dtype == (torch.bfloat16 if q.dtype == E4M3 else q.dtype) and out.shape == ref_out.shape
@@ -97,7 +119,7 @@ def check_against_reference(inputs: dict, out: torch.Tensor, lse: torch.Tensor) 
     if out.dtype == torch.bfloat16 and out.device.type == "cpu" and interpret_mode():
         ref_out = interpreter_bf16(ref_out)
     check_close("out", out, ref_out, TOL_OUT)
-    check_close("lse", lse, ref_lse, TOL_LSE)
+    check_close("lse", lse, ref_lse, TOL_E4M3_SCORES_LSE if e4m3_scores(inputs, backend) else TOL_LSE)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -239,7 +261,7 @@ def test_triton_fp8_whole_tiles_by_tma(device, case, q_dtype, fp8_native, genera
     out, lse = dense_decode_fwd(inputs["q"], inputs["k_cache"], inputs["block_table"], inputs["cache_seqlens"], dv,
                                 sched, splits, inputs["softmax_scale"] or d ** -0.5, causal, config=cfg,
                                 descale_q=inputs["descale_q"], descale_k=inputs["descale_k"], fp8_native=fp8_native)
-    check_against_reference(inputs, out, lse)
+    check_against_reference(inputs, out, lse, backend="direct")
 
 
 @pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
@@ -255,7 +277,7 @@ def test_bit_move_decoding_matches_reference(q_dtype, h_q, page, d, dv, generato
     sched, splits = plan_dense(lens, 2 * h_q, 1, "triton")
     out, lse = dense_decode_fwd(q, inputs["k_cache"], inputs["block_table"], lens, dv, sched, splits, d**-0.5, True,
                                 descale_q=inputs["descale_q"], descale_k=inputs["descale_k"], fp8_native=False)
-    check_against_reference(inputs, out, lse)
+    check_against_reference(inputs, out, lse, backend="direct")
 
 
 @pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
@@ -412,16 +434,20 @@ def test_fp8_equal_to_flashmla(b, s_q, s_k, h_q, h_kv, causal, generator):
 
 
 @pytest.mark.skipif(not openmla._runtime.gluon_available(), reason="Triton's Gluon dialect does not import here")
-@pytest.mark.parametrize("q_dtype", [torch.bfloat16, E4M3], ids=["bf16-q", "e4m3-q"])
+@pytest.mark.parametrize("q_dtype,scores", [(torch.bfloat16, None), (E4M3, "exact")],
+                         ids=["bf16-q", "e4m3-q-exact-scores"])
 @pytest.mark.parametrize("h_q", [128, 32, 16])
-def test_hopper_fp8_takes_the_warp_specialized_kernel(q_dtype, h_q, monkeypatch, generator):
-    """On Hopper a per-tensor FP8 call of (576, 512) dims goes to the warp-specialized kernel at every head count
-    (up to 32 rows too, where the tokens kernel serves 16-bit caches), which decodes the codes in its loader:
-    the cache (and an e4m3 q) handed over as bytes, the descales as device pointers, bf16 output for an e4m3 q,
-    the combine kernel merging splits. Launches recorded, not run."""
+def test_hopper_fp8_takes_the_warp_specialized_kernel(q_dtype, scores, h_q, monkeypatch, generator):
+    """On Hopper a per-tensor FP8 call of (576, 512) dims with a bf16 q (or an e4m3 q with
+    ``OPENMLA_FP8_SCORES=exact``) goes to the warp-specialized kernel at every head count (up to 32 rows too, where
+    the tokens kernel serves 16-bit caches), which decodes the codes in its loader: the cache (and an e4m3 q)
+    handed over as bytes, the descales as device pointers, bf16 output for an e4m3 q, the combine kernel merging
+    splits. Launches recorded, not run."""
     from openmla.ops.gluon import decode_dense_sm90, decode_dense_sm90_ws
     from openmla.ops.schedule import plan_splitkv_torch
 
+    if scores is not None:
+        monkeypatch.setenv("OPENMLA_FP8_SCORES", scores)
     launches, merges = [], []
 
     class Recorder:
@@ -479,7 +505,7 @@ def test_warp_specialized_fp8_both_forms(list_ahead, softmax_only, q_dtype, b, s
                                         descale_k=inputs["descale_k"], descale_q=inputs["descale_q"],
                                         list_ahead=list_ahead)
     torch.cuda.synchronize()
-    check_against_reference(inputs, out, lse)
+    check_against_reference(inputs, out, lse, backend="direct")
 
 
 @pytest.mark.skipif(not openmla._runtime.gluon_available(), reason="Triton's Gluon dialect does not import here")
@@ -513,3 +539,104 @@ def test_trace_buffer_is_checked_before_the_launch(monkeypatch):
         ws.dense_decode_sm90_ws_fwd(inputs["q"], inputs["k_cache"], inputs["block_table"], inputs["cache_seqlens"],
                                     512, sched, splits, 576**-0.5, True, descale_k=inputs["descale_k"],
                                     trace=good.to(torch.int32))
+
+
+@pytest.mark.skipif(not openmla._runtime.gluon_available(), reason="Triton's Gluon dialect does not import here")
+@pytest.mark.parametrize("h_q,s_q,page,layout", [(128, 1, 64, None), (16, 2, 61, None), (64, 4, 1, "rows")])
+def test_hopper_e4m3_q_takes_the_e4m3_product_kernel(h_q, s_q, page, layout, monkeypatch, generator):
+    """On Hopper an e4m3 q over a per-tensor FP8 cache of (576, 512) dims goes to the e4m3-product kernel by
+    default (any page size and head count; ``layout`` other than "ws" does not change it): q and the cache as
+    e4m3 tensors on the same memory, the descales as device pointers after the split-KV arguments, bf16 output,
+    the combine kernel merging splits. Launches recorded, not run."""
+    from openmla.ops.gluon import decode_dense_fp8_sm90, decode_dense_sm90
+    from openmla.ops.schedule import plan_splitkv_torch
+
+    monkeypatch.delenv("OPENMLA_FP8_SCORES", raising=False)
+    launches, merges = [], []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append((grid, args, kwargs))
+
+    monkeypatch.setattr(decode_dense_fp8_sm90, "_dense_decode_fp8_sm90_kernel", Recorder(), raising=False)
+    monkeypatch.setattr(decode_dense_fp8_sm90, "combine_splits", lambda *args, **kw: merges.append(args))
+    inputs = fp8_inputs(3, s_q, 100, h_q, 1, 576, 512, page, E4M3, device="cpu")
+    q, k = inputs["q"], inputs["k_cache"].view(torch.uint8)  # the uint8 view FlashMLA's callers may pass
+    sched, splits = plan_splitkv_torch(inputs["cache_seqlens"], 4)
+    out, lse = decode_dense_sm90.dense_decode_sm90_fwd(q, k, inputs["block_table"], inputs["cache_seqlens"], 512,
+                                                       sched, splits, 576**-0.5, True, layout=layout,
+                                                       descale_q=inputs["descale_q"], descale_k=inputs["descale_k"])
+    assert len(launches) == 1 and len(merges) == 1 and merges[0][4] is splits
+    grid, args, kwargs = launches[0]
+    assert grid == (-(-(s_q * h_q) // 64), 4)  # row tiles of 64, one program per plan piece
+    assert args[0] is q and args[1].dtype == E4M3 and args[1].data_ptr() == k.data_ptr()
+    assert out.dtype == torch.bfloat16 and out.shape == (3, s_q, h_q, 512) and args[6] is out
+    assert args[-2] is inputs["descale_k"] and args[-1] is inputs["descale_q"]
+    assert kwargs["CAUSAL"] == (s_q > 1)
+    # the exact path on request, and a typo is an error, not a silent default
+    monkeypatch.setenv("OPENMLA_FP8_SCORES", "bf16")
+    with pytest.raises(openmla.InvalidArgumentError, match="OPENMLA_FP8_SCORES='bf16'.*'exact'"):
+        decode_dense_sm90.dense_decode_sm90_fwd(q, k, inputs["block_table"], inputs["cache_seqlens"], 512, sched,
+                                                splits, 576**-0.5, True, descale_q=inputs["descale_q"],
+                                                descale_k=inputs["descale_k"])
+
+
+def test_e4m3_product_kernel_refuses_what_it_cannot_read():
+    """Called directly with a bf16 q (or no descale_q) the e4m3-product launcher raises, naming what it got."""
+    from openmla.ops.gluon.decode_dense_fp8_sm90 import dense_decode_fp8_sm90_fwd
+
+    inputs = fp8_inputs(2, 1, 100, 16, 1, 576, 512, 64, torch.bfloat16, device="cpu")
+    with pytest.raises(openmla.InvalidArgumentError, match=r"got q torch.bfloat16 \(2, 1, 16, 576\)"):
+        dense_decode_fp8_sm90_fwd(inputs["q"], inputs["k_cache"], inputs["block_table"], inputs["cache_seqlens"], 512,
+                                  None, None, 576**-0.5, True, descale_k=inputs["descale_k"])
+
+
+def test_fp8_dispatch_names_the_score_mode(monkeypatch):
+    """The dispatch reason for an e4m3 q on Hopper names the e4m3 products and the knob; with
+    ``OPENMLA_FP8_SCORES=exact`` it names the warp-specialized kernel (decisions re-read the knob)."""
+    from openmla._runtime import gluon_available
+    from openmla.dispatch import choose_dense_decode
+
+    if not gluon_available():
+        pytest.skip("Triton's Gluon dialect does not import here: the Triton kernel serves FP8")
+    monkeypatch.setenv("OPENMLA_ARCH", "sm_90a")
+    cuda = torch.device("cuda", 0)
+    monkeypatch.delenv("OPENMLA_FP8_SCORES", raising=False)
+    assert "e4m3-product kernel" in choose_dense_decode(cuda, E4M3, (576, 512), kv_fp8=True).reason
+    assert "e4m3-product" not in choose_dense_decode(cuda, torch.bfloat16, (576, 512), kv_fp8=True).reason
+    monkeypatch.setenv("OPENMLA_FP8_SCORES", "exact")
+    reason = choose_dense_decode(cuda, E4M3, (576, 512), kv_fp8=True).reason
+    assert "e4m3-product" not in reason and "warp-specialized kernel decoding" in reason
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and torch.cuda.get_device_capability()[0] == 9
+                         and openmla._runtime.gluon_available()), reason="the Gluon kernels run on SM90 only")
+@pytest.mark.parametrize("b, s_q, s_k, h_q, h_kv, page, parts", [
+    (9, 1, 3000, 128, 1, 64, None),  # varlen, empty requests among them
+    (4, 2, 700, 64, 1, 61, 3),  # pages of 61 keys; few pieces, each walking several requests
+    (2, 4, 140, 128, 1, 16, 132),  # more pieces than tiles: splits of one tile
+    (5, 2, 1000, 16, 1, 1, None),  # 32 rows in the 64-row tile; pages of one key
+    (3, 1, 2100, 64, 8, 128, None),  # eight KV heads
+    (6, 3, 520, 32, 1, 64, 7),  # three query tokens, causal across them
+])
+@pytest.mark.parametrize("p_bufs", [1, 2], ids=["one-p-buffer", "two-p-buffers"])
+def test_e4m3_product_kernel(b, s_q, s_k, h_q, h_kv, page, parts, p_bufs, generator):
+    """The e4m3-product kernel (e4m3 q and cache) called directly, with one and two P buffers, on shapes the API sends it,
+    against the reference (NaN past every length, poisoned outputs), the LSE with its own tolerance
+    (tests/helpers.py)."""
+    from openmla.ops.gluon.decode_dense_fp8_sm90 import dense_decode_fp8_sm90_fwd
+    from openmla.ops.schedule import plan_splitkv
+
+    inputs = fp8_inputs(b, s_q, s_k, h_q, h_kv, 576, 512, page, E4M3, "cuda", varlen=True, zero_len_frac=0.2,
+                        causal=True, generator=generator)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    sched, splits = plan_splitkv(inputs["cache_seqlens"], parts or sms)
+    poison_cuda_cache(1 << 28)
+    out, lse = dense_decode_fp8_sm90_fwd(inputs["q"], inputs["k_cache"], inputs["block_table"],
+                                         inputs["cache_seqlens"], 512, sched, splits, 576**-0.5, True,
+                                         descale_q=inputs["descale_q"], descale_k=inputs["descale_k"], p_bufs=p_bufs)
+    torch.cuda.synchronize()
+    ref_out, ref_lse = fp32_reference(inputs)
+    check_close("out", out, ref_out, TOL_OUT)
+    check_close("lse", lse, ref_lse, TOL_E4M3_SCORES_LSE)

@@ -108,7 +108,9 @@ def test_replayed_fp8_layers_match_the_reference(q_dtype, h_q, validations, gene
         out, lse = _call(fp8, meta, is_fp8_kvcache=True, descale_q=fp8["descale_q"], descale_k=fp8["descale_k"])
         ref_out, ref_lse = reference.dense_decode(**fp8)
         check_close("out", out, ref_out, TOL[("dense_decode", "out")])
-        check_close("lse", lse, ref_lse, TOL[("dense_decode", "lse")])
+        # an e4m3 q on Hopper runs the e4m3-product kernel, whose LSE has a tolerance of its own (tests/helpers.py)
+        e4m3_scores = q_dtype == torch.float8_e4m3fn and torch.cuda.get_device_capability()[0] == 9
+        check_close("lse", lse, ref_lse, TOL[("dense_decode_e4m3_scores" if e4m3_scores else "dense_decode", "lse")])
         layer = _new_data(base, generator)
     assert validations.calls == 1
 

@@ -366,6 +366,17 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                                f"{'causal' if causal else 'full'} " + ("softmax-only" if softmax_only else "pv-first"),
                                gluon=True,
                                maxnreg=ws.SOLO_MAXNREG if softmax_only else ws.MAXNREG))
+    if d_qk == 576 and causal and dtype == "bf16":  # e4m3 q and cache: the e4m3-product kernel (output bf16)
+        from .gluon import decode_dense_fp8_sm90 as fp8
+
+        consts = dict(CAUSAL=True, BLOCK_M=fp8.BLOCK_M, BLOCK_N=fp8.BLOCK_N, D_V=fp8.D_V, D_PE=fp8.D_QK - fp8.D_V,
+                      STAGES=fp8.STAGES, SOFTMAX_WARPS=fp8.NUM_WARPS, OUTPUT_WARPS=fp8.WORKER_WARPS[0],
+                      LOADER_WARPS=fp8.WORKER_WARPS[1], OUTPUT_REGS=fp8.WORKER_REGS[0],
+                      LOADER_REGS=fp8.WORKER_REGS[1], P_BUFS=fp8.P_BUFS)
+        out.append(Variant(fp8._dense_decode_fp8_sm90_kernel,
+                           dict(ptrs, q_ptr="*fp8e4nv", k_ptr="*fp8e4nv", descale_q_ptr="*fp32",
+                                descale_k_ptr="*fp32"), ("scale_log2",), consts, fp8.NUM_WARPS, 1,
+                           "gluon-fp8 e4m3 q e4m3 cache d576 causal e4m3-products", gluon=True, maxnreg=fp8.MAXNREG))
     if not causal:  # token-sparse decoding over 16-bit and V3.2 FP8 caches (:mod:`.gluon.decode_sparse_sm90`)
         regs = ws.SOLO_WORKER_REGS
         consts = dict(CAUSAL=False, OVERLAP=False, SOFTMAX_ONLY=True, TMA_K=False, ASYNC_ARRIVE=True,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ..._runtime import gluon_available
+from ..._runtime import env_fp8_scores, gluon_available
 from ..combine import combine_splits, fuse_combine
 from ..decode_dense import split_workspace, splitkv_args
 from ..launch import launch
@@ -279,15 +279,17 @@ def dense_decode_sm90_fwd(
     ``"tokens"`` the KV tokens (:mod:`.decode_dense_sm90_small_heads`, at most 32 rows per KV head,
     ``warpgroups`` passed on); default :func:`layout_for` the shape and the combine.
 
-    Per-tensor FP8 (``descale_k``, and ``descale_q`` for an e4m3 q): (576, 512) dims go to the
-    warp-specialized kernel at every row count (the combine kernel merges splits; ``layout="tokens"`` still
-    takes the tokens kernel); other dims to the tokens layout up to 32 rows and above that to the Triton
+    Per-tensor FP8 (``descale_k``, and ``descale_q`` for an e4m3 q): (576, 512) dims with an e4m3 q go to the
+    e4m3-product kernel (:mod:`.decode_dense_fp8_sm90`) unless ``OPENMLA_FP8_SCORES=exact`` or ``layout="ws"``,
+    and otherwise to the warp-specialized kernel, at every row count (the combine kernel merges splits;
+    ``layout="tokens"`` still takes the tokens kernel); other dims to the tokens layout up to 32 rows and above that to the Triton
     kernel (:func:`openmla.ops.decode_dense.dense_decode_fwd`), as :func:`openmla.explain` says.
     """
     b, s_q, h_q, d = q.shape
     h_kv = k_cache.shape[2]
     rows = s_q * (h_q // h_kv)
     fused = fuse_combine(q.device, b) if fused_combine is None else bool(fused_combine)
+    requested = layout
     layout = layout or layout_for(rows, fused, descale_k is not None and (d, head_dim_v) == (576, 512))
     if layout == "tokens":
         from .decode_dense_sm90_small_heads import dense_decode_sm90_small_heads_fwd
@@ -297,6 +299,13 @@ def dense_decode_sm90_fwd(
                                                  workspace, warpgroups, descale_q=descale_q, descale_k=descale_k,
                                                  fused_combine=fused)
     if descale_k is not None and (d, head_dim_v) == (576, 512):
+        from .decode_dense_fp8_sm90 import dense_decode_fp8_sm90_fwd, serves
+
+        if requested != "ws" and serves(q, k_cache, head_dim_v, descale_q, descale_k) and env_fp8_scores() == "e4m3":
+            # an e4m3 q: the scores on the e4m3 tensor cores, no decode before them (OPENMLA_FP8_SCORES)
+            return dense_decode_fp8_sm90_fwd(q, k_cache, block_table, cache_seqlens, head_dim_v,
+                                             tile_scheduler_metadata, num_splits, softmax_scale, causal, workspace,
+                                             descale_q=descale_q, descale_k=descale_k)
         # the warp-specialized kernel decodes the codes (an e4m3 q's too) in its loader (the 64-row lockstep
         # kernel reads 16-bit caches only); it leaves split partials to the combine kernel
         from .decode_dense_sm90_ws import dense_decode_sm90_ws_fwd
