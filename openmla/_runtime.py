@@ -86,7 +86,7 @@ def env_fp8_scores() -> str:
     tensor cores, as FlashMLA's FP8 kernel does: their sums keep fewer bits than fp32, so on FlashMLA's test
     inputs the LSE is off an fp32 sum by up to 6.8e-5 (its dense-decode tolerance is 1e-6; FlashMLA's kernel is off
     by the same) and the output stays within that tolerance. ``"exact"`` decodes both to fp16 first (16-bit
-    products, fp32 sums, every tolerance met), 1.3-1.4x the time (H200, ``docs/perf-notes.md``)."""
+    products, fp32 sums, every tolerance met), 1.17-1.45x the time (H200, H100, ``docs/perf-notes.md``)."""
     value = (getenv("OPENMLA_FP8_SCORES") or "e4m3").strip().lower() or "e4m3"
     if value not in FP8_SCORES:
         raise InvalidArgumentError(

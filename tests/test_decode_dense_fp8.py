@@ -622,8 +622,8 @@ def test_fp8_dispatch_names_the_score_mode(monkeypatch):
 ])
 @pytest.mark.parametrize("p_bufs", [1, 2], ids=["one-p-buffer", "two-p-buffers"])
 def test_e4m3_product_kernel(b, s_q, s_k, h_q, h_kv, page, parts, p_bufs, generator):
-    """The e4m3-product kernel (e4m3 q and cache) called directly, with one and two P buffers, on shapes the API sends it,
-    against the reference (NaN past every length, poisoned outputs), the LSE with its own tolerance
+    """The e4m3-product kernel (e4m3 q and cache) called directly, with one and two P buffers, on shapes the API
+    sends it, against the reference (NaN past every length, poisoned outputs), the LSE with its own tolerance
     (tests/helpers.py)."""
     from openmla.ops.gluon.decode_dense_fp8_sm90 import dense_decode_fp8_sm90_fwd
     from openmla.ops.schedule import plan_splitkv

@@ -13,9 +13,9 @@ Precision: the e4m3 tensor cores sum products with fewer bits than fp32 and trun
 about 14), so the scores, and with them the LSE, carry an error an fp32 sum does not: on FlashMLA's dense-decode
 inputs up to 6.8e-5 in the LSE against its tolerance of 1e-6, the same as FlashMLA's FP8 kernel on the same
 inputs; the output stays within FlashMLA's tolerance (FlashMLA's does not). Adding every 32 dims in fp32 cut the
-LSE's error to 3.2e-6 at 1.4x the time, so the products chain. ``OPENMLA_FP8_SCORES=exact`` sends e4m3 calls to
-the warp-specialized kernel instead (H200: 1.3-1.4x the time). Measured against that kernel and FlashMLA's FP8
-kernel in ``docs/perf-notes.md``.
+LSE's error to 3.2e-6 at 1.3-2.4x the time, so the products chain. ``OPENMLA_FP8_SCORES=exact`` sends e4m3 calls
+to the warp-specialized kernel instead (1.17-1.45x the time on an H200 and an H100). Measured against that
+kernel and FlashMLA's FP8 kernel in ``docs/perf-notes.md``.
 
 Roles (``gl.warp_specialize``, four warpgroups, 512 threads):
 
@@ -58,8 +58,8 @@ WORKER_REGS = (168, 56)
 D_QK = 576
 D_V = 512
 # P (and its rescale factor) buffers. Two let the softmax warpgroup publish tile j+1's while the output warpgroups
-# multiply by tile j's (8 KB more shared memory), and measured 5 % slower at h_q=128 s_k >= 8k, 1-3 % faster at
-# h_q=16 and small batches (H200, alternated three times in one process, docs/perf-notes.md): one
+# multiply by tile j's (8 KB more shared memory), and measured 3-5 % slower at h_q=128 s_k >= 8k, 2-5 % faster at
+# h_q=16 (H200; H100 0.94-1.02x; three rounds in one process, docs/perf-notes.md): one
 P_BUFS = 1
 
 if gluon_available():
@@ -241,7 +241,7 @@ if gluon_available():
         ``kb``-th tile once its codes have landed, fence for the tensor cores and hand the stage back.
 
         Measured and not kept (H200, ``docs/perf-notes.md``): decoding the next tile's left quarter while this
-        tile's right-quarter product runs (0.98-1.01x)."""
+        tile's right-quarter product runs (within the rounds' spread, 1-6 % slower at s_k >= 8k)."""
         stage = kb % STAGES
         mbarrier.wait(k_ready.index(stage), (kb // STAGES) & 1)  # cp.async data, read by ld.shared
         _decode_values(k_lo.index(stage), v_half.slice(OFF, WIDTH, dim=1), COL0 + OFF, WIDTH, PARTITION_WARPS)
@@ -364,7 +364,8 @@ if gluon_available():
                            k_lo, v_lo, p_smem, a_smem, bars, 0, BLOCK_M, BLOCK_N, D_V, STAGES, OUTPUT_WARPS, P_BUFS)),
             (_fp8_output, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_ob, stride_os, stride_oh,
                            s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
-                           k_lo, v_hi, p_smem, a_smem, bars, HALF, BLOCK_M, BLOCK_N, D_V, STAGES, OUTPUT_WARPS, P_BUFS)),
+                           k_lo, v_hi, p_smem, a_smem, bars, HALF, BLOCK_M, BLOCK_N, D_V, STAGES, OUTPUT_WARPS,
+                           P_BUFS)),
             (_fp8_loader, (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                            stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
