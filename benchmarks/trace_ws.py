@@ -9,7 +9,9 @@ of every KV tile in a few programs (:func:`openmla.ops.gluon.decode_dense_sm90_w
   0 the loader has the tile's stage          1 the loader published the tile (decoded) or issued its copies
   2 the softmax warpgroup has it, scores issued   3 scores done     4 P published
   5 the first output warpgroup has P         6 it released P and the stage
-  7 a decoding loader's codes have all landed (FP8 records)
+  7 a decoding loader's codes have all landed (FP8 records); in the e4m3-product kernel
+    (:mod:`openmla.ops.gluon.decode_dense_fp8_sm90`, config ``dense_fp8_e4m3_*``) the first output warpgroup has
+    decoded its value half, with intervals of their own (:data:`E4M3_PRODUCT_INTERVALS`)
 
 For each config this prints the call's time (replayed from a CUDA graph) with and without the stamps (so their cost is in view) and, over the
 stamped tiles of a request's steady state, the median cycles of: the tile period (event 1 to the next tile's 1),
@@ -24,11 +26,25 @@ import argparse
 import json
 import statistics
 
+#: the e4m3-product kernel's event 7 is the first output warpgroup's decode of its value half, done
+E4M3_PRODUCT_INTERVALS = {
+    "period (1 -> next 1)": lambda t, k: t[k + 1][1] - t[k][1],
+    "loader issue (0 -> 1)": lambda t, k: t[k][1] - t[k][0],
+    "loader waits for a stage (last 1 -> 0)": lambda t, k: t[k][0] - t[k - 1][1],
+    "softmax waits for codes (last 4 -> 2)": lambda t, k: t[k][2] - t[k - 1][4],
+    "score products (2 -> 3)": lambda t, k: t[k][3] - t[k][2],
+    "softmax and hand-over (3 -> 4)": lambda t, k: t[k][4] - t[k][3],
+    "output decodes (last 6 -> 7)": lambda t, k: t[k][7] - t[k - 1][6],
+    "output waits for P after its decode (7 -> 5)": lambda t, k: t[k][5] - t[k][7],
+    "output products (5 -> 6)": lambda t, k: t[k][6] - t[k][5],
+    "codes in flight before the scores (1 -> 2)": lambda t, k: t[k][2] - t[k][1],
+}
 
-def _intervals(trace) -> dict:
+
+def _intervals(trace, names=None) -> dict:
     """Median cycles of each interval over the stamped pieces' tiles (the first two and last of a piece left out,
-    and tiles the trace did not reach)."""
-    names = {
+    and tiles the trace did not reach); ``names`` the intervals (default: the warp-specialized kernel's)."""
+    names = names or {
         "period (1 -> next 1)": lambda t, k: t[k + 1][1] - t[k][1],
         "loader busy (0 -> 1)": lambda t, k: t[k][1] - t[k][0],
         "loader waits for a stage (last 1 -> 0)": lambda t, k: t[k][0] - t[k - 1][1],
@@ -68,8 +84,9 @@ def main(argv=None) -> None:
     import triton
 
     from benchmarks.configs import get_configs
-    from openmla._harness import make_dense_decode_inputs, make_sparse_decode_inputs
+    from openmla._harness import make_dense_decode_inputs, make_sparse_decode_inputs, quantize_dense_fp8
     from openmla.ops.decode_dense import num_sm_parts_for
+    from openmla.ops.gluon.decode_dense_fp8_sm90 import dense_decode_fp8_sm90_fwd
     from openmla.ops.gluon.decode_dense_sm90_ws import dense_decode_sm90_ws_fwd, trace_buffer
     from openmla.ops.gluon.decode_sparse_sm90 import sparse_decode_sm90_fwd
     from openmla.ops.schedule import plan_splitkv
@@ -98,6 +115,11 @@ def main(argv=None) -> None:
     calls["dense_b128_sk8192_h128_one_alloc"] = lambda trace=None: dense_decode_sm90_ws_fwd(
         *dense.call_args()[:4], 512, sched, splits, dense.softmax_scale, False, softmax_only=True, trace=trace,
         box_allocs=False)
+    # dense FP8 with an e4m3 q: the e4m3-product kernel (its event 7: E4M3_PRODUCT_INTERVALS)
+    fp8 = quantize_dense_fp8(dense, fp8_q=True)
+    calls["dense_fp8_e4m3_b128_sk8192_h128"] = lambda trace=None: dense_decode_fp8_sm90_fwd(
+        *fp8.call_args()[:4], 512, sched, splits, fp8.softmax_scale, False, descale_q=fp8.descale_q,
+        descale_k=fp8.descale_k, trace=trace)
 
     results = []
     for name, call in calls.items():
@@ -108,7 +130,7 @@ def main(argv=None) -> None:
         buf.zero_()
         call(trace=buf)
         torch.cuda.synchronize()
-        iv = _intervals(buf.tolist())
+        iv = _intervals(buf.tolist(), E4M3_PRODUCT_INTERVALS if name.startswith("dense_fp8_e4m3") else None)
         results.append(dict(card=card, config=name, plain_us=plain_us, traced_us=traced_us, cycles=iv))
         print(f"{name}: {plain_us:.1f} us, traced {traced_us:.1f} us ({card})")
         for k, v in iv.items():

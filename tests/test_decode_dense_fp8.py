@@ -571,7 +571,8 @@ def test_hopper_e4m3_q_takes_the_e4m3_product_kernel(h_q, s_q, page, layout, mon
     assert grid == (-(-(s_q * h_q) // 64), 4)  # row tiles of 64, one program per plan piece
     assert args[0] is q and args[1].dtype == E4M3 and args[1].data_ptr() == k.data_ptr()
     assert out.dtype == torch.bfloat16 and out.shape == (3, s_q, h_q, 512) and args[6] is out
-    assert args[-2] is inputs["descale_k"] and args[-1] is inputs["descale_q"]
+    # ..., descale_k, descale_q, trace (the trace build's buffer: none)
+    assert args[-3] is inputs["descale_k"] and args[-2] is inputs["descale_q"] and args[-1] is None
     assert kwargs["CAUSAL"] == (s_q > 1)
     # the exact path on request, and a typo is an error, not a silent default
     monkeypatch.setenv("OPENMLA_FP8_SCORES", "bf16")
@@ -640,3 +641,31 @@ def test_e4m3_product_kernel(b, s_q, s_k, h_q, h_kv, page, parts, p_bufs, genera
     ref_out, ref_lse = fp32_reference(inputs)
     check_close("out", out, ref_out, TOL_OUT)
     check_close("lse", lse, ref_lse, TOL_E4M3_SCORES_LSE)
+
+
+@pytest.mark.skipif(not openmla._runtime.gluon_available(), reason="Triton's Gluon dialect does not import here")
+def test_e4m3_product_trace_buffer_is_checked_before_the_launch(monkeypatch):
+    """The e4m3-product kernel's trace build takes the warp-specialized kernel's buffer: a wrong one is a typed
+    error before any launch; the right one reaches the launch with the trace build on."""
+    from openmla._runtime import InvalidArgumentError
+    from openmla.ops.gluon import decode_dense_fp8_sm90 as fp8
+    from openmla.ops.gluon.decode_dense_sm90_ws import trace_buffer
+    from openmla.ops.schedule import plan_splitkv_torch
+
+    launches = []
+    monkeypatch.setattr(fp8, "launch", lambda *a, **k: launches.append((a, k)))
+    monkeypatch.setattr(fp8, "combine_splits", lambda *a, **k: None)
+    inputs = fp8_inputs(2, 1, 100, 64, 1, 576, 512, 64, E4M3, device="cpu")
+    sched, splits = plan_splitkv_torch(inputs["cache_seqlens"], 4)
+    args = (inputs["q"], inputs["k_cache"], inputs["block_table"], inputs["cache_seqlens"], 512, sched, splits,
+            576**-0.5, True)
+    kw = dict(descale_q=inputs["descale_q"], descale_k=inputs["descale_k"])
+    with pytest.raises(InvalidArgumentError, match="trace.*torch.int32"):
+        fp8.dense_decode_fp8_sm90_fwd(*args, **kw, trace=trace_buffer("cpu").to(torch.int32))
+    assert not launches
+    good = trace_buffer("cpu")
+    fp8.dense_decode_fp8_sm90_fwd(*args, **kw, trace=good)
+    (a, k), = launches
+    assert a[-1] is good and k["TRACE"]
+    fp8.dense_decode_fp8_sm90_fwd(*args, **kw)
+    assert launches[-1][0][-1] is None and not launches[-1][1]["TRACE"]

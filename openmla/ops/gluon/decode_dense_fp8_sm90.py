@@ -45,6 +45,7 @@ from ..combine import combine_splits
 from ..decode_dense import split_workspace, splitkv_args
 from ..launch import launch
 from ..schedule import SCHED_BLOCK
+from .decode_dense_sm90_ws import check_trace
 
 BLOCK_M = 64
 BLOCK_N = 64
@@ -79,6 +80,7 @@ if gluon_available():
         _e4m3_scales,
         _online_softmax,
         _publish,
+        _stamp,
         _store_columns,
         _tiles_of,
     )
@@ -100,7 +102,7 @@ if gluon_available():
                     group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
                     q_lo, q_pe, k_lo, k_pe, bars,
                     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
-                    STAGES: gl.constexpr, PARTITION_WARPS: gl.constexpr):
+                    STAGES: gl.constexpr, PARTITION_WARPS: gl.constexpr, trace_ptr, TRACE: gl.constexpr):
         """Loader partition: each request's Q codes once the softmax warpgroup is done with the last request's,
         then its K tiles' codes into the ring, each stage once the three consumers have handed it back. Every
         thread arrives on the stage's ready barrier when its own copies land (``cp.async.mbarrier.arrive``), so
@@ -136,8 +138,10 @@ if gluon_available():
                 k_row = k_ptr + (page.to(gl.int64) * stride_kb + (offs_j % page_block_size) * stride_kp
                                  + kv_head * stride_kh)
                 mbarrier.wait(k_free.index(stage), ((kb // STAGES) & 1) ^ 1)
+                _stamp(trace_ptr, kb, 0, TRACE, PARTITION_WARPS)
                 _copy_code_rows(k_row, k_lo.index(stage), k_pe.index(stage), mask_j, D_V, D_PE, LOAD)
                 _publish(k_ready.index(stage), True)
+                _stamp(trace_ptr, kb, 1, TRACE, PARTITION_WARPS)
                 kb += 1
 
     @gluon.jit
@@ -145,7 +149,7 @@ if gluon_available():
                      s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
                      q_lo, q_pe, k_lo, k_pe, p_smem, a_smem, bars, descale_k_ptr, descale_q_ptr,
                      CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                     PARTITION_WARPS: gl.constexpr, P_BUFS: gl.constexpr):
+                     PARTITION_WARPS: gl.constexpr, P_BUFS: gl.constexpr, trace_ptr, TRACE: gl.constexpr):
         """Default partition: per tile the e4m3 score products, the stage handed back once they retire, online
         softmax, ``P`` and the rescale factor to both output warpgroups; per request ``1/l`` (times
         ``descale_k``) to them and the LSE (natural log; ``+inf`` for a row that saw no key, as FlashMLA)."""
@@ -182,7 +186,9 @@ if gluon_available():
                 s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=S_LAYOUT)
                 s = warpgroup_mma(q_lo, k_lo.index(stage).permute((1, 0)), s, use_acc=False, is_async=True)
                 s = warpgroup_mma(q_pe, k_pe.index(stage).permute((1, 0)), s, is_async=True)
+                _stamp(trace_ptr, kb, 2, TRACE, PARTITION_WARPS)
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+                _stamp(trace_ptr, kb, 3, TRACE, PARTITION_WARPS)
                 gl.thread_barrier()  # every warp's products have retired: the codes are read
                 mbarrier.arrive(k_free.index(stage), count=1)
                 p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, scale_log2, tok_lo + it * BLOCK_N, tok_hi, limit,
@@ -195,6 +201,7 @@ if gluon_available():
                 fence_async_shared()  # P is read next by the tensor cores
                 gl.thread_barrier()
                 mbarrier.arrive(p_ready.index(pb), count=1)
+                _stamp(trace_ptr, kb, 4, TRACE, PARTITION_WARPS)
                 pr += 1
                 kb += 1
             # every score product of this request is done: the loader may bring the next Q
@@ -227,7 +234,10 @@ if gluon_available():
     def _decode_values(codes_s, v_half, COL0: gl.constexpr, WIDTH: gl.constexpr, PARTITION_WARPS: gl.constexpr):
         """Decode value columns ``COL0 .. COL0+WIDTH`` of a code stage ([64, D_V] e4m3) exactly to fp16 into
         ``v_half`` ([64, WIDTH]), 32 keys x 64 columns at a time (16 codes a thread: registers stay free for
-        the accumulators). The caller fences and barriers before the tensor cores read ``v_half``."""
+        the accumulators). The caller fences and barriers before the tensor cores read ``v_half``.
+
+        Measured and not kept (H200, ``docs/perf-notes.md``): half or all of the codes decoded by integer moves
+        instead of conversion instructions (0-8 % and 2-15 % slower): the conversion pipe does not set its pace."""
         CVT: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [PARTITION_WARPS, 1], [1, 0])  # 16 B a thread
         for c in gl.static_range(WIDTH // 64):
             for r in gl.static_range(2):
@@ -255,7 +265,8 @@ if gluon_available():
                     s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
                     k_lo, v_half, p_smem, a_smem, bars,
                     COL0: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr,
-                    STAGES: gl.constexpr, PARTITION_WARPS: gl.constexpr, P_BUFS: gl.constexpr):
+                    STAGES: gl.constexpr, PARTITION_WARPS: gl.constexpr, P_BUFS: gl.constexpr, trace_ptr,
+                    TRACE: gl.constexpr):
         """Output partition: per tile, decode this half's value codes into ``v_half`` (while the softmax
         warpgroup computes the tile's scores), hand the stage back, then ``O[:, COL0 ..] += P V`` as two N=128
         products (the launch cap of 128 registers a thread fits no N=256 product), rescaled by the published
@@ -283,8 +294,10 @@ if gluon_available():
             acc_b = gl.zeros([BLOCK_M, QUARTER], gl.float32, layout=O_LAYOUT)
             for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
                 _decode_tile(k_lo, v_half, k_ready, k_free, kb, COL0, 0, HALF, STAGES, PARTITION_WARPS)
+                _stamp(trace_ptr, kb, 7, TRACE, PARTITION_WARPS)
                 pb = pr % P_BUFS
                 _acquire(p_ready.index(pb), (pr // P_BUFS) & 1, False)
+                _stamp(trace_ptr, kb, 5, TRACE, PARTITION_WARPS)
                 alpha = a_smem.index(pb).load(ROW_O)
                 acc_a = acc_a * alpha[:, None]
                 acc_b = acc_b * alpha[:, None]
@@ -294,6 +307,7 @@ if gluon_available():
                 acc_a, acc_b = warpgroup_mma_wait(num_outstanding=0, deps=(acc_a, acc_b))
                 gl.thread_barrier()  # every warp is done with P (and v_half, rewritten next tile)
                 mbarrier.arrive(p_free.index(pb), count=1)
+                _stamp(trace_ptr, kb, 6, TRACE, PARTITION_WARPS)
                 kb += 1
                 pr += 1
             # the last round: each row's 1/l, read by every thread before the buffer is handed back
@@ -318,10 +332,10 @@ if gluon_available():
         stride_ob, stride_os, stride_oh,
         stride_lb, stride_lh,
         s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2,
-        descale_k_ptr, descale_q_ptr,
+        descale_k_ptr, descale_q_ptr, trace_ptr,
         CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
         STAGES: gl.constexpr, SOFTMAX_WARPS: gl.constexpr, OUTPUT_WARPS: gl.constexpr, LOADER_WARPS: gl.constexpr,
-        OUTPUT_REGS: gl.constexpr, LOADER_REGS: gl.constexpr, P_BUFS: gl.constexpr,
+        OUTPUT_REGS: gl.constexpr, LOADER_REGS: gl.constexpr, P_BUFS: gl.constexpr, TRACE: gl.constexpr,
     ):
         gl.static_assert(D_V == 512 and D_PE == 64, "the e4m3-product kernel reads (576, 512) dims")
         HALF: gl.constexpr = D_V // 2
@@ -358,18 +372,20 @@ if gluon_available():
             (_fp8_softmax, (lse_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_lb, stride_lh,
                             s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
                             q_lo, q_pe, k_lo, k_pe, p_smem, a_smem, bars, descale_k_ptr, descale_q_ptr,
-                            CAUSAL, BLOCK_M, BLOCK_N, STAGES, SOFTMAX_WARPS, P_BUFS)),
+                            CAUSAL, BLOCK_M, BLOCK_N, STAGES, SOFTMAX_WARPS, P_BUFS, trace_ptr, TRACE)),
             (_fp8_output, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_ob, stride_os, stride_oh,
                            s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
-                           k_lo, v_lo, p_smem, a_smem, bars, 0, BLOCK_M, BLOCK_N, D_V, STAGES, OUTPUT_WARPS, P_BUFS)),
+                           k_lo, v_lo, p_smem, a_smem, bars, 0, BLOCK_M, BLOCK_N, D_V, STAGES, OUTPUT_WARPS, P_BUFS,
+                           trace_ptr, TRACE)),
             (_fp8_output, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_ob, stride_os, stride_oh,
                            s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
                            k_lo, v_hi, p_smem, a_smem, bars, HALF, BLOCK_M, BLOCK_N, D_V, STAGES, OUTPUT_WARPS,
-                           P_BUFS)),
+                           P_BUFS, trace_ptr, False)),
             (_fp8_loader, (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                            stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
-                           q_lo, q_pe, k_lo, k_pe, bars, BLOCK_M, BLOCK_N, D_V, D_PE, STAGES, LOADER_WARPS)),
+                           q_lo, q_pe, k_lo, k_pe, bars, BLOCK_M, BLOCK_N, D_V, D_PE, STAGES, LOADER_WARPS, trace_ptr,
+                           TRACE)),
         ], [OUTPUT_WARPS, OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, OUTPUT_REGS, LOADER_REGS])
 
 
@@ -393,6 +409,7 @@ def dense_decode_fp8_sm90_fwd(
     descale_q: torch.Tensor | None = None,
     descale_k: torch.Tensor | None = None,
     p_bufs: int = P_BUFS,
+    trace: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd` for an e4m3 q over a per-tensor FP8
     cache, on Hopper.
@@ -400,7 +417,9 @@ def dense_decode_fp8_sm90_fwd(
     q: [b, s_q, h_q, 576] float8_e4m3fn (``q / descale_q``); k_cache: [num_blocks, page_block_size, h_kv, 576]
     float8_e4m3fn (or its uint8 view; ``k / descale_k``), any page size; descale_q, descale_k: fp32 [1] on q's
     device. Returns ``out`` [b, s_q, h_q, 512] bf16 and ``lse`` [b, h_q, s_q] fp32 (``+inf`` for a row that saw
-    no key). Split partials are merged by the combine kernel (a second launch).
+    no key). Split partials are merged by the combine kernel (a second launch). ``p_bufs``: P buffers
+    (:data:`P_BUFS`); ``trace``: the trace build, a diagnostic (the warp-specialized kernel's buffer,
+    :func:`~openmla.ops.gluon.decode_dense_sm90_ws.trace_buffer`; events in ``benchmarks/trace_ws.py``).
     """
     if not serves(q, k_cache, head_dim_v, descale_q, descale_k):
         raise InvalidArgumentError(
@@ -408,6 +427,7 @@ def dense_decode_fp8_sm90_fwd(
             f"head_dim_v={D_V}; got q {q.dtype} {tuple(q.shape)}, cache {k_cache.dtype}, head_dim_v={head_dim_v}, "
             f"descale_q {'given' if descale_q is not None else 'None'}, descale_k "
             f"{'given' if descale_k is not None else 'None'}; other FP8 calls go to the warp-specialized kernel")
+    check_trace(trace, q.device)
     b, s_q, h_q, d = q.shape
     h_kv = k_cache.shape[2]
     rows = s_q * (h_q // h_kv)
@@ -422,10 +442,10 @@ def dense_decode_fp8_sm90_fwd(
     k_cache = k_cache.view(torch.float8_e4m3fn)
     launch(_dense_decode_fp8_sm90_kernel, (row_tiles * h_kv, num_parts),
         *splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-                      out, lse, workspace, row_tiles, softmax_scale), descale_k, descale_q,
+                      out, lse, workspace, row_tiles, softmax_scale), descale_k, descale_q, trace,
         CAUSAL=bool(causal and s_q > 1), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, D_V=D_V, D_PE=D_QK - D_V, STAGES=STAGES,
         SOFTMAX_WARPS=NUM_WARPS, OUTPUT_WARPS=WORKER_WARPS[0], LOADER_WARPS=WORKER_WARPS[1],
-        OUTPUT_REGS=WORKER_REGS[0], LOADER_REGS=WORKER_REGS[1], P_BUFS=int(p_bufs),
+        OUTPUT_REGS=WORKER_REGS[0], LOADER_REGS=WORKER_REGS[1], P_BUFS=int(p_bufs), TRACE=trace is not None,
         num_warps=NUM_WARPS, maxnreg=MAXNREG,
     )
     combine_splits(out, lse, workspace[0], workspace[1], num_splits)
