@@ -92,21 +92,16 @@ def interpreter_bf16(x: torch.Tensor) -> torch.Tensor:
 
 def e4m3_scores(inputs: dict, backend: str = "auto") -> bool:
     """Whether a call on ``inputs`` through the API (``backend`` "auto" or "gluon"; "direct" for a kernel called
-    directly) runs the e4m3-product kernel (Hopper with Gluon, e4m3 q, (576, 512) dims, ``OPENMLA_FP8_SCORES`` unset
-    or ``e4m3``, no ``OPENMLA_ARCH`` override), whose LSE has a tolerance of its own (tests/helpers.py)."""
-    from openmla._runtime import env_fp8_scores, gluon_available
+    directly) runs the e4m3-product kernel, whose LSE has a tolerance of its own (tests/helpers.py): decided as
+    the library decides it, from the dispatch (:func:`openmla.explain`) and the kernel's own rule."""
+    from openmla._harness import runs_e4m3_scores
 
-    q = inputs["q"]
-    return (backend in ("auto", "gluon") and q.is_cuda and q.dtype == E4M3 and q.shape[-1] == 576
-            and inputs["head_dim_v"] == 512 and torch.cuda.get_device_capability(q.device)[0] == 9
-            and getenv_arch_unset() and gluon_available() and env_fp8_scores() == "e4m3")
-
-
-def getenv_arch_unset() -> bool:
-    """No ``OPENMLA_ARCH`` override (a test pretending to be another GPU runs that GPU's kernels)."""
-    import os
-
-    return not os.environ.get("OPENMLA_ARCH")
+    if backend == "direct":
+        return False
+    q, k = inputs["q"], inputs["k_cache"]
+    served = openmla.explain(q, k, head_dim_v=inputs["head_dim_v"], is_fp8_kvcache=True,
+                             backend=None if backend == "auto" else backend).backend
+    return runs_e4m3_scores(served, q, k, inputs["head_dim_v"], inputs["descale_q"], inputs["descale_k"])
 
 
 def check_against_reference(inputs: dict, out: torch.Tensor, lse: torch.Tensor, backend: str = "auto") -> None:
@@ -669,3 +664,22 @@ def test_e4m3_product_trace_buffer_is_checked_before_the_launch(monkeypatch):
     assert a[-1] is good and k["TRACE"]
     fp8.dense_decode_fp8_sm90_fwd(*args, **kw)
     assert launches[-1][0][-1] is None and not launches[-1][1]["TRACE"]
+
+
+def test_runs_e4m3_scores_follows_the_backend_the_inputs_and_the_knob(monkeypatch):
+    """The benchmarks' and tests' rule for which LSE tolerance applies: the Gluon backend with an e4m3 q and cache
+    of (576, 512) dims, unless ``OPENMLA_FP8_SCORES=exact``; never the Triton or reference backends or a bf16 q."""
+    from openmla._harness import runs_e4m3_scores
+
+    e4m3 = fp8_inputs(2, 1, 100, 16, 1, 576, 512, 64, E4M3, device="cpu")
+    bf16 = fp8_inputs(2, 1, 100, 16, 1, 576, 512, 64, torch.bfloat16, device="cpu")
+    monkeypatch.delenv("OPENMLA_FP8_SCORES", raising=False)
+
+    def rule(inputs, backend):
+        return runs_e4m3_scores(backend, inputs["q"], inputs["k_cache"], 512, inputs["descale_q"],
+                                inputs["descale_k"])
+
+    assert rule(e4m3, "gluon") and not rule(e4m3, "triton") and not rule(e4m3, "reference")
+    assert not rule(bf16, "gluon")
+    monkeypatch.setenv("OPENMLA_FP8_SCORES", "exact")
+    assert not rule(e4m3, "gluon")
