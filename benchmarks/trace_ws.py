@@ -1,6 +1,6 @@
 """Where a tile's time goes inside the warp-specialized Hopper kernel (four-warpgroup form), from its trace build.
 
-Usage (sm_90 GPU): ``python -m benchmarks.trace_ws [--json PATH]``
+Usage (sm_90 GPU): ``python -m benchmarks.trace_ws [--json PATH] [--only NAME,...]``
 
 The trace build (``trace=`` of :func:`openmla.ops.gluon.decode_dense_sm90_ws.dense_decode_sm90_ws_fwd` and
 :func:`openmla.ops.gluon.decode_sparse_sm90.sparse_decode_sm90_fwd`) stamps the SM's cycle counter at seven events
@@ -93,6 +93,7 @@ def main(argv=None) -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--json")
+    ap.add_argument("--only", help="comma-separated config names: trace only these")
     args = ap.parse_args(argv)
     card = torch.cuda.get_device_name()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -120,7 +121,19 @@ def main(argv=None) -> None:
     calls["dense_fp8_e4m3_b128_sk8192_h128"] = lambda trace=None: dense_decode_fp8_sm90_fwd(
         *fp8.call_args()[:4], 512, sched, splits, fp8.softmax_scale, False, descale_q=fp8.descale_q,
         descale_k=fp8.descale_k, trace=trace)
+    for cols in (64, 128):  # the loader decoding the last `cols` value columns of each output half
+        calls[f"dense_fp8_e4m3_b128_sk8192_h128_loader_cols{cols}"] = lambda trace=None, cols=cols: \
+            dense_decode_fp8_sm90_fwd(*fp8.call_args()[:4], 512, sched, splits, fp8.softmax_scale, False,
+                                      descale_q=fp8.descale_q, descale_k=fp8.descale_k, loader_cols=cols, trace=trace)
+    calls["dense_fp8_e4m3_b128_sk8192_h128_decode_rows64"] = lambda trace=None: dense_decode_fp8_sm90_fwd(
+        *fp8.call_args()[:4], 512, sched, splits, fp8.softmax_scale, False, descale_q=fp8.descale_q,
+        descale_k=fp8.descale_k, decode_rows=64, trace=trace)
 
+    if args.only:
+        unknown = set(args.only.split(",")) - set(calls)
+        if unknown:
+            raise SystemExit(f"unknown config(s) {', '.join(sorted(unknown))}; known: {', '.join(calls)}")
+        calls = {k: v for k, v in calls.items() if k in args.only.split(",")}
     results = []
     for name, call in calls.items():
         buf = trace_buffer("cuda")
