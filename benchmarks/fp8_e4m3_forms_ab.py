@@ -1,15 +1,17 @@
-"""Forms of the e4m3-product kernel side by side: its module defaults (``LOADER_COLS``, ``DECODE_ROWS``, ``P_BUFS``)
-set per form, each called through ``flash_mla_with_kvcache``.
+"""Forms of the e4m3-product kernel side by side: its module defaults (:data:`KNOBS`) set per form, each called
+through ``flash_mla_with_kvcache``. Forms measured this way and removed since are in ``docs/perf-notes.md`` (item
+21) and ``benchmarks/results/2026-11-27-h200-dense-fp8-e4m3-forms-ab.txt``.
 
 Usage (GPU, SM90): ``python -m benchmarks.fp8_e4m3_forms_ab [--configs standard,small]
-[--forms "LOADER_COLS=0;LOADER_COLS=64;DECODE_ROWS=64"] [--rounds 3] [--json PATH]``
+[--forms "P_BUFS=1;P_BUFS=2"] [--rounds 3] [--json PATH]``
 
 Dense decode over a per-tensor FP8 cache with an e4m3 q (``openmla bench --dtype fp8``'s inputs, built once a
 config). Each form (``;``-separated; ``,`` joins settings of one form; an empty form is the defaults;
-``WORKER_REGS=176/48`` sets a tuple) is checked
-against the fp32 reference (the e4m3 products' LSE tolerance), then replayed from a CUDA graph captured for it
-and timed (``do_bench`` median); rounds alternate the forms' order (reversed every other round). FlashMLA's FP8
-kernel is timed once a config on the same inputs for the ratio.
+``WORKER_REGS=176/48`` sets a tuple) is checked against the fp32 reference (the e4m3 products' LSE tolerance),
+then replayed from a CUDA graph captured for it and timed (``do_bench`` median) while the call's schedule is alive
+(a graph reads the schedule's tensors on every replay: a first version of this script kept the graphs but let their
+schedules go, and a later replay hit an illegal address); rounds alternate the forms' order (reversed every other
+round). FlashMLA's FP8 kernel is timed once a config on the same inputs for the ratio.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 
-KNOBS = ("LOADER_COLS", "DECODE_ROWS", "P_BUFS", "P_REGS", "Q_REG_DIMS", "V_SPLIT", "WORKER_REGS")
+KNOBS = ("P_BUFS", "WORKER_REGS")
 
 
 def parse_forms(text: str) -> list[dict]:
-    """``"LOADER_COLS=0;DECODE_ROWS=64,LOADER_COLS=64"`` -> ``[{"LOADER_COLS": 0}, {...}]`` (knobs checked)."""
+    """``"P_BUFS=1;P_BUFS=2,WORKER_REGS=176/48"`` -> ``[{"P_BUFS": 1}, {"P_BUFS": 2, "WORKER_REGS": (176, 48)}]``;
+    an unknown knob ends the run, naming the known ones."""
     forms = []
     for form in text.split(";"):
         settings = {}
@@ -29,7 +32,7 @@ def parse_forms(text: str) -> list[dict]:
             name, _, value = item.partition("=")
             if name not in KNOBS:
                 raise SystemExit(f"unknown knob {name!r} in --forms; known: {', '.join(KNOBS)}")
-            # WORKER_REGS=176/48: the output warpgroups' and the loader's registers
+            # WORKER_REGS=176/48: the output warpgroups' and the loader's registers (the softmax warpgroup keeps the rest)
             settings[name] = tuple(int(v) for v in value.split("/")) if "/" in value else int(value)
         forms.append(settings)
     return forms
@@ -46,7 +49,7 @@ def main(argv=None) -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--configs", default="standard,small")
-    ap.add_argument("--forms", default="LOADER_COLS=0;DECODE_ROWS=64")
+    ap.add_argument("--forms", default="P_BUFS=1;P_BUFS=2")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json")
     cli = ap.parse_args(argv)

@@ -121,14 +121,6 @@ def main(argv=None) -> None:
     calls["dense_fp8_e4m3_b128_sk8192_h128"] = lambda trace=None: dense_decode_fp8_sm90_fwd(
         *fp8.call_args()[:4], 512, sched, splits, fp8.softmax_scale, False, descale_q=fp8.descale_q,
         descale_k=fp8.descale_k, trace=trace)
-    for cols in (64, 128):  # the loader decoding the last `cols` value columns of each output half
-        calls[f"dense_fp8_e4m3_b128_sk8192_h128_loader_cols{cols}"] = lambda trace=None, cols=cols: \
-            dense_decode_fp8_sm90_fwd(*fp8.call_args()[:4], 512, sched, splits, fp8.softmax_scale, False,
-                                      descale_q=fp8.descale_q, descale_k=fp8.descale_k, loader_cols=cols, trace=trace)
-    calls["dense_fp8_e4m3_b128_sk8192_h128_decode_rows64"] = lambda trace=None: dense_decode_fp8_sm90_fwd(
-        *fp8.call_args()[:4], 512, sched, splits, fp8.softmax_scale, False, descale_q=fp8.descale_q,
-        descale_k=fp8.descale_k, decode_rows=64, trace=trace)
-
     if args.only:
         unknown = set(args.only.split(",")) - set(calls)
         if unknown:

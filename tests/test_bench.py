@@ -225,3 +225,14 @@ def test_trace_intervals_read_a_two_stage_timeline():
     assert iv["loader waits for its codes (0 -> 7)"] == 200
     assert iv["loader decodes and publishes (7 -> 1)"] == 100
     assert _intervals([[[0] * 8] * 5])["period (1 -> next 1)"] is None
+
+
+def test_fp8_forms_ab_reads_its_forms():
+    """The e4m3-product forms A/B parses ``;``-separated forms of known knobs (a ``/`` pair is a tuple) and refuses
+    an unknown knob, naming the known ones."""
+    from benchmarks.fp8_e4m3_forms_ab import parse_forms
+
+    assert parse_forms("P_BUFS=1;P_BUFS=2,WORKER_REGS=176/48;") == [
+        {"P_BUFS": 1}, {"P_BUFS": 2, "WORKER_REGS": (176, 48)}, {}]
+    with pytest.raises(SystemExit, match="unknown knob 'LOADER_COLS'.*P_BUFS, WORKER_REGS"):
+        parse_forms("LOADER_COLS=64")

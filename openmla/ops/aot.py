@@ -372,9 +372,7 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
         consts = dict(CAUSAL=True, BLOCK_M=fp8.BLOCK_M, BLOCK_N=fp8.BLOCK_N, D_V=fp8.D_V, D_PE=fp8.D_QK - fp8.D_V,
                       STAGES=fp8.STAGES, SOFTMAX_WARPS=fp8.NUM_WARPS, OUTPUT_WARPS=fp8.WORKER_WARPS[0],
                       LOADER_WARPS=fp8.WORKER_WARPS[1], OUTPUT_REGS=fp8.WORKER_REGS[0],
-                      LOADER_REGS=fp8.WORKER_REGS[1], P_BUFS=fp8.P_BUFS, LOADER_COLS=fp8.LOADER_COLS,
-                      DECODE_ROWS=fp8.DECODE_ROWS, P_REGS=fp8.P_REGS,
-                      Q_REG_DIMS=fp8.Q_REG_DIMS, V_SPLIT=fp8.V_SPLIT, TRACE=False,
+                      LOADER_REGS=fp8.WORKER_REGS[1], P_BUFS=fp8.P_BUFS, TRACE=False,
                       trace_ptr=None)
         out.append(Variant(fp8._dense_decode_fp8_sm90_kernel,
                            dict(ptrs, q_ptr="*fp8e4nv", k_ptr="*fp8e4nv", descale_q_ptr="*fp32",

@@ -62,21 +62,6 @@ D_V = 512
 # multiply by tile j's (8 KB more shared memory), and measured 3-5 % slower at h_q=128 s_k >= 8k, 2-5 % faster at
 # h_q=16 (H200; H100 0.94-1.02x; three rounds in one process, docs/perf-notes.md): one
 P_BUFS = 1
-# Value columns of each output warpgroup's half that the loader decodes instead (the last LOADER_COLS of the 256;
-# 0: none). The loader only issues copies and waits ~2500 cycles a tile for a free stage, while the output
-# warpgroups' decode (~1770 cycles) sets the pace (the trace, docs/perf-notes.md item 21).
-LOADER_COLS = 0
-# Keys a thread group decodes at a time (32: 16 codes a thread; 64: 32). Each chunk's store into the value buffer
-# gets a partition barrier from the compiler's shared-memory analysis (writes to one allocation), so fewer chunks
-# mean fewer barriers, at the cost of registers beside the accumulators
-DECODE_ROWS = 32
-# P read into registers by each output warpgroup (its buffer handed back before the products), instead of both
-# N=128 products reading it from shared memory; and the first Q_REG_DIMS dims of Q held in the softmax
-# warpgroup's registers as the score products' A operand: each cuts shared-memory reads a tile
-P_REGS = False
-Q_REG_DIMS = 0
-# Each output half's values in four 64-column allocations, decoded without partition barriers between chunks
-V_SPLIT = False
 
 if gluon_available():
     from triton.experimental import gluon
@@ -115,19 +100,13 @@ if gluon_available():
     def _fp8_loader(q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                     stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                     group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
-                    q_lo, q_pe, k_lo, k_pe, v_lo, v_hi, bars, vq_bars,
+                    q_lo, q_pe, k_lo, k_pe, bars,
                     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
-                    STAGES: gl.constexpr, PARTITION_WARPS: gl.constexpr, LOADER_COLS: gl.constexpr, trace_ptr,
-                    TRACE: gl.constexpr):
+                    STAGES: gl.constexpr, PARTITION_WARPS: gl.constexpr, trace_ptr, TRACE: gl.constexpr):
         """Loader partition: each request's Q codes once the softmax warpgroup is done with the last request's,
         then its K tiles' codes into the ring, each stage once the three consumers have handed it back. Every
         thread arrives on the stage's ready barrier when its own copies land (``cp.async.mbarrier.arrive``), so
-        the loader goes straight on to the next stage.
-
-        With ``LOADER_COLS`` it also decodes the last ``LOADER_COLS`` value columns of both output halves, two
-        tiles behind its copies (by then the codes have landed and the output warpgroups are done with the
-        tile before). Every tile of a request is decoded before the next request's Q is awaited: the softmax
-        warpgroup frees Q only after its last ``P``, which waits for the products that wait for this decode."""
+        the loader goes straight on to the next stage."""
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
         LOAD: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [PARTITION_WARPS, 1], [1, 0])  # 16 B a thread
         ROW: gl.constexpr = gl.SliceLayout(1, LOAD)
@@ -138,17 +117,12 @@ if gluon_available():
         offs_r = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROW)
         offs_t = gl.arange(0, BLOCK_N, layout=ROW)
         kb = 0
-        kd = 0  # tiles whose loader columns are decoded
         for req in range(begin_req, end_req + 1):
             req64 = req.to(gl.int64)
             rq = req - begin_req
             s_k, tok_lo, tok_hi, split_lo, n_split, split_idx = _request_span(
                 req, begin_req, begin_tok, end_req, end_tok, begin_split, seqlens_ptr, num_splits_ptr, max_blocks,
                 page_block_size)
-            if LOADER_COLS > 0:
-                for d in range(kd, kb):  # the last request's remaining tiles (see the docstring)
-                    _loader_decode(k_lo, v_lo, v_hi, k_ready, vq_bars, d, D_V, LOADER_COLS, STAGES, PARTITION_WARPS)
-                kd = kb
             mbarrier.wait(q_free, (rq & 1) ^ 1)
             q_row = (q_ptr + req64 * stride_qb + (offs_r // group) * stride_qs
                      + (kv_head * group + offs_r % group) * stride_qh)
@@ -169,22 +143,13 @@ if gluon_available():
                 _publish(k_ready.index(stage), True)
                 _stamp(trace_ptr, kb, 1, TRACE, PARTITION_WARPS)
                 kb += 1
-                if LOADER_COLS > 0:
-                    if kb - kd > 2:  # two tiles behind the copies just issued
-                        _loader_decode(k_lo, v_lo, v_hi, k_ready, vq_bars, kd, D_V, LOADER_COLS, STAGES,
-                                       PARTITION_WARPS)
-                        kd += 1
-        if LOADER_COLS > 0:
-            for d in range(kd, kb):
-                _loader_decode(k_lo, v_lo, v_hi, k_ready, vq_bars, d, D_V, LOADER_COLS, STAGES, PARTITION_WARPS)
 
     @gluon.jit
     def _fp8_softmax(lse_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_lb, stride_lh,
                      s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
                      q_lo, q_pe, k_lo, k_pe, p_smem, a_smem, bars, descale_k_ptr, descale_q_ptr,
                      CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                     PARTITION_WARPS: gl.constexpr, P_BUFS: gl.constexpr, Q_REG_DIMS: gl.constexpr, trace_ptr,
-                     TRACE: gl.constexpr):
+                     PARTITION_WARPS: gl.constexpr, P_BUFS: gl.constexpr, trace_ptr, TRACE: gl.constexpr):
         """Default partition: per tile the e4m3 score products, the stage handed back once they retire, online
         softmax, ``P`` and the rescale factor to both output warpgroups; per request ``1/l`` (times
         ``descale_k``) to them and the LSE (natural log; ``+inf`` for a row that saw no key, as FlashMLA)."""
@@ -193,8 +158,6 @@ if gluon_available():
                                                            instr_shape=[16, BLOCK_N, 32])
         ROW_S: gl.constexpr = gl.SliceLayout(1, S_LAYOUT)
         ROWS_1D: gl.constexpr = gl.BlockedLayout([1], [32], [PARTITION_WARPS], [0])
-        Q_DOT: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=S_LAYOUT, k_width=4)
-        D_V: gl.constexpr = q_lo.shape[1]
         pid_m = gl.program_id(0)
         kv_head = pid_m // row_tiles
         tile = pid_m % row_tiles
@@ -216,21 +179,12 @@ if gluon_available():
             m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=ROW_S)
             l_i = gl.zeros([BLOCK_M], gl.float32, layout=ROW_S)
             _acquire(q_ready, rq & 1, True)
-            if Q_REG_DIMS > 0:  # the first Q_REG_DIMS dims of Q as the score products' A operand in registers
-                q_reg = q_lo.slice(0, Q_REG_DIMS, dim=1).load(Q_DOT)
             for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
                 stage = kb % STAGES
                 _acquire(k_ready.index(stage), (kb // STAGES) & 1, True)  # cp.async data, read by the tensor cores
                 # one chain of e4m3 products in the tensor cores' accumulator (precision: module docstring)
                 s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=S_LAYOUT)
-                k_t = k_lo.index(stage).permute((1, 0))  # [D_V, BLOCK_N]
-                if Q_REG_DIMS == 0:
-                    s = warpgroup_mma(q_lo, k_t, s, use_acc=False, is_async=True)
-                else:
-                    s = warpgroup_mma(q_reg, k_t.slice(0, Q_REG_DIMS, dim=0), s, use_acc=False, is_async=True)
-                    for c in gl.static_range(Q_REG_DIMS // 128, D_V // 128):  # the rest from shared memory
-                        s = warpgroup_mma(q_lo.slice(c * 128, 128, dim=1), k_t.slice(c * 128, 128, dim=0), s,
-                                          is_async=True)
+                s = warpgroup_mma(q_lo, k_lo.index(stage).permute((1, 0)), s, use_acc=False, is_async=True)
                 s = warpgroup_mma(q_pe, k_pe.index(stage).permute((1, 0)), s, is_async=True)
                 _stamp(trace_ptr, kb, 2, TRACE, PARTITION_WARPS)
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
@@ -277,30 +231,22 @@ if gluon_available():
                 gl.store(lse_acc_ptr + (slot * s_q + t_o) * h_q + head_o, lse2, mask=mask_r)
 
     @gluon.jit
-    def _decode_values(codes_s, v_half, COL0: gl.constexpr, OFF: gl.constexpr, WIDTH: gl.constexpr,
-                       PARTITION_WARPS: gl.constexpr, DECODE_ROWS: gl.constexpr):
-        """Decode value columns ``OFF .. OFF+WIDTH`` of the half starting at cache column ``COL0`` from a code stage
-        ([64, D_V] e4m3) exactly to fp16 into the same columns of ``v_half`` ([64, 256]), 32 keys x 64 columns
-        at a time (16 codes a thread: registers stay free for the accumulators; ``WIDTH`` a multiple of 64, as
-        views of shared memory take power-of-two widths). The caller fences and barriers before the tensor cores
-        read ``v_half``.
+    def _decode_values(codes_s, v_half, COL0: gl.constexpr, WIDTH: gl.constexpr, PARTITION_WARPS: gl.constexpr):
+        """Decode value columns ``COL0 .. COL0+WIDTH`` of a code stage ([64, D_V] e4m3) exactly to fp16 into
+        ``v_half`` ([64, WIDTH]), 32 keys x 64 columns at a time (16 codes a thread: registers stay free for
+        the accumulators). The caller fences and barriers before the tensor cores read ``v_half``.
 
         Measured and not kept (H200, ``docs/perf-notes.md``): half or all of the codes decoded by integer moves
         instead of conversion instructions (0-8 % and 2-15 % slower): the conversion pipe does not set its pace."""
-        # 32 keys: 16 codes a thread, 4 threads a key; 64 keys: 32 codes a thread, 2 threads a key (two keys a
-        # thread would put a warp's loads on half the banks); both read and write whole 128-byte lines
-        CVT: gl.constexpr = gl.BlockedLayout([1, DECODE_ROWS // 2], [DECODE_ROWS // 4, 128 // DECODE_ROWS],
-                                             [PARTITION_WARPS, 1], [1, 0])
+        CVT: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [PARTITION_WARPS, 1], [1, 0])  # 16 B a thread
         for c in gl.static_range(WIDTH // 64):
-            for r in gl.static_range(64 // DECODE_ROWS):
-                codes = codes_s.slice(r * DECODE_ROWS, DECODE_ROWS, dim=0).slice(COL0 + OFF + c * 64, 64,
-                                                                                 dim=1).load(CVT)
-                v_half.slice(r * DECODE_ROWS, DECODE_ROWS, dim=0).slice(OFF + c * 64, 64, dim=1).store(
-                    codes.to(gl.float16))
+            for r in gl.static_range(2):
+                codes = codes_s.slice(r * 32, 32, dim=0).slice(COL0 + c * 64, 64, dim=1).load(CVT)
+                v_half.slice(r * 32, 32, dim=0).slice(c * 64, 64, dim=1).store(codes.to(gl.float16))
 
     @gluon.jit
     def _decode_tile(k_lo, v_half, k_ready, k_free, kb, COL0: gl.constexpr, OFF: gl.constexpr, WIDTH: gl.constexpr,
-                     STAGES: gl.constexpr, PARTITION_WARPS: gl.constexpr, DECODE_ROWS: gl.constexpr):
+                     STAGES: gl.constexpr, PARTITION_WARPS: gl.constexpr):
         """Decode columns ``OFF .. OFF+WIDTH`` of this warpgroup's value half (cache columns ``COL0+OFF ..``) of the
         ``kb``-th tile once its codes have landed, fence for the tensor cores and hand the stage back.
 
@@ -308,46 +254,24 @@ if gluon_available():
         tile's right-quarter product runs (within the rounds' spread, 1-6 % slower at s_k >= 8k)."""
         stage = kb % STAGES
         mbarrier.wait(k_ready.index(stage), (kb // STAGES) & 1)  # cp.async data, read by ld.shared
-        _decode_values(k_lo.index(stage), v_half, COL0, OFF, WIDTH, PARTITION_WARPS, DECODE_ROWS)
+        _decode_values(k_lo.index(stage), v_half.slice(OFF, WIDTH, dim=1), COL0 + OFF, WIDTH, PARTITION_WARPS)
         fence_async_shared()  # v_half is read next by the tensor cores
         gl.thread_barrier()  # every thread's decode is done: the codes are read
         mbarrier.arrive(k_free.index(stage), count=1)
 
     @gluon.jit
-    def _loader_decode(k_lo, v_lo, v_hi, k_ready, vq_bars, kd, D_V: gl.constexpr, LOADER_COLS: gl.constexpr,
-                       STAGES: gl.constexpr, PARTITION_WARPS: gl.constexpr):
-        """The loader's share of tile ``kd``'s values: the last ``LOADER_COLS`` columns of each output half,
-        once the codes have landed and both output warpgroups are done with the tile before (``vq_free``), then
-        published on ``vq_ready``. The loader hands no stage back for it: it refills this stage only after."""
-        vq_ready, vq_free = vq_bars
-        HALF: gl.constexpr = D_V // 2
-        OFF: gl.constexpr = HALF - LOADER_COLS
-        stage = kd % STAGES
-        codes = k_lo.index(stage)
-        mbarrier.wait(k_ready.index(stage), (kd // STAGES) & 1)
-        mbarrier.wait(vq_free, (kd & 1) ^ 1)
-        _decode_values(codes, v_lo, 0, OFF, LOADER_COLS, PARTITION_WARPS, 32)
-        _decode_values(codes, v_hi, HALF, OFF, LOADER_COLS, PARTITION_WARPS, 32)
-        fence_async_shared()  # read next by the tensor cores
-        gl.thread_barrier()
-        mbarrier.arrive(vq_ready, count=1)
-
-    @gluon.jit
     def _fp8_output(out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                     stride_ob, stride_os, stride_oh,
                     s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
-                    k_lo, v_half, p_smem, a_smem, bars, vq_bars,
+                    k_lo, v_half, p_smem, a_smem, bars,
                     COL0: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr,
-                    STAGES: gl.constexpr, PARTITION_WARPS: gl.constexpr, P_BUFS: gl.constexpr,
-                    LOADER_COLS: gl.constexpr, DECODE_ROWS: gl.constexpr, P_REGS: gl.constexpr, trace_ptr,
+                    STAGES: gl.constexpr, PARTITION_WARPS: gl.constexpr, P_BUFS: gl.constexpr, trace_ptr,
                     TRACE: gl.constexpr):
         """Output partition: per tile, decode this half's value codes into ``v_half`` (while the softmax
-        warpgroup computes the tile's scores; the last ``LOADER_COLS`` columns are the loader's), hand the stage
-        back, then ``O[:, COL0 ..] += P V`` as two N=128 products (the launch cap of 128 registers a thread fits
-        no N=256 product), rescaled by the published factor; the last round's factor is ``1/l`` and this half is
-        stored."""
+        warpgroup computes the tile's scores), hand the stage back, then ``O[:, COL0 ..] += P V`` as two N=128
+        products (the launch cap of 128 registers a thread fits no N=256 product), rescaled by the published
+        factor; the last round's factor is ``1/l`` and this half is stored."""
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
-        vq_ready, vq_free = vq_bars
         HALF: gl.constexpr = D_V // 2
         QUARTER: gl.constexpr = D_V // 4
         O_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
@@ -369,35 +293,20 @@ if gluon_available():
             acc_a = gl.zeros([BLOCK_M, QUARTER], gl.float32, layout=O_LAYOUT)
             acc_b = gl.zeros([BLOCK_M, QUARTER], gl.float32, layout=O_LAYOUT)
             for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
-                _decode_tile(k_lo, v_half, k_ready, k_free, kb, COL0, 0, HALF - LOADER_COLS, STAGES, PARTITION_WARPS,
-                             DECODE_ROWS)
+                _decode_tile(k_lo, v_half, k_ready, k_free, kb, COL0, 0, HALF, STAGES, PARTITION_WARPS)
                 _stamp(trace_ptr, kb, 7, TRACE, PARTITION_WARPS)
-                if LOADER_COLS > 0:
-                    mbarrier.wait(vq_ready, kb & 1)  # the loader's columns of this tile
                 pb = pr % P_BUFS
                 _acquire(p_ready.index(pb), (pr // P_BUFS) & 1, False)
                 _stamp(trace_ptr, kb, 5, TRACE, PARTITION_WARPS)
                 alpha = a_smem.index(pb).load(ROW_O)
                 acc_a = acc_a * alpha[:, None]
                 acc_b = acc_b * alpha[:, None]
-                if P_REGS:
-                    # P read once into registers (both products' A operand), and its buffer handed back at once
-                    p_reg = p_smem.index(pb).load(gl.DotOperandLayout(operand_index=0, parent=O_LAYOUT, k_width=2))
-                    gl.thread_barrier()
-                    mbarrier.arrive(p_free.index(pb), count=1)
-                    acc_a = warpgroup_mma(p_reg, v_half.slice(0, QUARTER, dim=1), acc_a, is_async=True)
-                    acc_b = warpgroup_mma(p_reg, v_half.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
-                    acc_a, acc_b = warpgroup_mma_wait(num_outstanding=0, deps=(acc_a, acc_b, p_reg))
-                    gl.thread_barrier()  # every warp is done with v_half, rewritten next tile
-                else:
-                    p_buf = p_smem.index(pb)
-                    acc_a = warpgroup_mma(p_buf, v_half.slice(0, QUARTER, dim=1), acc_a, is_async=True)
-                    acc_b = warpgroup_mma(p_buf, v_half.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
-                    acc_a, acc_b = warpgroup_mma_wait(num_outstanding=0, deps=(acc_a, acc_b))
-                    gl.thread_barrier()  # every warp is done with P (and v_half, rewritten next tile)
-                    mbarrier.arrive(p_free.index(pb), count=1)
-                if LOADER_COLS > 0:
-                    mbarrier.arrive(vq_free, count=1)
+                p_buf = p_smem.index(pb)
+                acc_a = warpgroup_mma(p_buf, v_half.slice(0, QUARTER, dim=1), acc_a, is_async=True)
+                acc_b = warpgroup_mma(p_buf, v_half.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
+                acc_a, acc_b = warpgroup_mma_wait(num_outstanding=0, deps=(acc_a, acc_b))
+                gl.thread_barrier()  # every warp is done with P (and v_half, rewritten next tile)
+                mbarrier.arrive(p_free.index(pb), count=1)
                 _stamp(trace_ptr, kb, 6, TRACE, PARTITION_WARPS)
                 kb += 1
                 pr += 1
@@ -414,92 +323,6 @@ if gluon_available():
                            group, rows, s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
 
     @gluon.jit
-    def _fp8_output_split(out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
-                          stride_ob, stride_os, stride_oh,
-                          s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
-                          k_lo, v_cols, p_smem, a_smem, bars,
-                          COL0: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr,
-                          STAGES: gl.constexpr, PARTITION_WARPS: gl.constexpr, P_BUFS: gl.constexpr,
-                          P_REGS: gl.constexpr, trace_ptr, TRACE: gl.constexpr):
-        """:func:`_fp8_output` with its value half in four [BLOCK_N, 64] allocations (``v_cols``) and four N=64
-        products: each 64-column chunk is decoded by one store into an allocation of its own, so the compiler's
-        shared-memory analysis puts no partition barrier between the chunks (it does between two stores into one
-        allocation, whatever their offsets)."""
-        q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
-        O_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
-                                                           instr_shape=[16, 64, 16])
-        ROW_O: gl.constexpr = gl.SliceLayout(1, O_LAYOUT)
-        CVT: gl.constexpr = gl.BlockedLayout([1, 32], [16, 2], [PARTITION_WARPS, 1], [1, 0])  # see _decode_values
-        pid_m = gl.program_id(0)
-        kv_head = pid_m // row_tiles
-        tile = pid_m % row_tiles
-        begin_req, begin_tok, end_req, end_tok, begin_split = _piece_bounds(sched_ptr, gl.program_id(1))
-        offs_r = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROW_O)
-        offs_v = COL0 + gl.arange(0, 64, layout=gl.SliceLayout(0, O_LAYOUT))
-        kb = 0
-        pr = 0
-        for req in range(begin_req, end_req + 1):
-            req64 = req.to(gl.int64)
-            s_k, tok_lo, tok_hi, split_lo, n_split, split_idx = _request_span(
-                req, begin_req, begin_tok, end_req, end_tok, begin_split, seqlens_ptr, num_splits_ptr, max_blocks,
-                page_block_size)
-            acc0 = gl.zeros([BLOCK_M, 64], gl.float32, layout=O_LAYOUT)
-            acc1 = gl.zeros([BLOCK_M, 64], gl.float32, layout=O_LAYOUT)
-            acc2 = gl.zeros([BLOCK_M, 64], gl.float32, layout=O_LAYOUT)
-            acc3 = gl.zeros([BLOCK_M, 64], gl.float32, layout=O_LAYOUT)
-            for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
-                stage = kb % STAGES
-                codes_s = k_lo.index(stage)
-                mbarrier.wait(k_ready.index(stage), (kb // STAGES) & 1)  # cp.async data, read by ld.shared
-                for c in gl.static_range(4):
-                    codes = codes_s.slice(COL0 + c * 64, 64, dim=1).load(CVT)
-                    v_cols[c].store(codes.to(gl.float16))
-                fence_async_shared()  # the values are read next by the tensor cores
-                gl.thread_barrier()  # every thread's decode is done: the codes are read
-                mbarrier.arrive(k_free.index(stage), count=1)
-                _stamp(trace_ptr, kb, 7, TRACE, PARTITION_WARPS)
-                pb = pr % P_BUFS
-                _acquire(p_ready.index(pb), (pr // P_BUFS) & 1, False)
-                _stamp(trace_ptr, kb, 5, TRACE, PARTITION_WARPS)
-                alpha = a_smem.index(pb).load(ROW_O)
-                acc0 = acc0 * alpha[:, None]
-                acc1 = acc1 * alpha[:, None]
-                acc2 = acc2 * alpha[:, None]
-                acc3 = acc3 * alpha[:, None]
-                if P_REGS:
-                    p_op = p_smem.index(pb).load(gl.DotOperandLayout(operand_index=0, parent=O_LAYOUT, k_width=2))
-                    gl.thread_barrier()
-                    mbarrier.arrive(p_free.index(pb), count=1)
-                else:
-                    p_op = p_smem.index(pb)
-                acc0 = warpgroup_mma(p_op, v_cols[0], acc0, is_async=True)
-                acc1 = warpgroup_mma(p_op, v_cols[1], acc1, is_async=True)
-                acc2 = warpgroup_mma(p_op, v_cols[2], acc2, is_async=True)
-                acc3 = warpgroup_mma(p_op, v_cols[3], acc3, is_async=True)
-                acc0, acc1, acc2, acc3 = warpgroup_mma_wait(num_outstanding=0, deps=(acc0, acc1, acc2, acc3))
-                gl.thread_barrier()  # every warp is done with P and the values, rewritten next tile
-                if not P_REGS:
-                    mbarrier.arrive(p_free.index(pb), count=1)
-                _stamp(trace_ptr, kb, 6, TRACE, PARTITION_WARPS)
-                kb += 1
-                pr += 1
-            # the last round: each row's 1/l, read by every thread before the buffer is handed back
-            pb = pr % P_BUFS
-            mbarrier.wait(p_ready.index(pb), (pr // P_BUFS) & 1)
-            inv_l = a_smem.index(pb).load(ROW_O)
-            gl.thread_barrier()
-            mbarrier.arrive(p_free.index(pb), count=1)
-            pr += 1
-            _store_columns(acc0 * inv_l[:, None], offs_r, offs_v, out_ptr, o_acc_ptr, req64, kv_head, group, rows,
-                           s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
-            _store_columns(acc1 * inv_l[:, None], offs_r, offs_v + 64, out_ptr, o_acc_ptr, req64, kv_head, group,
-                           rows, s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
-            _store_columns(acc2 * inv_l[:, None], offs_r, offs_v + 128, out_ptr, o_acc_ptr, req64, kv_head, group,
-                           rows, s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
-            _store_columns(acc3 * inv_l[:, None], offs_r, offs_v + 192, out_ptr, o_acc_ptr, req64, kv_head, group,
-                           rows, s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
-
-    @gluon.jit
     def _dense_decode_fp8_sm90_kernel(
         q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
         out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, counters_ptr,
@@ -512,12 +335,9 @@ if gluon_available():
         descale_k_ptr, descale_q_ptr, trace_ptr,
         CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
         STAGES: gl.constexpr, SOFTMAX_WARPS: gl.constexpr, OUTPUT_WARPS: gl.constexpr, LOADER_WARPS: gl.constexpr,
-        OUTPUT_REGS: gl.constexpr, LOADER_REGS: gl.constexpr, P_BUFS: gl.constexpr, LOADER_COLS: gl.constexpr,
-        DECODE_ROWS: gl.constexpr, P_REGS: gl.constexpr, Q_REG_DIMS: gl.constexpr, V_SPLIT: gl.constexpr,
-        TRACE: gl.constexpr,
+        OUTPUT_REGS: gl.constexpr, LOADER_REGS: gl.constexpr, P_BUFS: gl.constexpr, TRACE: gl.constexpr,
     ):
         gl.static_assert(D_V == 512 and D_PE == 64, "the e4m3-product kernel reads (576, 512) dims")
-        gl.static_assert(LOADER_COLS % 64 == 0 and LOADER_COLS < D_V // 2, "the loader decodes whole 64-column chunks")
         HALF: gl.constexpr = D_V // 2
         CODES: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=64, element_bitwidth=8, rank=2)
         VALUES: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
@@ -526,6 +346,8 @@ if gluon_available():
         q_pe = gl.allocate_shared_memory(gl.float8e4nv, [BLOCK_M, D_PE], CODES)
         k_lo = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, BLOCK_N, D_V], CODES)
         k_pe = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, BLOCK_N, D_PE], CODES)
+        v_lo = gl.allocate_shared_memory(gl.float16, [BLOCK_N, HALF], VALUES)
+        v_hi = gl.allocate_shared_memory(gl.float16, [BLOCK_N, HALF], VALUES)
         p_smem = gl.allocate_shared_memory(gl.float16, [P_BUFS, BLOCK_M, BLOCK_N], VALUES)
         a_smem = gl.allocate_shared_memory(gl.float32, [P_BUFS, BLOCK_M], ROWS_SMEM)
 
@@ -545,65 +367,26 @@ if gluon_available():
             mbarrier.init(k_ready.index(i), count=LOADER_WARPS * 32)
             mbarrier.init(k_free.index(i), count=3)  # the score products and both decodes read a stage
         bars = (q_ready, q_free, k_ready, k_free, p_ready, p_free)
-        vq_ready = gl.allocate_shared_memory(gl.int64, [1], BAR)
-        vq_free = gl.allocate_shared_memory(gl.int64, [1], BAR)
-        mbarrier.init(vq_ready, count=1)  # the loader's columns of a tile (one thread arrives)
-        mbarrier.init(vq_free, count=2)  # both output warpgroups are done with a tile's values
-        vq_bars = (vq_ready, vq_free)
 
-        if V_SPLIT:  # each output half in four 64-column allocations (_fp8_output_split)
-            gl.static_assert(LOADER_COLS == 0, "the split value form decodes every column itself")
-            v_lo_cols = (gl.allocate_shared_memory(gl.float16, [BLOCK_N, 64], VALUES),
-                         gl.allocate_shared_memory(gl.float16, [BLOCK_N, 64], VALUES),
-                         gl.allocate_shared_memory(gl.float16, [BLOCK_N, 64], VALUES),
-                         gl.allocate_shared_memory(gl.float16, [BLOCK_N, 64], VALUES))
-            v_hi_cols = (gl.allocate_shared_memory(gl.float16, [BLOCK_N, 64], VALUES),
-                         gl.allocate_shared_memory(gl.float16, [BLOCK_N, 64], VALUES),
-                         gl.allocate_shared_memory(gl.float16, [BLOCK_N, 64], VALUES),
-                         gl.allocate_shared_memory(gl.float16, [BLOCK_N, 64], VALUES))
-            gl.warp_specialize([
-                (_fp8_softmax, (lse_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_lb, stride_lh,
-                                s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
-                                q_lo, q_pe, k_lo, k_pe, p_smem, a_smem, bars, descale_k_ptr, descale_q_ptr,
-                                CAUSAL, BLOCK_M, BLOCK_N, STAGES, SOFTMAX_WARPS, P_BUFS, Q_REG_DIMS, trace_ptr,
-                                TRACE)),
-                (_fp8_output_split, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_ob,
-                                     stride_os, stride_oh, s_q, h_q, group, rows, row_tiles, page_block_size,
-                                     max_blocks, k_lo, v_lo_cols, p_smem, a_smem, bars, 0, BLOCK_M, BLOCK_N, D_V,
-                                     STAGES, OUTPUT_WARPS, P_BUFS, P_REGS, trace_ptr, TRACE)),
-                (_fp8_output_split, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_ob,
-                                     stride_os, stride_oh, s_q, h_q, group, rows, row_tiles, page_block_size,
-                                     max_blocks, k_lo, v_hi_cols, p_smem, a_smem, bars, HALF, BLOCK_M, BLOCK_N, D_V,
-                                     STAGES, OUTPUT_WARPS, P_BUFS, P_REGS, trace_ptr, False)),
-                (_fp8_loader, (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
-                               stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
-                               group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
-                               q_lo, q_pe, k_lo, k_pe, v_lo_cols[0], v_hi_cols[0], bars, vq_bars, BLOCK_M, BLOCK_N, D_V, D_PE, STAGES,
-                               LOADER_WARPS, LOADER_COLS, trace_ptr, TRACE)),
-            ], [OUTPUT_WARPS, OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, OUTPUT_REGS, LOADER_REGS])
-        else:
-            v_lo = gl.allocate_shared_memory(gl.float16, [BLOCK_N, HALF], VALUES)
-            v_hi = gl.allocate_shared_memory(gl.float16, [BLOCK_N, HALF], VALUES)
-            gl.warp_specialize([
-                (_fp8_softmax, (lse_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_lb, stride_lh,
-                                s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
-                                q_lo, q_pe, k_lo, k_pe, p_smem, a_smem, bars, descale_k_ptr, descale_q_ptr,
-                                CAUSAL, BLOCK_M, BLOCK_N, STAGES, SOFTMAX_WARPS, P_BUFS, Q_REG_DIMS, trace_ptr,
-                                TRACE)),
-                (_fp8_output, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_ob, stride_os,
-                               stride_oh, s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
-                               k_lo, v_lo, p_smem, a_smem, bars, vq_bars, 0, BLOCK_M, BLOCK_N, D_V, STAGES,
-                               OUTPUT_WARPS, P_BUFS, LOADER_COLS, DECODE_ROWS, P_REGS, trace_ptr, TRACE)),
-                (_fp8_output, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_ob, stride_os,
-                               stride_oh, s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
-                               k_lo, v_hi, p_smem, a_smem, bars, vq_bars, HALF, BLOCK_M, BLOCK_N, D_V, STAGES,
-                               OUTPUT_WARPS, P_BUFS, LOADER_COLS, DECODE_ROWS, P_REGS, trace_ptr, False)),
-                (_fp8_loader, (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
-                               stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
-                               group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
-                               q_lo, q_pe, k_lo, k_pe, v_lo, v_hi, bars, vq_bars, BLOCK_M, BLOCK_N, D_V, D_PE, STAGES,
-                               LOADER_WARPS, LOADER_COLS, trace_ptr, TRACE)),
-            ], [OUTPUT_WARPS, OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, OUTPUT_REGS, LOADER_REGS])
+        gl.warp_specialize([
+            (_fp8_softmax, (lse_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_lb, stride_lh,
+                            s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
+                            q_lo, q_pe, k_lo, k_pe, p_smem, a_smem, bars, descale_k_ptr, descale_q_ptr,
+                            CAUSAL, BLOCK_M, BLOCK_N, STAGES, SOFTMAX_WARPS, P_BUFS, trace_ptr, TRACE)),
+            (_fp8_output, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_ob, stride_os, stride_oh,
+                           s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
+                           k_lo, v_lo, p_smem, a_smem, bars, 0, BLOCK_M, BLOCK_N, D_V, STAGES, OUTPUT_WARPS, P_BUFS,
+                           trace_ptr, TRACE)),
+            (_fp8_output, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_ob, stride_os, stride_oh,
+                           s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
+                           k_lo, v_hi, p_smem, a_smem, bars, HALF, BLOCK_M, BLOCK_N, D_V, STAGES, OUTPUT_WARPS,
+                           P_BUFS, trace_ptr, False)),
+            (_fp8_loader, (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
+                           stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
+                           group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
+                           q_lo, q_pe, k_lo, k_pe, bars, BLOCK_M, BLOCK_N, D_V, D_PE, STAGES, LOADER_WARPS, trace_ptr,
+                           TRACE)),
+        ], [OUTPUT_WARPS, OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, OUTPUT_REGS, LOADER_REGS])
 
 
 def serves(q: torch.Tensor, k_cache: torch.Tensor, head_dim_v: int, descale_q, descale_k) -> bool:
@@ -626,8 +409,6 @@ def dense_decode_fp8_sm90_fwd(
     descale_q: torch.Tensor | None = None,
     descale_k: torch.Tensor | None = None,
     p_bufs: int | None = None,
-    loader_cols: int | None = None,
-    decode_rows: int | None = None,
     trace: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd` for an e4m3 q over a per-tensor FP8
@@ -637,11 +418,8 @@ def dense_decode_fp8_sm90_fwd(
     float8_e4m3fn (or its uint8 view; ``k / descale_k``), any page size; descale_q, descale_k: fp32 [1] on q's
     device. Returns ``out`` [b, s_q, h_q, 512] bf16 and ``lse`` [b, h_q, s_q] fp32 (``+inf`` for a row that saw
     no key). Split partials are merged by the combine kernel (a second launch). ``p_bufs``: P buffers
-    (``None``: :data:`P_BUFS`); ``loader_cols``: value columns of each output half the loader decodes (0, 64 or
-    128; ``None``: :data:`LOADER_COLS`); ``decode_rows``: keys an output warpgroup decodes at a time (32 or 64;
-    ``None``: :data:`DECODE_ROWS`); module defaults are read at each call. ``trace``: the trace build, a
-    diagnostic (the warp-specialized kernel's buffer, :func:`~openmla.ops.gluon.decode_dense_sm90_ws.trace_buffer`;
-    events in ``benchmarks/trace_ws.py``).
+    (``None``: :data:`P_BUFS`, read at each call); ``trace``: the trace build, a diagnostic (the warp-specialized kernel's buffer,
+    :func:`~openmla.ops.gluon.decode_dense_sm90_ws.trace_buffer`; events in ``benchmarks/trace_ws.py``).
     """
     if not serves(q, k_cache, head_dim_v, descale_q, descale_k):
         raise InvalidArgumentError(
@@ -650,14 +428,6 @@ def dense_decode_fp8_sm90_fwd(
             f"descale_q {'given' if descale_q is not None else 'None'}, descale_k "
             f"{'given' if descale_k is not None else 'None'}; other FP8 calls go to the warp-specialized kernel")
     check_trace(trace, q.device)
-    loader_cols = LOADER_COLS if loader_cols is None else loader_cols
-    decode_rows = DECODE_ROWS if decode_rows is None else decode_rows
-    if decode_rows not in (32, 64):
-        raise InvalidArgumentError(f"decode_rows must be 32 or 64 (keys an output warpgroup decodes at a time); "
-                                   f"got {decode_rows}")
-    if loader_cols not in (0, 64, 128):
-        raise InvalidArgumentError(f"loader_cols must be 0, 64 or 128 (whole 64-column chunks of a 256-column "
-                                   f"output half, at least one left to each output warpgroup); got {loader_cols}")
     b, s_q, h_q, d = q.shape
     h_kv = k_cache.shape[2]
     rows = s_q * (h_q // h_kv)
@@ -675,9 +445,7 @@ def dense_decode_fp8_sm90_fwd(
                       out, lse, workspace, row_tiles, softmax_scale), descale_k, descale_q, trace,
         CAUSAL=bool(causal and s_q > 1), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, D_V=D_V, D_PE=D_QK - D_V, STAGES=STAGES,
         SOFTMAX_WARPS=NUM_WARPS, OUTPUT_WARPS=WORKER_WARPS[0], LOADER_WARPS=WORKER_WARPS[1],
-        OUTPUT_REGS=WORKER_REGS[0], LOADER_REGS=WORKER_REGS[1], P_BUFS=P_BUFS if p_bufs is None else int(p_bufs),
-        LOADER_COLS=int(loader_cols), DECODE_ROWS=int(decode_rows), P_REGS=P_REGS, Q_REG_DIMS=Q_REG_DIMS,
-        V_SPLIT=V_SPLIT, TRACE=trace is not None,
+        OUTPUT_REGS=WORKER_REGS[0], LOADER_REGS=WORKER_REGS[1], P_BUFS=P_BUFS if p_bufs is None else int(p_bufs), TRACE=trace is not None,
         num_warps=NUM_WARPS, maxnreg=MAXNREG,
     )
     combine_splits(out, lse, workspace[0], workspace[1], num_splits)
