@@ -309,7 +309,7 @@ def _sparse_decode_call(q, k_cache, head_dim_v, tile_scheduler_metadata, num_spl
         _check_sparse_values(topk_length, extra_topk_length, shape.topk, shape.extra_topk)
     choice = choose_sparse_decode(q.device, q.dtype, (shape.d_qk, head_dim_v), shape.fmt, backend,
                                   extras=extra_k_cache is not None,
-                                  aligned16=shape.fmt is None or _aligned16(k_cache))
+                                  aligned16=_aligned16(q, k_cache))
     if meta is not None:
         meta.have_initialized = True  # nothing to plan: the split count follows from the shapes
     if choice.backend == "reference":
@@ -317,9 +317,10 @@ def _sparse_decode_call(q, k_cache, head_dim_v, tile_scheduler_metadata, num_spl
                                        extra_indices_in_kvcache, extra_topk_length, kv_format)
     if shape.fmt is not None:
         for name, cache in (("k_cache", k_cache), ("extra_k_cache", extra_k_cache)):
-            if cache is not None and cache.shape[0] > 1 and cache.stride(0) % 4:
-                raise _fail(name, f"strides {cache.stride()}", "stride(0) a multiple of 4 bytes (the kernel reads "
-                            "the fp32 scales of each token record with aligned loads)")
+            if cache is not None and (cache.data_ptr() % 4 or (cache.shape[0] > 1 and cache.stride(0) % 4)):
+                raise _fail(name, f"strides {cache.stride()} at address {cache.data_ptr():#x}",
+                            "stride(0) and base address multiples of 4 bytes (the kernels read the fp32 scales of "
+                            "each token record with aligned loads)")
     if choice.backend == "gluon":
         from .ops.gluon.decode_sparse_sm90 import sparse_decode_sm90_fwd
 
@@ -360,9 +361,15 @@ def _keep_replay(meta: FlashMLASchedMeta, signature: tuple, rec, inputs: tuple, 
     meta.replays[signature] = replay
 
 
-def _aligned16(k_cache: torch.Tensor) -> bool:
-    """An FP8 cache's page stride and base address are multiples of 16 bytes (the Gluon kernel's copies)."""
-    return k_cache.data_ptr() % 16 == 0 and (k_cache.shape[0] <= 1 or k_cache.stride(0) % 16 == 0)
+def _aligned16(*tensors: torch.Tensor) -> bool:
+    """Every tensor's base address and every stride in bytes (the last, 1, aside) are multiples of 16: the Gluon
+    kernels copy 16 bytes at a time, and are compiled for such rows (Triton specializes them on it; misaligned
+    ones do not compile). Strides of dims of size 1 count too: the kernels take them as arguments all the same."""
+    for t in tensors:
+        size = t.element_size()
+        if t.data_ptr() % 16 or any((st * size) % 16 for st in t.stride()[:-1]):
+            return False
+    return True
 
 
 def flash_mla_with_kvcache(
@@ -519,7 +526,8 @@ def flash_mla_with_kvcache(
     b, s_q, h_q, d, page_block_size, h_kv, num_blocks = _validate_dense(
         q, k_cache, block_table, cache_seqlens, head_dim_v, kv_fp8, descale_q, descale_k)
     scale = d**-0.5 if softmax_scale is None else float(softmax_scale)
-    choice = choose_dense_decode(q.device, q.dtype, (d, head_dim_v), backend, kv_fp8=kv_fp8)
+    choice = choose_dense_decode(q.device, q.dtype, (d, head_dim_v), backend, kv_fp8=kv_fp8,
+                                 aligned16=_aligned16(q, k_cache))
     rows = s_q * (h_q // h_kv)
 
     planning = False
@@ -661,6 +669,7 @@ def explain(
             fmt = detect_format(q.shape[-1], bytes_per_token_of(k_cache), kwargs.get("kv_format")).name
         extras = kwargs.get("extra_k_cache") is not None
         return choose_sparse_decode(q.device, q.dtype, (q.shape[-1], head_dim_v), fmt, backend, extras=extras,
-                                    aligned16=fmt is None or _aligned16(k_cache))
+                                    aligned16=_aligned16(q, k_cache))
     kv_fp8 = _dense_fp8(k_cache, is_fp8_kvcache)
-    return choose_dense_decode(q.device, q.dtype, (q.shape[-1], head_dim_v), backend, kv_fp8=kv_fp8)
+    return choose_dense_decode(q.device, q.dtype, (q.shape[-1], head_dim_v), backend, kv_fp8=kv_fp8,
+                               aligned16=_aligned16(q, k_cache))

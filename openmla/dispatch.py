@@ -91,32 +91,40 @@ def _gluon_reason_against(
 _CHOICES: dict = {}
 
 
+#: why the Gluon kernels skip a call whose tensors are not 16-byte aligned (:func:`openmla.api._aligned16`)
+MISALIGNED = ("q's or the cache's base address, or one of their strides in bytes, is not a multiple of 16 (the Gluon "
+              "kernels copy 16 bytes at a time and are compiled for aligned rows)")
+
+
 def choose_dense_decode(
     device: torch.device,
     dtype: torch.dtype | None = None,
     dims: tuple[int, int] | None = None,
     backend: str | None = None,
     kv_fp8: bool = False,
+    aligned16: bool = True,
 ) -> Choice:
     """Pick the backend for a dense decode call; raise :class:`UnsupportedError` if a forced one cannot serve.
 
     ``backend`` (the call's argument) wins over ``OPENMLA_BACKEND``; ``None``/``"auto"`` decides here.
     ``dtype`` is q's; ``kv_fp8``: the cache is per-tensor FP8 (op ``dense_fp8_decode``): on Hopper the Gluon
     kernels read it (the warp-specialized one for (576, 512) dims; for other dims above 32 rows the Triton
-    kernel), elsewhere the Triton kernel. Decisions are cached per (device, dtype, dims, backend, kv_fp8,
-    knobs): this runs on every decode call.
+    kernel), elsewhere the Triton kernel. ``aligned16``: q's and the cache's base addresses and strides are
+    multiples of 16 bytes; where only that keeps the Gluon kernels away, the Triton kernel serves with an
+    :class:`OpenMLAFallbackWarning` saying how to fix it. Decisions are cached per (device, dtype, dims,
+    backend, kv_fp8, aligned16, knobs): this runs on every decode call.
     """
-    key = (device, dtype, dims, backend, kv_fp8, getenv("OPENMLA_BACKEND"), getenv("OPENMLA_ARCH"),
+    key = (device, dtype, dims, backend, kv_fp8, aligned16, getenv("OPENMLA_BACKEND"), getenv("OPENMLA_ARCH"),
            getenv("TRITON_INTERPRET"), getenv("OPENMLA_FP8_SCORES") if kv_fp8 else None)
     choice = _CHOICES.get(key)
     if choice is None:
-        choice = _choose_dense_decode(device, dtype, dims, backend, kv_fp8)
+        choice = _choose_dense_decode(device, dtype, dims, backend, kv_fp8, aligned16)
         if choice.backend != "reference" or torch.device(device).type != "cuda":
             _CHOICES[key] = choice  # a GPU fallback is not cached: it must warn on every call
     return choice
 
 
-def _choose_dense_decode(device, dtype, dims, backend, kv_fp8=False) -> Choice:
+def _choose_dense_decode(device, dtype, dims, backend, kv_fp8=False, aligned16=True) -> Choice:
     op = "dense_fp8_decode" if kv_fp8 else "dense_decode"
     forced = (backend or "auto").lower()
     if forced == "auto":
@@ -126,6 +134,9 @@ def _choose_dense_decode(device, dtype, dims, backend, kv_fp8=False) -> Choice:
     device = torch.device(device)
     against = _triton_reason_against(device, dtype, dims, kv_fp8)
     gluon_against = _gluon_reason_against(device, dtype, dims, kv_fp8)
+    only_alignment = gluon_against is None and not aligned16
+    if only_alignment:
+        gluon_against = MISALIGNED
     where = gpu_description(device)
     if forced == "reference":
         return Choice(op, "reference", "forced (backend='reference' or OPENMLA_BACKEND=reference)")
@@ -134,7 +145,8 @@ def _choose_dense_decode(device, dtype, dims, backend, kv_fp8=False) -> Choice:
             raise UnsupportedError(
                 f"backend='gluon' cannot serve {op}: {gluon_against}. GPU: {where}. Supported: bf16/fp16 on sm_90 "
                 "(H100/H200/H20), (d, head_dim_v) of (576, 512) or (512, 512), also over per-tensor FP8 caches "
-                "(q bf16, fp16 or float8_e4m3fn). Use backend='triton' (any NVIDIA GPU sm_80+) or 'reference'."
+                "(q bf16, fp16 or float8_e4m3fn), q and cache 16-byte aligned. Use backend='triton' (any NVIDIA GPU "
+                "sm_80+) or 'reference'."
             )
         return Choice(op, "gluon", "forced (backend='gluon' or OPENMLA_BACKEND=gluon)")
     if forced == "triton":
@@ -166,6 +178,14 @@ def _choose_dense_decode(device, dtype, dims, backend, kv_fp8=False) -> Choice:
     if against is None:
         if device.type == "cpu":
             return Choice(op, "triton", "CPU tensors with TRITON_INTERPRET=1: Triton kernels in the interpreter")
+        if only_alignment:  # the caller can fix this: say so (once per call signature: choices are cached)
+            warnings.warn(
+                f"openmla: {op.replace('_', ' ')} runs the Triton kernel, not the faster Gluon one, because "
+                f"{gluon_against} ({where}); pass q and k_cache with base addresses and strides that are multiples "
+                "of 16 bytes (a contiguous tensor, or a view at such an offset).",
+                OpenMLAFallbackWarning,
+                stacklevel=4,
+            )
         return Choice(op, "triton", f"portable Triton split-KV kernel on {where} ({gluon_against})")
     return _reference_choice(op, device, against, where)
 
@@ -194,7 +214,7 @@ def _sparse_gluon_reason_against(
 ) -> str | None:
     """Why the Gluon sm_90 sparse kernel cannot serve these inputs (``None`` when it can).
 
-    ``aligned16``: the FP8 cache's page stride and base address are multiples of 16 bytes (its copies move
+    ``aligned16``: q's and the cache's base addresses and strides are multiples of 16 bytes (its copies move
     16 bytes at a time; a 656-byte record keeps every natural allocation aligned)."""
     against = _gluon_reason_against(device, dtype, dims if cache_format is None else None)
     if against is None and cache_format is not None:
@@ -202,9 +222,8 @@ def _sparse_gluon_reason_against(
             against = f"the Gluon sparse kernel reads 16-bit caches and the V3.2 FP8 layout, not {cache_format}"
         elif dims is not None and dims != (576, 512):
             against = f"the V3.2 FP8 layout has (d_qk, head_dim_v) = (576, 512), got {dims}"
-        elif not aligned16:
-            against = ("the FP8 cache's stride(0) or base address is not a multiple of 16 bytes (the Gluon kernel "
-                       "copies records 16 bytes at a time)")
+    if against is None and not aligned16:
+        against = MISALIGNED
     if against is None and extras:
         against = "the Gluon sparse kernel takes no extra cache (extra_k_cache)"
     return against
@@ -225,8 +244,8 @@ def choose_sparse_decode(
     """Pick the backend for a sparse decode call; raise :class:`UnsupportedError` if a forced one cannot serve.
 
     ``dtype`` is q's; ``cache_format`` ``None`` for a bf16/fp16 cache, else the FP8 layout's name;
-    ``extras``: the call has an extra cache (``extra_k_cache``); ``aligned16``: an FP8 cache's page stride and
-    base address are multiples of 16 bytes. On Hopper the Gluon kernel serves bf16/fp16 q over a cache of q's
+    ``extras``: the call has an extra cache (``extra_k_cache``); ``aligned16``: q's and the cache's base addresses
+    and strides are multiples of 16 bytes. On Hopper the Gluon kernel serves bf16/fp16 q over a cache of q's
     dtype with (576 or 512, 512) dims, or over an aligned V3.2 FP8 cache, with or without ``attn_sink``, without
     an extra cache; Triton serves bf16/fp16
     q over a cache of q's dtype or the V3.2 FP8 layout; the reference serves the rest (fp32, MODEL1). Cached
@@ -259,7 +278,7 @@ def _choose_sparse_decode(device, dtype, dims, cache_format, backend, extras=Fal
             raise UnsupportedError(
                 f"backend='gluon' cannot serve {op}: {gluon_against}. GPU: {where}. Supported: bf16/fp16 q over a "
                 "cache of q's dtype, (d_qk, head_dim_v) = (576, 512) or (512, 512), or over the V3.2 FP8 layout "
-                "(656 B/token, stride(0) a multiple of 16 bytes), on Hopper (sm_90), without "
+                "(656 B/token), q and cache 16-byte aligned, on Hopper (sm_90), without "
                 "extra_k_cache. Use backend='triton' (any NVIDIA GPU sm_80+) or 'reference'."
             )
         return Choice(op, "gluon", "forced (backend='gluon' or OPENMLA_BACKEND=gluon)")
@@ -279,11 +298,12 @@ def _choose_sparse_decode(device, dtype, dims, cache_format, backend, extras=Fal
         if device.type == "cpu":
             return Choice(op, "triton", "CPU tensors with TRITON_INTERPRET=1: Triton kernels in the interpreter")
         if not aligned16 and _sparse_gluon_reason_against(device, dtype, dims, cache_format, extras) is None:
-            # only the cache's alignment keeps the faster kernel away, and the caller can fix that: say so
+            # only the tensors' alignment keeps the faster kernel away, and the caller can fix that: say so
             # (once per call signature: choices are cached)
             warnings.warn(
                 f"openmla: sparse decode runs the Triton kernel, not the faster Gluon one, because {gluon_against} "
-                f"({where}); allocate the cache with stride(0) and base address multiples of 16 bytes.",
+                f"({where}); pass q and k_cache with base addresses and strides that are multiples of 16 bytes (a "
+                "contiguous tensor, or a view at such an offset).",
                 OpenMLAFallbackWarning,
                 stacklevel=4,
             )

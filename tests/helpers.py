@@ -693,3 +693,20 @@ def capture_cuda_graph(step):
     with torch.cuda.graph(graph):
         outputs = step()
     return graph, outputs
+
+
+def misaligned_copy(t: torch.Tensor, how: str, elements: int = 1) -> torch.Tensor:
+    """A tensor equal to ``t`` whose layout is not 16-byte aligned, the last dim still contiguous.
+
+    ``how``: ``"base"`` starts ``elements`` elements past a 16-byte boundary (a view into a larger buffer);
+    ``"stride"`` pads each last-dim row by one element (a view of the first ``t.shape[-1]`` of
+    ``t.shape[-1] + 1``)."""
+    if how == "base":
+        flat = torch.empty(t.numel() + 16, dtype=t.dtype, device=t.device)
+        view = flat.narrow(0, elements, t.numel()).view(t.shape)
+    elif how == "stride":
+        view = torch.empty(*t.shape[:-1], t.shape[-1] + 1, dtype=t.dtype, device=t.device)[..., : t.shape[-1]]
+    else:
+        raise ValueError(f"how must be 'base' or 'stride', got {how!r}")
+    view.copy_(t)
+    return view

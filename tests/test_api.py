@@ -370,7 +370,7 @@ def test_sparse_gluon_kernel_serves_16_bit_and_v32_caches_without_extra_cache(mo
     assert "extra_k_cache" in _sparse_gluon_reason_against(cuda, torch.bfloat16, (576, 512), "V32_FP8", True)
     choice = choose_sparse_decode(cuda, torch.bfloat16, (576, 512), "V32_FP8")
     assert choice.backend == "gluon" and "V3.2 FP8" in choice.reason
-    with pytest.raises(UnsupportedError, match="backend='gluon' cannot serve sparse_decode: the FP8 cache's stride"):
+    with pytest.raises(UnsupportedError, match="backend='gluon' cannot serve sparse_decode: q's or the cache's base"):
         choose_sparse_decode(cuda, torch.bfloat16, (576, 512), "V32_FP8", "gluon", aligned16=False)
     if openmla._runtime.triton_available():
         # automatic choice: Triton serves an unaligned cache, and the caller is told why it is the slower kernel
@@ -384,17 +384,52 @@ def test_sparse_gluon_kernel_serves_16_bit_and_v32_caches_without_extra_cache(mo
     assert "Hopper" in _sparse_gluon_reason_against(cuda, torch.bfloat16, (576, 512), None, False)
 
 
-def test_fp8_cache_alignment_rule_for_the_gluon_sparse_kernel():
-    """The Gluon kernel copies V3.2 records 16 bytes at a time: a cache whose page stride or base address is not
-    a multiple of 16 bytes is reported as such (the dispatcher then keeps the call on Triton)."""
+def test_alignment_rule_for_the_gluon_kernels():
+    """The Gluon kernels copy 16 bytes at a time and are compiled for aligned rows: q and a cache whose base
+    address or any stride (in bytes; size-1 dims included, the kernels take those strides too) is not a multiple
+    of 16 are reported as such (the dispatchers then keep the call on Triton)."""
+    from helpers import misaligned_copy
+
     from openmla.api import _aligned16
 
     storage = torch.zeros(3 * 64 * 656 + 64, dtype=torch.uint8)
-    assert _aligned16(storage[: 3 * 64 * 656].view(3, 64, 1, 656))
+    assert _aligned16(storage[: 3 * 64 * 656].view(3, 64, 1, 656))  # V3.2 records: 656 = 41 x 16 bytes
     padded = storage.as_strided((3, 64, 1, 656), (64 * 656 + 4, 656, 656, 1))  # 4 bytes between pages
     assert not _aligned16(padded)
-    assert _aligned16(storage.as_strided((1, 64, 1, 656), (64 * 656 + 4, 656, 656, 1)))  # one page: no stride
+    assert not _aligned16(storage.as_strided((1, 64, 1, 656), (64 * 656 + 4, 656, 656, 1)))  # one page, odd stride
     assert not _aligned16(storage[4: 4 + 3 * 64 * 656].view(3, 64, 1, 656))  # base 4 bytes off
+    q = torch.zeros(2, 1, 16, 576, dtype=torch.bfloat16)
+    cache = torch.zeros(4, 64, 1, 576, dtype=torch.bfloat16)
+    assert _aligned16(q, cache) and _aligned16(q.to(torch.float8_e4m3fn), cache.to(torch.float8_e4m3fn))
+    for how in ("base", "stride"):
+        assert not _aligned16(misaligned_copy(q, how), cache)
+        assert not _aligned16(q, misaligned_copy(cache, how))
+    assert _aligned16(torch.zeros(2, 1, 16, 584, dtype=torch.bfloat16)[..., :576])  # 584 x 2 bytes: 73 x 16
+
+
+def test_dense_dispatch_keeps_misaligned_calls_off_the_gluon_kernels(monkeypatch):
+    """On Hopper a dense call whose q or cache is not 16-byte aligned goes to the Triton kernel, with a warning
+    saying why and how to fix it (bf16 and FP8 caches alike); forcing the Gluon backend raises, naming the rule.
+    Decided without a GPU (the GPU is named by OPENMLA_ARCH); the GPU tiers run such calls."""
+    from openmla.dispatch import choose_dense_decode
+
+    monkeypatch.setenv("OPENMLA_ARCH", "sm_90a")
+    cuda = torch.device("cuda")
+    if not (gluon_available() and openmla._runtime.triton_available()):
+        pytest.skip("the choice between the Gluon and Triton kernels needs both to import")
+    for kv_fp8, dtype in ((False, torch.bfloat16), (True, torch.bfloat16), (True, torch.float8_e4m3fn)):
+        assert choose_dense_decode(cuda, dtype, (576, 512), kv_fp8=kv_fp8).backend == "gluon"
+        with pytest.warns(openmla.OpenMLAFallbackWarning, match="multiples of 16 bytes"):
+            choice = choose_dense_decode(cuda, dtype, (576, 512), kv_fp8=kv_fp8, aligned16=False)
+        assert choice.backend == "triton" and "not a multiple of 16" in choice.reason, choice
+        with pytest.raises(UnsupportedError, match="backend='gluon' cannot serve.*not a multiple of 16"):
+            choose_dense_decode(cuda, dtype, (576, 512), "gluon", kv_fp8=kv_fp8, aligned16=False)
+    monkeypatch.setenv("OPENMLA_ARCH", "sm_80")  # not Hopper: Triton for its own reason, no alignment warning
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert choose_dense_decode(cuda, torch.bfloat16, (576, 512), aligned16=False).backend == "triton"
 
 
 def test_sparse_dispatch(generator, monkeypatch):
@@ -550,3 +585,25 @@ def test_fast_getenv_sees_every_change(monkeypatch):
     assert getenv("OPENMLA_TEST_KNOB") == "Gluon ü" == os.environ.get("OPENMLA_TEST_KNOB")
     monkeypatch.delenv("OPENMLA_TEST_KNOB")
     assert getenv("OPENMLA_TEST_KNOB") is None
+
+
+def test_v32_cache_scales_need_four_byte_alignment(generator):
+    """The kernels read each V3.2 record's fp32 scales with aligned loads: a cache whose base address or page
+    stride is not a multiple of 4 bytes is a typed error naming k_cache (it would fault on the GPU), while 4
+    bytes off is served (the Gluon kernel's 16-byte rule only moves it to Triton, on Hopper)."""
+    from helpers import misaligned_copy
+
+    inputs = _v32_inputs(generator)
+    for bad in (misaligned_copy(inputs["k_cache"], "base", elements=1),
+                misaligned_copy(inputs["k_cache"], "base", elements=2)):
+        with pytest.raises(InvalidArgumentError, match=r"k_cache: got strides .* at address 0x.*multiples of 4"):
+            sparse_call(inputs, k_cache=bad)
+    n, page = inputs["k_cache"].shape[:2]
+    padded = torch.zeros(n, page * 656 + 2, dtype=torch.uint8)[:, : page * 656].view(n, page, 1, 656)
+    padded.copy_(inputs["k_cache"])
+    with pytest.raises(InvalidArgumentError, match="k_cache: got strides"):
+        sparse_call(inputs, k_cache=padded)
+    ref_out, ref_lse = sparse_call(inputs, backend="reference")
+    out, lse = sparse_call(inputs, k_cache=misaligned_copy(inputs["k_cache"], "base", elements=4),
+                           backend="reference")
+    assert torch.equal(out, ref_out) and torch.equal(lse, ref_lse)

@@ -13,7 +13,15 @@ import itertools
 
 import pytest
 import torch
-from helpers import TOL, capture_cuda_graph, check_close, interpret_mode, make_dense_decode_inputs, poison_cuda_cache
+from helpers import (
+    TOL,
+    capture_cuda_graph,
+    check_close,
+    interpret_mode,
+    make_dense_decode_inputs,
+    misaligned_copy,
+    poison_cuda_cache,
+)
 
 import openmla
 from openmla import reference
@@ -561,6 +569,38 @@ def test_page_sizes_and_dtypes(page, dtype, h_q, h_kv, s_q, d, backend, generato
     inputs = make_dense_decode_inputs(6, s_q, 700, h_q, h_kv, d, 512, page, dtype, "cuda", varlen=True,
                                       zero_len_frac=0.2, generator=generator, causal=True)
     out, lse = run_openmla(inputs, backend=backend)
+    check_against_reference(inputs, out, lse)
+
+
+def expect_alignment_fallback(q: torch.Tensor, backend: str = "auto") -> bool:
+    """Whether an automatic call on ``q``'s GPU would run a Gluon kernel were its tensors aligned (so that a
+    misaligned call must warn and go to Triton)."""
+    from openmla._runtime import gluon_available
+
+    return backend == "auto" and gluon_available() and torch.cuda.get_device_capability(q.device)[0] == 9
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("which", ["q", "k_cache"])
+@pytest.mark.parametrize("how", ["base", "stride"])
+@pytest.mark.parametrize("h_q, s_q", [(128, 1), (16, 2)])
+def test_misaligned_tensors_run_correctly(which, how, h_q, s_q, generator):
+    """q or the cache as a view that is not 16-byte aligned (base one element off, or rows padded by one element):
+    the call warns (on Hopper, where it keeps the Gluon kernels away) and matches the reference, instead of
+    failing to compile a kernel built for aligned rows."""
+    import warnings
+
+    inputs = make_dense_decode_inputs(5, s_q, 900, h_q, 1, 576, 512, 64, torch.bfloat16, "cuda", varlen=True,
+                                      generator=generator, causal=True)
+    inputs[which] = misaligned_copy(inputs[which], how)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out, lse = run_openmla(inputs)
+    torch.cuda.synchronize()
+    fallbacks = [w for w in caught if issubclass(w.category, openmla.OpenMLAFallbackWarning)]
+    if expect_alignment_fallback(inputs["q"]):
+        assert fallbacks and "16 bytes" in str(fallbacks[0].message), [str(w.message) for w in caught]
+        assert openmla.explain(inputs["q"], inputs["k_cache"], head_dim_v=512).backend == "triton"
     check_against_reference(inputs, out, lse)
 
 

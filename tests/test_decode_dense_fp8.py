@@ -606,6 +606,30 @@ def test_fp8_dispatch_names_the_score_mode(monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("which", ["q", "k_cache"])
+@pytest.mark.parametrize("how", ["base", "stride"])
+@pytest.mark.parametrize("q_dtype", [E4M3, torch.bfloat16])
+def test_fp8_misaligned_tensors_run_correctly(which, how, q_dtype, generator):
+    """q or the FP8 cache as a view that is not 16-byte aligned: the call warns on Hopper (the Gluon kernels copy
+    16 bytes at a time and are compiled for aligned rows) and matches the reference through the Triton kernel."""
+    import warnings
+
+    from helpers import misaligned_copy
+
+    inputs = fp8_inputs(5, 1, 900, 128, 1, 576, 512, 64, q_dtype, "cuda", varlen=True, generator=generator,
+                        causal=True)
+    inputs[which] = misaligned_copy(inputs[which], how)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out, lse = run_openmla(inputs)
+    torch.cuda.synchronize()
+    if torch.cuda.get_device_capability()[0] == 9 and openmla._runtime.gluon_available():
+        fallbacks = [w for w in caught if issubclass(w.category, openmla.OpenMLAFallbackWarning)]
+        assert fallbacks and "16 bytes" in str(fallbacks[0].message), [str(w.message) for w in caught]
+    check_against_reference(inputs, out, lse)
+
+
+@pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_CUDA and torch.cuda.get_device_capability()[0] == 9
                          and openmla._runtime.gluon_available()), reason="the Gluon kernels run on SM90 only")
 @pytest.mark.parametrize("b, s_q, s_k, h_q, h_kv, page, parts", [
