@@ -184,3 +184,16 @@ def gpu_description(device: torch.device | None = None) -> str:
     name = torch.cuda.get_device_name(index)
     major, minor = _device_capability(index)
     return f"{name} (sm_{major}{minor}, {_sm_count(index)} SMs)"
+
+
+def aligned16(*tensors: torch.Tensor) -> bool:
+    """Every tensor's base address and every stride in bytes (the last, 1, aside) are multiples of 16.
+
+    The Gluon kernels copy 16 bytes at a time and are compiled for such rows (Triton specializes them on it;
+    misaligned ones do not compile), so calls that break it go to the Triton kernels. Strides of dims of size 1
+    count too: the kernels take them as arguments all the same."""
+    for t in tensors:
+        size = t.element_size()
+        if t.data_ptr() % 16 or any((st * size) % 16 for st in t.stride()[:-1]):
+            return False
+    return True

@@ -12,7 +12,7 @@ from typing import Optional, Union
 import torch
 
 from . import reference
-from ._runtime import InvalidArgumentError, getenv
+from ._runtime import InvalidArgumentError, aligned16, getenv
 from .dispatch import Choice, choose_dense_decode, choose_sparse_decode
 from .metadata import FlashMLASchedMeta, plan_dense
 from .ops.combine import fuse_combine
@@ -309,7 +309,7 @@ def _sparse_decode_call(q, k_cache, head_dim_v, tile_scheduler_metadata, num_spl
         _check_sparse_values(topk_length, extra_topk_length, shape.topk, shape.extra_topk)
     choice = choose_sparse_decode(q.device, q.dtype, (shape.d_qk, head_dim_v), shape.fmt, backend,
                                   extras=extra_k_cache is not None,
-                                  aligned16=_aligned16(q, k_cache))
+                                  aligned16=aligned16(q, k_cache))
     if meta is not None:
         meta.have_initialized = True  # nothing to plan: the split count follows from the shapes
     if choice.backend == "reference":
@@ -359,17 +359,6 @@ def _keep_replay(meta: FlashMLASchedMeta, signature: tuple, rec, inputs: tuple, 
     if meta.current_replays() is None:
         meta.replays, meta.replay_basis = {}, (meta.tile_scheduler_metadata, meta.num_splits, meta.workspace)
     meta.replays[signature] = replay
-
-
-def _aligned16(*tensors: torch.Tensor) -> bool:
-    """Every tensor's base address and every stride in bytes (the last, 1, aside) are multiples of 16: the Gluon
-    kernels copy 16 bytes at a time, and are compiled for such rows (Triton specializes them on it; misaligned
-    ones do not compile). Strides of dims of size 1 count too: the kernels take them as arguments all the same."""
-    for t in tensors:
-        size = t.element_size()
-        if t.data_ptr() % 16 or any((st * size) % 16 for st in t.stride()[:-1]):
-            return False
-    return True
 
 
 def flash_mla_with_kvcache(
@@ -527,7 +516,7 @@ def flash_mla_with_kvcache(
         q, k_cache, block_table, cache_seqlens, head_dim_v, kv_fp8, descale_q, descale_k)
     scale = d**-0.5 if softmax_scale is None else float(softmax_scale)
     choice = choose_dense_decode(q.device, q.dtype, (d, head_dim_v), backend, kv_fp8=kv_fp8,
-                                 aligned16=_aligned16(q, k_cache))
+                                 aligned16=aligned16(q, k_cache))
     rows = s_q * (h_q // h_kv)
 
     planning = False
@@ -669,7 +658,7 @@ def explain(
             fmt = detect_format(q.shape[-1], bytes_per_token_of(k_cache), kwargs.get("kv_format")).name
         extras = kwargs.get("extra_k_cache") is not None
         return choose_sparse_decode(q.device, q.dtype, (q.shape[-1], head_dim_v), fmt, backend, extras=extras,
-                                    aligned16=_aligned16(q, k_cache))
+                                    aligned16=aligned16(q, k_cache))
     kv_fp8 = _dense_fp8(k_cache, is_fp8_kvcache)
     return choose_dense_decode(q.device, q.dtype, (q.shape[-1], head_dim_v), backend, kv_fp8=kv_fp8,
-                               aligned16=_aligned16(q, k_cache))
+                               aligned16=aligned16(q, k_cache))

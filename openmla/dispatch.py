@@ -91,7 +91,7 @@ def _gluon_reason_against(
 _CHOICES: dict = {}
 
 
-#: why the Gluon kernels skip a call whose tensors are not 16-byte aligned (:func:`openmla.api._aligned16`)
+#: why the Gluon kernels skip a call whose tensors are not 16-byte aligned (:func:`openmla._runtime.aligned16`)
 MISALIGNED = ("q's or the cache's base address, or one of their strides in bytes, is not a multiple of 16 (the Gluon "
               "kernels copy 16 bytes at a time and are compiled for aligned rows)")
 

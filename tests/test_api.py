@@ -390,7 +390,7 @@ def test_alignment_rule_for_the_gluon_kernels():
     of 16 are reported as such (the dispatchers then keep the call on Triton)."""
     from helpers import misaligned_copy
 
-    from openmla.api import _aligned16
+    from openmla._runtime import aligned16 as _aligned16
 
     storage = torch.zeros(3 * 64 * 656 + 64, dtype=torch.uint8)
     assert _aligned16(storage[: 3 * 64 * 656].view(3, 64, 1, 656))  # V3.2 records: 656 = 41 x 16 bytes

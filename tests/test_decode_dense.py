@@ -207,6 +207,9 @@ def test_tile_choice_follows_the_pages_and_the_arch():
     for rows in (32, 64, 128, 256):
         tile = dense_decode_config(rows, 576, 512, 90, tma_keys=64)
         assert (tile.block_m, tile.block_n, tile.dv_tile, tile.unchained, tile.tail_tma) == (64, 64, 512, True, True)
+    assert dense_decode_config(32, 576, 512, 90).layout == "tokens"  # pages without TMA tiles: 32 rows
+    misaligned = dense_decode_config(32, 576, 512, 90, cache_aligned16=False)  # faulted on an H200: row-major
+    assert misaligned.layout == "rows" and misaligned.block_m == 32
     sliced = dense_decode_config(128, 576, 512, 90, tma_keys=32)  # pages of 32 keys: the sliced 128-row tile
     assert (sliced.block_m, sliced.dv_tile, sliced.tma_k, sliced.unchained) == (128, 256, True, False)
     assert not dense_decode_config(128, 576, 512, 90, tma_keys=32, kv_fp8=True).tma_k  # not timed over codes
@@ -584,7 +587,7 @@ def expect_alignment_fallback(q: torch.Tensor, backend: str = "auto") -> bool:
 @pytest.mark.parametrize("which", ["q", "k_cache"])
 @pytest.mark.parametrize("how", ["base", "stride"])
 @pytest.mark.parametrize("h_q, s_q", [(128, 1), (16, 2)])
-def test_misaligned_tensors_run_correctly(which, how, h_q, s_q, generator):
+def test_misaligned_tensors_run_correctly(which, how, h_q, s_q, monkeypatch, generator):
     """q or the cache as a view that is not 16-byte aligned (base one element off, or rows padded by one element):
     the call warns (on Hopper, where it keeps the Gluon kernels away) and matches the reference, instead of
     failing to compile a kernel built for aligned rows."""
@@ -593,6 +596,7 @@ def test_misaligned_tensors_run_correctly(which, how, h_q, s_q, generator):
     inputs = make_dense_decode_inputs(5, s_q, 900, h_q, 1, 576, 512, 64, torch.bfloat16, "cuda", varlen=True,
                                       generator=generator, causal=True)
     inputs[which] = misaligned_copy(inputs[which], how)
+    monkeypatch.setattr(openmla.dispatch, "_CHOICES", {})  # choices are cached, and warn when made
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out, lse = run_openmla(inputs)

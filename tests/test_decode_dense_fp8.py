@@ -609,16 +609,18 @@ def test_fp8_dispatch_names_the_score_mode(monkeypatch):
 @pytest.mark.parametrize("which", ["q", "k_cache"])
 @pytest.mark.parametrize("how", ["base", "stride"])
 @pytest.mark.parametrize("q_dtype", [E4M3, torch.bfloat16])
-def test_fp8_misaligned_tensors_run_correctly(which, how, q_dtype, generator):
+@pytest.mark.parametrize("h_q, s_q", [(128, 1), (16, 2)])
+def test_fp8_misaligned_tensors_run_correctly(which, how, q_dtype, h_q, s_q, monkeypatch, generator):
     """q or the FP8 cache as a view that is not 16-byte aligned: the call warns on Hopper (the Gluon kernels copy
     16 bytes at a time and are compiled for aligned rows) and matches the reference through the Triton kernel."""
     import warnings
 
     from helpers import misaligned_copy
 
-    inputs = fp8_inputs(5, 1, 900, 128, 1, 576, 512, 64, q_dtype, "cuda", varlen=True, generator=generator,
+    inputs = fp8_inputs(5, s_q, 900, h_q, 1, 576, 512, 64, q_dtype, "cuda", varlen=True, generator=generator,
                         causal=True)
     inputs[which] = misaligned_copy(inputs[which], how)
+    monkeypatch.setattr(openmla.dispatch, "_CHOICES", {})  # choices are cached, and warn when made
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out, lse = run_openmla(inputs)

@@ -518,7 +518,7 @@ def test_sparse_matrix_without_extras(fp8, h_q, s_q, b, s_k, topk, page, generat
 @pytest.mark.gpu
 @pytest.mark.parametrize("which, how", [("q", "stride"), ("q", "base"), ("k_cache", "base")])
 @pytest.mark.parametrize("fp8", [True, False], ids=["v32fp8", "bf16"])
-def test_sparse_misaligned_tensors_run_correctly(which, how, fp8, generator):
+def test_sparse_misaligned_tensors_run_correctly(which, how, fp8, monkeypatch, generator):
     """q or the cache as a view that is not 16-byte aligned: on Hopper the call warns and runs the Triton kernel
     (the Gluon kernel copies 16 bytes at a time and is compiled for aligned rows), and matches the reference. A
     V3.2 cache is moved by 4 bytes (its fp32 scales need that much; 1 byte is a typed error, below)."""
@@ -529,6 +529,7 @@ def test_sparse_misaligned_tensors_run_correctly(which, how, fp8, generator):
     inputs = make_sparse_decode_inputs(4, 2, 64, 700, 128, 64, 576, 512, torch.bfloat16, DEVICE, fp8=fp8,
                                        generator=generator, invalid_frac=0.05, softmax_scale=576**-0.55)
     inputs[which] = misaligned_copy(inputs[which], how, elements=4 if fp8 and which == "k_cache" else 1)
+    monkeypatch.setattr(openmla.dispatch, "_SPARSE_CHOICES", {})  # choices are cached, and warn when made
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out, lse = run_api(inputs)

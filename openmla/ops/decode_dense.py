@@ -26,7 +26,7 @@ import functools
 
 import torch
 
-from .._runtime import device_arch, triton_available
+from .._runtime import aligned16, device_arch, triton_available
 from .combine import combine_splits, fuse_combine
 from .launch import launch
 from .schedule import SCHED_BLOCK
@@ -352,7 +352,7 @@ TMA_BLOCK_N = 32
 
 @functools.lru_cache(maxsize=256)  # a pure function of its arguments, asked on every decode call
 def dense_decode_config(rows: int, d_qk: int, d_v: int, arch: int | None, tma_keys: int = 0,
-                        kv_fp8: bool = False) -> DenseDecodeConfig:
+                        kv_fp8: bool = False, cache_aligned16: bool = True) -> DenseDecodeConfig:
     """Pick the tile shape from the rows per KV head (``s_q * h_q / h_kv``), the head dims and the arch.
 
     Many rows (compute-bound): 128-row tiles on 8 warps (Triton gives each warp 16 rows, and
@@ -387,6 +387,11 @@ def dense_decode_config(rows: int, d_qk: int, d_v: int, arch: int | None, tma_ke
       pointer tiles above 16 rows over codes (the sliced 128-row TMA tile was not timed with them).
     - more than 64 rows, pages of 32 keys: the 128-row tile with 32-key TMA tiles (1273.3 against the
       pointer tile's 1471.6 µs at h_q=128 in an earlier run).
+
+    ``cache_aligned16``: the cache's base address and strides are multiples of 16 bytes
+    (:func:`openmla._runtime.aligned16`). The ``"tokens"`` layout is kept to such caches: over a bf16 cache two
+    bytes off a 16-byte boundary it hit an illegal memory access on an H200 (Triton 3.6; 8 elements off, or the
+    row-major tile on the same cache, ran correctly), so other caches take the row-major tile.
     """
     limit = smem_per_block(arch)
     if kv_fp8 and rows > 16 and tma_keys < 64:
@@ -408,8 +413,10 @@ def dense_decode_config(rows: int, d_qk: int, d_v: int, arch: int | None, tma_ke
         block_m = 16 if rows <= 16 else 32
         if limit >= 200 * 1024 and block_m == 16:
             return DenseDecodeConfig(block_m=16, block_n=64, num_warps=4, num_stages=2, dv_tile=d_v)
-        if limit >= 200 * 1024:
+        if limit >= 200 * 1024 and cache_aligned16:
             return DenseDecodeConfig(block_m=32, block_n=64, num_warps=8, num_stages=2, dv_tile=d_v, layout="tokens")
+        if limit >= 200 * 1024:  # the row-major tile that ran correctly over misaligned caches
+            return DenseDecodeConfig(block_m=32, block_n=64, num_warps=4, num_stages=2, dv_tile=d_v)
         return DenseDecodeConfig(block_m=block_m, block_n=32, num_warps=4, num_stages=3, dv_tile=d_v)  # <= 75 KB
     if rows > 64 and limit >= 200 * 1024:  # 188-216 KB
         return DenseDecodeConfig(block_m=128, block_n=32, num_warps=8, num_stages=2, dv_tile=min(d_v, 256))
@@ -590,7 +597,8 @@ def dense_decode_fwd(
     if fp8_native is None:
         fp8_native = arch is None or arch >= 89
     if config is None:  # whole K tiles by TMA where the cache allows it (16-bit caches only)
-        config = dense_decode_config(rows, d, head_dim_v, arch, tma_keys=tma_tile_keys(k_cache, arch), kv_fp8=kv_fp8)
+        config = dense_decode_config(rows, d, head_dim_v, arch, tma_keys=tma_tile_keys(k_cache, arch), kv_fp8=kv_fp8,
+                                     cache_aligned16=aligned16(k_cache))
     cfg = config
     if SCHED_BLOCK % cfg.block_n != 0:
         raise ValueError(f"block_n={cfg.block_n} must divide the scheduler's {SCHED_BLOCK}-token unit")
