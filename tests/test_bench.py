@@ -236,3 +236,21 @@ def test_fp8_forms_ab_reads_its_forms():
         {"P_BUFS": 1}, {"P_BUFS": 2, "WORKER_REGS": (176, 48)}, {}]
     with pytest.raises(SystemExit, match="unknown knob 'LOADER_COLS'.*P_BUFS, WORKER_REGS"):
         parse_forms("LOADER_COLS=64")
+
+
+def test_fp8_pv_precision_emulation():
+    """The P-rounding study's emulation: with P in fp16 (what the e4m3-product kernel multiplies by) it meets
+    FlashMLA's output tolerance on a small FlashMLA-style input, and two e4m3 terms of 256 P round P to within
+    2^-7 relative where e4m3 alone is off by up to 2^-4."""
+    from benchmarks.fp8_pv_precision import emulate, rounded_p
+    from openmla import reference
+    from openmla._harness import OUT_TOLERANCE, check_close, make_dense_decode_inputs, quantize_dense_fp8
+
+    p = torch.linspace(2**-6, 1, 4097)
+    rel = {mode: float(((rounded_p(p, mode) - p).abs() / p).max()) for mode in ("e4m3", "two-terms", "fp16")}
+    assert rel["fp16"] <= 2**-11 and rel["two-terms"] <= 2**-7 < rel["e4m3"] <= 2**-4
+    inp = quantize_dense_fp8(make_dense_decode_inputs([70, 200], 2, 8, 1, 576, 512, 16, torch.bfloat16, True, "cpu",
+                                                      seed=3), fp8_q=True)
+    ref_out, _ = reference.flash_mla_with_kvcache(*inp.call_args(), None, softmax_scale=inp.softmax_scale,
+                                                  causal=True, descale_q=inp.descale_q, descale_k=inp.descale_k)
+    assert check_close("out", emulate(inp, "fp16"), ref_out, *OUT_TOLERANCE).ok
