@@ -710,3 +710,23 @@ def misaligned_copy(t: torch.Tensor, how: str, elements: int = 1) -> torch.Tenso
         raise ValueError(f"how must be 'base' or 'stride', got {how!r}")
     view.copy_(t)
     return view
+
+
+def run_expecting_alignment_fallback(call, monkeypatch):
+    """``call()``, a decode call on a q or cache that is not 16-byte aligned, with the dispatchers' choice caches
+    emptied (a choice warns when it is made); on a Hopper GPU where the Gluon kernels import, assert that the
+    call warned that the alignment keeps them away. Returns what ``call()`` returned."""
+    import warnings
+
+    import openmla
+
+    monkeypatch.setattr(openmla.dispatch, "_CHOICES", {})
+    monkeypatch.setattr(openmla.dispatch, "_SPARSE_CHOICES", {})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = call()
+    torch.cuda.synchronize()
+    if torch.cuda.get_device_capability()[0] == 9 and openmla._runtime.gluon_available():
+        fallbacks = [w for w in caught if issubclass(w.category, openmla.OpenMLAFallbackWarning)]
+        assert fallbacks and "16 bytes" in str(fallbacks[0].message), [str(w.message) for w in caught]
+    return result

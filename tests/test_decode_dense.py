@@ -21,6 +21,7 @@ from helpers import (
     make_dense_decode_inputs,
     misaligned_copy,
     poison_cuda_cache,
+    run_expecting_alignment_fallback,
 )
 
 import openmla
@@ -575,14 +576,6 @@ def test_page_sizes_and_dtypes(page, dtype, h_q, h_kv, s_q, d, backend, generato
     check_against_reference(inputs, out, lse)
 
 
-def expect_alignment_fallback(q: torch.Tensor, backend: str = "auto") -> bool:
-    """Whether an automatic call on ``q``'s GPU would run a Gluon kernel were its tensors aligned (so that a
-    misaligned call must warn and go to Triton)."""
-    from openmla._runtime import gluon_available
-
-    return backend == "auto" and gluon_available() and torch.cuda.get_device_capability(q.device)[0] == 9
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("which", ["q", "k_cache"])
 @pytest.mark.parametrize("how", ["base", "stride"])
@@ -591,20 +584,11 @@ def test_misaligned_tensors_run_correctly(which, how, h_q, s_q, monkeypatch, gen
     """q or the cache as a view that is not 16-byte aligned (base one element off, or rows padded by one element):
     the call warns (on Hopper, where it keeps the Gluon kernels away) and matches the reference, instead of
     failing to compile a kernel built for aligned rows."""
-    import warnings
-
     inputs = make_dense_decode_inputs(5, s_q, 900, h_q, 1, 576, 512, 64, torch.bfloat16, "cuda", varlen=True,
                                       generator=generator, causal=True)
     inputs[which] = misaligned_copy(inputs[which], how)
-    monkeypatch.setattr(openmla.dispatch, "_CHOICES", {})  # choices are cached, and warn when made
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out, lse = run_openmla(inputs)
-    torch.cuda.synchronize()
-    fallbacks = [w for w in caught if issubclass(w.category, openmla.OpenMLAFallbackWarning)]
-    if expect_alignment_fallback(inputs["q"]):
-        assert fallbacks and "16 bytes" in str(fallbacks[0].message), [str(w.message) for w in caught]
-        assert openmla.explain(inputs["q"], inputs["k_cache"], head_dim_v=512).backend == "triton"
+    out, lse = run_expecting_alignment_fallback(lambda: run_openmla(inputs), monkeypatch)
+    assert openmla.explain(inputs["q"], inputs["k_cache"], head_dim_v=512).backend == "triton"
     check_against_reference(inputs, out, lse)
 
 

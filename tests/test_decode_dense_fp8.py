@@ -613,21 +613,12 @@ def test_fp8_dispatch_names_the_score_mode(monkeypatch):
 def test_fp8_misaligned_tensors_run_correctly(which, how, q_dtype, h_q, s_q, monkeypatch, generator):
     """q or the FP8 cache as a view that is not 16-byte aligned: the call warns on Hopper (the Gluon kernels copy
     16 bytes at a time and are compiled for aligned rows) and matches the reference through the Triton kernel."""
-    import warnings
-
-    from helpers import misaligned_copy
+    from helpers import misaligned_copy, run_expecting_alignment_fallback
 
     inputs = fp8_inputs(5, s_q, 900, h_q, 1, 576, 512, 64, q_dtype, "cuda", varlen=True, generator=generator,
                         causal=True)
     inputs[which] = misaligned_copy(inputs[which], how)
-    monkeypatch.setattr(openmla.dispatch, "_CHOICES", {})  # choices are cached, and warn when made
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out, lse = run_openmla(inputs)
-    torch.cuda.synchronize()
-    if torch.cuda.get_device_capability()[0] == 9 and openmla._runtime.gluon_available():
-        fallbacks = [w for w in caught if issubclass(w.category, openmla.OpenMLAFallbackWarning)]
-        assert fallbacks and "16 bytes" in str(fallbacks[0].message), [str(w.message) for w in caught]
+    out, lse = run_expecting_alignment_fallback(lambda: run_openmla(inputs), monkeypatch)
     check_against_reference(inputs, out, lse)
 
 

@@ -522,21 +522,12 @@ def test_sparse_misaligned_tensors_run_correctly(which, how, fp8, monkeypatch, g
     """q or the cache as a view that is not 16-byte aligned: on Hopper the call warns and runs the Triton kernel
     (the Gluon kernel copies 16 bytes at a time and is compiled for aligned rows), and matches the reference. A
     V3.2 cache is moved by 4 bytes (its fp32 scales need that much; 1 byte is a typed error, below)."""
-    import warnings
-
-    from helpers import misaligned_copy
+    from helpers import misaligned_copy, run_expecting_alignment_fallback
 
     inputs = make_sparse_decode_inputs(4, 2, 64, 700, 128, 64, 576, 512, torch.bfloat16, DEVICE, fp8=fp8,
                                        generator=generator, invalid_frac=0.05, softmax_scale=576**-0.55)
     inputs[which] = misaligned_copy(inputs[which], how, elements=4 if fp8 and which == "k_cache" else 1)
-    monkeypatch.setattr(openmla.dispatch, "_SPARSE_CHOICES", {})  # choices are cached, and warn when made
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out, lse = run_api(inputs)
-    _sync()
-    if torch.cuda.get_device_capability()[0] == 9 and openmla._runtime.gluon_available():
-        fallbacks = [w for w in caught if issubclass(w.category, openmla.OpenMLAFallbackWarning)]
-        assert fallbacks and "16 bytes" in str(fallbacks[0].message), [str(w.message) for w in caught]
+    out, lse = run_expecting_alignment_fallback(lambda: run_api(inputs), monkeypatch)
     check_against_reference(inputs, out, lse)
 
 
