@@ -7,8 +7,8 @@ Usage (GPU, SM90): ``python -m benchmarks.fp8_e4m3_forms_ab [--configs standard,
 
 Dense decode over a per-tensor FP8 cache with an e4m3 q (``openmla bench --dtype fp8``'s inputs, built once a
 config). Each form (``;``-separated; ``,`` joins settings of one form; an empty form is the defaults;
-``WORKER_REGS=176/48`` sets a tuple) is checked against the fp32 reference (the e4m3 products' LSE tolerance),
-then replayed from a CUDA graph captured for it and timed (``do_bench`` median) while the call's schedule is alive
+``WORKER_REGS=176/48`` sets a tuple; ``STAGES=4`` fits the shared memory only with ``PV_E4M3=1``) is checked
+against the fp32 reference (the e4m3 products' LSE tolerance), then replayed from a CUDA graph captured for it and timed (``do_bench`` median) while the call's schedule is alive
 (a graph reads the schedule's tensors on every replay: a first version of this script kept the graphs but let their
 schedules go, and a later replay hit an illegal address); rounds alternate the forms' order (reversed every other
 round). FlashMLA's FP8 kernel is timed once a config on the same inputs for the ratio.
@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 
-KNOBS = ("P_BUFS", "PV_E4M3", "WORKER_REGS")
+KNOBS = ("P_BUFS", "PV_E4M3", "STAGES", "WORKER_REGS")
 
 
 def parse_forms(text: str) -> list[dict]:
