@@ -3,12 +3,12 @@ through ``flash_mla_with_kvcache``. Forms measured this way and removed since ar
 21) and ``benchmarks/results/2026-11-27-h200-dense-fp8-e4m3-forms-ab.txt``.
 
 Usage (GPU, SM90): ``python -m benchmarks.fp8_e4m3_forms_ab [--configs standard,small]
-[--forms "PV_E4M3=0;PV_E4M3=1"] [--rounds 3] [--json PATH]``
+[--forms "STAGES=2;STAGES=3"] [--rounds 3] [--json PATH]``
 
 Dense decode over a per-tensor FP8 cache with an e4m3 q (``openmla bench --dtype fp8``'s inputs, built once a
 config). Each form (``;``-separated; ``,`` joins settings of one form; an empty form is the defaults;
-``WORKER_REGS=176/48`` sets a tuple; ``STAGES=4`` fits the shared memory only with ``PV_E4M3=1``) is checked
-against the fp32 reference (the e4m3 products' LSE tolerance), then replayed from a CUDA graph captured for it and timed (``do_bench`` median) while the call's schedule is alive
+``WORKER_REGS=176/48`` sets a tuple) is checked against the fp32 reference (the e4m3 products' LSE tolerance),
+then replayed from a CUDA graph captured for it and timed (``do_bench`` median) while the call's schedule is alive
 (a graph reads the schedule's tensors on every replay: a first version of this script kept the graphs but let their
 schedules go, and a later replay hit an illegal address); rounds alternate the forms' order (reversed every other
 round). FlashMLA's FP8 kernel is timed once a config on the same inputs for the ratio.
@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 
-KNOBS = ("P_BUFS", "PV_E4M3", "STAGES", "WORKER_REGS")
+KNOBS = ("P_BUFS", "STAGES", "WORKER_REGS")
 
 
 def parse_forms(text: str) -> list[dict]:
@@ -49,7 +49,7 @@ def main(argv=None) -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--configs", default="standard,small")
-    ap.add_argument("--forms", default="PV_E4M3=0;PV_E4M3=1")
+    ap.add_argument("--forms", default="P_BUFS=1;P_BUFS=2")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json")
     cli = ap.parse_args(argv)

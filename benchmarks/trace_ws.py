@@ -121,10 +121,6 @@ def main(argv=None) -> None:
     calls["dense_fp8_e4m3_b128_sk8192_h128"] = lambda trace=None: dense_decode_fp8_sm90_fwd(
         *fp8.call_args()[:4], 512, sched, splits, fp8.softmax_scale, False, descale_q=fp8.descale_q,
         descale_k=fp8.descale_k, trace=trace)
-    # its form with `P V` on the e4m3 tensor cores (event 7: the output warpgroup's transpose of its value codes)
-    calls["dense_fp8_e4m3_b128_sk8192_h128_pv_e4m3"] = lambda trace=None: dense_decode_fp8_sm90_fwd(
-        *fp8.call_args()[:4], 512, sched, splits, fp8.softmax_scale, False, descale_q=fp8.descale_q,
-        descale_k=fp8.descale_k, pv_e4m3=True, trace=trace)
     if args.only:
         unknown = set(args.only.split(",")) - set(calls)
         if unknown:

@@ -75,8 +75,6 @@ _GLUON_STACK_BUDGET = (
     ("pv-first loader-waits tma-k box-ready", 8),
     ("overlap async-arrive tma-k box-ready", 16),
     ("gluon-ws ", 0),  # the warp-specialized kernel otherwise: none in any partition
-    ("e4m3-products pv-e4m3", 8),  # its form with `P V` on the e4m3 tensor cores: one value stored at entry and
-    # reloaded once in each request's output store, after the KV loop (read in its sm_90a SASS)
     ("gluon-fp8 ", 0),  # the e4m3-product kernel: none
     ("gluon-small-heads q ", 824),  # per-tensor FP8: ~50 spill instructions in the KV loop (the e4m3 decode), owed
     ("rows<=32 bn64 tma-k", 160),  # the same kernel with K tiles by TMA: 112-160 B, 16-48 B above its

@@ -634,12 +634,10 @@ def test_fp8_misaligned_tensors_run_correctly(which, how, q_dtype, h_q, s_q, mon
     (6, 3, 520, 32, 1, 64, 7),  # three query tokens, causal across them
 ])
 @pytest.mark.parametrize("p_bufs", [1, 2], ids=["one-p-buffer", "two-p-buffers"])
-@pytest.mark.parametrize("pv_e4m3", [False, True], ids=["pv-fp16", "pv-e4m3"])
-def test_e4m3_product_kernel(b, s_q, s_k, h_q, h_kv, page, parts, p_bufs, pv_e4m3, generator):
-    """The e4m3-product kernel (e4m3 q and cache) called directly, with one and two P buffers and ``P V`` on the
-    16-bit or (its PV_E4M3 form, P as two e4m3 terms) the e4m3 tensor cores, on shapes the API sends it, against
-    the reference (NaN past every length, poisoned outputs): the output with FlashMLA's tolerance, the LSE with
-    its own (tests/helpers.py)."""
+def test_e4m3_product_kernel(b, s_q, s_k, h_q, h_kv, page, parts, p_bufs, generator):
+    """The e4m3-product kernel (e4m3 q and cache) called directly, with one and two P buffers, on shapes the API
+    sends it, against the reference (NaN past every length, poisoned outputs), the LSE with its own tolerance
+    (tests/helpers.py)."""
     from openmla.ops.gluon.decode_dense_fp8_sm90 import dense_decode_fp8_sm90_fwd
     from openmla.ops.schedule import plan_splitkv
 
@@ -650,8 +648,7 @@ def test_e4m3_product_kernel(b, s_q, s_k, h_q, h_kv, page, parts, p_bufs, pv_e4m
     poison_cuda_cache(1 << 28)
     out, lse = dense_decode_fp8_sm90_fwd(inputs["q"], inputs["k_cache"], inputs["block_table"],
                                          inputs["cache_seqlens"], 512, sched, splits, 576**-0.5, True,
-                                         descale_q=inputs["descale_q"], descale_k=inputs["descale_k"], p_bufs=p_bufs,
-                                         pv_e4m3=pv_e4m3)
+                                         descale_q=inputs["descale_q"], descale_k=inputs["descale_k"], p_bufs=p_bufs)
     torch.cuda.synchronize()
     ref_out, ref_lse = fp32_reference(inputs)
     check_close("out", out, ref_out, TOL_OUT)

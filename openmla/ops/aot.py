@@ -372,14 +372,12 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
         consts = dict(CAUSAL=True, BLOCK_M=fp8.BLOCK_M, BLOCK_N=fp8.BLOCK_N, D_V=fp8.D_V, D_PE=fp8.D_QK - fp8.D_V,
                       STAGES=fp8.STAGES, SOFTMAX_WARPS=fp8.NUM_WARPS, OUTPUT_WARPS=fp8.WORKER_WARPS[0],
                       LOADER_WARPS=fp8.WORKER_WARPS[1], OUTPUT_REGS=fp8.WORKER_REGS[0],
-                      LOADER_REGS=fp8.WORKER_REGS[1], P_BUFS=fp8.P_BUFS, TRACE=False, trace_ptr=None)
-        # as served, and with `P V` on the e4m3 tensor cores (its PV_E4M3 form, not the default yet)
-        for pv_e4m3 in (fp8.PV_E4M3, not fp8.PV_E4M3):
-            out.append(Variant(fp8._dense_decode_fp8_sm90_kernel,
-                               dict(ptrs, q_ptr="*fp8e4nv", k_ptr="*fp8e4nv", descale_q_ptr="*fp32",
-                                    descale_k_ptr="*fp32"), ("scale_log2",), dict(consts, PV_E4M3=pv_e4m3),
-                               fp8.NUM_WARPS, 1, "gluon-fp8 e4m3 q e4m3 cache d576 causal e4m3-products"
-                               + (" pv-e4m3" if pv_e4m3 else ""), gluon=True, maxnreg=fp8.MAXNREG))
+                      LOADER_REGS=fp8.WORKER_REGS[1], P_BUFS=fp8.P_BUFS, TRACE=False,
+                      trace_ptr=None)
+        out.append(Variant(fp8._dense_decode_fp8_sm90_kernel,
+                           dict(ptrs, q_ptr="*fp8e4nv", k_ptr="*fp8e4nv", descale_q_ptr="*fp32",
+                                descale_k_ptr="*fp32"), ("scale_log2",), consts, fp8.NUM_WARPS, 1,
+                           "gluon-fp8 e4m3 q e4m3 cache d576 causal e4m3-products", gluon=True, maxnreg=fp8.MAXNREG))
     if not causal:  # token-sparse decoding over 16-bit and V3.2 FP8 caches (:mod:`.gluon.decode_sparse_sm90`)
         regs = ws.SOLO_WORKER_REGS
         consts = dict(CAUSAL=False, OVERLAP=False, SOFTMAX_ONLY=True, TMA_K=False, ASYNC_ARRIVE=True,

@@ -62,12 +62,6 @@ D_V = 512
 # multiply by tile j's (8 KB more shared memory), and measured 3-5 % slower at h_q=128 s_k >= 8k, 2-5 % faster at
 # h_q=16 (H200; H100 0.94-1.02x; three rounds in one process, docs/perf-notes.md): one
 P_BUFS = 1
-# `P V` on the e4m3 tensor cores (not the default; its first GPU run is owed, docs/next-gpu-round.md): each output
-# warpgroup transposes its half of the value codes in shared memory (32 KB a tile written instead of 64 KB of
-# fp16), and P goes as two e4m3 terms of 256 P (hi = e4m3(256 P), lo = e4m3(256 P - hi)), two products into one
-# accumulator: P as one e4m3 term misses FlashMLA's output tolerance, two meet it in an fp32 emulation
-# (benchmarks/fp8_pv_precision.py)
-PV_E4M3 = False
 
 if gluon_available():
     from triton.experimental import gluon
@@ -79,9 +73,6 @@ if gluon_available():
         warpgroup_mma,
         warpgroup_mma_wait,
     )
-
-    #: the scale of P's e4m3 terms with PV_E4M3 (256 P is at most 256, e4m3 reaches 448; folded into 1/l)
-    P_SCALE = gl.constexpr(256.0)
 
     from .decode_dense_sm90 import _piece_bounds, _request_span
     from .decode_dense_sm90_ws import (
@@ -158,13 +149,10 @@ if gluon_available():
                      s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
                      q_lo, q_pe, k_lo, k_pe, p_smem, a_smem, bars, descale_k_ptr, descale_q_ptr,
                      CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                     PARTITION_WARPS: gl.constexpr, P_BUFS: gl.constexpr, p_lo_smem, PV_E4M3: gl.constexpr,
-                     trace_ptr, TRACE: gl.constexpr):
+                     PARTITION_WARPS: gl.constexpr, P_BUFS: gl.constexpr, trace_ptr, TRACE: gl.constexpr):
         """Default partition: per tile the e4m3 score products, the stage handed back once they retire, online
         softmax, ``P`` and the rescale factor to both output warpgroups; per request ``1/l`` (times
-        ``descale_k``) to them and the LSE (natural log; ``+inf`` for a row that saw no key, as FlashMLA).
-        With ``PV_E4M3``, ``P`` goes as two e4m3 terms of ``P_SCALE * P`` (``p_smem`` and ``p_lo_smem``) and
-        ``1/l`` carries ``1 / P_SCALE``."""
+        ``descale_k``) to them and the LSE (natural log; ``+inf`` for a row that saw no key, as FlashMLA)."""
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
         S_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
                                                            instr_shape=[16, BLOCK_N, 32])
@@ -208,13 +196,7 @@ if gluon_available():
                 pb = pr % P_BUFS
                 # both output warpgroups are done with the P this buffer held last
                 mbarrier.wait(p_free.index(pb), ((pr // P_BUFS) & 1) ^ 1)
-                if PV_E4M3:
-                    p_scaled = p * P_SCALE
-                    p_hi = p_scaled.to(gl.float8e4nv)  # the residual keeps what this rounds off
-                    p_smem.index(pb).store(p_hi)
-                    p_lo_smem.index(pb).store((p_scaled - p_hi.to(gl.float32)).to(gl.float8e4nv))
-                else:
-                    p_smem.index(pb).store(p.to(gl.float16))
+                p_smem.index(pb).store(p.to(gl.float16))
                 a_smem.index(pb).store(alpha)  # from the softmax's row layout (a row's holders write one value)
                 fence_async_shared()  # P is read next by the tensor cores
                 gl.thread_barrier()
@@ -234,8 +216,6 @@ if gluon_available():
             mask_r = offs_r < rows
             t_o = offs_r // group
             head_o = kv_head * group + offs_r % group
-            if PV_E4M3:
-                l_r = l_r * P_SCALE
             inv_l = gl.where(empty, 0.0, v_scale / l_r)
             pb = pr % P_BUFS
             mbarrier.wait(p_free.index(pb), ((pr // P_BUFS) & 1) ^ 1)
@@ -265,19 +245,8 @@ if gluon_available():
                 v_half.slice(r * 32, 32, dim=0).slice(c * 64, 64, dim=1).store(codes.to(gl.float16))
 
     @gluon.jit
-    def _transpose_values(codes_s, v_t, COL0: gl.constexpr, WIDTH: gl.constexpr, PARTITION_WARPS: gl.constexpr):
-        """Value columns ``COL0 .. COL0+WIDTH`` of a code stage ([64 keys, D_V] e4m3) into ``v_t`` ([WIDTH, 64]:
-        each column's keys contiguous, the K-major B operand of an e4m3 ``P V``), 32 columns at a time: 4 keys x 4
-        columns a thread (Triton loads them with ``ldmatrix``, transposes the bytes with ``prmt`` and stores a 4-byte
-        word of 4 keys a column; read in the sm_90a SASS of a probe). The caller fences and barriers."""
-        TL: gl.constexpr = gl.BlockedLayout([4, 4], [8, 4], [PARTITION_WARPS // 2, 2], [1, 0])
-        for c in gl.static_range(WIDTH // 32):
-            codes = codes_s.slice(COL0 + c * 32, 32, dim=1).load(TL)
-            v_t.slice(c * 32, 32, dim=0).store(codes.permute((1, 0)))
-
-    @gluon.jit
     def _decode_tile(k_lo, v_half, k_ready, k_free, kb, COL0: gl.constexpr, OFF: gl.constexpr, WIDTH: gl.constexpr,
-                     STAGES: gl.constexpr, PARTITION_WARPS: gl.constexpr, PV_E4M3: gl.constexpr = False):
+                     STAGES: gl.constexpr, PARTITION_WARPS: gl.constexpr):
         """Decode columns ``OFF .. OFF+WIDTH`` of this warpgroup's value half (cache columns ``COL0+OFF ..``) of the
         ``kb``-th tile once its codes have landed, fence for the tensor cores and hand the stage back.
 
@@ -285,10 +254,7 @@ if gluon_available():
         tile's right-quarter product runs (within the rounds' spread, 1-6 % slower at s_k >= 8k)."""
         stage = kb % STAGES
         mbarrier.wait(k_ready.index(stage), (kb // STAGES) & 1)  # cp.async data, read by ld.shared
-        if PV_E4M3:  # v_half is [WIDTH, 64] e4m3, transposed
-            _transpose_values(k_lo.index(stage), v_half, COL0 + OFF, WIDTH, PARTITION_WARPS)
-        else:
-            _decode_values(k_lo.index(stage), v_half.slice(OFF, WIDTH, dim=1), COL0 + OFF, WIDTH, PARTITION_WARPS)
+        _decode_values(k_lo.index(stage), v_half.slice(OFF, WIDTH, dim=1), COL0 + OFF, WIDTH, PARTITION_WARPS)
         fence_async_shared()  # v_half is read next by the tensor cores
         gl.thread_barrier()  # every thread's decode is done: the codes are read
         mbarrier.arrive(k_free.index(stage), count=1)
@@ -299,8 +265,8 @@ if gluon_available():
                     s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
                     k_lo, v_half, p_smem, a_smem, bars,
                     COL0: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr,
-                    STAGES: gl.constexpr, PARTITION_WARPS: gl.constexpr, P_BUFS: gl.constexpr, p_lo_smem,
-                    PV_E4M3: gl.constexpr, trace_ptr, TRACE: gl.constexpr):
+                    STAGES: gl.constexpr, PARTITION_WARPS: gl.constexpr, P_BUFS: gl.constexpr, trace_ptr,
+                    TRACE: gl.constexpr):
         """Output partition: per tile, decode this half's value codes into ``v_half`` (while the softmax
         warpgroup computes the tile's scores), hand the stage back, then ``O[:, COL0 ..] += P V`` as two N=128
         products (the launch cap of 128 registers a thread fits no N=256 product), rescaled by the published
@@ -309,7 +275,7 @@ if gluon_available():
         HALF: gl.constexpr = D_V // 2
         QUARTER: gl.constexpr = D_V // 4
         O_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
-                                                           instr_shape=[16, QUARTER, 32 if PV_E4M3 else 16])
+                                                           instr_shape=[16, QUARTER, 16])
         ROW_O: gl.constexpr = gl.SliceLayout(1, O_LAYOUT)
         pid_m = gl.program_id(0)
         kv_head = pid_m // row_tiles
@@ -327,7 +293,7 @@ if gluon_available():
             acc_a = gl.zeros([BLOCK_M, QUARTER], gl.float32, layout=O_LAYOUT)
             acc_b = gl.zeros([BLOCK_M, QUARTER], gl.float32, layout=O_LAYOUT)
             for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
-                _decode_tile(k_lo, v_half, k_ready, k_free, kb, COL0, 0, HALF, STAGES, PARTITION_WARPS, PV_E4M3)
+                _decode_tile(k_lo, v_half, k_ready, k_free, kb, COL0, 0, HALF, STAGES, PARTITION_WARPS)
                 _stamp(trace_ptr, kb, 7, TRACE, PARTITION_WARPS)
                 pb = pr % P_BUFS
                 _acquire(p_ready.index(pb), (pr // P_BUFS) & 1, False)
@@ -336,17 +302,8 @@ if gluon_available():
                 acc_a = acc_a * alpha[:, None]
                 acc_b = acc_b * alpha[:, None]
                 p_buf = p_smem.index(pb)
-                if PV_E4M3:  # (256 P) V as its two e4m3 terms, over the transposed codes
-                    v_a = v_half.slice(0, QUARTER, dim=0).permute((1, 0))
-                    v_b = v_half.slice(QUARTER, QUARTER, dim=0).permute((1, 0))
-                    p_lo = p_lo_smem.index(pb)
-                    acc_a = warpgroup_mma(p_buf, v_a, acc_a, is_async=True)
-                    acc_b = warpgroup_mma(p_buf, v_b, acc_b, is_async=True)
-                    acc_a = warpgroup_mma(p_lo, v_a, acc_a, is_async=True)
-                    acc_b = warpgroup_mma(p_lo, v_b, acc_b, is_async=True)
-                else:
-                    acc_a = warpgroup_mma(p_buf, v_half.slice(0, QUARTER, dim=1), acc_a, is_async=True)
-                    acc_b = warpgroup_mma(p_buf, v_half.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
+                acc_a = warpgroup_mma(p_buf, v_half.slice(0, QUARTER, dim=1), acc_a, is_async=True)
+                acc_b = warpgroup_mma(p_buf, v_half.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
                 acc_a, acc_b = warpgroup_mma_wait(num_outstanding=0, deps=(acc_a, acc_b))
                 gl.thread_barrier()  # every warp is done with P (and v_half, rewritten next tile)
                 mbarrier.arrive(p_free.index(pb), count=1)
@@ -378,8 +335,7 @@ if gluon_available():
         descale_k_ptr, descale_q_ptr, trace_ptr,
         CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
         STAGES: gl.constexpr, SOFTMAX_WARPS: gl.constexpr, OUTPUT_WARPS: gl.constexpr, LOADER_WARPS: gl.constexpr,
-        OUTPUT_REGS: gl.constexpr, LOADER_REGS: gl.constexpr, P_BUFS: gl.constexpr, PV_E4M3: gl.constexpr,
-        TRACE: gl.constexpr,
+        OUTPUT_REGS: gl.constexpr, LOADER_REGS: gl.constexpr, P_BUFS: gl.constexpr, TRACE: gl.constexpr,
     ):
         gl.static_assert(D_V == 512 and D_PE == 64, "the e4m3-product kernel reads (576, 512) dims")
         HALF: gl.constexpr = D_V // 2
@@ -390,16 +346,9 @@ if gluon_available():
         q_pe = gl.allocate_shared_memory(gl.float8e4nv, [BLOCK_M, D_PE], CODES)
         k_lo = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, BLOCK_N, D_V], CODES)
         k_pe = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, BLOCK_N, D_PE], CODES)
-        if PV_E4M3:  # each half's value codes transposed, P as two e4m3 terms
-            v_lo = gl.allocate_shared_memory(gl.float8e4nv, [HALF, BLOCK_N], CODES)
-            v_hi = gl.allocate_shared_memory(gl.float8e4nv, [HALF, BLOCK_N], CODES)
-            p_smem = gl.allocate_shared_memory(gl.float8e4nv, [P_BUFS, BLOCK_M, BLOCK_N], CODES)
-            p_lo_smem = gl.allocate_shared_memory(gl.float8e4nv, [P_BUFS, BLOCK_M, BLOCK_N], CODES)
-        else:
-            v_lo = gl.allocate_shared_memory(gl.float16, [BLOCK_N, HALF], VALUES)
-            v_hi = gl.allocate_shared_memory(gl.float16, [BLOCK_N, HALF], VALUES)
-            p_smem = gl.allocate_shared_memory(gl.float16, [P_BUFS, BLOCK_M, BLOCK_N], VALUES)
-            p_lo_smem = p_smem  # not read
+        v_lo = gl.allocate_shared_memory(gl.float16, [BLOCK_N, HALF], VALUES)
+        v_hi = gl.allocate_shared_memory(gl.float16, [BLOCK_N, HALF], VALUES)
+        p_smem = gl.allocate_shared_memory(gl.float16, [P_BUFS, BLOCK_M, BLOCK_N], VALUES)
         a_smem = gl.allocate_shared_memory(gl.float32, [P_BUFS, BLOCK_M], ROWS_SMEM)
 
         BAR: gl.constexpr = mbarrier.MBarrierLayout()
@@ -423,16 +372,15 @@ if gluon_available():
             (_fp8_softmax, (lse_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_lb, stride_lh,
                             s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
                             q_lo, q_pe, k_lo, k_pe, p_smem, a_smem, bars, descale_k_ptr, descale_q_ptr,
-                            CAUSAL, BLOCK_M, BLOCK_N, STAGES, SOFTMAX_WARPS, P_BUFS, p_lo_smem, PV_E4M3, trace_ptr,
-                            TRACE)),
+                            CAUSAL, BLOCK_M, BLOCK_N, STAGES, SOFTMAX_WARPS, P_BUFS, trace_ptr, TRACE)),
             (_fp8_output, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_ob, stride_os, stride_oh,
                            s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
                            k_lo, v_lo, p_smem, a_smem, bars, 0, BLOCK_M, BLOCK_N, D_V, STAGES, OUTPUT_WARPS, P_BUFS,
-                           p_lo_smem, PV_E4M3, trace_ptr, TRACE)),
+                           trace_ptr, TRACE)),
             (_fp8_output, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_ob, stride_os, stride_oh,
                            s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
                            k_lo, v_hi, p_smem, a_smem, bars, HALF, BLOCK_M, BLOCK_N, D_V, STAGES, OUTPUT_WARPS,
-                           P_BUFS, p_lo_smem, PV_E4M3, trace_ptr, False)),
+                           P_BUFS, trace_ptr, False)),
             (_fp8_loader, (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                            stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
@@ -461,7 +409,6 @@ def dense_decode_fp8_sm90_fwd(
     descale_q: torch.Tensor | None = None,
     descale_k: torch.Tensor | None = None,
     p_bufs: int | None = None,
-    pv_e4m3: bool | None = None,
     trace: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd` for an e4m3 q over a per-tensor FP8
@@ -471,8 +418,7 @@ def dense_decode_fp8_sm90_fwd(
     float8_e4m3fn (or its uint8 view; ``k / descale_k``), any page size; descale_q, descale_k: fp32 [1] on q's
     device. Returns ``out`` [b, s_q, h_q, 512] bf16 and ``lse`` [b, h_q, s_q] fp32 (``+inf`` for a row that saw
     no key). Split partials are merged by the combine kernel (a second launch). ``p_bufs``: P buffers
-    (``None``: :data:`P_BUFS`, read at each call); ``pv_e4m3``: ``P V`` on the e4m3 tensor cores (``None``:
-    :data:`PV_E4M3`, read at each call); ``trace``: the trace build, a diagnostic (the warp-specialized kernel's buffer,
+    (``None``: :data:`P_BUFS`, read at each call); ``trace``: the trace build, a diagnostic (the warp-specialized kernel's buffer,
     :func:`~openmla.ops.gluon.decode_dense_sm90_ws.trace_buffer`; events in ``benchmarks/trace_ws.py``).
     """
     if not serves(q, k_cache, head_dim_v, descale_q, descale_k):
@@ -499,8 +445,7 @@ def dense_decode_fp8_sm90_fwd(
                       out, lse, workspace, row_tiles, softmax_scale), descale_k, descale_q, trace,
         CAUSAL=bool(causal and s_q > 1), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, D_V=D_V, D_PE=D_QK - D_V, STAGES=STAGES,
         SOFTMAX_WARPS=NUM_WARPS, OUTPUT_WARPS=WORKER_WARPS[0], LOADER_WARPS=WORKER_WARPS[1],
-        OUTPUT_REGS=WORKER_REGS[0], LOADER_REGS=WORKER_REGS[1], P_BUFS=P_BUFS if p_bufs is None else int(p_bufs),
-        PV_E4M3=bool(PV_E4M3 if pv_e4m3 is None else pv_e4m3), TRACE=trace is not None,
+        OUTPUT_REGS=WORKER_REGS[0], LOADER_REGS=WORKER_REGS[1], P_BUFS=P_BUFS if p_bufs is None else int(p_bufs), TRACE=trace is not None,
         num_warps=NUM_WARPS, maxnreg=MAXNREG,
     )
     combine_splits(out, lse, workspace[0], workspace[1], num_splits)
