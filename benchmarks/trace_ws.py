@@ -11,7 +11,10 @@ of every KV tile in a few programs (:func:`openmla.ops.gluon.decode_dense_sm90_w
   5 the first output warpgroup has P         6 it released P and the stage
   7 a decoding loader's codes have all landed (FP8 records); in the e4m3-product kernel
     (:mod:`openmla.ops.gluon.decode_dense_fp8_sm90`, config ``dense_fp8_e4m3_*``) the first output warpgroup has
-    decoded its value half, with intervals of their own (:data:`E4M3_PRODUCT_INTERVALS`)
+    decoded its value half, with intervals of their own (:data:`E4M3_PRODUCT_INTERVALS`); with the output
+    warpgroups decoding V3.2 records (``output_decode``, config ``*_output_decode``) the first output warpgroup
+    has decoded its half, which it does for tile k+1 between issuing tile k's products and their end
+    (:data:`OUTPUT_DECODE_INTERVALS`)
 
 For each config this prints the call's time (replayed from a CUDA graph) with and without the stamps (so their cost is in view) and, over the
 stamped tiles of a request's steady state, the median cycles of: the tile period (event 1 to the next tile's 1),
@@ -38,6 +41,21 @@ E4M3_PRODUCT_INTERVALS = {
     "output waits for P after its decode (7 -> 5)": lambda t, k: t[k][5] - t[k][7],
     "output products (5 -> 6)": lambda t, k: t[k][6] - t[k][5],
     "codes in flight before the scores (1 -> 2)": lambda t, k: t[k][2] - t[k][1],
+}
+
+
+#: the output warpgroups decoding V3.2 records: event 7 of tile k is stamped inside the output warpgroup's step k-1
+OUTPUT_DECODE_INTERVALS = {
+    "period (1 -> next 1)": lambda t, k: t[k + 1][1] - t[k][1],
+    "loader issue (0 -> 1)": lambda t, k: t[k][1] - t[k][0],
+    "loader waits for a stage (last 1 -> 0)": lambda t, k: t[k][0] - t[k - 1][1],
+    "copies issued to decoded (1 -> 7)": lambda t, k: t[k][7] - t[k][1],
+    "decode after the last products issued (last 5 -> 7)": lambda t, k: t[k][7] - t[k - 1][5],
+    "decoded to scores issued (7 -> 2)": lambda t, k: t[k][2] - t[k][7],
+    "score products (2 -> 3)": lambda t, k: t[k][3] - t[k][2],
+    "softmax and hand-over (3 -> 4)": lambda t, k: t[k][4] - t[k][3],
+    "output waits for P (last 6 -> 5)": lambda t, k: t[k][5] - t[k - 1][6],
+    "output products and next decode (5 -> 6)": lambda t, k: t[k][6] - t[k][5],
 }
 
 
@@ -105,7 +123,12 @@ def main(argv=None) -> None:
                                         cfg.kv_format, cfg.d_qk, cfg.dv, torch.bfloat16, "cuda", cfg.seed,
                                         cfg.invalid_frac)
         calls[name] = (lambda inp=inp: lambda trace=None: sparse_decode_sm90_fwd(
-            inp.q, inp.k_cache, inp.indices, inp.head_dim_v, inp.softmax_scale, is_fp8=inp.is_fp8, trace=trace))()
+            inp.q, inp.k_cache, inp.indices, inp.head_dim_v, inp.softmax_scale, is_fp8=inp.is_fp8, trace=trace,
+            output_decode=False))()
+        if inp.is_fp8:  # the same with the output warpgroups decoding (its event 7: OUTPUT_DECODE_INTERVALS)
+            calls[name + "_output_decode"] = (lambda inp=inp: lambda trace=None: sparse_decode_sm90_fwd(
+                inp.q, inp.k_cache, inp.indices, inp.head_dim_v, inp.softmax_scale, is_fp8=True, trace=trace,
+                output_decode=True))()
     g = torch.Generator().manual_seed(0)
     lens = torch.normal(8192.0, 4096.0, (128,), generator=g).round().clamp(1, 16384).int().tolist()
     dense = make_dense_decode_inputs(lens, 1, 128, 1, 576, 512, 64, torch.bfloat16, False, "cuda", 0)
@@ -135,7 +158,8 @@ def main(argv=None) -> None:
         buf.zero_()
         call(trace=buf)
         torch.cuda.synchronize()
-        iv = _intervals(buf.tolist(), E4M3_PRODUCT_INTERVALS if name.startswith("dense_fp8_e4m3") else None)
+        iv = _intervals(buf.tolist(), E4M3_PRODUCT_INTERVALS if name.startswith("dense_fp8_e4m3")
+                        else OUTPUT_DECODE_INTERVALS if name.endswith("_output_decode") else None)
         results.append(dict(card=card, config=name, plain_us=plain_us, traced_us=traced_us, cycles=iv))
         print(f"{name}: {plain_us:.1f} us, traced {traced_us:.1f} us ({card})")
         for k, v in iv.items():

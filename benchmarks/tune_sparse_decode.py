@@ -64,9 +64,10 @@ def candidates(h_q: int, is_fp8: bool = False, only_reg_prefetch: bool = False):
             C(64, 64, 8, 3, 512)]
 
 
-def _time_gluon(cfg, inp, ref, extras, fm_us, card, results, list_ahead=None) -> None:
+def _time_gluon(cfg, inp, ref, extras, fm_us, card, results, list_ahead=None, output_decode=None) -> None:
     """Time the sm_90 Gluon sparse kernel on ``inp`` with ``extras`` (sink, lengths), checked first;
-    ``list_ahead``: its loader reading each tile's list entries a tile ahead (``None``: the default)."""
+    ``list_ahead``: its loader reading each tile's list entries a tile ahead, ``output_decode``: the output
+    warpgroups decoding V3.2 records (``None``: the defaults)."""
     import torch
     import triton
 
@@ -76,15 +77,16 @@ def _time_gluon(cfg, inp, ref, extras, fm_us, card, results, list_ahead=None) ->
     def call():
         return sparse_decode_sm90_fwd(inp.q, inp.k_cache, inp.indices, inp.head_dim_v, inp.softmax_scale,
                                       extras.get("topk_length"), is_fp8=inp.is_fp8, attn_sink=extras.get("attn_sink"),
-                                      list_ahead=list_ahead)
+                                      list_ahead=list_ahead, output_decode=output_decode)
     out, lse = call()
     torch.cuda.synchronize()
     problems = [str(c) for c in check_sparse_decode(out, lse, *ref) if not c.ok]
     us = triton.testing.do_bench(call, warmup=50, rep=300, return_mode="median") * 1e3
     results.append(dict(op="sparse_decode", backend="gluon", card=card, config=cfg.name, h_q=cfg.h_q, b=cfg.b,
                         openmla_us=us, flash_mla_us=fm_us, ratio=(fm_us / us) if fm_us else None,
-                        check=problems or "ok", sink=bool(extras), list_ahead=list_ahead))
+                        check=problems or "ok", sink=bool(extras), list_ahead=list_ahead, output_decode=output_decode))
     form = "" if list_ahead is None else (" list-ahead" if list_ahead else " list-in-step")
+    form += "" if output_decode is None else (" output-decode" if output_decode else " loader-decode")
     print(f"{cfg.name} gluon{' sink' if extras else ''}{form}: {us:8.1f} us (FlashMLA {fm_us or 0:7.1f}) "
           f"{'ok' if not problems else problems}", flush=True)
 
@@ -119,6 +121,9 @@ def main(argv=None) -> None:
     ap.add_argument("--gluon-list-ahead", action="store_true",
                     help="only the sm_90 Gluon kernel, its loader reading each tile's list entries with the tile or a "
                          "tile ahead (list_ahead), alternated twice")
+    ap.add_argument("--gluon-output-decode", action="store_true",
+                    help="only the sm_90 Gluon kernel over the V3.2 cache, its loader or its output warpgroups "
+                         "decoding each tile (output_decode), alternated twice")
     ap.add_argument("--unchained", action="store_true",
                     help="only the default tile and the unchained 64-row tiles (one split count)")
     args = ap.parse_args(argv)
@@ -154,6 +159,12 @@ def main(argv=None) -> None:
                           topk_length=torch.full((cfg.b,), cfg.topk, dtype=torch.int32, device="cuda"))
         if args.sink:  # the Hopper kernel on the same call, for comparison (it takes sinks too)
             _time_gluon(cfg, inp, ref, extras, fm_us, card, results)
+        if args.gluon_output_decode:
+            for output_decode in (False, True, False, True):
+                _time_gluon(cfg, inp, ref, extras, fm_us, card, results, output_decode=output_decode)
+            inp = ref = None
+            torch.cuda.empty_cache()
+            continue
         if args.gluon_list_ahead:
             for ahead in (False, True, False, True):
                 _time_gluon(cfg, inp, ref, extras, fm_us, card, results, list_ahead=ahead)

@@ -332,7 +332,7 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                       OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], K_BOXES=d_qk // 64 if box_ready else 1, SPARSE=False,
                       KV_FP8=False, PREFETCH_L2=False, HAS_SINK=False, sink_ptr=None, KV_E4M3=False,
                       descale_k_ptr=None, Q_E4M3=False, descale_q_ptr=None, LIST_AHEAD=False, TRACE=False,
-                      trace_ptr=None, BOX_ALLOCS=box_allocs)
+                      trace_ptr=None, BOX_ALLOCS=box_allocs, OUTPUT_DECODE=False)
         v_ptrs = dict(ptrs)
         if tma_k:
             v_ptrs["k_desc"] = _tma_desc_type(dtype)
@@ -356,7 +356,8 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                           SOFTMAX_WARPS=ws.NUM_WARPS, OUTPUT_WARPS=ws.WORKER_WARPS[0], LOADER_WARPS=ws.WORKER_WARPS[1],
                           OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], K_BOXES=1, SPARSE=False, KV_FP8=False,
                           PREFETCH_L2=False, HAS_SINK=False, sink_ptr=None, KV_E4M3=True, k_desc=None,
-                          Q_E4M3=q_e4m3, LIST_AHEAD=ws.LIST_AHEAD, TRACE=False, trace_ptr=None, BOX_ALLOCS=False)
+                          Q_E4M3=q_e4m3, LIST_AHEAD=ws.LIST_AHEAD, TRACE=False, trace_ptr=None, BOX_ALLOCS=False,
+                          OUTPUT_DECODE=False)
             if not q_e4m3:
                 consts["descale_q_ptr"] = None
             out.append(Variant(ws._dense_decode_sm90_ws_kernel,
@@ -385,7 +386,8 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                       OUTPUT_WARPS=ws.WORKER_WARPS[0], LOADER_WARPS=ws.WORKER_WARPS[1], OUTPUT_REGS=regs[0],
                       LOADER_REGS=regs[1], K_BOXES=1, SPARSE=True, KV_FP8=False, PREFETCH_L2=False, k_desc=None,
                       HAS_SINK=False, sink_ptr=None, KV_E4M3=False, descale_k_ptr=None, Q_E4M3=False,
-                      descale_q_ptr=None, LIST_AHEAD=ws.LIST_AHEAD, TRACE=False, trace_ptr=None, BOX_ALLOCS=False)
+                      descale_q_ptr=None, LIST_AHEAD=ws.LIST_AHEAD, TRACE=False, trace_ptr=None, BOX_ALLOCS=False,
+                      OUTPUT_DECODE=False)
         # with an attention sink: one more pointer, read in the last round of each request
         sink = (dict(HAS_SINK=True), {"sink_ptr": "*fp32"}, " sink")
         for extra_consts, extra_ptrs, tag in (({}, {}, ""), sink):
@@ -396,16 +398,20 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                                ws.NUM_WARPS, 1, f"gluon-ws sparse {dtype} d{d_qk} softmax-only async-arrive{tag}",
                                gluon=True, maxnreg=ws.SOLO_MAXNREG))
             if d_qk == 576:  # the V3.2 FP8 cache: 656-byte records dequantized to q's dtype
-                regs = ws.SPARSE_FP8_WORKER_REGS
-                for prefetch in (True, False) if not tag else (False,):
+                # (prefetch, output_decode): the loader decoding (with and without the L2 prefetch), and the
+                # output warpgroups decoding
+                forms = ((True, False), (False, False), (False, True)) if not tag else ((False, False), (False, True))
+                for prefetch, output_decode in forms:
+                    regs = ws.SPARSE_FP8_OUTPUT_DECODE_REGS if output_decode else ws.SPARSE_FP8_WORKER_REGS
                     out.append(Variant(ws._dense_decode_sm90_ws_kernel, dict(ptrs, k_ptr="*u8", **extra_ptrs),
                                        ("scale_log2",),
                                        with_sink | dict(KV_FP8=True, PREFETCH_L2=prefetch, OUTPUT_REGS=regs[0],
-                                                        LOADER_REGS=regs[1],
+                                                        LOADER_REGS=regs[1], OUTPUT_DECODE=output_decode,
                                                         LIST_AHEAD=ws.SPARSE_FP8_LIST_AHEAD and not prefetch),
                                        ws.NUM_WARPS, 1,
                                        f"gluon-ws sparse {dtype} q fp8-v32 cache softmax-only"
-                                       + (" prefetch-l2" if prefetch else "") + tag, gluon=True,
+                                       + (" prefetch-l2" if prefetch else "")
+                                       + (" output-decode" if output_decode else "") + tag, gluon=True,
                                        maxnreg=ws.SOLO_MAXNREG))
     return out
 

@@ -119,6 +119,12 @@ SPARSE_FP8_WORKER_REGS = (168, 80)
 # registers (80 measured 1-2 % slower there, H100, docs/perf-notes.md)
 E4M3_WORKER_REGS = (168, 72)
 SPARSE_FP8_PREFETCH_L2 = False  # measured slower with the loader at 72 registers (module docstring)
+# over the V3.2 FP8 cache: the output warpgroups decode each tile's codes, each its own value half in place, the
+# next tile's while this tile's `P V` runs (:func:`_decode_own_half`); the loader only issues the copies, two tiles
+# in flight. The trace had the loader busy 97 % of a tile (its copies' wait, then the decode: one tile in flight)
+# while the output warpgroups waited ~80 % of it (docs/perf-notes.md, sparse decode)
+SPARSE_FP8_OUTPUT_DECODE = False
+SPARSE_FP8_OUTPUT_DECODE_REGS = (176, 64)
 # the loader reads each tile's list (or block-table) entries a tile ahead: on over the V3.2 FP8 cache (3.4-4.0 %
 # faster, H200), off for 16-bit lists and per-tensor FP8 keys (within noise there; module docstring)
 SPARSE_FP8_LIST_AHEAD = True
@@ -264,7 +270,7 @@ if gluon_available():
                 PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, TMA_K: gl.constexpr,
                 K_BOXES: gl.constexpr, SPARSE: gl.constexpr, KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr,
                 KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr, LIST_AHEAD: gl.constexpr, trace_ptr,
-                TRACE: gl.constexpr, BOX_ALLOCS: gl.constexpr):
+                TRACE: gl.constexpr, BOX_ALLOCS: gl.constexpr, dec, OUTPUT_DECODE: gl.constexpr):
         """Loader partition: each request's Q tile, then its K tiles into the two-stage ring.
 
         ``TMA_K``: a whole tile (64 keys inside one page) comes as 64x64 TMA boxes of ``k_desc`` (the cache
@@ -283,7 +289,8 @@ if gluon_available():
         mask; over FP8 records the softmax warpgroup reads them from the list itself (:func:`_softmax_only`).
 
         ``KV_FP8`` (with ``SPARSE``): the cache holds V3.2 FP8 records (656 bytes a key, ``k_ptr`` bytes); each
-        tile is gathered and dequantized into the stage by :func:`_gather_fp8_tile`.
+        tile is gathered and dequantized into the stage by :func:`_gather_fp8_tile`, or with ``OUTPUT_DECODE``
+        only gathered (:func:`_issue_fp8_halves`), its copies arriving on ``dec`` (a barrier a stage) as they land, and decoded by the output warpgroups (:func:`_decode_own_half`).
 
         ``KV_E4M3`` (dense): the cache holds per-tensor e4m3 codes (``d`` bytes a key, ``k_ptr`` bytes); each tile
         is copied and decoded, unscaled (exactly), into the stage by :func:`_gather_e4m3_tile`.
@@ -338,6 +345,13 @@ if gluon_available():
                                       kv_head * stride_kh, k_lo.index(stage), k_hi.index(stage), k_pe.index(stage),
                                       k_hi, k_pe, stage, D_V, PARTITION_WARPS)
                     mbarrier.arrive(k_ready.index(stage), count=1)
+                elif KV_FP8 and OUTPUT_DECODE:
+                    if not LIST_AHEAD:
+                        ent = _key_entries(bt_row, start + offs_e, tok_hi, page_block_size, True)
+                    _issue_fp8_halves(k_ptr, ent, start, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
+                                      k_lo, k_hi, k_pe, stage, D_V, PARTITION_WARPS)
+                    # each thread's copies arrive as they land; the loader goes on to the next stage at once
+                    async_copy.mbarrier_arrive(dec.index(stage), increment_count=False)
                 elif KV_FP8:
                     if not LIST_AHEAD:
                         ent = _key_entries(bt_row, start + offs_e, tok_hi, page_block_size, True)
@@ -413,6 +427,90 @@ if gluon_available():
         _decode_code_tile(k_lo_s, k_hi_s, k_pe_s, k_hi, k_pe, stage, sc0, sc1, sc2, sc3, D_V, PARTITION_WARPS, True)
         fence_async_shared()  # the tensor cores read the stage next
         gl.thread_barrier()
+
+    @gluon.jit
+    def _issue_fp8_halves(k_ptr, slot, start, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
+                          k_lo, k_hi, k_pe, stage, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr):
+        """Issue the ``cp.async`` copies of one tile of 64 V3.2 FP8 records (``slot``: their list entries, from
+        :func:`_key_entries`; keys outside the cache or at or past ``tok_hi`` zero-filled) for the output
+        warpgroups to decode (:func:`_decode_own_half`). Into each value half's 16-bit buffer of ``stage``
+        (``k_lo``, ``k_hi``: 32 KB, each 64-column block its own 8 KB) go that half's codes (dims ``256h ..``) as
+        four [64, 64] byte blocks in its upper 16 KB, and its two fp32 scales (``2h``, ``2h + 1``) as two rows
+        of 64 at byte 8192 (:func:`_scale_rows`; no room is left beside the ring for them); the bf16 RoPE dims
+        go to the stage's RoPE slot. The caller arrives on the tile's barrier after them."""
+        CVT: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [PARTITION_WARPS, 1], [1, 0])  # 16 B a thread
+        ROPE: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [PARTITION_WARPS, 1], [1, 0])
+        SCALES: gl.constexpr = gl.BlockedLayout([1], [32], [PARTITION_WARPS], [0])  # a scale row, 4 B a key
+        CODES: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0])
+        HALF_BLOCKS: gl.constexpr = D_V // 128  # 64-code blocks a value half
+        BLOCKS: gl.constexpr = 2 * HALF_BLOCKS  # 4 KB chunks of a half's 16-bit buffer
+        offs_j = start + gl.arange(0, 64, layout=gl.SliceLayout(1, CVT))
+        rec, mask_j = _slot_records(k_ptr, slot, offs_j, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp)
+        lo = k_lo._reinterpret(gl.uint8, [k_lo.shape[0] * BLOCKS, 64, 64], CODES)
+        hi = k_hi._reinterpret(gl.uint8, [k_hi.shape[0] * BLOCKS, 64, 64], CODES)
+        offs_c = gl.arange(0, 64, layout=gl.SliceLayout(0, CVT))
+        for c in gl.static_range(HALF_BLOCKS):
+            async_copy.async_copy_global_to_shared(lo.index(stage * BLOCKS + HALF_BLOCKS + c),
+                                                   rec[:, None] + c * 64 + offs_c[None, :], mask=mask_j[:, None])
+        for c in gl.static_range(HALF_BLOCKS):
+            async_copy.async_copy_global_to_shared(hi.index(stage * BLOCKS + HALF_BLOCKS + c),
+                                                   rec[:, None] + (HALF_BLOCKS + c) * 64 + offs_c[None, :],
+                                                   mask=mask_j[:, None])
+        rec_pe = gl.convert_layout(rec, gl.SliceLayout(1, ROPE))
+        mask_pe = gl.convert_layout(mask_j, gl.SliceLayout(1, ROPE))
+        pe_ptr = (rec_pe + D_V + 16).to(gl.pointer_type(gl.bfloat16))
+        offs_e = gl.arange(0, 64, layout=gl.SliceLayout(0, ROPE))
+        async_copy.async_copy_global_to_shared(k_pe.index(stage), pe_ptr[:, None] + offs_e[None, :],
+                                               mask=mask_pe[:, None])
+        sc_ptr = (gl.convert_layout(rec, SCALES) + D_V).to(gl.pointer_type(gl.float32))
+        mask_s = gl.convert_layout(mask_j, SCALES)
+        for t in gl.static_range(2):
+            async_copy.async_copy_global_to_shared(_scale_rows(k_lo).index(stage * 128 + 32 + t), sc_ptr + t,
+                                                   mask=mask_s)
+            async_copy.async_copy_global_to_shared(_scale_rows(k_hi).index(stage * 128 + 32 + t), sc_ptr + 2 + t,
+                                                   mask=mask_s)
+
+    @gluon.jit
+    def _scale_rows(v_half):
+        """A value half's 16-bit K ring ([2, 64, 256]) as fp32 rows of 64 ([256, 64]): row ``128 stage + 32 + t``
+        (byte 8192 of the stage's buffer, inside its second 64-column block) holds the half's scale ``t`` of each
+        key until the decode overwrites it."""
+        return v_half._reinterpret(gl.float32, [v_half.shape[0] * 128, 64], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
+
+    @gluon.jit
+    def _decode_own_half(v_half, codes_ready, k_ready, kb, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr):
+        """An output warpgroup decodes its value half of K tile ``kb`` (stage ``kb % 2``) in place, once the
+        tile's copies have landed (:func:`_issue_fp8_halves`), and arrives on the tile's ready barrier (which
+        counts both output warpgroups). ``v_half``: this warpgroup's half of the K ring (16-bit [2, 64, D_V/2]).
+
+        Each 64-column 16-bit block is its own 8 KB; code block ``c`` is 4 KB at byte ``16K + 4K c`` and the
+        scales lie at byte 8K. The scales are read and block 0 written into free bytes; block 1 (over the scales)
+        only after a barrier of this warpgroup, by which every thread has read them and code blocks 0-1; block 2
+        then overwrites code blocks 0-1; block 3 is read into registers and written after a second barrier, once
+        block 2's codes are read too. No other partition touches these bytes before the tile is ready."""
+        dtype: gl.constexpr = v_half.dtype
+        CVT: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [PARTITION_WARPS, 1], [1, 0])  # 16 B a thread
+        CODES: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0])
+        HALF_BLOCKS: gl.constexpr = D_V // 128
+        gl.static_assert(HALF_BLOCKS == 4, "the in-place order is written for 256-dim value halves")
+        stage = kb % 2
+        mbarrier.wait(codes_ready.index(stage), (kb // 2) & 1)
+        codes = v_half._reinterpret(gl.uint8, [v_half.shape[0] * 2 * HALF_BLOCKS, 64, 64], CODES)
+        base = stage * 2 * HALF_BLOCKS + HALF_BLOCKS
+        dst = v_half.index(stage)
+        sc_a = _scale_rows(v_half).index(stage * 128 + 32).load(gl.SliceLayout(1, CVT))
+        sc_b = _scale_rows(v_half).index(stage * 128 + 33).load(gl.SliceLayout(1, CVT))
+        dst.slice(0, 64, dim=1).store(_dequant(codes.index(base + 0).load(CVT), sc_a, dtype))
+        c1 = codes.index(base + 1).load(CVT)
+        gl.thread_barrier()  # the scales and code blocks 0-1 read by the whole warpgroup
+        dst.slice(64, 64, dim=1).store(_dequant(c1, sc_a, dtype))
+        dst.slice(128, 64, dim=1).store(_dequant(codes.index(base + 2).load(CVT), sc_b, dtype))
+        c3 = codes.index(base + 3).load(CVT)
+        gl.thread_barrier()  # code blocks 2-3 read
+        dst.slice(192, 64, dim=1).store(_dequant(c3, sc_b, dtype))
+        fence_async_shared()  # the tensor cores read the stage next
+        gl.thread_barrier()
+        mbarrier.arrive(k_ready.index(stage), count=1)
 
     @gluon.jit
     def _gather_e4m3_tile(k_ptr, page, start, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp, head_off,
@@ -740,12 +838,17 @@ if gluon_available():
                          s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
                          v_half, p_smem, a_smem, bars,
                          COL0: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr,
-                         PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, trace_ptr, TRACE: gl.constexpr):
+                         PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, trace_ptr, TRACE: gl.constexpr,
+                         dec, DECODE: gl.constexpr):
         """:func:`_output_half` as two N=D_V/4 products with an accumulator each: with four warpgroups the
         launch cap is 128 registers a thread, and ``ptxas`` fits every instruction under that cap, so a single
         N=256 product (154 registers) does not compile even where the partition's own limit is 168. Kept
         beside :func:`_output_half` rather than replacing it: the three-warpgroup form was measured with one
-        N=256 product, and two would read P from shared memory twice; merging them waits for a GPU A/B."""
+        N=256 product, and two would read P from shared memory twice; merging them waits for a GPU A/B.
+
+        ``DECODE`` (V3.2 FP8 records, ``dec`` the barriers their copies land on): this warpgroup decodes its half of each
+        tile (:func:`_decode_own_half`): the piece's first tile before the loop, then tile ``kb + 1`` while tile
+        ``kb``'s products run, so the softmax warpgroup's next scores wait for a decode that overlapped them."""
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
         QUARTER: gl.constexpr = D_V // 4
         O_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
@@ -759,6 +862,10 @@ if gluon_available():
         offs_v = COL0 + gl.arange(0, QUARTER, layout=gl.SliceLayout(0, O_LAYOUT))
         kb = 0
         pr = 0
+        if DECODE:
+            if begin_req <= end_req:  # the piece's first tile
+                _decode_own_half(v_half, dec, k_ready, 0, D_V, PARTITION_WARPS)
+                _stamp(trace_ptr, 0, 7, TRACE, PARTITION_WARPS)
         for req in range(begin_req, end_req + 1):
             req64 = req.to(gl.int64)
             s_k, tok_lo, tok_hi, split_lo, n_split, split_idx = _request_span(
@@ -766,7 +873,8 @@ if gluon_available():
                 page_block_size)
             acc_a = gl.zeros([BLOCK_M, QUARTER], gl.float32, layout=O_LAYOUT)
             acc_b = gl.zeros([BLOCK_M, QUARTER], gl.float32, layout=O_LAYOUT)
-            for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
+            n_tiles = _tiles_of(tok_lo, tok_hi, BLOCK_N)
+            for it in range(0, n_tiles):
                 stage = kb % 2
                 _acquire(p_ready, pr & 1, ASYNC_ARRIVE)  # V came from the loader through the softmax warpgroup
                 _stamp(trace_ptr, kb, 5, TRACE, PARTITION_WARPS)
@@ -776,6 +884,10 @@ if gluon_available():
                 v = v_half.index(stage)
                 acc_a = warpgroup_mma(p_smem, v.slice(0, QUARTER, dim=1), acc_a, is_async=True)
                 acc_b = warpgroup_mma(p_smem, v.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
+                if DECODE:  # the next tile (this request's or the next one's) while these products run
+                    if (it + 1 < n_tiles) | (req < end_req):
+                        _decode_own_half(v_half, dec, k_ready, kb + 1, D_V, PARTITION_WARPS)
+                        _stamp(trace_ptr, kb + 1, 7, TRACE, PARTITION_WARPS)
                 acc_a, acc_b = warpgroup_mma_wait(num_outstanding=0, deps=(acc_a, acc_b))
                 _release(p_free, k_free.index(stage))
                 _stamp(trace_ptr, kb, 6, TRACE, PARTITION_WARPS)
@@ -1110,7 +1222,7 @@ if gluon_available():
         LOADER_REGS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, K_BOXES: gl.constexpr, SPARSE: gl.constexpr,
         KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr, HAS_SINK: gl.constexpr, KV_E4M3: gl.constexpr,
         Q_E4M3: gl.constexpr, LIST_AHEAD: gl.constexpr, TRACE: gl.constexpr,
-        BOX_ALLOCS: gl.constexpr,
+        BOX_ALLOCS: gl.constexpr, OUTPUT_DECODE: gl.constexpr,
     ):
         # the products' type: q's, or fp16 for e4m3 codes (more mantissa for P than bf16; codes are <= 448)
         if Q_E4M3:
@@ -1170,8 +1282,14 @@ if gluon_available():
                          "per-tensor FP8 keys: dense, by cp.async, (576, 512) dims")
         gl.static_assert(not Q_E4M3 or KV_E4M3, "an e4m3 q comes with a per-tensor FP8 cache")
         gl.static_assert(not LIST_AHEAD or SPARSE or KV_E4M3, "entries a tile ahead: lists, or per-tensor FP8 keys")
-        # TMA tiles: one arrival with the byte count; FP8 tiles: one after the partition's decode
-        K_LOADED: gl.constexpr = 1 if (TMA_K or KV_FP8 or KV_E4M3) else LOADED
+        gl.static_assert(not OUTPUT_DECODE or (KV_FP8 and SOFTMAX_ONLY and not PREFETCH_L2),
+                         "the output warpgroups decode V3.2 records in the four-warpgroup form, no L2 prefetch")
+        # TMA tiles: one arrival with the byte count; FP8 tiles: one after the partition's decode, or with
+        # OUTPUT_DECODE one from each output warpgroup after its half's
+        if OUTPUT_DECODE:
+            K_LOADED: gl.constexpr = 2
+        else:
+            K_LOADED: gl.constexpr = 1 if (TMA_K or KV_FP8 or KV_E4M3) else LOADED
         mbarrier.init(q_ready, count=LOADED)
         mbarrier.init(q_free, count=1)
         mbarrier.init(p_ready, count=1)
@@ -1186,6 +1304,13 @@ if gluon_available():
         for i in gl.static_range(2):
             mbarrier.init(k_free.index(i), count=2)  # both warpgroups that multiply by V
         bars = (q_ready, q_free, k_ready, k_free, p_ready, p_free)
+        if OUTPUT_DECODE:  # each stage's copies landed (the loader's threads arrive)
+            codes_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+            for i in gl.static_range(2):
+                mbarrier.init(codes_ready.index(i), count=LOADED)
+            dec = codes_ready
+        else:
+            dec = k_free  # never read
 
         if SOFTMAX_ONLY:
             gl.warp_specialize([
@@ -1199,18 +1324,19 @@ if gluon_available():
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
                                 k_lo, p_smem, a_smem, bars, 0, BLOCK_M, BLOCK_N, D_V, OUTPUT_WARPS, ASYNC_ARRIVE,
-                                trace_ptr, TRACE)),
+                                trace_ptr, TRACE, dec, OUTPUT_DECODE)),
                 (_output_quarters, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
                                 k_hi, p_smem, a_smem, bars, HALF, BLOCK_M, BLOCK_N, D_V, OUTPUT_WARPS,
-                                ASYNC_ARRIVE, trace_ptr, False)),
+                                ASYNC_ARRIVE, trace_ptr, False, dec, OUTPUT_DECODE)),
                 (_loader, (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                            stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
                            q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc, slots,
                            BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE, KV_FP8,
-                           PREFETCH_L2, KV_E4M3, Q_E4M3, LIST_AHEAD, trace_ptr, TRACE, BOX_ALLOCS)),
+                           PREFETCH_L2, KV_E4M3, Q_E4M3, LIST_AHEAD, trace_ptr, TRACE, BOX_ALLOCS, dec,
+                           OUTPUT_DECODE)),
             ], [OUTPUT_WARPS, OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, OUTPUT_REGS, LOADER_REGS])
         else:
             gl.warp_specialize([
@@ -1230,7 +1356,8 @@ if gluon_available():
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
                            q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc, slots,
                            BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE, KV_FP8,
-                           PREFETCH_L2, KV_E4M3, Q_E4M3, LIST_AHEAD, trace_ptr, TRACE, BOX_ALLOCS)),
+                           PREFETCH_L2, KV_E4M3, Q_E4M3, LIST_AHEAD, trace_ptr, TRACE, BOX_ALLOCS, dec,
+                           OUTPUT_DECODE)),
             ], [OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, LOADER_REGS])
 
 
@@ -1355,7 +1482,7 @@ def dense_decode_sm90_ws_fwd(
         LOADER_WARPS=WORKER_WARPS[1], OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], ASYNC_ARRIVE=bool(async_arrive),
         K_BOXES=k_boxes, SPARSE=False, KV_FP8=False, PREFETCH_L2=False, HAS_SINK=False, KV_E4M3=e4m3,
         Q_E4M3=q_e4m3, LIST_AHEAD=bool(e4m3 and list_ahead), TRACE=trace is not None,
-        BOX_ALLOCS=bool(box_allocs and k_boxes > 1 and softmax_only),
+        BOX_ALLOCS=bool(box_allocs and k_boxes > 1 and softmax_only), OUTPUT_DECODE=False,
         num_warps=NUM_WARPS,
         maxnreg=SOLO_MAXNREG if softmax_only else MAXNREG,
     )

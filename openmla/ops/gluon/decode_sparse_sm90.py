@@ -103,6 +103,7 @@ def sparse_decode_sm90_fwd(
     attn_sink: torch.Tensor | None = None,
     list_ahead: bool | None = None,
     trace: torch.Tensor | None = None,
+    output_decode: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse decode on Hopper; inputs validated by :mod:`openmla.api`.
 
@@ -127,6 +128,8 @@ def sparse_decode_sm90_fwd(
         list_ahead: the loader reads each tile's list entries a tile ahead (``None``: ``SPARSE_FP8_LIST_AHEAD``
             with ``is_fp8`` and no ``prefetch_l2`` (which reads the next tile's list itself), else ``LIST_AHEAD``,
             of :mod:`.decode_dense_sm90_ws`, read at the call).
+        output_decode: with ``is_fp8``, the output warpgroups decode each tile's codes and the loader only gathers
+            them (``None``: ``SPARSE_FP8_OUTPUT_DECODE`` of :mod:`.decode_dense_sm90_ws`, read at the call).
         trace: a diagnostic: the kernel's trace build stamps into this buffer (``trace_buffer`` of
             :mod:`.decode_dense_sm90_ws`; ``benchmarks/trace_ws.py``); a wrong one is an ``InvalidArgumentError``.
 
@@ -155,7 +158,12 @@ def sparse_decode_sm90_fwd(
     lse_tok = torch.empty(tokens, h_q, 1, dtype=torch.float32, device=q.device)
     workspace = split_workspace(q_tok, head_dim_v, parts, fused_merge=False)  # the combine kernel merges
     scratch(*workspace)  # written by the split kernel before the combine kernel reads them
-    regs = ws.SPARSE_FP8_WORKER_REGS if is_fp8 else ws.SOLO_WORKER_REGS
+    output_decode = bool(is_fp8 and (ws.SPARSE_FP8_OUTPUT_DECODE if output_decode is None else output_decode))
+    if output_decode:
+        prefetch_l2 = False  # the loader issues each tile's copies as soon as its stage is free instead
+        regs = ws.SPARSE_FP8_OUTPUT_DECODE_REGS
+    else:
+        regs = ws.SPARSE_FP8_WORKER_REGS if is_fp8 else ws.SOLO_WORKER_REGS
     if loader_regs is not None:
         regs = (regs[0], int(loader_regs))
     ws.check_trace(trace, q.device)
@@ -169,7 +177,7 @@ def sparse_decode_sm90_fwd(
         LOADER_WARPS=ws.WORKER_WARPS[1], OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], ASYNC_ARRIVE=True, K_BOXES=1,
         SPARSE=True, KV_FP8=bool(is_fp8),
         PREFETCH_L2=bool(is_fp8 and prefetch_l2), HAS_SINK=attn_sink is not None, KV_E4M3=False, Q_E4M3=False,
-        LIST_AHEAD=bool(list_ahead), TRACE=trace is not None, BOX_ALLOCS=False,
+        LIST_AHEAD=bool(list_ahead), TRACE=trace is not None, BOX_ALLOCS=False, OUTPUT_DECODE=output_decode,
         num_warps=ws.NUM_WARPS,
         maxnreg=ws.SOLO_MAXNREG,
     )
