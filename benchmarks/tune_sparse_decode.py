@@ -86,7 +86,7 @@ def _time_gluon(cfg, inp, ref, extras, fm_us, card, results, list_ahead=None, ou
                         openmla_us=us, flash_mla_us=fm_us, ratio=(fm_us / us) if fm_us else None,
                         check=problems or "ok", sink=bool(extras), list_ahead=list_ahead, output_decode=output_decode))
     form = "" if list_ahead is None else (" list-ahead" if list_ahead else " list-in-step")
-    form += "" if output_decode is None else (" output-decode" if output_decode else " loader-decode")
+    form += "" if output_decode is None else (f" output-decode{output_decode}" if output_decode else " loader-decode")
     print(f"{cfg.name} gluon{' sink' if extras else ''}{form}: {us:8.1f} us (FlashMLA {fm_us or 0:7.1f}) "
           f"{'ok' if not problems else problems}", flush=True)
 
@@ -123,7 +123,7 @@ def main(argv=None) -> None:
                          "tile ahead (list_ahead), alternated twice")
     ap.add_argument("--gluon-output-decode", action="store_true",
                     help="only the sm_90 Gluon kernel over the V3.2 cache, its loader or its output warpgroups "
-                         "decoding each tile (output_decode), alternated twice")
+                         "decoding each tile (output_decode 0, 1, 2), in the order 0 1 2 2 1 0")
     ap.add_argument("--unchained", action="store_true",
                     help="only the default tile and the unchained 64-row tiles (one split count)")
     args = ap.parse_args(argv)
@@ -160,7 +160,7 @@ def main(argv=None) -> None:
         if args.sink:  # the Hopper kernel on the same call, for comparison (it takes sinks too)
             _time_gluon(cfg, inp, ref, extras, fm_us, card, results)
         if args.gluon_output_decode:
-            for output_decode in (False, True, False, True):
+            for output_decode in (0, 1, 2, 2, 1, 0):
                 _time_gluon(cfg, inp, ref, extras, fm_us, card, results, output_decode=output_decode)
             inp = ref = None
             torch.cuda.empty_cache()

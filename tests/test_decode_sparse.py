@@ -650,6 +650,7 @@ def test_gluon_sparse_kernel_direct(list_ahead, fp8, b, s_q, h_q, s_k, topk, pag
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _on_hopper(), reason="the Gluon sparse kernel runs on SM90 only")
+@pytest.mark.parametrize("form", [1, 2], ids=["under-products", "early"])
 @pytest.mark.parametrize("sink", [False, True], ids=["no-sink", "sink"])
 @pytest.mark.parametrize("b, s_q, h_q, s_k, topk, page, lengths, parts", [
     (4, 3, 128, 2046, 2048, 64, True, None),  # full and partial tiles, zero lengths among the lists
@@ -658,9 +659,10 @@ def test_gluon_sparse_kernel_direct(list_ahead, fp8, b, s_q, h_q, s_k, topk, pag
     (5, 1, 32, 300, 64, 2, False, 2),  # one tile a list
     (2, 1, 128, 40000, 4096, 64, False, 1),  # one piece walking 128 tiles: every barrier phase many times over
 ], ids=["h128-sq3", "h64-p61", "h16-few-pieces", "h32-p2-one-tile", "h128-one-piece"])
-def test_gluon_sparse_output_decode(sink, b, s_q, h_q, s_k, topk, page, lengths, parts, generator):
+def test_gluon_sparse_output_decode(form, sink, b, s_q, h_q, s_k, topk, page, lengths, parts, generator):
     """The Gluon kernel over the V3.2 FP8 cache with the output warpgroups decoding each tile (the loader only
-    gathering, two tiles in flight), against the reference: invalid and out-of-range slots, NaN in unused cache
+    gathering, two tiles in flight; both forms: each tile decoded under the last tile's products, or started
+    before its P), against the reference: invalid and out-of-range slots, NaN in unused cache
     rows, poisoned outputs, with and without an attention sink."""
     from openmla.ops.gluon.decode_sparse_sm90 import sparse_decode_sm90_fwd
 
@@ -670,6 +672,6 @@ def test_gluon_sparse_output_decode(sink, b, s_q, h_q, s_k, topk, page, lengths,
     poison_cuda_cache(1 << 28)
     out, lse = sparse_decode_sm90_fwd(inputs["q"], inputs["k_cache"], inputs["indices"], 512, inputs["softmax_scale"],
                                       inputs["topk_length"], num_sm_parts=parts, is_fp8=True,
-                                      attn_sink=inputs["attn_sink"], output_decode=True)
+                                      attn_sink=inputs["attn_sink"], output_decode=form)
     _sync()
     check_against_reference(inputs, out, lse)

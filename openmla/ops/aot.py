@@ -332,7 +332,7 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                       OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], K_BOXES=d_qk // 64 if box_ready else 1, SPARSE=False,
                       KV_FP8=False, PREFETCH_L2=False, HAS_SINK=False, sink_ptr=None, KV_E4M3=False,
                       descale_k_ptr=None, Q_E4M3=False, descale_q_ptr=None, LIST_AHEAD=False, TRACE=False,
-                      trace_ptr=None, BOX_ALLOCS=box_allocs, OUTPUT_DECODE=False)
+                      trace_ptr=None, BOX_ALLOCS=box_allocs, OUTPUT_DECODE=0)
         v_ptrs = dict(ptrs)
         if tma_k:
             v_ptrs["k_desc"] = _tma_desc_type(dtype)
@@ -357,7 +357,7 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                           OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], K_BOXES=1, SPARSE=False, KV_FP8=False,
                           PREFETCH_L2=False, HAS_SINK=False, sink_ptr=None, KV_E4M3=True, k_desc=None,
                           Q_E4M3=q_e4m3, LIST_AHEAD=ws.LIST_AHEAD, TRACE=False, trace_ptr=None, BOX_ALLOCS=False,
-                          OUTPUT_DECODE=False)
+                          OUTPUT_DECODE=0)
             if not q_e4m3:
                 consts["descale_q_ptr"] = None
             out.append(Variant(ws._dense_decode_sm90_ws_kernel,
@@ -387,7 +387,7 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                       LOADER_REGS=regs[1], K_BOXES=1, SPARSE=True, KV_FP8=False, PREFETCH_L2=False, k_desc=None,
                       HAS_SINK=False, sink_ptr=None, KV_E4M3=False, descale_k_ptr=None, Q_E4M3=False,
                       descale_q_ptr=None, LIST_AHEAD=ws.LIST_AHEAD, TRACE=False, trace_ptr=None, BOX_ALLOCS=False,
-                      OUTPUT_DECODE=False)
+                      OUTPUT_DECODE=0)
         # with an attention sink: one more pointer, read in the last round of each request
         sink = (dict(HAS_SINK=True), {"sink_ptr": "*fp32"}, " sink")
         for extra_consts, extra_ptrs, tag in (({}, {}, ""), sink):
@@ -400,7 +400,7 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
             if d_qk == 576:  # the V3.2 FP8 cache: 656-byte records dequantized to q's dtype
                 # (prefetch, output_decode): the loader decoding (with and without the L2 prefetch), and the
                 # output warpgroups decoding
-                forms = ((True, False), (False, False), (False, True)) if not tag else ((False, False), (False, True))
+                forms = ((True, 0), (False, 0), (False, 1), (False, 2)) if not tag else ((False, 0), (False, 1), (False, 2))
                 for prefetch, output_decode in forms:
                     regs = ws.SPARSE_FP8_OUTPUT_DECODE_REGS if output_decode else ws.SPARSE_FP8_WORKER_REGS
                     out.append(Variant(ws._dense_decode_sm90_ws_kernel, dict(ptrs, k_ptr="*u8", **extra_ptrs),
@@ -411,7 +411,8 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                                        ws.NUM_WARPS, 1,
                                        f"gluon-ws sparse {dtype} q fp8-v32 cache softmax-only"
                                        + (" prefetch-l2" if prefetch else "")
-                                       + (" output-decode" if output_decode else "") + tag, gluon=True,
+                                       + (f" output-decode{output_decode}" if output_decode else "") + tag,
+                                       gluon=True,
                                        maxnreg=ws.SOLO_MAXNREG))
     return out
 

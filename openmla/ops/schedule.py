@@ -50,7 +50,9 @@ if triton_available():
     import triton
     import triton.language as tl
 
-    @triton.jit
+    # num_parts is never specialized: as the constant 1 (Triton's specialization of an int argument equal to 1,
+    # a one-piece plan) the kernel failed to lower on sm_90 (ConvertTritonGPUToLLVM, triton 3.6)
+    @triton.jit(do_not_specialize=["num_parts"])
     def _plan_splitkv_kernel(
         seqlens_ptr,  # [b] int32
         sched_ptr,  # [num_parts, 8] int32

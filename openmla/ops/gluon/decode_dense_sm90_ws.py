@@ -119,11 +119,13 @@ SPARSE_FP8_WORKER_REGS = (168, 80)
 # registers (80 measured 1-2 % slower there, H100, docs/perf-notes.md)
 E4M3_WORKER_REGS = (168, 72)
 SPARSE_FP8_PREFETCH_L2 = False  # measured slower with the loader at 72 registers (module docstring)
-# over the V3.2 FP8 cache: the output warpgroups decode each tile's codes, each its own value half in place, the
-# next tile's while this tile's `P V` runs (:func:`_decode_own_half`); the loader only issues the copies, two tiles
-# in flight. The trace had the loader busy 97 % of a tile (its copies' wait, then the decode: one tile in flight)
-# while the output warpgroups waited ~80 % of it (docs/perf-notes.md, sparse decode)
-SPARSE_FP8_OUTPUT_DECODE = False
+# over the V3.2 FP8 cache, who decodes each tile's codes: 0 the loader (:func:`_gather_fp8_tile`, one tile in
+# flight); 1 the output warpgroups, each its own value half in place, the next tile's while this tile's `P V` runs
+# (:func:`_decode_own_half`), the loader only issuing the copies (two tiles in flight); 2 the same with the first
+# two blocks of each half decoded before the output warpgroups wait for the last tile's P. The trace had the loader
+# busy 97 % of a tile (its copies' wait, then the decode) while the output warpgroups waited ~80 % of it
+# (docs/perf-notes.md, sparse decode)
+SPARSE_FP8_OUTPUT_DECODE = 0
 SPARSE_FP8_OUTPUT_DECODE_REGS = (176, 64)
 # the loader reads each tile's list (or block-table) entries a tile ahead: on over the V3.2 FP8 cache (3.4-4.0 %
 # faster, H200), off for 16-bit lists and per-tensor FP8 keys (within noise there; module docstring)
@@ -481,13 +483,21 @@ if gluon_available():
     def _decode_own_half(v_half, codes_ready, k_ready, kb, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr):
         """An output warpgroup decodes its value half of K tile ``kb`` (stage ``kb % 2``) in place, once the
         tile's copies have landed (:func:`_issue_fp8_halves`), and arrives on the tile's ready barrier (which
-        counts both output warpgroups). ``v_half``: this warpgroup's half of the K ring (16-bit [2, 64, D_V/2]).
+        counts both output warpgroups): :func:`_decode_first_blocks` then :func:`_decode_last_blocks`, which
+        the early form runs apart (the first before waiting for the last tile's ``P``)."""
+        sc_b = _decode_first_blocks(v_half, codes_ready, kb, D_V, PARTITION_WARPS)
+        _decode_last_blocks(v_half, k_ready, kb, sc_b, D_V, PARTITION_WARPS)
+
+    @gluon.jit
+    def _decode_first_blocks(v_half, codes_ready, kb, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr):
+        """The first two 64-column blocks of this warpgroup's half of tile ``kb`` (``v_half``: its half of the K
+        ring, 16-bit [2, 64, D_V/2]), once the tile's copies have landed; returns the scale of the last two
+        (its bytes are overwritten here), [64] fp32, for :func:`_decode_last_blocks`.
 
         Each 64-column 16-bit block is its own 8 KB; code block ``c`` is 4 KB at byte ``16K + 4K c`` and the
         scales lie at byte 8K. The scales are read and block 0 written into free bytes; block 1 (over the scales)
-        only after a barrier of this warpgroup, by which every thread has read them and code blocks 0-1; block 2
-        then overwrites code blocks 0-1; block 3 is read into registers and written after a second barrier, once
-        block 2's codes are read too. No other partition touches these bytes before the tile is ready."""
+        only after a barrier of this warpgroup, by which every thread has read them and code blocks 0-1. No other
+        partition touches these bytes before the tile is ready."""
         dtype: gl.constexpr = v_half.dtype
         CVT: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [PARTITION_WARPS, 1], [1, 0])  # 16 B a thread
         CODES: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0])
@@ -504,6 +514,21 @@ if gluon_available():
         c1 = codes.index(base + 1).load(CVT)
         gl.thread_barrier()  # the scales and code blocks 0-1 read by the whole warpgroup
         dst.slice(64, 64, dim=1).store(_dequant(c1, sc_a, dtype))
+        return sc_b
+
+    @gluon.jit
+    def _decode_last_blocks(v_half, k_ready, kb, sc_b, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr):
+        """The last two blocks of this warpgroup's half of tile ``kb`` (after :func:`_decode_first_blocks` by the
+        same threads): block 2 overwrites code blocks 0-1; block 3 is read into registers and written after a
+        barrier, once block 2's codes are read too. Then the tile's ready barrier gets this warpgroup's arrival."""
+        dtype: gl.constexpr = v_half.dtype
+        CVT: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [PARTITION_WARPS, 1], [1, 0])  # 16 B a thread
+        CODES: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0])
+        HALF_BLOCKS: gl.constexpr = D_V // 128
+        stage = kb % 2
+        codes = v_half._reinterpret(gl.uint8, [v_half.shape[0] * 2 * HALF_BLOCKS, 64, 64], CODES)
+        base = stage * 2 * HALF_BLOCKS + HALF_BLOCKS
+        dst = v_half.index(stage)
         dst.slice(128, 64, dim=1).store(_dequant(codes.index(base + 2).load(CVT), sc_b, dtype))
         c3 = codes.index(base + 3).load(CVT)
         gl.thread_barrier()  # code blocks 2-3 read
@@ -847,8 +872,11 @@ if gluon_available():
         N=256 product, and two would read P from shared memory twice; merging them waits for a GPU A/B.
 
         ``DECODE`` (V3.2 FP8 records, ``dec`` the barriers their copies land on): this warpgroup decodes its half of each
-        tile (:func:`_decode_own_half`): the piece's first tile before the loop, then tile ``kb + 1`` while tile
-        ``kb``'s products run, so the softmax warpgroup's next scores wait for a decode that overlapped them."""
+        tile (:func:`_decode_own_half`): the piece's first tile before the loop, then with ``DECODE`` 1 tile
+        ``kb + 1`` while tile ``kb``'s products run, so the softmax warpgroup's next scores wait for a decode
+        that overlapped them; with ``DECODE`` 2 the first two blocks of tile ``kb + 1`` before waiting for tile
+        ``kb``'s ``P`` (while the softmax warpgroup computes it, if the codes have landed) and the other two
+        under the products."""
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
         QUARTER: gl.constexpr = D_V // 4
         O_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
@@ -860,6 +888,7 @@ if gluon_available():
         begin_req, begin_tok, end_req, end_tok, begin_split = _piece_bounds(sched_ptr, gl.program_id(1))
         offs_r = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROW_O)
         offs_v = COL0 + gl.arange(0, QUARTER, layout=gl.SliceLayout(0, O_LAYOUT))
+        DECODE_CVT: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [PARTITION_WARPS, 1], [1, 0])  # the decode's
         kb = 0
         pr = 0
         if DECODE:
@@ -876,6 +905,11 @@ if gluon_available():
             n_tiles = _tiles_of(tok_lo, tok_hi, BLOCK_N)
             for it in range(0, n_tiles):
                 stage = kb % 2
+                has_next = (it + 1 < n_tiles) | (req < end_req)  # a tile after this one in the piece
+                if DECODE == 2:
+                    sc_next = gl.zeros([BLOCK_N], gl.float32, gl.SliceLayout(1, DECODE_CVT))
+                    if has_next:
+                        sc_next = _decode_first_blocks(v_half, dec, kb + 1, D_V, PARTITION_WARPS)
                 _acquire(p_ready, pr & 1, ASYNC_ARRIVE)  # V came from the loader through the softmax warpgroup
                 _stamp(trace_ptr, kb, 5, TRACE, PARTITION_WARPS)
                 alpha = a_smem.load(ROW_O)
@@ -884,9 +918,13 @@ if gluon_available():
                 v = v_half.index(stage)
                 acc_a = warpgroup_mma(p_smem, v.slice(0, QUARTER, dim=1), acc_a, is_async=True)
                 acc_b = warpgroup_mma(p_smem, v.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
-                if DECODE:  # the next tile (this request's or the next one's) while these products run
-                    if (it + 1 < n_tiles) | (req < end_req):
+                if DECODE == 1:  # the next tile (this request's or the next one's) while these products run
+                    if has_next:
                         _decode_own_half(v_half, dec, k_ready, kb + 1, D_V, PARTITION_WARPS)
+                        _stamp(trace_ptr, kb + 1, 7, TRACE, PARTITION_WARPS)
+                elif DECODE == 2:  # its last two blocks while these products run
+                    if has_next:
+                        _decode_last_blocks(v_half, k_ready, kb + 1, sc_next, D_V, PARTITION_WARPS)
                         _stamp(trace_ptr, kb + 1, 7, TRACE, PARTITION_WARPS)
                 acc_a, acc_b = warpgroup_mma_wait(num_outstanding=0, deps=(acc_a, acc_b))
                 _release(p_free, k_free.index(stage))
@@ -1482,7 +1520,7 @@ def dense_decode_sm90_ws_fwd(
         LOADER_WARPS=WORKER_WARPS[1], OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], ASYNC_ARRIVE=bool(async_arrive),
         K_BOXES=k_boxes, SPARSE=False, KV_FP8=False, PREFETCH_L2=False, HAS_SINK=False, KV_E4M3=e4m3,
         Q_E4M3=q_e4m3, LIST_AHEAD=bool(e4m3 and list_ahead), TRACE=trace is not None,
-        BOX_ALLOCS=bool(box_allocs and k_boxes > 1 and softmax_only), OUTPUT_DECODE=False,
+        BOX_ALLOCS=bool(box_allocs and k_boxes > 1 and softmax_only), OUTPUT_DECODE=0,
         num_warps=NUM_WARPS,
         maxnreg=SOLO_MAXNREG if softmax_only else MAXNREG,
     )
