@@ -12,7 +12,7 @@ of every KV tile in a few programs (:func:`openmla.ops.gluon.decode_dense_sm90_w
   7 a decoding loader's codes have all landed (FP8 records); in the e4m3-product kernel
     (:mod:`openmla.ops.gluon.decode_dense_fp8_sm90`, config ``dense_fp8_e4m3_*``) the first output warpgroup has
     decoded its value half, with intervals of their own (:data:`E4M3_PRODUCT_INTERVALS`); with the output
-    warpgroups decoding V3.2 records (``output_decode``, configs ``*_output_decode{1,2}``) the first output
+    warpgroups decoding V3.2 records (``output_decode``, configs ``*_output_decode``) the first output
     warpgroup has decoded its half, which it finishes for tile k+1 between issuing tile k's products and their end
     (:data:`OUTPUT_DECODE_INTERVALS`)
 
@@ -125,10 +125,10 @@ def main(argv=None) -> None:
         calls[name] = (lambda inp=inp: lambda trace=None: sparse_decode_sm90_fwd(
             inp.q, inp.k_cache, inp.indices, inp.head_dim_v, inp.softmax_scale, is_fp8=inp.is_fp8, trace=trace,
             output_decode=0))()
-        for form in (1, 2) if inp.is_fp8 else ():  # the output warpgroups decoding (event 7: OUTPUT_DECODE_INTERVALS)
-            calls[f"{name}_output_decode{form}"] = (lambda inp=inp, form=form: lambda trace=None: sparse_decode_sm90_fwd(
+        if inp.is_fp8:  # the output warpgroups decoding (its event 7: OUTPUT_DECODE_INTERVALS)
+            calls[f"{name}_output_decode"] = (lambda inp=inp: lambda trace=None: sparse_decode_sm90_fwd(
                 inp.q, inp.k_cache, inp.indices, inp.head_dim_v, inp.softmax_scale, is_fp8=True, trace=trace,
-                output_decode=form))()
+                output_decode=1))()
     g = torch.Generator().manual_seed(0)
     lens = torch.normal(8192.0, 4096.0, (128,), generator=g).round().clamp(1, 16384).int().tolist()
     dense = make_dense_decode_inputs(lens, 1, 128, 1, 576, 512, 64, torch.bfloat16, False, "cuda", 0)

@@ -438,10 +438,15 @@ def test_gluon_sparse_launcher_arguments(fp8, lengths_given, monkeypatch, genera
     assert (args_again[3] is lens) != lengths_given  # the fixed-length plan is reused, lengths are not
     assert cache.data_ptr() == inputs["k_cache"].data_ptr()
     assert cache.dtype == (torch.uint8 if fp8 else torch.bfloat16)
-    regs = ws.SPARSE_FP8_WORKER_REGS if fp8 else ws.SOLO_WORKER_REGS
+    # over the V3.2 cache the output warpgroups decode by default, with registers of their own
+    output_decode = ws.SPARSE_FP8_OUTPUT_DECODE if fp8 else 0
+    assert kwargs["OUTPUT_DECODE"] == output_decode
+    regs = (ws.SPARSE_FP8_OUTPUT_DECODE_REGS if output_decode else ws.SPARSE_FP8_WORKER_REGS) if fp8 else \
+        ws.SOLO_WORKER_REGS
     assert (kwargs["OUTPUT_REGS"], kwargs["LOADER_REGS"]) == regs
     assert kwargs["SPARSE"] and kwargs["SOFTMAX_ONLY"] and not kwargs["CAUSAL"] and not kwargs["TMA_K"]
-    assert kwargs["KV_FP8"] == fp8 and kwargs["PREFETCH_L2"] == (fp8 and ws.SPARSE_FP8_PREFETCH_L2)
+    assert kwargs["KV_FP8"] == fp8
+    assert kwargs["PREFETCH_L2"] == (fp8 and not output_decode and ws.SPARSE_FP8_PREFETCH_L2)
     # ..., k_desc, sink, descale_k, descale_q, trace: no TMA descriptor, no per-tensor descales, no trace
     assert kwargs["D_V"] == 512 and kwargs["D_PE"] == 64 and args[-5] is None and args[-3:] == (None, None, None)
     assert not kwargs["TRACE"]
@@ -650,7 +655,7 @@ def test_gluon_sparse_kernel_direct(list_ahead, fp8, b, s_q, h_q, s_k, topk, pag
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _on_hopper(), reason="the Gluon sparse kernel runs on SM90 only")
-@pytest.mark.parametrize("form", [1, 2], ids=["under-products", "early"])
+@pytest.mark.parametrize("output_decode", [0, 1], ids=["loader-decodes", "output-decodes"])
 @pytest.mark.parametrize("sink", [False, True], ids=["no-sink", "sink"])
 @pytest.mark.parametrize("b, s_q, h_q, s_k, topk, page, lengths, parts", [
     (4, 3, 128, 2046, 2048, 64, True, None),  # full and partial tiles, zero lengths among the lists
@@ -659,10 +664,9 @@ def test_gluon_sparse_kernel_direct(list_ahead, fp8, b, s_q, h_q, s_k, topk, pag
     (5, 1, 32, 300, 64, 2, False, 2),  # one tile a list
     (2, 1, 128, 40000, 4096, 64, False, 1),  # one piece walking 128 tiles: every barrier phase many times over
 ], ids=["h128-sq3", "h64-p61", "h16-few-pieces", "h32-p2-one-tile", "h128-one-piece"])
-def test_gluon_sparse_output_decode(form, sink, b, s_q, h_q, s_k, topk, page, lengths, parts, generator):
-    """The Gluon kernel over the V3.2 FP8 cache with the output warpgroups decoding each tile (the loader only
-    gathering, two tiles in flight; both forms: each tile decoded under the last tile's products, or started
-    before its P), against the reference: invalid and out-of-range slots, NaN in unused cache
+def test_gluon_sparse_output_decode(output_decode, sink, b, s_q, h_q, s_k, topk, page, lengths, parts, generator):
+    """The Gluon kernel over the V3.2 FP8 cache with each decoder: the loader (one tile in flight) or the output
+    warpgroups (the default; the loader only gathering, two tiles in flight), against the reference: invalid and out-of-range slots, NaN in unused cache
     rows, poisoned outputs, with and without an attention sink."""
     from openmla.ops.gluon.decode_sparse_sm90 import sparse_decode_sm90_fwd
 
@@ -672,6 +676,6 @@ def test_gluon_sparse_output_decode(form, sink, b, s_q, h_q, s_k, topk, page, le
     poison_cuda_cache(1 << 28)
     out, lse = sparse_decode_sm90_fwd(inputs["q"], inputs["k_cache"], inputs["indices"], 512, inputs["softmax_scale"],
                                       inputs["topk_length"], num_sm_parts=parts, is_fp8=True,
-                                      attn_sink=inputs["attn_sink"], output_decode=form)
+                                      attn_sink=inputs["attn_sink"], output_decode=output_decode)
     _sync()
     check_against_reference(inputs, out, lse)

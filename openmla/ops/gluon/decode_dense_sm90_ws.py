@@ -121,11 +121,10 @@ E4M3_WORKER_REGS = (168, 72)
 SPARSE_FP8_PREFETCH_L2 = False  # measured slower with the loader at 72 registers (module docstring)
 # over the V3.2 FP8 cache, who decodes each tile's codes: 0 the loader (:func:`_gather_fp8_tile`, one tile in
 # flight); 1 the output warpgroups, each its own value half in place, the next tile's while this tile's `P V` runs
-# (:func:`_decode_own_half`), the loader only issuing the copies (two tiles in flight); 2 the same with the first
-# two blocks of each half decoded before the output warpgroups wait for the last tile's P. The trace had the loader
-# busy 97 % of a tile (its copies' wait, then the decode) while the output warpgroups waited ~80 % of it
-# (docs/perf-notes.md, sparse decode)
-SPARSE_FP8_OUTPUT_DECODE = 0
+# (:func:`_decode_own_half`), the loader only issuing the copies (two tiles in flight). The trace had the loader
+# busy 97 % of a tile (its copies' wait, then the decode) while the output warpgroups waited ~80 % of it. 1 ran
+# 7-8 % faster at b 64 / 128, h_q=128 (H100, module docstring)
+SPARSE_FP8_OUTPUT_DECODE = 1
 SPARSE_FP8_OUTPUT_DECODE_REGS = (176, 64)
 # the loader reads each tile's list (or block-table) entries a tile ahead: on over the V3.2 FP8 cache (3.4-4.0 %
 # faster, H200), off for 16-bit lists and per-tensor FP8 keys (within noise there; module docstring)
@@ -483,8 +482,8 @@ if gluon_available():
     def _decode_own_half(v_half, codes_ready, k_ready, kb, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr):
         """An output warpgroup decodes its value half of K tile ``kb`` (stage ``kb % 2``) in place, once the
         tile's copies have landed (:func:`_issue_fp8_halves`), and arrives on the tile's ready barrier (which
-        counts both output warpgroups): :func:`_decode_first_blocks` then :func:`_decode_last_blocks`, which
-        the early form runs apart (the first before waiting for the last tile's ``P``)."""
+        counts both output warpgroups): :func:`_decode_first_blocks` then :func:`_decode_last_blocks` (two steps,
+        so that a form can run them apart)."""
         sc_b = _decode_first_blocks(v_half, codes_ready, kb, D_V, PARTITION_WARPS)
         _decode_last_blocks(v_half, k_ready, kb, sc_b, D_V, PARTITION_WARPS)
 
@@ -872,11 +871,10 @@ if gluon_available():
         N=256 product, and two would read P from shared memory twice; merging them waits for a GPU A/B.
 
         ``DECODE`` (V3.2 FP8 records, ``dec`` the barriers their copies land on): this warpgroup decodes its half of each
-        tile (:func:`_decode_own_half`): the piece's first tile before the loop, then with ``DECODE`` 1 tile
-        ``kb + 1`` while tile ``kb``'s products run, so the softmax warpgroup's next scores wait for a decode
-        that overlapped them; with ``DECODE`` 2 the first two blocks of tile ``kb + 1`` before waiting for tile
-        ``kb``'s ``P`` (while the softmax warpgroup computes it, if the codes have landed) and the other two
-        under the products."""
+        tile (:func:`_decode_own_half`): the piece's first tile before the loop, then tile ``kb + 1`` while tile
+        ``kb``'s products run, so the softmax warpgroup's next scores wait for a decode that overlapped them.
+        (Starting the first two blocks of tile ``kb + 1`` before waiting for tile ``kb``'s ``P`` instead measured
+        slower: module docstring.)"""
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
         QUARTER: gl.constexpr = D_V // 4
         O_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
@@ -888,7 +886,6 @@ if gluon_available():
         begin_req, begin_tok, end_req, end_tok, begin_split = _piece_bounds(sched_ptr, gl.program_id(1))
         offs_r = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROW_O)
         offs_v = COL0 + gl.arange(0, QUARTER, layout=gl.SliceLayout(0, O_LAYOUT))
-        DECODE_CVT: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [PARTITION_WARPS, 1], [1, 0])  # the decode's
         kb = 0
         pr = 0
         if DECODE:
@@ -906,10 +903,6 @@ if gluon_available():
             for it in range(0, n_tiles):
                 stage = kb % 2
                 has_next = (it + 1 < n_tiles) | (req < end_req)  # a tile after this one in the piece
-                if DECODE == 2:
-                    sc_next = gl.zeros([BLOCK_N], gl.float32, gl.SliceLayout(1, DECODE_CVT))
-                    if has_next:
-                        sc_next = _decode_first_blocks(v_half, dec, kb + 1, D_V, PARTITION_WARPS)
                 _acquire(p_ready, pr & 1, ASYNC_ARRIVE)  # V came from the loader through the softmax warpgroup
                 _stamp(trace_ptr, kb, 5, TRACE, PARTITION_WARPS)
                 alpha = a_smem.load(ROW_O)
@@ -918,13 +911,9 @@ if gluon_available():
                 v = v_half.index(stage)
                 acc_a = warpgroup_mma(p_smem, v.slice(0, QUARTER, dim=1), acc_a, is_async=True)
                 acc_b = warpgroup_mma(p_smem, v.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
-                if DECODE == 1:  # the next tile (this request's or the next one's) while these products run
+                if DECODE:  # the next tile (this request's or the next one's) while these products run
                     if has_next:
                         _decode_own_half(v_half, dec, k_ready, kb + 1, D_V, PARTITION_WARPS)
-                        _stamp(trace_ptr, kb + 1, 7, TRACE, PARTITION_WARPS)
-                elif DECODE == 2:  # its last two blocks while these products run
-                    if has_next:
-                        _decode_last_blocks(v_half, k_ready, kb + 1, sc_next, D_V, PARTITION_WARPS)
                         _stamp(trace_ptr, kb + 1, 7, TRACE, PARTITION_WARPS)
                 acc_a, acc_b = warpgroup_mma_wait(num_outstanding=0, deps=(acc_a, acc_b))
                 _release(p_free, k_free.index(stage))
