@@ -80,6 +80,17 @@ pace and that copy cost 5 %, so the softmax warpgroup loads them itself there. T
 keeps 80 registers (1.5-2.5 % faster than 72). Where each tile's time goes: the trace build (``TRACE``,
 :func:`_stamp`, ``benchmarks/trace_ws.py``) and ``docs/perf-notes.md``.
 
+``OUTPUT_DECODE`` (over the V3.2 cache, default :data:`SPARSE_FP8_OUTPUT_DECODE`): the loader only issues each
+tile's copies (:func:`_issue_fp8_halves`: each value half's codes into the upper half of that half's 16-bit buffer,
+its scales into a free corner of it), arriving on a barrier as they land, so two tiles are in flight; each output
+warpgroup decodes its own value half of tile ``k + 1`` in place (:func:`_decode_own_half`) while tile ``k``'s
+products run, and the softmax warpgroup's scores wait for both halves. Measured on an H100 80GB (three runs, one
+process each, eager, ``2026-11-28-h100-sparse-output-decode-ab.txt``): b 64 / 128 at h_q=128 265.2-267.1 /
+490.7-494.0 us against 284.0-285.5 / 531.6-535.0 with the loader decoding (7-8 %); h_q=64 replayed 184.8 against
+182.7 (trace build's plain calls). Output warpgroups at 176 registers, the loader at 64 (at 168 the output
+warpgroups spilled 56 B; 16 B with these). Starting each half's first two blocks before waiting for the last tile's
+``P`` measured 5-6 % slower than decoding it all under the products (same record).
+
 A request with no key still runs one fully masked tile, so every partition walks the same sequence of
 tiles and barrier phases. Split-KV plan, causal rule, masking and outputs are those of
 :mod:`openmla.ops.decode_dense`; partials are merged by the combine kernel (this kernel does not fuse it).
