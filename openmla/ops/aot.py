@@ -400,22 +400,18 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
             if d_qk == 576:  # the V3.2 FP8 cache: 656-byte records dequantized to q's dtype
                 # (prefetch, output_decode): the loader decoding (with and without the L2 prefetch), and the
                 # output warpgroups decoding
-                forms = ((True, 0), (False, 0), (False, 1), (False, 2)) if not tag else ((False, 0), (False, 1), (False, 2))
+                forms = ((True, 0), (False, 0), (False, 1)) if not tag else ((False, 0), (False, 1))
                 for prefetch, output_decode in forms:
-                    regs = (ws.SPARSE_FP8_BLOCK_READY_REGS if output_decode == 2 else ws.SPARSE_FP8_OUTPUT_DECODE_REGS) \
-                        if output_decode else ws.SPARSE_FP8_WORKER_REGS
+                    regs = ws.SPARSE_FP8_OUTPUT_DECODE_REGS if output_decode else ws.SPARSE_FP8_WORKER_REGS
                     out.append(Variant(ws._dense_decode_sm90_ws_kernel, dict(ptrs, k_ptr="*u8", **extra_ptrs),
                                        ("scale_log2",),
                                        with_sink | dict(KV_FP8=True, PREFETCH_L2=prefetch, OUTPUT_REGS=regs[0],
                                                         LOADER_REGS=regs[1], OUTPUT_DECODE=output_decode,
-                                                        K_BOXES=9 if output_decode == 2 else 1,
-                                                        BOX_ALLOCS=output_decode == 2,
                                                         LIST_AHEAD=ws.SPARSE_FP8_LIST_AHEAD and not prefetch),
                                        ws.NUM_WARPS, 1,
                                        f"gluon-ws sparse {dtype} q fp8-v32 cache softmax-only"
                                        + (" prefetch-l2" if prefetch else "")
-                                       + (" output-decode" if output_decode else "")
-                                       + (" block-ready" if output_decode == 2 else "") + tag,
+                                       + (" output-decode" if output_decode else "") + tag,
                                        gluon=True,
                                        maxnreg=ws.SOLO_MAXNREG))
     return out

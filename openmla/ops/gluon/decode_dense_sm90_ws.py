@@ -134,12 +134,9 @@ SPARSE_FP8_PREFETCH_L2 = False  # measured slower with the loader at 72 register
 # flight); 1 the output warpgroups, each its own value half in place, the next tile's while this tile's `P V` runs
 # (:func:`_decode_own_half`), the loader only issuing the copies (two tiles in flight). The trace had the loader
 # busy 97 % of a tile (its copies' wait, then the decode) while the output warpgroups waited ~80 % of it. 1 ran
-# 7-8 % faster at b 64 / 128, h_q=128 (H100, module docstring). 2: the same with each decoded 64-column block
-# published on a barrier of its own, so the softmax warpgroup's score products follow the decode block by block
+# 7-8 % faster at b 64 / 128, h_q=128 (H100, module docstring)
 SPARSE_FP8_OUTPUT_DECODE = 1
 SPARSE_FP8_OUTPUT_DECODE_REGS = (176, 64)
-# form 2 (a barrier a block): 64 B of stack at these (96 B with the loader at 64: the softmax warpgroup's nine box waits)
-SPARSE_FP8_BLOCK_READY_REGS = (176, 56)
 # the loader reads each tile's list (or block-table) entries a tile ahead: on over the V3.2 FP8 cache (3.4-4.0 %
 # faster, H200), off for 16-bit lists and per-tensor FP8 keys (within noise there; module docstring)
 SPARSE_FP8_LIST_AHEAD = True
@@ -493,29 +490,16 @@ if gluon_available():
         return v_half._reinterpret(gl.float32, [v_half.shape[0] * 128, 64], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
 
     @gluon.jit
-    def _decode_own_half(v_half, codes_ready, k_ready, kb, H: gl.constexpr, D_V: gl.constexpr,
-                         PARTITION_WARPS: gl.constexpr, K_BOXES: gl.constexpr, BOX_ALLOCS: gl.constexpr):
-        """An output warpgroup decodes its value half ``H`` of K tile ``kb`` (stage ``kb % 2``) in place, once the
-        tile's copies have landed (:func:`_issue_fp8_halves`): :func:`_decode_first_blocks` then
-        :func:`_decode_last_blocks`. ``K_BOXES`` 1: then it arrives on the tile's ready barrier (which counts
-        both output warpgroups); 9: each 64-column block is published on its own box barrier as it is stored
-        (box ``4H + i``; the first output warpgroup also publishes the RoPE box, 8, once the copies have landed),
-        so the softmax warpgroup's score products follow the decode block by block."""
-        sc_b = _decode_first_blocks(v_half, codes_ready, k_ready, kb, H, D_V, PARTITION_WARPS, K_BOXES, BOX_ALLOCS)
-        _decode_last_blocks(v_half, k_ready, kb, sc_b, H, D_V, PARTITION_WARPS, K_BOXES, BOX_ALLOCS)
+    def _decode_own_half(v_half, codes_ready, k_ready, kb, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr):
+        """An output warpgroup decodes its value half of K tile ``kb`` (stage ``kb % 2``) in place, once the
+        tile's copies have landed (:func:`_issue_fp8_halves`), and arrives on the tile's ready barrier (which
+        counts both output warpgroups): :func:`_decode_first_blocks` then :func:`_decode_last_blocks` (two steps,
+        so that a form can run them apart)."""
+        sc_b = _decode_first_blocks(v_half, codes_ready, kb, D_V, PARTITION_WARPS)
+        _decode_last_blocks(v_half, k_ready, kb, sc_b, D_V, PARTITION_WARPS)
 
     @gluon.jit
-    def _publish_block(k_ready, stage, c: gl.constexpr, K_BOXES: gl.constexpr, BOX_ALLOCS: gl.constexpr):
-        """With per-block readiness (``K_BOXES`` > 1): fence this warpgroup's stores of block ``c`` for the tensor
-        cores, wait for all its threads, and arrive on box ``c``'s barrier. Nothing otherwise."""
-        if K_BOXES > 1:
-            fence_async_shared()
-            gl.thread_barrier()
-            mbarrier.arrive(_box_bar(k_ready, stage, c, K_BOXES, BOX_ALLOCS), count=1)
-
-    @gluon.jit
-    def _decode_first_blocks(v_half, codes_ready, k_ready, kb, H: gl.constexpr, D_V: gl.constexpr,
-                             PARTITION_WARPS: gl.constexpr, K_BOXES: gl.constexpr, BOX_ALLOCS: gl.constexpr):
+    def _decode_first_blocks(v_half, codes_ready, kb, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr):
         """The first two 64-column blocks of this warpgroup's half of tile ``kb`` (``v_half``: its half of the K
         ring, 16-bit [2, 64, D_V/2]), once the tile's copies have landed; returns the scale of the last two
         (its bytes are overwritten here), [64] fp32, for :func:`_decode_last_blocks`.
@@ -523,7 +507,7 @@ if gluon_available():
         Each 64-column 16-bit block is its own 8 KB; code block ``c`` is 4 KB at byte ``16K + 4K c`` and the
         scales lie at byte 8K. The scales are read and block 0 written into free bytes; block 1 (over the scales)
         only after a barrier of this warpgroup, by which every thread has read them and code blocks 0-1. No other
-        partition touches these bytes before the tile (or the block) is published."""
+        partition touches these bytes before the tile is ready."""
         dtype: gl.constexpr = v_half.dtype
         CVT: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [PARTITION_WARPS, 1], [1, 0])  # 16 B a thread
         CODES: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0])
@@ -531,8 +515,6 @@ if gluon_available():
         gl.static_assert(HALF_BLOCKS == 4, "the in-place order is written for 256-dim value halves")
         stage = kb % 2
         mbarrier.wait(codes_ready.index(stage), (kb // 2) & 1)
-        if K_BOXES > 1 and H == 0:  # the bf16 RoPE dims landed with the codes: the softmax warpgroup fences them
-            mbarrier.arrive(_box_bar(k_ready, stage, K_BOXES - 1, K_BOXES, BOX_ALLOCS), count=1)
         codes = v_half._reinterpret(gl.uint8, [v_half.shape[0] * 2 * HALF_BLOCKS, 64, 64], CODES)
         base = stage * 2 * HALF_BLOCKS + HALF_BLOCKS
         dst = v_half.index(stage)
@@ -540,21 +522,15 @@ if gluon_available():
         sc_b = _scale_rows(v_half).index(stage * 128 + 33).load(gl.SliceLayout(1, CVT))
         dst.slice(0, 64, dim=1).store(_dequant(codes.index(base + 0).load(CVT), sc_a, dtype))
         c1 = codes.index(base + 1).load(CVT)
-        if K_BOXES > 1:
-            _publish_block(k_ready, stage, HALF_BLOCKS * H + 0, K_BOXES, BOX_ALLOCS)  # its barrier is the one below
-        else:
-            gl.thread_barrier()  # the scales and code blocks 0-1 read by the whole warpgroup
+        gl.thread_barrier()  # the scales and code blocks 0-1 read by the whole warpgroup
         dst.slice(64, 64, dim=1).store(_dequant(c1, sc_a, dtype))
-        _publish_block(k_ready, stage, HALF_BLOCKS * H + 1, K_BOXES, BOX_ALLOCS)
         return sc_b
 
     @gluon.jit
-    def _decode_last_blocks(v_half, k_ready, kb, sc_b, H: gl.constexpr, D_V: gl.constexpr,
-                            PARTITION_WARPS: gl.constexpr, K_BOXES: gl.constexpr, BOX_ALLOCS: gl.constexpr):
+    def _decode_last_blocks(v_half, k_ready, kb, sc_b, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr):
         """The last two blocks of this warpgroup's half of tile ``kb`` (after :func:`_decode_first_blocks` by the
         same threads): block 2 overwrites code blocks 0-1; block 3 is read into registers and written after a
-        barrier, once block 2's codes are read too. Then the tile's (or each block's) ready barrier gets this
-        warpgroup's arrival."""
+        barrier, once block 2's codes are read too. Then the tile's ready barrier gets this warpgroup's arrival."""
         dtype: gl.constexpr = v_half.dtype
         CVT: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [PARTITION_WARPS, 1], [1, 0])  # 16 B a thread
         CODES: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0])
@@ -565,17 +541,11 @@ if gluon_available():
         dst = v_half.index(stage)
         dst.slice(128, 64, dim=1).store(_dequant(codes.index(base + 2).load(CVT), sc_b, dtype))
         c3 = codes.index(base + 3).load(CVT)
-        if K_BOXES > 1:
-            _publish_block(k_ready, stage, HALF_BLOCKS * H + 2, K_BOXES, BOX_ALLOCS)  # also: code blocks 2-3 read
-        else:
-            gl.thread_barrier()  # code blocks 2-3 read
+        gl.thread_barrier()  # code blocks 2-3 read
         dst.slice(192, 64, dim=1).store(_dequant(c3, sc_b, dtype))
-        if K_BOXES > 1:
-            _publish_block(k_ready, stage, HALF_BLOCKS * H + 3, K_BOXES, BOX_ALLOCS)
-        else:
-            fence_async_shared()  # the tensor cores read the stage next
-            gl.thread_barrier()
-            mbarrier.arrive(k_ready.index(stage), count=1)
+        fence_async_shared()  # the tensor cores read the stage next
+        gl.thread_barrier()
+        mbarrier.arrive(k_ready.index(stage), count=1)
 
     @gluon.jit
     def _gather_e4m3_tile(k_ptr, page, start, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp, head_off,
@@ -904,7 +874,7 @@ if gluon_available():
                          v_half, p_smem, a_smem, bars,
                          COL0: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr,
                          PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, trace_ptr, TRACE: gl.constexpr,
-                         dec, DECODE: gl.constexpr, K_BOXES: gl.constexpr = 1, BOX_ALLOCS: gl.constexpr = False):
+                         dec, DECODE: gl.constexpr):
         """:func:`_output_half` as two N=D_V/4 products with an accumulator each: with four warpgroups the
         launch cap is 128 registers a thread, and ``ptxas`` fits every instruction under that cap, so a single
         N=256 product (154 registers) does not compile even where the partition's own limit is 168. Kept
@@ -931,7 +901,7 @@ if gluon_available():
         pr = 0
         if DECODE:
             if begin_req <= end_req:  # the piece's first tile
-                _decode_own_half(v_half, dec, k_ready, 0, COL0 // (D_V // 2), D_V, PARTITION_WARPS, K_BOXES, BOX_ALLOCS)
+                _decode_own_half(v_half, dec, k_ready, 0, D_V, PARTITION_WARPS)
                 _stamp(trace_ptr, 0, 7, TRACE, PARTITION_WARPS)
         for req in range(begin_req, end_req + 1):
             req64 = req.to(gl.int64)
@@ -954,8 +924,7 @@ if gluon_available():
                 acc_b = warpgroup_mma(p_smem, v.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
                 if DECODE:  # the next tile (this request's or the next one's) while these products run
                     if has_next:
-                        _decode_own_half(v_half, dec, k_ready, kb + 1, COL0 // (D_V // 2), D_V, PARTITION_WARPS, K_BOXES,
-                                         BOX_ALLOCS)
+                        _decode_own_half(v_half, dec, k_ready, kb + 1, D_V, PARTITION_WARPS)
                         _stamp(trace_ptr, kb + 1, 7, TRACE, PARTITION_WARPS)
                 acc_a, acc_b = warpgroup_mma_wait(num_outstanding=0, deps=(acc_a, acc_b))
                 _release(p_free, k_free.index(stage))
@@ -1145,9 +1114,8 @@ if gluon_available():
                 if SPARSE and KV_FP8:  # the tile's slots, loaded while its keys arrive and its scores are computed
                     offs_j = tok_lo + it * BLOCK_N + offs_n
                     slot = gl.load(block_table_ptr + req64 * stride_bt + offs_j, mask=offs_j < tok_hi, other=-1)
-                # (over FP8 records with per-block readiness the RoPE box came by cp.async: fenced here)
                 s = _scores_ready(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, k_ready, stage, (kb // 2) & 1, S_LAYOUT,
-                                  BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE, BOX_ALLOCS, KV_FP8)
+                                  BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE, BOX_ALLOCS)
                 _stamp(trace_ptr, kb, 2, TRACE, PARTITION_WARPS)
                 if SPARSE and not KV_FP8:  # the tile's slots, landed with its keys, read while its scores run
                     slot = slots.index(stage).load(gl.SliceLayout(0, S_LAYOUT))
@@ -1213,8 +1181,7 @@ if gluon_available():
     @gluon.jit
     def _scores_ready(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, k_ready, stage, phase, S_LAYOUT: gl.constexpr,
                       BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
-                      K_BOXES: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, BOX_ALLOCS: gl.constexpr,
-                      PE_FENCE: gl.constexpr = False):
+                      K_BOXES: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, BOX_ALLOCS: gl.constexpr):
         """Wait for K ``stage`` and issue its score products (:func:`_scores`); with ``K_BOXES`` > 1 each
         64-column product waits only for its own box (TMA writes need no fence before the tensor cores, and a
         ``cp.async`` tile was fenced by the loader before it arrived)."""
@@ -1241,8 +1208,6 @@ if gluon_available():
                                   s, is_async=True)
             if D_PE > 0:
                 mbarrier.wait(_box_bar(k_ready, stage, 2 * CHUNKS, K_BOXES, BOX_ALLOCS), phase)
-                if PE_FENCE:  # the RoPE box came by cp.async (published by a decoding warpgroup), not by TMA
-                    fence_async_shared()
                 s = warpgroup_mma(q_pe, k_pe.index(stage).permute((1, 0)), s, is_async=True)
         return s
 
@@ -1324,8 +1289,7 @@ if gluon_available():
 
         q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         q_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        gl.static_assert(K_BOXES == 1 or ((TMA_K or OUTPUT_DECODE) and K_BOXES == (D_V + D_PE) // 64),
-                         "one ready barrier per box")
+        gl.static_assert(K_BOXES == 1 or (TMA_K and K_BOXES == (D_V + D_PE) // 64), "one ready barrier per box")
         gl.static_assert(not SPARSE or (SOFTMAX_ONLY and not TMA_K and not CAUSAL),
                          "token-sparse lists run the four-warpgroup form, keys by cp.async, no causal mask")
         gl.static_assert(not HAS_SINK or SPARSE, "attention sinks are a sparse-decoding option")
@@ -1360,8 +1324,8 @@ if gluon_available():
                          "the output warpgroups decode V3.2 records in the four-warpgroup form, no L2 prefetch")
         # TMA tiles: one arrival with the byte count; FP8 tiles: one after the partition's decode, or with
         # OUTPUT_DECODE one from each output warpgroup after its half's
-        if OUTPUT_DECODE:  # per-box readiness: one arrival a box (a block's decoding warpgroup, or the RoPE's)
-            K_LOADED: gl.constexpr = 2 if K_BOXES == 1 else 1
+        if OUTPUT_DECODE:
+            K_LOADED: gl.constexpr = 2
         else:
             K_LOADED: gl.constexpr = 1 if (TMA_K or KV_FP8 or KV_E4M3) else LOADED
         mbarrier.init(q_ready, count=LOADED)
@@ -1398,12 +1362,12 @@ if gluon_available():
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
                                 k_lo, p_smem, a_smem, bars, 0, BLOCK_M, BLOCK_N, D_V, OUTPUT_WARPS, ASYNC_ARRIVE,
-                                trace_ptr, TRACE, dec, OUTPUT_DECODE, K_BOXES, BOX_ALLOCS)),
+                                trace_ptr, TRACE, dec, OUTPUT_DECODE)),
                 (_output_quarters, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
                                 k_hi, p_smem, a_smem, bars, HALF, BLOCK_M, BLOCK_N, D_V, OUTPUT_WARPS,
-                                ASYNC_ARRIVE, trace_ptr, False, dec, OUTPUT_DECODE, K_BOXES, BOX_ALLOCS)),
+                                ASYNC_ARRIVE, trace_ptr, False, dec, OUTPUT_DECODE)),
                 (_loader, (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                            stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,

@@ -129,8 +129,8 @@ def sparse_decode_sm90_fwd(
             with ``is_fp8`` and no ``prefetch_l2`` (which reads the next tile's list itself), else ``LIST_AHEAD``,
             of :mod:`.decode_dense_sm90_ws`, read at the call).
         output_decode: with ``is_fp8``, who decodes each tile's codes: 0 the loader, 1 the output warpgroups (the
-            loader only gathering), 2 the same with each decoded block published on its own barrier (``None``:
-            ``SPARSE_FP8_OUTPUT_DECODE`` of :mod:`.decode_dense_sm90_ws`, read at the call).
+            loader only gathering; ``None``: ``SPARSE_FP8_OUTPUT_DECODE`` of :mod:`.decode_dense_sm90_ws`, read at
+            the call).
         trace: a diagnostic: the kernel's trace build stamps into this buffer (``trace_buffer`` of
             :mod:`.decode_dense_sm90_ws`; ``benchmarks/trace_ws.py``); a wrong one is an ``InvalidArgumentError``.
 
@@ -160,13 +160,11 @@ def sparse_decode_sm90_fwd(
     workspace = split_workspace(q_tok, head_dim_v, parts, fused_merge=False)  # the combine kernel merges
     scratch(*workspace)  # written by the split kernel before the combine kernel reads them
     output_decode = int(ws.SPARSE_FP8_OUTPUT_DECODE if output_decode is None else output_decode) if is_fp8 else 0
-    if output_decode not in (0, 1, 2):
-        raise ValueError(f"output_decode: 0 (the loader decodes), 1 or 2 (the output warpgroups do), got "
-                         f"{output_decode}")
-    block_ready = output_decode == 2  # each decoded block on a ready barrier of its own, in an allocation of its own
+    if output_decode not in (0, 1):
+        raise ValueError(f"output_decode: 0 (the loader decodes) or 1 (the output warpgroups do), got {output_decode}")
     if output_decode:
         prefetch_l2 = False  # the loader issues each tile's copies as soon as its stage is free instead
-        regs = ws.SPARSE_FP8_BLOCK_READY_REGS if output_decode == 2 else ws.SPARSE_FP8_OUTPUT_DECODE_REGS
+        regs = ws.SPARSE_FP8_OUTPUT_DECODE_REGS
     else:
         regs = ws.SPARSE_FP8_WORKER_REGS if is_fp8 else ws.SOLO_WORKER_REGS
     if loader_regs is not None:
@@ -179,11 +177,10 @@ def sparse_decode_sm90_fwd(
                       softmax_scale), None, attn_sink, None, None, trace,
         CAUSAL=False, OVERLAP=False, SOFTMAX_ONLY=True, TMA_K=False, BLOCK_M=ws.BLOCK_M, BLOCK_N=ws.BLOCK_N,
         D_V=head_dim_v, D_PE=d - head_dim_v, SOFTMAX_WARPS=ws.NUM_WARPS, OUTPUT_WARPS=ws.WORKER_WARPS[0],
-        LOADER_WARPS=ws.WORKER_WARPS[1], OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], ASYNC_ARRIVE=True,
-        K_BOXES=d // 64 if block_ready else 1,
+        LOADER_WARPS=ws.WORKER_WARPS[1], OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], ASYNC_ARRIVE=True, K_BOXES=1,
         SPARSE=True, KV_FP8=bool(is_fp8),
         PREFETCH_L2=bool(is_fp8 and prefetch_l2), HAS_SINK=attn_sink is not None, KV_E4M3=False, Q_E4M3=False,
-        LIST_AHEAD=bool(list_ahead), TRACE=trace is not None, BOX_ALLOCS=block_ready, OUTPUT_DECODE=output_decode,
+        LIST_AHEAD=bool(list_ahead), TRACE=trace is not None, BOX_ALLOCS=False, OUTPUT_DECODE=output_decode,
         num_warps=ws.NUM_WARPS,
         maxnreg=ws.SOLO_MAXNREG,
     )
