@@ -134,8 +134,7 @@ SPARSE_FP8_PREFETCH_L2 = False  # measured slower with the loader at 72 register
 # flight); 1 the output warpgroups, each its own value half in place, the next tile's while this tile's `P V` runs
 # (:func:`_decode_own_half`), the loader only issuing the copies (two tiles in flight). The trace had the loader
 # busy 97 % of a tile (its copies' wait, then the decode) while the output warpgroups waited ~80 % of it. 1 ran
-# 7-8 % faster at b 64 / 128, h_q=128 (H100, module docstring). 2 and 3: the same, the second output warpgroup
-# (2) or both (3) decoding the next tile before issuing this tile's products rather than under them
+# 7-8 % faster at b 64 / 128, h_q=128 (H100, module docstring)
 SPARSE_FP8_OUTPUT_DECODE = 1
 SPARSE_FP8_OUTPUT_DECODE_REGS = (176, 64)
 # the loader reads each tile's list (or block-table) entries a tile ahead: on over the V3.2 FP8 cache (3.4-4.0 %
@@ -898,10 +897,6 @@ if gluon_available():
         begin_req, begin_tok, end_req, end_tok, begin_split = _piece_bounds(sched_ptr, gl.program_id(1))
         offs_r = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROW_O)
         offs_v = COL0 + gl.arange(0, QUARTER, layout=gl.SliceLayout(0, O_LAYOUT))
-        # DECODE 2: the second output warpgroup decodes before issuing its products (if a warpgroup's product issue
-        # waits for the other's products in the tensor cores' queue, its decode would start that much later);
-        # DECODE 3: both do
-        DECODE_FIRST: gl.constexpr = (DECODE == 3) or (DECODE == 2 and COL0 > 0)
         kb = 0
         pr = 0
         if DECODE:
@@ -925,13 +920,9 @@ if gluon_available():
                 acc_a = acc_a * alpha[:, None]
                 acc_b = acc_b * alpha[:, None]
                 v = v_half.index(stage)
-                if DECODE_FIRST:  # the next tile's half before this tile's products are issued
-                    if has_next:
-                        _decode_own_half(v_half, dec, k_ready, kb + 1, D_V, PARTITION_WARPS)
-                        _stamp(trace_ptr, kb + 1, 7, TRACE, PARTITION_WARPS)
                 acc_a = warpgroup_mma(p_smem, v.slice(0, QUARTER, dim=1), acc_a, is_async=True)
                 acc_b = warpgroup_mma(p_smem, v.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
-                if DECODE and not DECODE_FIRST:  # the next tile (this request's or the next one's) under the products
+                if DECODE:  # the next tile (this request's or the next one's) while these products run
                     if has_next:
                         _decode_own_half(v_half, dec, k_ready, kb + 1, D_V, PARTITION_WARPS)
                         _stamp(trace_ptr, kb + 1, 7, TRACE, PARTITION_WARPS)

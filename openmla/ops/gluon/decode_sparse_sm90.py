@@ -129,8 +129,8 @@ def sparse_decode_sm90_fwd(
             with ``is_fp8`` and no ``prefetch_l2`` (which reads the next tile's list itself), else ``LIST_AHEAD``,
             of :mod:`.decode_dense_sm90_ws`, read at the call).
         output_decode: with ``is_fp8``, who decodes each tile's codes: 0 the loader, 1 the output warpgroups (the
-            loader only gathering), each under its last products, 2 the second one before issuing them, 3 both
-            (``None``: ``SPARSE_FP8_OUTPUT_DECODE`` of :mod:`.decode_dense_sm90_ws`, read at the call).
+            loader only gathering; ``None``: ``SPARSE_FP8_OUTPUT_DECODE`` of :mod:`.decode_dense_sm90_ws`, read at
+            the call).
         trace: a diagnostic: the kernel's trace build stamps into this buffer (``trace_buffer`` of
             :mod:`.decode_dense_sm90_ws`; ``benchmarks/trace_ws.py``); a wrong one is an ``InvalidArgumentError``.
 
@@ -160,9 +160,8 @@ def sparse_decode_sm90_fwd(
     workspace = split_workspace(q_tok, head_dim_v, parts, fused_merge=False)  # the combine kernel merges
     scratch(*workspace)  # written by the split kernel before the combine kernel reads them
     output_decode = int(ws.SPARSE_FP8_OUTPUT_DECODE if output_decode is None else output_decode) if is_fp8 else 0
-    if output_decode not in (0, 1, 2, 3):
-        raise ValueError(f"output_decode: 0 (the loader decodes), 1, 2 or 3 (the output warpgroups do), got "
-                         f"{output_decode}")
+    if output_decode not in (0, 1):
+        raise ValueError(f"output_decode: 0 (the loader decodes) or 1 (the output warpgroups do), got {output_decode}")
     if output_decode:
         prefetch_l2 = False  # the loader issues each tile's copies as soon as its stage is free instead
         regs = ws.SPARSE_FP8_OUTPUT_DECODE_REGS
