@@ -441,6 +441,17 @@ if gluon_available():
         gl.thread_barrier()
 
     @gluon.jit
+    def _copy_v32_rope(rec, mask_j, k_pe_s, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr):
+        """``cp.async`` the 64 bf16 RoPE dims of V3.2 records ``rec`` (byte pointers [64]; ``mask_j``: which to
+        read, the others zero-filled) into a stage's RoPE slot ``k_pe_s`` [64, 64]."""
+        ROPE: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [PARTITION_WARPS, 1], [1, 0])
+        rec_pe = gl.convert_layout(rec, gl.SliceLayout(1, ROPE))
+        mask_pe = gl.convert_layout(mask_j, gl.SliceLayout(1, ROPE))
+        pe_ptr = (rec_pe + D_V + 16).to(gl.pointer_type(gl.bfloat16))  # after the codes and the four fp32 scales
+        offs_e = gl.arange(0, 64, layout=gl.SliceLayout(0, ROPE))
+        async_copy.async_copy_global_to_shared(k_pe_s, pe_ptr[:, None] + offs_e[None, :], mask=mask_pe[:, None])
+
+    @gluon.jit
     def _issue_fp8_halves(k_ptr, slot, start, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
                           k_lo, k_hi, k_pe, stage, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr):
         """Issue the ``cp.async`` copies of one tile of 64 V3.2 FP8 records (``slot``: their list entries, from
@@ -451,7 +462,6 @@ if gluon_available():
         of 64 at byte 8192 (:func:`_scale_rows`; no room is left beside the ring for them); the bf16 RoPE dims
         go to the stage's RoPE slot. The caller arrives on the tile's barrier after them."""
         CVT: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [PARTITION_WARPS, 1], [1, 0])  # 16 B a thread
-        ROPE: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [PARTITION_WARPS, 1], [1, 0])
         SCALES: gl.constexpr = gl.BlockedLayout([1], [32], [PARTITION_WARPS], [0])  # a scale row, 4 B a key
         CODES: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0])
         HALF_BLOCKS: gl.constexpr = D_V // 128  # 64-code blocks a value half
@@ -468,12 +478,7 @@ if gluon_available():
             async_copy.async_copy_global_to_shared(hi.index(stage * BLOCKS + HALF_BLOCKS + c),
                                                    rec[:, None] + (HALF_BLOCKS + c) * 64 + offs_c[None, :],
                                                    mask=mask_j[:, None])
-        rec_pe = gl.convert_layout(rec, gl.SliceLayout(1, ROPE))
-        mask_pe = gl.convert_layout(mask_j, gl.SliceLayout(1, ROPE))
-        pe_ptr = (rec_pe + D_V + 16).to(gl.pointer_type(gl.bfloat16))
-        offs_e = gl.arange(0, 64, layout=gl.SliceLayout(0, ROPE))
-        async_copy.async_copy_global_to_shared(k_pe.index(stage), pe_ptr[:, None] + offs_e[None, :],
-                                               mask=mask_pe[:, None])
+        _copy_v32_rope(rec, mask_j, k_pe.index(stage), D_V, PARTITION_WARPS)
         sc_ptr = (gl.convert_layout(rec, SCALES) + D_V).to(gl.pointer_type(gl.float32))
         mask_s = gl.convert_layout(mask_j, SCALES)
         for t in gl.static_range(2):
@@ -592,7 +597,6 @@ if gluon_available():
         caller's to hide). Else per-tensor e4m3 keys: the RoPE codes land in the first half of the stage's RoPE
         slot (``k_pe``), and the returned scales are ones."""
         CVT: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [PARTITION_WARPS, 1], [1, 0])  # 16 B a thread
-        ROPE: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [PARTITION_WARPS, 1], [1, 0])
         CODES: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0])
         BLOCKS: gl.constexpr = D_V // 64
         codes = k_hi._reinterpret(gl.uint8, [k_hi.shape[0] * BLOCKS, 64, 64], CODES)  # [stage * 8 + block, key, code]
@@ -601,12 +605,7 @@ if gluon_available():
             async_copy.async_copy_global_to_shared(codes.index(stage * BLOCKS + c),
                                                    rec[:, None] + c * 64 + offs_c[None, :], mask=mask_j[:, None])
         if V32:
-            rec_pe = gl.convert_layout(rec, gl.SliceLayout(1, ROPE))
-            mask_pe = gl.convert_layout(mask_j, gl.SliceLayout(1, ROPE))
-            pe_ptr = (rec_pe + D_V + 16).to(gl.pointer_type(gl.bfloat16))
-            offs_e = gl.arange(0, 64, layout=gl.SliceLayout(0, ROPE))
-            async_copy.async_copy_global_to_shared(k_pe.index(stage), pe_ptr[:, None] + offs_e[None, :],
-                                                   mask=mask_pe[:, None])
+            _copy_v32_rope(rec, mask_j, k_pe.index(stage), D_V, PARTITION_WARPS)
             async_copy.commit_group()
             # the scales while the codes are in flight (zero for keys not read)
             sc_ptr = (rec + D_V).to(gl.pointer_type(gl.float32))
