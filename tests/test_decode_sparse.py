@@ -392,6 +392,44 @@ def test_gluon_sparse_reuses_the_plan_of_fixed_length_lists():
     assert torch.equal(sched, ref_sched.to(sched.dtype)) and torch.equal(splits, ref_splits.to(splits.dtype))
 
 
+def test_gluon_sparse_launcher_decoder_choice(monkeypatch, generator):
+    """Over the V3.2 cache the launcher's ``output_decode`` picks the decoder (the loader, 0, or the output
+    warpgroups, 1) with the registers measured for it; any other value, or the L2 prefetch (a form of the loader
+    decoding) beside the output decode, is a typed error. Launches recorded on CPU tensors, not run."""
+    from openmla.ops.gluon import decode_dense_sm90_ws as ws
+    from openmla.ops.gluon import decode_sparse_sm90 as gluon_sparse
+
+    launches = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append(kwargs)
+
+    monkeypatch.setattr(ws, "_dense_decode_sm90_ws_kernel", Recorder(), raising=False)
+    monkeypatch.setattr(gluon_sparse, "combine_splits", lambda *args, **kw: None)
+    inputs = make_sparse_decode_inputs(1, 1, 64, 300, 64, 64, 576, 512, torch.bfloat16, "cpu", fp8=True,
+                                       generator=generator)
+
+    def call(**kw):
+        return gluon_sparse.sparse_decode_sm90_fwd(inputs["q"], inputs["k_cache"], inputs["indices"], 512, 0.1,
+                                                   is_fp8=True, **kw)
+
+    call(output_decode=0)
+    call(output_decode=1)
+    call(output_decode=0, prefetch_l2=True)
+    (loader, output, prefetch) = launches
+    assert loader["OUTPUT_DECODE"] == 0 and not loader["PREFETCH_L2"]
+    assert (loader["OUTPUT_REGS"], loader["LOADER_REGS"]) == ws.SPARSE_FP8_WORKER_REGS
+    assert output["OUTPUT_DECODE"] == 1 and not output["PREFETCH_L2"]
+    assert (output["OUTPUT_REGS"], output["LOADER_REGS"]) == ws.SPARSE_FP8_OUTPUT_DECODE_REGS
+    assert prefetch["OUTPUT_DECODE"] == 0 and prefetch["PREFETCH_L2"]
+    with pytest.raises(openmla.InvalidArgumentError, match="output_decode: 0 .* or 1 .*got 2"):
+        call(output_decode=2)
+    with pytest.raises(openmla.InvalidArgumentError, match="prefetch_l2 .*output_decode=0"):
+        call(output_decode=1, prefetch_l2=True)
+    assert len(launches) == 3
+
+
 @pytest.mark.parametrize("fp8, lengths_given", [(True, True), (False, False)], ids=["v32fp8-lengths", "bf16"])
 def test_gluon_sparse_launcher_arguments(fp8, lengths_given, monkeypatch, generator):
     """The Gluon sparse launcher on CPU tensors with its launches recorded, not run: one query token a request

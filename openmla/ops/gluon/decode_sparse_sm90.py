@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..._runtime import num_sms
+from ..._runtime import InvalidArgumentError, num_sms
 from ..combine import combine_splits
 from ..decode_dense import split_workspace, splitkv_args
 from ..launch import ShapeCache, launch, scratch
@@ -103,7 +103,7 @@ def sparse_decode_sm90_fwd(
     attn_sink: torch.Tensor | None = None,
     list_ahead: bool | None = None,
     trace: torch.Tensor | None = None,
-    output_decode: bool | None = None,
+    output_decode: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse decode on Hopper; inputs validated by :mod:`openmla.api`.
 
@@ -119,7 +119,8 @@ def sparse_decode_sm90_fwd(
         topk_length: int32 [b] or None: entries of each request's lists used (clamped to [0, topk]).
         num_sm_parts: pieces of the split-KV plan (default: one per SM and row tile).
         is_fp8: ``k_cache`` holds V3.2 FP8 records.
-        prefetch_l2: with ``is_fp8``, ask L2 for each tile's records one tile ahead (``_gather_fp8_tile``).
+        prefetch_l2: with ``is_fp8`` and the loader decoding (``output_decode=0``), ask L2 for each tile's records
+            one tile ahead (``_gather_fp8_tile``).
         loader_regs: the loader partition's registers (default from :data:`SPARSE_FP8_WORKER_REGS` /
             :data:`SOLO_WORKER_REGS`; the softmax warpgroup gets what the others leave).
         attn_sink: fp32 [h_q] contiguous, or None: out of head ``h`` is scaled by ``1 / (1 + exp(sink[h] -
@@ -161,9 +162,13 @@ def sparse_decode_sm90_fwd(
     scratch(*workspace)  # written by the split kernel before the combine kernel reads them
     output_decode = int(ws.SPARSE_FP8_OUTPUT_DECODE if output_decode is None else output_decode) if is_fp8 else 0
     if output_decode not in (0, 1):
-        raise ValueError(f"output_decode: 0 (the loader decodes) or 1 (the output warpgroups do), got {output_decode}")
+        raise InvalidArgumentError(f"output_decode: 0 (the loader decodes) or 1 (the output warpgroups do), got "
+                                   f"{output_decode}")
+    if output_decode and prefetch_l2:
+        raise InvalidArgumentError("prefetch_l2 asks L2 for a tile's records while the loader decodes the tile "
+                                   "before; with output_decode=1 the loader issues each tile's copies as soon as "
+                                   "its stage is free: pass output_decode=0 with it")
     if output_decode:
-        prefetch_l2 = False  # the loader issues each tile's copies as soon as its stage is free instead
         regs = ws.SPARSE_FP8_OUTPUT_DECODE_REGS
     else:
         regs = ws.SPARSE_FP8_WORKER_REGS if is_fp8 else ws.SOLO_WORKER_REGS
