@@ -134,8 +134,7 @@ SPARSE_FP8_PREFETCH_L2 = False  # measured slower with the loader at 72 register
 # flight); 1 the output warpgroups, each its own value half in place, the next tile's while this tile's `P V` runs
 # (:func:`_decode_own_half`), the loader only issuing the copies (two tiles in flight). The trace had the loader
 # busy 97 % of a tile (its copies' wait, then the decode) while the output warpgroups waited ~80 % of it. 1 ran
-# 7-8 % faster at b 64 / 128, h_q=128 (H100, module docstring). 2: the same with the codes widened by bit moves
-# (:func:`_dequant_half`), half the conversion-unit instructions
+# 7-8 % faster at b 64 / 128, h_q=128 (H100, module docstring)
 SPARSE_FP8_OUTPUT_DECODE = 1
 SPARSE_FP8_OUTPUT_DECODE_REGS = (176, 64)
 # the loader reads each tile's list (or block-table) entries a tile ahead: on over the V3.2 FP8 cache (3.4-4.0 %
@@ -496,18 +495,16 @@ if gluon_available():
         return v_half._reinterpret(gl.float32, [v_half.shape[0] * 128, 64], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
 
     @gluon.jit
-    def _decode_own_half(v_half, codes_ready, k_ready, kb, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr,
-                         BITS: gl.constexpr = False):
+    def _decode_own_half(v_half, codes_ready, k_ready, kb, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr):
         """An output warpgroup decodes its value half of K tile ``kb`` (stage ``kb % 2``) in place, once the
         tile's copies have landed (:func:`_issue_fp8_halves`), and arrives on the tile's ready barrier (which
         counts both output warpgroups): :func:`_decode_first_blocks` then :func:`_decode_last_blocks` (two steps,
         so that a form can run them apart)."""
-        sc_b = _decode_first_blocks(v_half, codes_ready, kb, D_V, PARTITION_WARPS, BITS)
-        _decode_last_blocks(v_half, k_ready, kb, sc_b, D_V, PARTITION_WARPS, BITS)
+        sc_b = _decode_first_blocks(v_half, codes_ready, kb, D_V, PARTITION_WARPS)
+        _decode_last_blocks(v_half, k_ready, kb, sc_b, D_V, PARTITION_WARPS)
 
     @gluon.jit
-    def _decode_first_blocks(v_half, codes_ready, kb, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr,
-                             BITS: gl.constexpr = False):
+    def _decode_first_blocks(v_half, codes_ready, kb, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr):
         """The first two 64-column blocks of this warpgroup's half of tile ``kb`` (``v_half``: its half of the K
         ring, 16-bit [2, 64, D_V/2]), once the tile's copies have landed; returns the scale of the last two
         (its bytes are overwritten here), [64] fp32, for :func:`_decode_last_blocks`.
@@ -528,15 +525,14 @@ if gluon_available():
         dst = v_half.index(stage)
         sc_a = _scale_rows(v_half).index(stage * 128 + 32).load(gl.SliceLayout(1, CVT))
         sc_b = _scale_rows(v_half).index(stage * 128 + 33).load(gl.SliceLayout(1, CVT))
-        dst.slice(0, 64, dim=1).store(_dequant_half(codes.index(base + 0).load(CVT), sc_a, dtype, BITS))
+        dst.slice(0, 64, dim=1).store(_dequant(codes.index(base + 0).load(CVT), sc_a, dtype))
         c1 = codes.index(base + 1).load(CVT)
         gl.thread_barrier()  # the scales and code blocks 0-1 read by the whole warpgroup
-        dst.slice(64, 64, dim=1).store(_dequant_half(c1, sc_a, dtype, BITS))
+        dst.slice(64, 64, dim=1).store(_dequant(c1, sc_a, dtype))
         return sc_b
 
     @gluon.jit
-    def _decode_last_blocks(v_half, k_ready, kb, sc_b, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr,
-                            BITS: gl.constexpr = False):
+    def _decode_last_blocks(v_half, k_ready, kb, sc_b, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr):
         """The last two blocks of this warpgroup's half of tile ``kb`` (after :func:`_decode_first_blocks` by the
         same threads): block 2 overwrites code blocks 0-1; block 3 is read into registers and written after a
         barrier, once block 2's codes are read too. Then the tile's ready barrier gets this warpgroup's arrival."""
@@ -548,10 +544,10 @@ if gluon_available():
         codes = v_half._reinterpret(gl.uint8, [v_half.shape[0] * 2 * HALF_BLOCKS, 64, 64], CODES)
         base = stage * 2 * HALF_BLOCKS + HALF_BLOCKS
         dst = v_half.index(stage)
-        dst.slice(128, 64, dim=1).store(_dequant_half(codes.index(base + 2).load(CVT), sc_b, dtype, BITS))
+        dst.slice(128, 64, dim=1).store(_dequant(codes.index(base + 2).load(CVT), sc_b, dtype))
         c3 = codes.index(base + 3).load(CVT)
         gl.thread_barrier()  # code blocks 2-3 read
-        dst.slice(192, 64, dim=1).store(_dequant_half(c3, sc_b, dtype, BITS))
+        dst.slice(192, 64, dim=1).store(_dequant(c3, sc_b, dtype))
         fence_async_shared()  # the tensor cores read the stage next
         gl.thread_barrier()
         mbarrier.arrive(k_ready.index(stage), count=1)
@@ -732,23 +728,6 @@ if gluon_available():
             "=r,l,r", [rec, mask_j.to(gl.int32)], dtype=gl.int32, is_pure=False, pack=1)
 
     @gluon.jit
-    def _dequant_half(codes, scale, dtype: gl.constexpr, BITS: gl.constexpr):
-        """:func:`_dequant`, or with ``BITS`` the same values with the e4m3 codes widened by bit moves instead of the
-        conversion unit: each code's sign to bit 15 and its other seven bits to bits 7..13 of an fp16, which holds
-        2^-8 times the code's value exactly (subnormal codes too), times ``256 * scale`` in fp32, rounded once to
-        ``dtype`` as :func:`_dequant` does. (The NaN codes 0x7F and 0xFF become finite values; a record the
-        kernel reads holds none unless the cache is corrupt.)"""
-        if BITS:
-            h = gl.inline_asm_elementwise(
-                "{ .reg .b32 lo, hi; prmt.b32 lo, $2, 0, 0x1404; prmt.b32 hi, $2, 0, 0x3424; "
-                "and.b32 $0, lo, 0x80008000; and.b32 lo, lo, 0x7F007F00; shr.b32 lo, lo, 1; or.b32 $0, $0, lo; "
-                "and.b32 $1, hi, 0x80008000; and.b32 hi, hi, 0x7F007F00; shr.b32 hi, hi, 1; or.b32 $1, $1, hi; }",
-                "=r,=r,r", [codes], dtype=gl.float16, is_pure=True, pack=4)
-            return (h.to(gl.float32) * (scale * 256.0)[:, None]).to(dtype)
-        else:
-            return _dequant(codes, scale, dtype)
-
-    @gluon.jit
     def _dequant(codes, scale, dtype: gl.constexpr):
         """``dtype(fp32(e4m3 codes) * scale)`` (the V3.2 rule with q's dtype; bf16 as FlashMLA), ``scale`` one per
         row."""
@@ -921,7 +900,7 @@ if gluon_available():
         pr = 0
         if DECODE:
             if begin_req <= end_req:  # the piece's first tile
-                _decode_own_half(v_half, dec, k_ready, 0, D_V, PARTITION_WARPS, DECODE == 2)
+                _decode_own_half(v_half, dec, k_ready, 0, D_V, PARTITION_WARPS)
                 _stamp(trace_ptr, 0, 7, TRACE, PARTITION_WARPS)
         for req in range(begin_req, end_req + 1):
             req64 = req.to(gl.int64)
@@ -944,7 +923,7 @@ if gluon_available():
                 acc_b = warpgroup_mma(p_smem, v.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
                 if DECODE:  # the next tile (this request's or the next one's) while these products run
                     if has_next:
-                        _decode_own_half(v_half, dec, k_ready, kb + 1, D_V, PARTITION_WARPS, DECODE == 2)
+                        _decode_own_half(v_half, dec, k_ready, kb + 1, D_V, PARTITION_WARPS)
                         _stamp(trace_ptr, kb + 1, 7, TRACE, PARTITION_WARPS)
                 acc_a, acc_b = warpgroup_mma_wait(num_outstanding=0, deps=(acc_a, acc_b))
                 _release(p_free, k_free.index(stage))
