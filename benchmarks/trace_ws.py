@@ -125,10 +125,10 @@ def main(argv=None) -> None:
         calls[name] = (lambda inp=inp: lambda trace=None: sparse_decode_sm90_fwd(
             inp.q, inp.k_cache, inp.indices, inp.head_dim_v, inp.softmax_scale, is_fp8=inp.is_fp8, trace=trace,
             output_decode=0))()
-        for form, tag in ((1, ""), (2, "_fp16")) if inp.is_fp8 else ():  # event 7: OUTPUT_DECODE_INTERVALS
-            calls[f"{name}_output_decode{tag}"] = (lambda inp=inp, form=form: lambda trace=None: sparse_decode_sm90_fwd(
+        if inp.is_fp8:  # the output warpgroups decoding (its event 7: OUTPUT_DECODE_INTERVALS)
+            calls[f"{name}_output_decode"] = (lambda inp=inp: lambda trace=None: sparse_decode_sm90_fwd(
                 inp.q, inp.k_cache, inp.indices, inp.head_dim_v, inp.softmax_scale, is_fp8=True, trace=trace,
-                output_decode=form))()
+                output_decode=1))()
     g = torch.Generator().manual_seed(0)
     lens = torch.normal(8192.0, 4096.0, (128,), generator=g).round().clamp(1, 16384).int().tolist()
     dense = make_dense_decode_inputs(lens, 1, 128, 1, 576, 512, 64, torch.bfloat16, False, "cuda", 0)

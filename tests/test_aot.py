@@ -58,8 +58,6 @@ _GLUON_STACK_BUDGET = (
     ("softmax-only async-arrive tma-k stage-ready", 24),  # the four-warpgroup form with TMA on one ready barrier a
     # stage: the 16 B below, and the loader (56 registers) keeps two values around its TMA issue in local memory,
     # off the tensor cores' path
-    ("output-decode fp16-products", 40),  # the sparse output decode's fp16 form (an experiment): the first output
-    # warpgroup's RoPE conversion beside its accumulators (where in the SASS: not yet read)
     ("gluon-ws sparse", 24),  # token-sparse lists in the four-warpgroup form: 24 B over 16-bit caches since each
     # tile's slots come to the softmax warpgroup through shared memory (16 B before), 8 B over the V3.2 FP8
     # cache. Read in the SASS of an FP8 build that had the slots in shared memory too (40 B): stores at kernel

@@ -400,7 +400,7 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
             if d_qk == 576:  # the V3.2 FP8 cache: 656-byte records dequantized to q's dtype
                 # (prefetch, output_decode): the loader decoding (with and without the L2 prefetch), and the
                 # output warpgroups decoding
-                forms = ((True, 0), (False, 0), (False, 1), (False, 2)) if not tag else ((False, 0), (False, 1))
+                forms = ((True, 0), (False, 0), (False, 1)) if not tag else ((False, 0), (False, 1))
                 for prefetch, output_decode in forms:
                     regs = ws.SPARSE_FP8_OUTPUT_DECODE_REGS if output_decode else ws.SPARSE_FP8_WORKER_REGS
                     out.append(Variant(ws._dense_decode_sm90_ws_kernel, dict(ptrs, k_ptr="*u8", **extra_ptrs),
@@ -411,8 +411,7 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                                        ws.NUM_WARPS, 1,
                                        f"gluon-ws sparse {dtype} q fp8-v32 cache softmax-only"
                                        + (" prefetch-l2" if prefetch else "")
-                                       + (" output-decode" if output_decode else "")
-                                       + (" fp16-products" if output_decode == 2 else "") + tag,
+                                       + (" output-decode" if output_decode else "") + tag,
                                        gluon=True,
                                        maxnreg=ws.SOLO_MAXNREG))
     return out

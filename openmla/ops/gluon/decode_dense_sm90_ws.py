@@ -134,8 +134,7 @@ SPARSE_FP8_PREFETCH_L2 = False  # measured slower with the loader at 72 register
 # flight); 1 the output warpgroups, each its own value half in place, the next tile's while this tile's `P V` runs
 # (:func:`_decode_own_half`), the loader only issuing the copies (two tiles in flight). The trace had the loader
 # busy 97 % of a tile (its copies' wait, then the decode) while the output warpgroups waited ~80 % of it. 1 ran
-# 7-8 % faster at b 64 / 128, h_q=128 (H100, module docstring). 2: the same with fp16 products (q converted, codes
-# times fp16 scales; :func:`_dequant_half`): an experiment, not run on a GPU yet
+# 7-8 % faster at b 64 / 128, h_q=128 (H100, module docstring)
 SPARSE_FP8_OUTPUT_DECODE = 1
 SPARSE_FP8_OUTPUT_DECODE_REGS = (176, 64)
 # the loader reads each tile's list (or block-table) entries a tile ahead: on over the V3.2 FP8 cache (3.4-4.0 %
@@ -364,7 +363,7 @@ if gluon_available():
                     _issue_fp8_halves(k_ptr, ent, start, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
                                       k_lo, k_hi, k_pe, stage, D_V, PARTITION_WARPS)
                     # each thread's copies arrive as they land; the loader goes on to the next stage at once
-                    async_copy.mbarrier_arrive(dec[0].index(stage), increment_count=False)
+                    async_copy.mbarrier_arrive(dec.index(stage), increment_count=False)
                 elif KV_FP8:
                     if not LIST_AHEAD:
                         ent = _key_entries(bt_row, start + offs_e, tok_hi, page_block_size, True)
@@ -479,9 +478,7 @@ if gluon_available():
             async_copy.async_copy_global_to_shared(hi.index(stage * BLOCKS + HALF_BLOCKS + c),
                                                    rec[:, None] + (HALF_BLOCKS + c) * 64 + offs_c[None, :],
                                                    mask=mask_j[:, None])
-        # (the records' RoPE dims are bf16: into a bf16 view of the slot; the fp16 form converts them in place)
-        _copy_v32_rope(rec, mask_j, k_pe.index(stage)._reinterpret(gl.bfloat16, [64, 64], k_pe.layout), D_V,
-                       PARTITION_WARPS)
+        _copy_v32_rope(rec, mask_j, k_pe.index(stage), D_V, PARTITION_WARPS)
         sc_ptr = (gl.convert_layout(rec, SCALES) + D_V).to(gl.pointer_type(gl.float32))
         mask_s = gl.convert_layout(mask_j, SCALES)
         for t in gl.static_range(2):
@@ -498,18 +495,16 @@ if gluon_available():
         return v_half._reinterpret(gl.float32, [v_half.shape[0] * 128, 64], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
 
     @gluon.jit
-    def _decode_own_half(v_half, codes_ready, k_ready, kb, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr,
-                         F16: gl.constexpr = False, k_pe=None):
+    def _decode_own_half(v_half, codes_ready, k_ready, kb, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr):
         """An output warpgroup decodes its value half of K tile ``kb`` (stage ``kb % 2``) in place, once the
         tile's copies have landed (:func:`_issue_fp8_halves`), and arrives on the tile's ready barrier (which
         counts both output warpgroups): :func:`_decode_first_blocks` then :func:`_decode_last_blocks` (two steps,
         so that a form can run them apart)."""
-        sc_b = _decode_first_blocks(v_half, codes_ready, kb, D_V, PARTITION_WARPS, F16, k_pe)
-        _decode_last_blocks(v_half, k_ready, kb, sc_b, D_V, PARTITION_WARPS, F16)
+        sc_b = _decode_first_blocks(v_half, codes_ready, kb, D_V, PARTITION_WARPS)
+        _decode_last_blocks(v_half, k_ready, kb, sc_b, D_V, PARTITION_WARPS)
 
     @gluon.jit
-    def _decode_first_blocks(v_half, codes_ready, kb, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr,
-                             F16: gl.constexpr = False, k_pe=None):
+    def _decode_first_blocks(v_half, codes_ready, kb, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr):
         """The first two 64-column blocks of this warpgroup's half of tile ``kb`` (``v_half``: its half of the K
         ring, 16-bit [2, 64, D_V/2]), once the tile's copies have landed; returns the scale of the last two
         (its bytes are overwritten here), [64] fp32, for :func:`_decode_last_blocks`.
@@ -525,24 +520,19 @@ if gluon_available():
         gl.static_assert(HALF_BLOCKS == 4, "the in-place order is written for 256-dim value halves")
         stage = kb % 2
         mbarrier.wait(codes_ready.index(stage), (kb // 2) & 1)
-        if F16 and k_pe is not None:  # the tile's bf16 RoPE dims to fp16, in place (the first warpgroup's share)
-            rope = k_pe.index(stage)._reinterpret(gl.bfloat16, [64, 64], k_pe.layout).load(CVT)
-            gl.thread_barrier()  # every thread has read its RoPE values
-            k_pe.index(stage).store(rope.to(gl.float16))
         codes = v_half._reinterpret(gl.uint8, [v_half.shape[0] * 2 * HALF_BLOCKS, 64, 64], CODES)
         base = stage * 2 * HALF_BLOCKS + HALF_BLOCKS
         dst = v_half.index(stage)
         sc_a = _scale_rows(v_half).index(stage * 128 + 32).load(gl.SliceLayout(1, CVT))
         sc_b = _scale_rows(v_half).index(stage * 128 + 33).load(gl.SliceLayout(1, CVT))
-        dst.slice(0, 64, dim=1).store(_dequant_half(codes.index(base + 0).load(CVT), sc_a, dtype, F16))
+        dst.slice(0, 64, dim=1).store(_dequant(codes.index(base + 0).load(CVT), sc_a, dtype))
         c1 = codes.index(base + 1).load(CVT)
         gl.thread_barrier()  # the scales and code blocks 0-1 read by the whole warpgroup
-        dst.slice(64, 64, dim=1).store(_dequant_half(c1, sc_a, dtype, F16))
+        dst.slice(64, 64, dim=1).store(_dequant(c1, sc_a, dtype))
         return sc_b
 
     @gluon.jit
-    def _decode_last_blocks(v_half, k_ready, kb, sc_b, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr,
-                            F16: gl.constexpr = False):
+    def _decode_last_blocks(v_half, k_ready, kb, sc_b, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr):
         """The last two blocks of this warpgroup's half of tile ``kb`` (after :func:`_decode_first_blocks` by the
         same threads): block 2 overwrites code blocks 0-1; block 3 is read into registers and written after a
         barrier, once block 2's codes are read too. Then the tile's ready barrier gets this warpgroup's arrival."""
@@ -554,10 +544,10 @@ if gluon_available():
         codes = v_half._reinterpret(gl.uint8, [v_half.shape[0] * 2 * HALF_BLOCKS, 64, 64], CODES)
         base = stage * 2 * HALF_BLOCKS + HALF_BLOCKS
         dst = v_half.index(stage)
-        dst.slice(128, 64, dim=1).store(_dequant_half(codes.index(base + 2).load(CVT), sc_b, dtype, F16))
+        dst.slice(128, 64, dim=1).store(_dequant(codes.index(base + 2).load(CVT), sc_b, dtype))
         c3 = codes.index(base + 3).load(CVT)
         gl.thread_barrier()  # code blocks 2-3 read
-        dst.slice(192, 64, dim=1).store(_dequant_half(c3, sc_b, dtype, F16))
+        dst.slice(192, 64, dim=1).store(_dequant(c3, sc_b, dtype))
         fence_async_shared()  # the tensor cores read the stage next
         gl.thread_barrier()
         mbarrier.arrive(k_ready.index(stage), count=1)
@@ -738,17 +728,6 @@ if gluon_available():
             "=r,l,r", [rec, mask_j.to(gl.int32)], dtype=gl.int32, is_pure=False, pack=1)
 
     @gluon.jit
-    def _dequant_half(codes, scale, dtype: gl.constexpr, F16: gl.constexpr):
-        """:func:`_dequant`, or with ``F16`` (``dtype`` fp16) the product in fp16: each code widened to fp16 (exact)
-        times its scale rounded to fp16, one rounding more than the fp32 product but 11 bits against bf16's 8, and a
-        third of the conversion instructions. Scales below fp16's normal range (6.1e-5) lose bits; keys above 65504
-        overflow: the form is an experiment, not the default."""
-        if F16:
-            return codes.to(gl.float8e4nv, bitcast=True).to(gl.float16) * scale.to(gl.float16)[:, None]
-        else:
-            return _dequant(codes, scale, dtype)
-
-    @gluon.jit
     def _dequant(codes, scale, dtype: gl.constexpr):
         """``dtype(fp32(e4m3 codes) * scale)`` (the V3.2 rule with q's dtype; bf16 as FlashMLA), ``scale`` one per
         row."""
@@ -776,18 +755,6 @@ if gluon_available():
             if D_PE > 0:
                 pe = gl.load(q_row[:, None] + D_V + offs_c[None, :], mask=mask, other=0)
                 q_pe.store(_e4m3_exact(pe, dtype))
-        elif q_ptr.dtype.element_ty != q_lo.dtype:  # a 16-bit q into buffers of the other 16-bit type
-            HALF: gl.constexpr = D_V // 2
-            mask = (offs_r < rows)[:, None]
-            offs_c = gl.arange(0, 64, layout=gl.SliceLayout(0, LOAD))
-            for c in gl.static_range(HALF // 64):
-                lo = gl.load(q_row[:, None] + c * 64 + offs_c[None, :], mask=mask, other=0.0)
-                q_lo.slice(c * 64, 64, dim=1).store(lo.to(q_lo.dtype))
-                hi = gl.load(q_row[:, None] + HALF + c * 64 + offs_c[None, :], mask=mask, other=0.0)
-                q_hi.slice(c * 64, 64, dim=1).store(hi.to(q_lo.dtype))
-            if D_PE > 0:
-                pe = gl.load(q_row[:, None] + D_V + offs_c[None, :], mask=mask, other=0.0)
-                q_pe.store(pe.to(q_lo.dtype))
         else:
             _load_rows(q_row, q_lo, q_hi, q_pe, offs_r < rows, D_V, D_PE, LOAD)
         _publish(q_ready, ASYNC_ARRIVE)
@@ -933,8 +900,7 @@ if gluon_available():
         pr = 0
         if DECODE:
             if begin_req <= end_req:  # the piece's first tile
-                _decode_own_half(v_half, dec[0], k_ready, 0, D_V, PARTITION_WARPS, DECODE == 2,
-                                 dec[1] if COL0 == 0 else None)
+                _decode_own_half(v_half, dec, k_ready, 0, D_V, PARTITION_WARPS)
                 _stamp(trace_ptr, 0, 7, TRACE, PARTITION_WARPS)
         for req in range(begin_req, end_req + 1):
             req64 = req.to(gl.int64)
@@ -957,8 +923,7 @@ if gluon_available():
                 acc_b = warpgroup_mma(p_smem, v.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
                 if DECODE:  # the next tile (this request's or the next one's) while these products run
                     if has_next:
-                        _decode_own_half(v_half, dec[0], k_ready, kb + 1, D_V, PARTITION_WARPS, DECODE == 2,
-                                         dec[1] if COL0 == 0 else None)
+                        _decode_own_half(v_half, dec, k_ready, kb + 1, D_V, PARTITION_WARPS)
                         _stamp(trace_ptr, kb + 1, 7, TRACE, PARTITION_WARPS)
                 acc_a, acc_b = warpgroup_mma_wait(num_outstanding=0, deps=(acc_a, acc_b))
                 _release(p_free, k_free.index(stage))
@@ -1296,9 +1261,8 @@ if gluon_available():
         Q_E4M3: gl.constexpr, LIST_AHEAD: gl.constexpr, TRACE: gl.constexpr,
         BOX_ALLOCS: gl.constexpr, OUTPUT_DECODE: gl.constexpr,
     ):
-        # the products' type: q's, or fp16 for e4m3 codes (more mantissa for P than bf16; codes are <= 448) and in
-        # the output decode's fp16 form (OUTPUT_DECODE 2: V3.2 codes times their scales in fp16, q converted)
-        if Q_E4M3 or OUTPUT_DECODE == 2:
+        # the products' type: q's, or fp16 for e4m3 codes (more mantissa for P than bf16; codes are <= 448)
+        if Q_E4M3:
             dtype: gl.constexpr = gl.float16
         else:
             dtype: gl.constexpr = q_ptr.dtype.element_ty
@@ -1381,9 +1345,9 @@ if gluon_available():
             codes_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
             for i in gl.static_range(2):
                 mbarrier.init(codes_ready.index(i), count=LOADED)
-            dec = (codes_ready, k_pe)  # and the RoPE slots, for the fp16 form's conversion
+            dec = codes_ready
         else:
-            dec = (k_free, k_pe)  # never read
+            dec = k_free  # never read
 
         if SOFTMAX_ONLY:
             gl.warp_specialize([

@@ -130,8 +130,7 @@ def sparse_decode_sm90_fwd(
             with ``is_fp8`` and no ``prefetch_l2`` (which reads the next tile's list itself), else ``LIST_AHEAD``,
             of :mod:`.decode_dense_sm90_ws`, read at the call).
         output_decode: with ``is_fp8``, who decodes each tile's codes: 0 the loader, 1 the output warpgroups (the
-            loader only gathering), 2 the same with fp16 products (an experiment: q and the keys must fit fp16;
-            ``None``: ``SPARSE_FP8_OUTPUT_DECODE`` of :mod:`.decode_dense_sm90_ws`, read at
+            loader only gathering; ``None``: ``SPARSE_FP8_OUTPUT_DECODE`` of :mod:`.decode_dense_sm90_ws`, read at
             the call).
         trace: a diagnostic: the kernel's trace build stamps into this buffer (``trace_buffer`` of
             :mod:`.decode_dense_sm90_ws`; ``benchmarks/trace_ws.py``); a wrong one is an ``InvalidArgumentError``.
@@ -162,8 +161,8 @@ def sparse_decode_sm90_fwd(
     workspace = split_workspace(q_tok, head_dim_v, parts, fused_merge=False)  # the combine kernel merges
     scratch(*workspace)  # written by the split kernel before the combine kernel reads them
     output_decode = int(ws.SPARSE_FP8_OUTPUT_DECODE if output_decode is None else output_decode) if is_fp8 else 0
-    if output_decode not in (0, 1, 2):
-        raise InvalidArgumentError(f"output_decode: 0 (the loader decodes), 1 or 2 (the output warpgroups do), got "
+    if output_decode not in (0, 1):
+        raise InvalidArgumentError(f"output_decode: 0 (the loader decodes) or 1 (the output warpgroups do), got "
                                    f"{output_decode}")
     if output_decode and prefetch_l2:
         raise InvalidArgumentError("prefetch_l2 asks L2 for a tile's records while the loader decodes the tile "
