@@ -97,6 +97,20 @@ def test_triton_matches_reference_tiny(case, sms, api, monkeypatch, generator):
     check_against_reference(inputs, out, lse)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="the one-piece plan on a GPU")
+@pytest.mark.parametrize("api", ["new", "old"])
+def test_one_piece_plan_on_the_gpu(api, monkeypatch, generator):
+    """With one SM counted (``OPENMLA_NUM_SMS=1``, as a batch whose row tiles outnumber half the SMs gets) the split
+    plan has one piece: the plan kernel, specialized by Triton on ``num_parts == 1``, had failed to lower on sm_90.
+    The whole call (plan, kernel, combine) must run and match the reference."""
+    monkeypatch.setenv("OPENMLA_NUM_SMS", "1")
+    inputs = make_dense_decode_inputs(3, 2, 300, 128, 1, 576, 512, 64, torch.bfloat16, "cuda", varlen=True,
+                                      generator=generator, causal=True)
+    out, lse = run_openmla(inputs, api=api)
+    check_against_reference(inputs, out, lse)
+
+
 def _kernel_backends() -> list[str]:
     from openmla._runtime import device_arch, gluon_available
 
