@@ -88,8 +88,10 @@ products run, and the softmax warpgroup's scores wait for both halves. Measured 
 process each, eager, ``2026-11-28-h100-sparse-output-decode-ab.txt``): b 64 / 128 at h_q=128 265.2-267.1 /
 490.7-494.0 us against 284.0-285.5 / 531.6-535.0 with the loader decoding (7-8 %); h_q=64 replayed 184.8 against
 182.7 (trace build's plain calls). Output warpgroups at 176 registers, the loader at 64 (at 168 the output
-warpgroups spilled 56 B; 16 B with these). Starting each half's first two blocks before waiting for the last tile's
-``P`` measured 5-6 % slower than decoding it all under the products (same record).
+warpgroups spilled 56 B; 16 B with these). Measured slower or not worth keeping beside it, same record: each half's
+first two blocks decoded before waiting for the last tile's ``P`` (5-6 %), each decoded block published on a
+barrier of its own (10-11 %), the decode before issuing the products in one or both output warpgroups (equal, 3-4 %),
+the codes widened by bit moves (10-19 %), fp16 products (1-3 % faster, but q and the keys would have to fit fp16).
 
 A request with no key still runs one fully masked tile, so every partition walks the same sequence of
 tiles and barrier phases. Split-KV plan, causal rule, masking and outputs are those of
@@ -302,7 +304,8 @@ if gluon_available():
 
         ``KV_FP8`` (with ``SPARSE``): the cache holds V3.2 FP8 records (656 bytes a key, ``k_ptr`` bytes); each
         tile is gathered and dequantized into the stage by :func:`_gather_fp8_tile`, or with ``OUTPUT_DECODE``
-        only gathered (:func:`_issue_fp8_halves`), its copies arriving on ``dec`` (a barrier a stage) as they land, and decoded by the output warpgroups (:func:`_decode_own_half`).
+        only gathered (:func:`_issue_fp8_halves`), its copies arriving on ``dec`` (a barrier a stage) as they
+        land, and decoded by the output warpgroups (:func:`_decode_own_half`).
 
         ``KV_E4M3`` (dense): the cache holds per-tensor e4m3 codes (``d`` bytes a key, ``k_ptr`` bytes); each tile
         is copied and decoded, unscaled (exactly), into the stage by :func:`_gather_e4m3_tile`.
@@ -498,8 +501,8 @@ if gluon_available():
     def _decode_own_half(v_half, codes_ready, k_ready, kb, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr):
         """An output warpgroup decodes its value half of K tile ``kb`` (stage ``kb % 2``) in place, once the
         tile's copies have landed (:func:`_issue_fp8_halves`), and arrives on the tile's ready barrier (which
-        counts both output warpgroups): :func:`_decode_first_blocks` then :func:`_decode_last_blocks` (two steps,
-        so that a form can run them apart)."""
+        counts both output warpgroups): :func:`_decode_first_blocks` then :func:`_decode_last_blocks`, the
+        scale that outlives its bytes handed from one to the other."""
         sc_b = _decode_first_blocks(v_half, codes_ready, kb, D_V, PARTITION_WARPS)
         _decode_last_blocks(v_half, k_ready, kb, sc_b, D_V, PARTITION_WARPS)
 
