@@ -86,7 +86,8 @@ its scales into a free corner of it), arriving on a barrier as they land, so two
 warpgroup decodes its own value half of tile ``k + 1`` in place (:func:`_decode_own_half`) while tile ``k``'s
 products run, and the softmax warpgroup's scores wait for both halves. Measured on an H100 80GB (three runs, one
 process each, eager, ``2026-11-28-h100-sparse-output-decode-ab.txt``): b 64 / 128 at h_q=128 265.2-267.1 /
-490.7-494.0 us against 284.0-285.5 / 531.6-535.0 with the loader decoding (7-8 %); h_q=64 replayed 184.8 against
+490.7-494.0 us against 284.0-285.5 / 531.6-535.0 with the loader decoding (7-8 %; two outlier rounds at b=64 left
+out, in the record); h_q=64 replayed 184.8 against
 182.7 (trace build's plain calls). Output warpgroups at 176 registers, the loader at 64 (at 168 the output
 warpgroups spilled 56 B; 16 B with these). Measured slower or not worth keeping beside it, same record: each half's
 first two blocks decoded before waiting for the last tile's ``P`` (5-6 %), each decoded block published on a
