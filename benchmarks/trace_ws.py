@@ -29,52 +29,63 @@ import argparse
 import json
 import statistics
 
-#: the e4m3-product kernel's event 7 is the first output warpgroup's decode of its value half, done
-E4M3_PRODUCT_INTERVALS = {
-    "period (1 -> next 1)": lambda t, k: t[k + 1][1] - t[k][1],
-    "loader issue (0 -> 1)": lambda t, k: t[k][1] - t[k][0],
-    "loader waits for a stage (last 1 -> 0)": lambda t, k: t[k][0] - t[k - 1][1],
-    "softmax waits for codes (last 4 -> 2)": lambda t, k: t[k][2] - t[k - 1][4],
-    "score products (2 -> 3)": lambda t, k: t[k][3] - t[k][2],
-    "softmax and hand-over (3 -> 4)": lambda t, k: t[k][4] - t[k][3],
-    "output decodes (last 6 -> 7)": lambda t, k: t[k][7] - t[k - 1][6],
-    "output waits for P after its decode (7 -> 5)": lambda t, k: t[k][5] - t[k][7],
-    "output products (5 -> 6)": lambda t, k: t[k][6] - t[k][5],
-    "codes in flight before the scores (1 -> 2)": lambda t, k: t[k][2] - t[k][1],
+
+def _span(a: int, b: int, a_last: bool = False, b_next: bool = False):
+    """Cycles from event ``a`` (of the tile before with ``a_last``) to event ``b`` (of the tile after with
+    ``b_next``) of tile ``k``, over a piece's stamped tiles ``t``."""
+    return lambda t, k: t[k + b_next][b] - t[k - a_last][a]
+
+
+# intervals every form of the trace reads alike
+_PERIOD = {"period (1 -> next 1)": _span(1, 1, b_next=True)}
+_LOADER_WAITS = {"loader waits for a stage (last 1 -> 0)": _span(1, 0, a_last=True)}
+_SCORES_SOFTMAX = {"score products (2 -> 3)": _span(2, 3), "softmax and hand-over (3 -> 4)": _span(3, 4)}
+
+#: the warp-specialized kernel (events in the module docstring)
+WS_INTERVALS = {
+    **_PERIOD,
+    "loader busy (0 -> 1)": _span(0, 1),
+    **_LOADER_WAITS,
+    "softmax waits for K (last 4 -> 2)": _span(4, 2, a_last=True),
+    **_SCORES_SOFTMAX,
+    "output waits for P (last 6 -> 5)": _span(6, 5, a_last=True),
+    "output products (5 -> 6)": _span(5, 6),
+    "stage with the consumers (1 -> 6)": _span(1, 6),
+    "loader waits for its codes (0 -> 7)": _span(0, 7),
+    "loader decodes and publishes (7 -> 1)": _span(7, 1),
 }
 
+#: the e4m3-product kernel's event 7 is the first output warpgroup's decode of its value half, done
+E4M3_PRODUCT_INTERVALS = {
+    **_PERIOD,
+    "loader issue (0 -> 1)": _span(0, 1),
+    **_LOADER_WAITS,
+    "softmax waits for codes (last 4 -> 2)": _span(4, 2, a_last=True),
+    **_SCORES_SOFTMAX,
+    "output decodes (last 6 -> 7)": _span(6, 7, a_last=True),
+    "output waits for P after its decode (7 -> 5)": _span(7, 5),
+    "output products (5 -> 6)": _span(5, 6),
+    "codes in flight before the scores (1 -> 2)": _span(1, 2),
+}
 
 #: the output warpgroups decoding V3.2 records: event 7 of tile k is stamped inside the output warpgroup's step k-1
 OUTPUT_DECODE_INTERVALS = {
-    "period (1 -> next 1)": lambda t, k: t[k + 1][1] - t[k][1],
-    "loader issue (0 -> 1)": lambda t, k: t[k][1] - t[k][0],
-    "loader waits for a stage (last 1 -> 0)": lambda t, k: t[k][0] - t[k - 1][1],
-    "copies issued to decoded (1 -> 7)": lambda t, k: t[k][7] - t[k][1],
-    "decode after the last products issued (last 5 -> 7)": lambda t, k: t[k][7] - t[k - 1][5],
-    "decoded to scores issued (7 -> 2)": lambda t, k: t[k][2] - t[k][7],
-    "score products (2 -> 3)": lambda t, k: t[k][3] - t[k][2],
-    "softmax and hand-over (3 -> 4)": lambda t, k: t[k][4] - t[k][3],
-    "output waits for P (last 6 -> 5)": lambda t, k: t[k][5] - t[k - 1][6],
-    "output products and next decode (5 -> 6)": lambda t, k: t[k][6] - t[k][5],
+    **_PERIOD,
+    "loader issue (0 -> 1)": _span(0, 1),
+    **_LOADER_WAITS,
+    "copies issued to decoded (1 -> 7)": _span(1, 7),
+    "decode after the last products issued (last 5 -> 7)": _span(5, 7, a_last=True),
+    "decoded to scores issued (7 -> 2)": _span(7, 2),
+    **_SCORES_SOFTMAX,
+    "output waits for P (last 6 -> 5)": _span(6, 5, a_last=True),
+    "output products and next decode (5 -> 6)": _span(5, 6),
 }
 
 
 def _intervals(trace, names=None) -> dict:
     """Median cycles of each interval over the stamped pieces' tiles (the first two and last of a piece left out,
-    and tiles the trace did not reach); ``names`` the intervals (default: the warp-specialized kernel's)."""
-    names = names or {
-        "period (1 -> next 1)": lambda t, k: t[k + 1][1] - t[k][1],
-        "loader busy (0 -> 1)": lambda t, k: t[k][1] - t[k][0],
-        "loader waits for a stage (last 1 -> 0)": lambda t, k: t[k][0] - t[k - 1][1],
-        "softmax waits for K (last 4 -> 2)": lambda t, k: t[k][2] - t[k - 1][4],
-        "score products (2 -> 3)": lambda t, k: t[k][3] - t[k][2],
-        "softmax and hand-over (3 -> 4)": lambda t, k: t[k][4] - t[k][3],
-        "output waits for P (last 6 -> 5)": lambda t, k: t[k][5] - t[k - 1][6],
-        "output products (5 -> 6)": lambda t, k: t[k][6] - t[k][5],
-        "stage with the consumers (1 -> 6)": lambda t, k: t[k][6] - t[k][1],
-        "loader waits for its codes (0 -> 7)": lambda t, k: t[k][7] - t[k][0],
-        "loader decodes and publishes (7 -> 1)": lambda t, k: t[k][1] - t[k][7],
-    }
+    and tiles the trace did not reach); ``names`` the intervals (default: :data:`WS_INTERVALS`)."""
+    names = names or WS_INTERVALS
     out = {}
     for name, f in names.items():
         vals = []
