@@ -3,7 +3,7 @@
 Usage (sm_90 GPU): ``python -m benchmarks.trace_ws [--json PATH] [--only NAME,...]``
 
 The trace build (``trace=`` of :func:`openmla.ops.gluon.decode_dense_sm90_ws.dense_decode_sm90_ws_fwd` and
-:func:`openmla.ops.gluon.decode_sparse_sm90.sparse_decode_sm90_fwd`) stamps the SM's cycle counter at seven events
+:func:`openmla.ops.gluon.decode_sparse_sm90.sparse_decode_sm90_fwd`) stamps the SM's cycle counter at up to ten events
 of every KV tile in a few programs (:func:`openmla.ops.gluon.decode_dense_sm90_ws._stamp`):
 
   0 the loader has the tile's stage          1 the loader published the tile (decoded) or issued its copies
@@ -15,11 +15,14 @@ of every KV tile in a few programs (:func:`openmla.ops.gluon.decode_dense_sm90_w
     warpgroups decoding V3.2 records (``output_decode``, configs ``*_output_decode``) the first output
     warpgroup has decoded its half, which it finishes for tile k+1 between issuing tile k's products and their end
     (:data:`OUTPUT_DECODE_INTERVALS`)
+  8 the softmax warpgroup's math done (the tile masked, exponentiated, summed)   9 it has the P buffer
+    (both stamped by the warp-specialized kernel's softmax warpgroup only: the e4m3-product kernel reads None there)
 
 For each config this prints the call's time (replayed from a CUDA graph) with and without the stamps (so their cost is in view) and, over the
 stamped tiles of a request's steady state, the median cycles of: the tile period (event 1 to the next tile's 1),
 the loader's busy time (0 → 1) and its wait for a stage (the last tile's 1 → 0), the softmax warpgroup's wait for K
-(last tile's 4 → 2), the score products (2 → 3), softmax and hand-over (3 → 4), the output warpgroup's wait for P
+(last tile's 4 → 2), the score products (2 → 3), softmax and hand-over (3 → 4) split into its math (3 → 8), its
+wait for the P buffer (8 → 9) and P written and published (9 → 4), the output warpgroup's wait for P
 (last tile's 6 → 5) and its products (5 → 6), and the stage's time with the consumers (1 → 6). Cycles, not time:
 the SM clock varies; the period times the tiles gives the scale.
 """
@@ -39,7 +42,9 @@ def _span(a: int, b: int, a_last: bool = False, b_next: bool = False):
 # intervals every form of the trace reads alike
 _PERIOD = {"period (1 -> next 1)": _span(1, 1, b_next=True)}
 _LOADER_WAITS = {"loader waits for a stage (last 1 -> 0)": _span(1, 0, a_last=True)}
-_SCORES_SOFTMAX = {"score products (2 -> 3)": _span(2, 3), "softmax and hand-over (3 -> 4)": _span(3, 4)}
+_SCORES_SOFTMAX = {"score products (2 -> 3)": _span(2, 3), "softmax and hand-over (3 -> 4)": _span(3, 4),
+                   "softmax math (3 -> 8)": _span(3, 8), "waits for the P buffer (8 -> 9)": _span(8, 9),
+                   "P written and published (9 -> 4)": _span(9, 4)}
 
 #: the warp-specialized kernel (events in the module docstring)
 WS_INTERVALS = {

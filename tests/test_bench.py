@@ -209,9 +209,10 @@ def test_trace_intervals_read_a_two_stage_timeline():
     period = 1000
     # events 0..6 of tile k at k * period + offset: loader has the stage at +0, publishes at +300, softmax has K at
     # +400, scores done at +500, P at +700, output has P at +750, releases at +950
-    offsets = (0, 300, 400, 500, 700, 750, 950, 200)  # event 7 (codes landed) at +200
+    # event 7 (codes landed) at +200, the softmax's math done at +600 (8), the P buffer free at +650 (9)
+    offsets = (0, 300, 400, 500, 700, 750, 950, 200, 600, 650)
     piece = [[k * period + o for o in offsets] for k in range(10)]
-    piece += [[0] * 8] * 3  # tiles the trace did not reach
+    piece += [[0] * 10] * 3  # tiles the trace did not reach
     iv = _intervals([piece, piece])
     assert iv["period (1 -> next 1)"] == period
     assert iv["loader busy (0 -> 1)"] == 300
@@ -219,12 +220,14 @@ def test_trace_intervals_read_a_two_stage_timeline():
     assert iv["softmax waits for K (last 4 -> 2)"] == period - 300
     assert iv["score products (2 -> 3)"] == 100
     assert iv["softmax and hand-over (3 -> 4)"] == 200
+    assert (iv["softmax math (3 -> 8)"], iv["waits for the P buffer (8 -> 9)"]) == (100, 50)
+    assert iv["P written and published (9 -> 4)"] == 50
     assert iv["output waits for P (last 6 -> 5)"] == period - 200
     assert iv["output products (5 -> 6)"] == 200
     assert iv["stage with the consumers (1 -> 6)"] == 650
     assert iv["loader waits for its codes (0 -> 7)"] == 200
     assert iv["loader decodes and publishes (7 -> 1)"] == 100
-    assert _intervals([[[0] * 8] * 5])["period (1 -> next 1)"] is None
+    assert _intervals([[[0] * 10] * 5])["period (1 -> next 1)"] is None
 
 
 def test_fp8_forms_ab_reads_its_forms():

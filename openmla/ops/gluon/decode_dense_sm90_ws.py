@@ -146,11 +146,12 @@ SPARSE_FP8_LIST_AHEAD = True
 LIST_AHEAD = False
 # the trace build (``trace=`` of the launchers, :func:`_stamp`): pieces and tiles stamped, events a tile
 # (0 loader has the stage, 1 loader published it (decoded tiles) or issued its copies, 7 a decoding loader's
-# codes have all landed, 2 softmax has it and issued its scores, 3 scores done, 4 P
-# published, 5 first output warpgroup has P, 6 it released P and the stage)
+# codes have all landed, 2 softmax has it and issued its scores, 3 scores done, 8 softmax math done, 9 the P
+# buffer free, 4 P published, 5 first output warpgroup has P, 6 it released P and the stage; 8 and 9 are
+# stamped by this kernel's softmax warpgroup only, not by the e4m3-product kernel)
 TRACE_PIECES = 4
 TRACE_TILES = 64
-TRACE_EVENTS = 8
+TRACE_EVENTS = 10
 # defaults of the schedule choices (module docstring), set by measurement
 OVERLAP = False
 ASYNC_ARRIVE = True
@@ -1129,7 +1130,9 @@ if gluon_available():
                     s = gl.where(named[None, :], s, float("-inf"))
                 p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, scale_log2, tok_lo + it * BLOCK_N, tok_hi, limit,
                                                      offs_n, CAUSAL)
+                _stamp(trace_ptr, kb, 8, TRACE, PARTITION_WARPS)
                 mbarrier.wait(p_free, (pr & 1) ^ 1)  # both output warpgroups are done with the last P
+                _stamp(trace_ptr, kb, 9, TRACE, PARTITION_WARPS)
                 p_smem.store(p.to(dtype))
                 # from the softmax's own row layout (a row's four holders write one value): a conversion to a
                 # one-row-a-thread layout first went through scratch shared memory, one more bar.sync a tile
