@@ -64,10 +64,11 @@ def candidates(h_q: int, is_fp8: bool = False, only_reg_prefetch: bool = False):
             C(64, 64, 8, 3, 512)]
 
 
-def _time_gluon(cfg, inp, ref, extras, fm_us, card, results, list_ahead=None, output_decode=None) -> None:
+def _time_gluon(cfg, inp, ref, extras, fm_us, card, results, list_ahead=None, output_decode=None,
+                loader_regs=None) -> None:
     """Time the sm_90 Gluon sparse kernel on ``inp`` with ``extras`` (sink, lengths), checked first;
     ``list_ahead``: its loader reading each tile's list entries a tile ahead, ``output_decode``: the output
-    warpgroups decoding V3.2 records (``None``: the defaults)."""
+    warpgroups decoding V3.2 records, ``loader_regs``: the loader partition's registers (``None``: the defaults)."""
     import torch
     import triton
 
@@ -77,16 +78,18 @@ def _time_gluon(cfg, inp, ref, extras, fm_us, card, results, list_ahead=None, ou
     def call():
         return sparse_decode_sm90_fwd(inp.q, inp.k_cache, inp.indices, inp.head_dim_v, inp.softmax_scale,
                                       extras.get("topk_length"), is_fp8=inp.is_fp8, attn_sink=extras.get("attn_sink"),
-                                      list_ahead=list_ahead, output_decode=output_decode)
+                                      list_ahead=list_ahead, output_decode=output_decode, loader_regs=loader_regs)
     out, lse = call()
     torch.cuda.synchronize()
     problems = [str(c) for c in check_sparse_decode(out, lse, *ref) if not c.ok]
     us = triton.testing.do_bench(call, warmup=50, rep=300, return_mode="median") * 1e3
     results.append(dict(op="sparse_decode", backend="gluon", card=card, config=cfg.name, h_q=cfg.h_q, b=cfg.b,
                         openmla_us=us, flash_mla_us=fm_us, ratio=(fm_us / us) if fm_us else None,
-                        check=problems or "ok", sink=bool(extras), list_ahead=list_ahead, output_decode=output_decode))
+                        check=problems or "ok", sink=bool(extras), list_ahead=list_ahead, output_decode=output_decode,
+                        loader_regs=loader_regs))
     form = "" if list_ahead is None else (" list-ahead" if list_ahead else " list-in-step")
     form += "" if output_decode is None else (f" output-decode{output_decode}" if output_decode else " loader-decode")
+    form += "" if loader_regs is None else f" loader-regs{loader_regs}"
     print(f"{cfg.name} gluon{' sink' if extras else ''}{form}: {us:8.1f} us (FlashMLA {fm_us or 0:7.1f}) "
           f"{'ok' if not problems else problems}", flush=True)
 
@@ -123,7 +126,12 @@ def main(argv=None) -> None:
                          "tile ahead (list_ahead), alternated twice")
     ap.add_argument("--gluon-output-decode", action="store_true",
                     help="only the sm_90 Gluon kernel over the V3.2 cache, its loader or its output warpgroups "
-                         "decoding each tile (output_decode 0, 1), in the order 0 1 1 0")
+                         "decoding each tile (output_decode 0, 1), in the order of --gluon-output-decode-order")
+    ap.add_argument("--gluon-output-decode-order", default="0,1,1,0",
+                    help="with --gluon-output-decode: the output_decode values to time, comma-separated, in order")
+    ap.add_argument("--gluon-loader-regs", default=None,
+                    help="only the sm_90 Gluon kernel with its default decoder, its loader at these registers in "
+                         "this order (comma-separated, e.g. 64,56,56,64)")
     ap.add_argument("--unchained", action="store_true",
                     help="only the default tile and the unchained 64-row tiles (one split count)")
     args = ap.parse_args(argv)
@@ -160,8 +168,14 @@ def main(argv=None) -> None:
         if args.sink:  # the Hopper kernel on the same call, for comparison (it takes sinks too)
             _time_gluon(cfg, inp, ref, extras, fm_us, card, results)
         if args.gluon_output_decode:
-            for output_decode in (0, 1, 1, 0):
+            for output_decode in (int(f) for f in args.gluon_output_decode_order.split(",")):
                 _time_gluon(cfg, inp, ref, extras, fm_us, card, results, output_decode=output_decode)
+            inp = ref = None
+            torch.cuda.empty_cache()
+            continue
+        if args.gluon_loader_regs:
+            for regs in (int(r) for r in args.gluon_loader_regs.split(",")):
+                _time_gluon(cfg, inp, ref, extras, fm_us, card, results, loader_regs=regs)
             inp = ref = None
             torch.cuda.empty_cache()
             continue
