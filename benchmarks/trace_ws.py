@@ -145,10 +145,6 @@ def main(argv=None) -> None:
             calls[f"{name}_output_decode"] = (lambda inp=inp: lambda trace=None: sparse_decode_sm90_fwd(
                 inp.q, inp.k_cache, inp.indices, inp.head_dim_v, inp.softmax_scale, is_fp8=True, trace=trace,
                 output_decode=1))()
-            # the softmax warpgroup decoding each tile's first code blocks (output_decode 2)
-            calls[f"{name}_output_decode_shared_first"] = (lambda inp=inp: lambda trace=None: sparse_decode_sm90_fwd(
-                inp.q, inp.k_cache, inp.indices, inp.head_dim_v, inp.softmax_scale, is_fp8=True, trace=trace,
-                output_decode=2))()
     g = torch.Generator().manual_seed(0)
     lens = torch.normal(8192.0, 4096.0, (128,), generator=g).round().clamp(1, 16384).int().tolist()
     dense = make_dense_decode_inputs(lens, 1, 128, 1, 576, 512, 64, torch.bfloat16, False, "cuda", 0)

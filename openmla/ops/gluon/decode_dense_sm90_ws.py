@@ -93,6 +93,11 @@ warpgroups spilled 56 B; 16 B with these). Measured slower or not worth keeping 
 first two blocks decoded before waiting for the last tile's ``P`` (5-6 %), each decoded block published on a
 barrier of its own (10-11 %), the decode before issuing the products in one or both output warpgroups (equal, 3-4 %),
 the codes widened by bit moves (10-19 %), fp16 products (1-3 % faster, but q and the keys would have to fit fp16).
+Measured later the same day (``2026-11-28-sparse-softmax-window-ab.txt``): the softmax warpgroup decoding each
+tile's first code block of both halves beside them (11 % slower at b=128, H200: three blocks an output warpgroup
+took as long as four), the list entries copied with the codes and the mask without a division (equal, 1 % slower),
+copy instructions over two records instead of eight (15 % slower; the loader spilled), the loader at 56 registers
+(3.5 % slower).
 
 A request with no key still runs one fully masked tile, so every partition walks the same sequence of
 tiles and barrier phases. Split-KV plan, causal rule, masking and outputs are those of
@@ -368,7 +373,7 @@ if gluon_available():
                     _issue_fp8_halves(k_ptr, ent, start, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
                                       k_lo, k_hi, k_pe, stage, D_V, PARTITION_WARPS)
                     # each thread's copies arrive as they land; the loader goes on to the next stage at once
-                    async_copy.mbarrier_arrive(dec[0].index(stage), increment_count=False)
+                    async_copy.mbarrier_arrive(dec.index(stage), increment_count=False)
                 elif KV_FP8:
                     if not LIST_AHEAD:
                         ent = _key_entries(bt_row, start + offs_e, tok_hi, page_block_size, True)
@@ -500,18 +505,16 @@ if gluon_available():
         return v_half._reinterpret(gl.float32, [v_half.shape[0] * 128, 64], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
 
     @gluon.jit
-    def _decode_own_half(v_half, dec, k_ready, kb, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr,
-                         DECODE: gl.constexpr):
+    def _decode_own_half(v_half, codes_ready, k_ready, kb, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr):
         """An output warpgroup decodes its value half of K tile ``kb`` (stage ``kb % 2``) in place, once the
         tile's copies have landed (:func:`_issue_fp8_halves`), and arrives on the tile's ready barrier (which
         counts both output warpgroups): :func:`_decode_first_blocks` then :func:`_decode_last_blocks`, the
         scale that outlives its bytes handed from one to the other."""
-        sc_b = _decode_first_blocks(v_half, dec, kb, D_V, PARTITION_WARPS, DECODE == 2)
+        sc_b = _decode_first_blocks(v_half, codes_ready, kb, D_V, PARTITION_WARPS)
         _decode_last_blocks(v_half, k_ready, kb, sc_b, D_V, PARTITION_WARPS)
 
     @gluon.jit
-    def _decode_first_blocks(v_half, dec, kb, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr,
-                             SHARED_FIRST: gl.constexpr):
+    def _decode_first_blocks(v_half, codes_ready, kb, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr):
         """The first two 64-column blocks of this warpgroup's half of tile ``kb`` (``v_half``: its half of the K
         ring, 16-bit [2, 64, D_V/2]), once the tile's copies have landed; returns the scale of the last two
         (its bytes are overwritten here), [64] fp32, for :func:`_decode_last_blocks`.
@@ -526,44 +529,17 @@ if gluon_available():
         HALF_BLOCKS: gl.constexpr = D_V // 128
         gl.static_assert(HALF_BLOCKS == 4, "the in-place order is written for 256-dim value halves")
         stage = kb % 2
-        mbarrier.wait(dec[0].index(stage), (kb // 2) & 1)
+        mbarrier.wait(codes_ready.index(stage), (kb // 2) & 1)
         codes = v_half._reinterpret(gl.uint8, [v_half.shape[0] * 2 * HALF_BLOCKS, 64, 64], CODES)
         base = stage * 2 * HALF_BLOCKS + HALF_BLOCKS
         dst = v_half.index(stage)
         sc_a = _scale_rows(v_half).index(stage * 128 + 32).load(gl.SliceLayout(1, CVT))
         sc_b = _scale_rows(v_half).index(stage * 128 + 33).load(gl.SliceLayout(1, CVT))
-        if not SHARED_FIRST:  # else the softmax warpgroup decodes block 0 (:func:`_decode_first_block_both`)
-            dst.slice(0, 64, dim=1).store(_dequant(codes.index(base + 0).load(CVT), sc_a, dtype))
+        dst.slice(0, 64, dim=1).store(_dequant(codes.index(base + 0).load(CVT), sc_a, dtype))
         c1 = codes.index(base + 1).load(CVT)
         gl.thread_barrier()  # the scales and code blocks 0-1 read by the whole warpgroup
-        if SHARED_FIRST:  # block 1 goes over the scales, block 2 over code block 0: once the softmax warpgroup read them
-            mbarrier.wait(dec[1].index(stage), (kb // 2) & 1)
         dst.slice(64, 64, dim=1).store(_dequant(c1, sc_a, dtype))
         return sc_b
-
-    @gluon.jit
-    def _decode_first_block_both(k_lo, k_hi, dec, kb, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr):
-        """``OUTPUT_DECODE`` 2: the softmax warpgroup decodes code block 0 of both value halves of tile ``kb`` into
-        their free first 8 KB, reading both blocks and scales first and then arriving on ``dec[1]`` (the output
-        warpgroups write over those bytes only after it), so each output warpgroup decodes three blocks, not four.
-        Its own writes reach its score products through the fence after the tile's ready barrier."""
-        dtype: gl.constexpr = k_lo.dtype
-        CVT: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [PARTITION_WARPS, 1], [1, 0])  # 16 B a thread
-        CODES: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0])
-        HALF_BLOCKS: gl.constexpr = D_V // 128
-        stage = kb % 2
-        mbarrier.wait(dec[0].index(stage), (kb // 2) & 1)
-        base = stage * 2 * HALF_BLOCKS + HALF_BLOCKS
-        lo = k_lo._reinterpret(gl.uint8, [k_lo.shape[0] * 2 * HALF_BLOCKS, 64, 64], CODES)
-        hi = k_hi._reinterpret(gl.uint8, [k_hi.shape[0] * 2 * HALF_BLOCKS, 64, 64], CODES)
-        sc_lo = _scale_rows(k_lo).index(stage * 128 + 32).load(gl.SliceLayout(1, CVT))
-        sc_hi = _scale_rows(k_hi).index(stage * 128 + 32).load(gl.SliceLayout(1, CVT))
-        c_lo = lo.index(base).load(CVT)
-        c_hi = hi.index(base).load(CVT)
-        gl.thread_barrier()  # every thread has read them
-        mbarrier.arrive(dec[1].index(stage), count=1)
-        k_lo.index(stage).slice(0, 64, dim=1).store(_dequant(c_lo, sc_lo, dtype))
-        k_hi.index(stage).slice(0, 64, dim=1).store(_dequant(c_hi, sc_hi, dtype))
 
     @gluon.jit
     def _decode_last_blocks(v_half, k_ready, kb, sc_b, D_V: gl.constexpr, PARTITION_WARPS: gl.constexpr):
@@ -934,7 +910,7 @@ if gluon_available():
         pr = 0
         if DECODE:
             if begin_req <= end_req:  # the piece's first tile
-                _decode_own_half(v_half, dec, k_ready, 0, D_V, PARTITION_WARPS, DECODE)
+                _decode_own_half(v_half, dec, k_ready, 0, D_V, PARTITION_WARPS)
                 _stamp(trace_ptr, 0, 7, TRACE, PARTITION_WARPS)
         for req in range(begin_req, end_req + 1):
             req64 = req.to(gl.int64)
@@ -957,7 +933,7 @@ if gluon_available():
                 acc_b = warpgroup_mma(p_smem, v.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
                 if DECODE:  # the next tile (this request's or the next one's) while these products run
                     if has_next:
-                        _decode_own_half(v_half, dec, k_ready, kb + 1, D_V, PARTITION_WARPS, DECODE)
+                        _decode_own_half(v_half, dec, k_ready, kb + 1, D_V, PARTITION_WARPS)
                         _stamp(trace_ptr, kb + 1, 7, TRACE, PARTITION_WARPS)
                 acc_a, acc_b = warpgroup_mma_wait(num_outstanding=0, deps=(acc_a, acc_b))
                 _release(p_free, k_free.index(stage))
@@ -1100,7 +1076,7 @@ if gluon_available():
                       D_PE: gl.constexpr, PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr,
                       K_BOXES: gl.constexpr, SPARSE: gl.constexpr, HAS_SINK: gl.constexpr,
                       KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr, KV_FP8: gl.constexpr, trace_ptr,
-                      TRACE: gl.constexpr, BOX_ALLOCS: gl.constexpr, dec, OUTPUT_DECODE: gl.constexpr):
+                      TRACE: gl.constexpr, BOX_ALLOCS: gl.constexpr):
         """Default partition when two output warpgroups own the halves (``SOFTMAX_ONLY``): scores, online
         softmax, ``P`` and the rescale factor (then ``1/l``) to both, LSE. It holds no output accumulator,
         so tile ``j+1``'s scores and softmax run while the output warpgroups multiply tile ``j``'s ``P`` by V;
@@ -1132,9 +1108,6 @@ if gluon_available():
         scale_log2, v_scale = _e4m3_scales(scale_log2, descale_k_ptr, descale_q_ptr, KV_E4M3, Q_E4M3)
         kb = 0
         pr = 0
-        if OUTPUT_DECODE == 2:
-            if begin_req <= end_req:  # the piece's first tile
-                _decode_first_block_both(k_lo, k_hi, dec, 0, D_V, PARTITION_WARPS)
         for req in range(begin_req, end_req + 1):
             req64 = req.to(gl.int64)
             rq = req - begin_req
@@ -1145,8 +1118,7 @@ if gluon_available():
             m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=ROW_S)
             l_i = gl.zeros([BLOCK_M], gl.float32, layout=ROW_S)
             _acquire(q_ready, rq & 1, ASYNC_ARRIVE)
-            n_tiles = _tiles_of(tok_lo, tok_hi, BLOCK_N)
-            for it in range(0, n_tiles):
+            for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
                 stage = kb % 2
                 if SPARSE and KV_FP8:  # the tile's slots, loaded while its keys arrive and its scores are computed
                     offs_j = tok_lo + it * BLOCK_N + offs_n
@@ -1174,19 +1146,11 @@ if gluon_available():
                 gl.thread_barrier()
                 mbarrier.arrive(p_ready, count=1)
                 _stamp(trace_ptr, kb, 4, TRACE, PARTITION_WARPS)
-                if OUTPUT_DECODE == 2:  # the next tile's first code blocks, beside the output warpgroups' decode of it
-                    if it + 1 < n_tiles:
-                        _decode_first_block_both(k_lo, k_hi, dec, kb + 1, D_V, PARTITION_WARPS)
                 pr += 1
                 kb += 1
             # every score product of this request is done: the loader may bring the next Q
             gl.thread_barrier()
             mbarrier.arrive(q_free, count=1)
-            if OUTPUT_DECODE == 2:
-                # the next request's first tile comes after its Q (so not before q_free), and the output warpgroups
-                # decode it before they hand back this request's last P, which the last round below waits for
-                if req < end_req:
-                    _decode_first_block_both(k_lo, k_hi, dec, kb, D_V, PARTITION_WARPS)
 
             # last round: 1/l to the output warpgroups (0 for a row that saw no key), and the LSE
             l_r = gl.convert_layout(l_i, ROWS_1D)
@@ -1393,13 +1357,9 @@ if gluon_available():
             codes_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
             for i in gl.static_range(2):
                 mbarrier.init(codes_ready.index(i), count=LOADED)
-            # DECODE 2: the softmax warpgroup has read the first code block and scale of both halves
-            first_read = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-            for i in gl.static_range(2):
-                mbarrier.init(first_read.index(i), count=1)
-            dec = (codes_ready, first_read)
+            dec = codes_ready
         else:
-            dec = (k_free, k_free)  # never read
+            dec = k_free  # never read
 
         if SOFTMAX_ONLY:
             gl.warp_specialize([
@@ -1408,8 +1368,7 @@ if gluon_available():
                                  q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, slots, block_table_ptr,
                                  stride_bt, num_blocks, sink_ptr, descale_k_ptr, descale_q_ptr,
                                  CAUSAL, BLOCK_M, BLOCK_N, D_V, D_PE, SOFTMAX_WARPS, ASYNC_ARRIVE, K_BOXES, SPARSE,
-                                 HAS_SINK, KV_E4M3, Q_E4M3, KV_FP8, trace_ptr, TRACE, BOX_ALLOCS, dec,
-                                 OUTPUT_DECODE)),
+                                 HAS_SINK, KV_E4M3, Q_E4M3, KV_FP8, trace_ptr, TRACE, BOX_ALLOCS)),
                 (_output_quarters, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,

@@ -161,9 +161,8 @@ def sparse_decode_sm90_fwd(
     workspace = split_workspace(q_tok, head_dim_v, parts, fused_merge=False)  # the combine kernel merges
     scratch(*workspace)  # written by the split kernel before the combine kernel reads them
     output_decode = int(ws.SPARSE_FP8_OUTPUT_DECODE if output_decode is None else output_decode) if is_fp8 else 0
-    if output_decode not in (0, 1, 2):
-        raise InvalidArgumentError(f"output_decode: 0 (the loader decodes), 1 (the output warpgroups do) or 2 (the "
-                                   f"softmax warpgroup decodes the first code block of each half with them), got "
+    if output_decode not in (0, 1):
+        raise InvalidArgumentError(f"output_decode: 0 (the loader decodes) or 1 (the output warpgroups do), got "
                                    f"{output_decode}")
     if output_decode and prefetch_l2:
         raise InvalidArgumentError("prefetch_l2 asks L2 for a tile's records while the loader decodes the tile "
