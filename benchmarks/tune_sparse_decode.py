@@ -94,6 +94,18 @@ def _time_gluon(cfg, inp, ref, extras, fm_us, card, results, list_ahead=None, ou
           f"{'ok' if not problems else problems}", flush=True)
 
 
+def _gluon_forms(args) -> list[dict]:
+    """The Gluon kernel's forms an A/B option asks for, in their order, as :func:`_time_gluon` keywords (empty
+    without one)."""
+    if args.gluon_output_decode:
+        return [dict(output_decode=int(f)) for f in args.gluon_output_decode_order.split(",")]
+    if args.gluon_loader_regs:
+        return [dict(loader_regs=int(r)) for r in args.gluon_loader_regs.split(",")]
+    if args.gluon_list_ahead:
+        return [dict(list_ahead=ahead) for ahead in (False, True, False, True)]
+    return []
+
+
 def main(argv=None) -> None:
     import torch
     import triton
@@ -167,21 +179,10 @@ def main(argv=None) -> None:
                           topk_length=torch.full((cfg.b,), cfg.topk, dtype=torch.int32, device="cuda"))
         if args.sink:  # the Hopper kernel on the same call, for comparison (it takes sinks too)
             _time_gluon(cfg, inp, ref, extras, fm_us, card, results)
-        if args.gluon_output_decode:
-            for output_decode in (int(f) for f in args.gluon_output_decode_order.split(",")):
-                _time_gluon(cfg, inp, ref, extras, fm_us, card, results, output_decode=output_decode)
-            inp = ref = None
-            torch.cuda.empty_cache()
-            continue
-        if args.gluon_loader_regs:
-            for regs in (int(r) for r in args.gluon_loader_regs.split(",")):
-                _time_gluon(cfg, inp, ref, extras, fm_us, card, results, loader_regs=regs)
-            inp = ref = None
-            torch.cuda.empty_cache()
-            continue
-        if args.gluon_list_ahead:
-            for ahead in (False, True, False, True):
-                _time_gluon(cfg, inp, ref, extras, fm_us, card, results, list_ahead=ahead)
+        gluon_forms = _gluon_forms(args)
+        if gluon_forms:  # only the Gluon kernel, its forms alternated in this process
+            for form in gluon_forms:
+                _time_gluon(cfg, inp, ref, extras, fm_us, card, results, **form)
             inp = ref = None
             torch.cuda.empty_cache()
             continue

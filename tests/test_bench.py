@@ -241,6 +241,26 @@ def test_fp8_forms_ab_reads_its_forms():
         parse_forms("LOADER_COLS=64")
 
 
+def test_tune_sparse_gluon_forms_in_order():
+    """The sparse tuner's A/B options give the Gluon kernel's forms in the order asked, as launcher keywords; with
+    none of them it times the tile configs instead (no forms)."""
+    import argparse
+
+    from benchmarks.tune_sparse_decode import _gluon_forms
+
+    def forms(**kw):
+        base = dict(gluon_output_decode=False, gluon_output_decode_order="0,1,1,0", gluon_loader_regs=None,
+                    gluon_list_ahead=False)
+        return _gluon_forms(argparse.Namespace(**{**base, **kw}))
+
+    assert forms(gluon_output_decode=True) == [{"output_decode": d} for d in (0, 1, 1, 0)]
+    assert forms(gluon_output_decode=True, gluon_output_decode_order="1,0") == [{"output_decode": 1},
+                                                                              {"output_decode": 0}]
+    assert forms(gluon_loader_regs="64,56,56,64") == [{"loader_regs": r} for r in (64, 56, 56, 64)]
+    assert forms(gluon_list_ahead=True) == [{"list_ahead": a} for a in (False, True, False, True)]
+    assert forms() == []
+
+
 def test_fp8_pv_precision_emulation():
     """The P-rounding study's emulation: with P in fp16 (what the e4m3-product kernel multiplies by) it meets
     FlashMLA's output tolerance on a small FlashMLA-style input, and two e4m3 terms of 256 P round P to within
