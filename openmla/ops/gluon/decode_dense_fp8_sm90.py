@@ -78,10 +78,15 @@ if gluon_available():
     from .decode_dense_sm90_ws import (
         _acquire,
         _e4m3_scales,
+        _hand_factor,
+        _last_round_rows,
         _online_softmax,
         _publish,
+        _softmax_request,
+        _softmax_rows,
         _stamp,
         _store_columns,
+        _store_lse,
         _tiles_of,
     )
 
@@ -156,29 +161,17 @@ if gluon_available():
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
         S_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
                                                            instr_shape=[16, BLOCK_N, 32])
-        ROW_S: gl.constexpr = gl.SliceLayout(1, S_LAYOUT)
         ROWS_1D: gl.constexpr = gl.BlockedLayout([1], [32], [PARTITION_WARPS], [0])
-        pid_m = gl.program_id(0)
-        kv_head = pid_m // row_tiles
-        tile = pid_m % row_tiles
-        begin_req, begin_tok, end_req, end_tok, begin_split = _piece_bounds(sched_ptr, gl.program_id(1))
-        offs_r_s = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROW_S)
-        offs_r = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROWS_1D)
-        offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_LAYOUT))
-        t_s = offs_r_s // group
+        kv_head, begin_req, begin_tok, end_req, end_tok, begin_split, offs_r, offs_n, t_s = _softmax_rows(
+            sched_ptr, row_tiles, group, BLOCK_M, BLOCK_N, S_LAYOUT, ROWS_1D)
         scale_log2, v_scale = _e4m3_scales(scale_log2, descale_k_ptr, descale_q_ptr, True, True)
         kb = 0
         pr = 0
         for req in range(begin_req, end_req + 1):
             req64 = req.to(gl.int64)
-            rq = req - begin_req
-            s_k, tok_lo, tok_hi, split_lo, n_split, split_idx = _request_span(
+            tok_lo, tok_hi, split_lo, n_split, split_idx, limit, m_i, l_i = _softmax_request(
                 req, begin_req, begin_tok, end_req, end_tok, begin_split, seqlens_ptr, num_splits_ptr, max_blocks,
-                page_block_size)
-            limit = s_k - s_q + t_s  # [BLOCK_M] last key each row may see (causal)
-            m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=ROW_S)
-            l_i = gl.zeros([BLOCK_M], gl.float32, layout=ROW_S)
-            _acquire(q_ready, rq & 1, True)
+                page_block_size, s_q, t_s, q_ready, BLOCK_M, S_LAYOUT, True)
             for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
                 stage = kb % STAGES
                 _acquire(k_ready.index(stage), (kb // STAGES) & 1, True)  # cp.async data, read by the tensor cores
@@ -209,26 +202,13 @@ if gluon_available():
             mbarrier.arrive(q_free, count=1)
 
             # last round: 1/l to the output warpgroups (0 for a row that saw no key), and the LSE
-            l_r = gl.convert_layout(l_i, ROWS_1D)
-            m_r = gl.convert_layout(m_i, ROWS_1D)
-            empty = l_r == 0.0
-            lse2 = gl.where(empty, float("-inf"), m_r + gl.log2(l_r))
-            mask_r = offs_r < rows
-            t_o = offs_r // group
-            head_o = kv_head * group + offs_r % group
-            inv_l = gl.where(empty, 0.0, v_scale / l_r)
+            empty, lse2, mask_r, t_o, head_o, inv_l = _last_round_rows(l_i, m_i, v_scale, offs_r, rows, group,
+                                                                      kv_head, ROWS_1D)
             pb = pr % P_BUFS
-            mbarrier.wait(p_free.index(pb), ((pr // P_BUFS) & 1) ^ 1)
-            a_smem.index(pb).store(inv_l)
-            gl.thread_barrier()
-            mbarrier.arrive(p_ready.index(pb), count=1)
+            _hand_factor(inv_l, a_smem.index(pb), p_free.index(pb), p_ready.index(pb), ((pr // P_BUFS) & 1) ^ 1)
             pr += 1
-            if n_split <= 1:
-                lse = gl.where(empty, float("inf"), lse2 * 0.6931471805599453)
-                gl.store(lse_ptr + req64 * stride_lb + head_o * stride_lh + t_o, lse, mask=mask_r)
-            else:
-                slot = (split_lo + split_idx).to(gl.int64)
-                gl.store(lse_acc_ptr + (slot * s_q + t_o) * h_q + head_o, lse2, mask=mask_r)
+            _store_lse(lse_ptr, lse_acc_ptr, lse2, empty, mask_r, t_o, head_o, req64, n_split, split_lo, split_idx,
+                       s_q, h_q, stride_lb, stride_lh)
 
     @gluon.jit
     def _decode_values(codes_s, v_half, COL0: gl.constexpr, WIDTH: gl.constexpr, PARTITION_WARPS: gl.constexpr):

@@ -1094,30 +1094,18 @@ if gluon_available():
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
         S_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
                                                            instr_shape=[16, BLOCK_N, 16])
-        ROW_S: gl.constexpr = gl.SliceLayout(1, S_LAYOUT)
         ROWS_1D: gl.constexpr = gl.BlockedLayout([1], [32], [PARTITION_WARPS], [0])
         dtype: gl.constexpr = p_smem.dtype
-        pid_m = gl.program_id(0)
-        kv_head = pid_m // row_tiles
-        tile = pid_m % row_tiles
-        begin_req, begin_tok, end_req, end_tok, begin_split = _piece_bounds(sched_ptr, gl.program_id(1))
-        offs_r_s = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROW_S)
-        offs_r = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROWS_1D)
-        offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_LAYOUT))
-        t_s = offs_r_s // group
+        kv_head, begin_req, begin_tok, end_req, end_tok, begin_split, offs_r, offs_n, t_s = _softmax_rows(
+            sched_ptr, row_tiles, group, BLOCK_M, BLOCK_N, S_LAYOUT, ROWS_1D)
         scale_log2, v_scale = _e4m3_scales(scale_log2, descale_k_ptr, descale_q_ptr, KV_E4M3, Q_E4M3)
         kb = 0
         pr = 0
         for req in range(begin_req, end_req + 1):
             req64 = req.to(gl.int64)
-            rq = req - begin_req
-            s_k, tok_lo, tok_hi, split_lo, n_split, split_idx = _request_span(
+            tok_lo, tok_hi, split_lo, n_split, split_idx, limit, m_i, l_i = _softmax_request(
                 req, begin_req, begin_tok, end_req, end_tok, begin_split, seqlens_ptr, num_splits_ptr, max_blocks,
-                page_block_size)
-            limit = s_k - s_q + t_s  # [BLOCK_M] last key each row may see (causal)
-            m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=ROW_S)
-            l_i = gl.zeros([BLOCK_M], gl.float32, layout=ROW_S)
-            _acquire(q_ready, rq & 1, ASYNC_ARRIVE)
+                page_block_size, s_q, t_s, q_ready, BLOCK_M, S_LAYOUT, ASYNC_ARRIVE)
             for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
                 stage = kb % 2
                 if SPARSE and KV_FP8:  # the tile's slots, loaded while its keys arrive and its scores are computed
@@ -1153,30 +1141,85 @@ if gluon_available():
             mbarrier.arrive(q_free, count=1)
 
             # last round: 1/l to the output warpgroups (0 for a row that saw no key), and the LSE
-            l_r = gl.convert_layout(l_i, ROWS_1D)
-            m_r = gl.convert_layout(m_i, ROWS_1D)
-            empty = l_r == 0.0
-            lse2 = gl.where(empty, float("-inf"), m_r + gl.log2(l_r))
-            mask_r = offs_r < rows
-            t_o = offs_r // group
-            head_o = kv_head * group + offs_r % group
-            inv_l = gl.where(empty, 0.0, v_scale / l_r)
+            empty, lse2, mask_r, t_o, head_o, inv_l = _last_round_rows(l_i, m_i, v_scale, offs_r, rows, group,
+                                                                      kv_head, ROWS_1D)
             if HAS_SINK:
                 if n_split <= 1:  # split rows get the sink in the combine kernel, from the merged LSE
                     # out *= 1 / (1 + exp(sink - lse)), base 2: a +inf sink gives 0, -inf leaves out as it is
                     sink2 = gl.load(sink_ptr + head_o, mask=mask_r, other=0.0) * 1.4426950408889634
                     inv_l = gl.where(empty, 0.0, inv_l / (1.0 + gl.exp2(sink2 - lse2)))
-            mbarrier.wait(p_free, (pr & 1) ^ 1)
-            a_smem.store(inv_l)
-            gl.thread_barrier()
-            mbarrier.arrive(p_ready, count=1)
+            _hand_factor(inv_l, a_smem, p_free, p_ready, (pr & 1) ^ 1)
             pr += 1
-            if n_split <= 1:
-                lse = gl.where(empty, float("inf"), lse2 * 0.6931471805599453)
-                gl.store(lse_ptr + req64 * stride_lb + head_o * stride_lh + t_o, lse, mask=mask_r)
-            else:
-                slot = (split_lo + split_idx).to(gl.int64)
-                gl.store(lse_acc_ptr + (slot * s_q + t_o) * h_q + head_o, lse2, mask=mask_r)
+            _store_lse(lse_ptr, lse_acc_ptr, lse2, empty, mask_r, t_o, head_o, req64, n_split, split_lo, split_idx,
+                       s_q, h_q, stride_lb, stride_lh)
+
+    @gluon.jit
+    def _softmax_rows(sched_ptr, row_tiles, group, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                      S_LAYOUT: gl.constexpr, ROWS_1D: gl.constexpr):
+        """A softmax warpgroup's program (:func:`_softmax_only`, the FP8 kernel's): its KV head, its piece's bounds
+        (:func:`_piece_bounds`), its query rows one a thread (``ROWS_1D``), a tile's key offsets and each row's
+        query token (both in the score layout ``S_LAYOUT``)."""
+        pid_m = gl.program_id(0)
+        kv_head = pid_m // row_tiles
+        tile = pid_m % row_tiles
+        begin_req, begin_tok, end_req, end_tok, begin_split = _piece_bounds(sched_ptr, gl.program_id(1))
+        offs_r_s = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, S_LAYOUT))
+        offs_r = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROWS_1D)
+        offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_LAYOUT))
+        t_s = offs_r_s // group
+        return kv_head, begin_req, begin_tok, end_req, end_tok, begin_split, offs_r, offs_n, t_s
+
+    @gluon.jit
+    def _softmax_request(req, begin_req, begin_tok, end_req, end_tok, begin_split, seqlens_ptr, num_splits_ptr,
+                         max_blocks, page_block_size, s_q, t_s, q_ready, BLOCK_M: gl.constexpr,
+                         S_LAYOUT: gl.constexpr, ASYNC_ARRIVE: gl.constexpr):
+        """A softmax warpgroup starts request ``req`` of its piece: the keys it sees (:func:`_request_span`), each
+        row's last visible key (causal), the running max and sum, once the request's Q has landed."""
+        rq = req - begin_req
+        s_k, tok_lo, tok_hi, split_lo, n_split, split_idx = _request_span(
+            req, begin_req, begin_tok, end_req, end_tok, begin_split, seqlens_ptr, num_splits_ptr, max_blocks,
+            page_block_size)
+        limit = s_k - s_q + t_s  # [BLOCK_M] last key each row may see (causal)
+        m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=gl.SliceLayout(1, S_LAYOUT))
+        l_i = gl.zeros([BLOCK_M], gl.float32, layout=gl.SliceLayout(1, S_LAYOUT))
+        _acquire(q_ready, rq & 1, ASYNC_ARRIVE)
+        return tok_lo, tok_hi, split_lo, n_split, split_idx, limit, m_i, l_i
+
+    @gluon.jit
+    def _last_round_rows(l_i, m_i, v_scale, offs_r, rows, group, kv_head, ROWS_1D: gl.constexpr):
+        """A request's end in a softmax warpgroup, one row a thread: which rows saw no key, their base-2 LSE
+        (``-inf`` there), which rows exist, their query token and head, and the ``1/l`` (times ``v_scale``; 0 for
+        an empty row) the output warpgroups scale by."""
+        l_r = gl.convert_layout(l_i, ROWS_1D)
+        m_r = gl.convert_layout(m_i, ROWS_1D)
+        empty = l_r == 0.0
+        lse2 = gl.where(empty, float("-inf"), m_r + gl.log2(l_r))
+        mask_r = offs_r < rows
+        t_o = offs_r // group
+        head_o = kv_head * group + offs_r % group
+        inv_l = gl.where(empty, 0.0, v_scale / l_r)
+        return empty, lse2, mask_r, t_o, head_o, inv_l
+
+    @gluon.jit
+    def _hand_factor(factor, a_smem, p_free, p_ready, free_phase):
+        """Publish a per-row factor (the last round's ``1/l``) in ``a_smem`` once the output warpgroups released
+        that buffer (``p_free`` at ``free_phase``), and signal ``p_ready``."""
+        mbarrier.wait(p_free, free_phase)
+        a_smem.store(factor)
+        gl.thread_barrier()
+        mbarrier.arrive(p_ready, count=1)
+
+    @gluon.jit
+    def _store_lse(lse_ptr, lse_acc_ptr, lse2, empty, mask_r, t_o, head_o, req64, n_split, split_lo, split_idx,
+                   s_q, h_q, stride_lb, stride_lh):
+        """A request's LSE rows: natural log to ``lse`` (``+inf`` for a row that saw no key, as FlashMLA) when the
+        request is not split, else base 2 to this split's ``lse_accum`` slot ([slots, s_q, h_q])."""
+        if n_split <= 1:
+            lse = gl.where(empty, float("inf"), lse2 * 0.6931471805599453)
+            gl.store(lse_ptr + req64 * stride_lb + head_o * stride_lh + t_o, lse, mask=mask_r)
+        else:
+            slot = (split_lo + split_idx).to(gl.int64)
+            gl.store(lse_acc_ptr + (slot * s_q + t_o) * h_q + head_o, lse2, mask=mask_r)
 
     @gluon.jit
     def _scores(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, S_LAYOUT: gl.constexpr, BLOCK_M: gl.constexpr,
