@@ -78,15 +78,18 @@ if gluon_available():
     from .decode_dense_sm90_ws import (
         _acquire,
         _e4m3_scales,
+        _final_factor,
         _hand_factor,
         _last_round_rows,
         _online_softmax,
+        _output_rows,
         _publish,
+        _pv_quarters,
         _softmax_request,
         _softmax_rows,
         _stamp,
-        _store_columns,
         _store_lse,
+        _store_quarters,
         _tiles_of,
     )
 
@@ -257,12 +260,8 @@ if gluon_available():
         O_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
                                                            instr_shape=[16, QUARTER, 16])
         ROW_O: gl.constexpr = gl.SliceLayout(1, O_LAYOUT)
-        pid_m = gl.program_id(0)
-        kv_head = pid_m // row_tiles
-        tile = pid_m % row_tiles
-        begin_req, begin_tok, end_req, end_tok, begin_split = _piece_bounds(sched_ptr, gl.program_id(1))
-        offs_r = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROW_O)
-        offs_v = COL0 + gl.arange(0, QUARTER, layout=gl.SliceLayout(0, O_LAYOUT))
+        kv_head, begin_req, begin_tok, end_req, end_tok, begin_split, offs_r, offs_v = _output_rows(
+            sched_ptr, row_tiles, COL0, QUARTER, BLOCK_M, O_LAYOUT)
         kb = 0
         pr = 0
         for req in range(begin_req, end_req + 1):
@@ -278,12 +277,8 @@ if gluon_available():
                 pb = pr % P_BUFS
                 _acquire(p_ready.index(pb), (pr // P_BUFS) & 1, False)
                 _stamp(trace_ptr, kb, 5, TRACE, PARTITION_WARPS)
-                alpha = a_smem.index(pb).load(ROW_O)
-                acc_a = acc_a * alpha[:, None]
-                acc_b = acc_b * alpha[:, None]
-                p_buf = p_smem.index(pb)
-                acc_a = warpgroup_mma(p_buf, v_half.slice(0, QUARTER, dim=1), acc_a, is_async=True)
-                acc_b = warpgroup_mma(p_buf, v_half.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
+                acc_a, acc_b = _pv_quarters(p_smem.index(pb), v_half, a_smem.index(pb).load(ROW_O), acc_a, acc_b,
+                                            QUARTER)
                 acc_a, acc_b = warpgroup_mma_wait(num_outstanding=0, deps=(acc_a, acc_b))
                 gl.thread_barrier()  # every warp is done with P (and v_half, rewritten next tile)
                 mbarrier.arrive(p_free.index(pb), count=1)
@@ -292,15 +287,10 @@ if gluon_available():
                 pr += 1
             # the last round: each row's 1/l, read by every thread before the buffer is handed back
             pb = pr % P_BUFS
-            mbarrier.wait(p_ready.index(pb), (pr // P_BUFS) & 1)
-            inv_l = a_smem.index(pb).load(ROW_O)
-            gl.thread_barrier()
-            mbarrier.arrive(p_free.index(pb), count=1)
+            inv_l = _final_factor(p_ready.index(pb), p_free.index(pb), a_smem.index(pb), (pr // P_BUFS) & 1, ROW_O)
             pr += 1
-            _store_columns(acc_a * inv_l[:, None], offs_r, offs_v, out_ptr, o_acc_ptr, req64, kv_head, group, rows,
-                           s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
-            _store_columns(acc_b * inv_l[:, None], offs_r, offs_v + QUARTER, out_ptr, o_acc_ptr, req64, kv_head,
-                           group, rows, s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
+            _store_quarters(acc_a, acc_b, inv_l, offs_r, offs_v, out_ptr, o_acc_ptr, req64, kv_head, group, rows,
+                            s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
 
     @gluon.jit
     def _dense_decode_fp8_sm90_kernel(

@@ -814,12 +814,8 @@ if gluon_available():
         O_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
                                                            instr_shape=[16, HALF, 16])
         ROW_O: gl.constexpr = gl.SliceLayout(1, O_LAYOUT)
-        pid_m = gl.program_id(0)
-        kv_head = pid_m // row_tiles
-        tile = pid_m % row_tiles
-        begin_req, begin_tok, end_req, end_tok, begin_split = _piece_bounds(sched_ptr, gl.program_id(1))
-        offs_r = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROW_O)
-        offs_v = COL0 + gl.arange(0, HALF, layout=gl.SliceLayout(0, O_LAYOUT))
+        kv_head, begin_req, begin_tok, end_req, end_tok, begin_split, offs_r, offs_v = _output_rows(
+            sched_ptr, row_tiles, COL0, HALF, BLOCK_M, O_LAYOUT)
         kb = 0
         pr = 0
         for req in range(begin_req, end_req + 1):
@@ -838,7 +834,7 @@ if gluon_available():
                 _release(p_free, k_free.index(stage))
                 kb += 1
                 pr += 1
-            inv_l = _final_factor(p_ready, p_free, a_smem, pr, ROW_O)
+            inv_l = _final_factor(p_ready, p_free, a_smem, pr & 1, ROW_O)
             pr += 1
             _store_columns(acc * inv_l[:, None], offs_r, offs_v, out_ptr, o_acc_ptr, req64, kv_head, group, rows,
                            s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
@@ -851,14 +847,47 @@ if gluon_available():
         mbarrier.arrive(k_free_stage, count=1)
 
     @gluon.jit
-    def _final_factor(p_ready, p_free, a_smem, pr, ROW_O: gl.constexpr):
-        """The last round of a request: each row's ``1/l`` (0 for a row that saw no key), read by every
-        thread before the buffer is handed back."""
-        mbarrier.wait(p_ready, pr & 1)
+    def _final_factor(p_ready, p_free, a_smem, phase, ROW_O: gl.constexpr):
+        """The last round of a request: each row's ``1/l`` (0 for a row that saw no key) from ``a_smem`` once
+        ``p_ready`` reaches ``phase``, read by every thread before the buffer is handed back."""
+        mbarrier.wait(p_ready, phase)
         inv_l = a_smem.load(ROW_O)
         gl.thread_barrier()
         mbarrier.arrive(p_free, count=1)
         return inv_l
+
+    @gluon.jit
+    def _output_rows(sched_ptr, row_tiles, COL0: gl.constexpr, WIDTH: gl.constexpr, BLOCK_M: gl.constexpr,
+                     O_LAYOUT: gl.constexpr):
+        """An output warpgroup's program: its KV head, its piece's bounds (:func:`_piece_bounds`), its query rows
+        and its first ``WIDTH`` output columns from ``COL0`` (in the accumulator layout ``O_LAYOUT``)."""
+        pid_m = gl.program_id(0)
+        kv_head = pid_m // row_tiles
+        tile = pid_m % row_tiles
+        begin_req, begin_tok, end_req, end_tok, begin_split = _piece_bounds(sched_ptr, gl.program_id(1))
+        offs_r = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, O_LAYOUT))
+        offs_v = COL0 + gl.arange(0, WIDTH, layout=gl.SliceLayout(0, O_LAYOUT))
+        return kv_head, begin_req, begin_tok, end_req, end_tok, begin_split, offs_r, offs_v
+
+    @gluon.jit
+    def _pv_quarters(p_buf, v, alpha, acc_a, acc_b, QUARTER: gl.constexpr):
+        """Rescale a value half's two accumulators by ``alpha`` (per row) and issue ``P V`` on each quarter of
+        ``v`` ([BLOCK_N, 2 QUARTER]); the caller waits for them."""
+        acc_a = acc_a * alpha[:, None]
+        acc_b = acc_b * alpha[:, None]
+        acc_a = warpgroup_mma(p_buf, v.slice(0, QUARTER, dim=1), acc_a, is_async=True)
+        acc_b = warpgroup_mma(p_buf, v.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
+        return acc_a, acc_b
+
+    @gluon.jit
+    def _store_quarters(acc_a, acc_b, inv_l, offs_r, offs_v, out_ptr, o_acc_ptr, req64, kv_head, group, rows, s_q,
+                        h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V: gl.constexpr):
+        """Store a value half kept as two quarter accumulators (columns ``offs_v`` and ``offs_v + D_V/4``),
+        normalised by ``inv_l``, through :func:`_store_columns`."""
+        _store_columns(acc_a * inv_l[:, None], offs_r, offs_v, out_ptr, o_acc_ptr, req64, kv_head, group, rows,
+                       s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
+        _store_columns(acc_b * inv_l[:, None], offs_r, offs_v + D_V // 4, out_ptr, o_acc_ptr, req64, kv_head,
+                       group, rows, s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
 
     @gluon.jit
     def _store_columns(o, offs_r, offs_v, out_ptr, o_acc_ptr, req64, kv_head, group, rows, s_q, h_q, n_split,
@@ -900,12 +929,8 @@ if gluon_available():
         O_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
                                                            instr_shape=[16, QUARTER, 16])
         ROW_O: gl.constexpr = gl.SliceLayout(1, O_LAYOUT)
-        pid_m = gl.program_id(0)
-        kv_head = pid_m // row_tiles
-        tile = pid_m % row_tiles
-        begin_req, begin_tok, end_req, end_tok, begin_split = _piece_bounds(sched_ptr, gl.program_id(1))
-        offs_r = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROW_O)
-        offs_v = COL0 + gl.arange(0, QUARTER, layout=gl.SliceLayout(0, O_LAYOUT))
+        kv_head, begin_req, begin_tok, end_req, end_tok, begin_split, offs_r, offs_v = _output_rows(
+            sched_ptr, row_tiles, COL0, QUARTER, BLOCK_M, O_LAYOUT)
         kb = 0
         pr = 0
         if DECODE:
@@ -925,12 +950,7 @@ if gluon_available():
                 has_next = (it + 1 < n_tiles) | (req < end_req)  # a tile after this one in the piece
                 _acquire(p_ready, pr & 1, ASYNC_ARRIVE)  # V came from the loader through the softmax warpgroup
                 _stamp(trace_ptr, kb, 5, TRACE, PARTITION_WARPS)
-                alpha = a_smem.load(ROW_O)
-                acc_a = acc_a * alpha[:, None]
-                acc_b = acc_b * alpha[:, None]
-                v = v_half.index(stage)
-                acc_a = warpgroup_mma(p_smem, v.slice(0, QUARTER, dim=1), acc_a, is_async=True)
-                acc_b = warpgroup_mma(p_smem, v.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
+                acc_a, acc_b = _pv_quarters(p_smem, v_half.index(stage), a_smem.load(ROW_O), acc_a, acc_b, QUARTER)
                 if DECODE:  # the next tile (this request's or the next one's) while these products run
                     if has_next:
                         _decode_own_half(v_half, dec, k_ready, kb + 1, D_V, PARTITION_WARPS)
@@ -940,12 +960,10 @@ if gluon_available():
                 _stamp(trace_ptr, kb, 6, TRACE, PARTITION_WARPS)
                 kb += 1
                 pr += 1
-            inv_l = _final_factor(p_ready, p_free, a_smem, pr, ROW_O)
+            inv_l = _final_factor(p_ready, p_free, a_smem, pr & 1, ROW_O)
             pr += 1
-            _store_columns(acc_a * inv_l[:, None], offs_r, offs_v, out_ptr, o_acc_ptr, req64, kv_head, group, rows,
-                           s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
-            _store_columns(acc_b * inv_l[:, None], offs_r, offs_v + QUARTER, out_ptr, o_acc_ptr, req64, kv_head,
-                           group, rows, s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
+            _store_quarters(acc_a, acc_b, inv_l, offs_r, offs_v, out_ptr, o_acc_ptr, req64, kv_head, group, rows,
+                            s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
 
     @gluon.jit
     def _softmax_half(out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
