@@ -277,3 +277,20 @@ def test_fp8_pv_precision_emulation():
     ref_out, _ = reference.flash_mla_with_kvcache(*inp.call_args(), None, softmax_scale=inp.softmax_scale,
                                                   causal=True, descale_q=inp.descale_q, descale_k=inp.descale_k)
     assert check_close("out", emulate(inp, "fp16"), ref_out, *OUT_TOLERANCE).ok
+
+
+def test_register_operand_probe_compiles(capsys):
+    """The compile probe of the sparse kernel's next form builds for sm_90a on a CPU: its products read A from
+    registers (every HGMMA it counts), with codes loaded as bytes and byte pairs and no stack."""
+    from openmla._runtime import gluon_available
+
+    if not gluon_available():
+        pytest.skip("triton's Gluon is not importable here")
+    from benchmarks.probe_register_operands import main
+
+    main()
+    out = capsys.readouterr().out
+    counts = dict(line.rsplit(None, 1) for line in out.splitlines()[1:])
+    assert "STACK:0" in out.splitlines()[0]
+    assert int(counts["HGMMA.64x64x16.F32.BF16"]) == 16 + 4  # the loop body: 16 score and 4 value slices
+    assert int(counts["LDS.U16"]) > 0 and int(counts["LDS.U8"]) > 0
