@@ -516,7 +516,7 @@ def test_trace_buffer_is_checked_before_the_launch(monkeypatch):
     assert good.dtype == torch.int64 and tuple(good.shape) == (ws.TRACE_PIECES, ws.TRACE_TILES, ws.TRACE_EVENTS)
     ws.check_trace(None, cpu)
     ws.check_trace(good, cpu)
-    for bad, said in ((good.to(torch.int32), "got torch.int32"), (good[:, :8], "(4, 8, 8)"),
+    for bad, said in ((good.to(torch.int32), "got torch.int32"), (good[:, :8], f"(4, 8, {ws.TRACE_EVENTS})"),
                       (good.transpose(0, 1).contiguous().transpose(0, 1), "got a non-contiguous torch.int64"),
                       ([0] * 8, "got list")):
         with pytest.raises(InvalidArgumentError, match="trace") as err:
