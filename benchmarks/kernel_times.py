@@ -1,7 +1,7 @@
 """GPU time per kernel of a dense decode call, OpenMLA's beside FlashMLA's, on the same inputs (torch.profiler).
 
 Usage (GPU): ``python -m benchmarks.kernel_times [--configs small,ragged] [--calls 50] [--json PATH]
-[--openmla-only] [--combine-chunks N] [--cuda-graph]``
+[--openmla-only] [--combine-chunks N] [--combine-eager N] [--combine-warps N] [--cuda-graph] [--flush-l2]``
 
 ``openmla bench`` times a whole call; for small batches that mixes the split kernel, the combine kernel and the
 gaps between launches. Here each provider's call runs ``--calls`` times (after a warm-up, so OpenMLA's calls
@@ -10,7 +10,11 @@ its launches per call, so one can tell which kernel a gap is in; the span from t
 last one's end, per call, adds the GPU's idle time between them (launch gaps). Kernel names are the profiler's (Triton's
 kernel function names; FlashMLA's CUDA kernel names, shortened). ``--combine-chunks N`` has the combine kernel
 spread each row tile's output dims over ``N`` programs whatever :func:`openmla.ops.combine.combine_col_chunks`
-would pick (for comparing its choices in one process).
+would pick (for comparing its choices in one process); ``--combine-eager`` and ``--combine-warps`` set
+:data:`~openmla.ops.combine.COMBINE_EAGER_SPLITS` and :data:`~openmla.ops.combine.COMBINE_NUM_WARPS`. ``--flush-l2`` zeroes a 256 MB buffer before each call, as
+``openmla bench`` (``triton.testing.do_bench``) does, so each call starts with a cold L2 as it does there; the
+flush's own kernel is left out of the listing and of the spans (a call's span then runs from its first kernel's
+start to its last one's end, after the flush).
 """
 
 from __future__ import annotations
@@ -20,29 +24,56 @@ import json
 from collections import defaultdict
 
 
-def kernel_times(fn, calls: int) -> tuple[dict[str, tuple[float, float]], float]:
+def kernel_times(fn, calls: int, flush=None) -> tuple[dict[str, tuple[float, float]], float]:
     """``{kernel name: (mean µs per call, launches per call)}`` of ``fn``'s GPU kernels over ``calls`` calls, and
     the µs per call from the first kernel's start to the last one's end (the calls run back to back, so this is
-    the kernels plus the GPU's idle time between them)."""
+    the kernels plus the GPU's idle time between them). ``flush``: a callable run before each call (an L2
+    flush); its kernels are told apart by name (profiled alone first) and left out, and the span is then the
+    mean over calls of each call's own first start to last end."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    def gpu_events(prof):
+        return [ev for ev in prof.events()
+                if ev.device_type == torch.autograd.DeviceType.CUDA and ev.device_time > 0]
+
+    flush_names = set()
+    if flush is not None:
+        flush()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            flush()
+            torch.cuda.synchronize()
+        flush_names = {ev.name for ev in gpu_events(prof)}
     for _ in range(5):
+        if flush is not None:
+            flush()
         fn()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(calls):
+            if flush is not None:
+                flush()
             fn()
         torch.cuda.synchronize()
     total, count = defaultdict(float), defaultdict(int)
-    first, last = float("inf"), 0.0
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA and ev.device_time > 0:
-            name = ev.name.split("(")[0][:60]
-            total[name] += ev.device_time
-            count[name] += 1
-            first, last = min(first, ev.time_range.start), max(last, ev.time_range.end)
-    span = (last - first) / calls if last > first else float("nan")
+    spans, first, last = [], float("inf"), 0.0
+    for ev in sorted(gpu_events(prof), key=lambda e: e.time_range.start):
+        if ev.name in flush_names:  # a flush ends the call before it
+            if last > first:
+                spans.append(last - first)
+            first, last = float("inf"), 0.0
+            continue
+        name = ev.name.split("(")[0][:60]
+        total[name] += ev.device_time
+        count[name] += 1
+        first, last = min(first, ev.time_range.start), max(last, ev.time_range.end)
+    if flush is None:
+        span = (last - first) / calls if last > first else float("nan")
+    else:
+        if last > first:
+            spans.append(last - first)
+        span = sum(spans) / len(spans) if spans else float("nan")
     return {name: (total[name] / calls, count[name] / calls) for name in total}, span
 
 
@@ -61,14 +92,32 @@ def main(argv=None) -> None:
     ap.add_argument("--combine-chunks", type=int, default=None,
                     help="programs sharing a row tile's output dims in the combine kernel (a power of two)")
     ap.add_argument("--cuda-graph", action="store_true", help="time replays of each call captured in a CUDA graph")
+    ap.add_argument("--combine-eager", type=int, default=None,
+                    help="most splits the combine kernel merges in one round trip (COMBINE_EAGER_SPLITS: 0 or 4)")
+    ap.add_argument("--combine-warps", type=int, default=None, help="warps of a combine program (COMBINE_NUM_WARPS)")
+    ap.add_argument("--flush-l2", action="store_true",
+                    help="zero a 256 MB buffer before each call (a cold L2, as openmla bench times calls)")
     cli = ap.parse_args(argv)
     if cli.combine_chunks:
         from openmla.ops import combine
 
         combine.combine_col_chunks = lambda row_programs, d_v, device: cli.combine_chunks
+    if cli.combine_eager is not None or cli.combine_warps is not None:
+        from openmla.ops import combine
+
+        combine.COMBINE_EAGER_SPLITS = combine.COMBINE_EAGER_SPLITS if cli.combine_eager is None else cli.combine_eager
+        combine.COMBINE_NUM_WARPS = combine.COMBINE_NUM_WARPS if cli.combine_warps is None else cli.combine_warps
+    form = "".join(f" {name} {value}" for name, value in (("combine chunks", cli.combine_chunks),
+                                                           ("combine eager", cli.combine_eager),
+                                                           ("combine warps", cli.combine_warps)) if value is not None)
     flash_mla, missing = _load_flash_mla()
     card = torch.cuda.get_device_name()
-    print(f"GPU time per call by kernel on {card} (mean of {cli.calls} calls)")
+    flush = None
+    if cli.flush_l2:
+        scratch = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device="cuda")
+        flush = scratch.zero_
+    print(f"GPU time per call by kernel on {card} (mean of {cli.calls} calls"
+          + (", L2 flushed before each)" if flush else ")"))
     results = []
     for group in cli.configs.split(","):
         for cfg in get_configs(group, None, "dense_decode"):
@@ -82,15 +131,16 @@ def main(argv=None) -> None:
             for provider, fn in providers:
                 if cli.cuda_graph:
                     fn = _graphed(fn)
-                times, span = kernel_times(fn, cli.calls)
+                times, span = kernel_times(fn, cli.calls, flush)
                 busy = sum(us for us, _ in times.values())
                 print(f"{cfg.name} {provider}: {busy:7.1f} us of kernels a call, {span:7.1f} us first start to last end"
-                      + (f" (combine chunks {cli.combine_chunks})" if cli.combine_chunks else ""))
+                      + (f" ({form.strip()})" if form else ""))
                 for name, (us, n) in sorted(times.items(), key=lambda kv: -kv[1][0]):
                     print(f"    {us:7.1f} us  x{n:.0f}  {name}")
                 results.append(dict(config=cfg.name, provider=provider, card=card, kernel_us=busy, span_us=span,
-                                    cuda_graph=cli.cuda_graph,
-                                    combine_chunks=cli.combine_chunks,
+                                    cuda_graph=cli.cuda_graph, flush_l2=cli.flush_l2,
+                                    combine_chunks=cli.combine_chunks, combine_eager=cli.combine_eager,
+                                    combine_warps=cli.combine_warps,
                                     kernels={k: dict(us=v[0], launches=v[1]) for k, v in times.items()}))
             torch.cuda.empty_cache()
     if cli.json:
