@@ -478,12 +478,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _warm_combine(dtype, dtype_name: str) -> None:
-    """Compile the split-KV combine kernel at each width it picks by batch size (one program a row tile's 512
+    """Compile the split-KV combine kernel at each width it picks by batch size (two programs a row tile's 512
     output dims for large batches, up to :data:`~openmla.ops.combine.COMBINE_MAX_COL_CHUNKS` programs for a single
     request), which the tiny calls above do not all reach: their first calls merge inside the split kernel."""
     import torch
 
-    from .ops.combine import COMBINE_MAX_COL_CHUNKS, combine_splits
+    from .ops.combine import COMBINE_MAX_CHUNK_DIMS, COMBINE_MAX_COL_CHUNKS, combine_splits
 
     start = time.perf_counter()
     b, s_q, h_q, d_v = 1, 1, 128, 512
@@ -492,7 +492,7 @@ def _warm_combine(dtype, dtype_name: str) -> None:
     o_accum = torch.zeros(2, s_q, h_q, d_v, dtype=torch.float32, device="cuda")
     lse_accum = torch.zeros(2, s_q, h_q, dtype=torch.float32, device="cuda")
     num_splits = torch.tensor([0, 2], dtype=torch.int32, device="cuda")
-    chunks = 1
+    chunks = d_v // COMBINE_MAX_CHUNK_DIMS
     while chunks <= COMBINE_MAX_COL_CHUNKS:
         combine_splits(out, lse, o_accum, lse_accum, num_splits, col_chunks=chunks)
         chunks *= 2

@@ -285,14 +285,17 @@ def test_split_partials_merged_in_kernel_or_by_the_combine_kernel(device, backen
 @pytest.mark.parametrize("splits,s_q,h_q,d_v", [
     ((2, 70, 1, 9), 1, 16, 512),  # more splits than one LSE load takes, an unsplit request left alone
     ((3, 8), 2, 5, 64),  # rows past the heads, a split count that fills the unrolled loop
+    ((4, 2, 5), 1, 16, 512),  # the most splits merged in one round trip (COMBINE_EAGER_SPLITS), one more; a row
+    # that saw no key in any of its request's two splits
 ])
 def test_combine_kernel_merges_partials(device, col_chunks, splits, s_q, h_q, d_v, generator):
-    """The combine kernel against the merge written out in torch: any split count (one LSE tile or several),
-    whole row tiles per program or their dims spread over programs (as chosen, or forced as ``openmla warmup``
-    does), splits in which a row saw no key (weight 0) and rows that saw none anywhere (out 0, lse +inf);
-    requests with one split are not touched."""
+    """The combine kernel against the merge written out in torch: any split count (up to four in one round trip,
+    one LSE tile or several), whole row tiles per program or their dims spread over programs (as chosen, or
+    forced as ``openmla warmup`` does), splits in which a row saw no key (weight 0) and rows that saw none
+    anywhere (out 0, lse +inf); requests with one split are not touched."""
     from openmla.ops import combine
 
+    assert combine.COMBINE_EAGER_SPLITS == 4, "the split counts above straddle the one-round-trip bound"
     b = len(splits)
     offsets = torch.tensor([0] + list(itertools.accumulate(splits)), dtype=torch.int32, device=device)
     slots = int(offsets[-1])
@@ -319,14 +322,16 @@ def test_combine_kernel_merges_partials(device, col_chunks, splits, s_q, h_q, d_
 
 def test_combine_kernel_width_follows_the_batch(monkeypatch):
     """Small batches spread a row tile's output dims over programs until there are two programs per SM (at most
-    eight, chunks of at least 32 dims); large ones, and CPU tensors, keep a row tile to a program."""
+    eight, chunks of at least 32 dims); large ones take chunks of at most 256 dims (two programs a 512-dim row
+    tile); CPU tensors keep a row tile to a program."""
     from openmla.ops.combine import COMBINE_MAX_COL_CHUNKS, combine_col_chunks
 
     gpu = torch.device("cuda")  # its SM count from OPENMLA_NUM_SMS: no GPU needed
     monkeypatch.setenv("OPENMLA_NUM_SMS", "132")
     # row programs = requests x 8-row tiles: b=1 at h_q=128 is 16, b=16 is 256, b=128 is 2048
     assert [combine_col_chunks(rows, 512, gpu) for rows in (16, 64, 128, 256, 264, 2048)] == [
-        COMBINE_MAX_COL_CHUNKS, 8, 4, 2, 1, 1]
+        COMBINE_MAX_COL_CHUNKS, 8, 4, 2, 2, 2]
+    assert combine_col_chunks(2048, 256, gpu) == 1, "a 256-dim row tile is one program"
     assert combine_col_chunks(1, 64, gpu) == 2, "chunks of at least 32 dims"
     monkeypatch.setenv("OPENMLA_NUM_SMS", "16")
     assert combine_col_chunks(16, 512, gpu) == 2, "the count follows the card's SMs"

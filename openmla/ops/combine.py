@@ -37,12 +37,16 @@ if triton_available():
         tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
 
     @triton.jit
+    def _split_lse(lse_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r):
+        """Split ``s``'s base-2 LSE for each row, ``-inf`` past the request's last split."""
+        slot = (split_lo + s).to(tl.int64)
+        return tl.load(lse_acc_ptr + slot * rows_per_slot + acc_row, mask=mask_r & (s < n_split),
+                       other=float("-inf"), cache_modifier=".cg")
+
+    @triton.jit
     def _split_weight(lse_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r, m_shift):
         """Weight ``2^(lse2_s - m)`` of split ``s`` for each row, 0 past the request's last split."""
-        slot = (split_lo + s).to(tl.int64)
-        lse2_s = tl.load(lse_acc_ptr + slot * rows_per_slot + acc_row, mask=mask_r & (s < n_split),
-                         other=float("-inf"), cache_modifier=".cg")
-        return tl.math.exp2(lse2_s - m_shift)
+        return tl.math.exp2(_split_lse(lse_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r) - m_shift)
 
     @triton.jit
     def _split_tile(o_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r, col,
@@ -185,29 +189,56 @@ if triton_available():
         return m_shift, total
 
     @triton.jit
+    def _eager_merge(o_acc_ptr, lse_acc_ptr, sink_ptr, split_lo, n_split, rows_per_slot, acc_row, head, mask_r, col,
+                     D_V: tl.constexpr, HAS_SINK: tl.constexpr):
+        """A request of at most four splits in one round trip: the four splits' LSEs and tiles at ``col`` are
+        loaded together (nothing between them and the request's offsets), then weighed in registers.
+        Returns ``(acc, empty, lse2, inv)`` as :func:`_merged_scale` gives them, ``acc = Σ 2^(lse2_s - m) o_s``."""
+        o0 = _split_tile(o_acc_ptr, split_lo, 0, n_split, rows_per_slot, acc_row, mask_r, col, D_V)
+        o1 = _split_tile(o_acc_ptr, split_lo, 1, n_split, rows_per_slot, acc_row, mask_r, col, D_V)
+        o2 = _split_tile(o_acc_ptr, split_lo, 2, n_split, rows_per_slot, acc_row, mask_r, col, D_V)
+        o3 = _split_tile(o_acc_ptr, split_lo, 3, n_split, rows_per_slot, acc_row, mask_r, col, D_V)
+        l0 = _split_lse(lse_acc_ptr, split_lo, 0, n_split, rows_per_slot, acc_row, mask_r)
+        l1 = _split_lse(lse_acc_ptr, split_lo, 1, n_split, rows_per_slot, acc_row, mask_r)
+        l2 = _split_lse(lse_acc_ptr, split_lo, 2, n_split, rows_per_slot, acc_row, mask_r)
+        l3 = _split_lse(lse_acc_ptr, split_lo, 3, n_split, rows_per_slot, acc_row, mask_r)
+        m = tl.maximum(tl.maximum(l0, l1), tl.maximum(l2, l3))
+        m_shift = tl.where(m == float("-inf"), 0.0, m)
+        w0 = tl.math.exp2(l0 - m_shift)
+        w1 = tl.math.exp2(l1 - m_shift)
+        w2 = tl.math.exp2(l2 - m_shift)
+        w3 = tl.math.exp2(l3 - m_shift)
+        empty, lse2, inv = _merged_scale(m_shift, (w0 + w1) + (w2 + w3), sink_ptr, head, mask_r, HAS_SINK)
+        acc = w0[:, None] * o0 + w1[:, None] * o1 + w2[:, None] * o2 + w3[:, None] * o3
+        return acc, empty, lse2, inv
+
+    @triton.jit
     def _decode_combine_kernel(
         out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, num_splits_ptr, sink_ptr,
         stride_ob, stride_os, stride_oh,
         stride_lb, stride_lh,
         s_q, h_q,
         BLOCK_R: tl.constexpr, D_V: tl.constexpr, HAS_SINK: tl.constexpr, PDL: tl.constexpr,
-        COL_CHUNK: tl.constexpr, SPLIT_TILE: tl.constexpr,
+        COL_CHUNK: tl.constexpr, SPLIT_TILE: tl.constexpr, EAGER_SPLITS: tl.constexpr,
     ):
         """Program ``(req, row tile, column chunk)``: rows ``BLOCK_R * pid1 ..`` (row = t * h_q + head) of a split
         request, output dims ``COL_CHUNK * pid2 ..``; the chunk that holds dim 0 also writes the LSE.
 
-        Small batches have few (request, row tile) pairs, and each program's loop over the splits is a chain of
-        L2 round trips, so the columns are spread over programs too (:func:`combine_col_chunks`); each round
-        trip reads several splits' tiles (eight of up to 128 dims, four of more), and the LSEs come in one load per
-        ``SPLIT_TILE`` splits."""
-        if PDL:
-            # launched as a programmatic dependent of the kernel before it: what that kernel wrote (the partials;
-            # the split offsets too, where a launcher made them after the split kernel) is visible past this wait
-            gdc_wait()
+        Each program is a short chain of L2 round trips, so the chain is kept short: the request's split
+        offsets are read before the PDL wait (every launcher makes them before the split kernel starts), so a
+        request with one split returns without waiting; a request of at most ``EAGER_SPLITS`` (4, or 0 for
+        none) splits loads all its LSEs and tiles in one round trip (:func:`_eager_merge`: the common case of
+        large batches, where a request is cut at most once or twice). More splits take the LSEs one load per
+        ``SPLIT_TILE`` splits (two passes) and then several splits' tiles a round trip (eight of up to 128 dims,
+        four of more). Small batches have few (request, row tile) pairs, so their columns are spread over
+        programs too (:func:`combine_col_chunks`)."""
         req = tl.program_id(0)
         split_lo = tl.load(num_splits_ptr + req)
         n_split = tl.load(num_splits_ptr + req + 1) - split_lo
         if n_split > 1:
+            if PDL:
+                # launched as a programmatic dependent of the split kernel: its partials are visible past this wait
+                gdc_wait()
             req64 = tl.cast(req, tl.int64)
             offs_r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)  # row = t * h_q + head
             mask_r = offs_r < s_q * h_q
@@ -215,19 +246,24 @@ if triton_available():
             head = offs_r % h_q
             rows_per_slot = s_q * h_q
             acc_row = t_idx * h_q + head  # row inside a slot of o_accum [slots, s_q, h_q, D_V]
-            m_shift, total = _split_lse_stats(lse_acc_ptr, split_lo, n_split, rows_per_slot, acc_row, mask_r,
-                                              SPLIT_TILE)
-            empty, lse2, inv = _merged_scale(m_shift, total, sink_ptr, head, mask_r, HAS_SINK)
-            # every split round trip brings UNROLL splits' [BLOCK_R, COL_CHUNK] tiles (64 KB at most, in registers)
-            UNROLL: tl.constexpr = 8 if COL_CHUNK <= 128 else 4
             col = tl.program_id(2) * COL_CHUNK + tl.arange(0, COL_CHUNK)
-            acc = tl.zeros([BLOCK_R, COL_CHUNK], dtype=tl.float32)
-            for s in range(0, n_split, UNROLL):
-                acc += _weighted_tiles(o_acc_ptr, lse_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r,
-                                       col, m_shift, D_V)
-                if UNROLL == 8:
-                    acc += _weighted_tiles(o_acc_ptr, lse_acc_ptr, split_lo, s + 4, n_split, rows_per_slot, acc_row,
+            if n_split <= EAGER_SPLITS:
+                acc, empty, lse2, inv = _eager_merge(o_acc_ptr, lse_acc_ptr, sink_ptr, split_lo, n_split,
+                                                     rows_per_slot, acc_row, head, mask_r, col, D_V, HAS_SINK)
+            else:
+                m_shift, total = _split_lse_stats(lse_acc_ptr, split_lo, n_split, rows_per_slot, acc_row, mask_r,
+                                                  SPLIT_TILE)
+                empty, lse2, inv = _merged_scale(m_shift, total, sink_ptr, head, mask_r, HAS_SINK)
+                # every split round trip brings UNROLL splits' [BLOCK_R, COL_CHUNK] tiles (64 KB at most, in
+                # registers)
+                UNROLL: tl.constexpr = 8 if COL_CHUNK <= 128 else 4
+                acc = tl.zeros([BLOCK_R, COL_CHUNK], dtype=tl.float32)
+                for s in range(0, n_split, UNROLL):
+                    acc += _weighted_tiles(o_acc_ptr, lse_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row,
                                            mask_r, col, m_shift, D_V)
+                    if UNROLL == 8:
+                        acc += _weighted_tiles(o_acc_ptr, lse_acc_ptr, split_lo, s + 4, n_split, rows_per_slot,
+                                               acc_row, mask_r, col, m_shift, D_V)
             o_row = out_ptr + req64 * stride_ob + t_idx * stride_os + head * stride_oh
             tl.store(o_row[:, None] + col[None, :], (acc * inv[:, None]).to(out_ptr.dtype.element_ty),
                      mask=mask_r[:, None])
@@ -241,8 +277,8 @@ if triton_available():
 #: the partials. Read at each call. Measured on an H200 (dense small and ragged batches, alternated twice in one
 #: process, ``benchmarks/combine_pdl_ab.py``): replayed eager calls 2-4.5 % faster where their times were stable
 #: (b=1 s_k=8k 39.9 against 41.6 us, b=4 43.1 against 45.1-45.5, b=16 90.2-90.5 against 92.4, the ragged b=16
-#: batch 78.2-78.4 against 80.4-80.5), CUDA-graph replays within 1 % (the kernel then read the split offsets
-#: before its wait; the wait comes first since, not yet timed).
+#: batch 78.2-78.4 against 80.4-80.5), CUDA-graph replays within 1 %. The kernel reads the split offsets before
+#: its wait (so requests with one split return at once): they must exist before the split kernel starts.
 COMBINE_PDL = True
 
 
@@ -280,8 +316,18 @@ def fuse_combine(device: torch.device, b: int, replayed: bool = False) -> bool:
 
 #: Splits whose LSEs the combine kernel reads in one load (a request's splits beyond it take more loads).
 COMBINE_SPLIT_TILE = 64
+#: Requests of at most this many splits are merged in one round trip (their LSEs and tiles loaded together);
+#: 0 sends every request through the general loops. 4: the tiles of four splits fill a program's registers
+#: (four [8, 512] fp32 tiles are 128 a thread on 4 warps), and at large batches a request is cut at most a few
+#: times (b=128: at most 3 splits on the standard configs).
+COMBINE_EAGER_SPLITS = 4
+#: Warps of a combine program.
+COMBINE_NUM_WARPS = 4
 #: The combine kernel spreads a row tile's output dims over at most this many programs (small batches).
 COMBINE_MAX_COL_CHUNKS = 8
+#: Widest chunk of output dims one combine program takes, whatever the batch: a 512-dim program holds four
+#: splits' [8, 512] fp32 tiles in ~210 registers a thread (two programs an SM), a 256-dim one in half that.
+COMBINE_MAX_CHUNK_DIMS = 256
 
 
 def combine_col_chunks(row_programs: int, d_v: int, device: torch.device) -> int:
@@ -290,12 +336,15 @@ def combine_col_chunks(row_programs: int, d_v: int, device: torch.device) -> int
     row tiles) times the chunks two programs per SM, so that small batches read their partials from many SMs at
     once. Measured on an H200, every count beside the others (dense small and ragged batches,
     ``benchmarks/kernel_times.py --combine-chunks``, ``benchmarks/results/2026-11-27-h200-combine-chunks.txt``):
-    b=1 and 4 fastest with 8, b=16 (256 row tiles) with 2, fixed lengths and the ragged batch alike. CPU tensors
-    (the interpreter, where every program costs Python time) keep one program a row tile."""
+    b=1 and 4 fastest with 8, b=16 (256 row tiles) with 2, fixed lengths and the ragged batch alike. Chunks are
+    at most :data:`COMBINE_MAX_CHUNK_DIMS` wide, so large batches take two programs a 512-dim row tile as well:
+    b=128 on an H200 (L2 flushed before each call, ``2026-11-28-h200-combine-eager-chunks.txt``) 10.9 against
+    12.5 µs at h_q=64, 11.1-12.1 against 12.8-13.9 at h_q=128. CPU tensors (the interpreter, where every program
+    costs Python time) keep one program a row tile."""
     if device.type != "cuda":
         return 1
     sms = num_sms(device)
-    chunks = 1
+    chunks = max(d_v // COMBINE_MAX_CHUNK_DIMS, 1)
     while row_programs * chunks < 2 * sms and chunks < COMBINE_MAX_COL_CHUNKS and d_v // (2 * chunks) >= 32:
         chunks *= 2
     return chunks
@@ -323,8 +372,10 @@ def combine_splits(
             :func:`combine_col_chunks` (``openmla warmup`` compiles each width it can pick).
 
     On SM90+ the launch is a programmatic dependent of the kernel before it on the stream (:func:`combine_pdl`):
-    the kernel waits for that one to finish before reading anything, and that one, a plain launch, started after
-    every kernel before it had finished.
+    the kernel waits for that one to finish before reading the partials, and that one, a plain launch, started
+    after every kernel before it had finished. ``num_splits`` is read before the wait, so it must have been
+    written before the kernel before this launch started (a schedule planned before the split kernel, as every
+    caller here does), not by that kernel nor after it.
     """
     b, s_q, h_q, d_v = out.shape
     pdl = combine_pdl(out.device)
@@ -341,6 +392,7 @@ def combine_splits(
         lse.stride(0), lse.stride(1),
         s_q, h_q,
         BLOCK_R=block_r, D_V=d_v, HAS_SINK=attn_sink is not None, PDL=pdl, COL_CHUNK=d_v // chunks,
-        SPLIT_TILE=COMBINE_SPLIT_TILE, num_warps=4,
+        SPLIT_TILE=COMBINE_SPLIT_TILE, EAGER_SPLITS=COMBINE_EAGER_SPLITS,
+        num_warps=COMBINE_NUM_WARPS,
         **({"launch_pdl": True} if pdl else {}),
     )

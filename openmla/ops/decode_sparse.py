@@ -517,6 +517,8 @@ def sparse_decode_fwd(
         o_accum = torch.empty(b * num_splits, s_q, h_q, head_dim_v, dtype=torch.float32, device=q.device)
         lse_accum = torch.empty(b * num_splits, s_q, h_q, dtype=torch.float32, device=q.device)
         scratch(o_accum, lse_accum)  # split partials: written by the split kernel before the combine reads them
+        # made (on a shape's first call) before the split kernel: the combine kernel reads them before its PDL wait
+        split_offsets = _split_offsets(q.device, b, num_splits)
     else:  # never written (the kernel stores straight to out/lse); fp32 like the real ones, so one compiled variant
         o_accum = lse_accum = lse
     dummy = indices  # stands in for absent optional tensors (never read: their HAS_* flag is off)
@@ -546,7 +548,7 @@ def sparse_decode_fwd(
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if num_splits > 1:
-        combine_splits(out, lse, o_accum, lse_accum, _split_offsets(q.device, b, num_splits), attn_sink=attn_sink)
+        combine_splits(out, lse, o_accum, lse_accum, split_offsets, attn_sink=attn_sink)
     return out, lse
 
 
