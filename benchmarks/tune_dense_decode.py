@@ -160,9 +160,6 @@ def main(argv=None):
             runs.append(("gluon-tokens-cpasync", None, 1))  # K tiles by cp.async where TMA could bring them
             if rows > 16:  # 32 rows: one warpgroup (R=32 per wgmma) beside two (16 each)
                 runs += [("gluon-tokens-1wg", None, 1), ("gluon-tokens-2wg", None, 1)]
-                # two 16-row programs a piece (the second read of each tile from L2), the plan cut for two
-                # programs a piece ("r16x2") or one ("r16x2-p1")
-                runs += [("gluon-tokens-r16x2", None, 1), ("gluon-tokens-r16x2-p1", None, 1)]
         cands = candidates(rows)
         if args.tma_ab:
             runs, cands = [], [default] + [c for c in cands if c.tma_k]
@@ -189,14 +186,6 @@ def main(argv=None):
                     q, k_cache, block_table, lens, dv, sched_t, splits, scale, True, overlap=overlap,
                     async_arrive=async_arrive, softmax_only=solo, tma_k="-tma" in kind, box_ready="+box" in kind,
                     loader_regs=64 if "+ld64" in kind else None, box_allocs="+allocs" in kind)
-            elif kind.startswith("gluon-tokens-r16x2"):
-                from openmla.ops.gluon.decode_dense_sm90_small_heads import dense_decode_sm90_small_heads_fwd
-
-                parts = max(sms // h_kv // (1 if kind.endswith("-p1") else 2), 1)
-                sched_t, splits = plan_splitkv(lens, parts)
-                call = lambda: dense_decode_sm90_small_heads_fwd(  # noqa: E731
-                    q, k_cache, block_table, lens, dv, sched_t, splits, scale, True, fused_combine=False,
-                    rows_per_program=16)
             elif kind == "gluon-tokens-cpasync":
                 from openmla.ops.gluon.decode_dense_sm90_small_heads import dense_decode_sm90_small_heads_fwd
 
@@ -234,7 +223,7 @@ def main(argv=None):
                 from openmla.ops.gluon.decode_dense_sm90_small_heads import rows_tile, warpgroups_for
 
                 warps = {"gluon-tokens-1wg": 4, "gluon-tokens-2wg": 8}.get(kind, 4 * warpgroups_for(rows_tile(rows)))
-                cfg_d = {"block_m": 16 if rows <= 16 or "-r16x2" in kind else 32, "block_n": 64, "num_warps": warps,
+                cfg_d = {"block_m": 16 if rows <= 16 else 32, "block_n": 64, "num_warps": warps,
                          "num_stages": 2, "dv_tile": 512, "layout": "tokens"}
             rec = dict(op="dense_decode", backend=kind, card=card, b=b, s_q=s_q, s_k=s_k, h_q=h_q, config=cfg_d,
                        parts=parts, openmla_us=us, flash_mla_us=fm_us,

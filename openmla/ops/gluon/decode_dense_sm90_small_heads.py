@@ -367,24 +367,18 @@ def dense_decode_sm90_small_heads_fwd(
     descale_k: torch.Tensor | None = None,
     fused_combine: bool | None = None,
     tma_k: bool = TMA_K,
-    rows_per_program: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper, for ``s_q * h_q / h_kv <= 32``.
 
     Per-tensor FP8 as there: a float8_e4m3fn (or uint8/int8) cache with ``descale_k``, q bf16/fp16 or
     e4m3 with ``descale_q`` (output bf16). ``warpgroups``: how many warpgroups share a program's rows
     (default :func:`warpgroups_for`; 1 or ``R / 16``), for tuning. ``tma_k``: whole K tiles by TMA where
-    the cache allows it (16-bit keys, :func:`tma_view`). ``rows_per_program``: 16 to give 32 rows two programs
-    of 16 (each streaming the KV head's tiles, the second read served by L2 when both run at once), for tuning;
-    the plan's pieces should then be cut for two programs a piece. Default :func:`rows_tile` (one program).
+    the cache allows it (16-bit keys, :func:`tma_view`).
     """
     b, s_q, h_q, d = q.shape
     h_kv = k_cache.shape[2]
     rows = s_q * (h_q // h_kv)
-    r = rows_tile(rows) if rows_per_program is None else int(rows_per_program)
-    if r not in (16, 32) or r > rows_tile(rows):
-        raise ValueError(f"rows_per_program must be 16 or 32 and at most {rows_tile(rows)} for {rows} rows, got {r}")
-    row_tiles = -(-rows // r)
+    r = rows_tile(rows)
     wgs = warpgroups or warpgroups_for(r)
     if wgs not in (1, r // ROWS_PER_WARPGROUP):
         raise ValueError(f"warpgroups must be 1 or {r // ROWS_PER_WARPGROUP} for {r} rows, got {wgs}")
@@ -402,15 +396,13 @@ def dense_decode_sm90_small_heads_fwd(
     if workspace is None:
         workspace = split_workspace(q, head_dim_v, num_parts)
     fused = fuse_combine(q.device, b) if fused_combine is None else bool(fused_combine)
-    if fused and row_tiles > 1:
-        raise ValueError("the fused merge takes one program a piece; pass fused_combine=False with rows_per_program")
     # FP8 tensors go in as their bytes; an absent descale is never read (lse stands in)
     q_in = q.view(torch.uint8) if q_fp8 else q
     k_in = k_cache.view(torch.uint8) if kv_fp8 else k_cache
     k_desc = tma_view(k_cache) if tma_k and not kv_fp8 else None
-    launch(_dense_decode_sm90_small_heads_kernel, (h_kv * row_tiles, num_parts),
+    launch(_dense_decode_sm90_small_heads_kernel, (h_kv, num_parts),
         *splitkv_args(q_in, k_in, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-                      out, lse, workspace, row_tiles, softmax_scale),
+                      out, lse, workspace, 1, softmax_scale),
         descale_q if q_fp8 else lse, descale_k if kv_fp8 else lse, k_desc,
         CAUSAL=bool(causal and s_q > 1), FUSED_COMBINE=fused, R=r, BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v,
         P_SMEM=p_smem_layout(r), WGS=wgs, Q_FP8=q_fp8, KV_FP8=kv_fp8, TMA_K=k_desc is not None,
