@@ -156,6 +156,8 @@ def main(argv=None):
             runs += [(f"gluon-ws-{form}-tma{extra}", None, 1) for form in ("pvfirst", "softmax-only")
                      for extra in ("+box", "+box+ld64", "+box+allocs")]
         if not args.triton_only and rows <= 32:  # the small-head layout beside the 64-row one
+            # the warp-specialized 64-row kernel's default form, rows past ``rows`` masked
+            runs.append(("gluon-ws-softmax-only-tma+box", None, 1))
             runs.append(("gluon-tokens", None, 1))
             runs.append(("gluon-tokens-cpasync", None, 1))  # K tiles by cp.async where TMA could bring them
             if rows > 16:  # 32 rows: one warpgroup (R=32 per wgmma) beside two (16 each)

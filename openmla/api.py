@@ -450,11 +450,12 @@ def flash_mla_with_kvcache(
         backend (str):
             OpenMLA extension, keyword only: ``"auto"`` (default: Gluon on Hopper, Triton on other
             GPUs, the reference on CPU tensors), ``"gluon"``, ``"triton"`` or ``"reference"``;
-            overrides ``OPENMLA_BACKEND``. Sparse decoding: ``"triton"`` serves bf16/fp16 q over a cache
-            of q's dtype or the V3.2 FP8 layout, ``"reference"`` everything; no Gluon kernel. Dense
-            decoding over a per-tensor FP8 cache: on Hopper ``"gluon"`` (automatic there: the small-head
-            kernel up to 32 query rows per KV head, the Triton kernel above), ``"triton"`` (automatic on
-            other GPUs) or ``"reference"``.
+            overrides ``OPENMLA_BACKEND``. Sparse decoding: ``"gluon"`` on Hopper (automatic there: bf16/fp16
+            caches and the V3.2 FP8 layout, no extra cache), ``"triton"`` bf16/fp16 q over a cache of q's dtype
+            or the V3.2 FP8 layout, ``"reference"`` everything. Dense decoding over a per-tensor FP8 cache: on
+            Hopper ``"gluon"`` (automatic there: (576, 512) dims the warp-specialized or e4m3-product kernel at
+            every head count; other dims the small-head kernel up to 32 query rows per KV head, the Triton
+            kernel above), ``"triton"`` (automatic on other GPUs) or ``"reference"``.
         kv_format (str):
             keyword only (the SGLang fork's name): the FP8 layout's name when its byte size is ambiguous,
             see :func:`openmla.kvcache.detect_format`.

@@ -172,9 +172,10 @@ def _choose_dense_decode(device, dtype, dims, backend, kv_fp8=False, aligned16=T
                                   f"{where}")
     if gluon_against is None:
         return Choice(op, "gluon", f"Hopper kernels (Gluon, wgmma; K tiles by TMA where the cache allows; KV "
-                                  f"tokens on the 64-row side up to 32 query rows per KV head; above, query rows, "
-                                  f"warp-specialized unless a small eager batch merges its splits in the kernel) on "
-                                  f"{where}")
+                                  f"tokens on the 64-row side up to 32 query rows per KV head (16 over (576, 512) "
+                                  f"caches with whole 64-key TMA tiles when the partials go to the combine kernel); "
+                                  f"above, query rows, warp-specialized unless a small eager batch merges its "
+                                  f"splits in the kernel) on {where}")
     if against is None:
         if device.type == "cpu":
             return Choice(op, "triton", "CPU tensors with TRITON_INTERPRET=1: Triton kernels in the interpreter")

@@ -543,20 +543,49 @@ def test_fused_combine_policy_and_its_plan_bound():
 
 @pytest.mark.skipif(not gluon_available(), reason="Triton's Gluon dialect does not import here")
 def test_hopper_kernel_choice_by_rows_and_combine():
-    """Which Hopper dense kernel a shape gets: up to 32 query rows per KV head the tokens layout; above, the
-    warp-specialized kernel when partials go to the combine kernel, the 8-warp kernel (which merges its own
-    partials) in small eager calls; over a per-tensor FP8 cache of (576, 512) dims the warp-specialized kernel
-    at every row count."""
-    from openmla.ops.gluon.decode_dense_sm90 import layout_for
+    """Which Hopper dense kernel a shape gets: up to 32 query rows per KV head the tokens layout, except 17-32 rows
+    over MLA's (576, 512) caches with TMA tiles when partials go to the combine kernel (the warp-specialized
+    kernel's padded tile); above, the warp-specialized kernel when partials go to the combine kernel, the 8-warp
+    kernel (which merges its own partials) in small eager calls; over a per-tensor FP8 cache of (576, 512) dims
+    the warp-specialized kernel at every row count."""
+    from openmla.ops.gluon.decode_dense_sm90 import WS_MIN_ROWS_MLA_TMA, layout_for
 
     assert layout_for(16) == layout_for(32) == "tokens"
     assert layout_for(32, fused=True) == "tokens"
+    assert WS_MIN_ROWS_MLA_TMA == 17
+    assert layout_for(16, mla_tma=True) == "tokens", "16 rows stream faster in the tokens tile"
+    assert layout_for(17, mla_tma=True) == layout_for(32, mla_tma=True) == "ws"
+    assert layout_for(32, fused=True, mla_tma=True) == "tokens", "the fused merge lives in the tokens kernel"
     for rows in (33, 64, 128, 256):
         assert layout_for(rows) == "ws"
         assert layout_for(rows, fused=True) == "rows"
     # a per-tensor FP8 cache of (576, 512) dims: the warp-specialized kernel at every row count
     for rows in (1, 16, 32, 33, 128):
         assert layout_for(rows, fp8_codes=True) == layout_for(rows, fused=True, fp8_codes=True) == "ws"
+
+
+@pytest.mark.skipif(not gluon_available(), reason="Triton's Gluon dialect does not import here")
+def test_hopper_dense_call_gives_32_rows_to_the_padded_tile_over_tma_tiles(monkeypatch):
+    """The Hopper launcher reads the cache for :func:`layout_for`: 32 rows over a (576, 512) cache whose 64-key tiles
+    come as TMA boxes go to the warp-specialized kernel when partials go to the combine kernel; pages of 32 keys,
+    (512, 512) dims, 16 rows and the fused merge keep the tokens kernel (the launchers are stubbed: nothing runs)."""
+    from openmla.ops.gluon import decode_dense_sm90, decode_dense_sm90_small_heads, decode_dense_sm90_ws
+
+    calls = []
+    monkeypatch.setattr(decode_dense_sm90_ws, "dense_decode_sm90_ws_fwd", lambda *a, **kw: calls.append("ws"))
+    monkeypatch.setattr(decode_dense_sm90_small_heads, "dense_decode_sm90_small_heads_fwd",
+                        lambda *a, **kw: calls.append("tokens"))
+    sched, splits = torch.zeros(4, 8, dtype=torch.int32), torch.zeros(3, dtype=torch.int32)
+    lens, table = torch.full((2,), 64, dtype=torch.int32), torch.zeros(2, 2, dtype=torch.int32)
+    cases = [  # (h_q, d, page_block_size, fused_combine, kernel)
+        (32, 576, 64, False, "ws"), (32, 576, 128, False, "ws"), (32, 576, 32, False, "tokens"),
+        (32, 512, 64, False, "tokens"), (16, 576, 64, False, "tokens"), (32, 576, 64, True, "tokens")]
+    for h_q, d, page, fused, kernel in cases:
+        q = torch.zeros(2, 1, h_q, d, dtype=torch.bfloat16)
+        k_cache = torch.zeros(8, page, 1, d, dtype=torch.bfloat16)
+        decode_dense_sm90.dense_decode_sm90_fwd(q, k_cache, table, lens, 512, sched, splits, 0.1, False,
+                                                fused_combine=fused)
+        assert calls.pop() == kernel, (h_q, d, page, fused)
 
 
 @pytest.mark.skipif(not gluon_available(), reason="Triton's Gluon dialect does not import here")

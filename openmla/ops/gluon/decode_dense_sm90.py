@@ -231,15 +231,26 @@ if gluon_available():
                           stride_oh, stride_lb, stride_lh, BLOCK_M, D_V, gl.num_warps())
 
 
-def layout_for(rows: int, fused: bool = False, fp8_codes: bool = False) -> str:
+#: Fewest query rows per KV head that the warp-specialized 64-row kernel takes from the tokens kernel over MLA's
+#: (576, 512) 16-bit caches with whole 64-key TMA tiles, when the partials go to the combine kernel. H200, b=128
+#: s_k=8k, whole calls, same run (``2026-11-28-h200-tune-ws-small-rows.json``): 32 rows (h_q=32, and s_q=2 x 16
+#: heads) 323.6 / 322.4 us in the 64-row tile (rows past 32 masked) against 345.1 / 360.6 in the tokens kernel
+#: (FlashMLA 323.6 / 324.7); 16 rows 312.6 against 307.2, so the tokens kernel keeps those.
+WS_MIN_ROWS_MLA_TMA = 17
+
+
+def layout_for(rows: int, fused: bool = False, fp8_codes: bool = False, mla_tma: bool = False) -> str:
     """Which Hopper kernel serves ``rows = s_q * h_q / h_kv`` query rows per KV head.
 
     ``"tokens"`` (KV tokens on the 64-row side, :mod:`.decode_dense_sm90_small_heads`) up to 32 rows,
-    where a 64-row tile would spend half or more of its products on padding. Above: ``"ws"``, the
-    warp-specialized kernel (:mod:`.decode_dense_sm90_ws`, softmax overlapped with the tensor cores), when
-    the split partials go to the combine kernel; ``"rows"`` (this module's kernel, which can merge its own
-    partials) when the call fuses the combine (``fused``: small eager batches that are not replayed, see
-    :func:`openmla.ops.combine.fuse_combine`).
+    where a 64-row tile would spend half or more of its products on padding, except from
+    :data:`WS_MIN_ROWS_MLA_TMA` rows over MLA's (576, 512) 16-bit caches with whole 64-key TMA tiles
+    (``mla_tma``) when the partials go to the combine kernel: there the warp-specialized kernel's padded
+    tile streams the cache faster than the 32-row tokens tile (one warpgroup doing all of a tile's work).
+    Above 32 rows: ``"ws"``, the warp-specialized kernel (:mod:`.decode_dense_sm90_ws`, softmax overlapped with
+    the tensor cores), when the split partials go to the combine kernel; ``"rows"`` (this module's kernel,
+    which can merge its own partials) when the call fuses the combine (``fused``: small eager batches that are
+    not replayed, see :func:`openmla.ops.combine.fuse_combine`).
 
     ``fp8_codes``: a per-tensor FP8 cache of (576, 512) dims, which the warp-specialized kernel serves at
     every row count, rows past the heads masked in its 64-row tile: over e4m3 codes the tokens kernel keeps
@@ -250,7 +261,7 @@ def layout_for(rows: int, fused: bool = False, fp8_codes: bool = False) -> str:
 
     if fp8_codes:
         return "ws"
-    if rows <= MAX_ROWS:
+    if rows <= MAX_ROWS and not (mla_tma and not fused and rows >= WS_MIN_ROWS_MLA_TMA):
         return "tokens"
     return "rows" if fused else "ws"
 
@@ -277,7 +288,7 @@ def dense_decode_sm90_fwd(
     ``layout``: ``"rows"`` puts the query rows on ``wgmma``'s 64-row side (this module's kernel),
     ``"ws"`` too, warp-specialized (:mod:`.decode_dense_sm90_ws`, never fuses the combine),
     ``"tokens"`` the KV tokens (:mod:`.decode_dense_sm90_small_heads`, at most 32 rows per KV head,
-    ``warpgroups`` passed on); default :func:`layout_for` the shape and the combine.
+    ``warpgroups`` passed on); default :func:`layout_for` the shape, the cache and the combine.
 
     Per-tensor FP8 (``descale_k``, and ``descale_q`` for an e4m3 q): (576, 512) dims with an e4m3 q go to the
     e4m3-product kernel (:mod:`.decode_dense_fp8_sm90`) unless ``OPENMLA_FP8_SCORES=exact`` or ``layout="ws"``,
@@ -290,7 +301,12 @@ def dense_decode_sm90_fwd(
     rows = s_q * (h_q // h_kv)
     fused = fuse_combine(q.device, b) if fused_combine is None else bool(fused_combine)
     requested = layout
-    layout = layout or layout_for(rows, fused, descale_k is not None and (d, head_dim_v) == (576, 512))
+    if layout is None:
+        from .decode_dense_sm90_ws import tma_tiles_fit
+
+        mla = (d, head_dim_v) == (576, 512)
+        layout = layout_for(rows, fused, descale_k is not None and mla,
+                            mla_tma=mla and descale_k is None and rows >= WS_MIN_ROWS_MLA_TMA and tma_tiles_fit(k_cache))
     if layout == "tokens":
         from .decode_dense_sm90_small_heads import dense_decode_sm90_small_heads_fwd
 

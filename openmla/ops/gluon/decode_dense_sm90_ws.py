@@ -1495,15 +1495,22 @@ def trace_buffer(device) -> torch.Tensor:
     return torch.zeros(TRACE_PIECES, TRACE_TILES, TRACE_EVENTS, dtype=torch.int64, device=device)
 
 
-def tma_view(k_cache: torch.Tensor):
-    """A TMA descriptor of ``k_cache`` as [num_blocks * page_block_size, d] with 64x64 boxes, or ``None``
-    where whole tiles cannot come as boxes: more than one KV head (MLA has one), pages that do not hold
-    whole 64-key tiles, or strides TMA cannot take (rows not 16-byte aligned, pages not back to back)."""
+def tma_tiles_fit(k_cache: torch.Tensor) -> bool:
+    """Whether whole 64-key tiles of ``k_cache`` can come as TMA boxes: one KV head (MLA has one), pages that
+    hold whole tiles, strides TMA can take (rows 16-byte aligned, pages back to back)."""
     num_blocks, page_block_size, h_kv, d = k_cache.shape
     sk = k_cache.stride()
-    if (h_kv != 1 or page_block_size % BLOCK_N or sk[3] != 1 or sk[0] != page_block_size * sk[1]
-            or (sk[1] * k_cache.element_size()) % 16 or k_cache.data_ptr() % 16):
+    return not (h_kv != 1 or page_block_size % BLOCK_N or sk[3] != 1 or sk[0] != page_block_size * sk[1]
+                or (sk[1] * k_cache.element_size()) % 16 or k_cache.data_ptr() % 16)
+
+
+def tma_view(k_cache: torch.Tensor):
+    """A TMA descriptor of ``k_cache`` as [num_blocks * page_block_size, d] with 64x64 boxes, or ``None``
+    where whole tiles cannot come as boxes (:func:`tma_tiles_fit`)."""
+    if not tma_tiles_fit(k_cache):
         return None
+    num_blocks, page_block_size, h_kv, d = k_cache.shape
+    sk = k_cache.stride()
     layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
     return TensorDescriptor(k_cache, [num_blocks * page_block_size, d], [sk[1], 1], [BLOCK_N, 64], layout)
 
