@@ -52,6 +52,9 @@ WS_INTERVALS = {
     "loader busy (0 -> 1)": _span(0, 1),
     **_LOADER_WAITS,
     "softmax waits for K (last 4 -> 2)": _span(4, 2, a_last=True),
+    # event 2 follows the wait for the tile's last box (TMA boxes on ready barriers): while the softmax warpgroup
+    # waits for K, this is the tile's landing from its issue
+    "K issued to its last box landed (1 -> 2)": _span(1, 2),
     **_SCORES_SOFTMAX,
     "output waits for P (last 6 -> 5)": _span(6, 5, a_last=True),
     "output products (5 -> 6)": _span(5, 6),
