@@ -326,7 +326,8 @@ COMBINE_NUM_WARPS = 4
 #: The combine kernel spreads a row tile's output dims over at most this many programs (small batches).
 COMBINE_MAX_COL_CHUNKS = 8
 #: Widest chunk of output dims one combine program takes, whatever the batch: a 512-dim program holds four
-#: splits' [8, 512] fp32 tiles in ~210 registers a thread (two programs an SM), a 256-dim one in half that.
+#: splits' [8, 512] fp32 tiles in 211 registers a thread (two programs an SM), a 256-dim one in 121 (four;
+#: sm_90a compiles on a CPU).
 COMBINE_MAX_CHUNK_DIMS = 256
 
 

@@ -302,11 +302,14 @@ def dense_decode_sm90_fwd(
     fused = fuse_combine(q.device, b) if fused_combine is None else bool(fused_combine)
     requested = layout
     if layout is None:
+        from .decode_dense_sm90_small_heads import MAX_ROWS
         from .decode_dense_sm90_ws import tma_tiles_fit
 
         mla = (d, head_dim_v) == (576, 512)
-        layout = layout_for(rows, fused, descale_k is not None and mla,
-                            mla_tma=mla and descale_k is None and rows >= WS_MIN_ROWS_MLA_TMA and tma_tiles_fit(k_cache))
+        # the cache is read only where it decides (17-32 rows, 16-bit MLA caches, partials to the combine kernel)
+        mla_tma = (mla and descale_k is None and not fused and WS_MIN_ROWS_MLA_TMA <= rows <= MAX_ROWS
+                   and tma_tiles_fit(k_cache))
+        layout = layout_for(rows, fused, descale_k is not None and mla, mla_tma=mla_tma)
     if layout == "tokens":
         from .decode_dense_sm90_small_heads import dense_decode_sm90_small_heads_fwd
 
