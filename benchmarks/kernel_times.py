@@ -1,8 +1,8 @@
 """GPU time per kernel of a dense decode call, OpenMLA's beside FlashMLA's, on the same inputs (torch.profiler).
 
 Usage (GPU): ``python -m benchmarks.kernel_times [--configs small,ragged] [--calls 50] [--json PATH]
-[--only NAMES] [--openmla-only] [--combine-chunks N] [--combine-eager N] [--combine-warps N] [--cuda-graph] [--flush-l2]
-[--l2-ahead] [--list-ahead]``
+[--only NAMES] [--openmla-only] [--combine-chunks N] [--combine-eager N] [--combine-warps N] [--cuda-graph]
+[--flush-l2]``
 
 ``openmla bench`` times a whole call; for small batches that mixes the split kernel, the combine kernel and the
 gaps between launches. Here each provider's call runs ``--calls`` times (after a warm-up, so OpenMLA's calls
@@ -100,20 +100,7 @@ def main(argv=None) -> None:
     ap.add_argument("--combine-warps", type=int, default=None, help="warps of a combine program (COMBINE_NUM_WARPS)")
     ap.add_argument("--flush-l2", action="store_true",
                     help="zero a 256 MB buffer before each call (a cold L2, as openmla bench times calls)")
-    ap.add_argument("--l2-ahead", action="store_true",
-                    help="the Hopper dense kernel asks L2 for each request's next tile (decode_dense_sm90_ws.L2_AHEAD)")
-    ap.add_argument("--list-ahead", action="store_true",
-                    help="the Hopper dense kernel's loader reads block-table entries a tile ahead "
-                         "(decode_dense_sm90_ws.LIST_AHEAD)")
     cli = ap.parse_args(argv)
-    if cli.list_ahead:
-        from openmla.ops.gluon import decode_dense_sm90_ws
-
-        decode_dense_sm90_ws.LIST_AHEAD = True
-    if cli.l2_ahead:
-        from openmla.ops.gluon import decode_dense_sm90_ws
-
-        decode_dense_sm90_ws.L2_AHEAD = True
     only = None if cli.only is None else set(cli.only.split(","))
     if cli.combine_chunks:
         from openmla.ops import combine
@@ -126,9 +113,7 @@ def main(argv=None) -> None:
         combine.COMBINE_NUM_WARPS = combine.COMBINE_NUM_WARPS if cli.combine_warps is None else cli.combine_warps
     form = "".join(f" {name} {value}" for name, value in (("combine chunks", cli.combine_chunks),
                                                            ("combine eager", cli.combine_eager),
-                                                           ("combine warps", cli.combine_warps),
-                                                           ("l2 ahead", cli.l2_ahead or None),
-                                                           ("list ahead", cli.list_ahead or None)) if value is not None)
+                                                           ("combine warps", cli.combine_warps)) if value is not None)
     flash_mla, missing = _load_flash_mla()
     card = torch.cuda.get_device_name()
     flush = None
@@ -161,8 +146,7 @@ def main(argv=None) -> None:
                 results.append(dict(config=cfg.name, provider=provider, card=card, kernel_us=busy, span_us=span,
                                     cuda_graph=cli.cuda_graph, flush_l2=cli.flush_l2,
                                     combine_chunks=cli.combine_chunks, combine_eager=cli.combine_eager,
-                                    combine_warps=cli.combine_warps, l2_ahead=cli.l2_ahead,
-                                    list_ahead=cli.list_ahead,
+                                    combine_warps=cli.combine_warps,
                                     kernels={k: dict(us=v[0], launches=v[1]) for k, v in times.items()}))
             torch.cuda.empty_cache()
     if cli.json:

@@ -158,14 +158,6 @@ def main(argv=None) -> None:
     calls["dense_b128_sk8192_h128_one_alloc"] = lambda trace=None: dense_decode_sm90_ws_fwd(
         *dense.call_args()[:4], 512, sched, splits, dense.softmax_scale, False, softmax_only=True, trace=trace,
         box_allocs=False)
-    # the same with the next tile asked into L2 as each tile's boxes are issued (l2_ahead)
-    calls["dense_b128_sk8192_h128_l2_ahead"] = lambda trace=None: dense_decode_sm90_ws_fwd(
-        *dense.call_args()[:4], 512, sched, splits, dense.softmax_scale, False, softmax_only=True, trace=trace,
-        l2_ahead=True)
-    # the same with each tile's block-table entry read a tile ahead (list_ahead)
-    calls["dense_b128_sk8192_h128_list_ahead"] = lambda trace=None: dense_decode_sm90_ws_fwd(
-        *dense.call_args()[:4], 512, sched, splits, dense.softmax_scale, False, softmax_only=True, trace=trace,
-        list_ahead=True)
     # dense FP8 with an e4m3 q: the e4m3-product kernel (its event 7: E4M3_PRODUCT_INTERVALS)
     fp8 = quantize_dense_fp8(dense, fp8_q=True)
     calls["dense_fp8_e4m3_b128_sk8192_h128"] = lambda trace=None: dense_decode_fp8_sm90_fwd(

@@ -166,7 +166,6 @@ TMA_K = True  # whole K tiles by TMA where the cache allows it (:func:`tma_view`
 # with BOX_READY: each box's two ready barriers (one a stage) in an allocation of their own, so that consecutive
 # box waits carry no partition bar.sync between them (:func:`_box_bar`); 1.009-1.026x with the alpha store (H200)
 BOX_ALLOCS = True
-L2_AHEAD = False  # with TMA tiles: the loader asks L2 for the next tile when it issues this one (experiment)
 BOX_READY = True  # with TMA: one ready barrier per 64-column box, so the score products start on the first
 
 
@@ -346,36 +345,21 @@ if gluon_available():
                     q_ready, q_free, rq, D_V, D_PE, LOAD, ASYNC_ARRIVE, Q_E4M3)
 
             bt_row = block_table_ptr + req64 * stride_bt
-            if LIST_AHEAD and TMA_K:
-                page_next = gl.load(bt_row + tok_lo // page_block_size)
-            elif LIST_AHEAD:
+            if LIST_AHEAD:
                 ent_next = _key_entries(bt_row, tok_lo + offs_e, tok_hi, page_block_size, SPARSE)
             for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
                 stage = kb % 2
                 mbarrier.wait(k_free.index(stage), ((kb // 2) & 1) ^ 1)
                 _stamp(trace_ptr, kb, 0, TRACE, PARTITION_WARPS)
                 start = tok_lo + it * BLOCK_N
-                if LIST_AHEAD and TMA_K:  # this tile's page was loaded with the last; the next tile's now
-                    page_id = page_next
-                    page_next = gl.load(bt_row + (start + BLOCK_N) // page_block_size, mask=start + BLOCK_N < tok_hi,
-                                        other=0)
-                elif LIST_AHEAD:  # this tile's entries were loaded with the last; load the next tile's now
+                if LIST_AHEAD:  # this tile's entries were loaded with the last; load the next tile's now
                     ent = ent_next
                     ent_next = _key_entries(bt_row, start + BLOCK_N + offs_e, tok_hi, page_block_size, SPARSE)
                 if TMA_K and start + BLOCK_N <= tok_hi:
-                    if not LIST_AHEAD:
-                        page_id = gl.load(bt_row + start // page_block_size)
+                    page_id = gl.load(bt_row + start // page_block_size)
                     page_id = gl.minimum(gl.maximum(page_id, 0), num_blocks - 1)
                     _tma_tile(k_desc, page_id * page_block_size + start % page_block_size, k_lo.index(stage),
                               k_hi.index(stage), k_pe.index(stage), k_ready, stage, D_V, D_PE, K_BOXES, BOX_ALLOCS)
-                    if PREFETCH_L2:
-                        # the next whole tile into L2 now, a period before its boxes are issued (row tile 0 only:
-                        # the other row tiles of the token read the same keys)
-                        nxt = start + BLOCK_N
-                        nxt_page = gl.load(bt_row + nxt // page_block_size, mask=nxt + BLOCK_N <= tok_hi, other=0)
-                        nxt_page = gl.minimum(gl.maximum(nxt_page, 0), num_blocks - 1)
-                        nxt_row = k_ptr + (nxt_page.to(gl.int64) * page_block_size + nxt % page_block_size) * stride_kp
-                        _prefetch_l2(nxt_row, BLOCK_N * stride_kp * 2, (tile == 0) & (nxt + BLOCK_N <= tok_hi))
                 elif KV_E4M3:
                     if not LIST_AHEAD:
                         ent = _key_entries(bt_row, start + offs_e, tok_hi, page_block_size, False)
@@ -752,15 +736,6 @@ if gluon_available():
         gl.inline_asm_elementwise(
             "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], 656; mov.u32 $0, 0; }",
             "=r,l,r", [rec, mask_j.to(gl.int32)], dtype=gl.int32, is_pure=False, pack=1)
-
-    @gluon.jit
-    def _prefetch_l2(ptr, nbytes, pred):
-        """Ask L2 for ``nbytes`` (a multiple of 16) from ``ptr`` (16-byte aligned) where ``pred``: one
-        ``cp.async.bulk.prefetch.L2`` from the first thread of each 128 (one per loader partition)."""
-        gl.inline_asm_elementwise(
-            "{ .reg .pred p, q; .reg .b32 t; mov.u32 t, %tid.x; and.b32 t, t, 127; setp.eq.b32 p, t, 0; "
-            "setp.ne.b32 q, $3, 0; and.pred p, p, q; @p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
-            "=r,l,r,r", [ptr, nbytes, pred.to(gl.int32)], dtype=gl.int32, is_pure=False, pack=1)
 
     @gluon.jit
     def _dequant(codes, scale, dtype: gl.constexpr):
@@ -1416,8 +1391,7 @@ if gluon_available():
         gl.static_assert(not KV_E4M3 or (not SPARSE and not TMA_K and K_BOXES == 1 and D_V == 512 and D_PE == 64),
                          "per-tensor FP8 keys: dense, by cp.async, (576, 512) dims")
         gl.static_assert(not Q_E4M3 or KV_E4M3, "an e4m3 q comes with a per-tensor FP8 cache")
-        gl.static_assert(not LIST_AHEAD or SPARSE or KV_E4M3 or TMA_K,
-                         "entries a tile ahead: lists, per-tensor FP8 keys or TMA tiles")
+        gl.static_assert(not LIST_AHEAD or SPARSE or KV_E4M3, "entries a tile ahead: lists, or per-tensor FP8 keys")
         gl.static_assert(not OUTPUT_DECODE or (KV_FP8 and SOFTMAX_ONLY and not PREFETCH_L2),
                          "the output warpgroups decode V3.2 records in the four-warpgroup form, no L2 prefetch")
         # TMA tiles: one arrival with the byte count; FP8 tiles: one after the partition's decode, or with
@@ -1563,7 +1537,6 @@ def dense_decode_sm90_ws_fwd(
     list_ahead: bool | None = None,
     trace: torch.Tensor | None = None,
     box_allocs: bool = BOX_ALLOCS,
-    l2_ahead: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper, 16-bit caches or (with
     ``descale_k``, a one-element fp32 tensor on q's device) a per-tensor FP8 cache of e4m3 codes, (576, 512)
@@ -1583,12 +1556,9 @@ def dense_decode_sm90_ws_fwd(
     the loader reads each tile's block-table entries a tile ahead (``None``: :data:`LIST_AHEAD`, read at the call),
     ``trace``: the trace build (:func:`trace_buffer`; the four-warpgroup form only), a diagnostic,
     ``box_allocs``: with ``box_ready`` in the four-warpgroup form, each box's ready barriers in an allocation of
-    their own (:func:`_box_bar`; default :data:`BOX_ALLOCS`), ``l2_ahead``: with TMA tiles, the loader of row
-    tile 0 asks L2 for the request's next whole tile (``cp.async.bulk.prefetch.L2``) as it issues each tile's boxes
-    (``None``: :data:`L2_AHEAD`, read at the call).
+    their own (:func:`_box_bar`; default :data:`BOX_ALLOCS`).
     """
     b, s_q, h_q, d = q.shape
-    l2_ahead = L2_AHEAD if l2_ahead is None else l2_ahead
     list_ahead = LIST_AHEAD if list_ahead is None else list_ahead
     h_kv = k_cache.shape[2]
     rows = s_q * (h_q // h_kv)
@@ -1627,9 +1597,8 @@ def dense_decode_sm90_ws_fwd(
         TMA_K=k_desc is not None, BLOCK_M=BLOCK_M,
         BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v, SOFTMAX_WARPS=NUM_WARPS, OUTPUT_WARPS=WORKER_WARPS[0],
         LOADER_WARPS=WORKER_WARPS[1], OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], ASYNC_ARRIVE=bool(async_arrive),
-        K_BOXES=k_boxes, SPARSE=False, KV_FP8=False, PREFETCH_L2=bool(l2_ahead and k_desc is not None),
-        HAS_SINK=False, KV_E4M3=e4m3,
-        Q_E4M3=q_e4m3, LIST_AHEAD=bool(list_ahead and (e4m3 or k_desc is not None)), TRACE=trace is not None,
+        K_BOXES=k_boxes, SPARSE=False, KV_FP8=False, PREFETCH_L2=False, HAS_SINK=False, KV_E4M3=e4m3,
+        Q_E4M3=q_e4m3, LIST_AHEAD=bool(e4m3 and list_ahead), TRACE=trace is not None,
         BOX_ALLOCS=bool(box_allocs and k_boxes > 1 and softmax_only), OUTPUT_DECODE=0,
         num_warps=NUM_WARPS,
         maxnreg=SOLO_MAXNREG if softmax_only else MAXNREG,
