@@ -154,6 +154,12 @@ def main(argv=None) -> None:
     sched, splits = plan_splitkv(dense.cache_seqlens, num_sm_parts_for(128, 1, sms, backend="gluon", arch=90))
     calls["dense_b128_sk8192_h128"] = lambda trace=None: dense_decode_sm90_ws_fwd(
         *dense.call_args()[:4], 512, sched, splits, dense.softmax_scale, False, softmax_only=True, trace=trace)
+    # MTP: s_q=2 (256 rows a KV head: four row tiles a token read each K tile), causal
+    dense_sq2 = make_dense_decode_inputs(lens, 2, 128, 1, 576, 512, 64, torch.bfloat16, True, "cuda", 0)
+    sched_sq2, splits_sq2 = plan_splitkv(dense_sq2.cache_seqlens, num_sm_parts_for(256, 1, sms, backend="gluon", arch=90))
+    calls["dense_b128_sk8192_h128_sq2"] = lambda trace=None: dense_decode_sm90_ws_fwd(
+        *dense_sq2.call_args()[:4], 512, sched_sq2, splits_sq2, dense_sq2.softmax_scale, True, softmax_only=True,
+        trace=trace)
     # the same with all boxes' ready barriers in one allocation (box_allocs off, the default before version 20)
     calls["dense_b128_sk8192_h128_one_alloc"] = lambda trace=None: dense_decode_sm90_ws_fwd(
         *dense.call_args()[:4], 512, sched, splits, dense.softmax_scale, False, softmax_only=True, trace=trace,
