@@ -242,6 +242,15 @@ def test_fp8_forms_ab_reads_its_forms():
         parse_forms("LOADER_COLS=64")
 
 
+def test_profile_target_names_the_configs_it_knows():
+    """The profiler driver refuses a config it does not know before touching a GPU, listing the dense decode configs
+    (so an ``ncu`` command line with a typo fails at once, not after a profiler start-up)."""
+    from benchmarks.profile_target import main
+
+    with pytest.raises(SystemExit, match=r"unknown config 'std_sq1_sk8192_h127'.*std_sq1_sk8192_h128"):
+        main(["--config", "std_sq1_sk8192_h127"])
+
+
 def test_tune_sparse_gluon_forms_in_order():
     """The sparse tuner's A/B options give the Gluon kernel's forms in the order asked, as launcher keywords; with
     none of them it times the tile configs instead (no forms)."""
