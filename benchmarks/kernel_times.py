@@ -102,6 +102,11 @@ def main(argv=None) -> None:
                     help="zero a 256 MB buffer before each call (a cold L2, as openmla bench times calls)")
     cli = ap.parse_args(argv)
     only = None if cli.only is None else set(cli.only.split(","))
+    if only is not None:
+        known = {cfg.name for group in cli.configs.split(",") for cfg in get_configs(group, None, "dense_decode")}
+        if only - known:
+            raise SystemExit(f"--only names no config of --configs {cli.configs}: {', '.join(sorted(only - known))}; "
+                             f"known: {', '.join(sorted(known))}")
     if cli.combine_chunks:
         from openmla.ops import combine
 

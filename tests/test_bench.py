@@ -251,6 +251,16 @@ def test_profile_target_names_the_configs_it_knows():
         main(["--config", "std_sq1_sk8192_h127"])
 
 
+def test_kernel_times_only_refuses_unknown_names():
+    """``kernel_times --only`` with a name no selected config has stops before any GPU work, naming it and the
+    known ones, instead of timing nothing."""
+    from benchmarks.kernel_times import main
+
+    with pytest.raises(SystemExit, match=r"--only names no config of --configs small: std_sq1_sk8192_h128; "
+                                         r"known: .*small_b16_sk512"):
+        main(["--configs", "small", "--only", "small_b1_sk512,std_sq1_sk8192_h128"])
+
+
 def test_tune_sparse_gluon_forms_in_order():
     """The sparse tuner's A/B options give the Gluon kernel's forms in the order asked, as launcher keywords; with
     none of them it times the tile configs instead (no forms)."""
