@@ -314,3 +314,27 @@ def test_register_operand_probe_compiles():
         assert report["stack"] == 0, report
         assert report["HGMMA.64x64x16.F32.BF16"] == 16 + 16, report
         assert report["LDS.U16"] > 0 and report["LDS.U8"] > 0, report
+
+
+def test_tma_landing_probe_compiles():
+    """The TMA landing probe builds for sm_90a on a CPU: nine 64x64 box copies a tile (in the prologue's issue of
+    each stage and the loop's), its spin, and with products the tile's 36 score and 32 value wgmma k-steps. Built
+    in a child process without ``TRITON_INTERPRET`` (its jit helpers would otherwise be interpreter functions)."""
+    import subprocess
+
+    from openmla._runtime import gluon_available
+
+    if not gluon_available():
+        pytest.skip("triton's Gluon is not importable here")
+    code = ("import json; from benchmarks.probe_tma_landing import build; "
+            "print(json.dumps([build(*form).asm['ptx'] for form in ((2, 4, 1400, 0), (2, 4, 0, 2), (2, 4, 0, 1))]))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    spin, products, scores = json.loads(done.stdout.splitlines()[-1])
+    chunks = 576 // 64
+    assert spin.count("cp.async.bulk.tensor.2d") == chunks * 3, "two stages in the prologue, one refill in the loop"
+    assert "%clock64" in spin and "wgmma.mma_async" not in spin
+    assert products.count("wgmma.mma_async") == 4 * chunks + 4 * (chunks - 1)
+    assert scores.count("wgmma.mma_async") == 4 * chunks

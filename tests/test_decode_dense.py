@@ -505,8 +505,7 @@ SM90_DIRECT = [
 @pytest.mark.skipif(not HAS_CUDA or torch.cuda.get_device_capability() != (9, 0), reason="needs an sm_90 GPU")
 @pytest.mark.parametrize("layout", ["rows", "ws", "ws-overlap", "ws-loader-waits", "ws-softmax-only", "ws-tma",
                                     "ws-softmax-only-tma", "ws-tma-box", "ws-softmax-only-tma-box",
-                                    "ws-softmax-only-tma-box-one-alloc", "ws-softmax-only-tma-box-chunks2",
-                                    "ws-softmax-only-tma-box-chunks4"])
+                                    "ws-softmax-only-tma-box-one-alloc"])
 @pytest.mark.parametrize("b,s_q,s_k,h_q,h_kv,page,d,dtype,parts", SM90_DIRECT)
 def test_sm90_row_kernels_direct(layout, b, s_q, s_k, h_q, h_kv, page, d, dtype, parts, generator):
     """Each 64-row Hopper kernel, whatever the dispatcher would pick, on plans from one piece per request
@@ -528,8 +527,7 @@ def test_sm90_row_kernels_direct(layout, b, s_q, s_k, h_q, h_kv, page, d, dtype,
                                             async_arrive=layout != "ws-loader-waits",
                                             softmax_only=layout.startswith("ws-softmax-only"),
                                             tma_k="-tma" in layout, box_ready="-box" in layout,
-                                            box_allocs=not layout.endswith("-one-alloc"),
-                                            box_chunks=int(layout[-1]) if "-chunks" in layout else 1)
+                                            box_allocs=not layout.endswith("-one-alloc"))
     torch.cuda.synchronize()
     check_against_reference(dict(inputs, softmax_scale=d ** -0.5), out, lse)
 
