@@ -12,8 +12,10 @@ cache) drawn at random from a cache of ``--cache-pages``. Nothing is checked aga
 
 Usage: ``python -m benchmarks.probe_tma_landing --compile`` (any machine: the sm_90a builds) or ``python -m
 benchmarks.probe_tma_landing [--spin-only | --products-only] [--cache-pages N] [--json PATH]`` (sm_90 GPU): per form,
-cycles a tile per CTA (the cycle counter around the loop, mean over CTAs), bytes a cycle an SM takes in, and TB/s
-into the SMs chip-wide (CUDA events); with products, their cycles a tile, then the same form spinning that long.
+cycles a tile per CTA (the cycle counter around the loop, mean over CTAs), of them the refills' issue (page entry and
+nine boxes) and the waits for a landing (with one stage, issue plus wait is a tile's whole landing), bytes a cycle an SM
+takes in, and TB/s into the SMs chip-wide (CUDA events); with products, their cycles a tile, then the same form
+spinning that long.
 Findings (H100): ``2026-11-28-h100-probe-tma-landing*.json`` and the notes.
 """
 from __future__ import annotations
@@ -102,12 +104,17 @@ def _tma_stream(desc, pages_ptr, cycles_ptr, n_tiles, CONSUME: gl.constexpr, STA
         mbarrier.init(bars.index(s), count=1)
     seq = (gl.program_id(0) // GROUP) * n_tiles
     one = gl.full([1], 1, gl.int32, layout=ONE)
+    issue_cycles = gl.zeros([1], gl.int64, layout=ONE)  # the loop's refills: page entry read, boxes issued
+    wait_cycles = gl.zeros([1], gl.int64, layout=ONE)  # waiting for a tile to land
     t0 = gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l,r", [one], dtype=gl.int64, is_pure=False, pack=1)
     for s in gl.static_range(STAGES):
         _issue(desc, pages_ptr, seq, s, bufs, bars.index(s), s, CHUNKS)
     for t in range(n_tiles):
         stage = t % STAGES
+        w0 = gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l,r", [one], dtype=gl.int64, is_pure=False, pack=1)
         mbarrier.wait(bars.index(stage), (t // STAGES) & 1)
+        w1 = gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l,r", [one], dtype=gl.int64, is_pure=False, pack=1)
+        wait_cycles += w1 - w0
         if MMA:
             m0 = gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l,r", [one], dtype=gl.int64, is_pure=False,
                                            pack=1)
@@ -118,12 +125,19 @@ def _tma_stream(desc, pages_ptr, cycles_ptr, n_tiles, CONSUME: gl.constexpr, STA
         if CONSUME > 0:
             _spin(CONSUME, one)
         if t + STAGES < n_tiles:
+            i0 = gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l,r", [one], dtype=gl.int64, is_pure=False,
+                                           pack=1)
             _issue(desc, pages_ptr, seq, t + STAGES, bufs, bars.index(stage), stage, CHUNKS)
+            i1 = gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l,r", [one], dtype=gl.int64, is_pure=False,
+                                           pack=1)
+            issue_cycles += i1 - i0
     t1 = gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l,r", [one], dtype=gl.int64, is_pure=False, pack=1)
-    gl.store(cycles_ptr + 2 * gl.program_id(0) + one * 0, t1 - t0, mask=one == 1)
+    row = cycles_ptr + 4 * gl.program_id(0) + one * 0
+    gl.store(row, t1 - t0, mask=one == 1)
+    gl.store(row + 2, issue_cycles, mask=one == 1)
+    gl.store(row + 3, wait_cycles, mask=one == 1)
     if MMA:  # the products' cycles, and their sum so that they are not removed
-        gl.store(cycles_ptr + 2 * gl.program_id(0) + 1 + one * 0, mma_cycles + (sink == 12345.0).to(gl.int64),
-                 mask=one == 1)
+        gl.store(row + 1, mma_cycles + (sink == 12345.0).to(gl.int64), mask=one == 1)
 
 
 FORMS = [(stages, group, consume) for group in (1, 2, 4) for stages in (1, 2, 3) for consume in (0, 1400, 2800)]
@@ -159,7 +173,7 @@ def _measure(desc, g, sms, card, stages, group, consume, mma=0, cache_pages=CACH
     seqs = sms // group
     n_tiles = CACHE_PAGES // seqs  # the tiles read are CACHE_PAGES distinct pages of the cache's cache_pages
     pages = torch.randperm(cache_pages, generator=g)[: seqs * n_tiles].to(torch.int32).cuda()
-    cycles = torch.zeros(seqs * group, 2, dtype=torch.int64, device="cuda")
+    cycles = torch.zeros(seqs * group, 4, dtype=torch.int64, device="cuda")
     args = (desc, pages, cycles, n_tiles)
     kw = dict(CONSUME=consume, STAGES=stages, GROUP=group, CHUNKS=CHUNKS, MMA=mma, num_warps=4)
     _tma_stream[(seqs * group,)](*args, **kw)  # compile and warm up
@@ -175,15 +189,19 @@ def _measure(desc, g, sms, card, stages, group, consume, mma=0, cache_pages=CACH
     us = sorted(times)[len(times) // 2]
     per_tile = cycles[:, 0].double().mean().item() / n_tiles
     mma_per_tile = cycles[:, 1].double().mean().item() / n_tiles if mma else None
+    issue_per_tile = cycles[:, 2].double().mean().item() / (n_tiles - stages)
+    wait_per_tile = cycles[:, 3].double().mean().item() / n_tiles
     tb_s = seqs * group * n_tiles * TILE_BYTES / us / 1e6
     row = dict(card=card, cache_pages=cache_pages, stages=stages, group=group, consume=consume,
                products=("", "scores", "scores+pv")[mma],
                tiles_per_cta=n_tiles, us=us, cycles_per_tile=per_tile, product_cycles_per_tile=mma_per_tile,
+               issue_cycles_per_tile=issue_per_tile, wait_cycles_per_tile=wait_per_tile,
                bytes_per_cycle=TILE_BYTES / per_tile, tb_s_into_sms=tb_s)
     print(f"{cache_pages} pages, stages {stages} group {group} consume {consume:4d}"
           f"{('', ' + scores', ' + scores, P V')[mma]}: "
           f"{per_tile:7.0f} "
           f"cycles a tile, {TILE_BYTES / per_tile:5.1f} B a cycle an SM, {us:8.1f} us, {tb_s:5.2f} TB/s into the SMs"
+          + f"; issue {issue_per_tile:.0f}, wait for a landing {wait_per_tile:.0f}"
           + (f"; products {mma_per_tile:.0f} cycles a tile" if mma else ""))
     return row
 
