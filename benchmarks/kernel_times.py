@@ -98,6 +98,8 @@ def main(argv=None) -> None:
     ap.add_argument("--combine-eager", type=int, default=None,
                     help="most splits the combine kernel merges in one round trip (COMBINE_EAGER_SPLITS: 0 or 4)")
     ap.add_argument("--combine-warps", type=int, default=None, help="warps of a combine program (COMBINE_NUM_WARPS)")
+    ap.add_argument("--masked-softmax", action="store_true",
+                    help="the Hopper dense kernel's softmax masks every tile (INTERIOR_SOFTMAX off)")
     ap.add_argument("--flush-l2", action="store_true",
                     help="zero a 256 MB buffer before each call (a cold L2, as openmla bench times calls)")
     cli = ap.parse_args(argv)
@@ -116,9 +118,15 @@ def main(argv=None) -> None:
 
         combine.COMBINE_EAGER_SPLITS = combine.COMBINE_EAGER_SPLITS if cli.combine_eager is None else cli.combine_eager
         combine.COMBINE_NUM_WARPS = combine.COMBINE_NUM_WARPS if cli.combine_warps is None else cli.combine_warps
+    if cli.masked_softmax:
+        from openmla.ops.gluon import decode_dense_sm90_ws as ws
+
+        ws.INTERIOR_SOFTMAX = False
     form = "".join(f" {name} {value}" for name, value in (("combine chunks", cli.combine_chunks),
                                                            ("combine eager", cli.combine_eager),
-                                                           ("combine warps", cli.combine_warps)) if value is not None)
+                                                           ("combine warps", cli.combine_warps),
+                                                           ("masked softmax", cli.masked_softmax or None))
+                   if value is not None)
     flash_mla, missing = _load_flash_mla()
     card = torch.cuda.get_device_name()
     flush = None

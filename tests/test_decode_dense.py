@@ -648,3 +648,36 @@ def test_equal_to_flashmla_standard_shapes(dtype, backend, generator):
         fm_out, fm_lse = _flash_mla_run(inputs)
         check_close("out vs FlashMLA", out, fm_out.float(), TOL[("dense_decode", "out")])
         check_close("lse vs FlashMLA", lse, fm_lse, TOL[("dense_decode", "lse")])
+
+
+def test_sm90_ws_launcher_interior_softmax_choice(monkeypatch, generator):
+    """The warp-specialized launcher asks for the softmax that skips the mask on whole tiles (``INTERIOR``) only in
+    the four-warpgroup form with a positive scale over 16-bit keys: its max is taken over unscaled scores, which a
+    negative scale would turn into a min, and FP8 codes carry descales the host cannot see. Launches recorded on
+    CPU tensors, not run."""
+    from openmla._runtime import gluon_available
+
+    if not gluon_available():
+        pytest.skip("triton's Gluon is not importable here")
+    from openmla.ops.gluon import decode_dense_sm90_ws as ws
+    from openmla.ops.schedule import plan_splitkv
+
+    launches = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append(kwargs)
+
+    monkeypatch.setattr(ws, "_dense_decode_sm90_ws_kernel", Recorder(), raising=False)
+    monkeypatch.setattr(ws, "combine_splits", lambda *args, **kw: None)
+    inputs = make_dense_decode_inputs(2, 1, 300, 128, 1, 576, 512, 64, torch.bfloat16, "cpu", generator=generator)
+    sched, splits = plan_splitkv(inputs["cache_seqlens"], 8)
+    args = (inputs["q"], inputs["k_cache"], inputs["block_table"], inputs["cache_seqlens"], 512, sched, splits)
+    ws.dense_decode_sm90_ws_fwd(*args, 0.1, False, softmax_only=True)
+    ws.dense_decode_sm90_ws_fwd(*args, -0.1, False, softmax_only=True)
+    ws.dense_decode_sm90_ws_fwd(*args, 0.1, False, softmax_only=False)
+    ws.dense_decode_sm90_ws_fwd(*args, 0.1, False, softmax_only=True, interior_softmax=False)
+    codes = inputs["k_cache"].to(torch.float8_e4m3fn)
+    ws.dense_decode_sm90_ws_fwd(inputs["q"], codes, *args[2:], 0.1, False, softmax_only=True,
+                                descale_k=torch.ones(1))
+    assert [kw["INTERIOR"] for kw in launches] == [ws.INTERIOR_SOFTMAX, False, False, False, False]

@@ -334,7 +334,8 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                       OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], K_BOXES=d_qk // 64 if box_ready else 1, SPARSE=False,
                       KV_FP8=False, PREFETCH_L2=False, HAS_SINK=False, sink_ptr=None, KV_E4M3=False,
                       descale_k_ptr=None, Q_E4M3=False, descale_q_ptr=None, LIST_AHEAD=False, TRACE=False,
-                      trace_ptr=None, BOX_ALLOCS=box_allocs, OUTPUT_DECODE=0)
+                      trace_ptr=None, BOX_ALLOCS=box_allocs, OUTPUT_DECODE=0,
+                      INTERIOR=ws.INTERIOR_SOFTMAX and softmax_only)
         v_ptrs = dict(ptrs)
         if tma_k:
             v_ptrs["k_desc"] = _tma_desc_type(dtype)

@@ -50,6 +50,10 @@ h_q 128 and 64; ``benchmarks/results/2026-11-27-h200-ws-*``):
   more ``bar.sync`` and a layout conversion a tile less; alone 0.98-1.01x, slower at b=128 but within the
   spread of the rounds there; with the allocations it was the fastest form at six of the ten configs)
   (``2026-11-27-h200-dense-box-allocs-ab.txt``); H100 0.998-1.046x (``2026-11-27-h100-dense-box-allocs-ab.txt``).
+* ``INTERIOR_SOFTMAX``: ``True`` (default; launcher ``interior_softmax``; four-warpgroup form, 16-bit keys, positive
+  scale): the softmax's max over unscaled scores, its scale folded into the exponent's FMA, no mask on tiles every row
+  sees whole (one compare an element with the causal mask). H100, two passes each: 1.1-1.3 % faster at h_q=128 s_q=1,
+  0.3-0.7 % on small batches, within the spread at s_q=2 and h_q=64 (``2026-11-28-h100-dense-interior-softmax-ab.txt``).
 Measured too and not kept (each slower or within noise in the same runs): asking L2 for the next tile
 ahead of its copy (``cp.async.bulk.prefetch.L2``: 0.69-0.74 against 0.75-0.81); the loader issuing a
 request's first K tile before its Q (-2 to -4 % without per-box barriers, mixed with them); the loader at
@@ -167,6 +171,9 @@ TMA_K = True  # whole K tiles by TMA where the cache allows it (:func:`tma_view`
 # box waits carry no partition bar.sync between them (:func:`_box_bar`); 1.009-1.026x with the alpha store (H200)
 BOX_ALLOCS = True
 BOX_READY = True  # with TMA: one ready barrier per 64-column box, so the score products start on the first
+# the four-warpgroup form's softmax: tiles every row sees whole skip the mask, the scale folded into the exponent's FMA
+# (:func:`_online_softmax`; the launchers' ``interior_softmax``)
+INTERIOR_SOFTMAX = True
 
 
 def softmax_only_for(rows: int, boxed: bool = False) -> bool:
@@ -1094,7 +1101,7 @@ if gluon_available():
                       D_PE: gl.constexpr, PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr,
                       K_BOXES: gl.constexpr, SPARSE: gl.constexpr, HAS_SINK: gl.constexpr,
                       KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr, KV_FP8: gl.constexpr, trace_ptr,
-                      TRACE: gl.constexpr, BOX_ALLOCS: gl.constexpr):
+                      TRACE: gl.constexpr, BOX_ALLOCS: gl.constexpr, INTERIOR: gl.constexpr):
         """Default partition when two output warpgroups own the halves (``SOFTMAX_ONLY``): scores, online
         softmax, ``P`` and the rescale factor (then ``1/l``) to both, LSE. It holds no output accumulator,
         so tile ``j+1``'s scores and softmax run while the output warpgroups multiply tile ``j``'s ``P`` by V;
@@ -1124,6 +1131,8 @@ if gluon_available():
             tok_lo, tok_hi, split_lo, n_split, split_idx, limit, m_i, l_i = _softmax_request(
                 req, begin_req, begin_tok, end_req, end_tok, begin_split, seqlens_ptr, num_splits_ptr, max_blocks,
                 page_block_size, s_q, t_s, q_ready, BLOCK_M, S_LAYOUT, ASYNC_ARRIVE)
+            if INTERIOR and CAUSAL:
+                limit = gl.minimum(limit, tok_hi - 1)  # one bound a row: the mask is one compare an element
             for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
                 stage = kb % 2
                 if SPARSE and KV_FP8:  # the tile's slots, loaded while its keys arrive and its scores are computed
@@ -1140,7 +1149,7 @@ if gluon_available():
                     named = (slot >= 0) & (slot // page_block_size < num_blocks)
                     s = gl.where(named[None, :], s, float("-inf"))
                 p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, scale_log2, tok_lo + it * BLOCK_N, tok_hi, limit,
-                                                     offs_n, CAUSAL)
+                                                     offs_n, CAUSAL, INTERIOR)
                 _stamp(trace_ptr, kb, 8, TRACE, PARTITION_WARPS)
                 mbarrier.wait(p_free, (pr & 1) ^ 1)  # both output warpgroups are done with the last P
                 _stamp(trace_ptr, kb, 9, TRACE, PARTITION_WARPS)
@@ -1284,19 +1293,37 @@ if gluon_available():
         return s
 
     @gluon.jit
-    def _online_softmax(s, m_i, l_i, scale_log2, start, tok_hi, limit, offs_n, CAUSAL: gl.constexpr):
+    def _online_softmax(s, m_i, l_i, scale_log2, start, tok_hi, limit, offs_n, CAUSAL: gl.constexpr,
+                        INTERIOR: gl.constexpr = False):
         """One tile of online softmax in base 2: ``(p, alpha, m_new, l_new)``; keys at or past ``tok_hi``
-        (and, causal, past each row's ``limit``) get weight 0; a row with no key so far keeps ``m = -inf``."""
-        s = s * scale_log2
+        (and, causal, past each row's ``limit``) get weight 0; a row with no key so far keeps ``m = -inf``.
+
+        ``INTERIOR`` (needs ``scale_log2 > 0``, which the caller checks): the max is taken over the unscaled scores
+        and the scale folded into the exponent (one fused multiply-add an element); without the causal mask a tile
+        whose keys all lie before ``tok_hi`` skips the mask, and with it ``limit`` is each row's last visible key
+        bounded by ``tok_hi - 1`` by the caller, so the mask is one compare an element (a branch there too cost
+        ``ptxas`` 56 B of stack). The softmax runs with the tensor cores idle (``docs/perf-notes.md`` item 24), so
+        its instruction count is on the tile's chain."""
+        BLOCK_N: gl.constexpr = s.shape[1]
         offs_j = start + offs_n
-        if CAUSAL:
-            visible = (offs_j[None, :] < tok_hi) & (offs_j[None, :] <= limit[:, None])
+        if INTERIOR:
+            if CAUSAL:
+                s = gl.where(offs_j[None, :] <= limit[:, None], s, float("-inf"))
+            elif start + BLOCK_N > tok_hi:
+                s = gl.where((offs_j < tok_hi)[None, :], s, float("-inf"))
+            m_new = gl.maximum(m_i, gl.max(s, axis=1) * scale_log2)
+            m_shift = gl.where(m_new == float("-inf"), 0.0, m_new)
+            p = gl.exp2(s * scale_log2 - m_shift[:, None])
         else:
-            visible = (offs_j < tok_hi)[None, :]
-        s = gl.where(visible, s, float("-inf"))
-        m_new = gl.maximum(m_i, gl.max(s, axis=1))
-        m_shift = gl.where(m_new == float("-inf"), 0.0, m_new)
-        p = gl.exp2(s - m_shift[:, None])
+            s = s * scale_log2
+            if CAUSAL:
+                visible = (offs_j[None, :] < tok_hi) & (offs_j[None, :] <= limit[:, None])
+            else:
+                visible = (offs_j < tok_hi)[None, :]
+            s = gl.where(visible, s, float("-inf"))
+            m_new = gl.maximum(m_i, gl.max(s, axis=1))
+            m_shift = gl.where(m_new == float("-inf"), 0.0, m_new)
+            p = gl.exp2(s - m_shift[:, None])
         alpha = gl.exp2(m_i - m_shift)
         l_new = l_i * alpha + gl.sum(p, axis=1)
         return p, alpha, m_new, l_new
@@ -1332,7 +1359,7 @@ if gluon_available():
         LOADER_REGS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, K_BOXES: gl.constexpr, SPARSE: gl.constexpr,
         KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr, HAS_SINK: gl.constexpr, KV_E4M3: gl.constexpr,
         Q_E4M3: gl.constexpr, LIST_AHEAD: gl.constexpr, TRACE: gl.constexpr,
-        BOX_ALLOCS: gl.constexpr, OUTPUT_DECODE: gl.constexpr,
+        BOX_ALLOCS: gl.constexpr, OUTPUT_DECODE: gl.constexpr, INTERIOR: gl.constexpr = False,
     ):
         # the products' type: q's, or fp16 for e4m3 codes (more mantissa for P than bf16; codes are <= 448)
         if Q_E4M3:
@@ -1429,7 +1456,7 @@ if gluon_available():
                                  q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, slots, block_table_ptr,
                                  stride_bt, num_blocks, sink_ptr, descale_k_ptr, descale_q_ptr,
                                  CAUSAL, BLOCK_M, BLOCK_N, D_V, D_PE, SOFTMAX_WARPS, ASYNC_ARRIVE, K_BOXES, SPARSE,
-                                 HAS_SINK, KV_E4M3, Q_E4M3, KV_FP8, trace_ptr, TRACE, BOX_ALLOCS)),
+                                 HAS_SINK, KV_E4M3, Q_E4M3, KV_FP8, trace_ptr, TRACE, BOX_ALLOCS, INTERIOR)),
                 (_output_quarters, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
@@ -1537,6 +1564,7 @@ def dense_decode_sm90_ws_fwd(
     list_ahead: bool | None = None,
     trace: torch.Tensor | None = None,
     box_allocs: bool = BOX_ALLOCS,
+    interior_softmax: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper, 16-bit caches or (with
     ``descale_k``, a one-element fp32 tensor on q's device) a per-tensor FP8 cache of e4m3 codes, (576, 512)
@@ -1556,9 +1584,12 @@ def dense_decode_sm90_ws_fwd(
     the loader reads each tile's block-table entries a tile ahead (``None``: :data:`LIST_AHEAD`, read at the call),
     ``trace``: the trace build (:func:`trace_buffer`; the four-warpgroup form only), a diagnostic,
     ``box_allocs``: with ``box_ready`` in the four-warpgroup form, each box's ready barriers in an allocation of
-    their own (:func:`_box_bar`; default :data:`BOX_ALLOCS`).
+    their own (:func:`_box_bar`; default :data:`BOX_ALLOCS`), ``interior_softmax``: in the four-warpgroup form, tiles
+    every row sees whole skip the softmax's mask (:func:`_online_softmax`; ``None``: :data:`INTERIOR_SOFTMAX`, read
+    at the call).
     """
     b, s_q, h_q, d = q.shape
+    interior_softmax = INTERIOR_SOFTMAX if interior_softmax is None else interior_softmax
     list_ahead = LIST_AHEAD if list_ahead is None else list_ahead
     h_kv = k_cache.shape[2]
     rows = s_q * (h_q // h_kv)
@@ -1600,6 +1631,8 @@ def dense_decode_sm90_ws_fwd(
         K_BOXES=k_boxes, SPARSE=False, KV_FP8=False, PREFETCH_L2=False, HAS_SINK=False, KV_E4M3=e4m3,
         Q_E4M3=q_e4m3, LIST_AHEAD=bool(e4m3 and list_ahead), TRACE=trace is not None,
         BOX_ALLOCS=bool(box_allocs and k_boxes > 1 and softmax_only), OUTPUT_DECODE=0,
+        # the folded scale needs scale_log2 > 0 (with FP8 codes it carries the descales, read on the device: not there)
+        INTERIOR=bool(interior_softmax and softmax_only and softmax_scale > 0 and not e4m3),
         num_warps=NUM_WARPS,
         maxnreg=SOLO_MAXNREG if softmax_only else MAXNREG,
     )
