@@ -158,3 +158,18 @@ def test_native_fp8_variants_are_not_built_for_ampere():
     native = next(v for v in _sparse_variants() if "cache v32fp8 " in v.name)
     report = compile_variant(native, 80)
     assert report.ok and report.error.startswith("not built: needs sm_89+")
+
+
+def test_a_variant_must_set_every_constexpr():
+    """A variant that leaves one of its kernel's constexprs unset is refused, naming it: the build would take it as a
+    runtime int and keep both sides of its branches, a kernel no launcher runs (its registers and stack figures then
+    describe nothing real)."""
+    import dataclasses
+
+    from openmla.ops.aot import _signature, _variants
+
+    served = next(v for v in _variants(90) if v.name.startswith("gluon-ws sparse"))
+    _signature(served)  # every constexpr set: accepted
+    partial = dataclasses.replace(served, constexprs={k: v for k, v in served.constexprs.items() if k != "INTERIOR"})
+    with pytest.raises(ValueError, match=r"constexpr parameters \['INTERIOR'\]"):
+        _signature(partial)

@@ -652,9 +652,9 @@ def test_equal_to_flashmla_standard_shapes(dtype, backend, generator):
 
 def test_sm90_ws_launcher_interior_softmax_choice(monkeypatch, generator):
     """The warp-specialized launcher asks for the softmax that skips the mask on whole tiles (``INTERIOR``) only in
-    the four-warpgroup form with a positive scale over 16-bit keys: its max is taken over unscaled scores, which a
-    negative scale would turn into a min, and FP8 codes carry descales the host cannot see. Launches recorded on
-    CPU tensors, not run."""
+    the four-warpgroup form with a positive scale over 16-bit keys and no causal mask: its max is taken over
+    unscaled scores, which a negative scale would turn into a min, FP8 codes carry descales the host cannot see,
+    and the kernel builds it without the causal mask. Launches recorded on CPU tensors, not run."""
     from openmla._runtime import gluon_available
 
     if not gluon_available():
@@ -680,4 +680,11 @@ def test_sm90_ws_launcher_interior_softmax_choice(monkeypatch, generator):
     codes = inputs["k_cache"].to(torch.float8_e4m3fn)
     ws.dense_decode_sm90_ws_fwd(inputs["q"], codes, *args[2:], 0.1, False, softmax_only=True,
                                 descale_k=torch.ones(1))
-    assert [kw["INTERIOR"] for kw in launches] == [ws.INTERIOR_SOFTMAX, False, False, False, False]
+    mtp = make_dense_decode_inputs(2, 2, 300, 64, 1, 576, 512, 64, torch.bfloat16, "cpu", generator=generator)
+    ws.dense_decode_sm90_ws_fwd(mtp["q"], mtp["k_cache"], mtp["block_table"], mtp["cache_seqlens"], 512, sched, splits,
+                                0.1, True, softmax_only=True)  # causal MTP: built with the mask
+    ws.dense_decode_sm90_ws_fwd(mtp["q"], mtp["k_cache"], mtp["block_table"], mtp["cache_seqlens"], 512, sched, splits,
+                                0.1, False, softmax_only=True)
+    assert [kw["INTERIOR"] for kw in launches] == [ws.INTERIOR_SOFTMAX, False, False, False, False, False,
+                                                   ws.INTERIOR_SOFTMAX]
+    assert [kw["CAUSAL"] for kw in launches[-2:]] == [True, False]

@@ -51,9 +51,10 @@ h_q 128 and 64; ``benchmarks/results/2026-11-27-h200-ws-*``):
   spread of the rounds there; with the allocations it was the fastest form at six of the ten configs)
   (``2026-11-27-h200-dense-box-allocs-ab.txt``); H100 0.998-1.046x (``2026-11-27-h100-dense-box-allocs-ab.txt``).
 * ``INTERIOR_SOFTMAX``: ``True`` (default; launcher ``interior_softmax``; four-warpgroup form, 16-bit keys, positive
-  scale): the softmax's max over unscaled scores, its scale folded into the exponent's FMA, no mask on tiles every row
-  sees whole (one compare an element with the causal mask). H100, two passes each: 1.1-1.3 % faster at h_q=128 s_q=1,
-  0.3-0.7 % on small batches, within the spread at s_q=2 and h_q=64 (``2026-11-28-h100-dense-interior-softmax-ab.txt``).
+  scale, no causal mask): the softmax's max over unscaled scores, its scale folded into the exponent's FMA, no mask on
+  tiles whose keys all lie before the request's end. H100, two passes each: 1.1-1.3 % faster at h_q=128 s_q=1, 0.3-0.7 %
+  on small batches; with the causal mask (a one-compare form) within the spread at s_q=2, so not built there
+  (``2026-11-28-h100-dense-interior-softmax-ab.txt``).
 Measured too and not kept (each slower or within noise in the same runs): asking L2 for the next tile
 ahead of its copy (``cp.async.bulk.prefetch.L2``: 0.69-0.74 against 0.75-0.81); the loader issuing a
 request's first K tile before its Q (-2 to -4 % without per-box barriers, mixed with them); the loader at
@@ -1131,8 +1132,6 @@ if gluon_available():
             tok_lo, tok_hi, split_lo, n_split, split_idx, limit, m_i, l_i = _softmax_request(
                 req, begin_req, begin_tok, end_req, end_tok, begin_split, seqlens_ptr, num_splits_ptr, max_blocks,
                 page_block_size, s_q, t_s, q_ready, BLOCK_M, S_LAYOUT, ASYNC_ARRIVE)
-            if INTERIOR and CAUSAL:
-                limit = gl.minimum(limit, tok_hi - 1)  # one bound a row: the mask is one compare an element
             for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
                 stage = kb % 2
                 if SPARSE and KV_FP8:  # the tile's slots, loaded while its keys arrive and its scores are computed
@@ -1298,24 +1297,22 @@ if gluon_available():
         """One tile of online softmax in base 2: ``(p, alpha, m_new, l_new)``; keys at or past ``tok_hi``
         (and, causal, past each row's ``limit``) get weight 0; a row with no key so far keeps ``m = -inf``.
 
-        ``INTERIOR`` (needs ``scale_log2 > 0``, which the caller checks): the max is taken over the unscaled scores
-        and the scale folded into the exponent (one fused multiply-add an element); without the causal mask a tile
-        whose keys all lie before ``tok_hi`` skips the mask, and with it ``limit`` is each row's last visible key
-        bounded by ``tok_hi - 1`` by the caller, so the mask is one compare an element (a branch there too cost
-        ``ptxas`` 56 B of stack). The softmax runs with the tensor cores idle (``docs/perf-notes.md`` item 24), so
-        its instruction count is on the tile's chain."""
+        ``INTERIOR`` (no causal mask; needs ``scale_log2 > 0``, which the launcher checks): the max is taken over the
+        unscaled scores and the scale folded into the exponent (one fused multiply-add an element), and a tile whose
+        keys all lie before ``tok_hi`` skips the mask. The softmax runs with the tensor cores idle
+        (``docs/perf-notes.md`` item 24), so its instruction count is on the tile's chain. (With the causal mask, a
+        one-compare mask measured no faster at s_q=2 and cost ``ptxas`` 8 B more stack in a cp.async build.)"""
+        gl.static_assert(not (INTERIOR and CAUSAL), "the interior-tile softmax is built without the causal mask")
         BLOCK_N: gl.constexpr = s.shape[1]
-        offs_j = start + offs_n
         if INTERIOR:
-            if CAUSAL:
-                s = gl.where(offs_j[None, :] <= limit[:, None], s, float("-inf"))
-            elif start + BLOCK_N > tok_hi:
-                s = gl.where((offs_j < tok_hi)[None, :], s, float("-inf"))
+            if start + BLOCK_N > tok_hi:
+                s = gl.where((start + offs_n < tok_hi)[None, :], s, float("-inf"))
             m_new = gl.maximum(m_i, gl.max(s, axis=1) * scale_log2)
             m_shift = gl.where(m_new == float("-inf"), 0.0, m_new)
             p = gl.exp2(s * scale_log2 - m_shift[:, None])
-        else:
+        else:  # the masked form, in the order it had before INTERIOR (ptxas's allocation of the forms that run it)
             s = s * scale_log2
+            offs_j = start + offs_n
             if CAUSAL:
                 visible = (offs_j[None, :] < tok_hi) & (offs_j[None, :] <= limit[:, None])
             else:
@@ -1631,8 +1628,10 @@ def dense_decode_sm90_ws_fwd(
         K_BOXES=k_boxes, SPARSE=False, KV_FP8=False, PREFETCH_L2=False, HAS_SINK=False, KV_E4M3=e4m3,
         Q_E4M3=q_e4m3, LIST_AHEAD=bool(e4m3 and list_ahead), TRACE=trace is not None,
         BOX_ALLOCS=bool(box_allocs and k_boxes > 1 and softmax_only), OUTPUT_DECODE=0,
-        # the folded scale needs scale_log2 > 0 (with FP8 codes it carries the descales, read on the device: not there)
-        INTERIOR=bool(interior_softmax and softmax_only and softmax_scale > 0 and not e4m3),
+        # the folded scale needs scale_log2 > 0 (with FP8 codes it carries the descales, read on the device: not there);
+        # built without the causal mask only
+        INTERIOR=bool(interior_softmax and softmax_only and softmax_scale > 0 and not e4m3
+                      and not (causal and s_q > 1)),
         num_warps=NUM_WARPS,
         maxnreg=SOLO_MAXNREG if softmax_only else MAXNREG,
     )
