@@ -427,9 +427,11 @@ def _tma_desc_type(dtype: str) -> str:
 
 
 def _signature(v: Variant):
-    names = list(inspect.signature(v.kernel.fn).parameters)
+    params = inspect.signature(v.kernel.fn).parameters
+    names = list(params)
     # a constexpr left out would be compiled as a runtime int, both sides of its branches kept: not the launcher's build
-    unset = [p.name for p in v.kernel.params if p.is_constexpr and p.name not in v.constexprs]
+    # (read from the annotations: under TRITON_INTERPRET the kernel object has no parsed parameter list)
+    unset = [n for n, p in params.items() if "constexpr" in str(p.annotation) and n not in v.constexprs]
     if unset:
         raise ValueError(f"variant {v.name!r}: constexpr parameters {unset} of {v.kernel.fn.__name__} have no value")
     sig, attrs = {}, {}
