@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -730,3 +731,25 @@ def run_expecting_alignment_fallback(call, monkeypatch):
         fallbacks = [w for w in caught if issubclass(w.category, openmla.OpenMLAFallbackWarning)]
         assert fallbacks and "16 bytes" in str(fallbacks[0].message), [str(w.message) for w in caught]
     return result
+
+
+class Launch(NamedTuple):
+    """One recorded kernel launch (:func:`record_launches`): ``kernel[grid](*args, **kwargs)``."""
+
+    grid: object
+    args: tuple
+    kwargs: dict
+
+
+def record_launches(monkeypatch, module, name: str) -> list[Launch]:
+    """Replace the kernel ``module.name`` by a recorder for the test: each launch ``kernel[grid](*args, **kwargs)``
+    is appended to the returned list as a :class:`Launch` and nothing runs, so a launcher's choices can be checked
+    on CPU tensors."""
+    launches: list[Launch] = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append(Launch(grid, args, kwargs))
+
+    monkeypatch.setattr(module, name, Recorder(), raising=False)
+    return launches

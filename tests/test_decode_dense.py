@@ -21,6 +21,7 @@ from helpers import (
     make_dense_decode_inputs,
     misaligned_copy,
     poison_cuda_cache,
+    record_launches,
     run_expecting_alignment_fallback,
 )
 
@@ -662,13 +663,7 @@ def test_sm90_ws_launcher_interior_softmax_choice(monkeypatch, generator):
     from openmla.ops.gluon import decode_dense_sm90_ws as ws
     from openmla.ops.schedule import plan_splitkv
 
-    launches = []
-
-    class Recorder:
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: launches.append(kwargs)
-
-    monkeypatch.setattr(ws, "_dense_decode_sm90_ws_kernel", Recorder(), raising=False)
+    launches = record_launches(monkeypatch, ws, "_dense_decode_sm90_ws_kernel")
     monkeypatch.setattr(ws, "combine_splits", lambda *args, **kw: None)
     inputs = make_dense_decode_inputs(2, 1, 300, 128, 1, 576, 512, 64, torch.bfloat16, "cpu", generator=generator)
     sched, splits = plan_splitkv(inputs["cache_seqlens"], 8)
@@ -685,6 +680,6 @@ def test_sm90_ws_launcher_interior_softmax_choice(monkeypatch, generator):
                                 0.1, True, softmax_only=True)  # causal MTP: built with the mask
     ws.dense_decode_sm90_ws_fwd(mtp["q"], mtp["k_cache"], mtp["block_table"], mtp["cache_seqlens"], 512, sched, splits,
                                 0.1, False, softmax_only=True)
-    assert [kw["INTERIOR"] for kw in launches] == [ws.INTERIOR_SOFTMAX, False, False, False, False, False,
-                                                   ws.INTERIOR_SOFTMAX]
-    assert [kw["CAUSAL"] for kw in launches[-2:]] == [True, False]
+    assert [launch.kwargs["INTERIOR"] for launch in launches] == [ws.INTERIOR_SOFTMAX, False, False, False, False,
+                                                                  False, ws.INTERIOR_SOFTMAX]
+    assert [launch.kwargs["CAUSAL"] for launch in launches[-2:]] == [True, False]

@@ -29,6 +29,7 @@ from helpers import (
     make_dense_decode_inputs,
     poison_cuda_cache,
     quantize_dense_decode_inputs,
+    record_launches,
 )
 
 import openmla
@@ -443,13 +444,7 @@ def test_hopper_fp8_takes_the_warp_specialized_kernel(q_dtype, scores, h_q, monk
 
     if scores is not None:
         monkeypatch.setenv("OPENMLA_FP8_SCORES", scores)
-    launches, merges = [], []
-
-    class Recorder:
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: launches.append((args, kwargs))
-
-    monkeypatch.setattr(decode_dense_sm90_ws, "_dense_decode_sm90_ws_kernel", Recorder(), raising=False)
+    launches, merges = record_launches(monkeypatch, decode_dense_sm90_ws, "_dense_decode_sm90_ws_kernel"), []
     monkeypatch.setattr(decode_dense_sm90_ws, "combine_splits", lambda *args, **kw: merges.append(args))
     inputs = fp8_inputs(2, 1, 100, h_q, 1, 576, 512, 64, q_dtype, device="cpu")
     q, k = inputs["q"], inputs["k_cache"]
@@ -458,7 +453,7 @@ def test_hopper_fp8_takes_the_warp_specialized_kernel(q_dtype, scores, h_q, monk
                                                        sched, splits, 576**-0.5, True, descale_q=inputs["descale_q"],
                                                        descale_k=inputs["descale_k"])
     assert len(launches) == 1 and len(merges) == 1 and merges[0][4] is splits
-    args, kwargs = launches[0]
+    _, args, kwargs = launches[0]
     e4m3_q = q_dtype == E4M3
     assert kwargs["KV_E4M3"] and kwargs["Q_E4M3"] == e4m3_q
     assert not kwargs["TMA_K"] and kwargs["K_BOXES"] == 1 and not kwargs["SPARSE"]
@@ -547,13 +542,7 @@ def test_hopper_e4m3_q_takes_the_e4m3_product_kernel(h_q, s_q, page, layout, mon
     from openmla.ops.schedule import plan_splitkv_torch
 
     monkeypatch.delenv("OPENMLA_FP8_SCORES", raising=False)
-    launches, merges = [], []
-
-    class Recorder:
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: launches.append((grid, args, kwargs))
-
-    monkeypatch.setattr(decode_dense_fp8_sm90, "_dense_decode_fp8_sm90_kernel", Recorder(), raising=False)
+    launches, merges = record_launches(monkeypatch, decode_dense_fp8_sm90, "_dense_decode_fp8_sm90_kernel"), []
     monkeypatch.setattr(decode_dense_fp8_sm90, "combine_splits", lambda *args, **kw: merges.append(args))
     inputs = fp8_inputs(3, s_q, 100, h_q, 1, 576, 512, page, E4M3, device="cpu")
     q, k = inputs["q"], inputs["k_cache"].view(torch.uint8)  # the uint8 view FlashMLA's callers may pass

@@ -27,6 +27,7 @@ from helpers import (
     invalid_index_candidates,
     make_sparse_decode_inputs,
     poison_cuda_cache,
+    record_launches,
 )
 
 import openmla
@@ -399,13 +400,7 @@ def test_gluon_sparse_launcher_decoder_choice(monkeypatch, generator):
     from openmla.ops.gluon import decode_dense_sm90_ws as ws
     from openmla.ops.gluon import decode_sparse_sm90 as gluon_sparse
 
-    launches = []
-
-    class Recorder:
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: launches.append(kwargs)
-
-    monkeypatch.setattr(ws, "_dense_decode_sm90_ws_kernel", Recorder(), raising=False)
+    launches = record_launches(monkeypatch, ws, "_dense_decode_sm90_ws_kernel")
     monkeypatch.setattr(gluon_sparse, "combine_splits", lambda *args, **kw: None)
     inputs = make_sparse_decode_inputs(1, 1, 64, 300, 64, 64, 576, 512, torch.bfloat16, "cpu", fp8=True,
                                        generator=generator)
@@ -417,7 +412,7 @@ def test_gluon_sparse_launcher_decoder_choice(monkeypatch, generator):
     call(output_decode=0)
     call(output_decode=1)
     call(output_decode=0, prefetch_l2=True)
-    (loader, output, prefetch) = launches
+    (loader, output, prefetch) = (launch.kwargs for launch in launches)
     assert loader["OUTPUT_DECODE"] == 0 and not loader["PREFETCH_L2"]
     assert (loader["OUTPUT_REGS"], loader["LOADER_REGS"]) == ws.SPARSE_FP8_WORKER_REGS
     assert output["OUTPUT_DECODE"] == 1 and not output["PREFETCH_L2"]
@@ -440,13 +435,7 @@ def test_gluon_sparse_launcher_arguments(fp8, lengths_given, monkeypatch, genera
     from openmla.ops.gluon import decode_dense_sm90_ws as ws
     from openmla.ops.gluon import decode_sparse_sm90 as gluon_sparse
 
-    launches, merges = [], []
-
-    class Recorder:
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: launches.append((grid, args, kwargs))
-
-    monkeypatch.setattr(ws, "_dense_decode_sm90_ws_kernel", Recorder(), raising=False)
+    launches, merges = record_launches(monkeypatch, ws, "_dense_decode_sm90_ws_kernel"), []
     monkeypatch.setattr(gluon_sparse, "combine_splits", lambda *args, **kw: merges.append((args, kw)))
     b, s_q, h_q, topk = 2, 3, 128, 130
     inputs = make_sparse_decode_inputs(b, s_q, h_q, 300, topk, 7, 576, 512, torch.bfloat16, "cpu", fp8=fp8,
