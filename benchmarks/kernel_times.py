@@ -100,6 +100,12 @@ def main(argv=None) -> None:
     ap.add_argument("--combine-warps", type=int, default=None, help="warps of a combine program (COMBINE_NUM_WARPS)")
     ap.add_argument("--masked-softmax", action="store_true",
                     help="the Hopper dense kernel's softmax masks every tile (INTERIOR_SOFTMAX off)")
+    ap.add_argument("--early-alpha", action="store_true",
+                    help="the Hopper dense kernel publishes each tile's rescale factor before its P (EARLY_ALPHA on)")
+    ap.add_argument("--p-halves", action="store_true",
+                    help="with --early-alpha, P published in two halves of a tile's keys (P_HALVES on)")
+    ap.add_argument("--named-bars", action="store_true",
+                    help="the Hopper dense kernel hands P over on hardware barriers (NAMED_BARS on)")
     ap.add_argument("--flush-l2", action="store_true",
                     help="zero a 256 MB buffer before each call (a cold L2, as openmla bench times calls)")
     cli = ap.parse_args(argv)
@@ -122,10 +128,22 @@ def main(argv=None) -> None:
         from openmla.ops.gluon import decode_dense_sm90_ws as ws
 
         ws.INTERIOR_SOFTMAX = False
+    if cli.early_alpha:
+        from openmla.ops.gluon import decode_dense_sm90_ws as ws
+
+        ws.EARLY_ALPHA = True
+        ws.P_HALVES = cli.p_halves
+    if cli.named_bars:
+        from openmla.ops.gluon import decode_dense_sm90_ws as ws
+
+        ws.NAMED_BARS = True
     form = "".join(f" {name} {value}" for name, value in (("combine chunks", cli.combine_chunks),
                                                            ("combine eager", cli.combine_eager),
                                                            ("combine warps", cli.combine_warps),
-                                                           ("masked softmax", cli.masked_softmax or None))
+                                                           ("masked softmax", cli.masked_softmax or None),
+                                                           ("early alpha", cli.early_alpha or None),
+                                                           ("P halves", (cli.early_alpha and cli.p_halves) or None),
+                                                           ("named bars", cli.named_bars or None))
                    if value is not None)
     flash_mla, missing = _load_flash_mla()
     card = torch.cuda.get_device_name()

@@ -506,7 +506,10 @@ SM90_DIRECT = [
 @pytest.mark.skipif(not HAS_CUDA or torch.cuda.get_device_capability() != (9, 0), reason="needs an sm_90 GPU")
 @pytest.mark.parametrize("layout", ["rows", "ws", "ws-overlap", "ws-loader-waits", "ws-softmax-only", "ws-tma",
                                     "ws-softmax-only-tma", "ws-tma-box", "ws-softmax-only-tma-box",
-                                    "ws-softmax-only-tma-box-one-alloc"])
+                                    "ws-softmax-only-tma-box-one-alloc", "ws-softmax-only-early-alpha",
+                                    "ws-softmax-only-tma-box-early-alpha", "ws-softmax-only-early-alpha-p-halves",
+                                    "ws-softmax-only-tma-box-early-alpha-p-halves", "ws-softmax-only-named-bars",
+                                    "ws-softmax-only-tma-box-named-bars"])
 @pytest.mark.parametrize("b,s_q,s_k,h_q,h_kv,page,d,dtype,parts", SM90_DIRECT)
 def test_sm90_row_kernels_direct(layout, b, s_q, s_k, h_q, h_kv, page, d, dtype, parts, generator):
     """Each 64-row Hopper kernel, whatever the dispatcher would pick, on plans from one piece per request
@@ -528,7 +531,9 @@ def test_sm90_row_kernels_direct(layout, b, s_q, s_k, h_q, h_kv, page, d, dtype,
                                             async_arrive=layout != "ws-loader-waits",
                                             softmax_only=layout.startswith("ws-softmax-only"),
                                             tma_k="-tma" in layout, box_ready="-box" in layout,
-                                            box_allocs=not layout.endswith("-one-alloc"))
+                                            box_allocs=not layout.endswith("-one-alloc"),
+                                            early_alpha="-early-alpha" in layout, p_halves=layout.endswith("-p-halves"),
+                                            named_bars=layout.endswith("-named-bars"))
     torch.cuda.synchronize()
     check_against_reference(dict(inputs, softmax_scale=d ** -0.5), out, lse)
 

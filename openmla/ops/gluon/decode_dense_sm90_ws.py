@@ -175,6 +175,15 @@ BOX_READY = True  # with TMA: one ready barrier per 64-column box, so the score 
 # the four-warpgroup form's softmax: tiles every row sees whole skip the mask, the scale folded into the exponent's FMA
 # (:func:`_online_softmax`; the launchers' ``interior_softmax``)
 INTERIOR_SOFTMAX = True
+# the four-warpgroup form: each tile's rescale factor published as soon as the max is known, so the output warpgroups
+# rescale while P is computed (:func:`_softmax_only`; the launchers' ``early_alpha``; experiment)
+EARLY_ALPHA = False
+# with EARLY_ALPHA: P published in two halves of the tile's keys, the first half's P V products running while the second
+# is exponentiated (the launchers' ``p_halves``; experiment)
+P_HALVES = False
+# the four-warpgroup form: P and its factor handed to the output warpgroups on hardware barriers (bar.arrive / bar.sync)
+# instead of mbarriers (:func:`_named_bar`; the launchers' ``named_bars``; experiment)
+NAMED_BARS = False
 
 
 def softmax_only_for(rows: int, boxed: bool = False) -> bool:
@@ -855,6 +864,31 @@ if gluon_available():
         mbarrier.arrive(k_free_stage, count=1)
 
     @gluon.jit
+    def _named_bar(FREE: gl.constexpr, SYNC: gl.constexpr, PARTITION_WARPS: gl.constexpr):
+        """``NAMED_BARS``: the hand-over of ``P`` between the softmax warpgroup and the two output warpgroups on the
+        CTA's hardware barriers 8 (``P`` and its factor ready) and 9 (both released), 384 threads each (the three
+        warpgroups; Triton's partitions use barriers 0-4). The side that signals arrives (``bar.arrive``, no wait,
+        every thread: its own writes, or its products' reads, are ordered before the other side's sync), the side
+        that waits syncs (``bar.sync``). No thread barrier inside the signalling warpgroup and no ``mbarrier`` poll:
+        the hand-over sat on the tile's chain with the tensor cores idle (``docs/perf-notes.md`` item 25)."""
+        ONE: gl.constexpr = gl.BlockedLayout([1], [32], [PARTITION_WARPS], [0])
+        x = gl.full([1], 0, gl.int32, layout=ONE)
+        if FREE:
+            if SYNC:
+                gl.inline_asm_elementwise("bar.sync 9, 384;\n\tmov.b32 $0, $1;", "=r,r", [x], dtype=gl.int32,
+                                          is_pure=False, pack=1)
+            else:
+                gl.inline_asm_elementwise("bar.arrive 9, 384;\n\tmov.b32 $0, $1;", "=r,r", [x], dtype=gl.int32,
+                                          is_pure=False, pack=1)
+        else:
+            if SYNC:
+                gl.inline_asm_elementwise("bar.sync 8, 384;\n\tmov.b32 $0, $1;", "=r,r", [x], dtype=gl.int32,
+                                          is_pure=False, pack=1)
+            else:
+                gl.inline_asm_elementwise("bar.arrive 8, 384;\n\tmov.b32 $0, $1;", "=r,r", [x], dtype=gl.int32,
+                                          is_pure=False, pack=1)
+
+    @gluon.jit
     def _final_factor(p_ready, p_free, a_smem, phase, ROW_O: gl.constexpr):
         """The last round of a request: each row's ``1/l`` (0 for a row that saw no key) from ``a_smem`` once
         ``p_ready`` reaches ``phase``, read by every thread before the buffer is handed back."""
@@ -920,7 +954,8 @@ if gluon_available():
                          v_half, p_smem, a_smem, bars,
                          COL0: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr,
                          PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, trace_ptr, TRACE: gl.constexpr,
-                         dec, DECODE: gl.constexpr):
+                         dec, DECODE: gl.constexpr, a_ready=None, EARLY_ALPHA: gl.constexpr = False,
+                         p_ready_b=None, P_HALVES: gl.constexpr = False, NAMED_BARS: gl.constexpr = False):
         """:func:`_output_half` as two N=D_V/4 products with an accumulator each: with four warpgroups the
         launch cap is 128 registers a thread, and ``ptxas`` fits every instruction under that cap, so a single
         N=256 product (154 registers) does not compile even where the partition's own limit is 168. Kept
@@ -931,7 +966,14 @@ if gluon_available():
         tile (:func:`_decode_own_half`): the piece's first tile before the loop, then tile ``kb + 1`` while tile
         ``kb``'s products run, so the softmax warpgroup's next scores wait for a decode that overlapped them.
         (Starting the first two blocks of tile ``kb + 1`` before waiting for tile ``kb``'s ``P`` instead measured
-        slower: module docstring.)"""
+        slower: module docstring.)
+
+        ``EARLY_ALPHA``: each tile's rescale factor comes on ``a_ready`` before ``P`` does (:func:`_softmax_only`),
+        and the accumulators are rescaled while the softmax warpgroup computes ``P``; with ``P_HALVES`` the products
+        on the first half of the keys are issued when that half of ``P`` lands (``p_ready``), the second half's on
+        ``p_ready_b``. ``NAMED_BARS``: ``P`` and the factors come on hardware barriers (:func:`_named_bar`); every
+        release but the piece's last is signalled there (the softmax warpgroup waits for one before each hand-over
+        but its first)."""
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
         QUARTER: gl.constexpr = D_V // 4
         O_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
@@ -956,19 +998,59 @@ if gluon_available():
             for it in range(0, n_tiles):
                 stage = kb % 2
                 has_next = (it + 1 < n_tiles) | (req < end_req)  # a tile after this one in the piece
-                _acquire(p_ready, pr & 1, ASYNC_ARRIVE)  # V came from the loader through the softmax warpgroup
-                _stamp(trace_ptr, kb, 5, TRACE, PARTITION_WARPS)
-                acc_a, acc_b = _pv_quarters(p_smem, v_half.index(stage), a_smem.load(ROW_O), acc_a, acc_b, QUARTER)
+                if EARLY_ALPHA:
+                    mbarrier.wait(a_ready, kb & 1)
+                    alpha = a_smem.load(ROW_O)
+                    acc_a = acc_a * alpha[:, None]
+                    acc_b = acc_b * alpha[:, None]
+                    _acquire(p_ready, pr & 1, ASYNC_ARRIVE)
+                    _stamp(trace_ptr, kb, 5, TRACE, PARTITION_WARPS)
+                    v = v_half.index(stage)
+                    if P_HALVES:
+                        KEYS: gl.constexpr = BLOCK_N // 2
+                        v_a = v.slice(0, KEYS, dim=0)
+                        acc_a = warpgroup_mma(p_smem.index(0), v_a.slice(0, QUARTER, dim=1), acc_a, is_async=True)
+                        acc_b = warpgroup_mma(p_smem.index(0), v_a.slice(QUARTER, QUARTER, dim=1), acc_b,
+                                              is_async=True)
+                        mbarrier.wait(p_ready_b, kb & 1)
+                        v_b = v.slice(KEYS, KEYS, dim=0)
+                        acc_a = warpgroup_mma(p_smem.index(1), v_b.slice(0, QUARTER, dim=1), acc_a, is_async=True)
+                        acc_b = warpgroup_mma(p_smem.index(1), v_b.slice(QUARTER, QUARTER, dim=1), acc_b,
+                                              is_async=True)
+                    else:
+                        acc_a = warpgroup_mma(p_smem, v.slice(0, QUARTER, dim=1), acc_a, is_async=True)
+                        acc_b = warpgroup_mma(p_smem, v.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
+                else:
+                    if NAMED_BARS:
+                        _named_bar(False, True, PARTITION_WARPS)
+                        if ASYNC_ARRIVE:
+                            fence_async_shared()  # as _acquire: V came from the loader through the softmax warpgroup
+                    else:
+                        _acquire(p_ready, pr & 1, ASYNC_ARRIVE)  # V came from the loader through the softmax warpgroup
+                    _stamp(trace_ptr, kb, 5, TRACE, PARTITION_WARPS)
+                    acc_a, acc_b = _pv_quarters(p_smem, v_half.index(stage), a_smem.load(ROW_O), acc_a, acc_b,
+                                                QUARTER)
                 if DECODE:  # the next tile (this request's or the next one's) while these products run
                     if has_next:
                         _decode_own_half(v_half, dec, k_ready, kb + 1, D_V, PARTITION_WARPS)
                         _stamp(trace_ptr, kb + 1, 7, TRACE, PARTITION_WARPS)
                 acc_a, acc_b = warpgroup_mma_wait(num_outstanding=0, deps=(acc_a, acc_b))
-                _release(p_free, k_free.index(stage))
+                if NAMED_BARS:
+                    _named_bar(True, False, PARTITION_WARPS)  # P and its factor are free
+                    gl.thread_barrier()
+                    mbarrier.arrive(k_free.index(stage), count=1)
+                else:
+                    _release(p_free, k_free.index(stage))
                 _stamp(trace_ptr, kb, 6, TRACE, PARTITION_WARPS)
                 kb += 1
                 pr += 1
-            inv_l = _final_factor(p_ready, p_free, a_smem, pr & 1, ROW_O)
+            if NAMED_BARS:
+                _named_bar(False, True, PARTITION_WARPS)
+                inv_l = a_smem.load(ROW_O)
+                if req < end_req:  # the piece's last factor is waited for by nobody
+                    _named_bar(True, False, PARTITION_WARPS)
+            else:
+                inv_l = _final_factor(p_ready, p_free, a_smem, pr & 1, ROW_O)
             pr += 1
             _store_quarters(acc_a, acc_b, inv_l, offs_r, offs_v, out_ptr, o_acc_ptr, req64, kv_head, group, rows,
                             s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
@@ -1102,7 +1184,9 @@ if gluon_available():
                       D_PE: gl.constexpr, PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr,
                       K_BOXES: gl.constexpr, SPARSE: gl.constexpr, HAS_SINK: gl.constexpr,
                       KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr, KV_FP8: gl.constexpr, trace_ptr,
-                      TRACE: gl.constexpr, BOX_ALLOCS: gl.constexpr, INTERIOR: gl.constexpr):
+                      TRACE: gl.constexpr, BOX_ALLOCS: gl.constexpr, INTERIOR: gl.constexpr,
+                      a_ready=None, EARLY_ALPHA: gl.constexpr = False, p_ready_b=None,
+                      P_HALVES: gl.constexpr = False, NAMED_BARS: gl.constexpr = False):
         """Default partition when two output warpgroups own the halves (``SOFTMAX_ONLY``): scores, online
         softmax, ``P`` and the rescale factor (then ``1/l``) to both, LSE. It holds no output accumulator,
         so tile ``j+1``'s scores and softmax run while the output warpgroups multiply tile ``j``'s ``P`` by V;
@@ -1115,7 +1199,13 @@ if gluon_available():
         its factor folded into the ``1/l`` it publishes (the LSE is unchanged). ``KV_E4M3``: the keys are the
         per-tensor FP8 cache's codes, so the scores are scaled by ``descale_k`` too and the ``1/l`` published
         carries it for ``P V`` (V = descale_k * codes). ``Q_E4M3``: Q holds e4m3 codes too, so the scores take
-        ``descale_q`` as well.
+        ``descale_q`` as well. ``EARLY_ALPHA``: each tile's rescale factor is published on ``a_ready`` as soon as
+        the max is known, before the exponentials, so the output warpgroups rescale while ``P`` is computed
+        (:func:`_output_quarters`). ``P_HALVES`` (with ``EARLY_ALPHA``): ``P`` is computed and published in two
+        halves of the tile's keys (``p_smem`` [2, BLOCK_M, BLOCK_N/2]; the first on ``p_ready``, the second on
+        ``p_ready_b``), so the output warpgroups' products on the first half run while the second is exponentiated.
+        ``NAMED_BARS``: ``P`` and each factor are handed over on hardware barriers (:func:`_named_bar`) instead of
+        ``p_ready`` / ``p_free``; the piece's first hand-over waits for no release.
         """
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
         S_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
@@ -1147,18 +1237,58 @@ if gluon_available():
                 if SPARSE:
                     named = (slot >= 0) & (slot // page_block_size < num_blocks)
                     s = gl.where(named[None, :], s, float("-inf"))
-                p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, scale_log2, tok_lo + it * BLOCK_N, tok_hi, limit,
+                if EARLY_ALPHA:
+                    s, m_new, m_shift = _softmax_max(s, m_i, scale_log2, tok_lo + it * BLOCK_N, tok_hi, limit,
                                                      offs_n, CAUSAL, INTERIOR)
-                _stamp(trace_ptr, kb, 8, TRACE, PARTITION_WARPS)
-                mbarrier.wait(p_free, (pr & 1) ^ 1)  # both output warpgroups are done with the last P
-                _stamp(trace_ptr, kb, 9, TRACE, PARTITION_WARPS)
-                p_smem.store(p.to(dtype))
-                # from the softmax's own row layout (a row's four holders write one value): a conversion to a
-                # one-row-a-thread layout first went through scratch shared memory, one more bar.sync a tile
-                a_smem.store(alpha)
+                    alpha = gl.exp2(m_i - m_shift)
+                    _stamp(trace_ptr, kb, 8, TRACE, PARTITION_WARPS)  # here: the max and alpha only
+                    mbarrier.wait(p_free, (pr & 1) ^ 1)  # both output warpgroups are done with the last P
+                    _stamp(trace_ptr, kb, 9, TRACE, PARTITION_WARPS)
+                    a_smem.store(alpha)
+                    gl.thread_barrier()
+                    mbarrier.arrive(a_ready, count=1)  # the output warpgroups rescale while P is computed
+                    if P_HALVES:
+                        # the keys' two halves, in the score layout's own registers (no data moves)
+                        s_a, s_b = gl.split(gl.permute(gl.reshape(s, [BLOCK_M, 2, BLOCK_N // 2]), (0, 2, 1)))
+                        HALF_ROWS: gl.constexpr = gl.SliceLayout(1, s_a.type.layout)
+                        shift_h = gl.convert_layout(m_shift, HALF_ROWS)
+                        p_a = _softmax_exp(s_a, shift_h, scale_log2, INTERIOR)
+                        p_smem.index(0).store(p_a.to(dtype))
+                        fence_async_shared()  # P is read next by the tensor cores
+                        gl.thread_barrier()
+                        mbarrier.arrive(p_ready, count=1)
+                        p_b = _softmax_exp(s_b, shift_h, scale_log2, INTERIOR)
+                        p_sum = gl.convert_layout(gl.sum(p_a + p_b, axis=1), m_i.type.layout)  # one reduction
+                        l_i = l_i * alpha + p_sum
+                        p_smem.index(1).store(p_b.to(dtype))
+                        p_ready_now = p_ready_b
+                    else:
+                        p = _softmax_exp(s, m_shift, scale_log2, INTERIOR)
+                        l_i = l_i * alpha + gl.sum(p, axis=1)
+                        p_smem.store(p.to(dtype))
+                        p_ready_now = p_ready
+                    m_i = m_new
+                else:
+                    p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, scale_log2, tok_lo + it * BLOCK_N, tok_hi,
+                                                         limit, offs_n, CAUSAL, INTERIOR)
+                    _stamp(trace_ptr, kb, 8, TRACE, PARTITION_WARPS)
+                    if NAMED_BARS:
+                        if pr > 0:
+                            _named_bar(True, True, PARTITION_WARPS)
+                    else:
+                        mbarrier.wait(p_free, (pr & 1) ^ 1)  # both output warpgroups are done with the last P
+                    _stamp(trace_ptr, kb, 9, TRACE, PARTITION_WARPS)
+                    p_smem.store(p.to(dtype))
+                    # from the softmax's own row layout (a row's four holders write one value): a conversion to a
+                    # one-row-a-thread layout first went through scratch shared memory, one more bar.sync a tile
+                    a_smem.store(alpha)
+                    p_ready_now = p_ready
                 fence_async_shared()  # P is read next by the tensor cores
-                gl.thread_barrier()
-                mbarrier.arrive(p_ready, count=1)
+                if NAMED_BARS:
+                    _named_bar(False, False, PARTITION_WARPS)
+                else:
+                    gl.thread_barrier()
+                    mbarrier.arrive(p_ready_now, count=1)
                 _stamp(trace_ptr, kb, 4, TRACE, PARTITION_WARPS)
                 pr += 1
                 kb += 1
@@ -1174,7 +1304,13 @@ if gluon_available():
                     # out *= 1 / (1 + exp(sink - lse)), base 2: a +inf sink gives 0, -inf leaves out as it is
                     sink2 = gl.load(sink_ptr + head_o, mask=mask_r, other=0.0) * 1.4426950408889634
                     inv_l = gl.where(empty, 0.0, inv_l / (1.0 + gl.exp2(sink2 - lse2)))
-            _hand_factor(inv_l, a_smem, p_free, p_ready, (pr & 1) ^ 1)
+            if NAMED_BARS:
+                if pr > 0:
+                    _named_bar(True, True, PARTITION_WARPS)
+                a_smem.store(inv_l)
+                _named_bar(False, False, PARTITION_WARPS)
+            else:
+                _hand_factor(inv_l, a_smem, p_free, p_ready, (pr & 1) ^ 1)
             pr += 1
             _store_lse(lse_ptr, lse_acc_ptr, lse2, empty, mask_r, t_o, head_o, req64, n_split, split_lo, split_idx,
                        s_q, h_q, stride_lb, stride_lh)
@@ -1292,6 +1428,38 @@ if gluon_available():
         return s
 
     @gluon.jit
+    def _softmax_max(s, m_i, scale_log2, start, tok_hi, limit, offs_n, CAUSAL: gl.constexpr,
+                     INTERIOR: gl.constexpr = False):
+        """The first half of :func:`_online_softmax`: the tile's scores masked (and, not ``INTERIOR``, scaled), the
+        new running max and the shift the exponent subtracts (0 for a row with no key so far)."""
+        gl.static_assert(not (INTERIOR and CAUSAL), "the interior-tile softmax is built without the causal mask")
+        BLOCK_N: gl.constexpr = s.shape[1]
+        if INTERIOR:
+            if start + BLOCK_N > tok_hi:
+                s = gl.where((start + offs_n < tok_hi)[None, :], s, float("-inf"))
+            m_new = gl.maximum(m_i, gl.max(s, axis=1) * scale_log2)
+        else:  # the masked form, in the order it had before INTERIOR (ptxas's allocation of the forms that run it)
+            s = s * scale_log2
+            offs_j = start + offs_n
+            if CAUSAL:
+                visible = (offs_j[None, :] < tok_hi) & (offs_j[None, :] <= limit[:, None])
+            else:
+                visible = (offs_j < tok_hi)[None, :]
+            s = gl.where(visible, s, float("-inf"))
+            m_new = gl.maximum(m_i, gl.max(s, axis=1))
+        m_shift = gl.where(m_new == float("-inf"), 0.0, m_new)
+        return s, m_new, m_shift
+
+    @gluon.jit
+    def _softmax_exp(s, m_shift, scale_log2, INTERIOR: gl.constexpr = False):
+        """The second half of :func:`_online_softmax`: the tile's unnormalised probabilities ``P`` (fp32)."""
+        if INTERIOR:
+            p = gl.exp2(s * scale_log2 - m_shift[:, None])
+        else:
+            p = gl.exp2(s - m_shift[:, None])
+        return p
+
+    @gluon.jit
     def _online_softmax(s, m_i, l_i, scale_log2, start, tok_hi, limit, offs_n, CAUSAL: gl.constexpr,
                         INTERIOR: gl.constexpr = False):
         """One tile of online softmax in base 2: ``(p, alpha, m_new, l_new)``; keys at or past ``tok_hi``
@@ -1302,25 +1470,8 @@ if gluon_available():
         keys all lie before ``tok_hi`` skips the mask. The softmax runs with the tensor cores idle
         (``docs/perf-notes.md`` item 24), so its instruction count is on the tile's chain. (With the causal mask, a
         one-compare mask measured no faster at s_q=2 and cost ``ptxas`` 8 B more stack in a cp.async build.)"""
-        gl.static_assert(not (INTERIOR and CAUSAL), "the interior-tile softmax is built without the causal mask")
-        BLOCK_N: gl.constexpr = s.shape[1]
-        if INTERIOR:
-            if start + BLOCK_N > tok_hi:
-                s = gl.where((start + offs_n < tok_hi)[None, :], s, float("-inf"))
-            m_new = gl.maximum(m_i, gl.max(s, axis=1) * scale_log2)
-            m_shift = gl.where(m_new == float("-inf"), 0.0, m_new)
-            p = gl.exp2(s * scale_log2 - m_shift[:, None])
-        else:  # the masked form, in the order it had before INTERIOR (ptxas's allocation of the forms that run it)
-            s = s * scale_log2
-            offs_j = start + offs_n
-            if CAUSAL:
-                visible = (offs_j[None, :] < tok_hi) & (offs_j[None, :] <= limit[:, None])
-            else:
-                visible = (offs_j < tok_hi)[None, :]
-            s = gl.where(visible, s, float("-inf"))
-            m_new = gl.maximum(m_i, gl.max(s, axis=1))
-            m_shift = gl.where(m_new == float("-inf"), 0.0, m_new)
-            p = gl.exp2(s - m_shift[:, None])
+        s, m_new, m_shift = _softmax_max(s, m_i, scale_log2, start, tok_hi, limit, offs_n, CAUSAL, INTERIOR)
+        p = _softmax_exp(s, m_shift, scale_log2, INTERIOR)
         alpha = gl.exp2(m_i - m_shift)
         l_new = l_i * alpha + gl.sum(p, axis=1)
         return p, alpha, m_new, l_new
@@ -1357,6 +1508,7 @@ if gluon_available():
         KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr, HAS_SINK: gl.constexpr, KV_E4M3: gl.constexpr,
         Q_E4M3: gl.constexpr, LIST_AHEAD: gl.constexpr, TRACE: gl.constexpr,
         BOX_ALLOCS: gl.constexpr, OUTPUT_DECODE: gl.constexpr, INTERIOR: gl.constexpr = False,
+        EARLY_ALPHA: gl.constexpr = False, P_HALVES: gl.constexpr = False, NAMED_BARS: gl.constexpr = False,
     ):
         # the products' type: q's, or fp16 for e4m3 codes (more mantissa for P than bf16; codes are <= 448)
         if Q_E4M3:
@@ -1378,7 +1530,11 @@ if gluon_available():
         else:  # never read: the RoPE products and copies are compiled out
             q_pe = q_lo
             k_pe = k_lo
-        p_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], SMEM)
+        if P_HALVES:  # P as two halves of the tile's keys, each an A operand of its own
+            P_SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=64, element_bitwidth=16, rank=2)
+            p_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_M, BLOCK_N // 2], P_SMEM)
+        else:
+            p_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, BLOCK_N], SMEM)
         a_smem = gl.allocate_shared_memory(gl.float32, [BLOCK_M], ROWS_SMEM)
         # token-sparse lists over 16-bit caches: each K stage's slots, for the softmax warpgroup's mask (512 B)
         slots = gl.allocate_shared_memory(gl.int32, [2, BLOCK_N if SPARSE and not KV_FP8 else 1], ROWS_SMEM)
@@ -1438,6 +1594,21 @@ if gluon_available():
         for i in gl.static_range(2):
             mbarrier.init(k_free.index(i), count=2)  # both warpgroups that multiply by V
         bars = (q_ready, q_free, k_ready, k_free, p_ready, p_free)
+        gl.static_assert(not EARLY_ALPHA or SOFTMAX_ONLY, "the rescale factor ahead of P: the four-warpgroup form")
+        if EARLY_ALPHA:  # each tile's rescale factor, published before its P (:func:`_softmax_only`)
+            a_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+            mbarrier.init(a_ready, count=1)
+        else:
+            a_ready = p_ready  # never read
+        gl.static_assert(not P_HALVES or (EARLY_ALPHA and BLOCK_N == 64), "P in halves: with EARLY_ALPHA, 64-key tiles")
+        gl.static_assert(not NAMED_BARS or (SOFTMAX_ONLY and not EARLY_ALPHA and not OUTPUT_DECODE
+                                            and SOFTMAX_WARPS == 4 and OUTPUT_WARPS == 4),
+                         "P on hardware barriers: the four-warpgroup form, 384 threads, P whole, no decoding")
+        if P_HALVES:  # the second half of each tile's P
+            p_ready_b = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+            mbarrier.init(p_ready_b, count=1)
+        else:
+            p_ready_b = p_ready  # never read
         if OUTPUT_DECODE:  # each stage's copies landed (the loader's threads arrive)
             codes_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
             for i in gl.static_range(2):
@@ -1453,17 +1624,20 @@ if gluon_available():
                                  q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, slots, block_table_ptr,
                                  stride_bt, num_blocks, sink_ptr, descale_k_ptr, descale_q_ptr,
                                  CAUSAL, BLOCK_M, BLOCK_N, D_V, D_PE, SOFTMAX_WARPS, ASYNC_ARRIVE, K_BOXES, SPARSE,
-                                 HAS_SINK, KV_E4M3, Q_E4M3, KV_FP8, trace_ptr, TRACE, BOX_ALLOCS, INTERIOR)),
+                                 HAS_SINK, KV_E4M3, Q_E4M3, KV_FP8, trace_ptr, TRACE, BOX_ALLOCS, INTERIOR, a_ready,
+                                 EARLY_ALPHA, p_ready_b, P_HALVES, NAMED_BARS)),
                 (_output_quarters, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
                                 k_lo, p_smem, a_smem, bars, 0, BLOCK_M, BLOCK_N, D_V, OUTPUT_WARPS, ASYNC_ARRIVE,
-                                trace_ptr, TRACE, dec, OUTPUT_DECODE)),
+                                trace_ptr, TRACE, dec, OUTPUT_DECODE, a_ready, EARLY_ALPHA, p_ready_b, P_HALVES,
+                                NAMED_BARS)),
                 (_output_quarters, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
                                 k_hi, p_smem, a_smem, bars, HALF, BLOCK_M, BLOCK_N, D_V, OUTPUT_WARPS,
-                                ASYNC_ARRIVE, trace_ptr, False, dec, OUTPUT_DECODE)),
+                                ASYNC_ARRIVE, trace_ptr, False, dec, OUTPUT_DECODE, a_ready, EARLY_ALPHA, p_ready_b,
+                                P_HALVES, NAMED_BARS)),
                 (_loader, (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                            stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
@@ -1562,6 +1736,9 @@ def dense_decode_sm90_ws_fwd(
     trace: torch.Tensor | None = None,
     box_allocs: bool = BOX_ALLOCS,
     interior_softmax: bool | None = None,
+    early_alpha: bool | None = None,
+    p_halves: bool | None = None,
+    named_bars: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper, 16-bit caches or (with
     ``descale_k``, a one-element fp32 tensor on q's device) a per-tensor FP8 cache of e4m3 codes, (576, 512)
@@ -1583,10 +1760,17 @@ def dense_decode_sm90_ws_fwd(
     ``box_allocs``: with ``box_ready`` in the four-warpgroup form, each box's ready barriers in an allocation of
     their own (:func:`_box_bar`; default :data:`BOX_ALLOCS`), ``interior_softmax``: in the four-warpgroup form, tiles
     every row sees whole skip the softmax's mask (:func:`_online_softmax`; ``None``: :data:`INTERIOR_SOFTMAX`, read
-    at the call).
+    at the call), ``early_alpha``: in the four-warpgroup form, each tile's rescale factor published before its ``P``
+    (:func:`_softmax_only`; ``None``: :data:`EARLY_ALPHA`, read at the call), ``p_halves``: with ``early_alpha``,
+    ``P`` published in two halves of the tile's keys (``None``: :data:`P_HALVES`, read at the call), ``named_bars``:
+    in the four-warpgroup form without ``early_alpha``, ``P`` handed over on hardware barriers (:func:`_named_bar`;
+    ``None``: :data:`NAMED_BARS`, read at the call).
     """
     b, s_q, h_q, d = q.shape
     interior_softmax = INTERIOR_SOFTMAX if interior_softmax is None else interior_softmax
+    early_alpha = EARLY_ALPHA if early_alpha is None else early_alpha
+    p_halves = P_HALVES if p_halves is None else p_halves
+    named_bars = NAMED_BARS if named_bars is None else named_bars
     list_ahead = LIST_AHEAD if list_ahead is None else list_ahead
     h_kv = k_cache.shape[2]
     rows = s_q * (h_q // h_kv)
@@ -1632,6 +1816,9 @@ def dense_decode_sm90_ws_fwd(
         # built without the causal mask only
         INTERIOR=bool(interior_softmax and softmax_only and softmax_scale > 0 and not e4m3
                       and not (causal and s_q > 1)),
+        EARLY_ALPHA=bool(early_alpha and softmax_only),
+        P_HALVES=bool(p_halves and early_alpha and softmax_only),
+        NAMED_BARS=bool(named_bars and softmax_only and not early_alpha),
         num_warps=NUM_WARPS,
         maxnreg=SOLO_MAXNREG if softmax_only else MAXNREG,
     )
