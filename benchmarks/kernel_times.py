@@ -106,6 +106,8 @@ def main(argv=None) -> None:
                     help="with --early-alpha, P published in two halves of a tile's keys (P_HALVES on)")
     ap.add_argument("--named-bars", action="store_true",
                     help="the Hopper dense kernel hands P over on hardware barriers (NAMED_BARS on)")
+    ap.add_argument("--box-chunks", type=int, default=None,
+                    help="64-column chunks of a value half a TMA box brings in the Hopper dense kernel (BOX_CHUNKS)")
     ap.add_argument("--flush-l2", action="store_true",
                     help="zero a 256 MB buffer before each call (a cold L2, as openmla bench times calls)")
     cli = ap.parse_args(argv)
@@ -124,6 +126,10 @@ def main(argv=None) -> None:
 
         combine.COMBINE_EAGER_SPLITS = combine.COMBINE_EAGER_SPLITS if cli.combine_eager is None else cli.combine_eager
         combine.COMBINE_NUM_WARPS = combine.COMBINE_NUM_WARPS if cli.combine_warps is None else cli.combine_warps
+    if cli.box_chunks is not None:
+        from openmla.ops.gluon import decode_dense_sm90_ws as ws
+
+        ws.BOX_CHUNKS = cli.box_chunks
     if cli.masked_softmax:
         from openmla.ops.gluon import decode_dense_sm90_ws as ws
 
@@ -143,7 +149,8 @@ def main(argv=None) -> None:
                                                            ("masked softmax", cli.masked_softmax or None),
                                                            ("early alpha", cli.early_alpha or None),
                                                            ("P halves", (cli.early_alpha and cli.p_halves) or None),
-                                                           ("named bars", cli.named_bars or None))
+                                                           ("named bars", cli.named_bars or None),
+                                                           ("box chunks", cli.box_chunks))
                    if value is not None)
     flash_mla, missing = _load_flash_mla()
     card = torch.cuda.get_device_name()

@@ -194,6 +194,19 @@ def main(argv=None) -> None:
     calls["dense_b128_sk8192_h128_sq2_named_bars"] = lambda trace=None: dense_decode_sm90_ws_fwd(
         *dense_sq2.call_args()[:4], 512, sched_sq2, splits_sq2, dense_sq2.softmax_scale, True, softmax_only=True,
         trace=trace, named_bars=True)
+    # the same with a value half's four 64-column chunks as one TMA box (box_chunks)
+    calls["dense_b128_sk8192_h128_box_chunks4"] = lambda trace=None: dense_decode_sm90_ws_fwd(
+        *dense.call_args()[:4], 512, sched, splits, dense.softmax_scale, False, softmax_only=True, trace=trace,
+        box_chunks=4)
+    calls["dense_b128_sk8192_h128_sq2_box_chunks4"] = lambda trace=None: dense_decode_sm90_ws_fwd(
+        *dense_sq2.call_args()[:4], 512, sched_sq2, splits_sq2, dense_sq2.softmax_scale, True, softmax_only=True,
+        trace=trace, box_chunks=4)
+    calls["dense_b128_sk8192_h128_box_chunks4_named_bars"] = lambda trace=None: dense_decode_sm90_ws_fwd(
+        *dense.call_args()[:4], 512, sched, splits, dense.softmax_scale, False, softmax_only=True, trace=trace,
+        box_chunks=4, named_bars=True)
+    calls["dense_b128_sk8192_h128_sq2_box_chunks4_named_bars"] = lambda trace=None: dense_decode_sm90_ws_fwd(
+        *dense_sq2.call_args()[:4], 512, sched_sq2, splits_sq2, dense_sq2.softmax_scale, True, softmax_only=True,
+        trace=trace, box_chunks=4, named_bars=True)
     # dense FP8 with an e4m3 q: the e4m3-product kernel (its event 7: E4M3_PRODUCT_INTERVALS)
     fp8 = quantize_dense_fp8(dense, fp8_q=True)
     calls["dense_fp8_e4m3_b128_sk8192_h128"] = lambda trace=None: dense_decode_fp8_sm90_fwd(

@@ -344,7 +344,8 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                       descale_k_ptr=None, Q_E4M3=False, descale_q_ptr=None, LIST_AHEAD=False, TRACE=False,
                       trace_ptr=None, BOX_ALLOCS=box_allocs, OUTPUT_DECODE=0,
                       INTERIOR=ws.INTERIOR_SOFTMAX and softmax_only and not causal,
-                      EARLY_ALPHA=early_alpha, P_HALVES=p_halves, NAMED_BARS=named_bars)
+                      EARLY_ALPHA=early_alpha, P_HALVES=p_halves, NAMED_BARS=named_bars,
+                      k_chunks_desc=None, BOX_CHUNKS=1)
         v_ptrs = dict(ptrs)
         if tma_k:
             v_ptrs["k_desc"] = _tma_desc_type(dtype)
@@ -358,6 +359,12 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                 + (" p-halves" if p_halves else "") + (" named-bars" if named_bars else ""))
         out.append(Variant(ws._dense_decode_sm90_ws_kernel, v_ptrs, ("scale_log2",), consts, ws.NUM_WARPS, 1, name,
                            gluon=True, maxnreg=ws.SOLO_MAXNREG if softmax_only else ws.MAXNREG))
+        if dtype == "bf16" and d_qk == 576 and causal and softmax_only and box_ready and box_allocs and not early_alpha:
+            # the launcher's box_chunks: a value half's four 64-column chunks as one TMA box
+            out.append(Variant(ws._dense_decode_sm90_ws_kernel,
+                               dict(v_ptrs, k_chunks_desc=_tma_desc_type(dtype, chunks=4)), ("scale_log2",),
+                               {k: v for k, v in consts.items() if k != "k_chunks_desc"} | dict(BOX_CHUNKS=4),
+                               ws.NUM_WARPS, 1, name + " box-chunks4", gluon=True, maxnreg=ws.SOLO_MAXNREG))
     if d_qk == 576 and causal:  # per-tensor FP8 caches (dense_decode_sm90_ws_fwd's descale_k), both warpgroup splits
         for softmax_only, q_e4m3 in ((False, False), (True, False), (False, True), (True, True)):
             if q_e4m3 and dtype != "bf16":
@@ -370,7 +377,8 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                           OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], K_BOXES=1, SPARSE=False, KV_FP8=False,
                           PREFETCH_L2=False, HAS_SINK=False, sink_ptr=None, KV_E4M3=True, k_desc=None,
                           Q_E4M3=q_e4m3, LIST_AHEAD=ws.LIST_AHEAD, TRACE=False, trace_ptr=None, BOX_ALLOCS=False,
-                          OUTPUT_DECODE=0, INTERIOR=False, EARLY_ALPHA=False, P_HALVES=False, NAMED_BARS=False)
+                          OUTPUT_DECODE=0, INTERIOR=False, EARLY_ALPHA=False, P_HALVES=False, NAMED_BARS=False,
+                          k_chunks_desc=None, BOX_CHUNKS=1)
             if not q_e4m3:
                 consts["descale_q_ptr"] = None
             out.append(Variant(ws._dense_decode_sm90_ws_kernel,
@@ -400,7 +408,8 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                       LOADER_REGS=regs[1], K_BOXES=1, SPARSE=True, KV_FP8=False, PREFETCH_L2=False, k_desc=None,
                       HAS_SINK=False, sink_ptr=None, KV_E4M3=False, descale_k_ptr=None, Q_E4M3=False,
                       descale_q_ptr=None, LIST_AHEAD=ws.LIST_AHEAD, TRACE=False, trace_ptr=None, BOX_ALLOCS=False,
-                      OUTPUT_DECODE=0, INTERIOR=False, EARLY_ALPHA=False, P_HALVES=False, NAMED_BARS=False)
+                      OUTPUT_DECODE=0, INTERIOR=False, EARLY_ALPHA=False, P_HALVES=False, NAMED_BARS=False,
+                      k_chunks_desc=None, BOX_CHUNKS=1)
         # with an attention sink: one more pointer, read in the last round of each request
         sink = (dict(HAS_SINK=True), {"sink_ptr": "*fp32"}, " sink")
         for extra_consts, extra_ptrs, tag in (({}, {}, ""), sink):
@@ -430,9 +439,11 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
     return out
 
 
-def _tma_desc_type(dtype: str) -> str:
-    """Triton's signature text of the warp-specialized kernel's K descriptor (64x64 boxes, 128-byte swizzle)."""
-    return (f"tensordesc<{dtype}[64, 64],NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2, "
+def _tma_desc_type(dtype: str, chunks: int = 0) -> str:
+    """Triton's signature text of the warp-specialized kernel's K descriptor (64x64 boxes, 128-byte swizzle), or with
+    ``chunks`` of its chunked view (boxes of [chunks, 64, 64], :func:`~.gluon.decode_dense_sm90_ws.tma_chunks_view`)."""
+    block, rank = (f"[{chunks}, 64, 64]", 3) if chunks else ("[64, 64]", 2)
+    return (f"tensordesc<{dtype}{block},NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank={rank}, "
             "transposed=False, fp4_padded=False, cga_layout=[])>")
 
 

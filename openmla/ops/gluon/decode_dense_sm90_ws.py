@@ -184,6 +184,9 @@ P_HALVES = False
 # the four-warpgroup form: P and its factor handed to the output warpgroups on hardware barriers (bar.arrive / bar.sync)
 # instead of mbarriers (:func:`_named_bar`; the launchers' ``named_bars``; experiment)
 NAMED_BARS = False
+# with BOX_READY: 64-column chunks of a value half brought by one TMA box (1, 2 or 4; :func:`tma_chunks_view`): fewer
+# copies (and partition barriers) for the loader to issue a tile, the score products waiting per box (experiment)
+BOX_CHUNKS = 1
 
 
 def softmax_only_for(rows: int, boxed: bool = False) -> bool:
@@ -303,12 +306,13 @@ if gluon_available():
     def _loader(q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                 stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                 group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
-                q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc, slots,
+                q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc, k_chunks_desc, slots,
                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
                 PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, TMA_K: gl.constexpr,
                 K_BOXES: gl.constexpr, SPARSE: gl.constexpr, KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr,
                 KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr, LIST_AHEAD: gl.constexpr, trace_ptr,
-                TRACE: gl.constexpr, BOX_ALLOCS: gl.constexpr, dec, OUTPUT_DECODE: gl.constexpr):
+                TRACE: gl.constexpr, BOX_ALLOCS: gl.constexpr, dec, OUTPUT_DECODE: gl.constexpr,
+                BOX_CHUNKS: gl.constexpr):
         """Loader partition: each request's Q tile, then its K tiles into the two-stage ring.
 
         ``TMA_K``: a whole tile (64 keys inside one page) comes as 64x64 TMA boxes of ``k_desc`` (the cache
@@ -318,7 +322,8 @@ if gluon_available():
 
         ``K_BOXES`` > 1 (with ``TMA_K``): each 64-column box completes on a barrier of its own (``k_ready`` holds
         ``K_BOXES`` per stage), so the score products start on the first box landed; a ``cp.async`` tile
-        arrives on all of them.
+        arrives on all of them. With ``BOX_CHUNKS`` > 1 a box of ``k_chunks_desc`` brings that many 64-column
+        chunks of a value half, on the barrier of its first chunk (the others' barriers are not used).
 
         ``SPARSE``: a request's "block table" row is its list of cache slots (``page * page_block_size +
         offset``, token-sparse decoding): each key row comes from its own slot, and a slot outside the cache
@@ -375,8 +380,8 @@ if gluon_available():
                 if TMA_K and start + BLOCK_N <= tok_hi:
                     page_id = gl.load(bt_row + start // page_block_size)
                     page_id = gl.minimum(gl.maximum(page_id, 0), num_blocks - 1)
-                    _tma_tile(k_desc, page_id * page_block_size + start % page_block_size, k_lo.index(stage),
-                              k_hi.index(stage), k_pe.index(stage), k_ready, stage, D_V, D_PE, K_BOXES, BOX_ALLOCS)
+                    _tma_tile(k_desc, k_chunks_desc, page_id * page_block_size + start % page_block_size, k_lo, k_hi,
+                              k_pe.index(stage), k_ready, stage, D_V, D_PE, K_BOXES, BOX_ALLOCS, BOX_CHUNKS)
                 elif KV_E4M3:
                     if not LIST_AHEAD:
                         ent = _key_entries(bt_row, start + offs_e, tok_hi, page_block_size, False)
@@ -787,28 +792,55 @@ if gluon_available():
         _publish(q_ready, ASYNC_ARRIVE)
 
     @gluon.jit
-    def _tma_tile(k_desc, row, dst_lo, dst_hi, dst_pe, k_ready, stage, D_V: gl.constexpr, D_PE: gl.constexpr,
-                  BOXES: gl.constexpr, BOX_ALLOCS: gl.constexpr):
-        """One K tile (rows ``row .. row+63`` of ``k_desc``) as 64x64 TMA boxes into ``stage``: all on its one
-        ready barrier (``BOXES`` 1), or box ``c`` (columns ``64c ..``, in the order the score products read
-        them) on barrier ``stage * BOXES + c``."""
+    def _tma_tile(k_desc, k_chunks_desc, row, k_lo, k_hi, dst_pe, k_ready, stage, D_V: gl.constexpr,
+                  D_PE: gl.constexpr, BOXES: gl.constexpr, BOX_ALLOCS: gl.constexpr, BOX_CHUNKS: gl.constexpr):
+        """One K tile (rows ``row .. row+63`` of ``k_desc``) as TMA boxes into ``stage`` of the value halves ``k_lo``,
+        ``k_hi`` ([2, 64, D_V/2]) and the RoPE slot ``dst_pe``: 64x64 boxes all on the stage's one ready barrier
+        (``BOXES`` 1), or box ``c`` (columns ``64c ..``, in the order the score products read them) on barrier
+        ``c`` of the stage; with ``BOX_CHUNKS`` > 1, ``BOX_CHUNKS`` 64-column chunks of a value half come as one box
+        of ``k_chunks_desc`` (the cache as [chunks, rows, 64], :func:`tma_chunks_view`) on the barrier of its first
+        chunk."""
         HALF: gl.constexpr = D_V // 2
+        CHUNKS: gl.constexpr = HALF // 64
         BOX_BYTES: gl.constexpr = 64 * 64 * 2  # 16-bit keys
+        dst_lo = k_lo.index(stage)
+        dst_hi = k_hi.index(stage)
         if BOXES == 1:
             bar = k_ready.index(stage)
             mbarrier.expect(bar, (D_V + D_PE) * 64 * 2)
-            for c in gl.static_range(HALF // 64):
+            for c in gl.static_range(CHUNKS):
                 tma.async_copy_global_to_shared(k_desc, [row, c * 64], bar, dst_lo.slice(c * 64, 64, dim=1))
                 tma.async_copy_global_to_shared(k_desc, [row, HALF + c * 64], bar, dst_hi.slice(c * 64, 64, dim=1))
             if D_PE > 0:
                 tma.async_copy_global_to_shared(k_desc, [row, D_V], bar, dst_pe)
+        elif BOX_CHUNKS > 1:
+            GROUPS: gl.constexpr = CHUNKS // BOX_CHUNKS
+            # each value half's ring seen as [2 * GROUPS, BOX_CHUNKS, 64, 64]: the same bytes, since a 128-byte
+            # swizzled [64, D_V/2] tile keeps each 64-column chunk as a contiguous 8 KB block
+            BOX_SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
+            lo = k_lo._reinterpret(k_lo.dtype, [2 * GROUPS, BOX_CHUNKS, 64, 64], BOX_SMEM)
+            hi = k_hi._reinterpret(k_hi.dtype, [2 * GROUPS, BOX_CHUNKS, 64, 64], BOX_SMEM)
+            for g in gl.static_range(GROUPS):
+                bar = _box_bar(k_ready, stage, g * BOX_CHUNKS, BOXES, BOX_ALLOCS)
+                mbarrier.expect(bar, BOX_CHUNKS * BOX_BYTES)
+                tma.async_copy_global_to_shared(k_chunks_desc, [g * BOX_CHUNKS, row, 0], bar,
+                                                lo.index(stage * GROUPS + g))
+            for g in gl.static_range(GROUPS):
+                bar = _box_bar(k_ready, stage, CHUNKS + g * BOX_CHUNKS, BOXES, BOX_ALLOCS)
+                mbarrier.expect(bar, BOX_CHUNKS * BOX_BYTES)
+                tma.async_copy_global_to_shared(k_chunks_desc, [CHUNKS + g * BOX_CHUNKS, row, 0], bar,
+                                                hi.index(stage * GROUPS + g))
+            if D_PE > 0:
+                bar = _box_bar(k_ready, stage, D_V // 64, BOXES, BOX_ALLOCS)
+                mbarrier.expect(bar, BOX_BYTES)
+                tma.async_copy_global_to_shared(k_desc, [row, D_V], bar, dst_pe)
         else:
-            for c in gl.static_range(HALF // 64):
+            for c in gl.static_range(CHUNKS):
                 bar = _box_bar(k_ready, stage, c, BOXES, BOX_ALLOCS)
                 mbarrier.expect(bar, BOX_BYTES)
                 tma.async_copy_global_to_shared(k_desc, [row, c * 64], bar, dst_lo.slice(c * 64, 64, dim=1))
-            for c in gl.static_range(HALF // 64):
-                bar = _box_bar(k_ready, stage, HALF // 64 + c, BOXES, BOX_ALLOCS)
+            for c in gl.static_range(CHUNKS):
+                bar = _box_bar(k_ready, stage, CHUNKS + c, BOXES, BOX_ALLOCS)
                 mbarrier.expect(bar, BOX_BYTES)
                 tma.async_copy_global_to_shared(k_desc, [row, HALF + c * 64], bar, dst_hi.slice(c * 64, 64, dim=1))
             if D_PE > 0:
@@ -1186,7 +1218,7 @@ if gluon_available():
                       KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr, KV_FP8: gl.constexpr, trace_ptr,
                       TRACE: gl.constexpr, BOX_ALLOCS: gl.constexpr, INTERIOR: gl.constexpr,
                       a_ready=None, EARLY_ALPHA: gl.constexpr = False, p_ready_b=None,
-                      P_HALVES: gl.constexpr = False, NAMED_BARS: gl.constexpr = False):
+                      P_HALVES: gl.constexpr = False, NAMED_BARS: gl.constexpr = False, BOX_CHUNKS: gl.constexpr = 1):
         """Default partition when two output warpgroups own the halves (``SOFTMAX_ONLY``): scores, online
         softmax, ``P`` and the rescale factor (then ``1/l``) to both, LSE. It holds no output accumulator,
         so tile ``j+1``'s scores and softmax run while the output warpgroups multiply tile ``j``'s ``P`` by V;
@@ -1228,7 +1260,7 @@ if gluon_available():
                     offs_j = tok_lo + it * BLOCK_N + offs_n
                     slot = gl.load(block_table_ptr + req64 * stride_bt + offs_j, mask=offs_j < tok_hi, other=-1)
                 s = _scores_ready(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, k_ready, stage, (kb // 2) & 1, S_LAYOUT,
-                                  BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE, BOX_ALLOCS)
+                                  BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE, BOX_ALLOCS, BOX_CHUNKS)
                 _stamp(trace_ptr, kb, 2, TRACE, PARTITION_WARPS)
                 if SPARSE and not KV_FP8:  # the tile's slots, landed with its keys, read while its scores run
                     slot = slots.index(stage).load(gl.SliceLayout(0, S_LAYOUT))
@@ -1397,10 +1429,12 @@ if gluon_available():
     @gluon.jit
     def _scores_ready(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, k_ready, stage, phase, S_LAYOUT: gl.constexpr,
                       BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
-                      K_BOXES: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, BOX_ALLOCS: gl.constexpr):
+                      K_BOXES: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, BOX_ALLOCS: gl.constexpr,
+                      BOX_CHUNKS: gl.constexpr = 1):
         """Wait for K ``stage`` and issue its score products (:func:`_scores`); with ``K_BOXES`` > 1 each
         64-column product waits only for its own box (TMA writes need no fence before the tensor cores, and a
-        ``cp.async`` tile was fenced by the loader before it arrived)."""
+        ``cp.async`` tile was fenced by the loader before it arrived), a box being ``BOX_CHUNKS`` chunks of a
+        value half (:func:`_tma_tile`)."""
         if K_BOXES == 1:
             _acquire(k_ready.index(stage), phase, ASYNC_ARRIVE)
             s = _scores(q_lo, q_hi, q_pe, k_lo.index(stage), k_hi.index(stage), k_pe.index(stage), S_LAYOUT,
@@ -1415,11 +1449,13 @@ if gluon_available():
             s = warpgroup_mma(q_lo.slice(0, 64, dim=1), k_lo_s.slice(0, 64, dim=1).permute((1, 0)), s,
                               use_acc=False, is_async=True)
             for c in gl.static_range(1, CHUNKS):
-                mbarrier.wait(_box_bar(k_ready, stage, c, K_BOXES, BOX_ALLOCS), phase)
+                if c % BOX_CHUNKS == 0:
+                    mbarrier.wait(_box_bar(k_ready, stage, c, K_BOXES, BOX_ALLOCS), phase)
                 s = warpgroup_mma(q_lo.slice(c * 64, 64, dim=1), k_lo_s.slice(c * 64, 64, dim=1).permute((1, 0)),
                                   s, is_async=True)
             for c in gl.static_range(CHUNKS):
-                mbarrier.wait(_box_bar(k_ready, stage, CHUNKS + c, K_BOXES, BOX_ALLOCS), phase)
+                if c % BOX_CHUNKS == 0:
+                    mbarrier.wait(_box_bar(k_ready, stage, CHUNKS + c, K_BOXES, BOX_ALLOCS), phase)
                 s = warpgroup_mma(q_hi.slice(c * 64, 64, dim=1), k_hi_s.slice(c * 64, 64, dim=1).permute((1, 0)),
                                   s, is_async=True)
             if D_PE > 0:
@@ -1498,7 +1534,8 @@ if gluon_available():
         stride_bt,
         stride_ob, stride_os, stride_oh,
         stride_lb, stride_lh,
-        s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2, k_desc, sink_ptr,
+        s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2, k_desc, k_chunks_desc,
+        sink_ptr,
         descale_k_ptr, descale_q_ptr, trace_ptr,
         CAUSAL: gl.constexpr, OVERLAP: gl.constexpr, SOFTMAX_ONLY: gl.constexpr, TMA_K: gl.constexpr,
         BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
@@ -1509,6 +1546,7 @@ if gluon_available():
         Q_E4M3: gl.constexpr, LIST_AHEAD: gl.constexpr, TRACE: gl.constexpr,
         BOX_ALLOCS: gl.constexpr, OUTPUT_DECODE: gl.constexpr, INTERIOR: gl.constexpr = False,
         EARLY_ALPHA: gl.constexpr = False, P_HALVES: gl.constexpr = False, NAMED_BARS: gl.constexpr = False,
+        BOX_CHUNKS: gl.constexpr = 1,
     ):
         # the products' type: q's, or fp16 for e4m3 codes (more mantissa for P than bf16; codes are <= 448)
         if Q_E4M3:
@@ -1547,6 +1585,8 @@ if gluon_available():
         gl.static_assert(not HAS_SINK or SPARSE, "attention sinks are a sparse-decoding option")
         gl.static_assert(not TRACE or SOFTMAX_ONLY, "the trace build stamps the four-warpgroup form")
         gl.static_assert(not BOX_ALLOCS or SOFTMAX_ONLY, "an allocation per box: the four-warpgroup form")
+        gl.static_assert(BOX_CHUNKS == 1 or (SOFTMAX_ONLY and K_BOXES > 1 and (D_V // 128) % BOX_CHUNKS == 0),
+                         "boxes of several chunks: the four-warpgroup form, a ready barrier per box")
         if BOX_ALLOCS:  # one allocation per box (:func:`_box_bar`): 8 or 9 boxes
             gl.static_assert(K_BOXES == 8 or K_BOXES == 9, "an allocation per box: (512 or 576) / 64 boxes")
             BAR: gl.constexpr = mbarrier.MBarrierLayout()
@@ -1625,7 +1665,7 @@ if gluon_available():
                                  stride_bt, num_blocks, sink_ptr, descale_k_ptr, descale_q_ptr,
                                  CAUSAL, BLOCK_M, BLOCK_N, D_V, D_PE, SOFTMAX_WARPS, ASYNC_ARRIVE, K_BOXES, SPARSE,
                                  HAS_SINK, KV_E4M3, Q_E4M3, KV_FP8, trace_ptr, TRACE, BOX_ALLOCS, INTERIOR, a_ready,
-                                 EARLY_ALPHA, p_ready_b, P_HALVES, NAMED_BARS)),
+                                 EARLY_ALPHA, p_ready_b, P_HALVES, NAMED_BARS, BOX_CHUNKS)),
                 (_output_quarters, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
@@ -1641,10 +1681,10 @@ if gluon_available():
                 (_loader, (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                            stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
-                           q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc, slots,
+                           q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc, k_chunks_desc, slots,
                            BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE, KV_FP8,
                            PREFETCH_L2, KV_E4M3, Q_E4M3, LIST_AHEAD, trace_ptr, TRACE, BOX_ALLOCS, dec,
-                           OUTPUT_DECODE)),
+                           OUTPUT_DECODE, BOX_CHUNKS)),
             ], [OUTPUT_WARPS, OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, OUTPUT_REGS, LOADER_REGS])
         else:
             gl.warp_specialize([
@@ -1662,10 +1702,10 @@ if gluon_available():
                 (_loader, (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                            stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
-                           q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc, slots,
+                           q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc, k_chunks_desc, slots,
                            BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE, KV_FP8,
                            PREFETCH_L2, KV_E4M3, Q_E4M3, LIST_AHEAD, trace_ptr, TRACE, BOX_ALLOCS, dec,
-                           OUTPUT_DECODE)),
+                           OUTPUT_DECODE, BOX_CHUNKS)),
             ], [OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, LOADER_REGS])
 
 
@@ -1713,6 +1753,20 @@ def tma_view(k_cache: torch.Tensor):
     return TensorDescriptor(k_cache, [num_blocks * page_block_size, d], [sk[1], 1], [BLOCK_N, 64], layout)
 
 
+def tma_chunks_view(k_cache: torch.Tensor, box_chunks: int):
+    """A TMA descriptor of ``k_cache`` as [d / 64, num_blocks * page_block_size, 64] (64-column chunks outermost, so a
+    box of ``box_chunks`` chunks of 64 rows lands as that many contiguous 64x64 swizzled blocks, the layout the
+    stage's value halves keep), or ``None`` where :func:`tma_tiles_fit` says no. Its strides do not grow with the
+    dimension (a chunk is 128 bytes, a row ``d`` elements); TMA takes them in any order."""
+    if not tma_tiles_fit(k_cache):
+        return None
+    num_blocks, page_block_size, h_kv, d = k_cache.shape
+    sk = k_cache.stride()
+    layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
+    return TensorDescriptor(k_cache, [d // 64, num_blocks * page_block_size, 64], [64, sk[1], 1],
+                            [box_chunks, BLOCK_N, 64], layout)
+
+
 def dense_decode_sm90_ws_fwd(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -1739,6 +1793,7 @@ def dense_decode_sm90_ws_fwd(
     early_alpha: bool | None = None,
     p_halves: bool | None = None,
     named_bars: bool | None = None,
+    box_chunks: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper, 16-bit caches or (with
     ``descale_k``, a one-element fp32 tensor on q's device) a per-tensor FP8 cache of e4m3 codes, (576, 512)
@@ -1764,13 +1819,19 @@ def dense_decode_sm90_ws_fwd(
     (:func:`_softmax_only`; ``None``: :data:`EARLY_ALPHA`, read at the call), ``p_halves``: with ``early_alpha``,
     ``P`` published in two halves of the tile's keys (``None``: :data:`P_HALVES`, read at the call), ``named_bars``:
     in the four-warpgroup form without ``early_alpha``, ``P`` handed over on hardware barriers (:func:`_named_bar`;
-    ``None``: :data:`NAMED_BARS`, read at the call).
+    ``None``: :data:`NAMED_BARS`, read at the call), ``box_chunks``: with ``box_ready`` in the four-warpgroup form,
+    64-column chunks of a value half brought by one TMA box (1, 2 or 4; ``None``: :data:`BOX_CHUNKS`, read at the
+    call).
     """
     b, s_q, h_q, d = q.shape
     interior_softmax = INTERIOR_SOFTMAX if interior_softmax is None else interior_softmax
     early_alpha = EARLY_ALPHA if early_alpha is None else early_alpha
     p_halves = P_HALVES if p_halves is None else p_halves
     named_bars = NAMED_BARS if named_bars is None else named_bars
+    box_chunks = BOX_CHUNKS if box_chunks is None else int(box_chunks)
+    if box_chunks not in (1, 2, 4):
+        raise InvalidArgumentError(f"box_chunks: a TMA box brings 1, 2 or 4 64-column chunks of a value half, got "
+                                   f"{box_chunks}")
     list_ahead = LIST_AHEAD if list_ahead is None else list_ahead
     h_kv = k_cache.shape[2]
     rows = s_q * (h_q // h_kv)
@@ -1797,6 +1858,9 @@ def dense_decode_sm90_ws_fwd(
     if loader_regs is not None:
         regs = (regs[0], int(loader_regs))
     check_trace(trace, q.device, softmax_only)
+    if not (k_boxes > 1 and softmax_only and (head_dim_v // 128) % box_chunks == 0):
+        box_chunks = 1  # boxes of several chunks serve the four-warpgroup form on per-box barriers only
+    k_chunks_desc = tma_chunks_view(k_cache, box_chunks) if box_chunks > 1 else None
     out = torch.empty(b, s_q, h_q, head_dim_v, dtype=torch.bfloat16 if q_e4m3 else q.dtype, device=q.device)
     if e4m3:
         k_cache = k_cache.view(torch.uint8)  # the kernel addresses codes in bytes
@@ -1804,14 +1868,15 @@ def dense_decode_sm90_ws_fwd(
         q = q.view(torch.uint8)
     launch(_dense_decode_sm90_ws_kernel, (row_tiles * h_kv, num_parts),
         *splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-                      out, lse, workspace, row_tiles, softmax_scale), k_desc, None, descale_k, descale_q, trace,
+                      out, lse, workspace, row_tiles, softmax_scale), k_desc, k_chunks_desc, None, descale_k, descale_q,
+        trace,
         CAUSAL=bool(causal and s_q > 1), OVERLAP=bool(overlap), SOFTMAX_ONLY=bool(softmax_only),
         TMA_K=k_desc is not None, BLOCK_M=BLOCK_M,
         BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v, SOFTMAX_WARPS=NUM_WARPS, OUTPUT_WARPS=WORKER_WARPS[0],
         LOADER_WARPS=WORKER_WARPS[1], OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], ASYNC_ARRIVE=bool(async_arrive),
         K_BOXES=k_boxes, SPARSE=False, KV_FP8=False, PREFETCH_L2=False, HAS_SINK=False, KV_E4M3=e4m3,
         Q_E4M3=q_e4m3, LIST_AHEAD=bool(e4m3 and list_ahead), TRACE=trace is not None,
-        BOX_ALLOCS=bool(box_allocs and k_boxes > 1 and softmax_only), OUTPUT_DECODE=0,
+        BOX_ALLOCS=bool(box_allocs and k_boxes > 1 and softmax_only), OUTPUT_DECODE=0, BOX_CHUNKS=box_chunks,
         # the folded scale needs scale_log2 > 0 (with FP8 codes it carries the descales, read on the device: not there);
         # built without the causal mask only
         INTERIOR=bool(interior_softmax and softmax_only and softmax_scale > 0 and not e4m3
