@@ -540,6 +540,35 @@ def test_sm90_row_kernels_direct(layout, b, s_q, s_k, h_q, h_kv, page, d, dtype,
     check_against_reference(dict(inputs, softmax_scale=d ** -0.5), out, lse)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA or torch.cuda.get_device_capability() != (9, 0), reason="needs an sm_90 GPU")
+@pytest.mark.parametrize("named_bars", [True, False], ids=["named-bars", "mbarriers"])
+@pytest.mark.parametrize("b,s_q,s_k,h_q,page,dtype,parts", [
+    (1, 1, 20, 64, 64, torch.bfloat16, 132),
+    (2, 2, 140, 128, 64, torch.bfloat16, 132),
+    (64, 1, 4096, 128, 64, torch.bfloat16, 66),
+    (64, 2, 4096, 128, 128, torch.float16, 33),
+    (9, 1, 3000, 40, 128, torch.bfloat16, 3),  # one piece walks several requests
+    (16, 1, 8192, 128, 64, torch.bfloat16, 132),
+])
+def test_sm90_seesaw_direct(named_bars, b, s_q, s_k, h_q, page, dtype, parts, generator):
+    """The two-warpgroup seesaw kernel (an experiment the dispatcher does not pick), with its pair's hand-overs on
+    hardware barriers and on mbarriers, on plans from one piece per request to pieces spanning several, with zero
+    lengths, odd tile counts and NaN past each length."""
+    from openmla.ops.gluon.decode_dense_sm90_seesaw import dense_decode_sm90_seesaw_fwd
+    from openmla.ops.schedule import plan_splitkv
+
+    inputs = make_dense_decode_inputs(b, s_q, s_k, h_q, 1, 576, 512, page, dtype, "cuda", varlen=True,
+                                      zero_len_frac=0.2, generator=generator, causal=True)
+    sched, splits = plan_splitkv(inputs["cache_seqlens"], parts)
+    poison_cuda_cache(1 << 28)
+    out, lse = dense_decode_sm90_seesaw_fwd(inputs["q"], inputs["k_cache"], inputs["block_table"],
+                                            inputs["cache_seqlens"], 512, sched, splits, 576 ** -0.5, True,
+                                            named_bars=named_bars)
+    torch.cuda.synchronize()
+    check_against_reference(dict(inputs, softmax_scale=576 ** -0.5), out, lse)
+
+
 SM90_SMALL_DIRECT = [
     pytest.param(b, s_q, s_k, h_q, h_kv, page, d, dtype, parts, id=f"b{b}-sq{s_q}-sk{s_k}-h{h_q}-hkv{h_kv}-p{page}-d{d}-"
                  f"{str(dtype)[6:]}-parts{parts}")

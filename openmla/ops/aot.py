@@ -171,6 +171,18 @@ def _variants(arch: int = 90) -> list[Variant]:
                             out.append(Variant(small._dense_decode_sm90_small_heads_kernel, v_ptrs, ("scale_log2",),
                                                consts, 4 * small.warpgroups_for(r), 1, name, gluon=True))
                     out.extend(_ws_variants(dtype, ptrs, d_qk, causal))
+                    if d_qk == 576 and dtype == "bf16":  # the two-warpgroup seesaw (launcher arguments only)
+                        from .gluon import decode_dense_sm90_seesaw as seesaw
+
+                        for named in (True, False):
+                            consts = dict(CAUSAL=causal, BLOCK_M=seesaw.BLOCK_M, BLOCK_N=seesaw.BLOCK_N, D_V=512,
+                                          D_PE=64, WG_WARPS=seesaw.WG_WARPS, WG1_REGS=seesaw.WG1_REGS,
+                                          NAMED_BARS=named)
+                            out.append(Variant(seesaw._dense_decode_sm90_seesaw_kernel,
+                                               dict(ptrs, k_desc=_tma_desc_type(dtype)), ("scale_log2",), consts,
+                                               seesaw.WG_WARPS, 1,
+                                               f"gluon-seesaw {dtype} d576 {'causal' if causal else 'full'}"
+                                               + (" named-bars" if named else " mbarriers"), gluon=True))
             # CUDA-graph captures: the partials merged by the combine kernel
             for v in [v for v in out if v.gluon and "FUSED_COMBINE" in v.constexprs and v.name.startswith("gluon") and f" {dtype} d576 causal" in v.name]:
                 out.append(dataclasses.replace(v, constexprs=dict(v.constexprs, FUSED_COMBINE=False),
