@@ -510,7 +510,9 @@ SM90_DIRECT = [
                                     "ws-softmax-only-tma-box-early-alpha", "ws-softmax-only-early-alpha-p-halves",
                                     "ws-softmax-only-tma-box-early-alpha-p-halves", "ws-softmax-only-named-bars",
                                     "ws-softmax-only-tma-box-named-bars", "ws-softmax-only-tma-box-chunks4",
-                                    "ws-softmax-only-tma-box-chunks4-named-bars"])
+                                    "ws-softmax-only-tma-box-chunks4-named-bars",
+                                    "ws-softmax-only-tma-box-early-alpha-p-halves-named-bars",
+                                    "ws-softmax-only-early-alpha-p-halves-named-bars"])
 @pytest.mark.parametrize("b,s_q,s_k,h_q,h_kv,page,d,dtype,parts", SM90_DIRECT)
 def test_sm90_row_kernels_direct(layout, b, s_q, s_k, h_q, h_kv, page, d, dtype, parts, generator):
     """Each 64-row Hopper kernel, whatever the dispatcher would pick, on plans from one piece per request
@@ -533,8 +535,8 @@ def test_sm90_row_kernels_direct(layout, b, s_q, s_k, h_q, h_kv, page, d, dtype,
                                             softmax_only=layout.startswith("ws-softmax-only"),
                                             tma_k="-tma" in layout, box_ready="-box" in layout,
                                             box_allocs=not layout.endswith("-one-alloc"),
-                                            early_alpha="-early-alpha" in layout, p_halves=layout.endswith("-p-halves"),
-                                            named_bars=layout.endswith("-named-bars"),
+                                            early_alpha="-early-alpha" in layout, p_halves="-p-halves" in layout,
+                                            named_bars="-named-bars" in layout,
                                             box_chunks=4 if "-chunks4" in layout else 1)
     torch.cuda.synchronize()
     check_against_reference(dict(inputs, softmax_scale=d ** -0.5), out, lse)

@@ -337,13 +337,14 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
         schedules += [default + (solo, True, not ws.BOX_READY, False) for solo in (False, True)]
         # the four-warpgroup form with all boxes' ready barriers in one allocation (the launcher's box_allocs off)
         schedules += [default + (True, True, True, not ws.BOX_ALLOCS)]
-    schedules = [s + (ws.EARLY_ALPHA and s[2], ws.P_HALVES and ws.EARLY_ALPHA and s[2],
-                      ws.NAMED_BARS and s[2] and not ws.EARLY_ALPHA) for s in schedules]
+    schedules = [s + (ws.EARLY_ALPHA and s[2], ws.P_HALVES and ws.EARLY_ALPHA and s[2], ws.NAMED_BARS and s[2])
+                 for s in schedules]
     if dtype == "bf16" and d_qk == 576:  # the four-warpgroup form's hand-over experiments (launcher arguments)
         boxed = (True, True, ws.BOX_READY, ws.BOX_ALLOCS)
-        forms = [(True, False, False), (True, True, False), (False, False, True)]  # early alpha, P halves, named bars
+        # early alpha, P halves, named bars
+        forms = [(True, False, False), (True, True, False), (False, False, True), (True, True, True)]
         schedules += [default + boxed + f for f in forms
-                      if f != (ws.EARLY_ALPHA, ws.P_HALVES and ws.EARLY_ALPHA, ws.NAMED_BARS and not ws.EARLY_ALPHA)]
+                      if f != (ws.EARLY_ALPHA, ws.P_HALVES and ws.EARLY_ALPHA, ws.NAMED_BARS)]
     out = []
     for (overlap, async_arrive, softmax_only, tma_k, box_ready, box_allocs, early_alpha, p_halves,
          named_bars) in schedules:

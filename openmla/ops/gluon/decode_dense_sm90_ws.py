@@ -895,30 +895,28 @@ if gluon_available():
         mbarrier.arrive(p_free, count=1)
         mbarrier.arrive(k_free_stage, count=1)
 
+    # ``NAMED_BARS``: the CTA's hardware barriers of the hand-over between the softmax warpgroup and the two output
+    # warpgroups, 384 threads each (Triton's partitions use barriers 0-4): P (or its first half) and its factor
+    # ready, both released, the factor ready ahead of P (``EARLY_ALPHA``), P's second half ready (``P_HALVES``)
+    def _bar_asm(op: str, bar: int):
+        return gl.constexpr(f"bar.{op} {bar}, 384;\n\tmov.b32 $0, $1;")
+
+    _P_READY_ARRIVE, _P_READY_SYNC = _bar_asm("arrive", 8), _bar_asm("sync", 8)
+    _P_FREE_ARRIVE, _P_FREE_SYNC = _bar_asm("arrive", 9), _bar_asm("sync", 9)
+    _A_READY_ARRIVE, _A_READY_SYNC = _bar_asm("arrive", 10), _bar_asm("sync", 10)
+    _P_B_READY_ARRIVE, _P_B_READY_SYNC = _bar_asm("arrive", 11), _bar_asm("sync", 11)
+
     @gluon.jit
-    def _named_bar(FREE: gl.constexpr, SYNC: gl.constexpr, PARTITION_WARPS: gl.constexpr):
-        """``NAMED_BARS``: the hand-over of ``P`` between the softmax warpgroup and the two output warpgroups on the
-        CTA's hardware barriers 8 (``P`` and its factor ready) and 9 (both released), 384 threads each (the three
-        warpgroups; Triton's partitions use barriers 0-4). The side that signals arrives (``bar.arrive``, no wait,
-        every thread: its own writes, or its products' reads, are ordered before the other side's sync), the side
-        that waits syncs (``bar.sync``). No thread barrier inside the signalling warpgroup and no ``mbarrier`` poll:
-        the hand-over sat on the tile's chain with the tensor cores idle (``docs/perf-notes.md`` item 25)."""
+    def _named_bar(ASM: gl.constexpr, PARTITION_WARPS: gl.constexpr):
+        """``NAMED_BARS``: one side of a hand-over on a hardware barrier (``ASM``, one of the ``_*_ARRIVE`` /
+        ``_*_SYNC`` texts above). The side that signals arrives (``bar.arrive``, no wait, every thread: its own
+        writes, or its products' reads, are ordered before the other side's sync), the side that waits syncs
+        (``bar.sync``): no thread barrier inside the signalling warpgroup and no ``mbarrier`` poll. Each barrier is
+        used once a round by each side, and a side only signals a round once the other has released the last, so
+        rounds never mix (``docs/perf-notes.md`` item 25)."""
         ONE: gl.constexpr = gl.BlockedLayout([1], [32], [PARTITION_WARPS], [0])
         x = gl.full([1], 0, gl.int32, layout=ONE)
-        if FREE:
-            if SYNC:
-                gl.inline_asm_elementwise("bar.sync 9, 384;\n\tmov.b32 $0, $1;", "=r,r", [x], dtype=gl.int32,
-                                          is_pure=False, pack=1)
-            else:
-                gl.inline_asm_elementwise("bar.arrive 9, 384;\n\tmov.b32 $0, $1;", "=r,r", [x], dtype=gl.int32,
-                                          is_pure=False, pack=1)
-        else:
-            if SYNC:
-                gl.inline_asm_elementwise("bar.sync 8, 384;\n\tmov.b32 $0, $1;", "=r,r", [x], dtype=gl.int32,
-                                          is_pure=False, pack=1)
-            else:
-                gl.inline_asm_elementwise("bar.arrive 8, 384;\n\tmov.b32 $0, $1;", "=r,r", [x], dtype=gl.int32,
-                                          is_pure=False, pack=1)
+        gl.inline_asm_elementwise(ASM, "=r,r", [x], dtype=gl.int32, is_pure=False, pack=1)
 
     @gluon.jit
     def _final_factor(p_ready, p_free, a_smem, phase, ROW_O: gl.constexpr):
@@ -1031,11 +1029,19 @@ if gluon_available():
                 stage = kb % 2
                 has_next = (it + 1 < n_tiles) | (req < end_req)  # a tile after this one in the piece
                 if EARLY_ALPHA:
-                    mbarrier.wait(a_ready, kb & 1)
+                    if NAMED_BARS:
+                        _named_bar(_A_READY_SYNC, PARTITION_WARPS)
+                    else:
+                        mbarrier.wait(a_ready, kb & 1)
                     alpha = a_smem.load(ROW_O)
                     acc_a = acc_a * alpha[:, None]
                     acc_b = acc_b * alpha[:, None]
-                    _acquire(p_ready, pr & 1, ASYNC_ARRIVE)
+                    if NAMED_BARS:
+                        _named_bar(_P_READY_SYNC, PARTITION_WARPS)
+                        if ASYNC_ARRIVE:
+                            fence_async_shared()  # as _acquire: V came from the loader through the softmax warpgroup
+                    else:
+                        _acquire(p_ready, pr & 1, ASYNC_ARRIVE)
                     _stamp(trace_ptr, kb, 5, TRACE, PARTITION_WARPS)
                     v = v_half.index(stage)
                     if P_HALVES:
@@ -1044,7 +1050,10 @@ if gluon_available():
                         acc_a = warpgroup_mma(p_smem.index(0), v_a.slice(0, QUARTER, dim=1), acc_a, is_async=True)
                         acc_b = warpgroup_mma(p_smem.index(0), v_a.slice(QUARTER, QUARTER, dim=1), acc_b,
                                               is_async=True)
-                        mbarrier.wait(p_ready_b, kb & 1)
+                        if NAMED_BARS:
+                            _named_bar(_P_B_READY_SYNC, PARTITION_WARPS)
+                        else:
+                            mbarrier.wait(p_ready_b, kb & 1)
                         v_b = v.slice(KEYS, KEYS, dim=0)
                         acc_a = warpgroup_mma(p_smem.index(1), v_b.slice(0, QUARTER, dim=1), acc_a, is_async=True)
                         acc_b = warpgroup_mma(p_smem.index(1), v_b.slice(QUARTER, QUARTER, dim=1), acc_b,
@@ -1054,7 +1063,7 @@ if gluon_available():
                         acc_b = warpgroup_mma(p_smem, v.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
                 else:
                     if NAMED_BARS:
-                        _named_bar(False, True, PARTITION_WARPS)
+                        _named_bar(_P_READY_SYNC, PARTITION_WARPS)
                         if ASYNC_ARRIVE:
                             fence_async_shared()  # as _acquire: V came from the loader through the softmax warpgroup
                     else:
@@ -1068,7 +1077,7 @@ if gluon_available():
                         _stamp(trace_ptr, kb + 1, 7, TRACE, PARTITION_WARPS)
                 acc_a, acc_b = warpgroup_mma_wait(num_outstanding=0, deps=(acc_a, acc_b))
                 if NAMED_BARS:
-                    _named_bar(True, False, PARTITION_WARPS)  # P and its factor are free
+                    _named_bar(_P_FREE_ARRIVE, PARTITION_WARPS)  # P and its factor are free
                     gl.thread_barrier()
                     mbarrier.arrive(k_free.index(stage), count=1)
                 else:
@@ -1077,10 +1086,10 @@ if gluon_available():
                 kb += 1
                 pr += 1
             if NAMED_BARS:
-                _named_bar(False, True, PARTITION_WARPS)
+                _named_bar(_P_READY_SYNC, PARTITION_WARPS)
                 inv_l = a_smem.load(ROW_O)
                 if req < end_req:  # the piece's last factor is waited for by nobody
-                    _named_bar(True, False, PARTITION_WARPS)
+                    _named_bar(_P_FREE_ARRIVE, PARTITION_WARPS)
             else:
                 inv_l = _final_factor(p_ready, p_free, a_smem, pr & 1, ROW_O)
             pr += 1
@@ -1274,11 +1283,18 @@ if gluon_available():
                                                      offs_n, CAUSAL, INTERIOR)
                     alpha = gl.exp2(m_i - m_shift)
                     _stamp(trace_ptr, kb, 8, TRACE, PARTITION_WARPS)  # here: the max and alpha only
-                    mbarrier.wait(p_free, (pr & 1) ^ 1)  # both output warpgroups are done with the last P
+                    if NAMED_BARS:
+                        if pr > 0:
+                            _named_bar(_P_FREE_SYNC, PARTITION_WARPS)
+                    else:
+                        mbarrier.wait(p_free, (pr & 1) ^ 1)  # both output warpgroups are done with the last P
                     _stamp(trace_ptr, kb, 9, TRACE, PARTITION_WARPS)
                     a_smem.store(alpha)
-                    gl.thread_barrier()
-                    mbarrier.arrive(a_ready, count=1)  # the output warpgroups rescale while P is computed
+                    if NAMED_BARS:  # the output warpgroups rescale while P is computed
+                        _named_bar(_A_READY_ARRIVE, PARTITION_WARPS)
+                    else:
+                        gl.thread_barrier()
+                        mbarrier.arrive(a_ready, count=1)
                     if P_HALVES:
                         # the keys' two halves, in the score layout's own registers (no data moves)
                         s_a, s_b = gl.split(gl.permute(gl.reshape(s, [BLOCK_M, 2, BLOCK_N // 2]), (0, 2, 1)))
@@ -1287,8 +1303,11 @@ if gluon_available():
                         p_a = _softmax_exp(s_a, shift_h, scale_log2, INTERIOR)
                         p_smem.index(0).store(p_a.to(dtype))
                         fence_async_shared()  # P is read next by the tensor cores
-                        gl.thread_barrier()
-                        mbarrier.arrive(p_ready, count=1)
+                        if NAMED_BARS:
+                            _named_bar(_P_READY_ARRIVE, PARTITION_WARPS)
+                        else:
+                            gl.thread_barrier()
+                            mbarrier.arrive(p_ready, count=1)
                         p_b = _softmax_exp(s_b, shift_h, scale_log2, INTERIOR)
                         p_sum = gl.convert_layout(gl.sum(p_a + p_b, axis=1), m_i.type.layout)  # one reduction
                         l_i = l_i * alpha + p_sum
@@ -1306,7 +1325,7 @@ if gluon_available():
                     _stamp(trace_ptr, kb, 8, TRACE, PARTITION_WARPS)
                     if NAMED_BARS:
                         if pr > 0:
-                            _named_bar(True, True, PARTITION_WARPS)
+                            _named_bar(_P_FREE_SYNC, PARTITION_WARPS)
                     else:
                         mbarrier.wait(p_free, (pr & 1) ^ 1)  # both output warpgroups are done with the last P
                     _stamp(trace_ptr, kb, 9, TRACE, PARTITION_WARPS)
@@ -1317,7 +1336,10 @@ if gluon_available():
                     p_ready_now = p_ready
                 fence_async_shared()  # P is read next by the tensor cores
                 if NAMED_BARS:
-                    _named_bar(False, False, PARTITION_WARPS)
+                    if P_HALVES:
+                        _named_bar(_P_B_READY_ARRIVE, PARTITION_WARPS)
+                    else:
+                        _named_bar(_P_READY_ARRIVE, PARTITION_WARPS)
                 else:
                     gl.thread_barrier()
                     mbarrier.arrive(p_ready_now, count=1)
@@ -1338,9 +1360,9 @@ if gluon_available():
                     inv_l = gl.where(empty, 0.0, inv_l / (1.0 + gl.exp2(sink2 - lse2)))
             if NAMED_BARS:
                 if pr > 0:
-                    _named_bar(True, True, PARTITION_WARPS)
+                    _named_bar(_P_FREE_SYNC, PARTITION_WARPS)
                 a_smem.store(inv_l)
-                _named_bar(False, False, PARTITION_WARPS)
+                _named_bar(_P_READY_ARRIVE, PARTITION_WARPS)
             else:
                 _hand_factor(inv_l, a_smem, p_free, p_ready, (pr & 1) ^ 1)
             pr += 1
@@ -1641,9 +1663,9 @@ if gluon_available():
         else:
             a_ready = p_ready  # never read
         gl.static_assert(not P_HALVES or (EARLY_ALPHA and BLOCK_N == 64), "P in halves: with EARLY_ALPHA, 64-key tiles")
-        gl.static_assert(not NAMED_BARS or (SOFTMAX_ONLY and not EARLY_ALPHA and not OUTPUT_DECODE
-                                            and SOFTMAX_WARPS == 4 and OUTPUT_WARPS == 4),
-                         "P on hardware barriers: the four-warpgroup form, 384 threads, P whole, no decoding")
+        gl.static_assert(not NAMED_BARS or (SOFTMAX_ONLY and not OUTPUT_DECODE and SOFTMAX_WARPS == 4
+                                            and OUTPUT_WARPS == 4),
+                         "P on hardware barriers: the four-warpgroup form, 384 threads, no decoding")
         if P_HALVES:  # the second half of each tile's P
             p_ready_b = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
             mbarrier.init(p_ready_b, count=1)
@@ -1818,10 +1840,10 @@ def dense_decode_sm90_ws_fwd(
     at the call), ``early_alpha``: in the four-warpgroup form, each tile's rescale factor published before its ``P``
     (:func:`_softmax_only`; ``None``: :data:`EARLY_ALPHA`, read at the call), ``p_halves``: with ``early_alpha``,
     ``P`` published in two halves of the tile's keys (``None``: :data:`P_HALVES`, read at the call), ``named_bars``:
-    in the four-warpgroup form without ``early_alpha``, ``P`` handed over on hardware barriers (:func:`_named_bar`;
-    ``None``: :data:`NAMED_BARS`, read at the call), ``box_chunks``: with ``box_ready`` in the four-warpgroup form,
-    64-column chunks of a value half brought by one TMA box (1, 2 or 4; ``None``: :data:`BOX_CHUNKS`, read at the
-    call).
+    in the four-warpgroup form, ``P`` (and with ``early_alpha`` the factor) handed over on hardware barriers
+    (:func:`_named_bar`; ``None``: :data:`NAMED_BARS`, read at the call), ``box_chunks``: with ``box_ready`` in the
+    four-warpgroup form, 64-column chunks of a value half brought by one TMA box (1, 2 or 4; ``None``:
+    :data:`BOX_CHUNKS`, read at the call).
     """
     b, s_q, h_q, d = q.shape
     interior_softmax = INTERIOR_SOFTMAX if interior_softmax is None else interior_softmax
@@ -1883,7 +1905,7 @@ def dense_decode_sm90_ws_fwd(
                       and not (causal and s_q > 1)),
         EARLY_ALPHA=bool(early_alpha and softmax_only),
         P_HALVES=bool(p_halves and early_alpha and softmax_only),
-        NAMED_BARS=bool(named_bars and softmax_only and not early_alpha),
+        NAMED_BARS=bool(named_bars and softmax_only),
         num_warps=NUM_WARPS,
         maxnreg=SOLO_MAXNREG if softmax_only else MAXNREG,
     )
