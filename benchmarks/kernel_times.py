@@ -100,17 +100,8 @@ def main(argv=None) -> None:
     ap.add_argument("--combine-warps", type=int, default=None, help="warps of a combine program (COMBINE_NUM_WARPS)")
     ap.add_argument("--masked-softmax", action="store_true",
                     help="the Hopper dense kernel's softmax masks every tile (INTERIOR_SOFTMAX off)")
-    ap.add_argument("--early-alpha", action="store_true",
-                    help="the Hopper dense kernel publishes each tile's rescale factor before its P (EARLY_ALPHA on)")
-    ap.add_argument("--p-halves", action="store_true",
-                    help="with --early-alpha, P published in two halves of a tile's keys (P_HALVES on)")
-    ap.add_argument("--named-bars", action="store_true",
-                    help="the Hopper dense kernel hands P over on hardware barriers (NAMED_BARS on)")
-    ap.add_argument("--box-chunks", type=int, default=None,
-                    help="64-column chunks of a value half a TMA box brings in the Hopper dense kernel (BOX_CHUNKS)")
-    ap.add_argument("--seesaw", choices=("named", "mbarriers"), default=None,
-                    help="the Hopper dense calls the warp-specialized kernel would serve go to the two-warpgroup seesaw "
-                         "kernel instead (an experiment), its pair's hand-overs on hardware barriers or mbarriers")
+    ap.add_argument("--p-whole", action="store_true",
+                    help="the Hopper dense kernel hands each tile's P over whole (P_HALVES off)")
     ap.add_argument("--flush-l2", action="store_true",
                     help="zero a 256 MB buffer before each call (a cold L2, as openmla bench times calls)")
     cli = ap.parse_args(argv)
@@ -129,48 +120,19 @@ def main(argv=None) -> None:
 
         combine.COMBINE_EAGER_SPLITS = combine.COMBINE_EAGER_SPLITS if cli.combine_eager is None else cli.combine_eager
         combine.COMBINE_NUM_WARPS = combine.COMBINE_NUM_WARPS if cli.combine_warps is None else cli.combine_warps
-    if cli.box_chunks is not None:
-        from openmla.ops.gluon import decode_dense_sm90_ws as ws
-
-        ws.BOX_CHUNKS = cli.box_chunks
     if cli.masked_softmax:
         from openmla.ops.gluon import decode_dense_sm90_ws as ws
 
         ws.INTERIOR_SOFTMAX = False
-    if cli.early_alpha:
+    if cli.p_whole:
         from openmla.ops.gluon import decode_dense_sm90_ws as ws
 
-        ws.EARLY_ALPHA = True
-        ws.P_HALVES = cli.p_halves
-    if cli.named_bars:
-        from openmla.ops.gluon import decode_dense_sm90_ws as ws
-
-        ws.NAMED_BARS = True
-    if cli.seesaw:
-        from openmla.ops.gluon import decode_dense_sm90_seesaw as seesaw
-        from openmla.ops.gluon import decode_dense_sm90_ws as ws
-
-        ws_fwd = ws.dense_decode_sm90_ws_fwd
-
-        def _seesaw_or_ws(q, k_cache, block_table, cache_seqlens, head_dim_v, sched, splits, scale, causal,
-                          workspace=None, **kw):
-            if kw or (q.shape[-1], head_dim_v) != (576, 512) or ws.tma_view(k_cache) is None:
-                return ws_fwd(q, k_cache, block_table, cache_seqlens, head_dim_v, sched, splits, scale, causal,
-                              workspace, **kw)
-            return seesaw.dense_decode_sm90_seesaw_fwd(q, k_cache, block_table, cache_seqlens, head_dim_v, sched,
-                                                       splits, scale, causal, workspace,
-                                                       named_bars=cli.seesaw == "named")
-
-        ws.dense_decode_sm90_ws_fwd = _seesaw_or_ws
+        ws.P_HALVES = False
     form = "".join(f" {name} {value}" for name, value in (("combine chunks", cli.combine_chunks),
                                                            ("combine eager", cli.combine_eager),
                                                            ("combine warps", cli.combine_warps),
                                                            ("masked softmax", cli.masked_softmax or None),
-                                                           ("early alpha", cli.early_alpha or None),
-                                                           ("P halves", (cli.early_alpha and cli.p_halves) or None),
-                                                           ("named bars", cli.named_bars or None),
-                                                           ("box chunks", cli.box_chunks),
-                                                           ("seesaw", cli.seesaw))
+                                                           ("P whole", cli.p_whole or None))
                    if value is not None)
     flash_mla, missing = _load_flash_mla()
     card = torch.cuda.get_device_name()

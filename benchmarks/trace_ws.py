@@ -172,41 +172,12 @@ def main(argv=None) -> None:
     calls["dense_b128_sk8192_h128_sq2_stage_ready"] = lambda trace=None: dense_decode_sm90_ws_fwd(
         *dense_sq2.call_args()[:4], 512, sched_sq2, splits_sq2, dense_sq2.softmax_scale, True, softmax_only=True,
         trace=trace, box_ready=False)
-    # the rescale factor published before P (early_alpha): "softmax math (3 -> 8)" is then the max alone, and
-    # "P written and published (9 -> 4)" holds the factor's hand-over, the exponentials and P's
-    calls["dense_b128_sk8192_h128_early_alpha"] = lambda trace=None: dense_decode_sm90_ws_fwd(
+    # P handed over whole (p_halves off, the default before 2026-11-28's item 25): with P in halves (the default at
+    # s_q=1) "softmax math (3 -> 8)" is the max alone and "P written and published (9 -> 4)" holds the factor's
+    # hand-over, the exponentials and both halves of P
+    calls["dense_b128_sk8192_h128_p_whole"] = lambda trace=None: dense_decode_sm90_ws_fwd(
         *dense.call_args()[:4], 512, sched, splits, dense.softmax_scale, False, softmax_only=True, trace=trace,
-        early_alpha=True)
-    calls["dense_b128_sk8192_h128_sq2_early_alpha"] = lambda trace=None: dense_decode_sm90_ws_fwd(
-        *dense_sq2.call_args()[:4], 512, sched_sq2, splits_sq2, dense_sq2.softmax_scale, True, softmax_only=True,
-        trace=trace, early_alpha=True)
-    # and P in two halves of the keys (p_halves): "P written and published (9 -> 4)" ends with the second half's
-    calls["dense_b128_sk8192_h128_p_halves"] = lambda trace=None: dense_decode_sm90_ws_fwd(
-        *dense.call_args()[:4], 512, sched, splits, dense.softmax_scale, False, softmax_only=True, trace=trace,
-        early_alpha=True, p_halves=True)
-    calls["dense_b128_sk8192_h128_sq2_p_halves"] = lambda trace=None: dense_decode_sm90_ws_fwd(
-        *dense_sq2.call_args()[:4], 512, sched_sq2, splits_sq2, dense_sq2.softmax_scale, True, softmax_only=True,
-        trace=trace, early_alpha=True, p_halves=True)
-    # P handed over on hardware barriers (named_bars)
-    calls["dense_b128_sk8192_h128_named_bars"] = lambda trace=None: dense_decode_sm90_ws_fwd(
-        *dense.call_args()[:4], 512, sched, splits, dense.softmax_scale, False, softmax_only=True, trace=trace,
-        named_bars=True)
-    calls["dense_b128_sk8192_h128_sq2_named_bars"] = lambda trace=None: dense_decode_sm90_ws_fwd(
-        *dense_sq2.call_args()[:4], 512, sched_sq2, splits_sq2, dense_sq2.softmax_scale, True, softmax_only=True,
-        trace=trace, named_bars=True)
-    # the same with a value half's four 64-column chunks as one TMA box (box_chunks)
-    calls["dense_b128_sk8192_h128_box_chunks4"] = lambda trace=None: dense_decode_sm90_ws_fwd(
-        *dense.call_args()[:4], 512, sched, splits, dense.softmax_scale, False, softmax_only=True, trace=trace,
-        box_chunks=4)
-    calls["dense_b128_sk8192_h128_sq2_box_chunks4"] = lambda trace=None: dense_decode_sm90_ws_fwd(
-        *dense_sq2.call_args()[:4], 512, sched_sq2, splits_sq2, dense_sq2.softmax_scale, True, softmax_only=True,
-        trace=trace, box_chunks=4)
-    calls["dense_b128_sk8192_h128_box_chunks4_named_bars"] = lambda trace=None: dense_decode_sm90_ws_fwd(
-        *dense.call_args()[:4], 512, sched, splits, dense.softmax_scale, False, softmax_only=True, trace=trace,
-        box_chunks=4, named_bars=True)
-    calls["dense_b128_sk8192_h128_sq2_box_chunks4_named_bars"] = lambda trace=None: dense_decode_sm90_ws_fwd(
-        *dense_sq2.call_args()[:4], 512, sched_sq2, splits_sq2, dense_sq2.softmax_scale, True, softmax_only=True,
-        trace=trace, box_chunks=4, named_bars=True)
+        p_halves=False)
     # dense FP8 with an e4m3 q: the e4m3-product kernel (its event 7: E4M3_PRODUCT_INTERVALS)
     fp8 = quantize_dense_fp8(dense, fp8_q=True)
     calls["dense_fp8_e4m3_b128_sk8192_h128"] = lambda trace=None: dense_decode_fp8_sm90_fwd(

@@ -506,13 +506,7 @@ SM90_DIRECT = [
 @pytest.mark.skipif(not HAS_CUDA or torch.cuda.get_device_capability() != (9, 0), reason="needs an sm_90 GPU")
 @pytest.mark.parametrize("layout", ["rows", "ws", "ws-overlap", "ws-loader-waits", "ws-softmax-only", "ws-tma",
                                     "ws-softmax-only-tma", "ws-tma-box", "ws-softmax-only-tma-box",
-                                    "ws-softmax-only-tma-box-one-alloc", "ws-softmax-only-early-alpha",
-                                    "ws-softmax-only-tma-box-early-alpha", "ws-softmax-only-early-alpha-p-halves",
-                                    "ws-softmax-only-tma-box-early-alpha-p-halves", "ws-softmax-only-named-bars",
-                                    "ws-softmax-only-tma-box-named-bars", "ws-softmax-only-tma-box-chunks4",
-                                    "ws-softmax-only-tma-box-chunks4-named-bars",
-                                    "ws-softmax-only-tma-box-early-alpha-p-halves-named-bars",
-                                    "ws-softmax-only-early-alpha-p-halves-named-bars"])
+                                    "ws-softmax-only-tma-box-one-alloc", "ws-softmax-only-tma-box-p-whole"])
 @pytest.mark.parametrize("b,s_q,s_k,h_q,h_kv,page,d,dtype,parts", SM90_DIRECT)
 def test_sm90_row_kernels_direct(layout, b, s_q, s_k, h_q, h_kv, page, d, dtype, parts, generator):
     """Each 64-row Hopper kernel, whatever the dispatcher would pick, on plans from one piece per request
@@ -535,40 +529,9 @@ def test_sm90_row_kernels_direct(layout, b, s_q, s_k, h_q, h_kv, page, d, dtype,
                                             softmax_only=layout.startswith("ws-softmax-only"),
                                             tma_k="-tma" in layout, box_ready="-box" in layout,
                                             box_allocs=not layout.endswith("-one-alloc"),
-                                            early_alpha="-early-alpha" in layout, p_halves="-p-halves" in layout,
-                                            named_bars="-named-bars" in layout,
-                                            box_chunks=4 if "-chunks4" in layout else 1)
+                                            p_halves=not layout.endswith("-p-whole"))
     torch.cuda.synchronize()
     check_against_reference(dict(inputs, softmax_scale=d ** -0.5), out, lse)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not HAS_CUDA or torch.cuda.get_device_capability() != (9, 0), reason="needs an sm_90 GPU")
-@pytest.mark.parametrize("named_bars", [True, False], ids=["named-bars", "mbarriers"])
-@pytest.mark.parametrize("b,s_q,s_k,h_q,page,dtype,parts", [
-    (1, 1, 20, 64, 64, torch.bfloat16, 132),
-    (2, 2, 140, 128, 64, torch.bfloat16, 132),
-    (64, 1, 4096, 128, 64, torch.bfloat16, 66),
-    (64, 2, 4096, 128, 128, torch.float16, 33),
-    (9, 1, 3000, 40, 128, torch.bfloat16, 3),  # one piece walks several requests
-    (16, 1, 8192, 128, 64, torch.bfloat16, 132),
-])
-def test_sm90_seesaw_direct(named_bars, b, s_q, s_k, h_q, page, dtype, parts, generator):
-    """The two-warpgroup seesaw kernel (an experiment the dispatcher does not pick), with its pair's hand-overs on
-    hardware barriers and on mbarriers, on plans from one piece per request to pieces spanning several, with zero
-    lengths, odd tile counts and NaN past each length."""
-    from openmla.ops.gluon.decode_dense_sm90_seesaw import dense_decode_sm90_seesaw_fwd
-    from openmla.ops.schedule import plan_splitkv
-
-    inputs = make_dense_decode_inputs(b, s_q, s_k, h_q, 1, 576, 512, page, dtype, "cuda", varlen=True,
-                                      zero_len_frac=0.2, generator=generator, causal=True)
-    sched, splits = plan_splitkv(inputs["cache_seqlens"], parts)
-    poison_cuda_cache(1 << 28)
-    out, lse = dense_decode_sm90_seesaw_fwd(inputs["q"], inputs["k_cache"], inputs["block_table"],
-                                            inputs["cache_seqlens"], 512, sched, splits, 576 ** -0.5, True,
-                                            named_bars=named_bars)
-    torch.cuda.synchronize()
-    check_against_reference(dict(inputs, softmax_scale=576 ** -0.5), out, lse)
 
 
 SM90_SMALL_DIRECT = [
@@ -721,3 +684,10 @@ def test_sm90_ws_launcher_interior_softmax_choice(monkeypatch, generator):
     assert [launch.kwargs["INTERIOR"] for launch in launches] == [ws.INTERIOR_SOFTMAX, False, False, False, False,
                                                                   False, ws.INTERIOR_SOFTMAX]
     assert [launch.kwargs["CAUSAL"] for launch in launches[-2:]] == [True, False]
+    # P in halves only where the interior softmax runs, and not when asked for P whole
+    assert [launch.kwargs["P_HALVES"] for launch in launches] == [
+        ws.INTERIOR_SOFTMAX and ws.P_HALVES, False, False, False, False, False, ws.INTERIOR_SOFTMAX and ws.P_HALVES]
+    launches.clear()
+    ws.dense_decode_sm90_ws_fwd(*args, 0.1, False, softmax_only=True, interior_softmax=True, p_halves=False)
+    ws.dense_decode_sm90_ws_fwd(*args, 0.1, False, softmax_only=True, interior_softmax=True, p_halves=True)
+    assert [launch.kwargs["P_HALVES"] for launch in launches] == [False, True]

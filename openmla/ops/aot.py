@@ -171,18 +171,6 @@ def _variants(arch: int = 90) -> list[Variant]:
                             out.append(Variant(small._dense_decode_sm90_small_heads_kernel, v_ptrs, ("scale_log2",),
                                                consts, 4 * small.warpgroups_for(r), 1, name, gluon=True))
                     out.extend(_ws_variants(dtype, ptrs, d_qk, causal))
-                    if d_qk == 576 and dtype == "bf16":  # the two-warpgroup seesaw (launcher arguments only)
-                        from .gluon import decode_dense_sm90_seesaw as seesaw
-
-                        for named in (True, False):
-                            consts = dict(CAUSAL=causal, BLOCK_M=seesaw.BLOCK_M, BLOCK_N=seesaw.BLOCK_N, D_V=512,
-                                          D_PE=64, WG_WARPS=seesaw.WG_WARPS, WG1_REGS=seesaw.WG1_REGS,
-                                          NAMED_BARS=named)
-                            out.append(Variant(seesaw._dense_decode_sm90_seesaw_kernel,
-                                               dict(ptrs, k_desc=_tma_desc_type(dtype)), ("scale_log2",), consts,
-                                               seesaw.WG_WARPS, 1,
-                                               f"gluon-seesaw {dtype} d576 {'causal' if causal else 'full'}"
-                                               + (" named-bars" if named else " mbarriers"), gluon=True))
             # CUDA-graph captures: the partials merged by the combine kernel
             for v in [v for v in out if v.gluon and "FUSED_COMBINE" in v.constexprs and v.name.startswith("gluon") and f" {dtype} d576 causal" in v.name]:
                 out.append(dataclasses.replace(v, constexprs=dict(v.constexprs, FUSED_COMBINE=False),
@@ -337,17 +325,12 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
         schedules += [default + (solo, True, not ws.BOX_READY, False) for solo in (False, True)]
         # the four-warpgroup form with all boxes' ready barriers in one allocation (the launcher's box_allocs off)
         schedules += [default + (True, True, True, not ws.BOX_ALLOCS)]
-    schedules = [s + (ws.EARLY_ALPHA and s[2], ws.P_HALVES and ws.EARLY_ALPHA and s[2], ws.NAMED_BARS and s[2])
-                 for s in schedules]
-    if dtype == "bf16" and d_qk == 576:  # the four-warpgroup form's hand-over experiments (launcher arguments)
-        boxed = (True, True, ws.BOX_READY, ws.BOX_ALLOCS)
-        # early alpha, P halves, named bars
-        forms = [(True, False, False), (True, True, False), (False, False, True), (True, True, True)]
-        schedules += [default + boxed + f for f in forms
-                      if f != (ws.EARLY_ALPHA, ws.P_HALVES and ws.EARLY_ALPHA, ws.NAMED_BARS)]
+    # P in halves where the launcher takes it (the four-warpgroup form's interior softmax, no causal mask)
+    schedules = [s + (ws.P_HALVES and ws.INTERIOR_SOFTMAX and s[2] and not causal,) for s in schedules]
+    if dtype == "bf16" and d_qk == 576 and not causal and ws.INTERIOR_SOFTMAX:  # and the launcher's other p_halves
+        schedules += [default + (True, True, ws.BOX_READY, ws.BOX_ALLOCS, not ws.P_HALVES)]
     out = []
-    for (overlap, async_arrive, softmax_only, tma_k, box_ready, box_allocs, early_alpha, p_halves,
-         named_bars) in schedules:
+    for overlap, async_arrive, softmax_only, tma_k, box_ready, box_allocs, p_halves in schedules:
         regs = ws.SOLO_WORKER_REGS if softmax_only else ws.WORKER_REGS
         consts = dict(CAUSAL=causal, OVERLAP=overlap, SOFTMAX_ONLY=softmax_only, TMA_K=tma_k,
                       ASYNC_ARRIVE=async_arrive, BLOCK_M=ws.BLOCK_M, BLOCK_N=ws.BLOCK_N, D_V=512, D_PE=d_qk - 512,
@@ -357,8 +340,7 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                       descale_k_ptr=None, Q_E4M3=False, descale_q_ptr=None, LIST_AHEAD=False, TRACE=False,
                       trace_ptr=None, BOX_ALLOCS=box_allocs, OUTPUT_DECODE=0,
                       INTERIOR=ws.INTERIOR_SOFTMAX and softmax_only and not causal,
-                      EARLY_ALPHA=early_alpha, P_HALVES=p_halves, NAMED_BARS=named_bars,
-                      k_chunks_desc=None, BOX_CHUNKS=1)
+                      P_HALVES=p_halves)
         v_ptrs = dict(ptrs)
         if tma_k:
             v_ptrs["k_desc"] = _tma_desc_type(dtype)
@@ -368,16 +350,9 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                 + ("softmax-only" if softmax_only else "overlap" if overlap else "pv-first")
                 + f" {'async-arrive' if async_arrive else 'loader-waits'}" + (" tma-k" if tma_k else "")
                 + (" box-ready" if box_ready else " stage-ready" if tma_k else "")
-                + (" box-allocs" if box_allocs else "") + (" early-alpha" if early_alpha else "")
-                + (" p-halves" if p_halves else "") + (" named-bars" if named_bars else ""))
+                + (" box-allocs" if box_allocs else "") + (" p-halves" if p_halves else ""))
         out.append(Variant(ws._dense_decode_sm90_ws_kernel, v_ptrs, ("scale_log2",), consts, ws.NUM_WARPS, 1, name,
                            gluon=True, maxnreg=ws.SOLO_MAXNREG if softmax_only else ws.MAXNREG))
-        if dtype == "bf16" and d_qk == 576 and causal and softmax_only and box_ready and box_allocs and not early_alpha:
-            # the launcher's box_chunks: a value half's four 64-column chunks as one TMA box
-            out.append(Variant(ws._dense_decode_sm90_ws_kernel,
-                               dict(v_ptrs, k_chunks_desc=_tma_desc_type(dtype, chunks=4)), ("scale_log2",),
-                               {k: v for k, v in consts.items() if k != "k_chunks_desc"} | dict(BOX_CHUNKS=4),
-                               ws.NUM_WARPS, 1, name + " box-chunks4", gluon=True, maxnreg=ws.SOLO_MAXNREG))
     if d_qk == 576 and causal:  # per-tensor FP8 caches (dense_decode_sm90_ws_fwd's descale_k), both warpgroup splits
         for softmax_only, q_e4m3 in ((False, False), (True, False), (False, True), (True, True)):
             if q_e4m3 and dtype != "bf16":
@@ -390,8 +365,7 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                           OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], K_BOXES=1, SPARSE=False, KV_FP8=False,
                           PREFETCH_L2=False, HAS_SINK=False, sink_ptr=None, KV_E4M3=True, k_desc=None,
                           Q_E4M3=q_e4m3, LIST_AHEAD=ws.LIST_AHEAD, TRACE=False, trace_ptr=None, BOX_ALLOCS=False,
-                          OUTPUT_DECODE=0, INTERIOR=False, EARLY_ALPHA=False, P_HALVES=False, NAMED_BARS=False,
-                          k_chunks_desc=None, BOX_CHUNKS=1)
+                          OUTPUT_DECODE=0, INTERIOR=False, P_HALVES=False)
             if not q_e4m3:
                 consts["descale_q_ptr"] = None
             out.append(Variant(ws._dense_decode_sm90_ws_kernel,
@@ -421,8 +395,7 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                       LOADER_REGS=regs[1], K_BOXES=1, SPARSE=True, KV_FP8=False, PREFETCH_L2=False, k_desc=None,
                       HAS_SINK=False, sink_ptr=None, KV_E4M3=False, descale_k_ptr=None, Q_E4M3=False,
                       descale_q_ptr=None, LIST_AHEAD=ws.LIST_AHEAD, TRACE=False, trace_ptr=None, BOX_ALLOCS=False,
-                      OUTPUT_DECODE=0, INTERIOR=False, EARLY_ALPHA=False, P_HALVES=False, NAMED_BARS=False,
-                      k_chunks_desc=None, BOX_CHUNKS=1)
+                      OUTPUT_DECODE=0, INTERIOR=False, P_HALVES=False)
         # with an attention sink: one more pointer, read in the last round of each request
         sink = (dict(HAS_SINK=True), {"sink_ptr": "*fp32"}, " sink")
         for extra_consts, extra_ptrs, tag in (({}, {}, ""), sink):
@@ -452,11 +425,9 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
     return out
 
 
-def _tma_desc_type(dtype: str, chunks: int = 0) -> str:
-    """Triton's signature text of the warp-specialized kernel's K descriptor (64x64 boxes, 128-byte swizzle), or with
-    ``chunks`` of its chunked view (boxes of [chunks, 64, 64], :func:`~.gluon.decode_dense_sm90_ws.tma_chunks_view`)."""
-    block, rank = (f"[{chunks}, 64, 64]", 3) if chunks else ("[64, 64]", 2)
-    return (f"tensordesc<{dtype}{block},NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank={rank}, "
+def _tma_desc_type(dtype: str) -> str:
+    """Triton's signature text of the warp-specialized kernel's K descriptor (64x64 boxes, 128-byte swizzle)."""
+    return (f"tensordesc<{dtype}[64, 64],NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2, "
             "transposed=False, fp4_padded=False, cga_layout=[])>")
 
 

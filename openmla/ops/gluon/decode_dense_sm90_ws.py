@@ -175,18 +175,10 @@ BOX_READY = True  # with TMA: one ready barrier per 64-column box, so the score 
 # the four-warpgroup form's softmax: tiles every row sees whole skip the mask, the scale folded into the exponent's FMA
 # (:func:`_online_softmax`; the launchers' ``interior_softmax``)
 INTERIOR_SOFTMAX = True
-# the four-warpgroup form: each tile's rescale factor published as soon as the max is known, so the output warpgroups
-# rescale while P is computed (:func:`_softmax_only`; the launchers' ``early_alpha``; experiment)
-EARLY_ALPHA = False
-# with EARLY_ALPHA: P published in two halves of the tile's keys, the first half's P V products running while the second
-# is exponentiated (the launchers' ``p_halves``; experiment)
-P_HALVES = False
-# the four-warpgroup form: P and its factor handed to the output warpgroups on hardware barriers (bar.arrive / bar.sync)
-# instead of mbarriers (:func:`_named_bar`; the launchers' ``named_bars``; experiment)
-NAMED_BARS = False
-# with BOX_READY: 64-column chunks of a value half brought by one TMA box (1, 2 or 4; :func:`tma_chunks_view`): fewer
-# copies (and partition barriers) for the loader to issue a tile, the score products waiting per box (experiment)
-BOX_CHUNKS = 1
+# with the interior softmax: each tile's rescale factor handed over as soon as the max is known, then P in two halves of
+# the keys, the first half's products running while the second is exponentiated (:func:`_softmax_halves`; the
+# launchers' ``p_halves``); 1.1-1.4 % faster at h_q=128 s_q=1 (H100, docs/perf-notes.md item 25)
+P_HALVES = True
 
 
 def softmax_only_for(rows: int, boxed: bool = False) -> bool:
@@ -306,13 +298,12 @@ if gluon_available():
     def _loader(q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                 stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                 group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
-                q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc, k_chunks_desc, slots,
+                q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc, slots,
                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
                 PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, TMA_K: gl.constexpr,
                 K_BOXES: gl.constexpr, SPARSE: gl.constexpr, KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr,
                 KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr, LIST_AHEAD: gl.constexpr, trace_ptr,
-                TRACE: gl.constexpr, BOX_ALLOCS: gl.constexpr, dec, OUTPUT_DECODE: gl.constexpr,
-                BOX_CHUNKS: gl.constexpr):
+                TRACE: gl.constexpr, BOX_ALLOCS: gl.constexpr, dec, OUTPUT_DECODE: gl.constexpr):
         """Loader partition: each request's Q tile, then its K tiles into the two-stage ring.
 
         ``TMA_K``: a whole tile (64 keys inside one page) comes as 64x64 TMA boxes of ``k_desc`` (the cache
@@ -322,8 +313,7 @@ if gluon_available():
 
         ``K_BOXES`` > 1 (with ``TMA_K``): each 64-column box completes on a barrier of its own (``k_ready`` holds
         ``K_BOXES`` per stage), so the score products start on the first box landed; a ``cp.async`` tile
-        arrives on all of them. With ``BOX_CHUNKS`` > 1 a box of ``k_chunks_desc`` brings that many 64-column
-        chunks of a value half, on the barrier of its first chunk (the others' barriers are not used).
+        arrives on all of them.
 
         ``SPARSE``: a request's "block table" row is its list of cache slots (``page * page_block_size +
         offset``, token-sparse decoding): each key row comes from its own slot, and a slot outside the cache
@@ -380,8 +370,8 @@ if gluon_available():
                 if TMA_K and start + BLOCK_N <= tok_hi:
                     page_id = gl.load(bt_row + start // page_block_size)
                     page_id = gl.minimum(gl.maximum(page_id, 0), num_blocks - 1)
-                    _tma_tile(k_desc, k_chunks_desc, page_id * page_block_size + start % page_block_size, k_lo, k_hi,
-                              k_pe.index(stage), k_ready, stage, D_V, D_PE, K_BOXES, BOX_ALLOCS, BOX_CHUNKS)
+                    _tma_tile(k_desc, page_id * page_block_size + start % page_block_size, k_lo.index(stage),
+                              k_hi.index(stage), k_pe.index(stage), k_ready, stage, D_V, D_PE, K_BOXES, BOX_ALLOCS)
                 elif KV_E4M3:
                     if not LIST_AHEAD:
                         ent = _key_entries(bt_row, start + offs_e, tok_hi, page_block_size, False)
@@ -792,55 +782,28 @@ if gluon_available():
         _publish(q_ready, ASYNC_ARRIVE)
 
     @gluon.jit
-    def _tma_tile(k_desc, k_chunks_desc, row, k_lo, k_hi, dst_pe, k_ready, stage, D_V: gl.constexpr,
-                  D_PE: gl.constexpr, BOXES: gl.constexpr, BOX_ALLOCS: gl.constexpr, BOX_CHUNKS: gl.constexpr):
-        """One K tile (rows ``row .. row+63`` of ``k_desc``) as TMA boxes into ``stage`` of the value halves ``k_lo``,
-        ``k_hi`` ([2, 64, D_V/2]) and the RoPE slot ``dst_pe``: 64x64 boxes all on the stage's one ready barrier
-        (``BOXES`` 1), or box ``c`` (columns ``64c ..``, in the order the score products read them) on barrier
-        ``c`` of the stage; with ``BOX_CHUNKS`` > 1, ``BOX_CHUNKS`` 64-column chunks of a value half come as one box
-        of ``k_chunks_desc`` (the cache as [chunks, rows, 64], :func:`tma_chunks_view`) on the barrier of its first
-        chunk."""
+    def _tma_tile(k_desc, row, dst_lo, dst_hi, dst_pe, k_ready, stage, D_V: gl.constexpr, D_PE: gl.constexpr,
+                  BOXES: gl.constexpr, BOX_ALLOCS: gl.constexpr):
+        """One K tile (rows ``row .. row+63`` of ``k_desc``) as 64x64 TMA boxes into ``stage``: all on its one
+        ready barrier (``BOXES`` 1), or box ``c`` (columns ``64c ..``, in the order the score products read
+        them) on barrier ``stage * BOXES + c``."""
         HALF: gl.constexpr = D_V // 2
-        CHUNKS: gl.constexpr = HALF // 64
         BOX_BYTES: gl.constexpr = 64 * 64 * 2  # 16-bit keys
-        dst_lo = k_lo.index(stage)
-        dst_hi = k_hi.index(stage)
         if BOXES == 1:
             bar = k_ready.index(stage)
             mbarrier.expect(bar, (D_V + D_PE) * 64 * 2)
-            for c in gl.static_range(CHUNKS):
+            for c in gl.static_range(HALF // 64):
                 tma.async_copy_global_to_shared(k_desc, [row, c * 64], bar, dst_lo.slice(c * 64, 64, dim=1))
                 tma.async_copy_global_to_shared(k_desc, [row, HALF + c * 64], bar, dst_hi.slice(c * 64, 64, dim=1))
             if D_PE > 0:
                 tma.async_copy_global_to_shared(k_desc, [row, D_V], bar, dst_pe)
-        elif BOX_CHUNKS > 1:
-            GROUPS: gl.constexpr = CHUNKS // BOX_CHUNKS
-            # each value half's ring seen as [2 * GROUPS, BOX_CHUNKS, 64, 64]: the same bytes, since a 128-byte
-            # swizzled [64, D_V/2] tile keeps each 64-column chunk as a contiguous 8 KB block
-            BOX_SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
-            lo = k_lo._reinterpret(k_lo.dtype, [2 * GROUPS, BOX_CHUNKS, 64, 64], BOX_SMEM)
-            hi = k_hi._reinterpret(k_hi.dtype, [2 * GROUPS, BOX_CHUNKS, 64, 64], BOX_SMEM)
-            for g in gl.static_range(GROUPS):
-                bar = _box_bar(k_ready, stage, g * BOX_CHUNKS, BOXES, BOX_ALLOCS)
-                mbarrier.expect(bar, BOX_CHUNKS * BOX_BYTES)
-                tma.async_copy_global_to_shared(k_chunks_desc, [g * BOX_CHUNKS, row, 0], bar,
-                                                lo.index(stage * GROUPS + g))
-            for g in gl.static_range(GROUPS):
-                bar = _box_bar(k_ready, stage, CHUNKS + g * BOX_CHUNKS, BOXES, BOX_ALLOCS)
-                mbarrier.expect(bar, BOX_CHUNKS * BOX_BYTES)
-                tma.async_copy_global_to_shared(k_chunks_desc, [CHUNKS + g * BOX_CHUNKS, row, 0], bar,
-                                                hi.index(stage * GROUPS + g))
-            if D_PE > 0:
-                bar = _box_bar(k_ready, stage, D_V // 64, BOXES, BOX_ALLOCS)
-                mbarrier.expect(bar, BOX_BYTES)
-                tma.async_copy_global_to_shared(k_desc, [row, D_V], bar, dst_pe)
         else:
-            for c in gl.static_range(CHUNKS):
+            for c in gl.static_range(HALF // 64):
                 bar = _box_bar(k_ready, stage, c, BOXES, BOX_ALLOCS)
                 mbarrier.expect(bar, BOX_BYTES)
                 tma.async_copy_global_to_shared(k_desc, [row, c * 64], bar, dst_lo.slice(c * 64, 64, dim=1))
-            for c in gl.static_range(CHUNKS):
-                bar = _box_bar(k_ready, stage, CHUNKS + c, BOXES, BOX_ALLOCS)
+            for c in gl.static_range(HALF // 64):
+                bar = _box_bar(k_ready, stage, HALF // 64 + c, BOXES, BOX_ALLOCS)
                 mbarrier.expect(bar, BOX_BYTES)
                 tma.async_copy_global_to_shared(k_desc, [row, HALF + c * 64], bar, dst_hi.slice(c * 64, 64, dim=1))
             if D_PE > 0:
@@ -894,29 +857,6 @@ if gluon_available():
         gl.thread_barrier()
         mbarrier.arrive(p_free, count=1)
         mbarrier.arrive(k_free_stage, count=1)
-
-    # ``NAMED_BARS``: the CTA's hardware barriers of the hand-over between the softmax warpgroup and the two output
-    # warpgroups, 384 threads each (Triton's partitions use barriers 0-4): P (or its first half) and its factor
-    # ready, both released, the factor ready ahead of P (``EARLY_ALPHA``), P's second half ready (``P_HALVES``)
-    def _bar_asm(op: str, bar: int):
-        return gl.constexpr(f"bar.{op} {bar}, 384;\n\tmov.b32 $0, $1;")
-
-    _P_READY_ARRIVE, _P_READY_SYNC = _bar_asm("arrive", 8), _bar_asm("sync", 8)
-    _P_FREE_ARRIVE, _P_FREE_SYNC = _bar_asm("arrive", 9), _bar_asm("sync", 9)
-    _A_READY_ARRIVE, _A_READY_SYNC = _bar_asm("arrive", 10), _bar_asm("sync", 10)
-    _P_B_READY_ARRIVE, _P_B_READY_SYNC = _bar_asm("arrive", 11), _bar_asm("sync", 11)
-
-    @gluon.jit
-    def _named_bar(ASM: gl.constexpr, PARTITION_WARPS: gl.constexpr):
-        """``NAMED_BARS``: one side of a hand-over on a hardware barrier (``ASM``, one of the ``_*_ARRIVE`` /
-        ``_*_SYNC`` texts above). The side that signals arrives (``bar.arrive``, no wait, every thread: its own
-        writes, or its products' reads, are ordered before the other side's sync), the side that waits syncs
-        (``bar.sync``): no thread barrier inside the signalling warpgroup and no ``mbarrier`` poll. Each barrier is
-        used once a round by each side, and a side only signals a round once the other has released the last, so
-        rounds never mix (``docs/perf-notes.md`` item 25)."""
-        ONE: gl.constexpr = gl.BlockedLayout([1], [32], [PARTITION_WARPS], [0])
-        x = gl.full([1], 0, gl.int32, layout=ONE)
-        gl.inline_asm_elementwise(ASM, "=r,r", [x], dtype=gl.int32, is_pure=False, pack=1)
 
     @gluon.jit
     def _final_factor(p_ready, p_free, a_smem, phase, ROW_O: gl.constexpr):
@@ -984,8 +924,7 @@ if gluon_available():
                          v_half, p_smem, a_smem, bars,
                          COL0: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr,
                          PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, trace_ptr, TRACE: gl.constexpr,
-                         dec, DECODE: gl.constexpr, a_ready=None, EARLY_ALPHA: gl.constexpr = False,
-                         p_ready_b=None, P_HALVES: gl.constexpr = False, NAMED_BARS: gl.constexpr = False):
+                         dec, DECODE: gl.constexpr, a_ready=None, P_HALVES: gl.constexpr = False):
         """:func:`_output_half` as two N=D_V/4 products with an accumulator each: with four warpgroups the
         launch cap is 128 registers a thread, and ``ptxas`` fits every instruction under that cap, so a single
         N=256 product (154 registers) does not compile even where the partition's own limit is 168. Kept
@@ -998,12 +937,9 @@ if gluon_available():
         (Starting the first two blocks of tile ``kb + 1`` before waiting for tile ``kb``'s ``P`` instead measured
         slower: module docstring.)
 
-        ``EARLY_ALPHA``: each tile's rescale factor comes on ``a_ready`` before ``P`` does (:func:`_softmax_only`),
-        and the accumulators are rescaled while the softmax warpgroup computes ``P``; with ``P_HALVES`` the products
-        on the first half of the keys are issued when that half of ``P`` lands (``p_ready``), the second half's on
-        ``p_ready_b``. ``NAMED_BARS``: ``P`` and the factors come on hardware barriers (:func:`_named_bar`); every
-        release but the piece's last is signalled there (the softmax warpgroup waits for one before each hand-over
-        but its first)."""
+        ``P_HALVES`` (:func:`_softmax_halves`): each tile's rescale factor comes on ``a_ready`` and the accumulators
+        are rescaled while ``P`` is computed; the products on the first 32 keys are issued when that half of ``P``
+        lands (``p_ready[0]``), the last 32 keys' on ``p_ready[1]``."""
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
         QUARTER: gl.constexpr = D_V // 4
         O_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
@@ -1028,46 +964,23 @@ if gluon_available():
             for it in range(0, n_tiles):
                 stage = kb % 2
                 has_next = (it + 1 < n_tiles) | (req < end_req)  # a tile after this one in the piece
-                if EARLY_ALPHA:
-                    if NAMED_BARS:
-                        _named_bar(_A_READY_SYNC, PARTITION_WARPS)
-                    else:
-                        mbarrier.wait(a_ready, kb & 1)
+                if P_HALVES:
+                    mbarrier.wait(a_ready, kb & 1)
                     alpha = a_smem.load(ROW_O)
                     acc_a = acc_a * alpha[:, None]
                     acc_b = acc_b * alpha[:, None]
-                    if NAMED_BARS:
-                        _named_bar(_P_READY_SYNC, PARTITION_WARPS)
-                        if ASYNC_ARRIVE:
-                            fence_async_shared()  # as _acquire: V came from the loader through the softmax warpgroup
-                    else:
-                        _acquire(p_ready, pr & 1, ASYNC_ARRIVE)
+                    _acquire(p_ready.index(0), pr & 1, ASYNC_ARRIVE)  # V came from the loader through the softmax WG
                     _stamp(trace_ptr, kb, 5, TRACE, PARTITION_WARPS)
-                    v = v_half.index(stage)
-                    if P_HALVES:
-                        KEYS: gl.constexpr = BLOCK_N // 2
-                        v_a = v.slice(0, KEYS, dim=0)
-                        acc_a = warpgroup_mma(p_smem.index(0), v_a.slice(0, QUARTER, dim=1), acc_a, is_async=True)
-                        acc_b = warpgroup_mma(p_smem.index(0), v_a.slice(QUARTER, QUARTER, dim=1), acc_b,
-                                              is_async=True)
-                        if NAMED_BARS:
-                            _named_bar(_P_B_READY_SYNC, PARTITION_WARPS)
-                        else:
-                            mbarrier.wait(p_ready_b, kb & 1)
-                        v_b = v.slice(KEYS, KEYS, dim=0)
-                        acc_a = warpgroup_mma(p_smem.index(1), v_b.slice(0, QUARTER, dim=1), acc_a, is_async=True)
-                        acc_b = warpgroup_mma(p_smem.index(1), v_b.slice(QUARTER, QUARTER, dim=1), acc_b,
-                                              is_async=True)
-                    else:
-                        acc_a = warpgroup_mma(p_smem, v.slice(0, QUARTER, dim=1), acc_a, is_async=True)
-                        acc_b = warpgroup_mma(p_smem, v.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
+                    KEYS: gl.constexpr = BLOCK_N // 2
+                    v_a = v_half.index(stage).slice(0, KEYS, dim=0)
+                    acc_a = warpgroup_mma(p_smem.index(0), v_a.slice(0, QUARTER, dim=1), acc_a, is_async=True)
+                    acc_b = warpgroup_mma(p_smem.index(0), v_a.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
+                    mbarrier.wait(p_ready.index(1), kb & 1)
+                    v_b = v_half.index(stage).slice(KEYS, KEYS, dim=0)
+                    acc_a = warpgroup_mma(p_smem.index(1), v_b.slice(0, QUARTER, dim=1), acc_a, is_async=True)
+                    acc_b = warpgroup_mma(p_smem.index(1), v_b.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
                 else:
-                    if NAMED_BARS:
-                        _named_bar(_P_READY_SYNC, PARTITION_WARPS)
-                        if ASYNC_ARRIVE:
-                            fence_async_shared()  # as _acquire: V came from the loader through the softmax warpgroup
-                    else:
-                        _acquire(p_ready, pr & 1, ASYNC_ARRIVE)  # V came from the loader through the softmax warpgroup
+                    _acquire(p_ready, pr & 1, ASYNC_ARRIVE)  # V came from the loader through the softmax warpgroup
                     _stamp(trace_ptr, kb, 5, TRACE, PARTITION_WARPS)
                     acc_a, acc_b = _pv_quarters(p_smem, v_half.index(stage), a_smem.load(ROW_O), acc_a, acc_b,
                                                 QUARTER)
@@ -1076,20 +989,12 @@ if gluon_available():
                         _decode_own_half(v_half, dec, k_ready, kb + 1, D_V, PARTITION_WARPS)
                         _stamp(trace_ptr, kb + 1, 7, TRACE, PARTITION_WARPS)
                 acc_a, acc_b = warpgroup_mma_wait(num_outstanding=0, deps=(acc_a, acc_b))
-                if NAMED_BARS:
-                    _named_bar(_P_FREE_ARRIVE, PARTITION_WARPS)  # P and its factor are free
-                    gl.thread_barrier()
-                    mbarrier.arrive(k_free.index(stage), count=1)
-                else:
-                    _release(p_free, k_free.index(stage))
+                _release(p_free, k_free.index(stage))
                 _stamp(trace_ptr, kb, 6, TRACE, PARTITION_WARPS)
                 kb += 1
                 pr += 1
-            if NAMED_BARS:
-                _named_bar(_P_READY_SYNC, PARTITION_WARPS)
-                inv_l = a_smem.load(ROW_O)
-                if req < end_req:  # the piece's last factor is waited for by nobody
-                    _named_bar(_P_FREE_ARRIVE, PARTITION_WARPS)
+            if P_HALVES:  # the last round's factor comes on the first half's barrier
+                inv_l = _final_factor(p_ready.index(0), p_free, a_smem, pr & 1, ROW_O)
             else:
                 inv_l = _final_factor(p_ready, p_free, a_smem, pr & 1, ROW_O)
             pr += 1
@@ -1226,8 +1131,7 @@ if gluon_available():
                       K_BOXES: gl.constexpr, SPARSE: gl.constexpr, HAS_SINK: gl.constexpr,
                       KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr, KV_FP8: gl.constexpr, trace_ptr,
                       TRACE: gl.constexpr, BOX_ALLOCS: gl.constexpr, INTERIOR: gl.constexpr,
-                      a_ready=None, EARLY_ALPHA: gl.constexpr = False, p_ready_b=None,
-                      P_HALVES: gl.constexpr = False, NAMED_BARS: gl.constexpr = False, BOX_CHUNKS: gl.constexpr = 1):
+                      a_ready=None, P_HALVES: gl.constexpr = False):
         """Default partition when two output warpgroups own the halves (``SOFTMAX_ONLY``): scores, online
         softmax, ``P`` and the rescale factor (then ``1/l``) to both, LSE. It holds no output accumulator,
         so tile ``j+1``'s scores and softmax run while the output warpgroups multiply tile ``j``'s ``P`` by V;
@@ -1240,13 +1144,8 @@ if gluon_available():
         its factor folded into the ``1/l`` it publishes (the LSE is unchanged). ``KV_E4M3``: the keys are the
         per-tensor FP8 cache's codes, so the scores are scaled by ``descale_k`` too and the ``1/l`` published
         carries it for ``P V`` (V = descale_k * codes). ``Q_E4M3``: Q holds e4m3 codes too, so the scores take
-        ``descale_q`` as well. ``EARLY_ALPHA``: each tile's rescale factor is published on ``a_ready`` as soon as
-        the max is known, before the exponentials, so the output warpgroups rescale while ``P`` is computed
-        (:func:`_output_quarters`). ``P_HALVES`` (with ``EARLY_ALPHA``): ``P`` is computed and published in two
-        halves of the tile's keys (``p_smem`` [2, BLOCK_M, BLOCK_N/2]; the first on ``p_ready``, the second on
-        ``p_ready_b``), so the output warpgroups' products on the first half run while the second is exponentiated.
-        ``NAMED_BARS``: ``P`` and each factor are handed over on hardware barriers (:func:`_named_bar`) instead of
-        ``p_ready`` / ``p_free``; the piece's first hand-over waits for no release.
+        ``descale_q`` as well. ``P_HALVES``: each tile is handed over in three steps (:func:`_softmax_halves`):
+        ``p_ready`` and ``p_smem`` are then pairs, and ``a_ready`` signals the rescale factor.
         """
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
         S_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
@@ -1269,7 +1168,7 @@ if gluon_available():
                     offs_j = tok_lo + it * BLOCK_N + offs_n
                     slot = gl.load(block_table_ptr + req64 * stride_bt + offs_j, mask=offs_j < tok_hi, other=-1)
                 s = _scores_ready(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, k_ready, stage, (kb // 2) & 1, S_LAYOUT,
-                                  BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE, BOX_ALLOCS, BOX_CHUNKS)
+                                  BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE, BOX_ALLOCS)
                 _stamp(trace_ptr, kb, 2, TRACE, PARTITION_WARPS)
                 if SPARSE and not KV_FP8:  # the tile's slots, landed with its keys, read while its scores run
                     slot = slots.index(stage).load(gl.SliceLayout(0, S_LAYOUT))
@@ -1278,56 +1177,16 @@ if gluon_available():
                 if SPARSE:
                     named = (slot >= 0) & (slot // page_block_size < num_blocks)
                     s = gl.where(named[None, :], s, float("-inf"))
-                if EARLY_ALPHA:
-                    s, m_new, m_shift = _softmax_max(s, m_i, scale_log2, tok_lo + it * BLOCK_N, tok_hi, limit,
-                                                     offs_n, CAUSAL, INTERIOR)
-                    alpha = gl.exp2(m_i - m_shift)
-                    _stamp(trace_ptr, kb, 8, TRACE, PARTITION_WARPS)  # here: the max and alpha only
-                    if NAMED_BARS:
-                        if pr > 0:
-                            _named_bar(_P_FREE_SYNC, PARTITION_WARPS)
-                    else:
-                        mbarrier.wait(p_free, (pr & 1) ^ 1)  # both output warpgroups are done with the last P
-                    _stamp(trace_ptr, kb, 9, TRACE, PARTITION_WARPS)
-                    a_smem.store(alpha)
-                    if NAMED_BARS:  # the output warpgroups rescale while P is computed
-                        _named_bar(_A_READY_ARRIVE, PARTITION_WARPS)
-                    else:
-                        gl.thread_barrier()
-                        mbarrier.arrive(a_ready, count=1)
-                    if P_HALVES:
-                        # the keys' two halves, in the score layout's own registers (no data moves)
-                        s_a, s_b = gl.split(gl.permute(gl.reshape(s, [BLOCK_M, 2, BLOCK_N // 2]), (0, 2, 1)))
-                        HALF_ROWS: gl.constexpr = gl.SliceLayout(1, s_a.type.layout)
-                        shift_h = gl.convert_layout(m_shift, HALF_ROWS)
-                        p_a = _softmax_exp(s_a, shift_h, scale_log2, INTERIOR)
-                        p_smem.index(0).store(p_a.to(dtype))
-                        fence_async_shared()  # P is read next by the tensor cores
-                        if NAMED_BARS:
-                            _named_bar(_P_READY_ARRIVE, PARTITION_WARPS)
-                        else:
-                            gl.thread_barrier()
-                            mbarrier.arrive(p_ready, count=1)
-                        p_b = _softmax_exp(s_b, shift_h, scale_log2, INTERIOR)
-                        p_sum = gl.convert_layout(gl.sum(p_a + p_b, axis=1), m_i.type.layout)  # one reduction
-                        l_i = l_i * alpha + p_sum
-                        p_smem.index(1).store(p_b.to(dtype))
-                        p_ready_now = p_ready_b
-                    else:
-                        p = _softmax_exp(s, m_shift, scale_log2, INTERIOR)
-                        l_i = l_i * alpha + gl.sum(p, axis=1)
-                        p_smem.store(p.to(dtype))
-                        p_ready_now = p_ready
-                    m_i = m_new
+                if P_HALVES:
+                    m_i, l_i = _softmax_halves(s, m_i, l_i, scale_log2, tok_lo + it * BLOCK_N, tok_hi, limit, offs_n,
+                                               p_smem, a_smem, p_free, a_ready, p_ready, pr, CAUSAL, INTERIOR,
+                                               trace_ptr, kb, TRACE, PARTITION_WARPS)
+                    p_ready_now = p_ready.index(1)
                 else:
                     p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, scale_log2, tok_lo + it * BLOCK_N, tok_hi,
                                                          limit, offs_n, CAUSAL, INTERIOR)
                     _stamp(trace_ptr, kb, 8, TRACE, PARTITION_WARPS)
-                    if NAMED_BARS:
-                        if pr > 0:
-                            _named_bar(_P_FREE_SYNC, PARTITION_WARPS)
-                    else:
-                        mbarrier.wait(p_free, (pr & 1) ^ 1)  # both output warpgroups are done with the last P
+                    mbarrier.wait(p_free, (pr & 1) ^ 1)  # both output warpgroups are done with the last P
                     _stamp(trace_ptr, kb, 9, TRACE, PARTITION_WARPS)
                     p_smem.store(p.to(dtype))
                     # from the softmax's own row layout (a row's four holders write one value): a conversion to a
@@ -1335,14 +1194,8 @@ if gluon_available():
                     a_smem.store(alpha)
                     p_ready_now = p_ready
                 fence_async_shared()  # P is read next by the tensor cores
-                if NAMED_BARS:
-                    if P_HALVES:
-                        _named_bar(_P_B_READY_ARRIVE, PARTITION_WARPS)
-                    else:
-                        _named_bar(_P_READY_ARRIVE, PARTITION_WARPS)
-                else:
-                    gl.thread_barrier()
-                    mbarrier.arrive(p_ready_now, count=1)
+                gl.thread_barrier()
+                mbarrier.arrive(p_ready_now, count=1)
                 _stamp(trace_ptr, kb, 4, TRACE, PARTITION_WARPS)
                 pr += 1
                 kb += 1
@@ -1358,11 +1211,8 @@ if gluon_available():
                     # out *= 1 / (1 + exp(sink - lse)), base 2: a +inf sink gives 0, -inf leaves out as it is
                     sink2 = gl.load(sink_ptr + head_o, mask=mask_r, other=0.0) * 1.4426950408889634
                     inv_l = gl.where(empty, 0.0, inv_l / (1.0 + gl.exp2(sink2 - lse2)))
-            if NAMED_BARS:
-                if pr > 0:
-                    _named_bar(_P_FREE_SYNC, PARTITION_WARPS)
-                a_smem.store(inv_l)
-                _named_bar(_P_READY_ARRIVE, PARTITION_WARPS)
+            if P_HALVES:
+                _hand_factor(inv_l, a_smem, p_free, p_ready.index(0), (pr & 1) ^ 1)
             else:
                 _hand_factor(inv_l, a_smem, p_free, p_ready, (pr & 1) ^ 1)
             pr += 1
@@ -1451,12 +1301,10 @@ if gluon_available():
     @gluon.jit
     def _scores_ready(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, k_ready, stage, phase, S_LAYOUT: gl.constexpr,
                       BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
-                      K_BOXES: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, BOX_ALLOCS: gl.constexpr,
-                      BOX_CHUNKS: gl.constexpr = 1):
+                      K_BOXES: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, BOX_ALLOCS: gl.constexpr):
         """Wait for K ``stage`` and issue its score products (:func:`_scores`); with ``K_BOXES`` > 1 each
         64-column product waits only for its own box (TMA writes need no fence before the tensor cores, and a
-        ``cp.async`` tile was fenced by the loader before it arrived), a box being ``BOX_CHUNKS`` chunks of a
-        value half (:func:`_tma_tile`)."""
+        ``cp.async`` tile was fenced by the loader before it arrived)."""
         if K_BOXES == 1:
             _acquire(k_ready.index(stage), phase, ASYNC_ARRIVE)
             s = _scores(q_lo, q_hi, q_pe, k_lo.index(stage), k_hi.index(stage), k_pe.index(stage), S_LAYOUT,
@@ -1471,13 +1319,11 @@ if gluon_available():
             s = warpgroup_mma(q_lo.slice(0, 64, dim=1), k_lo_s.slice(0, 64, dim=1).permute((1, 0)), s,
                               use_acc=False, is_async=True)
             for c in gl.static_range(1, CHUNKS):
-                if c % BOX_CHUNKS == 0:
-                    mbarrier.wait(_box_bar(k_ready, stage, c, K_BOXES, BOX_ALLOCS), phase)
+                mbarrier.wait(_box_bar(k_ready, stage, c, K_BOXES, BOX_ALLOCS), phase)
                 s = warpgroup_mma(q_lo.slice(c * 64, 64, dim=1), k_lo_s.slice(c * 64, 64, dim=1).permute((1, 0)),
                                   s, is_async=True)
             for c in gl.static_range(CHUNKS):
-                if c % BOX_CHUNKS == 0:
-                    mbarrier.wait(_box_bar(k_ready, stage, CHUNKS + c, K_BOXES, BOX_ALLOCS), phase)
+                mbarrier.wait(_box_bar(k_ready, stage, CHUNKS + c, K_BOXES, BOX_ALLOCS), phase)
                 s = warpgroup_mma(q_hi.slice(c * 64, 64, dim=1), k_hi_s.slice(c * 64, 64, dim=1).permute((1, 0)),
                                   s, is_async=True)
             if D_PE > 0:
@@ -1535,6 +1381,39 @@ if gluon_available():
         return p, alpha, m_new, l_new
 
     @gluon.jit
+    def _softmax_halves(s, m_i, l_i, scale_log2, start, tok_hi, limit, offs_n, p_smem, a_smem, p_free, a_ready,
+                        p_ready, pr, CAUSAL: gl.constexpr, INTERIOR: gl.constexpr, trace_ptr, kb,
+                        TRACE: gl.constexpr, PARTITION_WARPS: gl.constexpr):
+        """:func:`_online_softmax` handed over in three steps (``P_HALVES``): the rescale factor as soon as the max is
+        known (``a_smem``, ``a_ready``: the output warpgroups rescale while ``P`` is computed), then ``P`` for the
+        tile's first 32 keys (``p_smem[0]``, ``p_ready``: their products start while the second half is
+        exponentiated), then for the last 32 (``p_smem[1]``; the caller fences and signals ``p_ready[1]``).
+        Returns ``(m_new, l_new)``."""
+        BLOCK_M: gl.constexpr = s.shape[0]
+        BLOCK_N: gl.constexpr = s.shape[1]
+        dtype: gl.constexpr = p_smem.dtype
+        s, m_new, m_shift = _softmax_max(s, m_i, scale_log2, start, tok_hi, limit, offs_n, CAUSAL, INTERIOR)
+        alpha = gl.exp2(m_i - m_shift)
+        _stamp(trace_ptr, kb, 8, TRACE, PARTITION_WARPS)  # here: the max and the factor only
+        mbarrier.wait(p_free, (pr & 1) ^ 1)  # both output warpgroups are done with the last P and factor
+        _stamp(trace_ptr, kb, 9, TRACE, PARTITION_WARPS)
+        a_smem.store(alpha)
+        gl.thread_barrier()
+        mbarrier.arrive(a_ready, count=1)
+        # the keys' two halves, in the score layout's own registers (no data moves)
+        s_a, s_b = gl.split(gl.permute(gl.reshape(s, [BLOCK_M, 2, BLOCK_N // 2]), (0, 2, 1)))
+        shift_h = gl.convert_layout(m_shift, gl.SliceLayout(1, s_a.type.layout))
+        p_a = _softmax_exp(s_a, shift_h, scale_log2, INTERIOR)
+        p_smem.index(0).store(p_a.to(dtype))
+        fence_async_shared()  # P is read next by the tensor cores
+        gl.thread_barrier()
+        mbarrier.arrive(p_ready.index(0), count=1)
+        p_b = _softmax_exp(s_b, shift_h, scale_log2, INTERIOR)
+        l_new = l_i * alpha + gl.convert_layout(gl.sum(p_a + p_b, axis=1), m_i.type.layout)
+        p_smem.index(1).store(p_b.to(dtype))
+        return m_new, l_new
+
+    @gluon.jit
     def _hand_over(p, alpha, acc, p_smem, a_smem, p_ready, p_free, pr, ROW_O: gl.constexpr, dtype: gl.constexpr):
         """Publish ``P`` and the rescale factor once the output warpgroup has released the buffers, then
         rescale this warpgroup's half."""
@@ -1556,8 +1435,7 @@ if gluon_available():
         stride_bt,
         stride_ob, stride_os, stride_oh,
         stride_lb, stride_lh,
-        s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2, k_desc, k_chunks_desc,
-        sink_ptr,
+        s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2, k_desc, sink_ptr,
         descale_k_ptr, descale_q_ptr, trace_ptr,
         CAUSAL: gl.constexpr, OVERLAP: gl.constexpr, SOFTMAX_ONLY: gl.constexpr, TMA_K: gl.constexpr,
         BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
@@ -1567,8 +1445,7 @@ if gluon_available():
         KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr, HAS_SINK: gl.constexpr, KV_E4M3: gl.constexpr,
         Q_E4M3: gl.constexpr, LIST_AHEAD: gl.constexpr, TRACE: gl.constexpr,
         BOX_ALLOCS: gl.constexpr, OUTPUT_DECODE: gl.constexpr, INTERIOR: gl.constexpr = False,
-        EARLY_ALPHA: gl.constexpr = False, P_HALVES: gl.constexpr = False, NAMED_BARS: gl.constexpr = False,
-        BOX_CHUNKS: gl.constexpr = 1,
+        P_HALVES: gl.constexpr = False,
     ):
         # the products' type: q's, or fp16 for e4m3 codes (more mantissa for P than bf16; codes are <= 448)
         if Q_E4M3:
@@ -1590,7 +1467,7 @@ if gluon_available():
         else:  # never read: the RoPE products and copies are compiled out
             q_pe = q_lo
             k_pe = k_lo
-        if P_HALVES:  # P as two halves of the tile's keys, each an A operand of its own
+        if P_HALVES:  # P as two halves of the tile's keys, each an A operand of its own (:func:`_softmax_halves`)
             P_SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=64, element_bitwidth=16, rank=2)
             p_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_M, BLOCK_N // 2], P_SMEM)
         else:
@@ -1607,8 +1484,6 @@ if gluon_available():
         gl.static_assert(not HAS_SINK or SPARSE, "attention sinks are a sparse-decoding option")
         gl.static_assert(not TRACE or SOFTMAX_ONLY, "the trace build stamps the four-warpgroup form")
         gl.static_assert(not BOX_ALLOCS or SOFTMAX_ONLY, "an allocation per box: the four-warpgroup form")
-        gl.static_assert(BOX_CHUNKS == 1 or (SOFTMAX_ONLY and K_BOXES > 1 and (D_V // 128) % BOX_CHUNKS == 0),
-                         "boxes of several chunks: the four-warpgroup form, a ready barrier per box")
         if BOX_ALLOCS:  # one allocation per box (:func:`_box_bar`): 8 or 9 boxes
             gl.static_assert(K_BOXES == 8 or K_BOXES == 9, "an allocation per box: (512 or 576) / 64 boxes")
             BAR: gl.constexpr = mbarrier.MBarrierLayout()
@@ -1625,7 +1500,14 @@ if gluon_available():
         else:
             k_ready = gl.allocate_shared_memory(gl.int64, [2 * K_BOXES, 1], mbarrier.MBarrierLayout())
         k_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        p_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        gl.static_assert(not P_HALVES or (SOFTMAX_ONLY and BLOCK_N == 64 and not OUTPUT_DECODE),
+                         "P in halves: the four-warpgroup form, 64-key tiles, no decoding output warpgroups")
+        if P_HALVES:  # each half of P, then the rescale factor ahead of them (:func:`_softmax_halves`)
+            p_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+            a_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        else:
+            p_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+            a_ready = p_ready  # never read
         p_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         # with ASYNC_ARRIVE each loader thread arrives once per copy batch; else one arrival
         LOADED: gl.constexpr = LOADER_WARPS * 32 if ASYNC_ARRIVE else 1
@@ -1644,7 +1526,12 @@ if gluon_available():
             K_LOADED: gl.constexpr = 1 if (TMA_K or KV_FP8 or KV_E4M3) else LOADED
         mbarrier.init(q_ready, count=LOADED)
         mbarrier.init(q_free, count=1)
-        mbarrier.init(p_ready, count=1)
+        if P_HALVES:
+            for i in gl.static_range(2):
+                mbarrier.init(p_ready.index(i), count=1)
+            mbarrier.init(a_ready, count=1)
+        else:
+            mbarrier.init(p_ready, count=1)
         mbarrier.init(p_free, count=2 if SOFTMAX_ONLY else 1)  # every warpgroup that reads P
         if BOX_ALLOCS:
             for c in gl.static_range(K_BOXES):
@@ -1656,21 +1543,6 @@ if gluon_available():
         for i in gl.static_range(2):
             mbarrier.init(k_free.index(i), count=2)  # both warpgroups that multiply by V
         bars = (q_ready, q_free, k_ready, k_free, p_ready, p_free)
-        gl.static_assert(not EARLY_ALPHA or SOFTMAX_ONLY, "the rescale factor ahead of P: the four-warpgroup form")
-        if EARLY_ALPHA:  # each tile's rescale factor, published before its P (:func:`_softmax_only`)
-            a_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-            mbarrier.init(a_ready, count=1)
-        else:
-            a_ready = p_ready  # never read
-        gl.static_assert(not P_HALVES or (EARLY_ALPHA and BLOCK_N == 64), "P in halves: with EARLY_ALPHA, 64-key tiles")
-        gl.static_assert(not NAMED_BARS or (SOFTMAX_ONLY and not OUTPUT_DECODE and SOFTMAX_WARPS == 4
-                                            and OUTPUT_WARPS == 4),
-                         "P on hardware barriers: the four-warpgroup form, 384 threads, no decoding")
-        if P_HALVES:  # the second half of each tile's P
-            p_ready_b = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-            mbarrier.init(p_ready_b, count=1)
-        else:
-            p_ready_b = p_ready  # never read
         if OUTPUT_DECODE:  # each stage's copies landed (the loader's threads arrive)
             codes_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
             for i in gl.static_range(2):
@@ -1687,26 +1559,24 @@ if gluon_available():
                                  stride_bt, num_blocks, sink_ptr, descale_k_ptr, descale_q_ptr,
                                  CAUSAL, BLOCK_M, BLOCK_N, D_V, D_PE, SOFTMAX_WARPS, ASYNC_ARRIVE, K_BOXES, SPARSE,
                                  HAS_SINK, KV_E4M3, Q_E4M3, KV_FP8, trace_ptr, TRACE, BOX_ALLOCS, INTERIOR, a_ready,
-                                 EARLY_ALPHA, p_ready_b, P_HALVES, NAMED_BARS, BOX_CHUNKS)),
+                                 P_HALVES)),
                 (_output_quarters, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
                                 k_lo, p_smem, a_smem, bars, 0, BLOCK_M, BLOCK_N, D_V, OUTPUT_WARPS, ASYNC_ARRIVE,
-                                trace_ptr, TRACE, dec, OUTPUT_DECODE, a_ready, EARLY_ALPHA, p_ready_b, P_HALVES,
-                                NAMED_BARS)),
+                                trace_ptr, TRACE, dec, OUTPUT_DECODE, a_ready, P_HALVES)),
                 (_output_quarters, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
                                 k_hi, p_smem, a_smem, bars, HALF, BLOCK_M, BLOCK_N, D_V, OUTPUT_WARPS,
-                                ASYNC_ARRIVE, trace_ptr, False, dec, OUTPUT_DECODE, a_ready, EARLY_ALPHA, p_ready_b,
-                                P_HALVES, NAMED_BARS)),
+                                ASYNC_ARRIVE, trace_ptr, False, dec, OUTPUT_DECODE, a_ready, P_HALVES)),
                 (_loader, (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                            stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
-                           q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc, k_chunks_desc, slots,
+                           q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc, slots,
                            BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE, KV_FP8,
                            PREFETCH_L2, KV_E4M3, Q_E4M3, LIST_AHEAD, trace_ptr, TRACE, BOX_ALLOCS, dec,
-                           OUTPUT_DECODE, BOX_CHUNKS)),
+                           OUTPUT_DECODE)),
             ], [OUTPUT_WARPS, OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, OUTPUT_REGS, LOADER_REGS])
         else:
             gl.warp_specialize([
@@ -1724,10 +1594,10 @@ if gluon_available():
                 (_loader, (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                            stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
-                           q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc, k_chunks_desc, slots,
+                           q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc, slots,
                            BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE, KV_FP8,
                            PREFETCH_L2, KV_E4M3, Q_E4M3, LIST_AHEAD, trace_ptr, TRACE, BOX_ALLOCS, dec,
-                           OUTPUT_DECODE, BOX_CHUNKS)),
+                           OUTPUT_DECODE)),
             ], [OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, LOADER_REGS])
 
 
@@ -1775,20 +1645,6 @@ def tma_view(k_cache: torch.Tensor):
     return TensorDescriptor(k_cache, [num_blocks * page_block_size, d], [sk[1], 1], [BLOCK_N, 64], layout)
 
 
-def tma_chunks_view(k_cache: torch.Tensor, box_chunks: int):
-    """A TMA descriptor of ``k_cache`` as [d / 64, num_blocks * page_block_size, 64] (64-column chunks outermost, so a
-    box of ``box_chunks`` chunks of 64 rows lands as that many contiguous 64x64 swizzled blocks, the layout the
-    stage's value halves keep), or ``None`` where :func:`tma_tiles_fit` says no. Its strides do not grow with the
-    dimension (a chunk is 128 bytes, a row ``d`` elements); TMA takes them in any order."""
-    if not tma_tiles_fit(k_cache):
-        return None
-    num_blocks, page_block_size, h_kv, d = k_cache.shape
-    sk = k_cache.stride()
-    layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
-    return TensorDescriptor(k_cache, [d // 64, num_blocks * page_block_size, 64], [64, sk[1], 1],
-                            [box_chunks, BLOCK_N, 64], layout)
-
-
 def dense_decode_sm90_ws_fwd(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -1812,10 +1668,7 @@ def dense_decode_sm90_ws_fwd(
     trace: torch.Tensor | None = None,
     box_allocs: bool = BOX_ALLOCS,
     interior_softmax: bool | None = None,
-    early_alpha: bool | None = None,
     p_halves: bool | None = None,
-    named_bars: bool | None = None,
-    box_chunks: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper, 16-bit caches or (with
     ``descale_k``, a one-element fp32 tensor on q's device) a per-tensor FP8 cache of e4m3 codes, (576, 512)
@@ -1837,23 +1690,13 @@ def dense_decode_sm90_ws_fwd(
     ``box_allocs``: with ``box_ready`` in the four-warpgroup form, each box's ready barriers in an allocation of
     their own (:func:`_box_bar`; default :data:`BOX_ALLOCS`), ``interior_softmax``: in the four-warpgroup form, tiles
     every row sees whole skip the softmax's mask (:func:`_online_softmax`; ``None``: :data:`INTERIOR_SOFTMAX`, read
-    at the call), ``early_alpha``: in the four-warpgroup form, each tile's rescale factor published before its ``P``
-    (:func:`_softmax_only`; ``None``: :data:`EARLY_ALPHA`, read at the call), ``p_halves``: with ``early_alpha``,
-    ``P`` published in two halves of the tile's keys (``None``: :data:`P_HALVES`, read at the call), ``named_bars``:
-    in the four-warpgroup form, ``P`` (and with ``early_alpha`` the factor) handed over on hardware barriers
-    (:func:`_named_bar`; ``None``: :data:`NAMED_BARS`, read at the call), ``box_chunks``: with ``box_ready`` in the
-    four-warpgroup form, 64-column chunks of a value half brought by one TMA box (1, 2 or 4; ``None``:
-    :data:`BOX_CHUNKS`, read at the call).
+    at the call), ``p_halves``: where that interior softmax runs, each tile's rescale factor and then ``P`` in two
+    halves of its keys handed to the output warpgroups (:func:`_softmax_halves`; ``None``: :data:`P_HALVES`, read at
+    the call).
     """
     b, s_q, h_q, d = q.shape
     interior_softmax = INTERIOR_SOFTMAX if interior_softmax is None else interior_softmax
-    early_alpha = EARLY_ALPHA if early_alpha is None else early_alpha
     p_halves = P_HALVES if p_halves is None else p_halves
-    named_bars = NAMED_BARS if named_bars is None else named_bars
-    box_chunks = BOX_CHUNKS if box_chunks is None else int(box_chunks)
-    if box_chunks not in (1, 2, 4):
-        raise InvalidArgumentError(f"box_chunks: a TMA box brings 1, 2 or 4 64-column chunks of a value half, got "
-                                   f"{box_chunks}")
     list_ahead = LIST_AHEAD if list_ahead is None else list_ahead
     h_kv = k_cache.shape[2]
     rows = s_q * (h_q // h_kv)
@@ -1880,32 +1723,26 @@ def dense_decode_sm90_ws_fwd(
     if loader_regs is not None:
         regs = (regs[0], int(loader_regs))
     check_trace(trace, q.device, softmax_only)
-    if not (k_boxes > 1 and softmax_only and (head_dim_v // 128) % box_chunks == 0):
-        box_chunks = 1  # boxes of several chunks serve the four-warpgroup form on per-box barriers only
-    k_chunks_desc = tma_chunks_view(k_cache, box_chunks) if box_chunks > 1 else None
     out = torch.empty(b, s_q, h_q, head_dim_v, dtype=torch.bfloat16 if q_e4m3 else q.dtype, device=q.device)
     if e4m3:
         k_cache = k_cache.view(torch.uint8)  # the kernel addresses codes in bytes
     if q_e4m3:
         q = q.view(torch.uint8)
+    # the folded scale needs scale_log2 > 0 (with FP8 codes it carries the descales, read on the device: not there);
+    # built without the causal mask only
+    interior = bool(interior_softmax and softmax_only and softmax_scale > 0 and not e4m3 and not (causal and s_q > 1))
     launch(_dense_decode_sm90_ws_kernel, (row_tiles * h_kv, num_parts),
         *splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
-                      out, lse, workspace, row_tiles, softmax_scale), k_desc, k_chunks_desc, None, descale_k, descale_q,
-        trace,
+                      out, lse, workspace, row_tiles, softmax_scale), k_desc, None, descale_k, descale_q, trace,
         CAUSAL=bool(causal and s_q > 1), OVERLAP=bool(overlap), SOFTMAX_ONLY=bool(softmax_only),
         TMA_K=k_desc is not None, BLOCK_M=BLOCK_M,
         BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v, SOFTMAX_WARPS=NUM_WARPS, OUTPUT_WARPS=WORKER_WARPS[0],
         LOADER_WARPS=WORKER_WARPS[1], OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], ASYNC_ARRIVE=bool(async_arrive),
         K_BOXES=k_boxes, SPARSE=False, KV_FP8=False, PREFETCH_L2=False, HAS_SINK=False, KV_E4M3=e4m3,
         Q_E4M3=q_e4m3, LIST_AHEAD=bool(e4m3 and list_ahead), TRACE=trace is not None,
-        BOX_ALLOCS=bool(box_allocs and k_boxes > 1 and softmax_only), OUTPUT_DECODE=0, BOX_CHUNKS=box_chunks,
-        # the folded scale needs scale_log2 > 0 (with FP8 codes it carries the descales, read on the device: not there);
-        # built without the causal mask only
-        INTERIOR=bool(interior_softmax and softmax_only and softmax_scale > 0 and not e4m3
-                      and not (causal and s_q > 1)),
-        EARLY_ALPHA=bool(early_alpha and softmax_only),
-        P_HALVES=bool(p_halves and early_alpha and softmax_only),
-        NAMED_BARS=bool(named_bars and softmax_only),
+        BOX_ALLOCS=bool(box_allocs and k_boxes > 1 and softmax_only), OUTPUT_DECODE=0,
+        INTERIOR=interior,
+        P_HALVES=bool(p_halves and interior),
         num_warps=NUM_WARPS,
         maxnreg=SOLO_MAXNREG if softmax_only else MAXNREG,
     )

@@ -179,7 +179,7 @@ def sparse_decode_sm90_fwd(
         k_cache = k_cache.view(torch.uint8)  # the kernel addresses records in bytes
     launch(ws._dense_decode_sm90_ws_kernel, (row_tiles, parts),
         *splitkv_args(q_tok, k_cache, lists, lens, sched, splits, out_tok, lse_tok, workspace, row_tiles,
-                      softmax_scale), None, None, attn_sink, None, None, trace,
+                      softmax_scale), None, attn_sink, None, None, trace,
         CAUSAL=False, OVERLAP=False, SOFTMAX_ONLY=True, TMA_K=False, BLOCK_M=ws.BLOCK_M, BLOCK_N=ws.BLOCK_N,
         D_V=head_dim_v, D_PE=d - head_dim_v, SOFTMAX_WARPS=ws.NUM_WARPS, OUTPUT_WARPS=ws.WORKER_WARPS[0],
         LOADER_WARPS=ws.WORKER_WARPS[1], OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], ASYNC_ARRIVE=True, K_BOXES=1,
