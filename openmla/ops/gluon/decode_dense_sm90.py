@@ -84,6 +84,55 @@ if gluon_available():
         return s_k, tok_lo, tok_hi, split_lo, n_split, split_idx
 
     @gluon.jit
+    def _softmax_max(s, m_i, scale_log2, start, tok_hi, limit, offs_n, CAUSAL: gl.constexpr,
+                     INTERIOR: gl.constexpr = False):
+        """The first half of :func:`_online_softmax`: the tile's scores masked (and, not ``INTERIOR``, scaled), the
+        new running max and the shift the exponent subtracts (0 for a row with no key so far)."""
+        gl.static_assert(not (INTERIOR and CAUSAL), "the interior-tile softmax is built without the causal mask")
+        BLOCK_N: gl.constexpr = s.shape[1]
+        if INTERIOR:
+            if start + BLOCK_N > tok_hi:
+                s = gl.where((start + offs_n < tok_hi)[None, :], s, float("-inf"))
+            m_new = gl.maximum(m_i, gl.max(s, axis=1) * scale_log2)
+        else:  # the masked form, in the order it had before INTERIOR (ptxas's allocation of the forms that run it)
+            s = s * scale_log2
+            offs_j = start + offs_n
+            if CAUSAL:
+                visible = (offs_j[None, :] < tok_hi) & (offs_j[None, :] <= limit[:, None])
+            else:
+                visible = (offs_j < tok_hi)[None, :]
+            s = gl.where(visible, s, float("-inf"))
+            m_new = gl.maximum(m_i, gl.max(s, axis=1))
+        m_shift = gl.where(m_new == float("-inf"), 0.0, m_new)
+        return s, m_new, m_shift
+
+    @gluon.jit
+    def _softmax_exp(s, m_shift, scale_log2, INTERIOR: gl.constexpr = False):
+        """The second half of :func:`_online_softmax`: the tile's unnormalised probabilities ``P`` (fp32)."""
+        if INTERIOR:
+            p = gl.exp2(s * scale_log2 - m_shift[:, None])
+        else:
+            p = gl.exp2(s - m_shift[:, None])
+        return p
+
+    @gluon.jit
+    def _online_softmax(s, m_i, l_i, scale_log2, start, tok_hi, limit, offs_n, CAUSAL: gl.constexpr,
+                        INTERIOR: gl.constexpr = False):
+        """One tile of online softmax in base 2: ``(p, alpha, m_new, l_new)``; keys at or past ``tok_hi``
+        (and, causal, past each row's ``limit``) get weight 0; a row with no key so far keeps ``m = -inf``.
+
+        ``INTERIOR`` (no causal mask; needs ``scale_log2 > 0``, which the launcher checks): the max is taken over the
+        unscaled scores and the scale folded into the exponent (one fused multiply-add an element), and a tile whose
+        keys all lie before ``tok_hi`` skips the mask. The softmax runs with the tensor cores idle
+        (``docs/perf-notes.md`` item 24), so its instruction count is on the tile's chain. (With the causal mask, a
+        one-compare mask measured no faster at s_q=2 and cost ``ptxas`` 8 B more stack in a cp.async build.)"""
+        s, m_new, m_shift = _softmax_max(s, m_i, scale_log2, start, tok_hi, limit, offs_n, CAUSAL, INTERIOR)
+        p = _softmax_exp(s, m_shift, scale_log2, INTERIOR)
+        alpha = gl.exp2(m_i - m_shift)
+        l_new = l_i * alpha + gl.sum(p, axis=1)
+        return p, alpha, m_new, l_new
+
+    @gluon.jit
     def _dense_decode_sm90_kernel(
         q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
         out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, counters_ptr,
@@ -152,8 +201,7 @@ if gluon_available():
                 qpe_smem.store(gl.load(q_row[:, None] + D_V + offs_c_ld[None, :], mask=mask_r_ld[:, None], other=0.0))
 
             t_s = offs_r_s // group
-            if CAUSAL:
-                limit = s_k - s_q + t_s  # [BLOCK_M] last key each row may see
+            limit = s_k - s_q + t_s  # [BLOCK_M] last key each row may see (read only with CAUSAL)
             m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=ROW_S)
             l_i = gl.zeros([BLOCK_M], gl.float32, layout=ROW_S)
             acc = gl.zeros([BLOCK_M, D_V], gl.float32, layout=O_LAYOUT)
@@ -180,19 +228,7 @@ if gluon_available():
                 if D_PE > 0:
                     s = warpgroup_mma(qpe_smem, kpe_smem.index(stage).permute((1, 0)), s, is_async=True)
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-                s = s * scale_log2
-                offs_j = start + offs_n
-                if CAUSAL:
-                    visible = (offs_j[None, :] < tok_hi) & (offs_j[None, :] <= limit[:, None])
-                else:
-                    visible = (offs_j < tok_hi)[None, :]
-                s = gl.where(visible, s, float("-inf"))
-                m_new = gl.maximum(m_i, gl.max(s, axis=1))
-                m_shift = gl.where(m_new == float("-inf"), 0.0, m_new)
-                p = gl.exp2(s - m_shift[:, None])
-                alpha = gl.exp2(m_i - m_shift)
-                l_i = l_i * alpha + gl.sum(p, axis=1)
-                m_i = m_new
+                p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, scale_log2, start, tok_hi, limit, offs_n, CAUSAL)
 
                 p_smem.store(p.to(dtype))
                 fence_async_shared()

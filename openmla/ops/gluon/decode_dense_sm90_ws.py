@@ -205,7 +205,7 @@ if gluon_available():
     _TRACE_TILES = gl.constexpr(TRACE_TILES)
     _TRACE_EVENTS = gl.constexpr(TRACE_EVENTS)
 
-    from .decode_dense_sm90 import _piece_bounds, _request_span
+    from .decode_dense_sm90 import _online_softmax, _piece_bounds, _request_span, _softmax_exp, _softmax_max
 
     @gluon.jit
     def _tiles_of(tok_lo, tok_hi, BLOCK_N: gl.constexpr):
@@ -1330,55 +1330,6 @@ if gluon_available():
                 mbarrier.wait(_box_bar(k_ready, stage, 2 * CHUNKS, K_BOXES, BOX_ALLOCS), phase)
                 s = warpgroup_mma(q_pe, k_pe.index(stage).permute((1, 0)), s, is_async=True)
         return s
-
-    @gluon.jit
-    def _softmax_max(s, m_i, scale_log2, start, tok_hi, limit, offs_n, CAUSAL: gl.constexpr,
-                     INTERIOR: gl.constexpr = False):
-        """The first half of :func:`_online_softmax`: the tile's scores masked (and, not ``INTERIOR``, scaled), the
-        new running max and the shift the exponent subtracts (0 for a row with no key so far)."""
-        gl.static_assert(not (INTERIOR and CAUSAL), "the interior-tile softmax is built without the causal mask")
-        BLOCK_N: gl.constexpr = s.shape[1]
-        if INTERIOR:
-            if start + BLOCK_N > tok_hi:
-                s = gl.where((start + offs_n < tok_hi)[None, :], s, float("-inf"))
-            m_new = gl.maximum(m_i, gl.max(s, axis=1) * scale_log2)
-        else:  # the masked form, in the order it had before INTERIOR (ptxas's allocation of the forms that run it)
-            s = s * scale_log2
-            offs_j = start + offs_n
-            if CAUSAL:
-                visible = (offs_j[None, :] < tok_hi) & (offs_j[None, :] <= limit[:, None])
-            else:
-                visible = (offs_j < tok_hi)[None, :]
-            s = gl.where(visible, s, float("-inf"))
-            m_new = gl.maximum(m_i, gl.max(s, axis=1))
-        m_shift = gl.where(m_new == float("-inf"), 0.0, m_new)
-        return s, m_new, m_shift
-
-    @gluon.jit
-    def _softmax_exp(s, m_shift, scale_log2, INTERIOR: gl.constexpr = False):
-        """The second half of :func:`_online_softmax`: the tile's unnormalised probabilities ``P`` (fp32)."""
-        if INTERIOR:
-            p = gl.exp2(s * scale_log2 - m_shift[:, None])
-        else:
-            p = gl.exp2(s - m_shift[:, None])
-        return p
-
-    @gluon.jit
-    def _online_softmax(s, m_i, l_i, scale_log2, start, tok_hi, limit, offs_n, CAUSAL: gl.constexpr,
-                        INTERIOR: gl.constexpr = False):
-        """One tile of online softmax in base 2: ``(p, alpha, m_new, l_new)``; keys at or past ``tok_hi``
-        (and, causal, past each row's ``limit``) get weight 0; a row with no key so far keeps ``m = -inf``.
-
-        ``INTERIOR`` (no causal mask; needs ``scale_log2 > 0``, which the launcher checks): the max is taken over the
-        unscaled scores and the scale folded into the exponent (one fused multiply-add an element), and a tile whose
-        keys all lie before ``tok_hi`` skips the mask. The softmax runs with the tensor cores idle
-        (``docs/perf-notes.md`` item 24), so its instruction count is on the tile's chain. (With the causal mask, a
-        one-compare mask measured no faster at s_q=2 and cost ``ptxas`` 8 B more stack in a cp.async build.)"""
-        s, m_new, m_shift = _softmax_max(s, m_i, scale_log2, start, tok_hi, limit, offs_n, CAUSAL, INTERIOR)
-        p = _softmax_exp(s, m_shift, scale_log2, INTERIOR)
-        alpha = gl.exp2(m_i - m_shift)
-        l_new = l_i * alpha + gl.sum(p, axis=1)
-        return p, alpha, m_new, l_new
 
     @gluon.jit
     def _softmax_halves(s, m_i, l_i, scale_log2, start, tok_hi, limit, offs_n, p_smem, a_smem, p_free, a_ready,
