@@ -55,6 +55,12 @@ h_q 128 and 64; ``benchmarks/results/2026-11-27-h200-ws-*``):
   tiles whose keys all lie before the request's end. H100, two passes each: 1.1-1.3 % faster at h_q=128 s_q=1, 0.3-0.7 %
   on small batches; with the causal mask (a one-compare form) within the spread at s_q=2, so not built there
   (``2026-11-28-h100-dense-interior-softmax-ab.txt``).
+* ``P_HALVES``: ``True`` (default; launcher ``p_halves``; where the interior softmax runs): each tile's rescale factor
+  handed over as soon as the max is known, then ``P`` for the tile's first 32 keys and their products issued while the
+  last 32 are exponentiated (:func:`_softmax_halves`). H100, two machines, two passes each: 1.1-1.4 % faster at
+  h_q=128 s_q=1, 0.8-1.5 % on b=16 and a ragged batch, 1.6-2.7 % slower at s_q=2 (the causal kernel, so not there).
+  Measured with it and not kept: the factor alone ahead of ``P``, the hand-overs on hardware barriers
+  (``bar.arrive`` / ``bar.sync``), chunked TMA boxes (``2026-11-28-h100-dense-handover-ab.txt``).
 Measured too and not kept (each slower or within noise in the same runs): asking L2 for the next tile
 ahead of its copy (``cp.async.bulk.prefetch.L2``: 0.69-0.74 against 0.75-0.81); the loader issuing a
 request's first K tile before its Q (-2 to -4 % without per-box barriers, mixed with them); the loader at
