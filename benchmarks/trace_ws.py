@@ -55,6 +55,9 @@ WS_INTERVALS = {
     # event 2 follows the wait for the tile's last box (TMA boxes on ready barriers): while the softmax warpgroup
     # waits for K, this is the tile's landing from its issue
     "K issued to its last box landed (1 -> 2)": _span(1, 2),
+    # the stage's release to its scores being issued: 3960-4230 cycles in every form traced on 2026-11-28 (perf-notes
+    # item 25), however the loader's issue and the landing split it
+    "stage free to its scores issued (0 -> 2)": _span(0, 2),
     **_SCORES_SOFTMAX,
     "output waits for P (last 6 -> 5)": _span(6, 5, a_last=True),
     "output products (5 -> 6)": _span(5, 6),

@@ -219,6 +219,7 @@ def test_trace_intervals_read_a_two_stage_timeline():
     assert iv["loader waits for a stage (last 1 -> 0)"] == period - 300
     assert iv["softmax waits for K (last 4 -> 2)"] == period - 300
     assert iv["K issued to its last box landed (1 -> 2)"] == 100
+    assert iv["stage free to its scores issued (0 -> 2)"] == 400
     assert iv["score products (2 -> 3)"] == 100
     assert iv["softmax and hand-over (3 -> 4)"] == 200
     assert (iv["softmax math (3 -> 8)"], iv["waits for the P buffer (8 -> 9)"]) == (100, 50)
