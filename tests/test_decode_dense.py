@@ -506,7 +506,8 @@ SM90_DIRECT = [
 @pytest.mark.skipif(not HAS_CUDA or torch.cuda.get_device_capability() != (9, 0), reason="needs an sm_90 GPU")
 @pytest.mark.parametrize("layout", ["rows", "ws", "ws-overlap", "ws-loader-waits", "ws-softmax-only", "ws-tma",
                                     "ws-softmax-only-tma", "ws-tma-box", "ws-softmax-only-tma-box",
-                                    "ws-softmax-only-tma-box-one-alloc", "ws-softmax-only-tma-box-p-whole"])
+                                    "ws-softmax-only-tma-box-one-alloc", "ws-softmax-only-tma-box-p-whole",
+                                    "ws-softmax-only-tma-box-interior-causal", "ws-softmax-only-interior-causal"])
 @pytest.mark.parametrize("b,s_q,s_k,h_q,h_kv,page,d,dtype,parts", SM90_DIRECT)
 def test_sm90_row_kernels_direct(layout, b, s_q, s_k, h_q, h_kv, page, d, dtype, parts, generator):
     """Each 64-row Hopper kernel, whatever the dispatcher would pick, on plans from one piece per request
@@ -529,7 +530,8 @@ def test_sm90_row_kernels_direct(layout, b, s_q, s_k, h_q, h_kv, page, d, dtype,
                                             softmax_only=layout.startswith("ws-softmax-only"),
                                             tma_k="-tma" in layout, box_ready="-box" in layout,
                                             box_allocs=not layout.endswith("-one-alloc"),
-                                            p_halves=not layout.endswith("-p-whole"))
+                                            p_halves=not layout.endswith("-p-whole"),
+                                            interior_causal=layout.endswith("-interior-causal"))
     torch.cuda.synchronize()
     check_against_reference(dict(inputs, softmax_scale=d ** -0.5), out, lse)
 
@@ -681,8 +683,8 @@ def test_sm90_ws_launcher_interior_softmax_choice(monkeypatch, generator):
                                 0.1, True, softmax_only=True)  # causal MTP: built with the mask
     ws.dense_decode_sm90_ws_fwd(mtp["q"], mtp["k_cache"], mtp["block_table"], mtp["cache_seqlens"], 512, sched, splits,
                                 0.1, False, softmax_only=True)
-    assert [launch.kwargs["INTERIOR"] for launch in launches] == [ws.INTERIOR_SOFTMAX, False, False, False, False,
-                                                                  False, ws.INTERIOR_SOFTMAX]
+    assert [launch.kwargs["INTERIOR"] for launch in launches] == [
+        ws.INTERIOR_SOFTMAX, False, False, False, False, ws.INTERIOR_SOFTMAX and ws.INTERIOR_CAUSAL, ws.INTERIOR_SOFTMAX]
     assert [launch.kwargs["CAUSAL"] for launch in launches[-2:]] == [True, False]
     # P in halves only where the interior softmax runs, and not when asked for P whole
     assert [launch.kwargs["P_HALVES"] for launch in launches] == [
@@ -691,3 +693,11 @@ def test_sm90_ws_launcher_interior_softmax_choice(monkeypatch, generator):
     ws.dense_decode_sm90_ws_fwd(*args, 0.1, False, softmax_only=True, interior_softmax=True, p_halves=False)
     ws.dense_decode_sm90_ws_fwd(*args, 0.1, False, softmax_only=True, interior_softmax=True, p_halves=True)
     assert [launch.kwargs["P_HALVES"] for launch in launches] == [False, True]
+    # causal MTP: the interior softmax only when asked for under the causal mask, and P whole either way
+    launches.clear()
+    for interior_causal in (False, True):
+        ws.dense_decode_sm90_ws_fwd(mtp["q"], mtp["k_cache"], mtp["block_table"], mtp["cache_seqlens"], 512, sched,
+                                    splits, 0.1, True, softmax_only=True, interior_softmax=True, p_halves=True,
+                                    interior_causal=interior_causal)
+    assert [(launch.kwargs["INTERIOR"], launch.kwargs["P_HALVES"]) for launch in launches] == [(False, False),
+                                                                                             (True, False)]

@@ -326,11 +326,16 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
         # the four-warpgroup form with all boxes' ready barriers in one allocation (the launcher's box_allocs off)
         schedules += [default + (True, True, True, not ws.BOX_ALLOCS)]
     # P in halves where the launcher takes it (the four-warpgroup form's interior softmax, no causal mask)
-    schedules = [s + (ws.P_HALVES and ws.INTERIOR_SOFTMAX and s[2] and not causal,) for s in schedules]
-    if dtype == "bf16" and d_qk == 576 and not causal and ws.INTERIOR_SOFTMAX:  # and the launcher's other p_halves
-        schedules += [default + (True, True, ws.BOX_READY, ws.BOX_ALLOCS, not ws.P_HALVES)]
+    schedules = [s + (ws.P_HALVES and ws.INTERIOR_SOFTMAX and s[2] and not causal, ws.INTERIOR_CAUSAL)
+                 for s in schedules]
+    if dtype == "bf16" and d_qk == 576 and ws.INTERIOR_SOFTMAX:  # the launcher's other p_halves / interior_causal
+        boxed = (True, True, ws.BOX_READY, ws.BOX_ALLOCS)
+        if causal:
+            schedules += [default + boxed + (False, not ws.INTERIOR_CAUSAL)]
+        else:
+            schedules += [default + boxed + (not ws.P_HALVES, ws.INTERIOR_CAUSAL)]
     out = []
-    for overlap, async_arrive, softmax_only, tma_k, box_ready, box_allocs, p_halves in schedules:
+    for overlap, async_arrive, softmax_only, tma_k, box_ready, box_allocs, p_halves, interior_causal in schedules:
         regs = ws.SOLO_WORKER_REGS if softmax_only else ws.WORKER_REGS
         consts = dict(CAUSAL=causal, OVERLAP=overlap, SOFTMAX_ONLY=softmax_only, TMA_K=tma_k,
                       ASYNC_ARRIVE=async_arrive, BLOCK_M=ws.BLOCK_M, BLOCK_N=ws.BLOCK_N, D_V=512, D_PE=d_qk - 512,
@@ -339,7 +344,7 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                       KV_FP8=False, PREFETCH_L2=False, HAS_SINK=False, sink_ptr=None, KV_E4M3=False,
                       descale_k_ptr=None, Q_E4M3=False, descale_q_ptr=None, LIST_AHEAD=False, TRACE=False,
                       trace_ptr=None, BOX_ALLOCS=box_allocs, OUTPUT_DECODE=0,
-                      INTERIOR=ws.INTERIOR_SOFTMAX and softmax_only and not causal,
+                      INTERIOR=ws.INTERIOR_SOFTMAX and softmax_only and (interior_causal or not causal),
                       P_HALVES=p_halves)
         v_ptrs = dict(ptrs)
         if tma_k:
@@ -350,7 +355,8 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                 + ("softmax-only" if softmax_only else "overlap" if overlap else "pv-first")
                 + f" {'async-arrive' if async_arrive else 'loader-waits'}" + (" tma-k" if tma_k else "")
                 + (" box-ready" if box_ready else " stage-ready" if tma_k else "")
-                + (" box-allocs" if box_allocs else "") + (" p-halves" if p_halves else ""))
+                + (" box-allocs" if box_allocs else "") + (" p-halves" if p_halves else "")
+                + (" interior-causal" if causal and softmax_only and consts["INTERIOR"] else ""))
         out.append(Variant(ws._dense_decode_sm90_ws_kernel, v_ptrs, ("scale_log2",), consts, ws.NUM_WARPS, 1, name,
                            gluon=True, maxnreg=ws.SOLO_MAXNREG if softmax_only else ws.MAXNREG))
     if d_qk == 576 and causal:  # per-tensor FP8 caches (dense_decode_sm90_ws_fwd's descale_k), both warpgroup splits

@@ -87,10 +87,14 @@ if gluon_available():
     def _softmax_max(s, m_i, scale_log2, start, tok_hi, limit, offs_n, CAUSAL: gl.constexpr,
                      INTERIOR: gl.constexpr = False):
         """The first half of :func:`_online_softmax`: the tile's scores masked (and, not ``INTERIOR``, scaled), the
-        new running max and the shift the exponent subtracts (0 for a row with no key so far)."""
-        gl.static_assert(not (INTERIOR and CAUSAL), "the interior-tile softmax is built without the causal mask")
+        new running max and the shift the exponent subtracts (0 for a row with no key so far). ``INTERIOR`` with
+        ``CAUSAL``: ``limit`` is each row's last visible key, ``tok_hi - 1`` at most (the caller clips it), one compare
+        a key on every tile (a branch skipping the mask on whole tiles cost ``ptxas`` 48-160 B of stack)."""
         BLOCK_N: gl.constexpr = s.shape[1]
-        if INTERIOR:
+        if INTERIOR and CAUSAL:
+            s = gl.where((start + offs_n)[None, :] <= limit[:, None], s, float("-inf"))
+            m_new = gl.maximum(m_i, gl.max(s, axis=1) * scale_log2)
+        elif INTERIOR:
             if start + BLOCK_N > tok_hi:
                 s = gl.where((start + offs_n < tok_hi)[None, :], s, float("-inf"))
             m_new = gl.maximum(m_i, gl.max(s, axis=1) * scale_log2)
@@ -121,11 +125,12 @@ if gluon_available():
         """One tile of online softmax in base 2: ``(p, alpha, m_new, l_new)``; keys at or past ``tok_hi``
         (and, causal, past each row's ``limit``) get weight 0; a row with no key so far keeps ``m = -inf``.
 
-        ``INTERIOR`` (no causal mask; needs ``scale_log2 > 0``, which the launcher checks): the max is taken over the
-        unscaled scores and the scale folded into the exponent (one fused multiply-add an element), and a tile whose
-        keys all lie before ``tok_hi`` skips the mask. The softmax runs with the tensor cores idle
-        (``docs/perf-notes.md`` item 24), so its instruction count is on the tile's chain. (With the causal mask, a
-        one-compare mask measured no faster at s_q=2 and cost ``ptxas`` 8 B more stack in a cp.async build.)"""
+        ``INTERIOR`` (needs ``scale_log2 > 0``, which the launchers check): the max is taken over the unscaled scores
+        and the scale folded into the exponent (one fused multiply-add an element); without the causal mask a tile
+        whose keys all lie before ``tok_hi`` skips the mask, with it (the warp-specialized launcher's
+        ``interior_causal``) each key is compared once with its row's clipped ``limit`` (:func:`_softmax_max`). The
+        softmax runs with the tensor cores idle (``docs/perf-notes.md`` item 24), so its instruction count is on the
+        tile's chain. (A one-compare causal mask without the folded scale measured no faster at s_q=2.)"""
         s, m_new, m_shift = _softmax_max(s, m_i, scale_log2, start, tok_hi, limit, offs_n, CAUSAL, INTERIOR)
         p = _softmax_exp(s, m_shift, scale_log2, INTERIOR)
         alpha = gl.exp2(m_i - m_shift)

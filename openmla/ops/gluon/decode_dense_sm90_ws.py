@@ -185,6 +185,10 @@ INTERIOR_SOFTMAX = True
 # the keys, the first half's products running while the second is exponentiated (:func:`_softmax_halves`; the
 # launchers' ``p_halves``); 1.1-1.4 % faster at h_q=128 s_q=1 (H100, docs/perf-notes.md item 25)
 P_HALVES = True
+# the interior softmax under the causal mask as well (MTP, s_q > 1): the scale folded into the exponent and one compare
+# a key against each row's last visible key (:func:`_softmax_max`; the launchers' ``interior_causal``). Built and
+# compiled (no stack on sm_90a with TMA tiles), not yet timed on a GPU: off (docs/perf-notes.md item 25)
+INTERIOR_CAUSAL = False
 
 
 def softmax_only_for(rows: int, boxed: bool = False) -> bool:
@@ -1168,6 +1172,8 @@ if gluon_available():
             tok_lo, tok_hi, split_lo, n_split, split_idx, limit, m_i, l_i = _softmax_request(
                 req, begin_req, begin_tok, end_req, end_tok, begin_split, seqlens_ptr, num_splits_ptr, max_blocks,
                 page_block_size, s_q, t_s, q_ready, BLOCK_M, S_LAYOUT, ASYNC_ARRIVE)
+            if INTERIOR and CAUSAL:  # each row's last visible key (:func:`_softmax_max`)
+                limit = gl.minimum(limit, tok_hi - 1)
             for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
                 stage = kb % 2
                 if SPARSE and KV_FP8:  # the tile's slots, loaded while its keys arrive and its scores are computed
@@ -1626,6 +1632,7 @@ def dense_decode_sm90_ws_fwd(
     box_allocs: bool = BOX_ALLOCS,
     interior_softmax: bool | None = None,
     p_halves: bool | None = None,
+    interior_causal: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper, 16-bit caches or (with
     ``descale_k``, a one-element fp32 tensor on q's device) a per-tensor FP8 cache of e4m3 codes, (576, 512)
@@ -1647,13 +1654,15 @@ def dense_decode_sm90_ws_fwd(
     ``box_allocs``: with ``box_ready`` in the four-warpgroup form, each box's ready barriers in an allocation of
     their own (:func:`_box_bar`; default :data:`BOX_ALLOCS`), ``interior_softmax``: in the four-warpgroup form, tiles
     every row sees whole skip the softmax's mask (:func:`_online_softmax`; ``None``: :data:`INTERIOR_SOFTMAX`, read
-    at the call), ``p_halves``: where that interior softmax runs, each tile's rescale factor and then ``P`` in two
-    halves of its keys handed to the output warpgroups (:func:`_softmax_halves`; ``None``: :data:`P_HALVES`, read at
-    the call).
+    at the call), ``p_halves``: where that interior softmax runs without the causal mask, each tile's rescale factor
+    and then ``P`` in two halves of its keys handed to the output warpgroups (:func:`_softmax_halves`; ``None``:
+    :data:`P_HALVES`, read at the call), ``interior_causal``: the interior softmax under the causal mask too, one
+    compare a key (``None``: :data:`INTERIOR_CAUSAL`, read at the call).
     """
     b, s_q, h_q, d = q.shape
     interior_softmax = INTERIOR_SOFTMAX if interior_softmax is None else interior_softmax
     p_halves = P_HALVES if p_halves is None else p_halves
+    interior_causal = INTERIOR_CAUSAL if interior_causal is None else interior_causal
     list_ahead = LIST_AHEAD if list_ahead is None else list_ahead
     h_kv = k_cache.shape[2]
     rows = s_q * (h_q // h_kv)
@@ -1685,9 +1694,10 @@ def dense_decode_sm90_ws_fwd(
         k_cache = k_cache.view(torch.uint8)  # the kernel addresses codes in bytes
     if q_e4m3:
         q = q.view(torch.uint8)
-    # the folded scale needs scale_log2 > 0 (with FP8 codes it carries the descales, read on the device: not there);
-    # built without the causal mask only
-    interior = bool(interior_softmax and softmax_only and softmax_scale > 0 and not e4m3 and not (causal and s_q > 1))
+    # the folded scale needs scale_log2 > 0 (with FP8 codes it carries the descales, read on the device: not there)
+    masked_causal = bool(causal and s_q > 1)
+    interior = bool(interior_softmax and softmax_only and softmax_scale > 0 and not e4m3
+                    and (interior_causal or not masked_causal))
     launch(_dense_decode_sm90_ws_kernel, (row_tiles * h_kv, num_parts),
         *splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
                       out, lse, workspace, row_tiles, softmax_scale), k_desc, None, descale_k, descale_q, trace,
@@ -1699,7 +1709,7 @@ def dense_decode_sm90_ws_fwd(
         Q_E4M3=q_e4m3, LIST_AHEAD=bool(e4m3 and list_ahead), TRACE=trace is not None,
         BOX_ALLOCS=bool(box_allocs and k_boxes > 1 and softmax_only), OUTPUT_DECODE=0,
         INTERIOR=interior,
-        P_HALVES=bool(p_halves and interior),
+        P_HALVES=bool(p_halves and interior and not masked_causal),
         num_warps=NUM_WARPS,
         maxnreg=SOLO_MAXNREG if softmax_only else MAXNREG,
     )
