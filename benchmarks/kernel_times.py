@@ -100,10 +100,6 @@ def main(argv=None) -> None:
     ap.add_argument("--combine-warps", type=int, default=None, help="warps of a combine program (COMBINE_NUM_WARPS)")
     ap.add_argument("--masked-softmax", action="store_true",
                     help="the Hopper dense kernel's softmax masks every tile (INTERIOR_SOFTMAX off)")
-    ap.add_argument("--interior-causal", action="store_true",
-                    help="the Hopper dense kernel's interior softmax under the causal mask too (INTERIOR_CAUSAL on)")
-    ap.add_argument("--poly-exp2", type=int, default=None,
-                    help="the Hopper dense softmax's key quarters exponentiated by polynomial (POLY_EXP2, 0-4)")
     ap.add_argument("--p-whole", action="store_true",
                     help="the Hopper dense kernel hands each tile's P over whole (P_HALVES off)")
     ap.add_argument("--flush-l2", action="store_true",
@@ -128,14 +124,6 @@ def main(argv=None) -> None:
         from openmla.ops.gluon import decode_dense_sm90_ws as ws
 
         ws.INTERIOR_SOFTMAX = False
-    if cli.interior_causal:
-        from openmla.ops.gluon import decode_dense_sm90_ws as ws
-
-        ws.INTERIOR_CAUSAL = True
-    if cli.poly_exp2 is not None:
-        from openmla.ops.gluon import decode_dense_sm90_ws as ws
-
-        ws.POLY_EXP2 = cli.poly_exp2
     if cli.p_whole:
         from openmla.ops.gluon import decode_dense_sm90_ws as ws
 
@@ -144,9 +132,7 @@ def main(argv=None) -> None:
                                                            ("combine eager", cli.combine_eager),
                                                            ("combine warps", cli.combine_warps),
                                                            ("masked softmax", cli.masked_softmax or None),
-                                                           ("P whole", cli.p_whole or None),
-                                                           ("interior causal", cli.interior_causal or None),
-                                                           ("poly exp2", cli.poly_exp2))
+                                                           ("P whole", cli.p_whole or None))
                    if value is not None)
     flash_mla, missing = _load_flash_mla()
     card = torch.cuda.get_device_name()

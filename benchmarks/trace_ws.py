@@ -181,17 +181,6 @@ def main(argv=None) -> None:
     calls["dense_b128_sk8192_h128_p_whole"] = lambda trace=None: dense_decode_sm90_ws_fwd(
         *dense.call_args()[:4], 512, sched, splits, dense.softmax_scale, False, softmax_only=True, trace=trace,
         p_halves=False)
-    # MTP with the interior softmax under the causal mask (interior_causal)
-    calls["dense_b128_sk8192_h128_sq2_interior_causal"] = lambda trace=None: dense_decode_sm90_ws_fwd(
-        *dense_sq2.call_args()[:4], 512, sched_sq2, splits_sq2, dense_sq2.softmax_scale, True, softmax_only=True,
-        trace=trace, interior_causal=True)
-    # half of each tile's exponentials by polynomial on the FMA pipe (poly_exp2=2), at s_q 1 and 2
-    calls["dense_b128_sk8192_h128_poly2"] = lambda trace=None: dense_decode_sm90_ws_fwd(
-        *dense.call_args()[:4], 512, sched, splits, dense.softmax_scale, False, softmax_only=True, trace=trace,
-        poly_exp2=2)
-    calls["dense_b128_sk8192_h128_sq2_poly2"] = lambda trace=None: dense_decode_sm90_ws_fwd(
-        *dense_sq2.call_args()[:4], 512, sched_sq2, splits_sq2, dense_sq2.softmax_scale, True, softmax_only=True,
-        trace=trace, poly_exp2=2)
     # dense FP8 with an e4m3 q: the e4m3-product kernel (its event 7: E4M3_PRODUCT_INTERVALS)
     fp8 = quantize_dense_fp8(dense, fp8_q=True)
     calls["dense_fp8_e4m3_b128_sk8192_h128"] = lambda trace=None: dense_decode_fp8_sm90_fwd(

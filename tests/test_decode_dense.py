@@ -506,10 +506,7 @@ SM90_DIRECT = [
 @pytest.mark.skipif(not HAS_CUDA or torch.cuda.get_device_capability() != (9, 0), reason="needs an sm_90 GPU")
 @pytest.mark.parametrize("layout", ["rows", "ws", "ws-overlap", "ws-loader-waits", "ws-softmax-only", "ws-tma",
                                     "ws-softmax-only-tma", "ws-tma-box", "ws-softmax-only-tma-box",
-                                    "ws-softmax-only-tma-box-one-alloc", "ws-softmax-only-tma-box-p-whole",
-                                    "ws-softmax-only-tma-box-interior-causal", "ws-softmax-only-interior-causal",
-                                    "ws-softmax-only-tma-box-poly-exp2-1", "ws-softmax-only-tma-box-poly-exp2-2",
-                                    "ws-softmax-only-poly-exp2-2", "ws-softmax-only-tma-box-p-whole-poly-exp2-2"])
+                                    "ws-softmax-only-tma-box-one-alloc", "ws-softmax-only-tma-box-p-whole"])
 @pytest.mark.parametrize("b,s_q,s_k,h_q,h_kv,page,d,dtype,parts", SM90_DIRECT)
 def test_sm90_row_kernels_direct(layout, b, s_q, s_k, h_q, h_kv, page, d, dtype, parts, generator):
     """Each 64-row Hopper kernel, whatever the dispatcher would pick, on plans from one piece per request
@@ -532,55 +529,9 @@ def test_sm90_row_kernels_direct(layout, b, s_q, s_k, h_q, h_kv, page, d, dtype,
                                             softmax_only=layout.startswith("ws-softmax-only"),
                                             tma_k="-tma" in layout, box_ready="-box" in layout,
                                             box_allocs=not layout.endswith("-one-alloc"),
-                                            p_halves="-p-whole" not in layout,
-                                            interior_causal=layout.endswith("-interior-causal"),
-                                            poly_exp2=int(layout[-1]) if "-poly-exp2-" in layout else 0)
+                                            p_halves=not layout.endswith("-p-whole"))
     torch.cuda.synchronize()
     check_against_reference(dict(inputs, softmax_scale=d ** -0.5), out, lse)
-
-
-def _exp2_split_kernel():
-    """A 64x64 tile of ``2^x`` through the Hopper softmax's exponential (:func:`_exp2_split`), one tile a program."""
-    from triton.experimental import gluon
-    from triton.experimental.gluon import language as gl
-
-    from openmla.ops.gluon.decode_dense_sm90 import _exp2_split
-
-    @gluon.jit
-    def kernel(x_ptr, y_ptr, POLY_QUARTERS: gl.constexpr):
-        layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
-        rows = gl.arange(0, 64, layout=gl.SliceLayout(1, layout))
-        cols = gl.arange(0, 64, layout=gl.SliceLayout(0, layout))
-        offs = gl.program_id(0) * 4096 + rows[:, None] * 64 + cols[None, :]
-        gl.store(y_ptr + offs, _exp2_split(gl.load(x_ptr + offs), POLY_QUARTERS))
-
-    return kernel
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not HAS_CUDA or torch.cuda.get_device_capability()[0] < 9, reason="needs a Hopper GPU")
-def test_exp2_poly_accuracy():
-    """The softmax's polynomial exponential (``poly_exp2``): within 1.1e-4 of ``2^x`` relative wherever ``2^x`` is a
-    normal fp32 number, under 1e-35 below that, exactly 0 at ``-inf`` and ``-127``, and 1 at 0; every split of the
-    tile into polynomial and special-function quarters meets the same bound, and the all-polynomial tile differs
-    from the all-special-function one (so the polynomial ran)."""
-    kernel = _exp2_split_kernel()
-    special = torch.tensor([float("-inf"), -127.0, -126.5, -126.49, -0.5, -1.5, -1e-30, 0.0, 1e-6])
-    x = torch.cat([torch.linspace(-130.0, 0.0, 64 * 4096 - special.numel()), special]).float()
-    x = x[torch.randperm(x.numel())].cuda()
-    ref = torch.exp2(x.double())
-    normal = ref >= 2.0 ** -126
-    outs = {}
-    for quarters in range(5):
-        y = torch.full_like(x, float("nan"))
-        kernel[(x.numel() // 4096,)](x, y, quarters, num_warps=4)
-        rel = ((y.double() - ref).abs() / ref)[normal]
-        assert rel.max().item() <= 1.1e-4, (quarters, rel.max().item())
-        assert (y.double() - ref).abs()[~normal].max().item() < 1e-35, quarters
-        assert (y[(x == float("-inf")) | (x == -127.0)] == 0).all(), quarters
-        assert (y[x == 0.0] == 1.0).all(), quarters
-        outs[quarters] = y
-    assert not torch.equal(outs[0], outs[4])
 
 
 SM90_SMALL_DIRECT = [
@@ -730,8 +681,8 @@ def test_sm90_ws_launcher_interior_softmax_choice(monkeypatch, generator):
                                 0.1, True, softmax_only=True)  # causal MTP: built with the mask
     ws.dense_decode_sm90_ws_fwd(mtp["q"], mtp["k_cache"], mtp["block_table"], mtp["cache_seqlens"], 512, sched, splits,
                                 0.1, False, softmax_only=True)
-    assert [launch.kwargs["INTERIOR"] for launch in launches] == [
-        ws.INTERIOR_SOFTMAX, False, False, False, False, ws.INTERIOR_SOFTMAX and ws.INTERIOR_CAUSAL, ws.INTERIOR_SOFTMAX]
+    assert [launch.kwargs["INTERIOR"] for launch in launches] == [ws.INTERIOR_SOFTMAX, False, False, False, False,
+                                                                  False, ws.INTERIOR_SOFTMAX]
     assert [launch.kwargs["CAUSAL"] for launch in launches[-2:]] == [True, False]
     # P in halves only where the interior softmax runs, and not when asked for P whole
     assert [launch.kwargs["P_HALVES"] for launch in launches] == [
@@ -740,11 +691,3 @@ def test_sm90_ws_launcher_interior_softmax_choice(monkeypatch, generator):
     ws.dense_decode_sm90_ws_fwd(*args, 0.1, False, softmax_only=True, interior_softmax=True, p_halves=False)
     ws.dense_decode_sm90_ws_fwd(*args, 0.1, False, softmax_only=True, interior_softmax=True, p_halves=True)
     assert [launch.kwargs["P_HALVES"] for launch in launches] == [False, True]
-    # causal MTP: the interior softmax only when asked for under the causal mask, and P whole either way
-    launches.clear()
-    for interior_causal in (False, True):
-        ws.dense_decode_sm90_ws_fwd(mtp["q"], mtp["k_cache"], mtp["block_table"], mtp["cache_seqlens"], 512, sched,
-                                    splits, 0.1, True, softmax_only=True, interior_softmax=True, p_halves=True,
-                                    interior_causal=interior_causal)
-    assert [(launch.kwargs["INTERIOR"], launch.kwargs["P_HALVES"]) for launch in launches] == [(False, False),
-                                                                                             (True, False)]

@@ -87,14 +87,10 @@ if gluon_available():
     def _softmax_max(s, m_i, scale_log2, start, tok_hi, limit, offs_n, CAUSAL: gl.constexpr,
                      INTERIOR: gl.constexpr = False):
         """The first half of :func:`_online_softmax`: the tile's scores masked (and, not ``INTERIOR``, scaled), the
-        new running max and the shift the exponent subtracts (0 for a row with no key so far). ``INTERIOR`` with
-        ``CAUSAL``: ``limit`` is each row's last visible key, ``tok_hi - 1`` at most (the caller clips it), one compare
-        a key on every tile (a branch skipping the mask on whole tiles cost ``ptxas`` 48-160 B of stack)."""
+        new running max and the shift the exponent subtracts (0 for a row with no key so far)."""
+        gl.static_assert(not (INTERIOR and CAUSAL), "the interior-tile softmax is built without the causal mask")
         BLOCK_N: gl.constexpr = s.shape[1]
-        if INTERIOR and CAUSAL:
-            s = gl.where((start + offs_n)[None, :] <= limit[:, None], s, float("-inf"))
-            m_new = gl.maximum(m_i, gl.max(s, axis=1) * scale_log2)
-        elif INTERIOR:
+        if INTERIOR:
             if start + BLOCK_N > tok_hi:
                 s = gl.where((start + offs_n < tok_hi)[None, :], s, float("-inf"))
             m_new = gl.maximum(m_i, gl.max(s, axis=1) * scale_log2)
@@ -111,80 +107,27 @@ if gluon_available():
         return s, m_new, m_shift
 
     @gluon.jit
-    def _exp2_poly(x):
-        """``2^x`` for ``x <= 0`` (fp32) on the FMA and integer pipes instead of the special-function unit: ``x``
-        rounded to the nearest integer ``j`` by adding 1.5 * 2^23 (``j`` lands in the sum's low mantissa bits),
-        ``2^(x - j)`` by a cubic on [-0.5, 0.5] (relative error 1.0e-4, under half a bf16 or fp16 ulp; the
-        constant term is 1 exactly), and ``j`` added to its exponent field. ``x`` is clamped to -127 first, which
-        the sum makes exactly +0.0, so a masked key (``-inf``) still weighs 0. Why: the unit takes 16 exponentials
-        a clock an SM, 256 clocks of a 64x64 tile's softmax, which runs with the tensor cores idle
-        (``docs/perf-notes.md`` item 26)."""
-        x = gl.maximum(x, -127.0)
-        t = x + 12582912.0
-        f = x - (t - 12582912.0)
-        p = ((0.05500893 * f + 0.24221097) * f + 0.69328293) * f + 1.0
-        bits = p.to(gl.int32, bitcast=True) + (t.to(gl.int32, bitcast=True) << 23)
-        return bits.to(gl.float32, bitcast=True)
-
-    @gluon.jit
-    def _exp2_split(x, POLY_QUARTERS: gl.constexpr):
-        """``2^x`` of a [rows, keys] tile with ``POLY_QUARTERS`` of its four key quarters by :func:`_exp2_poly`
-        and the rest on the special-function unit, so that both pipes work at once. The quarters are split off the
-        key dimension's highest bits, which the accumulator layout keeps in each thread's registers (no data
-        moves; the sm_90a SASS of the forms built has no more shuffles or barriers than with one unit)."""
-        if POLY_QUARTERS == 0:
-            p = gl.exp2(x)
-        elif POLY_QUARTERS == 4:
-            p = _exp2_poly(x)
-        else:
-            M: gl.constexpr = x.shape[0]
-            N: gl.constexpr = x.shape[1]
-            a, b = gl.split(gl.permute(gl.reshape(x, [M, 2, N // 2]), (0, 2, 1)))
-            if POLY_QUARTERS == 2:
-                pa = gl.exp2(a)
-                pb = _exp2_poly(b)
-            elif POLY_QUARTERS == 1:
-                pa = gl.exp2(a)
-                b0, b1 = gl.split(gl.permute(gl.reshape(b, [M, 2, N // 4]), (0, 2, 1)))
-                pb0 = gl.exp2(b0)
-                pb = gl.join(pb0, gl.convert_layout(_exp2_poly(b1), pb0.type.layout))
-                pb = gl.reshape(gl.permute(pb, (0, 2, 1)), [M, N // 2])
-            else:
-                gl.static_assert(POLY_QUARTERS == 3, "POLY_QUARTERS is 0 to 4")
-                pb = _exp2_poly(b)
-                a0, a1 = gl.split(gl.permute(gl.reshape(a, [M, 2, N // 4]), (0, 2, 1)))
-                pa0 = gl.exp2(a0)
-                pa = gl.join(pa0, gl.convert_layout(_exp2_poly(a1), pa0.type.layout))
-                pa = gl.reshape(gl.permute(pa, (0, 2, 1)), [M, N // 2])
-            pb = gl.convert_layout(pb, pa.type.layout)
-            # the same registers as x's layout, named as it is (the conversions move nothing)
-            p = gl.convert_layout(gl.reshape(gl.permute(gl.join(pa, pb), (0, 2, 1)), [M, N]), x.type.layout)
-        return p
-
-    @gluon.jit
-    def _softmax_exp(s, m_shift, scale_log2, INTERIOR: gl.constexpr = False, POLY_QUARTERS: gl.constexpr = 0):
-        """The second half of :func:`_online_softmax`: the tile's unnormalised probabilities ``P`` (fp32);
-        ``POLY_QUARTERS`` of them by :func:`_exp2_poly` (:func:`_exp2_split`)."""
+    def _softmax_exp(s, m_shift, scale_log2, INTERIOR: gl.constexpr = False):
+        """The second half of :func:`_online_softmax`: the tile's unnormalised probabilities ``P`` (fp32)."""
         if INTERIOR:
-            p = _exp2_split(s * scale_log2 - m_shift[:, None], POLY_QUARTERS)
+            p = gl.exp2(s * scale_log2 - m_shift[:, None])
         else:
-            p = _exp2_split(s - m_shift[:, None], POLY_QUARTERS)
+            p = gl.exp2(s - m_shift[:, None])
         return p
 
     @gluon.jit
     def _online_softmax(s, m_i, l_i, scale_log2, start, tok_hi, limit, offs_n, CAUSAL: gl.constexpr,
-                        INTERIOR: gl.constexpr = False, POLY_QUARTERS: gl.constexpr = 0):
+                        INTERIOR: gl.constexpr = False):
         """One tile of online softmax in base 2: ``(p, alpha, m_new, l_new)``; keys at or past ``tok_hi``
         (and, causal, past each row's ``limit``) get weight 0; a row with no key so far keeps ``m = -inf``.
 
-        ``INTERIOR`` (needs ``scale_log2 > 0``, which the launchers check): the max is taken over the unscaled scores
-        and the scale folded into the exponent (one fused multiply-add an element); without the causal mask a tile
-        whose keys all lie before ``tok_hi`` skips the mask, with it (the warp-specialized launcher's
-        ``interior_causal``) each key is compared once with its row's clipped ``limit`` (:func:`_softmax_max`). The
-        softmax runs with the tensor cores idle (``docs/perf-notes.md`` item 24), so its instruction count is on the
-        tile's chain. (A one-compare causal mask without the folded scale measured no faster at s_q=2.)"""
+        ``INTERIOR`` (no causal mask; needs ``scale_log2 > 0``, which the launcher checks): the max is taken over the
+        unscaled scores and the scale folded into the exponent (one fused multiply-add an element), and a tile whose
+        keys all lie before ``tok_hi`` skips the mask. The softmax runs with the tensor cores idle
+        (``docs/perf-notes.md`` item 24), so its instruction count is on the tile's chain. (With the causal mask, a
+        one-compare mask measured no faster at s_q=2 and cost ``ptxas`` 8 B more stack in a cp.async build.)"""
         s, m_new, m_shift = _softmax_max(s, m_i, scale_log2, start, tok_hi, limit, offs_n, CAUSAL, INTERIOR)
-        p = _softmax_exp(s, m_shift, scale_log2, INTERIOR, POLY_QUARTERS)
+        p = _softmax_exp(s, m_shift, scale_log2, INTERIOR)
         alpha = gl.exp2(m_i - m_shift)
         l_new = l_i * alpha + gl.sum(p, axis=1)
         return p, alpha, m_new, l_new

@@ -185,14 +185,6 @@ INTERIOR_SOFTMAX = True
 # the keys, the first half's products running while the second is exponentiated (:func:`_softmax_halves`; the
 # launchers' ``p_halves``); 1.1-1.4 % faster at h_q=128 s_q=1 (H100, docs/perf-notes.md item 25)
 P_HALVES = True
-# the interior softmax under the causal mask as well (MTP, s_q > 1): the scale folded into the exponent and one compare
-# a key against each row's last visible key (:func:`_softmax_max`; the launchers' ``interior_causal``). Built and
-# compiled (no stack on sm_90a with TMA tiles), not yet timed on a GPU: off (docs/perf-notes.md item 25)
-INTERIOR_CAUSAL = False
-# how many of each tile's four key quarters the four-warpgroup softmax exponentiates by a cubic on the FMA pipe
-# (:func:`_exp2_poly`) beside the special-function unit, which takes 16 exponentials a clock an SM (the launchers'
-# ``poly_exp2``). Built, not yet timed on a GPU: 0 (docs/perf-notes.md item 26)
-POLY_EXP2 = 0
 
 
 def softmax_only_for(rows: int, boxed: bool = False) -> bool:
@@ -1145,7 +1137,7 @@ if gluon_available():
                       K_BOXES: gl.constexpr, SPARSE: gl.constexpr, HAS_SINK: gl.constexpr,
                       KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr, KV_FP8: gl.constexpr, trace_ptr,
                       TRACE: gl.constexpr, BOX_ALLOCS: gl.constexpr, INTERIOR: gl.constexpr,
-                      a_ready=None, P_HALVES: gl.constexpr = False, POLY_QUARTERS: gl.constexpr = 0):
+                      a_ready=None, P_HALVES: gl.constexpr = False):
         """Default partition when two output warpgroups own the halves (``SOFTMAX_ONLY``): scores, online
         softmax, ``P`` and the rescale factor (then ``1/l``) to both, LSE. It holds no output accumulator,
         so tile ``j+1``'s scores and softmax run while the output warpgroups multiply tile ``j``'s ``P`` by V;
@@ -1176,8 +1168,6 @@ if gluon_available():
             tok_lo, tok_hi, split_lo, n_split, split_idx, limit, m_i, l_i = _softmax_request(
                 req, begin_req, begin_tok, end_req, end_tok, begin_split, seqlens_ptr, num_splits_ptr, max_blocks,
                 page_block_size, s_q, t_s, q_ready, BLOCK_M, S_LAYOUT, ASYNC_ARRIVE)
-            if INTERIOR and CAUSAL:  # each row's last visible key (:func:`_softmax_max`)
-                limit = gl.minimum(limit, tok_hi - 1)
             for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
                 stage = kb % 2
                 if SPARSE and KV_FP8:  # the tile's slots, loaded while its keys arrive and its scores are computed
@@ -1196,11 +1186,11 @@ if gluon_available():
                 if P_HALVES:
                     m_i, l_i = _softmax_halves(s, m_i, l_i, scale_log2, tok_lo + it * BLOCK_N, tok_hi, limit, offs_n,
                                                p_smem, a_smem, p_free, a_ready, p_ready, pr, CAUSAL, INTERIOR,
-                                               trace_ptr, kb, TRACE, PARTITION_WARPS, POLY_QUARTERS)
+                                               trace_ptr, kb, TRACE, PARTITION_WARPS)
                     p_ready_now = p_ready.index(1)
                 else:
                     p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, scale_log2, tok_lo + it * BLOCK_N, tok_hi,
-                                                         limit, offs_n, CAUSAL, INTERIOR, POLY_QUARTERS)
+                                                         limit, offs_n, CAUSAL, INTERIOR)
                     _stamp(trace_ptr, kb, 8, TRACE, PARTITION_WARPS)
                     mbarrier.wait(p_free, (pr & 1) ^ 1)  # both output warpgroups are done with the last P
                     _stamp(trace_ptr, kb, 9, TRACE, PARTITION_WARPS)
@@ -1350,7 +1340,7 @@ if gluon_available():
     @gluon.jit
     def _softmax_halves(s, m_i, l_i, scale_log2, start, tok_hi, limit, offs_n, p_smem, a_smem, p_free, a_ready,
                         p_ready, pr, CAUSAL: gl.constexpr, INTERIOR: gl.constexpr, trace_ptr, kb,
-                        TRACE: gl.constexpr, PARTITION_WARPS: gl.constexpr, POLY_QUARTERS: gl.constexpr = 0):
+                        TRACE: gl.constexpr, PARTITION_WARPS: gl.constexpr):
         """:func:`_online_softmax` handed over in three steps (``P_HALVES``): the rescale factor as soon as the max is
         known (``a_smem``, ``a_ready``: the output warpgroups rescale while ``P`` is computed), then ``P`` for the
         tile's first 32 keys (``p_smem[0]``, ``p_ready``: their products start while the second half is
@@ -1370,12 +1360,12 @@ if gluon_available():
         # the keys' two halves, in the score layout's own registers (no data moves)
         s_a, s_b = gl.split(gl.permute(gl.reshape(s, [BLOCK_M, 2, BLOCK_N // 2]), (0, 2, 1)))
         shift_h = gl.convert_layout(m_shift, gl.SliceLayout(1, s_a.type.layout))
-        p_a = _softmax_exp(s_a, shift_h, scale_log2, INTERIOR, POLY_QUARTERS)
+        p_a = _softmax_exp(s_a, shift_h, scale_log2, INTERIOR)
         p_smem.index(0).store(p_a.to(dtype))
         fence_async_shared()  # P is read next by the tensor cores
         gl.thread_barrier()
         mbarrier.arrive(p_ready.index(0), count=1)
-        p_b = _softmax_exp(s_b, shift_h, scale_log2, INTERIOR, POLY_QUARTERS)
+        p_b = _softmax_exp(s_b, shift_h, scale_log2, INTERIOR)
         l_new = l_i * alpha + gl.convert_layout(gl.sum(p_a + p_b, axis=1), m_i.type.layout)
         p_smem.index(1).store(p_b.to(dtype))
         return m_new, l_new
@@ -1412,7 +1402,7 @@ if gluon_available():
         KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr, HAS_SINK: gl.constexpr, KV_E4M3: gl.constexpr,
         Q_E4M3: gl.constexpr, LIST_AHEAD: gl.constexpr, TRACE: gl.constexpr,
         BOX_ALLOCS: gl.constexpr, OUTPUT_DECODE: gl.constexpr, INTERIOR: gl.constexpr = False,
-        P_HALVES: gl.constexpr = False, POLY_QUARTERS: gl.constexpr = 0,
+        P_HALVES: gl.constexpr = False,
     ):
         # the products' type: q's, or fp16 for e4m3 codes (more mantissa for P than bf16; codes are <= 448)
         if Q_E4M3:
@@ -1526,7 +1516,7 @@ if gluon_available():
                                  stride_bt, num_blocks, sink_ptr, descale_k_ptr, descale_q_ptr,
                                  CAUSAL, BLOCK_M, BLOCK_N, D_V, D_PE, SOFTMAX_WARPS, ASYNC_ARRIVE, K_BOXES, SPARSE,
                                  HAS_SINK, KV_E4M3, Q_E4M3, KV_FP8, trace_ptr, TRACE, BOX_ALLOCS, INTERIOR, a_ready,
-                                 P_HALVES, POLY_QUARTERS)),
+                                 P_HALVES)),
                 (_output_quarters, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
@@ -1636,8 +1626,6 @@ def dense_decode_sm90_ws_fwd(
     box_allocs: bool = BOX_ALLOCS,
     interior_softmax: bool | None = None,
     p_halves: bool | None = None,
-    interior_causal: bool | None = None,
-    poly_exp2: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper, 16-bit caches or (with
     ``descale_k``, a one-element fp32 tensor on q's device) a per-tensor FP8 cache of e4m3 codes, (576, 512)
@@ -1659,21 +1647,13 @@ def dense_decode_sm90_ws_fwd(
     ``box_allocs``: with ``box_ready`` in the four-warpgroup form, each box's ready barriers in an allocation of
     their own (:func:`_box_bar`; default :data:`BOX_ALLOCS`), ``interior_softmax``: in the four-warpgroup form, tiles
     every row sees whole skip the softmax's mask (:func:`_online_softmax`; ``None``: :data:`INTERIOR_SOFTMAX`, read
-    at the call), ``p_halves``: where that interior softmax runs without the causal mask, each tile's rescale factor
-    and then ``P`` in two halves of its keys handed to the output warpgroups (:func:`_softmax_halves`; ``None``:
-    :data:`P_HALVES`, read at the call), ``interior_causal``: the interior softmax under the causal mask too, one
-    compare a key (``None``: :data:`INTERIOR_CAUSAL`, read at the call), ``poly_exp2``: in the four-warpgroup form
-    over 16-bit caches, how many of each tile's four key quarters the softmax exponentiates by a polynomial on the FMA
-    pipe instead of the special-function unit (:func:`_exp2_split`; ``None``: :data:`POLY_EXP2`, read at the call).
+    at the call), ``p_halves``: where that interior softmax runs, each tile's rescale factor and then ``P`` in two
+    halves of its keys handed to the output warpgroups (:func:`_softmax_halves`; ``None``: :data:`P_HALVES`, read at
+    the call).
     """
     b, s_q, h_q, d = q.shape
     interior_softmax = INTERIOR_SOFTMAX if interior_softmax is None else interior_softmax
     p_halves = P_HALVES if p_halves is None else p_halves
-    interior_causal = INTERIOR_CAUSAL if interior_causal is None else interior_causal
-    poly_exp2 = POLY_EXP2 if poly_exp2 is None else int(poly_exp2)
-    if not 0 <= poly_exp2 <= 4:
-        raise InvalidArgumentError(f"poly_exp2={poly_exp2}: the number of key quarters exponentiated by the "
-                                   "polynomial is 0 to 4; pass one of those")
     list_ahead = LIST_AHEAD if list_ahead is None else list_ahead
     h_kv = k_cache.shape[2]
     rows = s_q * (h_q // h_kv)
@@ -1705,10 +1685,9 @@ def dense_decode_sm90_ws_fwd(
         k_cache = k_cache.view(torch.uint8)  # the kernel addresses codes in bytes
     if q_e4m3:
         q = q.view(torch.uint8)
-    # the folded scale needs scale_log2 > 0 (with FP8 codes it carries the descales, read on the device: not there)
-    masked_causal = bool(causal and s_q > 1)
-    interior = bool(interior_softmax and softmax_only and softmax_scale > 0 and not e4m3
-                    and (interior_causal or not masked_causal))
+    # the folded scale needs scale_log2 > 0 (with FP8 codes it carries the descales, read on the device: not there);
+    # built without the causal mask only
+    interior = bool(interior_softmax and softmax_only and softmax_scale > 0 and not e4m3 and not (causal and s_q > 1))
     launch(_dense_decode_sm90_ws_kernel, (row_tiles * h_kv, num_parts),
         *splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
                       out, lse, workspace, row_tiles, softmax_scale), k_desc, None, descale_k, descale_q, trace,
@@ -1720,8 +1699,7 @@ def dense_decode_sm90_ws_fwd(
         Q_E4M3=q_e4m3, LIST_AHEAD=bool(e4m3 and list_ahead), TRACE=trace is not None,
         BOX_ALLOCS=bool(box_allocs and k_boxes > 1 and softmax_only), OUTPUT_DECODE=0,
         INTERIOR=interior,
-        P_HALVES=bool(p_halves and interior and not masked_causal),
-        POLY_QUARTERS=poly_exp2 if softmax_only and not e4m3 else 0,
+        P_HALVES=bool(p_halves and interior),
         num_warps=NUM_WARPS,
         maxnreg=SOLO_MAXNREG if softmax_only else MAXNREG,
     )
