@@ -100,9 +100,6 @@ def main(argv=None) -> None:
     ap.add_argument("--combine-warps", type=int, default=None, help="warps of a combine program (COMBINE_NUM_WARPS)")
     ap.add_argument("--masked-softmax", action="store_true",
                     help="the Hopper dense kernel's softmax masks every tile (INTERIOR_SOFTMAX off)")
-    ap.add_argument("--ablate", type=int, default=None,
-                    help="timing ablations of the Hopper dense softmax (bits: 1 row sum, 2 exps, 4 max, 8 half the P V "
-                         "products, 16 the score products' right value half); results are wrong")
     ap.add_argument("--p-whole", action="store_true",
                     help="the Hopper dense kernel hands each tile's P over whole (P_HALVES off)")
     ap.add_argument("--flush-l2", action="store_true",
@@ -127,14 +124,6 @@ def main(argv=None) -> None:
         from openmla.ops.gluon import decode_dense_sm90_ws as ws
 
         ws.INTERIOR_SOFTMAX = False
-    if cli.ablate:
-        from triton.experimental.gluon import language as gl
-
-        from openmla.ops.gluon import decode_dense_sm90 as lockstep
-        from openmla.ops.gluon import decode_dense_sm90_ws as ws
-
-        lockstep._ABLATE = gl.constexpr(cli.ablate)
-        ws._ABLATE = lockstep._ABLATE
     if cli.p_whole:
         from openmla.ops.gluon import decode_dense_sm90_ws as ws
 
@@ -143,8 +132,7 @@ def main(argv=None) -> None:
                                                            ("combine eager", cli.combine_eager),
                                                            ("combine warps", cli.combine_warps),
                                                            ("masked softmax", cli.masked_softmax or None),
-                                                           ("P whole", cli.p_whole or None),
-                                                           ("ablate", cli.ablate))
+                                                           ("P whole", cli.p_whole or None))
                    if value is not None)
     flash_mla, missing = _load_flash_mla()
     card = torch.cuda.get_device_name()

@@ -45,10 +45,6 @@ if gluon_available():
 
     from .merge import arrive_split, merge_arrived
 
-    # timing ablations of the Hopper softmax (wrong results, for benchmarks.kernel_times --ablate only): bit 1 no row
-    # sum, 2 no exponentials, 4 no max; bits 8 and 16 in the warp-specialized kernel (decode_dense_sm90_ws)
-    _ABLATE = gl.constexpr(0)
-
     @gluon.jit
     def _issue_kv_tile(k_ptr, bt_row, dst_nope, dst_pe, start, tok_hi, page_block_size, num_blocks, kv_head,
                        stride_kb, stride_kp, stride_kh,
@@ -97,10 +93,7 @@ if gluon_available():
         if INTERIOR:
             if start + BLOCK_N > tok_hi:
                 s = gl.where((start + offs_n < tok_hi)[None, :], s, float("-inf"))
-            if _ABLATE & 4:
-                m_new = m_i
-            else:
-                m_new = gl.maximum(m_i, gl.max(s, axis=1) * scale_log2)
+            m_new = gl.maximum(m_i, gl.max(s, axis=1) * scale_log2)
         else:  # the masked form, in the order it had before INTERIOR (ptxas's allocation of the forms that run it)
             s = s * scale_log2
             offs_j = start + offs_n
@@ -109,10 +102,7 @@ if gluon_available():
             else:
                 visible = (offs_j < tok_hi)[None, :]
             s = gl.where(visible, s, float("-inf"))
-            if _ABLATE & 4:
-                m_new = m_i
-            else:
-                m_new = gl.maximum(m_i, gl.max(s, axis=1))
+            m_new = gl.maximum(m_i, gl.max(s, axis=1))
         m_shift = gl.where(m_new == float("-inf"), 0.0, m_new)
         return s, m_new, m_shift
 
@@ -120,11 +110,9 @@ if gluon_available():
     def _softmax_exp(s, m_shift, scale_log2, INTERIOR: gl.constexpr = False):
         """The second half of :func:`_online_softmax`: the tile's unnormalised probabilities ``P`` (fp32)."""
         if INTERIOR:
-            p = s * scale_log2 - m_shift[:, None]
+            p = gl.exp2(s * scale_log2 - m_shift[:, None])
         else:
-            p = s - m_shift[:, None]
-        if not (_ABLATE & 2):
-            p = gl.exp2(p)
+            p = gl.exp2(s - m_shift[:, None])
         return p
 
     @gluon.jit
@@ -141,10 +129,7 @@ if gluon_available():
         s, m_new, m_shift = _softmax_max(s, m_i, scale_log2, start, tok_hi, limit, offs_n, CAUSAL, INTERIOR)
         p = _softmax_exp(s, m_shift, scale_log2, INTERIOR)
         alpha = gl.exp2(m_i - m_shift)
-        if _ABLATE & 1:
-            l_new = l_i * alpha
-        else:
-            l_new = l_i * alpha + gl.sum(p, axis=1)
+        l_new = l_i * alpha + gl.sum(p, axis=1)
         return p, alpha, m_new, l_new
 
     @gluon.jit

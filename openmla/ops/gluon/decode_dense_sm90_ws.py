@@ -211,7 +211,7 @@ if gluon_available():
     _TRACE_TILES = gl.constexpr(TRACE_TILES)
     _TRACE_EVENTS = gl.constexpr(TRACE_EVENTS)
 
-    from .decode_dense_sm90 import _ABLATE, _online_softmax, _piece_bounds, _request_span, _softmax_exp, _softmax_max
+    from .decode_dense_sm90 import _online_softmax, _piece_bounds, _request_span, _softmax_exp, _softmax_max
 
     @gluon.jit
     def _tiles_of(tok_lo, tok_hi, BLOCK_N: gl.constexpr):
@@ -894,8 +894,7 @@ if gluon_available():
         acc_a = acc_a * alpha[:, None]
         acc_b = acc_b * alpha[:, None]
         acc_a = warpgroup_mma(p_buf, v.slice(0, QUARTER, dim=1), acc_a, is_async=True)
-        if not (_ABLATE & 8):
-            acc_b = warpgroup_mma(p_buf, v.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
+        acc_b = warpgroup_mma(p_buf, v.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
         return acc_a, acc_b
 
     @gluon.jit
@@ -981,15 +980,11 @@ if gluon_available():
                     KEYS: gl.constexpr = BLOCK_N // 2
                     v_a = v_half.index(stage).slice(0, KEYS, dim=0)
                     acc_a = warpgroup_mma(p_smem.index(0), v_a.slice(0, QUARTER, dim=1), acc_a, is_async=True)
-                    if not (_ABLATE & 8):
-                        acc_b = warpgroup_mma(p_smem.index(0), v_a.slice(QUARTER, QUARTER, dim=1), acc_b,
-                                              is_async=True)
+                    acc_b = warpgroup_mma(p_smem.index(0), v_a.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
                     mbarrier.wait(p_ready.index(1), kb & 1)
                     v_b = v_half.index(stage).slice(KEYS, KEYS, dim=0)
                     acc_a = warpgroup_mma(p_smem.index(1), v_b.slice(0, QUARTER, dim=1), acc_a, is_async=True)
-                    if not (_ABLATE & 8):
-                        acc_b = warpgroup_mma(p_smem.index(1), v_b.slice(QUARTER, QUARTER, dim=1), acc_b,
-                                              is_async=True)
+                    acc_b = warpgroup_mma(p_smem.index(1), v_b.slice(QUARTER, QUARTER, dim=1), acc_b, is_async=True)
                 else:
                     _acquire(p_ready, pr & 1, ASYNC_ARRIVE)  # V came from the loader through the softmax warpgroup
                     _stamp(trace_ptr, kb, 5, TRACE, PARTITION_WARPS)
@@ -1333,11 +1328,10 @@ if gluon_available():
                 mbarrier.wait(_box_bar(k_ready, stage, c, K_BOXES, BOX_ALLOCS), phase)
                 s = warpgroup_mma(q_lo.slice(c * 64, 64, dim=1), k_lo_s.slice(c * 64, 64, dim=1).permute((1, 0)),
                                   s, is_async=True)
-            if not (_ABLATE & 16):
-                for c in gl.static_range(CHUNKS):
-                    mbarrier.wait(_box_bar(k_ready, stage, CHUNKS + c, K_BOXES, BOX_ALLOCS), phase)
-                    s = warpgroup_mma(q_hi.slice(c * 64, 64, dim=1),
-                                      k_hi_s.slice(c * 64, 64, dim=1).permute((1, 0)), s, is_async=True)
+            for c in gl.static_range(CHUNKS):
+                mbarrier.wait(_box_bar(k_ready, stage, CHUNKS + c, K_BOXES, BOX_ALLOCS), phase)
+                s = warpgroup_mma(q_hi.slice(c * 64, 64, dim=1), k_hi_s.slice(c * 64, 64, dim=1).permute((1, 0)),
+                                  s, is_async=True)
             if D_PE > 0:
                 mbarrier.wait(_box_bar(k_ready, stage, 2 * CHUNKS, K_BOXES, BOX_ALLOCS), phase)
                 s = warpgroup_mma(q_pe, k_pe.index(stage).permute((1, 0)), s, is_async=True)
@@ -1372,10 +1366,7 @@ if gluon_available():
         gl.thread_barrier()
         mbarrier.arrive(p_ready.index(0), count=1)
         p_b = _softmax_exp(s_b, shift_h, scale_log2, INTERIOR)
-        if _ABLATE & 1:
-            l_new = l_i * alpha
-        else:
-            l_new = l_i * alpha + gl.convert_layout(gl.sum(p_a + p_b, axis=1), m_i.type.layout)
+        l_new = l_i * alpha + gl.convert_layout(gl.sum(p_a + p_b, axis=1), m_i.type.layout)
         p_smem.index(1).store(p_b.to(dtype))
         return m_new, l_new
 
