@@ -185,10 +185,6 @@ INTERIOR_SOFTMAX = True
 # the keys, the first half's products running while the second is exponentiated (:func:`_softmax_halves`; the
 # launchers' ``p_halves``); 1.1-1.4 % faster at h_q=128 s_q=1 (H100, docs/perf-notes.md item 25)
 P_HALVES = True
-# the four-warpgroup softmax adds up each tile's P for the row sums after P is handed over rather than before: ptxas
-# kept the sums' serial adds and shuffles ahead of the P stores, on the chain from the scores to P V (the launchers'
-# ``sum_late``). Built, not yet timed on a GPU (docs/perf-notes.md item 26)
-SUM_LATE = True
 
 
 def softmax_only_for(rows: int, boxed: bool = False) -> bool:
@@ -1141,7 +1137,7 @@ if gluon_available():
                       K_BOXES: gl.constexpr, SPARSE: gl.constexpr, HAS_SINK: gl.constexpr,
                       KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr, KV_FP8: gl.constexpr, trace_ptr,
                       TRACE: gl.constexpr, BOX_ALLOCS: gl.constexpr, INTERIOR: gl.constexpr,
-                      a_ready=None, P_HALVES: gl.constexpr = False, SUM_LATE: gl.constexpr = False):
+                      a_ready=None, P_HALVES: gl.constexpr = False):
         """Default partition when two output warpgroups own the halves (``SOFTMAX_ONLY``): scores, online
         softmax, ``P`` and the rescale factor (then ``1/l``) to both, LSE. It holds no output accumulator,
         so tile ``j+1``'s scores and softmax run while the output warpgroups multiply tile ``j``'s ``P`` by V;
@@ -1155,8 +1151,7 @@ if gluon_available():
         per-tensor FP8 cache's codes, so the scores are scaled by ``descale_k`` too and the ``1/l`` published
         carries it for ``P V`` (V = descale_k * codes). ``Q_E4M3``: Q holds e4m3 codes too, so the scores take
         ``descale_q`` as well. ``P_HALVES``: each tile is handed over in three steps (:func:`_softmax_halves`):
-        ``p_ready`` and ``p_smem`` are then pairs, and ``a_ready`` signals the rescale factor. ``SUM_LATE``: each
-        tile's row sums are added after its ``P`` is handed over (:data:`SUM_LATE`).
+        ``p_ready`` and ``p_smem`` are then pairs, and ``a_ready`` signals the rescale factor.
         """
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
         S_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
@@ -1189,21 +1184,13 @@ if gluon_available():
                     named = (slot >= 0) & (slot // page_block_size < num_blocks)
                     s = gl.where(named[None, :], s, float("-inf"))
                 if P_HALVES:
-                    m_new, alpha, p_a, p_b = _softmax_halves(s, m_i, scale_log2, tok_lo + it * BLOCK_N, tok_hi,
-                                                             limit, offs_n, p_smem, a_smem, p_free, a_ready, p_ready,
-                                                             pr, CAUSAL, INTERIOR, trace_ptr, kb, TRACE,
-                                                             PARTITION_WARPS)
-                    if not SUM_LATE:
-                        l_i = l_i * alpha + gl.convert_layout(gl.sum(p_a + p_b, axis=1), m_i.type.layout)
-                    p_smem.index(1).store(p_b.to(dtype))
-                    m_i = m_new
+                    m_i, l_i = _softmax_halves(s, m_i, l_i, scale_log2, tok_lo + it * BLOCK_N, tok_hi, limit, offs_n,
+                                               p_smem, a_smem, p_free, a_ready, p_ready, pr, CAUSAL, INTERIOR,
+                                               trace_ptr, kb, TRACE, PARTITION_WARPS)
                     p_ready_now = p_ready.index(1)
-                elif SUM_LATE:
-                    s, m_new, m_shift = _softmax_max(s, m_i, scale_log2, tok_lo + it * BLOCK_N, tok_hi, limit,
-                                                     offs_n, CAUSAL, INTERIOR)
-                    p = _softmax_exp(s, m_shift, scale_log2, INTERIOR)
-                    alpha = gl.exp2(m_i - m_shift)
-                    m_i = m_new
+                else:
+                    p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, scale_log2, tok_lo + it * BLOCK_N, tok_hi,
+                                                         limit, offs_n, CAUSAL, INTERIOR)
                     _stamp(trace_ptr, kb, 8, TRACE, PARTITION_WARPS)
                     mbarrier.wait(p_free, (pr & 1) ^ 1)  # both output warpgroups are done with the last P
                     _stamp(trace_ptr, kb, 9, TRACE, PARTITION_WARPS)
@@ -1212,24 +1199,10 @@ if gluon_available():
                     # one-row-a-thread layout first went through scratch shared memory, one more bar.sync a tile
                     a_smem.store(alpha)
                     p_ready_now = p_ready
-                else:
-                    p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, scale_log2, tok_lo + it * BLOCK_N, tok_hi,
-                                                         limit, offs_n, CAUSAL, INTERIOR)
-                    _stamp(trace_ptr, kb, 8, TRACE, PARTITION_WARPS)
-                    mbarrier.wait(p_free, (pr & 1) ^ 1)  # both output warpgroups are done with the last P
-                    _stamp(trace_ptr, kb, 9, TRACE, PARTITION_WARPS)
-                    p_smem.store(p.to(dtype))
-                    a_smem.store(alpha)
-                    p_ready_now = p_ready
                 fence_async_shared()  # P is read next by the tensor cores
                 gl.thread_barrier()
                 mbarrier.arrive(p_ready_now, count=1)
                 _stamp(trace_ptr, kb, 4, TRACE, PARTITION_WARPS)
-                if SUM_LATE:  # the row sums, off the chain from the scores to P V (:data:`SUM_LATE`)
-                    if P_HALVES:
-                        l_i = l_i * alpha + gl.convert_layout(gl.sum(p_a + p_b, axis=1), m_i.type.layout)
-                    else:
-                        l_i = l_i * alpha + gl.sum(p, axis=1)
                 pr += 1
                 kb += 1
             # every score product of this request is done: the loader may bring the next Q
@@ -1365,14 +1338,14 @@ if gluon_available():
         return s
 
     @gluon.jit
-    def _softmax_halves(s, m_i, scale_log2, start, tok_hi, limit, offs_n, p_smem, a_smem, p_free, a_ready,
+    def _softmax_halves(s, m_i, l_i, scale_log2, start, tok_hi, limit, offs_n, p_smem, a_smem, p_free, a_ready,
                         p_ready, pr, CAUSAL: gl.constexpr, INTERIOR: gl.constexpr, trace_ptr, kb,
                         TRACE: gl.constexpr, PARTITION_WARPS: gl.constexpr):
         """:func:`_online_softmax` handed over in three steps (``P_HALVES``): the rescale factor as soon as the max is
         known (``a_smem``, ``a_ready``: the output warpgroups rescale while ``P`` is computed), then ``P`` for the
         tile's first 32 keys (``p_smem[0]``, ``p_ready``: their products start while the second half is
-        exponentiated), then for the last 32 (the caller stores them in ``p_smem[1]``, fences and signals
-        ``p_ready[1]``). Returns ``(m_new, alpha, p_a, p_b)``: the row sums are the caller's (:data:`SUM_LATE`)."""
+        exponentiated), then for the last 32 (``p_smem[1]``; the caller fences and signals ``p_ready[1]``).
+        Returns ``(m_new, l_new)``."""
         BLOCK_M: gl.constexpr = s.shape[0]
         BLOCK_N: gl.constexpr = s.shape[1]
         dtype: gl.constexpr = p_smem.dtype
@@ -1393,7 +1366,9 @@ if gluon_available():
         gl.thread_barrier()
         mbarrier.arrive(p_ready.index(0), count=1)
         p_b = _softmax_exp(s_b, shift_h, scale_log2, INTERIOR)
-        return m_new, alpha, p_a, p_b
+        l_new = l_i * alpha + gl.convert_layout(gl.sum(p_a + p_b, axis=1), m_i.type.layout)
+        p_smem.index(1).store(p_b.to(dtype))
+        return m_new, l_new
 
     @gluon.jit
     def _hand_over(p, alpha, acc, p_smem, a_smem, p_ready, p_free, pr, ROW_O: gl.constexpr, dtype: gl.constexpr):
@@ -1427,7 +1402,7 @@ if gluon_available():
         KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr, HAS_SINK: gl.constexpr, KV_E4M3: gl.constexpr,
         Q_E4M3: gl.constexpr, LIST_AHEAD: gl.constexpr, TRACE: gl.constexpr,
         BOX_ALLOCS: gl.constexpr, OUTPUT_DECODE: gl.constexpr, INTERIOR: gl.constexpr = False,
-        P_HALVES: gl.constexpr = False, SUM_LATE: gl.constexpr = False,
+        P_HALVES: gl.constexpr = False,
     ):
         # the products' type: q's, or fp16 for e4m3 codes (more mantissa for P than bf16; codes are <= 448)
         if Q_E4M3:
@@ -1541,7 +1516,7 @@ if gluon_available():
                                  stride_bt, num_blocks, sink_ptr, descale_k_ptr, descale_q_ptr,
                                  CAUSAL, BLOCK_M, BLOCK_N, D_V, D_PE, SOFTMAX_WARPS, ASYNC_ARRIVE, K_BOXES, SPARSE,
                                  HAS_SINK, KV_E4M3, Q_E4M3, KV_FP8, trace_ptr, TRACE, BOX_ALLOCS, INTERIOR, a_ready,
-                                 P_HALVES, SUM_LATE)),
+                                 P_HALVES)),
                 (_output_quarters, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
@@ -1651,7 +1626,6 @@ def dense_decode_sm90_ws_fwd(
     box_allocs: bool = BOX_ALLOCS,
     interior_softmax: bool | None = None,
     p_halves: bool | None = None,
-    sum_late: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper, 16-bit caches or (with
     ``descale_k``, a one-element fp32 tensor on q's device) a per-tensor FP8 cache of e4m3 codes, (576, 512)
@@ -1675,13 +1649,11 @@ def dense_decode_sm90_ws_fwd(
     every row sees whole skip the softmax's mask (:func:`_online_softmax`; ``None``: :data:`INTERIOR_SOFTMAX`, read
     at the call), ``p_halves``: where that interior softmax runs, each tile's rescale factor and then ``P`` in two
     halves of its keys handed to the output warpgroups (:func:`_softmax_halves`; ``None``: :data:`P_HALVES`, read at
-    the call), ``sum_late``: in the four-warpgroup form, each tile's row sums added after its ``P`` is handed over
-    (``None``: :data:`SUM_LATE`, read at the call).
+    the call).
     """
     b, s_q, h_q, d = q.shape
     interior_softmax = INTERIOR_SOFTMAX if interior_softmax is None else interior_softmax
     p_halves = P_HALVES if p_halves is None else p_halves
-    sum_late = SUM_LATE if sum_late is None else sum_late
     list_ahead = LIST_AHEAD if list_ahead is None else list_ahead
     h_kv = k_cache.shape[2]
     rows = s_q * (h_q // h_kv)
@@ -1728,7 +1700,6 @@ def dense_decode_sm90_ws_fwd(
         BOX_ALLOCS=bool(box_allocs and k_boxes > 1 and softmax_only), OUTPUT_DECODE=0,
         INTERIOR=interior,
         P_HALVES=bool(p_halves and interior),
-        SUM_LATE=bool(sum_late and softmax_only),
         num_warps=NUM_WARPS,
         maxnreg=SOLO_MAXNREG if softmax_only else MAXNREG,
     )
