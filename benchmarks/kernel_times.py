@@ -100,8 +100,6 @@ def main(argv=None) -> None:
     ap.add_argument("--combine-warps", type=int, default=None, help="warps of a combine program (COMBINE_NUM_WARPS)")
     ap.add_argument("--masked-softmax", action="store_true",
                     help="the Hopper dense kernel's softmax masks every tile (INTERIOR_SOFTMAX off)")
-    ap.add_argument("--ablate-k-loads", action="store_true",
-                    help="timing ablation: the Hopper dense kernel's TMA K tiles are never read (results wrong)")
     ap.add_argument("--p-whole", action="store_true",
                     help="the Hopper dense kernel hands each tile's P over whole (P_HALVES off)")
     ap.add_argument("--flush-l2", action="store_true",
@@ -126,12 +124,6 @@ def main(argv=None) -> None:
         from openmla.ops.gluon import decode_dense_sm90_ws as ws
 
         ws.INTERIOR_SOFTMAX = False
-    if cli.ablate_k_loads:
-        from triton.experimental.gluon import language as gl
-
-        from openmla.ops.gluon import decode_dense_sm90_ws as ws
-
-        ws._ABLATE_K = gl.constexpr(1)
     if cli.p_whole:
         from openmla.ops.gluon import decode_dense_sm90_ws as ws
 
@@ -140,8 +132,7 @@ def main(argv=None) -> None:
                                                            ("combine eager", cli.combine_eager),
                                                            ("combine warps", cli.combine_warps),
                                                            ("masked softmax", cli.masked_softmax or None),
-                                                           ("P whole", cli.p_whole or None),
-                                                           ("no K loads", cli.ablate_k_loads or None))
+                                                           ("P whole", cli.p_whole or None))
                    if value is not None)
     flash_mla, missing = _load_flash_mla()
     card = torch.cuda.get_device_name()

@@ -210,7 +210,6 @@ if gluon_available():
     _TRACE_PIECES = gl.constexpr(TRACE_PIECES)
     _TRACE_TILES = gl.constexpr(TRACE_TILES)
     _TRACE_EVENTS = gl.constexpr(TRACE_EVENTS)
-    _ABLATE_K = gl.constexpr(0)  # benchmarks.kernel_times --ablate-k-loads only
 
     from .decode_dense_sm90 import _online_softmax, _piece_bounds, _request_span, _softmax_exp, _softmax_max
 
@@ -804,9 +803,6 @@ if gluon_available():
                 tma.async_copy_global_to_shared(k_desc, [row, HALF + c * 64], bar, dst_hi.slice(c * 64, 64, dim=1))
             if D_PE > 0:
                 tma.async_copy_global_to_shared(k_desc, [row, D_V], bar, dst_pe)
-        elif _ABLATE_K:  # timing ablation: no K read at all, every box's barrier completed at once (wrong results)
-            for c in gl.static_range(D_V // 64 + (1 if D_PE > 0 else 0)):
-                mbarrier.arrive(_box_bar(k_ready, stage, c, BOXES, BOX_ALLOCS), count=1)
         else:
             for c in gl.static_range(HALF // 64):
                 bar = _box_bar(k_ready, stage, c, BOXES, BOX_ALLOCS)
