@@ -326,11 +326,14 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
         # the four-warpgroup form with all boxes' ready barriers in one allocation (the launcher's box_allocs off)
         schedules += [default + (True, True, True, not ws.BOX_ALLOCS)]
     # P in halves where the launcher takes it (the four-warpgroup form's interior softmax, no causal mask)
-    schedules = [s + (ws.P_HALVES and ws.INTERIOR_SOFTMAX and s[2] and not causal,) for s in schedules]
+    schedules = [s + (ws.P_HALVES and ws.INTERIOR_SOFTMAX and s[2] and not causal and not ws.LAG,
+                      ws.LAG and s[2] and s[3] and s[4] and s[5] and d_qk == 576) for s in schedules]
     if dtype == "bf16" and d_qk == 576 and not causal and ws.INTERIOR_SOFTMAX:  # and the launcher's other p_halves
-        schedules += [default + (True, True, ws.BOX_READY, ws.BOX_ALLOCS, not ws.P_HALVES)]
+        schedules += [default + (True, True, ws.BOX_READY, ws.BOX_ALLOCS, not ws.P_HALVES, False)]
+    if dtype == "bf16" and d_qk == 576:  # the launcher's other lag (the right output warpgroup a tile behind)
+        schedules += [default + (True, True, True, True, ws.P_HALVES and ws.LAG and not causal, not ws.LAG)]
     out = []
-    for overlap, async_arrive, softmax_only, tma_k, box_ready, box_allocs, p_halves in schedules:
+    for overlap, async_arrive, softmax_only, tma_k, box_ready, box_allocs, p_halves, lag in schedules:
         regs = ws.SOLO_WORKER_REGS if softmax_only else ws.WORKER_REGS
         consts = dict(CAUSAL=causal, OVERLAP=overlap, SOFTMAX_ONLY=softmax_only, TMA_K=tma_k,
                       ASYNC_ARRIVE=async_arrive, BLOCK_M=ws.BLOCK_M, BLOCK_N=ws.BLOCK_N, D_V=512, D_PE=d_qk - 512,
@@ -340,7 +343,7 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                       descale_k_ptr=None, Q_E4M3=False, descale_q_ptr=None, LIST_AHEAD=False, TRACE=False,
                       trace_ptr=None, BOX_ALLOCS=box_allocs, OUTPUT_DECODE=0,
                       INTERIOR=ws.INTERIOR_SOFTMAX and softmax_only and not causal,
-                      P_HALVES=p_halves)
+                      P_HALVES=p_halves, LAG=lag)
         v_ptrs = dict(ptrs)
         if tma_k:
             v_ptrs["k_desc"] = _tma_desc_type(dtype)
@@ -350,7 +353,8 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                 + ("softmax-only" if softmax_only else "overlap" if overlap else "pv-first")
                 + f" {'async-arrive' if async_arrive else 'loader-waits'}" + (" tma-k" if tma_k else "")
                 + (" box-ready" if box_ready else " stage-ready" if tma_k else "")
-                + (" box-allocs" if box_allocs else "") + (" p-halves" if p_halves else ""))
+                + (" box-allocs" if box_allocs else "") + (" p-halves" if p_halves else "")
+                + (" lag" if lag else ""))
         out.append(Variant(ws._dense_decode_sm90_ws_kernel, v_ptrs, ("scale_log2",), consts, ws.NUM_WARPS, 1, name,
                            gluon=True, maxnreg=ws.SOLO_MAXNREG if softmax_only else ws.MAXNREG))
     if d_qk == 576 and causal:  # per-tensor FP8 caches (dense_decode_sm90_ws_fwd's descale_k), both warpgroup splits
@@ -365,7 +369,7 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                           OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], K_BOXES=1, SPARSE=False, KV_FP8=False,
                           PREFETCH_L2=False, HAS_SINK=False, sink_ptr=None, KV_E4M3=True, k_desc=None,
                           Q_E4M3=q_e4m3, LIST_AHEAD=ws.LIST_AHEAD, TRACE=False, trace_ptr=None, BOX_ALLOCS=False,
-                          OUTPUT_DECODE=0, INTERIOR=False, P_HALVES=False)
+                          OUTPUT_DECODE=0, INTERIOR=False, P_HALVES=False, LAG=False)
             if not q_e4m3:
                 consts["descale_q_ptr"] = None
             out.append(Variant(ws._dense_decode_sm90_ws_kernel,
@@ -395,7 +399,7 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                       LOADER_REGS=regs[1], K_BOXES=1, SPARSE=True, KV_FP8=False, PREFETCH_L2=False, k_desc=None,
                       HAS_SINK=False, sink_ptr=None, KV_E4M3=False, descale_k_ptr=None, Q_E4M3=False,
                       descale_q_ptr=None, LIST_AHEAD=ws.LIST_AHEAD, TRACE=False, trace_ptr=None, BOX_ALLOCS=False,
-                      OUTPUT_DECODE=0, INTERIOR=False, P_HALVES=False)
+                      OUTPUT_DECODE=0, INTERIOR=False, P_HALVES=False, LAG=False)
         # with an attention sink: one more pointer, read in the last round of each request
         sink = (dict(HAS_SINK=True), {"sink_ptr": "*fp32"}, " sink")
         for extra_consts, extra_ptrs, tag in (({}, {}, ""), sink):

@@ -185,6 +185,10 @@ INTERIOR_SOFTMAX = True
 # the keys, the first half's products running while the second is exponentiated (:func:`_softmax_halves`; the
 # launchers' ``p_halves``); 1.1-1.4 % faster at h_q=128 s_q=1 (H100, docs/perf-notes.md item 25)
 P_HALVES = True
+# the four-warpgroup form with the right output warpgroup a tile behind the left (its P V under the next tile's softmax,
+# which otherwise runs with the tensor cores idle), P kept in each stage's RoPE slot, each half of a stage freed apart
+# (the launchers' ``lag``). Built, not yet timed on a GPU: off (docs/perf-notes.md item 27)
+LAG = False
 
 
 def softmax_only_for(rows: int, boxed: bool = False) -> bool:
@@ -309,7 +313,8 @@ if gluon_available():
                 PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, TMA_K: gl.constexpr,
                 K_BOXES: gl.constexpr, SPARSE: gl.constexpr, KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr,
                 KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr, LIST_AHEAD: gl.constexpr, trace_ptr,
-                TRACE: gl.constexpr, BOX_ALLOCS: gl.constexpr, dec, OUTPUT_DECODE: gl.constexpr):
+                TRACE: gl.constexpr, BOX_ALLOCS: gl.constexpr, dec, OUTPUT_DECODE: gl.constexpr, lag=None,
+                LAG: gl.constexpr = False):
         """Loader partition: each request's Q tile, then its K tiles into the two-stage ring.
 
         ``TMA_K``: a whole tile (64 keys inside one page) comes as 64x64 TMA boxes of ``k_desc`` (the cache
@@ -336,7 +341,11 @@ if gluon_available():
         is copied and decoded, unscaled (exactly), into the stage by :func:`_gather_e4m3_tile`.
 
         ``LIST_AHEAD`` (with ``SPARSE`` or ``KV_E4M3``): each tile's list (or block-table) entries are loaded a
-        tile ahead, when the tile before is issued, so a tile's copies do not wait for that load."""
+        tile ahead, when the tile before is issued, so a tile's copies do not wait for that load.
+
+        ``LAG``: a stage's left value half comes free (``k_free``) before its right half and RoPE box (``lag[0]``,
+        the right output warpgroup being a tile behind): a TMA tile's left boxes are issued on the first, the rest on
+        the second; a ``cp.async`` tile waits for both."""
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
         LOAD: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [PARTITION_WARPS, 1], [1, 0])
         pid_m = gl.program_id(0)
@@ -370,14 +379,23 @@ if gluon_available():
                 mbarrier.wait(k_free.index(stage), ((kb // 2) & 1) ^ 1)
                 _stamp(trace_ptr, kb, 0, TRACE, PARTITION_WARPS)
                 start = tok_lo + it * BLOCK_N
+                if LAG:
+                    if not (TMA_K and start + BLOCK_N <= tok_hi):  # a cp.async tile needs the whole stage
+                        mbarrier.wait(lag[0].index(stage), ((kb // 2) & 1) ^ 1)
                 if LIST_AHEAD:  # this tile's entries were loaded with the last; load the next tile's now
                     ent = ent_next
                     ent_next = _key_entries(bt_row, start + BLOCK_N + offs_e, tok_hi, page_block_size, SPARSE)
                 if TMA_K and start + BLOCK_N <= tok_hi:
                     page_id = gl.load(bt_row + start // page_block_size)
                     page_id = gl.minimum(gl.maximum(page_id, 0), num_blocks - 1)
-                    _tma_tile(k_desc, page_id * page_block_size + start % page_block_size, k_lo.index(stage),
-                              k_hi.index(stage), k_pe.index(stage), k_ready, stage, D_V, D_PE, K_BOXES, BOX_ALLOCS)
+                    if LAG:
+                        _tma_tile_lag(k_desc, page_id * page_block_size + start % page_block_size, k_lo.index(stage),
+                                      k_hi.index(stage), k_pe.index(stage), k_ready, stage, lag[0].index(stage),
+                                      ((kb // 2) & 1) ^ 1, D_V, BOX_ALLOCS)
+                    else:
+                        _tma_tile(k_desc, page_id * page_block_size + start % page_block_size, k_lo.index(stage),
+                                  k_hi.index(stage), k_pe.index(stage), k_ready, stage, D_V, D_PE, K_BOXES,
+                                  BOX_ALLOCS)
                 elif KV_E4M3:
                     if not LIST_AHEAD:
                         ent = _key_entries(bt_row, start + offs_e, tok_hi, page_block_size, False)
@@ -818,6 +836,27 @@ if gluon_available():
                 tma.async_copy_global_to_shared(k_desc, [row, D_V], bar, dst_pe)
 
     @gluon.jit
+    def _tma_tile_lag(k_desc, row, dst_lo, dst_hi, dst_pe, k_ready, stage, free_hi, free_hi_phase,
+                      D_V: gl.constexpr, BOX_ALLOCS: gl.constexpr):
+        """:func:`_tma_tile` (a box a barrier) for ``LAG``: the left value half's four boxes at once (its half of the
+        stage is free), the right half's and the RoPE box once ``free_hi`` reaches ``free_hi_phase`` (the right output
+        warpgroup, a tile behind, is done with them and with the P it read from the RoPE slot)."""
+        HALF: gl.constexpr = D_V // 2
+        BOX_BYTES: gl.constexpr = 64 * 64 * 2
+        for c in gl.static_range(HALF // 64):
+            bar = _box_bar(k_ready, stage, c, 9, BOX_ALLOCS)
+            mbarrier.expect(bar, BOX_BYTES)
+            tma.async_copy_global_to_shared(k_desc, [row, c * 64], bar, dst_lo.slice(c * 64, 64, dim=1))
+        mbarrier.wait(free_hi, free_hi_phase)
+        for c in gl.static_range(HALF // 64):
+            bar = _box_bar(k_ready, stage, HALF // 64 + c, 9, BOX_ALLOCS)
+            mbarrier.expect(bar, BOX_BYTES)
+            tma.async_copy_global_to_shared(k_desc, [row, HALF + c * 64], bar, dst_hi.slice(c * 64, 64, dim=1))
+        bar = _box_bar(k_ready, stage, D_V // 64, 9, BOX_ALLOCS)
+        mbarrier.expect(bar, BOX_BYTES)
+        tma.async_copy_global_to_shared(k_desc, [row, D_V], bar, dst_pe)
+
+    @gluon.jit
     def _output_half(out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                      stride_ob, stride_os, stride_oh,
                      s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
@@ -930,7 +969,8 @@ if gluon_available():
                          v_half, p_smem, a_smem, bars,
                          COL0: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr,
                          PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, trace_ptr, TRACE: gl.constexpr,
-                         dec, DECODE: gl.constexpr, a_ready=None, P_HALVES: gl.constexpr = False):
+                         dec, DECODE: gl.constexpr, a_ready=None, P_HALVES: gl.constexpr = False, k_pe=None,
+                         lag=None, LAG: gl.constexpr = False):
         """:func:`_output_half` as two N=D_V/4 products with an accumulator each: with four warpgroups the
         launch cap is 128 registers a thread, and ``ptxas`` fits every instruction under that cap, so a single
         N=256 product (154 registers) does not compile even where the partition's own limit is 168. Kept
@@ -945,7 +985,13 @@ if gluon_available():
 
         ``P_HALVES`` (:func:`_softmax_halves`): each tile's rescale factor comes on ``a_ready`` and the accumulators
         are rescaled while ``P`` is computed; the products on the first 32 keys are issued when that half of ``P``
-        lands (``p_ready[0]``), the last 32 keys' on ``p_ready[1]``."""
+        lands (``p_ready[0]``), the last 32 keys' on ``p_ready[1]``.
+
+        ``LAG``: tile ``k``'s P is in its stage's RoPE slot (``k_pe``) and its factor in ``lag[3]``, published on
+        ``lag[1]`` (a barrier a stage); the right warpgroup (``COL0 > 0``) issues tile ``k``'s products only once the
+        softmax warpgroup has issued tile ``k + 1``'s scores (``lag[2]``), so they run under its softmax; each
+        warpgroup frees its own half of the stage (the right one the RoPE slot too); the last round's ``1/l`` comes
+        through ``a_smem`` on ``p_ready`` / ``p_free``."""
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
         QUARTER: gl.constexpr = D_V // 4
         O_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
@@ -970,7 +1016,14 @@ if gluon_available():
             for it in range(0, n_tiles):
                 stage = kb % 2
                 has_next = (it + 1 < n_tiles) | (req < end_req)  # a tile after this one in the piece
-                if P_HALVES:
+                if LAG:
+                    _acquire(lag[1].index(stage), (kb // 2) & 1, ASYNC_ARRIVE)  # P and the factor (V: as below)
+                    if COL0 > 0:  # a tile behind: the next scores are in the tensor cores' queue first
+                        mbarrier.wait(lag[2], kb & 1)
+                    _stamp(trace_ptr, kb, 5, TRACE, PARTITION_WARPS)
+                    acc_a, acc_b = _pv_quarters(k_pe.index(stage), v_half.index(stage),
+                                                lag[3].index(stage).load(ROW_O), acc_a, acc_b, QUARTER)
+                elif P_HALVES:
                     mbarrier.wait(a_ready, kb & 1)
                     alpha = a_smem.load(ROW_O)
                     acc_a = acc_a * alpha[:, None]
@@ -995,10 +1048,18 @@ if gluon_available():
                         _decode_own_half(v_half, dec, k_ready, kb + 1, D_V, PARTITION_WARPS)
                         _stamp(trace_ptr, kb + 1, 7, TRACE, PARTITION_WARPS)
                 acc_a, acc_b = warpgroup_mma_wait(num_outstanding=0, deps=(acc_a, acc_b))
-                _release(p_free, k_free.index(stage))
+                if LAG:
+                    gl.thread_barrier()
+                    if COL0 > 0:
+                        mbarrier.arrive(lag[0].index(stage), count=1)
+                    else:
+                        mbarrier.arrive(k_free.index(stage), count=1)
+                else:
+                    _release(p_free, k_free.index(stage))
                 _stamp(trace_ptr, kb, 6, TRACE, PARTITION_WARPS)
                 kb += 1
-                pr += 1
+                if not LAG:
+                    pr += 1
             if P_HALVES:  # the last round's factor comes on the first half's barrier
                 inv_l = _final_factor(p_ready.index(0), p_free, a_smem, pr & 1, ROW_O)
             else:
@@ -1137,7 +1198,7 @@ if gluon_available():
                       K_BOXES: gl.constexpr, SPARSE: gl.constexpr, HAS_SINK: gl.constexpr,
                       KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr, KV_FP8: gl.constexpr, trace_ptr,
                       TRACE: gl.constexpr, BOX_ALLOCS: gl.constexpr, INTERIOR: gl.constexpr,
-                      a_ready=None, P_HALVES: gl.constexpr = False):
+                      a_ready=None, P_HALVES: gl.constexpr = False, lag=None, LAG: gl.constexpr = False):
         """Default partition when two output warpgroups own the halves (``SOFTMAX_ONLY``): scores, online
         softmax, ``P`` and the rescale factor (then ``1/l``) to both, LSE. It holds no output accumulator,
         so tile ``j+1``'s scores and softmax run while the output warpgroups multiply tile ``j``'s ``P`` by V;
@@ -1151,7 +1212,10 @@ if gluon_available():
         per-tensor FP8 cache's codes, so the scores are scaled by ``descale_k`` too and the ``1/l`` published
         carries it for ``P V`` (V = descale_k * codes). ``Q_E4M3``: Q holds e4m3 codes too, so the scores take
         ``descale_q`` as well. ``P_HALVES``: each tile is handed over in three steps (:func:`_softmax_halves`):
-        ``p_ready`` and ``p_smem`` are then pairs, and ``a_ready`` signals the rescale factor.
+        ``p_ready`` and ``p_smem`` are then pairs, and ``a_ready`` signals the rescale factor. ``LAG``: each tile's P
+        goes into its stage's RoPE slot (dead once its scores are done) and its factor into ``lag[3]``, on ``lag[1]``;
+        ``lag[2]`` signals each tile's scores issued (and each request's end), for the right output warpgroup that
+        runs a tile behind; only the last round's ``1/l`` goes through ``a_smem``, ``p_ready`` and ``p_free``.
         """
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
         S_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
@@ -1175,6 +1239,9 @@ if gluon_available():
                     slot = gl.load(block_table_ptr + req64 * stride_bt + offs_j, mask=offs_j < tok_hi, other=-1)
                 s = _scores_ready(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, k_ready, stage, (kb // 2) & 1, S_LAYOUT,
                                   BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE, BOX_ALLOCS)
+                if LAG:
+                    if it > 0:  # this tile's scores are queued: the right output warpgroup may issue the last P V
+                        mbarrier.arrive(lag[2], count=1)
                 _stamp(trace_ptr, kb, 2, TRACE, PARTITION_WARPS)
                 if SPARSE and not KV_FP8:  # the tile's slots, landed with its keys, read while its scores run
                     slot = slots.index(stage).load(gl.SliceLayout(0, S_LAYOUT))
@@ -1188,6 +1255,16 @@ if gluon_available():
                                                p_smem, a_smem, p_free, a_ready, p_ready, pr, CAUSAL, INTERIOR,
                                                trace_ptr, kb, TRACE, PARTITION_WARPS)
                     p_ready_now = p_ready.index(1)
+                elif LAG:
+                    p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, scale_log2, tok_lo + it * BLOCK_N, tok_hi,
+                                                         limit, offs_n, CAUSAL, INTERIOR)
+                    _stamp(trace_ptr, kb, 8, TRACE, PARTITION_WARPS)
+                    _stamp(trace_ptr, kb, 9, TRACE, PARTITION_WARPS)
+                    # the RoPE slot's scores are done (waited above); it is the stage's P until the right output
+                    # warpgroup frees the stage's right half
+                    k_pe.index(stage).store(p.to(dtype))
+                    lag[3].index(stage).store(alpha)
+                    p_ready_now = lag[1].index(stage)
                 else:
                     p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, scale_log2, tok_lo + it * BLOCK_N, tok_hi,
                                                          limit, offs_n, CAUSAL, INTERIOR)
@@ -1203,8 +1280,11 @@ if gluon_available():
                 gl.thread_barrier()
                 mbarrier.arrive(p_ready_now, count=1)
                 _stamp(trace_ptr, kb, 4, TRACE, PARTITION_WARPS)
-                pr += 1
+                if not LAG:
+                    pr += 1
                 kb += 1
+            if LAG:  # the request's last tile: its right half needs no next scores
+                mbarrier.arrive(lag[2], count=1)
             # every score product of this request is done: the loader may bring the next Q
             gl.thread_barrier()
             mbarrier.arrive(q_free, count=1)
@@ -1402,7 +1482,7 @@ if gluon_available():
         KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr, HAS_SINK: gl.constexpr, KV_E4M3: gl.constexpr,
         Q_E4M3: gl.constexpr, LIST_AHEAD: gl.constexpr, TRACE: gl.constexpr,
         BOX_ALLOCS: gl.constexpr, OUTPUT_DECODE: gl.constexpr, INTERIOR: gl.constexpr = False,
-        P_HALVES: gl.constexpr = False,
+        P_HALVES: gl.constexpr = False, LAG: gl.constexpr = False,
     ):
         # the products' type: q's, or fp16 for e4m3 codes (more mantissa for P than bf16; codes are <= 448)
         if Q_E4M3:
@@ -1497,8 +1577,25 @@ if gluon_available():
         else:
             for i in gl.static_range(2 * K_BOXES):
                 mbarrier.init(k_ready.index(i), count=K_LOADED)
-        for i in gl.static_range(2):
-            mbarrier.init(k_free.index(i), count=2)  # both warpgroups that multiply by V
+        if LAG:  # each stage's halves freed apart: k_free by the left output warpgroup, k_free_hi by the right one
+            gl.static_assert(SOFTMAX_ONLY and TMA_K and K_BOXES == 9 and BOX_ALLOCS and not P_HALVES and not SPARSE
+                             and not KV_E4M3 and not OUTPUT_DECODE,
+                             "the right output warpgroup a tile behind: four warpgroups, TMA boxes, (576, 512) dims")
+            BAR1: gl.constexpr = mbarrier.MBarrierLayout()
+            k_free_hi = gl.allocate_shared_memory(gl.int64, [2, 1], BAR1)
+            lp_ready = gl.allocate_shared_memory(gl.int64, [2, 1], BAR1)
+            s_issued = gl.allocate_shared_memory(gl.int64, [1], BAR1)
+            la_smem = gl.allocate_shared_memory(gl.float32, [2, BLOCK_M], ROWS_SMEM)
+            for i in gl.static_range(2):
+                mbarrier.init(k_free.index(i), count=1)
+                mbarrier.init(k_free_hi.index(i), count=1)
+                mbarrier.init(lp_ready.index(i), count=1)
+            mbarrier.init(s_issued, count=1)
+            lag = (k_free_hi, lp_ready, s_issued, la_smem)
+        else:
+            for i in gl.static_range(2):
+                mbarrier.init(k_free.index(i), count=2)  # both warpgroups that multiply by V
+            lag = (k_free, p_ready, p_ready, a_smem)  # never read
         bars = (q_ready, q_free, k_ready, k_free, p_ready, p_free)
         if OUTPUT_DECODE:  # each stage's copies landed (the loader's threads arrive)
             codes_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
@@ -1516,24 +1613,25 @@ if gluon_available():
                                  stride_bt, num_blocks, sink_ptr, descale_k_ptr, descale_q_ptr,
                                  CAUSAL, BLOCK_M, BLOCK_N, D_V, D_PE, SOFTMAX_WARPS, ASYNC_ARRIVE, K_BOXES, SPARSE,
                                  HAS_SINK, KV_E4M3, Q_E4M3, KV_FP8, trace_ptr, TRACE, BOX_ALLOCS, INTERIOR, a_ready,
-                                 P_HALVES)),
+                                 P_HALVES, lag, LAG)),
                 (_output_quarters, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
                                 k_lo, p_smem, a_smem, bars, 0, BLOCK_M, BLOCK_N, D_V, OUTPUT_WARPS, ASYNC_ARRIVE,
-                                trace_ptr, TRACE, dec, OUTPUT_DECODE, a_ready, P_HALVES)),
+                                trace_ptr, TRACE, dec, OUTPUT_DECODE, a_ready, P_HALVES, k_pe, lag, LAG)),
                 (_output_quarters, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
                                 k_hi, p_smem, a_smem, bars, HALF, BLOCK_M, BLOCK_N, D_V, OUTPUT_WARPS,
-                                ASYNC_ARRIVE, trace_ptr, False, dec, OUTPUT_DECODE, a_ready, P_HALVES)),
+                                ASYNC_ARRIVE, trace_ptr, False, dec, OUTPUT_DECODE, a_ready, P_HALVES, k_pe, lag,
+                                LAG)),
                 (_loader, (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                            stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
                            q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc, slots,
                            BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE, KV_FP8,
                            PREFETCH_L2, KV_E4M3, Q_E4M3, LIST_AHEAD, trace_ptr, TRACE, BOX_ALLOCS, dec,
-                           OUTPUT_DECODE)),
+                           OUTPUT_DECODE, lag, LAG)),
             ], [OUTPUT_WARPS, OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, OUTPUT_REGS, LOADER_REGS])
         else:
             gl.warp_specialize([
@@ -1626,6 +1724,7 @@ def dense_decode_sm90_ws_fwd(
     box_allocs: bool = BOX_ALLOCS,
     interior_softmax: bool | None = None,
     p_halves: bool | None = None,
+    lag: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper, 16-bit caches or (with
     ``descale_k``, a one-element fp32 tensor on q's device) a per-tensor FP8 cache of e4m3 codes, (576, 512)
@@ -1649,11 +1748,14 @@ def dense_decode_sm90_ws_fwd(
     every row sees whole skip the softmax's mask (:func:`_online_softmax`; ``None``: :data:`INTERIOR_SOFTMAX`, read
     at the call), ``p_halves``: where that interior softmax runs, each tile's rescale factor and then ``P`` in two
     halves of its keys handed to the output warpgroups (:func:`_softmax_halves`; ``None``: :data:`P_HALVES`, read at
-    the call).
+    the call), ``lag``: in the four-warpgroup form over whole TMA tiles of (576, 512) dims, the right output warpgroup
+    a tile behind the left one, P in each stage's RoPE slot, each half of a stage freed apart (:data:`LAG`; ``None``:
+    read at the call; P is then handed over whole).
     """
     b, s_q, h_q, d = q.shape
     interior_softmax = INTERIOR_SOFTMAX if interior_softmax is None else interior_softmax
     p_halves = P_HALVES if p_halves is None else p_halves
+    lag = LAG if lag is None else lag
     list_ahead = LIST_AHEAD if list_ahead is None else list_ahead
     h_kv = k_cache.shape[2]
     rows = s_q * (h_q // h_kv)
@@ -1688,6 +1790,7 @@ def dense_decode_sm90_ws_fwd(
     # the folded scale needs scale_log2 > 0 (with FP8 codes it carries the descales, read on the device: not there);
     # built without the causal mask only
     interior = bool(interior_softmax and softmax_only and softmax_scale > 0 and not e4m3 and not (causal and s_q > 1))
+    lag_on = bool(lag and softmax_only and k_desc is not None and k_boxes == 9 and box_allocs and not e4m3)
     launch(_dense_decode_sm90_ws_kernel, (row_tiles * h_kv, num_parts),
         *splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
                       out, lse, workspace, row_tiles, softmax_scale), k_desc, None, descale_k, descale_q, trace,
@@ -1699,7 +1802,8 @@ def dense_decode_sm90_ws_fwd(
         Q_E4M3=q_e4m3, LIST_AHEAD=bool(e4m3 and list_ahead), TRACE=trace is not None,
         BOX_ALLOCS=bool(box_allocs and k_boxes > 1 and softmax_only), OUTPUT_DECODE=0,
         INTERIOR=interior,
-        P_HALVES=bool(p_halves and interior),
+        P_HALVES=bool(p_halves and interior and not lag_on),
+        LAG=lag_on,
         num_warps=NUM_WARPS,
         maxnreg=SOLO_MAXNREG if softmax_only else MAXNREG,
     )
