@@ -100,8 +100,9 @@ def main(argv=None) -> None:
     ap.add_argument("--combine-warps", type=int, default=None, help="warps of a combine program (COMBINE_NUM_WARPS)")
     ap.add_argument("--masked-softmax", action="store_true",
                     help="the Hopper dense kernel's softmax masks every tile (INTERIOR_SOFTMAX off)")
-    ap.add_argument("--lag", action="store_true",
-                    help="the Hopper dense kernel's right output warpgroup a tile behind the left one (LAG on)")
+    ap.add_argument("--lag-min-rows", type=int, default=None,
+                    help="query rows per KV head from which the Hopper dense kernel's right output warpgroup runs a "
+                         "tile behind the left one (LAG_MIN_ROWS; 0: always, 1000000: never)")
     ap.add_argument("--p-whole", action="store_true",
                     help="the Hopper dense kernel hands each tile's P over whole (P_HALVES off)")
     ap.add_argument("--flush-l2", action="store_true",
@@ -126,10 +127,10 @@ def main(argv=None) -> None:
         from openmla.ops.gluon import decode_dense_sm90_ws as ws
 
         ws.INTERIOR_SOFTMAX = False
-    if cli.lag:
+    if cli.lag_min_rows is not None:
         from openmla.ops.gluon import decode_dense_sm90_ws as ws
 
-        ws.LAG = True
+        ws.LAG_MIN_ROWS = cli.lag_min_rows
     if cli.p_whole:
         from openmla.ops.gluon import decode_dense_sm90_ws as ws
 
@@ -139,7 +140,7 @@ def main(argv=None) -> None:
                                                            ("combine warps", cli.combine_warps),
                                                            ("masked softmax", cli.masked_softmax or None),
                                                            ("P whole", cli.p_whole or None),
-                                                           ("lag", cli.lag or None))
+                                                           ("lag from rows", cli.lag_min_rows))
                    if value is not None)
     flash_mla, missing = _load_flash_mla()
     card = torch.cuda.get_device_name()

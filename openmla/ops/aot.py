@@ -326,12 +326,11 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
         # the four-warpgroup form with all boxes' ready barriers in one allocation (the launcher's box_allocs off)
         schedules += [default + (True, True, True, not ws.BOX_ALLOCS)]
     # P in halves where the launcher takes it (the four-warpgroup form's interior softmax, no causal mask)
-    schedules = [s + (ws.P_HALVES and ws.INTERIOR_SOFTMAX and s[2] and not causal and not ws.LAG,
-                      ws.LAG and s[2] and s[3] and s[4] and s[5] and d_qk == 576) for s in schedules]
+    schedules = [s + (ws.P_HALVES and ws.INTERIOR_SOFTMAX and s[2] and not causal, False) for s in schedules]
     if dtype == "bf16" and d_qk == 576 and not causal and ws.INTERIOR_SOFTMAX:  # and the launcher's other p_halves
         schedules += [default + (True, True, ws.BOX_READY, ws.BOX_ALLOCS, not ws.P_HALVES, False)]
-    if dtype == "bf16" and d_qk == 576:  # the launcher's other lag (the right output warpgroup a tile behind)
-        schedules += [default + (True, True, True, True, ws.P_HALVES and ws.LAG and not causal, not ws.LAG)]
+    if d_qk == 576 and ws.BOX_READY and ws.BOX_ALLOCS:  # from LAG_MIN_ROWS rows: the right output warpgroup a tile behind
+        schedules += [default + (True, True, True, True, False, True)]
     out = []
     for overlap, async_arrive, softmax_only, tma_k, box_ready, box_allocs, p_halves, lag in schedules:
         regs = ws.SOLO_WORKER_REGS if softmax_only else ws.WORKER_REGS

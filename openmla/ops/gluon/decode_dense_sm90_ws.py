@@ -187,8 +187,10 @@ INTERIOR_SOFTMAX = True
 P_HALVES = True
 # the four-warpgroup form with the right output warpgroup a tile behind the left (its P V under the next tile's softmax,
 # which otherwise runs with the tensor cores idle), P kept in each stage's RoPE slot, each half of a stage freed apart
-# (the launchers' ``lag``). Built, not yet timed on a GPU: off (docs/perf-notes.md item 27)
-LAG = False
+# (the launchers' ``lag``), from this many query rows per KV head (whole TMA tiles of (576, 512) dims): H100, 4-7 %
+# faster at s_q=2 h_q=128 (256 rows), 5-8 % slower at s_q=1 (128 rows, where P in halves runs and the memory binds
+# as well) (docs/perf-notes.md item 27)
+LAG_MIN_ROWS = 256
 
 
 def softmax_only_for(rows: int, boxed: bool = False) -> bool:
@@ -1749,16 +1751,16 @@ def dense_decode_sm90_ws_fwd(
     at the call), ``p_halves``: where that interior softmax runs, each tile's rescale factor and then ``P`` in two
     halves of its keys handed to the output warpgroups (:func:`_softmax_halves`; ``None``: :data:`P_HALVES`, read at
     the call), ``lag``: in the four-warpgroup form over whole TMA tiles of (576, 512) dims, the right output warpgroup
-    a tile behind the left one, P in each stage's RoPE slot, each half of a stage freed apart (:data:`LAG`; ``None``:
-    read at the call; P is then handed over whole).
+    a tile behind the left one, P in each stage's RoPE slot, each half of a stage freed apart (``None``: from
+    :data:`LAG_MIN_ROWS` query rows per KV head, read at the call; P is then handed over whole).
     """
     b, s_q, h_q, d = q.shape
     interior_softmax = INTERIOR_SOFTMAX if interior_softmax is None else interior_softmax
     p_halves = P_HALVES if p_halves is None else p_halves
-    lag = LAG if lag is None else lag
     list_ahead = LIST_AHEAD if list_ahead is None else list_ahead
     h_kv = k_cache.shape[2]
     rows = s_q * (h_q // h_kv)
+    lag = rows >= LAG_MIN_ROWS if lag is None else lag
     row_tiles = -(-rows // BLOCK_M)
     num_parts = tile_scheduler_metadata.shape[0]
     if SCHED_BLOCK % BLOCK_N:
