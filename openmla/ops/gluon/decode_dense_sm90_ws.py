@@ -61,6 +61,14 @@ h_q 128 and 64; ``benchmarks/results/2026-11-27-h200-ws-*``):
   h_q=128 s_q=1, 0.8-1.5 % on b=16 and a ragged batch, 1.6-2.7 % slower at s_q=2 (the causal kernel, so not there).
   Measured with it and not kept: the factor alone ahead of ``P``, the hand-overs on hardware barriers
   (``bar.arrive`` / ``bar.sync``), chunked TMA boxes (``2026-11-28-h100-dense-handover-ab.txt``).
+* ``LAG`` (from :data:`LAG_MIN_ROWS` = 256 query rows per KV head; launcher ``lag``; four-warpgroup form, whole TMA
+  tiles of (576, 512) dims): the right output warpgroup runs a tile behind the left one. Tile ``k``'s P goes into its
+  stage's RoPE slot (dead once the scores are done) with its factor, on a barrier a stage; the left warpgroup
+  multiplies at once and frees the stage's left half, on which the loader issues the next tile's left boxes; the right
+  one issues tile ``k``'s products only once tile ``k + 1``'s scores are queued (``s_issued``), so they run under that
+  tile's softmax, when the tensor cores were otherwise idle, and then frees the right half and the RoPE slot. H100, two
+  machines: 3.8-5.1 % faster at h_q=128 s_q=2, 5-8 % slower at s_q=1 (128 rows: P in halves is off with it, and the
+  memory binds there too), hence the rule (``2026-11-28-h100-dense-lag-ab.txt``).
 Measured too and not kept (each slower or within noise in the same runs): asking L2 for the next tile
 ahead of its copy (``cp.async.bulk.prefetch.L2``: 0.69-0.74 against 0.75-0.81); the loader issuing a
 request's first K tile before its Q (-2 to -4 % without per-box barriers, mixed with them); the loader at
