@@ -188,6 +188,9 @@ def main(argv=None) -> None:
     calls["dense_b128_sk8192_h128_sq2_lag"] = lambda trace=None: dense_decode_sm90_ws_fwd(
         *dense_sq2.call_args()[:4], 512, sched_sq2, splits_sq2, dense_sq2.softmax_scale, True, softmax_only=True,
         trace=trace, lag=True)
+    calls["dense_b128_sk8192_h128_sq2_lag_halves"] = lambda trace=None: dense_decode_sm90_ws_fwd(
+        *dense_sq2.call_args()[:4], 512, sched_sq2, splits_sq2, dense_sq2.softmax_scale, True, softmax_only=True,
+        trace=trace, lag=True, lag_halves=True)
     # dense FP8 with an e4m3 q: the e4m3-product kernel (its event 7: E4M3_PRODUCT_INTERVALS)
     fp8 = quantize_dense_fp8(dense, fp8_q=True)
     calls["dense_fp8_e4m3_b128_sk8192_h128"] = lambda trace=None: dense_decode_fp8_sm90_fwd(

@@ -507,7 +507,7 @@ SM90_DIRECT = [
 @pytest.mark.parametrize("layout", ["rows", "ws", "ws-overlap", "ws-loader-waits", "ws-softmax-only", "ws-tma",
                                     "ws-softmax-only-tma", "ws-tma-box", "ws-softmax-only-tma-box",
                                     "ws-softmax-only-tma-box-one-alloc", "ws-softmax-only-tma-box-p-whole",
-                                    "ws-softmax-only-tma-box-lag"])
+                                    "ws-softmax-only-tma-box-lag", "ws-softmax-only-tma-box-lag-halves"])
 @pytest.mark.parametrize("b,s_q,s_k,h_q,h_kv,page,d,dtype,parts", SM90_DIRECT)
 def test_sm90_row_kernels_direct(layout, b, s_q, s_k, h_q, h_kv, page, d, dtype, parts, generator):
     """Each 64-row Hopper kernel, whatever the dispatcher would pick, on plans from one piece per request
@@ -531,7 +531,7 @@ def test_sm90_row_kernels_direct(layout, b, s_q, s_k, h_q, h_kv, page, d, dtype,
                                             tma_k="-tma" in layout, box_ready="-box" in layout,
                                             box_allocs=not layout.endswith("-one-alloc"),
                                             p_halves=not layout.endswith("-p-whole"),
-                                            lag=layout.endswith("-lag"))
+                                            lag="-lag" in layout, lag_halves=layout.endswith("-lag-halves"))
     torch.cuda.synchronize()
     check_against_reference(dict(inputs, softmax_scale=d ** -0.5), out, lse)
 

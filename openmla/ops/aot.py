@@ -329,10 +329,13 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
     schedules = [s + (ws.P_HALVES and ws.INTERIOR_SOFTMAX and s[2] and not causal, False) for s in schedules]
     if dtype == "bf16" and d_qk == 576 and not causal and ws.INTERIOR_SOFTMAX:  # and the launcher's other p_halves
         schedules += [default + (True, True, ws.BOX_READY, ws.BOX_ALLOCS, not ws.P_HALVES, False)]
+    schedules = [s + (False,) for s in schedules]
     if d_qk == 576 and ws.BOX_READY and ws.BOX_ALLOCS:  # from LAG_MIN_ROWS rows: the right output warpgroup a tile behind
-        schedules += [default + (True, True, True, True, False, True)]
+        schedules += [default + (True, True, True, True, False, True, ws.LAG_HALVES)]
+        if dtype == "bf16":  # with the launcher's other lag_halves (a value half a TMA box)
+            schedules += [default + (True, True, True, True, False, True, not ws.LAG_HALVES)]
     out = []
-    for overlap, async_arrive, softmax_only, tma_k, box_ready, box_allocs, p_halves, lag in schedules:
+    for overlap, async_arrive, softmax_only, tma_k, box_ready, box_allocs, p_halves, lag, lag_halves in schedules:
         regs = ws.SOLO_WORKER_REGS if softmax_only else ws.WORKER_REGS
         consts = dict(CAUSAL=causal, OVERLAP=overlap, SOFTMAX_ONLY=softmax_only, TMA_K=tma_k,
                       ASYNC_ARRIVE=async_arrive, BLOCK_M=ws.BLOCK_M, BLOCK_N=ws.BLOCK_N, D_V=512, D_PE=d_qk - 512,
@@ -342,8 +345,12 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                       descale_k_ptr=None, Q_E4M3=False, descale_q_ptr=None, LIST_AHEAD=False, TRACE=False,
                       trace_ptr=None, BOX_ALLOCS=box_allocs, OUTPUT_DECODE=0,
                       INTERIOR=ws.INTERIOR_SOFTMAX and softmax_only and not causal,
-                      P_HALVES=p_halves, LAG=lag)
+                      P_HALVES=p_halves, LAG=lag, LAG_HALVES=lag_halves)
         v_ptrs = dict(ptrs)
+        if lag_halves:
+            v_ptrs["k_half_desc"] = _tma_desc_type(dtype, [4, 64, 64])
+        else:
+            consts["k_half_desc"] = None
         if tma_k:
             v_ptrs["k_desc"] = _tma_desc_type(dtype)
         else:
@@ -353,7 +360,7 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                 + f" {'async-arrive' if async_arrive else 'loader-waits'}" + (" tma-k" if tma_k else "")
                 + (" box-ready" if box_ready else " stage-ready" if tma_k else "")
                 + (" box-allocs" if box_allocs else "") + (" p-halves" if p_halves else "")
-                + (" lag" if lag else ""))
+                + (" lag" if lag else "") + (" lag-halves" if lag_halves else ""))
         out.append(Variant(ws._dense_decode_sm90_ws_kernel, v_ptrs, ("scale_log2",), consts, ws.NUM_WARPS, 1, name,
                            gluon=True, maxnreg=ws.SOLO_MAXNREG if softmax_only else ws.MAXNREG))
     if d_qk == 576 and causal:  # per-tensor FP8 caches (dense_decode_sm90_ws_fwd's descale_k), both warpgroup splits
@@ -368,7 +375,8 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                           OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], K_BOXES=1, SPARSE=False, KV_FP8=False,
                           PREFETCH_L2=False, HAS_SINK=False, sink_ptr=None, KV_E4M3=True, k_desc=None,
                           Q_E4M3=q_e4m3, LIST_AHEAD=ws.LIST_AHEAD, TRACE=False, trace_ptr=None, BOX_ALLOCS=False,
-                          OUTPUT_DECODE=0, INTERIOR=False, P_HALVES=False, LAG=False)
+                          OUTPUT_DECODE=0, INTERIOR=False, P_HALVES=False, LAG=False, LAG_HALVES=False,
+                          k_half_desc=None)
             if not q_e4m3:
                 consts["descale_q_ptr"] = None
             out.append(Variant(ws._dense_decode_sm90_ws_kernel,
@@ -398,7 +406,8 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                       LOADER_REGS=regs[1], K_BOXES=1, SPARSE=True, KV_FP8=False, PREFETCH_L2=False, k_desc=None,
                       HAS_SINK=False, sink_ptr=None, KV_E4M3=False, descale_k_ptr=None, Q_E4M3=False,
                       descale_q_ptr=None, LIST_AHEAD=ws.LIST_AHEAD, TRACE=False, trace_ptr=None, BOX_ALLOCS=False,
-                      OUTPUT_DECODE=0, INTERIOR=False, P_HALVES=False, LAG=False)
+                      OUTPUT_DECODE=0, INTERIOR=False, P_HALVES=False, LAG=False, LAG_HALVES=False,
+                      k_half_desc=None)
         # with an attention sink: one more pointer, read in the last round of each request
         sink = (dict(HAS_SINK=True), {"sink_ptr": "*fp32"}, " sink")
         for extra_consts, extra_ptrs, tag in (({}, {}, ""), sink):
@@ -428,10 +437,12 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
     return out
 
 
-def _tma_desc_type(dtype: str) -> str:
-    """Triton's signature text of the warp-specialized kernel's K descriptor (64x64 boxes, 128-byte swizzle)."""
-    return (f"tensordesc<{dtype}[64, 64],NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2, "
-            "transposed=False, fp4_padded=False, cga_layout=[])>")
+def _tma_desc_type(dtype: str, box: list[int] | None = None) -> str:
+    """Triton's signature text of the warp-specialized kernel's K descriptor (64x64 boxes, or ``box``, 128-byte
+    swizzle)."""
+    box = box or [64, 64]
+    return (f"tensordesc<{dtype}{box},NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, "
+            f"rank={len(box)}, transposed=False, fp4_padded=False, cga_layout=[])>")
 
 
 def _signature(v: Variant):

@@ -199,6 +199,10 @@ P_HALVES = True
 # faster at s_q=2 h_q=128 (256 rows), 5-8 % slower at s_q=1 (128 rows, where P in halves runs and the memory binds
 # as well) (docs/perf-notes.md item 27)
 LAG_MIN_ROWS = 256
+# with LAG: each value half of a whole tile as one TMA box of four 64-column chunks (:func:`tma_chunks_view`), so the
+# loader issues three copies a tile instead of nine, each behind a partition barrier (the launchers' ``lag_halves``).
+# Built, not yet timed on a GPU: off (docs/perf-notes.md item 27)
+LAG_HALVES = False
 
 
 def softmax_only_for(rows: int, boxed: bool = False) -> bool:
@@ -324,7 +328,7 @@ if gluon_available():
                 K_BOXES: gl.constexpr, SPARSE: gl.constexpr, KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr,
                 KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr, LIST_AHEAD: gl.constexpr, trace_ptr,
                 TRACE: gl.constexpr, BOX_ALLOCS: gl.constexpr, dec, OUTPUT_DECODE: gl.constexpr, lag=None,
-                LAG: gl.constexpr = False):
+                LAG: gl.constexpr = False, k_half_desc=None, LAG_HALVES: gl.constexpr = False):
         """Loader partition: each request's Q tile, then its K tiles into the two-stage ring.
 
         ``TMA_K``: a whole tile (64 keys inside one page) comes as 64x64 TMA boxes of ``k_desc`` (the cache
@@ -399,9 +403,9 @@ if gluon_available():
                     page_id = gl.load(bt_row + start // page_block_size)
                     page_id = gl.minimum(gl.maximum(page_id, 0), num_blocks - 1)
                     if LAG:
-                        _tma_tile_lag(k_desc, page_id * page_block_size + start % page_block_size, k_lo.index(stage),
-                                      k_hi.index(stage), k_pe.index(stage), k_ready, stage, lag[0].index(stage),
-                                      ((kb // 2) & 1) ^ 1, D_V, BOX_ALLOCS)
+                        _tma_tile_lag(k_desc, page_id * page_block_size + start % page_block_size, k_lo, k_hi,
+                                      k_pe.index(stage), k_ready, stage, lag[0].index(stage), ((kb // 2) & 1) ^ 1,
+                                      D_V, BOX_ALLOCS, k_half_desc, LAG_HALVES)
                     else:
                         _tma_tile(k_desc, page_id * page_block_size + start % page_block_size, k_lo.index(stage),
                                   k_hi.index(stage), k_pe.index(stage), k_ready, stage, D_V, D_PE, K_BOXES,
@@ -846,13 +850,33 @@ if gluon_available():
                 tma.async_copy_global_to_shared(k_desc, [row, D_V], bar, dst_pe)
 
     @gluon.jit
-    def _tma_tile_lag(k_desc, row, dst_lo, dst_hi, dst_pe, k_ready, stage, free_hi, free_hi_phase,
-                      D_V: gl.constexpr, BOX_ALLOCS: gl.constexpr):
+    def _tma_tile_lag(k_desc, row, k_lo, k_hi, dst_pe, k_ready, stage, free_hi, free_hi_phase,
+                      D_V: gl.constexpr, BOX_ALLOCS: gl.constexpr, k_half_desc, LAG_HALVES: gl.constexpr):
         """:func:`_tma_tile` (a box a barrier) for ``LAG``: the left value half's four boxes at once (its half of the
         stage is free), the right half's and the RoPE box once ``free_hi`` reaches ``free_hi_phase`` (the right output
-        warpgroup, a tile behind, is done with them and with the P it read from the RoPE slot)."""
+        warpgroup, a tile behind, is done with them and with the P it read from the RoPE slot). ``LAG_HALVES``: each
+        value half as one box of ``k_half_desc`` (:func:`tma_chunks_view`) on its first chunk's barrier."""
         HALF: gl.constexpr = D_V // 2
         BOX_BYTES: gl.constexpr = 64 * 64 * 2
+        dst_lo = k_lo.index(stage)
+        dst_hi = k_hi.index(stage)
+        if LAG_HALVES:
+            # each value half's ring seen as [2, HALF / 64, 64, 64]: the same bytes, since a 128-byte swizzled
+            # [64, HALF] tile keeps each 64-column chunk as a contiguous 8 KB block
+            BOX_SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
+            lo = k_lo._reinterpret(k_lo.dtype, [2, HALF // 64, 64, 64], BOX_SMEM)
+            hi = k_hi._reinterpret(k_hi.dtype, [2, HALF // 64, 64, 64], BOX_SMEM)
+            bar = _box_bar(k_ready, stage, 0, 9, BOX_ALLOCS)
+            mbarrier.expect(bar, HALF // 64 * BOX_BYTES)
+            tma.async_copy_global_to_shared(k_half_desc, [0, row, 0], bar, lo.index(stage))
+            mbarrier.wait(free_hi, free_hi_phase)
+            bar = _box_bar(k_ready, stage, HALF // 64, 9, BOX_ALLOCS)
+            mbarrier.expect(bar, HALF // 64 * BOX_BYTES)
+            tma.async_copy_global_to_shared(k_half_desc, [HALF // 64, row, 0], bar, hi.index(stage))
+            bar = _box_bar(k_ready, stage, D_V // 64, 9, BOX_ALLOCS)
+            mbarrier.expect(bar, BOX_BYTES)
+            tma.async_copy_global_to_shared(k_desc, [row, D_V], bar, dst_pe)
+            return
         for c in gl.static_range(HALF // 64):
             bar = _box_bar(k_ready, stage, c, 9, BOX_ALLOCS)
             mbarrier.expect(bar, BOX_BYTES)
@@ -1208,7 +1232,8 @@ if gluon_available():
                       K_BOXES: gl.constexpr, SPARSE: gl.constexpr, HAS_SINK: gl.constexpr,
                       KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr, KV_FP8: gl.constexpr, trace_ptr,
                       TRACE: gl.constexpr, BOX_ALLOCS: gl.constexpr, INTERIOR: gl.constexpr,
-                      a_ready=None, P_HALVES: gl.constexpr = False, lag=None, LAG: gl.constexpr = False):
+                      a_ready=None, P_HALVES: gl.constexpr = False, lag=None, LAG: gl.constexpr = False,
+                      LAG_HALVES: gl.constexpr = False):
         """Default partition when two output warpgroups own the halves (``SOFTMAX_ONLY``): scores, online
         softmax, ``P`` and the rescale factor (then ``1/l``) to both, LSE. It holds no output accumulator,
         so tile ``j+1``'s scores and softmax run while the output warpgroups multiply tile ``j``'s ``P`` by V;
@@ -1248,7 +1273,7 @@ if gluon_available():
                     offs_j = tok_lo + it * BLOCK_N + offs_n
                     slot = gl.load(block_table_ptr + req64 * stride_bt + offs_j, mask=offs_j < tok_hi, other=-1)
                 s = _scores_ready(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, k_ready, stage, (kb // 2) & 1, S_LAYOUT,
-                                  BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE, BOX_ALLOCS)
+                                  BLOCK_M, BLOCK_N, D_V, D_PE, K_BOXES, ASYNC_ARRIVE, BOX_ALLOCS, LAG_HALVES)
                 if LAG:
                     if it > 0:  # this tile's scores are queued: the right output warpgroup may issue the last P V
                         mbarrier.arrive(lag[2], count=1)
@@ -1397,10 +1422,12 @@ if gluon_available():
     @gluon.jit
     def _scores_ready(q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, k_ready, stage, phase, S_LAYOUT: gl.constexpr,
                       BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
-                      K_BOXES: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, BOX_ALLOCS: gl.constexpr):
+                      K_BOXES: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, BOX_ALLOCS: gl.constexpr,
+                      HALF_BOXES: gl.constexpr = False):
         """Wait for K ``stage`` and issue its score products (:func:`_scores`); with ``K_BOXES`` > 1 each
         64-column product waits only for its own box (TMA writes need no fence before the tensor cores, and a
-        ``cp.async`` tile was fenced by the loader before it arrived)."""
+        ``cp.async`` tile was fenced by the loader before it arrived); with ``HALF_BOXES`` a value half is one box,
+        on its first chunk's barrier (:func:`_tma_tile_lag`)."""
         if K_BOXES == 1:
             _acquire(k_ready.index(stage), phase, ASYNC_ARRIVE)
             s = _scores(q_lo, q_hi, q_pe, k_lo.index(stage), k_hi.index(stage), k_pe.index(stage), S_LAYOUT,
@@ -1415,11 +1442,13 @@ if gluon_available():
             s = warpgroup_mma(q_lo.slice(0, 64, dim=1), k_lo_s.slice(0, 64, dim=1).permute((1, 0)), s,
                               use_acc=False, is_async=True)
             for c in gl.static_range(1, CHUNKS):
-                mbarrier.wait(_box_bar(k_ready, stage, c, K_BOXES, BOX_ALLOCS), phase)
+                if not HALF_BOXES:
+                    mbarrier.wait(_box_bar(k_ready, stage, c, K_BOXES, BOX_ALLOCS), phase)
                 s = warpgroup_mma(q_lo.slice(c * 64, 64, dim=1), k_lo_s.slice(c * 64, 64, dim=1).permute((1, 0)),
                                   s, is_async=True)
             for c in gl.static_range(CHUNKS):
-                mbarrier.wait(_box_bar(k_ready, stage, CHUNKS + c, K_BOXES, BOX_ALLOCS), phase)
+                if not HALF_BOXES or c == 0:
+                    mbarrier.wait(_box_bar(k_ready, stage, CHUNKS + c, K_BOXES, BOX_ALLOCS), phase)
                 s = warpgroup_mma(q_hi.slice(c * 64, 64, dim=1), k_hi_s.slice(c * 64, 64, dim=1).permute((1, 0)),
                                   s, is_async=True)
             if D_PE > 0:
@@ -1492,7 +1521,8 @@ if gluon_available():
         KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr, HAS_SINK: gl.constexpr, KV_E4M3: gl.constexpr,
         Q_E4M3: gl.constexpr, LIST_AHEAD: gl.constexpr, TRACE: gl.constexpr,
         BOX_ALLOCS: gl.constexpr, OUTPUT_DECODE: gl.constexpr, INTERIOR: gl.constexpr = False,
-        P_HALVES: gl.constexpr = False, LAG: gl.constexpr = False,
+        P_HALVES: gl.constexpr = False, LAG: gl.constexpr = False, LAG_HALVES: gl.constexpr = False,
+        k_half_desc=None,
     ):
         # the products' type: q's, or fp16 for e4m3 codes (more mantissa for P than bf16; codes are <= 448)
         if Q_E4M3:
@@ -1606,6 +1636,7 @@ if gluon_available():
             for i in gl.static_range(2):
                 mbarrier.init(k_free.index(i), count=2)  # both warpgroups that multiply by V
             lag = (k_free, p_ready, p_ready, a_smem)  # never read
+        gl.static_assert(not LAG_HALVES or LAG, "a value half a box: with the right output warpgroup a tile behind")
         bars = (q_ready, q_free, k_ready, k_free, p_ready, p_free)
         if OUTPUT_DECODE:  # each stage's copies landed (the loader's threads arrive)
             codes_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
@@ -1623,7 +1654,7 @@ if gluon_available():
                                  stride_bt, num_blocks, sink_ptr, descale_k_ptr, descale_q_ptr,
                                  CAUSAL, BLOCK_M, BLOCK_N, D_V, D_PE, SOFTMAX_WARPS, ASYNC_ARRIVE, K_BOXES, SPARSE,
                                  HAS_SINK, KV_E4M3, Q_E4M3, KV_FP8, trace_ptr, TRACE, BOX_ALLOCS, INTERIOR, a_ready,
-                                 P_HALVES, lag, LAG)),
+                                 P_HALVES, lag, LAG, LAG_HALVES)),
                 (_output_quarters, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
@@ -1641,7 +1672,7 @@ if gluon_available():
                            q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc, slots,
                            BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE, KV_FP8,
                            PREFETCH_L2, KV_E4M3, Q_E4M3, LIST_AHEAD, trace_ptr, TRACE, BOX_ALLOCS, dec,
-                           OUTPUT_DECODE, lag, LAG)),
+                           OUTPUT_DECODE, lag, LAG, k_half_desc, LAG_HALVES)),
             ], [OUTPUT_WARPS, OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, OUTPUT_REGS, LOADER_REGS])
         else:
             gl.warp_specialize([
@@ -1710,6 +1741,20 @@ def tma_view(k_cache: torch.Tensor):
     return TensorDescriptor(k_cache, [num_blocks * page_block_size, d], [sk[1], 1], [BLOCK_N, 64], layout)
 
 
+def tma_chunks_view(k_cache: torch.Tensor):
+    """A TMA descriptor of ``k_cache`` as [d / 64, num_blocks * page_block_size, 64] with boxes of four 64-column chunks
+    of 64 rows (a value half of a tile of (576, 512) dims lands as four contiguous 64x64 swizzled blocks, the layout
+    the stage's halves keep), or ``None`` where :func:`tma_tiles_fit` says no. Its strides do not grow with the
+    dimension (a chunk is 128 bytes, a row ``d`` elements); TMA takes them in any order."""
+    if not tma_tiles_fit(k_cache):
+        return None
+    num_blocks, page_block_size, h_kv, d = k_cache.shape
+    sk = k_cache.stride()
+    layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=3)
+    return TensorDescriptor(k_cache, [d // 64, num_blocks * page_block_size, 64], [64, sk[1], 1], [4, BLOCK_N, 64],
+                            layout)
+
+
 def dense_decode_sm90_ws_fwd(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -1735,6 +1780,7 @@ def dense_decode_sm90_ws_fwd(
     interior_softmax: bool | None = None,
     p_halves: bool | None = None,
     lag: bool | None = None,
+    lag_halves: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper, 16-bit caches or (with
     ``descale_k``, a one-element fp32 tensor on q's device) a per-tensor FP8 cache of e4m3 codes, (576, 512)
@@ -1760,7 +1806,8 @@ def dense_decode_sm90_ws_fwd(
     halves of its keys handed to the output warpgroups (:func:`_softmax_halves`; ``None``: :data:`P_HALVES`, read at
     the call), ``lag``: in the four-warpgroup form over whole TMA tiles of (576, 512) dims, the right output warpgroup
     a tile behind the left one, P in each stage's RoPE slot, each half of a stage freed apart (``None``: from
-    :data:`LAG_MIN_ROWS` query rows per KV head, read at the call; P is then handed over whole).
+    :data:`LAG_MIN_ROWS` query rows per KV head, read at the call; P is then handed over whole), ``lag_halves``: with
+    it, each value half of a tile as one TMA box (``None``: :data:`LAG_HALVES`, read at the call).
     """
     b, s_q, h_q, d = q.shape
     interior_softmax = INTERIOR_SOFTMAX if interior_softmax is None else interior_softmax
@@ -1801,6 +1848,8 @@ def dense_decode_sm90_ws_fwd(
     # built without the causal mask only
     interior = bool(interior_softmax and softmax_only and softmax_scale > 0 and not e4m3 and not (causal and s_q > 1))
     lag_on = bool(lag and softmax_only and k_desc is not None and k_boxes == 9 and box_allocs and not e4m3)
+    lag_halves = LAG_HALVES if lag_halves is None else lag_halves
+    k_half_desc = tma_chunks_view(k_cache) if lag_on and lag_halves else None
     launch(_dense_decode_sm90_ws_kernel, (row_tiles * h_kv, num_parts),
         *splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
                       out, lse, workspace, row_tiles, softmax_scale), k_desc, None, descale_k, descale_q, trace,
@@ -1814,6 +1863,8 @@ def dense_decode_sm90_ws_fwd(
         INTERIOR=interior,
         P_HALVES=bool(p_halves and interior and not lag_on),
         LAG=lag_on,
+        LAG_HALVES=k_half_desc is not None,
+        k_half_desc=k_half_desc,
         num_warps=NUM_WARPS,
         maxnreg=SOLO_MAXNREG if softmax_only else MAXNREG,
     )
