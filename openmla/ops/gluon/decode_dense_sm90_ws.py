@@ -68,7 +68,9 @@ h_q 128 and 64; ``benchmarks/results/2026-11-27-h200-ws-*``):
   one issues tile ``k``'s products only once tile ``k + 1``'s scores are queued (``s_issued``), so they run under that
   tile's softmax, when the tensor cores were otherwise idle, and then frees the right half and the RoPE slot. H100, two
   machines: 3.8-5.1 % faster at h_q=128 s_q=2, 5-8 % slower at s_q=1 (128 rows: P in halves is off with it, and the
-  memory binds there too), hence the rule (``2026-11-28-h100-dense-lag-ab.txt``).
+  memory binds there too), hence the rule (``2026-11-28-h100-dense-lag-ab.txt``). With it ``LAG_HALVES`` (default;
+  launcher ``lag_halves``): each value half of a tile comes as one TMA box of four chunks (:func:`tma_chunks_view`),
+  three copies a tile instead of nine: 0.5-0.8 % faster again (``2026-11-28-h100-dense-lag-halves-ab.txt``).
 Measured too and not kept (each slower or within noise in the same runs): asking L2 for the next tile
 ahead of its copy (``cp.async.bulk.prefetch.L2``: 0.69-0.74 against 0.75-0.81); the loader issuing a
 request's first K tile before its Q (-2 to -4 % without per-box barriers, mixed with them); the loader at
