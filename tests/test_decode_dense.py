@@ -536,25 +536,35 @@ def test_sm90_row_kernels_direct(layout, b, s_q, s_k, h_q, h_kv, page, d, dtype,
     check_against_reference(dict(inputs, softmax_scale=d ** -0.5), out, lse)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not HAS_CUDA or torch.cuda.get_device_capability() != (9, 0), reason="needs an sm_90 GPU")
 def test_sm90_lag_rule(monkeypatch, generator):
     """The right output warpgroup runs a tile behind (``LAG``) from ``LAG_MIN_ROWS`` query rows per KV head over whole
     TMA tiles of (576, 512) dims (s_q=2, h_q=128: 256 rows), not below (s_q=1: 128), not when asked off, and never
-    without TMA tiles (pages of 16 keys); P is then handed over whole. Launches recorded, not run."""
+    without TMA tiles (pages of 16 keys); P is then handed over whole, and each value half comes as one box
+    (``LAG_HALVES``) unless asked otherwise. Launches recorded on CPU tensors, not run."""
+    from openmla._runtime import gluon_available
+
+    if not gluon_available():
+        pytest.skip("triton's Gluon is not importable here")
     from openmla.ops.gluon import decode_dense_sm90_ws as ws
     from openmla.ops.schedule import plan_splitkv
 
     launches = record_launches(monkeypatch, ws, "_dense_decode_sm90_ws_kernel")
     monkeypatch.setattr(ws, "combine_splits", lambda *args, **kw: None)
-    for s_q, page, lag in ((2, 64, None), (1, 64, None), (2, 64, False), (2, 16, None), (1, 64, True)):
-        inputs = make_dense_decode_inputs(2, s_q, 300, 128, 1, 576, 512, page, torch.bfloat16, "cuda",
+    cases = ((2, 64, None, None), (1, 64, None, None), (2, 64, False, None), (2, 16, None, None), (1, 64, True, None),
+             (2, 64, None, False))
+    for s_q, page, lag, lag_halves in cases:
+        inputs = make_dense_decode_inputs(2, s_q, 300, 128, 1, 576, 512, page, torch.bfloat16, "cpu",
                                           generator=generator, causal=True)
         sched, splits = plan_splitkv(inputs["cache_seqlens"], 8)
         ws.dense_decode_sm90_ws_fwd(inputs["q"], inputs["k_cache"], inputs["block_table"], inputs["cache_seqlens"],
-                                    512, sched, splits, 576 ** -0.5, True, softmax_only=True, lag=lag)
+                                    512, sched, splits, 576 ** -0.5, True, softmax_only=True, lag=lag,
+                                    lag_halves=lag_halves)
     assert ws.LAG_MIN_ROWS == 256
-    assert [launch.kwargs["LAG"] for launch in launches] == [True, False, False, False, True]
+    assert [launch.kwargs["LAG"] for launch in launches] == [True, False, False, False, True, True]
+    assert [launch.kwargs["LAG_HALVES"] for launch in launches] == [ws.LAG_HALVES, False, False, False, ws.LAG_HALVES,
+                                                                    False]
+    assert [launch.kwargs["k_half_desc"] is not None for launch in launches] == [
+        launch.kwargs["LAG_HALVES"] for launch in launches]
     assert not any(launch.kwargs["LAG"] and launch.kwargs["P_HALVES"] for launch in launches)
 
 
