@@ -103,8 +103,9 @@ def main(argv=None) -> None:
     ap.add_argument("--lag-min-rows", type=int, default=None,
                     help="query rows per KV head from which the Hopper dense kernel's right output warpgroup runs a "
                          "tile behind the left one (LAG_MIN_ROWS; 0: always, 1000000: never)")
-    ap.add_argument("--lag-halves", action="store_true",
-                    help="with the right output warpgroup a tile behind, each value half of a tile as one TMA box")
+    ap.add_argument("--lag-box-a-chunk", action="store_true",
+                    help="with the right output warpgroup a tile behind, a TMA box per 64-column chunk rather than "
+                         "one per value half (LAG_HALVES off)")
     ap.add_argument("--p-whole", action="store_true",
                     help="the Hopper dense kernel hands each tile's P over whole (P_HALVES off)")
     ap.add_argument("--flush-l2", action="store_true",
@@ -133,10 +134,10 @@ def main(argv=None) -> None:
         from openmla.ops.gluon import decode_dense_sm90_ws as ws
 
         ws.LAG_MIN_ROWS = cli.lag_min_rows
-    if cli.lag_halves:
+    if cli.lag_box_a_chunk:
         from openmla.ops.gluon import decode_dense_sm90_ws as ws
 
-        ws.LAG_HALVES = True
+        ws.LAG_HALVES = False
     if cli.p_whole:
         from openmla.ops.gluon import decode_dense_sm90_ws as ws
 
@@ -147,7 +148,7 @@ def main(argv=None) -> None:
                                                            ("masked softmax", cli.masked_softmax or None),
                                                            ("P whole", cli.p_whole or None),
                                                            ("lag from rows", cli.lag_min_rows),
-                                                           ("lag halves", cli.lag_halves or None))
+                                                           ("lag box a chunk", cli.lag_box_a_chunk or None))
                    if value is not None)
     flash_mla, missing = _load_flash_mla()
     card = torch.cuda.get_device_name()

@@ -181,16 +181,18 @@ def main(argv=None) -> None:
     calls["dense_b128_sk8192_h128_p_whole"] = lambda trace=None: dense_decode_sm90_ws_fwd(
         *dense.call_args()[:4], 512, sched, splits, dense.softmax_scale, False, softmax_only=True, trace=trace,
         p_halves=False)
-    # the right output warpgroup a tile behind the left one (lag), at s_q 1 and 2: event 5 and 6 are the left one's
+    # the right output warpgroup a tile behind the left one (lag; the default from 256 rows, so at s_q=2): forced on at
+    # s_q=1, off at s_q=2 (the form before it), and at s_q=2 with a TMA box per chunk (lag_halves off); events 5 and 6
+    # are the left output warpgroup's
     calls["dense_b128_sk8192_h128_lag"] = lambda trace=None: dense_decode_sm90_ws_fwd(
         *dense.call_args()[:4], 512, sched, splits, dense.softmax_scale, False, softmax_only=True, trace=trace,
         lag=True)
-    calls["dense_b128_sk8192_h128_sq2_lag"] = lambda trace=None: dense_decode_sm90_ws_fwd(
+    calls["dense_b128_sk8192_h128_sq2_no_lag"] = lambda trace=None: dense_decode_sm90_ws_fwd(
         *dense_sq2.call_args()[:4], 512, sched_sq2, splits_sq2, dense_sq2.softmax_scale, True, softmax_only=True,
-        trace=trace, lag=True)
-    calls["dense_b128_sk8192_h128_sq2_lag_halves"] = lambda trace=None: dense_decode_sm90_ws_fwd(
+        trace=trace, lag=False)
+    calls["dense_b128_sk8192_h128_sq2_lag_box_a_chunk"] = lambda trace=None: dense_decode_sm90_ws_fwd(
         *dense_sq2.call_args()[:4], 512, sched_sq2, splits_sq2, dense_sq2.softmax_scale, True, softmax_only=True,
-        trace=trace, lag=True, lag_halves=True)
+        trace=trace, lag=True, lag_halves=False)
     # dense FP8 with an e4m3 q: the e4m3-product kernel (its event 7: E4M3_PRODUCT_INTERVALS)
     fp8 = quantize_dense_fp8(dense, fp8_q=True)
     calls["dense_fp8_e4m3_b128_sk8192_h128"] = lambda trace=None: dense_decode_fp8_sm90_fwd(

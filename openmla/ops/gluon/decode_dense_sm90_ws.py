@@ -1296,7 +1296,7 @@ if gluon_available():
                     p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i, scale_log2, tok_lo + it * BLOCK_N, tok_hi,
                                                          limit, offs_n, CAUSAL, INTERIOR)
                     _stamp(trace_ptr, kb, 8, TRACE, PARTITION_WARPS)
-                    _stamp(trace_ptr, kb, 9, TRACE, PARTITION_WARPS)
+                    _stamp(trace_ptr, kb, 9, TRACE, PARTITION_WARPS)  # no P buffer to wait for: the trace's 8 -> 9 is 0
                     # the RoPE slot's scores are done (waited above); it is the stage's P until the right output
                     # warpgroup frees the stage's right half
                     k_pe.index(stage).store(p.to(dtype))
