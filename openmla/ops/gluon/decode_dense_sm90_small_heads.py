@@ -84,7 +84,7 @@ if gluon_available():
     )
 
     from .decode_dense_sm90 import _issue_kv_tile, _piece_bounds, _request_span
-    from .decode_dense_sm90_ws import _copy_v32_rope, _dequant, _slot_records, _tma_tile
+    from .decode_dense_sm90_ws import _copy_v32_rope, _dequant, _slot_records, _stamp, _tma_tile
     from .merge import arrive_split, merge_arrived
 
     _V32_STAGES = gl.constexpr(V32_STAGES)  # a global a kernel reads must be a constexpr
@@ -198,13 +198,13 @@ if gluon_available():
         stride_ob, stride_os, stride_oh,
         stride_lb, stride_lh,
         s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2,
-        descale_q_ptr, descale_k_ptr, k_desc, sink_ptr,
+        descale_q_ptr, descale_k_ptr, k_desc, sink_ptr, trace_ptr,
         CAUSAL: gl.constexpr, FUSED_COMBINE: gl.constexpr,
         R: gl.constexpr, BLOCK_N: gl.constexpr,
         D_V: gl.constexpr, D_PE: gl.constexpr,
         P_SMEM: gl.constexpr, WGS: gl.constexpr,
         Q_FP8: gl.constexpr, KV_FP8: gl.constexpr, TMA_K: gl.constexpr,
-        SPARSE_V32: gl.constexpr, HAS_SINK: gl.constexpr,
+        SPARSE_V32: gl.constexpr, HAS_SINK: gl.constexpr, TRACE: gl.constexpr,
     ):
         # ``SPARSE_V32``: token-sparse decoding over V3.2 FP8 records (:mod:`.decode_sparse_sm90`): each request
         # is one query token, its block-table row the token's list of cache slots, its length the list's; the
@@ -360,6 +360,7 @@ if gluon_available():
                 if SPARSE_V32:
                     cur = kb - 2  # this tile's issue number
                     stage = cur % _V32_STAGES
+                    _stamp(trace_ptr, cur, 0, TRACE, 4)
                 else:
                     cur = kb - 1  # this tile's issue number
                     stage = cur % 2
@@ -375,17 +376,20 @@ if gluon_available():
                                 D_PE, COPY, TMA_K, K_BOXES)
                 kb += 1
                 if SPARSE_V32:
+                    _stamp(trace_ptr, cur, 1, TRACE, 4)
                     async_copy.wait_group(2)
                 else:
                     async_copy.wait_group(1)
                 fence_async_shared()
                 gl.thread_barrier()
                 if SPARSE_V32:
+                    _stamp(trace_ptr, cur, 2, TRACE, 4)
                     # decode this tile's codes with their scales into the 16-bit tile (the last tile's
                     # products are done: the loop ends on a barrier after them); keys not read decode to 0
                     _decode_v32(ring, ring_sc, k16_blocks, stage, kb >> 30, LOAD8, dtype)
                     fence_async_shared()
                     gl.thread_barrier()
+                    _stamp(trace_ptr, cur, 3, TRACE, 4)
                     k_tile = k16_one.index(kb >> 30)
                     kpe_tile = ring_pe.index(stage)
                 elif KV_FP8:
@@ -413,6 +417,8 @@ if gluon_available():
                 s = _scores_t(k_tile, kpe_tile, q_tile, qpe_tile, k_ready, cur, S_LAYOUT, BLOCK_N, R, D_V, D_PE, TMA_K,
                               K_BOXES)
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+                if SPARSE_V32:
+                    _stamp(trace_ptr, cur, 4, TRACE, 4)
                 s = s * score_scale
                 offs_j = start + offs_n
                 if CAUSAL:
@@ -433,11 +439,15 @@ if gluon_available():
                 p_smem.store(p.to(dtype))
                 fence_async_shared()
                 gl.thread_barrier()
+                if SPARSE_V32:
+                    _stamp(trace_ptr, cur, 5, TRACE, 4)
                 acc = acc * alpha[None, :]
                 acc = warpgroup_mma(k_tile.permute((1, 0)), p_smem, acc, is_async=True)
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
                 # every warp is done with this stage and with Pᵀ before they are overwritten
                 gl.thread_barrier()
+                if SPARSE_V32:
+                    _stamp(trace_ptr, cur, 6, TRACE, 4)
             async_copy.wait_group(0)
             gl.thread_barrier()
 
@@ -530,10 +540,10 @@ def dense_decode_sm90_small_heads_fwd(
     launch(_dense_decode_sm90_small_heads_kernel, (h_kv, num_parts),
         *splitkv_args(q_in, k_in, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
                       out, lse, workspace, 1, softmax_scale),
-        descale_q if q_fp8 else lse, descale_k if kv_fp8 else lse, k_desc, lse,
+        descale_q if q_fp8 else lse, descale_k if kv_fp8 else lse, k_desc, lse, lse,
         CAUSAL=bool(causal and s_q > 1), FUSED_COMBINE=fused, R=r, BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v,
         P_SMEM=p_smem_layout(r), WGS=wgs, Q_FP8=q_fp8, KV_FP8=kv_fp8, TMA_K=k_desc is not None,
-        SPARSE_V32=False, HAS_SINK=False,
+        SPARSE_V32=False, HAS_SINK=False, TRACE=False,
         num_warps=4 * wgs,
     )
     if not fused:

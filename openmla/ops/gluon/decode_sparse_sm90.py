@@ -40,6 +40,8 @@ from . import decode_dense_sm90_ws as ws
 SMALL_HEADS = True
 #: Most heads the small-head kernel takes here (its ``R`` = 16: at 32 rows its three-stage code ring does not fit).
 SMALL_HEADS_MAX_ROWS = 16
+#: a diagnostic (not committed to stay): an int64 buffer of ws.trace_buffer's shape for the small-head kernel's stamps
+SMALL_TRACE = None
 
 
 def small_heads_fit(h_q: int, is_fp8: bool, q_dtype: torch.dtype) -> bool:
@@ -261,10 +263,10 @@ def _small_heads_fwd(q, k_cache, indices, head_dim_v, softmax_scale, topk_length
     launch(small._dense_decode_sm90_small_heads_kernel, (1, parts),
         *splitkv_args(q_tok, k_cache.view(torch.uint8), lists, lens, sched, splits, out_tok, lse_tok, workspace, 1,
                       softmax_scale),
-        lse_tok, lse_tok, None, attn_sink,  # no descales (the records carry their scales), no TMA descriptor
+        lse_tok, lse_tok, None, attn_sink, SMALL_TRACE if SMALL_TRACE is not None else lse_tok,
         CAUSAL=False, FUSED_COMBINE=False, R=r, BLOCK_N=small.BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v,
         P_SMEM=small.p_smem_layout(r), WGS=small.warpgroups_for(r), Q_FP8=False, KV_FP8=False, TMA_K=False,
-        SPARSE_V32=True, HAS_SINK=attn_sink is not None,
+        SPARSE_V32=True, HAS_SINK=attn_sink is not None, TRACE=SMALL_TRACE is not None,
         num_warps=4 * small.warpgroups_for(r),
     )
     combine_splits(out_tok, lse_tok, workspace[0], workspace[1], splits, attn_sink=attn_sink)
