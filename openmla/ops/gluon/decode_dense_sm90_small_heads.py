@@ -103,28 +103,38 @@ if gluon_available():
             return x
 
     @gluon.jit
-    def _issue_v32_tile(k_ptr, bt_row, ring, ring_pe, ring_sc, stage, start, tok_hi, page_block_size, num_blocks,
-                        stride_kb, stride_kp, COPY: gl.constexpr, D_V: gl.constexpr):
+    def _v32_entries(bt_row, start, tok_hi, COPY: gl.constexpr):
+        """List entries ``start .. start + 64`` of a sparse request's list (-1 past ``tok_hi``), in the row slices of
+        the two copy layouts of :func:`_issue_v32_tile` (``COPY``'s and the scales'): loaded a tile before their
+        copies are issued, so the issue does not wait for them."""
+        SC_COPY: gl.constexpr = gl.BlockedLayout([1, 2], [16, 2], [4, 1], [1, 0])
+        offs_j = start + gl.arange(0, 64, layout=gl.SliceLayout(1, COPY))
+        slot = gl.load(bt_row + offs_j, mask=offs_j < tok_hi, other=-1)
+        offs_sc = start + gl.arange(0, 64, layout=gl.SliceLayout(1, SC_COPY))
+        slot_sc = gl.load(bt_row + offs_sc, mask=offs_sc < tok_hi, other=-1)
+        return slot, slot_sc
+
+    @gluon.jit
+    def _issue_v32_tile(k_ptr, ent, ent_sc, ring, ring_pe, ring_sc, stage, start, tok_hi, page_block_size,
+                        num_blocks, stride_kb, stride_kp, COPY: gl.constexpr, D_V: gl.constexpr):
         """Issue (and commit as one group) the ``cp.async`` copies of list entries ``start .. start + 64`` of a
-        sparse request's list (``bt_row``) over V3.2 FP8 records: the 512 e4m3 codes of each key into the byte
-        stage's eight [64, 64] blocks ``ring.index(stage * 8 + c)`` (dims ``64c ..``), its 64 bf16 RoPE dims into
+        sparse request's list (``ent``, ``ent_sc``: the entries, from :func:`_v32_entries`) over V3.2 FP8 records: the
+        512 e4m3 codes of each key into the byte stage's eight [64, 64] blocks ``ring.index(stage * 8 + c)`` (dims ``64c ..``), its 64 bf16 RoPE dims into
         ``ring_pe.index(stage)`` [64, 64], its four fp32 scales into ``ring_sc.index(stage)`` [64, 4];
         entries past ``tok_hi`` or outside the cache are not read (zero-filled). The scales go by ``cp.async`` too:
         loaded into registers they were waited for at the loop's end, where the next tile's registers take them
         (a move is a use), so each tile waited out a random read's whole latency."""
         offs_j = start + gl.arange(0, 64, layout=gl.SliceLayout(1, COPY))
-        slot = gl.load(bt_row + offs_j, mask=offs_j < tok_hi, other=-1)
-        rec, mask_j = _slot_records(k_ptr, slot, offs_j, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp)
+        rec, mask_j = _slot_records(k_ptr, ent, offs_j, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp)
         offs_c = gl.arange(0, 64, layout=gl.SliceLayout(0, COPY))
         for c in gl.static_range(D_V // 64):  # 64 dims a copy: a whole row's addresses would take 512 registers
             async_copy.async_copy_global_to_shared(ring.index(stage * (D_V // 64) + c),
                                                    rec[:, None] + c * 64 + offs_c[None, :], mask=mask_j[:, None])
         _copy_v32_rope(rec, mask_j, ring_pe.index(stage), D_V, 4)
         SC_COPY: gl.constexpr = gl.BlockedLayout([1, 2], [16, 2], [4, 1], [1, 0])  # [64, 4] fp32, 8 B a thread
-        # the entries again in this layout's rows (a cached load; converting the pointers costs a shared round trip)
+        # the entries in this layout's rows too (converting the pointers would cost a shared round trip)
         offs_sc = start + gl.arange(0, 64, layout=gl.SliceLayout(1, SC_COPY))
-        slot_sc = gl.load(bt_row + offs_sc, mask=offs_sc < tok_hi, other=-1)
-        rec_sc, mask_sc = _slot_records(k_ptr, slot_sc, offs_sc, tok_hi, page_block_size, num_blocks, stride_kb,
+        rec_sc, mask_sc = _slot_records(k_ptr, ent_sc, offs_sc, tok_hi, page_block_size, num_blocks, stride_kb,
                                         stride_kp)
         sc_ptr = (rec_sc + D_V).to(gl.pointer_type(gl.float32))  # four fp32 scales after the codes
         offs_t = gl.arange(0, 4, layout=gl.SliceLayout(0, SC_COPY))
@@ -345,11 +355,15 @@ if gluon_available():
             if not TMA_K:  # no barrier phase to carry across requests: each request starts on stage 0
                 kb = 0
             if SPARSE_V32:  # the request's first two tiles: each tile is issued two ahead of its use
-                _issue_v32_tile(k_ptr, bt_row, ring, ring_pe, ring_sc, kb % _V32_STAGES, tok_lo, tok_hi,
+                ent, ent_sc = _v32_entries(bt_row, tok_lo, tok_hi, COPY)
+                _issue_v32_tile(k_ptr, ent, ent_sc, ring, ring_pe, ring_sc, kb % _V32_STAGES, tok_lo, tok_hi,
                                 page_block_size, num_blocks, stride_kb, stride_kp, COPY, D_V)
                 kb += 1
-                _issue_v32_tile(k_ptr, bt_row, ring, ring_pe, ring_sc, kb % _V32_STAGES, tok_lo + BLOCK_N, tok_hi,
-                                page_block_size, num_blocks, stride_kb, stride_kp, COPY, D_V)
+                ent, ent_sc = _v32_entries(bt_row, tok_lo + BLOCK_N, tok_hi, COPY)
+                _issue_v32_tile(k_ptr, ent, ent_sc, ring, ring_pe, ring_sc, kb % _V32_STAGES, tok_lo + BLOCK_N,
+                                tok_hi, page_block_size, num_blocks, stride_kb, stride_kp, COPY, D_V)
+                # the entries of the tile the loop's first step issues, carried from step to step
+                ent, ent_sc = _v32_entries(bt_row, tok_lo + 2 * BLOCK_N, tok_hi, COPY)
             else:
                 _issue_tile(k_ptr, k_desc, bt_row, ring, ring_pe, k_ready, kb, tok_lo, tok_hi, page_block_size,
                             num_blocks, kv_head, stride_kb, stride_kp, stride_kh, BLOCK_N, D_V, D_PE, COPY, TMA_K,
@@ -366,8 +380,10 @@ if gluon_available():
                     stage = cur % 2
                 # prefetch the next tile into the other stage (fully masked past the range: reads nothing)
                 if SPARSE_V32:  # two tiles ahead, into the stage of the tile before this one
-                    _issue_v32_tile(k_ptr, bt_row, ring, ring_pe, ring_sc, kb % _V32_STAGES, start + 2 * BLOCK_N,
-                                    tok_hi, page_block_size, num_blocks, stride_kb, stride_kp, COPY, D_V)
+                    _issue_v32_tile(k_ptr, ent, ent_sc, ring, ring_pe, ring_sc, kb % _V32_STAGES,
+                                    start + 2 * BLOCK_N, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
+                                    COPY, D_V)
+                    ent, ent_sc = _v32_entries(bt_row, start + 3 * BLOCK_N, tok_hi, COPY)  # the next step's
                     # this tile's list entries again, in the scores' layout, for the mask
                     slot_s = gl.load(bt_row + start + offs_n, mask=start + offs_n < tok_hi, other=-1)
                 else:
