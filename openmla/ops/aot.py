@@ -160,8 +160,7 @@ def _variants(arch: int = 90) -> list[Variant]:
                         for tma_k in (True, False):  # caches TMA can read, and the others
                             consts = dict(CAUSAL=causal, FUSED_COMBINE=True, R=r, BLOCK_N=small.BLOCK_N, D_V=512,
                                           D_PE=d_qk - 512, P_SMEM=small.p_smem_layout(r), WGS=small.warpgroups_for(r),
-                                          Q_FP8=False, KV_FP8=False, TMA_K=tma_k, SPARSE_V32=False, HAS_SINK=False, TRACE=False, trace_ptr=None,
-                                          sink_ptr=None)
+                                          Q_FP8=False, KV_FP8=False, TMA_K=tma_k)
                             v_ptrs = dict(small_ptrs)
                             if tma_k:
                                 v_ptrs["k_desc"] = _tma_desc_type(dtype)
@@ -188,29 +187,9 @@ def _variants(arch: int = 90) -> list[Variant]:
             for r in (16, 32):
                 consts = dict(CAUSAL=True, FUSED_COMBINE=True, R=r, BLOCK_N=small.BLOCK_N, D_V=512, D_PE=64, P_SMEM=small.p_smem_layout(r),
                               WGS=small.warpgroups_for(r), Q_FP8=q_dtype == "e4m3", KV_FP8=True, TMA_K=False,
-                              k_desc=None, SPARSE_V32=False, HAS_SINK=False, sink_ptr=None, TRACE=False, trace_ptr=None)
+                              k_desc=None)
                 name = f"gluon-small-heads q {q_dtype} cache e4m3 d576 causal rows<={r} bn{small.BLOCK_N}"
                 out.append(Variant(small._dense_decode_sm90_small_heads_kernel, ptrs, ("scale_log2",), consts,
-                                   4 * small.warpgroups_for(r), 1, name, gluon=True))
-        # token-sparse decoding over V3.2 FP8 records at up to 16 heads (decode_sparse_sm90), with and without sinks
-        sparse_ptrs = {
-            "q_ptr": "*bf16", "k_ptr": "*u8", "block_table_ptr": "*i32", "seqlens_ptr": "*i32", "sched_ptr": "*i32",
-            "num_splits_ptr": "*i32", "out_ptr": "*bf16", "lse_ptr": "*fp32", "o_acc_ptr": "*fp32",
-            "lse_acc_ptr": "*fp32", "counters_ptr": "*i32", "descale_q_ptr": "*fp32", "descale_k_ptr": "*fp32",
-        }
-        for r in (16,):
-            for sink in (False, True):
-                consts = dict(CAUSAL=False, FUSED_COMBINE=False, R=r, BLOCK_N=small.BLOCK_N, D_V=512, D_PE=64,
-                              P_SMEM=small.p_smem_layout(r), WGS=small.warpgroups_for(r), Q_FP8=False, KV_FP8=False,
-                              TMA_K=False, k_desc=None, SPARSE_V32=True, HAS_SINK=sink, TRACE=False,
-                              trace_ptr=None)
-                v_ptrs = dict(sparse_ptrs)
-                if sink:
-                    v_ptrs["sink_ptr"] = "*fp32"
-                else:
-                    consts["sink_ptr"] = None
-                name = f"gluon-small-heads sparse bf16 cache v32 rows<={r} bn{small.BLOCK_N}" + (" sink" if sink else "")
-                out.append(Variant(small._dense_decode_sm90_small_heads_kernel, v_ptrs, ("scale_log2",), consts,
                                    4 * small.warpgroups_for(r), 1, name, gluon=True))
     from ..kvcache.write import _write_model1_kernel, _write_rows_kernel, _write_v32_kernel
 

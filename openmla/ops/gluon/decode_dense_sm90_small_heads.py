@@ -51,9 +51,6 @@ TMA_K = True
 BLOCK_N = 64
 #: Query rows per warpgroup (the ``N`` of each warpgroup's products).
 ROWS_PER_WARPGROUP = 16
-#: Stages of the V3.2 code ring in token-sparse decoding (``SPARSE_V32``): each tile's records are gathered two
-#: tiles ahead of their decode, so two tiles' random reads are in flight while one is multiplied.
-V32_STAGES = 3
 #: Most query rows per KV head this kernel takes; more go to the 64-row kernel. (64 rows would need
 #: 229 KB of shared memory for Q, two K stages and Pᵀ: more than a Hopper block may use.)
 MAX_ROWS = 32
@@ -84,10 +81,8 @@ if gluon_available():
     )
 
     from .decode_dense_sm90 import _issue_kv_tile, _piece_bounds, _request_span
-    from .decode_dense_sm90_ws import _copy_v32_rope, _dequant, _slot_records, _stamp, _tma_tile
+    from .decode_dense_sm90_ws import _tma_tile
     from .merge import arrive_split, merge_arrived
-
-    _V32_STAGES = gl.constexpr(V32_STAGES)  # a global a kernel reads must be a constexpr
 
     @functools.lru_cache(maxsize=None)
     def p_smem_layout(r: int):
@@ -101,61 +96,6 @@ if gluon_available():
             return x.to(gl.float8e4nv, bitcast=True).to(dtype)
         else:
             return x
-
-    @gluon.jit
-    def _v32_entries(bt_row, start, tok_hi, COPY: gl.constexpr):
-        """List entries ``start .. start + 64`` of a sparse request's list (-1 past ``tok_hi``), in the row slices of
-        the two copy layouts of :func:`_issue_v32_tile` (``COPY``'s and the scales'): loaded a tile before their
-        copies are issued, so the issue does not wait for them."""
-        SC_COPY: gl.constexpr = gl.BlockedLayout([1, 2], [16, 2], [4, 1], [1, 0])
-        offs_j = start + gl.arange(0, 64, layout=gl.SliceLayout(1, COPY))
-        slot = gl.load(bt_row + offs_j, mask=offs_j < tok_hi, other=-1)
-        offs_sc = start + gl.arange(0, 64, layout=gl.SliceLayout(1, SC_COPY))
-        slot_sc = gl.load(bt_row + offs_sc, mask=offs_sc < tok_hi, other=-1)
-        return slot, slot_sc
-
-    @gluon.jit
-    def _issue_v32_tile(k_ptr, ent, ent_sc, ring, ring_pe, ring_sc, stage, start, tok_hi, page_block_size,
-                        num_blocks, stride_kb, stride_kp, COPY: gl.constexpr, D_V: gl.constexpr):
-        """Issue (and commit as one group) the ``cp.async`` copies of list entries ``start .. start + 64`` of a
-        sparse request's list (``ent``, ``ent_sc``: the entries, from :func:`_v32_entries`) over V3.2 FP8 records: the
-        512 e4m3 codes of each key into the byte stage's eight [64, 64] blocks ``ring.index(stage * 8 + c)`` (dims ``64c ..``), its 64 bf16 RoPE dims into
-        ``ring_pe.index(stage)`` [64, 64], its four fp32 scales into ``ring_sc.index(stage)`` [64, 4];
-        entries past ``tok_hi`` or outside the cache are not read (zero-filled). The scales go by ``cp.async`` too:
-        loaded into registers they were waited for at the loop's end, where the next tile's registers take them
-        (a move is a use), so each tile waited out a random read's whole latency."""
-        offs_j = start + gl.arange(0, 64, layout=gl.SliceLayout(1, COPY))
-        rec, mask_j = _slot_records(k_ptr, ent, offs_j, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp)
-        offs_c = gl.arange(0, 64, layout=gl.SliceLayout(0, COPY))
-        for c in gl.static_range(D_V // 64):  # 64 dims a copy: a whole row's addresses would take 512 registers
-            async_copy.async_copy_global_to_shared(ring.index(stage * (D_V // 64) + c),
-                                                   rec[:, None] + c * 64 + offs_c[None, :], mask=mask_j[:, None])
-        _copy_v32_rope(rec, mask_j, ring_pe.index(stage), D_V, 4)
-        SC_COPY: gl.constexpr = gl.BlockedLayout([1, 2], [16, 2], [4, 1], [1, 0])  # [64, 4] fp32, 8 B a thread
-        # the entries in this layout's rows too (converting the pointers would cost a shared round trip)
-        offs_sc = start + gl.arange(0, 64, layout=gl.SliceLayout(1, SC_COPY))
-        rec_sc, mask_sc = _slot_records(k_ptr, ent_sc, offs_sc, tok_hi, page_block_size, num_blocks, stride_kb,
-                                        stride_kp)
-        sc_ptr = (rec_sc + D_V).to(gl.pointer_type(gl.float32))  # four fp32 scales after the codes
-        offs_t = gl.arange(0, 4, layout=gl.SliceLayout(0, SC_COPY))
-        async_copy.async_copy_global_to_shared(ring_sc.index(stage), sc_ptr[:, None] + offs_t[None, :],
-                                               mask=mask_sc[:, None])
-        async_copy.commit_group()
-
-    @gluon.jit
-    def _decode_v32(ring, ring_sc, k16_blocks, stage, opaque0, LOAD8: gl.constexpr, dtype: gl.constexpr):
-        """Decode stage ``stage`` of the V3.2 code ring (eight [64, 64] byte blocks a stage, from
-        :func:`_issue_v32_tile`) into the 16-bit tile seen as eight [64, 64] blocks ``k16_blocks`` (dims ``64c ..``):
-        dims ``128t ..`` times each key's scale ``t`` (``ring_sc.index(stage)`` [64, 4] fp32), rounded to
-        ``dtype`` (the V3.2 rule, as FlashMLA decodes). ``opaque0`` is a zero the compiler cannot see (the
-        blocks' addresses would otherwise be hoisted out of the loop, and spilled). The caller fences and
-        barriers before the products."""
-        for t in gl.static_range(4):
-            # scale t as a [64, 1] column in LOAD8 itself (its columns replicated), summed to LOAD8's row slice
-            sc = gl.sum(ring_sc.index(stage).slice(t, 1, dim=1).load(LOAD8), axis=1)
-            for h in gl.static_range(2):
-                codes = ring.index(stage * 8 + 2 * t + h).load(LOAD8)
-                k16_blocks.index(opaque0 + 2 * t + h).store(_dequant(codes, sc, dtype))
 
     @gluon.jit
     def _issue_tile(k_ptr, k_desc, bt_row, ring, ring_pe, k_ready, kb, start, tok_hi, page_block_size, num_blocks,
@@ -208,19 +148,13 @@ if gluon_available():
         stride_ob, stride_os, stride_oh,
         stride_lb, stride_lh,
         s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2,
-        descale_q_ptr, descale_k_ptr, k_desc, sink_ptr, trace_ptr,
+        descale_q_ptr, descale_k_ptr, k_desc,
         CAUSAL: gl.constexpr, FUSED_COMBINE: gl.constexpr,
         R: gl.constexpr, BLOCK_N: gl.constexpr,
         D_V: gl.constexpr, D_PE: gl.constexpr,
         P_SMEM: gl.constexpr, WGS: gl.constexpr,
         Q_FP8: gl.constexpr, KV_FP8: gl.constexpr, TMA_K: gl.constexpr,
-        SPARSE_V32: gl.constexpr, HAS_SINK: gl.constexpr, TRACE: gl.constexpr,
     ):
-        # ``SPARSE_V32``: token-sparse decoding over V3.2 FP8 records (:mod:`.decode_sparse_sm90`): each request
-        # is one query token, its block-table row the token's list of cache slots, its length the list's; the
-        # codes land in a byte ring and are decoded with their scales into the 16-bit tile, the bf16 RoPE dims
-        # are read where they land. ``HAS_SINK``: ``sink_ptr`` holds an fp32 attention sink per head, applied
-        # here to rows written straight to ``out`` (split rows get it in the combine kernel).
         # Per-tensor FP8 (as the Triton kernels do it): e4m3 codes decoded exactly to 16 bits, products in
         # fp16 for an e4m3 q (more mantissa for P than bf16) or in q's dtype, descales applied in fp32.
         if Q_FP8:
@@ -242,40 +176,12 @@ if gluon_available():
         COL_ST: gl.constexpr = gl.SliceLayout(0, STORE)
 
         gl.static_assert(D_PE == 0 or D_PE == 64, "the RoPE part must be 0 or 64 dims")
-        gl.static_assert(not SPARSE_V32 or (D_PE == 64 and D_V == 512 and dtype == gl.bfloat16 and not KV_FP8
-                                            and not TMA_K and not CAUSAL and not FUSED_COMBINE),
-                         "V3.2 records: (576, 512) dims, a bf16 q, cp.async copies, no causal mask, the combine kernel")
-        gl.static_assert(not HAS_SINK or SPARSE_V32, "attention sinks are a sparse-decoding option")
-        # (at 32 rows the three-stage code ring, the 16-bit tile and the output's layout conversion need 240 KB)
-        gl.static_assert(not SPARSE_V32 or R == 16, "token-sparse V3.2 decoding takes at most 16 rows here")
-        if SPARSE_V32:  # Q indexed in the loop by a zero the compiler cannot see (see k16_one)
-            q_one = gl.allocate_shared_memory(dtype, [1, R, D_V], SMEM)
-            q_smem = q_one.index(0)
-            qpe_one = gl.allocate_shared_memory(dtype, [1, R, D_PE], SMEM)
-            qpe_smem = qpe_one.index(0)
+        q_smem = gl.allocate_shared_memory(dtype, [R, D_V], SMEM)
+        if D_PE > 0:
+            qpe_smem = gl.allocate_shared_memory(dtype, [R, D_PE], SMEM)
         else:
-            q_smem = gl.allocate_shared_memory(dtype, [R, D_V], SMEM)
-            if D_PE > 0:
-                qpe_smem = gl.allocate_shared_memory(dtype, [R, D_PE], SMEM)
-            else:
-                qpe_smem = q_smem
-        if SPARSE_V32:
-            # the codes' byte ring (eight [64, 64] blocks a stage, unswizzled: 16-byte rows of a warp's loads fall
-            # on distinct banks), the decoded 16-bit tile the products read (its 64-dim blocks 8 KB apart in the
-            # NVMMA layout, so also seen as [8, 64, 64]), the bf16 RoPE dims as they land
-            ring = gl.allocate_shared_memory(gl.uint8, [_V32_STAGES * (D_V // 64), BLOCK_N, 64],
-                                             gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
-            # (one buffer, indexed by a zero the compiler cannot see: a loop-invariant tile would have the products'
-            # shared-memory descriptors hoisted out of the loop, and spilled)
-            k16_one = gl.allocate_shared_memory(dtype, [1, BLOCK_N, D_V], SMEM)
-            k16_blocks = k16_one._reinterpret(dtype, [D_V // 64, BLOCK_N, 64], SMEM)
-            k16_smem = k16_one.index(0)
-            ring_pe = gl.allocate_shared_memory(dtype, [_V32_STAGES, BLOCK_N, D_PE], SMEM)
-            ring_sc = gl.allocate_shared_memory(gl.float32, [_V32_STAGES, BLOCK_N, 4],
-                                                gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
-            kpe16_smem = k16_smem
-            COPY: gl.constexpr = LOAD8
-        elif KV_FP8:
+            qpe_smem = q_smem
+        if KV_FP8:
             # the copy ring holds bytes; one 16-bit tile holds the decoded keys the products read
             ring = gl.allocate_shared_memory(gl.uint8, [2, BLOCK_N, D_V], SMEM8)
             k16_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, D_V], SMEM)
@@ -354,61 +260,23 @@ if gluon_available():
             n_tiles = gl.cdiv(tok_hi - tok_lo, BLOCK_N)
             if not TMA_K:  # no barrier phase to carry across requests: each request starts on stage 0
                 kb = 0
-            if SPARSE_V32:  # the request's first two tiles: each tile is issued two ahead of its use
-                ent, ent_sc = _v32_entries(bt_row, tok_lo, tok_hi, COPY)
-                _issue_v32_tile(k_ptr, ent, ent_sc, ring, ring_pe, ring_sc, kb % _V32_STAGES, tok_lo, tok_hi,
-                                page_block_size, num_blocks, stride_kb, stride_kp, COPY, D_V)
-                kb += 1
-                ent, ent_sc = _v32_entries(bt_row, tok_lo + BLOCK_N, tok_hi, COPY)
-                _issue_v32_tile(k_ptr, ent, ent_sc, ring, ring_pe, ring_sc, kb % _V32_STAGES, tok_lo + BLOCK_N,
-                                tok_hi, page_block_size, num_blocks, stride_kb, stride_kp, COPY, D_V)
-                # the entries of the tile the loop's first step issues, carried from step to step
-                ent, ent_sc = _v32_entries(bt_row, tok_lo + 2 * BLOCK_N, tok_hi, COPY)
-            else:
-                _issue_tile(k_ptr, k_desc, bt_row, ring, ring_pe, k_ready, kb, tok_lo, tok_hi, page_block_size,
-                            num_blocks, kv_head, stride_kb, stride_kp, stride_kh, BLOCK_N, D_V, D_PE, COPY, TMA_K,
-                            K_BOXES)
+            _issue_tile(k_ptr, k_desc, bt_row, ring, ring_pe, k_ready, kb, tok_lo, tok_hi, page_block_size,
+                        num_blocks, kv_head, stride_kb, stride_kp, stride_kh, BLOCK_N, D_V, D_PE, COPY, TMA_K,
+                        K_BOXES)
             kb += 1
             for it in range(0, n_tiles):
                 start = tok_lo + it * BLOCK_N
-                if SPARSE_V32:
-                    cur = kb - 2  # this tile's issue number
-                    stage = cur % _V32_STAGES
-                    _stamp(trace_ptr, cur, 0, TRACE, 4)
-                else:
-                    cur = kb - 1  # this tile's issue number
-                    stage = cur % 2
+                cur = kb - 1  # this tile's issue number
+                stage = cur % 2
                 # prefetch the next tile into the other stage (fully masked past the range: reads nothing)
-                if SPARSE_V32:  # two tiles ahead, into the stage of the tile before this one
-                    _issue_v32_tile(k_ptr, ent, ent_sc, ring, ring_pe, ring_sc, kb % _V32_STAGES,
-                                    start + 2 * BLOCK_N, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
-                                    COPY, D_V)
-                    ent, ent_sc = _v32_entries(bt_row, start + 3 * BLOCK_N, tok_hi, COPY)  # the next step's
-                    # this tile's list entries again, in the scores' layout, for the mask
-                    slot_s = gl.load(bt_row + start + offs_n, mask=start + offs_n < tok_hi, other=-1)
-                else:
-                    _issue_tile(k_ptr, k_desc, bt_row, ring, ring_pe, k_ready, kb, start + BLOCK_N, tok_hi,
-                                page_block_size, num_blocks, kv_head, stride_kb, stride_kp, stride_kh, BLOCK_N, D_V,
-                                D_PE, COPY, TMA_K, K_BOXES)
+                _issue_tile(k_ptr, k_desc, bt_row, ring, ring_pe, k_ready, kb, start + BLOCK_N, tok_hi,
+                            page_block_size, num_blocks, kv_head, stride_kb, stride_kp, stride_kh, BLOCK_N, D_V, D_PE,
+                            COPY, TMA_K, K_BOXES)
                 kb += 1
-                if SPARSE_V32:
-                    _stamp(trace_ptr, cur, 1, TRACE, 4)
-                    async_copy.wait_group(2)
-                else:
-                    async_copy.wait_group(1)
+                async_copy.wait_group(1)
                 fence_async_shared()
                 gl.thread_barrier()
-                if SPARSE_V32:
-                    _stamp(trace_ptr, cur, 2, TRACE, 4)
-                    # decode this tile's codes with their scales into the 16-bit tile (the last tile's
-                    # products are done: the loop ends on a barrier after them); keys not read decode to 0
-                    _decode_v32(ring, ring_sc, k16_blocks, stage, kb >> 30, LOAD8, dtype)
-                    fence_async_shared()
-                    gl.thread_barrier()
-                    _stamp(trace_ptr, cur, 3, TRACE, 4)
-                    k_tile = k16_one.index(kb >> 30)
-                    kpe_tile = ring_pe.index(stage)
-                elif KV_FP8:
+                if KV_FP8:
                     # decode this tile's bytes into the 16-bit tile (the last tile's products are done:
                     # the loop ends on a barrier after them); zero-filled tokens stay 0
                     for c in gl.static_range(D_V // 64):
@@ -424,23 +292,13 @@ if gluon_available():
                     k_tile = ring.index(stage)
                     kpe_tile = ring_pe.index(stage)
 
-                if SPARSE_V32:  # Q's descriptors in the loop too: no stack (32 B with them hoisted)
-                    q_tile = q_one.index(kb >> 30)
-                    qpe_tile = qpe_one.index(kb >> 30)
-                else:
-                    q_tile = q_smem
-                    qpe_tile = qpe_smem
-                s = _scores_t(k_tile, kpe_tile, q_tile, qpe_tile, k_ready, cur, S_LAYOUT, BLOCK_N, R, D_V, D_PE, TMA_K,
+                s = _scores_t(k_tile, kpe_tile, q_smem, qpe_smem, k_ready, cur, S_LAYOUT, BLOCK_N, R, D_V, D_PE, TMA_K,
                               K_BOXES)
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-                if SPARSE_V32:
-                    _stamp(trace_ptr, cur, 4, TRACE, 4)
                 s = s * score_scale
                 offs_j = start + offs_n
                 if CAUSAL:
                     visible = (offs_j[:, None] < tok_hi) & (offs_j[:, None] <= limit[None, :])
-                elif SPARSE_V32:  # entries past the list or outside the cache (as _slot_records reads them)
-                    visible = ((offs_j < tok_hi) & (slot_s >= 0) & (slot_s // page_block_size < num_blocks))[:, None]
                 else:
                     visible = (offs_j < tok_hi)[:, None]
                 s = gl.where(visible, s, float("-inf"))
@@ -455,15 +313,11 @@ if gluon_available():
                 p_smem.store(p.to(dtype))
                 fence_async_shared()
                 gl.thread_barrier()
-                if SPARSE_V32:
-                    _stamp(trace_ptr, cur, 5, TRACE, 4)
                 acc = acc * alpha[None, :]
                 acc = warpgroup_mma(k_tile.permute((1, 0)), p_smem, acc, is_async=True)
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
                 # every warp is done with this stage and with Pᵀ before they are overwritten
                 gl.thread_barrier()
-                if SPARSE_V32:
-                    _stamp(trace_ptr, cur, 6, TRACE, 4)
             async_copy.wait_group(0)
             gl.thread_barrier()
 
@@ -471,18 +325,11 @@ if gluon_available():
             inv_l = gl.where(empty, 0.0, 1.0 / l_i)
             if KV_FP8:
                 inv_l = inv_l * descale_k  # V = descale_k * k_codes
-            if not HAS_SINK:
-                o = gl.convert_layout(acc * inv_l[None, :], STORE)  # [D_V, R]
+            o = gl.convert_layout(acc * inv_l[None, :], STORE)  # [D_V, R]
             lse2 = gl.where(empty, float("-inf"), m_i + gl.log2(l_i))
             mask_r = offs_r_s < rows
             t_s = offs_r_s // group
             head_s = kv_head * group + offs_r_s % group
-            if HAS_SINK:
-                if n_split <= 1:  # split rows get the sink in the combine kernel, from the merged LSE
-                    # out *= 1 / (1 + exp(sink - lse)), base 2: a +inf sink gives 0, -inf leaves out as it is
-                    sink2 = gl.load(sink_ptr + head_s, mask=mask_r, other=0.0) * 1.4426950408889634
-                    inv_l = gl.where(empty, 0.0, inv_l / (1.0 + gl.exp2(sink2 - lse2)))
-                o = gl.convert_layout(acc * inv_l[None, :], STORE)  # [D_V, R]
             mask_st = offs_r_st < rows
             t_st = offs_r_st // group
             head_st = kv_head * group + offs_r_st % group
@@ -556,10 +403,9 @@ def dense_decode_sm90_small_heads_fwd(
     launch(_dense_decode_sm90_small_heads_kernel, (h_kv, num_parts),
         *splitkv_args(q_in, k_in, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
                       out, lse, workspace, 1, softmax_scale),
-        descale_q if q_fp8 else lse, descale_k if kv_fp8 else lse, k_desc, lse, lse,
+        descale_q if q_fp8 else lse, descale_k if kv_fp8 else lse, k_desc,
         CAUSAL=bool(causal and s_q > 1), FUSED_COMBINE=fused, R=r, BLOCK_N=BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v,
         P_SMEM=p_smem_layout(r), WGS=wgs, Q_FP8=q_fp8, KV_FP8=kv_fp8, TMA_K=k_desc is not None,
-        SPARSE_V32=False, HAS_SINK=False, TRACE=False,
         num_warps=4 * wgs,
     )
     if not fused:
