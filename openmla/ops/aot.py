@@ -201,7 +201,7 @@ def _variants(arch: int = 90) -> list[Variant]:
             "lse_acc_ptr": "*fp32", "counters_ptr": "*i32",
         }
         for sink in (False, True):
-            consts = dict(P_SMEM=sparse_small.p_smem_layout(), HAS_SINK=sink)
+            consts = dict(P_SMEM=sparse_small.p_smem_layout(), HAS_SINK=sink, TRACE=False, trace_ptr=None)
             v_ptrs = dict(sparse_ptrs)
             if sink:
                 v_ptrs["sink_ptr"] = "*fp32"

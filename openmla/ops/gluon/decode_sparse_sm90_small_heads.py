@@ -36,6 +36,7 @@ R = 16
 BLOCK_N = 64
 #: Stages of the record ring: each tile is gathered two tiles ahead of its decode.
 STAGES = 3
+TRACE_BUF = None  # diagnostic only
 
 if gluon_available():
     from triton.experimental import gluon
@@ -48,7 +49,7 @@ if gluon_available():
     )
 
     from .decode_dense_sm90 import _piece_bounds, _request_span
-    from .decode_dense_sm90_ws import _copy_v32_rope, _dequant, _slot_records
+    from .decode_dense_sm90_ws import _copy_v32_rope, _dequant, _slot_records, _stamp
 
     # a global a kernel reads must be a constexpr
     _STAGES = gl.constexpr(STAGES)
@@ -124,8 +125,8 @@ if gluon_available():
         stride_ob, stride_os, stride_oh,
         stride_lb, stride_lh,
         s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2,
-        sink_ptr,
-        P_SMEM: gl.constexpr, HAS_SINK: gl.constexpr,
+        sink_ptr, trace_ptr,
+        P_SMEM: gl.constexpr, HAS_SINK: gl.constexpr, TRACE: gl.constexpr,
     ):
         """One program a piece of the split-KV plan over query tokens (``s_q`` = 1, ``group`` = ``h_q`` heads of
         one KV head); arguments as :func:`openmla.ops.decode_dense.splitkv_args` gives them, with the token lists
@@ -208,6 +209,7 @@ if gluon_available():
                 stage = it % _STAGES
                 opaque0 = it >> 30
                 k_tile = k16_one.index(opaque0)
+                _stamp(trace_ptr, it, 0, TRACE, 4)
                 # scores of tile it (its keys decoded, its RoPE dims as they landed)
                 s = gl.zeros([_BLOCK_N, _R], gl.float32, layout=S_LAYOUT)
                 s = warpgroup_mma(k_tile, q_one.index(opaque0).permute((1, 0)), s, use_acc=False, is_async=True)
@@ -217,7 +219,9 @@ if gluon_available():
                                tok_hi, page_block_size, num_blocks, stride_kb, stride_kp, LOAD8)
                 ent, ent_sc = _entries(bt_row, start + 3 * _BLOCK_N, tok_hi, LOAD8)
                 slot_s = gl.load(bt_row + start + offs_n, mask=start + offs_n < tok_hi, other=-1)
+                _stamp(trace_ptr, it, 1, TRACE, 4)
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+                _stamp(trace_ptr, it, 2, TRACE, 4)
 
                 # online softmax down the columns; keys past the list or outside the cache masked
                 s = s * scale_log2
@@ -234,6 +238,7 @@ if gluon_available():
                 p_smem.store(p.to(gl.bfloat16))
                 fence_async_shared()
                 gl.thread_barrier()
+                _stamp(trace_ptr, it, 3, TRACE, 4)
 
                 # P V as eight products, one a 64-dim block of the output
                 acc0 = warpgroup_mma(k16_blocks.index(opaque0 + 0).permute((1, 0)), p_smem, acc0 * alpha[None, :],
@@ -253,8 +258,10 @@ if gluon_available():
                 acc7 = warpgroup_mma(k16_blocks.index(opaque0 + 7).permute((1, 0)), p_smem, acc7 * alpha[None, :],
                                      is_async=True)
                 # under them: tile it + 1 decoded into the 16-bit tile, each block once its product is done
+                _stamp(trace_ptr, it, 4, TRACE, 4)
                 async_copy.wait_group(1)  # tile it + 1's copies landed (it + 2's may not have)
                 gl.thread_barrier()
+                _stamp(trace_ptr, it, 5, TRACE, 4)
                 nxt = (it + 1) % _STAGES
                 acc0 = warpgroup_mma_wait(num_outstanding=7, deps=(acc0,))
                 _decode_block(codes, scales, k16_blocks, nxt, 0, opaque0, LOAD8)
@@ -274,6 +281,7 @@ if gluon_available():
                 _decode_block(codes, scales, k16_blocks, nxt, 7, opaque0, LOAD8)
                 fence_async_shared()  # the next step's products read the decoded tile and Pᵀ is rewritten
                 gl.thread_barrier()
+                _stamp(trace_ptr, it, 6, TRACE, 4)
             async_copy.wait_group(0)  # the copies past the request's end, before the next request's
             gl.thread_barrier()
 
@@ -326,7 +334,7 @@ def sparse_decode_sm90_small_heads_fwd(q, k_cache, lists, lens, sched, splits, o
     parts = sched.shape[0]
     launch(_sparse_decode_sm90_small_heads_kernel, (1, parts),
         *splitkv_args(q, k_cache, lists, lens, sched, splits, out_tok, lse_tok, workspace, 1, softmax_scale),
-        attn_sink if attn_sink is not None else lse_tok,
-        P_SMEM=p_smem_layout(), HAS_SINK=attn_sink is not None,
+        attn_sink if attn_sink is not None else lse_tok, TRACE_BUF if TRACE_BUF is not None else lse_tok,
+        P_SMEM=p_smem_layout(), HAS_SINK=attn_sink is not None, TRACE=TRACE_BUF is not None,
         num_warps=4,
     )
