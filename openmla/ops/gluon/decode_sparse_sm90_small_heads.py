@@ -49,47 +49,55 @@ if gluon_available():
     )
 
     from .decode_dense_sm90 import _piece_bounds, _request_span
-    from .decode_dense_sm90_ws import _copy_v32_rope, _dequant, _slot_records, _stamp
+    from .decode_dense_sm90_ws import _dequant, _slot_records, _stamp
 
     # a global a kernel reads must be a constexpr
     _STAGES = gl.constexpr(STAGES)
     _R = gl.constexpr(R)
     _BLOCK_N = gl.constexpr(BLOCK_N)
+    # copy layouts: a warp's copy instruction reads whole records' bytes (the codes: one 512-byte record a warp;
+    # the RoPE dims: four 128-byte ones), not 64-byte pieces of eight (2428 cycles a tile to issue that way)
+    _CODES_COPY = gl.constexpr(gl.BlockedLayout([1, 16], [1, 32], [4, 1], [1, 0]))  # [64, 512] bytes
+    _ROPE_COPY = gl.constexpr(gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0]))  # [64, 64] bf16
     _SC_COPY = gl.constexpr(gl.BlockedLayout([1, 2], [16, 2], [4, 1], [1, 0]))  # [64, 4] fp32 scales, 8 B a thread
 
     @gluon.jit
-    def _entries(bt_row, start, tok_hi, COPY: gl.constexpr):
-        """List entries ``start .. start + 64`` (-1 past ``tok_hi``) in the row slices of the records' copy layout
-        ``COPY`` and of the scales' (:func:`_issue_records`)."""
-        offs_j = start + gl.arange(0, 64, layout=gl.SliceLayout(1, COPY))
-        ent = gl.load(bt_row + offs_j, mask=offs_j < tok_hi, other=-1)
-        offs_s = start + gl.arange(0, 64, layout=gl.SliceLayout(1, _SC_COPY))
-        ent_sc = gl.load(bt_row + offs_s, mask=offs_s < tok_hi, other=-1)
-        return ent, ent_sc
+    def _entries_in(bt_row, start, tok_hi, LAYOUT: gl.constexpr):
+        """List entries ``start .. start + 64`` (-1 past ``tok_hi``) in ``LAYOUT``'s row slice."""
+        offs_j = start + gl.arange(0, 64, layout=gl.SliceLayout(1, LAYOUT))
+        return gl.load(bt_row + offs_j, mask=offs_j < tok_hi, other=-1)
 
     @gluon.jit
-    def _issue_records(k_ptr, ent, ent_sc, codes, rope, scales, stage, start, tok_hi, page_block_size, num_blocks,
-                       stride_kb, stride_kp, COPY: gl.constexpr):
-        """Issue and commit as one group the ``cp.async`` copies of the V3.2 records of list entries ``start ..
-        start + 64`` (``ent``, ``ent_sc``: from :func:`_entries`): codes of dims ``64c ..`` into
-        ``codes.index(stage * 8 + c)`` [64, 64] bytes, the RoPE dims into ``rope.index(stage)`` [64, 64] bf16, the
-        four scales into ``scales.index(stage)`` [64, 4] fp32. Entries past ``tok_hi`` or outside the cache are
-        zero-filled."""
-        offs_j = start + gl.arange(0, 64, layout=gl.SliceLayout(1, COPY))
+    def _entries(bt_row, start, tok_hi):
+        """A tile's list entries in the row slices of the three copy layouts of :func:`_issue_records` (loaded a
+        step before the copies are issued, so the issue does not wait for them)."""
+        return (_entries_in(bt_row, start, tok_hi, _CODES_COPY), _entries_in(bt_row, start, tok_hi, _ROPE_COPY),
+                _entries_in(bt_row, start, tok_hi, _SC_COPY))
+
+    @gluon.jit
+    def _copy_rows(k_ptr, ent, dst, start, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
+                   OFFSET: gl.constexpr, WIDTH: gl.constexpr, dtype: gl.constexpr, LAYOUT: gl.constexpr):
+        """``cp.async`` ``WIDTH`` elements of ``dtype`` at byte ``OFFSET`` of each record of entries ``ent`` (in
+        ``LAYOUT``'s row slice) into ``dst`` [64, WIDTH]; entries past ``tok_hi`` or outside the cache zero-filled."""
+        offs_j = start + gl.arange(0, 64, layout=gl.SliceLayout(1, LAYOUT))
         rec, mask_j = _slot_records(k_ptr, ent, offs_j, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp)
-        offs_c = gl.arange(0, 64, layout=gl.SliceLayout(0, COPY))
-        for c in gl.static_range(8):  # 64 dims a copy: a whole row's addresses would take 512 registers
-            async_copy.async_copy_global_to_shared(codes.index(stage * 8 + c), rec[:, None] + c * 64 + offs_c[None, :],
-                                                   mask=mask_j[:, None])
-        _copy_v32_rope(rec, mask_j, rope.index(stage), 512, 4)
-        # the scales in their own layout's rows (converting the pointers would cost a shared-memory round trip)
-        offs_s = start + gl.arange(0, 64, layout=gl.SliceLayout(1, _SC_COPY))
-        rec_s, mask_s = _slot_records(k_ptr, ent_sc, offs_s, tok_hi, page_block_size, num_blocks, stride_kb,
-                                      stride_kp)
-        offs_t = gl.arange(0, 4, layout=gl.SliceLayout(0, _SC_COPY))
-        sc_ptr = (rec_s + 512).to(gl.pointer_type(gl.float32))
-        async_copy.async_copy_global_to_shared(scales.index(stage), sc_ptr[:, None] + offs_t[None, :],
-                                               mask=mask_s[:, None])
+        offs_e = gl.arange(0, WIDTH, layout=gl.SliceLayout(0, LAYOUT))
+        src = (rec + OFFSET).to(gl.pointer_type(dtype))
+        async_copy.async_copy_global_to_shared(dst, src[:, None] + offs_e[None, :], mask=mask_j[:, None])
+
+    @gluon.jit
+    def _issue_records(k_ptr, ent_c, ent_r, ent_s, codes, rope, scales, stage, start, tok_hi, page_block_size,
+                       num_blocks, stride_kb, stride_kp):
+        """Issue and commit as one group the ``cp.async`` copies of the V3.2 records of list entries ``start ..
+        start + 64`` (``ent_*``: from :func:`_entries`): the codes into ``codes.index(stage)`` [64, 512] bytes, the
+        RoPE dims into ``rope.index(stage)`` [64, 64] bf16, the four scales into ``scales.index(stage)`` [64, 4]
+        fp32."""
+        _copy_rows(k_ptr, ent_c, codes.index(stage), start, tok_hi, page_block_size, num_blocks, stride_kb,
+                   stride_kp, 0, 512, gl.uint8, _CODES_COPY)
+        _copy_rows(k_ptr, ent_r, rope.index(stage), start, tok_hi, page_block_size, num_blocks, stride_kb,
+                   stride_kp, 528, 64, gl.bfloat16, _ROPE_COPY)
+        _copy_rows(k_ptr, ent_s, scales.index(stage), start, tok_hi, page_block_size, num_blocks, stride_kb,
+                   stride_kp, 512, 4, gl.float32, _SC_COPY)
         async_copy.commit_group()
 
     @gluon.jit
@@ -97,7 +105,7 @@ if gluon_available():
         """Decode dims ``64c ..`` of the tile in ring stage ``stage`` into the 16-bit tile's block ``c``."""
         # scale c // 2 as a [64, 1] column in LOAD8 itself (its columns replicated), summed to LOAD8's row slice
         sc = gl.sum(scales.index(stage).slice(c // 2, 1, dim=1).load(LOAD8), axis=1)
-        block = codes.index(stage * 8 + c).load(LOAD8)
+        block = codes.index(stage).slice(c * 64, 64, dim=1).load(LOAD8)
         k16_blocks.index(opaque0 + c).store(_dequant(block, sc, gl.bfloat16))
 
     @gluon.jit
@@ -146,7 +154,9 @@ if gluon_available():
         k16_one = gl.allocate_shared_memory(gl.bfloat16, [1, _BLOCK_N, 512], SMEM)
         # the NVMMA layout keeps each 64-dim block of the tile in 8 KB of its own: the decode writes it block by block
         k16_blocks = k16_one._reinterpret(gl.bfloat16, [8, _BLOCK_N, 64], SMEM)
-        codes = gl.allocate_shared_memory(gl.uint8, [_STAGES * 8, _BLOCK_N, 64], PLAIN)
+        # (64-byte swizzle: a warp's decode loads, two 64-byte rows a transaction, meet no bank twice)
+        codes = gl.allocate_shared_memory(gl.uint8, [_STAGES, _BLOCK_N, 512],
+                                          gl.NVMMASharedLayout(swizzle_byte_width=64, element_bitwidth=8, rank=2))
         rope = gl.allocate_shared_memory(gl.bfloat16, [_STAGES, _BLOCK_N, 64], SMEM)
         scales = gl.allocate_shared_memory(gl.float32, [_STAGES, _BLOCK_N, 4], PLAIN)
         p_smem = gl.allocate_shared_memory(gl.bfloat16, [_BLOCK_N, _R], P_SMEM)  # Pᵀ: [keys, rows]
@@ -189,13 +199,15 @@ if gluon_available():
             n_tiles = gl.cdiv(tok_hi - tok_lo, _BLOCK_N)
 
             # the request's first two tiles in flight, then tile 0 decoded
-            ent, ent_sc = _entries(bt_row, tok_lo, tok_hi, LOAD8)
-            _issue_records(k_ptr, ent, ent_sc, codes, rope, scales, 0, tok_lo, tok_hi, page_block_size, num_blocks,
-                           stride_kb, stride_kp, LOAD8)
-            ent, ent_sc = _entries(bt_row, tok_lo + _BLOCK_N, tok_hi, LOAD8)
-            _issue_records(k_ptr, ent, ent_sc, codes, rope, scales, 1, tok_lo + _BLOCK_N, tok_hi, page_block_size,
-                           num_blocks, stride_kb, stride_kp, LOAD8)
-            ent, ent_sc = _entries(bt_row, tok_lo + 2 * _BLOCK_N, tok_hi, LOAD8)  # for the loop's first issue
+            ent_c, ent_r, ent_s = _entries(bt_row, tok_lo, tok_hi)
+            _issue_records(k_ptr, ent_c, ent_r, ent_s, codes, rope, scales, 0, tok_lo, tok_hi, page_block_size,
+                           num_blocks, stride_kb, stride_kp)
+            ent_c, ent_r, ent_s = _entries(bt_row, tok_lo + _BLOCK_N, tok_hi)
+            _issue_records(k_ptr, ent_c, ent_r, ent_s, codes, rope, scales, 1, tok_lo + _BLOCK_N, tok_hi,
+                           page_block_size, num_blocks, stride_kb, stride_kp)
+            ent_c, ent_r, ent_s = _entries(bt_row, tok_lo + 2 * _BLOCK_N, tok_hi)  # for the loop's first issue
+            # tile 0's entries in the scores' layout, for its mask (each step loads the next tile's)
+            slot_s = gl.load(bt_row + tok_lo + offs_n, mask=tok_lo + offs_n < tok_hi, other=-1)
             async_copy.wait_group(1)
             gl.thread_barrier()  # every thread's copies of tile 0 landed
             opaque0 = n_tiles >> 30
@@ -215,10 +227,12 @@ if gluon_available():
                 s = warpgroup_mma(k_tile, q_one.index(opaque0).permute((1, 0)), s, use_acc=False, is_async=True)
                 s = warpgroup_mma(rope.index(stage), qpe_one.index(opaque0).permute((1, 0)), s, is_async=True)
                 # under them: tile it + 2's copies (into the stage tile it - 1 has left) and the next step's entries
-                _issue_records(k_ptr, ent, ent_sc, codes, rope, scales, (it + 2) % _STAGES, start + 2 * _BLOCK_N,
-                               tok_hi, page_block_size, num_blocks, stride_kb, stride_kp, LOAD8)
-                ent, ent_sc = _entries(bt_row, start + 3 * _BLOCK_N, tok_hi, LOAD8)
-                slot_s = gl.load(bt_row + start + offs_n, mask=start + offs_n < tok_hi, other=-1)
+                _issue_records(k_ptr, ent_c, ent_r, ent_s, codes, rope, scales, (it + 2) % _STAGES,
+                               start + 2 * _BLOCK_N, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp)
+                ent_c, ent_r, ent_s = _entries(bt_row, start + 3 * _BLOCK_N, tok_hi)
+                # the next tile's mask entries now: loaded just before the softmax, their latency was on it
+                nxt_j = start + _BLOCK_N + offs_n
+                slot_n = gl.load(bt_row + nxt_j, mask=nxt_j < tok_hi, other=-1)
                 _stamp(trace_ptr, it, 1, TRACE, 4)
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
                 _stamp(trace_ptr, it, 2, TRACE, 4)
@@ -281,6 +295,7 @@ if gluon_available():
                 _decode_block(codes, scales, k16_blocks, nxt, 7, opaque0, LOAD8)
                 fence_async_shared()  # the next step's products read the decoded tile and Pᵀ is rewritten
                 gl.thread_barrier()
+                slot_s = slot_n
                 _stamp(trace_ptr, it, 6, TRACE, 4)
             async_copy.wait_group(0)  # the copies past the request's end, before the next request's
             gl.thread_barrier()
