@@ -101,12 +101,14 @@ if gluon_available():
         async_copy.commit_group()
 
     @gluon.jit
-    def _decode_block(codes, scales, k16_blocks, stage, c: gl.constexpr, opaque0, LOAD8: gl.constexpr):
-        """Decode dims ``64c ..`` of the tile in ring stage ``stage`` into the 16-bit tile's block ``c``."""
-        # scale c // 2 as a [64, 1] column in LOAD8 itself (its columns replicated), summed to LOAD8's row slice
-        sc = gl.sum(scales.index(stage).slice(c // 2, 1, dim=1).load(LOAD8), axis=1)
-        block = codes.index(stage).slice(c * 64, 64, dim=1).load(LOAD8)
-        k16_blocks.index(opaque0 + c).store(_dequant(block, sc, gl.bfloat16))
+    def _decode_scale_block(codes, scales, k16, stage, t: gl.constexpr):
+        """Decode dims ``128t ..`` (one scale's block) of the tile in ring stage ``stage`` into the 16-bit tile
+        ``k16`` [64, 512]: ``bf16(fp32(e4m3) * scale_t)``."""
+        DEC: gl.constexpr = gl.BlockedLayout([1, 16], [4, 8], [4, 1], [1, 0])  # eight threads a 128-byte row
+        # scale t as a [64, 1] column in DEC itself (its columns replicated), summed to DEC's row slice
+        sc = gl.sum(scales.index(stage).slice(t, 1, dim=1).load(DEC), axis=1)
+        block = codes.index(stage).slice(t * 128, 128, dim=1).load(DEC)
+        k16.slice(t * 128, 128, dim=1).store(_dequant(block, sc, gl.bfloat16))
 
     @gluon.jit
     def _store_block(acc, inv_l, c: gl.constexpr, offs_n, out_ptr, o_acc_ptr, req64, head_s, mask_r, stride_ob,
@@ -154,9 +156,10 @@ if gluon_available():
         k16_one = gl.allocate_shared_memory(gl.bfloat16, [1, _BLOCK_N, 512], SMEM)
         # the NVMMA layout keeps each 64-dim block of the tile in 8 KB of its own: the decode writes it block by block
         k16_blocks = k16_one._reinterpret(gl.bfloat16, [8, _BLOCK_N, 64], SMEM)
-        # (64-byte swizzle: a warp's decode loads, two 64-byte rows a transaction, meet no bank twice)
+        # 128-byte swizzled blocks of 128 codes (one scale's): a warp's copy of one record writes four whole bank
+        # rows, its decode loads read one 128-byte row a transaction
         codes = gl.allocate_shared_memory(gl.uint8, [_STAGES, _BLOCK_N, 512],
-                                          gl.NVMMASharedLayout(swizzle_byte_width=64, element_bitwidth=8, rank=2))
+                                          gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=8, rank=2))
         rope = gl.allocate_shared_memory(gl.bfloat16, [_STAGES, _BLOCK_N, 64], SMEM)
         scales = gl.allocate_shared_memory(gl.float32, [_STAGES, _BLOCK_N, 4], PLAIN)
         p_smem = gl.allocate_shared_memory(gl.bfloat16, [_BLOCK_N, _R], P_SMEM)  # Pᵀ: [keys, rows]
@@ -211,8 +214,8 @@ if gluon_available():
             async_copy.wait_group(1)
             gl.thread_barrier()  # every thread's copies of tile 0 landed
             opaque0 = n_tiles >> 30
-            for c in gl.static_range(8):
-                _decode_block(codes, scales, k16_blocks, 0, c, opaque0, LOAD8)
+            for t in gl.static_range(4):
+                _decode_scale_block(codes, scales, k16_one.index(opaque0), 0, t)
             fence_async_shared()
             gl.thread_barrier()
 
@@ -277,22 +280,15 @@ if gluon_available():
                 gl.thread_barrier()
                 _stamp(trace_ptr, it, 5, TRACE, 4)
                 nxt = (it + 1) % _STAGES
-                acc0 = warpgroup_mma_wait(num_outstanding=7, deps=(acc0,))
-                _decode_block(codes, scales, k16_blocks, nxt, 0, opaque0, LOAD8)
-                acc1 = warpgroup_mma_wait(num_outstanding=6, deps=(acc1,))
-                _decode_block(codes, scales, k16_blocks, nxt, 1, opaque0, LOAD8)
-                acc2 = warpgroup_mma_wait(num_outstanding=5, deps=(acc2,))
-                _decode_block(codes, scales, k16_blocks, nxt, 2, opaque0, LOAD8)
-                acc3 = warpgroup_mma_wait(num_outstanding=4, deps=(acc3,))
-                _decode_block(codes, scales, k16_blocks, nxt, 3, opaque0, LOAD8)
-                acc4 = warpgroup_mma_wait(num_outstanding=3, deps=(acc4,))
-                _decode_block(codes, scales, k16_blocks, nxt, 4, opaque0, LOAD8)
-                acc5 = warpgroup_mma_wait(num_outstanding=2, deps=(acc5,))
-                _decode_block(codes, scales, k16_blocks, nxt, 5, opaque0, LOAD8)
-                acc6 = warpgroup_mma_wait(num_outstanding=1, deps=(acc6,))
-                _decode_block(codes, scales, k16_blocks, nxt, 6, opaque0, LOAD8)
-                acc7 = warpgroup_mma_wait(num_outstanding=0, deps=(acc7,))
-                _decode_block(codes, scales, k16_blocks, nxt, 7, opaque0, LOAD8)
+                k16 = k16_one.index(opaque0)
+                acc0, acc1 = warpgroup_mma_wait(num_outstanding=6, deps=(acc0, acc1))
+                _decode_scale_block(codes, scales, k16, nxt, 0)
+                acc2, acc3 = warpgroup_mma_wait(num_outstanding=4, deps=(acc2, acc3))
+                _decode_scale_block(codes, scales, k16, nxt, 1)
+                acc4, acc5 = warpgroup_mma_wait(num_outstanding=2, deps=(acc4, acc5))
+                _decode_scale_block(codes, scales, k16, nxt, 2)
+                acc6, acc7 = warpgroup_mma_wait(num_outstanding=0, deps=(acc6, acc7))
+                _decode_scale_block(codes, scales, k16, nxt, 3)
                 fence_async_shared()  # the next step's products read the decoded tile and Pᵀ is rewritten
                 gl.thread_barrier()
                 slot_s = slot_n
