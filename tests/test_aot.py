@@ -82,7 +82,6 @@ _GLUON_STACK_BUDGET = (
     ("rows<=32", 120),  # the 32-row small-head kernel: 72-120 B; its SASS has spill reloads between the
     # tile's products and the loop's branch, so likely in the KV loop: owed
     ("gluon-small-heads ", 0),
-    ("gluon-sparse-small-heads ", 0),  # token-sparse V3.2 decoding at up to 16 heads: none
     ("gluon ", 32),  # the 8-warp 64-row kernel built for the combine kernel: 32 B
 )
 

@@ -191,25 +191,6 @@ def _variants(arch: int = 90) -> list[Variant]:
                 name = f"gluon-small-heads q {q_dtype} cache e4m3 d576 causal rows<={r} bn{small.BLOCK_N}"
                 out.append(Variant(small._dense_decode_sm90_small_heads_kernel, ptrs, ("scale_log2",), consts,
                                    4 * small.warpgroups_for(r), 1, name, gluon=True))
-    if gluon_available():
-        # token-sparse decoding over V3.2 FP8 records at up to 16 heads (decode_sparse_sm90), with and without sinks
-        from .gluon import decode_sparse_sm90_small_heads as sparse_small
-
-        sparse_ptrs = {
-            "q_ptr": "*bf16", "k_ptr": "*u8", "block_table_ptr": "*i32", "seqlens_ptr": "*i32", "sched_ptr": "*i32",
-            "num_splits_ptr": "*i32", "out_ptr": "*bf16", "lse_ptr": "*fp32", "o_acc_ptr": "*fp32",
-            "lse_acc_ptr": "*fp32", "counters_ptr": "*i32",
-        }
-        for sink in (False, True):
-            consts = dict(P_SMEM=sparse_small.p_smem_layout(), HAS_SINK=sink, TRACE=False, trace_ptr=None)
-            v_ptrs = dict(sparse_ptrs)
-            if sink:
-                v_ptrs["sink_ptr"] = "*fp32"
-            else:
-                consts["sink_ptr"] = None
-            name = "gluon-sparse-small-heads v32 rows<=16 bn64" + (" sink" if sink else "")
-            out.append(Variant(sparse_small._sparse_decode_sm90_small_heads_kernel, v_ptrs, ("scale_log2",), consts,
-                               4, 1, name, gluon=True))
     from ..kvcache.write import _write_model1_kernel, _write_rows_kernel, _write_v32_kernel
 
     write_ints = ("stride_kv", "stride_cb", "stride_cp", "num_slots", "page_block_size")

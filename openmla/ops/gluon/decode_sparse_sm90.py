@@ -32,26 +32,6 @@ from ..decode_dense import split_workspace, splitkv_args
 from ..launch import ShapeCache, launch, scratch
 from ..schedule import plan_splitkv
 from . import decode_dense_sm90_ws as ws
-from . import decode_sparse_sm90_small_heads as small
-
-#: Over V3.2 FP8 records, a bf16 q with at most :data:`SMALL_HEADS_MAX_ROWS` heads goes to the small-head kernel
-#: (:mod:`.decode_sparse_sm90_small_heads`: keys on ``wgmma``'s 64-row side, the heads on N, so no product is padded
-#: to 64 rows), not to the 64-row warp-specialized kernel.
-SMALL_HEADS = True
-#: Most heads the small-head kernel takes (its N).
-SMALL_HEADS_MAX_ROWS = small.R
-
-
-def small_heads_fit(h_q: int, is_fp8: bool, q_dtype: torch.dtype) -> bool:
-    """Whether the small-head kernel can serve a sparse call: V3.2 FP8 records, a bf16 q (the records' RoPE dims
-    are bf16 and are multiplied as they land), at most :data:`SMALL_HEADS_MAX_ROWS` heads."""
-    return is_fp8 and q_dtype == torch.bfloat16 and h_q <= SMALL_HEADS_MAX_ROWS
-
-
-def small_heads_for(h_q: int, is_fp8: bool, q_dtype: torch.dtype) -> bool:
-    """Whether :func:`sparse_decode_sm90_fwd` sends a call to the small-head kernel by default: :data:`SMALL_HEADS`
-    (read at the call) and :func:`small_heads_fit`."""
-    return SMALL_HEADS and small_heads_fit(h_q, is_fp8, q_dtype)
 
 # Plans of lists with no topk_length (every list topk entries long): they depend on the shapes only, so one
 # plan serves every later call with the same (device, stream, tokens, topk, parts).
@@ -124,7 +104,6 @@ def sparse_decode_sm90_fwd(
     list_ahead: bool | None = None,
     trace: torch.Tensor | None = None,
     output_decode: int | None = None,
-    small_heads: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse decode on Hopper; inputs validated by :mod:`openmla.api`.
 
@@ -155,8 +134,6 @@ def sparse_decode_sm90_fwd(
             the call).
         trace: a diagnostic: the kernel's trace build stamps into this buffer (``trace_buffer`` of
             :mod:`.decode_dense_sm90_ws`; ``benchmarks/trace_ws.py``); a wrong one is an ``InvalidArgumentError``.
-        small_heads: run the small-head kernel (``None``: :func:`small_heads_for`; ``True`` where it cannot serve
-            the call, or with any of the warp-specialized kernel's options above, is an ``InvalidArgumentError``).
 
     Returns:
         out [b, s_q, h_q, head_dim_v] in q's dtype (0 for a token with no valid entry), lse [b, h_q, s_q]
@@ -164,23 +141,6 @@ def sparse_decode_sm90_fwd(
     """
     b, s_q, h_q, d = q.shape
     topk = indices.shape[2]
-    ws_options = {"prefetch_l2": prefetch_l2 != ws.SPARSE_FP8_PREFETCH_L2, "loader_regs": loader_regs is not None,
-                  "list_ahead": list_ahead is not None, "trace": trace is not None,
-                  "output_decode": output_decode is not None}
-    if small_heads is None:
-        small_heads = small_heads_for(h_q, is_fp8, q.dtype) and not any(ws_options.values())
-    elif small_heads:
-        if not small_heads_fit(h_q, is_fp8, q.dtype):
-            raise InvalidArgumentError(f"small_heads=True: the small-head sparse kernel takes V3.2 FP8 records, a "
-                                       f"bf16 q and at most {SMALL_HEADS_MAX_ROWS} heads; got is_fp8={is_fp8}, "
-                                       f"q {q.dtype}, h_q={h_q}: leave small_heads=None")
-        given = [name for name, set_ in ws_options.items() if set_]
-        if given:
-            raise InvalidArgumentError(f"small_heads=True with {', '.join(given)}: those are options of the "
-                                       f"warp-specialized kernel; pass small_heads=False or None with them")
-    if small_heads:
-        return _small_heads_fwd(q, k_cache, indices, head_dim_v, softmax_scale, topk_length, num_sm_parts,
-                                attn_sink)
     if list_ahead is None:
         list_ahead = (ws.SPARSE_FP8_LIST_AHEAD and not prefetch_l2) if is_fp8 else ws.LIST_AHEAD
     tokens = b * s_q
@@ -229,36 +189,6 @@ def sparse_decode_sm90_fwd(
         num_warps=ws.NUM_WARPS,
         maxnreg=ws.SOLO_MAXNREG,
     )
-    combine_splits(out_tok, lse_tok, workspace[0], workspace[1], splits, attn_sink=attn_sink)
-    if s_q == 1:  # [b, h_q, 1] already
-        return out, lse_tok.view(b, h_q, 1)
-    scratch(lse_tok)  # read by the launch that writes the call's lse
-    return out, lse_by_heads(lse_tok, b, s_q)
-
-
-def _small_heads_fwd(q, k_cache, indices, head_dim_v, softmax_scale, topk_length, num_sm_parts, attn_sink):
-    """:func:`sparse_decode_sm90_fwd` through the small-head kernel (V3.2 FP8 records, bf16 q, ``h_q`` <= 16): each
-    query token a request of ``h_q`` rows (16 on N, rows past ``h_q`` masked), one program a piece of the
-    split-KV plan (one an SM), split partials merged by the combine kernel (which applies the sink to them)."""
-    b, s_q, h_q, d = q.shape
-    topk = indices.shape[2]
-    tokens = b * s_q
-    q_tok = q.reshape(tokens, 1, h_q, d)
-    lists = indices.reshape(tokens, topk)
-    parts = num_sm_parts or num_sms(q.device)
-    if topk_length is None:
-        lens, sched, splits = _fixed_length_plan(q.device, tokens, topk, parts)
-    else:  # planned on the device each call, by launches a replay repeats with the call's lengths
-        lens = token_lengths(topk_length, s_q, topk)
-        sched, splits = plan_splitkv(lens, parts)
-        scratch(lens, sched, splits)
-    out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
-    out_tok = out.view(tokens, 1, h_q, head_dim_v)
-    lse_tok = torch.empty(tokens, h_q, 1, dtype=torch.float32, device=q.device)
-    workspace = split_workspace(q_tok, head_dim_v, parts, fused_merge=False)  # the combine kernel merges
-    scratch(*workspace)  # written by the split kernel before the combine kernel reads them
-    small.sparse_decode_sm90_small_heads_fwd(q_tok, k_cache.view(torch.uint8), lists, lens, sched, splits, out_tok,
-                                             lse_tok, workspace, softmax_scale, attn_sink)
     combine_splits(out_tok, lse_tok, workspace[0], workspace[1], splits, attn_sink=attn_sink)
     if s_q == 1:  # [b, h_q, 1] already
         return out, lse_tok.view(b, h_q, 1)
