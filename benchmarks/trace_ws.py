@@ -155,44 +155,38 @@ def main(argv=None) -> None:
     lens = torch.normal(8192.0, 4096.0, (128,), generator=g).round().clamp(1, 16384).int().tolist()
     dense = make_dense_decode_inputs(lens, 1, 128, 1, 576, 512, 64, torch.bfloat16, False, "cuda", 0)
     sched, splits = plan_splitkv(dense.cache_seqlens, num_sm_parts_for(128, 1, sms, backend="gluon", arch=90))
-    calls["dense_b128_sk8192_h128"] = lambda trace=None: dense_decode_sm90_ws_fwd(
-        *dense.call_args()[:4], 512, sched, splits, dense.softmax_scale, False, softmax_only=True, trace=trace)
     # MTP: s_q=2 (256 rows a KV head: four row tiles a token read each K tile), causal
     dense_sq2 = make_dense_decode_inputs(lens, 2, 128, 1, 576, 512, 64, torch.bfloat16, True, "cuda", 0)
-    sched_sq2, splits_sq2 = plan_splitkv(dense_sq2.cache_seqlens, num_sm_parts_for(256, 1, sms, backend="gluon", arch=90))
-    calls["dense_b128_sk8192_h128_sq2"] = lambda trace=None: dense_decode_sm90_ws_fwd(
-        *dense_sq2.call_args()[:4], 512, sched_sq2, splits_sq2, dense_sq2.softmax_scale, True, softmax_only=True,
-        trace=trace)
-    # the same with all boxes' ready barriers in one allocation (box_allocs off, the default before version 20)
-    calls["dense_b128_sk8192_h128_one_alloc"] = lambda trace=None: dense_decode_sm90_ws_fwd(
-        *dense.call_args()[:4], 512, sched, splits, dense.softmax_scale, False, softmax_only=True, trace=trace,
-        box_allocs=False)
-    # the same with one ready barrier a stage (box_ready off): the softmax warpgroup's stamp 2 then follows the whole
-    # tile's landing with no score product issued in between, so "K issued to its last box landed" is the landing
-    calls["dense_b128_sk8192_h128_stage_ready"] = lambda trace=None: dense_decode_sm90_ws_fwd(
-        *dense.call_args()[:4], 512, sched, splits, dense.softmax_scale, False, softmax_only=True, trace=trace,
-        box_ready=False)
-    calls["dense_b128_sk8192_h128_sq2_stage_ready"] = lambda trace=None: dense_decode_sm90_ws_fwd(
-        *dense_sq2.call_args()[:4], 512, sched_sq2, splits_sq2, dense_sq2.softmax_scale, True, softmax_only=True,
-        trace=trace, box_ready=False)
-    # P handed over whole (p_halves off, the default before 2026-11-28's item 25): with P in halves (the default at
-    # s_q=1) "softmax math (3 -> 8)" is the max alone and "P written and published (9 -> 4)" holds the factor's
-    # hand-over, the exponentials and both halves of P
-    calls["dense_b128_sk8192_h128_p_whole"] = lambda trace=None: dense_decode_sm90_ws_fwd(
-        *dense.call_args()[:4], 512, sched, splits, dense.softmax_scale, False, softmax_only=True, trace=trace,
-        p_halves=False)
-    # the right output warpgroup a tile behind the left one (lag; the default from 256 rows, so at s_q=2): forced on at
-    # s_q=1, off at s_q=2 (the form before it), and at s_q=2 with a TMA box per chunk (lag_halves off); events 5 and 6
-    # are the left output warpgroup's
-    calls["dense_b128_sk8192_h128_lag"] = lambda trace=None: dense_decode_sm90_ws_fwd(
-        *dense.call_args()[:4], 512, sched, splits, dense.softmax_scale, False, softmax_only=True, trace=trace,
-        lag=True)
-    calls["dense_b128_sk8192_h128_sq2_no_lag"] = lambda trace=None: dense_decode_sm90_ws_fwd(
-        *dense_sq2.call_args()[:4], 512, sched_sq2, splits_sq2, dense_sq2.softmax_scale, True, softmax_only=True,
-        trace=trace, lag=False)
-    calls["dense_b128_sk8192_h128_sq2_lag_box_a_chunk"] = lambda trace=None: dense_decode_sm90_ws_fwd(
-        *dense_sq2.call_args()[:4], 512, sched_sq2, splits_sq2, dense_sq2.softmax_scale, True, softmax_only=True,
-        trace=trace, lag=True, lag_halves=False)
+    plan_sq2 = plan_splitkv(dense_sq2.cache_seqlens, num_sm_parts_for(256, 1, sms, backend="gluon", arch=90))
+    shapes = {"": (dense, (sched, splits), False), "_sq2": (dense_sq2, plan_sq2, True)}
+    # the warp-specialized kernel's forms traced, (config suffix, shape, the launcher's switches); the defaults first
+    dense_forms = (
+        ("", "", {}),
+        ("_sq2", "_sq2", {}),
+        # all boxes' ready barriers in one allocation (box_allocs off, the default before version 20)
+        ("_one_alloc", "", dict(box_allocs=False)),
+        # one ready barrier a stage (box_ready off): the softmax warpgroup's stamp 2 then follows the whole tile's
+        # landing with no score product issued in between, so "K issued to its last box landed" is the landing
+        ("_stage_ready", "", dict(box_ready=False)),
+        ("_sq2_stage_ready", "_sq2", dict(box_ready=False)),
+        # P handed over whole (p_halves off, the default before 2026-11-28's item 25): with P in halves (the default
+        # at s_q=1) "softmax math (3 -> 8)" is the max alone and "P written and published (9 -> 4)" holds the
+        # factor's hand-over, the exponentials and both halves of P
+        ("_p_whole", "", dict(p_halves=False)),
+        # the right output warpgroup a tile behind the left one (lag; the default from 256 rows, so at s_q=2): forced
+        # on at s_q=1, off at s_q=2 (the form before it), and at s_q=2 with a TMA box per chunk (lag_halves off);
+        # events 5 and 6 are the left output warpgroup's
+        ("_lag", "", dict(lag=True)),
+        ("_sq2_no_lag", "_sq2", dict(lag=False)),
+        ("_sq2_lag_box_a_chunk", "_sq2", dict(lag=True, lag_halves=False)),
+    )
+
+    def ws_call(inp, plan, causal, form):
+        return lambda trace=None: dense_decode_sm90_ws_fwd(
+            *inp.call_args()[:4], 512, *plan, inp.softmax_scale, causal, softmax_only=True, trace=trace, **form)
+
+    for suffix, shape, form in dense_forms:
+        calls[f"dense_b128_sk8192_h128{suffix}"] = ws_call(*shapes[shape], form)
     # dense FP8 with an e4m3 q: the e4m3-product kernel (its event 7: E4M3_PRODUCT_INTERVALS)
     fp8 = quantize_dense_fp8(dense, fp8_q=True)
     calls["dense_fp8_e4m3_b128_sk8192_h128"] = lambda trace=None: dense_decode_fp8_sm90_fwd(
