@@ -339,3 +339,33 @@ def test_tma_landing_probe_compiles():
     assert "%clock64" in spin and "wgmma.mma_async" not in spin
     assert products.count("wgmma.mma_async") == 4 * chunks + 4 * (chunks - 1)
     assert scores.count("wgmma.mma_async") == 4 * chunks
+
+
+def test_record_gather_and_decode_probes_compile():
+    """The record-gather and FP8-decode probes build for sm_90a on a CPU: the gather's 16-byte ``cp.async`` form
+    issues a thread's 21 copies of a tile at each of its issue sites (two stages' prologue and the loop's refill),
+    its bulk forms one or three ``cp.async.bulk`` a record, and the forms whose inline PTX addresses shared memory
+    from offset 0 keep a single allocation of the size they address (a second one would move theirs). Built in a
+    child process without ``TRITON_INTERPRET`` (their jit helpers would otherwise be interpreter functions)."""
+    import subprocess
+
+    from openmla._runtime import gluon_available
+
+    if not gluon_available():
+        pytest.skip("triton's Gluon is not importable here")
+    code = ("import json; from benchmarks import probe_record_gather as g, probe_fp8_decode as d; "
+            "ks = [g.build(*f) for f in (('cp.async', 4, 2), ('bulk', 4, 2), ('bulk3', 4, 1))] + "
+            "[d.build(r) for r in range(len(d.ROUTES))]; "
+            "print(json.dumps([[k.asm['ptx'], k.metadata.shared] for k in ks]))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (cp, _), (bulk, bulk_shared), (bulk3, _), *decode = json.loads(done.stdout.splitlines()[-1])
+    assert cp.count("cp.async.cg.shared.global") == 21 * 3 and "cp.async.bulk" not in cp
+    assert bulk.count("cp.async.bulk.shared::cluster.global") == 3 and bulk_shared == 2 * 42 * 1024
+    assert bulk3.count("cp.async.bulk.shared::cluster.global") == 3 * 2
+    routes = dict(zip(("smem", "registers", "registers-now", "decode-only", "bulk"), decode))
+    assert routes["smem"][0].count("cp.async.cg.shared.global") == 8 * 3, "two stages' prologue and the loop's"
+    assert routes["registers"][0].count("ld.global.v4") == 8 * 2, "the first tile's codes, then the next tile's"
+    assert routes["bulk"][1] == 192 * 1024 and routes["bulk"][0].count("cp.async.bulk.shared::cluster.global") == 3
