@@ -192,11 +192,6 @@ def main(argv=None) -> None:
     calls["dense_fp8_e4m3_b128_sk8192_h128"] = lambda trace=None: dense_decode_fp8_sm90_fwd(
         *fp8.call_args()[:4], 512, sched, splits, fp8.softmax_scale, False, descale_q=fp8.descale_q,
         descale_k=fp8.descale_k, trace=trace)
-    # its P V from value codes in registers (pv_registers): event 7 is the codes landed, 5 -> 6 the fragments' loads
-    # and products
-    calls["dense_fp8_e4m3_b128_sk8192_h128_pv_registers"] = lambda trace=None: dense_decode_fp8_sm90_fwd(
-        *fp8.call_args()[:4], 512, sched, splits, fp8.softmax_scale, False, descale_q=fp8.descale_q,
-        descale_k=fp8.descale_k, trace=trace, pv_registers=True)
     if args.only:
         unknown = set(args.only.split(",")) - set(calls)
         if unknown:

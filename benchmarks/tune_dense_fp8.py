@@ -1,7 +1,7 @@
 """Dense decoding over per-tensor FP8 caches: the portable kernel's tiles beside what serves the call, and
 FlashMLA's dense FP8 kernel, on the standard shapes, in one process.
 
-Usage (GPU): ``python -m benchmarks.tune_dense_fp8 [--json PATH] [--max-rows N] [--gluon-list-ahead | --pv-registers]``
+Usage (GPU): ``python -m benchmarks.tune_dense_fp8 [--json PATH] [--max-rows N]``
 
 q and cache are e4m3 codes with per-tensor descales (``amax / 448``; the slots past each length hold code 0
 here, as ``openmla bench --dtype fp8`` times them, since FlashMLA's FP8 kernel multiplies the masked tail of a
@@ -47,11 +47,7 @@ def main(argv=None) -> None:
     ap.add_argument("--gluon-list-ahead", action="store_true",
                     help="only the served call, the warp-specialized kernel's loader reading each tile's block-table "
                          "entries with the tile or a tile ahead (list_ahead), alternated twice")
-    ap.add_argument("--pv-registers", action="store_true",
-                    help="only the served call, the e4m3-product kernel's P V from decoded values or from value "
-                         "codes in registers (PV_REGISTERS), alternated twice")
     args = ap.parse_args(argv)
-    from openmla.ops.gluon import decode_dense_fp8_sm90 as fp8
     from openmla.ops.gluon import decode_dense_sm90_ws as ws
 
     try:
@@ -106,17 +102,7 @@ def main(argv=None) -> None:
                         ws.LIST_AHEAD = saved
                 return call
             runs = [(f"served list-ahead={a}", None, with_list_ahead(a)) for a in (False, True, False, True)]
-        if args.pv_registers:  # read at each call, like LIST_AHEAD
-            def with_pv_registers(on):
-                def call():
-                    saved, fp8.PV_REGISTERS = fp8.PV_REGISTERS, on
-                    try:
-                        return served()
-                    finally:
-                        fp8.PV_REGISTERS = saved
-                return call
-            runs = [(f"served pv-registers={a}", None, with_pv_registers(a)) for a in (False, True, False, True)]
-        for cfg in [] if args.gluon_list_ahead or args.pv_registers else [dense_decode_config(rows, d, dv, 90)] + tma_candidates(rows, dv):
+        for cfg in [] if args.gluon_list_ahead else [dense_decode_config(rows, d, dv, 90)] + tma_candidates(rows, dv):
             programs = h_kv * -(-rows // cfg.block_m) * (dv // cfg.dv_tile)
             per_sm = 2 if cfg.block_m <= 32 and cfg.layout == "rows" and cfg.num_stages <= 3 else 1
             sched_t, splits = plan_splitkv(lens, max(sms * per_sm // programs, 1))

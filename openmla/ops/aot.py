@@ -394,17 +394,10 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                       LOADER_WARPS=fp8.WORKER_WARPS[1], OUTPUT_REGS=fp8.WORKER_REGS[0],
                       LOADER_REGS=fp8.WORKER_REGS[1], P_BUFS=fp8.P_BUFS, TRACE=False,
                       trace_ptr=None)
-        for pv_regs in (False, True):  # P V from decoded values, or from value codes in registers
-            out.append(Variant(fp8._dense_decode_fp8_sm90_kernel,
-                               dict(ptrs, q_ptr="*fp8e4nv", k_ptr="*fp8e4nv", descale_q_ptr="*fp32",
-                                    descale_k_ptr="*fp32"), ("scale_log2",),
-                               dict(consts, PV_REGS=pv_regs,
-                                    STAGES=fp8.PV_REGISTERS_STAGES if pv_regs else fp8.STAGES,
-                                    OUTPUT_REGS=(fp8.PV_REGISTERS_WORKER_REGS if pv_regs else fp8.WORKER_REGS)[0],
-                                    LOADER_REGS=(fp8.PV_REGISTERS_WORKER_REGS if pv_regs else fp8.WORKER_REGS)[1]),
-                               fp8.NUM_WARPS, 1,
-                               "gluon-fp8 e4m3 q e4m3 cache d576 causal e4m3-products"
-                               + (" pv-registers" if pv_regs else ""), gluon=True, maxnreg=fp8.MAXNREG))
+        out.append(Variant(fp8._dense_decode_fp8_sm90_kernel,
+                           dict(ptrs, q_ptr="*fp8e4nv", k_ptr="*fp8e4nv", descale_q_ptr="*fp32",
+                                descale_k_ptr="*fp32"), ("scale_log2",), consts, fp8.NUM_WARPS, 1,
+                           "gluon-fp8 e4m3 q e4m3 cache d576 causal e4m3-products", gluon=True, maxnreg=fp8.MAXNREG))
     if not causal:  # token-sparse decoding over 16-bit and V3.2 FP8 caches (:mod:`.gluon.decode_sparse_sm90`)
         regs = ws.SOLO_WORKER_REGS
         consts = dict(CAUSAL=False, OVERLAP=False, SOFTMAX_ONLY=True, TMA_K=False, ASYNC_ARRIVE=True,
