@@ -30,7 +30,6 @@ Findings (H200): ``2026-11-28-h200-probe-fp8-decode*.json`` and the notes.
 """
 from __future__ import annotations
 
-import argparse
 import json
 
 import torch
@@ -53,6 +52,8 @@ from benchmarks.probe_record_gather import (
     _bulk_wait,
     _clock,
     _slots,
+    launch_us,
+    probe_main,
 )
 from openmla.ops.aot import _resource_usage
 
@@ -268,15 +269,7 @@ def _measure(cache, g, sms, card, route, n_tiles):
     kernel, kw = _kernel(route), ({} if ROUTES[route] == "bulk" else {"ROUTE": route})
     kernel[(sms,)](cache, slots, cycles, n_tiles, num_warps=WARPS, **kw)  # compile and warm up
     torch.cuda.synchronize()
-    times = []
-    for _ in range(5):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        kernel[(sms,)](cache, slots, cycles, n_tiles, num_warps=WARPS, **kw)
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    us = sorted(times)[len(times) // 2]
+    us = launch_us(lambda: kernel[(sms,)](cache, slots, cycles, n_tiles, num_warps=WARPS, **kw))
     per_tile = cycles[:, 0].double().mean().item() / n_tiles
     tb_s = sms * n_tiles * TILE_BYTES / us / 1e6
     row = dict(card=card, route=ROUTES[route], tiles_per_cta=n_tiles, us=us, cycles_per_tile=per_tile, tb_s=tb_s)
@@ -302,15 +295,7 @@ def run(json_path: str | None, n_tiles: int) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--compile", action="store_true", help="build for sm_90a only (no GPU)")
-    ap.add_argument("--json")
-    ap.add_argument("--tiles", type=int, default=64, help="tiles a CTA (default 64)")
-    cli = ap.parse_args(argv)
-    if cli.compile:
-        compile_check()
-    else:
-        run(cli.json, cli.tiles)
+    probe_main(compile_check, run, argv)
 
 
 if __name__ == "__main__":

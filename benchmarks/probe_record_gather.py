@@ -250,6 +250,19 @@ def _slots(n_tiles_total: int, g: torch.Generator) -> torch.Tensor:
     return torch.cat(out).reshape(-1)[: n_tiles_total * 64].contiguous()
 
 
+def launch_us(launch) -> float:
+    """Median µs of five launches of ``launch`` (CUDA events around each; it has been launched once before)."""
+    times = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        launch()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
 def _measure(cache, g, sms, card, route, warps, stages, ctas, n_tiles):
     grid = sms * ctas
     slots = _slots(grid * n_tiles + stages, g).cuda()  # + the padded tiles the last trips issue
@@ -258,15 +271,7 @@ def _measure(cache, g, sms, card, route, warps, stages, ctas, n_tiles):
     kernel = KERNELS[route]
     kernel[(grid,)](cache, slots, cycles, n_tiles, **kw)  # compile and warm up
     torch.cuda.synchronize()
-    times = []
-    for _ in range(5):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        kernel[(grid,)](cache, slots, cycles, n_tiles, **kw)
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    us = sorted(times)[len(times) // 2]
+    us = launch_us(lambda: kernel[(grid,)](cache, slots, cycles, n_tiles, **kw))
     per_tile = cycles[:, 0].double().mean().item() / n_tiles
     issue = cycles[:, 1].double().mean().item() / n_tiles
     wait = cycles[:, 2].double().mean().item() / n_tiles
@@ -294,7 +299,9 @@ def run(json_path: str | None, n_tiles: int) -> None:
             json.dump({"results": results}, f, indent=1)
 
 
-def main(argv=None) -> None:
+def probe_main(compile_check, run, argv=None) -> None:
+    """The command line of this probe and of :mod:`benchmarks.probe_fp8_decode`: ``--compile`` builds for sm_90a
+    (``compile_check()``), otherwise ``run(json_path, tiles)`` on the GPU."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--compile", action="store_true", help="build for sm_90a only (no GPU)")
     ap.add_argument("--json")
@@ -304,6 +311,10 @@ def main(argv=None) -> None:
         compile_check()
     else:
         run(cli.json, cli.tiles)
+
+
+def main(argv=None) -> None:
+    probe_main(compile_check, run, argv)
 
 
 if __name__ == "__main__":
