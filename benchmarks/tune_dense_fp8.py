@@ -47,7 +47,13 @@ def main(argv=None) -> None:
     ap.add_argument("--gluon-list-ahead", action="store_true",
                     help="only the served call, the warp-specialized kernel's loader reading each tile's block-table "
                          "entries with the tile or a tile ahead (list_ahead), alternated twice")
+    ap.add_argument("--e4m3-transposed", action="store_true",
+                    help="only the served call, the e4m3-product kernel with the padded 64-row output products only "
+                         "(TRANSPOSED_MAX_ROWS 0), with the transposed ones for up to 32 rows (32) with one and two P "
+                         "buffers (TRANSPOSED_P_BUFS), and those with two and the value codes in registers "
+                         "(PV_REGISTERS), alternated twice")
     args = ap.parse_args(argv)
+    from openmla.ops.gluon import decode_dense_fp8_sm90 as e4m3_products
     from openmla.ops.gluon import decode_dense_sm90_ws as ws
 
     try:
@@ -102,7 +108,30 @@ def main(argv=None) -> None:
                         ws.LIST_AHEAD = saved
                 return call
             runs = [(f"served list-ahead={a}", None, with_list_ahead(a)) for a in (False, True, False, True)]
-        for cfg in [] if args.gluon_list_ahead else [dense_decode_config(rows, d, dv, 90)] + tma_candidates(rows, dv):
+        if args.e4m3_transposed:
+            # (TRANSPOSED_MAX_ROWS, P_BUFS), each with a schedule object of its own: a call's kernel choice is
+            # recorded and replayed per schedule object and signature (openmla.replay), and module defaults are not
+            # in the signature, so forms sharing one object would all replay the first form's kernel
+            knobs = ("TRANSPOSED_MAX_ROWS", "TRANSPOSED_P_BUFS", "PV_REGISTERS")
+
+            def with_form(form, form_meta):
+                def call():
+                    saved = [getattr(e4m3_products, k) for k in knobs]
+                    for k, v in zip(knobs, form):
+                        setattr(e4m3_products, k, v)
+                    try:
+                        return openmla.flash_mla_with_kvcache(
+                            q_codes, k_codes, block_table, lens, dv, form_meta, None, softmax_scale=scale,
+                            causal=True, is_fp8_kvcache=True, descale_q=descale_q, descale_k=descale_k)
+                    finally:
+                        for k, v in zip(knobs, saved):
+                            setattr(e4m3_products, k, v)
+                return call
+            forms = [(0, 1, False), (32, 1, False), (32, 2, False), (32, 2, True)]
+            calls = {f: with_form(f, openmla.get_mla_metadata()[0]) for f in forms}
+            runs = [(f"served transposed<={f[0]} p-bufs={f[1]}" + (" value-registers" if f[2] else ""), None,
+                     calls[f]) for f in forms + forms]
+        for cfg in [] if args.gluon_list_ahead or args.e4m3_transposed else [dense_decode_config(rows, d, dv, 90)] + tma_candidates(rows, dv):
             programs = h_kv * -(-rows // cfg.block_m) * (dv // cfg.dv_tile)
             per_sm = 2 if cfg.block_m <= 32 and cfg.layout == "rows" and cfg.num_stages <= 3 else 1
             sched_t, splits = plan_splitkv(lens, max(sms * per_sm // programs, 1))

@@ -163,7 +163,8 @@ def _choose_dense_decode(device, dtype, dims, backend, kv_fp8=False, aligned16=T
             served = ("the e4m3-product kernel: scores on the e4m3 tensor cores as FlashMLA's FP8 kernel (their "
                       "sums keep fewer bits than fp32: the LSE was off by up to 6.8e-5 on FlashMLA's test inputs; "
                       "OPENMLA_FP8_SCORES=exact for 16-bit products), each output warpgroup decoding its value "
-                      "half to fp16")
+                      "half to fp16; up to 32 query rows per KV head its value products transposed (the rows on "
+                      "wgmma's N side, 16 or 32, not the 64-row tile)")
         else:
             served = "the warp-specialized kernel decoding the codes to 16 bits in its loader"
         return Choice(op, "gluon", f"Hopper (Gluon, wgmma): (576, 512) dims: {served}, at every head count (rows "

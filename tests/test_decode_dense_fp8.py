@@ -532,12 +532,15 @@ def test_trace_buffer_is_checked_before_the_launch(monkeypatch):
 
 
 @pytest.mark.skipif(not openmla._runtime.gluon_available(), reason="Triton's Gluon dialect does not import here")
-@pytest.mark.parametrize("h_q,s_q,page,layout", [(128, 1, 64, None), (16, 2, 61, None), (64, 4, 1, "rows")])
-def test_hopper_e4m3_q_takes_the_e4m3_product_kernel(h_q, s_q, page, layout, monkeypatch, generator):
+@pytest.mark.parametrize("h_q,s_q,page,layout,rows_n", [(128, 1, 64, None, 0), (16, 2, 61, None, 32),
+                                                         (64, 4, 1, "rows", 0), (16, 1, 64, None, 16),
+                                                         (8, 3, 64, None, 32), (48, 1, 64, None, 0)])
+def test_hopper_e4m3_q_takes_the_e4m3_product_kernel(h_q, s_q, page, layout, rows_n, monkeypatch, generator):
     """On Hopper an e4m3 q over a per-tensor FP8 cache of (576, 512) dims goes to the e4m3-product kernel by
     default (any page size and head count; ``layout`` other than "ws" does not change it): q and the cache as
     e4m3 tensors on the same memory, the descales as device pointers after the split-KV arguments, bf16 output,
-    the combine kernel merging splits. Launches recorded, not run."""
+    the combine kernel merging splits; calls of at most 32 rows take the transposed output products with N = 16
+    or 32 (``ROWS_N``), others the padded ones (0). Launches recorded, not run."""
     from openmla.ops.gluon import decode_dense_fp8_sm90, decode_dense_sm90
     from openmla.ops.schedule import plan_splitkv_torch
 
@@ -558,12 +561,23 @@ def test_hopper_e4m3_q_takes_the_e4m3_product_kernel(h_q, s_q, page, layout, mon
     # ..., descale_k, descale_q, trace (the trace build's buffer: none)
     assert args[-3] is inputs["descale_k"] and args[-2] is inputs["descale_q"] and args[-1] is None
     assert kwargs["CAUSAL"] == (s_q > 1)
+    assert kwargs["ROWS_N"] == rows_n
     # the exact path on request, and a typo is an error, not a silent default
     monkeypatch.setenv("OPENMLA_FP8_SCORES", "bf16")
     with pytest.raises(openmla.InvalidArgumentError, match="OPENMLA_FP8_SCORES='bf16'.*'exact'"):
         decode_dense_sm90.dense_decode_sm90_fwd(q, k, inputs["block_table"], inputs["cache_seqlens"], 512, sched,
                                                 splits, 576**-0.5, True, descale_q=inputs["descale_q"],
                                                 descale_k=inputs["descale_k"])
+
+
+def test_e4m3_product_transposed_rows():
+    """N of the transposed output products: the fewest of 16 and 32 that hold the rows, 0 (the padded 64-row
+    form) past 32 rows or past the cap given (0 turns the form off)."""
+    from openmla.ops.gluon.decode_dense_fp8_sm90 import transposed_rows
+
+    assert [transposed_rows(r, 32) for r in (1, 8, 16, 17, 32, 33, 64, 128)] == [16, 16, 16, 32, 32, 0, 0, 0]
+    assert [transposed_rows(r, 16) for r in (16, 17)] == [16, 0]
+    assert transposed_rows(8, 0) == 0 and transposed_rows(40, 64) == 0
 
 
 def test_e4m3_product_kernel_refuses_what_it_cannot_read():
@@ -621,12 +635,19 @@ def test_fp8_misaligned_tensors_run_correctly(which, how, q_dtype, h_q, s_q, mon
     (5, 2, 1000, 16, 1, 1, None),  # 32 rows in the 64-row tile; pages of one key
     (3, 1, 2100, 64, 8, 128, None),  # eight KV heads
     (6, 3, 520, 32, 1, 64, 7),  # three query tokens, causal across them
+    (7, 1, 2000, 16, 1, 64, None),  # 16 rows: transposed products with N = 16
+    (4, 1, 900, 32, 1, 5, 11),  # 32 rows: N = 32; pages of five keys
+    (3, 1, 600, 24, 2, 64, None),  # 12 rows a KV head in N = 16, two KV heads
 ])
 @pytest.mark.parametrize("p_bufs", [1, 2], ids=["one-p-buffer", "two-p-buffers"])
-def test_e4m3_product_kernel(b, s_q, s_k, h_q, h_kv, page, parts, p_bufs, generator):
-    """The e4m3-product kernel (e4m3 q and cache) called directly, with one and two P buffers, on shapes the API
-    sends it, against the reference (NaN past every length, poisoned outputs), the LSE with its own tolerance
-    (tests/helpers.py)."""
+@pytest.mark.parametrize("transposed_max_rows, pv_registers", [(None, None), (0, None), (None, True)],
+                         ids=["default", "padded-only", "value-registers"])
+def test_e4m3_product_kernel(b, s_q, s_k, h_q, h_kv, page, parts, p_bufs, transposed_max_rows, pv_registers,
+                             generator):
+    """The e4m3-product kernel (e4m3 q and cache) called directly, with one and two P buffers, with the transposed
+    output products where the rows allow them (the default; also with the value codes taken into registers) and
+    with the padded ones only, on shapes the API sends it, against the reference (NaN past every length, poisoned
+    outputs), the LSE with its own tolerance (tests/helpers.py)."""
     from openmla.ops.gluon.decode_dense_fp8_sm90 import dense_decode_fp8_sm90_fwd
     from openmla.ops.schedule import plan_splitkv
 
@@ -637,7 +658,8 @@ def test_e4m3_product_kernel(b, s_q, s_k, h_q, h_kv, page, parts, p_bufs, genera
     poison_cuda_cache(1 << 28)
     out, lse = dense_decode_fp8_sm90_fwd(inputs["q"], inputs["k_cache"], inputs["block_table"],
                                          inputs["cache_seqlens"], 512, sched, splits, 576**-0.5, True,
-                                         descale_q=inputs["descale_q"], descale_k=inputs["descale_k"], p_bufs=p_bufs)
+                                         descale_q=inputs["descale_q"], descale_k=inputs["descale_k"], p_bufs=p_bufs,
+                                         transposed_max_rows=transposed_max_rows, pv_registers=pv_registers)
     torch.cuda.synchronize()
     ref_out, ref_lse = fp32_reference(inputs)
     check_close("out", out, ref_out, TOL_OUT)
