@@ -189,7 +189,7 @@ def main(argv=None) -> None:
         calls[f"dense_b128_sk8192_h128{suffix}"] = ws_call(*shapes[shape], form)
     # dense FP8 with an e4m3 q: the e4m3-product kernel (its event 7: E4M3_PRODUCT_INTERVALS); at 16 and 32 heads
     # (one row tile) with the transposed output products (N = 16 or 32, two P buffers: the default there), those with
-    # one P buffer, the padded 64-row ones, and the transposed ones with the value codes in registers
+    # one P buffer, and the padded 64-row ones
     def e4m3_call(inp, plan, **form):
         fp8 = quantize_dense_fp8(inp, fp8_q=True)
         return lambda trace=None: dense_decode_fp8_sm90_fwd(
@@ -203,7 +203,6 @@ def main(argv=None) -> None:
         calls[f"dense_fp8_e4m3_b128_sk8192_h{h_q}"] = e4m3_call(inp, plan)
         calls[f"dense_fp8_e4m3_b128_sk8192_h{h_q}_one_p"] = e4m3_call(inp, plan, p_bufs=1)
         calls[f"dense_fp8_e4m3_b128_sk8192_h{h_q}_padded"] = e4m3_call(inp, plan, transposed_max_rows=0)
-        calls[f"dense_fp8_e4m3_b128_sk8192_h{h_q}_value_registers"] = e4m3_call(inp, plan, pv_registers=True)
     if args.only:
         unknown = set(args.only.split(",")) - set(calls)
         if unknown:

@@ -49,9 +49,8 @@ def main(argv=None) -> None:
                          "entries with the tile or a tile ahead (list_ahead), alternated twice")
     ap.add_argument("--e4m3-transposed", action="store_true",
                     help="only the served call, the e4m3-product kernel with the padded 64-row output products only "
-                         "(TRANSPOSED_MAX_ROWS 0), with the transposed ones for up to 32 rows (32) with one and two P "
-                         "buffers (TRANSPOSED_P_BUFS), and those with two and the value codes in registers "
-                         "(PV_REGISTERS), alternated twice")
+                         "(TRANSPOSED_MAX_ROWS 0) and with the transposed ones for up to 32 rows (32) with one and "
+                         "two P buffers (TRANSPOSED_P_BUFS), alternated twice")
     args = ap.parse_args(argv)
     from openmla.ops.gluon import decode_dense_fp8_sm90 as e4m3_products
     from openmla.ops.gluon import decode_dense_sm90_ws as ws
@@ -112,7 +111,7 @@ def main(argv=None) -> None:
             # (TRANSPOSED_MAX_ROWS, P_BUFS), each with a schedule object of its own: a call's kernel choice is
             # recorded and replayed per schedule object and signature (openmla.replay), and module defaults are not
             # in the signature, so forms sharing one object would all replay the first form's kernel
-            knobs = ("TRANSPOSED_MAX_ROWS", "TRANSPOSED_P_BUFS", "PV_REGISTERS")
+            knobs = ("TRANSPOSED_MAX_ROWS", "TRANSPOSED_P_BUFS")
 
             def with_form(form, form_meta):
                 def call():
@@ -127,10 +126,9 @@ def main(argv=None) -> None:
                         for k, v in zip(knobs, saved):
                             setattr(e4m3_products, k, v)
                 return call
-            forms = [(0, 1, False), (32, 1, False), (32, 2, False), (32, 2, True)]
+            forms = [(0, 1), (32, 1), (32, 2)]
             calls = {f: with_form(f, openmla.get_mla_metadata()[0]) for f in forms}
-            runs = [(f"served transposed<={f[0]} p-bufs={f[1]}" + (" value-registers" if f[2] else ""), None,
-                     calls[f]) for f in forms + forms]
+            runs = [(f"served transposed<={f[0]} p-bufs={f[1]}", None, calls[f]) for f in forms + forms]
         for cfg in [] if args.gluon_list_ahead or args.e4m3_transposed else [dense_decode_config(rows, d, dv, 90)] + tma_candidates(rows, dv):
             programs = h_kv * -(-rows // cfg.block_m) * (dv // cfg.dv_tile)
             per_sm = 2 if cfg.block_m <= 32 and cfg.layout == "rows" and cfg.num_stages <= 3 else 1

@@ -640,14 +640,12 @@ def test_fp8_misaligned_tensors_run_correctly(which, how, q_dtype, h_q, s_q, mon
     (3, 1, 600, 24, 2, 64, None),  # 12 rows a KV head in N = 16, two KV heads
 ])
 @pytest.mark.parametrize("p_bufs", [1, 2], ids=["one-p-buffer", "two-p-buffers"])
-@pytest.mark.parametrize("transposed_max_rows, pv_registers", [(None, None), (0, None), (None, True)],
-                         ids=["default", "padded-only", "value-registers"])
-def test_e4m3_product_kernel(b, s_q, s_k, h_q, h_kv, page, parts, p_bufs, transposed_max_rows, pv_registers,
-                             generator):
+@pytest.mark.parametrize("transposed_max_rows", [None, 0], ids=["default", "padded-only"])
+def test_e4m3_product_kernel(b, s_q, s_k, h_q, h_kv, page, parts, p_bufs, transposed_max_rows, generator):
     """The e4m3-product kernel (e4m3 q and cache) called directly, with one and two P buffers, with the transposed
-    output products where the rows allow them (the default; also with the value codes taken into registers) and
-    with the padded ones only, on shapes the API sends it, against the reference (NaN past every length, poisoned
-    outputs), the LSE with its own tolerance (tests/helpers.py)."""
+    output products where the rows allow them (the default) and with the padded ones only, on shapes the API sends
+    it, against the reference (NaN past every length, poisoned outputs), the LSE with its own tolerance
+    (tests/helpers.py)."""
     from openmla.ops.gluon.decode_dense_fp8_sm90 import dense_decode_fp8_sm90_fwd
     from openmla.ops.schedule import plan_splitkv
 
@@ -659,7 +657,7 @@ def test_e4m3_product_kernel(b, s_q, s_k, h_q, h_kv, page, parts, p_bufs, transp
     out, lse = dense_decode_fp8_sm90_fwd(inputs["q"], inputs["k_cache"], inputs["block_table"],
                                          inputs["cache_seqlens"], 512, sched, splits, 576**-0.5, True,
                                          descale_q=inputs["descale_q"], descale_k=inputs["descale_k"], p_bufs=p_bufs,
-                                         transposed_max_rows=transposed_max_rows, pv_registers=pv_registers)
+                                         transposed_max_rows=transposed_max_rows)
     torch.cuda.synchronize()
     ref_out, ref_lse = fp32_reference(inputs)
     check_close("out", out, ref_out, TOL_OUT)

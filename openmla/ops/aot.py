@@ -395,18 +395,14 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                       LOADER_REGS=fp8.WORKER_REGS[1], P_BUFS=fp8.P_BUFS, TRACE=False,
                       trace_ptr=None)
         # the padded 64-row output products, and the transposed ones with N = 16 and 32 rows
-        # (with value codes in registers and the code stages they free)
-        for rows_n, pv_regs in ((0, False), (16, False), (32, False), (16, True), (32, True)):
+        for rows_n in (0, 16, 32):
             p_bufs = fp8.TRANSPOSED_P_BUFS if rows_n else fp8.P_BUFS
-            stages = fp8.PV_REGISTERS_STAGES + 1 - p_bufs if pv_regs else fp8.STAGES
             out.append(Variant(fp8._dense_decode_fp8_sm90_kernel,
                                dict(ptrs, q_ptr="*fp8e4nv", k_ptr="*fp8e4nv", descale_q_ptr="*fp32",
                                     descale_k_ptr="*fp32"), ("scale_log2",),
-                               dict(consts, ROWS_N=rows_n, PV_REGS=pv_regs, STAGES=stages, P_BUFS=p_bufs),
-                               fp8.NUM_WARPS, 1,
+                               dict(consts, ROWS_N=rows_n, P_BUFS=p_bufs), fp8.NUM_WARPS, 1,
                                "gluon-fp8 e4m3 q e4m3 cache d576 causal e4m3-products"
-                               + (f" transposed rows<={rows_n}" if rows_n else "")
-                               + (" value-registers" if pv_regs else ""), gluon=True, maxnreg=fp8.MAXNREG))
+                               + (f" transposed rows<={rows_n}" if rows_n else ""), gluon=True, maxnreg=fp8.MAXNREG))
     if not causal:  # token-sparse decoding over 16-bit and V3.2 FP8 caches (:mod:`.gluon.decode_sparse_sm90`)
         regs = ws.SOLO_WORKER_REGS
         consts = dict(CAUSAL=False, OVERLAP=False, SOFTMAX_ONLY=True, TMA_K=False, ASYNC_ARRIVE=True,

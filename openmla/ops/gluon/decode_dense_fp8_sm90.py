@@ -72,10 +72,6 @@ TRANSPOSED_MAX_ROWS = 32
 #: multiply by tile j's. Measured on an H200 beside one (b=128 s_k=8k, served calls alternated twice in one process,
 #: docs/perf-notes.md): h_q=16 228.4-230.4 against 242.1-242.6 us, h_q=32 250.3-250.6 against 258.0-277.7.
 TRANSPOSED_P_BUFS = 2
-#: With the transposed products, take ``Vᵀ`` into registers straight from the code stage (:func:`_pv_fragments`)
-#: instead of decoding it into the 16-bit value halves, whose 64 KB then hold two more code stages. Read at each call.
-PV_REGISTERS = False
-PV_REGISTERS_STAGES = 5  # 36 KB code stages: Q codes 36 KB + 5 stages + P 8 KB = 224 KB (one fewer with two P)
 
 if gluon_available():
     from triton.experimental import gluon
@@ -263,17 +259,10 @@ if gluon_available():
                     k_lo, v_half, p_smem, a_smem, bars,
                     COL0: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr,
                     STAGES: gl.constexpr, PARTITION_WARPS: gl.constexpr, P_BUFS: gl.constexpr, ROWS_N: gl.constexpr,
-                    trace_ptr, TRACE: gl.constexpr, PV_REGS: gl.constexpr):
-        """Output partition: the transposed products for at most ``ROWS_N`` rows (:func:`_fp8_output_t`; with
-        ``PV_REGS`` from value codes in registers, :func:`_fp8_output_fragments`), the padded 64-row ones otherwise
-        (:func:`_fp8_output_padded`)."""
-        if PV_REGS:
-            gl.static_assert(ROWS_N > 0, "value codes in registers only with the transposed products")
-            _fp8_output_fragments(out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_ob, stride_os,
-                                  stride_oh, s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, k_lo,
-                                  p_smem, a_smem, bars, COL0, BLOCK_N, D_V, STAGES, PARTITION_WARPS, P_BUFS, ROWS_N,
-                                  trace_ptr, TRACE)
-        elif ROWS_N > 0:
+                    trace_ptr, TRACE: gl.constexpr):
+        """Output partition: the transposed products for at most ``ROWS_N`` rows (:func:`_fp8_output_t`), the
+        padded 64-row ones otherwise (:func:`_fp8_output_padded`)."""
+        if ROWS_N > 0:
             _fp8_output_t(out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_ob, stride_os, stride_oh,
                           s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, k_lo, v_half, p_smem, a_smem,
                           bars, COL0, BLOCK_M, BLOCK_N, D_V, STAGES, PARTITION_WARPS, P_BUFS, ROWS_N, trace_ptr,
@@ -333,111 +322,6 @@ if gluon_available():
             pr += 1
             _store_quarters(acc_a, acc_b, inv_l, offs_r, offs_v, out_ptr, o_acc_ptr, req64, kv_head, group, rows,
                             s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
-
-    @gluon.jit
-    def _value_fragment(codes_s, COL: gl.constexpr, ROWS_N: gl.constexpr, PARTITION_WARPS: gl.constexpr):
-        """Value columns ``COL .. COL+64`` of a code stage ([64 keys, D_V] e4m3) as ``Vᵀ``, the A operand of an
-        m64nROWS_N wgmma (fp16 registers, [64, 64]), its rows in the order :func:`_fragment_dims` gives.
-
-        wgmma's A fragment gives a thread rows ``m`` and ``m + 8`` of its warp's 16 for each pair of keys; read as
-        they lie (keys are rows of the stage, 512 bytes apart) they would be single-byte loads. So the 64 rows of
-        the product are the stage's columns in another order: row ``m`` is column ``COL + π(m)``, with π moving
-        ``m``'s bit 3 to bit 0 and its bits 0-2 up by one, which puts a thread's two rows in adjacent bytes (one
-        two-byte load a key). The load lays the codes out as the fragment with its rows relabelled (``AP``); the
-        reshapes undo the relabelling, a no-op in registers (``assert_trivial``)."""
-        gl.static_assert(PARTITION_WARPS == 4, "the fragment layout is a warpgroup's")
-        ACC: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                      instr_shape=[16, ROWS_N, 16])
-        A: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=ACC, k_width=2)
-        AP: gl.constexpr = gl.DistributedLinearLayout(
-            reg_bases=[[0, 1], [1, 0], [0, 8], [0, 16], [0, 32]],
-            lane_bases=[[0, 2], [0, 4], [2, 0], [4, 0], [8, 0]],
-            warp_bases=[[16, 0], [32, 0]], block_bases=[], shape=[64, 64])
-        v = codes_s.slice(COL, 64, dim=1).permute((1, 0)).load(AP)
-        v = gl.convert_layout(v.reshape([4, 8, 2, 64]).permute((0, 2, 1, 3)).reshape([64, 64]), A,
-                              assert_trivial=True)
-        return v.to(gl.float16)
-
-    @gluon.jit
-    def _fragment_dims(COL: gl.constexpr, ROWS: gl.constexpr):
-        """The stage columns of the 64 rows of :func:`_value_fragment`'s product (``ROWS``: a [64] layout):
-        row ``m`` is column ``COL + 16 (m // 16) + 2 (m % 8) + (m % 16) // 8``."""
-        m = gl.arange(0, 64, layout=ROWS)
-        return COL + 16 * (m // 16) + 2 * (m % 8) + (m % 16) // 8
-
-    @gluon.jit
-    def _pv_fragments(codes_s, p_t, alpha, acc0, acc1, acc2, acc3, COL0: gl.constexpr, ROWS_N: gl.constexpr,
-                      PARTITION_WARPS: gl.constexpr):
-        """Rescale a value half's four ``Oᵀ`` accumulators ([64 value columns, ROWS_N query rows], fp32) by
-        ``alpha`` (per query row: a column here) and run ``Oᵀ += Vᵀ Pᵀ`` on each, ``Vᵀ`` from the code stage in
-        registers (:func:`_value_fragment`), ``p_t`` the published P's first rows read as the K-major B operand.
-        With N = 16 or 32 the accumulators take 8 or 16 registers each, so all four fragments are in flight;
-        returns once the products have retired."""
-        acc0 = acc0 * alpha[None, :]
-        acc1 = acc1 * alpha[None, :]
-        acc2 = acc2 * alpha[None, :]
-        acc3 = acc3 * alpha[None, :]
-        acc0 = warpgroup_mma(_value_fragment(codes_s, COL0, ROWS_N, PARTITION_WARPS), p_t, acc0, is_async=True)
-        acc1 = warpgroup_mma(_value_fragment(codes_s, COL0 + 64, ROWS_N, PARTITION_WARPS), p_t, acc1, is_async=True)
-        acc2 = warpgroup_mma(_value_fragment(codes_s, COL0 + 128, ROWS_N, PARTITION_WARPS), p_t, acc2, is_async=True)
-        acc3 = warpgroup_mma(_value_fragment(codes_s, COL0 + 192, ROWS_N, PARTITION_WARPS), p_t, acc3, is_async=True)
-        acc0, acc1, acc2, acc3 = warpgroup_mma_wait(num_outstanding=0, deps=(acc0, acc1, acc2, acc3))
-        return acc0, acc1, acc2, acc3
-
-    @gluon.jit
-    def _fp8_output_fragments(out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
-                              stride_ob, stride_os, stride_oh, s_q, h_q, group, rows, row_tiles,
-                              page_block_size, max_blocks, k_lo, p_smem, a_smem, bars,
-                              COL0: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, STAGES: gl.constexpr,
-                              PARTITION_WARPS: gl.constexpr, P_BUFS: gl.constexpr, ROWS_N: gl.constexpr, trace_ptr,
-                              TRACE: gl.constexpr):
-        """:func:`_fp8_output_t` with ``Vᵀ`` in registers (``PV_REGS``): nothing is decoded into shared memory;
-        once P is published, ``Oᵀ += Vᵀ Pᵀ`` on four 64-column tiles of this warpgroup's value half
-        (:func:`_pv_fragments`), and the code stage is handed back after them."""
-        q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
-        ACC_T: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
-                                                        instr_shape=[16, ROWS_N, 16])
-        ROW_T: gl.constexpr = gl.SliceLayout(0, ACC_T)
-        kv_head = gl.program_id(0) // row_tiles  # one row tile: rows <= ROWS_N
-        begin_req, begin_tok, end_req, end_tok, begin_split = _piece_bounds(sched_ptr, gl.program_id(1))
-        offs_r = gl.arange(0, ROWS_N, layout=ROW_T)
-        kb = 0
-        pr = 0
-        for req in range(begin_req, end_req + 1):
-            req64 = req.to(gl.int64)
-            s_k, tok_lo, tok_hi, split_lo, n_split, split_idx = _request_span(
-                req, begin_req, begin_tok, end_req, end_tok, begin_split, seqlens_ptr, num_splits_ptr, max_blocks,
-                page_block_size)
-            acc0 = gl.zeros([64, ROWS_N], gl.float32, layout=ACC_T)
-            acc1 = gl.zeros([64, ROWS_N], gl.float32, layout=ACC_T)
-            acc2 = gl.zeros([64, ROWS_N], gl.float32, layout=ACC_T)
-            acc3 = gl.zeros([64, ROWS_N], gl.float32, layout=ACC_T)
-            for it in range(0, _tiles_of(tok_lo, tok_hi, BLOCK_N)):
-                stage = kb % STAGES
-                mbarrier.wait(k_ready.index(stage), (kb // STAGES) & 1)  # cp.async data, read by ld.shared
-                _stamp(trace_ptr, kb, 7, TRACE, PARTITION_WARPS)
-                pb = pr % P_BUFS
-                _acquire(p_ready.index(pb), (pr // P_BUFS) & 1, False)
-                _stamp(trace_ptr, kb, 5, TRACE, PARTITION_WARPS)
-                p_t = p_smem.index(pb).slice(0, ROWS_N, dim=0).permute((1, 0))  # [keys, rows]
-                acc0, acc1, acc2, acc3 = _pv_fragments(k_lo.index(stage), p_t,
-                                                       a_smem.index(pb).slice(0, ROWS_N).load(ROW_T),
-                                                       acc0, acc1, acc2, acc3, COL0, ROWS_N, PARTITION_WARPS)
-                gl.thread_barrier()  # every warp is done with P and the stage's codes
-                mbarrier.arrive(p_free.index(pb), count=1)
-                mbarrier.arrive(k_free.index(stage), count=1)
-                _stamp(trace_ptr, kb, 6, TRACE, PARTITION_WARPS)
-                kb += 1
-                pr += 1
-            pb = pr % P_BUFS
-            inv_l = _final_factor(p_ready.index(pb), p_free.index(pb), a_smem.index(pb).slice(0, ROWS_N),
-                                  (pr // P_BUFS) & 1, ROW_T)
-            pr += 1
-            accs = (acc0, acc1, acc2, acc3)
-            for i in gl.static_range(4):
-                _store_columns_t(accs[i] * inv_l[None, :], _fragment_dims(COL0 + 64 * i, gl.SliceLayout(1, ACC_T)),
-                                 offs_r, out_ptr, o_acc_ptr, req64, kv_head, group, rows, s_q, h_q, n_split, split_lo,
-                                 split_idx, stride_ob, stride_os, stride_oh, D_V)
 
     @gluon.jit
     def _store_columns_t(o_t, offs_d, offs_r, out_ptr, o_acc_ptr, req64, kv_head, group, rows, s_q, h_q, n_split,
@@ -525,7 +409,7 @@ if gluon_available():
         CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
         STAGES: gl.constexpr, SOFTMAX_WARPS: gl.constexpr, OUTPUT_WARPS: gl.constexpr, LOADER_WARPS: gl.constexpr,
         OUTPUT_REGS: gl.constexpr, LOADER_REGS: gl.constexpr, P_BUFS: gl.constexpr, TRACE: gl.constexpr,
-        ROWS_N: gl.constexpr = 0, PV_REGS: gl.constexpr = False,
+        ROWS_N: gl.constexpr = 0,
     ):
         gl.static_assert(D_V == 512 and D_PE == 64, "the e4m3-product kernel reads (576, 512) dims")
         HALF: gl.constexpr = D_V // 2
@@ -536,12 +420,8 @@ if gluon_available():
         q_pe = gl.allocate_shared_memory(gl.float8e4nv, [BLOCK_M, D_PE], CODES)
         k_lo = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, BLOCK_N, D_V], CODES)
         k_pe = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, BLOCK_N, D_PE], CODES)
-        if PV_REGS:  # no decoded values: the output warpgroups take the codes into registers
-            v_lo = k_lo
-            v_hi = k_lo
-        else:
-            v_lo = gl.allocate_shared_memory(gl.float16, [BLOCK_N, HALF], VALUES)
-            v_hi = gl.allocate_shared_memory(gl.float16, [BLOCK_N, HALF], VALUES)
+        v_lo = gl.allocate_shared_memory(gl.float16, [BLOCK_N, HALF], VALUES)
+        v_hi = gl.allocate_shared_memory(gl.float16, [BLOCK_N, HALF], VALUES)
         p_smem = gl.allocate_shared_memory(gl.float16, [P_BUFS, BLOCK_M, BLOCK_N], VALUES)
         a_smem = gl.allocate_shared_memory(gl.float32, [P_BUFS, BLOCK_M], ROWS_SMEM)
 
@@ -570,11 +450,11 @@ if gluon_available():
             (_fp8_output, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_ob, stride_os, stride_oh,
                            s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
                            k_lo, v_lo, p_smem, a_smem, bars, 0, BLOCK_M, BLOCK_N, D_V, STAGES, OUTPUT_WARPS, P_BUFS,
-                           ROWS_N, trace_ptr, TRACE, PV_REGS)),
+                           ROWS_N, trace_ptr, TRACE)),
             (_fp8_output, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_ob, stride_os, stride_oh,
                            s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
                            k_lo, v_hi, p_smem, a_smem, bars, HALF, BLOCK_M, BLOCK_N, D_V, STAGES, OUTPUT_WARPS,
-                           P_BUFS, ROWS_N, trace_ptr, False, PV_REGS)),
+                           P_BUFS, ROWS_N, trace_ptr, False)),
             (_fp8_loader, (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                            stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
@@ -613,7 +493,6 @@ def dense_decode_fp8_sm90_fwd(
     p_bufs: int | None = None,
     trace: torch.Tensor | None = None,
     transposed_max_rows: int | None = None,
-    pv_registers: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd` for an e4m3 q over a per-tensor FP8
     cache, on Hopper.
@@ -623,9 +502,7 @@ def dense_decode_fp8_sm90_fwd(
     device. Returns ``out`` [b, s_q, h_q, 512] bf16 and ``lse`` [b, h_q, s_q] fp32 (``+inf`` for a row that saw
     no key). Split partials are merged by the combine kernel (a second launch). ``p_bufs``: P buffers
     (``None``: :data:`TRANSPOSED_P_BUFS` with the transposed products, :data:`P_BUFS` without, read at each call); ``transposed_max_rows``: the most rows a KV head that take the
-    transposed output products (``None``: :data:`TRANSPOSED_MAX_ROWS`, read at each call; 0: never);
-    ``pv_registers``: with those, ``Vᵀ`` from the codes in registers (``None``: :data:`PV_REGISTERS`, read at each
-    call; :data:`PV_REGISTERS_STAGES` code stages); ``trace``: the trace build, a diagnostic (the warp-specialized kernel's buffer,
+    transposed output products (``None``: :data:`TRANSPOSED_MAX_ROWS`, read at each call; 0: never); ``trace``: the trace build, a diagnostic (the warp-specialized kernel's buffer,
     :func:`~openmla.ops.gluon.decode_dense_sm90_ws.trace_buffer`; events in ``benchmarks/trace_ws.py``).
     """
     if not serves(q, k_cache, head_dim_v, descale_q, descale_k):
@@ -649,15 +526,13 @@ def dense_decode_fp8_sm90_fwd(
     out = torch.empty(b, s_q, h_q, head_dim_v, dtype=torch.bfloat16, device=q.device)
     k_cache = k_cache.view(torch.float8_e4m3fn)
     p_bufs = (TRANSPOSED_P_BUFS if rows_n else P_BUFS) if p_bufs is None else int(p_bufs)
-    pv_regs = rows_n > 0 and (PV_REGISTERS if pv_registers is None else bool(pv_registers))
-    stages = PV_REGISTERS_STAGES + 1 - p_bufs if pv_regs else STAGES
     launch(_dense_decode_fp8_sm90_kernel, (row_tiles * h_kv, num_parts),
         *splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
                       out, lse, workspace, row_tiles, softmax_scale), descale_k, descale_q, trace,
-        CAUSAL=bool(causal and s_q > 1), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, D_V=D_V, D_PE=D_QK - D_V, STAGES=stages,
+        CAUSAL=bool(causal and s_q > 1), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, D_V=D_V, D_PE=D_QK - D_V, STAGES=STAGES,
         SOFTMAX_WARPS=NUM_WARPS, OUTPUT_WARPS=WORKER_WARPS[0], LOADER_WARPS=WORKER_WARPS[1],
         OUTPUT_REGS=WORKER_REGS[0], LOADER_REGS=WORKER_REGS[1], P_BUFS=p_bufs, TRACE=trace is not None,
-        ROWS_N=rows_n, PV_REGS=pv_regs,
+        ROWS_N=rows_n,
         num_warps=NUM_WARPS, maxnreg=MAXNREG,
     )
     combine_splits(out, lse, workspace[0], workspace[1], num_splits)
