@@ -97,37 +97,31 @@ def main(argv=None) -> None:
             q_codes, k_codes, block_table, lens, dv, meta, None, softmax_scale=scale, causal=True,
             is_fp8_kvcache=True, descale_q=descale_q, descale_k=descale_k)
         runs = [("served", None, served)]
-        if args.gluon_list_ahead:  # the module default is read at each call: the served path with either loader
-            def with_list_ahead(ahead):
-                def call():
-                    saved, ws.LIST_AHEAD = ws.LIST_AHEAD, ahead
-                    try:
-                        return served()
-                    finally:
-                        ws.LIST_AHEAD = saved
-                return call
-            runs = [(f"served list-ahead={a}", None, with_list_ahead(a)) for a in (False, True, False, True)]
-        if args.e4m3_transposed:
-            # (TRANSPOSED_MAX_ROWS, P_BUFS), each with a schedule object of its own: a call's kernel choice is
-            # recorded and replayed per schedule object and signature (openmla.replay), and module defaults are not
-            # in the signature, so forms sharing one object would all replay the first form's kernel
-            knobs = ("TRANSPOSED_MAX_ROWS", "TRANSPOSED_P_BUFS")
+        # A/Bs of module defaults, each form with a schedule object of its own: a call's kernel choice is recorded
+        # and replayed per schedule object and signature (openmla.replay), and module defaults are not in the
+        # signature, so forms sharing one object would all replay the first form's kernel
+        def with_form(module, knobs, form):
+            form_meta = openmla.get_mla_metadata()[0]
 
-            def with_form(form, form_meta):
-                def call():
-                    saved = [getattr(e4m3_products, k) for k in knobs]
-                    for k, v in zip(knobs, form):
-                        setattr(e4m3_products, k, v)
-                    try:
-                        return openmla.flash_mla_with_kvcache(
-                            q_codes, k_codes, block_table, lens, dv, form_meta, None, softmax_scale=scale,
-                            causal=True, is_fp8_kvcache=True, descale_q=descale_q, descale_k=descale_k)
-                    finally:
-                        for k, v in zip(knobs, saved):
-                            setattr(e4m3_products, k, v)
-                return call
+            def call():
+                saved = [getattr(module, k) for k in knobs]
+                for k, v in zip(knobs, form):
+                    setattr(module, k, v)
+                try:
+                    return openmla.flash_mla_with_kvcache(
+                        q_codes, k_codes, block_table, lens, dv, form_meta, None, softmax_scale=scale, causal=True,
+                        is_fp8_kvcache=True, descale_q=descale_q, descale_k=descale_k)
+                finally:
+                    for k, v in zip(knobs, saved):
+                        setattr(module, k, v)
+            return call
+
+        if args.gluon_list_ahead:
+            calls = {a: with_form(ws, ("LIST_AHEAD",), (a,)) for a in (False, True)}
+            runs = [(f"served list-ahead={a}", None, calls[a]) for a in (False, True, False, True)]
+        if args.e4m3_transposed:
             forms = [(0, 1), (32, 1), (32, 2)]
-            calls = {f: with_form(f, openmla.get_mla_metadata()[0]) for f in forms}
+            calls = {f: with_form(e4m3_products, ("TRANSPOSED_MAX_ROWS", "TRANSPOSED_P_BUFS"), f) for f in forms}
             runs = [(f"served transposed<={f[0]} p-bufs={f[1]}", None, calls[f]) for f in forms + forms]
         for cfg in [] if args.gluon_list_ahead or args.e4m3_transposed else [dense_decode_config(rows, d, dv, 90)] + tma_candidates(rows, dv):
             programs = h_kv * -(-rows // cfg.block_m) * (dv // cfg.dv_tile)
