@@ -98,6 +98,7 @@ if gluon_available():
         _softmax_request,
         _softmax_rows,
         _stamp,
+        _store_columns,
         _store_lse,
         _store_quarters,
         _tiles_of,
@@ -324,23 +325,6 @@ if gluon_available():
                             s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
 
     @gluon.jit
-    def _store_columns_t(o_t, offs_d, offs_r, out_ptr, o_acc_ptr, req64, kv_head, group, rows, s_q, h_q, n_split,
-                         split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V: gl.constexpr):
-        """Store a transposed, normalised output half (fp32 ``o_t`` [dims, rows]: output dims ``offs_d`` of query
-        rows ``offs_r``): to ``out`` in its dtype when the request is not split, else to this split's ``o_accum``
-        slot. Rows past ``rows`` (the padding up to N) are not stored."""
-        mask_r = offs_r < rows
-        t_o = offs_r // group
-        head_o = kv_head * group + offs_r % group
-        if n_split <= 1:
-            o_ptrs = out_ptr + req64 * stride_ob + t_o * stride_os + head_o * stride_oh
-            gl.store(o_ptrs[None, :] + offs_d[:, None], o_t.to(out_ptr.dtype.element_ty), mask=mask_r[None, :])
-        else:
-            slot = (split_lo + split_idx).to(gl.int64)
-            acc_row = (slot * s_q + t_o) * h_q + head_o  # o_accum is [slots, s_q, h_q, D_V]
-            gl.store(o_acc_ptr + acc_row[None, :] * D_V + offs_d[:, None], o_t, mask=mask_r[None, :])
-
-    @gluon.jit
     def _fp8_output_t(out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                       stride_ob, stride_os, stride_oh,
                       s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
@@ -361,8 +345,6 @@ if gluon_available():
         ROW_T: gl.constexpr = gl.SliceLayout(0, OT_LAYOUT)  # the query rows, along N
         kv_head = gl.program_id(0) // row_tiles  # one row tile: rows <= ROWS_N
         begin_req, begin_tok, end_req, end_tok, begin_split = _piece_bounds(sched_ptr, gl.program_id(1))
-        offs_r = gl.arange(0, ROWS_N, layout=ROW_T)
-        offs_d = COL0 + gl.arange(0, HALF, layout=gl.SliceLayout(1, OT_LAYOUT))
         kb = 0
         pr = 0
         for req in range(begin_req, end_req + 1):
@@ -392,8 +374,12 @@ if gluon_available():
             inv_l = _final_factor(p_ready.index(pb), p_free.index(pb), a_smem.index(pb).slice(0, ROWS_N),
                                   (pr // P_BUFS) & 1, ROW_T)
             pr += 1
-            _store_columns_t(acc * inv_l[None, :], offs_d, offs_r, out_ptr, o_acc_ptr, req64, kv_head, group, rows,
-                             s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
+            # stored through the padded form's store: the transpose relabels registers, it moves nothing
+            o = gl.permute(acc * inv_l[None, :], (1, 0))
+            _store_columns(o, gl.arange(0, ROWS_N, layout=gl.SliceLayout(1, o.type.layout)),
+                           COL0 + gl.arange(0, HALF, layout=gl.SliceLayout(0, o.type.layout)), out_ptr, o_acc_ptr,
+                           req64, kv_head, group, rows, s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os,
+                           stride_oh, D_V)
 
     @gluon.jit
     def _dense_decode_fp8_sm90_kernel(
