@@ -123,7 +123,8 @@ def main(argv=None) -> None:
             forms = [(0, 1), (32, 1), (32, 2)]
             calls = {f: with_form(e4m3_products, ("TRANSPOSED_MAX_ROWS", "TRANSPOSED_P_BUFS"), f) for f in forms}
             runs = [(f"served transposed<={f[0]} p-bufs={f[1]}", None, calls[f]) for f in forms + forms]
-        for cfg in [] if args.gluon_list_ahead or args.e4m3_transposed else [dense_decode_config(rows, d, dv, 90)] + tma_candidates(rows, dv):
+        served_only = args.gluon_list_ahead or args.e4m3_transposed
+        for cfg in [] if served_only else [dense_decode_config(rows, d, dv, 90)] + tma_candidates(rows, dv):
             programs = h_kv * -(-rows // cfg.block_m) * (dv // cfg.dv_tile)
             per_sm = 2 if cfg.block_m <= 32 and cfg.layout == "rows" and cfg.num_stages <= 3 else 1
             sched_t, splits = plan_splitkv(lens, max(sms * per_sm // programs, 1))

@@ -33,8 +33,8 @@ Roles (``gl.warp_specialize``, four warpgroups, 512 threads):
   request's length are not read (zero-filled; NaN may lie there).
 
 Shared memory: Q codes 36 KB, three code stages 108 KB, two fp16 value halves 64 KB, ``P`` 8 KB (16 KB with two
-buffers): 216.3 (224.3) KB of the 227 KB. Scores scale ``descale_q * descale_k * softmax_scale`` (read on the device, so CUDA graphs replay
-new descales). Split-KV plan, causal rule, masking and outputs are those of :mod:`openmla.ops.decode_dense`;
+buffers): 216.3 (224.3) KB of the 227 KB. Scores scale ``descale_q * descale_k * softmax_scale`` (read on the
+device, so CUDA graphs replay new descales). Split-KV plan, causal rule, masking and outputs are those of :mod:`openmla.ops.decode_dense`;
 split partials are merged by the combine kernel.
 """
 
@@ -282,8 +282,8 @@ if gluon_available():
                            COL0: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr,
                            STAGES: gl.constexpr, PARTITION_WARPS: gl.constexpr, P_BUFS: gl.constexpr, trace_ptr,
                            TRACE: gl.constexpr):
-        """Output partition over the 64-row tile: per tile, decode this half's value codes into ``v_half`` (while the softmax
-        warpgroup computes the tile's scores), hand the stage back, then ``O[:, COL0 ..] += P V`` as two N=128
+        """Output partition over the 64-row tile: per tile, decode this half's value codes into ``v_half`` (while
+        the softmax warpgroup computes the tile's scores), hand the stage back, then ``O[:, COL0 ..] += P V`` as two N=128
         products (the launch cap of 128 registers a thread fits no N=256 product), rescaled by the published
         factor; the last round's factor is ``1/l`` and this half is stored."""
         q_ready, q_free, k_ready, k_free, p_ready, p_free = bars
@@ -487,9 +487,11 @@ def dense_decode_fp8_sm90_fwd(
     float8_e4m3fn (or its uint8 view; ``k / descale_k``), any page size; descale_q, descale_k: fp32 [1] on q's
     device. Returns ``out`` [b, s_q, h_q, 512] bf16 and ``lse`` [b, h_q, s_q] fp32 (``+inf`` for a row that saw
     no key). Split partials are merged by the combine kernel (a second launch). ``p_bufs``: P buffers
-    (``None``: :data:`TRANSPOSED_P_BUFS` with the transposed products, :data:`P_BUFS` without, read at each call); ``transposed_max_rows``: the most rows a KV head that take the
-    transposed output products (``None``: :data:`TRANSPOSED_MAX_ROWS`, read at each call; 0: never); ``trace``: the trace build, a diagnostic (the warp-specialized kernel's buffer,
-    :func:`~openmla.ops.gluon.decode_dense_sm90_ws.trace_buffer`; events in ``benchmarks/trace_ws.py``).
+    (``None``: :data:`TRANSPOSED_P_BUFS` with the transposed products, :data:`P_BUFS` without, read at each
+    call); ``transposed_max_rows``: the most rows a KV head that take the transposed output products (``None``:
+    :data:`TRANSPOSED_MAX_ROWS`, read at each call; 0: never); ``trace``: the trace build, a diagnostic (the
+    warp-specialized kernel's buffer, :func:`~openmla.ops.gluon.decode_dense_sm90_ws.trace_buffer`; events in
+    ``benchmarks/trace_ws.py``).
     """
     if not serves(q, k_cache, head_dim_v, descale_q, descale_k):
         raise InvalidArgumentError(
