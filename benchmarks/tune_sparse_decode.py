@@ -65,10 +65,11 @@ def candidates(h_q: int, is_fp8: bool = False, only_reg_prefetch: bool = False):
 
 
 def _time_gluon(cfg, inp, ref, extras, fm_us, card, results, list_ahead=None, output_decode=None,
-                loader_regs=None) -> None:
+                loader_regs=None, small_heads=None) -> None:
     """Time the sm_90 Gluon sparse kernel on ``inp`` with ``extras`` (sink, lengths), checked first;
     ``list_ahead``: its loader reading each tile's list entries a tile ahead, ``output_decode``: the output
-    warpgroups decoding V3.2 records, ``loader_regs``: the loader partition's registers (``None``: the defaults)."""
+    warpgroups decoding V3.2 records, ``loader_regs``: the loader partition's registers, ``small_heads``: the
+    small-head kernel (at most 16 heads) or the warp-specialized one (``None``: the defaults)."""
     import torch
     import triton
 
@@ -78,7 +79,8 @@ def _time_gluon(cfg, inp, ref, extras, fm_us, card, results, list_ahead=None, ou
     def call():
         return sparse_decode_sm90_fwd(inp.q, inp.k_cache, inp.indices, inp.head_dim_v, inp.softmax_scale,
                                       extras.get("topk_length"), is_fp8=inp.is_fp8, attn_sink=extras.get("attn_sink"),
-                                      list_ahead=list_ahead, output_decode=output_decode, loader_regs=loader_regs)
+                                      list_ahead=list_ahead, output_decode=output_decode, loader_regs=loader_regs,
+                                      small_heads=small_heads)
     out, lse = call()
     torch.cuda.synchronize()
     problems = [str(c) for c in check_sparse_decode(out, lse, *ref) if not c.ok]
@@ -86,10 +88,11 @@ def _time_gluon(cfg, inp, ref, extras, fm_us, card, results, list_ahead=None, ou
     results.append(dict(op="sparse_decode", backend="gluon", card=card, config=cfg.name, h_q=cfg.h_q, b=cfg.b,
                         openmla_us=us, flash_mla_us=fm_us, ratio=(fm_us / us) if fm_us else None,
                         check=problems or "ok", sink=bool(extras), list_ahead=list_ahead, output_decode=output_decode,
-                        loader_regs=loader_regs))
+                        loader_regs=loader_regs, small_heads=small_heads))
     form = "" if list_ahead is None else (" list-ahead" if list_ahead else " list-in-step")
     form += "" if output_decode is None else (f" output-decode{output_decode}" if output_decode else " loader-decode")
     form += "" if loader_regs is None else f" loader-regs{loader_regs}"
+    form += "" if small_heads is None else (" small-heads" if small_heads else " warp-specialized")
     print(f"{cfg.name} gluon{' sink' if extras else ''}{form}: {us:8.1f} us (FlashMLA {fm_us or 0:7.1f}) "
           f"{'ok' if not problems else problems}", flush=True)
 
@@ -97,6 +100,8 @@ def _time_gluon(cfg, inp, ref, extras, fm_us, card, results, list_ahead=None, ou
 def _gluon_forms(args) -> list[dict]:
     """The Gluon kernel's forms an A/B option asks for, in their order, as :func:`_time_gluon` keywords (empty
     without one)."""
+    if args.gluon_small_heads:
+        return [dict(small_heads=bool(int(f))) for f in args.gluon_small_heads_order.split(",")]
     if args.gluon_output_decode:
         return [dict(output_decode=int(f)) for f in args.gluon_output_decode_order.split(",")]
     if args.gluon_loader_regs:
@@ -141,6 +146,11 @@ def main(argv=None) -> None:
                          "decoding each tile (output_decode 0, 1), in the order of --gluon-output-decode-order")
     ap.add_argument("--gluon-output-decode-order", default="0,1,1,0",
                     help="with --gluon-output-decode: the output_decode values to time, comma-separated, in order")
+    ap.add_argument("--gluon-small-heads", action="store_true",
+                    help="only the sm_90 Gluon kernels over the V3.2 cache at most 16 heads: the small-head kernel (1) "
+                         "or the warp-specialized one (0), in the order of --gluon-small-heads-order")
+    ap.add_argument("--gluon-small-heads-order", default="1,0,1,0",
+                    help="with --gluon-small-heads: the forms to time, comma-separated, in order")
     ap.add_argument("--gluon-loader-regs", default=None,
                     help="only the sm_90 Gluon kernel with its default decoder, its loader at these registers in "
                          "this order (comma-separated, e.g. 64,56,56,64)")

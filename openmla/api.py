@@ -309,7 +309,7 @@ def _sparse_decode_call(q, k_cache, head_dim_v, tile_scheduler_metadata, num_spl
         _check_sparse_values(topk_length, extra_topk_length, shape.topk, shape.extra_topk)
     choice = choose_sparse_decode(q.device, q.dtype, (shape.d_qk, head_dim_v), shape.fmt, backend,
                                   extras=extra_k_cache is not None,
-                                  aligned16=aligned16(q, k_cache))
+                                  aligned16=aligned16(q, k_cache), h_q=q.shape[2])
     if meta is not None:
         meta.have_initialized = True  # nothing to plan: the split count follows from the shapes
     if choice.backend == "reference":
@@ -659,7 +659,7 @@ def explain(
             fmt = detect_format(q.shape[-1], bytes_per_token_of(k_cache), kwargs.get("kv_format")).name
         extras = kwargs.get("extra_k_cache") is not None
         return choose_sparse_decode(q.device, q.dtype, (q.shape[-1], head_dim_v), fmt, backend, extras=extras,
-                                    aligned16=aligned16(q, k_cache))
+                                    aligned16=aligned16(q, k_cache), h_q=q.shape[2])
     kv_fp8 = _dense_fp8(k_cache, is_fp8_kvcache)
     return choose_dense_decode(q.device, q.dtype, (q.shape[-1], head_dim_v), backend, kv_fp8=kv_fp8,
                                aligned16=aligned16(q, k_cache))

@@ -242,28 +242,32 @@ def choose_sparse_decode(
     backend: str | None = None,
     extras: bool = False,
     aligned16: bool = True,
+    h_q: int | None = None,
 ) -> Choice:
     """Pick the backend for a sparse decode call; raise :class:`UnsupportedError` if a forced one cannot serve.
 
     ``dtype`` is q's; ``cache_format`` ``None`` for a bf16/fp16 cache, else the FP8 layout's name;
     ``extras``: the call has an extra cache (``extra_k_cache``); ``aligned16``: q's and the cache's base addresses
-    and strides are multiples of 16 bytes. On Hopper the Gluon kernel serves bf16/fp16 q over a cache of q's
+    and strides are multiples of 16 bytes; ``h_q``, where known, names the Gluon kernel in the reason (the
+    small-head kernel at most 16 heads over the V3.2 cache with a bf16 q). On Hopper the Gluon kernel serves bf16/fp16 q over a cache of q's
     dtype with (576 or 512, 512) dims, or over an aligned V3.2 FP8 cache, with or without ``attn_sink``, without
     an extra cache; Triton serves bf16/fp16
     q over a cache of q's dtype or the V3.2 FP8 layout; the reference serves the rest (fp32, MODEL1). Cached
     like :func:`choose_dense_decode`.
     """
-    key = (device, dtype, dims, cache_format, backend, extras, aligned16, getenv("OPENMLA_BACKEND"),
+    key = (device, dtype, dims, cache_format, backend, extras, aligned16, h_q, getenv("OPENMLA_BACKEND"),
            getenv("OPENMLA_ARCH"), getenv("TRITON_INTERPRET"))
     choice = _SPARSE_CHOICES.get(key)
     if choice is None:
-        choice = _choose_sparse_decode(torch.device(device), dtype, dims, cache_format, backend, extras, aligned16)
+        choice = _choose_sparse_decode(torch.device(device), dtype, dims, cache_format, backend, extras, aligned16,
+                                       h_q)
         if choice.backend != "reference" or torch.device(device).type != "cuda":
             _SPARSE_CHOICES[key] = choice  # a GPU fallback is not cached: it must warn on every call
     return choice
 
 
-def _choose_sparse_decode(device, dtype, dims, cache_format, backend, extras=False, aligned16=True) -> Choice:
+def _choose_sparse_decode(device, dtype, dims, cache_format, backend, extras=False, aligned16=True,
+                          h_q=None) -> Choice:
     op = "sparse_decode"
     forced = (backend or "auto").lower()
     if forced == "auto":
@@ -295,6 +299,12 @@ def _choose_sparse_decode(device, dtype, dims, cache_format, backend, extras=Fal
         return Choice(op, "triton", "forced (backend='triton' or OPENMLA_BACKEND=triton)")
     if gluon_against is None:
         cache = "a 16-bit cache" if cache_format is None else "the V3.2 FP8 cache, dequantized in shared memory"
+        from .ops.gluon.decode_sparse_sm90 import small_heads_for
+
+        if h_q is not None and small_heads_for(h_q, cache_format is not None, dtype):
+            return Choice(op, "gluon", f"Hopper small-head sparse kernel (Gluon, wgmma; the keys on the 64-row side, "
+                                       f"the {h_q} heads on N, no padded rows, two programs an SM) over {cache} on "
+                                       f"{where}")
         return Choice(op, "gluon", f"Hopper warp-specialized kernel (Gluon, wgmma) over {cache} on {where}")
     if against is None:
         if device.type == "cpu":

@@ -425,6 +425,80 @@ def test_gluon_sparse_launcher_decoder_choice(monkeypatch, generator):
     assert len(launches) == 3
 
 
+def test_gluon_sparse_small_heads_launcher(monkeypatch, generator):
+    """Over the V3.2 cache a bf16 q with at most 16 heads goes to the small-head sparse kernel (one program a piece,
+    two pieces an SM, R = 16, the sink to the kernel and the merge); more heads, an fp16 q, a 16-bit cache, the switch
+    off or any of the warp-specialized kernel's options keep that kernel; forcing the small-head kernel where it
+    cannot serve, or beside those options, is a typed error. Launches recorded on CPU tensors, not run."""
+    from openmla.ops.gluon import decode_dense_sm90_ws as ws
+    from openmla.ops.gluon import decode_sparse_sm90 as gluon_sparse
+    from openmla.ops.gluon import decode_sparse_sm90_small_heads as sparse_small
+
+    small_launches = record_launches(monkeypatch, sparse_small, "_sparse_v32_small_heads_kernel")
+    ws_launches = record_launches(monkeypatch, ws, "_dense_decode_sm90_ws_kernel")
+    merges = []
+    monkeypatch.setattr(gluon_sparse, "combine_splits", lambda *args, **kw: merges.append((args, kw)))
+
+    def call(h_q, fp8=True, dtype=torch.bfloat16, sink=False, **kw):
+        inputs = make_sparse_decode_inputs(2, 2, h_q, 300, 130, 61, 576, 512, dtype, "cpu", fp8=fp8,
+                                           generator=generator, sink=sink)
+        return gluon_sparse.sparse_decode_sm90_fwd(inputs["q"], inputs["k_cache"], inputs["indices"], 512, 0.1,
+                                                   is_fp8=fp8, attn_sink=inputs["attn_sink"], **kw), inputs
+
+    for h_q in (16, 5):
+        (out, lse), inputs = call(h_q, sink=h_q == 5)
+        assert out.shape == (2, 2, h_q, 512) and lse.shape == (2, h_q, 2)
+        grid, args, kwargs = small_launches[-1]
+        assert grid == (1, 2 * 132)  # CPU tensors plan for 132 SMs, two programs each
+        assert kwargs["R"] == 16 and kwargs["HAS_SINK"] == (h_q == 5) and args[-1] is inputs["attn_sink"]
+        assert args[1].dtype == torch.uint8 and args[1].data_ptr() == inputs["k_cache"].data_ptr()
+        assert merges[-1][1]["attn_sink"] is inputs["attn_sink"]  # split rows get the sink in the merge
+    assert len(small_launches) == 2 and not ws_launches
+    call(32)
+    call(16, fp8=False)
+    call(16, output_decode=1)
+    call(16, list_ahead=True)
+    call(16, small_heads=False)
+    monkeypatch.setattr(gluon_sparse, "SMALL_HEADS", False)
+    call(16)
+    assert len(small_launches) == 2 and len(ws_launches) == 6
+    call(16, small_heads=True)  # forced past the switch
+    assert len(small_launches) == 3
+    with pytest.raises(openmla.InvalidArgumentError, match="small_heads=True: .*h_q=32"):
+        call(32, small_heads=True)
+    with pytest.raises(openmla.InvalidArgumentError, match="small_heads=True: .*torch.float16"):
+        call(16, dtype=torch.float16, small_heads=True)
+    with pytest.raises(openmla.InvalidArgumentError, match="small_heads=True with loader_regs"):
+        call(16, small_heads=True, loader_regs=64)
+
+
+def test_sparse_choice_names_the_small_head_kernel(monkeypatch):
+    """The sparse dispatcher's reason names the Hopper kernel that serves the call: the small-head kernel at most 16
+    heads over the V3.2 cache with a bf16 q, the warp-specialized kernel for more heads, an fp16 q or a 16-bit
+    cache, and for every call with the small-head switch off (the GPU is named by OPENMLA_ARCH here)."""
+    from openmla.dispatch import choose_sparse_decode
+    from openmla.ops.gluon import decode_sparse_sm90 as gluon_sparse
+
+    if not openmla._runtime.gluon_available():
+        pytest.skip("Triton's Gluon dialect does not import here")
+    monkeypatch.setenv("OPENMLA_ARCH", "sm_90a")
+    cuda = torch.device("cuda")
+
+    def reason(dtype, fmt, h_q):
+        choice = choose_sparse_decode(cuda, dtype, (576, 512), fmt, h_q=h_q)
+        assert choice.backend == "gluon"
+        return choice.reason
+
+    assert "small-head sparse kernel" in reason(torch.bfloat16, "V32_FP8", 16)
+    assert "8 heads on N" in reason(torch.bfloat16, "V32_FP8", 8)
+    for dtype, fmt, h_q in ((torch.bfloat16, "V32_FP8", 32), (torch.float16, "V32_FP8", 16),
+                            (torch.bfloat16, None, 16), (torch.bfloat16, "V32_FP8", None)):
+        assert "warp-specialized kernel" in reason(dtype, fmt, h_q)
+    monkeypatch.setattr(gluon_sparse, "SMALL_HEADS", False)
+    monkeypatch.setenv("OPENMLA_ARCH", "sm_90")  # another cache key: the switch is read when a choice is made
+    assert "warp-specialized kernel" in reason(torch.bfloat16, "V32_FP8", 16)
+
+
 @pytest.mark.parametrize("fp8, lengths_given", [(True, True), (False, False)], ids=["v32fp8-lengths", "bf16"])
 def test_gluon_sparse_launcher_arguments(fp8, lengths_given, monkeypatch, generator):
     """The Gluon sparse launcher on CPU tensors with its launches recorded, not run: one query token a request
@@ -706,3 +780,37 @@ def test_gluon_sparse_output_decode(output_decode, sink, b, s_q, h_q, s_k, topk,
                                       attn_sink=inputs["attn_sink"], output_decode=output_decode)
     _sync()
     check_against_reference(inputs, out, lse)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _on_hopper(), reason="the Gluon sparse kernel runs on SM90 only")
+@pytest.mark.parametrize("sink", [False, True], ids=["no-sink", "sink"])
+@pytest.mark.parametrize("b, s_q, h_q, s_k, topk, page, lengths, parts", [
+    (4, 3, 16, 2046, 2048, 64, True, None),  # full and partial tiles, zero lengths among the lists
+    (74, 1, 16, 1024, 576, 61, False, None),
+    (3, 2, 16, 650, 130, 53, True, 3),  # few pieces: each walks several lists
+    (5, 1, 16, 300, 64, 2, False, 2),  # one tile a list: no next tile's copies issued
+    (6, 2, 12, 5000, 1000, 69, True, None),  # 12 heads in the 16-row tile, odd page size and topk
+    (2, 1, 8, 40000, 4096, 64, False, 1),  # one piece walking 128 tiles: both rings many times over
+    (1, 1, 1, 700, 200, 7, False, 1),  # one head
+], ids=["h16-sq3", "h16-p61", "h16-few-pieces", "h16-p2-one-tile", "h12-p69", "h8-one-piece", "h1-p7"])
+def test_gluon_sparse_small_heads(sink, b, s_q, h_q, s_k, topk, page, lengths, parts, generator):
+    """The small-head sparse kernel over the V3.2 FP8 cache (keys on the 64-row side, at most 16 heads on N, codes
+    decoded in place in the 16-bit tile), against the reference: invalid and out-of-range slots, NaN in unused cache
+    rows, poisoned outputs, with and without an attention sink; and against the warp-specialized kernel on the same
+    inputs."""
+    from openmla.ops.gluon.decode_sparse_sm90 import sparse_decode_sm90_fwd
+
+    inputs = make_sparse_decode_inputs(b, s_q, h_q, s_k, topk, page, 576, 512, torch.bfloat16, DEVICE, fp8=True,
+                                       generator=generator, invalid_frac=0.1, topk_length=lengths, pad_blocks=True,
+                                       softmax_scale=576**-0.55, sink=sink)
+    poison_cuda_cache(1 << 28)
+    args = (inputs["q"], inputs["k_cache"], inputs["indices"], 512, inputs["softmax_scale"], inputs["topk_length"])
+    out, lse = sparse_decode_sm90_fwd(*args, num_sm_parts=parts, is_fp8=True, attn_sink=inputs["attn_sink"],
+                                      small_heads=True)
+    _sync()
+    check_against_reference(inputs, out, lse)
+    ws_out, ws_lse = sparse_decode_sm90_fwd(*args, num_sm_parts=parts, is_fp8=True, attn_sink=inputs["attn_sink"],
+                                            small_heads=False)
+    check_close("out vs the warp-specialized kernel", out.float(), ws_out.float(), TOL_OUT)
+    check_close("lse vs the warp-specialized kernel", lse, ws_lse, TOL_LSE)

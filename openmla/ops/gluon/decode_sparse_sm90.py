@@ -31,7 +31,21 @@ from ..combine import combine_splits
 from ..decode_dense import split_workspace, splitkv_args
 from ..launch import ShapeCache, launch, scratch
 from ..schedule import plan_splitkv
+from . import decode_dense_sm90_small_heads as small
 from . import decode_dense_sm90_ws as ws
+from . import decode_sparse_sm90_small_heads as sparse_small
+
+#: Over V3.2 FP8 records, a bf16 q with at most :data:`.decode_sparse_sm90_small_heads.R` heads goes to the small-head
+#: sparse kernel (:mod:`.decode_sparse_sm90_small_heads`: keys on ``wgmma``'s 64-row side, the heads on N, two
+#: programs an SM), not to the 64-row warp-specialized kernel. Read at the call.
+SMALL_HEADS = True
+
+
+def small_heads_for(h_q: int, is_fp8: bool, q_dtype: torch.dtype) -> bool:
+    """Whether :func:`sparse_decode_sm90_fwd` sends a call to the small-head kernel by default: :data:`SMALL_HEADS`
+    and :func:`.decode_sparse_sm90_small_heads.sparse_v32_small_heads_fits`."""
+    return SMALL_HEADS and sparse_small.sparse_v32_small_heads_fits(h_q, is_fp8, q_dtype)
+
 
 # Plans of lists with no topk_length (every list topk entries long): they depend on the shapes only, so one
 # plan serves every later call with the same (device, stream, tokens, topk, parts).
@@ -104,6 +118,7 @@ def sparse_decode_sm90_fwd(
     list_ahead: bool | None = None,
     trace: torch.Tensor | None = None,
     output_decode: int | None = None,
+    small_heads: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse decode on Hopper; inputs validated by :mod:`openmla.api`.
 
@@ -134,6 +149,9 @@ def sparse_decode_sm90_fwd(
             the call).
         trace: a diagnostic: the kernel's trace build stamps into this buffer (``trace_buffer`` of
             :mod:`.decode_dense_sm90_ws`; ``benchmarks/trace_ws.py``); a wrong one is an ``InvalidArgumentError``.
+        small_heads: run the small-head kernel (``None``: :func:`small_heads_for`, unless an option of the
+            warp-specialized kernel above is given; ``True`` where it cannot serve the call, or with any of those
+            options, is an ``InvalidArgumentError``).
 
     Returns:
         out [b, s_q, h_q, head_dim_v] in q's dtype (0 for a token with no valid entry), lse [b, h_q, s_q]
@@ -141,6 +159,23 @@ def sparse_decode_sm90_fwd(
     """
     b, s_q, h_q, d = q.shape
     topk = indices.shape[2]
+    ws_options = {"prefetch_l2": prefetch_l2 != ws.SPARSE_FP8_PREFETCH_L2, "loader_regs": loader_regs is not None,
+                  "list_ahead": list_ahead is not None, "trace": trace is not None,
+                  "output_decode": output_decode is not None}
+    if small_heads is None:
+        small_heads = small_heads_for(h_q, is_fp8, q.dtype) and not any(ws_options.values())
+    elif small_heads:
+        if not sparse_small.sparse_v32_small_heads_fits(h_q, is_fp8, q.dtype):
+            raise InvalidArgumentError(f"small_heads=True: the small-head sparse kernel takes V3.2 FP8 records, a "
+                                       f"bf16 q and at most {sparse_small.R} heads; got is_fp8={is_fp8}, q {q.dtype}, "
+                                       f"h_q={h_q}: leave small_heads=None")
+        given = [name for name, set_ in ws_options.items() if set_]
+        if given:
+            raise InvalidArgumentError(f"small_heads=True with {', '.join(given)}: those are options of the "
+                                       f"warp-specialized kernel; pass small_heads=False or None with them")
+    if small_heads:
+        return _small_heads_fwd(q, k_cache, indices, head_dim_v, softmax_scale, topk_length, num_sm_parts,
+                                attn_sink)
     if list_ahead is None:
         list_ahead = (ws.SPARSE_FP8_LIST_AHEAD and not prefetch_l2) if is_fp8 else ws.LIST_AHEAD
     tokens = b * s_q
@@ -188,6 +223,43 @@ def sparse_decode_sm90_fwd(
         LIST_AHEAD=bool(list_ahead), TRACE=trace is not None, BOX_ALLOCS=False, OUTPUT_DECODE=output_decode,
         num_warps=ws.NUM_WARPS,
         maxnreg=ws.SOLO_MAXNREG,
+    )
+    combine_splits(out_tok, lse_tok, workspace[0], workspace[1], splits, attn_sink=attn_sink)
+    if s_q == 1:  # [b, h_q, 1] already
+        return out, lse_tok.view(b, h_q, 1)
+    scratch(lse_tok)  # read by the launch that writes the call's lse
+    return out, lse_by_heads(lse_tok, b, s_q)
+
+
+def _small_heads_fwd(q, k_cache, indices, head_dim_v, softmax_scale, topk_length, num_sm_parts, attn_sink):
+    """:func:`sparse_decode_sm90_fwd` through the small-head kernel (:mod:`.decode_sparse_sm90_small_heads`: V3.2
+    FP8 records, bf16 q, ``h_q`` <= 16): each query token a request of ``h_q`` rows, one program a piece of the
+    split-KV plan (``PROGRAMS_PER_SM`` an SM), split partials merged by the combine kernel (which applies the sink
+    to them)."""
+    b, s_q, h_q, d = q.shape
+    topk = indices.shape[2]
+    tokens = b * s_q
+    q_tok = q.reshape(tokens, 1, h_q, d)
+    lists = indices.reshape(tokens, topk)
+    parts = num_sm_parts or sparse_small.PROGRAMS_PER_SM * num_sms(q.device)
+    if topk_length is None:
+        lens, sched, splits = _fixed_length_plan(q.device, tokens, topk, parts)
+    else:  # planned on the device each call, by launches a replay repeats with the call's lengths
+        lens = token_lengths(topk_length, s_q, topk)
+        sched, splits = plan_splitkv(lens, parts)
+        scratch(lens, sched, splits)
+    out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
+    out_tok = out.view(tokens, 1, h_q, head_dim_v)
+    lse_tok = torch.empty(tokens, h_q, 1, dtype=torch.float32, device=q.device)
+    workspace = split_workspace(q_tok, head_dim_v, parts, fused_merge=False)  # the combine kernel merges
+    scratch(*workspace)  # written by the split kernel before the combine kernel reads them
+    launch(sparse_small._sparse_v32_small_heads_kernel, (1, parts),
+        *splitkv_args(q_tok, k_cache.view(torch.uint8), lists, lens, sched, splits, out_tok, lse_tok, workspace, 1,
+                      softmax_scale),
+        attn_sink,
+        R=sparse_small.R, BLOCK_N=sparse_small.BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v,
+        P_SMEM=small.p_smem_layout(sparse_small.R), HAS_SINK=attn_sink is not None,
+        num_warps=4,
     )
     combine_splits(out_tok, lse_tok, workspace[0], workspace[1], splits, attn_sink=attn_sink)
     if s_q == 1:  # [b, h_q, 1] already
