@@ -363,8 +363,8 @@ def test_gluon_sparse_lse_by_heads(b, s_q, h_q, generator):
 
 
 def test_split_offsets_are_made_once_per_shape():
-    """The combine's split offsets depend on (b, splits) only: one tensor per shape and stream, reused (so a
-    replay may pass it on), the oldest dropped past the cap."""
+    """The combine's split offsets depend on (b, splits) only: one tensor per shape, reused (so a replay may pass
+    it on), the oldest dropped past the cap."""
     from openmla.ops import decode_sparse
 
     first = decode_sparse._split_offsets(torch.device("cpu"), 3, 4)
@@ -814,3 +814,29 @@ def test_gluon_sparse_small_heads(sink, b, s_q, h_q, s_k, topk, page, lengths, p
                                             small_heads=False)
     check_close("out vs the warp-specialized kernel", out.float(), ws_out.float(), TOL_OUT)
     check_close("lse vs the warp-specialized kernel", lse, ws_lse, TOL_LSE)
+
+
+@pytest.mark.gpu
+def test_shape_cache_serves_other_streams_and_captures():
+    """A shape-keyed tensor made once (its stream synchronized) serves calls on other streams and CUDA-graph
+    captures as it is; one first asked for inside a capture is made there and not kept."""
+    from openmla.ops.launch import ShapeCache
+
+    cache, made, cuda = ShapeCache(), [], torch.device("cuda", torch.cuda.current_device())
+
+    def make():
+        made.append(1)
+        return torch.arange(4, device=cuda) * len(made)
+
+    first = cache.get(cuda, ("a",), make)
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        assert cache.get(cuda, ("a",), make) is first
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        assert cache.get(cuda, ("a",), make) is first
+        fresh = cache.get(cuda, ("b",), make)  # made in the capture: written on replay only
+    assert len(made) == 2 and list(cache.entries) == [(cuda, "a")]
+    graph.replay()
+    torch.cuda.synchronize()
+    assert fresh.tolist() == [0, 2, 4, 6] and first.tolist() == [0, 1, 2, 3]

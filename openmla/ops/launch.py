@@ -99,13 +99,16 @@ def recording() -> Iterator[Recording]:
 
 class ShapeCache:
     """Tensors that depend on a call's shapes only (a plan of fixed-length lists, split offsets), made once per
-    (device, stream, key) and reused by later calls: a launch or an allocation less a call, and a replay may pass
-    them on (declared :func:`kept`; never rewritten once made).
+    (device, key) and reused by later calls on any stream: a launch or an allocation less a call, and a replay may
+    pass them on (declared :func:`kept`; never rewritten once made).
 
-    Keyed by the stream that made them, so no call reads a tensor another stream may not have finished
-    writing. Made outside any recording. Inside a CUDA-graph capture nothing is cached (a tensor made there
-    lives in the graph's pool and is written on replay only) nor declared kept, so a recording of that call is
-    refused. At most ``limit`` entries, the oldest dropped first (a Replay holding one keeps it alive).
+    Made outside any recording, and the making stream is synchronized once before an entry is stored, so a call on
+    any other stream, or a CUDA-graph capture on one, reads a finished tensor with no event to wait for. So a step
+    captured after one eager call of its shapes (what serving engines' warm-ups do) replays without remaking them:
+    made inside the capture they would be launches of every replay. Inside a capture a missing entry is made there
+    and not cached (a tensor made there lives in the graph's pool and is written on replay only) nor declared kept,
+    so a recording of that call is refused. At most ``limit`` entries, the oldest dropped first (a Replay holding one
+    keeps it alive).
     """
 
     def __init__(self, limit: int = 64):
@@ -113,16 +116,17 @@ class ShapeCache:
         self.limit = limit
 
     def get(self, device: torch.device, key: tuple, make: Callable[[], Any]):
-        """The cached value for ``key`` on ``device``'s current stream, else ``make()`` (a tensor or a tuple of
-        tensors)."""
+        """The cached value for ``key`` on ``device``, else ``make()`` (a tensor or a tuple of tensors)."""
         cuda = device.type == "cuda"
-        full = (device, torch.cuda.current_stream(device).cuda_stream if cuda else None, *key)
+        full = (device, *key)
         value = self.entries.get(full)
         if value is None:
             if cuda and torch.cuda.is_current_stream_capturing():
                 return make()
             with unrecorded():
                 value = make()
+            if cuda:  # once per entry: later readers on other streams need no event
+                torch.cuda.current_stream(device).synchronize()
             if len(self.entries) >= self.limit:
                 self.entries.pop(next(iter(self.entries)))
             self.entries[full] = value

@@ -48,7 +48,8 @@ def small_heads_for(h_q: int, is_fp8: bool, q_dtype: torch.dtype) -> bool:
 
 
 # Plans of lists with no topk_length (every list topk entries long): they depend on the shapes only, so one
-# plan serves every later call with the same (device, stream, tokens, topk, parts).
+# plan serves every later call with the same (device, tokens, topk, parts), on any stream and in CUDA-graph
+# captures (which otherwise would replay the planning launches with every step).
 _FIXED_PLANS = ShapeCache()
 
 
