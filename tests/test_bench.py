@@ -271,7 +271,7 @@ def test_tune_sparse_gluon_forms_in_order():
 
     def forms(**kw):
         base = dict(gluon_output_decode=False, gluon_output_decode_order="0,1,1,0", gluon_loader_regs=None,
-                    gluon_list_ahead=False)
+                    gluon_list_ahead=False, gluon_small_heads=False, gluon_small_heads_order="1,0,1,0")
         return _gluon_forms(argparse.Namespace(**{**base, **kw}))
 
     assert forms(gluon_output_decode=True) == [{"output_decode": d} for d in (0, 1, 1, 0)]
@@ -279,6 +279,9 @@ def test_tune_sparse_gluon_forms_in_order():
                                                                               {"output_decode": 0}]
     assert forms(gluon_loader_regs="64,56,56,64") == [{"loader_regs": r} for r in (64, 56, 56, 64)]
     assert forms(gluon_list_ahead=True) == [{"list_ahead": a} for a in (False, True, False, True)]
+    assert forms(gluon_small_heads=True) == [{"small_heads": s} for s in (True, False, True, False)]
+    assert forms(gluon_small_heads=True, gluon_small_heads_order="0,1") == [{"small_heads": False},
+                                                                          {"small_heads": True}]
     assert forms() == []
 
 
