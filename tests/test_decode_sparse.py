@@ -472,6 +472,37 @@ def test_gluon_sparse_small_heads_launcher(monkeypatch, generator):
         call(16, small_heads=True, loader_regs=64)
 
 
+def test_gluon_sparse_skips_the_merge_when_no_list_is_split(monkeypatch, generator):
+    """Fixed-length lists that the plan keeps whole (each in one piece: the split kernel writes every output) run
+    no merge launch, in both Hopper kernels; longer lists, or lists with ``topk_length`` (planned on the device), do.
+    The host's answer is the plan's own: each list's pieces in :func:`plan_splitkv_torch`."""
+    from openmla.ops.gluon import decode_sparse_sm90 as gluon_sparse
+    from openmla.ops.schedule import plan_splitkv_torch, split_counts
+
+    for tokens, topk, parts in ((4, 64, 264), (4, 2048, 264), (128, 2048, 132), (3, 1000, 2)):
+        lens = torch.full((tokens,), topk, dtype=torch.int32)
+        _, cumulative = plan_splitkv_torch(lens, parts)
+        assert torch.equal(split_counts(lens, parts), (cumulative[1:] - cumulative[:-1]).to(torch.int64))
+        assert gluon_sparse.fixed_lists_unsplit(tokens, topk, parts) == bool((cumulative.diff() <= 1).all())
+    assert gluon_sparse.fixed_lists_unsplit(4, 64, 264) and not gluon_sparse.fixed_lists_unsplit(4, 2048, 264)
+
+    merges = []
+    monkeypatch.setattr(gluon_sparse, "combine_splits", lambda *args, **kw: merges.append(kw))
+    from openmla.ops.gluon import decode_dense_sm90_ws as ws
+    from openmla.ops.gluon import decode_sparse_sm90_small_heads as sparse_small
+
+    record_launches(monkeypatch, ws, "_dense_decode_sm90_ws_kernel")
+    record_launches(monkeypatch, sparse_small, "_sparse_v32_small_heads_kernel")
+    for h_q in (128, 16):
+        for topk, lengths, merged in ((64, False, False), (64, True, True), (2048, False, True)):
+            inputs = make_sparse_decode_inputs(4, 1, h_q, 4096, topk, 64, 576, 512, torch.bfloat16, "cpu", fp8=True,
+                                               generator=generator, topk_length=lengths)
+            before = len(merges)
+            gluon_sparse.sparse_decode_sm90_fwd(inputs["q"], inputs["k_cache"], inputs["indices"], 512, 0.1,
+                                                inputs["topk_length"], is_fp8=True)
+            assert len(merges) - before == int(merged), (h_q, topk, lengths)
+
+
 def test_sparse_choice_names_the_small_head_kernel(monkeypatch):
     """The sparse dispatcher's reason names the Hopper kernel that serves the call: the small-head kernel at most 16
     heads over the V3.2 cache with a bf16 q, the warp-specialized kernel for more heads, an fp16 q or a 16-bit

@@ -175,10 +175,8 @@ def _interpreting() -> bool:
     return interpret_mode() and triton_available()
 
 
-def plan_splitkv_torch(
-    cache_seqlens: torch.Tensor, num_sm_parts: int, max_splits: int | None = MAX_SPLITS
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same plan as :func:`plan_splitkv`, computed with plain PyTorch ops (CPU path, tests)."""
+def _cut(cache_seqlens: torch.Tensor, num_sm_parts: int, max_splits: int | None):
+    """The plan's arithmetic over requests: (lens, nblk, incl, excl, total, payload, splits a request), int64."""
     max_splits = max_splits or _UNBOUNDED
     lens = cache_seqlens.to(torch.int64)
     b = lens.shape[0]
@@ -191,8 +189,24 @@ def plan_splitkv_torch(
     payload = max((total + num_sm_parts - 1) // num_sm_parts, (max_blk + max_splits - 2) // (max_splits - 1), 1)
     first = (excl + FIXED_OVERHEAD) // payload
     last = (incl - 1) // payload
+    return lens, nblk, incl, excl, total, payload, last - first + 1
+
+
+def split_counts(cache_seqlens: torch.Tensor, num_sm_parts: int, max_splits: int | None = MAX_SPLITS) -> torch.Tensor:
+    """Pieces :func:`plan_splitkv` cuts each request into (int64 [b], on ``cache_seqlens``' device): a request of
+    one piece is written straight to the output by the split kernels, so a batch whose requests all have one needs
+    no merge."""
+    return _cut(cache_seqlens, num_sm_parts, max_splits)[-1]
+
+
+def plan_splitkv_torch(
+    cache_seqlens: torch.Tensor, num_sm_parts: int, max_splits: int | None = MAX_SPLITS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same plan as :func:`plan_splitkv`, computed with plain PyTorch ops (CPU path, tests)."""
+    lens, nblk, incl, excl, total, payload, counts = _cut(cache_seqlens, num_sm_parts, max_splits)
+    b = lens.shape[0]
     num_splits = torch.zeros(b + 1, dtype=torch.int64, device=lens.device)
-    num_splits[1:] = torch.cumsum(last - first + 1, 0)
+    num_splits[1:] = torch.cumsum(counts, 0)
     sched = torch.zeros(num_sm_parts, META_WIDTH, dtype=torch.int64, device=lens.device)
     for p in range(num_sm_parts):
         x0 = p * payload

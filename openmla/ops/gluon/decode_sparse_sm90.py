@@ -8,7 +8,8 @@ token per "request" and the slot list in place of the block table, so this reuse
 become requests of one token each (``h_q`` rows of the 64-row tile), the split-KV plan balances their
 lists (``topk_length``, else ``topk`` entries) across the SMs, and the loader gathers key rows slot by slot
 with ``cp.async`` (missing and invalid slots zero-filled and masked in the softmax, so NaN in unused cache
-rows never reaches the output). The combine kernel merges split partials.
+rows never reaches the output). The combine kernel merges split partials; fixed-length lists that the plan keeps
+whole (:func:`fixed_lists_unsplit`) need no merge, and none is launched.
 
 Over the V3.2 FP8 cache (656-byte records, ``is_fp8``) the loader gathers each tile's records by ``cp.async``
 into the K stage and dequantizes them there to q's dtype (``_gather_fp8_tile`` in
@@ -22,6 +23,8 @@ kernel). FlashMLA has no sparse decoding over 16-bit caches on SM90.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -30,7 +33,7 @@ from ..._runtime import InvalidArgumentError, num_sms
 from ..combine import combine_splits
 from ..decode_dense import split_workspace, splitkv_args
 from ..launch import ShapeCache, launch, scratch
-from ..schedule import plan_splitkv
+from ..schedule import plan_splitkv, split_counts
 from . import decode_dense_sm90_small_heads as small
 from . import decode_dense_sm90_ws as ws
 from . import decode_sparse_sm90_small_heads as sparse_small
@@ -102,6 +105,13 @@ def _fixed_length_plan(device: torch.device, tokens: int, topk: int, parts: int)
         return (lens, *plan_splitkv(lens, parts))
 
     return _FIXED_PLANS.get(device, (tokens, topk, parts), make)
+
+
+@functools.lru_cache(maxsize=256)
+def fixed_lists_unsplit(tokens: int, topk: int, parts: int) -> bool:
+    """Whether the plan of ``tokens`` lists of ``topk`` entries over ``parts`` pieces keeps every list in one piece
+    (computed on the host, once per shape): then the split kernel writes every output itself and no merge runs."""
+    return int(split_counts(torch.full((tokens,), topk, dtype=torch.int32), parts).max()) <= 1
 
 
 def sparse_decode_sm90_fwd(
@@ -225,7 +235,8 @@ def sparse_decode_sm90_fwd(
         num_warps=ws.NUM_WARPS,
         maxnreg=ws.SOLO_MAXNREG,
     )
-    combine_splits(out_tok, lse_tok, workspace[0], workspace[1], splits, attn_sink=attn_sink)
+    if topk_length is not None or not fixed_lists_unsplit(tokens, topk, parts):  # else no list was split
+        combine_splits(out_tok, lse_tok, workspace[0], workspace[1], splits, attn_sink=attn_sink)
     if s_q == 1:  # [b, h_q, 1] already
         return out, lse_tok.view(b, h_q, 1)
     scratch(lse_tok)  # read by the launch that writes the call's lse
@@ -262,7 +273,8 @@ def _small_heads_fwd(q, k_cache, indices, head_dim_v, softmax_scale, topk_length
         P_SMEM=small.p_smem_layout(sparse_small.R), HAS_SINK=attn_sink is not None,
         num_warps=4,
     )
-    combine_splits(out_tok, lse_tok, workspace[0], workspace[1], splits, attn_sink=attn_sink)
+    if topk_length is not None or not fixed_lists_unsplit(tokens, topk, parts):  # else no list was split
+        combine_splits(out_tok, lse_tok, workspace[0], workspace[1], splits, attn_sink=attn_sink)
     if s_q == 1:  # [b, h_q, 1] already
         return out, lse_tok.view(b, h_q, 1)
     scratch(lse_tok)  # read by the launch that writes the call's lse
