@@ -18,6 +18,8 @@ of every KV tile in a few programs (:func:`openmla.ops.gluon.decode_dense_sm90_w
   8 the softmax warpgroup's math done (the tile masked, exponentiated, summed)   9 it has the P buffer
     (both stamped by the warp-specialized kernel's softmax warpgroup only: the e4m3-product kernel reads None there)
 
+The small-head sparse kernel (configs ``*_small_heads``) stamps events of its own (:data:`SMALL_SPARSE_INTERVALS`).
+
 For each config this prints the call's time (replayed from a CUDA graph) with and without the stamps (so their cost is in view) and, over the
 stamped tiles of a request's steady state, the median cycles of: the tile period (event 1 to the next tile's 1),
 the loader's busy time (0 → 1) and its wait for a stage (the last tile's 1 → 0), the softmax warpgroup's wait for K
@@ -93,6 +95,21 @@ OUTPUT_DECODE_INTERVALS = {
 }
 
 
+#: the small-head sparse kernel (:mod:`openmla.ops.gluon.decode_sparse_sm90_small_heads`, configs ``*_small_heads``):
+#: one warpgroup in lockstep, two programs an SM; its events (``TRACE_EVENTS`` there) 0 the step begins, 1 the
+#: tile's codes, RoPE dims and scales have landed, 2 decoded in place, 3 scores done (with the next tile's RoPE dims
+#: and scales issued before them), 4 P published, 5 ``P V`` done, 6 the next tile's codes issued
+SMALL_SPARSE_INTERVALS = {
+    "period (0 -> next 0)": _span(0, 0, b_next=True),
+    "codes issued to landed (last 6 -> 1)": _span(6, 1, a_last=True),
+    "decode in place (1 -> 2)": _span(1, 2),
+    "RoPE and scales issued, score products (2 -> 3)": _span(2, 3),
+    "softmax and P published (3 -> 4)": _span(3, 4),
+    "value products (4 -> 5)": _span(4, 5),
+    "next codes issued (5 -> 6)": _span(5, 6),
+}
+
+
 def _intervals(trace, names=None) -> dict:
     """Median cycles of each interval over the stamped pieces' tiles (the first two and last of a piece left out,
     and tiles the trace did not reach); ``names`` the intervals (default: :data:`WS_INTERVALS`)."""
@@ -138,12 +155,16 @@ def main(argv=None) -> None:
     card = torch.cuda.get_device_name()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     calls = {}
-    for name in ("sparse_std_b64", "sparse_heads_h64", "sparse_bf16_b64"):
+    for name in ("sparse_std_b64", "sparse_heads_h64", "sparse_bf16_b64", "sparse_heads_h16"):
         cfg = next(c for s in ("standard", "heads", "bf16") for c in get_configs(s, op="sparse_decode")
                    if c.name == name)
         inp = make_sparse_decode_inputs(cfg.b, cfg.s_q, cfg.h_q, cfg.s_k, cfg.topk, cfg.page_block_size,
                                         cfg.kv_format, cfg.d_qk, cfg.dv, torch.bfloat16, "cuda", cfg.seed,
                                         cfg.invalid_frac)
+        if cfg.h_q <= 16:  # the small-head kernel (its own events: SMALL_SPARSE_INTERVALS)
+            calls[f"{name}_small_heads"] = (lambda inp=inp: lambda trace=None: sparse_decode_sm90_fwd(
+                inp.q, inp.k_cache, inp.indices, inp.head_dim_v, inp.softmax_scale, is_fp8=True, trace=trace,
+                small_heads=True))()
         calls[name] = (lambda inp=inp: lambda trace=None: sparse_decode_sm90_fwd(
             inp.q, inp.k_cache, inp.indices, inp.head_dim_v, inp.softmax_scale, is_fp8=inp.is_fp8, trace=trace,
             output_decode=0))()
@@ -218,7 +239,8 @@ def main(argv=None) -> None:
         call(trace=buf)
         torch.cuda.synchronize()
         iv = _intervals(buf.tolist(), E4M3_PRODUCT_INTERVALS if name.startswith("dense_fp8_e4m3")
-                        else OUTPUT_DECODE_INTERVALS if "_output_decode" in name else None)
+                        else OUTPUT_DECODE_INTERVALS if "_output_decode" in name
+                        else SMALL_SPARSE_INTERVALS if name.endswith("_small_heads") else None)
         results.append(dict(card=card, config=name, plain_us=plain_us, traced_us=traced_us, cycles=iv))
         print(f"{name}: {plain_us:.1f} us, traced {traced_us:.1f} us ({card})")
         for k, v in iv.items():

@@ -232,6 +232,22 @@ def test_trace_intervals_read_a_two_stage_timeline():
     assert _intervals([[[0] * 10] * 5])["period (1 -> next 1)"] is None
 
 
+def test_trace_intervals_of_the_small_head_sparse_kernel():
+    """The small-head sparse kernel's seven events, read as its own intervals: a synthetic lockstep timeline comes
+    back as its gaps."""
+    from benchmarks.trace_ws import SMALL_SPARSE_INTERVALS, _intervals
+
+    period = 2000
+    # step at +0, landed +300, decoded +800, scores +1000, P +1300, P V +1500, next codes issued +1900
+    offsets = (0, 300, 800, 1000, 1300, 1500, 1900, 0, 0, 0)
+    piece = [[k * period + o for o in offsets] for k in range(8)]
+    iv = _intervals([piece], SMALL_SPARSE_INTERVALS)
+    assert iv == {"period (0 -> next 0)": period, "codes issued to landed (last 6 -> 1)": period - 1900 + 300,
+                  "decode in place (1 -> 2)": 500, "RoPE and scales issued, score products (2 -> 3)": 200,
+                  "softmax and P published (3 -> 4)": 300, "value products (4 -> 5)": 200,
+                  "next codes issued (5 -> 6)": 400}
+
+
 def test_fp8_forms_ab_reads_its_forms():
     """The e4m3-product forms A/B parses ``;``-separated forms of known knobs (a ``/`` pair is a tuple) and refuses
     an unknown knob, naming the known ones."""

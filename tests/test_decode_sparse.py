@@ -450,7 +450,8 @@ def test_gluon_sparse_small_heads_launcher(monkeypatch, generator):
         assert out.shape == (2, 2, h_q, 512) and lse.shape == (2, h_q, 2)
         grid, args, kwargs = small_launches[-1]
         assert grid == (1, 2 * 132)  # CPU tensors plan for 132 SMs, two programs each
-        assert kwargs["R"] == 16 and kwargs["HAS_SINK"] == (h_q == 5) and args[-1] is inputs["attn_sink"]
+        assert kwargs["R"] == 16 and kwargs["HAS_SINK"] == (h_q == 5) and args[-2] is inputs["attn_sink"]
+        assert not kwargs["TRACE"] and args[-1] is None
         assert args[1].dtype == torch.uint8 and args[1].data_ptr() == inputs["k_cache"].data_ptr()
         assert merges[-1][1]["attn_sink"] is inputs["attn_sink"]  # split rows get the sink in the merge
     assert len(small_launches) == 2 and not ws_launches
@@ -871,3 +872,24 @@ def test_shape_cache_serves_other_streams_and_captures():
     graph.replay()
     torch.cuda.synchronize()
     assert fresh.tolist() == [0, 2, 4, 6] and first.tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _on_hopper(), reason="the Gluon sparse kernel runs on SM90 only")
+def test_gluon_sparse_small_heads_trace_build(generator):
+    """The small-head kernel's trace build stamps its seven events of each tile in order in the traced pieces, and
+    computes what the plain build does."""
+    from openmla.ops.gluon.decode_dense_sm90_ws import trace_buffer
+    from openmla.ops.gluon.decode_sparse_sm90 import sparse_decode_sm90_fwd
+
+    inputs = make_sparse_decode_inputs(8, 2, 16, 4096, 1024, 64, 576, 512, torch.bfloat16, DEVICE, fp8=True,
+                                       generator=generator, invalid_frac=0.1, softmax_scale=576**-0.55)
+    args = (inputs["q"], inputs["k_cache"], inputs["indices"], 512, inputs["softmax_scale"])
+    buf = trace_buffer(DEVICE)
+    out, lse = sparse_decode_sm90_fwd(*args, is_fp8=True, small_heads=True, trace=buf)
+    _sync()
+    check_against_reference(inputs, out, lse)
+    plain_out, plain_lse = sparse_decode_sm90_fwd(*args, is_fp8=True, small_heads=True)
+    assert torch.equal(out, plain_out) and torch.equal(lse, plain_lse)
+    stamped = [tile[:7] for piece in buf.tolist() for tile in piece if all(t > 0 for t in tile[:7])]
+    assert stamped and all(tile == sorted(tile) for tile in stamped)

@@ -445,7 +445,7 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
 
             for sink in (False, True):
                 consts = dict(R=sparse_small.R, BLOCK_N=sparse_small.BLOCK_N, D_V=512, D_PE=64,
-                              P_SMEM=small.p_smem_layout(sparse_small.R), HAS_SINK=sink)
+                              P_SMEM=small.p_smem_layout(sparse_small.R), HAS_SINK=sink, TRACE=False, trace_ptr=None)
                 v_ptrs = dict(ptrs, k_ptr="*u8")
                 if sink:
                     v_ptrs["sink_ptr"] = "*fp32"

@@ -159,7 +159,8 @@ def sparse_decode_sm90_fwd(
             loader only gathering; ``None``: ``SPARSE_FP8_OUTPUT_DECODE`` of :mod:`.decode_dense_sm90_ws`, read at
             the call).
         trace: a diagnostic: the kernel's trace build stamps into this buffer (``trace_buffer`` of
-            :mod:`.decode_dense_sm90_ws`; ``benchmarks/trace_ws.py``); a wrong one is an ``InvalidArgumentError``.
+            :mod:`.decode_dense_sm90_ws`; ``benchmarks/trace_ws.py``), in either kernel; a wrong one is an
+            ``InvalidArgumentError``.
         small_heads: run the small-head kernel (``None``: :func:`small_heads_for`, unless an option of the
             warp-specialized kernel above is given; ``True`` where it cannot serve the call, or with any of those
             options, is an ``InvalidArgumentError``).
@@ -171,8 +172,7 @@ def sparse_decode_sm90_fwd(
     b, s_q, h_q, d = q.shape
     topk = indices.shape[2]
     ws_options = {"prefetch_l2": prefetch_l2 != ws.SPARSE_FP8_PREFETCH_L2, "loader_regs": loader_regs is not None,
-                  "list_ahead": list_ahead is not None, "trace": trace is not None,
-                  "output_decode": output_decode is not None}
+                  "list_ahead": list_ahead is not None, "output_decode": output_decode is not None}
     if small_heads is None:
         small_heads = small_heads_for(h_q, is_fp8, q.dtype) and not any(ws_options.values())
     elif small_heads:
@@ -186,7 +186,7 @@ def sparse_decode_sm90_fwd(
                                        f"warp-specialized kernel; pass small_heads=False or None with them")
     if small_heads:
         return _small_heads_fwd(q, k_cache, indices, head_dim_v, softmax_scale, topk_length, num_sm_parts,
-                                attn_sink)
+                                attn_sink, trace)
     if list_ahead is None:
         list_ahead = (ws.SPARSE_FP8_LIST_AHEAD and not prefetch_l2) if is_fp8 else ws.LIST_AHEAD
     tokens = b * s_q
@@ -243,7 +243,8 @@ def sparse_decode_sm90_fwd(
     return out, lse_by_heads(lse_tok, b, s_q)
 
 
-def _small_heads_fwd(q, k_cache, indices, head_dim_v, softmax_scale, topk_length, num_sm_parts, attn_sink):
+def _small_heads_fwd(q, k_cache, indices, head_dim_v, softmax_scale, topk_length, num_sm_parts, attn_sink,
+                     trace=None):
     """:func:`sparse_decode_sm90_fwd` through the small-head kernel (:mod:`.decode_sparse_sm90_small_heads`: V3.2
     FP8 records, bf16 q, ``h_q`` <= 16): each query token a request of ``h_q`` rows, one program a piece of the
     split-KV plan (``PROGRAMS_PER_SM`` an SM), split partials merged by the combine kernel (which applies the sink
@@ -265,12 +266,13 @@ def _small_heads_fwd(q, k_cache, indices, head_dim_v, softmax_scale, topk_length
     lse_tok = torch.empty(tokens, h_q, 1, dtype=torch.float32, device=q.device)
     workspace = split_workspace(q_tok, head_dim_v, parts, fused_merge=False)  # the combine kernel merges
     scratch(*workspace)  # written by the split kernel before the combine kernel reads them
+    ws.check_trace(trace, q.device)
     launch(sparse_small._sparse_v32_small_heads_kernel, (1, parts),
         *splitkv_args(q_tok, k_cache.view(torch.uint8), lists, lens, sched, splits, out_tok, lse_tok, workspace, 1,
                       softmax_scale),
-        attn_sink,
+        attn_sink, trace,
         R=sparse_small.R, BLOCK_N=sparse_small.BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v,
-        P_SMEM=small.p_smem_layout(sparse_small.R), HAS_SINK=attn_sink is not None,
+        P_SMEM=small.p_smem_layout(sparse_small.R), HAS_SINK=attn_sink is not None, TRACE=trace is not None,
         num_warps=4,
     )
     if topk_length is not None or not fixed_lists_unsplit(tokens, topk, parts):  # else no list was split

@@ -33,6 +33,10 @@ BLOCK_N = 64
 R = 16
 #: Programs the split-KV plan counts on each SM (the shared memory, ~102 KB a program, allows two).
 PROGRAMS_PER_SM = 2
+#: The trace build's events of a tile (``trace=`` of the launcher; ``benchmarks/trace_ws.py``, configs
+#: ``*_small_heads``): 0 the step begins, 1 its codes, RoPE dims and scales have landed, 2 decoded, 3 scores done,
+#: 4 P published, 5 ``P V`` done, 6 the next tile's codes issued.
+TRACE_EVENTS = ("step", "landed", "decoded", "scores", "P", "PV", "issued")
 
 if gluon_available():
     from triton.experimental import gluon
@@ -45,7 +49,7 @@ if gluon_available():
     )
 
     from .decode_dense_sm90 import _piece_bounds, _request_span
-    from .decode_dense_sm90_ws import _copy_v32_rope, _dequant, _slot_records
+    from .decode_dense_sm90_ws import _copy_v32_rope, _dequant, _slot_records, _stamp
 
     @gluon.jit
     def _entries(bt_row, start, tok_hi, COPY: gl.constexpr, SC_COPY: gl.constexpr):
@@ -116,12 +120,14 @@ if gluon_available():
         stride_ob, stride_os, stride_oh,
         stride_lb, stride_lh,
         s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2,
-        sink_ptr,
+        sink_ptr, trace_ptr,
         R: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
-        P_SMEM: gl.constexpr, HAS_SINK: gl.constexpr,
+        P_SMEM: gl.constexpr, HAS_SINK: gl.constexpr, TRACE: gl.constexpr,
     ):
         # the arguments are the split-KV kernels' (``splitkv_args``: each request one query token of ``h_q`` rows,
-        # its block-table row its list of cache slots, its length the list's); ``k_ptr``: the records' bytes
+        # its block-table row its list of cache slots, its length the list's); ``k_ptr``: the records' bytes.
+        # ``TRACE``: the trace build, stamping the SM's cycle counter at :data:`TRACE_EVENTS` of each tile
+        # (``_stamp`` of the warp-specialized kernel, into ``trace_ptr``)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
         gl.static_assert(D_V == 512 and D_PE == 64, "V3.2 records: (576, 512) dims")
         gl.static_assert(BLOCK_N == 64, "a tile is wgmma's 64-row side")
@@ -166,6 +172,7 @@ if gluon_available():
         mask_r_ld = offs_r_ld < rows
         mask_r = offs_r_s < rows
         mask_st = offs_r_st < rows
+        kb = 0  # tiles this program has walked (the trace's tile index)
 
         for req in range(begin_req, end_req + 1):
             req64 = req.to(gl.int64)
@@ -196,14 +203,17 @@ if gluon_available():
                 start = tok_lo + it * BLOCK_N
                 stage = it % 2
                 zi = it >> 30  # an opaque zero that varies with the loop (one per request would be hoisted too)
+                _stamp(trace_ptr, kb, 0, TRACE, 4)
                 # the next tile's entries (its copies go out later in this step) and this tile's, for its mask
                 ent, ent_sc = _entries(bt_row, start + BLOCK_N, tok_hi, LOAD8, SC_COPY)
                 slot_s = gl.load(bt_row + start + offs_n, mask=start + offs_n < tok_hi, other=-1)
                 async_copy.wait_group(0)  # this tile's codes, RoPE dims and scales
                 gl.thread_barrier()
+                _stamp(trace_ptr, kb, 1, TRACE, 4)
                 _decode_in_place(bytes_view, k16_blocks, sc_ring.index(stage), zi, LOAD8, dtype)
                 fence_async_shared()  # the tensor cores read the decoded tile next
                 gl.thread_barrier()
+                _stamp(trace_ptr, kb, 2, TRACE, 4)
                 has_next = it + 1 < n_tiles
                 if has_next:  # into the other stage: its tile's scores are done (the last step waited for them)
                     _issue_rope_scales(k_ptr, ent, ent_sc, start + BLOCK_N, tok_hi, page_block_size, num_blocks,
@@ -214,6 +224,7 @@ if gluon_available():
                 s = warpgroup_mma(k_tile, q_one.index(zi).permute((1, 0)), s, use_acc=False, is_async=True)
                 s = warpgroup_mma(pe_ring.index(stage), qpe_one.index(zi).permute((1, 0)), s, is_async=True)
                 s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+                _stamp(trace_ptr, kb, 3, TRACE, 4)
                 s = s * scale_log2
                 offs_j = start + offs_n
                 # entries past the list or outside the cache (as _slot_records reads them) get no weight
@@ -229,14 +240,18 @@ if gluon_available():
                 p_smem.store(p.to(dtype))
                 fence_async_shared()
                 gl.thread_barrier()
+                _stamp(trace_ptr, kb, 4, TRACE, 4)
                 acc = acc * alpha[None, :]
                 acc = warpgroup_mma(k_tile.permute((1, 0)), p_smem, acc, is_async=True)
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
                 # every warp is done with the tile and with Pᵀ before the next codes land on it
                 gl.thread_barrier()
+                _stamp(trace_ptr, kb, 5, TRACE, 4)
                 if has_next:
                     _issue_codes(k_ptr, ent, start + BLOCK_N, tok_hi, page_block_size, num_blocks, stride_kb,
                                  stride_kp, bytes_view, LOAD8, D_V)
+                _stamp(trace_ptr, kb, 6, TRACE, 4)
+                kb += 1
             async_copy.wait_group(0)  # a request with no tile still issued its first one
             gl.thread_barrier()
 
