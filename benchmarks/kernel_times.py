@@ -2,7 +2,7 @@
 
 Usage (GPU): ``python -m benchmarks.kernel_times [--configs small,ragged] [--calls 50] [--json PATH]
 [--only NAMES] [--openmla-only] [--combine-chunks N] [--combine-eager N] [--combine-warps N] [--cuda-graph]
-[--flush-l2]``
+[--flush-l2]``, or for sparse decoding ``--sparse --configs heads [--sparse-parts N]``
 
 ``openmla bench`` times a whole call; for small batches that mixes the split kernel, the combine kernel and the
 gaps between launches. Here each provider's call runs ``--calls`` times (after a warm-up, so OpenMLA's calls
@@ -110,7 +110,15 @@ def main(argv=None) -> None:
                     help="the Hopper dense kernel hands each tile's P over whole (P_HALVES off)")
     ap.add_argument("--flush-l2", action="store_true",
                     help="zero a 256 MB buffer before each call (a cold L2, as openmla bench times calls)")
+    ap.add_argument("--sparse", action="store_true",
+                    help="sparse decoding (indices=...): --configs names sparse sets (standard, heads, small, bf16), "
+                         "FlashMLA on q padded to its head counts")
+    ap.add_argument("--sparse-parts", type=int, default=None,
+                    help="with --sparse: pieces of the Hopper kernels' split-KV plan (num_sm_parts) instead of the "
+                         "launcher's count")
     cli = ap.parse_args(argv)
+    if cli.sparse:
+        return _sparse_main(cli)
     only = None if cli.only is None else set(cli.only.split(","))
     if only is not None:
         known = {cfg.name for group in cli.configs.split(",") for cfg in get_configs(group, None, "dense_decode")}
@@ -183,6 +191,67 @@ def main(argv=None) -> None:
                                     cuda_graph=cli.cuda_graph, flush_l2=cli.flush_l2,
                                     combine_chunks=cli.combine_chunks, combine_eager=cli.combine_eager,
                                     combine_warps=cli.combine_warps,
+                                    kernels={k: dict(us=v[0], launches=v[1]) for k, v in times.items()}))
+            torch.cuda.empty_cache()
+    if cli.json:
+        with open(cli.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+def _sparse_main(cli) -> None:
+    """``--sparse``: each sparse config's calls, OpenMLA's and FlashMLA's (q padded to the heads it takes), by
+    kernel."""
+    import torch
+
+    from benchmarks.configs import get_configs
+    from benchmarks.runner import (
+        _flash_mla_sparse_call,
+        _flash_mla_sparse_heads,
+        _flash_mla_sparse_unsupported,
+        _graphed,
+        _load_flash_mla,
+        _openmla_sparse_call,
+        _pad_heads,
+    )
+    from openmla._harness import make_sparse_decode_inputs
+
+    if cli.sparse_parts is not None:
+        from openmla.ops.gluon import decode_sparse_sm90
+
+        launcher = decode_sparse_sm90.sparse_decode_sm90_fwd
+
+        def with_parts(*args, **kw):
+            return launcher(*args, **dict(kw, num_sm_parts=cli.sparse_parts))
+        decode_sparse_sm90.sparse_decode_sm90_fwd = with_parts
+    flash_mla, missing = _load_flash_mla()
+    card = torch.cuda.get_device_name()
+    only = None if cli.only is None else set(cli.only.split(","))
+    print(f"GPU time per call by kernel on {card} (mean of {cli.calls} calls)"
+          + (f", {cli.sparse_parts} pieces" if cli.sparse_parts else ""))
+    results = []
+    for group in cli.configs.split(","):
+        for cfg in get_configs(group, op="sparse_decode"):
+            if only is not None and cfg.name not in only:
+                continue
+            inp = make_sparse_decode_inputs(cfg.b, cfg.s_q, cfg.h_q, cfg.s_k, cfg.topk, cfg.page_block_size,
+                                            cfg.kv_format, cfg.d_qk, cfg.dv, torch.bfloat16, "cuda", cfg.seed,
+                                            cfg.invalid_frac)
+            providers = [("openmla", _openmla_sparse_call(inp))]
+            heads = _flash_mla_sparse_heads(cfg.h_q)
+            if flash_mla is not None and not cli.openmla_only and heads and not _flash_mla_sparse_unsupported(cfg):
+                providers.append(("flash_mla", _flash_mla_sparse_call(flash_mla, inp, _pad_heads(inp.q, heads))))
+            elif not cli.openmla_only and flash_mla is None:
+                print(f"  FlashMLA not timed: {missing}")
+            for provider, fn in providers:
+                if cli.cuda_graph:
+                    fn = _graphed(fn)
+                times, span = kernel_times(fn, cli.calls)
+                busy = sum(us for us, _ in times.values())
+                print(f"{cfg.name} {provider}: {busy:7.1f} us of kernels a call, {span:7.1f} us first start to last end")
+                for name, (us, n) in sorted(times.items(), key=lambda kv: -kv[1][0]):
+                    print(f"    {us:7.1f} us  x{n:.0f}  {name}")
+                results.append(dict(config=cfg.name, provider=provider, card=card, kernel_us=busy, span_us=span,
+                                    cuda_graph=cli.cuda_graph, sparse_parts=cli.sparse_parts,
                                     kernels={k: dict(us=v[0], launches=v[1]) for k, v in times.items()}))
             torch.cuda.empty_cache()
     if cli.json:
