@@ -113,6 +113,9 @@ def main(argv=None) -> None:
     ap.add_argument("--sparse", action="store_true",
                     help="sparse decoding (indices=...): --configs names sparse sets (standard, heads, small, bf16), "
                          "FlashMLA on q padded to its head counts")
+    ap.add_argument("--sparse-plan-overhead", type=int, default=None,
+                    help="with --sparse: units the Hopper kernels' split-KV plan charges a list beyond its blocks "
+                         "(PLAN_OVERHEAD of openmla.ops.gluon.decode_sparse_sm90)")
     ap.add_argument("--sparse-parts", type=int, default=None,
                     help="with --sparse: pieces of the Hopper kernels' split-KV plan (num_sm_parts) instead of the "
                          "launcher's count")
@@ -215,6 +218,10 @@ def _sparse_main(cli) -> None:
     )
     from openmla._harness import make_sparse_decode_inputs
 
+    if cli.sparse_plan_overhead is not None:
+        from openmla.ops.gluon import decode_sparse_sm90
+
+        decode_sparse_sm90.PLAN_OVERHEAD = cli.sparse_plan_overhead
     if cli.sparse_parts is not None:
         from openmla.ops.gluon import decode_sparse_sm90
 
@@ -227,7 +234,8 @@ def _sparse_main(cli) -> None:
     card = torch.cuda.get_device_name()
     only = None if cli.only is None else set(cli.only.split(","))
     print(f"GPU time per call by kernel on {card} (mean of {cli.calls} calls)"
-          + (f", {cli.sparse_parts} pieces" if cli.sparse_parts else ""))
+          + (f", {cli.sparse_parts} pieces" if cli.sparse_parts else "")
+          + (f", plan overhead {cli.sparse_plan_overhead}" if cli.sparse_plan_overhead is not None else ""))
     results = []
     for group in cli.configs.split(","):
         for cfg in get_configs(group, op="sparse_decode"):
@@ -252,6 +260,7 @@ def _sparse_main(cli) -> None:
                     print(f"    {us:7.1f} us  x{n:.0f}  {name}")
                 results.append(dict(config=cfg.name, provider=provider, card=card, kernel_us=busy, span_us=span,
                                     cuda_graph=cli.cuda_graph, sparse_parts=cli.sparse_parts,
+                                    sparse_plan_overhead=cli.sparse_plan_overhead,
                                     kernels={k: dict(us=v[0], launches=v[1]) for k, v in times.items()}))
             torch.cuda.empty_cache()
     if cli.json:

@@ -383,9 +383,10 @@ def test_gluon_sparse_reuses_the_plan_of_fixed_length_lists():
     from openmla.ops.schedule import plan_splitkv_torch
 
     cpu = torch.device("cpu")
-    first = gluon_sparse._fixed_length_plan(cpu, 6, 130, 4)
-    assert gluon_sparse._fixed_length_plan(cpu, 6, 130, 4) is first
-    assert gluon_sparse._fixed_length_plan(cpu, 6, 130, 5) is not first
+    first = gluon_sparse._fixed_length_plan(cpu, 6, 130, 4, 5)
+    assert gluon_sparse._fixed_length_plan(cpu, 6, 130, 4, 5) is first
+    assert gluon_sparse._fixed_length_plan(cpu, 6, 130, 5, 5) is not first
+    assert gluon_sparse._fixed_length_plan(cpu, 6, 130, 4, 1) is not first
     lens, sched, splits = first
     expected = torch.full((6,), 130, dtype=torch.int32)
     ref_sched, ref_splits = plan_splitkv_torch(expected, 4)

@@ -139,7 +139,8 @@ if triton_available():
 
 
 def plan_splitkv(
-    cache_seqlens: torch.Tensor, num_sm_parts: int, max_splits: int | None = MAX_SPLITS
+    cache_seqlens: torch.Tensor, num_sm_parts: int, max_splits: int | None = MAX_SPLITS,
+    overhead: int = FIXED_OVERHEAD,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Plan a ragged batch's split-KV schedule on ``cache_seqlens.device`` (one launch, no sync).
 
@@ -148,6 +149,8 @@ def plan_splitkv(
         num_sm_parts: pieces to cut the work into (one split-kernel program each, per row tile).
         max_splits: most pieces per request (:data:`MAX_SPLITS`; the fused combine's bound), or None for
             no bound.
+        overhead: units charged per request on top of its blocks (:data:`FIXED_OVERHEAD`, what a request's Q load
+            and output write cost the dense kernels, in KV blocks).
 
     Returns:
         ``(tile_scheduler_metadata int32 [num_sm_parts, 8], num_splits int32 [b + 1])``; see the
@@ -156,14 +159,14 @@ def plan_splitkv(
     b = cache_seqlens.shape[0]
     device = cache_seqlens.device
     if device.type != "cuda" and not _interpreting():
-        return plan_splitkv_torch(cache_seqlens, num_sm_parts, max_splits)
+        return plan_splitkv_torch(cache_seqlens, num_sm_parts, max_splits, overhead)
     sched = torch.empty(num_sm_parts, META_WIDTH, dtype=torch.int32, device=device)
     num_splits = torch.empty(b + 1, dtype=torch.int32, device=device)
     block_p = max(16, triton.next_power_of_2(num_sm_parts))
     chunk = 32 if block_p <= 256 else 16
     launch(_plan_splitkv_kernel, (1,),
         cache_seqlens, sched, num_splits, b, num_sm_parts,
-        BLOCK_P=block_p, CHUNK=chunk, SCHED=SCHED_BLOCK, OVERHEAD=FIXED_OVERHEAD, MAX_SPLITS=max_splits or _UNBOUNDED,
+        BLOCK_P=block_p, CHUNK=chunk, SCHED=SCHED_BLOCK, OVERHEAD=overhead, MAX_SPLITS=max_splits or _UNBOUNDED,
         num_warps=4,
     )
     return sched, num_splits
@@ -175,35 +178,37 @@ def _interpreting() -> bool:
     return interpret_mode() and triton_available()
 
 
-def _cut(cache_seqlens: torch.Tensor, num_sm_parts: int, max_splits: int | None):
+def _cut(cache_seqlens: torch.Tensor, num_sm_parts: int, max_splits: int | None, overhead: int):
     """The plan's arithmetic over requests: (lens, nblk, incl, excl, total, payload, splits a request), int64."""
     max_splits = max_splits or _UNBOUNDED
     lens = cache_seqlens.to(torch.int64)
     b = lens.shape[0]
     nblk = torch.clamp((lens + SCHED_BLOCK - 1) // SCHED_BLOCK, min=1)
-    cost = nblk + FIXED_OVERHEAD
+    cost = nblk + overhead
     incl = torch.cumsum(cost, 0)
     excl = incl - cost
     total = int(incl[-1]) if b > 0 else 0
     max_blk = int(nblk.max()) if b > 0 else 0
     payload = max((total + num_sm_parts - 1) // num_sm_parts, (max_blk + max_splits - 2) // (max_splits - 1), 1)
-    first = (excl + FIXED_OVERHEAD) // payload
+    first = (excl + overhead) // payload
     last = (incl - 1) // payload
     return lens, nblk, incl, excl, total, payload, last - first + 1
 
 
-def split_counts(cache_seqlens: torch.Tensor, num_sm_parts: int, max_splits: int | None = MAX_SPLITS) -> torch.Tensor:
+def split_counts(cache_seqlens: torch.Tensor, num_sm_parts: int, max_splits: int | None = MAX_SPLITS,
+                 overhead: int = FIXED_OVERHEAD) -> torch.Tensor:
     """Pieces :func:`plan_splitkv` cuts each request into (int64 [b], on ``cache_seqlens``' device): a request of
     one piece is written straight to the output by the split kernels, so a batch whose requests all have one needs
     no merge."""
-    return _cut(cache_seqlens, num_sm_parts, max_splits)[-1]
+    return _cut(cache_seqlens, num_sm_parts, max_splits, overhead)[-1]
 
 
 def plan_splitkv_torch(
-    cache_seqlens: torch.Tensor, num_sm_parts: int, max_splits: int | None = MAX_SPLITS
+    cache_seqlens: torch.Tensor, num_sm_parts: int, max_splits: int | None = MAX_SPLITS,
+    overhead: int = FIXED_OVERHEAD,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The same plan as :func:`plan_splitkv`, computed with plain PyTorch ops (CPU path, tests)."""
-    lens, nblk, incl, excl, total, payload, counts = _cut(cache_seqlens, num_sm_parts, max_splits)
+    lens, nblk, incl, excl, total, payload, counts = _cut(cache_seqlens, num_sm_parts, max_splits, overhead)
     b = lens.shape[0]
     num_splits = torch.zeros(b + 1, dtype=torch.int64, device=lens.device)
     num_splits[1:] = torch.cumsum(counts, 0)
@@ -212,15 +217,15 @@ def plan_splitkv_torch(
         x0 = p * payload
         x1 = min(x0 + payload, total)
         begin_req = int((incl <= x0).sum())
-        end_req = int(((excl + FIXED_OVERHEAD) < x1).sum()) - 1
+        end_req = int(((excl + overhead) < x1).sum()) - 1
         if begin_req > end_req:
             sched[p, 0], sched[p, 2] = b, b - 1
             continue
         p_begin, p_end = int(excl[begin_req]), int(excl[end_req])
         sched[p, 0] = begin_req
-        sched[p, 1] = max(x0 - (p_begin + FIXED_OVERHEAD), 0) * SCHED_BLOCK
+        sched[p, 1] = max(x0 - (p_begin + overhead), 0) * SCHED_BLOCK
         sched[p, 2] = end_req
-        end_blk = min(x1 - (p_end + FIXED_OVERHEAD), int(nblk[end_req]))
+        end_blk = min(x1 - (p_end + overhead), int(nblk[end_req]))
         sched[p, 3] = min(end_blk * SCHED_BLOCK, int(lens[end_req]))
-        sched[p, 4] = p - (p_begin + FIXED_OVERHEAD) // payload
+        sched[p, 4] = p - (p_begin + overhead) // payload
     return sched.to(torch.int32), num_splits.to(torch.int32)

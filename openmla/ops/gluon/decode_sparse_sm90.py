@@ -33,7 +33,7 @@ from ..._runtime import InvalidArgumentError, num_sms
 from ..combine import combine_splits
 from ..decode_dense import split_workspace, splitkv_args
 from ..launch import ShapeCache, launch, scratch
-from ..schedule import plan_splitkv, split_counts
+from ..schedule import FIXED_OVERHEAD, plan_splitkv, split_counts
 from . import decode_dense_sm90_small_heads as small
 from . import decode_dense_sm90_ws as ws
 from . import decode_sparse_sm90_small_heads as sparse_small
@@ -42,6 +42,10 @@ from . import decode_sparse_sm90_small_heads as sparse_small
 #: sparse kernel (:mod:`.decode_sparse_sm90_small_heads`: keys on ``wgmma``'s 64-row side, the heads on N, two
 #: programs an SM), not to the 64-row warp-specialized kernel. Read at the call.
 SMALL_HEADS = True
+#: Units the split-KV plan charges a list beyond its 64-key blocks, in the warp-specialized and the small-head kernels
+#: (``overhead`` of :func:`~openmla.ops.schedule.plan_splitkv`; the dense kernels' :data:`FIXED_OVERHEAD` is 5).
+#: Read at the call.
+PLAN_OVERHEAD = FIXED_OVERHEAD
 
 
 def small_heads_for(h_q: int, is_fp8: bool, q_dtype: torch.dtype) -> bool:
@@ -98,20 +102,23 @@ def token_lengths(topk_length: torch.Tensor, s_q: int, topk: int) -> torch.Tenso
     return lens
 
 
-def _fixed_length_plan(device: torch.device, tokens: int, topk: int, parts: int):
-    """``(lens, sched, splits)`` for ``tokens`` lists of ``topk`` entries over ``parts`` pieces."""
+def _fixed_length_plan(device: torch.device, tokens: int, topk: int, parts: int, overhead: int):
+    """``(lens, sched, splits)`` for ``tokens`` lists of ``topk`` entries over ``parts`` pieces, ``overhead`` units a
+    list (:func:`~openmla.ops.schedule.plan_splitkv`)."""
     def make():
         lens = torch.full((tokens,), topk, dtype=torch.int32, device=device)
-        return (lens, *plan_splitkv(lens, parts))
+        return (lens, *plan_splitkv(lens, parts, overhead=overhead))
 
-    return _FIXED_PLANS.get(device, (tokens, topk, parts), make)
+    return _FIXED_PLANS.get(device, (tokens, topk, parts, overhead), make)
 
 
 @functools.lru_cache(maxsize=256)
-def fixed_lists_unsplit(tokens: int, topk: int, parts: int) -> bool:
-    """Whether the plan of ``tokens`` lists of ``topk`` entries over ``parts`` pieces keeps every list in one piece
-    (computed on the host, once per shape): then the split kernel writes every output itself and no merge runs."""
-    return int(split_counts(torch.full((tokens,), topk, dtype=torch.int32), parts).max()) <= 1
+def fixed_lists_unsplit(tokens: int, topk: int, parts: int, overhead: int = FIXED_OVERHEAD) -> bool:
+    """Whether the plan of ``tokens`` lists of ``topk`` entries over ``parts`` pieces (``overhead`` units a list) keeps
+    every list in one piece (computed on the host, once per shape): then the split kernel writes every output itself
+    and no merge runs."""
+    lens = torch.full((tokens,), topk, dtype=torch.int32)
+    return int(split_counts(lens, parts, overhead=overhead).max()) <= 1
 
 
 def sparse_decode_sm90_fwd(
@@ -196,10 +203,10 @@ def sparse_decode_sm90_fwd(
     lists = indices.reshape(tokens, topk)
     parts = num_sm_parts or max(num_sms(q.device) // row_tiles, 1)
     if topk_length is None:
-        lens, sched, splits = _fixed_length_plan(q.device, tokens, topk, parts)
+        lens, sched, splits = _fixed_length_plan(q.device, tokens, topk, parts, PLAN_OVERHEAD)
     else:  # planned on the device each call, by launches a replay repeats with the call's lengths
         lens = token_lengths(topk_length, s_q, topk)
-        sched, splits = plan_splitkv(lens, parts)
+        sched, splits = plan_splitkv(lens, parts, overhead=PLAN_OVERHEAD)
         scratch(lens, sched, splits)
     out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
     out_tok = out.view(tokens, 1, h_q, head_dim_v)
@@ -235,7 +242,8 @@ def sparse_decode_sm90_fwd(
         num_warps=ws.NUM_WARPS,
         maxnreg=ws.SOLO_MAXNREG,
     )
-    if topk_length is not None or not fixed_lists_unsplit(tokens, topk, parts):  # else no list was split
+    # lists of topk_length are planned on the device; fixed-length ones kept whole need no merge
+    if topk_length is not None or not fixed_lists_unsplit(tokens, topk, parts, PLAN_OVERHEAD):
         combine_splits(out_tok, lse_tok, workspace[0], workspace[1], splits, attn_sink=attn_sink)
     if s_q == 1:  # [b, h_q, 1] already
         return out, lse_tok.view(b, h_q, 1)
@@ -256,10 +264,10 @@ def _small_heads_fwd(q, k_cache, indices, head_dim_v, softmax_scale, topk_length
     lists = indices.reshape(tokens, topk)
     parts = num_sm_parts or sparse_small.PROGRAMS_PER_SM * num_sms(q.device)
     if topk_length is None:
-        lens, sched, splits = _fixed_length_plan(q.device, tokens, topk, parts)
+        lens, sched, splits = _fixed_length_plan(q.device, tokens, topk, parts, PLAN_OVERHEAD)
     else:  # planned on the device each call, by launches a replay repeats with the call's lengths
         lens = token_lengths(topk_length, s_q, topk)
-        sched, splits = plan_splitkv(lens, parts)
+        sched, splits = plan_splitkv(lens, parts, overhead=PLAN_OVERHEAD)
         scratch(lens, sched, splits)
     out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
     out_tok = out.view(tokens, 1, h_q, head_dim_v)
@@ -275,7 +283,8 @@ def _small_heads_fwd(q, k_cache, indices, head_dim_v, softmax_scale, topk_length
         P_SMEM=small.p_smem_layout(sparse_small.R), HAS_SINK=attn_sink is not None, TRACE=trace is not None,
         num_warps=4,
     )
-    if topk_length is not None or not fixed_lists_unsplit(tokens, topk, parts):  # else no list was split
+    # lists of topk_length are planned on the device; fixed-length ones kept whole need no merge
+    if topk_length is not None or not fixed_lists_unsplit(tokens, topk, parts, PLAN_OVERHEAD):
         combine_splits(out_tok, lse_tok, workspace[0], workspace[1], splits, attn_sink=attn_sink)
     if s_q == 1:  # [b, h_q, 1] already
         return out, lse_tok.view(b, h_q, 1)
