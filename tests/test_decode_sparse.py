@@ -505,6 +505,40 @@ def test_gluon_sparse_skips_the_merge_when_no_list_is_split(monkeypatch, generat
             assert len(merges) - before == int(merged), (h_q, topk, lengths)
 
 
+def test_gluon_sparse_plan_overhead_by_row_tiles(monkeypatch, generator):
+    """Fixed-length lists are planned with no per-list overhead at one row tile (so 128 lists over 132 or 264 pieces
+    come whole or in equal halves, with no merge) and with the dense kernels' at two; lists with ``topk_length``
+    keep the dense kernels'; ``PLAN_OVERHEAD`` overrides both. The launchers plan with it (recorded on CPU)."""
+    from openmla.ops.gluon import decode_dense_sm90_ws as ws
+    from openmla.ops.gluon import decode_sparse_sm90 as gluon_sparse
+    from openmla.ops.gluon import decode_sparse_sm90_small_heads as sparse_small
+    from openmla.ops.schedule import FIXED_OVERHEAD, split_counts
+
+    assert gluon_sparse.plan_overhead(1, True) == 0 and gluon_sparse.plan_overhead(2, True) == FIXED_OVERHEAD
+    assert gluon_sparse.plan_overhead(1, False) == gluon_sparse.plan_overhead(2, False) == FIXED_OVERHEAD
+    lens = torch.full((128,), 2048, dtype=torch.int32)
+    assert split_counts(lens, 132, overhead=0).max() == 1 and split_counts(lens, 132).max() == 2
+    assert split_counts(lens, 264, overhead=0).tolist() == [2] * 128
+    monkeypatch.setattr(gluon_sparse, "PLAN_OVERHEAD", 3)
+    assert gluon_sparse.plan_overhead(1, True) == gluon_sparse.plan_overhead(2, False) == 3
+    monkeypatch.setattr(gluon_sparse, "PLAN_OVERHEAD", None)
+
+    planned = []
+    real_plan = gluon_sparse.plan_splitkv
+    monkeypatch.setattr(gluon_sparse, "plan_splitkv", lambda lens, parts, overhead: (
+        planned.append((lens.shape[0], parts, overhead)), real_plan(lens, parts, overhead=overhead))[1])
+    monkeypatch.setattr(gluon_sparse, "combine_splits", lambda *args, **kw: None)
+    record_launches(monkeypatch, ws, "_dense_decode_sm90_ws_kernel")
+    record_launches(monkeypatch, sparse_small, "_sparse_v32_small_heads_kernel")
+    gluon_sparse._FIXED_PLANS.entries.clear()
+    for h_q, lengths in ((16, False), (64, False), (128, False), (64, True)):
+        inputs = make_sparse_decode_inputs(3, 1, h_q, 4096, 640, 64, 576, 512, torch.bfloat16, "cpu", fp8=True,
+                                           generator=generator, topk_length=lengths)
+        gluon_sparse.sparse_decode_sm90_fwd(inputs["q"], inputs["k_cache"], inputs["indices"], 512, 0.1,
+                                            inputs["topk_length"], is_fp8=True)
+    assert planned == [(3, 264, 0), (3, 132, 0), (3, 66, FIXED_OVERHEAD), (3, 132, FIXED_OVERHEAD)]
+
+
 def test_sparse_choice_names_the_small_head_kernel(monkeypatch):
     """The sparse dispatcher's reason names the Hopper kernel that serves the call: the small-head kernel at most 16
     heads over the V3.2 cache with a bf16 q, the warp-specialized kernel for more heads, an fp16 q or a 16-bit

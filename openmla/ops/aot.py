@@ -206,10 +206,12 @@ def _variants(arch: int = 90) -> list[Variant]:
                                                 "scale_ptr": "*fp32"}, (),
                            dict(D=576, BLOCK_D=1024, QUANT=quant), 4, 2,
                            f"kv fp32 -> {'per-tensor FP8' if quant else 'bf16'} cache", runtime_ints=write_ints))
-    out.append(Variant(
-        _plan_splitkv_kernel, {"seqlens_ptr": "*i32", "sched_ptr": "*i32", "num_splits_ptr": "*i32"}, (),
-        dict(BLOCK_P=256, CHUNK=32, SCHED=SCHED_BLOCK, OVERHEAD=FIXED_OVERHEAD, MAX_SPLITS=MAX_SPLITS), 4, 2,
-        "256 parts"))
+    # the dense kernels' per-request overhead, and none (sparse plans of fixed-length lists at one row tile)
+    for overhead in (FIXED_OVERHEAD, 0):
+        out.append(Variant(
+            _plan_splitkv_kernel, {"seqlens_ptr": "*i32", "sched_ptr": "*i32", "num_splits_ptr": "*i32"}, (),
+            dict(BLOCK_P=256, CHUNK=32, SCHED=SCHED_BLOCK, OVERHEAD=overhead, MAX_SPLITS=MAX_SPLITS), 4, 2,
+            "256 parts" + ("" if overhead == FIXED_OVERHEAD else f" overhead {overhead}")))
     return out
 
 

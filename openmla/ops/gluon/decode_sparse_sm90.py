@@ -42,10 +42,21 @@ from . import decode_sparse_sm90_small_heads as sparse_small
 #: sparse kernel (:mod:`.decode_sparse_sm90_small_heads`: keys on ``wgmma``'s 64-row side, the heads on N, two
 #: programs an SM), not to the 64-row warp-specialized kernel. Read at the call.
 SMALL_HEADS = True
-#: Units the split-KV plan charges a list beyond its 64-key blocks, in the warp-specialized and the small-head kernels
-#: (``overhead`` of :func:`~openmla.ops.schedule.plan_splitkv`; the dense kernels' :data:`FIXED_OVERHEAD` is 5).
-#: Read at the call.
-PLAN_OVERHEAD = FIXED_OVERHEAD
+#: Units the split-KV plan of fixed-length lists (no ``topk_length``) charges a list beyond its 64-key blocks
+#: (``overhead`` of :func:`~openmla.ops.schedule.plan_splitkv`), by row tiles a token: with one (h_q <= 64, either
+#: kernel) none, so ``tokens`` lists over about as many pieces come whole or in equal parts (H200, b=64, s_q=2,
+#: topk=2048, GPU time a call: h_q 16 / 32 / 64 113.2 / 124.5 / 127.7 µs against 125.5 / 136.0 / 145.9 with the
+#: dense kernels' 5); with two (h_q=128) the dense kernels' :data:`FIXED_OVERHEAD` (0 was 0.4-1.5 % slower there).
+#: Lists with ``topk_length`` keep :data:`FIXED_OVERHEAD`. :data:`PLAN_OVERHEAD`, when set, overrides both (A/Bs).
+FIXED_LIST_OVERHEAD = {1: 0, 2: FIXED_OVERHEAD}
+PLAN_OVERHEAD: int | None = None
+
+
+def plan_overhead(row_tiles: int, fixed_lists: bool) -> int:
+    """The plan's units a list beyond its blocks (:data:`FIXED_LIST_OVERHEAD`; read at the call)."""
+    if PLAN_OVERHEAD is not None:
+        return PLAN_OVERHEAD
+    return FIXED_LIST_OVERHEAD.get(row_tiles, FIXED_OVERHEAD) if fixed_lists else FIXED_OVERHEAD
 
 
 def small_heads_for(h_q: int, is_fp8: bool, q_dtype: torch.dtype) -> bool:
@@ -202,11 +213,12 @@ def sparse_decode_sm90_fwd(
     q_tok = q.reshape(tokens, 1, h_q, d)
     lists = indices.reshape(tokens, topk)
     parts = num_sm_parts or max(num_sms(q.device) // row_tiles, 1)
+    overhead = plan_overhead(row_tiles, topk_length is None)
     if topk_length is None:
-        lens, sched, splits = _fixed_length_plan(q.device, tokens, topk, parts, PLAN_OVERHEAD)
+        lens, sched, splits = _fixed_length_plan(q.device, tokens, topk, parts, overhead)
     else:  # planned on the device each call, by launches a replay repeats with the call's lengths
         lens = token_lengths(topk_length, s_q, topk)
-        sched, splits = plan_splitkv(lens, parts, overhead=PLAN_OVERHEAD)
+        sched, splits = plan_splitkv(lens, parts, overhead=overhead)
         scratch(lens, sched, splits)
     out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
     out_tok = out.view(tokens, 1, h_q, head_dim_v)
@@ -243,7 +255,7 @@ def sparse_decode_sm90_fwd(
         maxnreg=ws.SOLO_MAXNREG,
     )
     # lists of topk_length are planned on the device; fixed-length ones kept whole need no merge
-    if topk_length is not None or not fixed_lists_unsplit(tokens, topk, parts, PLAN_OVERHEAD):
+    if topk_length is not None or not fixed_lists_unsplit(tokens, topk, parts, overhead):
         combine_splits(out_tok, lse_tok, workspace[0], workspace[1], splits, attn_sink=attn_sink)
     if s_q == 1:  # [b, h_q, 1] already
         return out, lse_tok.view(b, h_q, 1)
@@ -263,11 +275,12 @@ def _small_heads_fwd(q, k_cache, indices, head_dim_v, softmax_scale, topk_length
     q_tok = q.reshape(tokens, 1, h_q, d)
     lists = indices.reshape(tokens, topk)
     parts = num_sm_parts or sparse_small.PROGRAMS_PER_SM * num_sms(q.device)
+    overhead = plan_overhead(1, topk_length is None)
     if topk_length is None:
-        lens, sched, splits = _fixed_length_plan(q.device, tokens, topk, parts, PLAN_OVERHEAD)
+        lens, sched, splits = _fixed_length_plan(q.device, tokens, topk, parts, overhead)
     else:  # planned on the device each call, by launches a replay repeats with the call's lengths
         lens = token_lengths(topk_length, s_q, topk)
-        sched, splits = plan_splitkv(lens, parts, overhead=PLAN_OVERHEAD)
+        sched, splits = plan_splitkv(lens, parts, overhead=overhead)
         scratch(lens, sched, splits)
     out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
     out_tok = out.view(tokens, 1, h_q, head_dim_v)
@@ -284,7 +297,7 @@ def _small_heads_fwd(q, k_cache, indices, head_dim_v, softmax_scale, topk_length
         num_warps=4,
     )
     # lists of topk_length are planned on the device; fixed-length ones kept whole need no merge
-    if topk_length is not None or not fixed_lists_unsplit(tokens, topk, parts, PLAN_OVERHEAD):
+    if topk_length is not None or not fixed_lists_unsplit(tokens, topk, parts, overhead):
         combine_splits(out_tok, lse_tok, workspace[0], workspace[1], splits, attn_sink=attn_sink)
     if s_q == 1:  # [b, h_q, 1] already
         return out, lse_tok.view(b, h_q, 1)
