@@ -204,6 +204,15 @@ def sparse_heads_configs() -> list[SparseDecodeConfig]:
     ]
 
 
+def sparse_few_heads_configs() -> list[SparseDecodeConfig]:
+    """16 heads (where the small-head kernel serves) over batch sizes and MTP depths beside the heads set's b=64,
+    s_q=2: the shapes its dispatch rule must hold on."""
+    return [
+        SparseDecodeConfig(f"sparse_h16_b{b}_sq{s_q}", "few_heads", b=b, s_q=s_q, s_k=32768, h_q=16, topk=2048)
+        for b, s_q in ((1, 1), (4, 1), (16, 1), (16, 2), (64, 1), (128, 2))
+    ]
+
+
 def sparse_bf16_configs() -> list[SparseDecodeConfig]:
     """The standard config over a 16-bit cache (no FlashMLA counterpart on SM90)."""
     return [
@@ -240,6 +249,7 @@ _BUILDERS = {
     "sparse_decode": {
         "standard": sparse_standard_configs,
         "heads": sparse_heads_configs,
+        "few_heads": sparse_few_heads_configs,
         "bf16": sparse_bf16_configs,
         "small": sparse_small_configs,
     },

@@ -426,10 +426,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="PATH", default=None, help="write {header, results} here")
     parser.add_argument(
         "--configs",
-        choices=["standard", "small", "ragged", "host", "heads", "bf16", "all"],
+        choices=["standard", "small", "ragged", "host", "heads", "few_heads", "bf16", "all"],
         default="standard",
         help="which configuration set (benchmarks/configs.py); dense_decode: standard, small, ragged, host; "
-        "sparse_decode: standard, heads, bf16, small",
+        "sparse_decode: standard, heads, few_heads, bf16, small",
     )
     parser.add_argument(
         "--dtype",

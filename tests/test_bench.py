@@ -83,7 +83,7 @@ def test_sparse_config_sets():
     small = get_configs("small", op="sparse_decode")
     assert {(c.topk, c.page_block_size) for c in small} == {(t, p) for t in (64, 576, 2048) for p in (2, 61, 64)}
     assert {(c.b, c.s_q) for c in small} == {(4, 1)}
-    assert set(config_sets("sparse_decode")) == {"standard", "heads", "bf16", "small", "all"}
+    assert set(config_sets("sparse_decode")) == {"standard", "heads", "few_heads", "bf16", "small", "all"}
     with pytest.raises(ValueError, match="ragged"):
         get_configs("ragged", op="sparse_decode")
     # the dense sets are what they were
