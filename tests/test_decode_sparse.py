@@ -539,6 +539,18 @@ def test_gluon_sparse_plan_overhead_by_row_tiles(monkeypatch, generator):
     assert planned == [(3, 264, 0), (3, 132, 0), (3, 66, FIXED_OVERHEAD), (3, 132, FIXED_OVERHEAD)]
 
 
+def test_small_head_sparse_pieces():
+    """Two programs an SM unless that cuts pieces under MIN_PIECE_TILES tiles where one an SM cuts longer ones
+    (16 lists of 2048 on 132 SMs: 3 tiles against 4); lists capped by the splits a list may have get the same
+    pieces either way and keep two an SM."""
+    from openmla.ops.gluon.decode_sparse_sm90_small_heads import MIN_PIECE_TILES, pieces_for
+
+    assert MIN_PIECE_TILES == 4
+    assert pieces_for(16, 2048, 132, 16) == 132
+    assert [pieces_for(t, 2048, 132, 16) for t in (1, 4, 8, 32, 128, 256)] == [264] * 6
+    assert pieces_for(16, 2048, 100, 16) == 100  # 512 tiles: 3 a piece over 200 pieces, 6 over 100
+
+
 def test_sparse_choice_names_the_small_head_kernel(monkeypatch):
     """The sparse dispatcher's reason names the Hopper kernel that serves the call: the small-head kernel at most 16
     heads over the V3.2 cache with a bf16 q, the warp-specialized kernel for more heads, an fp16 q or a 16-bit

@@ -33,7 +33,7 @@ from ..._runtime import InvalidArgumentError, num_sms
 from ..combine import combine_splits
 from ..decode_dense import split_workspace, splitkv_args
 from ..launch import ShapeCache, launch, scratch
-from ..schedule import FIXED_OVERHEAD, plan_splitkv, split_counts
+from ..schedule import FIXED_OVERHEAD, MAX_SPLITS, plan_splitkv, split_counts
 from . import decode_dense_sm90_small_heads as small
 from . import decode_dense_sm90_ws as ws
 from . import decode_sparse_sm90_small_heads as sparse_small
@@ -274,7 +274,7 @@ def _small_heads_fwd(q, k_cache, indices, head_dim_v, softmax_scale, topk_length
     tokens = b * s_q
     q_tok = q.reshape(tokens, 1, h_q, d)
     lists = indices.reshape(tokens, topk)
-    parts = num_sm_parts or sparse_small.PROGRAMS_PER_SM * num_sms(q.device)
+    parts = num_sm_parts or sparse_small.pieces_for(tokens, topk, num_sms(q.device), MAX_SPLITS)
     overhead = plan_overhead(1, topk_length is None)
     if topk_length is None:
         lens, sched, splits = _fixed_length_plan(q.device, tokens, topk, parts, overhead)

@@ -33,6 +33,11 @@ BLOCK_N = 64
 R = 16
 #: Programs the split-KV plan counts on each SM (the shared memory, ~102 KB a program, allows two).
 PROGRAMS_PER_SM = 2
+#: Fewest tiles a piece should walk with two programs an SM: where pieces would be shorter and one program an SM
+#: gives longer ones, the plan counts one (H200, h_q=16, 16 lists of 2048: pieces of 3 tiles over 2 x 132 took 29.9
+#: µs a call where the warp-specialized kernel's pieces of 4 over 132 took 24.0; at 4 tiles a piece, 32 lists, 39.4
+#: against 39.8).
+MIN_PIECE_TILES = 4
 #: The trace build's events of a tile (``trace=`` of the launcher; ``benchmarks/trace_ws.py``, configs
 #: ``*_small_heads``): 0 the step begins, 1 its codes, RoPE dims and scales have landed, 2 decoded, 3 scores done,
 #: 4 P published, 5 ``P V`` done, 6 the next tile's codes issued.
@@ -284,3 +289,18 @@ def sparse_v32_small_heads_fits(h_q: int, is_fp8: bool, q_dtype: torch.dtype) ->
     """Whether this kernel can serve a sparse call: V3.2 FP8 records, a bf16 q (the records' RoPE dims are bf16 and
     are multiplied as they land), at most :data:`R` heads."""
     return bool(is_fp8) and q_dtype == torch.bfloat16 and 0 < h_q <= R
+
+
+def pieces_for(tokens: int, topk: int, sms: int, max_splits: int) -> int:
+    """Pieces of the split-KV plan for ``tokens`` lists of up to ``topk`` entries: :data:`PROGRAMS_PER_SM` an SM,
+    unless that cuts pieces under :data:`MIN_PIECE_TILES` tiles where one an SM cuts longer ones (the plan's payload
+    with no per-list overhead, ``max_splits`` pieces a list at most)."""
+    blocks = max(-(-topk // BLOCK_N), 1)
+
+    def payload(parts: int) -> int:
+        return max(-(-tokens * blocks // parts), -(-blocks // (max_splits - 1)), 1)
+
+    two = PROGRAMS_PER_SM * sms
+    if payload(two) < MIN_PIECE_TILES and payload(sms) > payload(two):
+        return sms
+    return two
