@@ -15,6 +15,11 @@ Over the V3.2 FP8 cache (656-byte records, ``is_fp8``) the loader gathers each t
 into the K stage and dequantizes them there to q's dtype (``_gather_fp8_tile`` in
 :mod:`.decode_dense_sm90_ws`), so the products are the same as over a 16-bit cache.
 
+At most 16 heads with a bf16 q over the V3.2 cache go to the small-head kernel instead
+(:mod:`.decode_sparse_sm90_small_heads`: the keys on ``wgmma``'s 64-row side, the heads on N, two programs an SM;
+:data:`SMALL_HEADS`, :func:`small_heads_for`). Plans of fixed-length lists are made once per shape
+(:data:`_FIXED_PLANS`) with the per-list overhead of :func:`plan_overhead`.
+
 Served here: bf16/fp16 q over a cache of q's dtype, ``(d_qk, head_dim_v)`` of (576, 512) or (512, 512), or over
 the V3.2 FP8 cache (576, 512) whose page stride and base address are multiples of 16 bytes (its 16-byte
 copies), with or without an ``attn_sink``; no extra cache (the dispatcher sends those calls to the Triton
