@@ -22,8 +22,9 @@ Each query token is a request of ``h_q`` rows (rows past ``h_q`` masked); the sp
 written straight to ``out`` get it here).
 
 Measured (NVIDIA H200, ``docs/perf-notes.md``, sparse section): b=64, s_q=2, topk=2048 at h_q=16, 113.2 µs of GPU
-time a call against the warp-specialized kernel's ~125 and FlashMLA's 111-114 on q padded to 64 heads; 1.31x the
-same kernel at one program an SM; a steady-state tile takes a program 10,470 cycles (decode 3,197 of them). Its trace
+time a call (its plan without per-list overhead) against FlashMLA's 113.6 on q padded to 64 heads and the
+warp-specialized kernel's 129.7 (with the dense kernels' plan; 125.5 for this kernel with that plan); 1.31x the same
+kernel at one program an SM; a steady-state tile takes a program 10,470 cycles (decode 3,197 of them). Its trace
 build (``trace=``, events :data:`TRACE_EVENTS`) is read by ``benchmarks/trace_ws.py``.
 """
 
