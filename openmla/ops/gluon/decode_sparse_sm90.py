@@ -29,6 +29,7 @@ kernel). FlashMLA has no sparse decoding over 16-bit caches on SM90.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 import triton
@@ -193,7 +194,6 @@ def sparse_decode_sm90_fwd(
         fp32 natural log (+inf for such a token).
     """
     b, s_q, h_q, d = q.shape
-    topk = indices.shape[2]
     ws_options = {"prefetch_l2": prefetch_l2 != ws.SPARSE_FP8_PREFETCH_L2, "loader_regs": loader_regs is not None,
                   "list_ahead": list_ahead is not None, "output_decode": output_decode is not None}
     if small_heads is None:
@@ -212,24 +212,9 @@ def sparse_decode_sm90_fwd(
                                 attn_sink, trace)
     if list_ahead is None:
         list_ahead = (ws.SPARSE_FP8_LIST_AHEAD and not prefetch_l2) if is_fp8 else ws.LIST_AHEAD
-    tokens = b * s_q
     row_tiles = -(-h_q // ws.BLOCK_M)
-    # each query token is one request with its own list
-    q_tok = q.reshape(tokens, 1, h_q, d)
-    lists = indices.reshape(tokens, topk)
     parts = num_sm_parts or max(num_sms(q.device) // row_tiles, 1)
-    overhead = plan_overhead(row_tiles, topk_length is None)
-    if topk_length is None:
-        lens, sched, splits = _fixed_length_plan(q.device, tokens, topk, parts, overhead)
-    else:  # planned on the device each call, by launches a replay repeats with the call's lengths
-        lens = token_lengths(topk_length, s_q, topk)
-        sched, splits = plan_splitkv(lens, parts, overhead=overhead)
-        scratch(lens, sched, splits)
-    out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
-    out_tok = out.view(tokens, 1, h_q, head_dim_v)
-    lse_tok = torch.empty(tokens, h_q, 1, dtype=torch.float32, device=q.device)
-    workspace = split_workspace(q_tok, head_dim_v, parts, fused_merge=False)  # the combine kernel merges
-    scratch(*workspace)  # written by the split kernel before the combine kernel reads them
+    plan = _plan_tokens(q, indices, head_dim_v, topk_length, parts, plan_overhead(row_tiles, topk_length is None))
     output_decode = int(ws.SPARSE_FP8_OUTPUT_DECODE if output_decode is None else output_decode) if is_fp8 else 0
     if output_decode not in (0, 1):
         raise InvalidArgumentError(f"output_decode: 0 (the loader decodes) or 1 (the output warpgroups do), got "
@@ -248,8 +233,8 @@ def sparse_decode_sm90_fwd(
     if is_fp8:
         k_cache = k_cache.view(torch.uint8)  # the kernel addresses records in bytes
     launch(ws._dense_decode_sm90_ws_kernel, (row_tiles, parts),
-        *splitkv_args(q_tok, k_cache, lists, lens, sched, splits, out_tok, lse_tok, workspace, row_tiles,
-                      softmax_scale), None, attn_sink, None, None, trace,
+        *splitkv_args(plan.q_tok, k_cache, plan.lists, plan.lens, plan.sched, plan.splits, plan.out_tok, plan.lse_tok,
+                      plan.workspace, row_tiles, softmax_scale), None, attn_sink, None, None, trace,
         CAUSAL=False, OVERLAP=False, SOFTMAX_ONLY=True, TMA_K=False, BLOCK_M=ws.BLOCK_M, BLOCK_N=ws.BLOCK_N,
         D_V=head_dim_v, D_PE=d - head_dim_v, SOFTMAX_WARPS=ws.NUM_WARPS, OUTPUT_WARPS=ws.WORKER_WARPS[0],
         LOADER_WARPS=ws.WORKER_WARPS[1], OUTPUT_REGS=regs[0], LOADER_REGS=regs[1], ASYNC_ARRIVE=True, K_BOXES=1,
@@ -259,13 +244,7 @@ def sparse_decode_sm90_fwd(
         num_warps=ws.NUM_WARPS,
         maxnreg=ws.SOLO_MAXNREG,
     )
-    # lists of topk_length are planned on the device; fixed-length ones kept whole need no merge
-    if topk_length is not None or not fixed_lists_unsplit(tokens, topk, parts, overhead):
-        combine_splits(out_tok, lse_tok, workspace[0], workspace[1], splits, attn_sink=attn_sink)
-    if s_q == 1:  # [b, h_q, 1] already
-        return out, lse_tok.view(b, h_q, 1)
-    scratch(lse_tok)  # read by the launch that writes the call's lse
-    return out, lse_by_heads(lse_tok, b, s_q)
+    return _merge(plan, topk_length is not None, attn_sink)
 
 
 def _small_heads_fwd(q, k_cache, indices, head_dim_v, softmax_scale, topk_length, num_sm_parts, attn_sink,
@@ -276,35 +255,69 @@ def _small_heads_fwd(q, k_cache, indices, head_dim_v, softmax_scale, topk_length
     to them)."""
     b, s_q, h_q, d = q.shape
     topk = indices.shape[2]
-    tokens = b * s_q
-    q_tok = q.reshape(tokens, 1, h_q, d)
-    lists = indices.reshape(tokens, topk)
-    parts = num_sm_parts or sparse_small.pieces_for(tokens, topk, num_sms(q.device), MAX_SPLITS)
-    overhead = plan_overhead(1, topk_length is None)
-    if topk_length is None:
-        lens, sched, splits = _fixed_length_plan(q.device, tokens, topk, parts, overhead)
-    else:  # planned on the device each call, by launches a replay repeats with the call's lengths
-        lens = token_lengths(topk_length, s_q, topk)
-        sched, splits = plan_splitkv(lens, parts, overhead=overhead)
-        scratch(lens, sched, splits)
-    out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
-    out_tok = out.view(tokens, 1, h_q, head_dim_v)
-    lse_tok = torch.empty(tokens, h_q, 1, dtype=torch.float32, device=q.device)
-    workspace = split_workspace(q_tok, head_dim_v, parts, fused_merge=False)  # the combine kernel merges
-    scratch(*workspace)  # written by the split kernel before the combine kernel reads them
+    parts = num_sm_parts or sparse_small.pieces_for(b * s_q, topk, num_sms(q.device), MAX_SPLITS)
+    plan = _plan_tokens(q, indices, head_dim_v, topk_length, parts, plan_overhead(1, topk_length is None))
     ws.check_trace(trace, q.device)
     launch(sparse_small._sparse_v32_small_heads_kernel, (1, parts),
-        *splitkv_args(q_tok, k_cache.view(torch.uint8), lists, lens, sched, splits, out_tok, lse_tok, workspace, 1,
-                      softmax_scale),
+        *splitkv_args(plan.q_tok, k_cache.view(torch.uint8), plan.lists, plan.lens, plan.sched, plan.splits,
+                      plan.out_tok, plan.lse_tok, plan.workspace, 1, softmax_scale),
         attn_sink, trace,
         R=sparse_small.R, BLOCK_N=sparse_small.BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v,
         P_SMEM=small.p_smem_layout(sparse_small.R), HAS_SINK=attn_sink is not None, TRACE=trace is not None,
         num_warps=4,
     )
-    # lists of topk_length are planned on the device; fixed-length ones kept whole need no merge
-    if topk_length is not None or not fixed_lists_unsplit(tokens, topk, parts, overhead):
-        combine_splits(out_tok, lse_tok, workspace[0], workspace[1], splits, attn_sink=attn_sink)
+    return _merge(plan, topk_length is not None, attn_sink)
+
+
+class _TokenPlan(NamedTuple):
+    """A sparse call as the split-KV kernels take it: each of the ``b * s_q`` query tokens a request of ``h_q`` rows
+    (``q_tok`` [tokens, 1, h_q, d]) with its own list (``lists`` [tokens, topk]), the plan of those lists over ``parts``
+    pieces (``lens``, ``sched``, ``splits``; ``overhead`` units a list), the outputs (``out`` [b, s_q, h_q, d_v] and its
+    per-token view ``out_tok``, ``lse_tok`` fp32 [tokens, h_q, 1]) and the split partials' ``workspace``."""
+    q_tok: torch.Tensor
+    lists: torch.Tensor
+    lens: torch.Tensor
+    sched: torch.Tensor
+    splits: torch.Tensor
+    out: torch.Tensor
+    out_tok: torch.Tensor
+    lse_tok: torch.Tensor
+    workspace: tuple
+    parts: int
+    overhead: int
+
+
+def _plan_tokens(q, indices, head_dim_v, topk_length, parts, overhead) -> _TokenPlan:
+    """Plan and allocate a sparse call for either Hopper kernel (:class:`_TokenPlan`): fixed-length lists by the plan
+    cached for their shape, lists with ``topk_length`` by launches a replay repeats with the call's lengths."""
+    b, s_q, h_q, d = q.shape
+    topk = indices.shape[2]
+    tokens = b * s_q
+    q_tok = q.reshape(tokens, 1, h_q, d)
+    if topk_length is None:
+        lens, sched, splits = _fixed_length_plan(q.device, tokens, topk, parts, overhead)
+    else:
+        lens = token_lengths(topk_length, s_q, topk)
+        sched, splits = plan_splitkv(lens, parts, overhead=overhead)
+        scratch(lens, sched, splits)
+    out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
+    lse_tok = torch.empty(tokens, h_q, 1, dtype=torch.float32, device=q.device)
+    workspace = split_workspace(q_tok, head_dim_v, parts, fused_merge=False)  # the combine kernel merges
+    scratch(*workspace)  # written by the split kernel before the combine kernel reads them
+    return _TokenPlan(q_tok, indices.reshape(tokens, topk), lens, sched, splits, out,
+                      out.view(tokens, 1, h_q, head_dim_v), lse_tok, workspace, parts, overhead)
+
+
+def _merge(plan: _TokenPlan, lengths_given: bool, attn_sink) -> tuple[torch.Tensor, torch.Tensor]:
+    """After the split kernel: merge split partials (the combine kernel applies ``attn_sink`` to them) unless every
+    list is one piece (fixed-length lists the plan keeps whole: :func:`fixed_lists_unsplit`; lists with
+    ``topk_length`` are planned on the device, so they always merge), and lay the lse out as FlashMLA's."""
+    b, s_q, h_q, _ = plan.out.shape
+    tokens, topk = plan.lists.shape
+    if lengths_given or not fixed_lists_unsplit(tokens, topk, plan.parts, plan.overhead):
+        combine_splits(plan.out_tok, plan.lse_tok, plan.workspace[0], plan.workspace[1], plan.splits,
+                       attn_sink=attn_sink)
     if s_q == 1:  # [b, h_q, 1] already
-        return out, lse_tok.view(b, h_q, 1)
-    scratch(lse_tok)  # read by the launch that writes the call's lse
-    return out, lse_by_heads(lse_tok, b, s_q)
+        return plan.out, plan.lse_tok.view(b, h_q, 1)
+    scratch(plan.lse_tok)  # read by the launch that writes the call's lse
+    return plan.out, lse_by_heads(plan.lse_tok, b, s_q)
