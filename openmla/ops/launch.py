@@ -108,7 +108,9 @@ class ShapeCache:
     made inside the capture they would be launches of every replay. Inside a capture a missing entry is made there
     and not cached (a tensor made there lives in the graph's pool and is written on replay only) nor declared kept,
     so a recording of that call is refused. At most ``limit`` entries, the oldest dropped first (a Replay holding one
-    keeps it alive).
+    keeps it alive). The one synchronization is what a first call of a shape costs; made while another thread
+    captures a CUDA graph in PyTorch's default (global) mode it would invalidate that capture, as any synchronizing
+    call then does (serving engines capture after warm-up calls of their shapes, which made the entries).
     """
 
     def __init__(self, limit: int = 64):
