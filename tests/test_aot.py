@@ -77,6 +77,9 @@ _GLUON_STACK_BUDGET = (
     ("gluon-ws ", 0),  # the warp-specialized kernel otherwise: none in any partition
     ("gluon-fp8 ", 0),  # the e4m3-product kernel: none
     ("gluon-small-heads q ", 824),  # per-tensor FP8: ~50 spill instructions in the KV loop (the e4m3 decode), owed
+    ("fp8-v32 cache rows<=32", 48),  # the small-head sparse kernel's 32-row build (255 registers, 2 programs an SM):
+    # 16 B, four values reloaded at the top of each request; with a sink 48 B, reloads at the top of each request and
+    # in its epilogue (its SASS: none in the tile loop)
     ("rows<=32 bn64 tma-k", 160),  # the same kernel with K tiles by TMA: 112-160 B, 16-48 B above its
     # cp.async twin in each config (where in the SASS: not yet read)
     ("rows<=32", 120),  # the 32-row small-head kernel: 72-120 B; its SASS has spill reloads between the
@@ -94,6 +97,19 @@ def test_gluon_kernels_stack_frames_within_their_budget():
         assert report.spill_bytes is not None, report.variant
         assert report.spill_bytes <= budget, (
             f"{report.variant}: {report.spill_bytes} B of stack a thread, budget {budget} B")
+
+
+def test_small_head_sparse_builds_fit_their_programs_an_sm():
+    """Each build of the small-head sparse kernel fits ``PROGRAMS_PER_SM`` programs on one SM of sm_90a: their shared
+    memory (with the 1 KB a block the hardware reserves) within the SM's 228 KB, their registers (128 threads a
+    program, allocated 8 a thread at a time) within its 64K. The split-KV plan counts that many programs an SM."""
+    from openmla.ops.gluon.decode_sparse_sm90_small_heads import PROGRAMS_PER_SM, ROW_TILES
+
+    found = reports(90, "small-heads sparse")
+    assert sorted({int(r.variant.split("rows<=")[1].split()[0]) for r in found}) == sorted(ROW_TILES)
+    for report in found:
+        assert PROGRAMS_PER_SM * (report.shared_bytes + 1024) <= 228 * 1024, report
+        assert PROGRAMS_PER_SM * 128 * -(-report.registers // 8) * 8 <= 65536, report
 
 
 @pytest.mark.parametrize("arch", [80, 120])

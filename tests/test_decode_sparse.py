@@ -427,10 +427,11 @@ def test_gluon_sparse_launcher_decoder_choice(monkeypatch, generator):
 
 
 def test_gluon_sparse_small_heads_launcher(monkeypatch, generator):
-    """Over the V3.2 cache a bf16 q with at most 16 heads goes to the small-head sparse kernel (one program a piece,
-    two pieces an SM, R = 16, the sink to the kernel and the merge); more heads, an fp16 q, a 16-bit cache, the switch
-    off or any of the warp-specialized kernel's options keep that kernel; forcing the small-head kernel where it
-    cannot serve, or beside those options, is a typed error. Launches recorded on CPU tensors, not run."""
+    """Over the V3.2 cache a bf16 q with at most ``SMALL_HEADS_MAX`` (16) heads goes to the small-head sparse kernel
+    (one program a piece, two pieces an SM, R = 16, the sink to the kernel and the merge); more heads, an fp16 q, a
+    16-bit cache, the switch off or any of the warp-specialized kernel's options keep that kernel; 17-32 heads go to
+    its 32-row build (one RoPE stage) when forced or when ``SMALL_HEADS_MAX`` allows; forcing the small-head kernel
+    where it cannot serve, or beside those options, is a typed error. Launches recorded on CPU tensors, not run."""
     from openmla.ops.gluon import decode_dense_sm90_ws as ws
     from openmla.ops.gluon import decode_sparse_sm90 as gluon_sparse
     from openmla.ops.gluon import decode_sparse_sm90_small_heads as sparse_small
@@ -466,8 +467,17 @@ def test_gluon_sparse_small_heads_launcher(monkeypatch, generator):
     assert len(small_launches) == 2 and len(ws_launches) == 6
     call(16, small_heads=True)  # forced past the switch
     assert len(small_launches) == 3
-    with pytest.raises(openmla.InvalidArgumentError, match="small_heads=True: .*h_q=32"):
-        call(32, small_heads=True)
+    assert small_launches[-1][2]["R"] == 16 and small_launches[-1][2]["PE_STAGES"] == 2
+    for h_q in (17, 32):
+        call(h_q, small_heads=True)
+        assert small_launches[-1][2]["R"] == 32 and small_launches[-1][2]["PE_STAGES"] == 1
+        assert small_launches[-1][0] == (1, 2 * 132)
+    monkeypatch.setattr(gluon_sparse, "SMALL_HEADS", True)
+    monkeypatch.setattr(gluon_sparse, "SMALL_HEADS_MAX", 32)
+    call(32)
+    assert len(small_launches) == 6 and small_launches[-1][2]["R"] == 32 and len(ws_launches) == 6
+    with pytest.raises(openmla.InvalidArgumentError, match="small_heads=True: .*at most 32 heads.*h_q=33"):
+        call(33, small_heads=True)
     with pytest.raises(openmla.InvalidArgumentError, match="small_heads=True: .*torch.float16"):
         call(16, dtype=torch.float16, small_heads=True)
     with pytest.raises(openmla.InvalidArgumentError, match="small_heads=True with loader_regs"):
@@ -872,12 +882,19 @@ def test_gluon_sparse_output_decode(output_decode, sink, b, s_q, h_q, s_k, topk,
     (6, 2, 12, 5000, 1000, 69, True, None),  # 12 heads in the 16-row tile, odd page size and topk
     (2, 1, 8, 40000, 4096, 64, False, 1),  # one piece walking 128 tiles: both rings many times over
     (1, 1, 1, 700, 200, 7, False, 1),  # one head
-], ids=["h16-sq3", "h16-p61", "h16-few-pieces", "h16-p2-one-tile", "h12-p69", "h8-one-piece", "h1-p7"])
+    # the 32-row build (one RoPE and scale stage, Pᵀ over the RoPE tile)
+    (4, 3, 32, 2046, 2048, 64, True, None),
+    (3, 2, 32, 650, 130, 53, True, 3),
+    (5, 1, 17, 300, 64, 2, False, 2),  # 17 heads: the fewest the 32-row build serves; one tile a list
+    (6, 2, 24, 5000, 1000, 69, True, None),
+    (2, 1, 32, 40000, 4096, 64, False, 1),  # one piece walking 128 tiles
+], ids=["h16-sq3", "h16-p61", "h16-few-pieces", "h16-p2-one-tile", "h12-p69", "h8-one-piece", "h1-p7",
+        "h32-sq3", "h32-few-pieces", "h17-p2-one-tile", "h24-p69", "h32-one-piece"])
 def test_gluon_sparse_small_heads(sink, b, s_q, h_q, s_k, topk, page, lengths, parts, generator):
-    """The small-head sparse kernel over the V3.2 FP8 cache (keys on the 64-row side, at most 16 heads on N, codes
-    decoded in place in the 16-bit tile), against the reference: invalid and out-of-range slots, NaN in unused cache
-    rows, poisoned outputs, with and without an attention sink; and against the warp-specialized kernel on the same
-    inputs."""
+    """The small-head sparse kernel over the V3.2 FP8 cache (keys on the 64-row side, at most 32 heads on N in its
+    16- and 32-row builds, codes decoded in place in the 16-bit tile), against the reference: invalid and
+    out-of-range slots, NaN in unused cache rows, poisoned outputs, with and without an attention sink; and against
+    the warp-specialized kernel on the same inputs."""
     from openmla.ops.gluon.decode_sparse_sm90 import sparse_decode_sm90_fwd
 
     inputs = make_sparse_decode_inputs(b, s_q, h_q, s_k, topk, page, 576, 512, torch.bfloat16, DEVICE, fp8=True,

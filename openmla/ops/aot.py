@@ -445,17 +445,18 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
             from .gluon import decode_dense_sm90_small_heads as small
             from .gluon import decode_sparse_sm90_small_heads as sparse_small
 
-            for sink in (False, True):
-                consts = dict(R=sparse_small.R, BLOCK_N=sparse_small.BLOCK_N, D_V=512, D_PE=64,
-                              P_SMEM=small.p_smem_layout(sparse_small.R), HAS_SINK=sink, TRACE=False, trace_ptr=None)
-                v_ptrs = dict(ptrs, k_ptr="*u8")
-                if sink:
-                    v_ptrs["sink_ptr"] = "*fp32"
-                else:
-                    consts["sink_ptr"] = None
-                out.append(Variant(sparse_small._sparse_v32_small_heads_kernel, v_ptrs, ("scale_log2",), consts, 4,
-                                   1, f"gluon-small-heads sparse bf16 q fp8-v32 cache rows<={sparse_small.R}"
-                                   + (" sink" if sink else ""), gluon=True))
+            for r in sparse_small.ROW_TILES:
+                for sink in (False, True):
+                    consts = dict(R=r, BLOCK_N=sparse_small.BLOCK_N, D_V=512, D_PE=64, P_SMEM=small.p_smem_layout(r),
+                                  HAS_SINK=sink, TRACE=False, trace_ptr=None, PE_STAGES=sparse_small.pe_stages(r))
+                    v_ptrs = dict(ptrs, k_ptr="*u8")
+                    if sink:
+                        v_ptrs["sink_ptr"] = "*fp32"
+                    else:
+                        consts["sink_ptr"] = None
+                    out.append(Variant(sparse_small._sparse_v32_small_heads_kernel, v_ptrs, ("scale_log2",), consts,
+                                       4, 1, f"gluon-small-heads sparse bf16 q fp8-v32 cache rows<={r}"
+                                       + (" sink" if sink else ""), gluon=True))
     return out
 
 

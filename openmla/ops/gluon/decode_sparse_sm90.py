@@ -44,10 +44,13 @@ from . import decode_dense_sm90_small_heads as small
 from . import decode_dense_sm90_ws as ws
 from . import decode_sparse_sm90_small_heads as sparse_small
 
-#: Over V3.2 FP8 records, a bf16 q with at most :data:`.decode_sparse_sm90_small_heads.R` heads goes to the small-head
-#: sparse kernel (:mod:`.decode_sparse_sm90_small_heads`: keys on ``wgmma``'s 64-row side, the heads on N, two
-#: programs an SM), not to the 64-row warp-specialized kernel. Read at the call.
+#: Over V3.2 FP8 records, a bf16 q with at most :data:`SMALL_HEADS_MAX` heads goes to the small-head sparse kernel
+#: (:mod:`.decode_sparse_sm90_small_heads`: keys on ``wgmma``'s 64-row side, the heads on N, two programs an SM), not
+#: to the 64-row warp-specialized kernel. Read at the call.
 SMALL_HEADS = True
+#: The most heads :data:`SMALL_HEADS` sends to the small-head kernel by default (its 16-row build; its 32-row build
+#: serves 17-32 heads when asked for with ``small_heads=True``). Read at the call.
+SMALL_HEADS_MAX = 16
 #: Units the split-KV plan of fixed-length lists (no ``topk_length``) charges a list beyond its 64-key blocks
 #: (``overhead`` of :func:`~openmla.ops.schedule.plan_splitkv`), by row tiles a token: with one (h_q <= 64, either
 #: kernel) none, so ``tokens`` lists over about as many pieces come whole or in equal parts (H200, b=64, s_q=2,
@@ -66,9 +69,10 @@ def plan_overhead(row_tiles: int, fixed_lists: bool) -> int:
 
 
 def small_heads_for(h_q: int, is_fp8: bool, q_dtype: torch.dtype) -> bool:
-    """Whether :func:`sparse_decode_sm90_fwd` sends a call to the small-head kernel by default: :data:`SMALL_HEADS`
-    and :func:`.decode_sparse_sm90_small_heads.sparse_v32_small_heads_fits`."""
-    return SMALL_HEADS and sparse_small.sparse_v32_small_heads_fits(h_q, is_fp8, q_dtype)
+    """Whether :func:`sparse_decode_sm90_fwd` sends a call to the small-head kernel by default: :data:`SMALL_HEADS`,
+    at most :data:`SMALL_HEADS_MAX` heads, and :func:`.decode_sparse_sm90_small_heads.sparse_v32_small_heads_fits`."""
+    return (SMALL_HEADS and h_q <= SMALL_HEADS_MAX
+            and sparse_small.sparse_v32_small_heads_fits(h_q, is_fp8, q_dtype))
 
 
 # Plans of lists with no topk_length (every list topk entries long): they depend on the shapes only, so one
@@ -201,7 +205,7 @@ def sparse_decode_sm90_fwd(
     elif small_heads:
         if not sparse_small.sparse_v32_small_heads_fits(h_q, is_fp8, q.dtype):
             raise InvalidArgumentError(f"small_heads=True: the small-head sparse kernel takes V3.2 FP8 records, a "
-                                       f"bf16 q and at most {sparse_small.R} heads; got is_fp8={is_fp8}, q {q.dtype}, "
+                                       f"bf16 q and at most {sparse_small.ROW_TILES[-1]} heads; got is_fp8={is_fp8}, q {q.dtype}, "
                                        f"h_q={h_q}: leave small_heads=None")
         given = [name for name, set_ in ws_options.items() if set_]
         if given:
@@ -255,6 +259,7 @@ def _small_heads_fwd(q, k_cache, indices, head_dim_v, softmax_scale, topk_length
     to them)."""
     b, s_q, h_q, d = q.shape
     topk = indices.shape[2]
+    rows = sparse_small.rows_for(h_q)
     parts = num_sm_parts or sparse_small.pieces_for(b * s_q, topk, num_sms(q.device), MAX_SPLITS)
     plan = _plan_tokens(q, indices, head_dim_v, topk_length, parts, plan_overhead(1, topk_length is None))
     ws.check_trace(trace, q.device)
@@ -262,9 +267,9 @@ def _small_heads_fwd(q, k_cache, indices, head_dim_v, softmax_scale, topk_length
         *splitkv_args(plan.q_tok, k_cache.view(torch.uint8), plan.lists, plan.lens, plan.sched, plan.splits,
                       plan.out_tok, plan.lse_tok, plan.workspace, 1, softmax_scale),
         attn_sink, trace,
-        R=sparse_small.R, BLOCK_N=sparse_small.BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v,
-        P_SMEM=small.p_smem_layout(sparse_small.R), HAS_SINK=attn_sink is not None, TRACE=trace is not None,
-        num_warps=4,
+        R=rows, BLOCK_N=sparse_small.BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v,
+        P_SMEM=small.p_smem_layout(rows), HAS_SINK=attn_sink is not None, TRACE=trace is not None,
+        PE_STAGES=sparse_small.pe_stages(rows), num_warps=4,
     )
     return _merge(plan, topk_length is not None, attn_sink)
 

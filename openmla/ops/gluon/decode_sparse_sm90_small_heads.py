@@ -36,8 +36,11 @@ from ..._runtime import gluon_available
 
 #: KV tokens per tile: the 64-row side of ``wgmma``.
 BLOCK_N = 64
-#: Query rows a program (the ``N`` of its products); at most this many heads are served here.
-R = 16
+#: Query rows a program (the ``N`` of its products): the builds, smallest first; at most the last many heads are
+#: served here, each call by the smallest build that holds its heads (:func:`rows_for`).
+ROW_TILES = (16, 32)
+#: The first build's rows (the kernel's first form, kept as the name the launchers and tests know).
+R = ROW_TILES[0]
 #: Programs the split-KV plan counts on each SM (the shared memory, ~102 KB a program, allows two).
 PROGRAMS_PER_SM = 2
 #: Fewest tiles a piece should walk with two programs an SM: where pieces would be shorter and one program an SM
@@ -134,7 +137,7 @@ if gluon_available():
         s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2,
         sink_ptr, trace_ptr,
         R: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
-        P_SMEM: gl.constexpr, HAS_SINK: gl.constexpr, TRACE: gl.constexpr,
+        P_SMEM: gl.constexpr, HAS_SINK: gl.constexpr, TRACE: gl.constexpr, PE_STAGES: gl.constexpr = 2,
     ):
         # the arguments are the split-KV kernels' (``splitkv_args``: each request one query token of ``h_q`` rows,
         # its block-table row its list of cache slots, its length the list's); ``k_ptr``: the records' bytes.
@@ -167,10 +170,15 @@ if gluon_available():
         k16_blocks = k16_one._reinterpret(dtype, [D_V // 64, BLOCK_N, 64], SMEM)
         bytes_view = k16_one._reinterpret(gl.uint8, [2 * (D_V // 64), BLOCK_N, 64], PLAIN)
         # after a request's last tile the tile holds the output [D_V, R] fp32 on its way to the store layout
-        o_stage = k16_one._reinterpret(gl.float32, [2, D_V, R], gl.SwizzledSharedLayout(1, 1, 1, order=[0, 1]))
-        pe_ring = gl.allocate_shared_memory(dtype, [2, BLOCK_N, D_PE], SMEM)
-        sc_ring = gl.allocate_shared_memory(gl.float32, [2, BLOCK_N, 4], PLAIN)
-        p_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, R], P_SMEM)  # Pᵀ: [keys, rows]
+        O_STAGES: gl.constexpr = (BLOCK_N * D_V * 2) // (D_V * R * 4)
+        o_stage = k16_one._reinterpret(gl.float32, [O_STAGES, D_V, R],
+                                       gl.SwizzledSharedLayout(1, 1, 1, order=[0, 1]))
+        pe_ring = gl.allocate_shared_memory(dtype, [PE_STAGES, BLOCK_N, D_PE], SMEM)
+        sc_ring = gl.allocate_shared_memory(gl.float32, [PE_STAGES, BLOCK_N, 4], PLAIN)
+        if PE_STAGES == 1:  # Pᵀ over the RoPE tile, dead once the scores are done
+            p_smem = pe_ring._reinterpret(dtype, [BLOCK_N, R], P_SMEM)
+        else:
+            p_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, R], P_SMEM)  # Pᵀ: [keys, rows]
 
         part = gl.program_id(1)
         begin_req, begin_tok, end_req, end_tok, begin_split = _piece_bounds(sched_ptr, part)
@@ -213,7 +221,7 @@ if gluon_available():
             n_tiles = gl.cdiv(tok_hi - tok_lo, BLOCK_N)
             for it in range(0, n_tiles):
                 start = tok_lo + it * BLOCK_N
-                stage = it % 2
+                stage = it % PE_STAGES
                 zi = it >> 30  # an opaque zero that varies with the loop (one per request would be hoisted too)
                 _stamp(trace_ptr, kb, 0, TRACE, 4)
                 # the next tile's entries (its copies go out later in this step) and this tile's, for its mask
@@ -227,7 +235,7 @@ if gluon_available():
                 gl.thread_barrier()
                 _stamp(trace_ptr, kb, 2, TRACE, 4)
                 has_next = it + 1 < n_tiles
-                if has_next:  # into the other stage: its tile's scores are done (the last step waited for them)
+                if has_next and PE_STAGES == 2:  # into the other stage: its tile's scores are done
                     _issue_rope_scales(k_ptr, ent, ent_sc, start + BLOCK_N, tok_hi, page_block_size, num_blocks,
                                        stride_kb, stride_kp, pe_ring.index(1 - stage), sc_ring.index(1 - stage),
                                        LOAD8, SC_COPY, D_V)
@@ -249,6 +257,8 @@ if gluon_available():
                 alpha = gl.exp2(m_i - m_shift)
                 l_i = l_i * alpha + gl.sum(p, axis=0)
                 m_i = m_new
+                if PE_STAGES == 1:
+                    gl.thread_barrier()  # every warp's scores have read the RoPE tile that P goes over
                 p_smem.store(p.to(dtype))
                 fence_async_shared()
                 gl.thread_barrier()
@@ -260,6 +270,10 @@ if gluon_available():
                 gl.thread_barrier()
                 _stamp(trace_ptr, kb, 5, TRACE, 4)
                 if has_next:
+                    if PE_STAGES == 1:
+                        _issue_rope_scales(k_ptr, ent, ent_sc, start + BLOCK_N, tok_hi, page_block_size, num_blocks,
+                                           stride_kb, stride_kp, pe_ring.index(0), sc_ring.index(0), LOAD8, SC_COPY,
+                                           D_V)
                     _issue_codes(k_ptr, ent, start + BLOCK_N, tok_hi, page_block_size, num_blocks, stride_kb,
                                  stride_kp, bytes_view, LOAD8, D_V)
                 _stamp(trace_ptr, kb, 6, TRACE, 4)
@@ -292,10 +306,22 @@ if gluon_available():
                 gl.store(lse_acc_ptr + slot * h_q + offs_r_s, lse2, mask=mask_r)
 
 
+def rows_for(h_q: int) -> int:
+    """The build of :data:`ROW_TILES` that serves ``h_q`` heads (the smallest that holds them)."""
+    return next(r for r in ROW_TILES if h_q <= r)
+
+
+def pe_stages(rows: int) -> int:
+    """Stages of the RoPE and scale rings of the ``rows`` build: two at 16 rows (a tile's RoPE dims and scales issued
+    a tile ahead); one at 32, where Q and Pᵀ are twice as large and two programs an SM fit only with Pᵀ over the
+    RoPE tile (so the next tile's RoPE dims and scales go out with its codes, after ``P V``)."""
+    return 2 if rows <= 16 else 1
+
+
 def sparse_v32_small_heads_fits(h_q: int, is_fp8: bool, q_dtype: torch.dtype) -> bool:
     """Whether this kernel can serve a sparse call: V3.2 FP8 records, a bf16 q (the records' RoPE dims are bf16 and
-    are multiplied as they land), at most :data:`R` heads."""
-    return bool(is_fp8) and q_dtype == torch.bfloat16 and 0 < h_q <= R
+    are multiplied as they land), at most ``ROW_TILES[-1]`` heads (:data:`ROW_TILES`)."""
+    return bool(is_fp8) and q_dtype == torch.bfloat16 and 0 < h_q <= ROW_TILES[-1]
 
 
 def pieces_for(tokens: int, topk: int, sms: int, max_splits: int) -> int:
