@@ -112,6 +112,36 @@ def test_small_head_sparse_builds_fit_their_programs_an_sm():
         assert PROGRAMS_PER_SM * 128 * -(-report.registers // 8) * 8 <= 65536, report
 
 
+def test_uniform_reads_before_writes_flags_an_unwritten_register():
+    """The SASS check reads operands as ``cuobjdump`` prints them: a uniform register read before the kernel's
+    start writes it is named (with its address), one written first (a ``.64`` destination covering two) is not,
+    and the scan ends at the first branch target."""
+    from openmla.ops.aot import uniform_reads_before_writes
+
+    def listing(*rows):
+        return "\n".join(f"        /*{16 * i:04x}*/                   {row} ;   /* 0x0 */" for i, row in enumerate(rows))
+
+    assert uniform_reads_before_writes(listing("UMOV UR4, 0x1", "UIADD3.64 UR6, UR4, 0x2, URZ")) == [
+        "0x10 UR5: UIADD3.64 UR6, UR4, 0x2, URZ"]
+    assert uniform_reads_before_writes(listing(
+        "ULDC.64 UR4, c[0x0][0x118]", "UIADD3 UR6, UP0, UR4, 0x40, URZ", "UIADD3.X UR7, UR5, 0x1, URZ, UP0, !UPT",
+        "HGMMA.64x32x16.F32.BF16 R24, gdesc[UR4], R24")) == []
+    assert uniform_reads_before_writes(listing(
+        "UMOV UR4, 0x1", "@P0 BRA 0x30", "UMOV UR5, UR4", "UIADD3 UR6, UR9, 0x1, URZ")) == []
+
+
+def test_small_head_sparse_builds_read_no_unwritten_uniform_register():
+    """Each build of the small-head sparse kernel computes its ``wgmma`` descriptors from registers it has written:
+    with Pᵀ at the start of the RoPE tile, ``ptxas`` built the 32-row kernel's later Pᵀ descriptors from a uniform
+    register never written (wrong outputs on an H200; the same build passed every other check here)."""
+    from openmla.ops.aot import _variants, compile_sass, uniform_reads_before_writes
+
+    found = [v for v in _variants(90) if "small-heads sparse" in v.name]
+    assert len(found) == 4
+    for variant in found:
+        assert uniform_reads_before_writes(compile_sass(variant, 90)) == [], variant.name
+
+
 @pytest.mark.parametrize("arch", [80, 120])
 def test_compiles_for_ampere_and_consumer_blackwell(arch):
     found = [r for r in reports(arch, "d576 causal") if not r.variant.startswith("gluon")]

@@ -448,7 +448,8 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
             for r in sparse_small.ROW_TILES:
                 for sink in (False, True):
                     consts = dict(R=r, BLOCK_N=sparse_small.BLOCK_N, D_V=512, D_PE=64, P_SMEM=small.p_smem_layout(r),
-                                  HAS_SINK=sink, TRACE=False, trace_ptr=None, PE_STAGES=sparse_small.pe_stages(r))
+                                  HAS_SINK=sink, TRACE=False, trace_ptr=None, PE_STAGES=sparse_small.pe_stages(r),
+                                  P_OVER_PE=sparse_small.p_over_pe(r))
                     v_ptrs = dict(ptrs, k_ptr="*u8")
                     if sink:
                         v_ptrs["sink_ptr"] = "*fp32"
@@ -506,28 +507,83 @@ def _resource_usage(cubin: bytes) -> dict:
     return {k: int(v) for k, v in found.items()}
 
 
-def compile_variant(v: Variant, arch: int) -> KernelReport:
-    """Compile one variant for ``arch`` (80, 90, 100, 120...) and read its resource usage."""
+def uniform_reads_before_writes(sass: str) -> list[str]:
+    """Uniform registers a kernel's straight-line start reads before anything in it writes them, as
+    ``"0x670 UR12: UIADD3 UR12, UP0, UR12, 0x40, URZ"`` (``sass``: ``cuobjdump -sass`` of one kernel). The scan
+    stops at the first branch target or unconditional branch. A guard against one ``ptxas`` miscompile (Triton
+    3.6): a ``wgmma`` descriptor computed from a register never written (the small-head sparse kernel's 32-row
+    build with Pᵀ at the start of the RoPE tile). A heuristic: it knows the operand forms of the instructions
+    such a start uses (a destination first, ``.64`` and ``.WIDE`` destinations and sources two registers wide, an
+    ``HGMMA`` descriptor four), so read it on the kernels it was checked against."""
+    rows = re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*?)\s*;", sass)
+    targets = {int(t, 16) for _, text in rows for t in re.findall(r"BRA[^;]*?0x([0-9a-f]+)", text)}
+    written, found = set(), []
+    no_dest = ("HGMMA", "ST", "BAR", "WARPGROUP", "LDGSTS", "ISETP", "UISETP", "FENCE", "SYNCS", "NOP", "MEMBAR")
+    for addr, text in rows:
+        at = int(addr, 16)
+        if at in targets and at:
+            break
+        predicated = re.match(r"@!?U?P\w+\s+", text)
+        body = text[predicated.end():] if predicated else text
+        opcode, _, rest = body.partition(" ")
+        if opcode.startswith(("BRA", "EXIT", "RET")):
+            if predicated:
+                continue
+            break
+        operands = [o.strip() for o in rest.split(",")] if rest else []
+        wide = ".64" in opcode or ".WIDE" in opcode
+        dests, sources = ([], operands) if opcode.startswith(no_dest) else (operands[:1], operands[1:])
+        if opcode.startswith("UIADD3") and sources and re.fullmatch(r"!?UP\w+", sources[0]):
+            sources = sources[1:]  # the carry-out predicate
+        for src in sources:
+            for reg in re.findall(r"\bUR(\d+)\b", src):
+                n = int(reg)
+                span = 4 if "gdesc" in src else 2 if wide and "[" not in src else 1
+                found += [f"{hex(at)} UR{k}: {text}" for k in range(n, n + span) if k not in written]
+        for dst in dests:
+            for reg in re.findall(r"\bUR(\d+)\b", dst):
+                written.update(range(int(reg), int(reg) + (2 if wide else 1)))
+    return found
+
+
+def compile_sass(v: Variant, arch: int) -> str:
+    """``cuobjdump -sass`` of one variant built for ``arch``."""
+    import triton
+
+    compiled = _compile(v, arch)
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        return subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+
+
+def _compile(v: Variant, arch: int):
     import triton
     from triton.backends.compiler import GPUTarget
 
+    sig, attrs = _signature(v)
+    if v.gluon:
+        from triton.experimental.gluon._runtime import GluonASTSource as source
+    else:
+        source = triton.compiler.ASTSource
+    src = source(fn=v.kernel, signature=sig, constexprs=v.constexprs, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": v.num_warps, "num_stages": v.num_stages,
+                                   **({"maxnreg": v.maxnreg} if v.maxnreg else {})})
+
+
+def compile_variant(v: Variant, arch: int) -> KernelReport:
+    """Compile one variant for ``arch`` (80, 90, 100, 120...) and read its resource usage."""
     kernel_name = v.kernel.fn.__name__
     try:
-        sig, attrs = _signature(v)
-        if v.gluon:
-            if arch != 90:
-                return KernelReport(kernel=kernel_name, variant=v.name, arch=arch, ok=True,
-                                    error="not built: Gluon kernels here are written for sm_90a")
-            from triton.experimental.gluon._runtime import GluonASTSource as source
-        else:
-            if arch < v.min_arch:
-                return KernelReport(kernel=kernel_name, variant=v.name, arch=arch, ok=True,
-                                    error=f"not built: needs sm_{v.min_arch}+ (another variant serves sm_{arch})")
-            source = triton.compiler.ASTSource
-        src = source(fn=v.kernel, signature=sig, constexprs=v.constexprs, attrs=attrs)
-        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                                  options={"num_warps": v.num_warps, "num_stages": v.num_stages,
-                                           **({"maxnreg": v.maxnreg} if v.maxnreg else {})})
+        if v.gluon and arch != 90:
+            return KernelReport(kernel=kernel_name, variant=v.name, arch=arch, ok=True,
+                                error="not built: Gluon kernels here are written for sm_90a")
+        if not v.gluon and arch < v.min_arch:
+            return KernelReport(kernel=kernel_name, variant=v.name, arch=arch, ok=True,
+                                error=f"not built: needs sm_{v.min_arch}+ (another variant serves sm_{arch})")
+        compiled = _compile(v, arch)
         usage = _resource_usage(compiled.asm["cubin"])
         return KernelReport(
             kernel=kernel_name, variant=v.name, arch=arch, ok=True, registers=usage.get("REG"),

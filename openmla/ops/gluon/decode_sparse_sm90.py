@@ -269,7 +269,8 @@ def _small_heads_fwd(q, k_cache, indices, head_dim_v, softmax_scale, topk_length
         attn_sink, trace,
         R=rows, BLOCK_N=sparse_small.BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v,
         P_SMEM=small.p_smem_layout(rows), HAS_SINK=attn_sink is not None, TRACE=trace is not None,
-        PE_STAGES=sparse_small.pe_stages(rows), num_warps=4,
+        PE_STAGES=sparse_small.pe_stages(rows), P_OVER_PE=sparse_small.p_over_pe(rows),
+        num_warps=4,
     )
     return _merge(plan, topk_length is not None, attn_sink)
 

@@ -138,6 +138,7 @@ if gluon_available():
         sink_ptr, trace_ptr,
         R: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
         P_SMEM: gl.constexpr, HAS_SINK: gl.constexpr, TRACE: gl.constexpr, PE_STAGES: gl.constexpr = 2,
+        P_OVER_PE: gl.constexpr = False,
     ):
         # the arguments are the split-KV kernels' (``splitkv_args``: each request one query token of ``h_q`` rows,
         # its block-table row its list of cache slots, its length the list's); ``k_ptr``: the records' bytes.
@@ -175,8 +176,13 @@ if gluon_available():
                                        gl.SwizzledSharedLayout(1, 1, 1, order=[0, 1]))
         pe_ring = gl.allocate_shared_memory(dtype, [PE_STAGES, BLOCK_N, D_PE], SMEM)
         sc_ring = gl.allocate_shared_memory(gl.float32, [PE_STAGES, BLOCK_N, 4], PLAIN)
-        if PE_STAGES == 1:  # Pᵀ over the RoPE tile, dead once the scores are done
-            p_smem = pe_ring._reinterpret(dtype, [BLOCK_N, R], P_SMEM)
+        if P_OVER_PE:
+            # Pᵀ over the RoPE tile, dead once the scores are done: over its upper half. At its start, Pᵀ's shared
+            # descriptors share their address with the RoPE tile's, and ptxas (Triton 3.6) then computed the later
+            # k-steps' descriptors of Pᵀ from a uniform register never written (wrong outputs and faults on an
+            # H200); ``tests/test_aot.py`` checks every build's SASS for such reads
+            gl.static_assert(PE_STAGES == 1 and 2 * R <= D_PE, "Pᵀ over the upper half of one RoPE tile")
+            p_smem = pe_ring._reinterpret(dtype, [2, BLOCK_N, R], P_SMEM).index(1)
         else:
             p_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, R], P_SMEM)  # Pᵀ: [keys, rows]
 
@@ -257,7 +263,7 @@ if gluon_available():
                 alpha = gl.exp2(m_i - m_shift)
                 l_i = l_i * alpha + gl.sum(p, axis=0)
                 m_i = m_new
-                if PE_STAGES == 1:
+                if P_OVER_PE:
                     gl.thread_barrier()  # every warp's scores have read the RoPE tile that P goes over
                 p_smem.store(p.to(dtype))
                 fence_async_shared()
@@ -316,6 +322,12 @@ def pe_stages(rows: int) -> int:
     a tile ahead); one at 32, where Q and Pᵀ are twice as large and two programs an SM fit only with Pᵀ over the
     RoPE tile (so the next tile's RoPE dims and scales go out with its codes, after ``P V``)."""
     return 2 if rows <= 16 else 1
+
+
+def p_over_pe(rows: int) -> bool:
+    """Whether the ``rows`` build keeps Pᵀ over its (single) RoPE tile rather than in shared memory of its own:
+    where two programs an SM would not fit otherwise (the 32-row build)."""
+    return pe_stages(rows) == 1
 
 
 def sparse_v32_small_heads_fits(h_q: int, is_fp8: bool, q_dtype: torch.dtype) -> bool:
