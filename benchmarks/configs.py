@@ -209,7 +209,8 @@ def sparse_few_heads_configs() -> list[SparseDecodeConfig]:
     heads set's b=64, s_q=2: the shapes its dispatch rule must hold on."""
     return [
         SparseDecodeConfig(f"sparse_h{h_q}_b{b}_sq{s_q}", "few_heads", b=b, s_q=s_q, s_k=32768, h_q=h_q, topk=2048)
-        for h_q in (16, 32) for b, s_q in ((1, 1), (4, 1), (16, 1), (16, 2), (64, 1), (128, 2))
+        for h_q in (16, 32)
+        for b, s_q in ((1, 1), (4, 1), (16, 1), (16, 2), (64, 1), (128, 1), (128, 2), (96, 2), (64, 4), (256, 1))
     ]
 
 
