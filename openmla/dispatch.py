@@ -298,12 +298,17 @@ def _choose_sparse_decode(device, dtype, dims, cache_format, backend, extras=Fal
         return Choice(op, "triton", "forced (backend='triton' or OPENMLA_BACKEND=triton)")
     if gluon_against is None:
         cache = "a 16-bit cache" if cache_format is None else "the V3.2 FP8 cache, dequantized in shared memory"
-        from .ops.gluon.decode_sparse_sm90 import small_heads_for
+        from .ops.gluon.decode_sparse_sm90 import ROWS32_MIN_PIECE_TILES, small_heads_for, small_heads_for_some_shapes
 
         if h_q is not None and small_heads_for(h_q, cache_format is not None, dtype):
             return Choice(op, "gluon", f"Hopper small-head sparse kernel (Gluon, wgmma; the keys on the 64-row side, "
                                        f"the {h_q} heads on N, no padded rows, two programs an SM) over {cache} on "
                                        f"{where}")
+        if h_q is not None and small_heads_for_some_shapes(h_q, cache_format is not None, dtype):
+            return Choice(op, "gluon", f"Hopper warp-specialized kernel (Gluon, wgmma) over {cache} on {where}, or "
+                                       f"the small-head sparse kernel's 32-row build (the {h_q} heads on N, two "
+                                       f"programs an SM) for calls whose split-KV pieces walk at least "
+                                       f"{ROWS32_MIN_PIECE_TILES} tiles of 64 keys")
         return Choice(op, "gluon", f"Hopper warp-specialized kernel (Gluon, wgmma) over {cache} on {where}")
     if against is None:
         if device.type == "cpu":

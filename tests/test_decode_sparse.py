@@ -430,7 +430,8 @@ def test_gluon_sparse_small_heads_launcher(monkeypatch, generator):
     """Over the V3.2 cache a bf16 q with at most ``SMALL_HEADS_MAX`` (16) heads goes to the small-head sparse kernel
     (one program a piece, two pieces an SM, R = 16, the sink to the kernel and the merge); more heads, an fp16 q, a
     16-bit cache, the switch off or any of the warp-specialized kernel's options keep that kernel; 17-32 heads go to
-    its 32-row build (one RoPE stage) when forced or when ``SMALL_HEADS_MAX`` allows; forcing the small-head kernel
+    its 32-row build (one RoPE stage) when forced, when ``SMALL_HEADS_MAX`` allows, or for long pieces (not these 4
+    lists); forcing the small-head kernel
     where it cannot serve, or beside those options, is a typed error. Launches recorded on CPU tensors, not run."""
     from openmla.ops.gluon import decode_dense_sm90_ws as ws
     from openmla.ops.gluon import decode_sparse_sm90 as gluon_sparse
@@ -476,6 +477,9 @@ def test_gluon_sparse_small_heads_launcher(monkeypatch, generator):
     monkeypatch.setattr(gluon_sparse, "SMALL_HEADS_MAX", 32)
     call(32)
     assert len(small_launches) == 6 and small_launches[-1][2]["R"] == 32 and len(ws_launches) == 6
+    monkeypatch.setattr(gluon_sparse, "SMALL_HEADS_MAX", 16)
+    call(32)  # 4 lists: short pieces, so the warp-specialized kernel
+    assert len(small_launches) == 6 and len(ws_launches) == 7
     with pytest.raises(openmla.InvalidArgumentError, match="small_heads=True: .*at most 32 heads.*h_q=33"):
         call(33, small_heads=True)
     with pytest.raises(openmla.InvalidArgumentError, match="small_heads=True: .*torch.float16"):
@@ -549,6 +553,27 @@ def test_gluon_sparse_plan_overhead_by_row_tiles(monkeypatch, generator):
     assert planned == [(3, 264, 0), (3, 132, 0), (3, 66, FIXED_OVERHEAD), (3, 132, FIXED_OVERHEAD)]
 
 
+def test_small_head_sparse_32_row_build_by_piece_length(monkeypatch):
+    """17-32 heads go to the small-head kernel's 32-row build only where the plan's pieces (two programs an SM) walk
+    at least ROWS32_MIN_PIECE_TILES tiles (H200: faster from 31 tiles, slower at 16, a tie at 24); up to 16 heads
+    always; never without the switch, with an fp16 q or past 32 heads; no shape known, no."""
+    from openmla.ops.gluon import decode_sparse_sm90 as gluon_sparse
+
+    assert gluon_sparse.ROWS32_MIN_PIECE_TILES == 25 and gluon_sparse.SMALL_HEADS_MAX == 16
+
+    def served(h_q, tokens, dtype=torch.bfloat16, topk=2048):
+        return gluon_sparse.small_heads_for(h_q, True, dtype, tokens, topk, 132)
+
+    assert [served(32, t) for t in (8, 32, 128, 192, 256, 512)] == [False] * 4 + [True] * 2
+    assert served(17, 256) and not served(33, 256) and not served(32, 256, torch.float16)
+    assert served(32, 400, topk=1300) and not served(32, 256, topk=1500)  # 24 blocks a list: 24 * 256 / 264 -> 24 tiles a piece
+    assert served(16, 1) and served(16, 256) and not gluon_sparse.small_heads_for(32, True, torch.bfloat16)
+    assert gluon_sparse.small_heads_for_some_shapes(32, True, torch.bfloat16)
+    assert not gluon_sparse.small_heads_for_some_shapes(16, True, torch.bfloat16)
+    monkeypatch.setattr(gluon_sparse, "SMALL_HEADS", False)
+    assert not served(32, 512) and not served(16, 1)
+
+
 def test_small_head_sparse_pieces():
     """Two programs an SM unless that cuts pieces under MIN_PIECE_TILES tiles where one an SM cuts longer ones
     (16 lists of 2048 on 132 SMs: 3 tiles against 4); lists capped by the splits a list may have get the same
@@ -583,6 +608,7 @@ def test_sparse_choice_names_the_small_head_kernel(monkeypatch):
     for dtype, fmt, h_q in ((torch.bfloat16, "V32_FP8", 32), (torch.float16, "V32_FP8", 16),
                             (torch.bfloat16, None, 16), (torch.bfloat16, "V32_FP8", None)):
         assert "warp-specialized kernel" in reason(dtype, fmt, h_q)
+        assert ("32-row build" in reason(dtype, fmt, h_q)) == (h_q == 32)
     monkeypatch.setattr(gluon_sparse, "SMALL_HEADS", False)
     monkeypatch.setenv("OPENMLA_ARCH", "sm_90")  # another cache key: the switch is read when a choice is made
     assert "warp-specialized kernel" in reason(torch.bfloat16, "V32_FP8", 16)

@@ -336,16 +336,19 @@ def sparse_v32_small_heads_fits(h_q: int, is_fp8: bool, q_dtype: torch.dtype) ->
     return bool(is_fp8) and q_dtype == torch.bfloat16 and 0 < h_q <= ROW_TILES[-1]
 
 
+def piece_tiles(tokens: int, topk: int, parts: int, max_splits: int) -> int:
+    """Tiles the longest piece walks when ``tokens`` lists of ``topk`` entries are planned over ``parts`` pieces
+    with no per-list overhead (``max_splits`` pieces a list at most): the plan's payload."""
+    blocks = max(-(-topk // BLOCK_N), 1)
+    return max(-(-tokens * blocks // parts), -(-blocks // (max_splits - 1)), 1)
+
+
 def pieces_for(tokens: int, topk: int, sms: int, max_splits: int) -> int:
     """Pieces of the split-KV plan for ``tokens`` lists of up to ``topk`` entries: :data:`PROGRAMS_PER_SM` an SM,
-    unless that cuts pieces under :data:`MIN_PIECE_TILES` tiles where one an SM cuts longer ones (the plan's payload
-    with no per-list overhead, ``max_splits`` pieces a list at most)."""
-    blocks = max(-(-topk // BLOCK_N), 1)
-
-    def payload(parts: int) -> int:
-        return max(-(-tokens * blocks // parts), -(-blocks // (max_splits - 1)), 1)
-
+    unless that cuts pieces under :data:`MIN_PIECE_TILES` tiles where one an SM cuts longer ones
+    (:func:`piece_tiles`)."""
     two = PROGRAMS_PER_SM * sms
-    if payload(two) < MIN_PIECE_TILES and payload(sms) > payload(two):
+    if (piece_tiles(tokens, topk, two, max_splits) < MIN_PIECE_TILES
+            and piece_tiles(tokens, topk, sms, max_splits) > piece_tiles(tokens, topk, two, max_splits)):
         return sms
     return two
