@@ -566,7 +566,8 @@ def test_small_head_sparse_32_row_build_by_piece_length(monkeypatch):
 
     assert [served(32, t) for t in (8, 32, 128, 192, 256, 512)] == [False] * 4 + [True] * 2
     assert served(17, 256) and not served(33, 256) and not served(32, 256, torch.float16)
-    assert served(32, 400, topk=1300) and not served(32, 256, topk=1500)  # 24 blocks a list: 24 * 256 / 264 -> 24 tiles a piece
+    # topk=1500: 24 blocks a list, 24 * 256 / 264 -> pieces of 24 tiles
+    assert served(32, 400, topk=1300) and not served(32, 256, topk=1500)
     assert served(16, 1) and served(16, 256) and not gluon_sparse.small_heads_for(32, True, torch.bfloat16)
     assert gluon_sparse.small_heads_for_some_shapes(32, True, torch.bfloat16)
     assert not gluon_sparse.small_heads_for_some_shapes(16, True, torch.bfloat16)
