@@ -249,7 +249,8 @@ def choose_sparse_decode(
     ``dtype`` is q's; ``cache_format`` ``None`` for a bf16/fp16 cache, else the FP8 layout's name;
     ``extras``: the call has an extra cache (``extra_k_cache``); ``aligned16``: q's and the cache's base addresses
     and strides are multiples of 16 bytes; ``h_q``, where known, names the Gluon kernel in the reason (the
-    small-head kernel at most 16 heads over the V3.2 cache with a bf16 q). On Hopper the Gluon kernels serve
+    small-head kernel at most 16 heads over the V3.2 cache with a bf16 q; at 17-32 heads both, its 32-row build
+    serving long batches). On Hopper the Gluon kernels serve
     bf16/fp16 q over a cache of q's dtype with (576 or 512, 512) dims, or over an aligned V3.2 FP8 cache, with or
     without ``attn_sink``, without an extra cache; Triton serves bf16/fp16 q over a cache of q's dtype or the V3.2
     FP8 layout; the reference serves the rest (fp32, MODEL1). Cached like :func:`choose_dense_decode`.

@@ -17,7 +17,8 @@ into the K stage and dequantizes them there to q's dtype (``_gather_fp8_tile`` i
 
 At most 16 heads with a bf16 q over the V3.2 cache go to the small-head kernel instead
 (:mod:`.decode_sparse_sm90_small_heads`: the keys on ``wgmma``'s 64-row side, the heads on N, two programs an SM;
-:data:`SMALL_HEADS`, :func:`small_heads_for`). Plans of fixed-length lists are made once per shape
+:data:`SMALL_HEADS`, :func:`small_heads_for`), and 17-32 heads to its 32-row build where the plan's pieces are long
+(:data:`ROWS32_MIN_PIECE_TILES`). Plans of fixed-length lists are made once per shape
 (:data:`_FIXED_PLANS`) with the per-list overhead of :func:`plan_overhead`.
 
 Served here: bf16/fp16 q over a cache of q's dtype, ``(d_qk, head_dim_v)`` of (576, 512) or (512, 512), or over

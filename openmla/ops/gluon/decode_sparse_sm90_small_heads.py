@@ -1,4 +1,4 @@
-"""Token-sparse MLA decoding over V3.2 FP8 records for Hopper (sm_90a) in Gluon at up to 16 heads: two programs an SM.
+"""Token-sparse MLA decoding over V3.2 FP8 records for Hopper (sm_90a) in Gluon at up to 32 heads: two programs an SM.
 
 Why a kernel of its own: the warp-specialized sparse kernel (:mod:`.decode_sparse_sm90`) pads 16 heads to its 64-row
 tile and runs one program an SM, so at h_q=16 it takes as long as at 64. A first small-head form (keys on the 64-row
@@ -16,6 +16,11 @@ program needs ~102 KB of shared memory, so two run on each SM and one's chain ru
 * the list entries of the next tile are loaded a tile before their copies are issued, and a tile's entries for its
   mask before its decode, so no issue waits for a load.
 
+Two builds (:data:`ROW_TILES`): 16 rows as above, and 32 rows (17-32 heads), where Q and Pᵀ double, so to keep two
+programs an SM (110 KB, 255 registers) the RoPE dims and scales keep one stage, issued with the next tile's codes
+after ``P V``, and Pᵀ lies over the RoPE tile's upper half once the scores have read it (:func:`pe_stages`,
+:func:`p_over_pe`).
+
 Each query token is a request of ``h_q`` rows (rows past ``h_q`` masked); the split-KV plan balances the lists over
 :data:`PROGRAMS_PER_SM` programs an SM (one where two would cut pieces under :data:`MIN_PIECE_TILES` tiles:
 :func:`pieces_for`); split partials are merged by the combine kernel (which applies an attention sink to them; rows
@@ -24,7 +29,10 @@ written straight to ``out`` get it here).
 Measured (NVIDIA H200, ``docs/perf-notes.md``, sparse section): b=64, s_q=2, topk=2048 at h_q=16, 113.2 µs of GPU
 time a call (its plan without per-list overhead) against FlashMLA's 113.6 on q padded to 64 heads and the
 warp-specialized kernel's 129.7 (with the dense kernels' plan; 125.5 for this kernel with that plan); 1.31x the same
-kernel at one program an SM; a steady-state tile takes a program 10,470 cycles (decode 3,197 of them). Its trace
+kernel at one program an SM; a steady-state tile takes a program 10,470 cycles (decode 3,197 of them). The 32-row
+build at h_q=32: 226.6-231.2 µs against the warp-specialized kernel's 250.5-253.2 where pieces walk 31 tiles ((b, s_q)
+= (128, 2), (64, 4), (256, 1)), 131.8-132.1 against 124.1-124.6 at b=64, s_q=2 (16 tiles, each list split and merged),
+so the launcher sends it long pieces only (``ROWS32_MIN_PIECE_TILES`` of :mod:`.decode_sparse_sm90`). Its trace
 build (``trace=``, events :data:`TRACE_EVENTS`) is read by ``benchmarks/trace_ws.py``.
 """
 
