@@ -116,9 +116,10 @@ def main(argv=None) -> None:
     ap.add_argument("--sparse-plan-overhead", type=int, default=None,
                     help="with --sparse: units the Hopper kernels' split-KV plan charges a list beyond its blocks "
                          "(PLAN_OVERHEAD of openmla.ops.gluon.decode_sparse_sm90)")
-    ap.add_argument("--sparse-small-heads-max", type=int, default=None,
-                    help="with --sparse: the most heads the Hopper launcher sends to the small-head kernel "
-                         "(SMALL_HEADS_MAX of openmla.ops.gluon.decode_sparse_sm90; 0: none, 32: its 32-row build too)")
+    ap.add_argument("--sparse-rows32-min-tiles", type=int, default=None,
+                    help="with --sparse: at 17-32 heads the small-head kernel's 32-row build serves calls whose pieces "
+                         "walk at least this many tiles (ROWS32_MIN_PIECE_TILES of "
+                         "openmla.ops.gluon.decode_sparse_sm90; 0: every call, 1000000: none)")
     ap.add_argument("--sparse-parts", type=int, default=None,
                     help="with --sparse: pieces of the Hopper kernels' split-KV plan (num_sm_parts) instead of the "
                          "launcher's count")
@@ -225,10 +226,10 @@ def _sparse_main(cli) -> None:
         from openmla.ops.gluon import decode_sparse_sm90
 
         decode_sparse_sm90.PLAN_OVERHEAD = cli.sparse_plan_overhead
-    if cli.sparse_small_heads_max is not None:
+    if cli.sparse_rows32_min_tiles is not None:
         from openmla.ops.gluon import decode_sparse_sm90
 
-        decode_sparse_sm90.SMALL_HEADS_MAX = cli.sparse_small_heads_max
+        decode_sparse_sm90.ROWS32_MIN_PIECE_TILES = cli.sparse_rows32_min_tiles
     if cli.sparse_parts is not None:
         from openmla.ops.gluon import decode_sparse_sm90
 
@@ -243,8 +244,8 @@ def _sparse_main(cli) -> None:
     print(f"GPU time per call by kernel on {card} (mean of {cli.calls} calls)"
           + (f", {cli.sparse_parts} pieces" if cli.sparse_parts else "")
           + (f", plan overhead {cli.sparse_plan_overhead}" if cli.sparse_plan_overhead is not None else "")
-          + (f", small-head kernel up to {cli.sparse_small_heads_max} heads"
-             if cli.sparse_small_heads_max is not None else ""))
+          + (f", 32-row small-head build from {cli.sparse_rows32_min_tiles} tiles a piece"
+             if cli.sparse_rows32_min_tiles is not None else ""))
     results = []
     for group in cli.configs.split(","):
         for cfg in get_configs(group, op="sparse_decode"):

@@ -119,7 +119,7 @@ def test_uniform_reads_before_writes_flags_an_unwritten_register():
     from openmla.ops.aot import uniform_reads_before_writes
 
     def listing(*rows):
-        return "\n".join(f"        /*{16 * i:04x}*/                   {row} ;   /* 0x0 */" for i, row in enumerate(rows))
+        return "\n".join(f"        /*{16 * i:04x}*/          {row} ;   /* 0x0 */" for i, row in enumerate(rows))
 
     assert uniform_reads_before_writes(listing("UMOV UR4, 0x1", "UIADD3.64 UR6, UR4, 0x2, URZ")) == [
         "0x10 UR5: UIADD3.64 UR6, UR4, 0x2, URZ"]

@@ -427,10 +427,10 @@ def test_gluon_sparse_launcher_decoder_choice(monkeypatch, generator):
 
 
 def test_gluon_sparse_small_heads_launcher(monkeypatch, generator):
-    """Over the V3.2 cache a bf16 q with at most ``SMALL_HEADS_MAX`` (16) heads goes to the small-head sparse kernel
+    """Over the V3.2 cache a bf16 q with at most 16 heads goes to the small-head sparse kernel
     (one program a piece, two pieces an SM, R = 16, the sink to the kernel and the merge); more heads, an fp16 q, a
     16-bit cache, the switch off or any of the warp-specialized kernel's options keep that kernel; 17-32 heads go to
-    its 32-row build (one RoPE stage) when forced, when ``SMALL_HEADS_MAX`` allows, or for long pieces (not these 4
+    its 32-row build (one RoPE stage) when forced, with ``ROWS32_MIN_PIECE_TILES`` 0, or for long pieces (not these 4
     lists); forcing the small-head kernel
     where it cannot serve, or beside those options, is a typed error. Launches recorded on CPU tensors, not run."""
     from openmla.ops.gluon import decode_dense_sm90_ws as ws
@@ -474,10 +474,10 @@ def test_gluon_sparse_small_heads_launcher(monkeypatch, generator):
         assert small_launches[-1][2]["R"] == 32 and small_launches[-1][2]["PE_STAGES"] == 1
         assert small_launches[-1][0] == (1, 2 * 132)
     monkeypatch.setattr(gluon_sparse, "SMALL_HEADS", True)
-    monkeypatch.setattr(gluon_sparse, "SMALL_HEADS_MAX", 32)
+    monkeypatch.setattr(gluon_sparse, "ROWS32_MIN_PIECE_TILES", 0)
     call(32)
     assert len(small_launches) == 6 and small_launches[-1][2]["R"] == 32 and len(ws_launches) == 6
-    monkeypatch.setattr(gluon_sparse, "SMALL_HEADS_MAX", 16)
+    monkeypatch.setattr(gluon_sparse, "ROWS32_MIN_PIECE_TILES", 25)
     call(32)  # 4 lists: short pieces, so the warp-specialized kernel
     assert len(small_launches) == 6 and len(ws_launches) == 7
     with pytest.raises(openmla.InvalidArgumentError, match="small_heads=True: .*at most 32 heads.*h_q=33"):
@@ -559,7 +559,7 @@ def test_small_head_sparse_32_row_build_by_piece_length(monkeypatch):
     always; never without the switch, with an fp16 q or past 32 heads; no shape known, no."""
     from openmla.ops.gluon import decode_sparse_sm90 as gluon_sparse
 
-    assert gluon_sparse.ROWS32_MIN_PIECE_TILES == 25 and gluon_sparse.SMALL_HEADS_MAX == 16
+    assert gluon_sparse.ROWS32_MIN_PIECE_TILES == 25
 
     def served(h_q, tokens, dtype=torch.bfloat16, topk=2048):
         return gluon_sparse.small_heads_for(h_q, True, dtype, tokens, topk, 132)
@@ -571,6 +571,11 @@ def test_small_head_sparse_32_row_build_by_piece_length(monkeypatch):
     assert served(16, 1) and served(16, 256) and not gluon_sparse.small_heads_for(32, True, torch.bfloat16)
     assert gluon_sparse.small_heads_for_some_shapes(32, True, torch.bfloat16)
     assert not gluon_sparse.small_heads_for_some_shapes(16, True, torch.bfloat16)
+    monkeypatch.setattr(gluon_sparse, "ROWS32_MIN_PIECE_TILES", 0)  # always, with or without a shape
+    assert served(32, 8) and gluon_sparse.small_heads_for(32, True, torch.bfloat16) and not served(33, 8)
+    assert not gluon_sparse.small_heads_for_some_shapes(32, True, torch.bfloat16)
+    monkeypatch.setattr(gluon_sparse, "ROWS32_MIN_PIECE_TILES", 10**9)  # never
+    assert not served(32, 4096) and served(16, 4096)
     monkeypatch.setattr(gluon_sparse, "SMALL_HEADS", False)
     assert not served(32, 512) and not served(16, 1)
 

@@ -45,19 +45,18 @@ from . import decode_dense_sm90_small_heads as small
 from . import decode_dense_sm90_ws as ws
 from . import decode_sparse_sm90_small_heads as sparse_small
 
-#: Over V3.2 FP8 records, a bf16 q with at most :data:`SMALL_HEADS_MAX` heads goes to the small-head sparse kernel
+#: Over V3.2 FP8 records, a bf16 q with at most 16 heads goes to the small-head sparse kernel
 #: (:mod:`.decode_sparse_sm90_small_heads`: keys on ``wgmma``'s 64-row side, the heads on N, two programs an SM), not
-#: to the 64-row warp-specialized kernel. Read at the call.
+#: to the 64-row warp-specialized kernel, and 17-32 heads to its 32-row build where :data:`ROWS32_MIN_PIECE_TILES`
+#: says. Read at the call.
 SMALL_HEADS = True
-#: The most heads :data:`SMALL_HEADS` sends to the small-head kernel whatever the shape (its 16-row build). Read at
-#: the call.
-SMALL_HEADS_MAX = 16
 #: Up to 32 heads, :data:`SMALL_HEADS` sends a call to the small-head kernel's 32-row build where the split-KV plan's
-#: pieces (two programs an SM) walk at least this many tiles, else to the warp-specialized kernel. H200, h_q=32,
-#: topk=2048, GPU time a call from CUDA graphs, 32-row build against the warp-specialized kernel (two runs each):
+#: pieces (two programs an SM) walk at least this many tiles, else to the warp-specialized kernel (0: always the
+#: 32-row build). H200, h_q=32, topk=2048, GPU time a call from CUDA graphs, 32-row build against the
+#: warp-specialized kernel (two runs each):
 #: (b, s_q) = (64, 2) and (128, 1), pieces of 16 tiles: 131.7-132.1 against 123.4-124.6 µs; (96, 2), 24 tiles:
 #: 198.0-200.0 against 197.5-198.4 (a tie: the warp-specialized kernel keeps it); (128, 2), (64, 4) and (256, 1), 31
-#: tiles: 226.6-231.2 against 250.5-253.2. Fewer lists lose more (b=16, s_q=2: 50.5 against 43.3).
+#: tiles: 226.6-231.2 against 250.5-253.2. Fewer lists lose more (b=16, s_q=2: 50.5 against 43.3). Read at the call.
 ROWS32_MIN_PIECE_TILES = 25
 #: Units the split-KV plan of fixed-length lists (no ``topk_length``) charges a list beyond its 64-key blocks
 #: (``overhead`` of :func:`~openmla.ops.schedule.plan_splitkv`), by row tiles a token: with one (h_q <= 64, either
@@ -79,13 +78,13 @@ def plan_overhead(row_tiles: int, fixed_lists: bool) -> int:
 def small_heads_for(h_q: int, is_fp8: bool, q_dtype: torch.dtype, tokens: int | None = None, topk: int = 0,
                     sms: int = 0) -> bool:
     """Whether :func:`sparse_decode_sm90_fwd` sends a call to the small-head kernel by default: :data:`SMALL_HEADS`
-    and :func:`.decode_sparse_sm90_small_heads.sparse_v32_small_heads_fits`, and either at most
-    :data:`SMALL_HEADS_MAX` heads or, for the 32-row build, ``tokens`` lists of ``topk`` entries whose pieces over
-    two programs on each of ``sms`` SMs walk at least :data:`ROWS32_MIN_PIECE_TILES` tiles (``tokens`` None: the
-    shape is not known, so no)."""
+    and :func:`.decode_sparse_sm90_small_heads.sparse_v32_small_heads_fits`, and either at most 16 heads (its 16-row
+    build) or, for its 32-row build, ``tokens`` lists of ``topk`` entries whose pieces over two programs on each of
+    ``sms`` SMs walk at least :data:`ROWS32_MIN_PIECE_TILES` tiles (``tokens`` None: the shape is not known, so only
+    with that threshold 0)."""
     if not (SMALL_HEADS and sparse_small.sparse_v32_small_heads_fits(h_q, is_fp8, q_dtype)):
         return False
-    if h_q <= SMALL_HEADS_MAX:
+    if h_q <= sparse_small.ROW_TILES[0] or ROWS32_MIN_PIECE_TILES <= 0:
         return True
     if tokens is None:
         return False
@@ -96,7 +95,7 @@ def small_heads_for(h_q: int, is_fp8: bool, q_dtype: torch.dtype, tokens: int | 
 def small_heads_for_some_shapes(h_q: int, is_fp8: bool, q_dtype: torch.dtype) -> bool:
     """Whether :func:`small_heads_for` sends calls with ``h_q`` heads to the small-head kernel for some shapes only
     (17-32 heads: the 32-row build for long pieces), for the dispatcher's reason."""
-    return (SMALL_HEADS and h_q > SMALL_HEADS_MAX
+    return (SMALL_HEADS and h_q > sparse_small.ROW_TILES[0] and ROWS32_MIN_PIECE_TILES > 0
             and sparse_small.sparse_v32_small_heads_fits(h_q, is_fp8, q_dtype))
 
 
@@ -231,8 +230,8 @@ def sparse_decode_sm90_fwd(
     elif small_heads:
         if not sparse_small.sparse_v32_small_heads_fits(h_q, is_fp8, q.dtype):
             raise InvalidArgumentError(f"small_heads=True: the small-head sparse kernel takes V3.2 FP8 records, a "
-                                       f"bf16 q and at most {sparse_small.ROW_TILES[-1]} heads; got is_fp8={is_fp8}, q {q.dtype}, "
-                                       f"h_q={h_q}: leave small_heads=None")
+                                       f"bf16 q and at most {sparse_small.ROW_TILES[-1]} heads; got is_fp8={is_fp8}, "
+                                       f"q {q.dtype}, h_q={h_q}: leave small_heads=None")
         given = [name for name, set_ in ws_options.items() if set_]
         if given:
             raise InvalidArgumentError(f"small_heads=True with {', '.join(given)}: those are options of the "
