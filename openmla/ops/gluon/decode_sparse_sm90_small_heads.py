@@ -47,9 +47,8 @@ BLOCK_N = 64
 #: Query rows a program (the ``N`` of its products): the builds, smallest first; at most the last many heads are
 #: served here, each call by the smallest build that holds its heads (:func:`rows_for`).
 ROW_TILES = (16, 32)
-#: The first build's rows (the kernel's first form, kept as the name the launchers and tests know).
-R = ROW_TILES[0]
-#: Programs the split-KV plan counts on each SM (the shared memory, ~102 KB a program, allows two).
+#: Programs the split-KV plan counts on each SM (the shared memory, ~102 KB a program at 16 rows and 110 KB at 32,
+#: and the registers, 168 and 255 a thread, allow two: ``tests/test_aot.py`` checks both builds).
 PROGRAMS_PER_SM = 2
 #: Fewest tiles a piece should walk with two programs an SM: where pieces would be shorter and one program an SM
 #: gives longer ones, the plan counts one (H200, h_q=16, 16 lists of 2048: pieces of 3 tiles over 2 x 132 took 29.9
