@@ -120,6 +120,9 @@ def main(argv=None) -> None:
                     help="with --sparse: at 17-32 heads the small-head kernel's 32-row build serves calls whose pieces "
                          "walk at least this many tiles (ROWS32_MIN_PIECE_TILES of "
                          "openmla.ops.gluon.decode_sparse_sm90; 0: every call, 1000000: none)")
+    ap.add_argument("--sparse-splits-cap", type=int, default=None,
+                    help="with --sparse: most pieces the Hopper kernels' plan cuts a list into (SPLITS_CAP of "
+                         "openmla.ops.gluon.decode_sparse_sm90; 0: no cap)")
     ap.add_argument("--sparse-parts", type=int, default=None,
                     help="with --sparse: pieces of the Hopper kernels' split-KV plan (num_sm_parts) instead of the "
                          "launcher's count")
@@ -226,6 +229,10 @@ def _sparse_main(cli) -> None:
         from openmla.ops.gluon import decode_sparse_sm90
 
         decode_sparse_sm90.PLAN_OVERHEAD = cli.sparse_plan_overhead
+    if cli.sparse_splits_cap is not None:
+        from openmla.ops.gluon import decode_sparse_sm90
+
+        decode_sparse_sm90.SPLITS_CAP = cli.sparse_splits_cap or None
     if cli.sparse_rows32_min_tiles is not None:
         from openmla.ops.gluon import decode_sparse_sm90
 
@@ -244,6 +251,8 @@ def _sparse_main(cli) -> None:
     print(f"GPU time per call by kernel on {card} (mean of {cli.calls} calls)"
           + (f", {cli.sparse_parts} pieces" if cli.sparse_parts else "")
           + (f", plan overhead {cli.sparse_plan_overhead}" if cli.sparse_plan_overhead is not None else "")
+          + (f", at most {cli.sparse_splits_cap or 'any number of'} pieces a list"
+             if cli.sparse_splits_cap is not None else "")
           + (f", 32-row small-head build from {cli.sparse_rows32_min_tiles} tiles a piece"
              if cli.sparse_rows32_min_tiles is not None else ""))
     results = []

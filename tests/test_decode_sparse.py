@@ -539,8 +539,8 @@ def test_gluon_sparse_plan_overhead_by_row_tiles(monkeypatch, generator):
 
     planned = []
     real_plan = gluon_sparse.plan_splitkv
-    monkeypatch.setattr(gluon_sparse, "plan_splitkv", lambda lens, parts, overhead: (
-        planned.append((lens.shape[0], parts, overhead)), real_plan(lens, parts, overhead=overhead))[1])
+    monkeypatch.setattr(gluon_sparse, "plan_splitkv", lambda lens, parts, max_splits, overhead: (
+        planned.append((lens.shape[0], parts, overhead)), real_plan(lens, parts, max_splits, overhead=overhead))[1])
     monkeypatch.setattr(gluon_sparse, "combine_splits", lambda *args, **kw: None)
     record_launches(monkeypatch, ws, "_dense_decode_sm90_ws_kernel")
     record_launches(monkeypatch, sparse_small, "_sparse_v32_small_heads_kernel")

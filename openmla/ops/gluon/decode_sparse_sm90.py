@@ -66,6 +66,10 @@ ROWS32_MIN_PIECE_TILES = 25
 #: Lists with ``topk_length`` keep :data:`FIXED_OVERHEAD`. :data:`PLAN_OVERHEAD`, when set, overrides both (A/Bs).
 FIXED_LIST_OVERHEAD = {1: 0, 2: FIXED_OVERHEAD}
 PLAN_OVERHEAD: int | None = None
+#: Most pieces the split-KV plan cuts a list into (``max_splits`` of :func:`~openmla.ops.schedule.plan_splitkv`;
+#: None: no cap). The combine kernel merges any number; the dense kernels' cap of 16 is their fused merge's bound.
+#: Read at the call.
+SPLITS_CAP: int | None = MAX_SPLITS
 
 
 def plan_overhead(row_tiles: int, fixed_lists: bool) -> int:
@@ -89,7 +93,7 @@ def small_heads_for(h_q: int, is_fp8: bool, q_dtype: torch.dtype, tokens: int | 
     if tokens is None:
         return False
     parts = sparse_small.PROGRAMS_PER_SM * sms
-    return sparse_small.piece_tiles(tokens, topk, parts, MAX_SPLITS) >= ROWS32_MIN_PIECE_TILES
+    return sparse_small.piece_tiles(tokens, topk, parts, SPLITS_CAP) >= ROWS32_MIN_PIECE_TILES
 
 
 def small_heads_for_some_shapes(h_q: int, is_fp8: bool, q_dtype: torch.dtype) -> bool:
@@ -147,23 +151,25 @@ def token_lengths(topk_length: torch.Tensor, s_q: int, topk: int) -> torch.Tenso
     return lens
 
 
-def _fixed_length_plan(device: torch.device, tokens: int, topk: int, parts: int, overhead: int):
+def _fixed_length_plan(device: torch.device, tokens: int, topk: int, parts: int, overhead: int,
+                       splits_cap: int | None = MAX_SPLITS):
     """``(lens, sched, splits)`` for ``tokens`` lists of ``topk`` entries over ``parts`` pieces, ``overhead`` units a
-    list (:func:`~openmla.ops.schedule.plan_splitkv`)."""
+    list, at most ``splits_cap`` pieces a list (:func:`~openmla.ops.schedule.plan_splitkv`)."""
     def make():
         lens = torch.full((tokens,), topk, dtype=torch.int32, device=device)
-        return (lens, *plan_splitkv(lens, parts, overhead=overhead))
+        return (lens, *plan_splitkv(lens, parts, splits_cap, overhead=overhead))
 
-    return _FIXED_PLANS.get(device, (tokens, topk, parts, overhead), make)
+    return _FIXED_PLANS.get(device, (tokens, topk, parts, overhead, splits_cap), make)
 
 
 @functools.lru_cache(maxsize=256)
-def fixed_lists_unsplit(tokens: int, topk: int, parts: int, overhead: int = FIXED_OVERHEAD) -> bool:
-    """Whether the plan of ``tokens`` lists of ``topk`` entries over ``parts`` pieces (``overhead`` units a list) keeps
-    every list in one piece (computed on the host, once per shape): then the split kernel writes every output itself
-    and no merge runs."""
+def fixed_lists_unsplit(tokens: int, topk: int, parts: int, overhead: int = FIXED_OVERHEAD,
+                        splits_cap: int | None = MAX_SPLITS) -> bool:
+    """Whether the plan of ``tokens`` lists of ``topk`` entries over ``parts`` pieces (``overhead`` units a list, at
+    most ``splits_cap`` pieces a list) keeps every list in one piece (computed on the host, once per shape): then the
+    split kernel writes every output itself and no merge runs."""
     lens = torch.full((tokens,), topk, dtype=torch.int32)
-    return int(split_counts(lens, parts, overhead=overhead).max()) <= 1
+    return int(split_counts(lens, parts, splits_cap, overhead=overhead).max()) <= 1
 
 
 def sparse_decode_sm90_fwd(
@@ -285,7 +291,7 @@ def _small_heads_fwd(q, k_cache, indices, head_dim_v, softmax_scale, topk_length
     b, s_q, h_q, d = q.shape
     topk = indices.shape[2]
     rows = sparse_small.rows_for(h_q)
-    parts = num_sm_parts or sparse_small.pieces_for(b * s_q, topk, num_sms(q.device), MAX_SPLITS)
+    parts = num_sm_parts or sparse_small.pieces_for(b * s_q, topk, num_sms(q.device), SPLITS_CAP)
     plan = _plan_tokens(q, indices, head_dim_v, topk_length, parts, plan_overhead(1, topk_length is None))
     ws.check_trace(trace, q.device)
     launch(sparse_small._sparse_v32_small_heads_kernel, (1, parts),
@@ -303,8 +309,9 @@ def _small_heads_fwd(q, k_cache, indices, head_dim_v, softmax_scale, topk_length
 class _TokenPlan(NamedTuple):
     """A sparse call as the split-KV kernels take it: each of the ``b * s_q`` query tokens a request of ``h_q`` rows
     (``q_tok`` [tokens, 1, h_q, d]) with its own list (``lists`` [tokens, topk]), the plan of those lists over ``parts``
-    pieces (``lens``, ``sched``, ``splits``; ``overhead`` units a list), the outputs (``out`` [b, s_q, h_q, d_v] and its
-    per-token view ``out_tok``, ``lse_tok`` fp32 [tokens, h_q, 1]) and the split partials' ``workspace``."""
+    pieces (``lens``, ``sched``, ``splits``; ``overhead`` units a list, at most ``splits_cap`` pieces a list), the
+    outputs (``out`` [b, s_q, h_q, d_v] and its per-token view ``out_tok``, ``lse_tok`` fp32 [tokens, h_q, 1]) and the
+    split partials' ``workspace``."""
     q_tok: torch.Tensor
     lists: torch.Tensor
     lens: torch.Tensor
@@ -316,6 +323,7 @@ class _TokenPlan(NamedTuple):
     workspace: tuple
     parts: int
     overhead: int
+    splits_cap: int | None
 
 
 def _plan_tokens(q, indices, head_dim_v, topk_length, parts, overhead) -> _TokenPlan:
@@ -325,18 +333,19 @@ def _plan_tokens(q, indices, head_dim_v, topk_length, parts, overhead) -> _Token
     topk = indices.shape[2]
     tokens = b * s_q
     q_tok = q.reshape(tokens, 1, h_q, d)
+    splits_cap = SPLITS_CAP
     if topk_length is None:
-        lens, sched, splits = _fixed_length_plan(q.device, tokens, topk, parts, overhead)
+        lens, sched, splits = _fixed_length_plan(q.device, tokens, topk, parts, overhead, splits_cap)
     else:
         lens = token_lengths(topk_length, s_q, topk)
-        sched, splits = plan_splitkv(lens, parts, overhead=overhead)
+        sched, splits = plan_splitkv(lens, parts, splits_cap, overhead=overhead)
         scratch(lens, sched, splits)
     out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
     lse_tok = torch.empty(tokens, h_q, 1, dtype=torch.float32, device=q.device)
     workspace = split_workspace(q_tok, head_dim_v, parts, fused_merge=False)  # the combine kernel merges
     scratch(*workspace)  # written by the split kernel before the combine kernel reads them
     return _TokenPlan(q_tok, indices.reshape(tokens, topk), lens, sched, splits, out,
-                      out.view(tokens, 1, h_q, head_dim_v), lse_tok, workspace, parts, overhead)
+                      out.view(tokens, 1, h_q, head_dim_v), lse_tok, workspace, parts, overhead, splits_cap)
 
 
 def _merge(plan: _TokenPlan, lengths_given: bool, attn_sink) -> tuple[torch.Tensor, torch.Tensor]:
@@ -345,7 +354,7 @@ def _merge(plan: _TokenPlan, lengths_given: bool, attn_sink) -> tuple[torch.Tens
     ``topk_length`` are planned on the device, so they always merge), and lay the lse out as FlashMLA's."""
     b, s_q, h_q, _ = plan.out.shape
     tokens, topk = plan.lists.shape
-    if lengths_given or not fixed_lists_unsplit(tokens, topk, plan.parts, plan.overhead):
+    if lengths_given or not fixed_lists_unsplit(tokens, topk, plan.parts, plan.overhead, plan.splits_cap):
         combine_splits(plan.out_tok, plan.lse_tok, plan.workspace[0], plan.workspace[1], plan.splits,
                        attn_sink=attn_sink)
     if s_q == 1:  # [b, h_q, 1] already

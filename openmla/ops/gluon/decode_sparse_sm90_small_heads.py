@@ -343,14 +343,15 @@ def sparse_v32_small_heads_fits(h_q: int, is_fp8: bool, q_dtype: torch.dtype) ->
     return bool(is_fp8) and q_dtype == torch.bfloat16 and 0 < h_q <= ROW_TILES[-1]
 
 
-def piece_tiles(tokens: int, topk: int, parts: int, max_splits: int) -> int:
+def piece_tiles(tokens: int, topk: int, parts: int, max_splits: int | None) -> int:
     """Tiles the longest piece walks when ``tokens`` lists of ``topk`` entries are planned over ``parts`` pieces
-    with no per-list overhead (``max_splits`` pieces a list at most): the plan's payload."""
+    with no per-list overhead (``max_splits`` pieces a list at most; None: no cap): the plan's payload."""
     blocks = max(-(-topk // BLOCK_N), 1)
-    return max(-(-tokens * blocks // parts), -(-blocks // (max_splits - 1)), 1)
+    capped = -(-blocks // (max_splits - 1)) if max_splits else 1
+    return max(-(-tokens * blocks // parts), capped, 1)
 
 
-def pieces_for(tokens: int, topk: int, sms: int, max_splits: int) -> int:
+def pieces_for(tokens: int, topk: int, sms: int, max_splits: int | None) -> int:
     """Pieces of the split-KV plan for ``tokens`` lists of up to ``topk`` entries: :data:`PROGRAMS_PER_SM` an SM,
     unless that cuts pieces under :data:`MIN_PIECE_TILES` tiles where one an SM cuts longer ones
     (:func:`piece_tiles`)."""
