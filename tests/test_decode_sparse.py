@@ -392,6 +392,34 @@ def test_gluon_sparse_reuses_the_plan_of_fixed_length_lists():
     ref_sched, ref_splits = plan_splitkv_torch(expected, 4)
     assert torch.equal(lens, expected)
     assert torch.equal(sched, ref_sched.to(sched.dtype)) and torch.equal(splits, ref_splits.to(splits.dtype))
+    assert gluon_sparse._fixed_length_plan(cpu, 6, 130, 4, 5, None) is not first  # the cap is in the key
+
+
+def test_gluon_sparse_plans_cut_lists_without_a_cap(monkeypatch, generator):
+    """Sparse plans cap the pieces a list at SPLITS_CAP, None by default (the combine kernel merges any number): one
+    list of 32 tiles over 264 pieces goes to 32 pieces of one tile, not the dense kernels' 11 pieces of 3; the launcher
+    plans and merges with the cap it read (launches recorded on CPU tensors, not run)."""
+    from openmla.ops.gluon import decode_sparse_sm90 as gluon_sparse
+    from openmla.ops.gluon import decode_sparse_sm90_small_heads as sparse_small
+    from openmla.ops.schedule import MAX_SPLITS, split_counts
+
+    assert gluon_sparse.SPLITS_CAP is None
+    one = torch.full((1,), 2048, dtype=torch.int32)
+    assert split_counts(one, 264, None, overhead=0).tolist() == [32]
+    assert split_counts(one, 264, MAX_SPLITS, overhead=0).tolist() == [11]
+    assert sparse_small.piece_tiles(1, 2048, 264, None) == 1 and sparse_small.piece_tiles(1, 2048, 264, 16) == 3
+    assert sparse_small.piece_tiles(128, 2048, 264, None) == sparse_small.piece_tiles(128, 2048, 264, 16) == 16
+
+    record_launches(monkeypatch, sparse_small, "_sparse_v32_small_heads_kernel")
+    merged = []
+    monkeypatch.setattr(gluon_sparse, "combine_splits", lambda out, lse, o_acc, lse_acc, splits, **kw: merged.append(
+        splits.diff().tolist()))
+    for cap, pieces in ((None, [32]), (MAX_SPLITS, [11])):
+        monkeypatch.setattr(gluon_sparse, "SPLITS_CAP", cap)
+        inputs = make_sparse_decode_inputs(1, 1, 16, 4096, 2048, 64, 576, 512, torch.bfloat16, "cpu", fp8=True,
+                                           generator=generator)
+        gluon_sparse.sparse_decode_sm90_fwd(inputs["q"], inputs["k_cache"], inputs["indices"], 512, 0.1, is_fp8=True)
+        assert merged[-1] == pieces
 
 
 def test_gluon_sparse_launcher_decoder_choice(monkeypatch, generator):
