@@ -242,6 +242,12 @@ def _fill_compile(s: Section, requested: int | None) -> None:
         s.notes.append("FAILED to compile: " + ", ".join(failed))
     if spilled:
         s.notes.append("register spills in: " + ", ".join(spilled))
+    unsound = [f"{r.kernel}[{r.variant}] ({r.early_uniform_reads[0]})" for r in reports if r.early_uniform_reads]
+    if unsound:
+        # a ptxas miscompile's trace (a wgmma descriptor built from a register never written): such a build
+        # computes wrong results, so the check fails
+        s.failed = True
+        s.notes.append("uniform registers read before written (a miscompile; report it): " + ", ".join(unsound))
     if any(r.kernel == "_dense_decode_sm90_ws_kernel" for r in reports):
         from .ops.gluon import decode_dense_sm90_ws as ws
 

@@ -40,6 +40,9 @@ class KernelReport:
     #: the warps of each tensor-core layout in the TTGIR (``warpsPerCTA`` of every ``nvidia_mma`` encoding),
     #: e.g. ``["4x2"]``: where a product's warps went (Triton kernels; Gluon kernels set their own)
     mma_warps: list | None = None
+    #: uniform registers the kernel's start reads before writing them (:func:`uniform_reads_before_writes`; Gluon
+    #: builds only, None otherwise): a ``ptxas`` miscompile's trace, empty in a sound build
+    early_uniform_reads: list | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -548,12 +551,15 @@ def uniform_reads_before_writes(sass: str) -> list[str]:
 
 def compile_sass(v: Variant, arch: int) -> str:
     """``cuobjdump -sass`` of one variant built for ``arch``."""
+    return _sass(_compile(v, arch).asm["cubin"])
+
+
+def _sass(cubin: bytes) -> str:
     import triton
 
-    compiled = _compile(v, arch)
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(compiled.asm["cubin"])
+        f.write(cubin)
         f.flush()
         return subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
 
@@ -591,6 +597,7 @@ def compile_variant(v: Variant, arch: int) -> KernelReport:
             has_wgmma="wgmma.mma_async" in compiled.asm["ptx"],
             mma_warps=sorted({"x".join(w.split(", ")) for w in re.findall(
                 r"nvidia_mma<\{[^}]*warpsPerCTA = \[([0-9, ]+)\]", compiled.asm.get("ttgir", ""))}),
+            early_uniform_reads=uniform_reads_before_writes(_sass(compiled.asm["cubin"])) if v.gluon else None,
         )
     except Exception as exc:  # a report, not a crash: doctor prints every variant
         return KernelReport(kernel=kernel_name, variant=v.name, arch=arch, ok=False,
