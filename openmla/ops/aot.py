@@ -517,7 +517,7 @@ def uniform_reads_before_writes(sass: str) -> list[str]:
     3.6): a ``wgmma`` descriptor computed from a register never written (the small-head sparse kernel's 32-row
     build with Pᵀ at the start of the RoPE tile). A heuristic: it knows the operand forms of the instructions
     such a start uses (a destination first, ``.64`` and ``.WIDE`` destinations and sources two registers wide, an
-    ``HGMMA`` descriptor four), so read it on the kernels it was checked against."""
+    ``HGMMA`` descriptor four); every sm_90a Gluon build here reads none (and the miscompiled build two)."""
     rows = re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*?)\s*;", sass)
     targets = {int(t, 16) for _, text in rows for t in re.findall(r"BRA[^;]*?0x([0-9a-f]+)", text)}
     written, found = set(), []
