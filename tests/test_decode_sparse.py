@@ -13,6 +13,7 @@ Tolerances are FlashMLA's (``TOL[("sparse_decode", ...)]``).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import pytest
@@ -350,16 +351,33 @@ def test_gluon_sparse_token_lengths_clamp_and_repeat():
 
 
 @pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
-@pytest.mark.parametrize("b, s_q, h_q", [(3, 2, 128), (2, 5, 7), (1, 3, 1)])
-def test_gluon_sparse_lse_by_heads(b, s_q, h_q, generator):
-    """The Hopper launcher's per-token lse [b * s_q, h_q, 1] laid out as FlashMLA's [b, h_q, s_q] by one launch
-    (so MTP calls replay): the same values as a transpose."""
-    from openmla.ops.gluon.decode_sparse_sm90 import lse_by_heads
+@pytest.mark.parametrize("splits, s_q, h_q", [((2, 1, 3, 1, 2, 2), 2, 5), ((1, 4, 2), 3, 16), ((2, 3), 1, 7)])
+def test_combine_writes_token_lse_by_heads(splits, s_q, h_q, generator):
+    """The sparse launchers' merge: each of the ``b * s_q`` query tokens a request of one token (``out`` [b * s_q, 1,
+    h_q, d_v]) and the lse FlashMLA's [b, h_q, s_q] (``lse_s_q=s_q``): a split token's merged lse lands at
+    ``[t // s_q, :, t % s_q]``, its output in its own row, and unsplit tokens' entries are left to the split kernel."""
+    from openmla.ops.combine import combine_splits
 
-    lse_tok = torch.randn(b * s_q, h_q, 1, generator=generator).to(DEVICE)
-    got = lse_by_heads(lse_tok, b, s_q)
-    assert got.shape == (b, h_q, s_q) and got.is_contiguous()
-    assert torch.equal(got, lse_tok.view(b, s_q, h_q).transpose(1, 2))
+    tokens, d_v = len(splits), 64
+    b = tokens // s_q
+    offsets = torch.tensor([0] + list(itertools.accumulate(splits)), dtype=torch.int32, device=DEVICE)
+    slots = int(offsets[-1])
+    o_acc = torch.randn(slots, 1, h_q, d_v, generator=generator).to(DEVICE)
+    lse_acc = (torch.randn(slots, 1, h_q, generator=generator) * 3).to(DEVICE)
+    # fp16: bf16 rounding of these unit-scale outputs alone nears the cos bound (as in the dense combine test)
+    out = torch.full((b, s_q, h_q, d_v), 7.0, dtype=torch.float16, device=DEVICE)
+    lse = torch.full((b, h_q, s_q), 7.0, dtype=torch.float32, device=DEVICE)
+    combine_splits(out.view(tokens, 1, h_q, d_v), lse, o_acc, lse_acc, offsets, lse_s_q=s_q)
+    for t, n in enumerate(splits):
+        i, j = divmod(t, s_q)
+        if n == 1:
+            assert (out[i, j] == 7.0).all() and (lse[i, :, j] == 7.0).all(), f"token {t} is the split kernel's"
+            continue
+        part = slice(int(offsets[t]), int(offsets[t + 1]))
+        lse2 = torch.logsumexp(lse_acc[part, 0].double() * math.log(2.0), dim=0) / math.log(2.0)  # [h_q], base 2
+        want = (torch.exp2(lse_acc[part, 0].double() - lse2)[..., None] * o_acc[part, 0].double()).sum(0)
+        check_close(f"out of token {t}", out[i, j], want.float(), TOL[("sparse_decode", "out")])
+        check_close(f"lse of token {t}", lse[i, :, j], (lse2 * math.log(2.0)).float(), TOL[("sparse_decode", "lse")])
 
 
 def test_split_offsets_are_made_once_per_shape():
@@ -481,9 +499,12 @@ def test_gluon_sparse_small_heads_launcher(monkeypatch, generator):
         assert out.shape == (2, 2, h_q, 512) and lse.shape == (2, h_q, 2)
         grid, args, kwargs = small_launches[-1]
         assert grid == (1, 2 * 132)  # CPU tensors plan for 132 SMs, two programs each
-        assert kwargs["R"] == 16 and kwargs["HAS_SINK"] == (h_q == 5) and args[-2] is inputs["attn_sink"]
-        assert not kwargs["TRACE"] and args[-1] is None
+        assert kwargs["R"] == 16 and kwargs["HAS_SINK"] == (h_q == 5) and args[-3] is inputs["attn_sink"]
+        assert not kwargs["TRACE"] and args[-2] is None
         assert args[1].dtype == torch.uint8 and args[1].data_ptr() == inputs["k_cache"].data_ptr()
+        # the kernel and the merge write the returned lse as it lies: [b, h_q, s_q], no launch re-lays it out
+        assert args[7] is lse and args[-1] == 2
+        assert merges[-1][0][1] is lse and merges[-1][1]["lse_s_q"] == 2
         assert merges[-1][1]["attn_sink"] is inputs["attn_sink"]  # split rows get the sink in the merge
     assert len(small_launches) == 2 and not ws_launches
     call(32)
@@ -506,8 +527,9 @@ def test_gluon_sparse_small_heads_launcher(monkeypatch, generator):
     call(32)
     assert len(small_launches) == 6 and small_launches[-1][2]["R"] == 32 and len(ws_launches) == 6
     monkeypatch.setattr(gluon_sparse, "ROWS32_MIN_PIECE_TILES", 25)
-    call(32)  # 4 lists: short pieces, so the warp-specialized kernel
+    (out, lse), _ = call(32)  # 4 lists: short pieces, so the warp-specialized kernel
     assert len(small_launches) == 6 and len(ws_launches) == 7
+    assert ws_launches[-1][1][7] is lse and ws_launches[-1][2]["lse_s_q"] == 2
     with pytest.raises(openmla.InvalidArgumentError, match="small_heads=True: .*at most 32 heads.*h_q=33"):
         call(33, small_heads=True)
     with pytest.raises(openmla.InvalidArgumentError, match="small_heads=True: .*torch.float16"):

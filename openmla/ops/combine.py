@@ -212,12 +212,12 @@ if triton_available():
         acc = w0[:, None] * o0 + w1[:, None] * o1 + w2[:, None] * o2 + w3[:, None] * o3
         return acc, empty, lse2, inv
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["lse_s_q"])
     def _decode_combine_kernel(
         out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, num_splits_ptr, sink_ptr,
         stride_ob, stride_os, stride_oh,
         stride_lb, stride_lh,
-        s_q, h_q,
+        s_q, h_q, lse_s_q,
         BLOCK_R: tl.constexpr, D_V: tl.constexpr, HAS_SINK: tl.constexpr, PDL: tl.constexpr,
         COL_CHUNK: tl.constexpr, SPLIT_TILE: tl.constexpr, EAGER_SPLITS: tl.constexpr,
     ):
@@ -231,7 +231,9 @@ if triton_available():
         large batches, where a request is cut at most once or twice). More splits take the LSEs one load per
         ``SPLIT_TILE`` splits (two passes) and then several splits' tiles a round trip (eight of up to 128 dims,
         four of more). Small batches have few (request, row tile) pairs, so their columns are spread over
-        programs too (:func:`combine_col_chunks`)."""
+        programs too (:func:`combine_col_chunks`). ``lse_s_q``: requests that share an lse row of ``lse`` (request
+        ``req``'s lse at row ``req // lse_s_q``, column ``req % lse_s_q``; 1 for dense calls; a runtime int, so
+        one build serves every value)."""
         req = tl.program_id(0)
         split_lo = tl.load(num_splits_ptr + req)
         n_split = tl.load(num_splits_ptr + req + 1) - split_lo
@@ -269,7 +271,9 @@ if triton_available():
                      mask=mask_r[:, None])
             if tl.program_id(2) == 0:
                 lse = tl.where(empty, float("inf"), lse2 * 0.6931471805599453)
-                tl.store(lse_ptr + req64 * stride_lb + head * stride_lh + t_idx, lse, mask=mask_r)
+                # int32 division (inlined; an int64 one is a subroutine call)
+                lse_at = lse_ptr + (req // lse_s_q).to(tl.int64) * stride_lb + req % lse_s_q
+                tl.store(lse_at + head * stride_lh + t_idx, lse, mask=mask_r)
 
 
 #: Launch the combine kernel as a programmatic dependent of the split kernel before it on SM90+ (PDL, as
@@ -359,6 +363,7 @@ def combine_splits(
     num_splits: torch.Tensor,
     attn_sink: torch.Tensor | None = None,
     col_chunks: int | None = None,
+    lse_s_q: int = 1,
 ) -> None:
     """Merge split partials into ``out`` [b, s_q, h_q, d_v] and ``lse`` [b, h_q, s_q] in place.
 
@@ -371,6 +376,10 @@ def combine_splits(
             ``1 / (1 + exp(sink - lse))``.
         col_chunks: programs sharing a row tile's output dims (a power of two dividing ``d_v``); ``None``: by
             :func:`combine_col_chunks` (``openmla warmup`` compiles each width it can pick).
+        lse_s_q: the sparse launchers' layout, where each of a call's ``b * lse_s_q`` query tokens is a request of
+            one token (``out`` [b * lse_s_q, 1, h_q, d_v]) and ``lse`` is the call's [b, h_q, lse_s_q]: token
+            ``t``'s lse goes to ``lse[t // lse_s_q, :, t % lse_s_q]``, as FlashMLA lays it out. 1: one lse row a
+            request.
 
     On SM90+ the launch is a programmatic dependent of the kernel before it on the stream (:func:`combine_pdl`):
     the kernel waits for that one to finish before reading the partials, and that one, a plain launch, started
@@ -391,7 +400,7 @@ def combine_splits(
         attn_sink if attn_sink is not None else lse_accum,  # not read without a sink
         out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1),
-        s_q, h_q,
+        s_q, h_q, lse_s_q,
         BLOCK_R=block_r, D_V=d_v, HAS_SINK=attn_sink is not None, PDL=pdl, COL_CHUNK=d_v // chunks,
         SPLIT_TILE=COMBINE_SPLIT_TILE, EAGER_SPLITS=COMBINE_EAGER_SPLITS,
         num_warps=COMBINE_NUM_WARPS,

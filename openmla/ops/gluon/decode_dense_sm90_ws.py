@@ -1228,7 +1228,7 @@ if gluon_available():
     def _softmax_only(lse_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_lb, stride_lh,
                       s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
                       q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, slots, block_table_ptr, stride_bt,
-                      num_blocks, sink_ptr, descale_k_ptr, descale_q_ptr,
+                      num_blocks, sink_ptr, descale_k_ptr, descale_q_ptr, lse_s_q,
                       CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr,
                       D_PE: gl.constexpr, PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr,
                       K_BOXES: gl.constexpr, SPARSE: gl.constexpr, HAS_SINK: gl.constexpr,
@@ -1339,8 +1339,12 @@ if gluon_available():
             else:
                 _hand_factor(inv_l, a_smem, p_free, p_ready, (pr & 1) ^ 1)
             pr += 1
-            _store_lse(lse_ptr, lse_acc_ptr, lse2, empty, mask_r, t_o, head_o, req64, n_split, split_lo, split_idx,
-                       s_q, h_q, stride_lb, stride_lh)
+            if SPARSE:  # each query token a request, lse laid out as the call's [b, h_q, s_q] (lse_s_q = s_q)
+                _store_lse(lse_ptr, lse_acc_ptr, lse2, empty, mask_r, t_o, head_o, req64, n_split, split_lo,
+                           split_idx, s_q, h_q, stride_lb, stride_lh, lse_s_q)
+            else:
+                _store_lse(lse_ptr, lse_acc_ptr, lse2, empty, mask_r, t_o, head_o, req64, n_split, split_lo,
+                           split_idx, s_q, h_q, stride_lb, stride_lh)
 
     @gluon.jit
     def _softmax_rows(sched_ptr, row_tiles, group, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
@@ -1400,12 +1404,16 @@ if gluon_available():
 
     @gluon.jit
     def _store_lse(lse_ptr, lse_acc_ptr, lse2, empty, mask_r, t_o, head_o, req64, n_split, split_lo, split_idx,
-                   s_q, h_q, stride_lb, stride_lh):
+                   s_q, h_q, stride_lb, stride_lh, lse_s_q=1):
         """A request's LSE rows: natural log to ``lse`` (``+inf`` for a row that saw no key, as FlashMLA) when the
-        request is not split, else base 2 to this split's ``lse_accum`` slot ([slots, s_q, h_q])."""
+        request is not split, else base 2 to this split's ``lse_accum`` slot ([slots, s_q, h_q]). ``lse_s_q``:
+        requests sharing an lse row (request ``req``'s at row ``req // lse_s_q``, column ``req % lse_s_q``: the
+        sparse launchers' query tokens, each a request, into the call's [b, h_q, s_q]); 1 folds away."""
         if n_split <= 1:
             lse = gl.where(empty, float("inf"), lse2 * 0.6931471805599453)
-            gl.store(lse_ptr + req64 * stride_lb + head_o * stride_lh + t_o, lse, mask=mask_r)
+            req = req64.to(gl.int32)  # an int64 division is a subroutine call: int32 is inlined
+            lse_at = lse_ptr + (req // lse_s_q).to(gl.int64) * stride_lb + req % lse_s_q
+            gl.store(lse_at + head_o * stride_lh + t_o, lse, mask=mask_r)
         else:
             slot = (split_lo + split_idx).to(gl.int64)
             gl.store(lse_acc_ptr + (slot * s_q + t_o) * h_q + head_o, lse2, mask=mask_r)
@@ -1504,7 +1512,7 @@ if gluon_available():
         mbarrier.arrive(p_ready, count=1)
         return acc * alpha_o[:, None]
 
-    @gluon.jit
+    @gluon.jit(do_not_specialize=["lse_s_q"])  # one build for every s_q of sparse calls (unused in dense ones)
     def _dense_decode_sm90_ws_kernel(
         q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
         out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, counters_ptr,
@@ -1524,7 +1532,7 @@ if gluon_available():
         Q_E4M3: gl.constexpr, LIST_AHEAD: gl.constexpr, TRACE: gl.constexpr,
         BOX_ALLOCS: gl.constexpr, OUTPUT_DECODE: gl.constexpr, INTERIOR: gl.constexpr = False,
         P_HALVES: gl.constexpr = False, LAG: gl.constexpr = False, LAG_HALVES: gl.constexpr = False,
-        k_half_desc=None,
+        k_half_desc=None, lse_s_q=1,
     ):
         # the products' type: q's, or fp16 for e4m3 codes (more mantissa for P than bf16; codes are <= 448)
         if Q_E4M3:
@@ -1653,7 +1661,7 @@ if gluon_available():
                 (_softmax_only, (lse_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_lb, stride_lh,
                                  s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, scale_log2,
                                  q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, slots, block_table_ptr,
-                                 stride_bt, num_blocks, sink_ptr, descale_k_ptr, descale_q_ptr,
+                                 stride_bt, num_blocks, sink_ptr, descale_k_ptr, descale_q_ptr, lse_s_q,
                                  CAUSAL, BLOCK_M, BLOCK_N, D_V, D_PE, SOFTMAX_WARPS, ASYNC_ARRIVE, K_BOXES, SPARSE,
                                  HAS_SINK, KV_E4M3, Q_E4M3, KV_FP8, trace_ptr, TRACE, BOX_ALLOCS, INTERIOR, a_ready,
                                  P_HALVES, lag, LAG, LAG_HALVES)),

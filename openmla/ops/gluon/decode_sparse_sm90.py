@@ -120,29 +120,6 @@ def _token_lengths_kernel(topk_length_ptr, lens_ptr, tokens, s_q, topk, BLOCK: t
     tl.store(lens_ptr + offs, tl.minimum(tl.maximum(n, 0), topk), mask=mask)
 
 
-@triton.jit(do_not_specialize=["total", "s_q", "h_q"])
-def _lse_by_heads_kernel(src_ptr, dst_ptr, total, s_q, h_q, BLOCK: tl.constexpr):
-    """``dst[i, h, t] = src[i * s_q + t, h]``: the per-token lse (fp32 [b * s_q, h_q]) as FlashMLA's
-    [b, h_q, s_q] (``total`` = b * h_q * s_q elements, ``dst`` walked in order)."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < total
-    t = offs % s_q
-    h = (offs // s_q) % h_q
-    i = offs // (s_q * h_q)
-    tl.store(dst_ptr + offs, tl.load(src_ptr + (i * s_q + t) * h_q + h, mask=mask), mask=mask)
-
-
-def lse_by_heads(lse_tok: torch.Tensor, b: int, s_q: int) -> torch.Tensor:
-    """The kernels' per-token lse (fp32 [b * s_q, h_q, 1], contiguous) as a new fp32 [b, h_q, s_q]. One launch
-    (not a torch copy), so a recorded MTP call replays it."""
-    h_q = lse_tok.shape[1]
-    lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=lse_tok.device)
-    total = lse.numel()
-    block = 1024
-    launch(_lse_by_heads_kernel, (max(triton.cdiv(total, block), 1),), lse_tok, lse, total, s_q, h_q, BLOCK=block)
-    return lse
-
-
 def token_lengths(topk_length: torch.Tensor, s_q: int, topk: int) -> torch.Tensor:
     """Each query token's list length: ``topk_length`` int32 [b] clamped to [0, topk], repeated ``s_q`` times
     (int32 [b * s_q]). One launch, so a recorded call replays it with the next call's lengths."""
@@ -270,7 +247,7 @@ def sparse_decode_sm90_fwd(
     if is_fp8:
         k_cache = k_cache.view(torch.uint8)  # the kernel addresses records in bytes
     launch(ws._dense_decode_sm90_ws_kernel, (row_tiles, parts),
-        *splitkv_args(plan.q_tok, k_cache, plan.lists, plan.lens, plan.sched, plan.splits, plan.out_tok, plan.lse_tok,
+        *splitkv_args(plan.q_tok, k_cache, plan.lists, plan.lens, plan.sched, plan.splits, plan.out_tok, plan.lse,
                       plan.workspace, row_tiles, softmax_scale), None, attn_sink, None, None, trace,
         CAUSAL=False, OVERLAP=False, SOFTMAX_ONLY=True, TMA_K=False, BLOCK_M=ws.BLOCK_M, BLOCK_N=ws.BLOCK_N,
         D_V=head_dim_v, D_PE=d - head_dim_v, SOFTMAX_WARPS=ws.NUM_WARPS, OUTPUT_WARPS=ws.WORKER_WARPS[0],
@@ -278,6 +255,7 @@ def sparse_decode_sm90_fwd(
         SPARSE=True, KV_FP8=bool(is_fp8),
         PREFETCH_L2=bool(is_fp8 and prefetch_l2), HAS_SINK=attn_sink is not None, KV_E4M3=False, Q_E4M3=False,
         LIST_AHEAD=bool(list_ahead), TRACE=trace is not None, BOX_ALLOCS=False, OUTPUT_DECODE=output_decode,
+        lse_s_q=plan.out.shape[1],
         num_warps=ws.NUM_WARPS,
         maxnreg=ws.SOLO_MAXNREG,
     )
@@ -298,8 +276,8 @@ def _small_heads_fwd(q, k_cache, indices, head_dim_v, softmax_scale, topk_length
     ws.check_trace(trace, q.device)
     launch(sparse_small._sparse_v32_small_heads_kernel, (1, parts),
         *splitkv_args(plan.q_tok, k_cache.view(torch.uint8), plan.lists, plan.lens, plan.sched, plan.splits,
-                      plan.out_tok, plan.lse_tok, plan.workspace, 1, softmax_scale),
-        attn_sink, trace,
+                      plan.out_tok, plan.lse, plan.workspace, 1, softmax_scale),
+        attn_sink, trace, s_q,
         R=rows, BLOCK_N=sparse_small.BLOCK_N, D_V=head_dim_v, D_PE=d - head_dim_v,
         P_SMEM=small.p_smem_layout(rows), HAS_SINK=attn_sink is not None, TRACE=trace is not None,
         PE_STAGES=sparse_small.pe_stages(rows), P_OVER_PE=sparse_small.p_over_pe(rows),
@@ -312,7 +290,8 @@ class _TokenPlan(NamedTuple):
     """A sparse call as the split-KV kernels take it: each of the ``b * s_q`` query tokens a request of ``h_q`` rows
     (``q_tok`` [tokens, 1, h_q, d]) with its own list (``lists`` [tokens, topk]), the plan of those lists over ``parts``
     pieces (``lens``, ``sched``, ``splits``; ``overhead`` units a list, at most ``splits_cap`` pieces a list), the
-    outputs (``out`` [b, s_q, h_q, d_v] and its per-token view ``out_tok``, ``lse_tok`` fp32 [tokens, h_q, 1]) and the
+    outputs (``out`` [b, s_q, h_q, d_v] and its per-token view ``out_tok``, ``lse`` fp32 [b, h_q, s_q], FlashMLA's
+    layout, which the kernels write with request ``t``'s lse at ``[t // s_q, :, t % s_q]``) and the
     split partials' ``workspace``."""
     q_tok: torch.Tensor
     lists: torch.Tensor
@@ -321,7 +300,7 @@ class _TokenPlan(NamedTuple):
     splits: torch.Tensor
     out: torch.Tensor
     out_tok: torch.Tensor
-    lse_tok: torch.Tensor
+    lse: torch.Tensor
     workspace: tuple
     parts: int
     overhead: int
@@ -343,23 +322,21 @@ def _plan_tokens(q, indices, head_dim_v, topk_length, parts, overhead) -> _Token
         sched, splits = plan_splitkv(lens, parts, splits_cap, overhead=overhead)
         scratch(lens, sched, splits)
     out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
-    lse_tok = torch.empty(tokens, h_q, 1, dtype=torch.float32, device=q.device)
+    lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)
     workspace = split_workspace(q_tok, head_dim_v, parts, fused_merge=False)  # the combine kernel merges
     scratch(*workspace)  # written by the split kernel before the combine kernel reads them
     return _TokenPlan(q_tok, indices.reshape(tokens, topk), lens, sched, splits, out,
-                      out.view(tokens, 1, h_q, head_dim_v), lse_tok, workspace, parts, overhead, splits_cap)
+                      out.view(tokens, 1, h_q, head_dim_v), lse, workspace, parts, overhead, splits_cap)
 
 
 def _merge(plan: _TokenPlan, lengths_given: bool, attn_sink) -> tuple[torch.Tensor, torch.Tensor]:
     """After the split kernel: merge split partials (the combine kernel applies ``attn_sink`` to them) unless every
     list is one piece (fixed-length lists the plan keeps whole: :func:`fixed_lists_unsplit`; lists with
-    ``topk_length`` are planned on the device, so they always merge), and lay the lse out as FlashMLA's."""
-    b, s_q, h_q, _ = plan.out.shape
+    ``topk_length`` are planned on the device, so they always merge). Both kernels write the lse in FlashMLA's
+    [b, h_q, s_q] layout (``lse_s_q``), so no launch re-lays it out."""
+    s_q = plan.out.shape[1]
     tokens, topk = plan.lists.shape
     if lengths_given or not fixed_lists_unsplit(tokens, topk, plan.parts, plan.overhead, plan.splits_cap):
-        combine_splits(plan.out_tok, plan.lse_tok, plan.workspace[0], plan.workspace[1], plan.splits,
-                       attn_sink=attn_sink)
-    if s_q == 1:  # [b, h_q, 1] already
-        return plan.out, plan.lse_tok.view(b, h_q, 1)
-    scratch(plan.lse_tok)  # read by the launch that writes the call's lse
-    return plan.out, lse_by_heads(plan.lse_tok, b, s_q)
+        combine_splits(plan.out_tok, plan.lse, plan.workspace[0], plan.workspace[1], plan.splits,
+                       attn_sink=attn_sink, lse_s_q=s_q)
+    return plan.out, plan.lse

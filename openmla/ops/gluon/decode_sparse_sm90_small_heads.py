@@ -132,7 +132,7 @@ if gluon_available():
                 gl.thread_barrier()
             k16_blocks.index(opaque0 + c).store(_dequant(x, sc, dtype))
 
-    @gluon.jit
+    @gluon.jit(do_not_specialize=["lse_s_q"])  # one build for every s_q
     def _sparse_v32_small_heads_kernel(
         q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
         out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, counters_ptr,
@@ -142,13 +142,14 @@ if gluon_available():
         stride_ob, stride_os, stride_oh,
         stride_lb, stride_lh,
         s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks, num_blocks, scale_log2,
-        sink_ptr, trace_ptr,
+        sink_ptr, trace_ptr, lse_s_q,
         R: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr, D_PE: gl.constexpr,
         P_SMEM: gl.constexpr, HAS_SINK: gl.constexpr, TRACE: gl.constexpr, PE_STAGES: gl.constexpr = 2,
         P_OVER_PE: gl.constexpr = False,
     ):
         # the arguments are the split-KV kernels' (``splitkv_args``: each request one query token of ``h_q`` rows,
-        # its block-table row its list of cache slots, its length the list's); ``k_ptr``: the records' bytes.
+        # its block-table row its list of cache slots, its length the list's); ``k_ptr``: the records' bytes;
+        # ``lse_s_q``: the call's s_q, ``lse_ptr`` its [b, h_q, s_q] lse (request t's at [t // s_q, :, t % s_q]).
         # ``TRACE``: the trace build, stamping the SM's cycle counter at :data:`TRACE_EVENTS` of each tile
         # (``_stamp`` of the warp-specialized kernel, into ``trace_ptr``)
         dtype: gl.constexpr = q_ptr.dtype.element_ty
@@ -311,7 +312,9 @@ if gluon_available():
                 o_ptrs = out_ptr + req64 * stride_ob + offs_r_st * stride_oh
                 gl.store(o_ptrs[None, :] + offs_v_st[:, None], o.to(out_ptr.dtype.element_ty), mask=mask_st[None, :])
                 lse = gl.where(empty, float("inf"), lse2 * 0.6931471805599453)
-                gl.store(lse_ptr + req64 * stride_lb + offs_r_s * stride_lh, lse, mask=mask_r)
+                # int32 division: an int64 one is a subroutine call, which cost the kernel ~3 % (H200)
+                lse_at = lse_ptr + (req // lse_s_q).to(gl.int64) * stride_lb + req % lse_s_q
+                gl.store(lse_at + offs_r_s * stride_lh, lse, mask=mask_r)
             else:
                 slot = (split_lo + split_idx).to(gl.int64)
                 acc_row_st = slot * h_q + offs_r_st  # o_accum is [slots, 1, h_q, D_V]
