@@ -291,9 +291,10 @@ def test_split_partials_merged_in_kernel_or_by_the_combine_kernel(device, backen
 ])
 def test_combine_kernel_merges_partials(device, col_chunks, splits, s_q, h_q, d_v, generator):
     """The combine kernel against the merge written out in torch: any split count (up to four in one round trip,
-    one LSE tile or several), whole row tiles per program or their dims spread over programs (as chosen, or
-    forced as ``openmla warmup`` does), splits in which a row saw no key (weight 0) and rows that saw none
-    anywhere (out 0, lse +inf); requests with one split are not touched."""
+    more merged online over several rounds), whole row tiles per program or their dims spread over programs (as
+    chosen, or forced as ``openmla warmup`` does), splits in which a row saw no key (weight 0), rows that saw none
+    anywhere (out 0, lse +inf), a row whose first keys or largest LSE come in a later round; requests with one
+    split are not touched."""
     from openmla.ops import combine
 
     assert combine.COMBINE_EAGER_SPLITS == 4, "the split counts above straddle the one-round-trip bound"
@@ -304,6 +305,12 @@ def test_combine_kernel_merges_partials(device, col_chunks, splits, s_q, h_q, d_
     lse_acc = (torch.randn(slots, s_q, h_q, generator=generator) * 3).to(device)
     lse_acc[1, 0, :2] = float("-inf")  # rows that saw no key in one split of request 0
     lse_acc[splits[0]:splits[0] + splits[1], :, 1] = float("-inf")  # a row of request 1 that saw none at all
+    # a row of request 1 that sees its first key past the first round of an online merge (16 splits a round at
+    # most), and rows whose largest LSE comes last or in a round's last four lanes: the running shift moves from
+    # -inf, and up; 2^200 overflows fp32, so a lane the shift missed would show
+    lse_acc[splits[0]:splits[0] + min(splits[1], 17), :, 2] = float("-inf")
+    lse_acc[splits[0] + splits[1] - 1, :, 3] = 200.0
+    lse_acc[splits[0] + min(splits[1] - 1, 13), :, 4] = 200.0
     out = torch.full((b, s_q, h_q, d_v), 7.0, dtype=torch.float16, device=device)  # bf16 rounding alone nears the cos bound
     lse = torch.full((b, h_q, s_q), 7.0, dtype=torch.float32, device=device)
     combine.combine_splits(out, lse, o_acc, lse_acc, offsets, col_chunks=col_chunks)

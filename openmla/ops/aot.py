@@ -82,7 +82,7 @@ def _dense_kernel_and_consts(cfg) -> tuple[object, dict]:
 
 
 def _variants(arch: int = 90) -> list[Variant]:
-    from .combine import COMBINE_EAGER_SPLITS, COMBINE_SPLIT_TILE, _decode_combine_kernel
+    from .combine import COMBINE_EAGER_SPLITS, _decode_combine_kernel
     from .decode_dense import TMA_TILE_KEYS, dense_decode_config
     from .schedule import FIXED_OVERHEAD, MAX_SPLITS, SCHED_BLOCK, _plan_splitkv_kernel
 
@@ -129,8 +129,7 @@ def _variants(arch: int = 90) -> list[Variant]:
             # a row tile's dims in two programs (larger batches: COMBINE_MAX_CHUNK_DIMS) or 64 to a program (a
             # single request)
             for col_chunk in (256, 64):
-                consts = dict(BLOCK_R=8, D_V=512, PDL=pdl, COL_CHUNK=col_chunk, SPLIT_TILE=COMBINE_SPLIT_TILE,
-                              EAGER_SPLITS=COMBINE_EAGER_SPLITS)
+                consts = dict(BLOCK_R=8, D_V=512, PDL=pdl, COL_CHUNK=col_chunk, EAGER_SPLITS=COMBINE_EAGER_SPLITS)
                 cols = f" cols{col_chunk}"
                 out.append(Variant(_decode_combine_kernel, combine_ptrs, (), dict(consts, HAS_SINK=False), 4, 2,
                                    f"{dtype} d_v512{cols}{tag}", min_arch=min_arch))

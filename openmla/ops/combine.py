@@ -160,33 +160,77 @@ if triton_available():
                                          stride_lb, stride_lh, D_V, 4096 // R, False)
 
     @triton.jit
-    def _split_lse_stats(lse_acc_ptr, split_lo, n_split, rows_per_slot, acc_row, mask_r,
-                         SPLIT_TILE: tl.constexpr):
-        """``(m, total)`` of rows ``acc_row`` over a request's ``n_split`` partials: the largest base-2 LSE
-        (``-inf`` where no split saw a key) and ``Σ 2^(lse2_s - m)`` (``m`` read as 0 when ``-inf``). The LSEs
-        are read ``SPLIT_TILE`` splits at a time, one [R, SPLIT_TILE] load each, so a request's splits cost one
-        L2 round trip (two passes), not one per split."""
-        offs_s = tl.arange(0, SPLIT_TILE)
-        # reduced after the loops: elementwise inside them (a reduction carried through the loop trips an
-        # assertion in triton 3.6's thread-locality pass)
-        m_tile = tl.full([acc_row.shape[0], SPLIT_TILE], float("-inf"), dtype=tl.float32)
-        for s0 in range(0, n_split, SPLIT_TILE):
-            slot = (split_lo + s0 + offs_s).to(tl.int64)
-            lse2 = tl.load(lse_acc_ptr + slot[None, :] * rows_per_slot + acc_row[:, None],
-                           mask=mask_r[:, None] & (s0 + offs_s < n_split)[None, :], other=float("-inf"),
-                           cache_modifier=".cg")
-            m_tile = tl.maximum(m_tile, lse2)
-        m = tl.max(m_tile, axis=1)
-        m_shift = tl.where(m == float("-inf"), 0.0, m)
-        t_tile = tl.zeros([acc_row.shape[0], SPLIT_TILE], dtype=tl.float32)
-        for s0 in range(0, n_split, SPLIT_TILE):
-            slot = (split_lo + s0 + offs_s).to(tl.int64)
-            lse2 = tl.load(lse_acc_ptr + slot[None, :] * rows_per_slot + acc_row[:, None],
-                           mask=mask_r[:, None] & (s0 + offs_s < n_split)[None, :], other=float("-inf"),
-                           cache_modifier=".cg")
-            t_tile += tl.math.exp2(lse2 - m_shift[:, None])
-        total = tl.sum(t_tile, axis=1)
-        return m_shift, total
+    def _load4(o_acc_ptr, lse_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r, col, D_V: tl.constexpr):
+        """Splits ``s .. s+3``'s tiles at ``col`` and their LSEs (:func:`_split_tile`, :func:`_split_lse`): eight
+        independent loads, in flight together."""
+        return (_split_tile(o_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r, col, D_V),
+                _split_tile(o_acc_ptr, split_lo, s + 1, n_split, rows_per_slot, acc_row, mask_r, col, D_V),
+                _split_tile(o_acc_ptr, split_lo, s + 2, n_split, rows_per_slot, acc_row, mask_r, col, D_V),
+                _split_tile(o_acc_ptr, split_lo, s + 3, n_split, rows_per_slot, acc_row, mask_r, col, D_V),
+                _split_lse(lse_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row, mask_r),
+                _split_lse(lse_acc_ptr, split_lo, s + 1, n_split, rows_per_slot, acc_row, mask_r),
+                _split_lse(lse_acc_ptr, split_lo, s + 2, n_split, rows_per_slot, acc_row, mask_r),
+                _split_lse(lse_acc_ptr, split_lo, s + 3, n_split, rows_per_slot, acc_row, mask_r))
+
+    @triton.jit
+    def _max4(l0, l1, l2, l3):
+        return tl.maximum(tl.maximum(l0, l1), tl.maximum(l2, l3))
+
+    @triton.jit
+    def _weigh4(o0, o1, o2, o3, l0, l1, l2, l3, m_shift):
+        """``(Σ 2^(l_k - m) o_k, Σ 2^(l_k - m))`` over four loaded splits."""
+        w0 = tl.math.exp2(l0 - m_shift)
+        w1 = tl.math.exp2(l1 - m_shift)
+        w2 = tl.math.exp2(l2 - m_shift)
+        w3 = tl.math.exp2(l3 - m_shift)
+        return w0[:, None] * o0 + w1[:, None] * o1 + w2[:, None] * o2 + w3[:, None] * o3, (w0 + w1) + (w2 + w3)
+
+    @triton.jit
+    def _online_merge(o_acc_ptr, lse_acc_ptr, split_lo, n_split, rows_per_slot, acc_row, mask_r, col,
+                      D_V: tl.constexpr, UNROLL: tl.constexpr):
+        """``(m_shift, total, acc)`` of rows ``acc_row`` at ``col`` over a request's ``n_split`` partials, ``UNROLL``
+        (4, 8 or 16) splits a round: each round loads its splits' tiles and LSEs together (one L2 round trip) and folds
+        them in against the running largest LSE, rescaling what came before (as an online softmax does over keys),
+        so no pass over the LSEs precedes the tiles. ``m_shift``: the largest base-2 LSE (0 where no split saw a
+        key), ``total = Σ 2^(lse2_s - m_shift)``, ``acc = Σ 2^(lse2_s - m_shift) o_s``."""
+        m = tl.full(acc_row.shape, float("-inf"), dtype=tl.float32)
+        m_shift = tl.zeros(acc_row.shape, dtype=tl.float32)
+        total = tl.zeros(acc_row.shape, dtype=tl.float32)
+        acc = tl.zeros([acc_row.shape[0], col.shape[0]], dtype=tl.float32)
+        for s in range(0, n_split, UNROLL):
+            # every load of the round first, then the arithmetic that waits for them
+            a0, a1, a2, a3, la0, la1, la2, la3 = _load4(o_acc_ptr, lse_acc_ptr, split_lo, s, n_split, rows_per_slot,
+                                                        acc_row, mask_r, col, D_V)
+            if UNROLL >= 8:
+                b0, b1, b2, b3, lb0, lb1, lb2, lb3 = _load4(o_acc_ptr, lse_acc_ptr, split_lo, s + 4, n_split,
+                                                            rows_per_slot, acc_row, mask_r, col, D_V)
+            if UNROLL == 16:
+                c0, c1, c2, c3, lc0, lc1, lc2, lc3 = _load4(o_acc_ptr, lse_acc_ptr, split_lo, s + 8, n_split,
+                                                            rows_per_slot, acc_row, mask_r, col, D_V)
+                d0, d1, d2, d3, ld0, ld1, ld2, ld3 = _load4(o_acc_ptr, lse_acc_ptr, split_lo, s + 12, n_split,
+                                                            rows_per_slot, acc_row, mask_r, col, D_V)
+            m_new = tl.maximum(m, _max4(la0, la1, la2, la3))
+            if UNROLL >= 8:
+                m_new = tl.maximum(m_new, _max4(lb0, lb1, lb2, lb3))
+            if UNROLL == 16:
+                m_new = tl.maximum(m_new, tl.maximum(_max4(lc0, lc1, lc2, lc3), _max4(ld0, ld1, ld2, ld3)))
+            m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+            # what came before, against the new shift: 0 while no split has seen a key (m = -inf), else <= 1
+            alpha = tl.math.exp2(m - m_shift)
+            pa, ta = _weigh4(a0, a1, a2, a3, la0, la1, la2, la3, m_shift)
+            acc = acc * alpha[:, None] + pa
+            total = total * alpha + ta
+            if UNROLL >= 8:
+                pb, tb = _weigh4(b0, b1, b2, b3, lb0, lb1, lb2, lb3, m_shift)
+                acc += pb
+                total += tb
+            if UNROLL == 16:
+                pc, tc = _weigh4(c0, c1, c2, c3, lc0, lc1, lc2, lc3, m_shift)
+                pd, td = _weigh4(d0, d1, d2, d3, ld0, ld1, ld2, ld3, m_shift)
+                acc += pc + pd
+                total += tc + td
+            m = m_new
+        return m_shift, total, acc
 
     @triton.jit
     def _eager_merge(o_acc_ptr, lse_acc_ptr, sink_ptr, split_lo, n_split, rows_per_slot, acc_row, head, mask_r, col,
@@ -219,7 +263,7 @@ if triton_available():
         stride_lb, stride_lh,
         s_q, h_q, lse_s_q,
         BLOCK_R: tl.constexpr, D_V: tl.constexpr, HAS_SINK: tl.constexpr, PDL: tl.constexpr,
-        COL_CHUNK: tl.constexpr, SPLIT_TILE: tl.constexpr, EAGER_SPLITS: tl.constexpr,
+        COL_CHUNK: tl.constexpr, EAGER_SPLITS: tl.constexpr,
     ):
         """Program ``(req, row tile, column chunk)``: rows ``BLOCK_R * pid1 ..`` (row = t * h_q + head) of a split
         request, output dims ``COL_CHUNK * pid2 ..``; the chunk that holds dim 0 also writes the LSE.
@@ -228,9 +272,9 @@ if triton_available():
         offsets are read before the PDL wait (every launcher makes them before the split kernel starts), so a
         request with one split returns without waiting; a request of at most ``EAGER_SPLITS`` (4, or 0 for
         none) splits loads all its LSEs and tiles in one round trip (:func:`_eager_merge`: the common case of
-        large batches, where a request is cut at most once or twice). More splits take the LSEs one load per
-        ``SPLIT_TILE`` splits (two passes) and then several splits' tiles a round trip (eight of up to 128 dims,
-        four of more). Small batches have few (request, row tile) pairs, so their columns are spread over
+        large batches, where a request is cut at most once or twice). More splits are merged online
+        (:func:`_online_merge`): each round trip brings several splits' tiles and LSEs together (sixteen of up to
+        64 dims, eight of up to 128, four of more) and folds them in against the running largest LSE. Small batches have few (request, row tile) pairs, so their columns are spread over
         programs too (:func:`combine_col_chunks`). ``lse_s_q``: requests that share an lse row of ``lse`` (request
         ``req``'s lse at row ``req // lse_s_q``, column ``req % lse_s_q``; 1 for dense calls; a runtime int, so
         one build serves every value)."""
@@ -253,19 +297,11 @@ if triton_available():
                 acc, empty, lse2, inv = _eager_merge(o_acc_ptr, lse_acc_ptr, sink_ptr, split_lo, n_split,
                                                      rows_per_slot, acc_row, head, mask_r, col, D_V, HAS_SINK)
             else:
-                m_shift, total = _split_lse_stats(lse_acc_ptr, split_lo, n_split, rows_per_slot, acc_row, mask_r,
-                                                  SPLIT_TILE)
+                # a round trip brings UNROLL splits' [BLOCK_R, COL_CHUNK] tiles: 32 KB of registers at most
+                UNROLL: tl.constexpr = 16 if COL_CHUNK <= 64 else 8 if COL_CHUNK <= 128 else 4
+                m_shift, total, acc = _online_merge(o_acc_ptr, lse_acc_ptr, split_lo, n_split, rows_per_slot,
+                                                    acc_row, mask_r, col, D_V, UNROLL)
                 empty, lse2, inv = _merged_scale(m_shift, total, sink_ptr, head, mask_r, HAS_SINK)
-                # every split round trip brings UNROLL splits' [BLOCK_R, COL_CHUNK] tiles (64 KB at most, in
-                # registers)
-                UNROLL: tl.constexpr = 8 if COL_CHUNK <= 128 else 4
-                acc = tl.zeros([BLOCK_R, COL_CHUNK], dtype=tl.float32)
-                for s in range(0, n_split, UNROLL):
-                    acc += _weighted_tiles(o_acc_ptr, lse_acc_ptr, split_lo, s, n_split, rows_per_slot, acc_row,
-                                           mask_r, col, m_shift, D_V)
-                    if UNROLL == 8:
-                        acc += _weighted_tiles(o_acc_ptr, lse_acc_ptr, split_lo, s + 4, n_split, rows_per_slot,
-                                               acc_row, mask_r, col, m_shift, D_V)
             o_row = out_ptr + req64 * stride_ob + t_idx * stride_os + head * stride_oh
             tl.store(o_row[:, None] + col[None, :], (acc * inv[:, None]).to(out_ptr.dtype.element_ty),
                      mask=mask_r[:, None])
@@ -318,8 +354,6 @@ def fuse_combine(device: torch.device, b: int, replayed: bool = False) -> bool:
         device.type == "cuda" and torch.cuda.is_current_stream_capturing())
 
 
-#: Splits whose LSEs the combine kernel reads in one load (a request's splits beyond it take more loads).
-COMBINE_SPLIT_TILE = 64
 #: Requests of at most this many splits are merged in one round trip (their LSEs and tiles loaded together);
 #: 0 sends every request through the general loops. 4: the tiles of four splits fill a program's registers
 #: (four [8, 512] fp32 tiles are 128 a thread on 4 warps), and at large batches a request is cut at most a few
@@ -402,7 +436,7 @@ def combine_splits(
         lse.stride(0), lse.stride(1),
         s_q, h_q, lse_s_q,
         BLOCK_R=block_r, D_V=d_v, HAS_SINK=attn_sink is not None, PDL=pdl, COL_CHUNK=d_v // chunks,
-        SPLIT_TILE=COMBINE_SPLIT_TILE, EAGER_SPLITS=COMBINE_EAGER_SPLITS,
+        EAGER_SPLITS=COMBINE_EAGER_SPLITS,
         num_warps=COMBINE_NUM_WARPS,
         **({"launch_pdl": True} if pdl else {}),
     )
