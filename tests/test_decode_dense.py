@@ -282,7 +282,8 @@ def test_split_partials_merged_in_kernel_or_by_the_combine_kernel(device, backen
 
 @pytest.mark.skipif(not CAN_RUN_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
 @pytest.mark.parametrize("device", HERE_AND_GPU)
-@pytest.mark.parametrize("col_chunks", [None, 1, 8], ids=["chosen", "whole-rows", "column-chunks"])
+@pytest.mark.parametrize("col_chunks", [None, 1, 4, 8], ids=["chosen", "whole-rows", "column-chunks-4",
+                                                         "column-chunks"])
 @pytest.mark.parametrize("splits,s_q,h_q,d_v", [
     ((2, 70, 1, 9), 1, 16, 512),  # more splits than one LSE load takes, an unsplit request left alone
     ((3, 8), 2, 5, 64),  # rows past the heads, a split count that fills the unrolled loop
@@ -329,7 +330,7 @@ def test_combine_kernel_merges_partials(device, col_chunks, splits, s_q, h_q, d_
 
 
 def test_combine_kernel_width_follows_the_batch(monkeypatch):
-    """Small batches spread a row tile's output dims over programs until there are two programs per SM (at most
+    """Small batches spread a row tile's output dims over programs until there are four programs per SM (at most
     eight, chunks of at least 32 dims); large ones take chunks of at most 256 dims (two programs a 512-dim row
     tile); CPU tensors keep a row tile to a program."""
     from openmla.ops.combine import COMBINE_MAX_COL_CHUNKS, combine_col_chunks
@@ -337,12 +338,12 @@ def test_combine_kernel_width_follows_the_batch(monkeypatch):
     gpu = torch.device("cuda")  # its SM count from OPENMLA_NUM_SMS: no GPU needed
     monkeypatch.setenv("OPENMLA_NUM_SMS", "132")
     # row programs = requests x 8-row tiles: b=1 at h_q=128 is 16, b=16 is 256, b=128 is 2048
-    assert [combine_col_chunks(rows, 512, gpu) for rows in (16, 64, 128, 256, 264, 2048)] == [
-        COMBINE_MAX_COL_CHUNKS, 8, 4, 2, 2, 2]
+    assert [combine_col_chunks(rows, 512, gpu) for rows in (16, 64, 128, 256, 264, 528, 2048)] == [
+        COMBINE_MAX_COL_CHUNKS, 8, 8, 4, 2, 2, 2]
     assert combine_col_chunks(2048, 256, gpu) == 1, "a 256-dim row tile is one program"
     assert combine_col_chunks(1, 64, gpu) == 2, "chunks of at least 32 dims"
     monkeypatch.setenv("OPENMLA_NUM_SMS", "16")
-    assert combine_col_chunks(16, 512, gpu) == 2, "the count follows the card's SMs"
+    assert combine_col_chunks(16, 512, gpu) == 4, "the count follows the card's SMs"
     assert combine_col_chunks(16, 512, torch.device("cpu")) == 1, "the interpreter: one program a row tile"
     from openmla._runtime import InvalidArgumentError
     from openmla.ops.combine import combine_splits

@@ -363,6 +363,8 @@ COMBINE_EAGER_SPLITS = 4
 COMBINE_NUM_WARPS = 4
 #: The combine kernel spreads a row tile's output dims over at most this many programs (small batches).
 COMBINE_MAX_COL_CHUNKS = 8
+#: Programs per SM the combine kernel's column chunks aim for (:func:`combine_col_chunks`).
+COMBINE_PROGRAMS_PER_SM = 4
 #: Widest chunk of output dims one combine program takes, whatever the batch: a 512-dim program holds four
 #: splits' [8, 512] fp32 tiles in 211 registers a thread (two programs an SM), a 256-dim one in 121 (four;
 #: sm_90a compiles on a CPU).
@@ -372,10 +374,14 @@ COMBINE_MAX_CHUNK_DIMS = 256
 def combine_col_chunks(row_programs: int, d_v: int, device: torch.device) -> int:
     """How many programs share a row tile's ``d_v`` output dims in the combine kernel: the fewest (powers of two,
     up to :data:`COMBINE_MAX_COL_CHUNKS`, chunks of at least 32 dims) that give ``row_programs`` (requests times
-    row tiles) times the chunks two programs per SM, so that small batches read their partials from many SMs at
-    once. Measured on an H200, every count beside the others (dense small and ragged batches,
-    ``benchmarks/kernel_times.py --combine-chunks``, ``benchmarks/results/2026-11-27-h200-combine-chunks.txt``):
-    b=1 and 4 fastest with 8, b=16 (256 row tiles) with 2, fixed lengths and the ragged batch alike. Chunks are
+    row tiles) times the chunks :data:`COMBINE_PROGRAMS_PER_SM` programs per SM, so that small batches read their
+    partials from many SMs at once. Measured on an H200, every count beside the others (dense small and ragged
+    batches, ``benchmarks/kernel_times.py --combine-chunks``): with the two-pass merge
+    (``benchmarks/results/2026-11-27-h200-combine-chunks.txt``) b=1 and 4 fastest with 8, b=16 (256 row tiles)
+    with 2, so two programs per SM; since the online merge, which takes more splits a round trip the narrower a
+    program's chunk, b=16 with 4 (s_k 2k / 8k 6.9 / 7.7 µs of combine against 7.5 / 8.4-8.5 with 2 and 8.5 / 11.0
+    with 8, the ragged batch 8.0 against 8.7-8.9 and 7.6-7.7; ``2026-11-28-h200-combine-chunks-online.txt``), so
+    four, while sparse calls of at most two pieces a list took the same time with 2 or 4. Chunks are
     at most :data:`COMBINE_MAX_CHUNK_DIMS` wide, so large batches take two programs a 512-dim row tile as well:
     b=128 on an H200 (L2 flushed before each call, ``2026-11-28-h200-combine-eager-chunks.txt``) 10.9 against
     12.5 µs at h_q=64, 11.1-12.1 against 12.8-13.9 at h_q=128. CPU tensors (the interpreter, where every program
@@ -384,7 +390,8 @@ def combine_col_chunks(row_programs: int, d_v: int, device: torch.device) -> int
         return 1
     sms = num_sms(device)
     chunks = max(d_v // COMBINE_MAX_CHUNK_DIMS, 1)
-    while row_programs * chunks < 2 * sms and chunks < COMBINE_MAX_COL_CHUNKS and d_v // (2 * chunks) >= 32:
+    while (row_programs * chunks < COMBINE_PROGRAMS_PER_SM * sms and chunks < COMBINE_MAX_COL_CHUNKS
+           and d_v // (2 * chunks) >= 32):
         chunks *= 2
     return chunks
 
