@@ -274,8 +274,9 @@ if triton_available():
         none) splits loads all its LSEs and tiles in one round trip (:func:`_eager_merge`: the common case of
         large batches, where a request is cut at most once or twice). More splits are merged online
         (:func:`_online_merge`): each round trip brings several splits' tiles and LSEs together (sixteen of up to
-        64 dims, eight of up to 128, four of more) and folds them in against the running largest LSE. Small batches have few (request, row tile) pairs, so their columns are spread over
-        programs too (:func:`combine_col_chunks`). ``lse_s_q``: requests that share an lse row of ``lse`` (request
+        64 dims, eight of up to 128, four of more) and folds them in against the running largest LSE. Small
+        batches have few (request, row tile) pairs, so their columns are spread over programs too
+        (:func:`combine_col_chunks`). ``lse_s_q``: requests that share an lse row of ``lse`` (request
         ``req``'s lse at row ``req // lse_s_q``, column ``req % lse_s_q``; 1 for dense calls; a runtime int, so
         one build serves every value)."""
         req = tl.program_id(0)
