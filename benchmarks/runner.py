@@ -628,7 +628,8 @@ def _ops(args: argparse.Namespace) -> list[str]:
 
 
 def _cases(args: argparse.Namespace, op: str = "dense_decode") -> list:
-    """``op``'s configs: dry runs shrink them 64x and, under the Triton interpreter, use fp16."""
+    """``op``'s configs of the sets ``--configs`` names: dry runs shrink them 64x and, under the Triton interpreter,
+    use fp16."""
     from openmla._runtime import InvalidArgumentError, interpret_mode
 
     if args.dtype == "fp8" and op != "dense_decode":
@@ -636,7 +637,11 @@ def _cases(args: argparse.Namespace, op: str = "dense_decode") -> list:
             f"--dtype fp8 (per-tensor e4m3 q and cache) applies to dense_decode only; {op}'s FP8 caches are a "
             "kv_format of its configs (V32_FP8): run it without --dtype"
         )
-    cases = get_configs(args.configs, args.dtype, op)
+    by_name = {}  # each config once, in the order of the sets named (``all,standard`` repeats standard's)
+    for name in _set_names(args, op):
+        for c in get_configs(name, args.dtype, op):
+            by_name.setdefault(c.name, c)
+    cases = list(by_name.values())
     if not args.dry_run:
         return cases
     cases = [c.scaled_down(DRY_RUN_SCALE) for c in cases]
@@ -648,13 +653,22 @@ def _cases(args: argparse.Namespace, op: str = "dense_decode") -> list:
     return cases
 
 
+def _set_names(args: argparse.Namespace, op: str) -> list[str]:
+    """The sets of ``--configs`` (comma-separated) that ``op`` runs: all of them for one op (a set it does not
+    define is an error there), those it defines under ``--op all`` (the others skipped with a note)."""
+    names = args.configs.split(",")
+    if args.op != "all":
+        return names
+    skipped = [name for name in names if name not in config_sets(op)]
+    if skipped:
+        print(f"bench: {op} has no {', '.join(map(repr, skipped))} configs ({', '.join(config_sets(op))}); skipped")
+    return [name for name in names if name not in skipped]
+
+
 def _all_cases(args: argparse.Namespace) -> list:
-    """The configs of every op asked for. ``--op all`` skips ops without the named set (with a note)."""
+    """The configs of every op asked for, each config once (``--configs`` may name several sets)."""
     cases = []
     for op in _ops(args):
-        if args.op == "all" and args.configs not in config_sets(op):
-            print(f"bench: {op} has no {args.configs!r} configs ({', '.join(config_sets(op))}); skipped")
-            continue
         cases += _cases(args, op)
     return cases
 

@@ -414,6 +414,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------- bench
 
 
+#: ``openmla bench --configs`` names (benchmarks/configs.py; which op defines which: the option's help)
+BENCH_CONFIG_SETS = ("standard", "small", "ragged", "host", "heads", "few_heads", "bf16", "all")
+
+
+def _bench_config_sets(text: str) -> str:
+    """``--configs``: one set name or several separated by commas (``heads,standard``), each checked; the names
+    joined by commas, in the order given, each once."""
+    names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    unknown = [name for name in names if name not in BENCH_CONFIG_SETS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: {'no set named' if not names else 'unknown set ' + ', '.join(map(repr, unknown))}; "
+            f"choose from {', '.join(BENCH_CONFIG_SETS)}, or several of them separated by commas (heads,standard)")
+    return ",".join(names)
+
+
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``openmla bench`` and ``python -m benchmarks.runner`` (one definition for both)."""
     parser.add_argument(
@@ -432,10 +448,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="PATH", default=None, help="write {header, results} here")
     parser.add_argument(
         "--configs",
-        choices=["standard", "small", "ragged", "host", "heads", "few_heads", "bf16", "all"],
+        type=_bench_config_sets,
         default="standard",
-        help="which configuration set (benchmarks/configs.py); dense_decode: standard, small, ragged, host; "
-        "sparse_decode: standard, heads, few_heads, bf16, small",
+        metavar="SET[,SET...]",
+        help="which configuration set or sets, comma-separated (benchmarks/configs.py); dense_decode: standard, "
+        "small, ragged, host; sparse_decode: standard, heads, few_heads, bf16, small; all: every set of the op",
     )
     parser.add_argument(
         "--dtype",

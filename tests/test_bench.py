@@ -54,6 +54,35 @@ def test_dry_run_both_ops_every_config(tmp_path, capsys):
     assert "sparse_std_b128" in text and "std_sq1_sk4096_h128" in text
 
 
+def test_config_sets_comma_separated(tmp_path, capsys):
+    """``--configs heads,standard``: both sets' configs in that order, each once (``all,standard`` adds nothing to
+    ``all``); under ``--op all`` a set one op does not define is skipped for that op only, with a note; an unknown
+    name is a usage error naming the sets."""
+    from openmla.cli import build_parser
+
+    path = tmp_path / "out.json"
+    assert runner.main(["--op", "sparse_decode", "--configs", "heads,standard", "--dry-run", "--json", str(path)]) == 0
+    names = [r["config"]["name"] for r in json.loads(path.read_text())["results"]]
+    assert names == [c.name for c in get_configs("heads", op="sparse_decode") + get_configs("standard",
+                                                                                            op="sparse_decode")]
+    args = build_parser().parse_args(["bench", "--configs", " all, standard,all"])
+    assert args.configs == "all,standard"
+    assert [c.name for c in runner._all_cases(args)] == [c.name for c in get_configs("all")]
+    args = build_parser().parse_args(["bench", "--op", "all", "--configs", "host,few_heads"])
+    capsys.readouterr()
+    cases = runner._all_cases(args)
+    assert [c.name for c in cases] == [c.name for c in get_configs("host") + get_configs("few_heads",
+                                                                                        op="sparse_decode")]
+    assert "sparse_decode has no 'host' configs" in capsys.readouterr().out
+    for bad in ("heads,nope", ",", "standard,,Heads"):
+        with pytest.raises(SystemExit):
+            runner.main(["--configs", bad, "--dry-run"])
+        err = capsys.readouterr().err
+        assert "choose from standard, small, ragged, host, heads, few_heads, bf16, all" in err, err
+    with pytest.raises(ValueError, match="dense_decode has no config set 'heads'"):
+        runner._all_cases(build_parser().parse_args(["bench", "--configs", "standard,heads"]))
+
+
 def test_dry_run_dense_fp8(tmp_path, capsys):
     """``--dtype fp8``: per-tensor FP8 inputs (the cache as e4m3 codes with a descale) pass their check;
     ``--dtype fp8`` with the sparse op is refused: exit 2 and a message saying why."""
