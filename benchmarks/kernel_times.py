@@ -98,9 +98,6 @@ def main(argv=None) -> None:
     ap.add_argument("--combine-eager", type=int, default=None,
                     help="most splits the combine kernel merges in one round trip (COMBINE_EAGER_SPLITS: 0 or 4)")
     ap.add_argument("--combine-warps", type=int, default=None, help="warps of a combine program (COMBINE_NUM_WARPS)")
-    ap.add_argument("--launch-dependents", action="store_true",
-                    help="the Hopper split kernel lets the combine kernel launch before its last stores "
-                         "(LAUNCH_DEPENDENTS)")
     ap.add_argument("--masked-softmax", action="store_true",
                     help="the Hopper dense kernel's softmax masks every tile (INTERIOR_SOFTMAX off)")
     ap.add_argument("--lag-min-rows", type=int, default=None,
@@ -130,10 +127,6 @@ def main(argv=None) -> None:
                     help="with --sparse: pieces of the Hopper kernels' split-KV plan (num_sm_parts) instead of the "
                          "launcher's count")
     cli = ap.parse_args(argv)
-    if cli.launch_dependents:
-        from openmla.ops.gluon import decode_dense_sm90_ws as ws
-
-        ws.LAUNCH_DEPENDENTS = True
     if cli.sparse:
         return _sparse_main(cli)
     only = None if cli.only is None else set(cli.only.split(","))
@@ -170,7 +163,6 @@ def main(argv=None) -> None:
     form = "".join(f" {name} {value}" for name, value in (("combine chunks", cli.combine_chunks),
                                                            ("combine eager", cli.combine_eager),
                                                            ("combine warps", cli.combine_warps),
-                                                           ("launch dependents", cli.launch_dependents or None),
                                                            ("masked softmax", cli.masked_softmax or None),
                                                            ("P whole", cli.p_whole or None),
                                                            ("lag from rows", cli.lag_min_rows),

@@ -205,10 +205,6 @@ LAG_MIN_ROWS = 256
 # loader issues three copies a tile instead of nine, each behind a partition barrier (the launchers' ``lag_halves``).
 # H100: 0.5-0.8 % faster at h_q=128 s_q=2 beside one box a chunk, both rounds (docs/perf-notes.md item 27)
 LAG_HALVES = True
-# the four-warpgroup form's output warpgroups let the kernel after them (the combine kernel, a programmatic dependent)
-# launch once each program's last request is multiplied, before its output is stored (``griddepcontrol``; an
-# experiment, read at the call)
-LAUNCH_DEPENDENTS = False
 
 
 def softmax_only_for(rows: int, boxed: bool = False) -> bool:
@@ -783,14 +779,6 @@ if gluon_available():
         return rec, mask_j
 
     @gluon.jit
-    def _launch_dependents(like):
-        """``griddepcontrol.launch_dependents`` (once per element of ``like``: past a thread's first it does nothing):
-        the grid launched after this one as its programmatic dependent may start once every program has issued it or
-        exited; what this program writes after it is seen there only past that grid's ``griddepcontrol.wait``."""
-        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; mov.u32 $0, 0;", "=r,r", [like], dtype=gl.int32,
-                                  is_pure=False, pack=1)
-
-    @gluon.jit
     def _prefetch_records(k_ptr, bt_row, offs_j, tok_hi, page_block_size, num_blocks, stride_kb, stride_kp,
                           RECORD: gl.constexpr):
         """Ask L2 for the ``RECORD``-byte records of list entries ``offs_j`` (those in the cache)."""
@@ -1018,7 +1006,7 @@ if gluon_available():
                          COL0: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D_V: gl.constexpr,
                          PARTITION_WARPS: gl.constexpr, ASYNC_ARRIVE: gl.constexpr, trace_ptr, TRACE: gl.constexpr,
                          dec, DECODE: gl.constexpr, a_ready=None, P_HALVES: gl.constexpr = False, k_pe=None,
-                         lag=None, LAG: gl.constexpr = False, LAUNCH_DEPENDENTS: gl.constexpr = False):
+                         lag=None, LAG: gl.constexpr = False):
         """:func:`_output_half` as two N=D_V/4 products with an accumulator each: with four warpgroups the
         launch cap is 128 registers a thread, and ``ptxas`` fits every instruction under that cap, so a single
         N=256 product (154 registers) does not compile even where the partition's own limit is 168. Kept
@@ -1113,9 +1101,6 @@ if gluon_available():
             else:
                 inv_l = _final_factor(p_ready, p_free, a_smem, pr & 1, ROW_O)
             pr += 1
-            if LAUNCH_DEPENDENTS:
-                if req == end_req:  # the program's last request: only its stores are left
-                    _launch_dependents(offs_r)
             _store_quarters(acc_a, acc_b, inv_l, offs_r, offs_v, out_ptr, o_acc_ptr, req64, kv_head, group, rows,
                             s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
 
@@ -1547,7 +1532,7 @@ if gluon_available():
         Q_E4M3: gl.constexpr, LIST_AHEAD: gl.constexpr, TRACE: gl.constexpr,
         BOX_ALLOCS: gl.constexpr, OUTPUT_DECODE: gl.constexpr, INTERIOR: gl.constexpr = False,
         P_HALVES: gl.constexpr = False, LAG: gl.constexpr = False, LAG_HALVES: gl.constexpr = False,
-        k_half_desc=None, lse_s_q=1, LAUNCH_DEPENDENTS: gl.constexpr = False,
+        k_half_desc=None, lse_s_q=1,
     ):
         # the products' type: q's, or fp16 for e4m3 codes (more mantissa for P than bf16; codes are <= 448)
         if Q_E4M3:
@@ -1684,14 +1669,13 @@ if gluon_available():
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
                                 k_lo, p_smem, a_smem, bars, 0, BLOCK_M, BLOCK_N, D_V, OUTPUT_WARPS, ASYNC_ARRIVE,
-                                trace_ptr, TRACE, dec, OUTPUT_DECODE, a_ready, P_HALVES, k_pe, lag, LAG,
-                                LAUNCH_DEPENDENTS)),
+                                trace_ptr, TRACE, dec, OUTPUT_DECODE, a_ready, P_HALVES, k_pe, lag, LAG)),
                 (_output_quarters, (out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                                 stride_ob, stride_os, stride_oh,
                                 s_q, h_q, group, rows, row_tiles, page_block_size, max_blocks,
                                 k_hi, p_smem, a_smem, bars, HALF, BLOCK_M, BLOCK_N, D_V, OUTPUT_WARPS,
                                 ASYNC_ARRIVE, trace_ptr, False, dec, OUTPUT_DECODE, a_ready, P_HALVES, k_pe, lag,
-                                LAG, LAUNCH_DEPENDENTS)),
+                                LAG)),
                 (_loader, (q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
                            stride_qb, stride_qs, stride_qh, stride_kb, stride_kp, stride_kh, stride_bt,
                            group, rows, row_tiles, page_block_size, max_blocks, num_blocks,
@@ -1891,7 +1875,6 @@ def dense_decode_sm90_ws_fwd(
         LAG=lag_on,
         LAG_HALVES=k_half_desc is not None,
         k_half_desc=k_half_desc,
-        LAUNCH_DEPENDENTS=bool(LAUNCH_DEPENDENTS and softmax_only),
         num_warps=NUM_WARPS,
         maxnreg=SOLO_MAXNREG if softmax_only else MAXNREG,
     )

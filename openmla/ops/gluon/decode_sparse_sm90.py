@@ -255,7 +255,7 @@ def sparse_decode_sm90_fwd(
         SPARSE=True, KV_FP8=bool(is_fp8),
         PREFETCH_L2=bool(is_fp8 and prefetch_l2), HAS_SINK=attn_sink is not None, KV_E4M3=False, Q_E4M3=False,
         LIST_AHEAD=bool(list_ahead), TRACE=trace is not None, BOX_ALLOCS=False, OUTPUT_DECODE=output_decode,
-        lse_s_q=plan.out.shape[1], LAUNCH_DEPENDENTS=bool(ws.LAUNCH_DEPENDENTS),
+        lse_s_q=plan.out.shape[1],
         num_warps=ws.NUM_WARPS,
         maxnreg=ws.SOLO_MAXNREG,
     )
