@@ -126,9 +126,9 @@ def _variants(arch: int = 90) -> list[Variant]:
         # launched as the split kernel's programmatic dependent on SM90+ (griddepcontrol), plainly before
         for pdl, min_arch in ((False, 0), (True, 90)):
             tag = " pdl" if pdl else ""
-            # a row tile's dims in two programs (larger batches: COMBINE_MAX_CHUNK_DIMS) or 64 to a program (a
-            # single request)
-            for col_chunk in (256, 64):
+            # a row tile's dims in two programs (larger batches: COMBINE_MAX_CHUNK_DIMS), four (b=16: four programs
+            # an SM) or eight, 64 to a program (a single request)
+            for col_chunk in (256, 128, 64):
                 consts = dict(BLOCK_R=8, D_V=512, PDL=pdl, COL_CHUNK=col_chunk, EAGER_SPLITS=COMBINE_EAGER_SPLITS)
                 cols = f" cols{col_chunk}"
                 out.append(Variant(_decode_combine_kernel, combine_ptrs, (), dict(consts, HAS_SINK=False), 4, 2,
