@@ -22,7 +22,7 @@ import torch
 from ._runtime import InvalidArgumentError, SchedMetaMismatchError, device_arch, num_sms
 from .ops.combine import FUSED_MAX_BATCH
 from .ops.decode_dense import num_sm_parts_for
-from .ops.schedule import MAX_SPLITS, plan_splitkv
+from .ops.schedule import MAX_SPLITS, SEGMENT_PLAN_MAX_BATCH, plan_segments, plan_splitkv
 
 __all__ = ["FlashMLASchedMeta", "get_mla_metadata", "get_mla_decoding_metadata"]
 
@@ -114,6 +114,9 @@ def plan_dense(
     (576, 512) call on this device, over a per-tensor FP8 cache with ``kv_fp8`` (the Triton kernel, on
     Hopper too). Any plan is correct for any kernel; the size only affects speed.
     ``old_api``: the tensors go back to a caller of the old form, so at most one piece per SM.
+    Batches of up to :data:`openmla.ops.schedule.SEGMENT_PLAN_MAX_BATCH` requests are planned by
+    :func:`~openmla.ops.schedule.plan_segments` (each piece of a request pays the per-request overhead), larger ones
+    by :func:`~openmla.ops.schedule.plan_splitkv` (one pass over the requests in closed form).
     ``bounded``: cut any request into at most :data:`openmla.ops.schedule.MAX_SPLITS` pieces (the fused
     combine's bound; speed only). ``None``: for batches small enough for the fused combine
     (:data:`openmla.ops.combine.FUSED_MAX_BATCH`), whichever way their calls merge them (an eagerly planned
@@ -133,7 +136,9 @@ def plan_dense(
                              arch=device_arch(device), kv_fp8=kv_fp8)
     if bounded is None:
         bounded = cache_seqlens.shape[0] <= FUSED_MAX_BATCH
-    return plan_splitkv(cache_seqlens.contiguous(), parts, MAX_SPLITS if bounded else None)
+    # small batches: a piece of a request pays its overhead (no one-block tails beside the next request's start)
+    plan = plan_segments if cache_seqlens.shape[0] <= SEGMENT_PLAN_MAX_BATCH else plan_splitkv
+    return plan(cache_seqlens.contiguous(), parts, MAX_SPLITS if bounded else None)
 
 
 def get_mla_metadata(*args, **kwargs):

@@ -12,7 +12,14 @@ from helpers import make_dense_decode_inputs, make_sparse_decode_inputs, quantiz
 import openmla
 from openmla import FlashMLASchedMeta, InvalidArgumentError, SchedMetaMismatchError, UnsupportedError
 from openmla._runtime import gluon_available
-from openmla.ops.schedule import MAX_SPLITS, plan_splitkv, plan_splitkv_torch
+from openmla.ops.schedule import (
+    MAX_SPLITS,
+    SEGMENT_PLAN_MAX_BATCH,
+    plan_segments,
+    plan_segments_torch,
+    plan_splitkv,
+    plan_splitkv_torch,
+)
 
 
 def tiny_inputs(generator, **kw):
@@ -76,6 +83,11 @@ def test_split_plan_kernel_on_the_gpu_equals_the_torch_plan(parts, overhead, gen
     sched, splits = plan_splitkv(lens.cuda(), parts, overhead=overhead)
     sched_t, splits_t = plan_splitkv_torch(lens, parts, overhead=overhead)
     assert torch.equal(sched.cpu(), sched_t) and torch.equal(splits.cpu(), splits_t)
+    small = lens[:SEGMENT_PLAN_MAX_BATCH]
+    for max_splits in (MAX_SPLITS, None):
+        sched, splits = plan_segments(small.cuda(), parts, max_splits, overhead)
+        sched_t, splits_t = plan_segments_torch(small, parts, max_splits, overhead)
+        assert torch.equal(sched.cpu(), sched_t) and torch.equal(splits.cpu(), splits_t)
 
 
 @pytest.mark.parametrize("parts", [1, 3, 17, 132, 264])
@@ -90,20 +102,7 @@ def test_split_plan_covers_every_token_once(parts, batch, overhead, generator):
     sched, splits = plan_splitkv(lens, parts, overhead=overhead)
     sched_t, splits_t = plan_splitkv_torch(lens, parts, overhead=overhead)
     assert torch.equal(sched, sched_t) and torch.equal(splits, splits_t)
-    cover = [torch.zeros(max(int(n), 1), dtype=torch.int32) for n in lens]
-    owners = [0] * len(lens)
-    for p in range(parts):
-        begin, begin_tok, end, end_tok, begin_split = sched[p, :5].tolist()
-        for i in range(begin, end + 1):
-            lo = begin_tok if i == begin else 0
-            hi = min(end_tok if i == end else int(lens[i]), int(lens[i]))
-            cover[i][lo:hi] += 1
-            owners[i] += 1
-            split = begin_split if i == begin else 0
-            assert 0 <= split < int(splits[i + 1] - splits[i])
-    for i, n in enumerate(lens.tolist()):
-        assert torch.all(cover[i][:n] == 1), f"request {i}: tokens covered {cover[i][:n].unique().tolist()} times"
-        assert owners[i] == int(splits[i + 1] - splits[i]) >= 1
+    check_plan_covers_every_token_once(sched, splits, lens)
     # every piece has at most one payload of work: the plan is balanced
     assert int(splits[-1]) <= len(lens) + parts
     # the last program of a request merges all its partials: never more than MAX_SPLITS of them
@@ -113,6 +112,84 @@ def test_split_plan_covers_every_token_once(parts, batch, overhead, generator):
         # overhead of 5 units this draw gives 16 of 16, at 1 unit 14
         floor = MAX_SPLITS - 1 if overhead == 5 else MAX_SPLITS - 2
         assert int(splits[-1]) >= floor, "the cap should still spread a long request over most of its pieces"
+
+
+def check_plan_covers_every_token_once(sched: torch.Tensor, splits: torch.Tensor, lens: torch.Tensor) -> list:
+    """Each token of each request in exactly one piece, each request's pieces counted in ``splits`` and numbered
+    0, 1, ... in piece order; returns each piece's 64-token blocks."""
+    cover = [torch.zeros(max(int(n), 1), dtype=torch.int32) for n in lens]
+    owners = [0] * len(lens)
+    blocks = []
+    for p in range(sched.shape[0]):
+        begin, begin_tok, end, end_tok, begin_split = sched[p, :5].tolist()
+        blocks.append(0)
+        for i in range(begin, end + 1):
+            lo = begin_tok if i == begin else 0
+            hi = min(end_tok if i == end else int(lens[i]), int(lens[i]))
+            cover[i][lo:hi] += 1
+            split = begin_split if i == begin else 0
+            assert split == owners[i], f"request {i}: piece {p} holds split {split}, expected {owners[i]}"
+            owners[i] += 1
+            blocks[-1] += max(-(-(hi - lo) // 64), 1 if int(lens[i]) == 0 else 0)
+    for i, n in enumerate(lens.tolist()):
+        assert torch.all(cover[i][:n] == 1), f"request {i}: tokens covered {cover[i][:n].unique().tolist()} times"
+        assert owners[i] == int(splits[i + 1] - splits[i]) >= 1
+    return blocks
+
+
+def _segment_batch(kind: str, generator) -> torch.Tensor:
+    if kind == "ragged":
+        lens = torch.randint(0, 5000, (13,), generator=generator, dtype=torch.int32)
+        lens[::5] = 0
+        return lens
+    if kind == "one long":
+        return torch.tensor([int(torch.randint(3000, 40000, (1,), generator=generator))], dtype=torch.int32)
+    if kind == "uniform":
+        return torch.full((16,), 8192, dtype=torch.int32)
+    return torch.tensor([1, 64, 65, 128, 0, 129], dtype=torch.int32)  # block edges
+
+
+@pytest.mark.parametrize("parts", [1, 3, 17, 66, 264])
+@pytest.mark.parametrize("kind", ["ragged", "one long", "uniform", "edges"])
+@pytest.mark.parametrize("max_splits", [MAX_SPLITS, None, 2])
+@pytest.mark.parametrize("overhead", [5, 0])
+def test_segment_plan_covers_every_token_once(parts, kind, max_splits, overhead, generator):
+    """The per-piece-overhead plan (the kernel, under the interpreter without a GPU) equals its host twin, covers
+    every token once, keeps each piece to ``width`` blocks and each request to ``max_splits`` pieces, and uses no
+    more pieces than it has."""
+    lens = _segment_batch(kind, generator)
+    sched, splits = plan_segments(lens, parts, max_splits, overhead)
+    sched_t, splits_t = plan_segments_torch(lens, parts, max_splits, overhead)
+    assert torch.equal(sched.cpu(), sched_t) and torch.equal(splits.cpu(), splits_t)
+    blocks = check_plan_covers_every_token_once(sched_t, splits_t, lens)
+    nblk = [max(-(-int(n) // 64), 1) for n in lens]
+    cap = max_splits or 1 << 30
+    width = max(-(-(sum(nblk) + overhead * len(nblk)) // parts), -(-max(nblk) // (cap - 1)), 1)
+    assert max(blocks) <= width, f"a piece holds {max(blocks)} blocks, more than {width}"
+    assert int((splits_t[1:] - splits_t[:-1]).max()) <= cap
+
+
+def test_segment_plan_leaves_no_one_block_tail():
+    """Why small batches take the per-piece-overhead plan: 16 requests of 8192 tokens over 66 pieces (h_q=128 on a
+    132-SM card) come out as four pieces a request of at most 33 blocks, where the even cut of the unit line gives
+    five, the fifth one block beside the next request's start; and plan_dense picks it up to
+    SEGMENT_PLAN_MAX_BATCH requests."""
+    lens = torch.full((16,), 8192, dtype=torch.int32)
+    sched, splits = plan_segments_torch(lens, 66, None)
+    assert (splits[1:] - splits[:-1]).tolist() == [4] * 16
+    assert max(check_plan_covers_every_token_once(sched, splits, lens)) == 33
+    even_sched, even_splits = plan_splitkv_torch(lens, 66, None)
+    assert (even_splits[1:] - even_splits[:-1]).tolist() == [5] * 16
+    check_plan_covers_every_token_once(even_sched, even_splits, lens)
+    # piece 4: request 0's last block (tokens 8128..8191), then request 1's first 27 blocks
+    assert even_sched[4, :5].tolist() == [0, 8128, 1, 27 * 64, 4]
+    from openmla.metadata import plan_dense
+
+    small = torch.full((SEGMENT_PLAN_MAX_BATCH,), 3000, dtype=torch.int32)
+    for batch, twin in ((small, plan_segments_torch), (torch.cat([small, small[:1]]), plan_splitkv_torch)):
+        got = plan_dense(batch, 128, 1, backend="gluon", bounded=False)
+        want = twin(batch, 66, None)
+        assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1])
 
 
 def test_reused_sched_meta_with_other_shape_raises(generator):
