@@ -52,9 +52,10 @@ MAX_SPLITS = 16
 _UNBOUNDED = 1 << 30  # max_splits=None: no bound
 #: Largest batch :func:`openmla.metadata.plan_dense` plans with :func:`plan_segments` (one loop trip a request)
 #: rather than :func:`plan_splitkv`. Measured on an H200 (dense h_q=128, CUDA-graph replays, GPU time a call, each plan
-#: beside the other in one command): b=16 at s_k 512 / 2k / 8k 0.55 / 0.3 / 1.85 µs shorter (four pieces a request at
-#: 8k where the even cut gave five, the last of one block), b=1 at 512 keys 0.6 µs shorter, b=1 and b=4 at 2k and 8k
-#: and the ragged b=16 batch unchanged; at b=128 within 0.3 %, so larger batches keep the closed form.
+#: beside the other in one command, two runs): b=16 at s_k 512 / 2k / 8k 0.3-0.55 / 0.1-0.3 / 1.65-1.85 µs shorter (four
+#: pieces a request at 8k where the even cut gave five, the last of one block), b=1 at 512 keys 0.35-0.6 µs shorter, b=4
+#: at 512 keys 0.1-0.35 µs longer, b=1 and b=4 at 2k and 8k and the ragged b=16 batch within 0.2 µs; at b=128 within
+#: 0.3 % (one run), so larger batches keep the closed form.
 SEGMENT_PLAN_MAX_BATCH = 16
 
 if triton_available():
