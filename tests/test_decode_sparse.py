@@ -398,7 +398,7 @@ def test_gluon_sparse_reuses_the_plan_of_fixed_length_lists():
     """Lists with no topk_length are planned once per (device, tokens, topk, parts) and the plan reused: the
     same as a fresh plan of those lengths."""
     from openmla.ops.gluon import decode_sparse_sm90 as gluon_sparse
-    from openmla.ops.schedule import plan_splitkv_torch
+    from openmla.ops.schedule import plan_segments_torch
 
     cpu = torch.device("cpu")
     first = gluon_sparse._fixed_length_plan(cpu, 6, 130, 4, 5)
@@ -407,7 +407,7 @@ def test_gluon_sparse_reuses_the_plan_of_fixed_length_lists():
     assert gluon_sparse._fixed_length_plan(cpu, 6, 130, 4, 1) is not first
     lens, sched, splits = first
     expected = torch.full((6,), 130, dtype=torch.int32)
-    ref_sched, ref_splits = plan_splitkv_torch(expected, 4)
+    ref_sched, ref_splits = plan_segments_torch(expected, 4)  # with an overhead: the segment plan
     assert torch.equal(lens, expected)
     assert torch.equal(sched, ref_sched.to(sched.dtype)) and torch.equal(splits, ref_splits.to(splits.dtype))
     assert gluon_sparse._fixed_length_plan(cpu, 6, 130, 4, 5, None) is not first  # the cap is in the key
@@ -541,16 +541,25 @@ def test_gluon_sparse_small_heads_launcher(monkeypatch, generator):
 def test_gluon_sparse_skips_the_merge_when_no_list_is_split(monkeypatch, generator):
     """Fixed-length lists that the plan keeps whole (each in one piece: the split kernel writes every output) run
     no merge launch, in both Hopper kernels; longer lists, or lists with ``topk_length`` (planned on the device), do.
-    The host's answer is the plan's own: each list's pieces in :func:`plan_splitkv_torch`."""
+    The host's answer is the plan's own: each list's pieces in :func:`plan_splitkv_torch` with no overhead, in
+    :func:`plan_segments_torch` with one (up to SEGMENT_PLAN_MAX_LISTS lists; h_q=128's 128 lists of 2048 over 66
+    pieces come whole, where the even cut splits 56 of them)."""
     from openmla.ops.gluon import decode_sparse_sm90 as gluon_sparse
-    from openmla.ops.schedule import plan_splitkv_torch, split_counts
+    from openmla.ops.schedule import plan_segments_torch, plan_splitkv_torch, split_counts
 
-    for tokens, topk, parts in ((4, 64, 264), (4, 2048, 264), (128, 2048, 132), (3, 1000, 2)):
+    for tokens, topk, parts, overhead in ((4, 64, 264, 0), (4, 2048, 264, 0), (128, 2048, 132, 0), (3, 1000, 2, 0),
+                                          (4, 64, 264, 5), (4, 2048, 264, 5), (128, 2048, 66, 5), (3, 1000, 2, 5),
+                                          (1025, 64, 66, 5)):
         lens = torch.full((tokens,), topk, dtype=torch.int32)
-        _, cumulative = plan_splitkv_torch(lens, parts)
-        assert torch.equal(split_counts(lens, parts), (cumulative[1:] - cumulative[:-1]).to(torch.int64))
-        assert gluon_sparse.fixed_lists_unsplit(tokens, topk, parts) == bool((cumulative.diff() <= 1).all())
+        segments = overhead > 0 and tokens <= gluon_sparse.SEGMENT_PLAN_MAX_LISTS
+        _, cumulative = (plan_segments_torch if segments else plan_splitkv_torch)(lens, parts, overhead=overhead)
+        if not segments:
+            assert torch.equal(split_counts(lens, parts, overhead=overhead),
+                               (cumulative[1:] - cumulative[:-1]).to(torch.int64))
+        assert gluon_sparse.fixed_lists_unsplit(tokens, topk, parts, overhead) == bool((cumulative.diff() <= 1).all())
     assert gluon_sparse.fixed_lists_unsplit(4, 64, 264) and not gluon_sparse.fixed_lists_unsplit(4, 2048, 264)
+    assert gluon_sparse.fixed_lists_unsplit(128, 2048, 66, 5) and not bool(
+        (split_counts(torch.full((128,), 2048, dtype=torch.int32), 66, None, overhead=5) <= 1).all())
 
     merges = []
     monkeypatch.setattr(gluon_sparse, "combine_splits", lambda *args, **kw: merges.append(kw))
@@ -588,9 +597,11 @@ def test_gluon_sparse_plan_overhead_by_row_tiles(monkeypatch, generator):
     monkeypatch.setattr(gluon_sparse, "PLAN_OVERHEAD", None)
 
     planned = []
-    real_plan = gluon_sparse.plan_splitkv
-    monkeypatch.setattr(gluon_sparse, "plan_splitkv", lambda lens, parts, max_splits, overhead: (
-        planned.append((lens.shape[0], parts, overhead)), real_plan(lens, parts, max_splits, overhead=overhead))[1])
+    for name in ("plan_splitkv", "plan_segments"):
+        real_plan = getattr(gluon_sparse, name)
+        monkeypatch.setattr(gluon_sparse, name, lambda lens, parts, max_splits, overhead, real_plan=real_plan,
+                            name=name: (planned.append((name, lens.shape[0], parts, overhead)),
+                                        real_plan(lens, parts, max_splits, overhead=overhead))[1])
     monkeypatch.setattr(gluon_sparse, "combine_splits", lambda *args, **kw: None)
     record_launches(monkeypatch, ws, "_dense_decode_sm90_ws_kernel")
     record_launches(monkeypatch, sparse_small, "_sparse_v32_small_heads_kernel")
@@ -600,7 +611,8 @@ def test_gluon_sparse_plan_overhead_by_row_tiles(monkeypatch, generator):
                                            generator=generator, topk_length=lengths)
         gluon_sparse.sparse_decode_sm90_fwd(inputs["q"], inputs["k_cache"], inputs["indices"], 512, 0.1,
                                             inputs["topk_length"], is_fp8=True)
-    assert planned == [(3, 264, 0), (3, 132, 0), (3, 66, FIXED_OVERHEAD), (3, 132, FIXED_OVERHEAD)]
+    assert planned == [("plan_splitkv", 3, 264, 0), ("plan_splitkv", 3, 132, 0), ("plan_segments", 3, 66, FIXED_OVERHEAD),
+                       ("plan_splitkv", 3, 132, FIXED_OVERHEAD)]
 
 
 def test_small_head_sparse_32_row_build_by_piece_length(monkeypatch):

@@ -40,7 +40,7 @@ from ..._runtime import InvalidArgumentError, num_sms
 from ..combine import combine_splits
 from ..decode_dense import split_workspace, splitkv_args
 from ..launch import ShapeCache, launch, scratch
-from ..schedule import FIXED_OVERHEAD, MAX_SPLITS, plan_splitkv, split_counts
+from ..schedule import FIXED_OVERHEAD, MAX_SPLITS, plan_segments, plan_segments_torch, plan_splitkv, split_counts
 from . import decode_dense_sm90_small_heads as small
 from . import decode_dense_sm90_ws as ws
 from . import decode_sparse_sm90_small_heads as sparse_small
@@ -72,6 +72,18 @@ PLAN_OVERHEAD: int | None = None
 #: h_q=16 b 1 / 4 14.2 / 17.1 against 19.2 / 22.6-22.7 µs, h_q=32 15.8 / 17.6 against 19.9 / 24.6-24.8; b=16 and the
 #: h_q=128 b=4 set unchanged (the cap did not bind). Read at the call.
 SPLITS_CAP: int | None = None
+#: Fixed-length lists planned with an overhead (h_q=128: two row tiles a token) by
+#: :func:`~openmla.ops.schedule.plan_segments` (each piece of a list pays it) up to this many lists, else by the even
+#: cut. b=64, s_q=2, topk=2048 over 66 pieces: the even cut splits 56 of the 128 lists in two (a merge launch, pieces
+#: of up to three lists), the segment plan none (two whole lists a piece, no merge). With no overhead both plans are
+#: the same. Planned once per shape (the plans are cached), one loop trip a list.
+SEGMENT_PLAN_MAX_LISTS = 1024
+
+
+def _segment_planned(tokens: int, overhead: int) -> bool:
+    """Whether fixed-length lists are planned by :func:`~openmla.ops.schedule.plan_segments`
+    (:data:`SEGMENT_PLAN_MAX_LISTS`)."""
+    return overhead > 0 and tokens <= SEGMENT_PLAN_MAX_LISTS
 
 
 def plan_overhead(row_tiles: int, fixed_lists: bool) -> int:
@@ -133,10 +145,12 @@ def token_lengths(topk_length: torch.Tensor, s_q: int, topk: int) -> torch.Tenso
 def _fixed_length_plan(device: torch.device, tokens: int, topk: int, parts: int, overhead: int,
                        splits_cap: int | None = MAX_SPLITS):
     """``(lens, sched, splits)`` for ``tokens`` lists of ``topk`` entries over ``parts`` pieces, ``overhead`` units a
-    list, at most ``splits_cap`` pieces a list (:func:`~openmla.ops.schedule.plan_splitkv`)."""
+    list, at most ``splits_cap`` pieces a list (:func:`~openmla.ops.schedule.plan_segments` where
+    :func:`_segment_planned`, else :func:`~openmla.ops.schedule.plan_splitkv`)."""
     def make():
         lens = torch.full((tokens,), topk, dtype=torch.int32, device=device)
-        return (lens, *plan_splitkv(lens, parts, splits_cap, overhead=overhead))
+        plan = plan_segments if _segment_planned(tokens, overhead) else plan_splitkv
+        return (lens, *plan(lens, parts, splits_cap, overhead=overhead))
 
     return _FIXED_PLANS.get(device, (tokens, topk, parts, overhead, splits_cap), make)
 
@@ -148,6 +162,8 @@ def fixed_lists_unsplit(tokens: int, topk: int, parts: int, overhead: int = FIXE
     most ``splits_cap`` pieces a list) keeps every list in one piece (computed on the host, once per shape): then the
     split kernel writes every output itself and no merge runs."""
     lens = torch.full((tokens,), topk, dtype=torch.int32)
+    if _segment_planned(tokens, overhead):
+        return int(plan_segments_torch(lens, parts, splits_cap, overhead)[1].diff().max()) <= 1
     return int(split_counts(lens, parts, splits_cap, overhead=overhead).max()) <= 1
 
 
