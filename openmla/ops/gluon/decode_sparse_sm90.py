@@ -163,7 +163,7 @@ def fixed_lists_unsplit(tokens: int, topk: int, parts: int, overhead: int = FIXE
     split kernel writes every output itself and no merge runs."""
     lens = torch.full((tokens,), topk, dtype=torch.int32)
     if _segment_planned(tokens, overhead):
-        return int(plan_segments_torch(lens, parts, splits_cap, overhead)[1].diff().max()) <= 1
+        return bool((plan_segments_torch(lens, parts, splits_cap, overhead)[1].diff() <= 1).all())
     return int(split_counts(lens, parts, splits_cap, overhead=overhead).max()) <= 1
 
 
