@@ -6,6 +6,8 @@ Dense decode sets (``--op dense_decode --configs ...``):
   {4096, 8192, 16384} at h_q=128, and s_k=8192 at h_q in {16, 32, 64} (the memory-bound cases).
 * ``small``: small batches, b in {1, 4, 16} x s_k in {512, 2048, 8192}, h_q=128, s_q=1, fixed lengths.
 * ``ragged``: b=16 whose lengths grow geometrically from 64 to 32768 (load balance of the split-KV plan).
+* ``medium``: b in {24, 32, 64} x s_k in {512, 2048, 8192}, h_q=128, s_q=1, fixed lengths, and b=32 with
+  lengths from 64 to 32768 (where the split-KV plan changes from one loop trip a request to the closed form).
 * ``host``: b=1, s_k=256: host overhead, µs per call in a tight Python loop.
 * ``all``: every set above.
 
@@ -28,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-CONFIG_SETS = ("standard", "small", "ragged", "host", "all")  # dense decode's; see config_sets(op)
+CONFIG_SETS = ("standard", "small", "ragged", "medium", "host", "all")  # dense decode's; see config_sets(op)
 OPS = ("dense_decode", "sparse_decode")
 
 
@@ -131,6 +133,20 @@ def ragged_configs() -> list[DecodeConfig]:
     """One batch of 16 sequences, 64 to 32768 tokens: tests how evenly the split-KV plan spreads work."""
     lengths = geometric_lengths(16, 64, 32768)
     return [DecodeConfig("ragged_b16_64-32768", b=16, s_q=1, s_k=max(lengths), h_q=128, varlen=True, lengths=lengths)]
+
+
+def medium_configs() -> list[DecodeConfig]:
+    """Batches between ``small`` and ``standard``: where :func:`openmla.metadata.plan_dense` stops planning one loop
+    trip a request (``SEGMENT_PLAN_MAX_BATCH``)."""
+    cases = [
+        DecodeConfig(f"medium_b{b}_sk{s_k}", b=b, s_q=1, s_k=s_k, h_q=128, varlen=False)
+        for b in (24, 32, 64)
+        for s_k in (512, 2048, 8192)
+    ]
+    lengths = geometric_lengths(32, 64, 32768)
+    cases.append(DecodeConfig("ragged_b32_64-32768", b=32, s_q=1, s_k=max(lengths), h_q=128, varlen=True,
+                              lengths=lengths))
+    return cases
 
 
 def host_configs() -> list[DecodeConfig]:
@@ -245,6 +261,7 @@ _BUILDERS = {
         "standard": standard_configs,
         "small": small_configs,
         "ragged": ragged_configs,
+        "medium": medium_configs,
         "host": host_configs,
     },
     "sparse_decode": {

@@ -88,6 +88,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--configs", default="small,ragged")
     ap.add_argument("--calls", type=int, default=50)
+    ap.add_argument("--shapes", default=None,
+                    help="instead of --configs: dense h_q=128 s_q=1 calls of fixed lengths, 'b:s_k' separated by "
+                         "commas (e.g. 64:64,64:512), to time what a call costs beyond its tiles")
     ap.add_argument("--json")
     ap.add_argument("--only", default=None,
                     help="comma-separated config names: time only these (e.g. one config under a profiler)")
@@ -108,6 +111,9 @@ def main(argv=None) -> None:
                          "one per value half (LAG_HALVES off)")
     ap.add_argument("--p-whole", action="store_true",
                     help="the Hopper dense kernel hands each tile's P over whole (P_HALVES off)")
+    ap.add_argument("--segment-plan-max-batch", type=int, default=None,
+                    help="largest batch the dense plan cuts with plan_segments rather than the closed form "
+                         "(SEGMENT_PLAN_MAX_BATCH of openmla.metadata; 0: never)")
     ap.add_argument("--flush-l2", action="store_true",
                     help="zero a 256 MB buffer before each call (a cold L2, as openmla bench times calls)")
     ap.add_argument("--sparse", action="store_true",
@@ -130,7 +136,7 @@ def main(argv=None) -> None:
     if cli.sparse:
         return _sparse_main(cli)
     only = None if cli.only is None else set(cli.only.split(","))
-    if only is not None:
+    if only is not None and not cli.shapes:
         known = {cfg.name for group in cli.configs.split(",") for cfg in get_configs(group, None, "dense_decode")}
         if only - known:
             raise SystemExit(f"--only names no config of --configs {cli.configs}: {', '.join(sorted(only - known))}; "
@@ -160,13 +166,18 @@ def main(argv=None) -> None:
         from openmla.ops.gluon import decode_dense_sm90_ws as ws
 
         ws.P_HALVES = False
+    if cli.segment_plan_max_batch is not None:
+        import openmla.metadata
+
+        openmla.metadata.SEGMENT_PLAN_MAX_BATCH = cli.segment_plan_max_batch
     form = "".join(f" {name} {value}" for name, value in (("combine chunks", cli.combine_chunks),
                                                            ("combine eager", cli.combine_eager),
                                                            ("combine warps", cli.combine_warps),
                                                            ("masked softmax", cli.masked_softmax or None),
                                                            ("P whole", cli.p_whole or None),
                                                            ("lag from rows", cli.lag_min_rows),
-                                                           ("lag box a chunk", cli.lag_box_a_chunk or None))
+                                                           ("lag box a chunk", cli.lag_box_a_chunk or None),
+                                                           ("segment plan to b", cli.segment_plan_max_batch))
                    if value is not None)
     flash_mla, missing = _load_flash_mla()
     card = torch.cuda.get_device_name()
@@ -177,8 +188,14 @@ def main(argv=None) -> None:
     print(f"GPU time per call by kernel on {card} (mean of {cli.calls} calls"
           + (", L2 flushed before each)" if flush else ")"))
     results = []
-    for group in cli.configs.split(","):
-        for cfg in get_configs(group, None, "dense_decode"):
+    groups = [get_configs(group, None, "dense_decode") for group in cli.configs.split(",")]
+    if cli.shapes:
+        from benchmarks.configs import DecodeConfig
+
+        shapes = [tuple(int(x) for x in shape.split(":")) for shape in cli.shapes.split(",")]
+        groups = [[DecodeConfig(f"b{b}_sk{s_k}", b=b, s_q=1, s_k=s_k, h_q=128, varlen=False) for b, s_k in shapes]]
+    for group in groups:
+        for cfg in group:
             if only is not None and cfg.name not in only:
                 continue
             inp = make_dense_decode_inputs(cfg.seqlens(), cfg.s_q, cfg.h_q, cfg.h_kv, cfg.d, cfg.dv,

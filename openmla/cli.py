@@ -415,7 +415,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 #: ``openmla bench --configs`` names (benchmarks/configs.py; which op defines which: the option's help)
-BENCH_CONFIG_SETS = ("standard", "small", "ragged", "host", "heads", "few_heads", "bf16", "all")
+BENCH_CONFIG_SETS = ("standard", "small", "ragged", "medium", "host", "heads", "few_heads", "bf16", "all")
 
 
 def _bench_config_sets(text: str) -> str:
@@ -452,7 +452,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         default="standard",
         metavar="SET[,SET...]",
         help="which configuration set or sets, comma-separated (benchmarks/configs.py); dense_decode: standard, "
-        "small, ragged, host; sparse_decode: standard, heads, few_heads, bf16, small; all: every set of the op",
+        "small, ragged, medium, host; sparse_decode: standard, heads, few_heads, bf16, small; all: every set of the op",
     )
     parser.add_argument(
         "--dtype",

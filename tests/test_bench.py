@@ -78,7 +78,7 @@ def test_config_sets_comma_separated(tmp_path, capsys):
         with pytest.raises(SystemExit):
             runner.main(["--configs", bad, "--dry-run"])
         err = capsys.readouterr().err
-        assert "choose from standard, small, ragged, host, heads, few_heads, bf16, all" in err, err
+        assert "choose from standard, small, ragged, medium, host, heads, few_heads, bf16, all" in err, err
     with pytest.raises(ValueError, match="dense_decode has no config set 'heads'"):
         runner._all_cases(build_parser().parse_args(["bench", "--configs", "standard,heads"]))
 
@@ -116,7 +116,11 @@ def test_sparse_config_sets():
     with pytest.raises(ValueError, match="ragged"):
         get_configs("ragged", op="sparse_decode")
     # the dense sets are what they were
-    assert len(get_configs("all")) == len(get_configs("all", op="dense_decode")) == 20
+    assert len(get_configs("all")) == len(get_configs("all", op="dense_decode")) == 30
+    medium = get_configs("medium")
+    assert {c.b for c in medium} == {24, 32, 64} and all(c.h_q == 128 and c.s_q == 1 for c in medium)
+    ragged32 = [c for c in medium if c.varlen]
+    assert len(ragged32) == 1 and (min(ragged32[0].seqlens()), max(ragged32[0].seqlens())) == (64, 32768)
 
 
 def test_flash_mla_sparse_support_reasons():
