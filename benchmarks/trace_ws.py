@@ -127,6 +127,25 @@ def _intervals(trace, names=None) -> dict:
     return out
 
 
+def _timeline(trace) -> dict:
+    """A piece's start and end: the median over the stamped pieces of each event's cycles after the program's entry
+    (event 10), for tiles 0, 1, 2 (events 0-6) and the piece's last stamped tile (events 0-6, then 11 the first
+    output warpgroup's last store and 12 the softmax warpgroup's); None where no piece stamped it. Read beside the
+    call's time and its tiles a piece, it says what a request's start (Q and the first tiles landing with nothing in
+    flight) and end (the last products, ``1/l`` handed over, the output stored) cost beyond its steady state."""
+    rows = {"0": [], "1": [], "2": [], "last": []}
+    for piece in trace:
+        tiles = [t for t in piece if all(x > 0 for x in t[:7])]
+        if len(tiles) < 4 or piece[0][10] <= 0:
+            continue
+        t0 = piece[0][10]
+        for key, t in (("0", tiles[0]), ("1", tiles[1]), ("2", tiles[2])):
+            rows[key].append([t[e] - t0 for e in range(7)])
+        rows["last"].append([tiles[-1][e] - t0 if tiles[-1][e] > 0 else None for e in (*range(7), 11, 12)])
+    return {key: [statistics.median(x) if (x := [v[e] for v in vals if v[e] is not None]) else None
+                  for e in range(len(vals[0]))] if vals else [] for key, vals in rows.items()}
+
+
 def _replayed_us(torch, triton, fn) -> float:
     """Median µs of ``fn`` replayed from a CUDA graph (its GPU time, without the launcher's host time)."""
     fn()
@@ -142,6 +161,7 @@ def main(argv=None) -> None:
 
     from benchmarks.configs import get_configs
     from openmla._harness import make_dense_decode_inputs, make_sparse_decode_inputs, quantize_dense_fp8
+    from openmla.metadata import plan_dense
     from openmla.ops.decode_dense import num_sm_parts_for
     from openmla.ops.gluon.decode_dense_fp8_sm90 import dense_decode_fp8_sm90_fwd
     from openmla.ops.gluon.decode_dense_sm90_ws import dense_decode_sm90_ws_fwd, trace_buffer
@@ -208,6 +228,11 @@ def main(argv=None) -> None:
 
     for suffix, shape, form in dense_forms:
         calls[f"dense_b128_sk8192_h128{suffix}"] = ws_call(*shapes[shape], form)
+    # one short request a piece (b=64, 512 keys, as the API plans it: eight tiles, no split), for the cost of a
+    # request's start and end (its ``first tiles`` timeline below)
+    short = make_dense_decode_inputs([512] * 64, 1, 128, 1, 576, 512, 64, torch.bfloat16, False, "cuda", 0)
+    calls["dense_b64_sk512_h128"] = ws_call(short, plan_dense(short.cache_seqlens, 128, 1, backend="gluon"), False,
+                                            {})
     # dense FP8 with an e4m3 q: the e4m3-product kernel (its event 7: E4M3_PRODUCT_INTERVALS); at 16 and 32 heads
     # (one row tile) with the transposed output products (N = 16 or 32, two P buffers: the default there), those with
     # one P buffer, and the padded 64-row ones
@@ -242,9 +267,15 @@ def main(argv=None) -> None:
                         else OUTPUT_DECODE_INTERVALS if "_output_decode" in name
                         else SMALL_SPARSE_INTERVALS if name.endswith("_small_heads") else None)
         results.append(dict(card=card, config=name, plain_us=plain_us, traced_us=traced_us, cycles=iv))
+        line = _timeline(buf.tolist())
+        results[-1]["first_tiles"] = line
         print(f"{name}: {plain_us:.1f} us, traced {traced_us:.1f} us ({card})")
         for k, v in iv.items():
             print(f"    {k:42s} {'-' if v is None else f'{v:8.0f}'} cycles")
+        print("    first and last tiles, median cycles from the program's entry (events 0-6 of tiles 0, 1, 2; 0-6, 11, 12 "
+              "of the piece's last):")
+        for tile, events in line.items():
+            print(f"      {tile:>6s} " + " ".join("-" if e is None else f"{e:7.0f}" for e in events))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"results": results}, f, indent=1)

@@ -177,7 +177,9 @@ LIST_AHEAD = False
 # stamped by this kernel's softmax warpgroup only, not by the e4m3-product kernel)
 TRACE_PIECES = 4
 TRACE_TILES = 64
-TRACE_EVENTS = 10
+#: events 0-9 of each tile (:func:`_stamp`); 10 the program's entry (stamped as tile 0's), 11 the first output
+#: warpgroup's last store of a request and 12 the softmax warpgroup's (both as the request's last tile's)
+TRACE_EVENTS = 13
 # defaults of the schedule choices (module docstring), set by measurement
 OVERLAP = False
 ASYNC_ARRIVE = True
@@ -1103,6 +1105,7 @@ if gluon_available():
             pr += 1
             _store_quarters(acc_a, acc_b, inv_l, offs_r, offs_v, out_ptr, o_acc_ptr, req64, kv_head, group, rows,
                             s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
+            _stamp(trace_ptr, kb - 1, 11, TRACE, PARTITION_WARPS)
 
     @gluon.jit
     def _softmax_half(out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
@@ -1345,6 +1348,7 @@ if gluon_available():
             else:
                 _store_lse(lse_ptr, lse_acc_ptr, lse2, empty, mask_r, t_o, head_o, req64, n_split, split_lo,
                            split_idx, s_q, h_q, stride_lb, stride_lh)
+            _stamp(trace_ptr, kb - 1, 12, TRACE, PARTITION_WARPS)
 
     @gluon.jit
     def _softmax_rows(sched_ptr, row_tiles, group, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
@@ -1611,6 +1615,7 @@ if gluon_available():
             K_LOADED: gl.constexpr = 2
         else:
             K_LOADED: gl.constexpr = 1 if (TMA_K or KV_FP8 or KV_E4M3) else LOADED
+        _stamp(trace_ptr, 0, 10, TRACE, SOFTMAX_WARPS)  # the program's entry
         mbarrier.init(q_ready, count=LOADED)
         mbarrier.init(q_free, count=1)
         if P_HALVES:
