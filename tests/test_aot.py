@@ -52,30 +52,38 @@ def test_unchained_tiles_split_both_products_between_warpgroups():
 # registers). 0 where a kernel has none; the others are today's measured frames, so that growth fails here,
 # with what is known about them. Keys: a text of the variant's name; the first key found applies.
 _GLUON_STACK_BUDGET = (
-    ("box-allocs", 16),  # the four-warpgroup form with each box's ready barriers in an allocation of their own
-    # (the launcher's box_allocs, on by default): 0 B at d=576 and at d=512 causal, 16 B at d=512 without the
-    # causal mask (where in the SASS: not yet read)
-    ("softmax-only async-arrive tma-k stage-ready", 24),  # the four-warpgroup form with TMA on one ready barrier a
-    # stage: the 16 B below, and the loader (56 registers) keeps two values around its TMA issue in local memory,
-    # off the tensor cores' path
-    ("gluon-ws sparse", 24),  # token-sparse lists in the four-warpgroup form: 24 B over 16-bit caches since each
-    # tile's slots come to the softmax warpgroup through shared memory (16 B before), 8 B over the V3.2 FP8
-    # cache. Read in the SASS of an FP8 build that had the slots in shared memory too (40 B): stores at kernel
-    # entry and in the softmax warpgroup's per-request set-up, reloads there and in its per-request epilogue,
-    # none inside the KV loop. The FP8 loader's registers were set for its decode (at 56 it spilled 48 B)
-    ("q e4m3 cache d576 causal softmax-only", 48),  # over a per-tensor FP8 cache, four-warpgroup form: bf16 q
-    # 16 B, fp16 q and e4m3 q 24 or 48 B (two compiles whose sources differed only in line numbers, under the
-    # 128-register launch cap; the loader decodes each tile, an e4m3 q through registers too; where in the SASS:
-    # not yet read)
-    ("softmax-only", 16),  # its four-warpgroup form: three values spilled at entry, reloaded only in each
-    # request's output store (launch cap 128 registers; outside the KV loop in its SASS)
+    # The four-warpgroup form's output warpgroups convert each output quarter for 16-byte stores (_STORE_QUARTER,
+    # _STORE_PARTIAL: shuffles, two layouts by whether the request was split) at a request's end; under the
+    # 128-register launch cap that added 8-24 B of stack to every build of that form (0 -> 8-24 B where it had
+    # none). Read in the sm_90a SASS of each build (2026-11-28): every local load and store sits outside the KV
+    # tile loops (no loop with a wgmma and without global stores holds one): stored at entry or a request's start,
+    # reloaded in its set-up and epilogue.
+    ("box-allocs", 24),  # the four-warpgroup form with each box's ready barriers in an allocation of their own
+    # (the launcher's box_allocs, on by default): 8 B at d=576 (16-24 B with the right output warpgroup a tile
+    # behind, LAG), 8-16 B at d=512
+    ("softmax-only async-arrive tma-k stage-ready", 32),  # the four-warpgroup form with TMA on one ready barrier a
+    # stage: the 16 B below and the stores' 16, and the loader (56 registers) keeps two values around its TMA issue
+    # in local memory, off the tensor cores' path
+    ("gluon-ws sparse", 32),  # token-sparse lists in the four-warpgroup form: 32 B over 16-bit caches (24 before
+    # the stores' layouts; 16 B before each tile's slots came to the softmax warpgroup through shared memory),
+    # 24-32 B over the V3.2 FP8 cache (8-16 before). Read in the SASS of an FP8 build that had the slots in shared
+    # memory too (40 B): stores at kernel entry and in the softmax warpgroup's per-request set-up, reloads there
+    # and in its per-request epilogue, none inside the KV loop. The FP8 loader's registers were set for its decode
+    # (at 56 it spilled 48 B)
+    ("q e4m3 cache d576 causal softmax-only", 64),  # over a per-tensor FP8 cache, four-warpgroup form: bf16 q
+    # 32 B, fp16 q and e4m3 q 64 B (16-48 B before the stores' layouts; two compiles whose sources differed only in
+    # line numbers gave 24 and 48 B then, under the 128-register launch cap; the loader decodes each tile, an e4m3
+    # q through registers too)
+    ("softmax-only", 32),  # its four-warpgroup form by cp.async: 24-32 B (16 before the stores' layouts: three
+    # values spilled at entry, reloaded only in each request's output store; outside the KV loop in its SASS)
     # the three-warpgroup form with a ready barrier per TMA box (causal): one value (two with the overlapped
     # order) stored at entry and reloaded only in each request's LSE/output store, after its last product
     ("pv-first async-arrive tma-k box-ready", 8),
     ("pv-first loader-waits tma-k box-ready", 8),
     ("overlap async-arrive tma-k box-ready", 16),
     ("gluon-ws ", 0),  # the warp-specialized kernel otherwise: none in any partition
-    ("gluon-fp8 ", 0),  # the e4m3-product kernel: none
+    ("gluon-fp8 ", 16),  # the e4m3-product kernel: 16 B since its output warpgroups' stores take the layouts
+    # above (none before), outside its tile loops
     ("gluon-small-heads q ", 824),  # per-tensor FP8: ~50 spill instructions in the KV loop (the e4m3 decode), owed
     ("fp8-v32 cache rows<=32", 48),  # the small-head sparse kernel's 32-row build (255 registers, 2 programs an SM):
     # 16 B, four values reloaded at the top of each request; with a sink 48 B, reloads at the top of each request and

@@ -321,8 +321,8 @@ if gluon_available():
             pb = pr % P_BUFS
             inv_l = _final_factor(p_ready.index(pb), p_free.index(pb), a_smem.index(pb), (pr // P_BUFS) & 1, ROW_O)
             pr += 1
-            _store_quarters(acc_a, acc_b, inv_l, offs_r, offs_v, out_ptr, o_acc_ptr, req64, kv_head, group, rows,
-                            s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
+            _store_quarters(acc_a, acc_b, inv_l, offs_r, out_ptr, o_acc_ptr, req64, kv_head, group, rows, s_q, h_q,
+                            n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, COL0, D_V)
 
     @gluon.jit
     def _fp8_output_t(out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,

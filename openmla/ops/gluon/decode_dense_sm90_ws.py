@@ -235,6 +235,34 @@ if gluon_available():
 
     from .decode_dense_sm90 import _online_softmax, _piece_bounds, _request_span, _softmax_exp, _softmax_max
 
+    def _quarter_layout(reg_bases, lane_bases):
+        """A distributed layout of a [64, 128] output quarter over four warps, 16 rows a warp as ``wgmma``'s
+        accumulator has them."""
+        return gl.DistributedLinearLayout(reg_bases=reg_bases, lane_bases=lane_bases, warp_bases=[[16, 0], [32, 0]],
+                                          block_bases=[], shape=[64, 128])
+
+    #: How an output quarter ([64, 128] fp32, four warps) goes to ``out``: each thread holds 8 consecutive columns of a
+    #: row (one 16-byte store in bf16, a lane quad's 64 contiguous bytes), where the ``wgmma`` accumulator gives it
+    #: pairs 8 columns apart (4-byte stores, each warp's store touching eight rows' lines for 16 bytes each; in a
+    #: trace of b=64 with one 8-tile request a piece, an H200, the output warpgroups' last stores took ~10,000 of
+    #: the piece's ~50,000 cycles). Rows stay where the accumulator has them (lane bits 2-4 and a register bit), so only columns move,
+    #: within each warp: lane bits 0-1 (columns 2 and 4) trade places with the registers of columns 8 and 16. Triton
+    #: 3.6 lowers a conversion that trades one lane bit for one register bit to shuffles and one that trades two
+    #: through shared memory (scratch this kernel has no room for), hence two steps (``_STORE_STEP``); the last
+    #: conversion only renames registers (columns 1, 2, 4 first, for the vector stores).
+    _STORE_STEP = gl.constexpr(_quarter_layout([[0, 1], [8, 0], [0, 2], [0, 16], [0, 32], [0, 64]],
+                                               [[0, 8], [0, 4], [1, 0], [2, 0], [4, 0]]))
+    _STORE_COLS = gl.constexpr(_quarter_layout([[0, 1], [8, 0], [0, 2], [0, 4], [0, 32], [0, 64]],
+                                               [[0, 8], [0, 16], [1, 0], [2, 0], [4, 0]]))
+    _STORE_QUARTER = gl.constexpr(_quarter_layout([[0, 1], [0, 2], [0, 4], [8, 0], [0, 32], [0, 64]],
+                                                  [[0, 8], [0, 16], [1, 0], [2, 0], [4, 0]]))
+    #: A split's fp32 partials: 4 consecutive columns a thread (a 16-byte store), a lane quad's 16 columns a row's 64
+    #: contiguous bytes. Eight columns a thread would put a warp's 16-byte stores 32 bytes apart (half sectors; H200,
+    #: the split kernel 4.6 us longer at b 1-16 than the accumulator's 8-byte stores, which fill whole 32-byte
+    #: sectors); this is ``_STORE_STEP`` (one shuffle step) with its registers renamed.
+    _STORE_PARTIAL = gl.constexpr(_quarter_layout([[0, 1], [0, 2], [8, 0], [0, 16], [0, 32], [0, 64]],
+                                                  [[0, 8], [0, 4], [1, 0], [2, 0], [4, 0]]))
+
     @gluon.jit
     def _tiles_of(tok_lo, tok_hi, BLOCK_N: gl.constexpr):
         """KV tiles a partition walks for one request: at least one (a fully masked tile when empty)."""
@@ -975,30 +1003,56 @@ if gluon_available():
         return acc_a, acc_b
 
     @gluon.jit
-    def _store_quarters(acc_a, acc_b, inv_l, offs_r, offs_v, out_ptr, o_acc_ptr, req64, kv_head, group, rows, s_q,
-                        h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V: gl.constexpr):
-        """Store a value half kept as two quarter accumulators (columns ``offs_v`` and ``offs_v + D_V/4``),
-        normalised by ``inv_l``, through :func:`_store_columns`."""
-        _store_columns(acc_a * inv_l[:, None], offs_r, offs_v, out_ptr, o_acc_ptr, req64, kv_head, group, rows,
-                       s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
-        _store_columns(acc_b * inv_l[:, None], offs_r, offs_v + D_V // 4, out_ptr, o_acc_ptr, req64, kv_head,
-                       group, rows, s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
+    def _store_quarters(acc_a, acc_b, inv_l, offs_r, out_ptr, o_acc_ptr, req64, kv_head, group, rows, s_q, h_q,
+                        n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, COL0: gl.constexpr,
+                        D_V: gl.constexpr):
+        """Store a value half kept as two [64, 128] quarter accumulators (columns ``COL0 ..`` and ``COL0 + D_V/4 ..``),
+        normalised by ``inv_l``, each first laid out for 16-byte stores: :data:`_STORE_QUARTER` to ``out`` (a request
+        in one piece), :data:`_STORE_PARTIAL` to the split's ``o_accum`` slot."""
+        gl.static_assert(acc_a.shape[0] == 64 and acc_a.shape[1] == D_V // 4 and D_V == 512,
+                         "quarters of 64 rows and 128 columns")
+        for q in gl.static_range(2):
+            acc = acc_a if q == 0 else acc_b
+            o = gl.convert_layout(acc * inv_l[:, None], _STORE_STEP)
+            if n_split <= 1:
+                S: gl.constexpr = _STORE_QUARTER
+                _store_out(gl.convert_layout(gl.convert_layout(o, _STORE_COLS), S),
+                           gl.convert_layout(offs_r, gl.SliceLayout(1, S)),  # rows stay where they were: no move
+                           COL0 + q * (D_V // 4) + gl.arange(0, D_V // 4, layout=gl.SliceLayout(0, S)), out_ptr,
+                           req64, kv_head, group, rows, stride_ob, stride_os, stride_oh)
+            else:
+                P: gl.constexpr = _STORE_PARTIAL
+                _store_partial(gl.convert_layout(o, P), gl.convert_layout(offs_r, gl.SliceLayout(1, P)),
+                               COL0 + q * (D_V // 4) + gl.arange(0, D_V // 4, layout=gl.SliceLayout(0, P)),
+                               o_acc_ptr, kv_head, group, rows, s_q, h_q, split_lo, split_idx, D_V)
+
+    @gluon.jit
+    def _store_out(o, offs_r, offs_v, out_ptr, req64, kv_head, group, rows, stride_ob, stride_os, stride_oh):
+        """Normalised output columns ``offs_v`` of rows ``offs_r`` (fp32 ``o``) to ``out`` in its dtype."""
+        t_o = offs_r // group
+        head_o = kv_head * group + offs_r % group
+        o_ptrs = out_ptr + req64 * stride_ob + t_o * stride_os + head_o * stride_oh
+        gl.store(o_ptrs[:, None] + offs_v[None, :], o.to(out_ptr.dtype.element_ty), mask=(offs_r < rows)[:, None])
+
+    @gluon.jit
+    def _store_partial(o, offs_r, offs_v, o_acc_ptr, kv_head, group, rows, s_q, h_q, split_lo, split_idx,
+                       D_V: gl.constexpr):
+        """Normalised output columns ``offs_v`` of rows ``offs_r`` (fp32 ``o``) to this split's ``o_accum`` slot
+        ([slots, s_q, h_q, D_V])."""
+        t_o = offs_r // group
+        head_o = kv_head * group + offs_r % group
+        acc_row = ((split_lo + split_idx).to(gl.int64) * s_q + t_o) * h_q + head_o
+        gl.store(o_acc_ptr + acc_row[:, None] * D_V + offs_v[None, :], o, mask=(offs_r < rows)[:, None])
 
     @gluon.jit
     def _store_columns(o, offs_r, offs_v, out_ptr, o_acc_ptr, req64, kv_head, group, rows, s_q, h_q, n_split,
                        split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V: gl.constexpr):
         """Store normalised output columns ``offs_v`` of rows ``offs_r`` (fp32 ``o``): to ``out`` in its dtype
         when the request is not split, else to this split's ``o_accum`` slot."""
-        mask_r = offs_r < rows
-        t_o = offs_r // group
-        head_o = kv_head * group + offs_r % group
         if n_split <= 1:
-            o_ptrs = out_ptr + req64 * stride_ob + t_o * stride_os + head_o * stride_oh
-            gl.store(o_ptrs[:, None] + offs_v[None, :], o.to(out_ptr.dtype.element_ty), mask=mask_r[:, None])
+            _store_out(o, offs_r, offs_v, out_ptr, req64, kv_head, group, rows, stride_ob, stride_os, stride_oh)
         else:
-            slot = (split_lo + split_idx).to(gl.int64)
-            acc_row = (slot * s_q + t_o) * h_q + head_o  # o_accum is [slots, s_q, h_q, D_V]
-            gl.store(o_acc_ptr + acc_row[:, None] * D_V + offs_v[None, :], o, mask=mask_r[:, None])
+            _store_partial(o, offs_r, offs_v, o_acc_ptr, kv_head, group, rows, s_q, h_q, split_lo, split_idx, D_V)
 
     @gluon.jit
     def _output_quarters(out_ptr, o_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
@@ -1103,8 +1157,8 @@ if gluon_available():
             else:
                 inv_l = _final_factor(p_ready, p_free, a_smem, pr & 1, ROW_O)
             pr += 1
-            _store_quarters(acc_a, acc_b, inv_l, offs_r, offs_v, out_ptr, o_acc_ptr, req64, kv_head, group, rows,
-                            s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
+            _store_quarters(acc_a, acc_b, inv_l, offs_r, out_ptr, o_acc_ptr, req64, kv_head, group, rows, s_q, h_q,
+                            n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, COL0, D_V)
             _stamp(trace_ptr, kb - 1, 11, TRACE, PARTITION_WARPS)
 
     @gluon.jit
