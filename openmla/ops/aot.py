@@ -218,9 +218,9 @@ def _variants(arch: int = 90) -> list[Variant]:
             _plan_splitkv_kernel, {"seqlens_ptr": "*i32", "sched_ptr": "*i32", "num_splits_ptr": "*i32"}, (),
             dict(BLOCK_P=256, CHUNK=32, SCHED=SCHED_BLOCK, OVERHEAD=overhead, MAX_SPLITS=MAX_SPLITS), 4, 2,
             "256 parts" + ("" if overhead == FIXED_OVERHEAD else f" overhead {overhead}")))
-    # the per-piece-overhead plan: dense batches of up to 16 requests over up to 512 pieces, and up to 1024 sparse
-    # lists over h_q=128's pieces
-    for block_b, block_p in ((16, 512), (1024, 128)):
+    # the per-piece-overhead plan: dense batches of up to 64 requests (SEGMENT_PLAN_MAX_BATCH) over up to 512 pieces,
+    # and up to 1024 sparse lists over h_q=128's pieces
+    for block_b, block_p in ((64, 512), (1024, 128)):
         out.append(Variant(
             _plan_segments_kernel, {"seqlens_ptr": "*i32", "sched_ptr": "*i32", "num_splits_ptr": "*i32"}, (),
             dict(BLOCK_B=block_b, BLOCK_P=block_p, SCHED=SCHED_BLOCK, OVERHEAD=FIXED_OVERHEAD, MAX_SPLITS=MAX_SPLITS),

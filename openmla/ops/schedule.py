@@ -54,9 +54,12 @@ _UNBOUNDED = 1 << 30  # max_splits=None: no bound
 #: rather than :func:`plan_splitkv`. Measured on an H200 (dense h_q=128, CUDA-graph replays, GPU time a call, each plan
 #: beside the other in one command, two runs): b=16 at s_k 512 / 2k / 8k 0.3-0.55 / 0.1-0.3 / 1.65-1.85 µs shorter (four
 #: pieces a request at 8k where the even cut gave five, the last of one block), b=1 at 512 keys 0.35-0.6 µs shorter, b=4
-#: at 512 keys 0.1-0.35 µs longer, b=1 and b=4 at 2k and 8k and the ragged b=16 batch within 0.2 µs; at b=128 within
-#: 0.3 % (one run), so larger batches keep the closed form.
-SEGMENT_PLAN_MAX_BATCH = 16
+#: at 512 keys 0.1-0.35 µs longer, b=1 and b=4 at 2k and 8k and the ragged b=16 batch within 0.2 µs; b=64 at 2k / 8k
+#: 7.5-7.8 / 5.2-6.3 µs shorter (every request whole in its piece, as FlashMLA's plan keeps them, where the even cut
+#: split them and merged), b=32 at 2k / 8k 2.0-2.4 / 2.7-3.6 shorter, b=24 within 0.5 µs, b=32 at 512 keys 0.5 µs
+#: longer, a ragged b=32 batch unchanged (``2026-11-28-h200-dense-medium-segment-plan-ab.txt``); at b=128 within 0.3 %
+#: (one run), so larger batches keep the closed form (not measured between 65 and 127).
+SEGMENT_PLAN_MAX_BATCH = 64
 
 if triton_available():
     import triton
