@@ -241,7 +241,10 @@ def _fill_compile(s: Section, requested: int | None) -> None:
         s.failed = True
         s.notes.append("FAILED to compile: " + ", ".join(failed))
     if spilled:
-        s.notes.append("register spills in: " + ", ".join(spilled))
+        # a stack frame here is spills: every variant with one stores to local memory in its SASS (checked for
+        # sm_90a); many are portable builds of rarely picked tiles, so the count leads
+        s.notes.append(f"register spills (a stack frame; 'spill B') in {len(spilled)} of {len(reports)} variants: "
+                       + ", ".join(spilled))
     unsound = [f"{r.kernel}[{r.variant}] ({r.early_uniform_reads[0]})" for r in reports if r.early_uniform_reads]
     if unsound:
         # a ptxas miscompile's trace (a wgmma descriptor built from a register never written): such a build
@@ -523,6 +526,24 @@ def _warm_combine(dtype, dtype_name: str) -> None:
     print(f"  {dtype_name} combine kernel widths: {time.perf_counter() - start:6.2f} s")
 
 
+def _warm_plans(h_qs: list[int], s_qs: list[int]) -> None:
+    """Compile the closed-form split-KV plan kernel, which batches of more than
+    :data:`~openmla.ops.schedule.SEGMENT_PLAN_MAX_BATCH` requests use (the tiny calls above plan with the per-request
+    loop): one build per piece count (each row count per KV head) and per batch size divisible by 16 or not."""
+    import torch
+
+    from .metadata import plan_dense
+    from .ops.schedule import SEGMENT_PLAN_MAX_BATCH
+
+    start = time.perf_counter()
+    for b in (SEGMENT_PLAN_MAX_BATCH + 1, 128):
+        seqlens = torch.full((b,), 4096, dtype=torch.int32, device="cuda")
+        for rows in sorted({s_q * h_q for h_q in h_qs for s_q in s_qs}):
+            plan_dense(seqlens, rows, 1)
+    torch.cuda.synchronize()
+    print(f"  split-KV plans of {SEGMENT_PLAN_MAX_BATCH + 1}+ requests: {time.perf_counter() - start:6.2f} s")
+
+
 def cmd_warmup(args: argparse.Namespace) -> int:
     """Compile the kernels for the common shapes by running one tiny call of each; print the time taken."""
     if not _cuda_available():
@@ -559,6 +580,7 @@ def cmd_warmup(args: argparse.Namespace) -> int:
                 torch.cuda.synchronize()
                 print(f"  {dtype_name} h_q={h_q:<4} s_q={s_q}: {time.perf_counter() - start:6.2f} s")
         _warm_combine(parse_dtype(dtype_name), dtype_name)
+    _warm_plans(args.h_q, args.s_q)
     print(f"warmup: done in {time.perf_counter() - total:.1f} s on {torch.cuda.get_device_name()}")
     return 0
 
