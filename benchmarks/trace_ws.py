@@ -231,10 +231,8 @@ def main(argv=None) -> None:
     # one short request a piece (b=64, 512 keys, as the API plans it: eight tiles, no split), for the cost of a
     # request's start and end (its ``first tiles`` timeline below)
     short = make_dense_decode_inputs([512] * 64, 1, 128, 1, 576, 512, 64, torch.bfloat16, False, "cuda", 0)
-    short_plan = plan_dense(short.cache_seqlens, 128, 1, backend="gluon")
-    calls["dense_b64_sk512_h128"] = ws_call(short, short_plan, False, {})
-    # the same with Q copied by the loader's cp.async (tma_q off, the form before Q by TMA)
-    calls["dense_b64_sk512_h128_cp_async_q"] = ws_call(short, short_plan, False, dict(tma_q=False))
+    calls["dense_b64_sk512_h128"] = ws_call(short, plan_dense(short.cache_seqlens, 128, 1, backend="gluon"), False,
+                                            {})
     # dense FP8 with an e4m3 q: the e4m3-product kernel (its event 7: E4M3_PRODUCT_INTERVALS); at 16 and 32 heads
     # (one row tile) with the transposed output products (N = 16 or 32, two P buffers: the default there), those with
     # one P buffer, and the padded 64-row ones
