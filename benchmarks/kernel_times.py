@@ -111,8 +111,6 @@ def main(argv=None) -> None:
                          "one per value half (LAG_HALVES off)")
     ap.add_argument("--p-whole", action="store_true",
                     help="the Hopper dense kernel hands each tile's P over whole (P_HALVES off)")
-    ap.add_argument("--cp-async-q", action="store_true",
-                    help="the Hopper dense kernel's loader copies Q by cp.async (TMA_Q off)")
     ap.add_argument("--segment-plan-max-batch", type=int, default=None,
                     help="largest batch the dense plan cuts with plan_segments rather than the closed form "
                          "(SEGMENT_PLAN_MAX_BATCH of openmla.metadata; 0: never)")
@@ -168,10 +166,6 @@ def main(argv=None) -> None:
         from openmla.ops.gluon import decode_dense_sm90_ws as ws
 
         ws.P_HALVES = False
-    if cli.cp_async_q:
-        from openmla.ops.gluon import decode_dense_sm90_ws as ws
-
-        ws.TMA_Q = False
     if cli.segment_plan_max_batch is not None:
         import openmla.metadata
 
@@ -183,8 +177,7 @@ def main(argv=None) -> None:
                                                            ("P whole", cli.p_whole or None),
                                                            ("lag from rows", cli.lag_min_rows),
                                                            ("lag box a chunk", cli.lag_box_a_chunk or None),
-                                                           ("segment plan to b", cli.segment_plan_max_batch),
-                                                           ("Q by cp.async", cli.cp_async_q or None))
+                                                           ("segment plan to b", cli.segment_plan_max_batch))
                    if value is not None)
     flash_mla, missing = _load_flash_mla()
     card = torch.cuda.get_device_name()

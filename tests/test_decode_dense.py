@@ -27,7 +27,6 @@ from helpers import (
 
 import openmla
 from openmla import reference
-from openmla._runtime import gluon_available
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -236,23 +235,6 @@ def test_tile_choice_follows_the_pages_and_the_arch():
     # the plan counts the unchained tile's programs: one a 64-row tile, one per SM
     assert num_sm_parts_for(128, 1, 132, arch=90) == 66 and num_sm_parts_for(64, 1, 132, arch=90) == 132
     assert num_sm_parts_for(16, 1, 132, arch=90) == 264  # the 16-row tile runs two programs an SM
-
-
-@pytest.mark.skipif(not gluon_available(), reason="needs triton's Gluon")
-def test_q_by_tma_only_where_its_rows_are_one_strided_view():
-    """Q as boxes of [b * s_q * h_q, d] (the warp-specialized kernel's ``TMA_Q``): one KV head, rows evenly strided,
-    16-bit, 16-byte aligned; anything else keeps the loader's copies."""
-    from openmla.ops.gluon.decode_dense_sm90_ws import tma_q_view
-
-    q = torch.zeros(3, 2, 128, 576, dtype=torch.bfloat16)
-    desc = tma_q_view(q, 1)
-    assert desc is not None and list(desc.shape) == [3 * 2 * 128, 576] and list(desc.block_shape) == [64, 64]
-    assert tma_q_view(q, 2) is None  # a KV head's rows are not consecutive rows of the view
-    assert tma_q_view(q[:, :, :64], 1) is None  # heads cut: s_q's stride is not h_q rows
-    assert tma_q_view(q[:, :1], 1) is None  # one query token of two: a request's rows skip the other token's
-    assert tma_q_view(q[1:], 1) is not None  # the last two requests: still evenly strided rows
-    assert tma_q_view(q.float(), 1) is None
-    assert tma_q_view(torch.zeros(3 * 2 * 128 * 576 + 1, dtype=torch.bfloat16)[1:].view(3, 2, 128, 576), 1) is None
 
 
 def test_tma_descriptors_only_where_the_cache_allows_them():
@@ -533,8 +515,7 @@ SM90_DIRECT = [
 @pytest.mark.parametrize("layout", ["rows", "ws", "ws-overlap", "ws-loader-waits", "ws-softmax-only", "ws-tma",
                                     "ws-softmax-only-tma", "ws-tma-box", "ws-softmax-only-tma-box",
                                     "ws-softmax-only-tma-box-one-alloc", "ws-softmax-only-tma-box-p-whole",
-                                    "ws-softmax-only-tma-box-lag", "ws-softmax-only-tma-box-lag-halves",
-                                    "ws-softmax-only-tma-box-cp-async-q"])
+                                    "ws-softmax-only-tma-box-lag", "ws-softmax-only-tma-box-lag-halves"])
 @pytest.mark.parametrize("b,s_q,s_k,h_q,h_kv,page,d,dtype,parts", SM90_DIRECT)
 def test_sm90_row_kernels_direct(layout, b, s_q, s_k, h_q, h_kv, page, d, dtype, parts, generator):
     """Each 64-row Hopper kernel, whatever the dispatcher would pick, on plans from one piece per request
@@ -558,8 +539,7 @@ def test_sm90_row_kernels_direct(layout, b, s_q, s_k, h_q, h_kv, page, d, dtype,
                                             tma_k="-tma" in layout, box_ready="-box" in layout,
                                             box_allocs=not layout.endswith("-one-alloc"),
                                             p_halves=not layout.endswith("-p-whole"),
-                                            lag="-lag" in layout, lag_halves=layout.endswith("-lag-halves"),
-                                            tma_q=not layout.endswith("-cp-async-q"))
+                                            lag="-lag" in layout, lag_halves=layout.endswith("-lag-halves"))
     torch.cuda.synchronize()
     check_against_reference(dict(inputs, softmax_scale=d ** -0.5), out, lse)
 

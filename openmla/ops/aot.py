@@ -225,10 +225,6 @@ def _variants(arch: int = 90) -> list[Variant]:
             _plan_segments_kernel, {"seqlens_ptr": "*i32", "sched_ptr": "*i32", "num_splits_ptr": "*i32"}, (),
             dict(BLOCK_B=block_b, BLOCK_P=block_p, SCHED=SCHED_BLOCK, OVERHEAD=FIXED_OVERHEAD, MAX_SPLITS=MAX_SPLITS),
             4, 2, f"{block_b} requests {block_p} parts"))
-    # the warp-specialized kernel's other builds (per-tensor FP8 caches, sparse lists) never take Q by TMA
-    ws_kernel = next((v.kernel for v in out if v.kernel.fn.__name__ == "_dense_decode_sm90_ws_kernel"), None)
-    out = [dataclasses.replace(v, constexprs={**v.constexprs, "TMA_Q": False, "q_desc": None})
-           if v.kernel is ws_kernel and "TMA_Q" not in v.constexprs else v for v in out]
     return out
 
 
@@ -366,11 +362,6 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                       INTERIOR=ws.INTERIOR_SOFTMAX and softmax_only and not causal,
                       P_HALVES=p_halves, LAG=lag, LAG_HALVES=lag_halves)
         v_ptrs = dict(ptrs)
-        if ws.TMA_Q and softmax_only:  # the launcher's Q by TMA (one KV head, q's rows evenly strided)
-            consts["TMA_Q"] = True
-            v_ptrs["q_desc"] = _tma_desc_type(dtype)
-        else:
-            consts.update(TMA_Q=False, q_desc=None)
         if lag_halves:
             v_ptrs["k_half_desc"] = _tma_desc_type(dtype, [4, 64, 64])
         else:
@@ -384,8 +375,7 @@ def _ws_variants(dtype: str, ptrs: dict, d_qk: int, causal: bool) -> list[Varian
                 + f" {'async-arrive' if async_arrive else 'loader-waits'}" + (" tma-k" if tma_k else "")
                 + (" box-ready" if box_ready else " stage-ready" if tma_k else "")
                 + (" box-allocs" if box_allocs else "") + (" p-halves" if p_halves else "")
-                + (" lag" if lag else "") + (" lag-halves" if lag_halves else "")
-                + (" tma-q" if consts["TMA_Q"] else ""))
+                + (" lag" if lag else "") + (" lag-halves" if lag_halves else ""))
         out.append(Variant(ws._dense_decode_sm90_ws_kernel, v_ptrs, ("scale_log2",), consts, ws.NUM_WARPS, 1, name,
                            gluon=True, maxnreg=ws.SOLO_MAXNREG if softmax_only else ws.MAXNREG))
     if d_qk == 576 and causal:  # per-tensor FP8 caches (dense_decode_sm90_ws_fwd's descale_k), both warpgroup splits

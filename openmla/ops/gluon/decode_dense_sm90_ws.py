@@ -207,10 +207,6 @@ LAG_MIN_ROWS = 256
 # loader issues three copies a tile instead of nine, each behind a partition barrier (the launchers' ``lag_halves``).
 # H100: 0.5-0.8 % faster at h_q=128 s_q=2 beside one box a chunk, both rounds (docs/perf-notes.md item 27)
 LAG_HALVES = True
-#: Q by TMA (:func:`tma_q_view`: nine 64x64 boxes from q seen as [b * s_q * h_q, d], one KV head): the loader's first K
-#: tile of a request is no longer issued behind Q's 144 warp-wide ``cp.async`` copies (perf-notes item 28: ~5,000 of
-#: the ~10,000 cycles from a program's entry to its first K tile at b=64). An experiment, read at the call.
-TMA_Q = True
 
 
 def softmax_only_for(rows: int, boxed: bool = False) -> bool:
@@ -364,13 +360,8 @@ if gluon_available():
                 K_BOXES: gl.constexpr, SPARSE: gl.constexpr, KV_FP8: gl.constexpr, PREFETCH_L2: gl.constexpr,
                 KV_E4M3: gl.constexpr, Q_E4M3: gl.constexpr, LIST_AHEAD: gl.constexpr, trace_ptr,
                 TRACE: gl.constexpr, BOX_ALLOCS: gl.constexpr, dec, OUTPUT_DECODE: gl.constexpr, lag=None,
-                LAG: gl.constexpr = False, k_half_desc=None, LAG_HALVES: gl.constexpr = False, q_desc=None,
-                TMA_Q: gl.constexpr = False):
+                LAG: gl.constexpr = False, k_half_desc=None, LAG_HALVES: gl.constexpr = False):
         """Loader partition: each request's Q tile, then its K tiles into the two-stage ring.
-
-        ``TMA_Q``: Q comes as TMA boxes of ``q_desc`` (q as [b * s_q * h_q, d], one KV head: a request's rows are
-        rows ``req * rows ..`` of it) on ``q_ready``; rows of a tile past ``rows`` hold the next requests' queries (or
-        zeros past q's end), which no output row reads (every row's scores, softmax and output are its own).
 
         ``TMA_K``: a whole tile (64 keys inside one page) comes as 64x64 TMA boxes of ``k_desc`` (the cache
         as [pages * page_block_size, d]) counted in bytes on its mbarrier; a request's last, partial tile
@@ -424,8 +415,7 @@ if gluon_available():
                 req, begin_req, begin_tok, end_req, end_tok, begin_split, seqlens_ptr, num_splits_ptr, max_blocks,
                 page_block_size)
             _load_q(q_ptr, req64, offs_r, group, kv_head, rows, stride_qb, stride_qs, stride_qh, q_lo, q_hi, q_pe,
-                    q_ready, q_free, rq, D_V, D_PE, LOAD, ASYNC_ARRIVE, Q_E4M3, q_desc, req * rows + tile * BLOCK_M,
-                    TMA_Q)
+                    q_ready, q_free, rq, D_V, D_PE, LOAD, ASYNC_ARRIVE, Q_E4M3)
 
             bt_row = block_table_ptr + req64 * stride_bt
             if LIST_AHEAD:
@@ -838,29 +828,10 @@ if gluon_available():
     @gluon.jit
     def _load_q(q_ptr, req64, offs_r, group, kv_head, rows, stride_qb, stride_qs, stride_qh, q_lo, q_hi, q_pe,
                 q_ready, q_free, rq, D_V: gl.constexpr, D_PE: gl.constexpr, LOAD: gl.constexpr,
-                ASYNC_ARRIVE: gl.constexpr, Q_E4M3: gl.constexpr, q_desc=None, q_row0=0, TMA_Q: gl.constexpr = False):
+                ASYNC_ARRIVE: gl.constexpr, Q_E4M3: gl.constexpr):
         """Q rows ``offs_r`` (the request's s_q * group rows of this KV head, folded) of request ``req64``, the
-        ``rq``-th of this piece, once the softmax warpgroup is done with the last request's; with ``TMA_Q`` as boxes
-        of ``q_desc`` from its row ``q_row0``, counted in bytes on ``q_ready``."""
+        ``rq``-th of this piece, once the softmax warpgroup is done with the last request's."""
         mbarrier.wait(q_free, (rq & 1) ^ 1)
-        if TMA_Q:
-            HALF_Q: gl.constexpr = D_V // 2
-            mbarrier.expect(q_ready, q_lo.shape[0] * (D_V + D_PE) * 2)
-            for c in gl.static_range(HALF_Q // 64):
-                tma.async_copy_global_to_shared(q_desc, [q_row0, c * 64], q_ready, q_lo.slice(c * 64, 64, dim=1))
-                tma.async_copy_global_to_shared(q_desc, [q_row0, HALF_Q + c * 64], q_ready,
-                                                q_hi.slice(c * 64, 64, dim=1))
-            if D_PE > 0:
-                tma.async_copy_global_to_shared(q_desc, [q_row0, D_V], q_ready, q_pe)
-        else:
-            _load_q_rows(q_ptr, req64, offs_r, group, kv_head, rows, stride_qb, stride_qs, stride_qh, q_lo, q_hi,
-                         q_pe, q_ready, D_V, D_PE, LOAD, ASYNC_ARRIVE, Q_E4M3)
-
-    @gluon.jit
-    def _load_q_rows(q_ptr, req64, offs_r, group, kv_head, rows, stride_qb, stride_qs, stride_qh, q_lo, q_hi, q_pe,
-                     q_ready, D_V: gl.constexpr, D_PE: gl.constexpr, LOAD: gl.constexpr, ASYNC_ARRIVE: gl.constexpr,
-                     Q_E4M3: gl.constexpr):
-        """:func:`_load_q`'s rows through registers (e4m3 codes) or by ``cp.async``, arriving on ``q_ready``."""
         q_row = q_ptr + req64 * stride_qb + (offs_r // group) * stride_qs + (kv_head * group + offs_r % group) * stride_qh
         if Q_E4M3:
             # e4m3 codes (bytes), decoded exactly to the 16-bit type of Q's buffers through registers
@@ -1619,7 +1590,7 @@ if gluon_available():
         Q_E4M3: gl.constexpr, LIST_AHEAD: gl.constexpr, TRACE: gl.constexpr,
         BOX_ALLOCS: gl.constexpr, OUTPUT_DECODE: gl.constexpr, INTERIOR: gl.constexpr = False,
         P_HALVES: gl.constexpr = False, LAG: gl.constexpr = False, LAG_HALVES: gl.constexpr = False,
-        k_half_desc=None, lse_s_q=1, q_desc=None, TMA_Q: gl.constexpr = False,
+        k_half_desc=None, lse_s_q=1,
     ):
         # the products' type: q's, or fp16 for e4m3 codes (more mantissa for P than bf16; codes are <= 448)
         if Q_E4M3:
@@ -1699,12 +1670,7 @@ if gluon_available():
         else:
             K_LOADED: gl.constexpr = 1 if (TMA_K or KV_FP8 or KV_E4M3) else LOADED
         _stamp(trace_ptr, 0, 10, TRACE, SOFTMAX_WARPS)  # the program's entry
-        gl.static_assert(not TMA_Q or (not Q_E4M3 and not SPARSE and SOFTMAX_ONLY),
-                         "Q by TMA: 16-bit q of dense decoding, the four-warpgroup form")
-        if TMA_Q:  # one arrival with the byte count
-            mbarrier.init(q_ready, count=1)
-        else:
-            mbarrier.init(q_ready, count=LOADED)
+        mbarrier.init(q_ready, count=LOADED)
         mbarrier.init(q_free, count=1)
         if P_HALVES:
             for i in gl.static_range(2):
@@ -1775,7 +1741,7 @@ if gluon_available():
                            q_lo, q_hi, q_pe, k_lo, k_hi, k_pe, p_smem, a_smem, bars, k_desc, slots,
                            BLOCK_M, BLOCK_N, D_V, D_PE, LOADER_WARPS, ASYNC_ARRIVE, TMA_K, K_BOXES, SPARSE, KV_FP8,
                            PREFETCH_L2, KV_E4M3, Q_E4M3, LIST_AHEAD, trace_ptr, TRACE, BOX_ALLOCS, dec,
-                           OUTPUT_DECODE, lag, LAG, k_half_desc, LAG_HALVES, q_desc, TMA_Q)),
+                           OUTPUT_DECODE, lag, LAG, k_half_desc, LAG_HALVES)),
             ], [OUTPUT_WARPS, OUTPUT_WARPS, LOADER_WARPS], [OUTPUT_REGS, OUTPUT_REGS, LOADER_REGS])
         else:
             gl.warp_specialize([
@@ -1844,20 +1810,6 @@ def tma_view(k_cache: torch.Tensor):
     return TensorDescriptor(k_cache, [num_blocks * page_block_size, d], [sk[1], 1], [BLOCK_N, 64], layout)
 
 
-def tma_q_view(q: torch.Tensor, h_kv: int):
-    """A TMA descriptor of a 16-bit ``q`` [b, s_q, h_q, d] as [b * s_q * h_q, d] with 64x64 boxes (a row tile of a
-    request is 64 consecutive rows of it where there is one KV head), or ``None`` where that view does not exist:
-    more than one KV head, rows not evenly strided, or strides and base not 16-byte aligned."""
-    b, s_q, h_q, d = q.shape
-    st = q.stride()
-    size = q.element_size()
-    if (h_kv != 1 or q.dtype not in (torch.bfloat16, torch.float16) or st[3] != 1 or st[1] != h_q * st[2]
-            or st[0] != s_q * st[1] or (st[2] * size) % 16 or q.data_ptr() % 16 or d % 64):
-        return None
-    layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-    return TensorDescriptor(q, [b * s_q * h_q, d], [st[2], 1], [BLOCK_M, 64], layout)
-
-
 def tma_chunks_view(k_cache: torch.Tensor):
     """A TMA descriptor of ``k_cache`` as [d / 64, num_blocks * page_block_size, 64] with boxes of four 64-column chunks
     of 64 rows (a value half of a tile of (576, 512) dims lands as four contiguous 64x64 swizzled blocks, the layout
@@ -1898,7 +1850,6 @@ def dense_decode_sm90_ws_fwd(
     p_halves: bool | None = None,
     lag: bool | None = None,
     lag_halves: bool | None = None,
-    tma_q: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`openmla.ops.decode_dense.dense_decode_fwd`, on Hopper, 16-bit caches or (with
     ``descale_k``, a one-element fp32 tensor on q's device) a per-tensor FP8 cache of e4m3 codes, (576, 512)
@@ -1925,8 +1876,7 @@ def dense_decode_sm90_ws_fwd(
     the call), ``lag``: in the four-warpgroup form over whole TMA tiles of (576, 512) dims, the right output warpgroup
     a tile behind the left one, P in each stage's RoPE slot, each half of a stage freed apart (``None``: from
     :data:`LAG_MIN_ROWS` query rows per KV head, read at the call; P is then handed over whole), ``lag_halves``: with
-    it, each value half of a tile as one TMA box (``None``: :data:`LAG_HALVES`, read at the call), ``tma_q``: in the
-    four-warpgroup form, Q as TMA boxes where :func:`tma_q_view` allows it (``None``: :data:`TMA_Q`, read at the call).
+    it, each value half of a tile as one TMA box (``None``: :data:`LAG_HALVES`, read at the call).
     """
     b, s_q, h_q, d = q.shape
     interior_softmax = INTERIOR_SOFTMAX if interior_softmax is None else interior_softmax
@@ -1969,8 +1919,6 @@ def dense_decode_sm90_ws_fwd(
     lag_on = bool(lag and softmax_only and k_desc is not None and k_boxes == 9 and box_allocs and not e4m3)
     lag_halves = LAG_HALVES if lag_halves is None else lag_halves
     k_half_desc = tma_chunks_view(k_cache) if lag_on and lag_halves else None
-    tma_q = TMA_Q if tma_q is None else tma_q
-    q_desc = tma_q_view(q, h_kv) if tma_q and softmax_only and not q_e4m3 else None
     launch(_dense_decode_sm90_ws_kernel, (row_tiles * h_kv, num_parts),
         *splitkv_args(q, k_cache, block_table, cache_seqlens, tile_scheduler_metadata, num_splits,
                       out, lse, workspace, row_tiles, softmax_scale), k_desc, None, descale_k, descale_q, trace,
@@ -1986,8 +1934,6 @@ def dense_decode_sm90_ws_fwd(
         LAG=lag_on,
         LAG_HALVES=k_half_desc is not None,
         k_half_desc=k_half_desc,
-        q_desc=q_desc,
-        TMA_Q=q_desc is not None,
         num_warps=NUM_WARPS,
         maxnreg=SOLO_MAXNREG if softmax_only else MAXNREG,
     )
