@@ -19,6 +19,9 @@ of every KV tile in a few programs (:func:`openmla.ops.gluon.decode_dense_sm90_w
     (both stamped by the warp-specialized kernel's softmax warpgroup only: the e4m3-product kernel reads None there)
 
 The small-head sparse kernel (configs ``*_small_heads``) stamps events of its own (:data:`SMALL_SPARSE_INTERVALS`).
+The warp-specialized kernel also stamps every program's ``%globaltimer`` at its entry and its end (one clock for all
+SMs; :func:`openmla.ops.gluon.decode_dense_sm90_ws._stamp_program`): the ``programs`` line gives their spread and the
+first entry to the last end, to read beside the call's time.
 
 For each config this prints the call's time (replayed from a CUDA graph) with and without the stamps (so their cost is in view) and, over the
 stamped tiles of a request's steady state, the median cycles of: the tile period (event 1 to the next tile's 1),
@@ -146,6 +149,38 @@ def _timeline(trace) -> dict:
                   for e in range(len(vals[0]))] if vals else [] for key, vals in rows.items()}
 
 
+def _programs(trace, pieces: int, programs: int) -> dict | None:
+    """Each program's ``%globaltimer`` entry and end (ns; the trace buffer's rows after its first ``pieces``, two a
+    program in launch order, ``programs`` at most), read as µs: how many programs stamped both, the spread of their
+    entries and of their ends, the first entry to the last end (to set beside the kernel's time: what it leaves out is
+    before the programs' entry stamps and after their last stores), and the median and longest program. None where
+    no program stamped (kernels other than the warp-specialized one)."""
+    flat = [x for row in trace[pieces:] for tile in row for x in tile][:2 * programs]
+    pairs = [(flat[i], flat[i + 1]) for i in range(0, len(flat) - 1, 2) if flat[i] > 0 and flat[i + 1] > 0]
+    if not pairs:
+        return None
+    entries, ends = [a for a, _ in pairs], [b for _, b in pairs]
+    lengths = [b - a for a, b in pairs]
+    return {"programs": len(pairs), "entry spread us": (max(entries) - min(entries)) / 1e3,
+            "end spread us": (max(ends) - min(ends)) / 1e3,
+            "first entry to last end us": (max(ends) - min(entries)) / 1e3,
+            "median program us": statistics.median(lengths) / 1e3, "longest program us": max(lengths) / 1e3}
+
+
+def _by_piece_work(program_ns, sched, lens, programs_a_piece: int) -> dict:
+    """Program time (µs, globaltimer) by its piece's work: ``{(tiles, requests): (programs, median, longest)}``,
+    with ``sched`` the plan's rows ([begin request, begin token, end request, end token, ...] a piece), ``lens`` the
+    requests' lengths, and ``programs_a_piece`` the programs along the launch's first axis (row tiles times KV
+    heads): if programs track their tiles and not their requests, the plan's per-request charge is too high."""
+    groups = {}
+    for index, entry, end in program_ns:
+        begin, begin_tok, last, end_tok = sched[index // programs_a_piece][:4]
+        tiles = sum(-(-((end_tok if r == last else lens[r]) - (begin_tok if r == begin else 0)) // 64)
+                    for r in range(begin, last + 1))
+        groups.setdefault((tiles, last - begin + 1), []).append((end - entry) / 1e3)
+    return {key: (len(v), statistics.median(v), max(v)) for key, v in sorted(groups.items())}
+
+
 def _replayed_us(torch, triton, fn) -> float:
     """Median µs of ``fn`` replayed from a CUDA graph (its GPU time, without the launcher's host time)."""
     fn()
@@ -164,7 +199,12 @@ def main(argv=None) -> None:
     from openmla.metadata import plan_dense
     from openmla.ops.decode_dense import num_sm_parts_for
     from openmla.ops.gluon.decode_dense_fp8_sm90 import dense_decode_fp8_sm90_fwd
-    from openmla.ops.gluon.decode_dense_sm90_ws import dense_decode_sm90_ws_fwd, trace_buffer
+    from openmla.ops.gluon.decode_dense_sm90_ws import (
+        TRACE_PIECES,
+        TRACE_PROGRAMS,
+        dense_decode_sm90_ws_fwd,
+        trace_buffer,
+    )
     from openmla.ops.gluon.decode_sparse_sm90 import sparse_decode_sm90_fwd
     from openmla.ops.schedule import plan_splitkv
 
@@ -226,13 +266,18 @@ def main(argv=None) -> None:
         return lambda trace=None: dense_decode_sm90_ws_fwd(
             *inp.call_args()[:4], 512, *plan, inp.softmax_scale, causal, softmax_only=True, trace=trace, **form)
 
+    # the dense configs' plans, lengths and row tiles (programs a piece), for program time by piece work
+    plans = {}
     for suffix, shape, form in dense_forms:
         calls[f"dense_b128_sk8192_h128{suffix}"] = ws_call(*shapes[shape], form)
+        inp, plan, _ = shapes[shape]
+        plans[f"dense_b128_sk8192_h128{suffix}"] = (plan[0], inp.cache_seqlens, 4 if shape == "_sq2" else 2)
     # one short request a piece (b=64, 512 keys, as the API plans it: eight tiles, no split), for the cost of a
     # request's start and end (its ``first tiles`` timeline below)
     short = make_dense_decode_inputs([512] * 64, 1, 128, 1, 576, 512, 64, torch.bfloat16, False, "cuda", 0)
-    calls["dense_b64_sk512_h128"] = ws_call(short, plan_dense(short.cache_seqlens, 128, 1, backend="gluon"), False,
-                                            {})
+    short_plan = plan_dense(short.cache_seqlens, 128, 1, backend="gluon")
+    calls["dense_b64_sk512_h128"] = ws_call(short, short_plan, False, {})
+    plans["dense_b64_sk512_h128"] = (short_plan[0], short.cache_seqlens, 2)
     # dense FP8 with an e4m3 q: the e4m3-product kernel (its event 7: E4M3_PRODUCT_INTERVALS); at 16 and 32 heads
     # (one row tile) with the transposed output products (N = 16 or 32, two P buffers: the default there), those with
     # one P buffer, and the padded 64-row ones
@@ -263,12 +308,17 @@ def main(argv=None) -> None:
         buf.zero_()
         call(trace=buf)
         torch.cuda.synchronize()
-        iv = _intervals(buf.tolist(), E4M3_PRODUCT_INTERVALS if name.startswith("dense_fp8_e4m3")
+        trace = buf.tolist()
+        iv = _intervals(trace[:TRACE_PIECES], E4M3_PRODUCT_INTERVALS if name.startswith("dense_fp8_e4m3")
                         else OUTPUT_DECODE_INTERVALS if "_output_decode" in name
                         else SMALL_SPARSE_INTERVALS if name.endswith("_small_heads") else None)
         results.append(dict(card=card, config=name, plain_us=plain_us, traced_us=traced_us, cycles=iv))
-        line = _timeline(buf.tolist())
+        line = _timeline(trace[:TRACE_PIECES])
         results[-1]["first_tiles"] = line
+        results[-1]["programs"] = progs = _programs(trace, TRACE_PIECES, TRACE_PROGRAMS)
+        flat = buf[TRACE_PIECES:].flatten()[:2 * TRACE_PROGRAMS].view(-1, 2).tolist()
+        # each stamped program's launch index (program_id(1) * programs along axis 0 + program_id(0)), entry, end
+        results[-1]["program_ns"] = [[i, a, b] for i, (a, b) in enumerate(flat) if a > 0 and b > 0]
         print(f"{name}: {plain_us:.1f} us, traced {traced_us:.1f} us ({card})")
         for k, v in iv.items():
             print(f"    {k:42s} {'-' if v is None else f'{v:8.0f}'} cycles")
@@ -276,6 +326,15 @@ def main(argv=None) -> None:
               "of the piece's last):")
         for tile, events in line.items():
             print(f"      {tile:>6s} " + " ".join("-" if e is None else f"{e:7.0f}" for e in events))
+        if progs:
+            print("    programs (globaltimer, us): " + ", ".join(
+                f"{k} {v}" if k == "programs" else f"{k} {v:.2f}" for k, v in progs.items()))
+        if progs and name in plans:
+            sched, lens, per_piece = plans[name]
+            work = _by_piece_work(results[-1]["program_ns"], sched.tolist(), lens.tolist(), per_piece)
+            results[-1]["by_piece_work"] = [[*k, *v] for k, v in work.items()]
+            print("    program time by its piece's (tiles, requests): " + "; ".join(
+                f"{k}: {n} programs, median {med:.1f}, longest {top:.1f} us" for k, (n, med, top) in work.items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"results": results}, f, indent=1)

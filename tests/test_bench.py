@@ -265,6 +265,37 @@ def test_trace_intervals_read_a_two_stage_timeline():
     assert _intervals([[[0] * 10] * 5])["period (1 -> next 1)"] is None
 
 
+def test_trace_programs_read_entries_and_ends_from_the_rows_after_the_pieces():
+    """``benchmarks.trace_ws`` reads each program's globaltimer entry and end (ns, two slots a program in the rows
+    after the pieces') as µs: spreads, first entry to last end, the median and longest program; programs that
+    stamped nothing, or past the programs the rows hold, are left out, and a trace with none gives None."""
+    from benchmarks.trace_ws import _programs
+
+    pieces, tiles, events = 2, 2, 3  # a small buffer: rows of 2 x 3 slots, three programs a row
+    trace = [[[0] * events for _ in range(tiles)] for _ in range(pieces + 2)]
+    stamps = [(1_000, 21_000), (2_000, 24_000), (0, 0), (1_500, 20_500), (3_000, 9_000), (500, 99_000)]
+    flat = [x for pair in stamps for x in pair]
+    for i, x in enumerate(flat):
+        trace[pieces + i // (tiles * events)][i // events % tiles][i % events] = x
+    got = _programs(trace, pieces, programs=5)  # the sixth program is past the rows' room: not read
+    assert got == {"programs": 4, "entry spread us": 2.0, "end spread us": 15.0, "first entry to last end us": 23.0,
+                   "median program us": 19.5, "longest program us": 22.0}
+    assert _programs([[[0] * events] * tiles] * (pieces + 2), pieces, programs=6) is None
+
+
+def test_trace_program_time_by_piece_work():
+    """``benchmarks.trace_ws`` groups program times by their piece's tiles and requests, read from the plan: a piece
+    from a request's middle to another's, two programs a piece (row tiles), grouped and timed in µs."""
+    from benchmarks.trace_ws import _by_piece_work
+
+    lens = [200, 1000, 64]
+    # piece 0: request 0 whole (4 tiles) and request 1's first 300 tokens (5 tiles); piece 1: the rest of request 1
+    # (700 tokens: 11 tiles) and request 2 (1 tile); piece 2: the same work as piece 0
+    sched = [[0, 0, 1, 300], [1, 300, 2, 64], [0, 0, 1, 300]]
+    program_ns = [[0, 0, 9_000], [1, 0, 10_000], [2, 1_000, 13_000], [3, 1_000, 13_500], [4, 0, 11_000]]
+    assert _by_piece_work(program_ns, sched, lens, 2) == {(9, 2): (3, 10.0, 11.0), (12, 2): (2, 12.25, 12.5)}
+
+
 def test_trace_intervals_of_the_small_head_sparse_kernel():
     """The small-head sparse kernel's seven events, read as its own intervals: a synthetic lockstep timeline comes
     back as its gaps."""

@@ -500,18 +500,20 @@ def test_warp_specialized_fp8_both_forms(list_ahead, softmax_only, q_dtype, b, s
 
 @pytest.mark.skipif(not openmla._runtime.gluon_available(), reason="Triton's Gluon dialect does not import here")
 def test_trace_buffer_is_checked_before_the_launch(monkeypatch):
-    """The warp-specialized kernel's trace build writes int64 [TRACE_PIECES, TRACE_TILES, TRACE_EVENTS] slots from
-    the GPU: a buffer of another dtype, shape or device, or a call on the three-warpgroup form (not stamped), is a
-    typed error that names what was given, before anything is launched; the right buffer passes the check."""
+    """The warp-specialized kernel's trace build writes int64 [TRACE_PIECES + TRACE_PROGRAM_ROWS, TRACE_TILES,
+    TRACE_EVENTS] slots from the GPU: a buffer of another dtype, shape or device, or a call on the three-warpgroup
+    form (not stamped), is a typed error that names what was given, before anything is launched; the right buffer
+    passes the check."""
     from openmla._runtime import InvalidArgumentError
     from openmla.ops.gluon import decode_dense_sm90_ws as ws
 
     cpu = torch.device("cpu")
     good = ws.trace_buffer(cpu)
-    assert good.dtype == torch.int64 and tuple(good.shape) == (ws.TRACE_PIECES, ws.TRACE_TILES, ws.TRACE_EVENTS)
+    rows = ws.TRACE_PIECES + ws.TRACE_PROGRAM_ROWS  # the pieces' stamps, then each program's entry and end
+    assert good.dtype == torch.int64 and tuple(good.shape) == (rows, ws.TRACE_TILES, ws.TRACE_EVENTS)
     ws.check_trace(None, cpu)
     ws.check_trace(good, cpu)
-    for bad, said in ((good.to(torch.int32), "got torch.int32"), (good[:, :8], f"(4, 8, {ws.TRACE_EVENTS})"),
+    for bad, said in ((good.to(torch.int32), "got torch.int32"), (good[:, :8], f"({rows}, 8, {ws.TRACE_EVENTS})"),
                       (good.transpose(0, 1).contiguous().transpose(0, 1), "got a non-contiguous torch.int64"),
                       ([0] * 8, "got list")):
         with pytest.raises(InvalidArgumentError, match="trace") as err:

@@ -180,6 +180,12 @@ TRACE_TILES = 64
 #: events 0-9 of each tile (:func:`_stamp`); 10 the program's entry (stamped as tile 0's), 11 the first output
 #: warpgroup's last store of a request and 12 the softmax warpgroup's (both as the request's last tile's)
 TRACE_EVENTS = 13
+#: rows of the trace buffer after the pieces': every program's ``%globaltimer`` (ns, one clock for all SMs, where
+#: ``clock64`` is each SM's own) at its entry and at its first output warpgroup's end, two int64 a program in launch
+#: order (``program_id(1) * num_programs(0) + program_id(0)``; :func:`_stamp_program`), so a call's time can be
+#: read against the spread of its programs; programs past :data:`TRACE_PROGRAMS` are not stamped
+TRACE_PROGRAM_ROWS = 2
+TRACE_PROGRAMS = TRACE_PROGRAM_ROWS * TRACE_TILES * TRACE_EVENTS // 2
 # defaults of the schedule choices (module docstring), set by measurement
 OVERLAP = False
 ASYNC_ARRIVE = True
@@ -232,6 +238,8 @@ if gluon_available():
     _TRACE_PIECES = gl.constexpr(TRACE_PIECES)
     _TRACE_TILES = gl.constexpr(TRACE_TILES)
     _TRACE_EVENTS = gl.constexpr(TRACE_EVENTS)
+    _TRACE_PROGRAMS = gl.constexpr(TRACE_PROGRAMS)
+    _TRACE_PROGRAM_BASE = gl.constexpr(TRACE_PIECES * TRACE_TILES * TRACE_EVENTS)
 
     from .decode_dense_sm90 import _online_softmax, _piece_bounds, _request_span, _softmax_exp, _softmax_max
 
@@ -301,6 +309,19 @@ if gluon_available():
                                                 is_pure=False, pack=1)
                 slot = (piece * _TRACE_TILES + gl.minimum(kb_t, _TRACE_TILES - 1)) * _TRACE_EVENTS + EVENT
                 gl.store(trace_ptr + slot, now)
+
+    @gluon.jit
+    def _stamp_program(trace_ptr, WHICH: gl.constexpr, TRACE: gl.constexpr, PARTITION_WARPS: gl.constexpr):
+        """The trace build (``TRACE``): ``%globaltimer`` (ns) written to the calling program's slot ``WHICH`` (0 its
+        entry, 1 its end) in the rows after the pieces' (:data:`TRACE_PROGRAM_ROWS`). Nothing otherwise."""
+        if TRACE:
+            program = gl.program_id(1) * gl.num_programs(0) + gl.program_id(0)
+            if program < _TRACE_PROGRAMS:
+                ONE: gl.constexpr = gl.BlockedLayout([1], [32], [PARTITION_WARPS], [0])
+                program_t = gl.full([1], 0, gl.int32, layout=ONE) + program
+                now = gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,r", [program_t], dtype=gl.int64,
+                                                is_pure=False, pack=1)
+                gl.store(trace_ptr + _TRACE_PROGRAM_BASE + program_t * 2 + WHICH, now)
 
     @gluon.jit
     def _copy_slots(bt_row, start, tok_hi, slots_s, BLOCK_N: gl.constexpr, PARTITION_WARPS: gl.constexpr):
@@ -1160,6 +1181,7 @@ if gluon_available():
             _store_quarters(acc_a, acc_b, inv_l, offs_r, out_ptr, o_acc_ptr, req64, kv_head, group, rows, s_q, h_q,
                             n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, COL0, D_V)
             _stamp(trace_ptr, kb - 1, 11, TRACE, PARTITION_WARPS)
+        _stamp_program(trace_ptr, 1, TRACE, PARTITION_WARPS)  # this program's end (its pieces' last stores issued)
 
     @gluon.jit
     def _softmax_half(out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
@@ -1670,6 +1692,7 @@ if gluon_available():
         else:
             K_LOADED: gl.constexpr = 1 if (TMA_K or KV_FP8 or KV_E4M3) else LOADED
         _stamp(trace_ptr, 0, 10, TRACE, SOFTMAX_WARPS)  # the program's entry
+        _stamp_program(trace_ptr, 0, TRACE, SOFTMAX_WARPS)
         mbarrier.init(q_ready, count=LOADED)
         mbarrier.init(q_free, count=1)
         if P_HALVES:
@@ -1768,11 +1791,12 @@ if gluon_available():
 
 def check_trace(trace: torch.Tensor | None, device: torch.device, softmax_only: bool = True) -> None:
     """Raise :class:`~openmla._runtime.InvalidArgumentError` for a ``trace=`` buffer the trace build cannot
-    write: it must be :func:`trace_buffer`'s int64 [TRACE_PIECES, TRACE_TILES, TRACE_EVENTS], contiguous, on the
+    write: it must be :func:`trace_buffer`'s int64 [TRACE_PIECES + TRACE_PROGRAM_ROWS, TRACE_TILES, TRACE_EVENTS],
+    contiguous, on the
     call's device, and the call must run the four-warpgroup form (the only one stamped)."""
     if trace is None:
         return
-    want = (TRACE_PIECES, TRACE_TILES, TRACE_EVENTS)
+    want = (TRACE_PIECES + TRACE_PROGRAM_ROWS, TRACE_TILES, TRACE_EVENTS)
     if (not isinstance(trace, torch.Tensor) or trace.dtype != torch.int64 or tuple(trace.shape) != want
             or not trace.is_contiguous() or trace.device != device):
         got = (f"{'' if trace.is_contiguous() else 'a non-contiguous '}{trace.dtype} {tuple(trace.shape)} on "
@@ -1785,9 +1809,11 @@ def check_trace(trace: torch.Tensor | None, device: torch.device, softmax_only: 
 
 
 def trace_buffer(device) -> torch.Tensor:
-    """A zeroed int64 [TRACE_PIECES, TRACE_TILES, TRACE_EVENTS] buffer for the ``trace=`` argument of the launchers:
-    SM cycle counts per piece, tile and event (:func:`_stamp`), read by ``benchmarks/trace_ws.py``."""
-    return torch.zeros(TRACE_PIECES, TRACE_TILES, TRACE_EVENTS, dtype=torch.int64, device=device)
+    """A zeroed int64 [TRACE_PIECES + TRACE_PROGRAM_ROWS, TRACE_TILES, TRACE_EVENTS] buffer for the ``trace=``
+    argument of the launchers: SM cycle counts per piece, tile and event (:func:`_stamp`) in its first
+    :data:`TRACE_PIECES` rows, each program's entry and end in ns after them (:func:`_stamp_program`; the
+    warp-specialized kernel only), read by ``benchmarks/trace_ws.py``."""
+    return torch.zeros(TRACE_PIECES + TRACE_PROGRAM_ROWS, TRACE_TILES, TRACE_EVENTS, dtype=torch.int64, device=device)
 
 
 def tma_tiles_fit(k_cache: torch.Tensor) -> bool:
