@@ -114,6 +114,9 @@ def main(argv=None) -> None:
     ap.add_argument("--segment-plan-max-batch", type=int, default=None,
                     help="largest batch the dense plan cuts with plan_segments rather than the closed form "
                          "(SEGMENT_PLAN_MAX_BATCH of openmla.metadata; 0: never)")
+    ap.add_argument("--plan-overhead", type=int, default=None,
+                    help="KV blocks the dense plan charges a request on top of its own (DENSE_PLAN_OVERHEAD of "
+                         "openmla.metadata; default 5)")
     ap.add_argument("--flush-l2", action="store_true",
                     help="zero a 256 MB buffer before each call (a cold L2, as openmla bench times calls)")
     ap.add_argument("--sparse", action="store_true",
@@ -170,6 +173,10 @@ def main(argv=None) -> None:
         import openmla.metadata
 
         openmla.metadata.SEGMENT_PLAN_MAX_BATCH = cli.segment_plan_max_batch
+    if cli.plan_overhead is not None:
+        import openmla.metadata
+
+        openmla.metadata.DENSE_PLAN_OVERHEAD = cli.plan_overhead
     form = "".join(f" {name} {value}" for name, value in (("combine chunks", cli.combine_chunks),
                                                            ("combine eager", cli.combine_eager),
                                                            ("combine warps", cli.combine_warps),
@@ -177,7 +184,8 @@ def main(argv=None) -> None:
                                                            ("P whole", cli.p_whole or None),
                                                            ("lag from rows", cli.lag_min_rows),
                                                            ("lag box a chunk", cli.lag_box_a_chunk or None),
-                                                           ("segment plan to b", cli.segment_plan_max_batch))
+                                                           ("segment plan to b", cli.segment_plan_max_batch),
+                                                           ("plan overhead", cli.plan_overhead))
                    if value is not None)
     flash_mla, missing = _load_flash_mla()
     card = torch.cuda.get_device_name()

@@ -22,9 +22,16 @@ import torch
 from ._runtime import InvalidArgumentError, SchedMetaMismatchError, device_arch, num_sms
 from .ops.combine import FUSED_MAX_BATCH
 from .ops.decode_dense import num_sm_parts_for
-from .ops.schedule import MAX_SPLITS, SEGMENT_PLAN_MAX_BATCH, plan_segments, plan_splitkv
+from .ops.schedule import FIXED_OVERHEAD, MAX_SPLITS, SEGMENT_PLAN_MAX_BATCH, plan_segments, plan_splitkv
 
 __all__ = ["FlashMLASchedMeta", "get_mla_metadata", "get_mla_decoding_metadata"]
+
+#: KV blocks the dense plan charges each request (each piece of one, under ``plan_segments``) on top of its own,
+#: for its Q load and output write (FlashMLA's scheduler charges 5). Read at each call (A/Bs:
+#: ``benchmarks.kernel_times --plan-overhead``). On an H200 the warp-specialized kernel's programs of a ragged
+#: h_q=128 batch planned with 5 took time by their tiles alone (pieces of 244 tiles and 4-5 requests 569 us, of 259
+#: tiles and 2 requests 593 us): 5 looks too much for it, not yet measured otherwise (docs/perf-notes.md item 29).
+DENSE_PLAN_OVERHEAD = FIXED_OVERHEAD
 
 _REUSE_HINT = (
     " A FlashMLASchedMeta is planned by the first flash_mla_with_kvcache call that receives it and may only be"
@@ -138,7 +145,7 @@ def plan_dense(
         bounded = cache_seqlens.shape[0] <= FUSED_MAX_BATCH
     # small batches: a piece of a request pays its overhead (no one-block tails beside the next request's start)
     plan = plan_segments if cache_seqlens.shape[0] <= SEGMENT_PLAN_MAX_BATCH else plan_splitkv
-    return plan(cache_seqlens.contiguous(), parts, MAX_SPLITS if bounded else None)
+    return plan(cache_seqlens.contiguous(), parts, MAX_SPLITS if bounded else None, overhead=DENSE_PLAN_OVERHEAD)
 
 
 def get_mla_metadata(*args, **kwargs):

@@ -192,6 +192,31 @@ def test_segment_plan_leaves_no_one_block_tail():
         assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1])
 
 
+@pytest.mark.parametrize("overhead", [0, 1, 5])
+def test_dense_plan_charges_requests_what_dense_plan_overhead_says(overhead, monkeypatch):
+    """plan_dense reads DENSE_PLAN_OVERHEAD at each call (the A/B knob of ``kernel_times --plan-overhead``) and hands
+    it to both plans: a ragged batch above SEGMENT_PLAN_MAX_BATCH comes out as plan_splitkv_torch's cut with that
+    overhead, a small one as plan_segments_torch's, each covering every token once."""
+    import openmla.metadata
+    from openmla.metadata import plan_dense
+
+    monkeypatch.setenv("OPENMLA_NUM_SMS", "132")
+    monkeypatch.setattr(openmla.metadata, "DENSE_PLAN_OVERHEAD", overhead)
+    g = torch.Generator().manual_seed(0)
+    ragged = torch.normal(8192.0, 4096.0, (SEGMENT_PLAN_MAX_BATCH + 64,), generator=g).round().clamp(1, 16384).int()
+    for lens, twin in ((ragged, plan_splitkv_torch), (ragged[:SEGMENT_PLAN_MAX_BATCH], plan_segments_torch)):
+        sched, splits = plan_dense(lens, 128, 1, backend="gluon", bounded=False)
+        want = twin(lens, 66, None, overhead)
+        assert torch.equal(sched.cpu(), want[0]) and torch.equal(splits.cpu(), want[1])
+        check_plan_covers_every_token_once(sched.cpu(), splits.cpu(), lens)
+    # the overhead moves the cuts: with none, the big batch's pieces hold equal blocks (to the block a cut
+    # request's two pieces share), the last one the remainder
+    blocks = check_plan_covers_every_token_once(*plan_dense(ragged, 128, 1, backend="gluon", bounded=False), ragged)
+    spread = max(blocks[:-1]) - min(blocks[:-1])
+    assert spread <= 1 if overhead == 0 else spread > 1, blocks
+    assert blocks[-1] <= max(blocks[:-1])
+
+
 def test_reused_sched_meta_with_other_shape_raises(generator):
     inputs = tiny_inputs(generator)
     meta, _ = openmla.get_mla_metadata()

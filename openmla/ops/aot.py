@@ -212,19 +212,22 @@ def _variants(arch: int = 90) -> list[Variant]:
                                                 "scale_ptr": "*fp32"}, (),
                            dict(D=576, BLOCK_D=1024, QUANT=quant), 4, 2,
                            f"kv fp32 -> {'per-tensor FP8' if quant else 'bf16'} cache", runtime_ints=write_ints))
-    # the dense kernels' per-request overhead, and none (sparse plans of fixed-length lists at one row tile)
-    for overhead in (FIXED_OVERHEAD, 0):
+    from ..metadata import DENSE_PLAN_OVERHEAD
+
+    # the dense plan's per-request overhead, the sparse plans' (FIXED_OVERHEAD), and none (sparse plans of
+    # fixed-length lists at one row tile)
+    for overhead in sorted({FIXED_OVERHEAD, DENSE_PLAN_OVERHEAD, 0}, reverse=True):
         out.append(Variant(
             _plan_splitkv_kernel, {"seqlens_ptr": "*i32", "sched_ptr": "*i32", "num_splits_ptr": "*i32"}, (),
             dict(BLOCK_P=256, CHUNK=32, SCHED=SCHED_BLOCK, OVERHEAD=overhead, MAX_SPLITS=MAX_SPLITS), 4, 2,
             "256 parts" + ("" if overhead == FIXED_OVERHEAD else f" overhead {overhead}")))
     # the per-piece-overhead plan: dense batches of up to 64 requests (SEGMENT_PLAN_MAX_BATCH) over up to 512 pieces,
     # and up to 1024 sparse lists over h_q=128's pieces
-    for block_b, block_p in ((64, 512), (1024, 128)):
+    for block_b, block_p, overhead in ((64, 512, DENSE_PLAN_OVERHEAD), (1024, 128, FIXED_OVERHEAD)):
         out.append(Variant(
             _plan_segments_kernel, {"seqlens_ptr": "*i32", "sched_ptr": "*i32", "num_splits_ptr": "*i32"}, (),
-            dict(BLOCK_B=block_b, BLOCK_P=block_p, SCHED=SCHED_BLOCK, OVERHEAD=FIXED_OVERHEAD, MAX_SPLITS=MAX_SPLITS),
-            4, 2, f"{block_b} requests {block_p} parts"))
+            dict(BLOCK_B=block_b, BLOCK_P=block_p, SCHED=SCHED_BLOCK, OVERHEAD=overhead, MAX_SPLITS=MAX_SPLITS),
+            4, 2, f"{block_b} requests {block_p} parts" + ("" if overhead == FIXED_OVERHEAD else f" overhead {overhead}")))
     return out
 
 
