@@ -452,3 +452,22 @@ def test_record_gather_and_decode_probes_compile():
     assert routes["smem"][0].count("cp.async.cg.shared.global") == 8 * 3, "two stages' prologue and the loop's"
     assert routes["registers"][0].count("ld.global.v4") == 8 * 2, "the first tile's codes, then the next tile's"
     assert routes["bulk"][1] == 192 * 1024 and routes["bulk"][0].count("cp.async.bulk.shared::cluster.global") == 3
+
+
+def test_plan_pieces_reads_the_longest_piece_and_restores_the_charge(capsys):
+    """``benchmarks.plan_pieces`` counts each piece's tiles and requests from a plan's rows and prints, per bench
+    config, the longest piece under each per-request charge; the module's charge and the SM count it planned for
+    are back to what they were after."""
+    import openmla.metadata
+    from benchmarks.plan_pieces import longest_piece, main, piece_work
+
+    lens = [200, 1000, 64]
+    sched = [[0, 0, 1, 300, 0], [1, 300, 2, 64, 1], [3, 0, 2, 0, 0]]  # the last piece empty (begin past end)
+    assert piece_work(sched, lens) == [(9, 2), (12, 2), (0, 0)]
+    assert longest_piece(sched, lens) == (12, 2)
+    before = openmla.metadata.DENSE_PLAN_OVERHEAD, os.environ.get("OPENMLA_NUM_SMS")
+    main(["--configs", "small", "--overheads", "5,0"])
+    assert (openmla.metadata.DENSE_PLAN_OVERHEAD, os.environ.get("OPENMLA_NUM_SMS")) == before
+    out = capsys.readouterr().out.splitlines()
+    b16 = next(line for line in out if line.startswith("small_b16_sk512 "))
+    assert b16.split()[1:4] == ["16", "128", "66"] and b16.split()[4:] == ["4/1", "2/1"], b16
