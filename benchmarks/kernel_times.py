@@ -78,6 +78,22 @@ def kernel_times(fn, calls: int, flush=None) -> tuple[dict[str, tuple[float, flo
     return {name: (total[name] / calls, count[name] / calls) for name in total}, span
 
 
+def _shape_config(shape: str):
+    """A ``--shapes`` entry, ``b:s_k`` or ``b:s_k:s_q``, as a fixed-length h_q=128 dense config (causal past one
+    query token); named ``b{b}_sk{s_k}`` with ``_sq{s_q}`` past one."""
+    from benchmarks.configs import DecodeConfig
+
+    try:
+        fields = [int(x) for x in shape.split(":")]
+    except ValueError:
+        fields = []
+    if len(fields) not in (2, 3) or min(fields) < 1:
+        raise SystemExit(f"--shapes: {shape!r} is not b:s_k or b:s_k:s_q of positive integers")
+    b, s_k, s_q = (*fields, 1) if len(fields) == 2 else fields
+    return DecodeConfig(f"b{b}_sk{s_k}" + (f"_sq{s_q}" if s_q > 1 else ""), b=b, s_q=s_q, s_k=s_k, h_q=128,
+                        varlen=False, causal=s_q > 1)
+
+
 def main(argv=None) -> None:
     import torch
 
@@ -89,8 +105,9 @@ def main(argv=None) -> None:
     ap.add_argument("--configs", default="small,ragged")
     ap.add_argument("--calls", type=int, default=50)
     ap.add_argument("--shapes", default=None,
-                    help="instead of --configs: dense h_q=128 s_q=1 calls of fixed lengths, 'b:s_k' separated by "
-                         "commas (e.g. 64:64,64:512), to time what a call costs beyond its tiles")
+                    help="instead of --configs: dense h_q=128 calls of fixed lengths, 'b:s_k' (s_q=1) or "
+                         "'b:s_k:s_q' (causal) separated by commas (e.g. 64:64,64:512,32:512:4), to time what a call "
+                         "costs beyond its tiles")
     ap.add_argument("--json")
     ap.add_argument("--only", default=None,
                     help="comma-separated config names: time only these (e.g. one config under a profiler)")
@@ -198,10 +215,7 @@ def main(argv=None) -> None:
     results = []
     groups = [get_configs(group, None, "dense_decode") for group in cli.configs.split(",")]
     if cli.shapes:
-        from benchmarks.configs import DecodeConfig
-
-        shapes = [tuple(int(x) for x in shape.split(":")) for shape in cli.shapes.split(",")]
-        groups = [[DecodeConfig(f"b{b}_sk{s_k}", b=b, s_q=1, s_k=s_k, h_q=128, varlen=False) for b, s_k in shapes]]
+        groups = [[_shape_config(shape) for shape in cli.shapes.split(",")]]
     for group in groups:
         for cfg in group:
             if only is not None and cfg.name not in only:

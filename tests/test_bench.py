@@ -342,6 +342,21 @@ def test_kernel_times_only_refuses_unknown_names():
         main(["--configs", "small", "--only", "small_b1_sk512,std_sq1_sk8192_h128"])
 
 
+def test_kernel_times_shapes_read_b_s_k_and_s_q():
+    """``kernel_times --shapes`` entries: ``b:s_k`` a fixed-length s_q=1 call, ``b:s_k:s_q`` a causal MTP one (the
+    three-warpgroup form's rows at h_q=128 from s_q=3); anything else stops with the entry named."""
+    from benchmarks.kernel_times import _shape_config
+
+    one, mtp = _shape_config("64:512"), _shape_config("32:2048:4")
+    assert (one.name, one.b, one.s_k, one.s_q, one.h_q, one.causal, one.varlen) == ("b64_sk512", 64, 512, 1, 128,
+                                                                                   False, False)
+    assert (mtp.name, mtp.b, mtp.s_k, mtp.s_q, mtp.causal) == ("b32_sk2048_sq4", 32, 2048, 4, True)
+    assert mtp.seqlens() == [2048] * 32
+    for bad in ("64", "64:512:2:1", "64:0", "a:512"):
+        with pytest.raises(SystemExit, match=f"--shapes: '{bad}' is not b:s_k or b:s_k:s_q"):
+            _shape_config(bad)
+
+
 def test_tune_sparse_gluon_forms_in_order():
     """The sparse tuner's A/B options give the Gluon kernel's forms in the order asked, as launcher keywords; with
     none of them it times the tile configs instead (no forms)."""
