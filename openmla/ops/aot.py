@@ -227,7 +227,8 @@ def _variants(arch: int = 90) -> list[Variant]:
         out.append(Variant(
             _plan_segments_kernel, {"seqlens_ptr": "*i32", "sched_ptr": "*i32", "num_splits_ptr": "*i32"}, (),
             dict(BLOCK_B=block_b, BLOCK_P=block_p, SCHED=SCHED_BLOCK, OVERHEAD=overhead, MAX_SPLITS=MAX_SPLITS),
-            4, 2, f"{block_b} requests {block_p} parts" + ("" if overhead == FIXED_OVERHEAD else f" overhead {overhead}")))
+            4, 2, f"{block_b} requests {block_p} parts"
+            + ("" if overhead == FIXED_OVERHEAD else f" overhead {overhead}")))
     return out
 
 

@@ -1792,8 +1792,7 @@ if gluon_available():
 def check_trace(trace: torch.Tensor | None, device: torch.device, softmax_only: bool = True) -> None:
     """Raise :class:`~openmla._runtime.InvalidArgumentError` for a ``trace=`` buffer the trace build cannot
     write: it must be :func:`trace_buffer`'s int64 [TRACE_PIECES + TRACE_PROGRAM_ROWS, TRACE_TILES, TRACE_EVENTS],
-    contiguous, on the
-    call's device, and the call must run the four-warpgroup form (the only one stamped)."""
+    contiguous, on the call's device, and the call must run the four-warpgroup form (the only one stamped)."""
     if trace is None:
         return
     want = (TRACE_PIECES + TRACE_PROGRAM_ROWS, TRACE_TILES, TRACE_EVENTS)
