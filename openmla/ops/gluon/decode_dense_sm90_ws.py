@@ -297,9 +297,10 @@ if gluon_available():
     @gluon.jit
     def _stamp(trace_ptr, kb, EVENT: gl.constexpr, TRACE: gl.constexpr, PARTITION_WARPS: gl.constexpr):
         """The trace build (``TRACE``): this SM's cycle counter when the calling partition reaches ``EVENT`` of
-        its ``kb``-th tile, written to ``trace_ptr`` (int64 [TRACE_PIECES, TRACE_TILES, TRACE_EVENTS]) by the
-        programs of row tile 0 and pieces below :data:`TRACE_PIECES` (tiles past :data:`TRACE_TILES` overwrite
-        the last). All partitions of a program share an SM, so their stamps compare. Nothing otherwise."""
+        its ``kb``-th tile, written to ``trace_ptr`` (the first :data:`TRACE_PIECES` rows of :func:`trace_buffer`'s
+        int64 [rows, TRACE_TILES, TRACE_EVENTS]) by the programs of row tile 0 and pieces below
+        :data:`TRACE_PIECES` (tiles past :data:`TRACE_TILES` overwrite the last). All partitions of a program share
+        an SM, so their stamps compare. Nothing otherwise."""
         if TRACE:
             piece = gl.program_id(1)
             if (gl.program_id(0) == 0) & (piece < _TRACE_PIECES):
