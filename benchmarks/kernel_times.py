@@ -153,7 +153,14 @@ def main(argv=None) -> None:
                     help="with --sparse: pieces of the Hopper kernels' split-KV plan (num_sm_parts) instead of the "
                          "launcher's count")
     cli = ap.parse_args(argv)
+    if cli.plan_overhead is not None and cli.plan_overhead < 0:
+        raise SystemExit(f"--plan-overhead: {cli.plan_overhead} blocks; the plan charges a request 0 or more")
     if cli.sparse:
+        dense_only = [flag for flag, value in (("--shapes", cli.shapes), ("--plan-overhead", cli.plan_overhead))
+                      if value is not None]
+        if dense_only:
+            raise SystemExit(f"{', '.join(dense_only)}: dense decoding only, not with --sparse (the sparse plan's "
+                             f"charge is --sparse-plan-overhead)")
         return _sparse_main(cli)
     only = None if cli.only is None else set(cli.only.split(","))
     if only is not None and not cli.shapes:

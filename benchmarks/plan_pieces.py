@@ -44,7 +44,12 @@ def main(argv=None) -> None:
     import openmla.metadata as metadata
     from benchmarks.configs import get_configs
 
-    overheads = [int(x) for x in args.overheads.split(",")]
+    try:
+        overheads = [int(x) for x in args.overheads.split(",")]
+    except ValueError:
+        overheads = [-1]
+    if min(overheads) < 0:
+        raise SystemExit(f"--overheads: {args.overheads!r}; give whole numbers of blocks, 0 or more, comma-separated")
     print(f"longest piece of the dense plan, tiles/requests, per DENSE_PLAN_OVERHEAD ({args.sms} SMs, gluon pieces)")
     print(f"{'config':24s} {'b':>4s} {'rows':>5s} {'pieces':>6s}  " + "  ".join(f"{o:>9d}" for o in overheads))
     default, sms = metadata.DENSE_PLAN_OVERHEAD, os.environ.get("OPENMLA_NUM_SMS")

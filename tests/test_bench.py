@@ -357,6 +357,21 @@ def test_kernel_times_shapes_read_b_s_k_and_s_q():
             _shape_config(bad)
 
 
+def test_kernel_times_refuses_a_negative_charge_and_dense_options_with_sparse():
+    """``kernel_times`` stops before any GPU work on a negative ``--plan-overhead`` and on dense-only options given
+    with ``--sparse`` (which would otherwise be ignored), naming them; ``plan_pieces`` refuses a bad charge list."""
+    from benchmarks.kernel_times import main
+    from benchmarks.plan_pieces import main as plan_pieces
+
+    with pytest.raises(SystemExit, match="--plan-overhead: -1 blocks"):
+        main(["--plan-overhead", "-1"])
+    with pytest.raises(SystemExit, match="--shapes, --plan-overhead: dense decoding only"):
+        main(["--sparse", "--shapes", "64:512", "--plan-overhead", "0"])
+    for bad in ("5,-1", "5,x"):
+        with pytest.raises(SystemExit, match=f"--overheads: '{bad}'"):
+            plan_pieces(["--overheads", bad])
+
+
 def test_tune_sparse_gluon_forms_in_order():
     """The sparse tuner's A/B options give the Gluon kernel's forms in the order asked, as launcher keywords; with
     none of them it times the tile configs instead (no forms)."""
