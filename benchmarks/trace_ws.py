@@ -149,35 +149,41 @@ def _timeline(trace) -> dict:
                   for e in range(len(vals[0]))] if vals else [] for key, vals in rows.items()}
 
 
-def _programs(trace, pieces: int, programs: int) -> dict | None:
-    """Each program's ``%globaltimer`` entry and end (ns; the trace buffer's rows after its first ``pieces``, two a
-    program in launch order, ``programs`` at most), read as µs: how many programs stamped both, the spread of their
-    entries and of their ends, the first entry to the last end (to set beside the kernel's time: what it leaves out is
-    before the programs' entry stamps and after their last stores), and the median and longest program. None where
-    no program stamped (kernels other than the warp-specialized one)."""
+def _program_spans(trace, pieces: int, programs: int) -> list[list[int]]:
+    """Each stamped program's ``[launch index, entry, end]`` (``%globaltimer`` ns) from the trace buffer's rows after
+    its first ``pieces`` (two slots a program in launch order, ``programs`` at most; a program that did not stamp
+    both is left out)."""
     flat = [x for row in trace[pieces:] for tile in row for x in tile][:2 * programs]
-    pairs = [(flat[i], flat[i + 1]) for i in range(0, len(flat) - 1, 2) if flat[i] > 0 and flat[i + 1] > 0]
-    if not pairs:
+    return [[i // 2, flat[i], flat[i + 1]] for i in range(0, len(flat) - 1, 2) if flat[i] > 0 and flat[i + 1] > 0]
+
+
+def _programs(spans) -> dict | None:
+    """Program spans (:func:`_program_spans`) read as µs: how many programs stamped, the spread of their entries and
+    of their ends, the first entry to the last end (to set beside the kernel's time: what it leaves out is before the
+    programs' entry stamps and after their last stores), and the median and longest program. None where no program
+    stamped (kernels other than the warp-specialized one)."""
+    if not spans:
         return None
-    entries, ends = [a for a, _ in pairs], [b for _, b in pairs]
-    lengths = [b - a for a, b in pairs]
-    return {"programs": len(pairs), "entry spread us": (max(entries) - min(entries)) / 1e3,
+    entries, ends = [a for _, a, _ in spans], [b for _, _, b in spans]
+    lengths = [b - a for _, a, b in spans]
+    return {"programs": len(spans), "entry spread us": (max(entries) - min(entries)) / 1e3,
             "end spread us": (max(ends) - min(ends)) / 1e3,
             "first entry to last end us": (max(ends) - min(entries)) / 1e3,
             "median program us": statistics.median(lengths) / 1e3, "longest program us": max(lengths) / 1e3}
 
 
-def _by_piece_work(program_ns, sched, lens, programs_a_piece: int) -> dict:
+def _by_piece_work(spans, sched, lens, programs_a_piece: int) -> dict:
     """Program time (µs, globaltimer) by its piece's work: ``{(tiles, requests): (programs, median, longest)}``,
-    with ``sched`` the plan's rows ([begin request, begin token, end request, end token, ...] a piece), ``lens`` the
-    requests' lengths, and ``programs_a_piece`` the programs along the launch's first axis (row tiles times KV
-    heads): if programs track their tiles and not their requests, the plan's per-request charge is too high."""
+    with ``spans`` from :func:`_program_spans`, ``sched`` the plan's rows and ``lens`` the requests' lengths (the
+    piece's work as :func:`benchmarks.plan_pieces.piece_work` counts it), and ``programs_a_piece`` the programs along
+    the launch's first axis (row tiles times KV heads): if programs track their tiles and not their requests, the
+    plan's per-request charge is too high."""
+    from benchmarks.plan_pieces import piece_work
+
+    work = piece_work(sched, lens)
     groups = {}
-    for index, entry, end in program_ns:
-        begin, begin_tok, last, end_tok = sched[index // programs_a_piece][:4]
-        tiles = sum(-(-((end_tok if r == last else lens[r]) - (begin_tok if r == begin else 0)) // 64)
-                    for r in range(begin, last + 1))
-        groups.setdefault((tiles, last - begin + 1), []).append((end - entry) / 1e3)
+    for index, entry, end in spans:
+        groups.setdefault(work[index // programs_a_piece], []).append((end - entry) / 1e3)
     return {key: (len(v), statistics.median(v), max(v)) for key, v in sorted(groups.items())}
 
 
@@ -315,10 +321,9 @@ def main(argv=None) -> None:
         results.append(dict(card=card, config=name, plain_us=plain_us, traced_us=traced_us, cycles=iv))
         line = _timeline(trace[:TRACE_PIECES])
         results[-1]["first_tiles"] = line
-        results[-1]["programs"] = progs = _programs(trace, TRACE_PIECES, TRACE_PROGRAMS)
-        flat = buf[TRACE_PIECES:].flatten()[:2 * TRACE_PROGRAMS].view(-1, 2).tolist()
         # each stamped program's launch index (program_id(1) * programs along axis 0 + program_id(0)), entry, end
-        results[-1]["program_ns"] = [[i, a, b] for i, (a, b) in enumerate(flat) if a > 0 and b > 0]
+        results[-1]["program_ns"] = spans = _program_spans(trace, TRACE_PIECES, TRACE_PROGRAMS)
+        results[-1]["programs"] = progs = _programs(spans)
         print(f"{name}: {plain_us:.1f} us, traced {traced_us:.1f} us ({card})")
         for k, v in iv.items():
             print(f"    {k:42s} {'-' if v is None else f'{v:8.0f}'} cycles")

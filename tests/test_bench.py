@@ -269,7 +269,7 @@ def test_trace_programs_read_entries_and_ends_from_the_rows_after_the_pieces():
     """``benchmarks.trace_ws`` reads each program's globaltimer entry and end (ns, two slots a program in the rows
     after the pieces') as µs: spreads, first entry to last end, the median and longest program; programs that
     stamped nothing, or past the programs the rows hold, are left out, and a trace with none gives None."""
-    from benchmarks.trace_ws import _programs
+    from benchmarks.trace_ws import _program_spans, _programs
 
     pieces, tiles, events = 2, 2, 3  # a small buffer: rows of 2 x 3 slots, three programs a row
     trace = [[[0] * events for _ in range(tiles)] for _ in range(pieces + 2)]
@@ -277,10 +277,12 @@ def test_trace_programs_read_entries_and_ends_from_the_rows_after_the_pieces():
     flat = [x for pair in stamps for x in pair]
     for i, x in enumerate(flat):
         trace[pieces + i // (tiles * events)][i // events % tiles][i % events] = x
-    got = _programs(trace, pieces, programs=5)  # the sixth program is past the rows' room: not read
-    assert got == {"programs": 4, "entry spread us": 2.0, "end spread us": 15.0, "first entry to last end us": 23.0,
-                   "median program us": 19.5, "longest program us": 22.0}
-    assert _programs([[[0] * events] * tiles] * (pieces + 2), pieces, programs=6) is None
+    spans = _program_spans(trace, pieces, programs=5)  # the sixth program is past the rows' room: not read
+    assert spans == [[0, 1_000, 21_000], [1, 2_000, 24_000], [3, 1_500, 20_500], [4, 3_000, 9_000]]
+    assert _programs(spans) == {"programs": 4, "entry spread us": 2.0, "end spread us": 15.0,
+                                "first entry to last end us": 23.0, "median program us": 19.5,
+                                "longest program us": 22.0}
+    assert _programs(_program_spans([[[0] * events] * tiles] * (pieces + 2), pieces, programs=6)) is None
 
 
 def test_trace_program_time_by_piece_work():
