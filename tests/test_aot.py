@@ -76,11 +76,15 @@ _GLUON_STACK_BUDGET = (
     # q through registers too)
     ("softmax-only", 32),  # its four-warpgroup form by cp.async: 24-32 B (16 before the stores' layouts: three
     # values spilled at entry, reloaded only in each request's output store; outside the KV loop in its SASS)
-    # the three-warpgroup form with a ready barrier per TMA box (causal): one value (two with the overlapped
-    # order) stored at entry and reloaded only in each request's LSE/output store, after its last product
-    ("pv-first async-arrive tma-k box-ready", 8),
-    ("pv-first loader-waits tma-k box-ready", 8),
-    ("overlap async-arrive tma-k box-ready", 16),
+    # the three-warpgroup form: its two output halves converted in [64, 64] chunks for 16-byte stores (_store_half)
+    # took it from 0-16 B to 16-64 B. Read in the SASS of three builds (full and causal with TMA boxes, causal by
+    # cp.async): the softmax and output warpgroups' local loads and stores sit in a request's set-up, its first
+    # (peeled) tile and its epilogue, none in the tile loops; with TMA boxes the loader keeps one 64-bit value in
+    # local memory around each tile's issue (one store and one load a tile)
+    ("pv-first async-arrive tma-k box-ready", 64),
+    ("pv-first loader-waits tma-k box-ready", 40),
+    ("overlap async-arrive tma-k box-ready", 40),
+    ("pv-first", 24),
     ("gluon-ws ", 0),  # the warp-specialized kernel otherwise: none in any partition
     ("gluon-fp8 ", 16),  # the e4m3-product kernel: 16 B since its output warpgroups' stores take the layouts
     # above (none before), outside its tile loops

@@ -271,6 +271,22 @@ if gluon_available():
     _STORE_PARTIAL = gl.constexpr(_quarter_layout([[0, 1], [0, 2], [8, 0], [0, 16], [0, 32], [0, 64]],
                                                   [[0, 8], [0, 4], [1, 0], [2, 0], [4, 0]]))
 
+    def _chunk_layout(reg_bases, lane_bases):
+        """:func:`_quarter_layout` for a [64, 64] chunk of an output half (the three-warpgroup form's): the same
+        bases less the register bit of column 64."""
+        return gl.DistributedLinearLayout(reg_bases=reg_bases, lane_bases=lane_bases, warp_bases=[[16, 0], [32, 0]],
+                                          block_bases=[], shape=[64, 64])
+
+    #: :data:`_STORE_STEP`, :data:`_STORE_COLS`, :data:`_STORE_QUARTER` and :data:`_STORE_PARTIAL` for a chunk
+    _STORE_CHUNK_STEP = gl.constexpr(_chunk_layout([[0, 1], [8, 0], [0, 2], [0, 16], [0, 32]],
+                                                   [[0, 8], [0, 4], [1, 0], [2, 0], [4, 0]]))
+    _STORE_CHUNK_COLS = gl.constexpr(_chunk_layout([[0, 1], [8, 0], [0, 2], [0, 4], [0, 32]],
+                                                   [[0, 8], [0, 16], [1, 0], [2, 0], [4, 0]]))
+    _STORE_CHUNK = gl.constexpr(_chunk_layout([[0, 1], [0, 2], [0, 4], [8, 0], [0, 32]],
+                                              [[0, 8], [0, 16], [1, 0], [2, 0], [4, 0]]))
+    _STORE_CHUNK_PARTIAL = gl.constexpr(_chunk_layout([[0, 1], [0, 2], [8, 0], [0, 16], [0, 32]],
+                                                      [[0, 8], [0, 4], [1, 0], [2, 0], [4, 0]]))
+
     @gluon.jit
     def _tiles_of(tok_lo, tok_hi, BLOCK_N: gl.constexpr):
         """KV tiles a partition walks for one request: at least one (a fully masked tile when empty)."""
@@ -959,7 +975,7 @@ if gluon_available():
         O_LAYOUT: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[PARTITION_WARPS, 1],
                                                            instr_shape=[16, HALF, 16])
         ROW_O: gl.constexpr = gl.SliceLayout(1, O_LAYOUT)
-        kv_head, begin_req, begin_tok, end_req, end_tok, begin_split, offs_r, offs_v = _output_rows(
+        kv_head, begin_req, begin_tok, end_req, end_tok, begin_split, offs_r, _ = _output_rows(
             sched_ptr, row_tiles, COL0, HALF, BLOCK_M, O_LAYOUT)
         kb = 0
         pr = 0
@@ -981,8 +997,8 @@ if gluon_available():
                 pr += 1
             inv_l = _final_factor(p_ready, p_free, a_smem, pr & 1, ROW_O)
             pr += 1
-            _store_columns(acc * inv_l[:, None], offs_r, offs_v, out_ptr, o_acc_ptr, req64, kv_head, group, rows,
-                           s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, D_V)
+            _store_half(acc * inv_l[:, None], offs_r, out_ptr, o_acc_ptr, req64, kv_head, group, rows, s_q, h_q,
+                        n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, COL0, D_V)
 
     @gluon.jit
     def _release(p_free, k_free_stage):
@@ -1046,6 +1062,34 @@ if gluon_available():
                 P: gl.constexpr = _STORE_PARTIAL
                 _store_partial(gl.convert_layout(o, P), gl.convert_layout(offs_r, gl.SliceLayout(1, P)),
                                COL0 + q * (D_V // 4) + gl.arange(0, D_V // 4, layout=gl.SliceLayout(0, P)),
+                               o_acc_ptr, kv_head, group, rows, s_q, h_q, split_lo, split_idx, D_V)
+
+    @gluon.jit
+    def _store_half(o, offs_r, out_ptr, o_acc_ptr, req64, kv_head, group, rows, s_q, h_q, n_split, split_lo,
+                    split_idx, stride_ob, stride_os, stride_oh, COL0: gl.constexpr, D_V: gl.constexpr):
+        """Store a normalised [64, D_V/2] output half (columns ``COL0 ..``, fp32 ``o`` in the ``wgmma`` accumulator
+        layout of the three-warpgroup form) in four [64, 64] chunks, each laid out for 16-byte stores first
+        (:data:`_STORE_CHUNK`): columns 64 and 128 are register bits of that layout, so cutting the chunks moves
+        nothing, and a chunk's conversion holds a quarter of the registers a whole half's would."""
+        gl.static_assert(o.shape[0] == 64 and o.shape[1] == D_V // 2 and D_V == 512, "a half of 64 rows, 256 columns")
+        # [64, 256] as [row, column bit 128, column bit 64, column % 64], the bits moved last to split them off
+        lo64, hi64 = gl.split(gl.permute(gl.reshape(o, [64, 2, 2, 64]), [0, 3, 1, 2]))
+        c0, c2 = gl.split(lo64)
+        c1, c3 = gl.split(hi64)
+        rows_c = gl.convert_layout(offs_r, gl.SliceLayout(1, c0.type.layout))
+        for c in gl.static_range(4):
+            chunk = c0 if c == 0 else c1 if c == 1 else c2 if c == 2 else c3
+            chunk = gl.convert_layout(chunk, _STORE_CHUNK_STEP)
+            if n_split <= 1:
+                S: gl.constexpr = _STORE_CHUNK
+                _store_out(gl.convert_layout(gl.convert_layout(chunk, _STORE_CHUNK_COLS), S),
+                           gl.convert_layout(rows_c, gl.SliceLayout(1, S)),
+                           COL0 + c * 64 + gl.arange(0, 64, layout=gl.SliceLayout(0, S)), out_ptr,
+                           req64, kv_head, group, rows, stride_ob, stride_os, stride_oh)
+            else:
+                P: gl.constexpr = _STORE_CHUNK_PARTIAL
+                _store_partial(gl.convert_layout(chunk, P), gl.convert_layout(rows_c, gl.SliceLayout(1, P)),
+                               COL0 + c * 64 + gl.arange(0, 64, layout=gl.SliceLayout(0, P)),
                                o_acc_ptr, kv_head, group, rows, s_q, h_q, split_lo, split_idx, D_V)
 
     @gluon.jit
@@ -1213,7 +1257,6 @@ if gluon_available():
         offs_r_s = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROW_S)
         offs_r_o = tile * BLOCK_M + gl.arange(0, BLOCK_M, layout=ROW_O)
         offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_LAYOUT))
-        offs_v = gl.arange(0, HALF, layout=gl.SliceLayout(0, O_LAYOUT))
         t_s = offs_r_s // group
         scale_log2, v_scale = _e4m3_scales(scale_log2, descale_k_ptr, descale_q_ptr, KV_E4M3, Q_E4M3)
         kb = 0
@@ -1288,21 +1331,20 @@ if gluon_available():
             mbarrier.arrive(p_ready, count=1)
             pr += 1
 
-            o = acc * inv_l[:, None]
+            # the LSE first, so that its row values are dead while the output half is converted for its stores
             lse2 = gl.where(empty, float("-inf"), m_o + gl.log2(l_o))
             mask_r = offs_r_o < rows
             t_o = offs_r_o // group
             head_o = kv_head * group + offs_r_o % group
             if n_split <= 1:
-                o_ptrs = out_ptr + req64 * stride_ob + t_o * stride_os + head_o * stride_oh
-                gl.store(o_ptrs[:, None] + offs_v[None, :], o.to(out_ptr.dtype.element_ty), mask=mask_r[:, None])
                 lse = gl.where(empty, float("inf"), lse2 * 0.6931471805599453)
                 gl.store(lse_ptr + req64 * stride_lb + head_o * stride_lh + t_o, lse, mask=mask_r)
             else:
                 slot = (split_lo + split_idx).to(gl.int64)
-                acc_row = (slot * s_q + t_o) * h_q + head_o  # o_accum is [slots, s_q, h_q, D_V]
-                gl.store(o_acc_ptr + acc_row[:, None] * D_V + offs_v[None, :], o, mask=mask_r[:, None])
+                acc_row = (slot * s_q + t_o) * h_q + head_o  # lse_accum is [slots, s_q, h_q]
                 gl.store(lse_acc_ptr + acc_row, lse2, mask=mask_r)
+            _store_half(acc * inv_l[:, None], offs_r_o, out_ptr, o_acc_ptr, req64, kv_head, group, rows, s_q, h_q,
+                        n_split, split_lo, split_idx, stride_ob, stride_os, stride_oh, 0, D_V)
 
     @gluon.jit
     def _softmax_only(lse_ptr, lse_acc_ptr, seqlens_ptr, sched_ptr, num_splits_ptr, stride_lb, stride_lh,
