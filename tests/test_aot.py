@@ -253,3 +253,28 @@ def test_a_variant_must_set_every_constexpr():
     partial = dataclasses.replace(served, constexprs={k: v for k, v in served.constexprs.items() if k != "INTERIOR"})
     with pytest.raises(ValueError, match=r"constexpr parameters \['INTERIOR'\]"):
         _signature(partial)
+
+
+def test_gluon_kernels_hint_the_row_ints():
+    """The Gluon kernels build once whatever the cache's size, the block table's width and the page size
+    (:data:`GLUON_RUNTIME_INTS` unhinted) but keep Triton's hints on the heads, s_q, group and rows: unhinted too,
+    those made the Hopper kernels 0.5-5 % slower on an H200 (``2026-11-28-h200-dense-unhinted-ints-ab.txt``). The AOT
+    builds of Gluon variants take the same list, so the CPU tier compiles what the GPU runs."""
+    from openmla.ops.aot import _signature, _variants
+    from openmla.ops.decode_dense import GLUON_RUNTIME_INTS
+    from openmla.ops.gluon import (decode_dense_fp8_sm90, decode_dense_sm90, decode_dense_sm90_small_heads,
+                                   decode_dense_sm90_ws, decode_sparse_sm90_small_heads)
+
+    kernels = (decode_dense_fp8_sm90._dense_decode_fp8_sm90_kernel, decode_dense_sm90._dense_decode_sm90_kernel,
+               decode_dense_sm90_small_heads._dense_decode_sm90_small_heads_kernel,
+               decode_dense_sm90_ws._dense_decode_sm90_ws_kernel,
+               decode_sparse_sm90_small_heads._sparse_v32_small_heads_kernel)
+    for kernel in kernels:
+        unhinted = set(kernel.do_not_specialize) - {"lse_s_q"}
+        assert unhinted == set(GLUON_RUNTIME_INTS), (kernel.fn.__name__, sorted(unhinted))
+    ws = next(v for v in _variants(90) if v.gluon and v.kernel is decode_dense_sm90_ws._dense_decode_sm90_ws_kernel)
+    names = ws.kernel.arg_names
+    _, attrs = _signature(ws)
+    hinted = {names[i] for (i,), _ in attrs.items()}
+    assert "stride_lb" not in hinted and "stride_bt" not in hinted, sorted(hinted)
+    assert {"stride_qb", "stride_kb", "stride_ob"} <= hinted, sorted(hinted)

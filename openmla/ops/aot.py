@@ -17,7 +17,7 @@ import sys
 import tempfile
 
 from .._runtime import interpret_mode, triton_available
-from .decode_dense import SPLITKV_RUNTIME_INTS
+from .decode_dense import GLUON_RUNTIME_INTS, SPLITKV_RUNTIME_INTS
 
 # pointer and stride arguments are 16-divisible in every real launch; tell the compiler, as the JIT does
 _DIVISIBLE_PREFIXES = ("stride_",)
@@ -61,7 +61,7 @@ class Variant:
     num_stages: int
     name: str
     gluon: bool = False  # a Gluon kernel: compiles for sm_90a only
-    runtime_ints: tuple = SPLITKV_RUNTIME_INTS  # the kernel's do_not_specialize ints: no divisibility hint
+    runtime_ints: tuple | None = None  # the kernel's do_not_specialize ints (no divisibility hint); None: its family's
     min_arch: int = 0  # built for this arch and newer only (fp8 instructions need sm_89)
     maxnreg: int | None = None  # a register cap at launch (warp-specialized kernels reallocate under it)
 
@@ -495,6 +495,9 @@ def _signature(v: Variant):
     if unset:
         raise ValueError(f"variant {v.name!r}: constexpr parameters {unset} of {v.kernel.fn.__name__} have no value")
     sig, attrs = {}, {}
+    unhinted = v.runtime_ints
+    if unhinted is None:  # the family's: the Gluon kernels keep more hints than the Triton ones (GLUON_RUNTIME_INTS)
+        unhinted = GLUON_RUNTIME_INTS if v.gluon else SPLITKV_RUNTIME_INTS
     for i, n in enumerate(names):
         if n in v.constexprs:
             sig[n] = "constexpr"
@@ -506,7 +509,7 @@ def _signature(v: Variant):
             sig[n] = "fp32"
         else:
             sig[n] = "i32"
-            if n.startswith(_DIVISIBLE_PREFIXES) and n not in v.runtime_ints:
+            if n.startswith(_DIVISIBLE_PREFIXES) and n not in unhinted:
                 attrs[(i,)] = [["tt.divisibility", 16]]
     return sig, attrs
 

@@ -37,6 +37,12 @@ SPLITKV_RUNTIME_INTS = (
     "page_block_size", "max_blocks", "num_blocks",
 )
 
+# the Gluon kernels' share of those: the ints a serving engine's cache, block table and page size change, so that
+# those build once. The heads, s_q, group and rows keep Triton's hints: with every int above unhinted the Hopper kernels
+# took 0.5 % longer at s_q=1, 2-5 % at s_q=2 and 4 % at 16 heads; with these six, within 1.7 % either way of fully
+# hinted builds (H200, benchmarks/results/2026-11-28-h200-dense-unhinted-ints-ab.txt).
+GLUON_RUNTIME_INTS = ("stride_bt", "max_blocks", "num_blocks", "page_block_size", "stride_lb", "stride_lh")
+
 if triton_available():
     import triton
     import triton.language as tl

@@ -44,7 +44,7 @@ import torch
 
 from ..._runtime import InvalidArgumentError, gluon_available
 from ..combine import combine_splits
-from ..decode_dense import SPLITKV_RUNTIME_INTS, split_workspace, splitkv_args
+from ..decode_dense import GLUON_RUNTIME_INTS, split_workspace, splitkv_args
 from ..launch import launch
 from ..schedule import SCHED_BLOCK
 from .decode_dense_sm90_ws import check_trace
@@ -381,7 +381,7 @@ if gluon_available():
                            req64, kv_head, group, rows, s_q, h_q, n_split, split_lo, split_idx, stride_ob, stride_os,
                            stride_oh, D_V)
 
-    @gluon.jit(do_not_specialize=list(SPLITKV_RUNTIME_INTS))  # one build a form whatever the shape ints
+    @gluon.jit(do_not_specialize=list(GLUON_RUNTIME_INTS))  # one build a form whatever the cache size
     def _dense_decode_fp8_sm90_kernel(
         q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
         out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, counters_ptr,

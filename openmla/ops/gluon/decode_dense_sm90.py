@@ -25,7 +25,7 @@ import torch
 
 from ..._runtime import env_fp8_scores, gluon_available
 from ..combine import combine_splits, fuse_combine
-from ..decode_dense import SPLITKV_RUNTIME_INTS, split_workspace, splitkv_args
+from ..decode_dense import GLUON_RUNTIME_INTS, split_workspace, splitkv_args
 from ..launch import launch
 from ..schedule import SCHED_BLOCK
 
@@ -132,7 +132,7 @@ if gluon_available():
         l_new = l_i * alpha + gl.sum(p, axis=1)
         return p, alpha, m_new, l_new
 
-    @gluon.jit(do_not_specialize=list(SPLITKV_RUNTIME_INTS))  # one build a form whatever the shape ints
+    @gluon.jit(do_not_specialize=list(GLUON_RUNTIME_INTS))  # one build a form whatever the cache size
     def _dense_decode_sm90_kernel(
         q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
         out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, counters_ptr,

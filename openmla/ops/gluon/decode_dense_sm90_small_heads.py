@@ -39,7 +39,7 @@ import torch
 
 from ..._runtime import gluon_available
 from ..combine import combine_splits, fuse_combine
-from ..decode_dense import SPLITKV_RUNTIME_INTS, split_workspace, splitkv_args
+from ..decode_dense import GLUON_RUNTIME_INTS, split_workspace, splitkv_args
 from ..launch import launch
 from ..schedule import SCHED_BLOCK
 from .decode_dense_sm90_ws import tma_view
@@ -138,7 +138,7 @@ if gluon_available():
             s = warpgroup_mma(kpe_tile, qpe_smem.permute((1, 0)), s, is_async=True)
         return s
 
-    @gluon.jit(do_not_specialize=list(SPLITKV_RUNTIME_INTS))  # one build a form whatever the shape ints
+    @gluon.jit(do_not_specialize=list(GLUON_RUNTIME_INTS))  # one build a form whatever the cache size
     def _dense_decode_sm90_small_heads_kernel(
         q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
         out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, counters_ptr,

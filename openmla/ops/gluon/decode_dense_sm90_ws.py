@@ -133,7 +133,7 @@ import torch
 
 from ..._runtime import InvalidArgumentError, gluon_available
 from ..combine import combine_splits
-from ..decode_dense import SPLITKV_RUNTIME_INTS, split_workspace, splitkv_args
+from ..decode_dense import GLUON_RUNTIME_INTS, split_workspace, splitkv_args
 from ..launch import launch
 from ..schedule import SCHED_BLOCK
 
@@ -1635,9 +1635,9 @@ if gluon_available():
         mbarrier.arrive(p_ready, count=1)
         return acc * alpha_o[:, None]
 
-    # one build for every s_q of sparse calls (lse_s_q, unused in dense ones), and the shape ints unhinted as in the
-    # Triton kernels (SPLITKV_RUNTIME_INTS): one build a form whatever the heads, pages and table sizes
-    @gluon.jit(do_not_specialize=[*SPLITKV_RUNTIME_INTS, "lse_s_q"])
+    # one build for every s_q of sparse calls (lse_s_q, unused in dense ones), and one whatever the cache's size and
+    # the block table's width (GLUON_RUNTIME_INTS)
+    @gluon.jit(do_not_specialize=[*GLUON_RUNTIME_INTS, "lse_s_q"])
     def _dense_decode_sm90_ws_kernel(
         q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
         out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, counters_ptr,

@@ -41,7 +41,7 @@ from __future__ import annotations
 import torch
 
 from ..._runtime import gluon_available
-from ..decode_dense import SPLITKV_RUNTIME_INTS
+from ..decode_dense import GLUON_RUNTIME_INTS
 
 #: KV tokens per tile: the 64-row side of ``wgmma``.
 BLOCK_N = 64
@@ -133,8 +133,8 @@ if gluon_available():
                 gl.thread_barrier()
             k16_blocks.index(opaque0 + c).store(_dequant(x, sc, dtype))
 
-    # one build for every s_q, and the shape ints unhinted as in the Triton kernels (SPLITKV_RUNTIME_INTS)
-    @gluon.jit(do_not_specialize=[*SPLITKV_RUNTIME_INTS, "lse_s_q"])
+    # one build for every s_q, and one whatever the cache's size and the block table's width (GLUON_RUNTIME_INTS)
+    @gluon.jit(do_not_specialize=[*GLUON_RUNTIME_INTS, "lse_s_q"])
     def _sparse_v32_small_heads_kernel(
         q_ptr, k_ptr, block_table_ptr, seqlens_ptr, sched_ptr, num_splits_ptr,
         out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, counters_ptr,
