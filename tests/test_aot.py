@@ -262,8 +262,13 @@ def test_gluon_kernels_hint_the_row_ints():
     builds of Gluon variants take the same list, so the CPU tier compiles what the GPU runs."""
     from openmla.ops.aot import _signature, _variants
     from openmla.ops.decode_dense import GLUON_RUNTIME_INTS
-    from openmla.ops.gluon import (decode_dense_fp8_sm90, decode_dense_sm90, decode_dense_sm90_small_heads,
-                                   decode_dense_sm90_ws, decode_sparse_sm90_small_heads)
+    from openmla.ops.gluon import (
+        decode_dense_fp8_sm90,
+        decode_dense_sm90,
+        decode_dense_sm90_small_heads,
+        decode_dense_sm90_ws,
+        decode_sparse_sm90_small_heads,
+    )
 
     kernels = (decode_dense_fp8_sm90._dense_decode_fp8_sm90_kernel, decode_dense_sm90._dense_decode_sm90_kernel,
                decode_dense_sm90_small_heads._dense_decode_sm90_small_heads_kernel,
