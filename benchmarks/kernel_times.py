@@ -134,9 +134,6 @@ def main(argv=None) -> None:
     ap.add_argument("--plan-overhead", type=int, default=None,
                     help="KV blocks the dense plan charges a request on top of its own (DENSE_PLAN_OVERHEAD of "
                          "openmla.metadata; default 5)")
-    ap.add_argument("--segment-fit", type=int, choices=(0, 1), default=None,
-                    help="1: small batches' plan takes the narrowest pieces that fit, 0: pieces sized by charging "
-                         "each request once (DENSE_SEGMENT_FIT of openmla.metadata; default 1)")
     ap.add_argument("--flush-l2", action="store_true",
                     help="zero a 256 MB buffer before each call (a cold L2, as openmla bench times calls)")
     ap.add_argument("--sparse", action="store_true",
@@ -159,8 +156,8 @@ def main(argv=None) -> None:
     if cli.plan_overhead is not None and cli.plan_overhead < 0:
         raise SystemExit(f"--plan-overhead: {cli.plan_overhead} blocks; the plan charges a request 0 or more")
     if cli.sparse:
-        dense_only = [flag for flag, value in (("--shapes", cli.shapes), ("--plan-overhead", cli.plan_overhead),
-                                               ("--segment-fit", cli.segment_fit)) if value is not None]
+        dense_only = [flag for flag, value in (("--shapes", cli.shapes), ("--plan-overhead", cli.plan_overhead))
+                      if value is not None]
         if dense_only:
             raise SystemExit(f"{', '.join(dense_only)}: dense decoding only, not with --sparse (the sparse plan's "
                              f"charge is --sparse-plan-overhead)")
@@ -204,10 +201,6 @@ def main(argv=None) -> None:
         import openmla.metadata
 
         openmla.metadata.DENSE_PLAN_OVERHEAD = cli.plan_overhead
-    if cli.segment_fit is not None:
-        import openmla.metadata
-
-        openmla.metadata.DENSE_SEGMENT_FIT = bool(cli.segment_fit)
     form = "".join(f" {name} {value}" for name, value in (("combine chunks", cli.combine_chunks),
                                                            ("combine eager", cli.combine_eager),
                                                            ("combine warps", cli.combine_warps),
@@ -216,8 +209,7 @@ def main(argv=None) -> None:
                                                            ("lag from rows", cli.lag_min_rows),
                                                            ("lag box a chunk", cli.lag_box_a_chunk or None),
                                                            ("segment plan to b", cli.segment_plan_max_batch),
-                                                           ("plan overhead", cli.plan_overhead),
-                                                           ("segment fit", cli.segment_fit))
+                                                           ("plan overhead", cli.plan_overhead))
                    if value is not None)
     flash_mla, missing = _load_flash_mla()
     card = torch.cuda.get_device_name()
