@@ -94,6 +94,53 @@ def _shape_config(shape: str):
                         varlen=False, causal=s_q > 1)
 
 
+def _off(_flag):
+    return False
+
+
+def _fixed_chunks(n: int):
+    if n < 1 or n & (n - 1):
+        raise SystemExit(f"--combine-chunks: {n}; give a power of two, 1 or more")
+    return lambda row_programs, d_v, device: n
+
+
+_WS = "openmla.ops.gluon.decode_dense_sm90_ws"
+_SPARSE = "openmla.ops.gluon.decode_sparse_sm90"
+#: What each A/B flag sets: (flag's dest, label in the timing lines, module, attribute, the attribute's value from the
+#: flag's, None: the flag's own). A flag left at its default (None, or False for a switch) sets nothing.
+DENSE_KNOBS = (
+    ("combine_chunks", "combine chunks", "openmla.ops.combine", "combine_col_chunks", _fixed_chunks),
+    ("combine_eager", "combine eager", "openmla.ops.combine", "COMBINE_EAGER_SPLITS", None),
+    ("combine_warps", "combine warps", "openmla.ops.combine", "COMBINE_NUM_WARPS", None),
+    ("masked_softmax", "masked softmax", _WS, "INTERIOR_SOFTMAX", _off),
+    ("p_whole", "P whole", _WS, "P_HALVES", _off),
+    ("lag_min_rows", "lag from rows", _WS, "LAG_MIN_ROWS", None),
+    ("lag_box_a_chunk", "lag box a chunk", _WS, "LAG_HALVES", _off),
+    ("segment_plan_max_batch", "segment plan to b", "openmla.metadata", "SEGMENT_PLAN_MAX_BATCH", None),
+    ("plan_overhead", "plan overhead", "openmla.metadata", "DENSE_PLAN_OVERHEAD", None),
+)
+SPARSE_KNOBS = (
+    ("sparse_plan_overhead", "plan overhead", _SPARSE, "PLAN_OVERHEAD", None),
+    ("sparse_splits_cap", "splits cap", _SPARSE, "SPLITS_CAP", lambda cap: cap or None),
+    ("sparse_rows32_min_tiles", "32-row build from tiles", _SPARSE, "ROWS32_MIN_PIECE_TILES", None),
+)
+
+
+def set_knobs(cli, knobs) -> str:
+    """Set the module attribute of each of ``knobs`` whose flag ``cli`` gives; returns the form's label
+    (`` label value`` for each, in the table's order; empty when none is given)."""
+    import importlib
+
+    form = ""
+    for dest, label, module, attribute, value_of in knobs:
+        value = getattr(cli, dest)
+        if value is None or value is False:
+            continue
+        setattr(importlib.import_module(module), attribute, value if value_of is None else value_of(value))
+        form += f" {label} {value}"
+    return form
+
+
 def main(argv=None) -> None:
     import torch
 
@@ -168,49 +215,7 @@ def main(argv=None) -> None:
         if only - known:
             raise SystemExit(f"--only names no config of --configs {cli.configs}: {', '.join(sorted(only - known))}; "
                              f"known: {', '.join(sorted(known))}")
-    if cli.combine_chunks:
-        from openmla.ops import combine
-
-        combine.combine_col_chunks = lambda row_programs, d_v, device: cli.combine_chunks
-    if cli.combine_eager is not None or cli.combine_warps is not None:
-        from openmla.ops import combine
-
-        combine.COMBINE_EAGER_SPLITS = combine.COMBINE_EAGER_SPLITS if cli.combine_eager is None else cli.combine_eager
-        combine.COMBINE_NUM_WARPS = combine.COMBINE_NUM_WARPS if cli.combine_warps is None else cli.combine_warps
-    if cli.masked_softmax:
-        from openmla.ops.gluon import decode_dense_sm90_ws as ws
-
-        ws.INTERIOR_SOFTMAX = False
-    if cli.lag_min_rows is not None:
-        from openmla.ops.gluon import decode_dense_sm90_ws as ws
-
-        ws.LAG_MIN_ROWS = cli.lag_min_rows
-    if cli.lag_box_a_chunk:
-        from openmla.ops.gluon import decode_dense_sm90_ws as ws
-
-        ws.LAG_HALVES = False
-    if cli.p_whole:
-        from openmla.ops.gluon import decode_dense_sm90_ws as ws
-
-        ws.P_HALVES = False
-    if cli.segment_plan_max_batch is not None:
-        import openmla.metadata
-
-        openmla.metadata.SEGMENT_PLAN_MAX_BATCH = cli.segment_plan_max_batch
-    if cli.plan_overhead is not None:
-        import openmla.metadata
-
-        openmla.metadata.DENSE_PLAN_OVERHEAD = cli.plan_overhead
-    form = "".join(f" {name} {value}" for name, value in (("combine chunks", cli.combine_chunks),
-                                                           ("combine eager", cli.combine_eager),
-                                                           ("combine warps", cli.combine_warps),
-                                                           ("masked softmax", cli.masked_softmax or None),
-                                                           ("P whole", cli.p_whole or None),
-                                                           ("lag from rows", cli.lag_min_rows),
-                                                           ("lag box a chunk", cli.lag_box_a_chunk or None),
-                                                           ("segment plan to b", cli.segment_plan_max_batch),
-                                                           ("plan overhead", cli.plan_overhead))
-                   if value is not None)
+    form = set_knobs(cli, DENSE_KNOBS)
     flash_mla, missing = _load_flash_mla()
     card = torch.cuda.get_device_name()
     flush = None
@@ -271,18 +276,7 @@ def _sparse_main(cli) -> None:
     )
     from openmla._harness import make_sparse_decode_inputs
 
-    if cli.sparse_plan_overhead is not None:
-        from openmla.ops.gluon import decode_sparse_sm90
-
-        decode_sparse_sm90.PLAN_OVERHEAD = cli.sparse_plan_overhead
-    if cli.sparse_splits_cap is not None:
-        from openmla.ops.gluon import decode_sparse_sm90
-
-        decode_sparse_sm90.SPLITS_CAP = cli.sparse_splits_cap or None
-    if cli.sparse_rows32_min_tiles is not None:
-        from openmla.ops.gluon import decode_sparse_sm90
-
-        decode_sparse_sm90.ROWS32_MIN_PIECE_TILES = cli.sparse_rows32_min_tiles
+    set_knobs(cli, SPARSE_KNOBS)
     if cli.sparse_parts is not None:
         from openmla.ops.gluon import decode_sparse_sm90
 

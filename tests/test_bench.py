@@ -503,3 +503,35 @@ def test_plan_pieces_reads_the_longest_piece_and_restores_the_charge(capsys):
     out = capsys.readouterr().out.splitlines()
     b16 = next(line for line in out if line.startswith("small_b16_sk512 "))
     assert b16.split()[1:4] == ["16", "128", "66"] and b16.split()[4:] == ["4/1", "2/1"], b16
+
+
+def test_kernel_times_knobs_set_what_they_name(monkeypatch):
+    """Every A/B flag of ``kernel_times`` names a module attribute that exists (a renamed knob fails here, not on the
+    GPU machine); the flags given set theirs, those left at their defaults set nothing, and the timing lines' label
+    lists the given ones in order. A combine chunk count that is not a power of two stops the run."""
+    import argparse
+    import importlib
+
+    from benchmarks.kernel_times import DENSE_KNOBS, SPARSE_KNOBS, set_knobs
+
+    modules = {}
+    for _, _, module, attribute, _ in DENSE_KNOBS + SPARSE_KNOBS:
+        modules[module] = importlib.import_module(module)
+        assert hasattr(modules[module], attribute), (module, attribute)
+        monkeypatch.setattr(modules[module], attribute, getattr(modules[module], attribute))  # restored after
+    ws = modules["openmla.ops.gluon.decode_dense_sm90_ws"]
+    sparse = modules["openmla.ops.gluon.decode_sparse_sm90"]
+    lag_before, overhead_before = ws.LAG_MIN_ROWS, sparse.PLAN_OVERHEAD
+    given = dict(combine_chunks=4, masked_softmax=True, p_whole=False, plan_overhead=1, sparse_splits_cap=0)
+    cli = argparse.Namespace(**{knob[0]: None for knob in DENSE_KNOBS + SPARSE_KNOBS})
+    for dest, value in given.items():
+        setattr(cli, dest, value)
+    assert set_knobs(cli, DENSE_KNOBS) == " combine chunks 4 masked softmax True plan overhead 1"
+    assert modules["openmla.ops.combine"].combine_col_chunks(2, 512, "cuda") == 4
+    assert ws.INTERIOR_SOFTMAX is False and ws.LAG_MIN_ROWS == lag_before
+    assert modules["openmla.metadata"].DENSE_PLAN_OVERHEAD == 1
+    assert set_knobs(cli, SPARSE_KNOBS) == " splits cap 0"
+    assert sparse.SPLITS_CAP is None and sparse.PLAN_OVERHEAD == overhead_before
+    cli.combine_chunks = 3
+    with pytest.raises(SystemExit, match="--combine-chunks: 3; give a power of two"):
+        set_knobs(cli, DENSE_KNOBS)
