@@ -65,6 +65,21 @@ if triton_available():
     import triton
     import triton.language as tl
 
+    @triton.jit
+    def _store_plan_rows(sched_ptr, offs_p, pmask, begin_req, begin_tok, end_req, end_tok, begin_split):
+        """The pieces' rows of ``tile_scheduler_metadata`` (int32 [num_parts, 8], the module docstring's fields; the
+        last three zero), one vector over pieces a field."""
+        row = sched_ptr + offs_p * 8
+        zero = tl.zeros_like(begin_req)
+        tl.store(row + 0, begin_req, mask=pmask)
+        tl.store(row + 1, begin_tok, mask=pmask)
+        tl.store(row + 2, end_req, mask=pmask)
+        tl.store(row + 3, end_tok, mask=pmask)
+        tl.store(row + 4, begin_split, mask=pmask)
+        tl.store(row + 5, zero, mask=pmask)
+        tl.store(row + 6, zero, mask=pmask)
+        tl.store(row + 7, zero, mask=pmask)
+
     # num_parts is never specialized: as the constant 1 (Triton's specialization of an int argument equal to 1,
     # a one-piece plan) the kernel failed to lower on sm_90 (ConvertTritonGPUToLLVM, triton 3.6)
     @triton.jit(do_not_specialize=["num_parts"])
@@ -141,16 +156,9 @@ if triton_available():
         # pieces with no work get an empty request range [b, b - 1]
         begin_req = tl.where(has_work, begin_req, b)
         end_req = tl.where(has_work, end_req, b - 1)
-        zero = tl.zeros([BLOCK_P], dtype=tl.int32)
-        row = sched_ptr + offs_p * 8
-        tl.store(row + 0, begin_req, mask=pmask)
-        tl.store(row + 1, tl.where(has_work, begin_blk * SCHED, 0), mask=pmask)
-        tl.store(row + 2, end_req, mask=pmask)
-        tl.store(row + 3, tl.where(has_work, tl.minimum(end_blk * SCHED, tl.maximum(len_end, 0)), 0), mask=pmask)
-        tl.store(row + 4, tl.where(has_work, begin_split, 0), mask=pmask)
-        tl.store(row + 5, zero, mask=pmask)
-        tl.store(row + 6, zero, mask=pmask)
-        tl.store(row + 7, zero, mask=pmask)
+        _store_plan_rows(sched_ptr, offs_p, pmask, begin_req, tl.where(has_work, begin_blk * SCHED, 0), end_req,
+                         tl.where(has_work, tl.minimum(end_blk * SCHED, tl.maximum(len_end, 0)), 0),
+                         tl.where(has_work, begin_split, 0))
 
 
     # b and num_parts never specialized (a one-piece or one-request plan as a constant: see _plan_splitkv_kernel)
@@ -216,16 +224,7 @@ if triton_available():
             room = tl.where(rest > 0, cap - (rest - k_full * width) - OVERHEAD, room - first - OVERHEAD)
             q = tl.where(rest > 0, q + 1 + k_full, q)
         pmask = offs_p < num_parts
-        row = sched_ptr + offs_p * 8
-        zero = tl.zeros([BLOCK_P], dtype=tl.int32)
-        tl.store(row + 0, begin_req, mask=pmask)
-        tl.store(row + 1, begin_tok, mask=pmask)
-        tl.store(row + 2, end_req, mask=pmask)
-        tl.store(row + 3, end_tok, mask=pmask)
-        tl.store(row + 4, begin_split, mask=pmask)
-        tl.store(row + 5, zero, mask=pmask)
-        tl.store(row + 6, zero, mask=pmask)
-        tl.store(row + 7, zero, mask=pmask)
+        _store_plan_rows(sched_ptr, offs_p, pmask, begin_req, begin_tok, end_req, end_tok, begin_split)
         tl.store(num_splits_ptr, 0)
         tl.store(num_splits_ptr + 1 + offs_b, tl.cumsum(counts, axis=0), mask=mask_b)
 
