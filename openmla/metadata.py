@@ -32,11 +32,6 @@ __all__ = ["FlashMLASchedMeta", "get_mla_metadata", "get_mla_decoding_metadata"]
 #: h_q=128 batch planned with 5 took time by their tiles alone (pieces of 244 tiles and 4-5 requests 569 us, of 259
 #: tiles and 2 requests 593 us): 5 looks too much for it, not yet measured otherwise (docs/perf-notes.md item 29).
 DENSE_PLAN_OVERHEAD = FIXED_OVERHEAD
-#: Small batches (``plan_segments``) get the narrowest pieces their lay-in fits in (``fit_width``), not pieces sized by
-#: charging each request once. On an H200 the plans it makes at 16-32 equal requests are those that a charge of 0 or 1
-#: made, 3-14 % shorter there, while it keeps 5 a piece where charges of 0 and 1 lost 2-25 % (ragged batches, b=64 at
-#: 8k keys): ``2026-11-28-h200-dense-plan-charge-ab.txt``. Read at each call (``kernel_times --segment-fit``).
-DENSE_SEGMENT_FIT = True
 
 _REUSE_HINT = (
     " A FlashMLASchedMeta is planned by the first flash_mla_with_kvcache call that receives it and may only be"
@@ -127,9 +122,8 @@ def plan_dense(
     Hopper too). Any plan is correct for any kernel; the size only affects speed.
     ``old_api``: the tensors go back to a caller of the old form, so at most one piece per SM.
     Batches of up to :data:`openmla.ops.schedule.SEGMENT_PLAN_MAX_BATCH` requests are planned by
-    :func:`~openmla.ops.schedule.plan_segments` (each piece of a request pays the per-request overhead, the pieces as
-    narrow as fit with :data:`DENSE_SEGMENT_FIT`), larger ones by :func:`~openmla.ops.schedule.plan_splitkv` (one
-    pass over the requests in closed form).
+    :func:`~openmla.ops.schedule.plan_segments` (each piece of a request pays the per-request overhead), larger ones
+    by :func:`~openmla.ops.schedule.plan_splitkv` (one pass over the requests in closed form).
     ``bounded``: cut any request into at most :data:`openmla.ops.schedule.MAX_SPLITS` pieces (the fused
     combine's bound; speed only). ``None``: for batches small enough for the fused combine
     (:data:`openmla.ops.combine.FUSED_MAX_BATCH`), whichever way their calls merge them (an eagerly planned
@@ -150,10 +144,8 @@ def plan_dense(
     if bounded is None:
         bounded = cache_seqlens.shape[0] <= FUSED_MAX_BATCH
     # small batches: a piece of a request pays its overhead (no one-block tails beside the next request's start)
-    max_splits = MAX_SPLITS if bounded else None
-    if cache_seqlens.shape[0] <= SEGMENT_PLAN_MAX_BATCH:
-        return plan_segments(cache_seqlens.contiguous(), parts, max_splits, DENSE_PLAN_OVERHEAD, DENSE_SEGMENT_FIT)
-    return plan_splitkv(cache_seqlens.contiguous(), parts, max_splits, overhead=DENSE_PLAN_OVERHEAD)
+    plan = plan_segments if cache_seqlens.shape[0] <= SEGMENT_PLAN_MAX_BATCH else plan_splitkv
+    return plan(cache_seqlens.contiguous(), parts, MAX_SPLITS if bounded else None, overhead=DENSE_PLAN_OVERHEAD)
 
 
 def get_mla_metadata(*args, **kwargs):
