@@ -94,6 +94,17 @@ def _shape_config(shape: str):
                         varlen=False, causal=s_q > 1)
 
 
+def _plan_shape(sched) -> str | None:
+    """``pieces P, splits a request at most S`` of the schedule a call planned (a ``FlashMLASchedMeta``), or None
+    before it is planned: tells which plan the timed calls ran (small batches' plans are cut at MAX_SPLITS pieces a
+    request only where the planning call fused its merge)."""
+    if sched is None or not getattr(sched, "have_initialized", False) or sched.num_splits is None:
+        return None
+    splits = sched.num_splits
+    most = int((splits[1:] - splits[:-1]).max())
+    return f"pieces {sched.tile_scheduler_metadata.shape[0]}, splits a request at most {most}"
+
+
 def _off(_flag):
     return False
 
@@ -116,6 +127,7 @@ DENSE_KNOBS = (
     ("p_whole", "P whole", _WS, "P_HALVES", _off),
     ("lag_min_rows", "lag from rows", _WS, "LAG_MIN_ROWS", None),
     ("lag_box_a_chunk", "lag box a chunk", _WS, "LAG_HALVES", _off),
+    ("fused_max_batch", "fused to b", "openmla.ops.combine", "FUSED_MAX_BATCH", None),
     ("segment_plan_max_batch", "segment plan to b", "openmla.metadata", "SEGMENT_PLAN_MAX_BATCH", None),
     ("plan_overhead", "plan overhead", "openmla.metadata", "DENSE_PLAN_OVERHEAD", None),
 )
@@ -175,6 +187,10 @@ def main(argv=None) -> None:
                          "one per value half (LAG_HALVES off)")
     ap.add_argument("--p-whole", action="store_true",
                     help="the Hopper dense kernel hands each tile's P over whole (P_HALVES off)")
+    ap.add_argument("--fused-max-batch", type=int, default=None,
+                    help="largest batch whose eager calls merge partials in the split kernel, and whose plans cut a "
+                         "request into at most MAX_SPLITS pieces for it (FUSED_MAX_BATCH of openmla.ops.combine; "
+                         "0: no call fuses, no plan is bounded)")
     ap.add_argument("--segment-plan-max-batch", type=int, default=None,
                     help="largest batch the dense plan cuts with plan_segments rather than the closed form "
                          "(SEGMENT_PLAN_MAX_BATCH of openmla.metadata; 0: never)")
@@ -248,8 +264,11 @@ def main(argv=None) -> None:
                       + (f" ({form.strip()})" if form else ""))
                 for name, (us, n) in sorted(times.items(), key=lambda kv: -kv[1][0]):
                     print(f"    {us:7.1f} us  x{n:.0f}  {name}")
+                plan = _plan_shape(providers[0][1].sched) if provider == "openmla" else None
+                if plan:
+                    print(f"    plan: {plan}")
                 results.append(dict(config=cfg.name, provider=provider, card=card, kernel_us=busy, span_us=span,
-                                    cuda_graph=cli.cuda_graph, flush_l2=cli.flush_l2,
+                                    cuda_graph=cli.cuda_graph, flush_l2=cli.flush_l2, plan=plan,
                                     combine_chunks=cli.combine_chunks, combine_eager=cli.combine_eager,
                                     combine_warps=cli.combine_warps,
                                     kernels={k: dict(us=v[0], launches=v[1]) for k, v in times.items()}))

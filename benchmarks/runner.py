@@ -138,6 +138,7 @@ def _openmla_call(inp) -> Callable[[], tuple]:
             *inp.call_args(), sched, softmax_scale=inp.softmax_scale, causal=inp.causal, **fp8
         )
 
+    call.sched = sched  # the schedule its calls plan and share (kernel_times reads its pieces)
     return call
 
 

@@ -535,3 +535,22 @@ def test_kernel_times_knobs_set_what_they_name(monkeypatch):
     cli.combine_chunks = 3
     with pytest.raises(SystemExit, match="--combine-chunks: 3; give a power of two"):
         set_knobs(cli, DENSE_KNOBS)
+
+
+def test_kernel_times_names_the_plan_its_calls_ran():
+    """``kernel_times`` prints the pieces of the schedule OpenMLA's calls planned and the most pieces a request was
+    cut into (so a record says whether small batches ran a plan bounded at MAX_SPLITS); nothing before planning."""
+    import openmla
+    from benchmarks.kernel_times import _plan_shape
+    from openmla.metadata import plan_dense
+    from openmla.ops.schedule import MAX_SPLITS
+
+    sched, _ = openmla.get_mla_metadata()
+    assert _plan_shape(sched) is None and _plan_shape(None) is None
+    lens = torch.tensor([64 * 400, 64], dtype=torch.int32)
+    for bounded in (True, False):
+        sched.tile_scheduler_metadata, sched.num_splits = plan_dense(lens, 128, 1, "gluon", bounded=bounded)
+        sched.have_initialized = True
+        shape = _plan_shape(sched)
+        assert shape.startswith(f"pieces {sched.tile_scheduler_metadata.shape[0]}, splits a request at most ")
+        assert (int(shape.rsplit(" ", 1)[1]) <= MAX_SPLITS) == bounded, shape
