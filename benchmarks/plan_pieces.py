@@ -8,7 +8,9 @@ count) with ``DENSE_PLAN_OVERHEAD`` set to each value, and prints the longest pi
 (``tiles/requests``). On an H200 the kernel's programs take time by their tiles, not their requests
 (``benchmarks/results/2026-11-28-h200-trace-programs.txt``), and the slowest program sets a call's end: the tiles of
 the longest piece are what a charge predicts, before ``python -m benchmarks.kernel_times --plan-overhead N``
-measures it. Nothing here is a measurement.
+measures it. Nothing here is a measurement. Plans are not bounded at ``MAX_SPLITS`` pieces a request: the bench's
+calls plan at their first call, which a step's later calls replay, so it leaves its merge to the combine kernel
+and its plan unbounded (``fuse_combine``; only with ``OPENMLA_REPLAY=0`` would b <= 16 be bounded).
 """
 from __future__ import annotations
 
@@ -64,7 +66,7 @@ def main(argv=None) -> None:
                 for overhead in overheads:
                     metadata.DENSE_PLAN_OVERHEAD = overhead
                     sched, _ = metadata.plan_dense(torch.tensor(lens, dtype=torch.int32), cfg.s_q * cfg.h_q // cfg.h_kv,
-                                                   cfg.h_kv, backend="gluon")
+                                                   cfg.h_kv, backend="gluon", bounded=False)
                     pieces = sched.shape[0]
                     tiles, requests = longest_piece(sched.tolist(), lens)
                     cells.append(f"{tiles:5d}/{requests:<3d}")
