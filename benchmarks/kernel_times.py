@@ -94,15 +94,18 @@ def _shape_config(shape: str):
                         varlen=False, causal=s_q > 1)
 
 
-def _plan_shape(sched) -> str | None:
-    """``pieces P, splits a request at most S`` of the schedule a call planned (a ``FlashMLASchedMeta``), or None
-    before it is planned: tells which plan the timed calls ran (small batches' plans are cut at MAX_SPLITS pieces a
-    request only where the planning call fused its merge)."""
-    if sched is None or not getattr(sched, "have_initialized", False) or sched.num_splits is None:
+def _plan_shape(call) -> str | None:
+    """``pieces P, splits a request at most S`` of the schedule an OpenMLA call ran (its ``FlashMLASchedMeta`` once
+    planned, or its old-form tensors), or None before it is planned: tells which plan the timed calls ran (small
+    batches' plans are cut at MAX_SPLITS pieces a request only where the planning call may fuse its merge)."""
+    meta, plan = getattr(call, "sched", None), getattr(call, "plan", None)
+    if plan is None and meta is not None and getattr(meta, "have_initialized", False):
+        plan = meta.tile_scheduler_metadata, meta.num_splits
+    if plan is None or plan[1] is None:
         return None
-    splits = sched.num_splits
+    sched, splits = plan
     most = int((splits[1:] - splits[:-1]).max())
-    return f"pieces {sched.tile_scheduler_metadata.shape[0]}, splits a request at most {most}"
+    return f"pieces {sched.shape[0]}, splits a request at most {most}"
 
 
 def _off(_flag):
@@ -128,6 +131,7 @@ DENSE_KNOBS = (
     ("lag_min_rows", "lag from rows", _WS, "LAG_MIN_ROWS", None),
     ("lag_box_a_chunk", "lag box a chunk", _WS, "LAG_HALVES", _off),
     ("fused_max_batch", "fused to b", "openmla.ops.combine", "FUSED_MAX_BATCH", None),
+    ("old_form_bounded", "old-form plans bounded", "openmla.metadata", "UNBOUND_REPLAYED_OLD_FORM", _off),
     ("segment_plan_max_batch", "segment plan to b", "openmla.metadata", "SEGMENT_PLAN_MAX_BATCH", None),
     ("plan_overhead", "plan overhead", "openmla.metadata", "DENSE_PLAN_OVERHEAD", None),
 )
@@ -157,7 +161,7 @@ def main(argv=None) -> None:
     import torch
 
     from benchmarks.configs import get_configs
-    from benchmarks.runner import _flash_mla_call, _graphed, _load_flash_mla, _openmla_call
+    from benchmarks.runner import _flash_mla_call, _graphed, _load_flash_mla, _openmla_call, _openmla_old_form_call
     from openmla._harness import make_dense_decode_inputs, parse_dtype
 
     ap = argparse.ArgumentParser()
@@ -187,6 +191,12 @@ def main(argv=None) -> None:
                          "one per value half (LAG_HALVES off)")
     ap.add_argument("--p-whole", action="store_true",
                     help="the Hopper dense kernel hands each tile's P over whole (P_HALVES off)")
+    ap.add_argument("--old-form", action="store_true",
+                    help="OpenMLA's calls take the old metadata form (get_mla_metadata(cache_seqlens, ...) tensors, "
+                         "as SGLang passes them) instead of a FlashMLASchedMeta")
+    ap.add_argument("--old-form-bounded", action="store_true",
+                    help="old-form plans of small batches cut at MAX_SPLITS pieces a request even while calls replay "
+                         "(UNBOUND_REPLAYED_OLD_FORM of openmla.metadata off: the policy before)")
     ap.add_argument("--fused-max-batch", type=int, default=None,
                     help="largest batch whose eager calls merge partials in the split kernel, and whose plans cut a "
                          "request into at most MAX_SPLITS pieces for it (FUSED_MAX_BATCH of openmla.ops.combine; "
@@ -219,7 +229,9 @@ def main(argv=None) -> None:
     if cli.plan_overhead is not None and cli.plan_overhead < 0:
         raise SystemExit(f"--plan-overhead: {cli.plan_overhead} blocks; the plan charges a request 0 or more")
     if cli.sparse:
-        dense_only = [flag for flag, value in (("--shapes", cli.shapes), ("--plan-overhead", cli.plan_overhead))
+        dense_only = [flag for flag, value in (("--shapes", cli.shapes), ("--plan-overhead", cli.plan_overhead),
+                                               ("--old-form", cli.old_form or None),
+                                               ("--old-form-bounded", cli.old_form_bounded or None))
                       if value is not None]
         if dense_only:
             raise SystemExit(f"{', '.join(dense_only)}: dense decoding only, not with --sparse (the sparse plan's "
@@ -250,7 +262,7 @@ def main(argv=None) -> None:
                 continue
             inp = make_dense_decode_inputs(cfg.seqlens(), cfg.s_q, cfg.h_q, cfg.h_kv, cfg.d, cfg.dv,
                                            cfg.page_block_size, parse_dtype(cfg.dtype), cfg.causal, "cuda", cfg.seed)
-            providers = [("openmla", _openmla_call(inp))]
+            providers = [("openmla", _openmla_old_form_call(inp) if cli.old_form else _openmla_call(inp))]
             if flash_mla is not None and not cli.openmla_only:
                 providers.append(("flash_mla", _flash_mla_call(flash_mla, inp)))
             elif not cli.openmla_only:
@@ -264,7 +276,7 @@ def main(argv=None) -> None:
                       + (f" ({form.strip()})" if form else ""))
                 for name, (us, n) in sorted(times.items(), key=lambda kv: -kv[1][0]):
                     print(f"    {us:7.1f} us  x{n:.0f}  {name}")
-                plan = _plan_shape(providers[0][1].sched) if provider == "openmla" else None
+                plan = _plan_shape(providers[0][1]) if provider == "openmla" else None
                 if plan:
                     print(f"    plan: {plan}")
                 results.append(dict(config=cfg.name, provider=provider, card=card, kernel_us=busy, span_us=span,

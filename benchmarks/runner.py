@@ -142,6 +142,25 @@ def _openmla_call(inp) -> Callable[[], tuple]:
     return call
 
 
+def _openmla_old_form_call(inp) -> Callable[[], tuple]:
+    """The same call with FlashMLA's old metadata form, as SGLang and older vLLM call it: the schedule's two tensors
+    from ``get_mla_metadata(cache_seqlens, s_q * h_q // h_kv, h_kv)``, planned once, passed to every call."""
+    import openmla
+
+    s_q, h_q, h_kv = inp.q.shape[1], inp.q.shape[2], inp.k_cache.shape[2]
+    sched, splits = openmla.get_mla_metadata(inp.cache_seqlens, s_q * h_q // h_kv, h_kv,
+                                             is_fp8_kvcache=inp.descale_k is not None)
+    fp8 = {} if inp.descale_k is None else {"descale_q": inp.descale_q, "descale_k": inp.descale_k}
+
+    def call():
+        return openmla.flash_mla_with_kvcache(
+            *inp.call_args(), sched, splits, softmax_scale=inp.softmax_scale, causal=inp.causal, **fp8
+        )
+
+    call.plan = sched, splits  # kernel_times reads its pieces
+    return call
+
+
 def _flash_mla_unsupported(cfg: DecodeConfig) -> str | None:
     """Why FlashMLA's dense decode cannot run ``cfg`` (``None`` when it can)."""
     if cfg.page_block_size != 64:

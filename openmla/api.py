@@ -14,7 +14,7 @@ import torch
 from . import reference
 from ._runtime import InvalidArgumentError, aligned16, getenv
 from .dispatch import Choice, choose_dense_decode, choose_sparse_decode
-from .metadata import FlashMLASchedMeta, plan_dense
+from .metadata import UNBOUNDED_OLD_FORM, FlashMLASchedMeta, plan_dense
 from .ops.combine import fuse_combine
 from .ops.launch import recording, scratch
 from .replay import (
@@ -584,6 +584,8 @@ def flash_mla_with_kvcache(
         sched, splits = plan_dense(cache_seqlens, rows, h_kv, choice.backend, bounded=fused)
         if meta is not None:
             meta.tile_scheduler_metadata, meta.num_splits, meta.have_initialized = sched, splits, True
+    if fused and splits in UNBOUNDED_OLD_FORM:  # an old-form plan made for calls that replay: too many partials
+        fused = False
 
     fwd = _dense_launcher(choice.backend)
     workspace = None

@@ -15,6 +15,7 @@ metadata included, can be captured in a CUDA graph. As in FlashMLA, a reused obj
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from typing import Optional
 
 import torch
@@ -23,6 +24,7 @@ from ._runtime import InvalidArgumentError, SchedMetaMismatchError, device_arch,
 from .ops.combine import FUSED_MAX_BATCH
 from .ops.decode_dense import num_sm_parts_for
 from .ops.schedule import FIXED_OVERHEAD, MAX_SPLITS, SEGMENT_PLAN_MAX_BATCH, plan_segments, plan_splitkv
+from .replay import _knob_values, replay_enabled
 
 __all__ = ["FlashMLASchedMeta", "get_mla_metadata", "get_mla_decoding_metadata"]
 
@@ -32,6 +34,30 @@ __all__ = ["FlashMLASchedMeta", "get_mla_metadata", "get_mla_decoding_metadata"]
 #: h_q=128 batch planned with 5 took time by their tiles alone (pieces of 244 tiles and 4-5 requests 569 us, of 259
 #: tiles and 2 requests 593 us): 5 looks too much for it, not yet measured otherwise (docs/perf-notes.md item 29).
 DENSE_PLAN_OVERHEAD = FIXED_OVERHEAD
+class _TensorSet:
+    """Tensors by identity, held weakly (a ``weakref.WeakSet`` compares tensors with ``==``, which is
+    elementwise)."""
+
+    def __init__(self):
+        self._refs: dict[int, weakref.ref] = {}
+
+    def add(self, tensor: torch.Tensor) -> None:
+        key = id(tensor)
+        self._refs[key] = weakref.ref(tensor, lambda _ref, key=key: self._refs.pop(key, None))
+
+    def __contains__(self, tensor) -> bool:
+        ref = self._refs.get(id(tensor))
+        return ref is not None and ref() is tensor
+
+
+#: ``num_splits`` of the old-form plans made without the fused merge's bound (:func:`plan_dense`): a decode call
+#: handed one merges with the combine kernel whatever its batch (one program merging 66 partials made b=1 at 8k keys
+#: 146.1 against 45.0 us on an H100, ``openmla.ops.schedule.MAX_SPLITS``). Held weakly: a plan its caller drops
+#: leaves the set.
+UNBOUNDED_OLD_FORM = _TensorSet()
+#: Whether old-form plans of small batches drop the fused merge's bound while calls replay (:func:`plan_dense`);
+#: ``False`` bounds them as before (A/Bs: ``benchmarks.kernel_times --old-form --old-form-bounded``). Read each call.
+UNBOUND_REPLAYED_OLD_FORM = True
 
 _REUSE_HINT = (
     " A FlashMLASchedMeta is planned by the first flash_mla_with_kvcache call that receives it and may only be"
@@ -125,10 +151,11 @@ def plan_dense(
     :func:`~openmla.ops.schedule.plan_segments` (each piece of a request pays the per-request overhead), larger ones
     by :func:`~openmla.ops.schedule.plan_splitkv` (one pass over the requests in closed form).
     ``bounded``: cut any request into at most :data:`openmla.ops.schedule.MAX_SPLITS` pieces (the fused
-    combine's bound; speed only). ``None``: for batches small enough for the fused combine
-    (:data:`openmla.ops.combine.FUSED_MAX_BATCH`), whichever way their calls merge them (an eagerly planned
-    schedule is often replayed by CUDA graphs); larger ones are not bounded. A decode call passes whether it
-    fuses.
+    combine's bound; speed only). A decode call passes whether it fuses. ``None``: for batches small enough for
+    the fused combine (:data:`openmla.ops.combine.FUSED_MAX_BATCH`), except old-form plans while decode calls
+    replay (``OPENMLA_REPLAY``, the default): those calls leave their merge to the combine kernel, as new-form
+    calls that plan do, so the bound would only leave SMs idle (b=1 at 8k keys: pieces of 9 blocks instead of 3).
+    Such plans' ``num_splits`` are kept in :data:`UNBOUNDED_OLD_FORM`, and a call handed one never fuses.
     """
     if backend is None:
         import warnings
@@ -141,11 +168,18 @@ def plan_dense(
     device = cache_seqlens.device
     parts = num_sm_parts_for(rows_per_kv_head, h_kv, num_sms(device), backend=backend, cap_at_sm_count=old_api,
                              arch=device_arch(device), kv_fp8=kv_fp8)
+    small = cache_seqlens.shape[0] <= FUSED_MAX_BATCH
+    unbounded_old_form = (bounded is None and old_api and small and UNBOUND_REPLAYED_OLD_FORM
+                          and replay_enabled(_knob_values()))
     if bounded is None:
-        bounded = cache_seqlens.shape[0] <= FUSED_MAX_BATCH
+        bounded = small and not unbounded_old_form
     # small batches: a piece of a request pays its overhead (no one-block tails beside the next request's start)
     plan = plan_segments if cache_seqlens.shape[0] <= SEGMENT_PLAN_MAX_BATCH else plan_splitkv
-    return plan(cache_seqlens.contiguous(), parts, MAX_SPLITS if bounded else None, overhead=DENSE_PLAN_OVERHEAD)
+    sched, splits = plan(cache_seqlens.contiguous(), parts, MAX_SPLITS if bounded else None,
+                         overhead=DENSE_PLAN_OVERHEAD)
+    if unbounded_old_form:
+        UNBOUNDED_OLD_FORM.add(splits)
+    return sched, splits
 
 
 def get_mla_metadata(*args, **kwargs):

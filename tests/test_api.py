@@ -624,6 +624,47 @@ def test_backend_table_lists_every_op():
     assert ops["dense_fp8_decode"].backend == ops["dense_decode"].backend != "none"
 
 
+def test_old_form_plans_are_unbounded_while_calls_replay(monkeypatch):
+    """Old-form plans (SGLang's, vLLM's) of small batches are cut at MAX_SPLITS pieces a request only where their
+    calls may fuse the merge: with replays on (the default) the calls leave it to the combine kernel, as new-form
+    calls do, so b=1 at 25k keys gets every piece; with OPENMLA_REPLAY=0 the bound is back. A call handed an
+    unbounded plan does not fuse even where it otherwise would (replays turned off after planning)."""
+    import openmla
+    import openmla.api
+    from openmla.metadata import UNBOUNDED_OLD_FORM
+    from openmla.ops.combine import FUSED_MAX_BATCH
+
+    monkeypatch.setenv("OPENMLA_NUM_SMS", "132")
+    monkeypatch.delenv("OPENMLA_REPLAY", raising=False)
+    monkeypatch.delenv("OPENMLA_CHECK_VALUES", raising=False)
+    lens = torch.tensor([64 * 400], dtype=torch.int32)
+    sched, splits = openmla.get_mla_metadata(lens, 16, 1)
+    assert int(splits[1] - splits[0]) > MAX_SPLITS and splits in UNBOUNDED_OLD_FORM
+    big = torch.full((FUSED_MAX_BATCH + 1,), 64 * 400, dtype=torch.int32)
+    assert openmla.get_mla_metadata(big, 16, 1)[1] not in UNBOUNDED_OLD_FORM, "only plans a call could fuse"
+    monkeypatch.setenv("OPENMLA_REPLAY", "0")
+    _, bounded = openmla.get_mla_metadata(lens, 16, 1)
+    assert int(bounded[1] - bounded[0]) <= MAX_SPLITS and bounded not in UNBOUNDED_OLD_FORM
+
+    fused_by_call = []
+
+    def launcher(*args, fused_combine, **kwargs):
+        fused_by_call.append(fused_combine)
+        raise StopIteration  # the policy is what is checked here, not the kernel
+
+    monkeypatch.setattr(openmla.api, "_dense_launcher", lambda backend: launcher)
+    q = torch.randn(1, 1, 16, 576, dtype=torch.bfloat16)
+    k_cache = torch.randn(400, 64, 1, 576, dtype=torch.bfloat16)
+    block_table = torch.arange(400, dtype=torch.int32).reshape(1, 400)
+    for plan in ((sched, splits), (_, bounded)):  # replays off now: each call runs the whole path
+        with pytest.raises(StopIteration):
+            openmla.flash_mla_with_kvcache(q, k_cache, block_table, lens, 512, *plan, backend="triton")
+    assert fused_by_call == [False, True]
+    held = len(UNBOUNDED_OLD_FORM._refs)
+    del sched, splits, plan
+    assert len(UNBOUNDED_OLD_FORM._refs) == held - 1, "a plan its caller drops leaves the set"
+
+
 def test_fused_combine_policy_and_its_plan_bound():
     """Small eager batches merge split partials in the split kernel and plan at most MAX_SPLITS pieces a
     request; larger batches use the combine kernel and an unbounded plan (the cap would only idle SMs)."""

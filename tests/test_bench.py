@@ -369,6 +369,8 @@ def test_kernel_times_refuses_a_negative_charge_and_dense_options_with_sparse():
         main(["--plan-overhead", "-1"])
     with pytest.raises(SystemExit, match="--shapes, --plan-overhead: dense decoding only"):
         main(["--sparse", "--shapes", "64:512", "--plan-overhead", "0"])
+    with pytest.raises(SystemExit, match="--old-form, --old-form-bounded: dense decoding only"):
+        main(["--sparse", "--old-form", "--old-form-bounded"])
     for bad in ("5,-1", "5,x"):
         with pytest.raises(SystemExit, match=f"--overheads: '{bad}'"):
             plan_pieces(["--overheads", bad])
@@ -545,12 +547,36 @@ def test_kernel_times_names_the_plan_its_calls_ran():
     from openmla.metadata import plan_dense
     from openmla.ops.schedule import MAX_SPLITS
 
-    sched, _ = openmla.get_mla_metadata()
-    assert _plan_shape(sched) is None and _plan_shape(None) is None
+    class Call:  # what benchmarks.runner's calls carry: the new form's schedule object, or the old form's tensors
+        sched = plan = None
+
+    call = Call()
+    call.sched, _ = openmla.get_mla_metadata()
+    assert _plan_shape(call) is None and _plan_shape(None) is None
     lens = torch.tensor([64 * 400, 64], dtype=torch.int32)
     for bounded in (True, False):
-        sched.tile_scheduler_metadata, sched.num_splits = plan_dense(lens, 128, 1, "gluon", bounded=bounded)
-        sched.have_initialized = True
-        shape = _plan_shape(sched)
-        assert shape.startswith(f"pieces {sched.tile_scheduler_metadata.shape[0]}, splits a request at most ")
-        assert (int(shape.rsplit(" ", 1)[1]) <= MAX_SPLITS) == bounded, shape
+        plan = plan_dense(lens, 128, 1, "gluon", bounded=bounded)
+        call.sched.tile_scheduler_metadata, call.sched.num_splits = plan
+        call.sched.have_initialized = True
+        old_form = Call()
+        old_form.plan = plan
+        for shape in (_plan_shape(call), _plan_shape(old_form)):
+            assert shape.startswith(f"pieces {plan[0].shape[0]}, splits a request at most "), shape
+            assert (int(shape.rsplit(" ", 1)[1]) <= MAX_SPLITS) == bounded, shape
+
+
+def test_old_form_bench_call_matches_the_new_form():
+    """``benchmarks.runner``'s old-form call (SGLang's convention: the schedule's tensors from
+    ``get_mla_metadata(cache_seqlens, s_q * h_q // h_kv, h_kv)``) gives the new-form call's output on the same inputs
+    (CPU: the Triton interpreter), and carries its plan for ``kernel_times``."""
+    from benchmarks.runner import _openmla_call, _openmla_old_form_call
+    from openmla._harness import make_dense_decode_inputs
+
+    inp = make_dense_decode_inputs([70, 130], 1, 16, 1, 576, 512, 64, torch.bfloat16, False, "cpu", 3)
+    old_form = _openmla_old_form_call(inp)
+    out_old, lse_old = old_form()
+    out_new, lse_new = _openmla_call(inp)()
+    assert old_form.plan[1].shape == (3,)
+    # bf16 outputs of two plans (different splits, merged in fp32) may round an ulp apart (0.0078 at 1.0)
+    torch.testing.assert_close(out_old.float(), out_new.float(), atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(lse_old, lse_new, atol=1e-4, rtol=1e-4)
