@@ -34,6 +34,8 @@ __all__ = ["FlashMLASchedMeta", "get_mla_metadata", "get_mla_decoding_metadata"]
 #: h_q=128 batch planned with 5 took time by their tiles alone (pieces of 244 tiles and 4-5 requests 569 us, of 259
 #: tiles and 2 requests 593 us): 5 looks too much for it, not yet measured otherwise (docs/perf-notes.md item 29).
 DENSE_PLAN_OVERHEAD = FIXED_OVERHEAD
+
+
 class _TensorSet:
     """Tensors by identity, held weakly (a ``weakref.WeakSet`` compares tensors with ``==``, which is
     elementwise)."""
