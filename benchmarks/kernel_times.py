@@ -134,7 +134,6 @@ DENSE_KNOBS = (
     ("old_form_bounded", "old-form plans bounded", "openmla.metadata", "UNBOUND_REPLAYED_OLD_FORM", _off),
     ("segment_plan_max_batch", "segment plan to b", "openmla.metadata", "SEGMENT_PLAN_MAX_BATCH", None),
     ("plan_overhead", "plan overhead", "openmla.metadata", "DENSE_PLAN_OVERHEAD", None),
-    ("segment_fit", "segment fit", "openmla.metadata", "DENSE_SEGMENT_FIT", bool),
 )
 SPARSE_KNOBS = (
     ("sparse_plan_overhead", "plan overhead", _SPARSE, "PLAN_OVERHEAD", None),
@@ -208,9 +207,6 @@ def main(argv=None) -> None:
     ap.add_argument("--plan-overhead", type=int, default=None,
                     help="KV blocks the dense plan charges a request on top of its own (DENSE_PLAN_OVERHEAD of "
                          "openmla.metadata; default 5)")
-    ap.add_argument("--segment-fit", type=int, choices=(0, 1), default=None,
-                    help="1: small batches' plan takes the narrowest pieces that fit, 0: pieces sized by charging "
-                         "each request once (DENSE_SEGMENT_FIT of openmla.metadata; default 1)")
     ap.add_argument("--flush-l2", action="store_true",
                     help="zero a 256 MB buffer before each call (a cold L2, as openmla bench times calls)")
     ap.add_argument("--sparse", action="store_true",
@@ -235,8 +231,8 @@ def main(argv=None) -> None:
     if cli.sparse:
         dense_only = [flag for flag, value in (("--shapes", cli.shapes), ("--plan-overhead", cli.plan_overhead),
                                                ("--old-form", cli.old_form or None),
-                                               ("--old-form-bounded", cli.old_form_bounded or None),
-                                               ("--segment-fit", cli.segment_fit)) if value is not None]
+                                               ("--old-form-bounded", cli.old_form_bounded or None))
+                      if value is not None]
         if dense_only:
             raise SystemExit(f"{', '.join(dense_only)}: dense decoding only, not with --sparse (the sparse plan's "
                              f"charge is --sparse-plan-overhead)")

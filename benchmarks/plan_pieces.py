@@ -1,11 +1,10 @@
 """The dense plan's longest piece per bench config, for each per-request charge: plan arithmetic on a CPU.
 
-Usage: ``python -m benchmarks.plan_pieces [--configs standard,ragged,medium,small] [--overheads 5,2,1,0] [--sms 132]
-[--segment-fit 0|1]``
+Usage: ``python -m benchmarks.plan_pieces [--configs standard,ragged,medium,small] [--overheads 5,2,1,0] [--sms 132]``
 
 For every dense-decode config of the sets named this plans the batch as ``openmla.metadata.plan_dense`` does for the
 warp-specialized Hopper kernel (the same lengths, pieces and plan as the bench's calls; ``--sms`` the card's SM
-count) with ``DENSE_PLAN_OVERHEAD`` set to each value (and ``DENSE_SEGMENT_FIT`` to ``--segment-fit``), and prints the longest piece's 64-key tiles and requests
+count) with ``DENSE_PLAN_OVERHEAD`` set to each value, and prints the longest piece's 64-key tiles and requests
 (``tiles/requests``). On an H200 the kernel's programs take time by their tiles, not their requests
 (``benchmarks/results/2026-11-28-h200-trace-programs.txt``), and the slowest program sets a call's end: the tiles of
 the longest piece are what a charge predicts, before ``python -m benchmarks.kernel_times --plan-overhead N``
@@ -41,8 +40,6 @@ def main(argv=None) -> None:
     ap.add_argument("--configs", default="standard,ragged,medium,small")
     ap.add_argument("--overheads", default="5,2,1,0", help="values of DENSE_PLAN_OVERHEAD to plan with")
     ap.add_argument("--sms", type=int, default=132, help="the card's SM count (132: H100 SXM and H200)")
-    ap.add_argument("--segment-fit", type=int, choices=(0, 1), default=None,
-                    help="DENSE_SEGMENT_FIT for batches of up to 64 requests (default: openmla.metadata's)")
     args = ap.parse_args(argv)
     import torch
 
@@ -55,14 +52,10 @@ def main(argv=None) -> None:
         overheads = [-1]
     if min(overheads) < 0:
         raise SystemExit(f"--overheads: {args.overheads!r}; give whole numbers of blocks, 0 or more, comma-separated")
-    default, fit, sms = metadata.DENSE_PLAN_OVERHEAD, metadata.DENSE_SEGMENT_FIT, os.environ.get("OPENMLA_NUM_SMS")
-    os.environ["OPENMLA_NUM_SMS"] = str(args.sms)  # the pieces of a card with this many SMs
-    if args.segment_fit is not None:
-        metadata.DENSE_SEGMENT_FIT = bool(args.segment_fit)
-    pieces_of_small = "fitted" if metadata.DENSE_SEGMENT_FIT else "by the charge"
-    print(f"longest piece of the dense plan, tiles/requests, per DENSE_PLAN_OVERHEAD ({args.sms} SMs, gluon pieces, "
-          f"small batches' pieces {pieces_of_small})")
+    print(f"longest piece of the dense plan, tiles/requests, per DENSE_PLAN_OVERHEAD ({args.sms} SMs, gluon pieces)")
     print(f"{'config':24s} {'b':>4s} {'rows':>5s} {'pieces':>6s}  " + "  ".join(f"{o:>9d}" for o in overheads))
+    default, sms = metadata.DENSE_PLAN_OVERHEAD, os.environ.get("OPENMLA_NUM_SMS")
+    os.environ["OPENMLA_NUM_SMS"] = str(args.sms)  # the pieces of a card with this many SMs
     try:
         for group in args.configs.split(","):
             for cfg in get_configs(group, None, "dense_decode"):
@@ -80,7 +73,7 @@ def main(argv=None) -> None:
                 rows = cfg.s_q * cfg.h_q // cfg.h_kv
                 print(f"{cfg.name:24s} {cfg.b:4d} {rows:5d} {pieces:6d}  " + "  ".join(cells))
     finally:
-        metadata.DENSE_PLAN_OVERHEAD, metadata.DENSE_SEGMENT_FIT = default, fit
+        metadata.DENSE_PLAN_OVERHEAD = default
         if sms is None:
             os.environ.pop("OPENMLA_NUM_SMS", None)
         else:

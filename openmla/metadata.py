@@ -34,11 +34,6 @@ __all__ = ["FlashMLASchedMeta", "get_mla_metadata", "get_mla_decoding_metadata"]
 #: h_q=128 batch planned with 5 took time by their tiles alone (pieces of 244 tiles and 4-5 requests 569 us, of 259
 #: tiles and 2 requests 593 us): 5 looks too much for it, not yet measured otherwise (docs/perf-notes.md item 29).
 DENSE_PLAN_OVERHEAD = FIXED_OVERHEAD
-#: Small batches (``plan_segments``) get the narrowest pieces their lay-in fits in (``fit_width``), not pieces sized by
-#: charging each request once. Over the bench's small and medium configs its plans are, on nine, those a charge of 0
-#: or 1 made (0.86-1.03x the time of 5's on an H200), on seven today's, on four new (``2026-11-28-h200-dense-plan-
-#: charge-ab.txt``, docs/perf-notes.md item 30). Read at each call (``kernel_times --segment-fit``).
-DENSE_SEGMENT_FIT = True
 
 
 class _TensorSet:
@@ -155,9 +150,8 @@ def plan_dense(
     Hopper too). Any plan is correct for any kernel; the size only affects speed.
     ``old_api``: the tensors go back to a caller of the old form, so at most one piece per SM.
     Batches of up to :data:`openmla.ops.schedule.SEGMENT_PLAN_MAX_BATCH` requests are planned by
-    :func:`~openmla.ops.schedule.plan_segments` (each piece of a request pays the per-request overhead, the pieces as
-    narrow as fit with :data:`DENSE_SEGMENT_FIT`), larger ones by :func:`~openmla.ops.schedule.plan_splitkv` (one
-    pass over the requests in closed form).
+    :func:`~openmla.ops.schedule.plan_segments` (each piece of a request pays the per-request overhead), larger ones
+    by :func:`~openmla.ops.schedule.plan_splitkv` (one pass over the requests in closed form).
     ``bounded``: cut any request into at most :data:`openmla.ops.schedule.MAX_SPLITS` pieces (the fused
     combine's bound; speed only). A decode call passes whether it fuses. ``None``: for batches small enough for
     the fused combine (:data:`openmla.ops.combine.FUSED_MAX_BATCH`), except old-form plans while decode calls
@@ -181,13 +175,10 @@ def plan_dense(
                           and replay_enabled(_knob_values()))
     if bounded is None:
         bounded = small and not unbounded_old_form
-    max_splits = MAX_SPLITS if bounded else None
     # small batches: a piece of a request pays its overhead (no one-block tails beside the next request's start)
-    if cache_seqlens.shape[0] <= SEGMENT_PLAN_MAX_BATCH:
-        sched, splits = plan_segments(cache_seqlens.contiguous(), parts, max_splits, DENSE_PLAN_OVERHEAD,
-                                      DENSE_SEGMENT_FIT)
-    else:
-        sched, splits = plan_splitkv(cache_seqlens.contiguous(), parts, max_splits, overhead=DENSE_PLAN_OVERHEAD)
+    plan = plan_segments if cache_seqlens.shape[0] <= SEGMENT_PLAN_MAX_BATCH else plan_splitkv
+    sched, splits = plan(cache_seqlens.contiguous(), parts, MAX_SPLITS if bounded else None,
+                         overhead=DENSE_PLAN_OVERHEAD)
     if unbounded_old_form:
         UNBOUNDED_OLD_FORM.add(splits)
     return sched, splits

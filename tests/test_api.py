@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 import os
 
@@ -86,10 +85,9 @@ def test_split_plan_kernel_on_the_gpu_equals_the_torch_plan(parts, overhead, gen
     assert torch.equal(sched.cpu(), sched_t) and torch.equal(splits.cpu(), splits_t)
     small = lens[:SEGMENT_PLAN_MAX_BATCH]
     for max_splits in (MAX_SPLITS, None):
-        for fit_width in (False, True):
-            sched, splits = plan_segments(small.cuda(), parts, max_splits, overhead, fit_width)
-            sched_t, splits_t = plan_segments_torch(small, parts, max_splits, overhead, fit_width)
-            assert torch.equal(sched.cpu(), sched_t) and torch.equal(splits.cpu(), splits_t), (max_splits, fit_width)
+        sched, splits = plan_segments(small.cuda(), parts, max_splits, overhead)
+        sched_t, splits_t = plan_segments_torch(small, parts, max_splits, overhead)
+        assert torch.equal(sched.cpu(), sched_t) and torch.equal(splits.cpu(), splits_t)
 
 
 @pytest.mark.parametrize("parts", [1, 3, 17, 132, 264])
@@ -155,14 +153,13 @@ def _segment_batch(kind: str, generator) -> torch.Tensor:
 @pytest.mark.parametrize("kind", ["ragged", "one long", "uniform", "edges"])
 @pytest.mark.parametrize("max_splits", [MAX_SPLITS, None, 2])
 @pytest.mark.parametrize("overhead", [5, 0])
-@pytest.mark.parametrize("fit_width", [False, True])
-def test_segment_plan_covers_every_token_once(parts, kind, max_splits, overhead, fit_width, generator):
+def test_segment_plan_covers_every_token_once(parts, kind, max_splits, overhead, generator):
     """The per-piece-overhead plan (the kernel, under the interpreter without a GPU) equals its host twin, covers
-    every token once, keeps each piece to ``width`` blocks (fitted: no wider) and each request to ``max_splits``
-    pieces, and uses no more pieces than it has."""
+    every token once, keeps each piece to ``width`` blocks and each request to ``max_splits`` pieces, and uses no
+    more pieces than it has."""
     lens = _segment_batch(kind, generator)
-    sched, splits = plan_segments(lens, parts, max_splits, overhead, fit_width)
-    sched_t, splits_t = plan_segments_torch(lens, parts, max_splits, overhead, fit_width)
+    sched, splits = plan_segments(lens, parts, max_splits, overhead)
+    sched_t, splits_t = plan_segments_torch(lens, parts, max_splits, overhead)
     assert torch.equal(sched.cpu(), sched_t) and torch.equal(splits.cpu(), splits_t)
     blocks = check_plan_covers_every_token_once(sched_t, splits_t, lens)
     nblk = [max(-(-int(n) // 64), 1) for n in lens]
@@ -189,39 +186,10 @@ def test_segment_plan_leaves_no_one_block_tail():
     from openmla.metadata import plan_dense
 
     small = torch.full((SEGMENT_PLAN_MAX_BATCH,), 3000, dtype=torch.int32)
-    for batch, twin in ((small, functools.partial(plan_segments_torch, fit_width=True)),
-                        (torch.cat([small, small[:1]]), plan_splitkv_torch)):
+    for batch, twin in ((small, plan_segments_torch), (torch.cat([small, small[:1]]), plan_splitkv_torch)):
         got = plan_dense(batch, 128, 1, backend="gluon", bounded=False)
         want = twin(batch, 66, None)
         assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1])
-
-
-def test_fitted_segment_plan_takes_the_narrowest_pieces_that_fit(monkeypatch):
-    """Why small batches' pieces are fitted (DENSE_SEGMENT_FIT): 16 requests of 2048 tokens over 66 pieces, sized by
-    charging each request 5 once, get pieces of 9 blocks (four a request, the last of 5) where 8 fit (four of 8):
-    the plan a charge of 0 made, 7 % shorter on an H200. Where the pieces already fit no narrower (a ragged batch,
-    64 requests of 8k keys) the plan is the unfitted one, which charges 0 and 1 made slower. plan_dense follows the
-    flag at each call."""
-    import openmla.metadata
-    from openmla.metadata import plan_dense
-
-    uniform = torch.full((16,), 2048, dtype=torch.int32)
-    wide = plan_segments_torch(uniform, 66, MAX_SPLITS, 5)
-    narrow = plan_segments_torch(uniform, 66, MAX_SPLITS, 5, fit_width=True)
-    assert max(check_plan_covers_every_token_once(*wide, uniform)) == 9
-    assert max(check_plan_covers_every_token_once(*narrow, uniform)) == 8
-    assert (narrow[1][1:] - narrow[1][:-1]).tolist() == [4] * 16
-    assert torch.equal(narrow[0], plan_segments_torch(uniform, 66, MAX_SPLITS, 0)[0])
-    g = torch.Generator().manual_seed(0)
-    ragged = torch.cat([torch.full((1,), 32768), torch.randint(64, 4096, (15,), generator=g)]).int()
-    for lens in (ragged, torch.full((64,), 8192, dtype=torch.int32)):
-        assert torch.equal(plan_segments_torch(lens, 66, MAX_SPLITS, 5, fit_width=True)[0],
-                           plan_segments_torch(lens, 66, MAX_SPLITS, 5)[0])
-    monkeypatch.setenv("OPENMLA_NUM_SMS", "132")
-    for fit, want in ((True, narrow), (False, wide)):
-        monkeypatch.setattr(openmla.metadata, "DENSE_SEGMENT_FIT", fit)
-        got = plan_dense(uniform, 128, 1, backend="gluon", bounded=True)
-        assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1]), fit
 
 
 @pytest.mark.parametrize("overhead", [0, 1, 5])
@@ -236,8 +204,7 @@ def test_dense_plan_charges_requests_what_dense_plan_overhead_says(overhead, mon
     monkeypatch.setattr(openmla.metadata, "DENSE_PLAN_OVERHEAD", overhead)
     g = torch.Generator().manual_seed(0)
     ragged = torch.normal(8192.0, 4096.0, (SEGMENT_PLAN_MAX_BATCH + 64,), generator=g).round().clamp(1, 16384).int()
-    segments = functools.partial(plan_segments_torch, fit_width=openmla.metadata.DENSE_SEGMENT_FIT)
-    for lens, twin in ((ragged, plan_splitkv_torch), (ragged[:SEGMENT_PLAN_MAX_BATCH], segments)):
+    for lens, twin in ((ragged, plan_splitkv_torch), (ragged[:SEGMENT_PLAN_MAX_BATCH], plan_segments_torch)):
         sched, splits = plan_dense(lens, 128, 1, backend="gluon", bounded=False)
         want = twin(lens, 66, None, overhead)
         assert torch.equal(sched.cpu(), want[0]) and torch.equal(splits.cpu(), want[1])

@@ -371,8 +371,6 @@ def test_kernel_times_refuses_a_negative_charge_and_dense_options_with_sparse():
         main(["--sparse", "--shapes", "64:512", "--plan-overhead", "0"])
     with pytest.raises(SystemExit, match="--old-form, --old-form-bounded: dense decoding only"):
         main(["--sparse", "--old-form", "--old-form-bounded"])
-    with pytest.raises(SystemExit, match="--segment-fit: dense decoding only"):
-        main(["--sparse", "--segment-fit", "0"])
     for bad in ("5,-1", "5,x"):
         with pytest.raises(SystemExit, match=f"--overheads: '{bad}'"):
             plan_pieces(["--overheads", bad])
@@ -501,14 +499,12 @@ def test_plan_pieces_reads_the_longest_piece_and_restores_the_charge(capsys):
     sched = [[0, 0, 1, 300, 0], [1, 300, 2, 64, 1], [3, 0, 2, 0, 0]]  # the last piece empty (begin past end)
     assert piece_work(sched, lens) == [(9, 2), (12, 2), (0, 0)]
     assert longest_piece(sched, lens) == (12, 2)
-    before = openmla.metadata.DENSE_PLAN_OVERHEAD, openmla.metadata.DENSE_SEGMENT_FIT, os.environ.get("OPENMLA_NUM_SMS")
-    for fit, cells in (("0", ["4/1", "2/1"]), ("1", ["2/1", "2/1"])):  # fitted: 5 a piece, as narrow as 0's pieces
-        main(["--configs", "small", "--overheads", "5,0", "--segment-fit", fit])
-        assert (openmla.metadata.DENSE_PLAN_OVERHEAD, openmla.metadata.DENSE_SEGMENT_FIT,
-                os.environ.get("OPENMLA_NUM_SMS")) == before
-        out = capsys.readouterr().out.splitlines()
-        b16 = next(line for line in out if line.startswith("small_b16_sk512 "))
-        assert b16.split()[1:4] == ["16", "128", "66"] and b16.split()[4:] == cells, (fit, b16)
+    before = openmla.metadata.DENSE_PLAN_OVERHEAD, os.environ.get("OPENMLA_NUM_SMS")
+    main(["--configs", "small", "--overheads", "5,0"])
+    assert (openmla.metadata.DENSE_PLAN_OVERHEAD, os.environ.get("OPENMLA_NUM_SMS")) == before
+    out = capsys.readouterr().out.splitlines()
+    b16 = next(line for line in out if line.startswith("small_b16_sk512 "))
+    assert b16.split()[1:4] == ["16", "128", "66"] and b16.split()[4:] == ["4/1", "2/1"], b16
 
 
 def test_kernel_times_knobs_set_what_they_name(monkeypatch):

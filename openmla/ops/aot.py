@@ -84,14 +84,7 @@ def _dense_kernel_and_consts(cfg) -> tuple[object, dict]:
 def _variants(arch: int = 90) -> list[Variant]:
     from .combine import COMBINE_EAGER_SPLITS, _decode_combine_kernel
     from .decode_dense import TMA_TILE_KEYS, dense_decode_config
-    from .schedule import (
-        FIXED_OVERHEAD,
-        MAX_SPLITS,
-        SCHED_BLOCK,
-        SEGMENT_WIDTH_CANDIDATES,
-        _plan_segments_kernel,
-        _plan_splitkv_kernel,
-    )
+    from .schedule import FIXED_OVERHEAD, MAX_SPLITS, SCHED_BLOCK, _plan_segments_kernel, _plan_splitkv_kernel
 
     out = []
     for dtype in ("bf16", "fp16"):
@@ -219,7 +212,7 @@ def _variants(arch: int = 90) -> list[Variant]:
                                                 "scale_ptr": "*fp32"}, (),
                            dict(D=576, BLOCK_D=1024, QUANT=quant), 4, 2,
                            f"kv fp32 -> {'per-tensor FP8' if quant else 'bf16'} cache", runtime_ints=write_ints))
-    from ..metadata import DENSE_PLAN_OVERHEAD, DENSE_SEGMENT_FIT
+    from ..metadata import DENSE_PLAN_OVERHEAD
 
     # the dense plan's per-request overhead, the sparse plans' (FIXED_OVERHEAD), and none (sparse plans of
     # fixed-length lists at one row tile)
@@ -230,14 +223,12 @@ def _variants(arch: int = 90) -> list[Variant]:
             "256 parts" + ("" if overhead == FIXED_OVERHEAD else f" overhead {overhead}")))
     # the per-piece-overhead plan: dense batches of up to 64 requests (SEGMENT_PLAN_MAX_BATCH) over up to 512 pieces,
     # and up to 1024 sparse lists over h_q=128's pieces
-    for block_b, block_p, overhead, fit in ((64, 512, DENSE_PLAN_OVERHEAD, DENSE_SEGMENT_FIT),
-                                            (1024, 128, FIXED_OVERHEAD, False)):
+    for block_b, block_p, overhead in ((64, 512, DENSE_PLAN_OVERHEAD), (1024, 128, FIXED_OVERHEAD)):
         out.append(Variant(
             _plan_segments_kernel, {"seqlens_ptr": "*i32", "sched_ptr": "*i32", "num_splits_ptr": "*i32"}, (),
-            dict(BLOCK_B=block_b, BLOCK_P=block_p, SCHED=SCHED_BLOCK, OVERHEAD=overhead, MAX_SPLITS=MAX_SPLITS,
-                 FIT=fit, BLOCK_W=SEGMENT_WIDTH_CANDIDATES),
+            dict(BLOCK_B=block_b, BLOCK_P=block_p, SCHED=SCHED_BLOCK, OVERHEAD=overhead, MAX_SPLITS=MAX_SPLITS),
             4, 2, f"{block_b} requests {block_p} parts"
-            + ("" if overhead == FIXED_OVERHEAD else f" overhead {overhead}") + (" fitted" if fit else "")))
+            + ("" if overhead == FIXED_OVERHEAD else f" overhead {overhead}")))
     return out
 
 

@@ -60,9 +60,6 @@ _UNBOUNDED = 1 << 30  # max_splits=None: no bound
 #: longer, a ragged b=32 batch unchanged (``2026-11-28-h200-dense-medium-segment-plan-ab.txt``); at b=128 within 0.3 %
 #: (one run), so larger batches keep the closed form (not measured between 65 and 127).
 SEGMENT_PLAN_MAX_BATCH = 64
-#: Widths :func:`plan_segments` tries at once with ``fit_width`` (lanes of one vector in its kernel): evenly spaced from
-#: the blocks alone over the pieces up to the width that charges every request its overhead, that one included.
-SEGMENT_WIDTH_CANDIDATES = 16
 
 if triton_available():
     import triton
@@ -177,36 +174,17 @@ if triton_available():
         SCHED: tl.constexpr,
         OVERHEAD: tl.constexpr,
         MAX_SPLITS: tl.constexpr,
-        FIT: tl.constexpr = False,
-        BLOCK_W: tl.constexpr = 16,
     ):
         """:func:`plan_segments`: the requests laid into the pieces in order, one request a loop trip (the state is
-        the current piece ``q`` and the units left in it, ``room``); the pieces' rows are vectors over pieces. With
-        ``FIT`` the same lay-in runs first for ``BLOCK_W`` widths at once (a vector over widths) to take the
-        narrowest that fits in ``num_parts`` pieces."""
+        the current piece ``q`` and the units left in it, ``room``); the pieces' rows are vectors over pieces."""
         offs_b = tl.arange(0, BLOCK_B)
         mask_b = offs_b < b
         lens = tl.load(seqlens_ptr + offs_b, mask=mask_b, other=0)
         nblk = tl.where(mask_b, tl.maximum((lens + SCHED - 1) // SCHED, 1), 0)
         total = tl.sum(tl.where(mask_b, nblk + OVERHEAD, 0), axis=0)
         max_blk = tl.max(nblk, axis=0)
-        bound = (max_blk + MAX_SPLITS - 2) // (MAX_SPLITS - 1)  # no request in more than MAX_SPLITS pieces
-        width = tl.maximum(tl.maximum((total + num_parts - 1) // num_parts, bound), 1)  # always fits (plan_segments)
-        if FIT:
-            blocks = tl.sum(nblk, axis=0)
-            lo = tl.maximum(tl.maximum((blocks + num_parts - 1) // num_parts, bound), 1)
-            step = tl.maximum((width - lo + BLOCK_W - 2) // (BLOCK_W - 1), 1)
-            cand = tl.minimum(lo + tl.arange(0, BLOCK_W) * step, width)  # the last lane is `width`
-            room_w = cand + OVERHEAD
-            q_w = tl.zeros([BLOCK_W], dtype=tl.int32)
-            for i in range(0, b):  # the lay-in below, its piece count only
-                n = tl.sum(tl.where(offs_b == i, nblk, 0), axis=0)
-                first_w = tl.where(room_w >= n + OVERHEAD, n, tl.maximum(room_w - OVERHEAD, 0))
-                rest_w = n - first_w
-                k_w = tl.where(rest_w > cand, (rest_w - 1) // cand, 0)
-                room_w = tl.where(rest_w > 0, cand - (rest_w - k_w * cand), room_w - first_w - OVERHEAD)
-                q_w = tl.where(rest_w > 0, q_w + 1 + k_w, q_w)
-            width = tl.min(tl.where(q_w < num_parts, cand, width), axis=0)
+        width = tl.maximum((total + num_parts - 1) // num_parts, (max_blk + MAX_SPLITS - 2) // (MAX_SPLITS - 1))
+        width = tl.maximum(width, 1)  # blocks a piece holds when one request fills it
         cap = width + OVERHEAD
         offs_p = tl.arange(0, BLOCK_P)
         begin_req = tl.zeros([BLOCK_P], dtype=tl.int32) + b  # an empty piece: requests [b, b - 1]
@@ -346,7 +324,7 @@ def plan_splitkv_torch(
 
 def plan_segments(
     cache_seqlens: torch.Tensor, num_sm_parts: int, max_splits: int | None = MAX_SPLITS,
-    overhead: int = FIXED_OVERHEAD, fit_width: bool = False,
+    overhead: int = FIXED_OVERHEAD,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A split-KV plan that charges ``overhead`` units for every piece of a request, not once a request: the same
     outputs as :func:`plan_splitkv`, on ``cache_seqlens.device`` (one launch of one program, no host sync).
@@ -361,35 +339,38 @@ def plan_segments(
     33 blocks). It always fits: each boundary between pieces costs at most one ``overhead`` (paid again by a
     request continued past it, or left unused before a request that starts after it), and each piece has one
     more. One loop trip a request (:func:`plan_dense` uses it for small batches, :data:`SEGMENT_PLAN_MAX_BATCH`).
-
-    ``fit_width``: that ``width`` charges every request its overhead once more than the lay-in needs, so a batch of
-    equal requests each cut into pieces of their own gets pieces wider than the pieces allow (b=16 at 2k keys over 66
-    pieces: 9 blocks where 8 fit). With it the lay-in is run first for :data:`SEGMENT_WIDTH_CANDIDATES` widths spaced
-    evenly from ``ceil(blocks / num_sm_parts)`` (and the ``max_splits`` bound) up to ``width``, and the narrowest
-    that fits in ``num_sm_parts`` pieces is kept; each piece of a request still pays ``overhead``.
     """
     b = cache_seqlens.shape[0]
     device = cache_seqlens.device
     if device.type != "cuda" and not _interpreting():
-        return plan_segments_torch(cache_seqlens, num_sm_parts, max_splits, overhead, fit_width)
+        return plan_segments_torch(cache_seqlens, num_sm_parts, max_splits, overhead)
     sched = torch.empty(num_sm_parts, META_WIDTH, dtype=torch.int32, device=device)
     num_splits = torch.empty(b + 1, dtype=torch.int32, device=device)
     launch(_plan_segments_kernel, (1,),
         cache_seqlens, sched, num_splits, b, num_sm_parts,
         BLOCK_B=max(16, triton.next_power_of_2(b)), BLOCK_P=max(16, triton.next_power_of_2(num_sm_parts)),
-        SCHED=SCHED_BLOCK, OVERHEAD=overhead, MAX_SPLITS=max_splits or _UNBOUNDED, FIT=fit_width,
-        BLOCK_W=SEGMENT_WIDTH_CANDIDATES, num_warps=4,
+        SCHED=SCHED_BLOCK, OVERHEAD=overhead, MAX_SPLITS=max_splits or _UNBOUNDED, num_warps=4,
     )
     return sched, num_splits
 
 
-def _lay_in(lens: list, nblk: list, num_sm_parts: int, width: int, overhead: int):
-    """:func:`plan_segments_torch`'s loop over the pieces: the rows of ``num_sm_parts`` pieces of ``width`` blocks
-    (each piece of a request paying ``overhead``), each request's piece count, and how many requests they took."""
+def plan_segments_torch(
+    cache_seqlens: torch.Tensor, num_sm_parts: int, max_splits: int | None = MAX_SPLITS,
+    overhead: int = FIXED_OVERHEAD,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`plan_segments` as a host loop over the pieces (CPU path, tests), written apart from the kernel's
+    closed forms: each piece takes the requests in order while its room holds the rest of one, then what its room
+    holds past one overhead of the next."""
+    lens = cache_seqlens.to("cpu", torch.int64).tolist()
     b = len(lens)
-    rows, counts = [], [0] * b
+    nblk = [max(-(-n // SCHED_BLOCK), 1) for n in lens]
+    total = sum(n + overhead for n in nblk)
+    max_splits = max_splits or _UNBOUNDED
+    width = max(-(-total // num_sm_parts), -(-max(nblk, default=0) // (max_splits - 1)), 1)
+    sched = torch.zeros(num_sm_parts, META_WIDTH, dtype=torch.int32)
+    counts = [0] * b
     req, blk, split = 0, 0, 0
-    for _ in range(num_sm_parts):
+    for p in range(num_sm_parts):
         room, row = width + overhead, [req, blk * SCHED_BLOCK, -1, 0, split]
         while req < b:
             left = nblk[req] - blk
@@ -404,37 +385,8 @@ def _lay_in(lens: list, nblk: list, num_sm_parts: int, width: int, overhead: int
                     row[2:4] = [req, min(blk * SCHED_BLOCK, lens[req])]
                     split += 1
                 break
-        rows.append(row if row[2] >= 0 else [b, 0, b - 1, 0, 0])
-    return rows, counts, req
-
-
-def plan_segments_torch(
-    cache_seqlens: torch.Tensor, num_sm_parts: int, max_splits: int | None = MAX_SPLITS,
-    overhead: int = FIXED_OVERHEAD, fit_width: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`plan_segments` as a host loop over the pieces (CPU path, tests), written apart from the kernel's
-    closed forms: each piece takes the requests in order while its room holds the rest of one, then what its room
-    holds past one overhead of the next. ``fit_width`` tries the same widths and keeps the narrowest whose loop takes
-    every request."""
-    lens = cache_seqlens.to("cpu", torch.int64).tolist()
-    b = len(lens)
-    nblk = [max(-(-n // SCHED_BLOCK), 1) for n in lens]
-    total = sum(n + overhead for n in nblk)
-    max_splits = max_splits or _UNBOUNDED
-    bound = -(-max(nblk, default=0) // (max_splits - 1))
-    width = max(-(-total // num_sm_parts), bound, 1)
-    if fit_width:
-        lo = max(-(-sum(nblk) // num_sm_parts), bound, 1)
-        lanes = SEGMENT_WIDTH_CANDIDATES
-        step = max(-(-(width - lo) // (lanes - 1)), 1)
-        for candidate in sorted({min(lo + k * step, width) for k in range(lanes)}):
-            if _lay_in(lens, nblk, num_sm_parts, candidate, overhead)[2] == b:
-                width = candidate
-                break
-    rows, counts, req = _lay_in(lens, nblk, num_sm_parts, width, overhead)
+        sched[p, :5] = torch.tensor(row if row[2] >= 0 else [b, 0, b - 1, 0, 0], dtype=torch.int32)
     if req < b:  # cannot happen (plan_segments' docstring); a plan that drops requests must not reach a kernel
         raise RuntimeError(f"plan_segments_torch: {b - req} of {b} requests left over {num_sm_parts} pieces")
-    sched = torch.zeros(num_sm_parts, META_WIDTH, dtype=torch.int32)
-    sched[:, :5] = torch.tensor(rows, dtype=torch.int32).reshape(num_sm_parts, 5)
     num_splits = torch.tensor([0] + counts, dtype=torch.int64).cumsum(0).to(torch.int32)
     return sched.to(cache_seqlens.device), num_splits.to(cache_seqlens.device)
